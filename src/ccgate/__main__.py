@@ -1,0 +1,5 @@
+"""Allow `python -m ccgate`."""
+
+from ccgate.cli import main
+
+main()

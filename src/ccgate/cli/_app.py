@@ -1,0 +1,97 @@
+"""The one place that turns results and errors into terminal output; commands stay thin."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import typer
+
+from ccgate.errors import CcgateError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ccgate.config import Config
+    from ccgate.paths import Paths
+
+
+@dataclass
+class AppContext:
+    """Paths, config and consoles, created on first use so `--help` stays instant."""
+
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    @cached_property
+    def paths(self) -> Paths:
+        from ccgate.paths import resolve_paths
+
+        return resolve_paths(self.environ)
+
+    @cached_property
+    def config(self) -> Config:
+        from ccgate.config import load_config
+
+        return load_config(self.paths.config_file)
+
+    @cached_property
+    def out(self) -> Console:
+        from rich.console import Console
+
+        return Console(highlight=False)
+
+    @cached_property
+    def err(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=True, highlight=False)
+
+    def print_json(self, value: Any) -> None:
+        """Plain JSON on stdout (no rich markup), for scripts."""
+        sys.stdout.write(json.dumps(value, ensure_ascii=False, default=str) + "\n")
+        sys.stdout.flush()
+
+    def info(self, message: str) -> None:
+        self.err.print(message)
+
+    def success(self, message: str) -> None:
+        self.err.print(f"[green]✓[/green] {message}")
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"[yellow]![/yellow] {message}")
+
+    def fail(self, message: str, hint: str | None = None) -> NoReturn:
+        raise CcgateUsageFailure(message, hint=hint)
+
+
+class CcgateUsageFailure(CcgateError):
+    """A command decided the user's input cannot be acted on."""
+
+
+_context: AppContext | None = None
+
+
+def ctx() -> AppContext:
+    global _context
+    if _context is None:
+        _context = AppContext()
+    return _context
+
+
+def reset_context() -> None:
+    """Tests run several commands in one process with different environments."""
+    global _context
+    _context = None
+
+
+def report_error(error: CcgateError) -> NoReturn:
+    """One readable line plus a hint on stderr, exit code 1; never a traceback."""
+    sys.stderr.write(f"ccgate: error: {error.message}\n")
+    if error.hint:
+        sys.stderr.write(f"  hint: {error.hint}\n")
+    sys.stderr.flush()
+    raise typer.Exit(1)

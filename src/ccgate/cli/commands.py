@@ -1,0 +1,18 @@
+"""Registry of command groups: one line per module keeps merges painless."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+# module name -> (group name or None for top-level commands)
+MODULES: tuple[str, ...] = (
+    "ccgate.cli.config_cmd",
+)
+
+
+def register(app: typer.Typer) -> None:
+    for module_name in MODULES:
+        module = importlib.import_module(module_name)
+        module.register(app)

@@ -1,0 +1,152 @@
+"""Plain values that cross layers: token usage, money, and the ledger's request record."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from enum import StrEnum
+
+NANOS_PER_USD = 1_000_000_000
+_NANO = Decimal("0.000000001")
+
+
+def usd_to_nanos(amount: Decimal) -> int:
+    """Money is stored as integer nano-dollars: exact for every per-token price quoted to $0.001/MTok."""
+    return int(amount.quantize(_NANO, rounding=ROUND_HALF_EVEN) * NANOS_PER_USD)
+
+
+def nanos_to_usd(nanos: int) -> Decimal:
+    return (Decimal(nanos) / NANOS_PER_USD).quantize(_NANO)
+
+
+def format_usd(nanos: int | None, *, places: int = 2) -> str:
+    """Human money: `$1.23`, `<$0.01` for tiny non-zero amounts, `unpriced` for None."""
+    if nanos is None:
+        return "unpriced"
+    amount = nanos_to_usd(nanos)
+    quantum = Decimal(1).scaleb(-places)
+    if 0 < amount < quantum:
+        return f"<${quantum}"
+    return f"${amount.quantize(quantum, rounding=ROUND_HALF_EVEN):,}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_iso(moment: datetime) -> str:
+    """One fixed-width UTC format so stored timestamps sort as text."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def from_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage in Anthropic's convention: `input_tokens` excludes cache reads and writes."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    web_searches: int = 0
+
+    @property
+    def cache_write_tokens(self) -> int:
+        return self.cache_write_5m_tokens + self.cache_write_1h_tokens
+
+    @property
+    def total_input_tokens(self) -> int:
+        """Everything the prompt held, cached or not (OpenAI's and genai-prices' notion of input)."""
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    def is_empty(self) -> bool:
+        return self == Usage()
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_5m_tokens=self.cache_write_5m_tokens + other.cache_write_5m_tokens,
+            cache_write_1h_tokens=self.cache_write_1h_tokens + other.cache_write_1h_tokens,
+            web_searches=self.web_searches + other.web_searches,
+        )
+
+
+class PriceQuality(StrEnum):
+    """How much to trust a cost: from the catalog, from a same-family stand-in, or not known at all."""
+
+    PRICED = "priced"
+    ESTIMATED = "estimated"
+    UNPRICED = "unpriced"
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """The price of one request; `nanos` is None exactly when the model has no known price."""
+
+    nanos: int | None
+    quality: PriceQuality
+    priced_model: str | None = None
+    note: str | None = None
+
+    @property
+    def usd(self) -> Decimal | None:
+        return None if self.nanos is None else nanos_to_usd(self.nanos)
+
+
+class RequestStatus(StrEnum):
+    PENDING = "pending"
+    OK = "ok"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try at one provider within a request (failover makes several)."""
+
+    provider: str
+    model: str
+    status: int | None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One ledger row: written ahead as pending, completed when the response ends."""
+
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    started_at: datetime = field(default_factory=utcnow)
+    ended_at: datetime | None = None
+    source: str = "sidecar"
+    session_id: str | None = None
+    project: str | None = None
+    launch_id: str | None = None
+    tier: str | None = None
+    requested_model: str | None = None
+    provider: str | None = None
+    routed_model: str | None = None
+    endpoint: str = "messages"
+    stream: bool = False
+    status: RequestStatus = RequestStatus.PENDING
+    http_status: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost: Cost = field(default_factory=lambda: Cost(nanos=None, quality=PriceQuality.UNPRICED))
+    ttfb_ms: float | None = None
+    latency_ms: float | None = None
+    upstream_message_id: str | None = None
+    upstream_request_id: str | None = None
+    attempts: tuple[Attempt, ...] = ()
+    synced_at: datetime | None = None
+
+    def copy(self) -> RequestRecord:
+        return replace(self)

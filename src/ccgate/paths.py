@@ -1,0 +1,82 @@
+"""Where ccgate keeps its files: platformdirs by default, every location movable by environment variable."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+APP_NAME = "ccgate"
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    config_file: Path
+    data_dir: Path
+    state_dir: Path
+    runtime_dir: Path
+
+    @property
+    def ledger_file(self) -> Path:
+        return self.data_dir / "ledger.db"
+
+    @property
+    def secrets_file(self) -> Path:
+        """Fallback secret store used only where no keyring backend exists (mode 0600)."""
+        return self.data_dir / "secrets.json"
+
+    @property
+    def token_file(self) -> Path:
+        """The per-install local token that the sidecar demands of every request."""
+        return self.data_dir / "local-token"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.runtime_dir / "sidecar.pid"
+
+    @property
+    def port_file(self) -> Path:
+        return self.runtime_dir / "sidecar.port"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.runtime_dir / "sidecar.lock"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "sidecar.log"
+
+    def ensure(self) -> Paths:
+        for directory in (self.config_file.parent, self.data_dir, self.state_dir, self.runtime_dir):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self
+
+
+def resolve_paths(environ: dict[str, str] | None = None) -> Paths:
+    """CCGATE_HOME puts everything in one directory; CCGATE_CONFIG/DATA_DIR/STATE_DIR move single parts."""
+    env = os.environ if environ is None else environ
+    home = env.get("CCGATE_HOME")
+    if home:
+        base = Path(home).expanduser()
+        config_file, data_dir, state_dir, runtime_dir = (
+            base / "config.toml",
+            base / "data",
+            base / "state",
+            base / "run",
+        )
+    else:
+        import platformdirs
+
+        dirs = platformdirs.PlatformDirs(APP_NAME, appauthor=False)
+        config_file = Path(dirs.user_config_dir) / "config.toml"
+        data_dir = Path(dirs.user_data_dir)
+        state_dir = Path(dirs.user_state_dir)
+        runtime_dir = state_dir / "run"
+    if env.get("CCGATE_CONFIG"):
+        config_file = Path(env["CCGATE_CONFIG"]).expanduser()
+    if env.get("CCGATE_DATA_DIR"):
+        data_dir = Path(env["CCGATE_DATA_DIR"]).expanduser()
+    if env.get("CCGATE_STATE_DIR"):
+        state_dir = Path(env["CCGATE_STATE_DIR"]).expanduser()
+        runtime_dir = state_dir / "run"
+    return Paths(config_file=config_file, data_dir=data_dir, state_dir=state_dir, runtime_dir=runtime_dir)

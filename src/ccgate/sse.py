@@ -1,0 +1,86 @@
+"""Incremental Server-Sent Events decoding and encoding, shared by the meter and the translator.
+
+Network reads cut events anywhere: one read may hold several events, or end mid-line. The decoder keeps
+the partial tail and returns every complete event from each `feed`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    event: str | None
+    data: str
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+class SSEDecoder:
+    """Feed raw bytes, get complete events back; handles \\n, \\r\\n and \\r line endings."""
+
+    __slots__ = ("_buffer", "_data", "_event")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._event: str | None = None
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buffer = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in buffer:
+            # a lone trailing \r may be the first half of \r\n: keep it for the next read
+            keep_cr = buffer.endswith(b"\r")
+            if keep_cr:
+                buffer = buffer[:-1]
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if keep_cr:
+                buffer += b"\r"
+        events: list[SSEEvent] = []
+        start = 0
+        while True:
+            newline = buffer.find(b"\n", start)
+            if newline < 0:
+                break
+            line = buffer[start:newline]
+            start = newline + 1
+            self._line(line, events)
+        self._buffer = buffer[start:]
+        return events
+
+    def flush(self) -> list[SSEEvent]:
+        """End of stream: a final event without its blank line still counts."""
+        events: list[SSEEvent] = []
+        if self._buffer:
+            self._line(self._buffer.rstrip(b"\r"), events)
+            self._buffer = b""
+        self._line(b"", events)
+        return events
+
+    def _line(self, line: bytes, events: list[SSEEvent]) -> None:
+        if not line:
+            if self._data or self._event is not None:
+                events.append(SSEEvent(self._event, "\n".join(self._data)))
+            self._event = None
+            self._data = []
+            return
+        if line.startswith(b":"):
+            return
+        name, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value.decode("utf-8", errors="replace"))
+        elif name == b"event":
+            self._event = value.decode("utf-8", errors="replace")
+
+
+def encode_sse(event: str | None, data: Any) -> bytes:
+    """One event in Anthropic's framing: `event:` line, compact JSON `data:` line, blank line."""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {payload}\n\n".encode()
