@@ -89,7 +89,7 @@ def load_config(path: Path) -> Config:
         raw = tomllib.loads(raw_bytes.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(
-            f"{path} is not valid TOML: {exc}", hint=f"fix or delete it; `ccgate config show` checks it"
+            f"{path} is not valid TOML: {exc}", hint="fix or delete it; `ccgate config show` checks it"
         ) from exc
     try:
         return config_from_dict(raw)

@@ -7,9 +7,7 @@ import importlib
 import typer
 
 # module name -> (group name or None for top-level commands)
-MODULES: tuple[str, ...] = (
-    "ccgate.cli.config_cmd",
-)
+MODULES: tuple[str, ...] = ("ccgate.cli.config_cmd",)
 
 
 def register(app: typer.Typer) -> None:

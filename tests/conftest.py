@@ -1,0 +1,28 @@
+"""Every test gets its own CCGATE_HOME and HOME, so nothing touches the real user's files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    home = tmp_path / "ccgate-home"
+    home.mkdir()
+    for key in list(os.environ):
+        if key.startswith(("CCGATE_", "ANTHROPIC_")):
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("CCGATE_HOME", str(home))
+    user_home = tmp_path / "user-home"
+    user_home.mkdir()
+    monkeypatch.setenv("HOME", str(user_home))
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "ccgate_testing_keyring.MemoryKeyring")
+    from ccgate.cli._app import reset_context
+
+    reset_context()
+    yield home
+    reset_context()
