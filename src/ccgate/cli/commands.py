@@ -7,7 +7,14 @@ import importlib
 import typer
 
 # module name -> (group name or None for top-level commands)
-MODULES: tuple[str, ...] = ("ccgate.cli.config_cmd",)
+MODULES: tuple[str, ...] = (
+    "ccgate.cli.config_cmd",
+    "ccgate.cli.launch",
+    "ccgate.cli.sidecar_cmd",
+    "ccgate.cli.provider",
+    "ccgate.cli.model",
+    "ccgate.cli.price",
+)
 
 
 def register(app: typer.Typer) -> None:

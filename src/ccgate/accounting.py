@@ -1,0 +1,152 @@
+"""Metering on the side of a stream: reads usage from Anthropic SSE without touching the bytes.
+
+Only `message_start`, `message_delta` and `error` events are parsed; every other event is skipped with a
+substring test, so the per-chunk cost stays in C code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ccgate.models import Usage
+
+_INTERESTING = (b"message_start", b"message_delta", b'"error"')
+
+
+def _usage_from_anthropic(raw: dict[str, Any] | None) -> Usage:
+    """Anthropic's counts: input excludes cache; cache creation is split into 5m/1h when the API says so."""
+    if not raw:
+        return Usage()
+    creation = raw.get("cache_creation") or {}
+    total_creation = int(raw.get("cache_creation_input_tokens") or 0)
+    write_1h = int(creation.get("ephemeral_1h_input_tokens") or 0) if isinstance(creation, dict) else 0
+    write_5m = int(creation.get("ephemeral_5m_input_tokens") or 0) if isinstance(creation, dict) else 0
+    if write_1h + write_5m < total_creation:
+        # without a breakdown every write is priced as the (cheaper, default) 5-minute kind
+        write_5m = total_creation - write_1h
+    server_tools = raw.get("server_tool_use") or {}
+    return Usage(
+        input_tokens=int(raw.get("input_tokens") or 0),
+        output_tokens=int(raw.get("output_tokens") or 0),
+        cache_read_tokens=int(raw.get("cache_read_input_tokens") or 0),
+        cache_write_5m_tokens=write_5m,
+        cache_write_1h_tokens=write_1h,
+        web_searches=int(server_tools.get("web_search_requests") or 0) if isinstance(server_tools, dict) else 0,
+    )
+
+
+def _merge_delta(start: Usage, delta: dict[str, Any]) -> Usage:
+    """message_delta's usage is authoritative for output and may restate input counts; absent fields keep theirs."""
+    merged = _usage_from_anthropic({**_as_raw(start), **{k: v for k, v in delta.items() if v is not None}})
+    return merged
+
+
+def _as_raw(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_input_tokens": usage.cache_read_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": usage.cache_write_5m_tokens,
+            "ephemeral_1h_input_tokens": usage.cache_write_1h_tokens,
+        },
+        "server_tool_use": {"web_search_requests": usage.web_searches},
+    }
+
+
+class AnthropicStreamMeter:
+    """Feed it every chunk sent to the client; it keeps the usage, message id and stop reason seen so far."""
+
+    __slots__ = ("_buffer", "error_message", "error_type", "finished", "message_id", "model", "stop_reason", "usage")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.usage = Usage()
+        self.message_id: str | None = None
+        self.model: str | None = None
+        self.stop_reason: str | None = None
+        self.error_type: str | None = None
+        self.error_message: str | None = None
+        self.finished = False
+
+    def feed(self, chunk: bytes) -> bool:
+        """Returns True when this chunk changed the usage (the caller may then persist progress)."""
+        buffer = self._buffer + chunk if self._buffer else chunk
+        end = buffer.rfind(b"\n\n")
+        crlf_end = buffer.rfind(b"\r\n\r\n")
+        if crlf_end > end:
+            end = crlf_end + 2
+        if end < 0:
+            self._buffer = buffer
+            return False
+        complete, self._buffer = buffer[: end + 2], buffer[end + 2 :]
+        if not any(marker in complete for marker in _INTERESTING):
+            return False
+        changed = False
+        for block in complete.replace(b"\r\n", b"\n").split(b"\n\n"):
+            if block and any(marker in block for marker in _INTERESTING):
+                changed |= self._event(block)
+        return changed
+
+    def flush(self) -> bool:
+        """End of stream: an event without its trailing blank line still counts."""
+        rest, self._buffer = self._buffer, b""
+        return self._event(rest.replace(b"\r\n", b"\n")) if rest.strip() else False
+
+    def _event(self, block: bytes) -> bool:
+        data_lines = [line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
+        if not data_lines:
+            return False
+        try:
+            payload = json.loads(b"\n".join(data_lines))
+        except ValueError:
+            return False
+        if not isinstance(payload, dict):
+            return False
+        kind = payload.get("type")
+        if kind == "message_start":
+            message = payload.get("message") or {}
+            self.message_id = message.get("id")
+            self.model = message.get("model")
+            self.usage = _usage_from_anthropic(message.get("usage"))
+            return True
+        if kind == "message_delta":
+            delta = payload.get("delta") or {}
+            self.stop_reason = delta.get("stop_reason") or self.stop_reason
+            usage = payload.get("usage")
+            if isinstance(usage, dict):
+                self.usage = _merge_delta(self.usage, usage)
+                self.finished = True
+                return True
+            return False
+        if kind == "error":
+            error = payload.get("error") or {}
+            self.error_type = error.get("type") or "api_error"
+            self.error_message = error.get("message")
+            return False
+        return False
+
+
+def meter_message(body: bytes) -> tuple[Usage, str | None, str | None]:
+    """Usage, message id and stop reason of a non-streaming Messages response; empty usage if unreadable."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return Usage(), None, None
+    if not isinstance(payload, dict):
+        return Usage(), None, None
+    return _usage_from_anthropic(payload.get("usage")), payload.get("id"), payload.get("stop_reason")
+
+
+def error_type_of(body: bytes) -> tuple[str | None, str | None]:
+    """The Anthropic error type and message of an error response body, if it has the envelope."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None, None
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        error = payload["error"]
+        return error.get("type"), error.get("message")
+    return None, None

@@ -1,0 +1,28 @@
+"""`ccgate launch CMD...`: run Claude Code (or any command) through the sidecar."""
+
+from __future__ import annotations
+
+import typer
+
+from ccgate.cli._app import ctx
+
+CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def launch(
+    context: typer.Context,
+    command: str = typer.Argument(..., help="The command to run, usually `claude`.", metavar="COMMAND"),
+) -> None:
+    """Start the sidecar if needed, point COMMAND at it, run it on this terminal and return its exit code.
+
+    Everything after COMMAND is passed to it unchanged: `ccgate launch claude -p "hi" --output-format json`.
+    """
+    from ccgate.launching import run_launch
+
+    app_ctx = ctx()
+    code = run_launch(app_ctx.paths, app_ctx.config, [command, *context.args], app_ctx.environ, warn=app_ctx.warn)
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("launch", context_settings=CONTEXT)(launch)

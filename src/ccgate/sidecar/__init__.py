@@ -1,0 +1,1 @@
+"""The per-developer sidecar: a local aiohttp proxy that Claude Code talks to."""

@@ -1,0 +1,82 @@
+"""`python -m ccgate.sidecar`: run the sidecar in the foreground (`ccgate sidecar start` detaches it)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from ccgate.errors import CcgateError
+
+
+async def serve(port: int | None) -> int:
+    from aiohttp import web
+
+    from ccgate.config import load_config
+    from ccgate.paths import resolve_paths
+    from ccgate.sidecar.app import create_app
+    from ccgate.sidecar.process import configured_port, ensure_token, remove_run_files, write_run_files
+
+    paths = resolve_paths().ensure()
+    config = load_config(paths.config_file)
+    if port is None:
+        port = configured_port(config.sidecar.port, os.environ)
+    token = ensure_token(paths)
+    app = create_app(paths, config, token=token)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=15.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.sidecar.host, port, reuse_address=True, backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise CcgateError(
+            f"cannot listen on {config.sidecar.host}:{port}: {exc.strerror}",
+            hint="another program uses that port: set `sidecar.port` in config.toml or CCGATE_SIDECAR_PORT",
+        ) from exc
+    addresses = runner.addresses
+    actual_port = int(addresses[0][1]) if addresses else port
+    pid = os.getpid()
+    write_run_files(paths, pid, actual_port)
+    logging.getLogger("ccgate.sidecar").info(
+        "listening on http://%s:%d (pid %d)", config.sidecar.host, actual_port, pid
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        remove_run_files(paths, pid)
+        await runner.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ccgate.sidecar")
+    parser.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("CCGATE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        import uvloop  # type: ignore[import-not-found]  # optional speed-up when installed
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        return int(runner(serve(args.port)))
+    except CcgateError as error:
+        sys.stderr.write(f"ccgate sidecar: error: {error.full_message()}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""The sidecar's aiohttp application: local auth, launch registry, config reload, and the proxy routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ccgate import __version__
+from ccgate.config import Config, load_config
+from ccgate.errors import (
+    AuthenticationError,
+    CcgateError,
+    ConfigError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RequestTooLargeError,
+)
+from ccgate.models import RequestRecord
+from ccgate.paths import Paths
+from ccgate.proxy import ClientMeta, Proxy, ProxyDeps, error_response
+from ccgate.sidecar.process import LAUNCH_HEADER, SERVICE_NAME, TOKEN_HEADER, home_id
+
+log = logging.getLogger("ccgate.sidecar")
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+PUBLIC_PATHS = frozenset({"/", "/healthz"})
+MAX_LAUNCHES = 1000
+
+
+@dataclass
+class LaunchInfo:
+    launch_id: str
+    project: str | None
+    started_at: float
+
+
+@dataclass
+class SidecarState:
+    paths: Paths
+    config: Config
+    environ: Mapping[str, str]
+    token: str
+    started_at: float = field(default_factory=time.time)
+    launches: dict[str, LaunchInfo] = field(default_factory=dict)
+    config_mtime: float | None = None
+    requests_seen: int = 0
+    last_record: RequestRecord | None = None
+
+
+STATE = web.AppKey("state", SidecarState)
+PROXY = web.AppKey("proxy", Proxy)
+
+
+def _host_is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    name = host
+    if host.startswith("["):
+        name = host[: host.find("]") + 1]
+    elif host.count(":") == 1:
+        name = host.split(":", 1)[0]
+    return name.lower() in LOOPBACK_HOSTS
+
+
+@web.middleware
+async def guard_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """No open relay: loopback Host only (DNS rebinding), and the local token on everything but health."""
+    state = request.app[STATE]
+    try:
+        if not _host_is_loopback(request.host):
+            raise PermissionDeniedError(
+                f"the sidecar only answers requests addressed to 127.0.0.1 or localhost, not {request.host!r}",
+                hint="point ANTHROPIC_BASE_URL at http://127.0.0.1:<port> (`ccgate launch` does this)",
+            )
+        if request.path not in PUBLIC_PATHS:
+            token = request.headers.get(TOKEN_HEADER, "")
+            if not token or not hmac.compare_digest(token.encode(), state.token.encode()):
+                raise AuthenticationError(
+                    "missing or wrong ccgate local token" if token else "missing ccgate local token",
+                    hint="start Claude Code with `ccgate launch claude` so requests carry the token",
+                )
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        limit = state.config.sidecar.max_body_mb
+        return error_response(
+            RequestTooLargeError(
+                f"request body is larger than the sidecar's limit of {limit} MB ({exc.text or ''})".strip(),
+                hint="raise `sidecar.max_body_mb` in config.toml",
+            )
+        )
+    except web.HTTPNotFound:
+        return error_response(NotFoundError(f"no such endpoint: {request.method} {request.path}"))
+    except web.HTTPMethodNotAllowed:
+        return error_response(NotFoundError(f"method {request.method} is not supported on {request.path}"))
+    except CcgateError as error:
+        return error_response(error)
+
+
+def _meta(request: web.Request) -> ClientMeta:
+    state = request.app[STATE]
+    launch_id = request.headers.get(LAUNCH_HEADER)
+    launch = state.launches.get(launch_id) if launch_id else None
+    return ClientMeta(launch_id=launch_id, project=launch.project if launch else None, source="sidecar")
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    request.app[STATE].requests_seen += 1
+    return await request.app[PROXY].messages(request, _meta(request))
+
+
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    return await request.app[PROXY].count_tokens(request, _meta(request))
+
+
+async def root(request: web.Request) -> web.StreamResponse:
+    """Claude Code sends `HEAD /` as a connectivity check; it is never blocked."""
+    return web.Response(text="ccgate sidecar\n")
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    return web.json_response(
+        {
+            "service": SERVICE_NAME,
+            "ok": True,
+            "version": __version__,
+            "pid": os.getpid(),
+            "home_id": home_id(state.paths),
+        }
+    )
+
+
+async def status(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    proxy = request.app[PROXY]
+    budgets: list[dict[str, Any]] = []
+    guard = proxy.deps.admission
+    if guard is not None and hasattr(guard, "states"):
+        for budget in guard.states(request.query.get("project")):
+            budgets.append(
+                {
+                    "key": budget.key,
+                    "label": budget.label,
+                    "limit_nanos": budget.limit_nanos,
+                    "spent_nanos": budget.spent_nanos,
+                    "reserved_nanos": budget.reserved_nanos,
+                    "resets_at": budget.resets_at.isoformat(),
+                }
+            )
+    return web.json_response(
+        {
+            "service": SERVICE_NAME,
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - state.started_at, 1),
+            "inflight": len(proxy.inflight),
+            "requests_seen": state.requests_seen,
+            "launches": len(state.launches),
+            "ledger": str(state.paths.ledger_file),
+            "budgets": budgets,
+        }
+    )
+
+
+async def register_launch(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    try:
+        payload = await request.json()
+    except ValueError:
+        raise InvalidRequestError("launch registration must be JSON") from None
+    launch_id = payload.get("launch_id") if isinstance(payload, dict) else None
+    if not isinstance(launch_id, str) or not launch_id.isascii() or not 8 <= len(launch_id) <= 64:
+        raise InvalidRequestError("launch_id must be an ASCII id of 8 to 64 characters")
+    project = payload.get("project")
+    state.launches[launch_id] = LaunchInfo(launch_id, project if isinstance(project, str) else None, time.time())
+    if len(state.launches) > MAX_LAUNCHES:
+        for old in sorted(state.launches.values(), key=lambda item: item.started_at)[:-MAX_LAUNCHES]:
+            state.launches.pop(old.launch_id, None)
+    await asyncio.to_thread(_save_launches, state)
+    return web.json_response({"ok": True})
+
+
+async def reload(request: web.Request) -> web.StreamResponse:
+    await apply_config(request.app, force=True)
+    return web.json_response({"ok": True})
+
+
+def _launches_file(paths: Paths) -> Path:
+    return paths.state_dir / "launches.json"
+
+
+def _save_launches(state: SidecarState) -> None:
+    path = _launches_file(state.paths)
+    data = {key: {"project": item.project, "started_at": item.started_at} for key, item in state.launches.items()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _load_launches(paths: Paths) -> dict[str, LaunchInfo]:
+    """Launches survive a sidecar restart, so running Claude Code sessions keep their project."""
+    try:
+        raw = json.loads(_launches_file(paths).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        key: LaunchInfo(key, value.get("project"), float(value.get("started_at", 0)))
+        for key, value in raw.items()
+        if isinstance(value, dict)
+    }
+
+
+def _build_static_deps(config: Config, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Blocking part of (re)configuration: keyring reads happen here, off the event loop."""
+    from ccgate.budget_guard import rules_from_config
+    from ccgate.pricing import PriceCatalog
+    from ccgate.providers import resolve_providers
+    from ccgate.routing import Router
+    from ccgate.secrets import get_provider_key
+
+    providers = resolve_providers(config, environ)
+    router = Router(config, providers)
+    keys: dict[str, str] = {}
+    for name in providers:
+        with contextlib.suppress(CcgateError):
+            key = get_provider_key(name, environ)
+            if key:
+                keys[name] = key
+    return {
+        "providers": providers,
+        "router": router,
+        "pricer": PriceCatalog(config.prices),
+        "keys": keys,
+        "rules": rules_from_config(config),
+    }
+
+
+async def apply_config(app: web.Application, *, force: bool = False) -> None:
+    """Re-read config.toml (and secrets) when it changed; a broken file keeps the last good config."""
+    state = app[STATE]
+    path = state.paths.config_file
+    try:
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        mtime = None
+    if not force and mtime == state.config_mtime:
+        return
+    state.config_mtime = mtime
+    try:
+        config = await asyncio.to_thread(load_config, path)
+        built = await asyncio.to_thread(_build_static_deps, config, state.environ)
+    except ConfigError as error:
+        log.error("config not applied, keeping the previous one: %s", error.full_message())
+        return
+    state.config = config
+    deps = app[PROXY].deps
+    deps.providers = built["providers"]
+    deps.router = built["router"]
+    deps.pricer = built["pricer"]
+    deps.provider_keys = built["keys"]
+    if deps.admission is not None:
+        deps.admission.update_rules(built["rules"])  # type: ignore[attr-defined]
+    log.info("config reloaded from %s", path)
+
+
+async def _watch_config(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            await apply_config(app)
+        except Exception:  # the watcher must survive anything; the error is logged
+            log.exception("config reload failed")
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    """One ClientSession, one ledger writer, one budget guard per sidecar; closed in order on shutdown."""
+    from ccgate.budget_guard import BudgetGuard
+    from ccgate.storage.ledger import open_ledger
+    from ccgate.storage.reports import spent_nanos
+    from ccgate.storage.writer import LedgerWriter
+    from ccgate.upstream import create_client_session
+
+    state = app[STATE]
+    writer = LedgerWriter(state.paths.ledger_file)
+    await asyncio.to_thread(writer.start)
+    if writer.recovered:
+        log.warning("marked %d request(s) left pending by a previous run as interrupted", writer.recovered)
+    state.launches = await asyncio.to_thread(_load_launches, state.paths)
+    built = await asyncio.to_thread(_build_static_deps, state.config, state.environ)
+    try:
+        state.config_mtime = state.paths.config_file.stat().st_mtime
+    except FileNotFoundError:
+        state.config_mtime = None
+
+    ledger_path = state.paths.ledger_file
+
+    def load_spent(since: Any, until: Any, project: str | None) -> int:
+        writer.flush(timeout=5.0)
+        db = open_ledger(ledger_path)
+        try:
+            return spent_nanos(db, since=since, until=until, project=project)
+        finally:
+            db.close()
+
+    guard = BudgetGuard(
+        built["rules"],
+        spent_loader=load_spent,
+        tz=_timezone(state.config),
+        wait_timeout=state.config.sidecar.budget_wait_seconds,
+    )
+    session = create_client_session()
+
+    def remember(record: RequestRecord) -> None:
+        state.last_record = record
+
+    app[PROXY] = Proxy(
+        ProxyDeps(
+            session=session,
+            providers=built["providers"],
+            router=built["router"],
+            pricer=built["pricer"],
+            ledger=writer,
+            admission=guard,
+            provider_keys=built["keys"],
+            on_record=remember,
+        )
+    )
+    watcher = asyncio.create_task(_watch_config(app))
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await session.close()
+        await asyncio.to_thread(writer.close)
+
+
+def _timezone(config: Config) -> Any:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if config.timezone:
+        try:
+            return ZoneInfo(config.timezone)
+        except ZoneInfoNotFoundError:
+            log.error("unknown timezone %r in config; using the system zone", config.timezone)
+    return None
+
+
+async def _drain(app: web.Application) -> None:
+    """On shutdown, give in-flight streams a moment to finish so their rows complete."""
+    proxy = app.get(PROXY)
+    if proxy is None:
+        return
+    deadline = time.monotonic() + 10.0
+    while proxy.inflight and time.monotonic() < deadline:  # noqa: ASYNC110 - a poll bounded by the deadline
+        await asyncio.sleep(0.05)
+
+
+def create_app(
+    paths: Paths, config: Config, *, token: str, environ: Mapping[str, str] | None = None
+) -> web.Application:
+    app = web.Application(
+        client_max_size=config.sidecar.max_body_mb * 1024 * 1024,
+        middlewares=[guard_middleware],
+        handler_args={"max_field_size": 65536, "max_line_size": 65536},
+    )
+    app[STATE] = SidecarState(paths=paths, config=config, environ=dict(environ or os.environ), token=token)
+    app.cleanup_ctx.append(_resources)
+    app.on_shutdown.append(_drain)
+    app.router.add_route("HEAD", "/", root)
+    app.router.add_get("/", root, allow_head=False)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
+    app.router.add_get("/_ccgate/status", status)
+    app.router.add_post("/_ccgate/launches", register_launch)
+    app.router.add_post("/_ccgate/reload", reload)
+    return app
