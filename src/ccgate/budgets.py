@@ -1,0 +1,348 @@
+"""Budget arithmetic: periods, calendar and rolling windows, and the admission rule. Pure: no I/O, clock injected.
+
+Admission rule
+--------------
+Every budget that applies to a request is looked at as a `BudgetState`: its `limit`, what is already `spent`
+in the current window, and what in-flight requests have `reserved` (each reserves an upper bound of its own
+cost). A request that wants to reserve `r` nano-dollars gets, per budget:
+
+* **reject** if ``spent >= limit`` -- the budget is used up; only the window's reset (or a higher limit) helps;
+* **fit** if ``spent + reserved + r <= limit`` -- even if every in-flight request costs its full reservation,
+  the limit holds;
+* **lone** if ``reserved == 0`` and ``spent < limit`` -- nothing else is in flight, so this request may run even
+  though its own upper bound does not fit; the budget then overshoots by at most this one request;
+* **wait** otherwise -- spent is below the limit but reservations fill it; in-flight requests will settle (most
+  for far less than they reserved), so the caller waits for that instead of failing.
+
+`decide` rejects if any budget rejects, waits if any budget waits, and admits only when every budget is *fit*
+or *lone*. Budgets are examined in sorted key order, so the blocking budget reported is deterministic.
+
+Why this bounds overshoot to one request: an over-limit spend can only come from a *lone* admission (a *fit*
+admission keeps ``spent + reserved <= limit`` as long as real costs stay within reservations). While a lone
+request is in flight, ``reserved >= r > limit - spent``, so no other request *fits* and none is *lone*: all
+wait. When it settles, either ``spent >= limit`` (everyone is rejected) or the next one goes. So 50 concurrent
+requests against a nearly spent budget overshoot by at most one request, while ten parallel sub-agents whose
+reservations together exceed a mostly unspent budget are all served in turn.
+
+Windows
+-------
+Calendar windows are aligned in the user's timezone: a day starts at local midnight, a week on Monday, a month
+on the 1st, a year on January 1st; multiples are aligned to a fixed origin (``Nd`` to 1970-01-01, ``Nw`` to the
+Monday 1970-01-05, ``Nmo`` to January so ``3mo`` are quarters, ``Ny`` to years divisible by N). Windows of up to
+an hour are counted in elapsed time from local midnight, so they keep their exact length and sit on the clock
+(``1h`` starts on the hour, ``15min`` at :00/:15/...), also on DST days. Windows over an hour and up to a day are
+wall-clock intervals from local midnight (``6h``: 00-06, 06-12, ...), so like a day, the one holding a DST change
+is an hour shorter or longer. Any window that would cross local midnight ends there. Minute/hour windows longer
+than a day are aligned to the Unix epoch. A wall time that a DST change skips maps to the first instant after
+the gap; a repeated wall time maps to its first occurrence. Windows tile time: each ends where the next starts.
+All returned datetimes are UTC.
+
+Rolling windows (``calendar=False``) are ``(now - duration, now]`` with a month counted as 30 days and a year as
+365; `rolling_buckets` lists the epoch-aligned bucket starts a store keeps for them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import Decimal
+from enum import StrEnum
+
+from ccgate.errors import UserInputError
+from ccgate.models import format_usd
+
+
+class PeriodUnit(StrEnum):
+    MINUTE = "min"
+    HOUR = "h"
+    DAY = "d"
+    WEEK = "w"
+    MONTH = "mo"
+    YEAR = "y"
+
+
+_ALIASES: dict[str, tuple[int, PeriodUnit]] = {
+    "hourly": (1, PeriodUnit.HOUR),
+    "daily": (1, PeriodUnit.DAY),
+    "weekly": (1, PeriodUnit.WEEK),
+    "monthly": (1, PeriodUnit.MONTH),
+    "yearly": (1, PeriodUnit.YEAR),
+}
+_NAMES = {value: name for name, value in _ALIASES.items()}
+_PERIOD_RE = re.compile(r"^(\d{1,6})\s*(min|h|d|w|mo|y)$")
+# Keeps every window inside datetime's range (years 1..9999) and away from nonsense.
+_MAX_COUNT = {
+    PeriodUnit.MINUTE: 525_600,
+    PeriodUnit.HOUR: 8_760,
+    PeriodUnit.DAY: 3_660,
+    PeriodUnit.WEEK: 520,
+    PeriodUnit.MONTH: 120,
+    PeriodUnit.YEAR: 10,
+}
+VALID_PERIOD_FORMS = (
+    "N followed by min, h, d, w, mo or y (e.g. 5min, 1h, 1d, 1w, 1mo, 1y), or hourly, daily, weekly, monthly, yearly"
+)
+
+_DAY = timedelta(days=1)
+_HOUR = timedelta(hours=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_EPOCH_MONDAY_ORDINAL = date(1970, 1, 5).toordinal()
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """A budget period such as `1d` or `15min`."""
+
+    count: int
+    unit: PeriodUnit
+
+    @property
+    def text(self) -> str:
+        """The canonical spelling, e.g. `1d`."""
+        return f"{self.count}{self.unit.value}"
+
+    @property
+    def name(self) -> str:
+        """What people call it: `daily` for `1d`, otherwise the canonical spelling."""
+        return _NAMES.get((self.count, self.unit), self.text)
+
+    def approx_duration(self) -> timedelta:
+        """Length of a rolling window: exact for min/h/d/w; a month counts 30 days and a year 365."""
+        per_unit = {
+            PeriodUnit.MINUTE: timedelta(minutes=1),
+            PeriodUnit.HOUR: timedelta(hours=1),
+            PeriodUnit.DAY: _DAY,
+            PeriodUnit.WEEK: timedelta(weeks=1),
+            PeriodUnit.MONTH: timedelta(days=30),
+            PeriodUnit.YEAR: timedelta(days=365),
+        }[self.unit]
+        return per_unit * self.count
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_period(text: str) -> Period:
+    """One period syntax everywhere (config, CLI, gateway admin)."""
+    cleaned = text.strip().lower()
+    if cleaned in _ALIASES:
+        count, unit = _ALIASES[cleaned]
+        return Period(count, unit)
+    match = _PERIOD_RE.match(cleaned)
+    if match is None:
+        raise UserInputError(f"{text!r} is not a period", hint=f"use {VALID_PERIOD_FORMS}")
+    count, unit = int(match.group(1)), PeriodUnit(match.group(2))
+    if not 1 <= count <= _MAX_COUNT[unit]:
+        raise UserInputError(
+            f"{text!r} is out of range: the count must be between 1 and {_MAX_COUNT[unit]} for `{unit.value}`",
+            hint=f"use {VALID_PERIOD_FORMS}",
+        )
+    return Period(count, unit)
+
+
+def _wall(moment: datetime, tz: tzinfo) -> datetime:
+    return moment.astimezone(tz).replace(tzinfo=None)
+
+
+def local_to_utc(wall: datetime, tz: tzinfo) -> datetime:
+    """The first instant at which the clock in `tz` shows `wall` (or, inside a DST gap, first passes it)."""
+    wall = wall.replace(tzinfo=None)
+    first = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
+    if _wall(first, tz) == wall:
+        return first
+    # Skipped by a DST gap: binary-search the transition, the first instant whose wall time is >= `wall`.
+    other = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)
+    low, high = min(first, other), max(first, other)
+    if _wall(high, tz) < wall:  # not a plain gap (odd tzinfo); the later reading is the safe answer
+        return high
+    lo_s, hi_s = 0, int((high - low).total_seconds())
+    while lo_s < hi_s:
+        mid = (lo_s + hi_s) // 2
+        if _wall(low + timedelta(seconds=mid), tz) >= wall:
+            hi_s = mid
+        else:
+            lo_s = mid + 1
+    return low + timedelta(seconds=lo_s)
+
+
+def _midnight(day: date, tz: tzinfo) -> datetime:
+    return local_to_utc(datetime(day.year, day.month, day.day), tz)
+
+
+def _as_utc(now: datetime) -> datetime:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("window() needs an aware datetime")
+    return now.astimezone(UTC)
+
+
+def window(period: Period, now: datetime, tz: tzinfo, *, calendar: bool = True) -> tuple[datetime, datetime]:
+    """The `[start, end)` window holding `now`, in UTC; see the module docstring for the alignment rules."""
+    now = _as_utc(now)
+    n = period.count
+    if not calendar:
+        return now - period.approx_duration(), now
+    today = _wall(now, tz).date()
+    unit = period.unit
+    if unit is PeriodUnit.DAY:
+        first = _EPOCH_ORDINAL + (today.toordinal() - _EPOCH_ORDINAL) // n * n
+        return _midnight(date.fromordinal(first), tz), _midnight(date.fromordinal(first + n), tz)
+    if unit is PeriodUnit.WEEK:
+        span = 7 * n
+        first = _EPOCH_MONDAY_ORDINAL + (today.toordinal() - _EPOCH_MONDAY_ORDINAL) // span * span
+        return _midnight(date.fromordinal(first), tz), _midnight(date.fromordinal(first + span), tz)
+    if unit is PeriodUnit.MONTH:
+        index = (today.year * 12 + today.month - 1) // n * n
+        end_index = index + n
+        return (
+            _midnight(date(index // 12, index % 12 + 1, 1), tz),
+            _midnight(date(end_index // 12, end_index % 12 + 1, 1), tz),
+        )
+    if unit is PeriodUnit.YEAR:
+        year = today.year // n * n
+        return _midnight(date(year, 1, 1), tz), _midnight(date(year + n, 1, 1), tz)
+    size = period.approx_duration()
+    if size > _DAY:
+        start = _EPOCH + (now - _EPOCH) // size * size
+        return start, start + size
+    day_start = _midnight(today, tz)
+    day_end = _midnight(today + _DAY, tz)
+    if size <= _HOUR:
+        start = day_start + (now - day_start) // size * size
+        return start, min(start + size, day_end)
+    # Multi-hour windows are wall-clock intervals, so a DST change lengthens or shortens the one holding it.
+    wall_midnight = datetime(today.year, today.month, today.day)
+
+    def edge(k: int) -> datetime:
+        return day_end if k * size >= _DAY else local_to_utc(wall_midnight + k * size, tz)
+
+    k = (_wall(now, tz) - wall_midnight) // size
+    while now >= edge(k + 1):
+        k += 1
+    while k > 0 and now < edge(k):
+        k -= 1
+    return edge(k), edge(k + 1)
+
+
+_BUCKET_SIZES = tuple(
+    timedelta(seconds=s) for s in (1, 5, 10, 15, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+)
+
+
+def bucket_size(period: Period, *, max_buckets: int = 60) -> timedelta:
+    """The bucket width a rolling window of `period` is kept in: the smallest round size giving <= max_buckets."""
+    duration = period.approx_duration()
+    for size in _BUCKET_SIZES:
+        if duration / size <= max_buckets:
+            return size
+    return _BUCKET_SIZES[-1]
+
+
+def rolling_buckets(period: Period, now: datetime, *, size: timedelta | None = None) -> list[datetime]:
+    """Starts (UTC, epoch-aligned) of the buckets overlapping the rolling window `(now - duration, now]`.
+
+    The oldest bucket may lie partly outside the window; counting it whole errs on the safe side for a budget.
+    """
+    now = _as_utc(now)
+    size = size or bucket_size(period)
+    oldest = now - period.approx_duration()
+    first = _EPOCH + (oldest - _EPOCH) // size * size
+    last = _EPOCH + (now - _EPOCH) // size * size
+    count = (last - first) // size + 1
+    return [first + i * size for i in range(count)]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """One budget at one moment: what its admission decision and the status displays look at."""
+
+    key: str
+    label: str
+    limit_nanos: int
+    spent_nanos: int
+    reserved_nanos: int
+    resets_at: datetime
+
+    @property
+    def left_nanos(self) -> int:
+        return max(0, self.limit_nanos - self.spent_nanos)
+
+    @property
+    def used_fraction(self) -> Decimal:
+        """spent / limit, exact; 1 for a zero limit."""
+        if self.limit_nanos <= 0:
+            return Decimal(1)
+        return Decimal(self.spent_nanos) / Decimal(self.limit_nanos)
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Every applicable budget has room (or is idle and not yet used up)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """`blocking` is not used up but in-flight reservations fill it: wait for them to settle."""
+
+    blocking: BudgetState
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """`blocking` has spent its limit."""
+
+    blocking: BudgetState
+
+
+Decision = Admit | Wait | Reject
+
+
+def decide(states: Sequence[BudgetState], reserve_nanos: int) -> Decision:
+    """Apply the admission rule of the module docstring to every applicable budget."""
+    if reserve_nanos < 0:
+        raise ValueError("reserve_nanos must not be negative")
+    ordered = sorted(states, key=lambda s: s.key)
+    for state in ordered:
+        if state.spent_nanos >= state.limit_nanos:
+            return Reject(state)
+    for state in ordered:
+        fits = state.spent_nanos + state.reserved_nanos + reserve_nanos <= state.limit_nanos
+        if not fits and state.reserved_nanos > 0:
+            return Wait(state)
+    return Admit()
+
+
+class BudgetLevel(StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    EXHAUSTED = "exhausted"
+
+
+def warn_level(state: BudgetState, warn_at: Decimal) -> BudgetLevel:
+    """`exhausted` once spent reaches the limit, `warn` from `warn_at` (a fraction, e.g. 0.8) of it."""
+    if state.spent_nanos >= state.limit_nanos:
+        return BudgetLevel.EXHAUSTED
+    if Decimal(state.spent_nanos) >= warn_at * Decimal(state.limit_nanos):
+        return BudgetLevel.WARN
+    return BudgetLevel.OK
+
+
+def format_local(moment: datetime, tz: tzinfo) -> str:
+    """`2026-11-26 00:00 CET`: a reset time as the user reads it."""
+    local = moment.astimezone(tz)
+    zone = local.tzname() or local.strftime("%z")
+    return f"{local:%Y-%m-%d %H:%M} {zone}"
+
+
+def format_budget_message(state: BudgetState, command_hint: str, *, tz: tzinfo = UTC) -> str:
+    """The 402 text: which budget, spent of limit, local reset time, and the command that raises it.
+
+    The servers' error envelope prefixes `ccgate: `. Never says "credit balance is too low": Claude Code
+    replaces messages containing that phrase with its own.
+    """
+    return (
+        f"{state.label} reached: {format_usd(state.spent_nanos)} spent of {format_usd(state.limit_nanos)} "
+        f"(resets {format_local(state.resets_at, tz)}). Raise it with `{command_hint}`"
+    )
