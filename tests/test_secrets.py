@@ -26,18 +26,19 @@ SECRET = "sk-test-0123456789abcdef"
 
 @pytest.fixture(autouse=True)
 def empty_memory_keyring() -> Iterator[None]:
-    from ccgate_testing_keyring import MemoryKeyring
-
-    MemoryKeyring._store.clear()
+    """tests/support's MemoryKeyring keeps one class-level dict; start and end each test with it empty."""
+    store = getattr(keyring.get_keyring(), "_store", None)
+    assert isinstance(store, dict)
+    store.clear()
     yield
-    MemoryKeyring._store.clear()
+    store.clear()
 
 
 @pytest.fixture
 def no_keyring() -> Iterator[None]:
     """A machine without any keyring backend: keyring only offers its 'fail' placeholder."""
     previous = keyring.get_keyring()
-    keyring.set_keyring(fail.Keyring())
+    keyring.set_keyring(fail.Keyring())  # type: ignore[no-untyped-call]
     yield
     keyring.set_keyring(previous)
 
@@ -45,7 +46,7 @@ def no_keyring() -> Iterator[None]:
 class BrokenKeyring(KeyringBackend):
     """A locked keyring whose error text (badly) repeats the value it was given."""
 
-    priority = 1  # type: ignore[assignment]
+    priority = 1
 
     def get_password(self, service: str, username: str) -> str | None:
         raise KeyringError("keyring is locked")
@@ -124,7 +125,7 @@ def test_file_fallback_refuses_a_world_readable_file() -> None:
 
 def test_keyring_errors_become_secret_store_errors_without_the_value() -> None:
     previous = keyring.get_keyring()
-    keyring.set_keyring(BrokenKeyring())
+    keyring.set_keyring(BrokenKeyring())  # type: ignore[no-untyped-call]
     try:
         with pytest.raises(SecretStoreError) as info:
             secrets.set_provider_key("groq", SECRET)
