@@ -1,0 +1,374 @@
+"""Budget admission for one server process: reserve before forwarding, settle with the real cost afterwards.
+
+Spend per budget window is loaded once from the ledger (through an injected synchronous `spent_loader`, run in
+a worker thread) and then kept in memory: `settle` adds each request's real cost at once, because the ledger
+writer commits later. When a window rolls over (midnight, the 1st, ...) the new window is loaded afresh.
+The arithmetic lives in `ccgate.budgets`; this module adds the asyncio waiting, reservations and expiry.
+
+Everything here runs on the event loop thread: `settle`, `release` and `expire_stale` are plain synchronous
+calls and the admission decision plus its reservation happen without an `await` in between, so they are atomic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ccgate.budgets import (
+    Admit,
+    BudgetState,
+    Period,
+    Reject,
+    decide,
+    format_budget_message,
+    parse_period,
+    window,
+)
+from ccgate.errors import BudgetExceededError, ConfigError, UnpricedModelError, UserInputError
+from ccgate.models import format_usd, nanos_to_usd, usd_to_nanos, utcnow
+
+if TYPE_CHECKING:
+    from ccgate.config import Config
+
+SpentLoader = Callable[[datetime, datetime, "str | None"], int]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRule:
+    """One configured budget: `project` None applies to every request."""
+
+    key: str
+    period: Period
+    limit_nanos: int
+    project: str | None
+    warn_at: Decimal
+    label: str
+
+    def applies_to(self, project: str | None) -> bool:
+        return self.project is None or self.project == project
+
+    def raise_command(self) -> str:
+        """The command that doubles this budget (or sets one, for a zero limit)."""
+        suggested = nanos_to_usd(self.limit_nanos * 2) if self.limit_nanos else Decimal(10)
+        amount = format(suggested.normalize(), "f")
+        command = f"ccgate budget set {self.period.name} {amount}"
+        if self.project is not None:
+            command += f" --project {shlex.quote(self.project)}"
+        return command
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionRequest:
+    """What the proxy knows before forwarding: the project and an upper bound of the cost (None = unpriced)."""
+
+    project: str | None
+    reserve_nanos: int | None
+    model: str | None = None
+
+
+class Reservation:
+    """An admitted request's hold on its budgets; hand it back to `settle` or `release` exactly once."""
+
+    __slots__ = ("_holds", "_released", "_settled", "created_at", "id", "nanos")
+
+    def __init__(self, id: int, nanos: int, holds: tuple[tuple[str, datetime], ...], created_at: datetime) -> None:
+        self.id = id
+        self.nanos = nanos
+        self._holds = holds  # (rule key, window start) pairs
+        self.created_at = created_at
+        self._released = False  # its reserved amount is no longer counted (settled, released or expired)
+        self._settled = False  # its real cost has been counted
+
+    @property
+    def budget_keys(self) -> tuple[str, ...]:
+        return tuple(key for key, _ in self._holds)
+
+    @property
+    def done(self) -> bool:
+        return self._released
+
+    def __repr__(self) -> str:
+        return f"Reservation(id={self.id}, nanos={self.nanos}, budgets={self.budget_keys}, done={self._released})"
+
+
+@dataclass(slots=True)
+class _Window:
+    rule: BudgetRule
+    start: datetime
+    end: datetime
+    spent: int
+    reserved: int = 0
+
+    def state(self) -> BudgetState:
+        return BudgetState(
+            key=self.rule.key,
+            label=self.rule.label,
+            limit_nanos=self.rule.limit_nanos,
+            spent_nanos=self.spent,
+            reserved_nanos=self.reserved,
+            resets_at=self.end,
+        )
+
+
+def resolve_timezone(name: str | None = None, environ: Mapping[str, str] | None = None) -> tzinfo:
+    """The user's timezone: the configured IANA name, else TZ, else /etc/localtime, else UTC."""
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(
+                f"timezone {name!r} is not a known IANA timezone", hint="use a name like Europe/Berlin or UTC"
+            ) from exc
+    env = os.environ if environ is None else environ
+    tz_env = env.get("TZ", "").lstrip(":")
+    if tz_env:
+        try:
+            return ZoneInfo(tz_env)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    localtime = Path("/etc/localtime")
+    try:
+        target = str(localtime.resolve())
+        if "zoneinfo/" in target:
+            return ZoneInfo(target.split("zoneinfo/", 1)[1])
+        with localtime.open("rb") as handle:
+            return ZoneInfo.from_file(handle, key="localtime")
+    except (OSError, ZoneInfoNotFoundError, ValueError):
+        pass
+    local = datetime.now().astimezone().tzinfo
+    return local if local is not None else UTC
+
+
+def _project_label(project: str) -> str:
+    return Path(project).name or project
+
+
+def rules_from_config(config: Config) -> list[BudgetRule]:
+    """The `[[budgets]]` of config.toml as rules; a bad period is a ConfigError."""
+    rules: list[BudgetRule] = []
+    seen: dict[str, int] = {}
+    for index, budget in enumerate(config.budgets):
+        try:
+            period = parse_period(budget.period)
+        except UserInputError as exc:
+            raise ConfigError(f"budgets[{index}].period: {exc.message}", hint=exc.hint) from exc
+        base = f"{period.text}@{budget.project or '*'}"
+        seen[base] = seen.get(base, 0) + 1
+        key = base if seen[base] == 1 else f"{base}#{seen[base]}"
+        label = f"{period.name} budget"
+        if budget.project is not None:
+            label += f" for project {_project_label(budget.project)}"
+        rules.append(
+            BudgetRule(
+                key=key,
+                period=period,
+                limit_nanos=usd_to_nanos(budget.limit_usd),
+                project=budget.project,
+                warn_at=budget.warn_at,
+                label=label,
+            )
+        )
+    return rules
+
+
+class BudgetGuard:
+    """Exact admission under concurrency for one process (see `ccgate.budgets` for the rule)."""
+
+    def __init__(
+        self,
+        rules: Sequence[BudgetRule],
+        *,
+        spent_loader: SpentLoader,
+        clock: Callable[[], datetime] = utcnow,
+        tz: tzinfo | None = None,
+        wait_timeout: float = 30.0,
+        reservation_ttl: float = 600.0,
+    ) -> None:
+        self._rules: dict[str, BudgetRule] = {}
+        self._spent_loader = spent_loader
+        self._clock = clock
+        self._tz = tz if tz is not None else resolve_timezone()
+        self._wait_timeout = wait_timeout
+        self._ttl = timedelta(seconds=reservation_ttl)
+        self._windows: dict[str, _Window] = {}
+        self._load_locks: dict[str, asyncio.Lock] = {}
+        self._reservations: dict[int, Reservation] = {}
+        self._ids = itertools.count(1)
+        self._changed: asyncio.Event | None = None
+        self.update_rules(rules)
+
+    @property
+    def timezone(self) -> tzinfo:
+        return self._tz
+
+    @property
+    def rules(self) -> tuple[BudgetRule, ...]:
+        return tuple(self._rules[key] for key in sorted(self._rules))
+
+    def update_rules(self, rules: Sequence[BudgetRule]) -> None:
+        """Apply a reloaded config: loaded spend survives for budgets whose period and scope are unchanged."""
+        new = {rule.key: rule for rule in rules}
+        if len(new) != len(rules):
+            raise ConfigError("two budgets share one key", hint="give every budget its own period/project")
+        for key in list(self._windows):
+            kept = new.get(key)
+            old = self._windows[key]
+            if kept is None or (kept.period, kept.project) != (old.rule.period, old.rule.project):
+                del self._windows[key]
+            else:
+                old.rule = kept
+        self._rules = new
+        self._notify()  # a raised limit may let waiters in
+
+    def _applicable(self, project: str | None) -> list[BudgetRule]:
+        return [self._rules[key] for key in sorted(self._rules) if self._rules[key].applies_to(project)]
+
+    def _current(self, rule: BudgetRule, now: datetime) -> _Window | None:
+        held = self._windows.get(rule.key)
+        if held is not None and held.start <= now < held.end:
+            return held
+        return None
+
+    async def _ensure_loaded(self, rules: Sequence[BudgetRule]) -> None:
+        """Load each rule's current window once, locking budgets in sorted key order."""
+        for rule in rules:  # already sorted by key
+            if self._current(rule, self._clock()) is not None:
+                continue
+            lock = self._load_locks.setdefault(rule.key, asyncio.Lock())
+            async with lock:
+                now = self._clock()
+                if self._current(rule, now) is not None or self._rules.get(rule.key) is not rule:
+                    continue
+                start, end = window(rule.period, now, self._tz)
+                spent = await asyncio.to_thread(self._spent_loader, start, end, rule.project)
+                if self._rules.get(rule.key) is rule:
+                    self._windows[rule.key] = _Window(rule=rule, start=start, end=end, spent=int(spent))
+
+    def _event(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    def _notify(self) -> None:
+        """Wake every waiter: spend or reservations changed. A fresh event serves the next round."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def admit(self, request: AdmissionRequest) -> Reservation:
+        """Reserve `request.reserve_nanos` on every applicable budget, waiting while reservations fill one.
+
+        Raises UnpricedModelError for an unpriced request under a budget, BudgetExceededError when a budget is
+        spent or stays fully reserved for `wait_timeout` seconds.
+        """
+        rules = self._applicable(request.project)
+        if not rules:
+            return Reservation(next(self._ids), 0, (), self._clock())
+        if request.reserve_nanos is None:
+            model = request.model or "MODEL"
+            raise UnpricedModelError(
+                f"model {model} has no known price and a budget applies, so its cost cannot be bounded",
+                hint=f"set a price with `ccgate price set {model} ...` (0 for a free local model)",
+            )
+        reserve = request.reserve_nanos
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_timeout
+        while True:
+            await self._ensure_loaded(rules)
+            self.expire_stale()
+            now = self._clock()
+            windows = [self._current(rule, now) for rule in rules]
+            if any(held is None or held.rule is not rule for held, rule in zip(windows, rules, strict=True)):
+                # a window rolled over or the rules were reloaded while loading: look again
+                rules = self._applicable(request.project)
+                continue
+            live = [held for held in windows if held is not None]
+            decision = decide([held.state() for held in live], reserve)
+            if isinstance(decision, Admit):
+                for held in live:
+                    held.reserved += reserve
+                reservation = Reservation(
+                    next(self._ids), reserve, tuple((held.rule.key, held.start) for held in live), now
+                )
+                self._reservations[reservation.id] = reservation
+                return reservation
+            blocking = decision.blocking
+            rule = self._rules[blocking.key]
+            if isinstance(decision, Reject):
+                raise BudgetExceededError(format_budget_message(blocking, rule.raise_command(), tz=self._tz))
+            event = self._event()
+            remaining = deadline - loop.time()
+            rules = self._applicable(request.project)  # for the next round: update_rules may change them
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                raise BudgetExceededError(
+                    f"{blocking.label} is fully reserved by requests in flight: "
+                    f"{format_usd(blocking.spent_nanos)} spent and {format_usd(blocking.reserved_nanos)} reserved "
+                    f"of {format_usd(blocking.limit_nanos)}, and this request may cost up to {format_usd(reserve)}. "
+                    f"Try again when they finish, or raise it with `{rule.raise_command()}`"
+                ) from None
+
+    def _drop(self, reservation: Reservation, spent: int | None) -> None:
+        for key, start in reservation._holds:
+            held = self._windows.get(key)
+            if held is None or held.start != start:
+                continue  # the budget was removed or its window rolled over: nothing to adjust
+            if not reservation._released:
+                held.reserved -= reservation.nanos
+            if spent is not None:
+                held.spent += spent
+
+    def settle(self, reservation: Reservation, actual_nanos: int) -> None:
+        """Swap the reservation for the real cost in one step (also after expiry: the cost still counts)."""
+        if actual_nanos < 0:
+            raise ValueError("actual_nanos must not be negative")
+        if reservation._settled:
+            return
+        self._reservations.pop(reservation.id, None)
+        self._drop(reservation, actual_nanos)
+        reservation._released = reservation._settled = True
+        self._notify()
+
+    def release(self, reservation: Reservation) -> None:
+        """The request failed before it cost anything: give the reservation back."""
+        if reservation._released:
+            return
+        self._reservations.pop(reservation.id, None)
+        self._drop(reservation, None)
+        reservation._released = True
+        self._notify()
+
+    def expire_stale(self) -> int:
+        """Drop reservations older than the TTL (their request crashed without settling); returns how many."""
+        cutoff = self._clock() - self._ttl
+        stale = [r for r in self._reservations.values() if r.created_at < cutoff]
+        for reservation in stale:
+            self.release(reservation)
+        return len(stale)
+
+    def states(self, project: str | None = None) -> list[BudgetState]:
+        """Loaded budgets in their current window (sorted by key); project None means every budget.
+
+        Budgets not loaded yet (no request so far in this window) are left out; `snapshot` loads them.
+        """
+        now = self._clock()
+        rules = list(self.rules) if project is None else self._applicable(project)
+        return [held.state() for rule in rules if (held := self._current(rule, now)) is not None]
+
+    async def snapshot(self, project: str | None = None) -> list[BudgetState]:
+        """Like `states`, loading any budget whose current window is not in memory yet."""
+        rules = list(self.rules) if project is None else self._applicable(project)
+        await self._ensure_loaded(rules)
+        return self.states(project)
