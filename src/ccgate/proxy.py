@@ -25,7 +25,7 @@ from ccgate.models import Attempt, Cost, RequestRecord, RequestStatus, Usage, ut
 from ccgate.upstream import CCGATE_REQUEST_HEADERS, HOP_BY_HOP, RESPONSE_DROP
 
 if TYPE_CHECKING:
-    from ccgate.budget_guard import Reservation
+    from ccgate.budget_guard import AdmissionRequest, BudgetRule, Reservation
     from ccgate.providers import ProviderSpec
     from ccgate.routing import Route, Target
 
@@ -50,8 +50,9 @@ class Pricer(Protocol):
 
 
 class Admission(Protocol):
-    def applies(self, project: str | None) -> bool: ...
-    async def admit_for(self, *, project: str | None, model: str, reserve_nanos: int | None) -> Reservation: ...
+    @property
+    def rules(self) -> tuple[BudgetRule, ...]: ...
+    async def admit(self, request: AdmissionRequest) -> Reservation: ...
     def settle(self, reservation: Reservation, actual_nanos: int) -> None: ...
     def release(self, reservation: Reservation) -> None: ...
 
@@ -179,10 +180,13 @@ class Proxy:
         if task is not None:
             self.inflight.add(task)
         try:
-            if deps.admission is not None and deps.admission.applies(meta.project):
+            admission = deps.admission
+            if admission is not None and any(rule.applies_to(meta.project) for rule in admission.rules):
+                from ccgate.budget_guard import AdmissionRequest
+
                 reserve = self._reserve_nanos(ctx, primary)
-                ctx.reservation = await deps.admission.admit_for(
-                    project=meta.project, model=primary.model, reserve_nanos=reserve
+                ctx.reservation = await admission.admit(
+                    AdmissionRequest(project=meta.project, reserve_nanos=reserve, model=primary.model)
                 )
             deps.ledger.write_pending(record)
             return await self._run_chain(request, ctx, route)
@@ -249,20 +253,24 @@ class Proxy:
                 record.attempts = tuple(attempts)
                 try:
                     if spec.kind == "openai":
-                        return await self._relay_openai(request, ctx, upstream, spec, target)
-                    return await self._relay_anthropic(request, ctx, upstream, target)
-                finally:
-                    upstream.release()
+                        response = await self._relay_openai(request, ctx, upstream, spec, target)
+                    else:
+                        response = await self._relay_anthropic(request, ctx, upstream, target)
+                except BaseException:
+                    upstream.close()  # a half-read stream cannot go back to the pool
+                    raise
+                upstream.release()
+                return response
             record.attempts = tuple(attempts)
-            error = last_error or UpstreamError("every target in the route failed")
+            failure = last_error or UpstreamError("every target in the route failed")
             self._finish(
                 ctx,
                 RequestStatus.ERROR,
-                http_status=error.status,
-                error_type=error.error_type,
-                error_message=error.message,
+                http_status=failure.status,
+                error_type=failure.error_type,
+                error_message=failure.message,
             )
-            return error_response(error)
+            return error_response(failure)
         except asyncio.CancelledError:
             self._finish(ctx, RequestStatus.INTERRUPTED, error_type="cancelled")
             raise
@@ -470,15 +478,15 @@ class Proxy:
             return response
         except (aiohttp.ClientError, TimeoutError) as exc:
             record.usage = translator.usage
-            message = f"ccgate: upstream {spec.name} broke off the stream: {type(exc).__name__}"
+            broke = f"ccgate: upstream {spec.name} broke off the stream: {type(exc).__name__}"
             self._finish(
                 ctx,
                 RequestStatus.INTERRUPTED,
                 http_status=200,
                 error_type="upstream_disconnected",
-                error_message=message,
+                error_message=broke,
             )
-            await self._write_quietly(response, b"".join(translator.error("api_error", message)))
+            await self._write_quietly(response, b"".join(translator.error("api_error", broke)))
             return response
         record.usage = translator.usage
         if record.error_type is not None:

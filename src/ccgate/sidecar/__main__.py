@@ -17,7 +17,7 @@ async def serve(port: int | None) -> int:
 
     from ccgate.config import load_config
     from ccgate.paths import resolve_paths
-    from ccgate.sidecar.app import create_app
+    from ccgate.sidecar.app import create_app, create_runner
     from ccgate.sidecar.process import configured_port, ensure_token, remove_run_files, write_run_files
 
     paths = resolve_paths().ensure()
@@ -26,7 +26,7 @@ async def serve(port: int | None) -> int:
         port = configured_port(config.sidecar.port, os.environ)
     token = ensure_token(paths)
     app = create_app(paths, config, token=token)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=15.0)
+    runner = create_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, config.sidecar.host, port, reuse_address=True, backlog=1024)
     try:

@@ -314,7 +314,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         writer.flush(timeout=5.0)
         db = open_ledger(ledger_path)
         try:
-            return spent_nanos(db, since=since, until=until, project=project)
+            return int(spent_nanos(db, since=since, until=until, project=project))
         finally:
             db.close()
 
@@ -371,6 +371,11 @@ async def _drain(app: web.Application) -> None:
     deadline = time.monotonic() + 10.0
     while proxy.inflight and time.monotonic() < deadline:  # noqa: ASYNC110 - a poll bounded by the deadline
         await asyncio.sleep(0.05)
+
+
+def create_runner(app: web.Application) -> web.AppRunner:
+    """Handler cancellation on: a client that goes away mid-stream must close the upstream request at once."""
+    return web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=15.0, handler_cancellation=True)
 
 
 def create_app(

@@ -1,0 +1,393 @@
+"""The sidecar as Claude Code sees it: real SDK clients, a scripted upstream on loopback, the real ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import anthropic
+import pytest
+from multidict import CIMultiDict
+from scripted_upstream import SSE, ErrorReply, ScriptedUpstream, StreamReply, TextReply, Usage, text_events
+from sidecar_harness import Harness, running_sidecar
+
+from ccgate.config import Config, SidecarSettings
+
+BODY: dict[str, Any] = {
+    "model": "claude-opus-4-5",
+    "max_tokens": 1024,
+    "stream": True,
+    "metadata": {"user_id": json.dumps({"device_id": "dev", "session_id": "sess-from-metadata"})},
+    "system": [{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}],
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+    "thinking": {"type": "adaptive"},
+}
+CLIENT_HEADERS = {
+    "anthropic-version": "2023-06-01",
+    "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+    "x-api-key": "sk-ant-user-key",
+    "X-Claude-Code-Session-Id": "sess-header-1",
+    "content-type": "application/json",
+    "user-agent": "claude-cli/2.1.197 (external, cli)",
+}
+
+
+def sdk(harness: Harness, **headers: str) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(
+        base_url=harness.url, api_key="sk-ant-user-key", default_headers={**harness.headers, **headers}, max_retries=0
+    )
+
+
+async def test_stream_passes_through_byte_for_byte_with_headers_and_query() -> None:
+    events = text_events(
+        "Hello there", model="claude-opus-4-5", usage=Usage(input_tokens=12, output_tokens=4), message_id="msg_fixed_1"
+    )
+    expected = b"".join(event.encode() for event in events)
+    async with running_sidecar() as harness:
+        harness.upstream.enqueue(StreamReply(events=events))
+        raw = json.dumps(BODY).encode()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{harness.url}/v1/messages?beta=true",
+                data=raw,
+                headers={**CLIENT_HEADERS, **harness.launch_headers("launch0001")},
+            ) as response,
+        ):
+            received = await response.read()
+            assert response.status == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+        assert received == expected
+        seen = harness.upstream.messages_requests[0]
+        assert seen.body == raw
+        assert seen.query_string == "beta=true"
+        for name in ("anthropic-version", "anthropic-beta", "x-api-key", "user-agent"):
+            assert seen.headers[name] == CLIENT_HEADERS[name]
+        assert seen.headers["x-claude-code-session-id"] == "sess-header-1"
+        assert "x-ccgate-token" not in seen.headers
+        assert "x-ccgate-launch" not in seen.headers
+        assert seen.headers.get("accept-encoding", "identity") == "identity"
+        rows = harness.rows()
+        assert len(rows) == 1
+        assert seen.headers["x-ccgate-request-id"] == rows[0]["id"]
+        assert rows[0]["session_id"] == "sess-header-1"
+        assert rows[0]["status"] == "ok"
+        assert (rows[0]["input_tokens"], rows[0]["output_tokens"]) == (12, 4)
+
+
+async def test_session_id_falls_back_to_metadata_user_id() -> None:
+    async with running_sidecar() as harness:
+        headers = {k: v for k, v in CLIENT_HEADERS.items() if k != "X-Claude-Code-Session-Id"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{harness.url}/v1/messages", json=BODY, headers={**headers, **harness.headers}) as resp,
+        ):
+            await resp.read()
+        assert harness.rows()[0]["session_id"] == "sess-from-metadata"
+
+
+async def test_sdk_streaming_and_non_streaming() -> None:
+    async with running_sidecar() as harness:
+        harness.upstream.enqueue(TextReply("streamed answer"), TextReply("plain answer"))
+        client = sdk(harness)
+        async with client.messages.stream(
+            model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            text = await stream.get_final_text()
+        assert text == "streamed answer"
+        message = await client.messages.create(
+            model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert message.content[0].type == "text" and message.content[0].text == "plain answer"
+        assert message.model == "claude-sonnet-4-5"
+        rows = harness.rows()
+        assert [row["stream"] for row in rows] == [1, 0]
+        assert all(row["status"] == "ok" and row["input_tokens"] == 100 for row in rows)
+
+
+# Hand-computed from Anthropic's published per-million-token rates (input, output, cache read, 5m, 1h write).
+PRICE_CASES = [
+    # Opus 4.5: $5 / $25 / $0.50 / $6.25 / $10
+    ("claude-opus-4-5", Usage(1000, 500, 2000, 300, 400), 1000 * 5 + 500 * 25 + 2000 * 0.5 + 300 * 6.25 + 400 * 10),
+    # Sonnet 4.5 at or below 200K input: $3 / $15 / $0.30 / $3.75 / $6
+    (
+        "claude-sonnet-4-5",
+        Usage(100_000, 1000, 10_000, 1000, 1000),
+        100_000 * 3 + 1000 * 15 + 10_000 * 0.3 + 1000 * 3.75 + 1000 * 6,
+    ),
+    # Sonnet 4.5 above 200K input: $6 / $22.50 / ...
+    ("claude-sonnet-4-5", Usage(250_000, 1000), 250_000 * 6 + 1000 * 22.5),
+    # Haiku 4.5: $1 / $5 / $0.10 / $1.25 / $2
+    ("claude-haiku-4-5", Usage(1000, 1000, 1000, 1000, 1000), 1000 * (1 + 5 + 0.1 + 1.25 + 2)),
+]
+
+
+@pytest.mark.parametrize(("model", "usage", "micro_usd_per_mtok"), PRICE_CASES)
+@pytest.mark.parametrize("stream", [True, False])
+async def test_ledger_row_has_exact_tokens_and_cost(
+    model: str, usage: Usage, micro_usd_per_mtok: float, stream: bool
+) -> None:
+    async with running_sidecar() as harness:
+        harness.upstream.enqueue(TextReply("ok", usage=usage))
+        client = sdk(harness)
+        if stream:
+            async with client.messages.stream(
+                model=model, max_tokens=2000, messages=[{"role": "user", "content": "hi"}]
+            ) as s:
+                await s.get_final_message()
+        else:
+            await client.messages.create(model=model, max_tokens=2000, messages=[{"role": "user", "content": "hi"}])
+        (row,) = harness.rows()
+        assert row["requested_model"] == model
+        assert row["input_tokens"] == usage.input_tokens
+        assert row["output_tokens"] == usage.output_tokens
+        assert row["cache_read_tokens"] == usage.cache_read_input_tokens
+        assert row["cache_write_5m_tokens"] == usage.cache_write_5m_tokens
+        assert row["cache_write_1h_tokens"] == usage.cache_write_1h_tokens
+        # tokens x $/MTok = micro-dollars; x 1000 = nano-dollars (the ledger's unit); rates have <= 2 decimals
+        assert row["cost_nanos"] == round(micro_usd_per_mtok * 1000)
+        assert row["price_quality"] == "priced"
+
+
+async def test_launch_registration_gives_rows_their_project(tmp_path: Any) -> None:
+    async with running_sidecar() as harness:
+        async with aiohttp.ClientSession() as session:
+            reg = await session.post(
+                f"{harness.url}/_ccgate/launches",
+                json={"launch_id": "launch-abc-123", "project": "/work/projects/demo"},
+                headers=harness.headers,
+            )
+            assert reg.status == 200
+            async with session.post(
+                f"{harness.url}/v1/messages",
+                json=BODY,
+                headers={**CLIENT_HEADERS, **harness.launch_headers("launch-abc-123")},
+            ) as resp:
+                await resp.read()
+        assert harness.rows()[0]["project"] == "/work/projects/demo"
+        assert harness.rows()[0]["launch_id"] == "launch-abc-123"
+
+
+# ---- bad input: Anthropic's envelope, right status, x-should-retry: false where retrying cannot help
+
+
+async def _post(harness: Harness, data: bytes, headers: dict[str, str]) -> tuple[int, CIMultiDict[str], Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{harness.url}/v1/messages", data=data, headers=headers) as resp,
+    ):
+        return resp.status, CIMultiDict(resp.headers), await resp.json(content_type=None)
+
+
+def _assert_envelope(body: Any, error_type: str) -> str:
+    assert body["type"] == "error"
+    assert body["error"]["type"] == error_type
+    message = body["error"]["message"]
+    assert isinstance(message, str) and message
+    return str(message)
+
+
+async def test_missing_or_wrong_token_is_401() -> None:
+    async with running_sidecar() as harness:
+        for headers in ({}, {"x-ccgate-token": "cgt-wrong"}):
+            status, resp_headers, body = await _post(harness, json.dumps(BODY).encode(), {**CLIENT_HEADERS, **headers})
+            assert status == 401
+            assert resp_headers.get("x-should-retry") == "false"
+            assert "ccgate launch" in _assert_envelope(body, "authentication_error")
+        assert harness.upstream.messages_requests == []
+
+
+async def test_foreign_host_is_403() -> None:
+    async with running_sidecar() as harness:
+        status, headers, body = await _post(
+            harness, json.dumps(BODY).encode(), {**CLIENT_HEADERS, **harness.headers, "Host": "evil.example:80"}
+        )
+        assert status == 403
+        assert headers.get("x-should-retry") == "false"
+        _assert_envelope(body, "permission_error")
+        assert harness.upstream.messages_requests == []
+
+
+async def test_malformed_json_is_400() -> None:
+    async with running_sidecar() as harness:
+        for data in (b"{not json", b"[1,2]", b'{"messages": []}'):
+            status, headers, body = await _post(harness, data, {**CLIENT_HEADERS, **harness.headers})
+            assert status == 400
+            assert headers.get("x-should-retry") == "false"
+            _assert_envelope(body, "invalid_request_error")
+        assert harness.upstream.messages_requests == []
+        assert harness.rows() == []
+
+
+async def test_unreachable_upstream_names_it() -> None:
+    async with running_sidecar(environ={"CCGATE_ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}) as harness:
+        status, _, body = await _post(harness, json.dumps(BODY).encode(), {**CLIENT_HEADERS, **harness.headers})
+        assert status == 502
+        message = _assert_envelope(body, "api_error")
+        assert "anthropic" in message and "127.0.0.1:9" in message
+        (row,) = harness.rows()
+        assert row["status"] == "error"
+
+
+async def test_oversized_body_is_413() -> None:
+    config = Config(sidecar=SidecarSettings(max_body_mb=1))
+    async with running_sidecar(config=config) as harness:
+        big = dict(BODY, messages=[{"role": "user", "content": "x" * (2 * 1024 * 1024)}])
+        status, _, body = await _post(harness, json.dumps(big).encode(), {**CLIENT_HEADERS, **harness.headers})
+        assert status == 413
+        assert "max_body_mb" in _assert_envelope(body, "request_too_large")
+        assert harness.upstream.messages_requests == []
+
+
+async def test_default_body_limit_allows_tens_of_megabytes() -> None:
+    async with running_sidecar() as harness:
+        big = dict(BODY, stream=False, messages=[{"role": "user", "content": "x" * (5 * 1024 * 1024)}])
+        status, _, body = await _post(harness, json.dumps(big).encode(), {**CLIENT_HEADERS, **harness.headers})
+        assert status == 200
+        assert body["type"] == "message"
+
+
+async def test_upstream_errors_reach_the_client_unchanged() -> None:
+    async with running_sidecar() as harness:
+        harness.upstream.enqueue(
+            ErrorReply(429, "rate_limit_error", "slow down", headers={"retry-after": "7", "x-should-retry": "true"})
+        )
+        status, headers, body = await _post(harness, json.dumps(BODY).encode(), {**CLIENT_HEADERS, **harness.headers})
+        assert status == 429
+        assert headers["retry-after"] == "7"
+        assert headers["x-should-retry"] == "true"
+        assert body["error"] == {"type": "rate_limit_error", "message": "slow down"}
+        (row,) = harness.rows()
+        assert (row["status"], row["http_status"], row["error_type"]) == ("error", 429, "rate_limit_error")
+
+
+async def test_head_root_and_healthz_need_no_token_and_count_tokens_passes_through() -> None:
+    async with running_sidecar() as harness, aiohttp.ClientSession() as session:
+        async with session.head(f"{harness.url}/") as resp:
+            assert resp.status == 200
+        async with session.get(f"{harness.url}/healthz") as resp:
+            assert (await resp.json())["service"] == "ccgate-sidecar"
+        async with session.post(
+            f"{harness.url}/v1/messages/count_tokens?beta=true",
+            json={"model": "claude-opus-4-5", "messages": [{"role": "user", "content": "hi"}]},
+            headers={**CLIENT_HEADERS, **harness.headers},
+        ) as resp:
+            assert resp.status == 200
+            assert isinstance((await resp.json())["input_tokens"], int)
+        assert harness.upstream.requests[-1].path == "/v1/messages/count_tokens"
+        assert harness.upstream.requests[-1].query_string == "beta=true"
+        assert harness.rows() == []
+
+
+# ---- streams that end badly
+
+
+async def test_client_disconnect_mid_stream_keeps_the_usage_seen() -> None:
+    events = text_events(
+        "a long answer " * 5,
+        model="claude-opus-4-5",
+        usage=Usage(input_tokens=5000, cache_read_input_tokens=7000, output_tokens=300),
+        message_id="msg_cut_1",
+    )
+    async with running_sidecar() as harness:
+        # message_start and one block, then the upstream hangs as if the model were thinking
+        harness.upstream.enqueue(StreamReply(events=events[:3], then="hang"))
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(
+                f"{harness.url}/v1/messages", json=BODY, headers={**CLIENT_HEADERS, **harness.headers}
+            )
+            first = await resp.content.readuntil(b"\n\n")
+            assert b"message_start" in first
+            await asyncio.wait_for(harness.upstream.hanging.wait(), 5)
+            resp.close()
+        for _ in range(100):
+            rows = harness.rows()
+            if rows and rows[0]["status"] != "pending":
+                break
+            await asyncio.sleep(0.05)
+        (row,) = harness.rows()
+        assert row["status"] == "interrupted"
+        assert (row["input_tokens"], row["cache_read_tokens"]) == (5000, 7000)
+        assert row["cost_nanos"] > 0
+
+
+async def test_upstream_cut_mid_stream_gives_the_client_an_error_event() -> None:
+    events = text_events("partial", model="claude-opus-4-5", usage=Usage(input_tokens=50), message_id="msg_c2")
+    async with running_sidecar() as harness:
+        harness.upstream.enqueue(StreamReply(events=events[:4], then="close"))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{harness.url}/v1/messages", json=BODY, headers={**CLIENT_HEADERS, **harness.headers}
+            ) as resp,
+        ):
+            data = await resp.read()
+        assert data.startswith(b"".join(e.encode() for e in events[:4]))
+        assert b"event: error" in data
+        (row,) = harness.rows()
+        assert row["status"] == "interrupted"
+        assert row["input_tokens"] == 50
+
+
+async def test_usage_is_read_when_events_share_a_read_or_split_across_reads() -> None:
+    usage = Usage(input_tokens=321, output_tokens=77, cache_read_input_tokens=11)
+    async with running_sidecar() as harness:
+        single = text_events("one read", model="claude-opus-4-5", usage=usage, message_id="msg_one")
+        tiny = text_events("tiny reads", model="claude-opus-4-5", usage=usage, message_id="msg_tiny")
+        harness.upstream.enqueue(StreamReply(events=single, chunking="single"))
+        harness.upstream.enqueue(StreamReply(events=tiny, chunking=[7] * 400))
+        client = sdk(harness)
+        for _ in range(2):
+            async with client.messages.stream(
+                model="claude-opus-4-5", max_tokens=100, messages=[{"role": "user", "content": "x"}]
+            ) as s:
+                await s.get_final_message()
+        rows = harness.rows()
+        assert [(r["input_tokens"], r["output_tokens"], r["cache_read_tokens"]) for r in rows] == [(321, 77, 11)] * 2
+
+
+async def test_message_start_is_flushed_before_the_first_text_delta() -> None:
+    events = [
+        *text_events("late", model="claude-opus-4-5", message_id="msg_late")[:1],
+        SSE("ping", {"type": "ping"}, delay=0.0),
+    ]
+    rest = text_events("late", model="claude-opus-4-5", message_id="msg_late")[1:]
+    async with running_sidecar() as harness:
+        harness.upstream.enqueue(
+            StreamReply(events=[*events, SSE(rest[0].event, rest[0].data, delay=30.0)], then="end")
+        )
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(
+                f"{harness.url}/v1/messages", json=BODY, headers={**CLIENT_HEADERS, **harness.headers}
+            )
+            first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)
+            assert b"message_start" in first
+            resp.close()
+
+
+async def test_hundred_concurrent_streams_are_all_metered() -> None:
+    upstream = ScriptedUpstream()
+    await upstream.start()
+    try:
+        async with running_sidecar(upstream=upstream) as harness:
+            client = sdk(harness)
+
+            async def one(index: int) -> str:
+                async with client.messages.stream(
+                    model="claude-haiku-4-5",
+                    max_tokens=50,
+                    messages=[{"role": "user", "content": f"request {index}"}],
+                ) as stream:
+                    return await stream.get_final_text()
+
+            texts = await asyncio.gather(*(one(i) for i in range(100)))
+            assert all(text for text in texts)
+            rows = harness.rows()
+            assert len(rows) == 100
+            assert all(row["status"] == "ok" and row["input_tokens"] == 100 for row in rows)
+            assert all(row["output_tokens"] == 20 and row["cost_nanos"] > 0 for row in rows)
+            assert len({row["id"] for row in rows}) == 100
+    finally:
+        await upstream.stop()
