@@ -154,6 +154,7 @@ async def test_stream_cut_then_close_and_then_hang() -> None:
             with pytest.raises(aiohttp.ClientPayloadError):
                 await closed.read()
             hung = await session.post(f"{upstream.url}/v1/messages", json={"model": "m", "stream": True})
+            await upstream.wait_for_requests(2)
             first = await hung.content.readuntil(b"\n\n")
             assert b"message_start" in first
             await asyncio.wait_for(upstream.hanging.wait(), 10)

@@ -51,7 +51,6 @@ async def e2e(claude_bin: str, e2e_repo: Path, isolated_home: Path) -> AsyncIter
                 "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring",
             }
         )
-        env.pop("CI", None)  # Claude Code must behave as on a developer's machine
         world = E2E(upstream=upstream, repo=e2e_repo, env=env, paths=resolve_paths(env))
         try:
             yield world

@@ -506,6 +506,7 @@ class ScriptedUpstream:
         # Set when a stream reaches its hang point (after its last scripted byte was written).
         self.hanging = asyncio.Event()
         self._release = asyncio.Event()
+        self._arrived = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle
@@ -544,6 +545,16 @@ class ScriptedUpstream:
         for reply in replies:
             self.scripts.append(reply if isinstance(reply, Script) else Script(reply))
 
+    async def wait_for_requests(self, count: int, *, path: str | None = "/v1/messages", timeout: float = 30.0) -> None:
+        """Wait until `count` requests (to `path`, or any with None) have arrived; TimeoutError otherwise."""
+
+        async def arrived() -> None:
+            while sum(1 for r in self.requests if path is None or r.path == path) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+
+        await asyncio.wait_for(arrived(), timeout)
+
     @property
     def messages_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == "POST" and r.path == "/v1/messages"]
@@ -564,6 +575,7 @@ class ScriptedUpstream:
             json=parsed,
         )
         self.requests.append(recorded)
+        self._arrived.set()
         if self.on_request is not None:
             self.on_request(recorded)
         reply = await self._choose(recorded)
