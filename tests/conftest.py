@@ -21,6 +21,10 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     user_home.mkdir()
     monkeypatch.setenv("HOME", str(user_home))
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "ccgate_testing_keyring.MemoryKeyring")
+    # subprocesses (sidecar, CLI) find the test keyring backend and the scripted upstream too
+    support = str(Path(__file__).parent / "support")
+    existing = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", support + (os.pathsep + existing if existing else ""))
     from ccgate.cli._app import reset_context
 
     reset_context()

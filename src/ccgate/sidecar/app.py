@@ -238,10 +238,13 @@ def _build_static_deps(config: Config, environ: Mapping[str, str]) -> dict[str, 
     router = Router(config, providers)
     keys: dict[str, str] = {}
     for name in providers:
-        with contextlib.suppress(CcgateError):
+        try:
             key = get_provider_key(name, environ)
-            if key:
-                keys[name] = key
+        except Exception as exc:  # a broken keyring must not keep the sidecar down; the user's own auth still works
+            log.error("cannot read the key of provider %s: %s", name, exc)
+            continue
+        if key:
+            keys[name] = key
     return {
         "providers": providers,
         "router": router,

@@ -184,8 +184,8 @@ def _spawn(paths: Paths, *, port: int, environ: Mapping[str, str] | None) -> Sid
         code = process.poll()
         if code is not None:
             raise SidecarError(
-                f"the sidecar exited at start-up with code {code}",
-                hint=f"see the last lines of {paths.log_file} (`ccgate sidecar logs`)",
+                f"the sidecar exited at start-up with code {code}: {_last_log_line(paths)}",
+                hint=f"see {paths.log_file} (`ccgate sidecar logs`)",
             )
         info = read_info(paths)
         if info is not None and info.pid == process.pid and health(info.port) is not None:
@@ -197,6 +197,14 @@ def _spawn(paths: Paths, *, port: int, environ: Mapping[str, str] | None) -> Sid
         f"the sidecar did not become healthy within {START_TIMEOUT:.0f} s",
         hint=f"see {paths.log_file} (`ccgate sidecar logs`)",
     )
+
+
+def _last_log_line(paths: Paths) -> str:
+    try:
+        lines = paths.log_file.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1][-300:] if lines else "no log"
 
 
 def stop_sidecar(paths: Paths, *, timeout: float = 10.0) -> int | None:
