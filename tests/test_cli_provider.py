@@ -1,0 +1,198 @@
+"""`ccgate provider ...` run the way a user runs it: keys go to the keyring and nowhere else."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import keyring
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from ccgate import secrets
+from ccgate.cli import main
+from ccgate.cli._app import reset_context
+
+SECRET = "sk-groq-SECRET-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def empty_memory_keyring() -> Iterator[None]:
+    store = getattr(keyring.get_keyring(), "_store", None)
+    assert isinstance(store, dict)
+    store.clear()
+    yield
+    store.clear()
+
+
+def run(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str, stdin: str = ""
+) -> tuple[int, str, str]:
+    """Invoke the real entry point; returns (exit code, stdout, stderr)."""
+    reset_context()
+    monkeypatch.setattr(sys, "argv", ["ccgate", *args])
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    with pytest.raises(SystemExit) as exited:
+        main()
+    captured = capsys.readouterr()
+    code = exited.value.code
+    return (code if isinstance(code, int) else 1), captured.out, captured.err
+
+
+def providers_json(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, object]]:
+    code, out, _ = run(capsys, monkeypatch, "provider", "list", "--json")
+    assert code == 0
+    assert SECRET not in out
+    return {row["name"]: row for row in json.loads(out)["providers"]}
+
+
+def test_key_set_stores_in_keyring_only(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    assert providers_json(capsys, monkeypatch)["groq"]["key"] == "missing"
+    code, out, err = run(capsys, monkeypatch, "provider", "key", "set", "groq", "--stdin", stdin=SECRET + "\n")
+    assert code == 0, err
+    assert SECRET not in out + err
+    assert secrets.get_provider_key("groq", {}) == SECRET
+
+    # a config change afterwards writes config.toml: the key must not be in it
+    code, _, err = run(capsys, monkeypatch, "provider", "add", "lab", "--kind", "openai", "--base-url", "http://h:1/v1")
+    assert code == 0, err
+    config_text = (isolated_home / "config.toml").read_text()
+    assert "lab" in config_text and SECRET not in config_text
+    assert not any(SECRET in p.read_text(errors="replace") for p in isolated_home.rglob("*") if p.is_file())
+
+    rows = providers_json(capsys, monkeypatch)
+    assert rows["groq"]["key"] == "present" and rows["groq"]["key_source"] == "keyring"
+    assert rows["ollama"]["key"] == "not needed"
+    assert rows["lab"] == {
+        "name": "lab",
+        "kind": "openai",
+        "base_url": "http://h:1/v1",
+        "builtin": False,
+        "key": "missing",
+        "key_source": None,
+        "key_env": "CCGATE_LAB_API_KEY",
+    }
+
+    code, _, err = run(capsys, monkeypatch, "provider", "key", "delete", "groq")
+    assert code == 0, err
+    assert secrets.get_provider_key("groq", {}) is None
+    code, _, err = run(capsys, monkeypatch, "provider", "key", "delete", "groq")
+    assert code == 1 and "no stored key" in err
+
+
+def test_env_var_overrides_stored_key(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets.set_provider_key("groq", SECRET)
+    monkeypatch.setenv("CCGATE_GROQ_API_KEY", "env-key-value")
+    rows = providers_json(capsys, monkeypatch)
+    assert rows["groq"]["key_source"] == "env"
+    assert "env-key-value" not in json.dumps(rows)
+    code, _, err = run(capsys, monkeypatch, "provider", "key", "set", "groq", "--stdin", stdin="another-key\n")
+    assert code == 0
+    assert "CCGATE_GROQ_API_KEY is set" in err  # the user learns the env var still wins
+    assert secrets.get_provider_key("groq", dict(__import__("os").environ)) == "env-key-value"
+
+
+def test_key_errors_never_echo_the_key(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, err = run(capsys, monkeypatch, "provider", "key", "set", "grok", "--stdin", stdin=SECRET + "\n")
+    assert code == 1
+    assert "unknown provider 'grok'" in err and "groq" in err
+    assert SECRET not in out + err
+    code, out, err = run(capsys, monkeypatch, "provider", "key", "set", "groq", "--stdin", stdin="two words\n")
+    assert code == 1 and "whitespace" in err and "two words" not in err
+    code, _, err = run(capsys, monkeypatch, "provider", "key", "set", "groq", "--stdin", stdin="\n")
+    assert code == 1 and "no key given" in err
+
+
+def test_add_and_remove_custom_provider(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    code, _, err = run(
+        capsys, monkeypatch, "provider", "add", "my-proxy", "--kind", "anthropic", "--base-url", "http://127.0.0.1:9/"
+    )
+    assert code == 0, err
+    assert providers_json(capsys, monkeypatch)["my-proxy"]["base_url"] == "http://127.0.0.1:9"
+
+    code, _, err = run(capsys, monkeypatch, "provider", "remove", "groq")
+    assert code == 1 and "built-in" in err
+    code, _, err = run(capsys, monkeypatch, "provider", "add", "groq", "--kind", "openai", "--base-url", "http://x")
+    assert code == 1 and "CCGATE_GROQ_BASE_URL" in err
+    code, _, err = run(capsys, monkeypatch, "provider", "add", "x", "--kind", "grpc", "--base-url", "http://x")
+    assert code == 1 and "openai, anthropic" in err
+    code, _, err = run(capsys, monkeypatch, "provider", "add", "a/b", "--kind", "openai", "--base-url", "http://x")
+    assert code == 1 and "invalid provider name" in err
+
+    # a provider a tier routes to cannot disappear from under it
+    (isolated_home / "config.toml").write_text(
+        (isolated_home / "config.toml").read_text() + '\n[tiers.haiku]\ntargets = ["my-proxy/some-model"]\n'
+    )
+    code, _, err = run(capsys, monkeypatch, "provider", "remove", "my-proxy")
+    assert code == 1 and "haiku" in err and "model unset haiku" in err
+    code, _, err = run(capsys, monkeypatch, "model", "unset", "haiku")
+    assert code == 0, err
+    code, _, err = run(capsys, monkeypatch, "provider", "remove", "my-proxy")
+    assert code == 0, err
+    assert "my-proxy" not in providers_json(capsys, monkeypatch)
+    code, _, err = run(capsys, monkeypatch, "provider", "remove", "my-proxy")
+    assert code == 1 and "no custom provider" in err
+
+
+async def test_provider_test_against_loopback(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def models(request: web.Request) -> web.Response:
+        seen.append({"path": request.path, "auth": request.headers.get("Authorization", "")})
+        if request.headers.get("Authorization") != f"Bearer {SECRET}":
+            # providers like to echo part of the key back; ccgate must not print it
+            return web.json_response(
+                {"error": {"message": f"Invalid API Key {request.headers.get('Authorization')}"}}, status=401
+            )
+        return web.json_response({"object": "list", "data": [{"id": "llama-3.3-70b-versatile"}]})
+
+    app = web.Application()
+    app.router.add_get("/openai/v1/models", models)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        monkeypatch.setenv("CCGATE_GROQ_BASE_URL", f"http://127.0.0.1:{server.port}/openai/v1")
+
+        code, _, err = await asyncio.to_thread(run, capsys, monkeypatch, "provider", "test", "groq")
+        assert code == 1 and "no API key for groq" in err and "provider key set groq" in err
+        assert seen == []
+
+        secrets.set_provider_key("groq", SECRET)
+        code, out, err = await asyncio.to_thread(run, capsys, monkeypatch, "provider", "test", "groq")
+        assert code == 0, err
+        assert "HTTP 200" in err and f"127.0.0.1:{server.port}/openai/v1/models" in err.replace("\n", "")
+        assert seen[-1] == {"path": "/openai/v1/models", "auth": f"Bearer {SECRET}"}
+
+        monkeypatch.setenv("CCGATE_GROQ_API_KEY", "sk-wrong-key-987")
+        code, out, err = await asyncio.to_thread(run, capsys, monkeypatch, "provider", "test", "groq")
+        assert code == 1
+        assert "HTTP 401" in err and f"http://127.0.0.1:{server.port}/openai/v1/models" in err
+        assert "sk-wrong-key-987" not in out + err and SECRET not in out + err
+        assert "key set groq" in err
+    finally:
+        await server.close()
+
+
+def test_provider_test_unreachable_names_the_url(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("CCGATE_OLLAMA_BASE_URL", f"http://127.0.0.1:{port}/v1")
+    code, _, err = run(capsys, monkeypatch, "provider", "test", "ollama")  # no key needed
+    assert code == 1
+    assert f"cannot reach ollama at http://127.0.0.1:{port}/v1/models" in err
+    assert "CCGATE_OLLAMA_BASE_URL" in err
