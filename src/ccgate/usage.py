@@ -1,0 +1,165 @@
+"""The one place that translates between the three token-usage conventions ccgate meets.
+
+- Anthropic: `input_tokens` excludes cache reads and writes; writes come as `cache_creation_input_tokens` with an
+  optional `cache_creation.{ephemeral_5m,ephemeral_1h}_input_tokens` breakdown.
+- OpenAI (and every OpenAI-compatible provider): `prompt_tokens` INCLUDES `prompt_tokens_details.cached_tokens`.
+- genai-prices: `input_tokens` is the total prompt including cache reads and writes; `cache_write_tokens` is the
+  total of writes and the 5m/1h split is given on top of it.
+
+ccgate's own `Usage` (models.py) uses Anthropic's convention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ccgate.models import Usage
+
+__all__ = [
+    "merge_anthropic_usage",
+    "to_anthropic_usage",
+    "to_genai_prices_kwargs",
+    "to_openai_usage",
+    "usage_from_anthropic",
+    "usage_from_genai_prices",
+    "usage_from_openai",
+]
+
+
+def _count(value: Any) -> int | None:
+    """A token count from JSON: None when absent or unusable (null, bool, negative, non-integral)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _apply_anthropic(base: Usage, raw: Mapping[str, Any]) -> Usage:
+    """Fields present in `raw` override `base`; absent ones keep base's value."""
+    input_tokens = _count(raw.get("input_tokens"))
+    output_tokens = _count(raw.get("output_tokens"))
+    cache_read = _count(raw.get("cache_read_input_tokens"))
+    creation_total = _count(raw.get("cache_creation_input_tokens"))
+    breakdown = _mapping(raw.get("cache_creation"))
+    split_5m = _count(breakdown.get("ephemeral_5m_input_tokens"))
+    split_1h = _count(breakdown.get("ephemeral_1h_input_tokens"))
+    web_searches = _count(_mapping(raw.get("server_tool_use")).get("web_search_requests"))
+
+    write_1h = base.cache_write_1h_tokens if split_1h is None else split_1h
+    write_5m = base.cache_write_5m_tokens if split_5m is None else split_5m
+    if creation_total is not None:
+        if split_1h is None:
+            # no (new) breakdown: what is not known to be 1h counts as 5m, the default TTL
+            write_1h = min(write_1h, creation_total)
+        # the total is authoritative unless the breakdown claims more than it
+        write_5m = max(split_5m or 0, creation_total - write_1h)
+
+    return Usage(
+        input_tokens=base.input_tokens if input_tokens is None else input_tokens,
+        output_tokens=base.output_tokens if output_tokens is None else output_tokens,
+        cache_read_tokens=base.cache_read_tokens if cache_read is None else cache_read,
+        cache_write_5m_tokens=write_5m,
+        cache_write_1h_tokens=write_1h,
+        web_searches=base.web_searches if web_searches is None else web_searches,
+    )
+
+
+def usage_from_anthropic(raw: Mapping[str, Any] | None) -> Usage:
+    """Read an Anthropic `usage` object (non-streaming response or `message_start.message.usage`).
+
+    Cache creation without the `cache_creation` breakdown counts entirely as 5-minute writes (the default TTL).
+    """
+    return _apply_anthropic(Usage(), _mapping(raw))
+
+
+def merge_anthropic_usage(start: Usage, final_delta: Mapping[str, Any]) -> Usage:
+    """Fold the final `message_delta.usage` into what `message_start` reported.
+
+    The delta is authoritative for `output_tokens` (it is cumulative, not an increment) and may carry updated
+    input and cache counts; only the fields it actually holds override the start.
+    """
+    return _apply_anthropic(start, _mapping(final_delta))
+
+
+def to_anthropic_usage(usage: Usage) -> dict[str, Any]:
+    """Anthropic's `usage` object for a response ccgate builds itself (e.g. translated from OpenAI)."""
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_input_tokens": usage.cache_read_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": usage.cache_write_5m_tokens,
+            "ephemeral_1h_input_tokens": usage.cache_write_1h_tokens,
+        },
+        "server_tool_use": {"web_search_requests": usage.web_searches},
+    }
+
+
+def usage_from_openai(raw: Mapping[str, Any] | None) -> Usage:
+    """Read an OpenAI chat-completions `usage` object.
+
+    `prompt_tokens` includes the cached part, so the uncached input is `prompt_tokens - cached_tokens`. Cached
+    tokens come from `prompt_tokens_details.cached_tokens`, or DeepSeek's `prompt_cache_hit_tokens`.
+    """
+    usage = _mapping(raw)
+    prompt = _count(usage.get("prompt_tokens")) or 0
+    completion = _count(usage.get("completion_tokens")) or 0
+    cached = _count(_mapping(usage.get("prompt_tokens_details")).get("cached_tokens"))
+    if cached is None:
+        cached = _count(usage.get("prompt_cache_hit_tokens"))
+    # prompt_tokens is the total; a cached count above it is a provider bug and is clipped to it
+    cache_read = min(cached or 0, prompt)
+    return Usage(input_tokens=prompt - cache_read, output_tokens=completion, cache_read_tokens=cache_read)
+
+
+def to_openai_usage(usage: Usage) -> dict[str, Any]:
+    """OpenAI's `usage` object; cache writes count as ordinary prompt tokens there."""
+    prompt = usage.total_input_tokens
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": prompt + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cache_read_tokens},
+    }
+
+
+def to_genai_prices_kwargs(usage: Usage) -> dict[str, int]:
+    """Keyword arguments for `genai_prices.Usage`: input is the total prompt, cache writes total plus split.
+
+    genai-prices insists on an explicit `cache_write_tokens` whenever the 5m/1h split is given, so every key is
+    always present (zeros included).
+    """
+    return {
+        "input_tokens": usage.total_input_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "cache_write_5m_tokens": usage.cache_write_5m_tokens,
+        "cache_write_1h_tokens": usage.cache_write_1h_tokens,
+        "output_tokens": usage.output_tokens,
+        "web_searches": usage.web_searches,
+    }
+
+
+def usage_from_genai_prices(kwargs: Mapping[str, int]) -> Usage:
+    """The inverse of `to_genai_prices_kwargs`; unsplit cache writes count as 5m."""
+    total = kwargs.get("input_tokens", 0)
+    read = kwargs.get("cache_read_tokens", 0)
+    write_1h = kwargs.get("cache_write_1h_tokens", 0)
+    writes = kwargs.get("cache_write_tokens", kwargs.get("cache_write_5m_tokens", 0) + write_1h)
+    return Usage(
+        input_tokens=total - read - writes,
+        output_tokens=kwargs.get("output_tokens", 0),
+        cache_read_tokens=read,
+        cache_write_5m_tokens=writes - write_1h,
+        cache_write_1h_tokens=write_1h,
+        web_searches=kwargs.get("web_searches", 0),
+    )

@@ -1,0 +1,238 @@
+"""The three token conventions (Anthropic, OpenAI, genai-prices) normalise into one Usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ccgate.models import Usage
+from ccgate.usage import (
+    merge_anthropic_usage,
+    to_anthropic_usage,
+    to_genai_prices_kwargs,
+    to_openai_usage,
+    usage_from_anthropic,
+    usage_from_genai_prices,
+    usage_from_openai,
+)
+
+counts = st.integers(min_value=0, max_value=2_000_000)
+usages = st.builds(
+    Usage,
+    input_tokens=counts,
+    output_tokens=counts,
+    cache_read_tokens=counts,
+    cache_write_5m_tokens=counts,
+    cache_write_1h_tokens=counts,
+    web_searches=st.integers(min_value=0, max_value=50),
+)
+
+
+# ---------------------------------------------------------------- Anthropic
+
+
+def test_anthropic_usage_with_cache_breakdown() -> None:
+    raw = {
+        "input_tokens": 12,
+        "cache_creation_input_tokens": 3_000,
+        "cache_read_input_tokens": 40_000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 1_000, "ephemeral_1h_input_tokens": 2_000},
+        "output_tokens": 345,
+        "server_tool_use": {"web_search_requests": 2},
+        "service_tier": "standard",
+    }
+    assert usage_from_anthropic(raw) == Usage(
+        input_tokens=12,
+        output_tokens=345,
+        cache_read_tokens=40_000,
+        cache_write_5m_tokens=1_000,
+        cache_write_1h_tokens=2_000,
+        web_searches=2,
+    )
+
+
+def test_anthropic_creation_without_breakdown_counts_as_5m() -> None:
+    usage = usage_from_anthropic({"input_tokens": 5, "cache_creation_input_tokens": 700, "output_tokens": 1})
+    assert (usage.cache_write_5m_tokens, usage.cache_write_1h_tokens) == (700, 0)
+
+
+def test_anthropic_zero_breakdown_with_nonzero_total_counts_as_5m() -> None:
+    # some Anthropic-compatible servers send the breakdown keys as zeros
+    raw = {
+        "input_tokens": 1,
+        "cache_creation_input_tokens": 700,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+    }
+    usage = usage_from_anthropic(raw)
+    assert (usage.cache_write_5m_tokens, usage.cache_write_1h_tokens) == (700, 0)
+
+
+def test_anthropic_total_above_breakdown_puts_the_rest_in_5m() -> None:
+    raw = {"cache_creation_input_tokens": 1_000, "cache_creation": {"ephemeral_1h_input_tokens": 400}}
+    usage = usage_from_anthropic(raw)
+    assert (usage.cache_write_5m_tokens, usage.cache_write_1h_tokens) == (600, 400)
+
+
+def test_anthropic_nulls_missing_and_garbage_are_zero() -> None:
+    assert usage_from_anthropic(None) == Usage()
+    assert usage_from_anthropic({}) == Usage()
+    raw: dict[str, Any] = {
+        "input_tokens": None,
+        "output_tokens": "12",
+        "cache_read_input_tokens": True,
+        "cache_creation_input_tokens": -5,
+        "cache_creation": None,
+        "server_tool_use": None,
+    }
+    assert usage_from_anthropic(raw) == Usage()
+    assert usage_from_anthropic({"input_tokens": 7.0}) == Usage(input_tokens=7)
+
+
+def test_merge_takes_output_from_delta_and_keeps_start_counts() -> None:
+    start = usage_from_anthropic(
+        {
+            "input_tokens": 10,
+            "cache_read_input_tokens": 500,
+            "cache_creation_input_tokens": 300,
+            "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+            "output_tokens": 1,
+        }
+    )
+    merged = merge_anthropic_usage(start, {"output_tokens": 987})
+    assert merged == Usage(
+        input_tokens=10, output_tokens=987, cache_read_tokens=500, cache_write_5m_tokens=100, cache_write_1h_tokens=200
+    )
+
+
+def test_merge_lets_present_delta_fields_override() -> None:
+    start = Usage(input_tokens=10, output_tokens=1, cache_read_tokens=500, cache_write_1h_tokens=200)
+    delta = {
+        "input_tokens": 11,
+        "cache_read_input_tokens": 600,
+        "output_tokens": 50,
+        "server_tool_use": {"web_search_requests": 3},
+    }
+    assert merge_anthropic_usage(start, delta) == Usage(
+        input_tokens=11, output_tokens=50, cache_read_tokens=600, cache_write_1h_tokens=200, web_searches=3
+    )
+
+
+def test_merge_updated_creation_total_without_breakdown_keeps_1h_share() -> None:
+    start = Usage(cache_write_5m_tokens=100, cache_write_1h_tokens=200)
+    merged = merge_anthropic_usage(start, {"cache_creation_input_tokens": 450, "output_tokens": 5})
+    assert (merged.cache_write_5m_tokens, merged.cache_write_1h_tokens) == (250, 200)
+
+
+def test_merge_null_fields_in_delta_do_not_erase() -> None:
+    start = Usage(input_tokens=10, cache_read_tokens=5)
+    merged = merge_anthropic_usage(start, {"input_tokens": None, "cache_read_input_tokens": None, "output_tokens": 9})
+    assert merged == Usage(input_tokens=10, cache_read_tokens=5, output_tokens=9)
+
+
+@settings(deadline=None)
+@given(usages)
+def test_anthropic_round_trip(usage: Usage) -> None:
+    assert usage_from_anthropic(to_anthropic_usage(usage)) == usage
+
+
+@settings(deadline=None)
+@given(usages)
+def test_merge_with_empty_delta_is_identity(usage: Usage) -> None:
+    assert merge_anthropic_usage(usage, {}) == usage
+
+
+@settings(deadline=None)
+@given(usages, usages)
+def test_merge_with_a_complete_delta_is_the_delta(start: Usage, final: Usage) -> None:
+    assert merge_anthropic_usage(start, to_anthropic_usage(final)) == final
+
+
+# ---------------------------------------------------------------- OpenAI
+
+
+def test_openai_prompt_tokens_include_cached() -> None:
+    raw = {
+        "prompt_tokens": 2_000,
+        "completion_tokens": 300,
+        "total_tokens": 2_300,
+        "prompt_tokens_details": {"cached_tokens": 1_500, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 100},
+    }
+    assert usage_from_openai(raw) == Usage(input_tokens=500, output_tokens=300, cache_read_tokens=1_500)
+
+
+def test_openai_without_details_has_no_cache() -> None:
+    assert usage_from_openai({"prompt_tokens": 20, "completion_tokens": 3}) == Usage(input_tokens=20, output_tokens=3)
+    assert usage_from_openai(None) == Usage()
+    assert usage_from_openai({"prompt_tokens": 20, "prompt_tokens_details": None}) == Usage(input_tokens=20)
+
+
+def test_openai_deepseek_cache_hit_tokens() -> None:
+    raw = {"prompt_tokens": 100, "completion_tokens": 7, "prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 36}
+    assert usage_from_openai(raw) == Usage(input_tokens=36, output_tokens=7, cache_read_tokens=64)
+
+
+def test_openai_cached_above_prompt_is_clipped() -> None:
+    raw = {"prompt_tokens": 10, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 50}}
+    assert usage_from_openai(raw) == Usage(input_tokens=0, output_tokens=1, cache_read_tokens=10)
+
+
+@settings(deadline=None)
+@given(counts, counts, counts)
+def test_openai_round_trip(input_tokens: int, cache_read: int, output: int) -> None:
+    usage = Usage(input_tokens=input_tokens, output_tokens=output, cache_read_tokens=cache_read)
+    raw = to_openai_usage(usage)
+    assert raw["prompt_tokens"] == input_tokens + cache_read
+    assert usage_from_openai(raw) == usage
+
+
+# ---------------------------------------------------------------- genai-prices
+
+
+def test_genai_prices_kwargs_use_total_input() -> None:
+    usage = Usage(
+        input_tokens=10,
+        output_tokens=20,
+        cache_read_tokens=300,
+        cache_write_5m_tokens=4_000,
+        cache_write_1h_tokens=50_000,
+        web_searches=1,
+    )
+    assert to_genai_prices_kwargs(usage) == {
+        "input_tokens": 54_310,
+        "cache_read_tokens": 300,
+        "cache_write_tokens": 54_000,
+        "cache_write_5m_tokens": 4_000,
+        "cache_write_1h_tokens": 50_000,
+        "output_tokens": 20,
+        "web_searches": 1,
+    }
+
+
+def test_genai_prices_accepts_the_kwargs() -> None:
+    from genai_prices import Usage as GPUsage
+
+    kwargs = to_genai_prices_kwargs(Usage(input_tokens=1, cache_write_5m_tokens=2, cache_write_1h_tokens=3))
+    gp = GPUsage(**kwargs)
+    assert (gp.input_tokens, gp.cache_write_tokens, gp.cache_write_1h_tokens) == (6, 5, 3)
+
+
+@settings(deadline=None)
+@given(usages)
+def test_genai_prices_round_trip(usage: Usage) -> None:
+    kwargs = to_genai_prices_kwargs(usage)
+    assert kwargs["input_tokens"] == usage.total_input_tokens
+    assert kwargs["cache_write_tokens"] == kwargs["cache_write_5m_tokens"] + kwargs["cache_write_1h_tokens"]
+    assert usage_from_genai_prices(kwargs) == usage
+
+
+@settings(deadline=None)
+@given(usages)
+def test_all_conventions_agree_on_the_prompt_total(usage: Usage) -> None:
+    assert to_openai_usage(usage)["prompt_tokens"] == usage.total_input_tokens
+    assert to_genai_prices_kwargs(usage)["input_tokens"] == usage.total_input_tokens
+    raw = to_anthropic_usage(usage)
+    anthropic_total = raw["input_tokens"] + raw["cache_read_input_tokens"] + raw["cache_creation_input_tokens"]
+    assert anthropic_total == usage.total_input_tokens
