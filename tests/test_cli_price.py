@@ -1,0 +1,183 @@
+"""`ccgate price show|set|unset`, run the way a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from ccgate.cli import main
+from ccgate.cli._app import reset_context
+
+
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
+    """Invoke the real entry point; returns (exit code, stdout, stderr)."""
+    reset_context()
+    monkeypatch.setattr(sys, "argv", ["ccgate", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    captured = capsys.readouterr()
+    code = exited.value.code
+    return (code if isinstance(code, int) else 1), captured.out, captured.err
+
+
+def config_prices(home: Path) -> dict[str, object]:
+    path = home / "config.toml"
+    prices = tomllib.loads(path.read_text()).get("prices", {})
+    assert isinstance(prices, dict)
+    return prices
+
+
+def test_show_catalog_model_as_json(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, _ = run(
+        capsys, monkeypatch, "price", "show", "claude-sonnet-4-5-20250929", "--provider", "anthropic", "--json"
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert data["source"] == "catalog"
+    assert data["priced_model"] == "claude-sonnet-4-5"
+    assert data["provider"] == "anthropic"
+    assert data["per_mtok"] == {
+        "input": "3",
+        "output": "15",
+        "cache_read": "0.3",
+        "cache_write_5m": "3.75",
+        "cache_write_1h": "6",
+    }
+    assert data["long_context"]["above_input_tokens"] == 200_000
+    assert data["long_context"]["per_mtok"]["output"] == "22.5"
+    assert data["web_searches_per_k"] == "10"
+
+
+def test_show_text(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, _ = run(capsys, monkeypatch, "price", "show", "claude-haiku-4-5")
+    assert code == 0
+    assert "catalog anthropic/claude-haiku-4-5" in out
+    lines = {line.split("$")[0].strip(): line.split("$")[1].split()[0] for line in out.splitlines() if "$" in line}
+    assert lines["input"] == "1.00"
+    assert lines["cache read"] == "0.10"
+    assert lines["cache write 5m"] == "1.25"
+    assert lines["cache write 1h"] == "2.00"
+    assert "prompts over" not in out
+
+
+def test_show_unknown_model_fails_with_the_set_hint(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, err = run(capsys, monkeypatch, "price", "show", "mystery-model-1", "--provider", "groq")
+    assert code == 1
+    assert out == ""
+    assert "no price known for groq/mystery-model-1" in err
+    assert "ccgate price set mystery-model-1" in err
+
+
+def test_show_estimated_model_says_so(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, err = run(capsys, monkeypatch, "price", "show", "claude-opus-9-9", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["source"] == "estimated"
+    assert "opus" in data["priced_model"]
+    code, out, err = run(capsys, monkeypatch, "price", "show", "claude-opus-9-9")
+    assert code == 0
+    assert "ESTIMATED" in out
+    assert "not in the price catalog" in " ".join(err.split())
+
+
+def test_set_show_unset_round_trip(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    code, _, err = run(
+        capsys, monkeypatch, "price", "set", "my-model", "--input", "0.59", "--output", "0.79", "--cache-read", "0.1"
+    )
+    assert code == 0, err
+    assert config_prices(isolated_home) == {"my-model": {"input": "0.59", "output": "0.79", "cache_read": "0.1"}}
+
+    code, out, _ = run(capsys, monkeypatch, "price", "show", "my-model", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["source"] == "override"
+    # the cache writes it left out cost what input costs (no catalog entry for this model)
+    assert data["per_mtok"] == {
+        "input": "0.59",
+        "output": "0.79",
+        "cache_read": "0.1",
+        "cache_write_5m": "0.59",
+        "cache_write_1h": "0.59",
+    }
+
+    code, _, err = run(capsys, monkeypatch, "price", "unset", "my-model")
+    assert code == 0, err
+    assert config_prices(isolated_home) == {}
+    code, _, err = run(capsys, monkeypatch, "price", "show", "my-model")
+    assert code == 1
+
+
+def test_set_zero_prices_a_local_model_at_zero(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    code, _, err = run(capsys, monkeypatch, "price", "set", "llama3.2", "--input", "0", "--output", "0")
+    assert code == 0, err
+    from ccgate.config import load_config
+    from ccgate.models import PriceQuality, Usage
+    from ccgate.pricing import PriceCatalog
+
+    catalog = PriceCatalog(load_config(isolated_home / "config.toml").prices)
+    cost = catalog.cost("llama3.2", Usage(input_tokens=9_000, output_tokens=100), provider="ollama")
+    assert (cost.nanos, cost.quality) == (0, PriceQuality.PRICED)
+
+
+def test_set_keeps_other_config(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    (isolated_home / "config.toml").write_text(
+        '[sidecar]\nport = 9999\n\n[prices.other]\ninput = "1"\noutput = "2"\n', encoding="utf-8"
+    )
+    code, _, err = run(capsys, monkeypatch, "price", "set", "claude-opus-4-5", "--input", "4", "--output", "20")
+    assert code == 0, err
+    raw = tomllib.loads((isolated_home / "config.toml").read_text())
+    assert raw["sidecar"]["port"] == 9999
+    assert set(raw["prices"]) == {"other", "claude-opus-4-5"}
+    code, out, _ = run(capsys, monkeypatch, "price", "show", "claude-opus-4-5", "--json")
+    data = json.loads(out)
+    assert (data["source"], data["per_mtok"]["input"], data["per_mtok"]["cache_read"]) == ("override", "4", "0.5")
+
+
+@pytest.mark.parametrize("bad", ["-1", "abc", "nan", "inf", ""])
+def test_set_rejects_bad_rates(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path, bad: str
+) -> None:
+    code, _, err = run(capsys, monkeypatch, "price", "set", "m", "--input", bad, "--output", "1")
+    assert code == 1
+    assert "--input must be a non-negative number" in err
+    assert not (isolated_home / "config.toml").exists()
+
+
+def test_unset_unknown_override_fails(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = run(capsys, monkeypatch, "price", "unset", "never-set")
+    assert code == 1
+    assert "no price override for 'never-set'" in err
+
+
+def test_price_show_as_a_real_process(isolated_home: Path) -> None:
+    env = {**os.environ, "CCGATE_HOME": str(isolated_home)}
+    done = subprocess.run(
+        [sys.executable, "-m", "ccgate", "price", "show", "claude-opus-4-5", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["per_mtok"]["output"] == "25"
+
+
+def test_cli_startup_does_not_import_genai_prices() -> None:
+    code = "import sys, ccgate.cli; print('genai_prices' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "False"
