@@ -14,6 +14,7 @@ MODULES: tuple[str, ...] = (
     "ccgate.cli.provider",
     "ccgate.cli.model",
     "ccgate.cli.price",
+    "ccgate.cli.budget",
 )
 
 
