@@ -25,8 +25,11 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     support = str(Path(__file__).parent / "support")
     existing = os.environ.get("PYTHONPATH")
     monkeypatch.setenv("PYTHONPATH", support + (os.pathsep + existing if existing else ""))
+    from ccgate_testing_keyring import MemoryKeyring
+
     from ccgate.cli._app import reset_context
 
+    MemoryKeyring._store.clear()
     reset_context()
     yield home
     reset_context()

@@ -7,7 +7,7 @@ from keyring.errors import PasswordDeleteError
 
 
 class MemoryKeyring(KeyringBackend):
-    priority = 1  # type: ignore[assignment]
+    priority = 1
     _store: dict[tuple[str, str], str] = {}  # noqa: RUF012 - shared across instances on purpose
 
     def get_password(self, service: str, username: str) -> str | None:
