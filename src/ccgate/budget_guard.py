@@ -7,6 +7,9 @@ The arithmetic lives in `ccgate.budgets`; this module adds the asyncio waiting, 
 
 Everything here runs on the event loop thread: `settle`, `release` and `expire_stale` are plain synchronous
 calls and the admission decision plus its reservation happen without an `await` in between, so they are atomic.
+Waiters sleep on an `asyncio.Event` that every settle/release/expiry/reload sets and replaces (a Condition would
+need its lock, which the synchronous `settle` cannot take); each woken waiter re-runs the decision.
+`states()` reports only budgets already loaded in their current window; `await snapshot()` loads the rest.
 """
 
 from __future__ import annotations
@@ -277,7 +280,7 @@ class BudgetGuard:
             model = request.model or "MODEL"
             raise UnpricedModelError(
                 f"model {model} has no known price and a budget applies, so its cost cannot be bounded",
-                hint=f"set a price with `ccgate price set {model} ...` (0 for a free local model)",
+                hint=f"set one with `ccgate price set {model} --input USD --output USD` (0 if it is free)",
             )
         reserve = request.reserve_nanos
         loop = asyncio.get_running_loop()
