@@ -7,53 +7,11 @@ substring test, so the per-chunk cost stays in C code.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from ccgate.models import Usage
+from ccgate.usage import merge_anthropic_usage, usage_from_anthropic
 
 _INTERESTING = (b"message_start", b"message_delta", b'"error"')
-
-
-def _usage_from_anthropic(raw: dict[str, Any] | None) -> Usage:
-    """Anthropic's counts: input excludes cache; cache creation is split into 5m/1h when the API says so."""
-    if not raw:
-        return Usage()
-    creation = raw.get("cache_creation") or {}
-    total_creation = int(raw.get("cache_creation_input_tokens") or 0)
-    write_1h = int(creation.get("ephemeral_1h_input_tokens") or 0) if isinstance(creation, dict) else 0
-    write_5m = int(creation.get("ephemeral_5m_input_tokens") or 0) if isinstance(creation, dict) else 0
-    if write_1h + write_5m < total_creation:
-        # without a breakdown every write is priced as the (cheaper, default) 5-minute kind
-        write_5m = total_creation - write_1h
-    server_tools = raw.get("server_tool_use") or {}
-    return Usage(
-        input_tokens=int(raw.get("input_tokens") or 0),
-        output_tokens=int(raw.get("output_tokens") or 0),
-        cache_read_tokens=int(raw.get("cache_read_input_tokens") or 0),
-        cache_write_5m_tokens=write_5m,
-        cache_write_1h_tokens=write_1h,
-        web_searches=int(server_tools.get("web_search_requests") or 0) if isinstance(server_tools, dict) else 0,
-    )
-
-
-def _merge_delta(start: Usage, delta: dict[str, Any]) -> Usage:
-    """message_delta's usage is authoritative for output and may restate input counts; absent fields keep theirs."""
-    merged = _usage_from_anthropic({**_as_raw(start), **{k: v for k, v in delta.items() if v is not None}})
-    return merged
-
-
-def _as_raw(usage: Usage) -> dict[str, Any]:
-    return {
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cache_read_input_tokens": usage.cache_read_tokens,
-        "cache_creation_input_tokens": usage.cache_write_tokens,
-        "cache_creation": {
-            "ephemeral_5m_input_tokens": usage.cache_write_5m_tokens,
-            "ephemeral_1h_input_tokens": usage.cache_write_1h_tokens,
-        },
-        "server_tool_use": {"web_search_requests": usage.web_searches},
-    }
 
 
 class AnthropicStreamMeter:
@@ -110,14 +68,14 @@ class AnthropicStreamMeter:
             message = payload.get("message") or {}
             self.message_id = message.get("id")
             self.model = message.get("model")
-            self.usage = _usage_from_anthropic(message.get("usage"))
+            self.usage = usage_from_anthropic(message.get("usage"))
             return True
         if kind == "message_delta":
             delta = payload.get("delta") or {}
             self.stop_reason = delta.get("stop_reason") or self.stop_reason
             usage = payload.get("usage")
             if isinstance(usage, dict):
-                self.usage = _merge_delta(self.usage, usage)
+                self.usage = merge_anthropic_usage(self.usage, usage)
                 self.finished = True
                 return True
             return False
@@ -137,7 +95,7 @@ def meter_message(body: bytes) -> tuple[Usage, str | None, str | None]:
         return Usage(), None, None
     if not isinstance(payload, dict):
         return Usage(), None, None
-    return _usage_from_anthropic(payload.get("usage")), payload.get("id"), payload.get("stop_reason")
+    return usage_from_anthropic(payload.get("usage")), payload.get("id"), payload.get("stop_reason")
 
 
 def error_type_of(body: bytes) -> tuple[str | None, str | None]:

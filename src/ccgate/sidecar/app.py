@@ -236,6 +236,8 @@ def _build_static_deps(config: Config, environ: Mapping[str, str]) -> dict[str, 
 
     providers = resolve_providers(config, environ)
     router = Router(config, providers)
+    pricer = PriceCatalog(config.prices)
+    pricer.warm()  # the catalog's first load takes most of a second: pay it here, not on a request
     keys: dict[str, str] = {}
     for name in providers:
         try:
@@ -248,7 +250,7 @@ def _build_static_deps(config: Config, environ: Mapping[str, str]) -> dict[str, 
     return {
         "providers": providers,
         "router": router,
-        "pricer": PriceCatalog(config.prices),
+        "pricer": pricer,
         "keys": keys,
         "rules": rules_from_config(config),
     }
