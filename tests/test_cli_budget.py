@@ -127,6 +127,7 @@ def test_show_reads_spend_from_the_ledger(
     assert (resets.month, resets.day, resets.hour) == (12, 31, 15)  # Jan 1st, 00:00 in Tokyo
     assert resets > datetime.now(UTC)
 
+    monkeypatch.setenv("COLUMNS", "160")  # one table row per budget
     code, out, err = run(capsys, monkeypatch, "budget", "show")
     assert code == 0
     assert "yearly budget" in out and "$8.50" in out and "$1.50" in out and "85%" in out and "JST" in out
