@@ -84,18 +84,26 @@ def check_grammar(events: list[tuple[str, dict[str, Any]]], *, model: str = MODE
 
 
 def accumulate(chunks: list[bytes]) -> dict[str, Any]:
-    """What the anthropic SDK's stream helpers build from these events."""
+    """What the anthropic SDK's stream helpers build from these events; each tool block's partial_json must
+    also add up to complete JSON equal to its input (the SDK's partial parser alone would accept a truncation)."""
     snapshot: Any = None
     buffers: dict[int, bytes] = {}
+    partial: dict[int, str] = {}
     for name, data in decode(chunks):
         if name == "ping":
             continue
         assert name != "error", data
+        if name == "content_block_delta" and data["delta"]["type"] == "input_json_delta":
+            partial[data["index"]] = partial.get(data["index"], "") + data["delta"]["partial_json"]
         snapshot = accumulate_event(
             event=cast(RawMessageStreamEvent, data), current_snapshot=snapshot, json_bufs=buffers
         )
     assert snapshot is not None
-    return canonical(snapshot.to_dict())
+    message = canonical(snapshot.to_dict())
+    for index, block in enumerate(message["content"]):
+        if block["type"] == "tool_use":
+            assert json.loads(partial[index]) == block["input"]
+    return message
 
 
 def canonical(message: dict[str, Any]) -> dict[str, Any]:

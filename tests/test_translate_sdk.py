@@ -233,10 +233,20 @@ Client = tuple[anthropic.AsyncAnthropic, list[dict[str, Any]]]
 
 
 async def stream_final(sdk: anthropic.AsyncAnthropic, scenario: str, **kwargs: Any) -> anthropic.types.Message:
+    """The SDK's final message; also checks each tool block's partial_json adds up to complete, valid JSON
+    (the SDK's own partial parser would accept truncated JSON)."""
+    partial: dict[int, str] = {}
     async with sdk.messages.stream(
         model=MODEL, max_tokens=512, messages=[{"role": "user", "content": scenario}], **kwargs
     ) as stream:
-        return await stream.get_final_message()
+        async for event in stream:
+            if event.type == "content_block_delta" and event.delta.type == "input_json_delta":
+                partial[event.index] = partial.get(event.index, "") + event.delta.partial_json
+        message = await stream.get_final_message()
+    for index, block in enumerate(message.content):
+        if block.type == "tool_use":
+            assert json.loads(partial[index]) == block.input
+    return message
 
 
 async def non_streamed(sdk: anthropic.AsyncAnthropic, scenario: str, **kwargs: Any) -> anthropic.types.Message:
