@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from ccgate import __version__
+from ccgate.budget_guard import BudgetGuard
 from ccgate.config import Config, load_config
 from ccgate.errors import (
     AuthenticationError,
@@ -149,8 +150,8 @@ async def status(request: web.Request) -> web.StreamResponse:
     proxy = request.app[PROXY]
     budgets: list[dict[str, Any]] = []
     guard = proxy.deps.admission
-    if guard is not None and hasattr(guard, "states"):
-        for budget in guard.states(request.query.get("project")):
+    if isinstance(guard, BudgetGuard):
+        for budget in await guard.snapshot(request.query.get("project")):
             budgets.append(
                 {
                     "key": budget.key,
@@ -295,7 +296,6 @@ async def _watch_config(app: web.Application) -> None:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     """One ClientSession, one ledger writer, one budget guard per sidecar; closed in order on shutdown."""
-    from ccgate.budget_guard import BudgetGuard
     from ccgate.storage.ledger import open_ledger
     from ccgate.storage.reports import spent_nanos
     from ccgate.storage.writer import LedgerWriter

@@ -1,0 +1,245 @@
+"""Tier overrides through the running sidecar: translation, failover, auth, model names, live reload."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import anthropic
+import pytest
+from openai_upstream import OpenAIReply, OpenAIUpstream
+from scripted_upstream import StreamReply, TextReply, text_events
+from sidecar_harness import Harness, running_sidecar
+
+from ccgate.config import Config, TierSettings, save_config
+
+HAIKU_TO_OPENAI = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini",))})
+
+
+@pytest.fixture
+async def openai_mock() -> AsyncIterator[OpenAIUpstream]:
+    async with OpenAIUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+async def groq_mock() -> AsyncIterator[OpenAIUpstream]:
+    async with OpenAIUpstream() as upstream:
+        yield upstream
+
+
+def env_for(*mocks: tuple[str, OpenAIUpstream]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for name, mock in mocks:
+        env[f"CCGATE_{name.upper()}_BASE_URL"] = mock.base_url
+        env[f"CCGATE_{name.upper()}_API_KEY"] = f"sk-{name}-secret"
+    return env
+
+
+def sdk(harness: Harness) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(
+        base_url=harness.url, api_key="sk-ant-user", default_headers=harness.headers, max_retries=0
+    )
+
+
+async def test_haiku_override_streams_translated_text(openai_mock: OpenAIUpstream) -> None:
+    openai_mock.replies.append(
+        OpenAIReply(text="Translated hello!", prompt_tokens=1000, completion_tokens=50, cached_tokens=200)
+    )
+    async with running_sidecar(config=HAIKU_TO_OPENAI, environ=env_for(("openai", openai_mock))) as harness:
+        async with sdk(harness).messages.stream(
+            model="claude-haiku-4-5",
+            max_tokens=100,
+            system="be brief",
+            messages=[{"role": "user", "content": "hi"}],
+        ) as stream:
+            message = await stream.get_final_message()
+        assert message.model == "claude-haiku-4-5"
+        assert message.content[0].type == "text" and message.content[0].text == "Translated hello!"
+        assert message.stop_reason == "end_turn"
+        sent = openai_mock.requests[0]
+        assert sent.json["model"] == "gpt-4o-mini"
+        assert sent.json["messages"][0] == {"role": "system", "content": "be brief"}
+        assert sent.headers["authorization"] == "Bearer sk-openai-secret"
+        assert "x-api-key" not in sent.headers
+        assert harness.upstream.messages_requests == []  # nothing went to Anthropic
+        (row,) = harness.rows()
+        assert (row["tier"], row["requested_model"], row["provider"], row["routed_model"]) == (
+            "haiku",
+            "claude-haiku-4-5",
+            "openai",
+            "gpt-4o-mini",
+        )
+        # OpenAI's prompt_tokens includes the cached ones; the ledger keeps Anthropic's convention
+        assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (800, 200, 50)
+        # gpt-4o-mini: $0.15 / MTok input, $0.075 cached, $0.60 output -> nano-dollars
+        assert row["cost_nanos"] == 800 * 150 + 200 * 75 + 50 * 600
+        assert row["price_quality"] == "priced"
+
+
+async def test_tool_call_round_trip_through_translation(openai_mock: OpenAIUpstream) -> None:
+    openai_mock.replies.append(
+        OpenAIReply(text="", tool_calls=[("call_abc", "Bash", {"command": "echo hi", "description": "echo"})])
+    )
+    tools: Any = [
+        {
+            "name": "Bash",
+            "description": "run a command",
+            "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}},
+        }
+    ]
+    async with running_sidecar(config=HAIKU_TO_OPENAI, environ=env_for(("openai", openai_mock))) as harness:
+        client = sdk(harness)
+        async with client.messages.stream(
+            model="claude-haiku-4-5", max_tokens=100, tools=tools, messages=[{"role": "user", "content": "run echo"}]
+        ) as stream:
+            message = await stream.get_final_message()
+        assert message.stop_reason == "tool_use"
+        tool_use = message.content[-1]
+        assert tool_use.type == "tool_use"
+        assert tool_use.name == "Bash" and tool_use.input == {"command": "echo hi", "description": "echo"}
+        openai_mock.replies.append(OpenAIReply(text="it printed hi"))
+        conversation: Any = [
+            {"role": "user", "content": "run echo"},
+            {"role": "assistant", "content": [tool_use.model_dump()]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use.id, "content": "hi"}]},
+        ]
+        reply = await client.messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=100,
+            tools=tools,
+            messages=conversation,
+        )
+        assert reply.content[0].type == "text" and reply.content[0].text == "it printed hi"
+        second = openai_mock.requests[1].json["messages"]
+        tool_message = next(m for m in second if m["role"] == "tool")
+        assistant = next(m for m in second if m["role"] == "assistant")
+        # the id the provider chose comes back to it unchanged
+        assert assistant["tool_calls"][0]["id"] == tool_message["tool_call_id"] == "call_abc"
+        assert [row["status"] for row in harness.rows()] == ["ok", "ok"]
+
+
+async def test_failover_on_429_gives_one_clean_response(openai_mock: OpenAIUpstream, groq_mock: OpenAIUpstream) -> None:
+    config = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini", "groq/llama-3.3-70b-versatile"))})
+    openai_mock.replies.append(OpenAIReply(status=429, error_body={"error": {"message": "rate limited"}}))
+    groq_mock.replies.append(OpenAIReply(text="from groq"))
+    async with running_sidecar(config=config, environ=env_for(("openai", openai_mock), ("groq", groq_mock))) as h:
+        async with sdk(h).messages.stream(
+            model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            assert await stream.get_final_text() == "from groq"
+        (row,) = h.rows()
+        assert (row["provider"], row["routed_model"], row["status"]) == ("groq", "llama-3.3-70b-versatile", "ok")
+        attempts = json.loads(row["attempts"])
+        assert [(a["provider"], a["status"]) for a in attempts] == [("openai", 429), ("groq", 200)]
+        assert groq_mock.requests[0].headers["authorization"] == "Bearer sk-groq-secret"
+
+
+async def test_failover_on_connect_error(groq_mock: OpenAIUpstream) -> None:
+    config = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini", "groq/llama-3.3-70b-versatile"))})
+    env = {**env_for(("groq", groq_mock)), "CCGATE_OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    async with running_sidecar(config=config, environ=env) as harness:
+        message = await sdk(harness).messages.create(
+            model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert message.content[0].type == "text"
+        (row,) = harness.rows()
+        attempts = json.loads(row["attempts"])
+        assert [(a["provider"], a["status"]) for a in attempts] == [("openai", None), ("groq", 200)]
+
+
+async def test_primary_dying_mid_stream_ends_with_an_error_event(
+    openai_mock: OpenAIUpstream, groq_mock: OpenAIUpstream
+) -> None:
+    config = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini", "groq/llama-3.3-70b-versatile"))})
+    openai_mock.replies.append(OpenAIReply(text="abcdefghijkl", pieces=6, die_after_chunks=3))
+    async with running_sidecar(config=config, environ=env_for(("openai", openai_mock), ("groq", groq_mock))) as h:
+        body = {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 50,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{h.url}/v1/messages", json=body, headers=h.headers) as resp,
+        ):
+            data = await resp.read()
+        assert b"event: message_start" in data
+        assert data.rstrip().split(b"\n\n")[-1].startswith(b"event: error")
+        assert groq_mock.requests == []  # no silent duplicate after bytes reached the client
+        (row,) = h.rows()
+        assert row["status"] == "interrupted"
+
+
+async def test_translated_provider_errors_use_anthropic_envelope(openai_mock: OpenAIUpstream) -> None:
+    openai_mock.replies.append(
+        OpenAIReply(
+            status=400,
+            error_body={
+                "error": {
+                    "message": "This model's maximum context length is 128000 tokens.",
+                    "type": "invalid_request_error",
+                    "code": "context_length_exceeded",
+                }
+            },
+        )
+    )
+    async with running_sidecar(config=HAIKU_TO_OPENAI, environ=env_for(("openai", openai_mock))) as harness:
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            await sdk(harness).messages.create(
+                model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+            )
+        assert "prompt is too long" in str(caught.value)
+        (row,) = harness.rows()
+        assert (row["status"], row["http_status"]) == ("error", 400)
+
+
+async def test_count_tokens_on_a_translated_route_is_estimated_locally(openai_mock: OpenAIUpstream) -> None:
+    async with running_sidecar(config=HAIKU_TO_OPENAI, environ=env_for(("openai", openai_mock))) as harness:
+        result = await sdk(harness).messages.count_tokens(
+            model="claude-haiku-4-5", messages=[{"role": "user", "content": "word " * 400}]
+        )
+        assert 200 <= result.input_tokens <= 1000
+        assert openai_mock.requests == []
+        assert harness.upstream.requests == []
+
+
+async def test_anthropic_kind_route_rewrites_only_model_and_keeps_the_name_the_client_asked_for() -> None:
+    config = Config(tiers={"opus": TierSettings("opus", ("anthropic/claude-haiku-4-5",))})
+    async with running_sidecar(config=config) as harness:
+        events = text_events("cheap", model="claude-haiku-4-5", message_id="msg_rw")
+        harness.upstream.enqueue(StreamReply(events=events), TextReply("cheap too"))
+        client = sdk(harness)
+        async with client.messages.stream(
+            model="claude-opus-4-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            message = await stream.get_final_message()
+        assert message.model == "claude-opus-4-5"
+        plain = await client.messages.create(
+            model="claude-opus-4-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert plain.model == "claude-opus-4-5"
+        assert [r.json["model"] for r in harness.upstream.messages_requests] == ["claude-haiku-4-5"] * 2
+        rows = harness.rows()
+        assert {(r["requested_model"], r["routed_model"]) for r in rows} == {("claude-opus-4-5", "claude-haiku-4-5")}
+
+
+async def test_config_change_applies_to_the_running_sidecar(openai_mock: OpenAIUpstream) -> None:
+    async with running_sidecar(environ=env_for(("openai", openai_mock))) as harness:
+        client = sdk(harness)
+        await client.messages.create(
+            model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "a"}]
+        )
+        assert len(harness.upstream.messages_requests) == 1
+        save_config(harness.paths.config_file, HAIKU_TO_OPENAI)
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(f"{harness.url}/_ccgate/reload", headers=harness.headers)
+            assert resp.status == 200
+        await client.messages.create(
+            model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "b"}]
+        )
+        assert len(harness.upstream.messages_requests) == 1
+        assert len(openai_mock.requests) == 1
