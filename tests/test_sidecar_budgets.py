@@ -1,0 +1,101 @@
+"""Budgets enforced by the running sidecar: exact under concurrency, 402 that stops Claude Code, never blocking
+count_tokens or HEAD."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+from scripted_upstream import TextReply, Usage
+from sidecar_harness import Harness, running_sidecar
+
+from ccgate.config import BudgetSettings, Config
+
+# claude-haiku-4-5 at $1 in / $5 out per MTok: 100 input + 20 output tokens cost 200 micro-dollars.
+ONE_REQUEST_NANOS = (100 * 1 + 20 * 5) * 1000
+
+
+def budget(limit: str) -> Config:
+    return Config(budgets=(BudgetSettings(period="daily", limit_usd=Decimal(limit)),))
+
+
+def body(max_tokens: int = 50, model: str = "claude-haiku-4-5") -> dict[str, Any]:
+    return {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def post(
+    session: aiohttp.ClientSession, harness: Harness, payload: dict[str, Any]
+) -> tuple[int, dict[str, str], Any]:
+    async with session.post(f"{harness.url}/v1/messages", json=payload, headers=harness.headers) as resp:
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.json(content_type=None)
+
+
+async def test_fifty_concurrent_requests_overshoot_by_at_most_one() -> None:
+    limit_nanos = 700_000  # room for three and a half requests
+    async with running_sidecar(config=budget("0.0007")) as harness:
+        async with aiohttp.ClientSession() as session:
+            results = await asyncio.gather(*(post(session, harness, body()) for _ in range(50)))
+        served = [r for r in results if r[0] == 200]
+        refused = [r for r in results if r[0] != 200]
+        assert 3 <= len(served) <= 4
+        for status, headers, payload in refused:
+            assert status == 402
+            assert headers["x-should-retry"] == "false"
+            assert payload["error"]["type"] == "billing_error"
+            message = payload["error"]["message"]
+            assert "daily budget" in message and "ccgate budget set daily" in message
+            assert "credit balance" not in message
+        rows = harness.rows()
+        spent = sum(row["cost_nanos"] for row in rows)
+        assert len(rows) == len(served)  # refused requests never reached the ledger or the upstream
+        assert len(harness.upstream.messages_requests) == len(served)
+        assert spent <= limit_nanos + ONE_REQUEST_NANOS
+        async with aiohttp.ClientSession() as session:
+            status = await (await session.get(f"{harness.url}/_ccgate/status", headers=harness.headers)).json()
+        (state,) = status["budgets"]
+        assert state["spent_nanos"] == spent  # the guard's accounting agrees with the ledger
+        assert state["reserved_nanos"] == 0
+
+
+async def test_ten_parallel_agents_wait_instead_of_failing() -> None:
+    # Each request reserves up to ~$0.16 (32k output tokens at $5/MTok) but really costs $0.0002:
+    # ten of them reserve more than the $1 budget while almost nothing is spent.
+    async with running_sidecar(config=budget("1")) as harness:
+        harness.upstream.enqueue(*(TextReply("ok", usage=Usage(100, 20), event_delay=0.02) for _ in range(10)))
+        async with aiohttp.ClientSession() as session:
+            results = await asyncio.gather(*(post(session, harness, body(max_tokens=32_000)) for _ in range(10)))
+        assert [status for status, _, _ in results] == [200] * 10
+        assert len(harness.rows()) == 10
+
+
+async def test_exhausted_budget_never_blocks_count_tokens_or_head() -> None:
+    async with running_sidecar(config=budget("0.0001")) as harness, aiohttp.ClientSession() as session:
+        assert (await post(session, harness, body()))[0] == 200  # a lone request may overshoot, once
+        status, headers, _ = await post(session, harness, body())
+        assert status == 402 and headers["x-should-retry"] == "false"
+        async with session.head(f"{harness.url}/") as resp:
+            assert resp.status == 200
+        async with session.post(
+            f"{harness.url}/v1/messages/count_tokens", json=body(), headers=harness.headers
+        ) as resp:
+            assert resp.status == 200
+
+
+async def test_unpriced_model_cannot_slip_past_a_budget() -> None:
+    async with running_sidecar(config=budget("5")) as harness, aiohttp.ClientSession() as session:
+        status, headers, payload = await post(session, harness, body(model="mystery-model-1"))
+        assert status == 402
+        assert headers["x-should-retry"] == "false"
+        assert "ccgate price set mystery-model-1" in payload["error"]["message"]
+        assert harness.upstream.messages_requests == []
+
+
+async def test_unpriced_model_without_budget_is_recorded_as_unpriced_not_zero() -> None:
+    async with running_sidecar() as harness, aiohttp.ClientSession() as session:
+        status, _, _ = await post(session, harness, body(model="mystery-model-1"))
+        assert status == 200
+        (row,) = harness.rows()
+        assert row["cost_nanos"] is None
+        assert row["price_quality"] == "unpriced"
