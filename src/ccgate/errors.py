@@ -138,6 +138,14 @@ class SidecarError(CcgateError):
     error_type = "overloaded_error"
 
 
+class LedgerError(CcgateError):
+    """The ledger database could not be opened, migrated or read."""
+
+    status = 500
+    error_type = "api_error"
+    should_retry = False
+
+
 class SecretStoreError(CcgateError):
     """The keyring (or its file fallback) could not be read or written."""
 

@@ -1,0 +1,240 @@
+"""The local ledger: one SQLite row per request, opened through sqlite-utils in WAL mode.
+
+`RequestRecord` <-> row conversion lives here, so every reader and writer agrees on the flattened columns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import asdict
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ccgate.errors import LedgerError
+from ccgate.models import (
+    Attempt,
+    Cost,
+    PriceQuality,
+    RequestRecord,
+    RequestStatus,
+    Usage,
+    from_iso,
+    to_iso,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+TABLE = "requests"
+# Seconds a connection waits for another writer's lock before giving up (SQLite's busy timeout).
+BUSY_TIMEOUT_S = 10.0
+
+COLUMNS: tuple[str, ...] = (
+    "id",
+    "started_at",
+    "ended_at",
+    "source",
+    "session_id",
+    "project",
+    "launch_id",
+    "tier",
+    "requested_model",
+    "provider",
+    "routed_model",
+    "endpoint",
+    "stream",
+    "status",
+    "http_status",
+    "error_type",
+    "error_message",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "web_searches",
+    "cost_nanos",
+    "price_quality",
+    "priced_model",
+    "cost_note",
+    "ttfb_ms",
+    "latency_ms",
+    "upstream_message_id",
+    "upstream_request_id",
+    "attempts",
+    "synced_at",
+)
+
+
+def _iso_or_none(value: Any) -> str | None:
+    return None if value is None else to_iso(value)
+
+
+def record_to_row(record: RequestRecord) -> dict[str, Any]:
+    """Flatten a record into ledger columns (usage and cost spread out, attempts as JSON text)."""
+    usage, cost = record.usage, record.cost
+    return {
+        "id": record.id,
+        "started_at": to_iso(record.started_at),
+        "ended_at": _iso_or_none(record.ended_at),
+        "source": record.source,
+        "session_id": record.session_id,
+        "project": record.project,
+        "launch_id": record.launch_id,
+        "tier": record.tier,
+        "requested_model": record.requested_model,
+        "provider": record.provider,
+        "routed_model": record.routed_model,
+        "endpoint": record.endpoint,
+        "stream": int(record.stream),
+        "status": RequestStatus(record.status).value,
+        "http_status": record.http_status,
+        "error_type": record.error_type,
+        "error_message": record.error_message,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_5m_tokens": usage.cache_write_5m_tokens,
+        "cache_write_1h_tokens": usage.cache_write_1h_tokens,
+        "web_searches": usage.web_searches,
+        "cost_nanos": cost.nanos,
+        "price_quality": PriceQuality(cost.quality).value,
+        "priced_model": cost.priced_model,
+        "cost_note": cost.note,
+        "ttfb_ms": record.ttfb_ms,
+        "latency_ms": record.latency_ms,
+        "upstream_message_id": record.upstream_message_id,
+        "upstream_request_id": record.upstream_request_id,
+        "attempts": json.dumps([asdict(attempt) for attempt in record.attempts], separators=(",", ":")),
+        "synced_at": _iso_or_none(record.synced_at),
+    }
+
+
+def decode_attempts(text: str | None) -> tuple[Attempt, ...]:
+    if not text:
+        return ()
+    return tuple(
+        Attempt(provider=item["provider"], model=item["model"], status=item.get("status"), error=item.get("error"))
+        for item in json.loads(text)
+    )
+
+
+def row_to_record(row: dict[str, Any]) -> RequestRecord:
+    """Inverse of `record_to_row`; extra keys (such as `rowid`) are ignored."""
+    ended_at, synced_at = row.get("ended_at"), row.get("synced_at")
+    return RequestRecord(
+        id=row["id"],
+        started_at=from_iso(row["started_at"]),
+        ended_at=None if ended_at is None else from_iso(ended_at),
+        source=row.get("source") or "sidecar",
+        session_id=row.get("session_id"),
+        project=row.get("project"),
+        launch_id=row.get("launch_id"),
+        tier=row.get("tier"),
+        requested_model=row.get("requested_model"),
+        provider=row.get("provider"),
+        routed_model=row.get("routed_model"),
+        endpoint=row.get("endpoint") or "messages",
+        stream=bool(row.get("stream")),
+        status=RequestStatus(row["status"]),
+        http_status=row.get("http_status"),
+        error_type=row.get("error_type"),
+        error_message=row.get("error_message"),
+        usage=Usage(
+            input_tokens=row.get("input_tokens") or 0,
+            output_tokens=row.get("output_tokens") or 0,
+            cache_read_tokens=row.get("cache_read_tokens") or 0,
+            cache_write_5m_tokens=row.get("cache_write_5m_tokens") or 0,
+            cache_write_1h_tokens=row.get("cache_write_1h_tokens") or 0,
+            web_searches=row.get("web_searches") or 0,
+        ),
+        cost=Cost(
+            nanos=row.get("cost_nanos"),
+            quality=PriceQuality(row.get("price_quality") or PriceQuality.UNPRICED.value),
+            priced_model=row.get("priced_model"),
+            note=row.get("cost_note"),
+        ),
+        ttfb_ms=row.get("ttfb_ms"),
+        latency_ms=row.get("latency_ms"),
+        upstream_message_id=row.get("upstream_message_id"),
+        upstream_request_id=row.get("upstream_request_id"),
+        attempts=decode_attempts(row.get("attempts")),
+        synced_at=None if synced_at is None else from_iso(synced_at),
+    )
+
+
+def _create_private(path: Path) -> None:
+    """The ledger holds project paths and usage: readable by its owner only (SQLite copies the mode to -wal)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
+def open_ledger(path: Path, *, check_same_thread: bool = True) -> Database:
+    """Open (creating if needed) and migrate the ledger; WAL + synchronous=NORMAL survive a kill -9."""
+    from sqlite_utils import Database
+
+    from ccgate.storage.migrations import migrate
+
+    try:
+        _create_private(path)
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=check_same_thread)
+        db = Database(conn)
+        try:
+            db.enable_wal()
+            db.execute("PRAGMA synchronous=NORMAL")
+            migrate(db)
+        except BaseException:
+            db.close()
+            raise
+    except (sqlite3.Error, OSError) as error:
+        raise LedgerError(
+            f"cannot open the ledger at {path}: {error}",
+            hint="check that the file is readable and writable by you; `ccgate doctor` checks its integrity",
+        ) from error
+    return db
+
+
+def insert_records(db: Database, records: Iterable[RequestRecord], *, batch_size: int = 500) -> int:
+    """Batch insert (for `import`): rows whose id already exists are left alone. Returns rows inserted.
+
+    One transaction per batch; `rowcount` counts the rows inserted, not the roll-up rows the triggers touch.
+    """
+    sql = (
+        f"INSERT OR IGNORE INTO {TABLE} ({', '.join(COLUMNS)}) "  # noqa: S608
+        f"VALUES ({', '.join(':' + column for column in COLUMNS)})"
+    )
+    inserted = 0
+    iterator = iter(records)
+    while batch := [record_to_row(record) for record in islice(iterator, batch_size)]:
+        with db.atomic():
+            inserted += db.conn.executemany(sql, batch).rowcount
+    return inserted
+
+
+def recover_pending(db: Database) -> int:
+    """Mark rows left `pending` by a crash as `interrupted`, keeping the usage already seen (it was billed)."""
+    cursor = db.conn.execute(
+        """
+        UPDATE requests
+        SET status = 'interrupted',
+            ended_at = coalesce(ended_at, ?),
+            error_type = coalesce(error_type, 'interrupted'),
+            error_message = coalesce(error_message, 'ccgate stopped before this request finished')
+        WHERE status = 'pending'
+        """,
+        (to_iso(utcnow()),),
+    )
+    db.conn.commit()
+    return cursor.rowcount
+
+
+def check_integrity(db: Database) -> str:
+    """`PRAGMA integrity_check`: "ok" for a healthy ledger, otherwise SQLite's list of problems."""
+    rows = db.execute("PRAGMA integrity_check").fetchall()
+    return "\n".join(str(row[0]) for row in rows)

@@ -1,0 +1,216 @@
+"""The ledger's schema as append-only numbered migrations, each applied once and recorded in `_migrations`.
+
+Never edit a migration that has shipped: add `m00N_...` below the last one instead. Every statement is plain
+SQL frozen in time (no references to constants that may change later).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ccgate.models import to_iso, utcnow
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+Migration = Callable[["Database"], None]
+
+MIGRATIONS: list[Migration] = []
+
+
+def migration(function: Migration) -> Migration:
+    """Register a migration; they run in the order they are defined in this module."""
+    MIGRATIONS.append(function)
+    return function
+
+
+@migration
+def m001_requests(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE requests (
+            id TEXT PRIMARY KEY,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            source TEXT NOT NULL DEFAULT 'sidecar',
+            session_id TEXT,
+            project TEXT,
+            launch_id TEXT,
+            tier TEXT,
+            requested_model TEXT,
+            provider TEXT,
+            routed_model TEXT,
+            endpoint TEXT NOT NULL DEFAULT 'messages',
+            stream INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL,
+            http_status INTEGER,
+            error_type TEXT,
+            error_message TEXT,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_write_5m_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0,
+            web_searches INTEGER NOT NULL DEFAULT 0,
+            cost_nanos INTEGER,
+            price_quality TEXT NOT NULL DEFAULT 'unpriced',
+            priced_model TEXT,
+            cost_note TEXT,
+            ttfb_ms REAL,
+            latency_ms REAL,
+            upstream_message_id TEXT,
+            upstream_request_id TEXT,
+            attempts TEXT NOT NULL DEFAULT '[]',
+            synced_at TEXT
+        )
+        """
+    )
+
+
+@migration
+def m002_request_indexes(db: Database) -> None:
+    db.execute("CREATE INDEX requests_started_at ON requests (started_at)")
+    db.execute("CREATE INDEX requests_session ON requests (session_id, started_at)")
+    db.execute("CREATE INDEX requests_upstream_message_id ON requests (upstream_message_id)")
+    # Tiny partial indexes: start-up recovery finds leftover pending rows, and the cost report names the
+    # unpriced models, without scanning the table.
+    db.execute("CREATE INDEX requests_pending ON requests (status) WHERE status = 'pending'")
+    db.execute(
+        "CREATE INDEX requests_unpriced ON requests (started_at, routed_model, requested_model) "
+        "WHERE cost_nanos IS NULL"
+    )
+
+
+def _rollup_upsert(row: str, sign: str) -> str:
+    """One row's contribution (`row` is `new` or `old`, `sign` is "" or "-") added into its hour bucket.
+
+    Used by m003 only: changing it would change a shipped migration.
+    """
+    return f"""
+        INSERT INTO request_rollups (
+            bucket, model, provider, project, session, requests, input_tokens, output_tokens,
+            cache_read_tokens, cache_write_tokens, cost_nanos, unpriced_requests, estimated_requests,
+            imported_requests
+        ) VALUES (
+            substr({row}.started_at, 1, 13) || ':00:00.000000Z',
+            coalesce({row}.requested_model, ''), coalesce({row}.provider, ''), coalesce({row}.project, ''),
+            coalesce({row}.session_id, ''),
+            {sign}1, {sign}{row}.input_tokens, {sign}{row}.output_tokens, {sign}{row}.cache_read_tokens,
+            {sign}({row}.cache_write_5m_tokens + {row}.cache_write_1h_tokens),
+            {sign}coalesce({row}.cost_nanos, 0),
+            {sign}({row}.cost_nanos IS NULL),
+            {sign}({row}.cost_nanos IS NOT NULL AND {row}.price_quality = 'estimated'),
+            {sign}({row}.source NOT IN ('sidecar', 'gateway'))
+        )
+        ON CONFLICT (bucket, model, provider, project, session) DO UPDATE SET
+            requests = requests + excluded.requests,
+            input_tokens = input_tokens + excluded.input_tokens,
+            output_tokens = output_tokens + excluded.output_tokens,
+            cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+            cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+            cost_nanos = cost_nanos + excluded.cost_nanos,
+            unpriced_requests = unpriced_requests + excluded.unpriced_requests,
+            estimated_requests = estimated_requests + excluded.estimated_requests,
+            imported_requests = imported_requests + excluded.imported_requests;
+    """  # noqa: S608
+
+
+_ROLLUP_PRUNE = """
+    DELETE FROM request_rollups
+    WHERE bucket = substr(old.started_at, 1, 13) || ':00:00.000000Z'
+      AND model = coalesce(old.requested_model, '') AND provider = coalesce(old.provider, '')
+      AND project = coalesce(old.project, '') AND session = coalesce(old.session_id, '')
+      AND requests = 0;
+"""
+
+
+@migration
+def m003_hourly_rollups(db: Database) -> None:
+    """Per-UTC-hour sums kept exact by triggers, so `cost month` reads thousands of rows, not millions.
+
+    Reports take whole hours from here and the ragged ends of a range (and of local days in zones with
+    half-hour offsets) from `requests`. Keys are '' where the request's value is NULL.
+    """
+    db.execute(
+        """
+        CREATE TABLE request_rollups (
+            bucket TEXT NOT NULL,
+            model TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            project TEXT NOT NULL,
+            session TEXT NOT NULL,
+            requests INTEGER NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            cache_read_tokens INTEGER NOT NULL,
+            cache_write_tokens INTEGER NOT NULL,
+            cost_nanos INTEGER NOT NULL,
+            unpriced_requests INTEGER NOT NULL,
+            estimated_requests INTEGER NOT NULL,
+            imported_requests INTEGER NOT NULL,
+            PRIMARY KEY (bucket, model, provider, project, session)
+        ) WITHOUT ROWID
+        """
+    )
+    watched = (
+        "started_at, requested_model, provider, project, session_id, source, input_tokens, output_tokens, "
+        "cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cost_nanos, price_quality"
+    )
+    db.execute(f"CREATE TRIGGER requests_rollup_insert AFTER INSERT ON requests BEGIN {_rollup_upsert('new', '')} END")
+    db.execute(
+        f"CREATE TRIGGER requests_rollup_update AFTER UPDATE OF {watched} ON requests BEGIN "
+        f"{_rollup_upsert('old', '-')} {_ROLLUP_PRUNE} {_rollup_upsert('new', '')} END"
+    )
+    db.execute(
+        f"CREATE TRIGGER requests_rollup_delete AFTER DELETE ON requests BEGIN "
+        f"{_rollup_upsert('old', '-')} {_ROLLUP_PRUNE} END"
+    )
+    db.execute(
+        """
+        INSERT INTO request_rollups
+        SELECT substr(started_at, 1, 13) || ':00:00.000000Z', coalesce(requested_model, ''),
+               coalesce(provider, ''), coalesce(project, ''), coalesce(session_id, ''),
+               count(*), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens),
+               sum(cache_write_5m_tokens + cache_write_1h_tokens), coalesce(sum(cost_nanos), 0),
+               sum(cost_nanos IS NULL), sum(cost_nanos IS NOT NULL AND price_quality = 'estimated'),
+               sum(source NOT IN ('sidecar', 'gateway'))
+        FROM requests GROUP BY 1, 2, 3, 4, 5
+        """
+    )
+
+
+def applied_migrations(db: Database) -> list[str]:
+    if not db["_migrations"].exists():
+        return []
+    return [row[0] for row in db.execute("SELECT name FROM _migrations ORDER BY rowid").fetchall()]
+
+
+def migrate(db: Database) -> list[str]:
+    """Apply every migration not yet recorded, all in one write transaction; returns the names applied.
+
+    BEGIN IMMEDIATE takes the write lock before looking, so two processes opening a fresh ledger at once
+    (sidecar and `ccgate cost`) cannot both apply the same migration.
+    """
+    wanted = [function.__name__ for function in MIGRATIONS]
+    if applied_migrations(db) == wanted:
+        return []
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    applied: list[str] = []
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
+        for function in MIGRATIONS:
+            if function.__name__ in done:
+                continue
+            function(db)
+            db.execute(
+                "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (function.__name__, to_iso(utcnow()))
+            )
+            applied.append(function.__name__)
+        db.conn.execute("COMMIT")
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+    return applied
