@@ -1,0 +1,651 @@
+"""ccgate's speed benchmark: added latency, throughput, memory, CLI start-up and `cost` on a large ledger.
+
+    .venv/bin/python benchmarks/bench.py [--quick] [--json out.json]
+
+Everything runs in one go so the ratios compare like with like on a noisy machine. Each server (the mock
+upstream, a minimal aiohttp passthrough, the sidecar) is its own process on 127.0.0.1; the load generator is an
+aiohttp client in this process. Latency runs interleave the targets in rounds, so drift hits all of them alike.
+See benchmarks/README.md for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "benchmarks"
+PY = sys.executable
+MB = 1024 * 1024
+
+ANTHROPIC_MODEL = "claude-sonnet-4-5"  # anthropic tier: passed through verbatim
+TRANSLATED_MODEL = "claude-haiku-4-5"  # haiku tier: routed to the OpenAI-kind mock
+TRANSLATED_TARGET = "gpt-x"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    latency_requests: int  # per target, at concurrency 1
+    latency_rounds: int
+    warmup: int
+    throughput_seconds: float  # per target and round
+    throughput_rounds: int
+    concurrency: int
+    ledger_rows: int
+    help_runs: int
+    cost_runs: int
+    translate_iterations: int
+
+
+FULL = Settings(
+    latency_requests=2000,
+    latency_rounds=10,
+    warmup=100,
+    throughput_seconds=4.0,
+    throughput_rounds=3,
+    concurrency=32,
+    ledger_rows=1_000_000,
+    help_runs=10,
+    cost_runs=3,
+    translate_iterations=1000,
+)
+QUICK = Settings(
+    latency_requests=100,
+    latency_rounds=2,
+    warmup=10,
+    throughput_seconds=1.0,
+    throughput_rounds=1,
+    concurrency=32,
+    ledger_rows=100_000,
+    help_runs=3,
+    cost_runs=1,
+    translate_iterations=50,
+)
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+
+@dataclass(slots=True)
+class Metric:
+    key: str  # stable JSON key
+    label: str  # what the table shows
+    value: float | None
+    unit: str
+    target: str | None = None  # human-readable, e.g. "<= 1 ms"
+    ok: bool | None = None  # None: informational
+
+
+@dataclass(slots=True)
+class Report:
+    metrics: list[Metric] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(
+        self,
+        key: str,
+        label: str,
+        value: float | None,
+        unit: str,
+        *,
+        at_most: float | None = None,
+        at_least: float | None = None,
+    ) -> None:
+        target: str | None = None
+        ok: bool | None = None
+        if at_most is not None:
+            target = f"<= {at_most:g} {unit}"
+            ok = value is not None and value <= at_most
+        elif at_least is not None:
+            target = f">= {at_least:g} {unit}"
+            ok = value is not None and value >= at_least
+        self.metrics.append(Metric(key, label, value, unit, target, ok))
+
+
+def percentile(samples: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile; samples need not be sorted."""
+    ordered = sorted(samples)
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[bench] {message}\n")
+    sys.stderr.flush()
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """The caller's environment minus anything ccgate or Anthropic reads, plus an isolated CCGATE_HOME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CCGATE_", "ANTHROPIC_"))}
+    env["CCGATE_HOME"] = str(home)
+    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"  # no D-Bus round trips at start-up
+    env["CCGATE_LOG_LEVEL"] = "WARNING"
+    env.update(extra)
+    return env
+
+
+class Server:
+    """A server process we started; stopped by its PID (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, cwd=ROOT
+        )
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_port(self, port_file: Path, *, timeout: float = 30.0, pid_file: Path | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {self.tail()}")
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                port = int(port_file.read_text().strip())
+                if pid_file is None or int(pid_file.read_text().strip()) == self.pid:
+                    self.port = port
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not start within {timeout:.0f} s: {self.tail()}")
+
+    def tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-2000:]
+        return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        self._log.close()
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process, in kB."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                out[name] = int(rest.split()[0])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ payloads
+
+
+def messages_body(model: str, size: int = 50_000) -> dict[str, Any]:
+    """A Messages API request shaped like Claude Code's, with a ~`size`-byte user message."""
+    phrase = "the quick brown fox jumps over a lazy dog while reading source code and tests "
+    text = (phrase * (size // len(phrase) + 1))[:size]
+    return {
+        "model": model,
+        "max_tokens": 8192,
+        "stream": True,
+        "system": [
+            {"type": "text", "text": "You are Claude Code, a benchmark.", "cache_control": {"type": "ephemeral"}}
+        ],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}],
+        "metadata": {"user_id": json.dumps({"session_id": "00000000-0000-4000-8000-000000000000"})},
+    }
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    end_marker: bytes  # the last event a complete reply carries
+
+
+# ------------------------------------------------------------------------------------------------ load
+
+
+async def one_request(session: aiohttp.ClientSession, target: Target) -> float:
+    """Full-response latency: from sending the request until the last byte of the reply has been read."""
+    began = time.perf_counter()
+    async with session.post(target.url, data=target.body, headers=target.headers) as response:
+        async for _ in response.content.iter_any():
+            pass
+        status = response.status
+    elapsed = time.perf_counter() - began
+    if status != 200:
+        raise RuntimeError(f"{target.name}: HTTP {status}")
+    return elapsed
+
+
+async def check_reply(session: aiohttp.ClientSession, target: Target) -> None:
+    async with session.post(target.url, data=target.body, headers=target.headers) as response:
+        data = await response.read()
+        if response.status != 200 or target.end_marker not in data[-200:]:
+            raise RuntimeError(f"{target.name}: unexpected reply {response.status}: {data[:300]!r}...{data[-200:]!r}")
+
+
+async def latency_phase(
+    session: aiohttp.ClientSession, targets: Sequence[Target], settings: Settings
+) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {t.name: [] for t in targets}
+    for target in targets:
+        await check_reply(session, target)
+        for _ in range(settings.warmup):
+            await one_request(session, target)
+    per_round = max(1, settings.latency_requests // settings.latency_rounds)
+    for round_no in range(settings.latency_rounds):
+        shift = round_no % len(targets)
+        for target in [*targets[shift:], *targets[:shift]]:
+            bucket = samples[target.name]
+            for _ in range(per_round):
+                bucket.append(await one_request(session, target))
+    return samples
+
+
+async def throughput_run(
+    session: aiohttp.ClientSession, target: Target, concurrency: int, seconds: float
+) -> tuple[int, float]:
+    """`concurrency` workers loop until the deadline; returns (completed requests, elapsed seconds)."""
+    done = 0
+    began = time.perf_counter()
+    deadline = began + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await one_request(session, target)
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done, time.perf_counter() - began
+
+
+async def sample_memory(pid: int, peak: dict[str, int], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(OSError):
+            for name, value in memory_kb(pid).items():
+                peak[name] = max(peak.get(name, 0), value)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.05)
+
+
+async def throughput_phase(
+    session: aiohttp.ClientSession, targets: Sequence[Target], settings: Settings, sidecar_pid: int, sidecar: str
+) -> tuple[dict[str, float], dict[str, int]]:
+    totals: dict[str, list[float]] = {t.name: [0.0, 0.0] for t in targets}
+    peak: dict[str, int] = {}
+    for target in targets:  # warm the connection pools at this concurrency
+        await throughput_run(session, target, settings.concurrency, 0.3)
+    for round_no in range(settings.throughput_rounds):
+        shift = round_no % len(targets)
+        for target in [*targets[shift:], *targets[:shift]]:
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(sample_memory(sidecar_pid, peak, stop)) if target.name == sidecar else None
+            count, elapsed = await throughput_run(session, target, settings.concurrency, settings.throughput_seconds)
+            stop.set()
+            if sampler is not None:
+                await sampler
+            totals[target.name][0] += count
+            totals[target.name][1] += elapsed
+    with contextlib.suppress(OSError):
+        peak["VmHWM"] = max(peak.get("VmHWM", 0), memory_kb(sidecar_pid).get("VmHWM", 0))
+    return {name: count / elapsed for name, (count, elapsed) in totals.items()}, peak
+
+
+# ------------------------------------------------------------------------------------------------ phases
+
+
+def sidecar_config(openai_base: str) -> str:
+    """The translated-route hook: haiku goes to an OpenAI-kind provider, which has a price."""
+    return (
+        "[providers.mockai]\n"
+        'kind = "openai"\n'
+        f'base_url = "{openai_base}"\n\n'
+        "[tiers.haiku]\n"
+        f'targets = ["mockai/{TRANSLATED_TARGET}"]\n\n'
+        f'[prices."{TRANSLATED_TARGET}"]\n'
+        "input = 0.5\n"
+        "output = 1.5\n"
+    )
+
+
+async def proxy_phases(report: Report, settings: Settings, work: Path) -> None:
+    from ccgate.paths import resolve_paths
+    from ccgate.sidecar.process import TOKEN_HEADER, ensure_token
+    from ccgate.translate import anthropic_to_openai_request
+
+    servers: list[Server] = []
+    try:
+        mock_home = work / "mock"
+        mock_home.mkdir()
+        mock = Server(
+            "mock upstream",
+            [PY, str(HERE / "mock_upstream.py"), "--port-file", str(mock_home / "port")],
+            clean_env(mock_home),
+            mock_home / "log",
+        )
+        servers.append(mock)
+        mock.wait_port(mock_home / "port")
+
+        pass_home = work / "passthrough"
+        pass_home.mkdir()
+        passthrough = Server(
+            "passthrough",
+            [PY, str(HERE / "passthrough.py"), "--upstream", mock.url, "--port-file", str(pass_home / "port")],
+            clean_env(pass_home),
+            pass_home / "log",
+        )
+        servers.append(passthrough)
+
+        side_home = work / "sidecar-home"
+        side_env = clean_env(side_home, CCGATE_ANTHROPIC_BASE_URL=mock.url)
+        paths = resolve_paths(side_env).ensure()
+        paths.config_file.write_text(sidecar_config(mock.url + "/v1"))
+        token = ensure_token(paths)
+        sidecar = Server("sidecar", [PY, "-m", "ccgate.sidecar", "--port", "0"], side_env, work / "sidecar.log")
+        servers.append(sidecar)
+        passthrough.wait_port(pass_home / "port")
+        sidecar.wait_port(paths.port_file, pid_file=paths.pid_file)
+        log(f"servers up: mock {mock.pid}, passthrough {passthrough.pid}, sidecar {sidecar.pid}")
+
+        anthropic_body = encode(messages_body(ANTHROPIC_MODEL))
+        translated_body = encode(messages_body(TRANSLATED_MODEL))
+        openai_body = encode(
+            anthropic_to_openai_request(messages_body(TRANSLATED_MODEL), target_model=TRANSLATED_TARGET)[0]
+        )
+        headers = {
+            "content-type": "application/json",
+            "anthropic-version": "2023-06-01",
+            "x-api-key": "sk-ant-bench-dummy",
+            TOKEN_HEADER: token,
+        }
+        direct = Target("direct", mock.url + "/v1/messages", anthropic_body, headers, b"message_stop")
+        through_pass = Target("passthrough", passthrough.url + "/v1/messages", anthropic_body, headers, b"message_stop")
+        through_side = Target("sidecar", sidecar.url + "/v1/messages", anthropic_body, headers, b"message_stop")
+        openai_direct = Target("openai-direct", mock.url + "/v1/chat/completions", openai_body, headers, b"[DONE]")
+        translated = Target(
+            "sidecar-translated", sidecar.url + "/v1/messages", translated_body, headers, b"message_stop"
+        )
+        report.notes.append(
+            f"request body {len(anthropic_body) / 1000:.1f} KB; mock reply: 21 Anthropic SSE events, "
+            "or 200 OpenAI chunks for the translated route"
+        )
+
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+            idle = memory_kb(sidecar.pid)
+            log(f"latency at concurrency 1: {settings.latency_requests} requests per target")
+            lat = await latency_phase(
+                session, [direct, through_pass, through_side, openai_direct, translated], settings
+            )
+            idle_after = memory_kb(sidecar.pid)
+            log(f"throughput at concurrency {settings.concurrency}")
+            rates, peak = await throughput_phase(
+                session, [direct, through_pass, through_side], settings, sidecar.pid, "sidecar"
+            )
+
+        def ms(name: str, pct: float) -> float:
+            return percentile(lat[name], pct) * 1000
+
+        for name, label in (
+            ("direct", "direct to mock"),
+            ("passthrough", "via minimal passthrough"),
+            ("sidecar", "via sidecar"),
+        ):
+            report.add(f"latency_{name}_p50_ms", f"latency p50, {label}", ms(name, 50), "ms")
+            report.add(f"latency_{name}_p99_ms", f"latency p99, {label}", ms(name, 99), "ms")
+        report.add("added_passthrough_p50_ms", "added p50, passthrough", ms("passthrough", 50) - ms("direct", 50), "ms")
+        report.add("added_passthrough_p99_ms", "added p99, passthrough", ms("passthrough", 99) - ms("direct", 99), "ms")
+        report.add(
+            "added_sidecar_p50_ms", "added p50, sidecar", ms("sidecar", 50) - ms("direct", 50), "ms", at_most=1.0
+        )
+        report.add(
+            "added_sidecar_p99_ms", "added p99, sidecar", ms("sidecar", 99) - ms("direct", 99), "ms", at_most=5.0
+        )
+        for name, label in (
+            ("direct", "direct to mock"),
+            ("passthrough", "minimal passthrough"),
+            ("sidecar", "sidecar"),
+        ):
+            report.add(f"throughput_{name}_rps", f"throughput c={settings.concurrency}, {label}", rates[name], "req/s")
+        ratio = 100 * rates["sidecar"] / rates["passthrough"] if rates["passthrough"] else None
+        report.add("throughput_sidecar_vs_passthrough_pct", "sidecar / passthrough throughput", ratio, "%", at_least=80)
+        report.add("sidecar_rss_idle_mb", "sidecar RSS idle (after warm-up)", idle_after.get("VmRSS", 0) / 1024, "MB")
+        report.add("sidecar_rss_peak_mb", "sidecar RSS peak under load", peak.get("VmRSS", 0) / 1024, "MB", at_most=80)
+        report.add("sidecar_hwm_mb", "sidecar VmHWM (peak RSS ever)", peak.get("VmHWM", 0) / 1024, "MB", at_most=80)
+        report.notes.append(f"sidecar RSS right after start: {idle.get('VmRSS', 0) / 1024:.1f} MB")
+
+        report.add("latency_openai_direct_p50_ms", "latency p50, direct to OpenAI mock", ms("openai-direct", 50), "ms")
+        report.add("latency_translated_p50_ms", "latency p50, sidecar translated", ms("sidecar-translated", 50), "ms")
+        report.add(
+            "added_translated_p50_ms",
+            "added p50, translated route",
+            ms("sidecar-translated", 50) - ms("openai-direct", 50),
+            "ms",
+            at_most=2.0,
+        )
+        report.add(
+            "added_translated_p99_ms",
+            "added p99, translated route",
+            ms("sidecar-translated", 99) - ms("openai-direct", 99),
+            "ms",
+        )
+        report.add(
+            "translated_minus_passthrough_route_p50_ms",
+            "translated minus Anthropic route, added p50",
+            (ms("sidecar-translated", 50) - ms("openai-direct", 50)) - (ms("sidecar", 50) - ms("direct", 50)),
+            "ms",
+        )
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+def translation_cpu(report: Report, settings: Settings) -> None:
+    """CPU per request of the translated route's two extra steps, timed in this process."""
+    from ccgate.sse import SSEDecoder
+    from ccgate.translate import OpenAIStreamTranslator, ToolIdMap, anthropic_to_openai_request
+
+    sys.path.insert(0, str(HERE))
+    from mock_upstream import openai_chunks
+
+    body = messages_body(TRANSLATED_MODEL)
+    raw = encode(body)
+    iterations = settings.translate_iterations
+    began = time.perf_counter()
+    for _ in range(iterations):
+        parsed = json.loads(raw)
+        out, _ = anthropic_to_openai_request(parsed, target_model=TRANSLATED_TARGET)
+        json.dumps(out).encode()
+    per_request = (time.perf_counter() - began) / iterations
+    report.add("translate_request_us", "translate 50 KB request (parse+map+encode)", per_request * 1e6, "us")
+
+    stream = openai_chunks(200)
+    began = time.perf_counter()
+    for _ in range(iterations):
+        translator = OpenAIStreamTranslator(requested_model=TRANSLATED_MODEL, id_map=ToolIdMap())
+        decoder = SSEDecoder()
+        for chunk in stream:
+            for event in decoder.feed(chunk):
+                if event.data == "[DONE]":
+                    break
+                translator.feed(event.json())
+        translator.finish()
+    per_stream = (time.perf_counter() - began) / iterations
+    report.add("translate_stream_us", "translate 200-chunk stream (decode+map)", per_stream * 1e6, "us")
+
+
+def _ccgate_argv() -> list[str]:
+    script = Path(PY).parent / "ccgate"
+    return [str(script)] if script.exists() else [PY, "-m", "ccgate"]
+
+
+def wall_ms(argv: list[str], env: dict[str, str], runs: int, *, check: bool = True) -> float:
+    """Median wall time of `runs` runs (after one untimed warm-up run), in ms."""
+    times: list[float] = []
+    for n in range(runs + 1):
+        began = time.perf_counter()
+        done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+        elapsed = time.perf_counter() - began
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} exited with {done.returncode}: {done.stderr.decode()[-500:]}")
+        if n:
+            times.append(elapsed * 1000)
+    return statistics.median(times)
+
+
+def cli_phase(report: Report, settings: Settings, work: Path) -> None:
+    home = work / "cli-home"
+    env = clean_env(home)
+    report.add(
+        "cli_help_ms",
+        "`ccgate --help` wall time (median)",
+        wall_ms([*_ccgate_argv(), "--help"], env, settings.help_runs),
+        "ms",
+        at_most=150,
+    )
+    report.add(
+        "python_pass_ms",
+        "`python -c pass` wall time (reference)",
+        wall_ms([PY, "-c", "pass"], env, settings.help_runs),
+        "ms",
+    )
+
+
+def ledger_home(rows: int, cache_dir: Path) -> Path:
+    """A CCGATE_HOME holding a `rows`-row ledger ending today; built once per day and reused."""
+    today = datetime.now(UTC).strftime("%Y%m%d")
+    home = cache_dir / f"ledger-{rows}-{today}"
+    if (home / "complete").exists():
+        log(f"reusing the {rows:,}-row ledger in {home}")
+        return home
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for stale in cache_dir.glob(f"ledger-{rows}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    building = Path(tempfile.mkdtemp(prefix=f"building-{rows}-", dir=cache_dir))
+    log(f"building a {rows:,}-row ledger (once per day; about 15 s per 100k rows)")
+    subprocess.run(
+        [PY, str(HERE / "make_ledger.py"), "--rows", str(rows), "--days", "30"],
+        env=clean_env(building),
+        check=True,
+        cwd=ROOT,
+    )
+    (building / "complete").write_text("ok\n")
+    building.rename(home)
+    return home
+
+
+def cost_phase(report: Report, settings: Settings, rows: int, cache_dir: Path) -> None:
+    home = ledger_home(rows, cache_dir)
+    env = clean_env(home)
+    value = wall_ms([*_ccgate_argv(), "cost", "month"], env, settings.cost_runs)
+    report.add("cost_month_ms", f"`ccgate cost month`, {rows:,}-row ledger (median)", value, "ms", at_most=500)
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def render(report: Report, settings: Settings, quick: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    table = Table(title="ccgate benchmark" + (" (quick: not for judging)" if quick else ""))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("target", justify="right")
+    table.add_column("result")
+    for metric in report.metrics:
+        value = "n/a" if metric.value is None else f"{metric.value:,.2f} {metric.unit}"
+        result = "" if metric.ok is None else ("[green]pass[/]" if metric.ok else "[red]FAIL[/]")
+        table.add_row(metric.label, value, metric.target or "", result)
+    console.print(table)
+    for note in report.notes:
+        console.print(f"- {note}", highlight=False)
+
+
+def to_json(report: Report, settings: Settings, quick: bool) -> dict[str, Any]:
+    return {
+        "quick": quick,
+        "when": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "settings": {name: getattr(settings, name) for name in Settings.__slots__},
+        "metrics": {
+            m.key: {"label": m.label, "value": m.value, "unit": m.unit, "target": m.target, "pass": m.ok}
+            for m in report.metrics
+        },
+        "notes": report.notes,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run: few requests, a 100k-row ledger")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this file")
+    parser.add_argument("--ledger-rows", type=int, default=None, help="rows in the `cost` ledger")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "ccgate-bench-cache",
+        help="where generated ledgers are kept between runs",
+    )
+    args = parser.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    rows = args.ledger_rows if args.ledger_rows is not None else settings.ledger_rows
+    report = Report()
+    phases: list[tuple[str, Callable[[Path], None]]] = [
+        ("proxy", lambda work: asyncio.run(proxy_phases(report, settings, work))),
+        ("translation CPU", lambda work: translation_cpu(report, settings)),
+        ("CLI start-up", lambda work: cli_phase(report, settings, work)),
+        ("cost", lambda work: cost_phase(report, settings, rows, args.cache_dir)),
+    ]
+    with tempfile.TemporaryDirectory(prefix="ccgate-bench-") as tmp:
+        for name, phase in phases:
+            log(f"phase: {name}")
+            work = Path(tmp) / name.replace(" ", "-")
+            work.mkdir()
+            phase(work)
+    render(report, settings, args.quick)
+    if args.json is not None:
+        args.json.write_text(json.dumps(to_json(report, settings, args.quick), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
