@@ -345,12 +345,32 @@ def sidecar_config(openai_base: str) -> str:
     )
 
 
-async def proxy_phases(report: Report, settings: Settings, work: Path) -> None:
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy on the sidecar (collapsed stacks, one line per stack: `frames;... count`); stop with SIGINT."""
+    py_spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    argv = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--nonblocking", "-o", str(out)]
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # let it attach before the load starts
+    return process
+
+
+def stop_profiler(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
+async def proxy_phases(report: Report, settings: Settings, work: Path, profile: Path | None = None) -> None:
     from ccgate.paths import resolve_paths
     from ccgate.sidecar.process import TOKEN_HEADER, ensure_token
     from ccgate.translate import anthropic_to_openai_request
 
     servers: list[Server] = []
+    profiler: subprocess.Popen[bytes] | None = None
     try:
         mock_home = work / "mock"
         mock_home.mkdir()
@@ -383,6 +403,7 @@ async def proxy_phases(report: Report, settings: Settings, work: Path) -> None:
         passthrough.wait_port(pass_home / "port")
         sidecar.wait_port(paths.port_file, pid_file=paths.pid_file)
         log(f"servers up: mock {mock.pid}, passthrough {passthrough.pid}, sidecar {sidecar.pid}")
+        profiler = start_profiler(sidecar.pid, profile) if profile is not None else None
 
         anthropic_body = encode(messages_body(ANTHROPIC_MODEL))
         translated_body = encode(messages_body(TRANSLATED_MODEL))
@@ -419,6 +440,10 @@ async def proxy_phases(report: Report, settings: Settings, work: Path) -> None:
             rates, peak = await throughput_phase(
                 session, [direct, through_pass, through_side], settings, sidecar.pid, "sidecar"
             )
+        if profiler is not None:
+            stop_profiler(profiler)
+            profiler = None
+            report.notes.append(f"py-spy profile of the sidecar (collapsed stacks): {profile}")
 
         def ms(name: str, pct: float) -> float:
             return percentile(lat[name], pct) * 1000
@@ -473,6 +498,8 @@ async def proxy_phases(report: Report, settings: Settings, work: Path) -> None:
             "ms",
         )
     finally:
+        if profiler is not None:
+            stop_profiler(profiler)
         for server in reversed(servers):
             server.stop()
 
@@ -625,12 +652,18 @@ def main(argv: list[str] | None = None) -> int:
         default=Path(tempfile.gettempdir()) / "ccgate-bench-cache",
         help="where generated ledgers are kept between runs",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="record the sidecar with py-spy (pip install py-spy into the venv) into this collapsed-stack file",
+    )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     rows = args.ledger_rows if args.ledger_rows is not None else settings.ledger_rows
     report = Report()
     phases: list[tuple[str, Callable[[Path], None]]] = [
-        ("proxy", lambda work: asyncio.run(proxy_phases(report, settings, work))),
+        ("proxy", lambda work: asyncio.run(proxy_phases(report, settings, work, args.profile))),
         ("translation CPU", lambda work: translation_cpu(report, settings)),
         ("CLI start-up", lambda work: cli_phase(report, settings, work)),
         ("cost", lambda work: cost_phase(report, settings, rows, args.cache_dir)),

@@ -1,0 +1,80 @@
+"""The benchmark still runs end to end and reports every metric (numbers are not judged here: no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPECTED = {
+    "latency_direct_p50_ms",
+    "latency_direct_p99_ms",
+    "latency_passthrough_p50_ms",
+    "latency_passthrough_p99_ms",
+    "latency_sidecar_p50_ms",
+    "latency_sidecar_p99_ms",
+    "added_passthrough_p50_ms",
+    "added_passthrough_p99_ms",
+    "added_sidecar_p50_ms",
+    "added_sidecar_p99_ms",
+    "throughput_direct_rps",
+    "throughput_passthrough_rps",
+    "throughput_sidecar_rps",
+    "throughput_sidecar_vs_passthrough_pct",
+    "sidecar_rss_idle_mb",
+    "sidecar_rss_peak_mb",
+    "sidecar_hwm_mb",
+    "latency_openai_direct_p50_ms",
+    "latency_translated_p50_ms",
+    "added_translated_p50_ms",
+    "added_translated_p99_ms",
+    "translated_minus_passthrough_route_p50_ms",
+    "translate_request_us",
+    "translate_stream_us",
+    "cli_help_ms",
+    "python_pass_ms",
+    "cost_month_ms",
+}
+
+
+def test_quick_benchmark_reports_every_metric(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench.py"),
+            "--quick",
+            "--ledger-rows",
+            "2000",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads(out.read_text())["metrics"]
+    assert set(metrics) == EXPECTED
+    for key, metric in metrics.items():
+        assert isinstance(metric["value"], int | float), key
+        assert metric["value"] >= 0 or key.startswith(("added_", "translated_minus_")), (key, metric["value"])
+        assert metric["label"] in done.stdout, f"{metric['label']!r} missing from the table"
+    judged = {key for key, metric in metrics.items() if metric["target"] is not None}
+    assert judged == {
+        "added_sidecar_p50_ms",
+        "added_sidecar_p99_ms",
+        "throughput_sidecar_vs_passthrough_pct",
+        "sidecar_rss_peak_mb",
+        "sidecar_hwm_mb",
+        "added_translated_p50_ms",
+        "cli_help_ms",
+        "cost_month_ms",
+    }
+    assert ("pass" in done.stdout) or ("FAIL" in done.stdout)
