@@ -1121,3 +1121,28 @@ def test_estimate_input_tokens_counts_system_messages_tools_and_images() -> None
         {"role": "assistant", "content": [thinking, {"type": "text", "text": "a"}]},
     ]
     assert estimate_input_tokens(req(messages=messages)) < 100, "thinking is dropped, so it is not counted"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# regressions found by the property tests
+
+
+def test_system_entry_between_tool_use_and_its_results_moves_after_the_results() -> None:
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "T", "input": {}}]},
+        {"role": "system", "content": "reminder"},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}]},
+    ]
+    roles = [m["role"] for m in translate(req(messages=messages))["messages"]]
+    assert roles == ["user", "assistant", "tool", "system"]
+
+
+def test_parallel_calls_come_out_in_index_order_whatever_order_they_started_in() -> None:
+    chunks = [
+        chunk(tool_delta(0, id="call_a", name="A", args="{}")),
+        chunk(tool_delta(2, id="call_c", name="C", args="{}")),
+        chunk(tool_delta(1, id="call_b", name="B", args="{}")),
+        chunk({}, "tool_calls"),
+    ]
+    assert [b["name"] for b in accumulate(run_stream(chunks)[0])["content"]] == ["A", "B", "C"]

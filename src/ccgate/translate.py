@@ -377,6 +377,31 @@ def _convert_tool_choice(
     raise InvalidRequestError(f"unknown `tool_choice` type {kind!r}")
 
 
+def _keep_tool_results_adjacent(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI rejects anything between an assistant's tool_calls and their tool messages, so a system entry
+    sitting there (Claude Code puts them anywhere) moves to just after the last of those tool messages."""
+    out: list[dict[str, Any]] = []
+    held: list[dict[str, Any]] = []
+    awaiting: set[str] = set()
+    for message in messages:
+        if message["role"] == "tool":
+            out.append(message)
+            awaiting.discard(message["tool_call_id"])
+            if not awaiting:
+                out.extend(held)
+                held = []
+            continue
+        if awaiting and message["role"] == "system":
+            held.append(message)
+            continue
+        out.extend(held)
+        held = []
+        awaiting = {call["id"] for call in message.get("tool_calls", ())}
+        out.append(message)
+    out.extend(held)
+    return out
+
+
 def anthropic_to_openai_request(
     body: dict[str, Any],
     *,
@@ -432,7 +457,7 @@ def anthropic_to_openai_request(
         else:
             raise InvalidRequestError(f"unknown message role {role!r}")
 
-    out: dict[str, Any] = {"model": target_model, "messages": messages}
+    out: dict[str, Any] = {"model": target_model, "messages": _keep_tool_results_adjacent(messages)}
     max_tokens = body.get("max_tokens")
     if isinstance(max_tokens, int) and not isinstance(max_tokens, bool):
         out[max_tokens_field] = max_tokens
@@ -607,6 +632,7 @@ def openai_to_anthropic_response(
 
 @dataclass
 class _PendingCall:
+    order: int  # the provider's index when it sends one, else arrival order
     provider_id: str = ""
     name: str = ""
     arguments: list[str] = field(default_factory=list)
@@ -809,7 +835,7 @@ class OpenAIStreamTranslator:
                     slot = last
         if slot is None or slot < self._emitted_calls:
             slot = len(self._calls)
-            self._calls.append(_PendingCall())
+            self._calls.append(_PendingCall(order=slot if index is None else index))
         if index is not None:
             self._slot_by_index[index] = slot
         pending = self._calls[slot]
@@ -825,6 +851,9 @@ class OpenAIStreamTranslator:
         if self._text_index is not None:
             out.append(encode_sse("content_block_stop", {"type": "content_block_stop", "index": self._text_index}))
             self._text_index = None
+        # parallel calls go out in the provider's index order, whatever order their deltas arrived in
+        held = sorted(self._calls[self._emitted_calls :], key=lambda call: call.order)
+        self._calls[self._emitted_calls :] = held
         while self._emitted_calls < len(self._calls):
             pending = self._calls[self._emitted_calls]
             self._emitted_calls += 1
