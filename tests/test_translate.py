@@ -22,8 +22,8 @@ from ccgate.translate import (
     openai_error_to_anthropic,
     openai_stream_to_anthropic_events,
     openai_to_anthropic_response,
-    openai_usage_to_usage,
 )
+from ccgate.usage import usage_from_openai
 
 MODEL = "claude-haiku-4-5"
 _EVENT = TypeAdapter(RawMessageStreamEvent)
@@ -708,13 +708,13 @@ def test_usage_with_cached_tokens() -> None:
 
 
 def test_usage_conventions() -> None:
-    assert openai_usage_to_usage(None) == Usage()
-    assert openai_usage_to_usage({"prompt_tokens": 10, "completion_tokens": 2}) == Usage(10, 2)
+    assert usage_from_openai(None) == Usage()
+    assert usage_from_openai({"prompt_tokens": 10, "completion_tokens": 2}) == Usage(10, 2)
     deepseek = {"prompt_tokens": 100, "completion_tokens": 1, "prompt_cache_hit_tokens": 60}
-    assert openai_usage_to_usage(deepseek) == Usage(input_tokens=40, output_tokens=1, cache_read_tokens=60)
+    assert usage_from_openai(deepseek) == Usage(input_tokens=40, output_tokens=1, cache_read_tokens=60)
     weird = {"prompt_tokens": 5, "completion_tokens": None, "prompt_tokens_details": {"cached_tokens": 9}}
-    assert openai_usage_to_usage(weird) == Usage(input_tokens=0, output_tokens=0, cache_read_tokens=5)
-    assert openai_usage_to_usage(deepseek).total_input_tokens == 100
+    assert usage_from_openai(weird) == Usage(input_tokens=0, output_tokens=0, cache_read_tokens=5)
+    assert usage_from_openai(deepseek).total_input_tokens == 100
 
 
 def test_reasoning_is_never_turned_into_thinking() -> None:

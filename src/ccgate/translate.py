@@ -39,6 +39,7 @@ from typing import Any
 from ccgate.errors import InvalidRequestError
 from ccgate.models import Usage
 from ccgate.sse import SSEDecoder, encode_sse
+from ccgate.usage import usage_from_openai
 
 __all__ = [
     "OpenAIStreamTranslator",
@@ -48,7 +49,6 @@ __all__ = [
     "openai_error_to_anthropic",
     "openai_stream_to_anthropic_events",
     "openai_to_anthropic_response",
-    "openai_usage_to_usage",
 ]
 
 _ROUTE_HINT = "route this model to an Anthropic provider (`ccgate model set TIER anthropic/MODEL`) to use it"
@@ -491,22 +491,6 @@ def anthropic_to_openai_request(
 # Reply: OpenAI -> Anthropic (shared pieces)
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def openai_usage_to_usage(usage: Mapping[str, Any] | None) -> Usage:
-    """OpenAI's prompt_tokens include cached tokens; Anthropic's input_tokens exclude cache reads."""
-    if not usage:
-        return Usage()
-    prompt = _count(usage.get("prompt_tokens"))
-    details = usage.get("prompt_tokens_details")
-    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    cached = min(cached or _count(usage.get("prompt_cache_hit_tokens")), prompt)  # DeepSeek's spelling
-    output = _count(usage.get("completion_tokens"))
-    return Usage(input_tokens=prompt - cached, output_tokens=output, cache_read_tokens=cached)
-
-
 def _anthropic_usage(usage: Usage) -> dict[str, int]:
     return {
         "input_tokens": usage.input_tokens,
@@ -622,7 +606,7 @@ def openai_to_anthropic_response(
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": stop_sequence,
-        "usage": _anthropic_usage(openai_usage_to_usage(_reported_usage(resp))),
+        "usage": _anthropic_usage(usage_from_openai(_reported_usage(resp))),
     }
 
 
@@ -701,7 +685,7 @@ class OpenAIStreamTranslator:
             return out
         usage = _reported_usage(chunk)
         if usage is not None:
-            self._usage = openai_usage_to_usage(usage)
+            self._usage = usage_from_openai(usage)
             self._usage_reported = True
         choices = chunk.get("choices")
         held = False
@@ -778,7 +762,7 @@ class OpenAIStreamTranslator:
             self._message_id = _message_id(chunk.get("id"))
         usage = _reported_usage(chunk)
         if usage is not None:
-            self._usage = openai_usage_to_usage(usage)
+            self._usage = usage_from_openai(usage)
             self._usage_reported = True
         message: dict[str, Any] = {
             "id": self._message_id,
