@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ccgate.budgets import (
     Admit,
@@ -36,6 +34,7 @@ from ccgate.budgets import (
     parse_period,
     window,
 )
+from ccgate.config import resolve_timezone as resolve_timezone  # lives in config: light for `statusline`
 from ccgate.errors import BudgetExceededError, ConfigError, UnpricedModelError, UserInputError
 from ccgate.models import format_usd, nanos_to_usd, usd_to_nanos, utcnow
 
@@ -120,35 +119,6 @@ class _Window:
             reserved_nanos=self.reserved,
             resets_at=self.end,
         )
-
-
-def resolve_timezone(name: str | None = None, environ: Mapping[str, str] | None = None) -> tzinfo:
-    """The user's timezone: the configured IANA name, else TZ, else /etc/localtime, else UTC."""
-    if name:
-        try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ConfigError(
-                f"timezone {name!r} is not a known IANA timezone", hint="use a name like Europe/Berlin or UTC"
-            ) from exc
-    env = os.environ if environ is None else environ
-    tz_env = env.get("TZ", "").lstrip(":")
-    if tz_env:
-        try:
-            return ZoneInfo(tz_env)
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    localtime = Path("/etc/localtime")
-    try:
-        target = str(localtime.resolve())
-        if "zoneinfo/" in target:
-            return ZoneInfo(target.split("zoneinfo/", 1)[1])
-        with localtime.open("rb") as handle:
-            return ZoneInfo.from_file(handle, key="localtime")
-    except (OSError, ZoneInfoNotFoundError, ValueError):
-        pass
-    local = datetime.now().astimezone().tzinfo
-    return local if local is not None else UTC
 
 
 def _project_label(project: str) -> str:

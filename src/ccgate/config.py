@@ -8,10 +8,13 @@ from __future__ import annotations
 import os
 import tempfile
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ccgate.errors import ConfigError
 
@@ -75,6 +78,35 @@ class Config:
     budgets: tuple[BudgetSettings, ...] = ()
     timezone: str | None = None
     gateway_url: str | None = None
+
+
+def resolve_timezone(name: str | None = None, environ: Mapping[str, str] | None = None) -> tzinfo:
+    """The user's timezone: the configured IANA name, else TZ, else /etc/localtime, else UTC."""
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(
+                f"timezone {name!r} is not a known IANA timezone", hint="use a name like Europe/Berlin or UTC"
+            ) from exc
+    env = os.environ if environ is None else environ
+    tz_env = env.get("TZ", "").lstrip(":")
+    if tz_env:
+        try:
+            return ZoneInfo(tz_env)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    localtime = Path("/etc/localtime")
+    try:
+        target = str(localtime.resolve())
+        if "zoneinfo/" in target:
+            return ZoneInfo(target.split("zoneinfo/", 1)[1])
+        with localtime.open("rb") as handle:
+            return ZoneInfo.from_file(handle, key="localtime")
+    except (OSError, ZoneInfoNotFoundError, ValueError):
+        pass
+    local = datetime.now().astimezone().tzinfo
+    return local if local is not None else UTC
 
 
 def load_config(path: Path) -> Config:

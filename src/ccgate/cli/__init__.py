@@ -3,35 +3,56 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
-import typer
+if TYPE_CHECKING:
+    import typer
 
-from ccgate.cli._app import report_error
-from ccgate.errors import CcgateError
-
-app = typer.Typer(
-    name="ccgate",
-    help="A cost gate for Claude Code: meter, budget and route every request.",
-    no_args_is_help=True,
-    add_completion=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+_typer_app: typer.Typer | None = None  # not `_app`: that name is the submodule cli/_app.py
 
 
-def _register() -> None:
-    """Each command group lives in its own module; importing them is cheap (heavy imports are lazy)."""
-    from ccgate.cli import commands
+def build_app() -> typer.Typer:
+    """The typer app with every command group; built on first use so `ccgate statusline` never loads typer."""
+    global _typer_app
+    if _typer_app is None:
+        import typer
 
-    commands.register(app)
+        from ccgate.cli import commands
+
+        app = typer.Typer(
+            name="ccgate",
+            help="A cost gate for Claude Code: meter, budget and route every request.",
+            no_args_is_help=True,
+            add_completion=True,
+            pretty_exceptions_enable=False,
+            context_settings={"help_option_names": ["-h", "--help"]},
+        )
+        # Each command group lives in its own module; importing them is cheap (heavy imports are lazy).
+        commands.register(app)
+        _typer_app = app
+    return _typer_app
 
 
-_register()
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return build_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
+    # Fast path: Claude Code runs `ccgate statusline` on every prompt update; it needs neither typer nor rich.
+    if sys.argv[1:] == ["statusline"]:
+        from ccgate.statusline import main as statusline_main
+
+        sys.exit(statusline_main())
+
+    import typer
+
+    from ccgate.cli._app import report_error
+    from ccgate.errors import CcgateError
+
     try:
-        app()
+        build_app()()
     except CcgateError as error:
         try:
             report_error(error)

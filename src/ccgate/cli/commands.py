@@ -15,6 +15,7 @@ MODULES: tuple[str, ...] = (
     "ccgate.cli.model",
     "ccgate.cli.price",
     "ccgate.cli.budget",
+    "ccgate.cli.statusline",
 )
 
 

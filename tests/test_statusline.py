@@ -1,0 +1,292 @@
+"""`ccgate statusline`: the line Claude Code shows, from its real stdin JSON and a real ledger; install/uninstall."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ccgate.cli import main
+from ccgate.cli._app import reset_context
+from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, usd_to_nanos
+from ccgate.paths import resolve_paths
+from ccgate.statusline import parse_input, render
+
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+SESSION = "5f0c8a4e-1d2b-4c3a-9e8f-7a6b5c4d3e2f"
+
+
+def claude_code_json(session_id: str = SESSION, **overrides: object) -> str:
+    """What Claude Code pipes to a statusLine command (fields as documented and observed)."""
+    data: dict[str, object] = {
+        "hook_event_name": "Status",
+        "session_id": session_id,
+        "transcript_path": f"/home/dev/.claude/projects/-home-dev-app/{session_id}.jsonl",
+        "cwd": "/home/dev/app",
+        "model": {"id": "claude-opus-4-8", "display_name": "Opus 4.8"},
+        "workspace": {"current_dir": "/home/dev/app", "project_dir": "/home/dev/app"},
+        "version": "2.1.197",
+        "output_style": {"name": "default"},
+        "cost": {
+            "total_cost_usd": 0.5,
+            "total_duration_ms": 45000,
+            "total_api_duration_ms": 2300,
+            "total_lines_added": 156,
+            "total_lines_removed": 23,
+        },
+        "exceeds_200k_tokens": False,
+    }
+    data.update(overrides)
+    return json.dumps(data)
+
+
+def record(usd: str | None, *, at: datetime, session: str | None = None, project: str | None = None) -> RequestRecord:
+    cost = (
+        Cost(nanos=None, quality=PriceQuality.UNPRICED)
+        if usd is None
+        else Cost(nanos=usd_to_nanos(Decimal(usd)), quality=PriceQuality.PRICED)
+    )
+    return RequestRecord(
+        started_at=at,
+        session_id=session,
+        project=project,
+        requested_model="claude-opus-4-8",
+        status=RequestStatus.OK,
+        cost=cost,
+    )
+
+
+def fill_ledger(*records: RequestRecord) -> None:
+    from ccgate.storage.ledger import insert_records, open_ledger
+
+    db = open_ledger(resolve_paths().ledger_file)
+    try:
+        assert insert_records(db, records) == len(records)
+    finally:
+        db.close()
+
+
+def write_config(home: Path, text: str) -> None:
+    (home / "config.toml").write_text(text)
+
+
+CONFIG = """
+timezone = "UTC"
+
+[[budgets]]
+period = "daily"
+limit = "20"
+
+[[budgets]]
+period = "monthly"
+limit = "300"
+
+[tiers.haiku]
+targets = ["groq/llama-3.3-70b-versatile"]
+"""
+
+
+def test_line_from_claude_code_json_and_ledger(isolated_home: Path) -> None:
+    write_config(isolated_home, CONFIG)
+    fill_ledger(
+        record("0.30", at=NOW - timedelta(hours=2), session=SESSION),
+        record("0.12", at=NOW - timedelta(minutes=5), session=SESSION),
+        record("2.68", at=NOW - timedelta(hours=1), session="other-session"),
+        record("5.00", at=NOW - timedelta(days=1), session="yesterday"),  # this month, not today
+    )
+    line = render(claude_code_json(), now=NOW)
+    # daily: 20 - (0.30 + 0.12 + 2.68) = 16.90 is tighter than monthly: 300 - 8.10
+    assert line == "Opus 4.8 · session $0.42 · today $3.10 · budget $16.90 left (daily) · haiku→groq"
+
+
+def test_unpriced_requests_are_shown_as_such(isolated_home: Path) -> None:
+    write_config(isolated_home, 'timezone = "UTC"\n')
+    fill_ledger(
+        record(None, at=NOW - timedelta(minutes=3), session=SESSION),
+        record("1.00", at=NOW - timedelta(minutes=2), session="other"),
+        record(None, at=NOW - timedelta(minutes=1), session="other"),
+    )
+    assert render(claude_code_json(), now=NOW) == "Opus 4.8 · session unpriced · today $1.00 +2 unpriced"
+
+
+def test_exhausted_and_project_budgets(isolated_home: Path) -> None:
+    write_config(
+        isolated_home,
+        'timezone = "UTC"\n[[budgets]]\nperiod = "1h"\nlimit = "1"\nproject = "/home/dev/app"\n'
+        '[[budgets]]\nperiod = "daily"\nlimit = "50"\n[[budgets]]\nperiod = "daily"\nlimit = "1"\nproject = "/elsewhere"\n',
+    )
+    fill_ledger(record("1.50", at=NOW + timedelta(minutes=10), session=SESSION, project="/home/dev/app"))
+    line = render(claude_code_json(), now=NOW + timedelta(minutes=30))
+    assert line == "Opus 4.8 · session $1.50 · today $1.50 · budget used up (hourly, app)"
+
+
+def test_session_not_metered_falls_back_to_claude_codes_estimate(isolated_home: Path) -> None:
+    assert render(claude_code_json(), now=NOW) == "Opus 4.8 · session ~$0.50 unmetered · today $0.00"
+
+
+def test_parse_input_is_tolerant() -> None:
+    assert parse_input("not json").model_label is None
+    assert parse_input("[1, 2]").session_id is None
+    partial = parse_input('{"model": {"id": "claude-sonnet-4-5"}, "session_id": 7}')
+    assert (partial.model_label, partial.session_id) == ("claude-sonnet-4-5", None)
+
+
+def test_broken_config_still_gives_a_line(isolated_home: Path) -> None:
+    write_config(isolated_home, "[[budgets]\nperiod=")
+    fill_ledger(record("0.25", at=NOW - timedelta(minutes=1), session=SESSION))
+    line = render(claude_code_json(), now=NOW)
+    assert line.startswith("Opus 4.8 · session $0.25 · today ")
+    assert line.endswith(" · ccgate: config error")
+
+
+def _run_cli(stdin: bytes, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-c", "from ccgate.cli import main; main()", "statusline"],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_real_command_with_claude_code_json(isolated_home: Path) -> None:
+    old = datetime(2020, 5, 1, 12, 0, tzinfo=UTC)  # far from today: today's figure is exactly $0.00
+    fill_ledger(record("0.40", at=old, session=SESSION), record("0.02", at=old, session=SESSION))
+    result = _run_cli(claude_code_json().encode(), dict(os.environ))
+    assert result.returncode == 0
+    assert result.stdout.decode() == "Opus 4.8 · session $0.42 · today $0.00\n"
+
+
+@pytest.mark.parametrize("stdin", [b"", b"\x00\xffgarbage{", b'{"model": 3}', b"[]"])
+def test_garbage_stdin_still_one_line_exit_0(isolated_home: Path, stdin: bytes) -> None:
+    result = _run_cli(stdin, dict(os.environ))
+    assert result.returncode == 0
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Claude · ")
+    assert result.stderr == b""
+
+
+def test_corrupt_ledger_gives_a_fallback_line(isolated_home: Path) -> None:
+    ledger = resolve_paths().ledger_file
+    ledger.parent.mkdir(parents=True)
+    ledger.write_bytes(b"this is not a sqlite database" * 100)
+    result = _run_cli(claude_code_json().encode(), dict(os.environ))
+    assert result.returncode == 0
+    assert result.stdout.decode().startswith("Opus 4.8 · ccgate: unavailable (")
+    assert result.stdout.decode().count("\n") == 1
+
+
+def test_fast_path_loads_no_heavy_modules(isolated_home: Path) -> None:
+    code = (
+        "import io, sys\n"
+        "sys.argv = ['ccgate', 'statusline']\n"
+        "sys.stdin = io.StringIO('{}')\n"
+        "from ccgate.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "heavy = ('typer', 'rich', 'aiohttp', 'genai_prices', 'sqlite_utils', 'asyncio', 'ccgate.gateway')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+# --- install / uninstall -------------------------------------------------------------------------------------------
+
+
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
+    reset_context()
+    monkeypatch.setattr(sys, "argv", ["ccgate", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    captured = capsys.readouterr()
+    code = exited.value.code
+    return (code if isinstance(code, int) else 1), captured.out, captured.err
+
+
+def settings_file() -> Path:
+    return Path(os.environ["HOME"]) / ".claude" / "settings.json"
+
+
+EXISTING = {
+    "model": "opus",
+    "permissions": {"allow": ["Bash(npm test:*)"], "deny": []},
+    "env": {"DISABLE_TELEMETRY": "1"},
+}
+
+
+def test_install_keeps_other_settings_and_backs_up(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = settings_file()
+    path.parent.mkdir()
+    original = json.dumps(EXISTING, indent=4)
+    path.write_text(original)
+
+    code, _, err = run(capsys, monkeypatch, "statusline", "install")
+    assert code == 0, err
+    data = json.loads(path.read_text())
+    assert {k: v for k, v in data.items() if k != "statusLine"} == EXISTING
+    assert data["statusLine"]["type"] == "command"
+    assert data["statusLine"]["padding"] == 0
+    assert data["statusLine"]["command"].endswith("ccgate statusline")
+    backups = list(path.parent.glob("settings.json.ccgate-backup-*"))
+    assert len(backups) == 1 and backups[0].read_text() == original
+
+    # idempotent: a second install changes nothing and makes no new backup
+    assert run(capsys, monkeypatch, "statusline", "install")[0] == 0
+    assert len(list(path.parent.glob("settings.json.ccgate-backup-*"))) == 1
+
+    code, _, err = run(capsys, monkeypatch, "statusline", "uninstall")
+    assert code == 0, err
+    assert json.loads(path.read_text()) == EXISTING
+
+
+def test_install_creates_a_missing_settings_file(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = settings_file()
+    assert run(capsys, monkeypatch, "statusline", "install")[0] == 0
+    assert set(json.loads(path.read_text())) == {"statusLine"}
+    assert run(capsys, monkeypatch, "statusline", "uninstall")[0] == 0
+    assert json.loads(path.read_text()) == {}
+
+
+def test_install_refuses_a_foreign_statusline_unless_forced(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "custom-settings.json"
+    theirs = {"type": "command", "command": "~/.claude/statusline.sh", "padding": 1}
+    path.write_text(json.dumps({"statusLine": theirs, "model": "sonnet"}))
+
+    code, _, err = run(capsys, monkeypatch, "statusline", "install", "--settings", str(path))
+    assert code == 1
+    assert "already has a statusLine" in err and "--force" in err
+    assert json.loads(path.read_text())["statusLine"] == theirs
+
+    assert run(capsys, monkeypatch, "statusline", "install", "--settings", str(path), "--force")[0] == 0
+    assert json.loads(path.read_text())["statusLine"]["command"].endswith("ccgate statusline")
+
+    assert run(capsys, monkeypatch, "statusline", "uninstall", "--settings", str(path))[0] == 0
+    assert json.loads(path.read_text()) == {"statusLine": theirs, "model": "sonnet"}
+
+    # theirs is not ours: uninstall leaves it alone
+    assert run(capsys, monkeypatch, "statusline", "uninstall", "--settings", str(path))[0] == 0
+    assert json.loads(path.read_text()) == {"statusLine": theirs, "model": "sonnet"}
+
+
+def test_install_refuses_to_touch_invalid_json(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = settings_file()
+    path.parent.mkdir()
+    path.write_text('{"model": "opus",')
+    code, _, err = run(capsys, monkeypatch, "statusline", "install")
+    assert code == 1 and "not valid JSON" in err
+    assert path.read_text() == '{"model": "opus",'
