@@ -243,3 +243,44 @@ async def test_config_change_applies_to_the_running_sidecar(openai_mock: OpenAIU
         )
         assert len(harness.upstream.messages_requests) == 1
         assert len(openai_mock.requests) == 1
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_provider_without_usage_is_estimated_never_free(openai_mock: OpenAIUpstream, stream: bool) -> None:
+    openai_mock.replies.append(OpenAIReply(text="no usage from me " * 20, usage_chunk=False))
+    async with running_sidecar(config=HAIKU_TO_OPENAI, environ=env_for(("openai", openai_mock))) as harness:
+        client = sdk(harness)
+        if stream:
+            async with client.messages.stream(
+                model="claude-haiku-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi " * 100}]
+            ) as s:
+                await s.get_final_message()
+        else:
+            openai_mock.replies[0] = OpenAIReply(text="no usage from me " * 20, usage_chunk=False, omit_usage=True)
+            await client.messages.create(
+                model="claude-haiku-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi " * 100}]
+            )
+        (row,) = harness.rows()
+        assert row["input_tokens"] > 50 and row["output_tokens"] > 20
+        assert row["price_quality"] == "estimated"
+        assert row["cost_nanos"] > 0
+
+
+async def test_missing_provider_key_fails_over_or_says_how_to_set_it(
+    openai_mock: OpenAIUpstream, groq_mock: OpenAIUpstream
+) -> None:
+    env = {"CCGATE_OPENAI_BASE_URL": openai_mock.base_url, **env_for(("groq", groq_mock))}
+    async with running_sidecar(config=HAIKU_TO_OPENAI, environ=env) as harness:
+        with pytest.raises(anthropic.AuthenticationError) as caught:
+            await sdk(harness).messages.create(
+                model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+            )
+        assert "ccgate provider key set openai" in str(caught.value)
+        assert openai_mock.requests == []
+    chain = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini", "groq/llama-3.3-70b-versatile"))})
+    async with running_sidecar(config=chain, environ=env) as harness:
+        message = await sdk(harness).messages.create(
+            model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert message.content[0].type == "text"
+        assert len(groq_mock.requests) == 1

@@ -147,6 +147,8 @@ class RequestRecord:
     upstream_request_id: str | None = None
     attempts: tuple[Attempt, ...] = ()
     synced_at: datetime | None = None
+    # not a column: the proxy sets it when a provider reported no usage and tokens were estimated
+    usage_estimated: bool = False
 
     def copy(self) -> RequestRecord:
         return replace(self)

@@ -20,8 +20,8 @@ import aiohttp
 from aiohttp import web
 
 from ccgate.accounting import AnthropicStreamMeter, error_type_of, meter_message
-from ccgate.errors import CcgateError, InvalidRequestError, UpstreamError, UpstreamTimeoutError
-from ccgate.models import Attempt, Cost, RequestRecord, RequestStatus, Usage, utcnow
+from ccgate.errors import AuthenticationError, CcgateError, InvalidRequestError, UpstreamError, UpstreamTimeoutError
+from ccgate.models import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
 from ccgate.upstream import CCGATE_REQUEST_HEADERS, HOP_BY_HOP, RESPONSE_DROP
 
 if TYPE_CHECKING:
@@ -297,6 +297,11 @@ class Proxy:
             key = self.deps.provider_keys.get(spec.name)
             if key:
                 headers["authorization"] = f"Bearer {key}"
+            elif spec.requires_key:
+                raise AuthenticationError(
+                    f"no API key for provider {spec.name}",
+                    hint=f"store one with `ccgate provider key set {spec.name}` or set {spec.key_env}",
+                )
             data = json.dumps(payload_obj).encode()
         else:
             url = self._anthropic_url(spec, "/v1/messages", ctx.query)
@@ -431,7 +436,11 @@ class Proxy:
             except ValueError as exc:
                 raise UpstreamError(f"provider {spec.name} returned a reply that is not JSON") from exc
             message = openai_to_anthropic_response(reply, requested_model=requested, id_map=id_map)
-            record.usage = usage_from_openai(reply.get("usage"))
+            if isinstance(reply.get("usage"), dict):
+                record.usage = usage_from_openai(reply["usage"])
+            else:
+                written = len(json.dumps(message.get("content"))) * 2
+                record.usage = self._translated_usage(ctx, Usage(), False, written)
             record.upstream_message_id = reply.get("id")
             self._finish(ctx, RequestStatus.OK, http_status=200)
             return web.json_response(message)
@@ -443,6 +452,7 @@ class Proxy:
         await response.prepare(request)
         ctx.client_started = True
         done = False
+        written = 0
         try:
             async for chunk in upstream.content.iter_any():
                 if record.ttfb_ms is None:
@@ -464,7 +474,9 @@ class Proxy:
                     record.upstream_message_id = record.upstream_message_id or parsed.get("id")
                     out.extend(translator.feed(parsed))
                 if out:
-                    await response.write(b"".join(out))
+                    payload = b"".join(out)
+                    written += len(payload)
+                    await response.write(payload)
                 if done:
                     break
             if record.error_type is None:
@@ -472,12 +484,12 @@ class Proxy:
                 if tail:
                     await response.write(b"".join(tail))
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            record.usage = translator.usage
+            record.usage = self._translated_usage(ctx, translator.usage, translator.usage_reported, written)
             self._finish(ctx, RequestStatus.INTERRUPTED, http_status=200, error_type="client_disconnected")
             upstream.close()
             return response
         except (aiohttp.ClientError, TimeoutError) as exc:
-            record.usage = translator.usage
+            record.usage = self._translated_usage(ctx, translator.usage, translator.usage_reported, written)
             broke = f"ccgate: upstream {spec.name} broke off the stream: {type(exc).__name__}"
             self._finish(
                 ctx,
@@ -488,7 +500,7 @@ class Proxy:
             )
             await self._write_quietly(response, b"".join(translator.error("api_error", broke)))
             return response
-        record.usage = translator.usage
+        record.usage = self._translated_usage(ctx, translator.usage, translator.usage_reported, written)
         if record.error_type is not None:
             self._finish(ctx, RequestStatus.ERROR, http_status=200, error_type=record.error_type)
         else:
@@ -551,10 +563,26 @@ class Proxy:
     def _cost(self, record: RequestRecord) -> Cost:
         model = record.routed_model or record.requested_model or ""
         try:
-            return self.deps.pricer.cost(model, record.usage, provider=record.provider, at=record.started_at)
+            cost = self.deps.pricer.cost(model, record.usage, provider=record.provider, at=record.started_at)
         except Exception:  # pricing must never break a response; the row stays unpriced and visible
             log.exception("pricing failed for %s", model)
             return replace(record.cost)
+        if record.usage_estimated and cost.quality is PriceQuality.PRICED:
+            return replace(
+                cost, quality=PriceQuality.ESTIMATED, note="the provider reported no usage: tokens estimated"
+            )
+        return cost
+
+    @staticmethod
+    def _translated_usage(ctx: _Ctx, usage: Usage, reported: bool, written: int) -> Usage:
+        """A provider that sends no usage must not make a request free: estimate it and flag the row."""
+        if reported:
+            return usage
+        from ccgate.translate import estimate_input_tokens
+
+        ctx.record.usage_estimated = True
+        # ~4 characters a token; SSE framing roughly doubles the bytes of the text it carries
+        return Usage(input_tokens=estimate_input_tokens(ctx.body), output_tokens=max(1, written // 8))
 
     # ---- helpers ------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ class OpenAIReply:
     error_body: dict[str, Any] | None = None
     die_after_chunks: int | None = None  # close the connection after this many chunks
     usage_chunk: bool = True
+    omit_usage: bool = False  # non-streaming reply without a `usage` object
 
     @property
     def finish(self) -> str:
@@ -101,7 +102,7 @@ class OpenAIUpstream:
                     "created": created,
                     "model": body["model"],
                     "choices": [{"index": 0, "message": message, "finish_reason": reply.finish}],
-                    "usage": usage,
+                    **({} if reply.omit_usage else {"usage": usage}),
                 }
             )
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
