@@ -465,10 +465,12 @@ class Proxy:
                     if not event.data:
                         continue
                     parsed = event.json()
-                    if isinstance(parsed, dict) and "error" in parsed and not parsed.get("choices"):
-                        err = parsed["error"] if isinstance(parsed["error"], dict) else {}
-                        out.extend(translator.error("api_error", str(err.get("message") or parsed["error"])))
-                        record.error_type = "api_error"
+                    if isinstance(parsed, dict) and parsed.get("error") is not None and not parsed.get("choices"):
+                        # the translator maps the provider's error code to the right Anthropic error type
+                        out.extend(translator.feed(parsed))
+                        _, envelope = openai_error_to_anthropic(0, parsed)
+                        record.error_type = envelope["error"]["type"]
+                        record.error_message = envelope["error"]["message"]
                         done = True
                         break
                     record.upstream_message_id = record.upstream_message_id or parsed.get("id")
