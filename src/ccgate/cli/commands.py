@@ -14,6 +14,8 @@ MODULES: tuple[str, ...] = (
     "ccgate.cli.provider",
     "ccgate.cli.model",
     "ccgate.cli.price",
+    "ccgate.cli.cost",
+    "ccgate.cli.logs",
     "ccgate.cli.budget",
     "ccgate.cli.statusline",
 )

@@ -184,7 +184,7 @@ def open_ledger(path: Path, *, check_same_thread: bool = True) -> Database:
     try:
         _create_private(path)
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=check_same_thread)
-        db = Database(conn)
+        db = Database(conn, execute_plugins=False)  # no third-party hooks on the ledger connection
         try:
             db.enable_wal()
             db.execute("PRAGMA synchronous=NORMAL")

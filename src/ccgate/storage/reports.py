@@ -221,12 +221,18 @@ def _day_spans(
     Only the span between the first and last request is walked, so `all --by day` does not list every day
     since 1970.
     """
-    first, last = db.execute(
-        "SELECT min(started_at), max(started_at) FROM requests WHERE started_at >= ? AND started_at < ?",
-        (to_iso(since), to_iso(until)),
+    bounds = (to_iso(since), to_iso(until))
+    # Two index probes: min() and max() together in one query would scan the whole range.
+    first = db.execute(
+        "SELECT started_at FROM requests WHERE started_at >= ? AND started_at < ? ORDER BY started_at LIMIT 1", bounds
     ).fetchone()
     if first is None:
         return []
+    last = db.execute(
+        "SELECT started_at FROM requests WHERE started_at >= ? AND started_at < ? ORDER BY started_at DESC LIMIT 1",
+        bounds,
+    ).fetchone()
+    first, last = first[0], last[0]
     start, end = max(since, from_iso(first)), min(until, from_iso(last) + timedelta(microseconds=1))
     spans: list[tuple[str, datetime, datetime]] = []
     day = start.astimezone(tz).date()

@@ -91,6 +91,7 @@ class LedgerWriter:
         self._closed = False
         self._recovered = 0
         self._failed_writes = 0
+        self._commits = 0
 
     @property
     def recovered(self) -> int:
@@ -101,6 +102,11 @@ class LedgerWriter:
     def failed_writes(self) -> int:
         """Writes dropped after their retry failed too (for `doctor` and tests)."""
         return self._failed_writes
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed so far: far fewer than writes under load (group commit)."""
+        return self._commits
 
     def start(self) -> None:
         """Open and migrate the ledger, recover crashed rows, then start the thread. Raises LedgerError."""
@@ -203,8 +209,7 @@ class LedgerWriter:
                         "ledger %s write for request %s failed twice; dropped", write.kind, write.record.id
                     )
 
-    @staticmethod
-    def _commit(db: Database, writes: list[_Write]) -> None:
+    def _commit(self, db: Database, writes: list[_Write]) -> None:
         params: list[tuple[str, dict[str, Any]]] = [(_SQL[write.kind], record_to_row(write.record)) for write in writes]
         conn = db.conn
         conn.execute("BEGIN IMMEDIATE")
@@ -212,6 +217,7 @@ class LedgerWriter:
             for sql, row in params:
                 conn.execute(sql, row)
             conn.execute("COMMIT")
+            self._commits += 1
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -1,0 +1,234 @@
+"""`ccgate cost [today|yesterday|week|month|all]`: spend from the ledger, as a table, JSON or CSV.
+
+Reads the ledger file directly, so it works whether or not the sidecar is running.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from ccgate.cli._app import AppContext, ctx
+from ccgate.errors import ConfigError, UserInputError
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+    from ccgate.storage.reports import CostReport, Totals
+
+PRICE_HINT = "set one with `ccgate price set MODEL --input X --output Y` or in config.toml [prices.MODEL]"
+START_HINT = "Run `ccgate launch claude` to start metering."
+_KEY_HEADERS = {"model": "Model", "provider": "Provider", "project": "Project", "session": "Session", "day": "Day"}
+_CSV_FIELDS = (
+    "key",
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+    "unpriced_requests",
+    "estimated_requests",
+)
+
+
+def resolve_timezone(app_ctx: AppContext) -> tzinfo | None:
+    """config.toml `timezone` if set, else None: the system's local zone (which honours TZ)."""
+    name = app_ctx.config.timezone
+    if not name:
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"unknown timezone {name!r} in {app_ctx.paths.config_file}",
+            hint="use an IANA name such as Europe/Berlin, or remove `timezone` to use the system's",
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The report's [since, until) plus how to name it in a heading and in the empty-ledger line."""
+
+    since: datetime
+    until: datetime
+    heading: str
+    phrase: str
+
+
+def resolve_window(period: str | None, since: str | None, until: str | None, tz: tzinfo | None) -> Window:
+    """--since/--until override the period's ends; without a period they extend to all time / now."""
+    from ccgate.storage.reports import PERIODS, parse_moment, period_bounds
+
+    if period is not None and period not in PERIODS:
+        raise UserInputError(f"unknown period {period!r}", hint=f"use one of: {', '.join(PERIODS)}, or --since/--until")
+    custom = since is not None or until is not None
+    name = period or ("all" if custom else "today")
+    start, end = period_bounds(name, tz=tz)
+    if since is not None:
+        start = parse_moment(since, tz=tz)
+    if until is not None:
+        end = parse_moment(until, tz=tz, end=True)
+    if start >= end:
+        raise UserInputError(
+            f"the range is empty: {start:%Y-%m-%d %H:%M} is not before {end:%Y-%m-%d %H:%M}",
+            hint="--since must come before --until",
+        )
+    if custom:
+        phrase = f"from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}"
+        return Window(start, end, phrase, phrase)
+    if name in ("today", "yesterday"):
+        return Window(start, end, f"{name} ({start:%a %d %b %Y})", name)
+    if name == "week":
+        last = end - timedelta(days=1)
+        return Window(start, end, f"this week ({start:%a %d %b} – {last:%a %d %b})", "this week")
+    if name == "month":
+        return Window(start, end, f"this month ({start:%B %Y})", "this month")
+    return Window(start, end, "(all time)", "yet")
+
+
+def compact(value: int) -> str:
+    """Token counts for the table: 951, 12.3k, 4.5M, 1.2B (the exact numbers are in --json/--csv)."""
+    for suffix, size in (("B", 1_000_000_000), ("M", 1_000_000), ("k", 1_000)):
+        if value >= size:
+            return f"{value / size:.1f}{suffix}"
+    return str(value)
+
+
+def _ratio(totals: Totals) -> str:
+    ratio = totals.cache_hit_ratio
+    return "–" if ratio is None else f"{ratio:.0%}"
+
+
+def cost_cell(totals: Totals) -> str:
+    """`$1.23`; `~` marks estimated parts, `*` unpriced requests left out; `unpriced` (never $0) if all are."""
+    from ccgate.models import format_usd
+
+    if totals.all_unpriced:
+        return "unpriced"
+    text = ("~" if totals.estimated_requests else "") + format_usd(totals.cost_nanos)
+    return text + "*" if totals.unpriced_requests else text
+
+
+def _group_label(by: str, key: str) -> str:
+    if by == "day":
+        return f"{datetime.fromisoformat(key):%a} {key}"
+    if by == "project":
+        home = str(Path.home())
+        if key == home or key.startswith(home + "/"):
+            return "~" + key[len(home) :]
+    return key
+
+
+def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Database) -> None:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ccgate.storage.reports import unpriced_models
+
+    by = report.by or "model"
+    table = Table(
+        title=f"ccgate spend {escape(heading)}",
+        caption="API list prices (on a subscription: API-equivalent value)",
+        box=box.SIMPLE_HEAD,
+        show_footer=True,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    total = report.total
+    table.add_column(_KEY_HEADERS[by], footer="Total", ratio=1, min_width=10, overflow="fold")
+    for header, footer in (
+        ("Reqs", f"{total.requests:,}"),
+        ("Input", compact(total.input_tokens)),
+        ("Output", compact(total.output_tokens)),
+        ("Cache\nread", compact(total.cache_read_tokens)),
+        ("Cache\nwrite", compact(total.cache_write_tokens)),
+        ("Cache\nhit", _ratio(total)),
+        ("Cost", cost_cell(total)),
+    ):
+        table.add_column(header, footer=escape(footer), justify="right", no_wrap=True)
+    for key, totals in report.groups:
+        cells = [
+            escape(_group_label(by, key)),
+            f"{totals.requests:,}",
+            compact(totals.input_tokens),
+            compact(totals.output_tokens),
+            compact(totals.cache_read_tokens),
+            compact(totals.cache_write_tokens),
+            _ratio(totals),
+            escape(cost_cell(totals)),
+        ]
+        table.add_row(*cells)
+    out = app_ctx.out
+    out.print(table)
+    if total.unpriced_requests:
+        models = unpriced_models(db, since=report.since, until=report.until)
+        which = f" ({', '.join(models)})" if models else ""
+        noun = "request has" if total.unpriced_requests == 1 else "requests have"
+        out.print(f"* {total.unpriced_requests} {noun} no known price{which}: {PRICE_HINT}", markup=False)
+    if total.estimated_requests:
+        out.print(f"~ {total.estimated_requests} request(s) priced from a same-family model (estimated)", markup=False)
+    if total.imported_requests:
+        out.print(f"  includes {total.imported_requests} request(s) imported from transcripts", markup=False)
+
+
+def _print_csv(report: CostReport) -> None:
+    from ccgate.storage.reports import totals_to_json
+
+    writer = csv.DictWriter(sys.stdout, fieldnames=_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for key, totals in report.groups:
+        writer.writerow({"key": key, **totals_to_json(totals)})
+    writer.writerow({"key": "(total)", **totals_to_json(report.total)})
+    sys.stdout.flush()
+
+
+def cost(
+    period: str | None = typer.Argument(
+        None, help="today (default), yesterday, week, month or all.", show_default=False
+    ),
+    since: str | None = typer.Option(None, "--since", help="Start: ISO date or datetime, local time."),
+    until: str | None = typer.Option(None, "--until", help="End: ISO datetime, or a date (that day included)."),
+    by: str | None = typer.Option(None, "--by", help="Group by model, project, session, day or provider."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (stable shape, for scripts)."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV: one row per group and a (total) row."),
+) -> None:
+    """Show what Claude Code cost: tokens, cache hits and dollars from the local ledger."""
+    from ccgate.storage.ledger import open_ledger
+    from ccgate.storage.reports import check_grouping, cost_report, report_to_json
+
+    if as_json and as_csv:
+        raise UserInputError("--json and --csv cannot be combined", hint="pick one output format")
+    check_grouping(by)
+    app_ctx = ctx()
+    tz = resolve_timezone(app_ctx)
+    window = resolve_window(period, since, until, tz)
+    db = open_ledger(app_ctx.paths.ledger_file)
+    try:
+        human = not (as_json or as_csv)
+        # The table always breaks spend down (by model unless --by says otherwise); JSON/CSV follow --by exactly.
+        grouping = by or ("model" if human else None)
+        report = cost_report(db, since=window.since, until=window.until, by=grouping, tz=tz)
+        if as_json:
+            app_ctx.print_json(report_to_json(report))
+        elif as_csv:
+            _print_csv(report)
+        elif report.total.requests == 0:
+            app_ctx.out.print(f"No requests recorded {window.phrase}. {START_HINT}", markup=False)
+        else:
+            _print_table(app_ctx, report, window.heading, db)
+    finally:
+        db.close()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cost")(cost)

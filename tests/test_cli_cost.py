@@ -1,0 +1,193 @@
+"""`ccgate cost`, run the way a user runs it: against the ledger file, with or without a sidecar."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from ccgate.cli import app, main
+from ccgate.cli._app import reset_context
+from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
+from ccgate.paths import resolve_paths
+from ccgate.storage.ledger import insert_records, open_ledger
+
+CCGATE = Path(sys.executable).parent / "ccgate"
+DAY = "2025-03-04"
+
+
+def seed(*records: RequestRecord) -> None:
+    db = open_ledger(resolve_paths().ensure().ledger_file)
+    insert_records(db, records)
+    db.close()
+
+
+def at(
+    text: str, model: str, nanos: int | None, quality: PriceQuality = PriceQuality.PRICED, **fields: object
+) -> RequestRecord:
+    cost = Cost(nanos=None, quality=PriceQuality.UNPRICED) if nanos is None else Cost(nanos=nanos, quality=quality)
+    record = RequestRecord(
+        started_at=datetime.fromisoformat(text).replace(tzinfo=UTC),
+        requested_model=model,
+        routed_model=model,
+        cost=cost,
+        status=RequestStatus.OK,
+        usage=Usage(input_tokens=1000, output_tokens=200, cache_read_tokens=3000),
+    )
+    for name, value in fields.items():
+        setattr(record, name, value)
+    return record
+
+
+def invoke(*args: str) -> Result:
+    reset_context()
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    reset_context()
+    return result
+
+
+def run_main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
+    """The real entry point, which turns CcgateError into one line + hint and exit code 1."""
+    reset_context()
+    monkeypatch.setattr(sys, "argv", ["ccgate", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    captured = capsys.readouterr()
+    code = exited.value.code
+    return (code if isinstance(code, int) else 1), captured.out, captured.err
+
+
+def set_local_zone(name: str | None) -> None:
+    if name is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = name
+    time.tzset()
+
+
+@pytest.fixture(autouse=True)
+def utc_local_time() -> Iterator[None]:
+    """Local time is UTC unless a test changes it; the zone is restored afterwards."""
+    original = os.environ.get("TZ")
+    set_local_zone("UTC")
+    yield
+    set_local_zone(original)
+
+
+def test_empty_ledger_says_how_to_start() -> None:
+    result = invoke("cost")
+    assert result.exit_code == 0, result.output
+    assert "No requests recorded today. Run `ccgate launch claude` to start metering." in result.output
+
+
+def test_empty_ledger_json_has_zero_totals() -> None:
+    result = invoke("cost", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["by"] is None and data["groups"] == []
+    assert data["total"]["requests"] == 0 and data["total"]["cost_usd"] == "0.000000000"
+
+
+def test_table_shows_tokens_cache_hits_cost_and_the_unpriced_hint() -> None:
+    seed(
+        at(f"{DAY}T09:00:00", "claude-sonnet-4-5", 1_230_000_000),
+        at(f"{DAY}T09:05:00", "claude-haiku-4-5", 10_000_000, PriceQuality.ESTIMATED),
+        at(f"{DAY}T09:10:00", "qwen3-coder", None),
+        at("2025-03-05T00:00:00", "claude-opus-4-1", 99_000_000_000),  # outside the range
+    )
+    result = invoke("cost", "--since", DAY, "--until", DAY)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "claude-sonnet-4-5" in out and "claude-opus-4-1" not in out
+    assert "$1.23" in out
+    assert "~$0.01" in out  # estimated is marked
+    assert "unpriced" in out and "$0.00" not in out  # never shown as free
+    assert "1 request has no known price (qwen3-coder)" in out
+    assert "ccgate price set MODEL --input X --output Y" in out and "[prices.MODEL]" in out
+    assert "3.0k" in out and "9.0k" in out  # input and cache-read columns (1000 and 3 x 3000)
+    assert "75%" in out  # cache hit: 3000 / (1000 + 3000 + 0)
+    assert "Total" in out and "~$1.24*" in out
+
+
+def test_json_groups_by_model_and_by_local_day() -> None:
+    seed(
+        at(f"{DAY}T09:00:00", "claude-sonnet-4-5", 2_000),
+        at(f"{DAY}T23:30:00", "claude-sonnet-4-5", 3_000),
+        at(f"{DAY}T10:00:00", "claude-haiku-4-5", 500),
+    )
+    by_model = json.loads(invoke("cost", "--since", DAY, "--until", DAY, "--by", "model", "--json").output)
+    assert [(g["key"], g["requests"], g["cost_usd"]) for g in by_model["groups"]] == [
+        ("claude-sonnet-4-5", 2, "0.000005000"),
+        ("claude-haiku-4-5", 1, "0.000000500"),
+    ]
+    assert by_model["since"] == "2025-03-04T00:00:00+00:00" and by_model["until"] == "2025-03-05T00:00:00+00:00"
+    # In Berlin (UTC+1) the 23:30 UTC request belongs to the next day.
+    set_local_zone("Europe/Berlin")
+    by_day = json.loads(invoke("cost", "all", "--by", "day", "--json").output)
+    assert [(g["key"], g["requests"]) for g in by_day["groups"]] == [("2025-03-04", 2), ("2025-03-05", 1)]
+
+
+def test_csv_has_a_row_per_group_and_a_total() -> None:
+    seed(at(f"{DAY}T09:00:00", "a", 1_000_000), at(f"{DAY}T09:01:00", "b", None))
+    result = invoke("cost", "all", "--by", "model", "--csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert [row["key"] for row in rows] == ["a", "b", "(total)"]
+    assert rows[0]["cost_usd"] == "0.001000000" and rows[1]["unpriced_requests"] == "1"
+    assert rows[2]["requests"] == "2" and rows[2]["input_tokens"] == "2000"
+
+
+def test_today_counts_a_request_just_made() -> None:
+    seed(at(utcnow().replace(tzinfo=None).isoformat(), "claude-sonnet-4-5", 7_000_000_000))
+    result = invoke("cost", "today", "--json")
+    assert json.loads(result.output)["total"]["cost_usd"] == "7.000000000"
+    week = json.loads(invoke("cost", "week", "--json").output)
+    since = datetime.fromisoformat(week["since"])
+    assert since.weekday() == 0 and datetime.fromisoformat(week["until"]) - since == timedelta(days=7)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("cost", "--by", "colour"), "cannot group by 'colour'"),
+        (("cost", "--since", "yesterdayish"), "cannot read 'yesterdayish'"),
+        (("cost", "fortnight"), "unknown period 'fortnight'"),
+        (("cost", "--since", "2025-03-05", "--until", "2025-03-01"), "the range is empty"),
+        (("cost", "--json", "--csv"), "--json and --csv cannot be combined"),
+    ],
+)
+def test_bad_input_is_one_line_and_a_hint(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], message: str
+) -> None:
+    code, out, err = run_main(capsys, monkeypatch, *args)
+    assert code == 1 and out == ""
+    assert err.startswith(f"ccgate: error: {message}")
+    assert "hint:" in err and "Traceback" not in err
+
+
+def test_subprocess_cost_json(isolated_home: Path) -> None:
+    seed(
+        at(f"{DAY}T09:00:00", "claude-sonnet-4-5", 12_345_000, project="/p/app"),
+        at(f"{DAY}T09:30:00", "claude-sonnet-4-5", None, project=None),
+    )
+    env = {**os.environ, "CCGATE_HOME": str(isolated_home), "TZ": "UTC"}
+    done = subprocess.run(
+        [str(CCGATE), "cost", "all", "--by", "project", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert set(data) >= {"since", "until", "by", "total", "groups"}
+    assert data["total"]["cost_usd"] == "0.012345000" and data["total"]["unpriced_requests"] == 1
+    assert [(g["key"], g["requests"]) for g in data["groups"]] == [("/p/app", 1), ("(none)", 1)]
+    bad = subprocess.run([str(CCGATE), "cost", "--by", "x"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and "hint:" in bad.stderr
