@@ -119,7 +119,8 @@ def test_exhausted_and_project_budgets(isolated_home: Path) -> None:
     write_config(
         isolated_home,
         'timezone = "UTC"\n[[budgets]]\nperiod = "1h"\nlimit = "1"\nproject = "/home/dev/app"\n'
-        '[[budgets]]\nperiod = "daily"\nlimit = "50"\n[[budgets]]\nperiod = "daily"\nlimit = "1"\nproject = "/elsewhere"\n',
+        '[[budgets]]\nperiod = "daily"\nlimit = "50"\n'
+        '[[budgets]]\nperiod = "daily"\nlimit = "1"\nproject = "/elsewhere"\n',
     )
     fill_ledger(record("1.50", at=NOW + timedelta(minutes=10), session=SESSION, project="/home/dev/app"))
     line = render(claude_code_json(), now=NOW + timedelta(minutes=30))

@@ -18,6 +18,7 @@ MODULES: tuple[str, ...] = (
     "ccgate.cli.logs",
     "ccgate.cli.budget",
     "ccgate.cli.statusline",
+    "ccgate.cli.importer",
 )
 
 

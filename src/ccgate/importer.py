@@ -1,0 +1,293 @@
+"""`ccgate import claude-code`: backfill the ledger from Claude Code's JSONL transcripts.
+
+Each assistant line of `~/.claude/projects/**/*.jsonl` carries `message.id`, `message.model`, `message.usage`,
+`requestId`, `sessionId`, `cwd` and `timestamp`. A streamed reply is written once per content block, so the
+same (message id, request id) appears on several lines: it is one request, and the line with the most output
+tokens wins. Requests the sidecar already metered (same upstream message id) are skipped, and imported rows
+get deterministic ids, so running the import again adds nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ccgate.errors import UserInputError
+from ccgate.models import RequestRecord, RequestStatus, Usage, from_iso
+from ccgate.usage import usage_from_anthropic
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+    from ccgate.pricing import PriceCatalog
+
+SOURCE = "import"
+PROVIDER = "anthropic"
+SYNTHETIC_MODEL = "<synthetic>"
+# Fixed namespace: the id of an imported request depends only on its message id and request id.
+IMPORT_NAMESPACE = uuid.UUID("6b1d4c0e-8f3a-5e2b-9c7d-2a4f6e8b0c13")
+_QUERY_CHUNK = 500
+
+Progress = Callable[[int], None]
+
+
+@dataclass(slots=True)
+class ImportStats:
+    """Counts for the summary line; `entries` are assistant lines with usage, before de-duplication."""
+
+    files: int = 0
+    bytes: int = 0
+    lines: int = 0
+    entries: int = 0
+    requests: int = 0
+    imported: int = 0
+    duplicates: int = 0
+    already_metered: int = 0
+    already_imported: int = 0
+    malformed: int = 0
+    synthetic: int = 0
+    unpriced: int = 0
+    cost_nanos: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptEntry:
+    """One assistant line that cost money."""
+
+    message_id: str
+    request_id: str | None
+    model: str
+    usage: Usage
+    session_id: str | None
+    cwd: str | None
+    timestamp: str
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.message_id, self.request_id)
+
+
+def import_id(message_id: str, request_id: str | None) -> str:
+    return str(uuid.uuid5(IMPORT_NAMESPACE, f"{message_id}\n{request_id or ''}"))
+
+
+def default_projects_dir(environ: Mapping[str, str]) -> Path:
+    from ccgate.statusline import claude_config_dir
+
+    return claude_config_dir(environ) / "projects"
+
+
+def transcript_files(root: Path) -> list[Path]:
+    """Every `*.jsonl` below `root` (subagent transcripts included), in a stable order."""
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise UserInputError(
+            f"{root} is not a directory of Claude Code transcripts",
+            hint="pass --path DIR (Claude Code keeps them in ~/.claude/projects)",
+        )
+    return sorted(path for path in root.rglob("*.jsonl") if path.is_file())
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def parse_line(line: bytes) -> TranscriptEntry | str | None:
+    """A priced assistant entry; "synthetic" for Claude Code's own placeholder replies; None if not billable.
+
+    Raises `_Malformed` for a line that is not JSON or an assistant entry missing what a request needs.
+    """
+    if not line.strip():
+        return None
+    try:
+        raw = json.loads(line)
+    except ValueError:
+        raise _Malformed from None
+    if not isinstance(raw, dict):
+        raise _Malformed
+    if raw.get("type") != "assistant":
+        return None
+    message = raw.get("message")
+    if not isinstance(message, dict):
+        raise _Malformed
+    model = _text(message.get("model"))
+    if model == SYNTHETIC_MODEL:
+        return "synthetic"
+    usage = message.get("usage")
+    message_id, timestamp = _text(message.get("id")), _text(raw.get("timestamp"))
+    if model is None or not isinstance(usage, dict) or message_id is None or timestamp is None:
+        raise _Malformed
+    try:
+        from_iso(timestamp)
+    except ValueError:
+        raise _Malformed from None
+    return TranscriptEntry(
+        message_id=message_id,
+        request_id=_text(raw.get("requestId")),
+        model=model,
+        usage=usage_from_anthropic(usage),
+        session_id=_text(raw.get("sessionId")),
+        cwd=_text(raw.get("cwd")),
+        timestamp=timestamp,
+    )
+
+
+def read_transcripts(
+    files: Iterable[Path], stats: ImportStats, progress: Progress | None = None
+) -> dict[tuple[str, str | None], TranscriptEntry]:
+    """One entry per (message id, request id): the line with the most output tokens (the final one)."""
+    best: dict[tuple[str, str | None], TranscriptEntry] = {}
+    for path in files:
+        try:
+            handle = path.open("rb")
+        except OSError:
+            stats.malformed += 1
+            continue
+        stats.files += 1
+        with handle:
+            for line in handle:
+                stats.bytes += len(line)
+                stats.lines += 1
+                if progress is not None:
+                    progress(len(line))
+                try:
+                    entry = parse_line(line)
+                except _Malformed:
+                    stats.malformed += 1
+                    continue
+                if entry is None:
+                    continue
+                if isinstance(entry, str):
+                    stats.synthetic += 1
+                    continue
+                stats.entries += 1
+                seen = best.get(entry.key)
+                if seen is None:
+                    best[entry.key] = entry
+                    continue
+                stats.duplicates += 1
+                if entry.usage.output_tokens > seen.usage.output_tokens:
+                    best[entry.key] = entry
+    stats.requests = len(best)
+    return best
+
+
+class ProjectResolver:
+    """The git top-level of a cwd when it still exists (found by looking for `.git`), else the cwd itself."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, cwd: str | None) -> str | None:
+        if cwd is None:
+            return None
+        found = self._cache.get(cwd)
+        if found is None:
+            found = self._cache[cwd] = self._top(Path(cwd))
+        return found
+
+    @staticmethod
+    def _top(cwd: Path) -> str:
+        try:
+            for directory in (cwd, *cwd.parents):
+                if (directory / ".git").exists():
+                    return str(directory)
+        except OSError:
+            pass
+        return str(cwd)
+
+
+def to_record(entry: TranscriptEntry, catalog: PriceCatalog, project: str | None) -> RequestRecord:
+    from ccgate.routing import tier_of
+
+    started = from_iso(entry.timestamp)
+    return RequestRecord(
+        id=import_id(entry.message_id, entry.request_id),
+        started_at=started,
+        ended_at=started,
+        source=SOURCE,
+        session_id=entry.session_id,
+        project=project,
+        tier=tier_of(entry.model, {}),
+        requested_model=entry.model,
+        provider=PROVIDER,
+        routed_model=entry.model,
+        status=RequestStatus.OK,
+        http_status=200,
+        usage=entry.usage,
+        cost=catalog.cost(entry.model, entry.usage, provider=PROVIDER, at=started),
+        upstream_message_id=entry.message_id,
+        upstream_request_id=entry.request_id,
+    )
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _matching(db: Database, sql: str, values: Iterable[str]) -> set[str]:
+    """First column of `sql` (with `{marks}` for an IN list) over `values`, queried in chunks."""
+    found: set[str] = set()
+    for chunk in _chunks(sorted(set(values)), _QUERY_CHUNK):
+        marks = ", ".join("?" for _ in chunk)
+        found.update(row[0] for row in db.execute(sql.format(marks=marks), chunk).fetchall())
+    return found
+
+
+def metered_message_ids(db: Database, message_ids: Iterable[str]) -> set[str]:
+    """Message ids that a sidecar or gateway row already holds (they must not be counted twice)."""
+    return _matching(
+        db,
+        "SELECT upstream_message_id FROM requests WHERE upstream_message_id IN ({marks}) AND source != 'import'",
+        message_ids,
+    )
+
+
+def existing_ids(db: Database, ids: Iterable[str]) -> set[str]:
+    return _matching(db, "SELECT id FROM requests WHERE id IN ({marks})", ids)
+
+
+@dataclass(slots=True)
+class Importer:
+    """Reads transcripts and writes the new requests; the CLI adds a progress bar through `progress`."""
+
+    db: Database
+    catalog: PriceCatalog
+    stats: ImportStats = field(default_factory=ImportStats)
+    projects: ProjectResolver = field(default_factory=ProjectResolver)
+
+    def run(self, files: list[Path], progress: Progress | None = None) -> ImportStats:
+        from ccgate.storage.ledger import insert_records
+
+        stats = self.stats
+        entries = list(read_transcripts(files, stats, progress).values())
+        metered = metered_message_ids(self.db, (entry.message_id for entry in entries))
+        candidates = [entry for entry in entries if entry.message_id not in metered]
+        stats.already_metered = len(entries) - len(candidates)
+        done = existing_ids(self.db, (import_id(entry.message_id, entry.request_id) for entry in candidates))
+        fresh = [
+            to_record(entry, self.catalog, self.projects(entry.cwd))
+            for entry in candidates
+            if import_id(entry.message_id, entry.request_id) not in done
+        ]
+        stats.already_imported = len(candidates) - len(fresh)
+        stats.imported = insert_records(self.db, fresh)
+        for record in fresh:
+            if record.cost.nanos is None:
+                stats.unpriced += 1
+            else:
+                stats.cost_nanos += record.cost.nanos
+        return stats

@@ -1,0 +1,237 @@
+"""`ccgate import claude-code` over a generated transcript tree shaped like Claude Code's, into a real ledger."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ccgate.cli import main
+from ccgate.cli._app import reset_context
+from ccgate.importer import import_id
+from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
+from ccgate.paths import resolve_paths
+
+SESSION = "0b6f1c7e-2a3d-4e5f-8a9b-0c1d2e3f4a5b"
+STAMP = "2026-02-14T09:30:15.250Z"
+
+
+def assistant(
+    message_id: str | None,
+    request_id: str,
+    model: str,
+    usage: dict[str, Any],
+    *,
+    cwd: str,
+    block: dict[str, Any] | None = None,
+    timestamp: str = STAMP,
+    sidechain: bool = False,
+) -> str:
+    """One assistant line as Claude Code writes it (one per content block of a streamed reply)."""
+    message: dict[str, Any] = {
+        "model": model,
+        "type": "message",
+        "role": "assistant",
+        "content": [block or {"type": "text", "text": "ok"}],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    if message_id is not None:
+        message["id"] = message_id
+    return json.dumps(
+        {
+            "parentUuid": "2d3c4b5a-0000-4000-8000-000000000001",
+            "isSidechain": sidechain,
+            "userType": "external",
+            "cwd": cwd,
+            "sessionId": SESSION,
+            "version": "2.1.197",
+            "gitBranch": "main",
+            "message": message,
+            "requestId": request_id,
+            "type": "assistant",
+            "uuid": "9e8d7c6b-0000-4000-8000-000000000002",
+            "timestamp": timestamp,
+        }
+    )
+
+
+def sonnet_usage(output_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": 1000,
+        "cache_creation_input_tokens": 3000,
+        "cache_read_input_tokens": 10000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 2000, "ephemeral_1h_input_tokens": 1000},
+        "output_tokens": output_tokens,
+        "service_tier": "standard",
+    }
+
+
+@pytest.fixture
+def transcripts(tmp_path: Path) -> Path:
+    """~/.claude/projects with one session file and one subagent file."""
+    repo = tmp_path / "work" / "my-app"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "src").mkdir()
+    cwd = str(repo / "src")
+    root = tmp_path / "claude" / "projects"
+    project = root / "-work-my-app-src"
+    (project / SESSION / "subagents").mkdir(parents=True)
+    lines = [
+        json.dumps({"type": "summary", "summary": "Fix the tests", "leafUuid": "x"}),
+        json.dumps({"type": "user", "message": {"role": "user", "content": "hi"}, "sessionId": SESSION}),
+        # one streamed reply on three lines (thinking, text, tool_use); the largest output_tokens is the real one
+        assistant("msg_A", "req_A", "claude-sonnet-4-5", sonnet_usage(1), cwd=cwd, block={"type": "thinking"}),
+        assistant("msg_A", "req_A", "claude-sonnet-4-5", sonnet_usage(500), cwd=cwd),
+        assistant("msg_A", "req_A", "claude-sonnet-4-5", sonnet_usage(3), cwd=cwd, block={"type": "tool_use"}),
+        "{this is not json",
+        assistant(
+            "3c1a7b52-synthetic",
+            "",
+            "<synthetic>",
+            {"input_tokens": 0, "output_tokens": 0},
+            cwd=cwd,
+        ),
+        assistant("msg_B", "req_B", "claude-haiku-4-5", {"input_tokens": 100, "output_tokens": 50}, cwd=cwd),
+        "",
+    ]
+    (project / f"{SESSION}.jsonl").write_text("\n".join(lines))
+    subagent = [
+        # also went through the sidecar: must not be counted twice
+        assistant("msg_C", "req_C", "claude-sonnet-4-5", sonnet_usage(900), cwd=cwd, sidechain=True),
+        # an assistant entry without a message id cannot be a request
+        assistant(None, "req_D", "claude-sonnet-4-5", sonnet_usage(10), cwd=cwd, sidechain=True),
+    ]
+    (project / SESSION / "subagents" / "agent-a1b2c3d.jsonl").write_text("\n".join(subagent) + "\n")
+    return root
+
+
+def metered_by_sidecar(message_id: str) -> None:
+    from ccgate.storage.ledger import insert_records, open_ledger
+
+    db = open_ledger(resolve_paths().ledger_file)
+    try:
+        insert_records(
+            db,
+            [
+                RequestRecord(
+                    started_at=datetime(2026, 2, 14, 9, 31, tzinfo=UTC),
+                    session_id=SESSION,
+                    requested_model="claude-sonnet-4-5",
+                    status=RequestStatus.OK,
+                    usage=Usage(input_tokens=1000, output_tokens=900),
+                    cost=Cost(nanos=16_500_000, quality=PriceQuality.PRICED),
+                    upstream_message_id=message_id,
+                )
+            ],
+        )
+    finally:
+        db.close()
+
+
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
+    reset_context()
+    monkeypatch.setattr(sys, "argv", ["ccgate", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    captured = capsys.readouterr()
+    code = exited.value.code
+    return (code if isinstance(code, int) else 1), captured.out, captured.err
+
+
+def ledger_rows() -> list[dict[str, Any]]:
+    from ccgate.storage.ledger import open_ledger
+
+    db = open_ledger(resolve_paths().ledger_file)
+    try:
+        return list(db.query("SELECT * FROM requests ORDER BY started_at, upstream_message_id"))
+    finally:
+        db.close()
+
+
+# msg_A: 1000 in * $3 + 500 out * $15 + 10000 cache read * $0.30 + 2000 5m writes * $3.75 + 1000 1h writes * $6
+# = (3000 + 7500 + 3000 + 7500 + 6000) / 1e6 USD = $0.027
+COST_A = 27_000_000
+# msg_B (claude-haiku-4-5): 100 in * $1 + 50 out * $5 = 350 / 1e6 USD
+COST_B = 350_000
+
+
+def test_import_counts_costs_and_rerun(
+    transcripts: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    metered_by_sidecar("msg_C")
+    code, out, err = run(capsys, monkeypatch, "import", "claude-code", "--path", str(transcripts), "--json")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert stats | {"path": None, "bytes": None} == {
+        "path": None,
+        "bytes": None,
+        "files": 2,
+        "lines": 10,
+        "entries": 5,  # 3 lines of msg_A, msg_B, msg_C
+        "requests": 3,
+        "imported": 2,
+        "duplicates": 2,
+        "already_metered": 1,
+        "already_imported": 0,
+        "malformed": 2,  # not JSON; no message id
+        "synthetic": 1,
+        "unpriced": 0,
+        "cost_nanos": COST_A + COST_B,
+        "cost_usd": "0.027350000",
+    }
+    assert stats["bytes"] == sum(p.stat().st_size for p in transcripts.rglob("*.jsonl"))
+
+    rows = [row for row in ledger_rows() if row["source"] == "import"]
+    assert [row["upstream_message_id"] for row in rows] == ["msg_A", "msg_B"]
+    row_a, row_b = rows
+    assert row_a["id"] == import_id("msg_A", "req_A")
+    assert row_a["upstream_request_id"] == "req_A"
+    assert row_a["cost_nanos"] == COST_A and row_b["cost_nanos"] == COST_B
+    assert (row_a["input_tokens"], row_a["output_tokens"], row_a["cache_read_tokens"]) == (1000, 500, 10000)
+    assert (row_a["cache_write_5m_tokens"], row_a["cache_write_1h_tokens"]) == (2000, 1000)
+    assert row_a["session_id"] == SESSION and row_a["status"] == "ok"
+    assert row_a["project"] == str(tmp_path / "work" / "my-app")  # the git top-level of the entry's cwd
+    assert row_a["started_at"] == "2026-02-14T09:30:15.250000Z"
+    assert row_a["requested_model"] == "claude-sonnet-4-5" and row_a["tier"] == "sonnet"
+    assert row_b["tier"] == "haiku"
+    assert len(ledger_rows()) == 3  # the sidecar's msg_C row and two imported ones
+
+    # a second run adds nothing
+    code, out, err = run(capsys, monkeypatch, "import", "claude-code", "--path", str(transcripts), "--json")
+    assert code == 0, err
+    again = json.loads(out)
+    assert (again["imported"], again["already_imported"], again["already_metered"]) == (0, 2, 1)
+    assert again["cost_nanos"] == 0
+    assert len(ledger_rows()) == 3
+
+    # `cost` counts the imported requests and says so
+    code, out, _ = run(capsys, monkeypatch, "cost", "all", "--json")
+    assert code == 0
+    total = json.loads(out)["total"]
+    assert total["requests"] == 3
+    assert total["imported_requests"] == 2
+
+
+def test_human_summary_and_default_path(
+    transcripts: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(transcripts.parent))
+    code, _, err = run(capsys, monkeypatch, "import", "claude-code")
+    assert code == 0, err
+    err = " ".join(err.split())  # rich wraps lines at the terminal width
+    assert (
+        "2 file(s) read, 5 entries, 3 imported, 2 duplicates, 0 already metered, 0 already imported, 2 malformed" in err
+    )
+    assert "cost $0.06" in err  # 0.027 + 0.00035 + msg_C 0.033, rounded for people (exact in --json)
+
+
+def test_missing_directory_is_a_user_error(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = run(capsys, monkeypatch, "import", "claude-code", "--path", "/nonexistent/claude/projects")
+    assert code == 1
+    assert "is not a directory of Claude Code transcripts" in err and "--path" in err
