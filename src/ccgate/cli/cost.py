@@ -202,7 +202,11 @@ def cost(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (stable shape, for scripts)."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV: one row per group and a (total) row."),
 ) -> None:
-    """Show what Claude Code cost: tokens, cache hits and dollars from the local ledger."""
+    """Show what Claude Code cost: tokens, cache hits and dollars from the local ledger.
+
+    Periods are calendar-aligned in local time (weeks start on Monday). Requests still in flight count
+    with the usage seen so far: the provider bills them even if they never finish.
+    """
     from ccgate.storage.ledger import open_ledger
     from ccgate.storage.reports import check_grouping, cost_report, report_to_json
 

@@ -108,10 +108,15 @@ def logs(
         shown = recent_requests(db, limit=lines, errors_only=errors, session=session, after_rowid=None) if lines else []
         for entry in shown:
             printer.emit(entry)
-        if not follow:
-            if not shown and not as_json:
+        if not shown and lines and not as_json:
+            if cursor == 0:
                 app_ctx.info("No requests recorded yet. Run `ccgate launch claude` to start metering.")
+            else:
+                app_ctx.info("No matching requests.")
+        if not follow:
             return
+        if not as_json:
+            app_ctx.info("Following new requests (Ctrl-C to stop)…")
         try:
             _follow(db, printer, cursor=cursor, shown=shown, errors=errors, session=session)
         except KeyboardInterrupt:
