@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -47,26 +47,29 @@ def merge_custom_headers(existing: str | None, ours: Mapping[str, str]) -> str:
     return "\n".join(lines)
 
 
-def bypass_warnings(environ: Mapping[str, str], home: Path) -> list[str]:
-    """Ways Claude Code would go around the sidecar even when launched through it."""
+def bypass_warnings(environ: Mapping[str, str], home: Path, *, extra_settings: Sequence[Path] = ()) -> list[str]:
+    """Ways Claude Code would go around the sidecar even when launched through it.
+
+    `extra_settings`: more Claude Code settings files to look at (e.g. a project's `.claude/settings.json`).
+    """
     warnings: list[str] = []
     for var in ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX"):
         if environ.get(var) and environ.get(var) not in ("0", "false", ""):
             warnings.append(f"{var} is set: Claude Code talks to the cloud provider directly; unset it to meter")
-    settings = home / ".claude" / "settings.json"
-    try:
-        data = json.loads(settings.read_text())
-    except (OSError, ValueError):
-        data = None
-    env = data.get("env") if isinstance(data, dict) else None
-    if isinstance(env, dict):
-        if env.get("ANTHROPIC_BASE_URL"):
-            warnings.append(
-                f"{settings} sets env.ANTHROPIC_BASE_URL, which overrides ccgate's; remove it from that file"
-            )
-        for var in ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX"):
-            if env.get(var):
-                warnings.append(f"{settings} sets env.{var}; requests bypass ccgate while it is there")
+    for settings in (home / ".claude" / "settings.json", *extra_settings):
+        try:
+            data = json.loads(settings.read_text())
+        except (OSError, ValueError):
+            data = None
+        env = data.get("env") if isinstance(data, dict) else None
+        if isinstance(env, dict):
+            if env.get("ANTHROPIC_BASE_URL"):
+                warnings.append(
+                    f"{settings} sets env.ANTHROPIC_BASE_URL, which overrides ccgate's; remove it from that file"
+                )
+            for var in ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX"):
+                if env.get(var):
+                    warnings.append(f"{settings} sets env.{var}; requests bypass ccgate while it is there")
     return warnings
 
 

@@ -19,6 +19,7 @@ MODULES: tuple[str, ...] = (
     "ccgate.cli.budget",
     "ccgate.cli.statusline",
     "ccgate.cli.importer",
+    "ccgate.cli.doctor",
 )
 
 

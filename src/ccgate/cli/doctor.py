@@ -1,0 +1,38 @@
+"""`ccgate doctor`: one line per check (✓ ok, ! warning, ✗ failed) with the fix; exit 1 if any failed."""
+
+from __future__ import annotations
+
+import typer
+
+from ccgate.cli._app import ctx
+
+
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print the checks as one JSON object.")) -> None:
+    """Check config, keyring, sidecar, provider keys, Claude Code, the ledger and anything that bypasses ccgate."""
+    from pathlib import Path
+
+    from rich.markup import escape
+
+    from ccgate.doctor import exit_code, run_checks
+
+    app_ctx = ctx()
+    checks = run_checks(app_ctx.paths, app_ctx.environ, cwd=Path.cwd())
+    code = exit_code(checks)
+    if as_json:
+        app_ctx.print_json({"ok": code == 0, "checks": [check.to_json() for check in checks]})
+        raise typer.Exit(code)
+    colour = {True: "green", False: "red", None: "yellow"}
+    for check in checks:
+        mark = f"[{colour[check.ok]}]{check.symbol}[/{colour[check.ok]}]"
+        app_ctx.out.print(f"{mark} {escape(check.name)}: {escape(check.detail)}")
+        if check.fix and check.ok is not True:
+            app_ctx.out.print(f"    fix: {escape(check.fix)}")
+    failed = sum(check.ok is False for check in checks)
+    warned = sum(check.ok is None for check in checks)
+    if failed:
+        app_ctx.out.print(f"[red]{failed} problem(s)[/red], {warned} warning(s)")
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("doctor")(doctor)

@@ -1,0 +1,290 @@
+"""`ccgate doctor`'s checks as plain data: each one passed, failed or warns, with the command that fixes it.
+
+No rich or typer here; the CLI renders the list. Nothing here prints a secret: key checks say only whether a
+key is present and where from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ccgate.errors import CcgateError
+
+if TYPE_CHECKING:
+    from ccgate.config import Config
+    from ccgate.paths import Paths
+    from ccgate.sidecar.process import SidecarInfo
+
+CLAUDE_VERSION_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """`ok`: True passed, False failed (doctor exits 1), None a warning worth reading."""
+
+    name: str
+    ok: bool | None
+    detail: str
+    fix: str | None = None
+
+    @property
+    def symbol(self) -> str:
+        return {True: "✓", False: "✗", None: "!"}[self.ok]
+
+    def to_json(self) -> dict[str, Any]:
+        state = {True: "ok", False: "fail", None: "warn"}[self.ok]
+        return {"name": self.name, "state": state, "detail": self.detail, "fix": self.fix}
+
+
+def exit_code(checks: Sequence[Check]) -> int:
+    return 1 if any(check.ok is False for check in checks) else 0
+
+
+# --- single checks ------------------------------------------------------------------------------------------------
+
+
+def check_config(paths: Paths, environ: Mapping[str, str]) -> tuple[Check, Config | None]:
+    """The file parses, every tier target names a known provider, budgets and timezone are valid."""
+    from ccgate.budget_guard import rules_from_config
+    from ccgate.config import load_config, resolve_timezone
+    from ccgate.providers import resolve_providers
+    from ccgate.routing import Router
+
+    path = paths.config_file
+    try:
+        config = load_config(path)
+        Router(config, resolve_providers(config, environ))
+        rules_from_config(config)
+        resolve_timezone(config.timezone, environ)
+    except CcgateError as error:
+        return Check("config", False, error.message, error.hint or f"fix {path}"), None
+    where = str(path) if path.exists() else f"{path} (not created yet: defaults)"
+    return Check("config", True, f"{where} is valid"), config
+
+
+def check_keyring(paths: Paths) -> Check:
+    from ccgate.secrets import backend_description
+
+    try:
+        description, is_file = backend_description(paths=paths)
+    except CcgateError as error:
+        return Check("keyring", False, error.message, error.hint)
+    if is_file:
+        return Check(
+            "keyring",
+            None,
+            f"secrets fall back to a {description}",
+            "install and unlock a keyring (e.g. GNOME Keyring / KWallet / macOS Keychain), "
+            "or use CCGATE_<PROVIDER>_API_KEY environment variables",
+        )
+    return Check("keyring", True, description)
+
+
+def _port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def check_sidecar(paths: Paths, config: Config, environ: Mapping[str, str]) -> tuple[Check, SidecarInfo | None]:
+    from ccgate.sidecar.process import configured_port, health, running_sidecar
+
+    info = running_sidecar(paths)
+    if info is not None:
+        return Check("sidecar", True, f"running (pid {info.pid}) on {info.url}"), info
+    try:
+        port = configured_port(config.sidecar.port, environ)
+    except CcgateError as error:
+        return Check("sidecar", False, error.message, error.hint or "fix CCGATE_SIDECAR_PORT"), None
+    port_fix = "pick another port: `sidecar.port` in config.toml or CCGATE_SIDECAR_PORT"
+    if port:
+        other = health(port, timeout=0.5)
+        if other is not None:
+            detail = f"port {port} is held by a ccgate sidecar of another ccgate home (pid {other.get('pid')})"
+            return Check("sidecar", False, detail, f"stop that sidecar, or {port_fix}"), None
+        if _port_taken(port):
+            return Check("sidecar", False, f"port {port} is used by another program", port_fix), None
+    where = f"port {port}" if port else "a free port"
+    return Check("sidecar", None, f"not running (will start on {where})", "`ccgate launch claude` starts it"), None
+
+
+def check_provider_keys(config: Config, environ: Mapping[str, str], paths: Paths) -> list[Check]:
+    """Providers that tier routes use must have a key (anthropic-kind ones may forward Claude Code's own)."""
+    from ccgate.providers import resolve_providers
+    from ccgate.routing import parse_target
+    from ccgate.secrets import provider_key_source
+
+    used = sorted({parse_target(text).provider for tier in config.tiers.values() for text in tier.targets})
+    if not used:
+        return [Check("provider keys", True, "no tier overrides: requests go to Anthropic with Claude Code's auth")]
+    providers = resolve_providers(config, environ)
+    checks = []
+    for name in used:
+        spec = providers[name]
+        label = f"provider {name}"
+        try:
+            source = provider_key_source(name, environ, paths=paths)
+        except CcgateError as error:
+            checks.append(Check(label, False, error.message, error.hint))
+            continue
+        if source is not None:
+            checks.append(Check(label, True, f"key present ({source})"))
+        elif not spec.requires_key:
+            checks.append(Check(label, True, "needs no key"))
+        elif spec.kind == "anthropic":
+            checks.append(Check(label, True, "no stored key: Claude Code's own credentials are forwarded"))
+        else:
+            checks.append(
+                Check(
+                    label,
+                    False,
+                    "no API key (tier routes use it)",
+                    f"`ccgate provider key set {name}` or export {spec.key_env}",
+                )
+            )
+    return checks
+
+
+def check_claude(environ: Mapping[str, str], *, timeout: float = CLAUDE_VERSION_TIMEOUT_S) -> Check:
+    from ccgate.launching import CLAUDE_INSTALL_HINT
+
+    executable = shutil.which("claude", path=environ.get("PATH"))
+    if executable is None:
+        return Check("claude", False, "`claude` is not on PATH", CLAUDE_INSTALL_HINT)
+    try:
+        result = subprocess.run(
+            [executable, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=dict(environ),
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return Check("claude", None, f"{executable} did not answer `--version` within {timeout:.0f} s")
+    except OSError as error:
+        return Check("claude", False, f"cannot run {executable}: {error.strerror}", CLAUDE_INSTALL_HINT)
+    lines = (result.stdout or result.stderr).strip().splitlines()
+    version = lines[0].strip() if lines else "unknown version"
+    if result.returncode != 0:
+        return Check("claude", False, f"{executable} --version failed: {version[:200]}", CLAUDE_INSTALL_HINT)
+    return Check("claude", True, f"{version} ({executable})")
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for part in (path, path.with_name(path.name + "-wal")):
+        with contextlib.suppress(OSError):
+            total += part.stat().st_size
+    return total
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB" if size >= 100_000 else f"{size / 1000:.0f} kB"
+
+
+def check_ledger(paths: Paths) -> Check:
+    import sqlite3
+
+    from ccgate.storage.ledger import check_integrity, open_ledger
+
+    path = paths.ledger_file
+    if not path.exists():
+        return Check("ledger", True, f"{path} not created yet (the first metered request creates it)")
+    fix = f"move it aside (`mv {path} {path}.broken`); ccgate starts a new one"
+    try:
+        db = open_ledger(path)
+    except CcgateError as error:
+        return Check("ledger", False, error.message, fix)
+    try:
+        verdict = check_integrity(db)
+        rows = int(db.execute("SELECT count(*) FROM requests").fetchone()[0])
+    except sqlite3.Error as error:
+        return Check("ledger", False, f"{path}: {error}", fix)
+    finally:
+        db.close()
+    if verdict != "ok":
+        return Check("ledger", False, f"{path} is damaged: {verdict.splitlines()[0][:200]}", fix)
+    return Check("ledger", True, f"{path}: {rows} request(s), {_megabytes(_size(path))}, integrity ok")
+
+
+def _origin(url: str) -> str:
+    """scheme://host:port only: a base URL may carry a token in its path."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+    except ValueError:
+        return "(unparseable URL)"
+
+
+def check_bypasses(
+    environ: Mapping[str, str], *, home: Path, cwd: Path | None, sidecar: SidecarInfo | None, port: int | None
+) -> list[Check]:
+    """Every way Claude Code can go around the sidecar: settings files, cloud-provider switches, the shell."""
+    from ccgate.launching import bypass_warnings
+
+    extra: list[Path] = []
+    if cwd is not None and cwd.resolve() != home.resolve():
+        extra = [cwd / ".claude" / "settings.json", cwd / ".claude" / "settings.local.json"]
+    checks = [Check("bypass", False, warning) for warning in bypass_warnings(environ, home, extra_settings=extra)]
+    exported = environ.get("ANTHROPIC_BASE_URL")
+    if exported:
+        ours = {f"http://127.0.0.1:{port}", f"http://localhost:{port}"} if port else set()
+        if sidecar is not None:
+            ours.add(sidecar.url)
+        if _origin(exported) not in ours:
+            checks.append(
+                Check(
+                    "bypass",
+                    None,
+                    f"ANTHROPIC_BASE_URL={_origin(exported)} is exported in this shell: "
+                    "`claude` started without `ccgate launch` sends requests there, unmetered",
+                    "unset ANTHROPIC_BASE_URL (`ccgate launch` sets it for Claude Code)",
+                )
+            )
+    if not checks:
+        checks.append(Check("bypass", True, "nothing routes Claude Code around ccgate"))
+    return checks
+
+
+# --- all of them --------------------------------------------------------------------------------------------------
+
+
+def run_checks(
+    paths: Paths,
+    environ: Mapping[str, str],
+    *,
+    cwd: Path | None = None,
+    claude_timeout: float = CLAUDE_VERSION_TIMEOUT_S,
+) -> list[Check]:
+    """Every check in display order; a broken config skips the checks that need it (and says so)."""
+    from ccgate.config import Config
+    from ccgate.sidecar.process import configured_port
+
+    home = Path(environ.get("HOME") or Path.home())
+    config_check, config = check_config(paths, environ)
+    checks = [config_check, check_keyring(paths)]
+    sidecar_check, sidecar = check_sidecar(paths, config or Config(), environ)
+    checks.append(sidecar_check)
+    if config is not None:
+        checks.extend(check_provider_keys(config, environ, paths))
+    else:
+        checks.append(Check("provider keys", None, "not checked: the config is invalid", config_check.fix))
+    checks.append(check_claude(environ, timeout=claude_timeout))
+    checks.append(check_ledger(paths))
+    try:
+        port: int | None = configured_port((config or Config()).sidecar.port, environ)
+    except CcgateError:
+        port = None
+    checks.extend(check_bypasses(environ, home=home, cwd=cwd, sidecar=sidecar, port=port))
+    return checks

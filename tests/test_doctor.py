@@ -1,0 +1,194 @@
+"""`ccgate doctor`: each check's state on a healthy setup and on the ways a setup breaks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ccgate.cli import main
+from ccgate.cli._app import reset_context
+from ccgate.doctor import Check, exit_code, run_checks
+from ccgate.models import RequestRecord, RequestStatus
+from ccgate.paths import resolve_paths
+
+GROQ_KEY = "gsk-test-not-a-real-key-123"
+
+
+@pytest.fixture
+def environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A fake `claude` on PATH (answers --version like Claude Code), a free sidecar port, a groq key in env."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    claude = bin_dir / "claude"
+    claude.write_text("#!/bin/sh\necho '2.1.197 (Claude Code)'\n")
+    claude.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("CCGATE_SIDECAR_PORT", str(port))
+    monkeypatch.setenv("CCGATE_GROQ_API_KEY", GROQ_KEY)
+    for var in ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX", "CLAUDE_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    return dict(os.environ)
+
+
+@pytest.fixture
+def healthy(isolated_home: Path, environ: dict[str, str]) -> Iterator[Path]:
+    (isolated_home / "config.toml").write_text(
+        '[tiers.haiku]\ntargets = ["groq/llama-3.3-70b-versatile"]\n[[budgets]]\nperiod = "daily"\nlimit = "20"\n'
+    )
+    from ccgate.storage.ledger import insert_records, open_ledger
+
+    db = open_ledger(resolve_paths().ledger_file)
+    try:
+        insert_records(db, [RequestRecord(status=RequestStatus.OK, requested_model="claude-haiku-4-5")])
+    finally:
+        db.close()
+    yield isolated_home
+
+
+def by_name(checks: list[Check]) -> dict[str, Check]:
+    return {check.name: check for check in checks}
+
+
+def states(checks: list[Check]) -> dict[str, bool | None]:
+    return {check.name: check.ok for check in checks}
+
+
+def test_healthy_setup(healthy: Path, environ: dict[str, str], tmp_path: Path) -> None:
+    checks = run_checks(resolve_paths(), environ, cwd=tmp_path)
+    assert states(checks) == {
+        "config": True,
+        "keyring": True,
+        "sidecar": None,  # not running is fine: `launch` starts it
+        "provider groq": True,
+        "claude": True,
+        "ledger": True,
+        "bypass": True,
+    }
+    named = by_name(checks)
+    assert named["provider groq"].detail == "key present (env)"
+    assert named["claude"].detail.startswith("2.1.197 (Claude Code) (")
+    assert "1 request(s)" in named["ledger"].detail and "integrity ok" in named["ledger"].detail
+    assert exit_code(checks) == 0
+    assert GROQ_KEY not in json.dumps([check.to_json() for check in checks])
+
+
+def test_broken_config_file(healthy: Path, environ: dict[str, str], tmp_path: Path) -> None:
+    (healthy / "config.toml").write_text("[tiers.haiku\ntargets = ")
+    checks = run_checks(resolve_paths(), environ, cwd=tmp_path)
+    assert states(checks) == {
+        "config": False,
+        "keyring": True,
+        "sidecar": None,
+        "provider keys": None,  # cannot tell which providers routes use
+        "claude": True,
+        "ledger": True,
+        "bypass": True,
+    }
+    config = by_name(checks)["config"]
+    assert "is not valid TOML" in config.detail and config.fix
+    assert exit_code(checks) == 1
+
+
+def test_unknown_provider_in_route_and_missing_key(isolated_home: Path, environ: dict[str, str]) -> None:
+    (isolated_home / "config.toml").write_text('[tiers.haiku]\ntargets = ["nope/some-model"]\n')
+    assert by_name(run_checks(resolve_paths(), environ))["config"].ok is False
+
+    (isolated_home / "config.toml").write_text('[tiers.sonnet]\ntargets = ["openrouter/qwen/qwen3-coder"]\n')
+    named = by_name(run_checks(resolve_paths(), environ))
+    openrouter = named["provider openrouter"]
+    assert openrouter.ok is False
+    assert openrouter.fix == "`ccgate provider key set openrouter` or export CCGATE_OPENROUTER_API_KEY"
+
+
+def test_settings_with_anthropic_base_url(healthy: Path, environ: dict[str, str], tmp_path: Path) -> None:
+    settings = Path(environ["HOME"]) / ".claude" / "settings.json"
+    settings.parent.mkdir()
+    settings.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://proxy.example.com"}, "model": "opus"}))
+    checks = run_checks(resolve_paths(), environ, cwd=tmp_path)
+    assert states(checks) == {
+        "config": True,
+        "keyring": True,
+        "sidecar": None,
+        "provider groq": True,
+        "claude": True,
+        "ledger": True,
+        "bypass": False,
+    }
+    bypass = by_name(checks)["bypass"]
+    assert str(settings) in bypass.detail and "env.ANTHROPIC_BASE_URL" in bypass.detail
+    assert exit_code(checks) == 1
+
+
+def test_every_bypass_is_reported(healthy: Path, environ: dict[str, str], tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / ".claude").mkdir(parents=True)
+    (project / ".claude" / "settings.local.json").write_text(json.dumps({"env": {"CLAUDE_CODE_USE_VERTEX": "1"}}))
+    env = environ | {
+        "CLAUDE_CODE_USE_BEDROCK": "1",
+        "ANTHROPIC_BASE_URL": "https://gateway.example.com/secret-path-token",
+    }
+    bypasses = [check for check in run_checks(resolve_paths(), env, cwd=project) if check.name == "bypass"]
+    assert [check.ok for check in bypasses] == [False, False, None]
+    assert "CLAUDE_CODE_USE_BEDROCK is set" in bypasses[0].detail
+    assert "settings.local.json sets env.CLAUDE_CODE_USE_VERTEX" in bypasses[1].detail
+    assert "ANTHROPIC_BASE_URL=https://gateway.example.com is exported" in bypasses[2].detail
+    assert "secret-path-token" not in bypasses[2].detail
+
+    # inside a `ccgate launch`: the exported base URL is the sidecar's own, not a bypass
+    inside = environ | {"ANTHROPIC_BASE_URL": f"http://127.0.0.1:{environ['CCGATE_SIDECAR_PORT']}"}
+    assert [c.ok for c in run_checks(resolve_paths(), inside, cwd=tmp_path) if c.name == "bypass"] == [True]
+
+
+def test_port_taken_by_another_program(healthy: Path, environ: dict[str, str]) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        sidecar = by_name(run_checks(resolve_paths(), environ | {"CCGATE_SIDECAR_PORT": str(port)}))["sidecar"]
+    assert sidecar.ok is False
+    assert f"port {port} is used by another program" in sidecar.detail
+    assert sidecar.fix and "CCGATE_SIDECAR_PORT" in sidecar.fix
+
+
+def test_missing_claude_and_damaged_ledger(isolated_home: Path, environ: dict[str, str]) -> None:
+    ledger = resolve_paths().ledger_file
+    ledger.parent.mkdir(parents=True)
+    ledger.write_bytes(b"not a database at all" * 200)
+    named = by_name(run_checks(resolve_paths(), environ | {"PATH": "/nonexistent"}))
+    assert named["claude"].ok is False and "npm install" in (named["claude"].fix or "")
+    assert named["ledger"].ok is False and "mv " in (named["ledger"].fix or "")
+
+
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
+    reset_context()
+    monkeypatch.setattr(sys, "argv", ["ccgate", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    captured = capsys.readouterr()
+    code = exited.value.code
+    return (code if isinstance(code, int) else 1), captured.out, captured.err
+
+
+def test_cli_exit_codes_and_json(
+    healthy: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, monkeypatch, "doctor")
+    assert code == 0
+    assert "✓ config:" in out and "! sidecar:" in out
+
+    (healthy / "config.toml").write_text("not = [valid")
+    code, out, _ = run(capsys, monkeypatch, "doctor", "--json")
+    assert code == 1
+    report = json.loads(out)
+    assert report["ok"] is False
+    assert report["checks"][0]["name"] == "config" and report["checks"][0]["state"] == "fail"
