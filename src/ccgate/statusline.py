@@ -19,12 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from ccgate.errors import UserInputError
-from ccgate.models import format_usd, to_iso, utcnow
+from ccgate.models import format_usd, utcnow
 
 if TYPE_CHECKING:
+    from sqlite_utils import Database
+
     from ccgate.config import Config, TierSettings
 
 SEPARATOR = " · "
@@ -131,18 +133,24 @@ def open_ledger_readonly(path: Path) -> sqlite3.Connection | None:
     """None when there is no ledger yet (nothing is created: this is a reader)."""
     if not path.exists():
         return None
-    from urllib.parse import quote
-
-    conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=LEDGER_TIMEOUT_S)
+    # SQLite URI filenames: only %, ? and # need escaping (urllib.parse would cost milliseconds to import)
+    escaped = str(path).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    conn = sqlite3.connect(f"file:{escaped}?mode=ro", uri=True, timeout=LEDGER_TIMEOUT_S)
     conn.execute(f"PRAGMA busy_timeout = {int(LEDGER_TIMEOUT_S * 1000)}")
     return conn
 
 
-_SPEND_SQL = "SELECT coalesce(sum(cost_nanos), 0), coalesce(sum(cost_nanos IS NULL), 0), count(*) FROM requests"
+def _as_db(conn: sqlite3.Connection) -> Database:
+    """The report queries only call `execute(sql, params)`, which a plain connection has too (no sqlite-utils)."""
+    return cast("Database", conn)
 
 
-def _spend(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> Spend:
-    nanos, unpriced, requests = conn.execute(f"{_SPEND_SQL} WHERE {where}", params).fetchone()
+def _session_spend(conn: sqlite3.Connection, session_id: str) -> Spend:
+    nanos, unpriced, requests = conn.execute(
+        "SELECT coalesce(sum(cost_nanos), 0), coalesce(sum(cost_nanos IS NULL), 0), count(*) FROM requests "
+        "WHERE session_id = ?",
+        (session_id,),
+    ).fetchone()
     return Spend(int(nanos), int(unpriced), int(requests))
 
 
@@ -199,10 +207,14 @@ def gather(
     conn = open_ledger_readonly(ledger_file)
     try:
         if conn is not None:
+            from ccgate.storage.reports import cost_report
+
             day_start, day_end = local_day(now, tz)
-            today = _spend(conn, "started_at >= ? AND started_at < ?", (to_iso(day_start), to_iso(day_end)))
+            # the reports' own query: whole hours from the roll-ups, the ragged ends from the rows
+            totals = cost_report(_as_db(conn), since=day_start, until=day_end, by=None).total
+            today = Spend(totals.cost_nanos, totals.unpriced_requests, totals.requests)
             if status.session_id:
-                session = _spend(conn, "session_id = ?", (status.session_id,))
+                session = _session_spend(conn, status.session_id)
                 row = conn.execute(
                     "SELECT project FROM requests WHERE session_id = ? AND project IS NOT NULL LIMIT 1",
                     (status.session_id,),
@@ -233,15 +245,13 @@ def _tightest_budget(
             problems.append("bad budget period")
             continue
         since, until = window(period, now, tz)
-        spent = Spend()
+        spent = 0
         if conn is not None:
-            where = "started_at >= ? AND started_at < ?"
-            params: tuple[str, ...] = (to_iso(since), to_iso(until))
-            if budget.project is not None:
-                where, params = where + " AND project = ?", (*params, budget.project)
-            spent = _spend(conn, where, params)
+            from ccgate.storage.reports import spent_nanos
+
+            spent = spent_nanos(_as_db(conn), since=since, until=until, project=budget.project)
         label = period.name if budget.project is None else f"{period.name}, {Path(budget.project).name}"
-        candidate = BudgetLeft(label=label, limit_nanos=usd_to_nanos(budget.limit_usd), spent_nanos=spent.nanos)
+        candidate = BudgetLeft(label=label, limit_nanos=usd_to_nanos(budget.limit_usd), spent_nanos=spent)
         if best is None or candidate.left_nanos < best.left_nanos:
             best = candidate
     return best
