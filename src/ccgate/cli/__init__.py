@@ -23,7 +23,7 @@ def build_app() -> typer.Typer:
             name="ccgate",
             help="A cost gate for Claude Code: meter, budget and route every request.",
             no_args_is_help=True,
-            add_completion=True,
+            add_completion=False,  # one way to get completions: `ccgate completions` (static scripts)
             pretty_exceptions_enable=False,
             context_settings={"help_option_names": ["-h", "--help"]},
         )

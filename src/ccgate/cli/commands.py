@@ -20,6 +20,7 @@ MODULES: tuple[str, ...] = (
     "ccgate.cli.statusline",
     "ccgate.cli.importer",
     "ccgate.cli.doctor",
+    "ccgate.cli.completions",
 )
 
 
