@@ -305,27 +305,54 @@ async def sample_memory(pid: int, peak: dict[str, int], stop: asyncio.Event) -> 
             await asyncio.wait_for(stop.wait(), 0.05)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(slots=True)
+class Throughput:
+    rates: dict[str, float]  # requests per second, per target
+    cpu_ms: dict[str, float]  # proxy CPU per request, for targets that have a proxy process
+    peak: dict[str, int]  # the sidecar's VmRSS / VmHWM peak, kB
+
+
 async def throughput_phase(
-    session: aiohttp.ClientSession, targets: Sequence[Target], settings: Settings, sidecar_pid: int, sidecar: str
-) -> tuple[dict[str, float], dict[str, int]]:
-    totals: dict[str, list[float]] = {t.name: [0.0, 0.0] for t in targets}
+    session: aiohttp.ClientSession,
+    targets: Sequence[Target],
+    settings: Settings,
+    proxies: dict[str, int],
+    sidecar: str,
+) -> Throughput:
+    """Interleaved rounds at the configured concurrency; samples the sidecar's memory while it is loaded."""
+    totals: dict[str, list[float]] = {t.name: [0.0, 0.0, 0.0] for t in targets}
     peak: dict[str, int] = {}
     for target in targets:  # warm the connection pools at this concurrency
         await throughput_run(session, target, settings.concurrency, 0.3)
     for round_no in range(settings.throughput_rounds):
         shift = round_no % len(targets)
         for target in [*targets[shift:], *targets[:shift]]:
+            pid = proxies.get(target.name)
             stop = asyncio.Event()
-            sampler = asyncio.create_task(sample_memory(sidecar_pid, peak, stop)) if target.name == sidecar else None
+            sampler = asyncio.create_task(sample_memory(pid, peak, stop)) if target.name == sidecar and pid else None
+            cpu_before = cpu_seconds(pid) if pid else 0.0
             count, elapsed = await throughput_run(session, target, settings.concurrency, settings.throughput_seconds)
+            cpu = cpu_seconds(pid) - cpu_before if pid else 0.0
             stop.set()
             if sampler is not None:
                 await sampler
             totals[target.name][0] += count
             totals[target.name][1] += elapsed
+            totals[target.name][2] += cpu
     with contextlib.suppress(OSError):
-        peak["VmHWM"] = max(peak.get("VmHWM", 0), memory_kb(sidecar_pid).get("VmHWM", 0))
-    return {name: count / elapsed for name, (count, elapsed) in totals.items()}, peak
+        peak["VmHWM"] = max(peak.get("VmHWM", 0), memory_kb(proxies[sidecar]).get("VmHWM", 0))
+    return Throughput(
+        rates={name: count / elapsed for name, (count, elapsed, _) in totals.items()},
+        cpu_ms={name: 1000 * cpu / count for name, (count, _, cpu) in totals.items() if name in proxies and count},
+        peak=peak,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ phases
@@ -346,9 +373,22 @@ def sidecar_config(openai_base: str) -> str:
 
 
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy on the sidecar (collapsed stacks, one line per stack: `frames;... count`); stop with SIGINT."""
+    """py-spy on the sidecar, GIL holder only (collapsed stacks: `frame;frame;... count`); stop with SIGINT."""
     py_spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
-    argv = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--nonblocking", "-o", str(out)]
+    argv = [
+        py_spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--format",
+        "raw",
+        "--rate",
+        "250",
+        "--gil",
+        "--nonblocking",
+        "-o",
+        str(out),
+    ]
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # let it attach before the load starts
     return process
@@ -394,7 +434,7 @@ async def proxy_phases(report: Report, settings: Settings, work: Path, profile: 
         servers.append(passthrough)
 
         side_home = work / "sidecar-home"
-        side_env = clean_env(side_home, CCGATE_ANTHROPIC_BASE_URL=mock.url)
+        side_env = clean_env(side_home, CCGATE_ANTHROPIC_BASE_URL=mock.url, CCGATE_MOCKAI_API_KEY="sk-bench-dummy")
         paths = resolve_paths(side_env).ensure()
         paths.config_file.write_text(sidecar_config(mock.url + "/v1"))
         token = ensure_token(paths)
@@ -437,9 +477,14 @@ async def proxy_phases(report: Report, settings: Settings, work: Path, profile: 
             )
             idle_after = memory_kb(sidecar.pid)
             log(f"throughput at concurrency {settings.concurrency}")
-            rates, peak = await throughput_phase(
-                session, [direct, through_pass, through_side], settings, sidecar.pid, "sidecar"
+            loaded = await throughput_phase(
+                session,
+                [direct, through_pass, through_side],
+                settings,
+                {"passthrough": passthrough.pid, "sidecar": sidecar.pid},
+                "sidecar",
             )
+            rates, peak = loaded.rates, loaded.peak
         if profiler is not None:
             stop_profiler(profiler)
             profiler = None
@@ -469,6 +514,8 @@ async def proxy_phases(report: Report, settings: Settings, work: Path, profile: 
             ("sidecar", "sidecar"),
         ):
             report.add(f"throughput_{name}_rps", f"throughput c={settings.concurrency}, {label}", rates[name], "req/s")
+        report.add("cpu_passthrough_ms", "CPU per request, minimal passthrough", loaded.cpu_ms["passthrough"], "ms")
+        report.add("cpu_sidecar_ms", "CPU per request, sidecar (all threads)", loaded.cpu_ms["sidecar"], "ms")
         ratio = 100 * rates["sidecar"] / rates["passthrough"] if rates["passthrough"] else None
         report.add("throughput_sidecar_vs_passthrough_pct", "sidecar / passthrough throughput", ratio, "%", at_least=80)
         report.add("sidecar_rss_idle_mb", "sidecar RSS idle (after warm-up)", idle_after.get("VmRSS", 0) / 1024, "MB")

@@ -23,6 +23,8 @@ EXPECTED = {
     "throughput_direct_rps",
     "throughput_passthrough_rps",
     "throughput_sidecar_rps",
+    "cpu_passthrough_ms",
+    "cpu_sidecar_ms",
     "throughput_sidecar_vs_passthrough_pct",
     "sidecar_rss_idle_mb",
     "sidecar_rss_peak_mb",
