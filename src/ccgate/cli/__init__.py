@@ -25,6 +25,7 @@ def build_app() -> typer.Typer:
             no_args_is_help=True,
             add_completion=False,  # one way to get completions: `ccgate completions` (static scripts)
             pretty_exceptions_enable=False,
+            rich_markup_mode=None,  # plain click help: loading rich's help renderer costs ~100 ms per call
             context_settings={"help_option_names": ["-h", "--help"]},
         )
         # Each command group lives in its own module; importing them is cheap (heavy imports are lazy).
