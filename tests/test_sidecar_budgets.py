@@ -49,8 +49,12 @@ async def test_fifty_concurrent_requests_overshoot_by_at_most_one() -> None:
             assert "credit balance" not in message
         rows = harness.rows()
         spent = sum(row["cost_nanos"] for row in rows)
-        assert len(rows) == len(served)  # refused requests never reached the ledger or the upstream
-        assert len(harness.upstream.messages_requests) == len(served)
+        assert len(rows) == 50  # refused requests are rows too (status error, billing_error, cost 0)
+        refused_rows = [row for row in rows if row["status"] == "error"]
+        assert len(refused_rows) == len(refused)
+        assert all(r["error_type"] == "billing_error" and r["http_status"] == 402 for r in refused_rows)
+        assert all(r["cost_nanos"] == 0 for r in refused_rows)
+        assert len(harness.upstream.messages_requests) == len(served)  # refused ones never reached it
         assert spent <= limit_nanos + ONE_REQUEST_NANOS
         async with aiohttp.ClientSession() as session:
             status = await (await session.get(f"{harness.url}/_ccgate/status", headers=harness.headers)).json()

@@ -204,3 +204,19 @@ def test_kill_9_mid_stream_leaves_an_interrupted_row_with_usage(
         assert check_integrity(db) == "ok"
     finally:
         db.close()
+
+
+def test_stop_never_signals_a_process_that_is_not_our_sidecar(env: dict[str, str]) -> None:
+    paths = resolve_paths(env).ensure()
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        paths.pid_file.write_text(str(bystander.pid))  # a stale pid file whose pid was reused
+        paths.port_file.write_text("1")
+        result = run_ccgate("sidecar", "stop", env=env)
+        assert result.returncode == 0
+        assert "not running" in result.stderr
+        assert bystander.poll() is None
+        assert not paths.pid_file.exists()
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -391,3 +391,25 @@ async def test_hundred_concurrent_streams_are_all_metered() -> None:
             assert len({row["id"] for row in rows}) == 100
     finally:
         await upstream.stop()
+
+
+async def test_many_launch_registrations_at_once_all_succeed() -> None:
+    async with running_sidecar() as harness, aiohttp.ClientSession() as session:
+
+        async def register(index: int) -> int:
+            async with session.post(
+                f"{harness.url}/_ccgate/launches",
+                json={"launch_id": f"launch-{index:04d}", "project": f"/p/{index}"},
+                headers=harness.headers,
+            ) as resp:
+                return resp.status
+
+        assert await asyncio.gather(*(register(i) for i in range(30))) == [200] * 30
+        saved = json.loads((harness.paths.state_dir / "launches.json").read_text())
+        assert len(saved) == 30 and saved["launch-0007"]["project"] == "/p/7"
+        async with session.post(
+            f"{harness.url}/_ccgate/launches",
+            json={"launch_id": "launch-huge", "project": "x" * 10_000},
+            headers=harness.headers,
+        ) as resp:
+            assert resp.status == 400

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -9,11 +10,12 @@ from typing import Any
 import aiohttp
 import anthropic
 import pytest
+from aiohttp import web
 from openai_upstream import OpenAIReply, OpenAIUpstream
-from scripted_upstream import StreamReply, TextReply, text_events
+from scripted_upstream import ErrorReply, ScriptedUpstream, StreamReply, TextReply, text_events
 from sidecar_harness import Harness, running_sidecar
 
-from ccgate.config import Config, TierSettings, save_config
+from ccgate.config import Config, ProviderSettings, TierSettings, save_config
 
 HAIKU_TO_OPENAI = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini",))})
 
@@ -284,3 +286,120 @@ async def test_missing_provider_key_fails_over_or_says_how_to_set_it(
         )
         assert message.content[0].type == "text"
         assert len(groq_mock.requests) == 1
+
+
+async def test_user_credentials_never_reach_a_third_party_anthropic_kind_provider() -> None:
+    async with ScriptedUpstream() as third_party:
+        config = Config(
+            providers={"thirdparty": ProviderSettings("thirdparty", kind="anthropic", base_url=third_party.url)},
+            tiers={"opus": TierSettings("opus", ("thirdparty/glm-4.6",))},
+        )
+        async with running_sidecar(config=config) as harness:
+            client = anthropic.AsyncAnthropic(
+                base_url=harness.url, api_key="sk-ant-USER-SECRET", default_headers=harness.headers, max_retries=0
+            )
+            with pytest.raises(anthropic.AuthenticationError) as caught:
+                await client.messages.create(
+                    model="claude-opus-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+                )
+            assert "ccgate provider key set thirdparty" in str(caught.value)
+            assert third_party.requests == []
+        async with running_sidecar(config=config, environ={"CCGATE_THIRDPARTY_API_KEY": "tp-key"}) as harness:
+            client = anthropic.AsyncAnthropic(
+                base_url=harness.url, api_key="sk-ant-USER-SECRET", default_headers=harness.headers, max_retries=0
+            )
+            message = await client.messages.create(
+                model="claude-opus-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+            )
+            assert message.model == "claude-opus-4-5"
+            (seen,) = third_party.messages_requests
+            assert seen.headers["x-api-key"] == "tp-key"
+            assert "sk-ant-USER-SECRET" not in json.dumps(seen.headers)
+            assert seen.json["model"] == "glm-4.6"
+
+
+async def test_failover_to_a_renamed_model_and_dated_ids_keep_the_requested_name() -> None:
+    async with ScriptedUpstream() as flaky:
+        flaky.enqueue(ErrorReply(529, "overloaded_error", "busy"))
+        config = Config(
+            providers={"flaky": ProviderSettings("flaky", kind="anthropic", base_url=flaky.url)},
+            tiers={"opus": TierSettings("opus", ("flaky/glm-4.6", "anthropic/claude-haiku-4-5"))},
+        )
+        async with running_sidecar(config=config, environ={"CCGATE_FLAKY_API_KEY": "k"}) as harness:
+            # Anthropic answers an alias with the dated id; the client must still see what it asked for
+            dated = text_events("hi", model="claude-haiku-4-5-20251001", message_id="msg_dated")
+            harness.upstream.enqueue(StreamReply(events=dated))
+            async with sdk(harness).messages.stream(
+                model="claude-opus-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+            ) as stream:
+                message = await stream.get_final_message()
+            assert message.model == "claude-opus-4-5"
+            (row,) = harness.rows()
+            assert (row["provider"], row["routed_model"]) == ("anthropic", "claude-haiku-4-5")
+            assert [a["status"] for a in json.loads(row["attempts"])] == [529, 200]
+
+
+async def test_cancelled_translated_stream_keeps_an_estimate_not_zero(openai_mock: OpenAIUpstream) -> None:
+    openai_mock.replies.append(OpenAIReply(text="x" * 4000, pieces=200, usage_chunk=False, die_after_chunks=None))
+    async with running_sidecar(config=HAIKU_TO_OPENAI, environ=env_for(("openai", openai_mock))) as harness:
+        body = {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 50,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hello " * 200}],
+        }
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(f"{harness.url}/v1/messages", json=body, headers=harness.headers)
+            await resp.content.readuntil(b"content_block_delta")
+            resp.close()
+        for _ in range(100):
+            rows = harness.rows()
+            if rows and rows[0]["status"] != "pending":
+                break
+            await asyncio.sleep(0.05)
+        (row,) = harness.rows()
+        assert row["status"] in ("interrupted", "ok")
+        assert row["input_tokens"] > 100
+        assert row["cost_nanos"] > 0 and row["price_quality"] == "estimated"
+
+
+async def test_truncated_upstream_body_fails_over_instead_of_a_500(groq_mock: OpenAIUpstream) -> None:
+    async def truncated(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(status=200, headers={"content-type": "application/json"})
+        response.content_length = 1000
+        await response.prepare(request)
+        await response.write(b'{"id": "chatcmpl-1", "cho')
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", truncated)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = int(runner.addresses[0][1])
+    try:
+        chain = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini", "groq/llama-3.3-70b-versatile"))})
+        env = {
+            **env_for(("groq", groq_mock)),
+            "CCGATE_OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+            "CCGATE_OPENAI_API_KEY": "k",
+        }
+        async with running_sidecar(config=chain, environ=env) as harness:
+            message = await sdk(harness).messages.create(
+                model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+            )
+            assert message.content[0].type == "text"
+            (row,) = harness.rows()
+            assert [a["provider"] for a in json.loads(row["attempts"])] == ["openai", "groq"]
+        async with running_sidecar(config=HAIKU_TO_OPENAI, environ=env) as harness:
+            with pytest.raises(anthropic.APIStatusError) as caught:
+                await sdk(harness).messages.create(
+                    model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+                )
+            assert caught.value.status_code == 502
+            assert "broke off" in str(caught.value)
+    finally:
+        await runner.cleanup()

@@ -17,7 +17,18 @@ _INTERESTING = (b"message_start", b"message_delta", b'"error"')
 class AnthropicStreamMeter:
     """Feed it every chunk sent to the client; it keeps the usage, message id and stop reason seen so far."""
 
-    __slots__ = ("_buffer", "error_message", "error_type", "finished", "message_id", "model", "stop_reason", "usage")
+    __slots__ = (
+        "_buffer",
+        "bytes_after_start",
+        "error_message",
+        "error_type",
+        "finished",
+        "message_id",
+        "model",
+        "started",
+        "stop_reason",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self._buffer = b""
@@ -28,9 +39,13 @@ class AnthropicStreamMeter:
         self.error_type: str | None = None
         self.error_message: str | None = None
         self.finished = False
+        self.started = False
+        self.bytes_after_start = 0
 
     def feed(self, chunk: bytes) -> bool:
         """Returns True when this chunk changed the usage (the caller may then persist progress)."""
+        if self.started:
+            self.bytes_after_start += len(chunk)
         buffer = self._buffer + chunk if self._buffer else chunk
         end = buffer.rfind(b"\n\n")
         crlf_end = buffer.rfind(b"\r\n\r\n")
@@ -66,6 +81,7 @@ class AnthropicStreamMeter:
         kind = payload.get("type")
         if kind == "message_start":
             message = payload.get("message") or {}
+            self.started = True
             self.message_id = message.get("id")
             self.model = message.get("model")
             self.usage = usage_from_anthropic(message.get("usage"))
@@ -85,6 +101,11 @@ class AnthropicStreamMeter:
             self.error_message = error.get("message")
             return False
         return False
+
+    def estimated_output_tokens(self) -> int:
+        """For a stream cut before `message_delta`: the provider bills what it generated, which only the bytes
+        seen can tell. About 100 bytes of framing per delta event and ~4 characters per token."""
+        return max(self.usage.output_tokens, (self.bytes_after_start * 2) // 9 // 4)
 
 
 def meter_message(body: bytes) -> tuple[Usage, str | None, str | None]:

@@ -15,6 +15,7 @@ from types import FrameType
 from ccgate.config import Config
 from ccgate.errors import CcgateError, UserInputError
 from ccgate.paths import Paths
+from ccgate.providers import redact_url
 
 CLAUDE_INSTALL_HINT = "install Claude Code with `npm install -g @anthropic-ai/claude-code`, then run this again"
 
@@ -109,6 +110,9 @@ def run_launch(
     for message in bypass_warnings(environ, Path(environ.get("HOME", str(Path.home())))):
         warn(message)
 
+    previous = environ.get("ANTHROPIC_BASE_URL")
+    if previous and previous.rstrip("/") != info.url:
+        warn(f"ANTHROPIC_BASE_URL was set to {redact_url(previous)}; this session goes through ccgate instead")
     env = dict(environ)
     env["ANTHROPIC_BASE_URL"] = info.url
     env["ANTHROPIC_CUSTOM_HEADERS"] = merge_custom_headers(

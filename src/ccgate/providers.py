@@ -148,3 +148,14 @@ def resolve_providers(config: Config, environ: Mapping[str, str]) -> dict[str, P
         if override:
             providers[name] = replace(spec, base_url=validate_base_url(override, env_name))
     return providers
+
+
+def redact_url(url: str) -> str:
+    """Scheme, host and path only: credentials in userinfo or the query string never reach a message."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -1,7 +1,8 @@
 """The proxy core shared by the sidecar and the gateway: route, admit, forward, meter, record.
 
-Servers parse who is calling (`ClientMeta`) and hand the request here. Bytes from an Anthropic-kind
-upstream are written to the client as they arrive; metering reads the same chunks on the side.
+Servers establish who is calling (`ClientMeta`) and how budgets apply to them (an `Admission`), then hand
+the request here. Bytes from an Anthropic-kind upstream are written to the client as they arrive; metering
+reads the same chunks on the side.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,10 +23,10 @@ from aiohttp import web
 from ccgate.accounting import AnthropicStreamMeter, error_type_of, meter_message
 from ccgate.errors import AuthenticationError, CcgateError, InvalidRequestError, UpstreamError, UpstreamTimeoutError
 from ccgate.models import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
-from ccgate.upstream import CCGATE_REQUEST_HEADERS, HOP_BY_HOP, RESPONSE_DROP
+from ccgate.providers import redact_url
+from ccgate.upstream import HOP_BY_HOP, RESPONSE_DROP
 
 if TYPE_CHECKING:
-    from ccgate.budget_guard import AdmissionRequest, BudgetRule, Reservation
     from ccgate.providers import ProviderSpec
     from ccgate.routing import Route, Target
 
@@ -33,6 +34,9 @@ log = logging.getLogger("ccgate.proxy")
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 SSE_CONTENT_TYPE = "text/event-stream"
+# Only Anthropic itself gets the client's own API key or OAuth token; every other provider gets its own key.
+CLIENT_AUTH_PROVIDERS = frozenset({"anthropic"})
+CLIENT_AUTH_HEADERS = frozenset({"x-api-key", "authorization"})
 
 
 class LedgerSink(Protocol):
@@ -50,11 +54,12 @@ class Pricer(Protocol):
 
 
 class Admission(Protocol):
-    @property
-    def rules(self) -> tuple[BudgetRule, ...]: ...
-    async def admit(self, request: AdmissionRequest) -> Reservation: ...
-    def settle(self, reservation: Reservation, actual_nanos: int) -> None: ...
-    def release(self, reservation: Reservation) -> None: ...
+    """How budgets apply to a caller: the sidecar scopes them by project, the gateway by key, team, customer."""
+
+    def applies(self, meta: ClientMeta) -> bool: ...
+    async def admit(self, meta: ClientMeta, *, reserve_nanos: int | None, model: str) -> Any: ...
+    def settle(self, reservation: Any, actual_nanos: int) -> None: ...
+    def release(self, reservation: Any) -> None: ...
 
 
 class RouterLike(Protocol):
@@ -69,13 +74,17 @@ class ClientMeta:
     project: str | None = None
     launch_id: str | None = None
     source: str = "sidecar"
-    # Gateway mode fills these; the sidecar leaves them empty.
+    # The sidecar forwards the developer's own Anthropic credentials; the gateway never forwards a virtual key.
+    forward_client_auth: bool = True
+    # Headers the server consumed itself (local token, launch id, ...) and that must not reach a provider.
+    private_headers: frozenset[str] = frozenset()
+    # Gateway mode fills these (key id, team, customer); the sidecar leaves them empty.
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProxyDeps:
-    """Everything the core needs; servers build it and may swap parts on config reload."""
+    """Everything the core needs; a config reload swaps the whole object, requests keep the one they began with."""
 
     session: aiohttp.ClientSession
     providers: Mapping[str, ProviderSpec]
@@ -91,15 +100,23 @@ class ProxyDeps:
 class _Ctx:
     """Per-request working state."""
 
+    deps: ProxyDeps
+    meta: ClientMeta
     record: RequestRecord
     body: dict[str, Any]
     raw: bytes
     query: str
     headers: Mapping[str, str]
     started: float
-    reservation: Reservation | None = None
+    reservation: Any = None
     client_started: bool = False
     id_map: Any = None
+    # What has been seen of the usage so far, for whatever way the request ends (cancel included).
+    live_usage: Callable[[], Usage] | None = None
+
+
+class _UpstreamBroke(UpstreamError):
+    """The upstream failed before any byte reached the client: the next target may still be tried."""
 
 
 def session_id_from(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
@@ -146,6 +163,17 @@ def _sse_error(error_type: str, message: str) -> bytes:
     return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
 
 
+def _replace_model(data: bytes, upstream_model: str | None, requested: str) -> bytes:
+    """Swap the model the upstream reported (first occurrence only) for the one the client asked for."""
+    if not upstream_model or upstream_model == requested:
+        return data
+    old, new = json.dumps(upstream_model).encode(), json.dumps(requested).encode()
+    for separator in (b'"model":', b'"model": '):
+        if separator + old in data:
+            return data.replace(separator + old, separator + new, 1)
+    return data
+
+
 class Proxy:
     """One instance per server; stateless between requests apart from the in-flight set."""
 
@@ -157,14 +185,14 @@ class Proxy:
 
     async def messages(self, request: web.Request, meta: ClientMeta) -> web.StreamResponse:
         started = time.perf_counter()
+        deps = self.deps  # one consistent view of config for the whole request
         raw = await request.read()
         body = parse_messages_body(raw)
-        deps = self.deps
         route = deps.router.route(body["model"])
         primary = route.targets[0]
         record = RequestRecord(
             source=meta.source,
-            session_id=session_id_from(request.headers, body),
+            session_id=meta.session_id or session_id_from(request.headers, body),
             project=meta.project,
             launch_id=meta.launch_id,
             tier=route.tier,
@@ -173,21 +201,27 @@ class Proxy:
             routed_model=primary.model,
             stream=bool(body.get("stream")),
         )
-        ctx = _Ctx(
-            record=record, body=body, raw=raw, query=request.query_string, headers=request.headers, started=started
-        )
+        ctx = _Ctx(deps, meta, record, body, raw, request.query_string, request.headers, started)
         task = asyncio.current_task()
         if task is not None:
             self.inflight.add(task)
         try:
-            admission = deps.admission
-            if admission is not None and any(rule.applies_to(meta.project) for rule in admission.rules):
-                from ccgate.budget_guard import AdmissionRequest
-
-                reserve = self._reserve_nanos(ctx, primary)
-                ctx.reservation = await admission.admit(
-                    AdmissionRequest(project=meta.project, reserve_nanos=reserve, model=primary.model)
-                )
+            if deps.admission is not None and deps.admission.applies(meta):
+                try:
+                    ctx.reservation = await deps.admission.admit(
+                        meta, reserve_nanos=self._reserve_nanos(ctx, route), model=primary.model
+                    )
+                except CcgateError as refusal:
+                    # refused requests are rows too, so `ccgate logs --errors` shows them; they cost nothing
+                    self._finish(
+                        ctx,
+                        RequestStatus.ERROR,
+                        http_status=refusal.status,
+                        error_type=refusal.error_type,
+                        error_message=refusal.message,
+                        cost=Cost(0, PriceQuality.PRICED, note="refused by ccgate"),
+                    )
+                    raise
             deps.ledger.write_pending(record)
             return await self._run_chain(request, ctx, route)
         finally:
@@ -196,19 +230,20 @@ class Proxy:
 
     async def count_tokens(self, request: web.Request, meta: ClientMeta) -> web.StreamResponse:
         """Never budget-checked and never recorded: it costs nothing."""
+        deps = self.deps
         raw = await request.read()
         body = parse_messages_body(raw)
-        target = self.deps.router.route(body["model"]).targets[0]
-        spec = self._spec(target.provider)
+        target = deps.router.route(body["model"]).targets[0]
+        spec = self._spec(deps, target.provider)
         if spec.kind == "openai":
             from ccgate.translate import estimate_input_tokens
 
             return web.json_response({"input_tokens": estimate_input_tokens(body)})
         payload = raw if target.model == body["model"] else json.dumps({**body, "model": target.model}).encode()
         url = self._anthropic_url(spec, "/v1/messages/count_tokens", request.query_string)
-        headers = self._anthropic_headers(request.headers, spec, request_id=None)
+        headers = self._anthropic_headers(deps, meta, request.headers, spec, request_id=None)
         try:
-            async with self.deps.session.post(url, data=payload, headers=headers) as upstream:
+            async with deps.session.post(url, data=payload, headers=headers) as upstream:
                 data = await upstream.read()
                 return web.Response(body=data, status=upstream.status, headers=self._response_headers(upstream))
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -216,13 +251,18 @@ class Proxy:
 
     # ---- chain and attempts -------------------------------------------------------------------
 
-    def _reserve_nanos(self, ctx: _Ctx, target: Target) -> int | None:
+    def _reserve_nanos(self, ctx: _Ctx, route: Route) -> int | None:
+        """The most this request can cost on any target it may fail over to; None if one is unpriced."""
         max_tokens = ctx.body.get("max_tokens")
         max_output = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 64_000
-        # A token is never shorter than one byte of the body, so the byte count bounds the input from above.
-        return self.deps.pricer.max_cost_nanos(
-            target.model, provider=target.provider, input_tokens=len(ctx.raw), max_output_tokens=max_output
-        )
+        bounds = [
+            # A token is never shorter than one byte of the body, so the byte count bounds the input from above.
+            ctx.deps.pricer.max_cost_nanos(
+                target.model, provider=target.provider, input_tokens=len(ctx.raw), max_output_tokens=max_output
+            )
+            for target in route.targets
+        ]
+        return None if any(bound is None for bound in bounds) else max(b for b in bounds if b is not None)
 
     async def _run_chain(self, request: web.Request, ctx: _Ctx, route: Route) -> web.StreamResponse:
         record = ctx.record
@@ -231,31 +271,34 @@ class Proxy:
         try:
             for index, target in enumerate(route.targets):
                 is_last = index == len(route.targets) - 1
-                spec = self._spec(target.provider)
+                spec = self._spec(ctx.deps, target.provider)
                 record.provider, record.routed_model = target.provider, target.model
                 try:
                     upstream = await self._open(ctx, spec, target)
                 except CcgateError as error:
                     attempts.append(Attempt(target.provider, target.model, None, error.message))
                     last_error = error
-                    if is_last:
-                        break
-                    log.warning("failover: %s unreachable, trying next target", target.provider)
+                    if not is_last:
+                        log.warning("failover: %s failed (%s), trying next target", target.provider, error.message)
                     continue
-                if upstream.status in RETRYABLE_STATUSES and not is_last:
-                    body = await upstream.read()
-                    upstream.release()
-                    error_type, _ = error_type_of(body)
-                    attempts.append(Attempt(target.provider, target.model, upstream.status, error_type))
-                    log.warning("failover: %s answered %s, trying next target", target.provider, upstream.status)
-                    continue
-                attempts.append(Attempt(target.provider, target.model, upstream.status))
-                record.attempts = tuple(attempts)
                 try:
+                    if upstream.status in RETRYABLE_STATUSES and not is_last:
+                        error_type, _ = error_type_of(await self._read(upstream, spec))
+                        upstream.release()
+                        attempts.append(Attempt(target.provider, target.model, upstream.status, error_type))
+                        log.warning("failover: %s answered %s, trying next target", target.provider, upstream.status)
+                        continue
+                    attempts.append(Attempt(target.provider, target.model, upstream.status))
+                    record.attempts = tuple(attempts)
                     if spec.kind == "openai":
-                        response = await self._relay_openai(request, ctx, upstream, spec, target)
+                        response = await self._relay_openai(request, ctx, upstream, spec)
                     else:
                         response = await self._relay_anthropic(request, ctx, upstream, target)
+                except _UpstreamBroke as error:
+                    upstream.close()
+                    attempts[-1:] = [Attempt(target.provider, target.model, upstream.status, error.message)]
+                    last_error = error
+                    continue
                 except BaseException:
                     upstream.close()  # a half-read stream cannot go back to the pool
                     raise
@@ -275,42 +318,51 @@ class Proxy:
             self._finish(ctx, RequestStatus.INTERRUPTED, error_type="cancelled")
             raise
         except BaseException as exc:
-            if record.status is RequestStatus.PENDING:
-                status = RequestStatus.INTERRUPTED if ctx.client_started else RequestStatus.ERROR
-                self._finish(ctx, status, error_type=type(exc).__name__, error_message=str(exc)[:300])
+            status = RequestStatus.INTERRUPTED if ctx.client_started else RequestStatus.ERROR
+            self._finish(ctx, status, error_type=type(exc).__name__, error_message=str(exc)[:300])
             raise
 
     async def _open(self, ctx: _Ctx, spec: ProviderSpec, target: Target) -> aiohttp.ClientResponse:
+        deps = ctx.deps
         if spec.kind == "openai":
             from ccgate.translate import anthropic_to_openai_request
 
-            payload_obj, id_map = anthropic_to_openai_request(
+            payload_obj, ctx.id_map = anthropic_to_openai_request(
                 ctx.body, target_model=target.model, stream_usage=spec.supports_stream_usage
             )
-            ctx.id_map = id_map
             url = spec.base_url.rstrip("/") + "/chat/completions"
             headers = {
                 "content-type": "application/json",
                 "accept-encoding": "identity",
                 "x-ccgate-request-id": ctx.record.id,
             }
-            key = self.deps.provider_keys.get(spec.name)
+            key = deps.provider_keys.get(spec.name)
             if key:
                 headers["authorization"] = f"Bearer {key}"
             elif spec.requires_key:
-                raise AuthenticationError(
-                    f"no API key for provider {spec.name}",
-                    hint=f"store one with `ccgate provider key set {spec.name}` or set {spec.key_env}",
-                )
+                raise self._missing_key(spec)
             data = json.dumps(payload_obj).encode()
         else:
             url = self._anthropic_url(spec, "/v1/messages", ctx.query)
-            headers = self._anthropic_headers(ctx.headers, spec, request_id=ctx.record.id)
-            data = ctx.raw if target.model == ctx.body["model"] else self._with_model(ctx, target.model)
+            headers = self._anthropic_headers(deps, ctx.meta, ctx.headers, spec, request_id=ctx.record.id)
+            if target.model == ctx.body["model"]:
+                data = ctx.raw
+            else:
+                data = json.dumps({**ctx.body, "model": target.model}, ensure_ascii=False).encode()
         try:
-            return await self.deps.session.post(url, data=data, headers=headers)
+            return await deps.session.post(url, data=data, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._connect_error(spec, exc) from exc
+
+    async def _read(self, upstream: aiohttp.ClientResponse, spec: ProviderSpec) -> bytes:
+        """A whole (non-streamed) body; a broken one is a failover-able error, not a 500."""
+        try:
+            return await upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _UpstreamBroke(
+                f"upstream {spec.name} ({redact_url(spec.base_url)}) broke off its reply: {type(exc).__name__}",
+                hint="check the provider's status",
+            ) from exc
 
     # ---- relays -------------------------------------------------------------------------------
 
@@ -318,11 +370,13 @@ class Proxy:
         self, request: web.Request, ctx: _Ctx, upstream: aiohttp.ClientResponse, target: Target
     ) -> web.StreamResponse:
         record = ctx.record
+        spec = self._spec(ctx.deps, target.provider)
+        requested = ctx.body["model"]
+        rewrite = target.model != requested
         record.upstream_request_id = upstream.headers.get("request-id")
         headers = self._response_headers(upstream)
-        is_sse = upstream.content_type == SSE_CONTENT_TYPE
-        if upstream.status >= 400 or not is_sse:
-            data = await upstream.read()
+        if upstream.status >= 400 or upstream.content_type != SSE_CONTENT_TYPE:
+            data = await self._read(upstream, spec)
             record.ttfb_ms = (time.perf_counter() - ctx.started) * 1000
             if upstream.status >= 400:
                 error_type, message = error_type_of(data)
@@ -334,17 +388,16 @@ class Proxy:
                     error_message=message,
                 )
             else:
-                usage, message_id, _ = meter_message(data)
-                record.usage, record.upstream_message_id = usage, message_id
-                if target.model != ctx.body["model"]:
-                    data = self._restore_model(data, ctx.body["model"])
+                record.usage, record.upstream_message_id, _ = meter_message(data)
+                if rewrite:
+                    data = self._restore_model_json(data, requested)
                 self._finish(ctx, RequestStatus.OK, http_status=upstream.status)
             return web.Response(body=data, status=upstream.status, headers=headers)
 
         response = web.StreamResponse(status=upstream.status, headers=headers)
         response.content_type = SSE_CONTENT_TYPE
         meter = AnthropicStreamMeter()
-        rewrite = target.model != ctx.body["model"]
+        ctx.live_usage = lambda: self._cut_stream_usage(ctx, meter)
         held = b""
         await response.prepare(request)
         ctx.client_started = True
@@ -352,70 +405,62 @@ class Proxy:
             async for chunk in upstream.content.iter_any():
                 if record.ttfb_ms is None:
                     record.ttfb_ms = (time.perf_counter() - ctx.started) * 1000
-                if meter.feed(chunk):
+                if meter.feed(chunk) and not meter.finished:
                     self._progress(ctx, meter)
                 if rewrite:
+                    # hold bytes until message_start is complete, then show the client the model it asked for
                     held += chunk
-                    if meter.message_id is None:
+                    if not meter.started:
                         continue
-                    chunk, held, rewrite = self._restore_model(held, ctx.body["model"]), b"", False
+                    chunk, held, rewrite = _replace_model(held, meter.model, requested), b"", False
                 await response.write(chunk)
             if held:
                 await response.write(held)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             meter.flush()
-            self._finish_stream(
+            self._finish(
                 ctx,
-                meter,
                 RequestStatus.INTERRUPTED,
-                upstream.status,
-                "client_disconnected",
-                str(exc) or "client went away",
+                http_status=upstream.status,
+                error_type="client_disconnected",
+                error_message=str(exc) or "client went away",
             )
-            upstream.close()
             return response
         except (aiohttp.ClientError, TimeoutError) as exc:
             meter.flush()
             message = f"ccgate: upstream {target.provider} broke off the stream: {type(exc).__name__}"
-            self._finish_stream(
-                ctx, meter, RequestStatus.INTERRUPTED, upstream.status, "upstream_disconnected", message
+            self._finish(
+                ctx,
+                RequestStatus.INTERRUPTED,
+                http_status=upstream.status,
+                error_type="upstream_disconnected",
+                error_message=message,
             )
-            await self._write_quietly(response, _sse_error("api_error", message))
+            await self._end_quietly(response, _sse_error("api_error", message))
             return response
         meter.flush()
         if meter.error_type is not None:
-            self._finish_stream(ctx, meter, RequestStatus.ERROR, upstream.status, meter.error_type, meter.error_message)
+            status, error_type, error_message = RequestStatus.ERROR, meter.error_type, meter.error_message
         elif not meter.finished:
-            self._finish_stream(
-                ctx,
-                meter,
-                RequestStatus.INTERRUPTED,
-                upstream.status,
-                "stream_incomplete",
-                "upstream ended the stream before message_delta",
-            )
+            status, error_type = RequestStatus.INTERRUPTED, "stream_incomplete"
+            error_message = "upstream ended the stream before message_delta"
         else:
-            self._finish_stream(ctx, meter, RequestStatus.OK, upstream.status, None, None)
-        await self._write_eof_quietly(response)
+            status, error_type, error_message = RequestStatus.OK, None, None
+        self._finish(ctx, status, http_status=upstream.status, error_type=error_type, error_message=error_message)
+        await self._end_quietly(response)
         return response
 
     async def _relay_openai(
-        self,
-        request: web.Request,
-        ctx: _Ctx,
-        upstream: aiohttp.ClientResponse,
-        spec: ProviderSpec,
-        target: Target,
+        self, request: web.Request, ctx: _Ctx, upstream: aiohttp.ClientResponse, spec: ProviderSpec
     ) -> web.StreamResponse:
         from ccgate.sse import SSEDecoder
         from ccgate.translate import OpenAIStreamTranslator, openai_error_to_anthropic, openai_to_anthropic_response
         from ccgate.usage import usage_from_openai
 
         record = ctx.record
-        id_map = ctx.id_map
         requested = ctx.body["model"]
         if upstream.status >= 400:
-            data = await upstream.read()
+            data = await self._read(upstream, spec)
             record.ttfb_ms = (time.perf_counter() - ctx.started) * 1000
             status, envelope = openai_error_to_anthropic(upstream.status, data)
             error = envelope.get("error", {})
@@ -427,71 +472,70 @@ class Proxy:
                 error_message=error.get("message"),
             )
             headers = {"x-should-retry": "false"} if status in (400, 401, 403, 404, 413) else {}
+            if "retry-after" in upstream.headers:
+                headers["retry-after"] = upstream.headers["retry-after"]
             return web.json_response(envelope, status=status, headers=headers)
         if not record.stream:
-            data = await upstream.read()
+            data = await self._read(upstream, spec)
             record.ttfb_ms = (time.perf_counter() - ctx.started) * 1000
             try:
                 reply = json.loads(data)
-            except ValueError as exc:
-                raise UpstreamError(f"provider {spec.name} returned a reply that is not JSON") from exc
-            message = openai_to_anthropic_response(reply, requested_model=requested, id_map=id_map)
+                message = openai_to_anthropic_response(reply, requested_model=requested, id_map=ctx.id_map)
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:
+                raise _UpstreamBroke(f"provider {spec.name} returned a reply ccgate cannot read") from exc
             if isinstance(reply.get("usage"), dict):
                 record.usage = usage_from_openai(reply["usage"])
             else:
-                written = len(json.dumps(message.get("content"))) * 2
-                record.usage = self._translated_usage(ctx, Usage(), False, written)
+                record.usage = self._estimated_usage(ctx, len(json.dumps(message.get("content"))) * 2)
             record.upstream_message_id = reply.get("id")
             self._finish(ctx, RequestStatus.OK, http_status=200)
             return web.json_response(message)
 
-        translator = OpenAIStreamTranslator(requested_model=requested, id_map=id_map)
+        translator = OpenAIStreamTranslator(requested_model=requested, id_map=ctx.id_map)
         decoder = SSEDecoder()
+        written = 0
+
+        def usage_so_far() -> Usage:
+            return translator.usage if translator.usage_reported else self._estimated_usage(ctx, written)
+
+        ctx.live_usage = usage_so_far
         response = web.StreamResponse(status=200, headers={"cache-control": "no-cache"})
         response.content_type = SSE_CONTENT_TYPE
         await response.prepare(request)
         ctx.client_started = True
-        done = False
-        written = 0
+        failure: tuple[str, str] | None = None
         try:
+            done = False
             async for chunk in upstream.content.iter_any():
                 if record.ttfb_ms is None:
                     record.ttfb_ms = (time.perf_counter() - ctx.started) * 1000
                 out: list[bytes] = []
                 for event in decoder.feed(chunk):
-                    if event.data.strip() == "[DONE]":
-                        done = True
+                    done, failure = self._translate_event(event.data, translator, out, record)
+                    if done:
                         break
-                    if not event.data:
-                        continue
-                    parsed = event.json()
-                    if isinstance(parsed, dict) and parsed.get("error") is not None and not parsed.get("choices"):
-                        # the translator maps the provider's error code to the right Anthropic error type
-                        out.extend(translator.feed(parsed))
-                        _, envelope = openai_error_to_anthropic(0, parsed)
-                        record.error_type = envelope["error"]["type"]
-                        record.error_message = envelope["error"]["message"]
-                        done = True
-                        break
-                    record.upstream_message_id = record.upstream_message_id or parsed.get("id")
-                    out.extend(translator.feed(parsed))
                 if out:
                     payload = b"".join(out)
                     written += len(payload)
                     await response.write(payload)
                 if done:
                     break
-            if record.error_type is None:
+            if not done:
+                out = []
+                for event in decoder.flush():
+                    done, failure = self._translate_event(event.data, translator, out, record)
+                    if done:
+                        break
+                if out:
+                    await response.write(b"".join(out))
+            if failure is None:
                 tail = translator.finish()
                 if tail:
                     await response.write(b"".join(tail))
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            record.usage = self._translated_usage(ctx, translator.usage, translator.usage_reported, written)
             self._finish(ctx, RequestStatus.INTERRUPTED, http_status=200, error_type="client_disconnected")
-            upstream.close()
             return response
         except (aiohttp.ClientError, TimeoutError) as exc:
-            record.usage = self._translated_usage(ctx, translator.usage, translator.usage_reported, written)
             broke = f"ccgate: upstream {spec.name} broke off the stream: {type(exc).__name__}"
             self._finish(
                 ctx,
@@ -500,37 +544,51 @@ class Proxy:
                 error_type="upstream_disconnected",
                 error_message=broke,
             )
-            await self._write_quietly(response, b"".join(translator.error("api_error", broke)))
+            await self._end_quietly(response, b"".join(translator.error("api_error", broke)))
             return response
-        record.usage = self._translated_usage(ctx, translator.usage, translator.usage_reported, written)
-        if record.error_type is not None:
-            self._finish(ctx, RequestStatus.ERROR, http_status=200, error_type=record.error_type)
+        if failure is not None:
+            self._finish(ctx, RequestStatus.ERROR, http_status=200, error_type=failure[0], error_message=failure[1])
         else:
             self._finish(ctx, RequestStatus.OK, http_status=200)
-        await self._write_eof_quietly(response)
+        await self._end_quietly(response)
         return response
+
+    @staticmethod
+    def _translate_event(
+        data: str, translator: Any, out: list[bytes], record: RequestRecord
+    ) -> tuple[bool, tuple[str, str] | None]:
+        """One OpenAI SSE event into Anthropic bytes; returns (stream over, (error type, message) or None)."""
+        from ccgate.translate import openai_error_to_anthropic
+
+        if data.strip() == "[DONE]":
+            return True, None
+        if not data:
+            return False, None
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            message = "ccgate: the provider sent a stream event that is not JSON"
+            out.extend(translator.error("api_error", message))
+            return True, ("api_error", message)
+        if isinstance(parsed, dict) and parsed.get("error") is not None and not parsed.get("choices"):
+            # the translator maps the provider's error code to the right Anthropic error type
+            out.extend(translator.feed(parsed))
+            _, envelope = openai_error_to_anthropic(0, parsed)
+            return True, (envelope["error"]["type"], envelope["error"]["message"])
+        if isinstance(parsed, dict):
+            record.upstream_message_id = record.upstream_message_id or parsed.get("id")
+            out.extend(translator.feed(parsed))
+        return False, None
 
     # ---- recording ----------------------------------------------------------------------------
 
     def _progress(self, ctx: _Ctx, meter: AnthropicStreamMeter) -> None:
+        """Persist the usage seen in message_start, so a crash mid-stream still knows what was billed."""
         record = ctx.record
         record.usage = meter.usage
         record.upstream_message_id = meter.message_id
-        record.cost = self._cost(record)
-        self.deps.ledger.write_progress(record.copy())
-
-    def _finish_stream(
-        self,
-        ctx: _Ctx,
-        meter: AnthropicStreamMeter,
-        status: RequestStatus,
-        http_status: int,
-        error_type: str | None,
-        error_message: str | None,
-    ) -> None:
-        ctx.record.usage = meter.usage
-        ctx.record.upstream_message_id = meter.message_id
-        self._finish(ctx, status, http_status=http_status, error_type=error_type, error_message=error_message)
+        record.cost = self._cost(ctx)
+        ctx.deps.ledger.write_progress(record)
 
     def _finish(
         self,
@@ -540,46 +598,57 @@ class Proxy:
         http_status: int | None = None,
         error_type: str | None = None,
         error_message: str | None = None,
+        cost: Cost | None = None,
     ) -> None:
         record = ctx.record
         if record.status is not RequestStatus.PENDING:
             return
+        if ctx.live_usage is not None:
+            record.usage = ctx.live_usage()
         record.status = status
         record.http_status = http_status
         record.error_type = error_type
         record.error_message = error_message
         record.ended_at = utcnow()
         record.latency_ms = (time.perf_counter() - ctx.started) * 1000
-        record.cost = self._cost(record)
-        if ctx.reservation is not None and self.deps.admission is not None:
+        record.cost = cost or self._cost(ctx)
+        admission = ctx.deps.admission
+        if ctx.reservation is not None and admission is not None:
             if record.cost.nanos:
-                self.deps.admission.settle(ctx.reservation, record.cost.nanos)
+                admission.settle(ctx.reservation, record.cost.nanos)
             else:
-                self.deps.admission.release(ctx.reservation)
+                admission.release(ctx.reservation)
             ctx.reservation = None
-        final = record.copy()
-        self.deps.ledger.write_final(final)
-        if self.deps.on_record is not None:
-            self.deps.on_record(final)
+        ctx.deps.ledger.write_final(record)
+        if ctx.deps.on_record is not None:
+            ctx.deps.on_record(record)
 
-    def _cost(self, record: RequestRecord) -> Cost:
+    def _cost(self, ctx: _Ctx) -> Cost:
+        record = ctx.record
         model = record.routed_model or record.requested_model or ""
         try:
-            cost = self.deps.pricer.cost(model, record.usage, provider=record.provider, at=record.started_at)
+            cost = ctx.deps.pricer.cost(model, record.usage, provider=record.provider, at=record.started_at)
         except Exception:  # pricing must never break a response; the row stays unpriced and visible
             log.exception("pricing failed for %s", model)
-            return replace(record.cost)
+            return Cost(None, PriceQuality.UNPRICED, note="pricing failed; see the sidecar log")
         if record.usage_estimated and cost.quality is PriceQuality.PRICED:
-            return replace(
-                cost, quality=PriceQuality.ESTIMATED, note="the provider reported no usage: tokens estimated"
-            )
+            return replace(cost, quality=PriceQuality.ESTIMATED, note="tokens estimated: the provider reported none")
         return cost
 
     @staticmethod
-    def _translated_usage(ctx: _Ctx, usage: Usage, reported: bool, written: int) -> Usage:
+    def _cut_stream_usage(ctx: _Ctx, meter: AnthropicStreamMeter) -> Usage:
+        """A stream cut before message_delta: the provider bills the output it generated, so estimate it."""
+        if meter.finished:
+            return meter.usage
+        estimate = meter.estimated_output_tokens()
+        if estimate > meter.usage.output_tokens:
+            ctx.record.usage_estimated = True
+            return replace(meter.usage, output_tokens=estimate)
+        return meter.usage
+
+    @staticmethod
+    def _estimated_usage(ctx: _Ctx, written: int) -> Usage:
         """A provider that sends no usage must not make a request free: estimate it and flag the row."""
-        if reported:
-            return usage
         from ccgate.translate import estimate_input_tokens
 
         ctx.record.usage_estimated = True
@@ -588,11 +657,12 @@ class Proxy:
 
     # ---- helpers ------------------------------------------------------------------------------
 
-    def _spec(self, provider: str) -> ProviderSpec:
+    @staticmethod
+    def _spec(deps: ProxyDeps, provider: str) -> ProviderSpec:
         try:
-            return self.deps.providers[provider]
+            return deps.providers[provider]
         except KeyError:
-            valid = ", ".join(sorted(self.deps.providers))
+            valid = ", ".join(sorted(deps.providers))
             raise UpstreamError(
                 f"route names unknown provider {provider!r}", hint=f"valid providers: {valid}"
             ) from None
@@ -603,76 +673,76 @@ class Proxy:
         return f"{url}?{query}" if query else url
 
     def _anthropic_headers(
-        self, incoming: Mapping[str, str], spec: ProviderSpec, *, request_id: str | None
+        self,
+        deps: ProxyDeps,
+        meta: ClientMeta,
+        incoming: Mapping[str, str],
+        spec: ProviderSpec,
+        *,
+        request_id: str | None,
     ) -> dict[str, str]:
+        """Client headers verbatim, minus hop-by-hop and ccgate's own; credentials only where they belong."""
+        key = deps.provider_keys.get(spec.name)
+        keep_client_auth = key is None and meta.forward_client_auth and spec.name in CLIENT_AUTH_PROVIDERS
         headers = {
             name: value
             for name, value in incoming.items()
-            if name.lower() not in HOP_BY_HOP and name.lower() not in CCGATE_REQUEST_HEADERS
+            if (lower := name.lower()) not in HOP_BY_HOP
+            and lower not in meta.private_headers
+            and (keep_client_auth or lower not in CLIENT_AUTH_HEADERS)
         }
         headers["Accept-Encoding"] = "identity"
         if request_id:
             headers["x-ccgate-request-id"] = request_id
-        key = self.deps.provider_keys.get(spec.name)
         if key:
-            for name in [h for h in headers if h.lower() in ("x-api-key", "authorization")]:
-                del headers[name]
             if spec.auth == "bearer":
                 headers["Authorization"] = f"Bearer {key}"
             else:
                 headers["x-api-key"] = key
+        elif not keep_client_auth and spec.requires_key:
+            raise self._missing_key(spec)
         return headers
+
+    @staticmethod
+    def _missing_key(spec: ProviderSpec) -> AuthenticationError:
+        return AuthenticationError(
+            f"no API key for provider {spec.name}",
+            hint=f"store one with `ccgate provider key set {spec.name}` or set {spec.key_env}",
+        )
 
     @staticmethod
     def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
         return {name: value for name, value in upstream.headers.items() if name.lower() not in RESPONSE_DROP}
 
     @staticmethod
-    def _with_model(ctx: _Ctx, model: str) -> bytes:
-        return json.dumps({**ctx.body, "model": model}, ensure_ascii=False).encode()
-
-    def _restore_model(self, data: bytes, requested: str) -> bytes:
-        """The client sees the model name it asked for, even when the route rewrote it."""
-        routed = self.deps.router.route(requested).targets[0].model
-        return data.replace(
-            b'"model":' + json.dumps(routed).encode(), b'"model":' + json.dumps(requested).encode(), 1
-        ).replace(b'"model": ' + json.dumps(routed).encode(), b'"model": ' + json.dumps(requested).encode(), 1)
+    def _restore_model_json(data: bytes, requested: str) -> bytes:
+        """Non-streamed reply of a rewritten route: the client sees the model name it asked for."""
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return data
+        if not isinstance(payload, dict) or "model" not in payload:
+            return data
+        payload["model"] = requested
+        return json.dumps(payload, ensure_ascii=False).encode()
 
     @staticmethod
     def _connect_error(spec: ProviderSpec, exc: BaseException) -> CcgateError:
+        where = redact_url(spec.base_url)
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
             return UpstreamTimeoutError(
-                f"upstream {spec.name} ({spec.base_url}) did not answer in time",
+                f"upstream {spec.name} ({where}) did not answer in time",
                 hint="check the provider's status or your network",
             )
         return UpstreamError(
-            f"cannot reach upstream {spec.name} at {spec.base_url}: {type(exc).__name__}: {exc}",
+            f"cannot reach upstream {spec.name} at {where}: {type(exc).__name__}",
             hint=f"check the network, or the base URL (CCGATE_{spec.name.upper().replace('-', '_')}_BASE_URL)",
         )
 
     @staticmethod
-    async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
-        try:
-            await response.write(data)
+    async def _end_quietly(response: web.StreamResponse, data: bytes = b"") -> None:
+        """The client may already be gone; nothing to record about that here."""
+        with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError):
+            if data:
+                await response.write(data)
             await response.write_eof()
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError):
-            pass
-
-    @staticmethod
-    async def _write_eof_quietly(response: web.StreamResponse) -> None:
-        with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
-            await response.write_eof()
-
-
-def handler_with_errors(
-    func: Callable[[web.Request], Awaitable[web.StreamResponse]],
-) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """Turns ccgate errors raised before the response started into Anthropic envelopes."""
-
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await func(request)
-        except CcgateError as error:
-            return error_response(error)
-
-    return wrapped

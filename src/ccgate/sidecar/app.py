@@ -8,16 +8,17 @@ import hmac
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from ccgate import __version__
-from ccgate.budget_guard import BudgetGuard
+from ccgate.budget_guard import AdmissionRequest, BudgetGuard, Reservation
 from ccgate.config import Config, load_config
 from ccgate.errors import (
     AuthenticationError,
@@ -38,6 +39,8 @@ log = logging.getLogger("ccgate.sidecar")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 PUBLIC_PATHS = frozenset({"/", "/healthz"})
 MAX_LAUNCHES = 1000
+MAX_PROJECT_CHARS = 4096
+PRIVATE_HEADERS = frozenset({TOKEN_HEADER, LAUNCH_HEADER})
 
 
 @dataclass
@@ -58,6 +61,27 @@ class SidecarState:
     config_mtime: float | None = None
     requests_seen: int = 0
     last_record: RequestRecord | None = None
+    launches_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_reload_error: str | None = None
+
+
+class ProjectBudgets:
+    """The sidecar's budgets: global ones and per-project ones (the project comes from the launch)."""
+
+    def __init__(self, guard: BudgetGuard) -> None:
+        self.guard = guard
+
+    def applies(self, meta: ClientMeta) -> bool:
+        return any(rule.applies_to(meta.project) for rule in self.guard.rules)
+
+    async def admit(self, meta: ClientMeta, *, reserve_nanos: int | None, model: str) -> Reservation:
+        return await self.guard.admit(AdmissionRequest(project=meta.project, reserve_nanos=reserve_nanos, model=model))
+
+    def settle(self, reservation: Reservation, actual_nanos: int) -> None:
+        self.guard.settle(reservation, actual_nanos)
+
+    def release(self, reservation: Reservation) -> None:
+        self.guard.release(reservation)
 
 
 STATE = web.AppKey("state", SidecarState)
@@ -115,7 +139,12 @@ def _meta(request: web.Request) -> ClientMeta:
     state = request.app[STATE]
     launch_id = request.headers.get(LAUNCH_HEADER)
     launch = state.launches.get(launch_id) if launch_id else None
-    return ClientMeta(launch_id=launch_id, project=launch.project if launch else None, source="sidecar")
+    return ClientMeta(
+        launch_id=launch_id,
+        project=launch.project if launch else None,
+        source="sidecar",
+        private_headers=PRIVATE_HEADERS,
+    )
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
@@ -149,9 +178,9 @@ async def status(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     proxy = request.app[PROXY]
     budgets: list[dict[str, Any]] = []
-    guard = proxy.deps.admission
-    if isinstance(guard, BudgetGuard):
-        for budget in await guard.snapshot(request.query.get("project")):
+    admission = proxy.deps.admission
+    if isinstance(admission, ProjectBudgets):
+        for budget in await admission.guard.snapshot(request.query.get("project")):
             budgets.append(
                 {
                     "key": budget.key,
@@ -187,16 +216,23 @@ async def register_launch(request: web.Request) -> web.StreamResponse:
     if not isinstance(launch_id, str) or not launch_id.isascii() or not 8 <= len(launch_id) <= 64:
         raise InvalidRequestError("launch_id must be an ASCII id of 8 to 64 characters")
     project = payload.get("project")
-    state.launches[launch_id] = LaunchInfo(launch_id, project if isinstance(project, str) else None, time.time())
+    if project is not None and (not isinstance(project, str) or len(project) > MAX_PROJECT_CHARS):
+        raise InvalidRequestError(f"project must be a path of at most {MAX_PROJECT_CHARS} characters")
+    state.launches[launch_id] = LaunchInfo(launch_id, project, time.time())
     if len(state.launches) > MAX_LAUNCHES:
         for old in sorted(state.launches.values(), key=lambda item: item.started_at)[:-MAX_LAUNCHES]:
             state.launches.pop(old.launch_id, None)
-    await asyncio.to_thread(_save_launches, state)
+    snapshot = {key: {"project": item.project, "started_at": item.started_at} for key, item in state.launches.items()}
+    async with state.launches_lock:
+        await asyncio.to_thread(_save_launches, state.paths, snapshot)
     return web.json_response({"ok": True})
 
 
 async def reload(request: web.Request) -> web.StreamResponse:
     await apply_config(request.app, force=True)
+    error = request.app[STATE].last_reload_error
+    if error is not None:
+        return error_response(ConfigError(f"config not applied: {error}", hint="fix it; `ccgate doctor` checks it"))
     return web.json_response({"ok": True})
 
 
@@ -204,12 +240,16 @@ def _launches_file(paths: Paths) -> Path:
     return paths.state_dir / "launches.json"
 
 
-def _save_launches(state: SidecarState) -> None:
-    path = _launches_file(state.paths)
-    data = {key: {"project": item.project, "started_at": item.started_at} for key, item in state.launches.items()}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+def _save_launches(paths: Paths, snapshot: dict[str, dict[str, Any]]) -> None:
+    path = _launches_file(paths)
+    fd, tmp = tempfile.mkstemp(prefix=".launches-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(snapshot, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _load_launches(paths: Paths) -> dict[str, LaunchInfo]:
@@ -268,20 +308,27 @@ async def apply_config(app: web.Application, *, force: bool = False) -> None:
     if not force and mtime == state.config_mtime:
         return
     state.config_mtime = mtime
+    proxy = app[PROXY]
     try:
         config = await asyncio.to_thread(load_config, path)
         built = await asyncio.to_thread(_build_static_deps, config, state.environ)
-    except ConfigError as error:
+        admission = proxy.deps.admission
+        if isinstance(admission, ProjectBudgets):
+            admission.guard.update_rules(built["rules"])
+    except CcgateError as error:
+        state.last_reload_error = error.full_message()
         log.error("config not applied, keeping the previous one: %s", error.full_message())
         return
     state.config = config
-    deps = app[PROXY].deps
-    deps.providers = built["providers"]
-    deps.router = built["router"]
-    deps.pricer = built["pricer"]
-    deps.provider_keys = built["keys"]
-    if deps.admission is not None:
-        deps.admission.update_rules(built["rules"])  # type: ignore[attr-defined]
+    state.last_reload_error = None
+    # one swap: a request in flight keeps the deps it started with
+    proxy.deps = replace(
+        proxy.deps,
+        providers=built["providers"],
+        router=built["router"],
+        pricer=built["pricer"],
+        provider_keys=built["keys"],
+    )
     log.info("config reloaded from %s", path)
 
 
@@ -328,6 +375,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         spent_loader=load_spent,
         tz=_timezone(state.config),
         wait_timeout=state.config.sidecar.budget_wait_seconds,
+        # in one process a reservation ends with its request (settled, released or cancelled): never expire it
+        reservation_ttl=7 * 24 * 3600.0,
     )
     session = create_client_session()
 
@@ -341,7 +390,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             router=built["router"],
             pricer=built["pricer"],
             ledger=writer,
-            admission=guard,
+            admission=ProjectBudgets(guard),
             provider_keys=built["keys"],
             on_record=remember,
         )
@@ -368,19 +417,13 @@ def _timezone(config: Config) -> Any:
     return None
 
 
-async def _drain(app: web.Application) -> None:
-    """On shutdown, give in-flight streams a moment to finish so their rows complete."""
-    proxy = app.get(PROXY)
-    if proxy is None:
-        return
-    deadline = time.monotonic() + 10.0
-    while proxy.inflight and time.monotonic() < deadline:  # noqa: ASYNC110 - a poll bounded by the deadline
-        await asyncio.sleep(0.05)
-
-
 def create_runner(app: web.Application) -> web.AppRunner:
-    """Handler cancellation on: a client that goes away mid-stream must close the upstream request at once."""
-    return web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=15.0, handler_cancellation=True)
+    """Handler cancellation on: a client that goes away mid-stream must close the upstream request at once.
+
+    On shutdown, streams get `shutdown_timeout` seconds to finish; the rest are cancelled and recorded as
+    interrupted (with the usage seen) before the ledger writer closes.
+    """
+    return web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
 
 
 def create_app(
@@ -393,7 +436,6 @@ def create_app(
     )
     app[STATE] = SidecarState(paths=paths, config=config, environ=dict(environ or os.environ), token=token)
     app.cleanup_ctx.append(_resources)
-    app.on_shutdown.append(_drain)
     app.router.add_route("HEAD", "/", root)
     app.router.add_get("/", root, allow_head=False)
     app.router.add_get("/healthz", healthz)

@@ -14,9 +14,11 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ccgate.errors import SidecarError
@@ -52,12 +54,18 @@ def ensure_token(paths: Paths) -> str:
     except FileNotFoundError:
         pass
     token = "cgt-" + secrets.token_urlsafe(24)
+    # write a private temp file, then link it into place: readers never see an empty token file
+    fd, tmp = tempfile.mkstemp(prefix=".token-", dir=paths.token_file.parent)
     try:
-        fd = os.open(paths.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return paths.token_file.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token)
+        os.chmod(tmp, 0o600)
+        try:
+            os.link(tmp, paths.token_file)
+        except FileExistsError:
+            return paths.token_file.read_text().strip()
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return token
 
 
@@ -158,7 +166,11 @@ def ensure_sidecar(paths: Paths, *, port: int, environ: Mapping[str, str] | None
 
 def _spawn(paths: Paths, *, port: int, environ: Mapping[str, str] | None) -> SidecarInfo:
     if port:
-        other = health(port, timeout=0.5)
+        other = health(port, timeout=2.0)
+        if other is not None and other.get("home_id") == home_id(paths) and isinstance(other.get("pid"), int):
+            # ours after all (a slow health check made it look absent): repair the run files and reuse it
+            write_run_files(paths, other["pid"], port)
+            return SidecarInfo(pid=other["pid"], port=port)
         if other is not None:
             raise SidecarError(
                 f"port {port} is used by a ccgate sidecar of another ccgate home (pid {other.get('pid')})",
@@ -207,7 +219,15 @@ def _last_log_line(paths: Paths) -> str:
     return lines[-1][-300:] if lines else "no log"
 
 
-def stop_sidecar(paths: Paths, *, timeout: float = 10.0) -> int | None:
+def _looks_like_sidecar(pid: int) -> bool:
+    """A busy sidecar may miss a health check; its command line still says what it is."""
+    try:
+        return b"ccgate.sidecar" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def stop_sidecar(paths: Paths, *, timeout: float = 15.0) -> int | None:
     """SIGTERM (graceful: in-flight requests finish, the ledger flushes), SIGKILL after `timeout`."""
     info = read_info(paths)
     if info is None or not pid_alive(info.pid):
@@ -215,8 +235,9 @@ def stop_sidecar(paths: Paths, *, timeout: float = 10.0) -> int | None:
             _remove_files(paths, info.pid)
         return None
     payload = health(info.port)
-    if payload is not None and payload.get("pid") != info.pid:
-        # the files point at a process that is not our sidecar any more: do not signal it
+    ours = payload.get("pid") == info.pid if payload is not None else _looks_like_sidecar(info.pid)
+    if not ours:
+        # the files point at a process that is not our sidecar (a reused pid after a reboot): never signal it
         _remove_files(paths, info.pid)
         return None
     os.kill(info.pid, signal.SIGTERM)
