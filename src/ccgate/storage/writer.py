@@ -79,6 +79,32 @@ class _Stop:
 _Item = _Write | _Flush | _Stop
 
 
+def _coalesce(writes: list[_Write]) -> list[_Write]:
+    """One statement per request per batch: its latest state, written the strongest way the batch asks.
+
+    A short request often queues pending, progress and final before the thread wakes; a final upsert (or a
+    pending insert carrying the latest values) says everything the three would.
+    """
+    if len(writes) < 2:
+        return writes
+    latest: dict[str, _Write] = {}
+    for write in writes:
+        previous = latest.get(write.record.id)
+        if previous is None:
+            latest[write.record.id] = write
+            continue
+        if "final" in (previous.kind, write.kind):
+            kind: Literal["pending", "progress", "final"] = "final"
+        elif "pending" in (previous.kind, write.kind):
+            kind = "pending"
+        else:
+            kind = "progress"
+        # a later progress write never reopens a finished row: keep the final record
+        record = previous.record if previous.kind == "final" and write.kind != "final" else write.record
+        latest[write.record.id] = _Write(kind, record)
+    return list(latest.values())
+
+
 class LedgerWriter:
     """Owns the ledger's write connection; the sidecar creates one at start-up and closes it at shutdown."""
 
@@ -185,7 +211,7 @@ class LedgerWriter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            writes = [item for item in batch if isinstance(item, _Write)]
+            writes = _coalesce([item for item in batch if isinstance(item, _Write)])
             if writes:
                 self._apply(db, writes)
             for item in batch:
