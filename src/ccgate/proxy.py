@@ -603,8 +603,9 @@ class Proxy:
         record = ctx.record
         if record.status is not RequestStatus.PENDING:
             return
-        if ctx.live_usage is not None:
-            record.usage = ctx.live_usage()
+        live, ctx.live_usage = ctx.live_usage, None  # the closure refers to ctx: break the cycle at once
+        if live is not None:
+            record.usage = live()
         record.status = status
         record.http_status = http_status
         record.error_type = error_type
