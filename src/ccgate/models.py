@@ -38,7 +38,7 @@ def utcnow() -> datetime:
 
 def to_iso(moment: datetime) -> str:
     """One fixed-width UTC format so stored timestamps sort as text."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def from_iso(text: str) -> datetime:
