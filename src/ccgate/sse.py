@@ -32,6 +32,8 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buffer = self._buffer + chunk if self._buffer else chunk
+        if b"\r" not in buffer and not self._data and self._event is None:
+            return self._feed_blocks(buffer)
         if b"\r" in buffer:
             # a lone trailing \r may be the first half of \r\n: keep it for the next read
             keep_cr = buffer.endswith(b"\r")
@@ -50,6 +52,23 @@ class SSEDecoder:
             start = newline + 1
             self._line(line, events)
         self._buffer = buffer[start:]
+        return events
+
+    def _feed_blocks(self, buffer: bytes) -> list[SSEEvent]:
+        """Fast path for LF-framed streams: whole events at a time, single-line `data:` events without a loop."""
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self._buffer = buffer
+            return []
+        self._buffer = buffer[end + 2 :]
+        events: list[SSEEvent] = []
+        for block in buffer[:end].split(b"\n\n"):
+            if block.startswith(b"data: ") and b"\n" not in block:
+                events.append(SSEEvent(None, block[6:].decode("utf-8", errors="replace")))
+                continue
+            for line in block.split(b"\n"):
+                self._line(line, events)
+            self._line(b"", events)
         return events
 
     def flush(self) -> list[SSEEvent]:

@@ -1,0 +1,47 @@
+"""The SSE decoder returns the same events however the bytes are cut, with any line ending."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ccgate.sse import SSEDecoder, SSEEvent, encode_sse
+
+EVENTS = [
+    (b'data: {"a":1}\n\n', SSEEvent(None, '{"a":1}')),
+    (b"event: ping\ndata: {}\n\n", SSEEvent("ping", "{}")),
+    (b": keep-alive comment\n\n", None),
+    (b"data: line one\ndata: line two\n\n", SSEEvent(None, "line one\nline two")),
+    (b"data:no-space\n\n", SSEEvent(None, "no-space")),
+    (b"data: [DONE]\n\n", SSEEvent(None, "[DONE]")),
+    (
+        encode_sse("message_start", {"type": "message_start", "x": "é"}),
+        SSEEvent("message_start", '{"type":"message_start","x":"é"}'),
+    ),
+]
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    picks=st.lists(st.integers(0, len(EVENTS) - 1), min_size=1, max_size=12),
+    ending=st.sampled_from([b"\n", b"\r\n", b"\r"]),
+    cuts=st.lists(st.integers(1, 40), max_size=30),
+)
+def test_any_chunking_and_line_ending_gives_the_same_events(picks: list[int], ending: bytes, cuts: list[int]) -> None:
+    stream = b"".join(EVENTS[i][0] for i in picks).replace(b"\n", ending)
+    expected = [EVENTS[i][1] for i in picks if EVENTS[i][1] is not None]
+    decoder = SSEDecoder()
+    got: list[SSEEvent] = []
+    position = 0
+    for size in cuts:
+        got += decoder.feed(stream[position : position + size])
+        position += size
+    got += decoder.feed(stream[position:])
+    got += decoder.flush()
+    assert got == expected
+
+
+def test_final_event_without_blank_line_counts_at_flush() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b'data: {"a":1}\n\ndata: {"b":2}') == [SSEEvent(None, '{"a":1}')]
+    assert decoder.flush() == [SSEEvent(None, '{"b":2}')]
