@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tomllib
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from cli_runner import run_main as run
 
-from ccgate.cli import main
-from ccgate.cli._app import reset_context
 from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, usd_to_nanos, utcnow
 from ccgate.paths import resolve_paths
-
-
-def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
-    """Invoke the real entry point; returns (exit code, stdout, stderr)."""
-    reset_context()
-    monkeypatch.setattr(sys, "argv", ["ccgate", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 1), captured.out, captured.err
 
 
 def config_budgets(home: Path) -> list[dict[str, object]]:

@@ -14,9 +14,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cli_runner import run_main
 from typer.testing import CliRunner, Result
 
-from ccgate.cli import app, main
+from ccgate.cli import app
 from ccgate.cli._app import reset_context
 from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
 from ccgate.paths import resolve_paths
@@ -54,17 +55,6 @@ def invoke(*args: str) -> Result:
     result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
     reset_context()
     return result
-
-
-def run_main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
-    """The real entry point, which turns CcgateError into one line + hint and exit code 1."""
-    reset_context()
-    monkeypatch.setattr(sys, "argv", ["ccgate", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 1), captured.out, captured.err
 
 
 def set_local_zone(name: str | None) -> None:

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_runner import run_main
 
-from ccgate.cli import main
-from ccgate.cli._app import reset_context
 from ccgate.config import load_config
 from ccgate.pricing import PriceCatalog
 from ccgate.providers import resolve_providers
@@ -22,14 +19,8 @@ from ccgate.routing import Router, Target
 
 
 def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
-    reset_context()
-    monkeypatch.setattr(sys, "argv", ["ccgate", *args])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 1), captured.out, " ".join(captured.err.split())
+    code, out, err = run_main(capsys, monkeypatch, *args, stdin="")
+    return code, out, " ".join(err.split())
 
 
 def config_toml(home: Path) -> dict[str, Any]:

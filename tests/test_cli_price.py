@@ -10,20 +10,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
-from ccgate.cli import main
-from ccgate.cli._app import reset_context
-
-
-def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
-    """Invoke the real entry point; returns (exit code, stdout, stderr)."""
-    reset_context()
-    monkeypatch.setattr(sys, "argv", ["ccgate", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 1), captured.out, captured.err
+from cli_runner import run_main as run
 
 
 def config_prices(home: Path) -> dict[str, object]:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +12,9 @@ import keyring
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from cli_runner import run_main
 
 from ccgate import secrets
-from ccgate.cli import main
-from ccgate.cli._app import reset_context
 
 SECRET = "sk-groq-SECRET-0123456789"
 
@@ -34,15 +31,7 @@ def empty_memory_keyring() -> Iterator[None]:
 def run(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str, stdin: str = ""
 ) -> tuple[int, str, str]:
-    """Invoke the real entry point; returns (exit code, stdout, stderr)."""
-    reset_context()
-    monkeypatch.setattr(sys, "argv", ["ccgate", *args])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 1), captured.out, captured.err
+    return run_main(capsys, monkeypatch, *args, stdin=stdin)
 
 
 def providers_json(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, object]]:

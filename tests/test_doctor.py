@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_runner import run_main as run
 
-from ccgate.cli import main
-from ccgate.cli._app import reset_context
 from ccgate.doctor import Check, exit_code, run_checks
 from ccgate.models import RequestRecord, RequestStatus
 from ccgate.paths import resolve_paths
@@ -166,16 +164,6 @@ def test_missing_claude_and_damaged_ledger(isolated_home: Path, environ: dict[st
     named = by_name(run_checks(resolve_paths(), environ | {"PATH": "/nonexistent"}))
     assert named["claude"].ok is False and "npm install" in (named["claude"].fix or "")
     assert named["ledger"].ok is False and "mv " in (named["ledger"].fix or "")
-
-
-def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
-    reset_context()
-    monkeypatch.setattr(sys, "argv", ["ccgate", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 1), captured.out, captured.err
 
 
 def test_cli_exit_codes_and_json(

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_runner import run_main as run
 
-from ccgate.cli import main
-from ccgate.cli._app import reset_context
 from ccgate.importer import import_id
 from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
 from ccgate.paths import resolve_paths
@@ -132,16 +130,6 @@ def metered_by_sidecar(message_id: str) -> None:
         )
     finally:
         db.close()
-
-
-def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
-    reset_context()
-    monkeypatch.setattr(sys, "argv", ["ccgate", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 1), captured.out, captured.err
 
 
 def ledger_rows() -> list[dict[str, Any]]:

@@ -11,9 +11,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from cli_runner import run_main as run
 
-from ccgate.cli import main
-from ccgate.cli._app import reset_context
 from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, usd_to_nanos
 from ccgate.paths import resolve_paths
 from ccgate.statusline import parse_input, render
@@ -199,16 +198,6 @@ def test_fast_path_loads_no_heavy_modules(isolated_home: Path) -> None:
 
 
 # --- install / uninstall -------------------------------------------------------------------------------------------
-
-
-def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
-    reset_context()
-    monkeypatch.setattr(sys, "argv", ["ccgate", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 1), captured.out, captured.err
 
 
 def settings_file() -> Path:
