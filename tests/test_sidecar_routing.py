@@ -79,6 +79,9 @@ async def test_haiku_override_streams_translated_text(openai_mock: OpenAIUpstrea
         # gpt-4o-mini: $0.15 / MTok input, $0.075 cached, $0.60 output -> nano-dollars
         assert row["cost_nanos"] == 800 * 150 + 200 * 75 + 50 * 600
         assert row["price_quality"] == "priced"
+        # the id Claude Code saw (and `import claude-code` will find in its transcript), and the provider's own
+        assert row["upstream_message_id"] == message.id
+        assert row["upstream_request_id"].startswith("chatcmpl-")
 
 
 async def test_tool_call_round_trip_through_translation(openai_mock: OpenAIUpstream) -> None:

@@ -140,10 +140,13 @@ class RequestRecord:
     error_type: str | None = None
     error_message: str | None = None
     usage: Usage = field(default_factory=Usage)
-    cost: Cost = field(default_factory=lambda: Cost(nanos=None, quality=PriceQuality.UNPRICED))
+    # nothing is billed before usage is seen; pricing replaces this as soon as there is usage (or a refusal)
+    cost: Cost = field(default_factory=lambda: Cost(nanos=0, quality=PriceQuality.PRICED, note="no usage seen"))
     ttfb_ms: float | None = None
     latency_ms: float | None = None
+    # the message id the client received (Claude Code writes it to its transcripts; `import` dedupes on it)
     upstream_message_id: str | None = None
+    # the provider's own request or completion id, for support tickets
     upstream_request_id: str | None = None
     attempts: tuple[Attempt, ...] = ()
     synced_at: datetime | None = None

@@ -487,7 +487,9 @@ class Proxy:
                 record.usage = usage_from_openai(reply["usage"])
             else:
                 record.usage = self._estimated_usage(ctx, len(json.dumps(message.get("content"))) * 2)
-            record.upstream_message_id = reply.get("id")
+            # the id Claude Code saw (and writes to its transcript) is ours; the provider's is kept beside it
+            record.upstream_message_id = message.get("id")
+            record.upstream_request_id = reply.get("id")
             self._finish(ctx, RequestStatus.OK, http_status=200)
             return web.json_response(message)
 
@@ -496,6 +498,7 @@ class Proxy:
         written = 0
 
         def usage_so_far() -> Usage:
+            record.upstream_message_id = translator.message_id  # the id the client saw, as in its transcript
             return translator.usage if translator.usage_reported else self._estimated_usage(ctx, written)
 
         ctx.live_usage = usage_so_far
@@ -576,7 +579,7 @@ class Proxy:
             _, envelope = openai_error_to_anthropic(0, parsed)
             return True, (envelope["error"]["type"], envelope["error"]["message"])
         if isinstance(parsed, dict):
-            record.upstream_message_id = record.upstream_message_id or parsed.get("id")
+            record.upstream_request_id = record.upstream_request_id or parsed.get("id")
             out.extend(translator.feed(parsed))
         return False, None
 

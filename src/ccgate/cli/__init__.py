@@ -47,14 +47,19 @@ def main() -> None:
 
         sys.exit(statusline_main())
 
+    import sqlite3
+
     import typer
 
     from ccgate.cli._app import report_error
-    from ccgate.errors import CcgateError
+    from ccgate.errors import CcgateError, LedgerError
 
     try:
         build_app()()
-    except CcgateError as error:
+    except (CcgateError, sqlite3.Error) as error:
+        if isinstance(error, sqlite3.Error):
+            # a ledger damaged on disk surfaces mid-query: one line and what to do, never a traceback
+            error = LedgerError(f"the ledger cannot be read: {error}", hint="run `ccgate doctor` to check it")
         try:
             report_error(error)
         except typer.Exit as exit_:
