@@ -51,6 +51,12 @@ async def test_text_turn_is_metered_per_session_and_project(e2e: E2E) -> None:
     assert session_id in sessions, sessions
     assert sessions[session_id]["requests"] == upstream_count
 
+    # the transcript Claude Code wrote holds the same requests: importing it adds nothing
+    imported = await e2e.run("import", "claude-code", "--json")
+    assert imported.returncode == 0, imported.explain()
+    assert imported.json()["imported"] == 0
+    assert imported.json()["already_metered"] >= 1
+
     by_project = await e2e.cost("--by", "project")
     projects = {group["key"]: group for group in by_project["groups"]}
     assert list(projects) == [e2e.project()]

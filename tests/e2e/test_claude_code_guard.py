@@ -44,6 +44,13 @@ async def test_tool_turn_across_a_translated_tier_override(e2e: E2E) -> None:
         assert "hello-from-tool" in json.dumps(tool_messages[-1]["content"])
         assert all(r.headers["authorization"] == "Bearer sk-openai-e2e" for r in mock.requests)
 
+    # Claude Code's own transcript holds the message ids it saw; importing it must not count them again
+    imported = await e2e.run("import", "claude-code", "--json")
+    assert imported.returncode == 0, imported.explain()
+    stats = imported.json()
+    assert stats["imported"] == 0, stats
+    assert stats["already_metered"] >= 1, stats
+
     by_provider = await e2e.cost("--by", "provider")
     providers = {group["key"]: group for group in by_provider["groups"]}
     assert "openai" in providers, providers
