@@ -346,6 +346,7 @@ async def test_usage_is_read_when_events_share_a_read_or_split_across_reads() ->
                 await s.get_final_message()
         rows = harness.rows()
         assert [(r["input_tokens"], r["output_tokens"], r["cache_read_tokens"]) for r in rows] == [(321, 77, 11)] * 2
+        assert [r["upstream_message_id"] for r in rows] == ["msg_one", "msg_tiny"]
 
 
 async def test_message_start_is_flushed_before_the_first_text_delta() -> None:

@@ -641,7 +641,8 @@ class Proxy:
 
     @staticmethod
     def _cut_stream_usage(ctx: _Ctx, meter: AnthropicStreamMeter) -> Usage:
-        """A stream cut before message_delta: the provider bills the output it generated, so estimate it."""
+        """What the meter saw; a stream cut before message_delta is billed for the output generated: estimate it."""
+        ctx.record.upstream_message_id = meter.message_id
         if meter.finished:
             return meter.usage
         estimate = meter.estimated_output_tokens()
