@@ -54,7 +54,7 @@ async def test_text_turn_is_metered_per_session_and_project(e2e: E2E) -> None:
     # the transcript Claude Code wrote holds the same requests: importing it adds nothing
     imported = await e2e.run("import", "claude-code", "--json")
     assert imported.returncode == 0, imported.explain()
-    assert imported.json()["imported"] == 0
+    assert imported.json()["imported"] == 0, imported.json()
     assert imported.json()["already_metered"] >= 1
 
     by_project = await e2e.cost("--by", "project")
