@@ -4,10 +4,12 @@ count_tokens or HEAD."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
+import pytest
 from scripted_upstream import TextReply, Usage
 from sidecar_harness import Harness, running_sidecar
 
@@ -103,3 +105,15 @@ async def test_unpriced_model_without_budget_is_recorded_as_unpriced_not_zero() 
         (row,) = harness.rows()
         assert row["cost_nanos"] is None
         assert row["price_quality"] == "unpriced"
+
+
+async def test_crossing_the_warning_threshold_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    # $0.001 a day, warning from 50 %: each request costs $0.0002, so the third one crosses it
+    config = Config(budgets=(BudgetSettings(period="daily", limit_usd=Decimal("0.001"), warn_at=Decimal("0.5")),))
+    caplog.set_level(logging.WARNING, logger="ccgate.sidecar")
+    async with running_sidecar(config=config) as harness, aiohttp.ClientSession() as session:
+        for expected_warnings in (0, 0, 1, 1):
+            assert (await post(session, harness, body()))[0] == 200
+            warnings = [r for r in caplog.records if "warning from 50%" in r.getMessage()]
+            assert len(warnings) == expected_warnings
+        assert "daily budget" in warnings[0].getMessage()

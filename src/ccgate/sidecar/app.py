@@ -29,7 +29,7 @@ from ccgate.errors import (
     PermissionDeniedError,
     RequestTooLargeError,
 )
-from ccgate.models import RequestRecord
+from ccgate.models import RequestRecord, format_usd
 from ccgate.paths import Paths
 from ccgate.proxy import ClientMeta, Proxy, ProxyDeps, error_response
 from ccgate.sidecar.process import LAUNCH_HEADER, SERVICE_NAME, TOKEN_HEADER, home_id
@@ -70,6 +70,7 @@ class ProjectBudgets:
 
     def __init__(self, guard: BudgetGuard) -> None:
         self.guard = guard
+        self._warned: set[tuple[str, str]] = set()
 
     def applies(self, meta: ClientMeta) -> bool:
         return any(rule.applies_to(meta.project) for rule in self.guard.rules)
@@ -79,6 +80,29 @@ class ProjectBudgets:
 
     def settle(self, reservation: Reservation, actual_nanos: int) -> None:
         self.guard.settle(reservation, actual_nanos)
+        self._log_warnings()
+
+    def _log_warnings(self) -> None:
+        """Once per budget and window, the sidecar log says when spend crosses the warning threshold."""
+        from ccgate.budgets import BudgetLevel, format_local, warn_level
+
+        thresholds = {rule.key: rule.warn_at for rule in self.guard.rules}
+        for state in self.guard.states():
+            warn_at = thresholds.get(state.key)
+            if warn_at is None or warn_level(state, warn_at) is BudgetLevel.OK:
+                continue
+            marker = (state.key, state.resets_at.isoformat())
+            if marker in self._warned:
+                continue
+            self._warned.add(marker)
+            log.warning(
+                "%s: %s spent of %s (warning from %s%%), resets %s",
+                state.label,
+                format_usd(state.spent_nanos),
+                format_usd(state.limit_nanos),
+                f"{warn_at * 100:.0f}",
+                format_local(state.resets_at, self.guard.timezone),
+            )
 
     def release(self, reservation: Reservation) -> None:
         self.guard.release(reservation)
