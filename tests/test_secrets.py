@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -63,7 +64,8 @@ def test_keyring_round_trip() -> None:
     assert not secrets.has_provider_key("groq", {})
     secrets.set_provider_key("groq", f"  {SECRET}\n")
     assert secrets.get_provider_key("groq", {}) == SECRET
-    assert keyring.get_password("ccgate", "groq") == SECRET  # service "ccgate", username = provider
+    assert keyring.get_password("ccgate", "provider:groq") == SECRET  # service "ccgate", username provider:NAME
+    assert keyring.get_password("ccgate", "groq") is None
     assert secrets.provider_key_source("groq", {}) == "keyring"
     assert secrets.has_provider_key("groq", {})
     assert secrets.delete_provider_key("groq") is True
@@ -88,6 +90,17 @@ def test_generic_secret_for_the_virtual_key() -> None:
     assert secrets.get_secret("virtual-key") is None
 
 
+def test_provider_keys_and_the_virtual_key_never_share_a_name() -> None:
+    """A provider called `virtual-key` (were it allowed) still could not overwrite the org's virtual key."""
+    secrets.set_secret(secrets.VIRTUAL_KEY_USERNAME, "sk-cg-org")
+    secrets.set_provider_key("virtual-key", "sk-provider")
+    assert secrets.get_secret(secrets.VIRTUAL_KEY_USERNAME) == "sk-cg-org"
+    assert secrets.get_provider_key("virtual-key", {}) == "sk-provider"
+    assert secrets.delete_provider_key("virtual-key") is True
+    assert secrets.get_secret("virtual-key") == "sk-cg-org"
+    assert keyring.get_password("ccgate", "virtual-key") == "sk-cg-org"
+
+
 def test_empty_secret_is_refused() -> None:
     with pytest.raises(SecretStoreError):
         secrets.set_provider_key("groq", "   ")
@@ -106,6 +119,7 @@ def test_file_fallback_without_keyring(isolated_home: Path) -> None:
     assert secrets.get_provider_key("groq", {}) == SECRET
     assert secrets.provider_key_source("groq", {}) == "file"
     assert secrets.get_secret("virtual-key") == "sk-cg-xyz"
+    assert set(json.loads(secrets_file.read_text())) == {"provider:groq", "virtual-key"}
     assert secrets.delete_provider_key("groq") is True
     assert secrets.delete_provider_key("groq") is False
     assert SECRET not in secrets_file.read_text()

@@ -20,8 +20,10 @@ from ccgate.providers import key_env_var
 if TYPE_CHECKING:
     from ccgate.paths import Paths
 
+# One keyring service; usernames are namespaced so no provider name can collide with the virtual key.
 SERVICE = "ccgate"
 VIRTUAL_KEY_USERNAME = "virtual-key"
+PROVIDER_PREFIX = "provider:"
 
 KeySource = Literal["env", "keyring", "file"]
 
@@ -166,19 +168,24 @@ def delete_secret(username: str, *, paths: Paths | None = None) -> bool:
 # --- provider keys -----------------------------------------------------------------------------------------------
 
 
+def provider_username(name: str) -> str:
+    """`groq` -> `provider:groq`: the keyring username (and file-fallback key) of a provider's API key."""
+    return f"{PROVIDER_PREFIX}{name}"
+
+
 def get_provider_key(name: str, environ: Mapping[str, str], *, paths: Paths | None = None) -> str | None:
     """`CCGATE_<NAME>_API_KEY` wins over the stored key."""
     from_env = environ.get(key_env_var(name))
     if from_env:
         return from_env
-    return get_secret(name, paths=paths)
+    return get_secret(provider_username(name), paths=paths)
 
 
 def provider_key_source(name: str, environ: Mapping[str, str], *, paths: Paths | None = None) -> KeySource | None:
     """Where a provider's key would come from, without handing the value to the caller."""
     if environ.get(key_env_var(name)):
         return "env"
-    if get_secret(name, paths=paths) is None:
+    if get_secret(provider_username(name), paths=paths) is None:
         return None
     return "file" if _keyring_backend() is None else "keyring"
 
@@ -188,11 +195,11 @@ def has_provider_key(name: str, environ: Mapping[str, str], *, paths: Paths | No
 
 
 def set_provider_key(name: str, value: str, *, paths: Paths | None = None) -> None:
-    set_secret(name, value.strip(), paths=paths)
+    set_secret(provider_username(name), value.strip(), paths=paths)
 
 
 def delete_provider_key(name: str, *, paths: Paths | None = None) -> bool:
-    return delete_secret(name, paths=paths)
+    return delete_secret(provider_username(name), paths=paths)
 
 
 def backend_description(*, paths: Paths | None = None) -> tuple[str, bool]:
