@@ -151,3 +151,104 @@ def test_bad_input_exits_1_with_one_line(
     assert all(line.startswith("  hint: ") for line in lines[1:]) and len(lines) <= 2
     assert "Traceback" not in err
     assert not (isolated_home / "config.toml").exists()
+
+
+@pytest.mark.parametrize(
+    ("amount", "message", "hint"),
+    [
+        ("1e999999", "'1e999999' is not an amount in USD: not a plain decimal number", "20, 7.50"),
+        ("1,5", "'1,5' is not an amount in USD: commas may only separate thousands", "use a dot for decimals"),
+        ("1,00", "commas may only separate thousands", "use a dot for decimals"),
+        ("inf", "not a plain decimal number", "20, 7.50"),
+        ("0.0000000001", "budgets below $0.01 make no sense", "at least 0.01"),
+        ("0.009", "budgets below $0.01 make no sense", "at least 0.01"),
+        ("1000000000.01", "above the $1,000,000,000 ceiling", "20, 7.50"),
+        ("20.0000000001", "more than 9 decimal places", "20, 7.50"),
+    ],
+)
+def test_bad_amounts_are_refused_before_anything_is_saved(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    isolated_home: Path,
+    amount: str,
+    message: str,
+    hint: str,
+) -> None:
+    code, out, err = run(capsys, monkeypatch, "budget", "set", "daily", amount)
+    assert code == 1, err
+    assert out == ""
+    first, *rest = err.splitlines()
+    assert message in first
+    assert rest and hint in rest[0]
+    assert not (isolated_home / "config.toml").exists()
+    assert run(capsys, monkeypatch, "budget", "show", "--json")[0] == 0  # and later commands still work
+
+
+@pytest.mark.parametrize(
+    ("amount", "stored", "shown"),
+    [
+        ("1,000.50", "1000.50", "$1,000.50"),
+        ("$20", "20", "$20.00"),
+        ("0.01", "0.01", "$0.01"),
+        ("0", "0", "$0.00"),
+        ("1,000,000", "1000000", "$1,000,000.00"),
+    ],
+)
+def test_amounts_as_people_type_them(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    isolated_home: Path,
+    amount: str,
+    stored: str,
+    shown: str,
+) -> None:
+    code, _, err = run(capsys, monkeypatch, "budget", "set", "daily", amount)
+    assert code == 0, err
+    assert f"set: {shown}" in err
+    assert [b["limit"] for b in config_budgets(isolated_home)] == [stored]
+
+
+def test_a_bad_limit_in_config_is_an_error_naming_file_and_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    config = isolated_home / "config.toml"
+    for bad in ('"1e999999"', '"NaN"', "-1", '"1,5"', "1e300", '"0.0000000001"', "true"):
+        config.write_text(f'[[budgets]]\nperiod = "daily"\nlimit = {bad}\n')
+        for args in (("budget", "show"), ("budget", "set", "weekly", "5")):
+            code, _, err = run(capsys, monkeypatch, *args)
+            assert code == 1, (bad, err)
+            assert str(config) in err and "budgets[0].limit" in err, (bad, err)
+            assert "Traceback" not in err
+    assert "weekly" not in config.read_text()
+
+
+def test_budget_edits_keep_what_ccgate_does_not_model(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    config = isolated_home / "config.toml"
+    config.write_text(
+        "# my settings\n"
+        'timezone = "UTC"\n\n'
+        '[sidecar]\nport = 9999\nlog_level = "debug"\n\n'
+        '[gateway]\nurl = "https://gw.example"\nteam = "infra"\n\n'
+        "[future_section]\nanswer = 42\n\n"
+        '[[budgets]]\nperiod = "weekly"\nlimit = 50\nnote = "ask Sam first"\n\n'
+        '[[budgets]]\nperiod = "daily"\nlimit = "10"\nnote = "old"\n'
+    )
+    assert run(capsys, monkeypatch, "budget", "set", "monthly", "300")[0] == 0
+    assert run(capsys, monkeypatch, "budget", "set", "daily", "12")[0] == 0
+    raw = tomllib.loads(config.read_text())
+    assert raw["timezone"] == "UTC"
+    assert raw["sidecar"] == {"port": 9999, "log_level": "debug"}
+    assert raw["gateway"] == {"url": "https://gw.example", "team": "infra"}
+    assert raw["future_section"] == {"answer": 42}
+    assert raw["budgets"] == [
+        {"period": "weekly", "limit": 50, "note": "ask Sam first"},  # untouched, as the user wrote it
+        {"period": "daily", "limit": "12", "note": "old"},  # replaced in place: only the limit changed
+        {"period": "monthly", "limit": "300", "warn_at": "0.8"},
+    ]
+    assert run(capsys, monkeypatch, "budget", "unset", "weekly")[0] == 0
+    assert run(capsys, monkeypatch, "budget", "unset", "daily")[0] == 0
+    raw = tomllib.loads(config.read_text())
+    assert raw["budgets"] == [{"period": "monthly", "limit": "300", "warn_at": "0.8"}]
+    assert raw["sidecar"] == {"port": 9999, "log_level": "debug"} and raw["future_section"] == {"answer": 42}

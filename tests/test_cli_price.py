@@ -134,7 +134,7 @@ def test_set_keeps_other_config(
     assert (data["source"], data["per_mtok"]["input"], data["per_mtok"]["cache_read"]) == ("override", "4", "0.5")
 
 
-@pytest.mark.parametrize("bad", ["-1", "abc", "nan", "inf", ""])
+@pytest.mark.parametrize("bad", ["-1", "abc", "nan", "inf", "", "1e999999999", "1,5", "0.0000000001", "2000000000"])
 def test_set_rejects_bad_rates(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path, bad: str
 ) -> None:
@@ -142,6 +142,49 @@ def test_set_rejects_bad_rates(
     assert code == 1
     assert "--input must be a non-negative number" in err
     assert not (isolated_home / "config.toml").exists()
+
+
+def test_set_writes_plain_decimals_and_reads_them_back(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    code, _, err = run(capsys, monkeypatch, "price", "set", "m", "--input", "0.0000001", "--output", "$1,000.50")
+    assert code == 0, err
+    text = (isolated_home / "config.toml").read_text()
+    assert "E-" not in text and "E+" not in text
+    assert config_prices(isolated_home) == {"m": {"input": "0.0000001", "output": "1000.50"}}
+    code, out, _ = run(capsys, monkeypatch, "price", "show", "m", "--json")
+    assert code == 0
+    assert json.loads(out)["per_mtok"]["input"] == "0.0000001"
+
+
+def test_a_bad_rate_in_config_is_an_error_naming_file_and_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    config = isolated_home / "config.toml"
+    config.write_text('[prices.m]\ninput = "1E+999999999"\noutput = 1\n')
+    code, _, err = run(capsys, monkeypatch, "price", "show", "m")
+    assert code == 1
+    assert str(config) in err and "prices.m.input" in err and "Traceback" not in err
+
+
+def test_unset_keeps_what_ccgate_does_not_model(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    config = isolated_home / "config.toml"
+    config.write_text(
+        '[sidecar]\nlog_level = "debug"\n\n[prices.a]\ninput = 1\noutput = 2.5\nsource = "invoice 7"\n\n'
+        "[prices.b]\ninput = 1\noutput = 2\n\n[future_section]\nanswer = 42\n"
+    )
+    code, _, err = run(capsys, monkeypatch, "price", "unset", "b")
+    assert code == 0, err
+    assert tomllib.loads(config.read_text()) == {
+        "sidecar": {"log_level": "debug"},
+        "prices": {"a": {"input": 1, "output": 2.5, "source": "invoice 7"}},
+        "future_section": {"answer": 42},
+    }
+    code, _, err = run(capsys, monkeypatch, "price", "unset", "a")
+    assert code == 0, err
+    assert tomllib.loads(config.read_text()) == {"sidecar": {"log_level": "debug"}, "future_section": {"answer": 42}}
 
 
 def test_unset_unknown_override_fails(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

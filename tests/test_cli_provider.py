@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,6 +132,62 @@ def test_add_and_remove_custom_provider(
     assert "my-proxy" not in providers_json(capsys, monkeypatch)
     code, _, err = run(capsys, monkeypatch, "provider", "remove", "my-proxy")
     assert code == 1 and "no custom provider" in err
+
+
+def test_add_refuses_credentials_in_the_url(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    code, out, err = run(
+        capsys,
+        monkeypatch,
+        "provider",
+        "add",
+        "lab",
+        "--kind",
+        "openai",
+        "--base-url",
+        "https://bob:hunter2@h.example/v1",
+    )
+    assert code == 1
+    assert "hunter2" not in out + err
+    assert "must not contain credentials" in err and "ccgate provider key set lab" in err
+    code, _, err = run(
+        capsys, monkeypatch, "provider", "add", "lab", "--kind", "openai", "--base-url", "https://h.example/v1?key=x"
+    )
+    assert code == 1 and "query strings" in err
+    code, _, err = run(
+        capsys, monkeypatch, "provider", "add", "virtual-key", "--kind", "openai", "--base-url", "https://h.example"
+    )
+    assert code == 1 and "reserved" in err
+    assert not (isolated_home / "config.toml").exists()
+
+
+def test_add_keeps_what_ccgate_does_not_model(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    config = isolated_home / "config.toml"
+    config.write_text(
+        '[sidecar]\nlog_level = "debug"\n\n[providers.lab]\nkind = "openai"\nbase_url = "http://old:1/v1"\n'
+        'label = "the lab box"\n\n[future_section]\nanswer = 42\n'
+    )
+    code, _, err = run(
+        capsys, monkeypatch, "provider", "add", "lab", "--kind", "openai", "--base-url", "http://new:2/v1"
+    )
+    assert code == 0, err
+    raw = tomllib.loads(config.read_text())
+    assert raw["sidecar"] == {"log_level": "debug"}
+    assert raw["future_section"] == {"answer": 42}
+    assert raw["providers"]["lab"] == {
+        "kind": "openai",
+        "base_url": "http://new:2/v1",
+        "label": "the lab box",
+        "supports_stream_usage": True,
+    }
+    code, _, err = run(capsys, monkeypatch, "provider", "remove", "lab")
+    assert code == 0, err
+    raw = tomllib.loads(config.read_text())
+    assert "providers" not in raw  # the removed provider goes whole, unknown keys and all
+    assert raw == {"sidecar": {"log_level": "debug"}, "future_section": {"answer": 42}}
 
 
 async def test_provider_test_against_loopback(

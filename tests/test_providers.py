@@ -6,7 +6,14 @@ import pytest
 
 from ccgate.config import Config, ProviderSettings, config_from_dict
 from ccgate.errors import ConfigError
-from ccgate.providers import BUILTIN, base_url_env_var, key_env_var, resolve_providers
+from ccgate.providers import (
+    BUILTIN,
+    base_url_env_var,
+    key_env_var,
+    resolve_providers,
+    validate_base_url,
+    validate_provider_name,
+)
 
 EXPECTED_BASE_URLS = {
     "anthropic": "https://api.anthropic.com",
@@ -93,12 +100,43 @@ def test_env_base_url_wins_over_config_and_default() -> None:
         ({"providers": {"custom": {"kind": "openai"}}}, "needs `kind` and `base_url`"),
         ({"providers": {"custom": {"kind": "openai", "base_url": "ftp://x"}}}, "http(s) URL"),
         ({"providers": {"Bad/Name": {"kind": "openai", "base_url": "http://x.example"}}}, "invalid provider name"),
+        ({"providers": {"virtual-key": {"kind": "openai", "base_url": "http://x.example"}}}, "is reserved"),
+        ({"providers": {"custom": {"kind": "openai", "base_url": "https://h.example/v1?k=1"}}}, "query strings"),
+        ({"providers": {"custom": {"kind": "openai", "base_url": "https://h.example:99999"}}}, "not a valid URL"),
+        ({"providers": {"groq": {"base_url": "https://bob:hunter2@h.example"}}}, "must not contain credentials"),
     ],
 )
 def test_bad_provider_config(raw: dict[str, object], fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         resolve_providers(config_from_dict(raw), {})
     assert fragment in info.value.message
+
+
+@pytest.mark.parametrize(
+    "url", ["https://bob:hunter2@api.example/v1", "https://:hunter2@api.example/v1", "ftp://bob:hunter2@x"]
+)
+def test_base_url_with_credentials_is_refused_without_echoing_them(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_base_url(url, "--base-url", provider="lab")
+    message = info.value.full_message()
+    assert "hunter2" not in message and "bob" not in message
+    assert "must not contain credentials" in message
+    assert "ccgate provider key set lab" in (info.value.hint or "")
+
+
+def test_base_url_query_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_base_url("https://api.example/v1?api_key=sk-abc", "--base-url")
+    assert "sk-abc" not in info.value.full_message()
+    assert "https://api.example/v1" in info.value.message
+    assert validate_base_url(" https://api.example/v1/ ", "x") == "https://api.example/v1"
+
+
+def test_reserved_provider_names() -> None:
+    for name in ("virtual-key", "virtual_key"):
+        with pytest.raises(ConfigError, match="reserved"):
+            validate_provider_name(name)
+    assert validate_provider_name("virtual-keys") == "virtual-keys"
 
 
 def test_bad_env_base_url_names_the_variable() -> None:

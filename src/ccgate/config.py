@@ -20,6 +20,7 @@ from ccgate.errors import ConfigError
 
 DEFAULT_PORT = 8787
 DEFAULT_MAX_BODY_MB = 64
+MAX_BUDGET_WAIT_SECONDS = 3600
 KNOWN_TIERS = ("opus", "sonnet", "haiku")
 
 
@@ -129,17 +130,40 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: {exc.message}", hint=exc.hint or "fix the file and try again") from exc
 
 
-def _decimal(value: Any, where: str) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"{where} must be a number, got {value!r}")
+def _usd(value: Any, where: str) -> Decimal:
+    """A USD amount from the file, held to the same rules as one typed on the command line (`ccgate.money`)."""
+    from ccgate.money import AmountError, usd_from_toml
+
     try:
-        # float -> str first, so 0.1 stays 0.1 rather than its binary neighbour
-        result = Decimal(str(value))
+        return usd_from_toml(value)
+    except AmountError as exc:
+        raise ConfigError(f"{where} is not a valid USD amount ({exc.reason}), got {value!r}", hint=exc.hint) from exc
+
+
+def _number(value: Any, where: str, *, low: Decimal, high: Decimal, low_inclusive: bool = True) -> Decimal:
+    """A plain number within bounds (fractions, seconds): never NaN, infinity or absurdly large."""
+    expected = f"a number from {low} {'' if low_inclusive else '(exclusive) '}to {high}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{where} must be {expected}, got {value!r}")
+    try:
+        # float -> repr first, so 0.1 stays 0.1 rather than its binary neighbour
+        result = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
     except InvalidOperation as exc:
-        raise ConfigError(f"{where} must be a number, got {value!r}") from exc
-    if not result.is_finite() or result < 0:
-        raise ConfigError(f"{where} must be a non-negative number, got {value!r}")
+        raise ConfigError(f"{where} must be {expected}, got {value!r}") from exc
+    if not result.is_finite() or result > high or result < low or (result == low and not low_inclusive):
+        raise ConfigError(f"{where} must be {expected}, got {value!r}")
     return result
+
+
+def _str(value: Any, where: str, expected: str = "a string") -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be {expected}, got {value!r}")
+    return value
+
+
+def _optional_str(table: dict[str, Any], key: str, where: str, expected: str = "a string") -> str | None:
+    value = table.get(key)
+    return None if value is None else _str(value, f"{where}.{key}", expected)
 
 
 def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
@@ -150,6 +174,9 @@ def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Every value is type-checked; a wrong one is a ConfigError naming the key and what was expected."""
+    from ccgate.providers import validate_base_url, validate_provider_name
+
     side = _table(raw, "sidecar")
     port = side.get("port", DEFAULT_PORT)
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
@@ -160,36 +187,44 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     host = side.get("host", "127.0.0.1")
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError(f"sidecar.host must be a loopback address, got {host!r}", hint="use 127.0.0.1")
-    sidecar = SidecarSettings(
-        host=host,
-        port=port,
-        max_body_mb=max_body,
-        budget_wait_seconds=float(_decimal(side.get("budget_wait_seconds", 30), "sidecar.budget_wait_seconds")),
+    wait = _number(
+        side.get("budget_wait_seconds", 30),
+        "sidecar.budget_wait_seconds",
+        low=Decimal(0),
+        high=Decimal(MAX_BUDGET_WAIT_SECONDS),
     )
+    sidecar = SidecarSettings(host=host, port=port, max_body_mb=max_body, budget_wait_seconds=float(wait))
 
     providers: dict[str, ProviderSettings] = {}
     for name, entry in _table(raw, "providers").items():
+        where = f"providers.{name}"
         if not isinstance(entry, dict):
-            raise ConfigError(f"[providers.{name}] must be a table")
+            raise ConfigError(f"[{where}] must be a table")
+        validate_provider_name(name)
         kind = entry.get("kind")
         if kind is not None and kind not in ("anthropic", "openai"):
-            raise ConfigError(f"providers.{name}.kind must be 'anthropic' or 'openai', got {kind!r}")
+            raise ConfigError(f"{where}.kind must be 'anthropic' or 'openai', got {kind!r}")
+        base_url = _optional_str(entry, "base_url", where, "an http(s) URL string")
+        if base_url is not None:
+            base_url = validate_base_url(base_url, f"{where}.base_url", provider=name)
         stream_usage = entry.get("supports_stream_usage")
-        providers[name] = ProviderSettings(
-            name=name,
-            kind=kind,
-            base_url=entry.get("base_url"),
-            supports_stream_usage=stream_usage if isinstance(stream_usage, bool) else None,
-        )
+        if stream_usage is not None and not isinstance(stream_usage, bool):
+            raise ConfigError(f"{where}.supports_stream_usage must be true or false, got {stream_usage!r}")
+        providers[name] = ProviderSettings(name=name, kind=kind, base_url=base_url, supports_stream_usage=stream_usage)
 
     tiers: dict[str, TierSettings] = {}
     for tier, entry in _table(raw, "tiers").items():
         targets = entry.get("targets") if isinstance(entry, dict) else None
         if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
-            raise ConfigError(f"tiers.{tier}.targets must be a non-empty list of 'provider/model' strings")
+            raise ConfigError(
+                f"tiers.{tier}.targets must be a non-empty list of 'provider/model' strings, got {targets!r}"
+            )
         tiers[tier] = TierSettings(tier=tier, targets=tuple(targets))
 
-    model_rules = {str(k): str(v) for k, v in _table(raw, "model_rules").items()}
+    model_rules = {
+        key: _str(value, f"model_rules.{key}", "a tier name string (opus, sonnet, haiku)")
+        for key, value in _table(raw, "model_rules").items()
+    }
 
     prices: dict[str, PriceOverride] = {}
     for model, entry in _table(raw, "prices").items():
@@ -197,11 +232,11 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"prices.{model} needs at least `input` and `output` (USD per million tokens)")
 
         def optional(key: str, entry: dict[str, Any] = entry, model: str = model) -> Decimal | None:
-            return _decimal(entry[key], f"prices.{model}.{key}") if key in entry else None
+            return _usd(entry[key], f"prices.{model}.{key}") if key in entry else None
 
         prices[model] = PriceOverride(
-            input=_decimal(entry["input"], f"prices.{model}.input"),
-            output=_decimal(entry["output"], f"prices.{model}.output"),
+            input=_usd(entry["input"], f"prices.{model}.input"),
+            output=_usd(entry["output"], f"prices.{model}.output"),
             cache_read=optional("cache_read"),
             cache_write_5m=optional("cache_write_5m"),
             cache_write_1h=optional("cache_write_1h"),
@@ -212,17 +247,27 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise ConfigError("budgets must be an array of tables ([[budgets]])")
     budgets = []
     for index, entry in enumerate(budgets_raw):
+        where = f"budgets[{index}]"
         if not isinstance(entry, dict) or "period" not in entry or "limit" not in entry:
-            raise ConfigError(f"budgets[{index}] needs `period` and `limit`")
+            raise ConfigError(f"{where} needs `period` and `limit`")
         budgets.append(
             BudgetSettings(
-                period=str(entry["period"]),
-                limit_usd=_decimal(entry["limit"], f"budgets[{index}].limit"),
-                project=entry.get("project"),
-                warn_at=_decimal(entry.get("warn_at", "0.8"), f"budgets[{index}].warn_at"),
+                period=_str(entry["period"], f"{where}.period", "a period string such as 'daily' or '1h'"),
+                limit_usd=_usd(entry["limit"], f"{where}.limit"),
+                project=_optional_str(entry, "project", where, "a project directory string"),
+                warn_at=_number(
+                    entry.get("warn_at", "0.8"),
+                    f"{where}.warn_at",
+                    low=Decimal(0),
+                    high=Decimal(1),
+                    low_inclusive=False,
+                ),
             )
         )
+
     timezone = raw.get("timezone")
+    if timezone is not None:
+        resolve_timezone(_str(timezone, "timezone", "an IANA timezone name such as 'Europe/Berlin'"))
     gateway = _table(raw, "gateway")
     return Config(
         sidecar=sidecar,
@@ -231,12 +276,18 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         model_rules=model_rules,
         prices=prices,
         budgets=tuple(budgets),
-        timezone=timezone if isinstance(timezone, str) else None,
-        gateway_url=gateway.get("url"),
+        timezone=timezone,
+        gateway_url=_optional_str(gateway, "url", "gateway", "a URL string"),
     )
 
 
+def _plain(amount: Decimal) -> str:
+    """Decimals go to TOML as positional strings (`0.0000001`, never `1E-7`), which `_usd` reads back exactly."""
+    return format(amount, "f")
+
+
 def config_to_dict(config: Config) -> dict[str, Any]:
+    """The keys ccgate owns, as TOML values; `save_config` merges them into whatever else the file holds."""
     out: dict[str, Any] = {}
     default_sidecar = SidecarSettings()
     if config.sidecar != default_sidecar:
@@ -268,7 +319,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     if config.prices:
         out["prices"] = {
             model: {
-                k: str(v)
+                k: _plain(v)
                 for k, v in (
                     ("input", p.input),
                     ("output", p.output),
@@ -286,9 +337,9 @@ def config_to_dict(config: Config) -> dict[str, Any]:
                 k: v
                 for k, v in (
                     ("period", b.period),
-                    ("limit", str(b.limit_usd)),
+                    ("limit", _plain(b.limit_usd)),
                     ("project", b.project),
-                    ("warn_at", str(b.warn_at)),
+                    ("warn_at", _plain(b.warn_at)),
                 )
                 if v is not None
             }
@@ -299,12 +350,95 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return out
 
 
+def _read_raw(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="check the file's permissions") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix or delete it, then try again") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix or delete it, then try again") from exc
+
+
+_MISSING: Any = object()
+
+
+def _merge(raw: dict[str, Any], old: dict[str, Any], new: dict[str, Any], *, top: bool = True) -> None:
+    """Apply the change from `old` to `new` (both ccgate-owned views) to `raw` in place.
+
+    Keys ccgate does not model are never in `old` or `new`, so they stay; keys whose owned value did not
+    change keep the user's own spelling (`limit = 20` stays an integer). A section ccgate empties keeps its
+    unknown keys; an entry it removes from a section (`[prices.MODEL]`, `[providers.NAME]`) goes whole.
+    """
+    for key in old.keys() - new.keys():
+        before, here = old[key], raw.get(key)
+        if top and isinstance(before, dict) and isinstance(here, dict):
+            _merge(here, before, {}, top=False)
+            if not here:
+                del raw[key]
+        else:
+            raw.pop(key, None)
+    for key, value in new.items():
+        before, here = old.get(key, _MISSING), raw.get(key)
+        if before == value:
+            continue
+        if isinstance(value, dict) and isinstance(here, dict):
+            _merge(here, before if isinstance(before, dict) else {}, value, top=False)
+        elif isinstance(value, list) and isinstance(here, list) and isinstance(before, list):
+            raw[key] = _merge_list(here, before, value)
+        else:
+            raw[key] = value
+
+
+def _merge_list(raw: list[Any], old: list[Any], new: list[Any]) -> list[Any]:
+    """Arrays of tables (`[[budgets]]`): an unchanged entry keeps its raw table, a replaced one its unknown keys.
+
+    An entry of `new` equal to an unclaimed entry of `old` is that entry; otherwise the entry at the same
+    position (if unclaimed) is what was replaced in place.
+    """
+    claimed: set[int] = set()
+    matches: list[int | None] = []
+    for value in new:
+        index = next((i for i, before in enumerate(old) if i not in claimed and before == value), None)
+        if index is not None:
+            claimed.add(index)
+        matches.append(index)
+    out: list[Any] = []
+    for position, (value, index) in enumerate(zip(new, matches, strict=True)):
+        if index is None and position < len(old) and position not in claimed and position < len(raw):
+            index = position
+            claimed.add(position)
+        here = raw[index] if index is not None and index < len(raw) else None
+        if isinstance(value, dict) and isinstance(here, dict) and index is not None and isinstance(old[index], dict):
+            merged = dict(here)
+            _merge(merged, old[index], value, top=False)
+            out.append(merged)
+        else:
+            out.append(value)
+    return out
+
+
 def save_config(path: Path, config: Config) -> None:
-    """Write atomically (temp file + rename) so a crash never leaves half a config."""
+    """Write `config` atomically (temp file + rename) so a crash never leaves half a config.
+
+    Only what ccgate owns changes: keys and sections it does not model (`[sidecar] log_level`, a
+    `[future_section]`) are kept as they are. Comments are not: tomli-w cannot write them back.
+    """
     import tomli_w
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = tomli_w.dumps(config_to_dict(config)).encode("utf-8")
+    raw = _read_raw(path)
+    try:
+        old = config_to_dict(config_from_dict(raw))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.message}", hint=exc.hint or "fix the file and try again") from exc
+    _merge(raw, old, config_to_dict(config))
+    data = tomli_w.dumps(raw).encode("utf-8")
     fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

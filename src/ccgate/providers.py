@@ -51,6 +51,10 @@ def _env_part(name: str) -> str:
     return name.upper().replace("-", "_")
 
 
+# Names that read as something else ccgate stores (the org's virtual key lives in the same keyring service).
+RESERVED_NAMES = frozenset({"virtual-key", "virtual_key"})
+
+
 def validate_provider_name(name: str) -> str:
     """Provider names end up in env var names and in `provider/model` targets, so keep them plain."""
     if not _NAME_RE.match(name):
@@ -58,13 +62,36 @@ def validate_provider_name(name: str) -> str:
             f"invalid provider name {name!r}",
             hint="use lower-case letters, digits, '-' or '_' (no '/'), e.g. 'my-proxy'",
         )
+    if name in RESERVED_NAMES:
+        raise ConfigError(f"provider name {name!r} is reserved", hint="pick another name, e.g. 'my-proxy'")
     return name
 
 
-def validate_base_url(url: str, where: str) -> str:
+def validate_base_url(url: str, where: str, *, provider: str | None = None) -> str:
+    """An http(s) base URL without credentials, query or fragment; error messages never repeat userinfo."""
+    from urllib.parse import urlsplit
+
     url = url.strip()
-    if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
+    try:
+        parts = urlsplit(url)
+        host, _port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise ConfigError(
+            f"{where} is not a valid URL (bad host or port)", hint="e.g. https://api.example.com/v1"
+        ) from exc
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        key_command = f"ccgate provider key set {provider or 'NAME'}"
+        raise ConfigError(
+            f"{where} must not contain credentials ({redact_url(url)} with a user name or password)",
+            hint=f"drop the user:password@ part and store the key with `{key_command}`",
+        )
+    if parts.scheme not in ("http", "https") or not host:
         raise ConfigError(f"{where} must be an http(s) URL, got {url!r}", hint="e.g. https://api.example.com/v1")
+    if "?" in url or "#" in url:
+        raise ConfigError(
+            f"{where} must end at its path ({redact_url(url)}): query strings and fragments are not allowed",
+            hint="give the prefix before /chat/completions (or /v1/messages) only; keys go in the keyring",
+        )
     return url.rstrip("/")
 
 
@@ -126,7 +153,7 @@ def resolve_providers(config: Config, environ: Mapping[str, str]) -> dict[str, P
             base = ProviderSpec(
                 name=name,
                 kind=kind,
-                base_url=validate_base_url(settings.base_url, f"{where}.base_url"),
+                base_url=validate_base_url(settings.base_url, f"{where}.base_url", provider=name),
                 key_env=key_env_var(name),
                 supports_stream_usage=True,
                 genai_provider_id=None,
@@ -138,7 +165,7 @@ def resolve_providers(config: Config, environ: Mapping[str, str]) -> dict[str, P
                 kind = "anthropic" if settings.kind == "anthropic" else "openai"
                 base = replace(base, kind=kind, auth="x-api-key" if kind == "anthropic" else "bearer")
             if settings.base_url is not None:
-                base = replace(base, base_url=validate_base_url(settings.base_url, f"{where}.base_url"))
+                base = replace(base, base_url=validate_base_url(settings.base_url, f"{where}.base_url", provider=name))
         if settings.supports_stream_usage is not None:
             base = replace(base, supports_stream_usage=settings.supports_stream_usage)
         providers[name] = base
@@ -146,7 +173,7 @@ def resolve_providers(config: Config, environ: Mapping[str, str]) -> dict[str, P
         env_name = base_url_env_var(name)
         override = environ.get(env_name)
         if override:
-            providers[name] = replace(spec, base_url=validate_base_url(override, env_name))
+            providers[name] = replace(spec, base_url=validate_base_url(override, env_name, provider=name))
     return providers
 
 

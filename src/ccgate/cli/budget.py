@@ -30,15 +30,13 @@ BAR_WIDTH = 20
 
 
 def parse_amount(text: str) -> Decimal:
-    """USD as typed: `20`, `$20`, `20.50`, `1,000`; exact Decimal, never float."""
-    cleaned = text.strip().removeprefix("$").replace(",", "").replace("_", "").strip()
+    """A budget limit as typed (`20`, `$20`, `20.50`, `1,000`): exact Decimal, 0 or at least $0.01 (see `money`)."""
+    from ccgate.money import AmountError, parse_budget_limit
+
     try:
-        amount = Decimal(cleaned)
-    except InvalidOperation:
-        amount = Decimal("NaN")
-    if not cleaned or not amount.is_finite() or amount < 0:
-        raise UserInputError(f"{text!r} is not an amount in USD", hint="give a number of dollars such as 20 or $7.50")
-    return amount
+        return parse_budget_limit(text)
+    except AmountError as exc:
+        raise UserInputError(f"{text!r} is not an amount in USD: {exc.reason}", hint=exc.hint) from exc
 
 
 def parse_warn_at(text: str) -> Decimal:
@@ -92,7 +90,7 @@ def _same(budget: BudgetSettings, period_text: str, project: str | None) -> bool
 @budget_app.command("set")
 def budget_set(
     period: str = typer.Argument(..., help=PERIOD_HELP),
-    amount: str = typer.Argument(..., help="Limit in USD, e.g. 20 or $7.50."),
+    amount: str = typer.Argument(..., help="Limit in USD, e.g. 20, $7.50 or 1,000 (0, or at least 0.01)."),
     project: str | None = typer.Option(None, "--project", "-p", help=PROJECT_HELP),
     warn_at: str = typer.Option("0.8", "--warn-at", help="Warn from this fraction of the limit (0.8 or 80%)."),
 ) -> None:

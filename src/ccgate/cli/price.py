@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -100,16 +100,15 @@ def _optional_rate(value: str | None, option: str) -> Decimal | None:
 
 def _rate(value: str, option: str) -> Decimal:
     from ccgate.errors import UserInputError
+    from ccgate.money import AmountError, parse_usd
 
     try:
-        rate = Decimal(value.strip().lstrip("$"))
-    except InvalidOperation:
-        rate = Decimal("NaN")
-    if not rate.is_finite() or rate < 0:
+        return parse_usd(value)
+    except AmountError as exc:
         raise UserInputError(
-            f"{option} must be a non-negative number of USD per million tokens, got {value!r}", hint="e.g. 0.59"
-        )
-    return rate
+            f"{option} must be a non-negative number of USD per million tokens, got {value!r}: {exc.reason}",
+            hint=exc.hint,
+        ) from exc
 
 
 @price_app.command("set")

@@ -119,7 +119,7 @@ def provider_add(
             f"{name!r} is a built-in provider and cannot be re-added",
             hint=f"to point it elsewhere set {base_url_env_var(name)} or edit [providers.{name}] in config.toml",
         )
-    url = validate_base_url(base_url, "--base-url")
+    url = validate_base_url(base_url, "--base-url", provider=name)
     config = app_ctx.config
     existed = name in config.providers
     providers = dict(config.providers)

@@ -1,0 +1,135 @@
+"""config.toml: every value type-checked on load, amounts held to the money rules, saves that keep unknown keys."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ccgate.config import BudgetSettings, Config, PriceOverride, load_config, save_config
+from ccgate.errors import ConfigError
+from ccgate.money import MAX_USD, AmountError, parse_usd
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    return tmp_path / "config.toml"
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "expected"),
+    [
+        ('[[budgets]]\nperiod = "daily"\nlimit = 5\nproject = 5\n', "budgets[0].project", "a project directory"),
+        ("[[budgets]]\nperiod = 1\nlimit = 5\n", "budgets[0].period", "a period string"),
+        ('[[budgets]]\nperiod = "daily"\nlimit = 5\nwarn_at = 2\n', "budgets[0].warn_at", "a number from 0"),
+        ('[[budgets]]\nperiod = "daily"\nlimit = "nan"\n', "budgets[0].limit", "not a valid USD amount"),
+        ('[[budgets]]\nperiod = "daily"\nlimit = -1\n', "budgets[0].limit", "cannot be negative"),
+        ('[[budgets]]\nperiod = "daily"\nlimit = "1,5"\n', "budgets[0].limit", "commas may only separate"),
+        ('[[budgets]]\nperiod = "daily"\nlimit = inf\n', "budgets[0].limit", "not a finite number"),
+        ('[providers.x]\nkind = "openai"\nbase_url = 5\n', "providers.x.base_url", "an http(s) URL string"),
+        (
+            '[providers.x]\nkind = "openai"\nbase_url = "http://h"\nsupports_stream_usage = "yes"\n',
+            "providers.x.supports_stream_usage",
+            "true or false",
+        ),
+        ("timezone = 5\n", "timezone", "an IANA timezone name"),
+        ('timezone = "Mars/Olympus_Mons"\n', "timezone", "not a known IANA timezone"),
+        ("[model_rules]\nx = [1, 2]\n", "model_rules.x", "a tier name string"),
+        ("[tiers.haiku]\ntargets = [1]\n", "tiers.haiku.targets", "'provider/model' strings"),
+        ("[gateway]\nurl = 5\n", "gateway.url", "a URL string"),
+        ('[prices.m]\ninput = "1e999999"\noutput = 1\n', "prices.m.input", "not a plain decimal number"),
+        ("[prices.m]\ninput = 1\noutput = 1e300\n", "prices.m.output", "ceiling"),
+        ('[prices.m]\ninput = 1\noutput = 1\ncache_read = "0.0000000001"\n', "prices.m.cache_read", "9 decimal"),
+        ("[sidecar]\nbudget_wait_seconds = inf\n", "sidecar.budget_wait_seconds", "a number from 0"),
+    ],
+)
+def test_wrong_values_name_file_key_and_expectation(config_file: Path, toml: str, key: str, expected: str) -> None:
+    config_file.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file)
+    message = info.value.message
+    assert message.startswith(f"{config_file}: {key}"), message
+    assert expected in message or expected in (info.value.hint or ""), info.value.full_message()
+
+
+def test_amounts_load_exactly_from_strings_ints_and_floats(config_file: Path) -> None:
+    config_file.write_text(
+        '[prices.m]\ninput = 0.1\noutput = "1,000.50"\ncache_read = 3\ncache_write_5m = 0.00001\n\n'
+        '[[budgets]]\nperiod = "daily"\nlimit = "$20"\n\n'
+        '[[budgets]]\nperiod = "weekly"\nlimit = "0.0001"\n'  # hand-written sub-cent limits are honoured
+    )
+    config = load_config(config_file)
+    price = config.prices["m"]
+    assert (price.input, price.output, price.cache_read, price.cache_write_5m) == (
+        Decimal("0.1"),
+        Decimal("1000.50"),
+        Decimal(3),
+        Decimal("0.00001"),
+    )
+    assert [b.limit_usd for b in config.budgets] == [Decimal(20), Decimal("0.0001")]
+
+
+def test_amounts_are_saved_as_plain_decimals(config_file: Path) -> None:
+    config = Config(
+        prices={"m": PriceOverride(input=Decimal("1E-7"), output=Decimal("1E+3"))},
+        budgets=(BudgetSettings(period="daily", limit_usd=Decimal("0.000000001"), warn_at=Decimal("5E-1")),),
+    )
+    save_config(config_file, config)
+    text = config_file.read_text()
+    assert "E" not in text
+    raw = tomllib.loads(text)
+    assert raw["prices"]["m"] == {"input": "0.0000001", "output": "1000"}
+    assert raw["budgets"] == [{"period": "daily", "limit": "0.000000001", "warn_at": "0.5"}]
+    assert load_config(config_file) == config
+
+
+def test_save_keeps_unknown_keys_and_sections(config_file: Path) -> None:
+    config_file.write_text(
+        "# comments are lost (tomli-w cannot write them), everything else stays\n"
+        'timezone = "Europe/Berlin"\n\n'
+        '[sidecar]\nport = 9999\nlog_level = "debug"\n\n'
+        '[gateway]\nurl = "https://gw.example"\nteam = "infra"\n\n'
+        '[model_rules]\n"my-model" = "haiku"\n\n'
+        "[future_section]\nanswer = 42\nnested = { a = 1 }\n"
+    )
+    config = load_config(config_file)
+    save_config(config_file, replace(config, timezone=None, gateway_url=None, model_rules={}))
+    assert tomllib.loads(config_file.read_text()) == {
+        "sidecar": {"port": 9999, "log_level": "debug"},
+        "gateway": {"team": "infra"},  # ccgate unset `url` only
+        "future_section": {"answer": 42, "nested": {"a": 1}},
+    }
+    save_config(config_file, replace(load_config(config_file), sidecar=Config().sidecar))
+    assert tomllib.loads(config_file.read_text())["sidecar"] == {"log_level": "debug"}
+
+
+def test_save_refuses_to_overwrite_a_broken_file(config_file: Path) -> None:
+    config_file.write_text("this is [ not toml")
+    with pytest.raises(ConfigError) as info:
+        save_config(config_file, Config())
+    assert str(config_file) in info.value.message
+    assert config_file.read_text() == "this is [ not toml"
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.decimals(min_value=0, max_value=MAX_USD, places=9, allow_nan=False, allow_infinity=False))
+def test_every_valid_amount_round_trips_through_text(amount: Decimal) -> None:
+    assert parse_usd(format(amount, "f")) == amount
+    assert parse_usd(f"${amount:,f}") == amount
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.text(max_size=12))
+def test_parse_usd_only_ever_returns_a_bounded_amount_or_refuses(text: str) -> None:
+    try:
+        amount = parse_usd(text)
+    except AmountError as exc:
+        assert exc.reason and exc.hint
+    else:
+        assert amount.is_finite() and 0 <= amount <= MAX_USD
+        assert amount == amount.quantize(Decimal("0.000000001"))
