@@ -189,6 +189,19 @@ async def test_crashed_reservations_expire_after_the_ttl() -> None:
     assert (state.spent_nanos, state.reserved_nanos) == (usd("0.30"), 0)
 
 
+async def test_reservations_never_expire_by_default_so_long_streams_keep_their_hold() -> None:
+    guard, clock = make_guard([rule("1")], Ledger(), wait_timeout=0.02)
+    streaming = await guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.80")))
+    clock.advance(6 * 3600)  # a six-hour stream, far beyond any TTL
+    assert guard.expire_stale() == 0
+    with pytest.raises(BudgetExceededError, match="fully reserved"):
+        await guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.50")))
+    assert guard.states()[0].reserved_nanos == usd("0.80")
+    guard.settle(streaming, usd("0.70"))
+    [state] = guard.states()
+    assert (state.spent_nanos, state.reserved_nanos) == (usd("0.70"), 0)
+
+
 async def test_admit_itself_expires_stale_reservations() -> None:
     guard, clock = make_guard([rule("1")], Ledger(), wait_timeout=0.02, reservation_ttl=60)
     await guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.80")))
@@ -314,9 +327,25 @@ def test_rules_from_config() -> None:
         rules_from_config(Config(budgets=(BudgetSettings(period="fortnightly", limit_usd=Decimal(1)),)))
 
 
+def test_rules_live_in_budgets_for_the_light_status_line() -> None:
+    import ccgate.budgets
+
+    assert rules_from_config is ccgate.budgets.rules_from_config and BudgetRule is ccgate.budgets.BudgetRule
+    [project_rule] = rules_from_config(
+        Config(budgets=(BudgetSettings(period="1h", limit_usd=Decimal(1), project="/home/me/app"),))
+    )
+    assert project_rule.short_label == "hourly, app"
+
+
 def test_resolve_timezone() -> None:
     assert resolve_timezone("Europe/Berlin") == BERLIN
     assert resolve_timezone(None, {"TZ": ":America/New_York"}) == ZoneInfo("America/New_York")
+    # POSIX TZ strings (no IANA name): a fixed offset as the C library reads it; `XYZ-5` is UTC+5
+    posix = resolve_timezone(None, {"TZ": "XYZ-5"})
+    assert datetime(2025, 3, 2, tzinfo=posix).utcoffset() == timedelta(hours=5)
+    assert datetime(2025, 3, 2, tzinfo=resolve_timezone(None, {"TZ": "<-0330>3:30"})).utcoffset() == timedelta(
+        hours=-3, minutes=-30
+    )
     local = resolve_timezone(None, {})
     assert datetime(2026, 1, 1, tzinfo=local).utcoffset() is not None
     with pytest.raises(ConfigError, match="Mars/Olympus"):

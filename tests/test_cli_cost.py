@@ -153,6 +153,8 @@ def test_today_counts_a_request_just_made() -> None:
         (("cost", "--since", "yesterdayish"), "cannot read 'yesterdayish'"),
         (("cost", "fortnight"), "unknown period 'fortnight'"),
         (("cost", "--since", "2025-03-05", "--until", "2025-03-01"), "the range is empty"),
+        (("cost", "--until", "9999-12-31"), "'9999-12-31' is out of range"),
+        (("cost", "--since", "0001-01-01T00:00+05:00"), "'0001-01-01T00:00+05:00' is out of range"),
         (("cost", "--json", "--csv"), "--json and --csv cannot be combined"),
     ],
 )
@@ -181,3 +183,29 @@ def test_subprocess_cost_json(isolated_home: Path) -> None:
     assert [(g["key"], g["requests"]) for g in data["groups"]] == [("/p/app", 1), ("(none)", 1)]
     bad = subprocess.run([str(CCGATE), "cost", "--by", "x"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and "hint:" in bad.stderr
+
+
+def test_empty_range_names_what_the_user_typed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, err = run_main(capsys, monkeypatch, "cost", "--since", "2025-03-02", "--until", "2025-03-01")
+    assert code == 1
+    expected = "ccgate: error: the range is empty: --since 2025-03-02 is not before --until 2025-03-01"
+    assert err.splitlines()[0] == expected
+
+
+def test_posix_tz_string_gives_cost_and_budgets_the_same_local_day(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    (isolated_home / "config.toml").write_text('[[budgets]]\nperiod = "daily"\nlimit = "20"\n')
+    set_local_zone("XYZ-5")  # POSIX: five hours east of UTC, no IANA name
+    monkeypatch.setenv("TZ", "XYZ-5")
+    code, out, err = run_main(capsys, monkeypatch, "cost", "today", "--json")
+    assert code == 0, err
+    cost_since = datetime.fromisoformat(json.loads(out)["since"])
+    assert cost_since.utcoffset() == timedelta(hours=5) and (cost_since.hour, cost_since.minute) == (0, 0)
+    code, out, err = run_main(capsys, monkeypatch, "budget", "show", "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["timezone"] != "Etc/UTC"
+    assert datetime.fromisoformat(shown["budgets"][0]["since"]) == cost_since

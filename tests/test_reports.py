@@ -371,6 +371,34 @@ def test_parse_moment() -> None:
     assert "2025-03-01" in (raised.value.hint or "")
 
 
+@pytest.mark.parametrize("text", ["9999-12-31", "0001-01-01T00:00+05:00", "0001-01-01"])
+def test_parse_moment_out_of_range_is_a_user_error(text: str) -> None:
+    with pytest.raises(UserInputError, match="out of range") as raised:
+        # --until 9999-12-31 means "through that day"; year 1 at +05:00 is before year 1 in UTC
+        parse_moment(text, tz=ZoneInfo("Asia/Tokyo"), end=text == "9999-12-31")
+    assert raised.value.hint
+
+
+SAO_PAULO = ZoneInfo("America/Sao_Paulo")  # DST began at midnight on 2018-11-04: that day had no 00:00
+
+
+@pytest.mark.parametrize("now", [datetime(2018, 11, 4, 15, tzinfo=UTC), datetime(2025, 3, 30, 1, 30, tzinfo=UTC)])
+@pytest.mark.parametrize("tz", [SAO_PAULO, BERLIN, ZoneInfo("Asia/Kolkata")])
+def test_cost_periods_start_where_budget_windows_start(now: datetime, tz: tzinfo) -> None:
+    from ccgate.budgets import parse_period, window
+
+    for period, budget_period in (("today", "1d"), ("week", "1w"), ("month", "1mo")):
+        assert period_bounds(period, now=now, tz=tz) == window(parse_period(budget_period), now, tz)
+    start, end = period_bounds("today", now=now, tz=tz)
+    assert start.tzinfo is tz and end.tzinfo is tz  # shown in local time, e.g. in `cost --json`
+
+
+def test_a_posix_tz_string_is_the_local_zone(local_tz: Callable[[str], None]) -> None:
+    local_tz("XYZ-5")
+    start, _ = period_bounds("today", now=datetime(2025, 3, 1, 20, tzinfo=UTC))
+    assert start.isoformat() == "2025-03-02T00:00:00+05:00"
+
+
 # --- listings ---------------------------------------------------------------------------------------------------
 
 

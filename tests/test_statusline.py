@@ -114,6 +114,27 @@ def test_unpriced_requests_are_shown_as_such(isolated_home: Path) -> None:
     assert render(claude_code_json(), now=NOW) == "Opus 4.8 · session unpriced · today $1.00 +2 unpriced"
 
 
+def test_estimated_costs_are_marked(isolated_home: Path) -> None:
+    write_config(isolated_home, 'timezone = "UTC"\n')
+    guessed = record("0.40", at=NOW - timedelta(minutes=2), session=SESSION)
+    guessed.cost = Cost(nanos=usd_to_nanos(Decimal("0.40")), quality=PriceQuality.ESTIMATED)
+    fill_ledger(guessed, record("0.02", at=NOW - timedelta(minutes=1), session=SESSION))
+    assert render(claude_code_json(), now=NOW) == "Opus 4.8 · session ~$0.42 · today ~$0.42"
+
+
+def test_budget_figures_follow_the_sidecars_rules(isolated_home: Path) -> None:
+    """Same rules and windows as `rules_from_config`/`budgets.window`: a Berlin day starts at 23:00 UTC."""
+    write_config(isolated_home, 'timezone = "Europe/Berlin"\n[[budgets]]\nperiod = "1d"\nlimit = "5"\n')
+    fill_ledger(
+        record("1.00", at=datetime(2026, 3, 9, 22, 59, tzinfo=UTC), session="a"),  # Mar 9 in Berlin
+        record("2.00", at=datetime(2026, 3, 9, 23, 0, tzinfo=UTC), session="b"),  # Mar 10 in Berlin
+    )
+    line = render(claude_code_json(), now=NOW)
+    assert line == "Opus 4.8 · session ~$0.50 unmetered · today $2.00 · budget $3.00 left (daily)"
+    write_config(isolated_home, 'timezone = "UTC"\n[[budgets]]\nperiod = "fortnightly"\nlimit = "5"\n')
+    assert render(claude_code_json(), now=NOW).endswith("ccgate: bad budget period")
+
+
 def test_exhausted_and_project_budgets(isolated_home: Path) -> None:
     write_config(
         isolated_home,

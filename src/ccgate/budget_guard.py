@@ -3,7 +3,7 @@
 Spend per budget window is loaded once from the ledger (through an injected synchronous `spent_loader`, run in
 a worker thread) and then kept in memory: `settle` adds each request's real cost at once, because the ledger
 writer commits later. When a window rolls over (midnight, the 1st, ...) the new window is loaded afresh.
-The arithmetic lives in `ccgate.budgets`; this module adds the asyncio waiting, reservations and expiry.
+The arithmetic lives in `ccgate.budgets`; this module adds the asyncio waiting, reservations and (opt-in) expiry.
 
 Everything here runs on the event loop thread: `settle`, `release` and `expire_stale` are plain synchronous
 calls and the admission decision plus its reservation happen without an `await` in between, so they are atomic.
@@ -16,56 +16,36 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
-from decimal import Decimal
-from pathlib import Path
-from typing import TYPE_CHECKING
 
+# BudgetRule and rules_from_config live in `budgets` (no asyncio there: `statusline` uses them too)
 from ccgate.budgets import (
     Admit,
+    BudgetRule,
     BudgetState,
-    Period,
     Reject,
     decide,
     format_budget_message,
-    parse_period,
     window,
 )
+from ccgate.budgets import rules_from_config as rules_from_config
 from ccgate.config import resolve_timezone as resolve_timezone  # lives in config: light for `statusline`
-from ccgate.errors import BudgetExceededError, ConfigError, UnpricedModelError, UserInputError
-from ccgate.models import format_usd, nanos_to_usd, usd_to_nanos, utcnow
+from ccgate.errors import BudgetExceededError, ConfigError, UnpricedModelError
+from ccgate.models import format_usd, utcnow
 
-if TYPE_CHECKING:
-    from ccgate.config import Config
+__all__ = [
+    "AdmissionRequest",
+    "BudgetGuard",
+    "BudgetRule",
+    "Reservation",
+    "SpentLoader",
+    "resolve_timezone",
+    "rules_from_config",
+]
 
 SpentLoader = Callable[[datetime, datetime, "str | None"], int]
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetRule:
-    """One configured budget: `project` None applies to every request."""
-
-    key: str
-    period: Period
-    limit_nanos: int
-    project: str | None
-    warn_at: Decimal
-    label: str
-
-    def applies_to(self, project: str | None) -> bool:
-        return self.project is None or self.project == project
-
-    def raise_command(self) -> str:
-        """The command that doubles this budget (or sets one, for a zero limit)."""
-        suggested = nanos_to_usd(self.limit_nanos * 2) if self.limit_nanos else Decimal(10)
-        amount = format(suggested.normalize(), "f")
-        command = f"ccgate budget set {self.period.name} {amount}"
-        if self.project is not None:
-            command += f" --project {shlex.quote(self.project)}"
-        return command
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,38 +101,6 @@ class _Window:
         )
 
 
-def _project_label(project: str) -> str:
-    return Path(project).name or project
-
-
-def rules_from_config(config: Config) -> list[BudgetRule]:
-    """The `[[budgets]]` of config.toml as rules; a bad period is a ConfigError."""
-    rules: list[BudgetRule] = []
-    seen: dict[str, int] = {}
-    for index, budget in enumerate(config.budgets):
-        try:
-            period = parse_period(budget.period)
-        except UserInputError as exc:
-            raise ConfigError(f"budgets[{index}].period: {exc.message}", hint=exc.hint) from exc
-        base = f"{period.text}@{budget.project or '*'}"
-        seen[base] = seen.get(base, 0) + 1
-        key = base if seen[base] == 1 else f"{base}#{seen[base]}"
-        label = f"{period.name} budget"
-        if budget.project is not None:
-            label += f" for project {_project_label(budget.project)}"
-        rules.append(
-            BudgetRule(
-                key=key,
-                period=period,
-                limit_nanos=usd_to_nanos(budget.limit_usd),
-                project=budget.project,
-                warn_at=budget.warn_at,
-                label=label,
-            )
-        )
-    return rules
-
-
 class BudgetGuard:
     """Exact admission under concurrency for one process (see `ccgate.budgets` for the rule)."""
 
@@ -164,14 +112,16 @@ class BudgetGuard:
         clock: Callable[[], datetime] = utcnow,
         tz: tzinfo | None = None,
         wait_timeout: float = 30.0,
-        reservation_ttl: float = 600.0,
+        reservation_ttl: float | None = None,
     ) -> None:
+        """`reservation_ttl`: seconds after which an unsettled reservation is dropped as crashed; None (the
+        default) keeps it until `settle`/`release`, so a stream of any length keeps its hold."""
         self._rules: dict[str, BudgetRule] = {}
         self._spent_loader = spent_loader
         self._clock = clock
         self._tz = tz if tz is not None else resolve_timezone()
         self._wait_timeout = wait_timeout
-        self._ttl = timedelta(seconds=reservation_ttl)
+        self._ttl = None if reservation_ttl is None else timedelta(seconds=reservation_ttl)
         self._windows: dict[str, _Window] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
         self._reservations: dict[int, Reservation] = {}
@@ -324,7 +274,12 @@ class BudgetGuard:
         self._notify()
 
     def expire_stale(self) -> int:
-        """Drop reservations older than the TTL (their request crashed without settling); returns how many."""
+        """Drop reservations older than the TTL (their request crashed without settling); returns how many.
+
+        Without a TTL nothing expires: this process settles or releases every reservation it makes.
+        """
+        if self._ttl is None:
+            return 0
         cutoff = self._clock() - self._ttl
         stale = [r for r in self._reservations.values() if r.created_at < cutoff]
         for reservation in stale:

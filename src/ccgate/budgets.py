@@ -44,14 +44,20 @@ Rolling windows (``calendar=False``) are ``(now - duration, now]`` with a month 
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from enum import StrEnum
+from pathlib import PurePath
+from typing import TYPE_CHECKING
 
-from ccgate.errors import UserInputError
-from ccgate.models import format_usd
+from ccgate.errors import ConfigError, UserInputError
+from ccgate.models import format_usd, nanos_to_usd, usd_to_nanos
+
+if TYPE_CHECKING:
+    from ccgate.config import Config
 
 
 class PeriodUnit(StrEnum):
@@ -168,8 +174,15 @@ def local_to_utc(wall: datetime, tz: tzinfo) -> datetime:
     return low + timedelta(seconds=lo_s)
 
 
-def _midnight(day: date, tz: tzinfo) -> datetime:
+def local_midnight(day: date, tz: tzinfo) -> datetime:
+    """The first instant (UTC) of `day` in `tz`; on a day whose midnight a DST change skips, the first after it.
+
+    The one place local days start: budget windows, `cost` periods and days, and the status line use it.
+    """
     return local_to_utc(datetime(day.year, day.month, day.day), tz)
+
+
+_midnight = local_midnight
 
 
 def _as_utc(now: datetime) -> datetime:
@@ -252,6 +265,67 @@ def rolling_buckets(period: Period, now: datetime, *, size: timedelta | None = N
     last = _EPOCH + (now - _EPOCH) // size * size
     count = (last - first) // size + 1
     return [first + i * size for i in range(count)]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRule:
+    """One configured budget: `project` None applies to every request."""
+
+    key: str
+    period: Period
+    limit_nanos: int
+    project: str | None
+    warn_at: Decimal
+    label: str
+
+    def applies_to(self, project: str | None) -> bool:
+        return self.project is None or self.project == project
+
+    @property
+    def short_label(self) -> str:
+        """`daily`, or `daily, app` for a project budget: for tight spaces such as the status line."""
+        return self.period.name if self.project is None else f"{self.period.name}, {_project_label(self.project)}"
+
+    def raise_command(self) -> str:
+        """The command that doubles this budget (or sets one, for a zero limit)."""
+        suggested = nanos_to_usd(self.limit_nanos * 2) if self.limit_nanos else Decimal(10)
+        amount = format(suggested.normalize(), "f")
+        command = f"ccgate budget set {self.period.name} {amount}"
+        if self.project is not None:
+            command += f" --project {shlex.quote(self.project)}"
+        return command
+
+
+def _project_label(project: str) -> str:
+    return PurePath(project).name or project
+
+
+def rules_from_config(config: Config) -> list[BudgetRule]:
+    """The `[[budgets]]` of config.toml as rules; a bad period is a ConfigError."""
+    rules: list[BudgetRule] = []
+    seen: dict[str, int] = {}
+    for index, budget in enumerate(config.budgets):
+        try:
+            period = parse_period(budget.period)
+        except UserInputError as exc:
+            raise ConfigError(f"budgets[{index}].period: {exc.message}", hint=exc.hint) from exc
+        base = f"{period.text}@{budget.project or '*'}"
+        seen[base] = seen.get(base, 0) + 1
+        key = base if seen[base] == 1 else f"{base}#{seen[base]}"
+        label = f"{period.name} budget"
+        if budget.project is not None:
+            label += f" for project {_project_label(budget.project)}"
+        rules.append(
+            BudgetRule(
+                key=key,
+                period=period,
+                limit_nanos=usd_to_nanos(budget.limit_usd),
+                project=budget.project,
+                warn_at=budget.warn_at,
+                label=label,
+            )
+        )
+    return rules
 
 
 @dataclass(frozen=True, slots=True)

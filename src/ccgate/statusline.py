@@ -17,7 +17,7 @@ import sqlite3
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -102,11 +102,12 @@ def parse_input(text: str) -> StatusInput:
 
 @dataclass(frozen=True, slots=True)
 class Spend:
-    """Priced (and estimated) nano-dollars plus how many requests had no price."""
+    """Priced (and estimated) nano-dollars plus how many requests had no price or an estimated one."""
 
     nanos: int = 0
     unpriced: int = 0
     requests: int = 0
+    estimated: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,22 +147,20 @@ def _as_db(conn: sqlite3.Connection) -> Database:
 
 
 def _session_spend(conn: sqlite3.Connection, session_id: str) -> Spend:
-    nanos, unpriced, requests = conn.execute(
-        "SELECT coalesce(sum(cost_nanos), 0), coalesce(sum(cost_nanos IS NULL), 0), count(*) FROM requests "
+    nanos, unpriced, requests, estimated = conn.execute(
+        "SELECT coalesce(sum(cost_nanos), 0), coalesce(sum(cost_nanos IS NULL), 0), count(*), "
+        "coalesce(sum(cost_nanos IS NOT NULL AND price_quality = 'estimated'), 0) FROM requests "
         "WHERE session_id = ?",
         (session_id,),
     ).fetchone()
-    return Spend(int(nanos), int(unpriced), int(requests))
+    return Spend(int(nanos), int(unpriced), int(requests), int(estimated))
 
 
 def local_day(now: datetime, tz: tzinfo) -> tuple[datetime, datetime]:
-    """[local midnight, next local midnight) holding `now`, via the budgets' DST-safe arithmetic."""
-    from ccgate.budgets import local_to_utc
+    """[local midnight, next local midnight) holding `now`: the budgets' daily window, so both agree."""
+    from ccgate.budgets import Period, PeriodUnit, window
 
-    today: date = now.astimezone(tz).date()
-    start = local_to_utc(datetime.combine(today, time()), tz)
-    end = local_to_utc(datetime.combine(today + timedelta(days=1), time()), tz)
-    return start, end
+    return window(Period(1, PeriodUnit.DAY), now, tz)
 
 
 def _routes(tiers: Mapping[str, TierSettings]) -> tuple[str, ...]:
@@ -212,7 +211,7 @@ def gather(
             day_start, day_end = local_day(now, tz)
             # the reports' own query: whole hours from the roll-ups, the ragged ends from the rows
             totals = cost_report(_as_db(conn), since=day_start, until=day_end, by=None).total
-            today = Spend(totals.cost_nanos, totals.unpriced_requests, totals.requests)
+            today = Spend(totals.cost_nanos, totals.unpriced_requests, totals.requests, totals.estimated_requests)
             if status.session_id:
                 session = _session_spend(conn, status.session_id)
                 row = conn.execute(
@@ -231,27 +230,26 @@ def gather(
 def _tightest_budget(
     config: Config, conn: sqlite3.Connection | None, now: datetime, tz: tzinfo, project: str | None, problems: list[str]
 ) -> BudgetLeft | None:
-    from ccgate.budgets import parse_period, window
+    """The applicable budget with the least left, from the same rules the sidecar enforces."""
+    from ccgate.budgets import rules_from_config, window
     from ccgate.errors import CcgateError
-    from ccgate.models import usd_to_nanos
 
+    try:
+        rules = rules_from_config(config)
+    except CcgateError:
+        problems.append("bad budget period")
+        return None
     best: BudgetLeft | None = None
-    for budget in config.budgets:
-        if budget.project is not None and budget.project != project:
+    for rule in rules:
+        if not rule.applies_to(project):
             continue
-        try:
-            period = parse_period(budget.period)
-        except CcgateError:
-            problems.append("bad budget period")
-            continue
-        since, until = window(period, now, tz)
+        since, until = window(rule.period, now, tz)
         spent = 0
         if conn is not None:
             from ccgate.storage.reports import spent_nanos
 
-            spent = spent_nanos(_as_db(conn), since=since, until=until, project=budget.project)
-        label = period.name if budget.project is None else f"{period.name}, {Path(budget.project).name}"
-        candidate = BudgetLeft(label=label, limit_nanos=usd_to_nanos(budget.limit_usd), spent_nanos=spent)
+            spent = spent_nanos(_as_db(conn), since=since, until=until, project=rule.project)
+        candidate = BudgetLeft(label=rule.short_label, limit_nanos=rule.limit_nanos, spent_nanos=spent)
         if best is None or candidate.left_nanos < best.left_nanos:
             best = candidate
     return best
@@ -261,10 +259,11 @@ def _tightest_budget(
 
 
 def _money(spend: Spend) -> str:
-    """`$0.42`; `unpriced` if every request lacks a price; `$0.40 +2 unpriced` for a mix (never a silent $0)."""
+    """`$0.42`; `~$0.42` when part of it is estimated (a same-family price); `unpriced` if every request lacks
+    a price; `$0.40 +2 unpriced` for a mix (never a silent $0)."""
     if spend.requests and spend.unpriced == spend.requests:
         return "unpriced"
-    text = format_usd(spend.nanos)
+    text = ("~" if spend.estimated else "") + format_usd(spend.nanos)
     return f"{text} +{spend.unpriced} unpriced" if spend.unpriced else text
 
 

@@ -38,18 +38,15 @@ _CSV_FIELDS = (
 )
 
 
-def resolve_timezone(app_ctx: AppContext) -> tzinfo | None:
-    """config.toml `timezone` if set, else None: the system's local zone (which honours TZ)."""
-    name = app_ctx.config.timezone
-    if not name:
-        return None
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+def resolve_timezone(app_ctx: AppContext) -> tzinfo:
+    """The zone reports use: `config.resolve_timezone` (as `budget show` and the sidecar), naming the file on error."""
+    from ccgate.config import resolve_timezone as resolve
 
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+        return resolve(app_ctx.config.timezone, app_ctx.environ)
+    except ConfigError as error:
         raise ConfigError(
-            f"unknown timezone {name!r} in {app_ctx.paths.config_file}",
+            f"{app_ctx.paths.config_file}: {error.message}",
             hint="use an IANA name such as Europe/Berlin, or remove `timezone` to use the system's",
         ) from None
 
@@ -78,9 +75,12 @@ def resolve_window(period: str | None, since: str | None, until: str | None, tz:
     if until is not None:
         end = parse_moment(until, tz=tz, end=True)
     if start >= end:
+        # in the user's own words: `--until 2025-03-01` means "through March 1", not "before 00:00 on March 1"
+        opening = f"--since {since}" if since is not None else f"the start of {name}"
+        closing = f"--until {until}" if until is not None else ("now" if name == "all" else f"the end of {name}")
         raise UserInputError(
-            f"the range is empty: {start:%Y-%m-%d %H:%M} is not before {end:%Y-%m-%d %H:%M}",
-            hint="--since must come before --until",
+            f"the range is empty: {opening} is not before {closing}",
+            hint="--since must come before --until (a date given to --until includes that whole day)",
         )
     if custom:
         phrase = f"from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}"

@@ -10,7 +10,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from ccgate.errors import UserInputError
@@ -206,11 +206,24 @@ def _aggregate(
     return result
 
 
+def zone(tz: tzinfo | None) -> tzinfo:
+    """`tz`, or for None the user's zone as `config.resolve_timezone` finds it (TZ, POSIX TZ strings included)."""
+    if tz is not None:
+        return tz
+    from ccgate.config import resolve_timezone
+
+    return resolve_timezone()
+
+
 def local_midnight(day: date, tz: tzinfo | None) -> datetime:
-    """The first moment of `day` in `tz` (None = system local zone, which honours TZ), as an aware datetime."""
-    if tz is None:
-        return datetime.combine(day, time()).astimezone()
-    return datetime.combine(day, time(), tzinfo=tz)
+    """The first moment of `day` in `tz` (None = the user's zone), shown in that zone.
+
+    The instant comes from `budgets.local_midnight`, so `cost today` and the daily budget start together.
+    """
+    from ccgate.budgets import local_midnight as midnight_utc
+
+    resolved = zone(tz)
+    return midnight_utc(day, resolved).astimezone(resolved)
 
 
 def _day_spans(
@@ -235,6 +248,7 @@ def _day_spans(
     first, last = first[0], last[0]
     start, end = max(since, from_iso(first)), min(until, from_iso(last) + timedelta(microseconds=1))
     spans: list[tuple[str, datetime, datetime]] = []
+    tz = zone(tz)
     day = start.astimezone(tz).date()
     while True:
         lo = max(local_midnight(day, tz), since)
@@ -359,38 +373,39 @@ def latest_rowid(db: Database) -> int:
 # --- periods ---------------------------------------------------------------------------------------------------
 
 
-def _local_now(now: datetime | None, tz: tzinfo | None) -> datetime:
-    return (now or utcnow()).astimezone(tz)
-
-
 def period_bounds(period: str, *, now: datetime | None = None, tz: tzinfo | None = None) -> tuple[datetime, datetime]:
-    """[since, until) for a named period, calendar-aligned in `tz` (None = local); weeks start on Monday."""
-    local = _local_now(now, tz)
-    today = local.date()
-    if period == "today":
-        return local_midnight(today, tz), local_midnight(today + timedelta(days=1), tz)
+    """[since, until) for a named period, calendar-aligned in `tz` (None = the user's zone); weeks start on Monday.
+
+    today/week/month are the budgets' calendar windows (`budgets.window`), shown in `tz`.
+    """
+    from ccgate.budgets import Period, PeriodUnit, window
+
+    tz = zone(tz)
+    moment = now or utcnow()
+    units = {"today": PeriodUnit.DAY, "week": PeriodUnit.WEEK, "month": PeriodUnit.MONTH}
+    if period in units:
+        start, end = window(Period(1, units[period]), moment, tz)
+        return start.astimezone(tz), end.astimezone(tz)
     if period == "yesterday":
+        today = moment.astimezone(tz).date()
         return local_midnight(today - timedelta(days=1), tz), local_midnight(today, tz)
-    if period == "week":
-        monday = today - timedelta(days=today.weekday())
-        return local_midnight(monday, tz), local_midnight(monday + timedelta(days=7), tz)
-    if period == "month":
-        first = today.replace(day=1)
-        following = (first + timedelta(days=32)).replace(day=1)
-        return local_midnight(first, tz), local_midnight(following, tz)
     if period == "all":
-        return EPOCH.astimezone(tz), local
+        return EPOCH.astimezone(tz), moment.astimezone(tz)
     raise UserInputError(f"unknown period {period!r}", hint=f"use one of: {', '.join(PERIODS)}")
 
 
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_MOMENT_HINT = "use an ISO date or datetime, e.g. 2025-03-01 or 2025-03-01T14:30 (local time)"
 
 
 def parse_moment(text: str, *, tz: tzinfo | None = None, end: bool = False) -> datetime:
-    """An ISO date or datetime typed by the user, read in local time unless it carries an offset.
+    """An ISO date or datetime typed by the user, read in `tz` (None = the user's zone) unless it has an offset.
 
-    A bare date used as an end (`--until 2025-03-31`) includes that whole day.
+    A bare date used as an end (`--until 2025-03-31`) includes that whole day. Moments must lie between
+    years 1 and 9999 in UTC as well (the ledger stores UTC), else a UserInputError says so.
     """
+    from ccgate.budgets import local_to_utc
+
     value = text.strip()
     try:
         if _DATE_ONLY.match(value):
@@ -398,10 +413,21 @@ def parse_moment(text: str, *, tz: tzinfo | None = None, end: bool = False) -> d
             return local_midnight(day + timedelta(days=1) if end else day, tz)
         moment = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
     except ValueError:
-        raise UserInputError(
-            f"cannot read {text!r} as a date or time",
-            hint="use an ISO date or datetime, e.g. 2025-03-01 or 2025-03-01T14:30 (local time)",
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=tz) if tz is not None else moment.astimezone()
+        raise UserInputError(f"cannot read {text!r} as a date or time", hint=_MOMENT_HINT) from None
+    except OverflowError:
+        raise _out_of_range(text) from None
+    try:
+        if moment.tzinfo is None:
+            resolved = zone(tz)
+            return local_to_utc(moment, resolved).astimezone(resolved)
+        moment.astimezone(UTC)  # the ledger compares in UTC: it must be representable there
+    except (OverflowError, ValueError):
+        raise _out_of_range(text) from None
     return moment
+
+
+def _out_of_range(text: str) -> UserInputError:
+    return UserInputError(
+        f"{text!r} is out of range (dates must lie between 0001-01-02 and 9999-12-30 in UTC)",
+        hint="leave --since or --until out for no bound, e.g. `ccgate cost all --since 2025-01-01`",
+    )
