@@ -425,3 +425,66 @@ def test_rollups_always_equal_the_rows_they_summarise(
     ).fetchall()
     db.close()
     assert actual == expected
+
+
+# --- concurrent opening -----------------------------------------------------------------------------------------
+
+_OPENER = textwrap.dedent(
+    """
+    import sys
+    from ccgate.errors import LedgerError
+    from ccgate.storage.ledger import open_ledger
+
+    print("ready", flush=True)
+    for line in sys.stdin:  # one ledger path per round; all openers get it at (nearly) the same moment
+        try:
+            db = open_ledger(__import__("pathlib").Path(line.strip()))
+            mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+            db.close()
+            print("ok", mode, flush=True)
+        except LedgerError as error:
+            print("error", error.message.replace("\\n", " "), flush=True)
+    """
+)
+
+
+def test_eight_processes_opening_a_fresh_ledger_at_once_all_succeed(tmp_path: Path) -> None:
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPENER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        for _ in range(8)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        for round_number in range(10):
+            path = tmp_path / f"round-{round_number}" / "ledger.db"
+            for child in children:
+                assert child.stdin is not None
+                child.stdin.write(f"{path}\n")
+                child.stdin.flush()
+            answers = [child.stdout.readline().strip() for child in children if child.stdout is not None]
+            assert answers == ["ok wal"] * 8, (round_number, answers)
+            db = open_ledger(path)
+            assert applied_migrations(db) == [function.__name__ for function in MIGRATIONS]
+            assert db.execute("SELECT count(*) FROM _migrations").fetchone()[0] == len(MIGRATIONS)
+            db.close()
+    finally:
+        for child in children:
+            if child.stdin is not None:
+                child.stdin.close()
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(child.pid, signal.SIGKILL)
+                child.wait(timeout=30)
+            if child.stdout is not None:
+                child.stdout.close()
+
+
+def test_every_ledger_connection_waits_for_locks(ledger_path: Path) -> None:
+    db = open_ledger(ledger_path)
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == int(ledger_module.BUSY_TIMEOUT_S * 1000)
+    db.close()
