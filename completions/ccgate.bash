@@ -17,7 +17,7 @@ __ccgate_node() {
         'config path') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'config show') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
         'cost') subs='' opts='--since --until --by --json --csv -h --help' vopts=' --since --until --by ' vararg='' passthrough='' ;;
-        'doctor') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'doctor') subs='' opts='--json --full -h --help' vopts='  ' vararg='' passthrough='' ;;
         'import') subs='claude-code' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'import claude-code') subs='' opts='--path --json -h --help' vopts=' --path ' vararg='' passthrough='' ;;
         'launch') subs='' opts='' vopts='  ' vararg='' passthrough='1' ;;

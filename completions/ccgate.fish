@@ -157,6 +157,7 @@ complete -c ccgate -n '__ccgate_at "cost"' -l 'csv' -d 'Print CSV: one row per g
 complete -c ccgate -n '__ccgate_at "cost"' -s 'h' -l 'help' -d 'Show this message and exit'
 complete -c ccgate -n '__ccgate_at "cost" 0' -a 'today yesterday week month all' -d 'today (default), yesterday, week, month or all'
 complete -c ccgate -n '__ccgate_at "doctor"' -l 'json' -d 'Print the checks as one JSON object'
+complete -c ccgate -n '__ccgate_at "doctor"' -l 'full' -d 'Run SQLite\'s full integrity_check on the ledger (slower than the default quick_check)'
 complete -c ccgate -n '__ccgate_at "doctor"' -s 'h' -l 'help' -d 'Show this message and exit'
 complete -c ccgate -n '__ccgate_at "import"' -f -a 'claude-code' -d 'Read ~/.claude/projects/**/*.jsonl and add each request not already in the ledger (safe...'
 complete -c ccgate -n '__ccgate_at "import"' -s 'h' -l 'help' -d 'Show this message and exit'

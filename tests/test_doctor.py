@@ -74,7 +74,7 @@ def test_healthy_setup(healthy: Path, environ: dict[str, str], tmp_path: Path) -
     named = by_name(checks)
     assert named["provider groq"].detail == "key present (env)"
     assert named["claude"].detail.startswith("2.1.197 (Claude Code) (")
-    assert "1 request(s)" in named["ledger"].detail and "integrity ok" in named["ledger"].detail
+    assert "1 request(s)" in named["ledger"].detail and "quick check ok" in named["ledger"].detail
     assert exit_code(checks) == 0
     assert GROQ_KEY not in json.dumps([check.to_json() for check in checks])
 
@@ -180,3 +180,41 @@ def test_cli_exit_codes_and_json(
     report = json.loads(out)
     assert report["ok"] is False
     assert report["checks"][0]["name"] == "config" and report["checks"][0]["state"] == "fail"
+
+
+def test_ledger_quick_check_by_default_and_full_integrity_check_on_request(
+    healthy: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from ccgate.doctor import check_ledger
+
+    assert check_ledger(resolve_paths()).detail.endswith("quick check ok")
+    assert check_ledger(resolve_paths(), full=True).detail.endswith("integrity ok")
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, monkeypatch, "doctor", "--full", "--json")
+    assert code == 0
+    ledger = next(check for check in json.loads(out)["checks"] if check["name"] == "ledger")
+    assert ledger["state"] == "ok" and ledger["detail"].endswith("integrity ok")
+
+
+def test_damaged_ledger_fix_moves_the_wal_and_shm_files_too(isolated_home: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    ledger = resolve_paths().ledger_file
+    ledger.parent.mkdir(parents=True)
+    ledger.write_bytes(b"not a database at all" * 200)
+    companions = [ledger.with_name(ledger.name + suffix) for suffix in ("-wal", "-shm")]
+    from ccgate.doctor import check_ledger
+
+    check = check_ledger(resolve_paths())
+    assert check.ok is False and check.fix is not None
+    assert all(str(path) in check.fix for path in (ledger, *companions))
+    command = check.fix.split("`")[3]  # the second `...` span is the command itself
+    for path in companions:
+        path.write_bytes(b"x")
+    subprocess.run(["sh", "-c", command], check=True, timeout=30)
+    assert not any(path.exists() for path in (ledger, *companions))
+    assert all(path.with_name(path.name + ".broken").exists() for path in (ledger, *companions))
+    # run again when only the main file is there: the missing companions are skipped without an error
+    ledger.write_bytes(b"broken again")
+    subprocess.run(["sh", "-c", command.replace(".broken", ".broken2")], check=True, timeout=30)
+    assert ledger.with_name(ledger.name + ".broken2").exists()

@@ -192,7 +192,20 @@ def _megabytes(size: int) -> str:
     return f"{size / 1_000_000:.1f} MB" if size >= 100_000 else f"{size / 1000:.0f} kB"
 
 
-def check_ledger(paths: Paths) -> Check:
+def move_aside_command(path: Path) -> str:
+    """A POSIX shell command moving the ledger and its `-wal`/`-shm` companions aside together (`*.broken`).
+
+    Moving only the main file would leave a write-ahead log behind for the next ledger of that name; the
+    companions exist only while a connection is open, so missing ones are skipped.
+    """
+    import shlex
+
+    parts = " ".join(shlex.quote(f"{path}{suffix}") for suffix in ("", "-wal", "-shm"))
+    return f'for f in {parts}; do [ ! -e "$f" ] || mv "$f" "$f.broken"; done'
+
+
+def check_ledger(paths: Paths, *, full: bool = False) -> Check:
+    """Opens and checks the ledger: `PRAGMA quick_check` (fast), or with `full` the slower integrity_check."""
     import sqlite3
 
     from ccgate.storage.ledger import check_integrity, open_ledger
@@ -200,13 +213,16 @@ def check_ledger(paths: Paths) -> Check:
     path = paths.ledger_file
     if not path.exists():
         return Check("ledger", True, f"{path} not created yet (the first metered request creates it)")
-    fix = f"move it aside (`mv {path} {path}.broken`); ccgate starts a new one"
+    fix = (
+        f"stop the sidecar (`ccgate sidecar stop`), then move the ledger and its -wal/-shm files aside: "
+        f"`{move_aside_command(path)}`; ccgate starts a new one"
+    )
     try:
         db = open_ledger(path)
     except CcgateError as error:
         return Check("ledger", False, error.message, fix)
     try:
-        verdict = check_integrity(db)
+        verdict = check_integrity(db, full=full)
         rows = int(db.execute("SELECT count(*) FROM requests").fetchone()[0])
     except sqlite3.Error as error:
         return Check("ledger", False, f"{path}: {error}", fix)
@@ -214,7 +230,8 @@ def check_ledger(paths: Paths) -> Check:
         db.close()
     if verdict != "ok":
         return Check("ledger", False, f"{path} is damaged: {verdict.splitlines()[0][:200]}", fix)
-    return Check("ledger", True, f"{path}: {rows} request(s), {_megabytes(_size(path))}, integrity ok")
+    checked = "integrity ok" if full else "quick check ok"
+    return Check("ledger", True, f"{path}: {rows} request(s), {_megabytes(_size(path))}, {checked}")
 
 
 def _origin(url: str) -> str:
@@ -266,6 +283,7 @@ def run_checks(
     *,
     cwd: Path | None = None,
     claude_timeout: float = CLAUDE_VERSION_TIMEOUT_S,
+    full: bool = False,
 ) -> list[Check]:
     """Every check in display order; a broken config skips the checks that need it (and says so)."""
     from ccgate.config import Config
@@ -281,7 +299,7 @@ def run_checks(
     else:
         checks.append(Check("provider keys", None, "not checked: the config is invalid", config_check.fix))
     checks.append(check_claude(environ, timeout=claude_timeout))
-    checks.append(check_ledger(paths))
+    checks.append(check_ledger(paths, full=full))
     try:
         port: int | None = configured_port((config or Config()).sidecar.port, environ)
     except CcgateError:

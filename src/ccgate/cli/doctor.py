@@ -7,7 +7,12 @@ import typer
 from ccgate.cli._app import ctx
 
 
-def doctor(as_json: bool = typer.Option(False, "--json", help="Print the checks as one JSON object.")) -> None:
+def doctor(
+    as_json: bool = typer.Option(False, "--json", help="Print the checks as one JSON object."),
+    full: bool = typer.Option(
+        False, "--full", help="Run SQLite's full integrity_check on the ledger (slower than the default quick_check)."
+    ),
+) -> None:
     """Check config, keyring, sidecar, provider keys, Claude Code, the ledger and anything that bypasses ccgate."""
     from pathlib import Path
 
@@ -16,7 +21,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the checks 
     from ccgate.doctor import exit_code, run_checks
 
     app_ctx = ctx()
-    checks = run_checks(app_ctx.paths, app_ctx.environ, cwd=Path.cwd())
+    checks = run_checks(app_ctx.paths, app_ctx.environ, cwd=Path.cwd(), full=full)
     code = exit_code(checks)
     if as_json:
         app_ctx.print_json({"ok": code == 0, "checks": [check.to_json() for check in checks]})
