@@ -131,7 +131,8 @@ def test_set_keeps_other_config(
     assert set(raw["prices"]) == {"other", "claude-opus-4-5"}
     code, out, _ = run(capsys, monkeypatch, "price", "show", "claude-opus-4-5", "--json")
     data = json.loads(out)
-    assert (data["source"], data["per_mtok"]["input"], data["per_mtok"]["cache_read"]) == ("override", "4", "0.5")
+    # cache read follows the catalog's read/input ratio (Opus 4.5: 0.50/5) applied to the override's input
+    assert (data["source"], data["per_mtok"]["input"], data["per_mtok"]["cache_read"]) == ("override", "4", "0.4")
 
 
 @pytest.mark.parametrize("bad", ["-1", "abc", "nan", "inf", "", "1e999999999", "1,5", "0.0000000001", "2000000000"])

@@ -222,19 +222,34 @@ def test_override_wins_over_catalog() -> None:
     catalog = PriceCatalog({"claude-opus-4-5": PriceOverride(input=Decimal("1"), output=Decimal("2"))})
     usage = Usage(input_tokens=1_000, output_tokens=1_000, cache_read_tokens=1_000, cache_write_1h_tokens=1_000)
     cost = catalog.cost("claude-opus-4-5", usage, provider="anthropic")
-    # input $1 and output $2 from the override; cache rates it leaves out come from the catalog ($0.50, $10)
-    assert cost.nanos == 1_000 * 1_000 + 1_000 * 2_000 + 1_000 * 500 + 1_000 * 10_000
+    # input $1 and output $2 from the override; cache rates it leaves out keep the catalog's ratios to input
+    # (Opus 4.5: $5 input, $0.50 read, $10 1h write -> 0.1x and 2x of the override's $1)
+    assert cost.nanos == 1_000 * 1_000 + 1_000 * 2_000 + 1_000 * 100 + 1_000 * 2_000
     assert (cost.quality, cost.priced_model) == (PriceQuality.PRICED, "claude-opus-4-5")
     assert cost.note is not None and "[prices.claude-opus-4-5]" in cost.note
     # other ids of the same model are not overridden: overrides match the exact name
     assert catalog.cost("claude-opus-4-5-20251101", usage).nanos == by_hand(OPUS_45, usage)
 
 
-def test_override_of_unknown_model_defaults_cache_rates_to_input() -> None:
+def test_override_of_unknown_model_defaults_cache_reads_to_a_tenth_and_writes_to_input() -> None:
     override = PriceOverride(input=Decimal("0.2"), output=Decimal("0.4"), cache_write_5m=Decimal("0.25"))
     catalog = PriceCatalog({"my-model": override})
-    usage = Usage(input_tokens=10, output_tokens=20, cache_read_tokens=30, cache_write_5m_tokens=40)
-    assert catalog.cost("my-model", usage).nanos == 10 * 200 + 20 * 400 + 30 * 200 + 40 * 250
+    usage = Usage(
+        input_tokens=10, output_tokens=20, cache_read_tokens=30, cache_write_5m_tokens=40, cache_write_1h_tokens=50
+    )
+    assert catalog.cost("my-model", usage).nanos == 10 * 200 + 20 * 400 + 30 * 20 + 40 * 250 + 50 * 200
+
+
+def test_override_without_cache_rates_never_reads_cache_above_its_input_rate() -> None:
+    # `price set gpt-4o --input 1 --output 2`: the catalog's $1.25 cache read (of $2.50 input) must not survive
+    catalog = PriceCatalog({"gpt-4o": PriceOverride(input=Decimal(1), output=Decimal(2))})
+    rates = catalog.rates("gpt-4o", provider="openai")
+    assert rates is not None and rates.source == "override"
+    assert (rates.input, rates.cache_read) == (Decimal(1), Decimal("0.5"))  # the catalog's 50% ratio
+    assert rates.cache_read <= rates.input and rates.max_cache_read <= rates.max_input
+    # rates the override sets itself are kept as given
+    explicit = PriceCatalog({"gpt-4o": PriceOverride(input=Decimal(1), output=Decimal(2), cache_read=Decimal(3))})
+    assert explicit.rates("gpt-4o", provider="openai").cache_read == Decimal(3)  # type: ignore[union-attr]
 
 
 def test_override_of_zero_is_priced_at_zero() -> None:

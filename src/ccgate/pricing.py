@@ -233,7 +233,7 @@ class PriceCatalog:
             return _Resolution(
                 quality=PriceQuality.PRICED,
                 source="override",
-                # cache rates the override leaves out come from the exact catalog entry, never from a stand-in
+                # cache rates the override leaves out follow the exact catalog entry's ratios, never a stand-in's
                 entry=catalog.entry if catalog.quality is PriceQuality.PRICED else None,
                 override=override,
                 override_key=override_key,
@@ -411,16 +411,7 @@ class PriceCatalog:
                 note=resolution.note,
             )
         override = resolution.override
-        # unset cache rates come from the catalog's base tier, else cost what an uncached token costs
-        cache_read = override.cache_read
-        if cache_read is None:
-            cache_read = catalog.cache_read if catalog else override.input
-        write_5m = override.cache_write_5m
-        if write_5m is None:
-            write_5m = catalog.cache_write_5m if catalog else override.input
-        write_1h = override.cache_write_1h
-        if write_1h is None:
-            write_1h = catalog.cache_write_1h if catalog else override.input
+        cache_read, write_5m, write_1h = _override_cache_rates(override, catalog)
         return ModelRates(
             model=model,
             provider=provider,
@@ -440,6 +431,32 @@ class PriceCatalog:
             tier_threshold=None,
             note=resolution.note,
         )
+
+
+_DEFAULT_CACHE_READ_SHARE = Decimal("0.1")
+
+
+def _override_cache_rates(override: PriceOverride, catalog: _CatalogRates | None) -> tuple[Decimal, Decimal, Decimal]:
+    """(cache read, 5m write, 1h write) for an override; rates it sets win, the rest follow its input rate.
+
+    An override's input rate scales the catalog's cache prices by the same factor (catalog ratio cache/input:
+    Claude's 0.1x reads, 1.25x 5m and 2x 1h writes), so `--input 1` on a $2.50 model never leaves a $1.25
+    cache read behind. Without a catalog entry (or one with a zero input price): reads cost 10% of the input
+    rate, writes the input rate. A derived read rate is never above the override's input rate.
+    """
+    base = override.input
+    if catalog is not None and catalog.input > 0:
+        derived = (
+            base * catalog.cache_read / catalog.input,
+            base * catalog.cache_write_5m / catalog.input,
+            base * catalog.cache_write_1h / catalog.input,
+        )
+    else:
+        derived = (base * _DEFAULT_CACHE_READ_SHARE, base, base)
+    read = override.cache_read if override.cache_read is not None else min(derived[0], base)
+    write_5m = override.cache_write_5m if override.cache_write_5m is not None else derived[1]
+    write_1h = override.cache_write_1h if override.cache_write_1h is not None else derived[2]
+    return read, write_5m, write_1h
 
 
 @dataclass(frozen=True, slots=True)
