@@ -399,8 +399,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         spent_loader=load_spent,
         tz=_timezone(state.config),
         wait_timeout=state.config.sidecar.budget_wait_seconds,
-        # in one process a reservation ends with its request (settled, released or cancelled): never expire it
-        reservation_ttl=7 * 24 * 3600.0,
+        # reservation_ttl stays None: in one process a reservation ends with its request (settled, released or
+        # cancelled), and a stream may legitimately run for an hour
     )
     session = create_client_session()
 
