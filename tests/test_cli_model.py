@@ -222,3 +222,15 @@ async def test_model_test_through_a_running_sidecar(
         sent = upstream.messages_requests
         assert len(sent) == 1 and sent[0].model == "claude-sonnet-4-5"
         assert sent[0].headers["x-api-key"] == "sk-ant-dummy-user-key"
+
+
+def test_set_warns_when_the_routed_provider_has_no_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, err = run(capsys, monkeypatch, "model", "set", "haiku", "groq/llama-3.3-70b-versatile")
+    assert code == 0, err
+    assert "no API key for groq yet" in err and "ccgate provider key set groq" in err
+    monkeypatch.setenv("CCGATE_GROQ_API_KEY", "gsk-test")
+    code, _, err = run(capsys, monkeypatch, "model", "set", "haiku", "groq/llama-3.3-70b-versatile")
+    assert code == 0, err
+    assert "no API key" not in err

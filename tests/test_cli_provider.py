@@ -61,6 +61,7 @@ def test_key_set_stores_in_keyring_only(
     rows = providers_json(capsys, monkeypatch)
     assert rows["groq"]["key"] == "present" and rows["groq"]["key_source"] == "keyring"
     assert rows["ollama"]["key"] == "not needed"
+    assert rows["anthropic"]["key"] == "Claude Code's"  # the developer's own key or login passes through
     assert rows["lab"] == {
         "name": "lab",
         "kind": "openai",

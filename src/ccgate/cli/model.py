@@ -126,6 +126,20 @@ def model_set(
     save_and_reload(app_ctx, new_config)
     shown = chain[0] + "".join(f", then {t}" for t in chain[1:])
     app_ctx.success(f"{key} → {shown}")
+    _warn_missing_keys(app_ctx, providers, chain)
+
+
+def _warn_missing_keys(app_ctx: Any, providers: Any, chain: list[str]) -> None:
+    """A route to a provider without a key fails at the first request: say so now, with the fix."""
+    from ccgate.routing import parse_target
+    from ccgate.secrets import has_provider_key
+
+    for name in dict.fromkeys(parse_target(text).provider for text in chain):
+        spec = providers[name]
+        if name == "anthropic" or not spec.requires_key:
+            continue
+        if not has_provider_key(name, app_ctx.environ, paths=app_ctx.paths):
+            app_ctx.warn(f"no API key for {name} yet: run `ccgate provider key set {name}` (or set {spec.key_env})")
 
 
 def _per_mtok(value: Decimal) -> str:

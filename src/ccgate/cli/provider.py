@@ -70,7 +70,12 @@ def provider_list(
     rows: list[dict[str, Any]] = []
     for spec in sorted(resolved_providers(app_ctx).values(), key=lambda s: (not s.builtin, s.name)):
         source = provider_key_source(spec.name, app_ctx.environ, paths=app_ctx.paths)
-        key = "present" if source else ("missing" if spec.requires_key else "not needed")
+        if source:
+            key = "present"
+        elif spec.name == "anthropic":
+            key = "Claude Code's"  # the developer's own API key or login passes through
+        else:
+            key = "missing" if spec.requires_key else "not needed"
         rows.append(
             {
                 "name": spec.name,
