@@ -406,3 +406,39 @@ async def test_truncated_upstream_body_fails_over_instead_of_a_500(groq_mock: Op
             assert "broke off" in str(caught.value)
     finally:
         await runner.cleanup()
+
+
+async def test_a_broken_retryable_reply_is_recorded_as_its_own_attempt(groq_mock: OpenAIUpstream) -> None:
+    async def overloaded_and_cut(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(status=529, headers={"content-type": "application/json"})
+        response.content_length = 500
+        await response.prepare(request)
+        await response.write(b'{"error": {"message": "overlo')
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", overloaded_and_cut)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = int(runner.addresses[0][1])
+    try:
+        chain = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini", "groq/llama-3.3-70b-versatile"))})
+        env = {
+            **env_for(("groq", groq_mock)),
+            "CCGATE_OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+            "CCGATE_OPENAI_API_KEY": "k",
+        }
+        async with running_sidecar(config=chain, environ=env) as harness:
+            await sdk(harness).messages.create(
+                model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+            )
+            (row,) = harness.rows()
+            attempts = json.loads(row["attempts"])
+            assert [(a["provider"], a["status"]) for a in attempts] == [("openai", 529), ("groq", 200)]
+            assert "broke off" in attempts[0]["error"]
+    finally:
+        await runner.cleanup()

@@ -281,14 +281,14 @@ class Proxy:
                     if not is_last:
                         log.warning("failover: %s failed (%s), trying next target", target.provider, error.message)
                     continue
+                attempts.append(Attempt(target.provider, target.model, upstream.status))
                 try:
                     if upstream.status in RETRYABLE_STATUSES and not is_last:
                         error_type, _ = error_type_of(await self._read(upstream, spec))
                         upstream.release()
-                        attempts.append(Attempt(target.provider, target.model, upstream.status, error_type))
+                        attempts[-1] = Attempt(target.provider, target.model, upstream.status, error_type)
                         log.warning("failover: %s answered %s, trying next target", target.provider, upstream.status)
                         continue
-                    attempts.append(Attempt(target.provider, target.model, upstream.status))
                     record.attempts = tuple(attempts)
                     if spec.kind == "openai":
                         response = await self._relay_openai(request, ctx, upstream, spec)
@@ -296,7 +296,7 @@ class Proxy:
                         response = await self._relay_anthropic(request, ctx, upstream, target)
                 except _UpstreamBroke as error:
                     upstream.close()
-                    attempts[-1:] = [Attempt(target.provider, target.model, upstream.status, error.message)]
+                    attempts[-1] = Attempt(target.provider, target.model, upstream.status, error.message)
                     last_error = error
                     continue
                 except BaseException:
