@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -366,31 +367,40 @@ async def test_cancelled_translated_stream_keeps_an_estimate_not_zero(openai_moc
         assert row["cost_nanos"] > 0 and row["price_quality"] == "estimated"
 
 
-async def test_truncated_upstream_body_fails_over_instead_of_a_500(groq_mock: OpenAIUpstream) -> None:
-    async def truncated(request: web.Request) -> web.StreamResponse:
+OPENAI_THEN_GROQ = Config(
+    tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini", "groq/llama-3.3-70b-versatile"))}
+)
+
+
+@asynccontextmanager
+async def broken_openai_provider(status: int, partial: bytes) -> AsyncIterator[str]:
+    """An OpenAI-kind provider that promises a body, sends `partial` of it and hangs up; yields its base URL."""
+
+    async def broken(request: web.Request) -> web.StreamResponse:
         await request.read()
-        response = web.StreamResponse(status=200, headers={"content-type": "application/json"})
-        response.content_length = 1000
+        response = web.StreamResponse(status=status, headers={"content-type": "application/json"})
+        response.content_length = len(partial) + 500
         await response.prepare(request)
-        await response.write(b'{"id": "chatcmpl-1", "cho')
+        await response.write(partial)
         assert request.transport is not None
         request.transport.close()
         return response
 
     app = web.Application()
-    app.router.add_post("/v1/chat/completions", truncated)
+    app.router.add_post("/v1/chat/completions", broken)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = int(runner.addresses[0][1])
     try:
-        chain = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini", "groq/llama-3.3-70b-versatile"))})
-        env = {
-            **env_for(("groq", groq_mock)),
-            "CCGATE_OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
-            "CCGATE_OPENAI_API_KEY": "k",
-        }
-        async with running_sidecar(config=chain, environ=env) as harness:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+
+
+async def test_truncated_upstream_body_fails_over_instead_of_a_500(groq_mock: OpenAIUpstream) -> None:
+    async with broken_openai_provider(200, b'{"id": "chatcmpl-1", "cho') as broken_url:
+        env = {**env_for(("groq", groq_mock)), "CCGATE_OPENAI_BASE_URL": broken_url, "CCGATE_OPENAI_API_KEY": "k"}
+        async with running_sidecar(config=OPENAI_THEN_GROQ, environ=env) as harness:
             message = await sdk(harness).messages.create(
                 model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
             )
@@ -404,35 +414,12 @@ async def test_truncated_upstream_body_fails_over_instead_of_a_500(groq_mock: Op
                 )
             assert caught.value.status_code == 502
             assert "broke off" in str(caught.value)
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_broken_retryable_reply_is_recorded_as_its_own_attempt(groq_mock: OpenAIUpstream) -> None:
-    async def overloaded_and_cut(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        response = web.StreamResponse(status=529, headers={"content-type": "application/json"})
-        response.content_length = 500
-        await response.prepare(request)
-        await response.write(b'{"error": {"message": "overlo')
-        assert request.transport is not None
-        request.transport.close()
-        return response
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", overloaded_and_cut)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = int(runner.addresses[0][1])
-    try:
-        chain = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini", "groq/llama-3.3-70b-versatile"))})
-        env = {
-            **env_for(("groq", groq_mock)),
-            "CCGATE_OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
-            "CCGATE_OPENAI_API_KEY": "k",
-        }
-        async with running_sidecar(config=chain, environ=env) as harness:
+    async with broken_openai_provider(529, b'{"error": {"message": "overlo') as broken_url:
+        env = {**env_for(("groq", groq_mock)), "CCGATE_OPENAI_BASE_URL": broken_url, "CCGATE_OPENAI_API_KEY": "k"}
+        async with running_sidecar(config=OPENAI_THEN_GROQ, environ=env) as harness:
             await sdk(harness).messages.create(
                 model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
             )
@@ -440,5 +427,3 @@ async def test_a_broken_retryable_reply_is_recorded_as_its_own_attempt(groq_mock
             attempts = json.loads(row["attempts"])
             assert [(a["provider"], a["status"]) for a in attempts] == [("openai", 529), ("groq", 200)]
             assert "broke off" in attempts[0]["error"]
-    finally:
-        await runner.cleanup()
