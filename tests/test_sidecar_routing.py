@@ -19,6 +19,9 @@ from sidecar_harness import Harness, running_sidecar
 from ccgate.config import Config, ProviderSettings, TierSettings, save_config
 
 HAIKU_TO_OPENAI = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini",))})
+OPENAI_THEN_GROQ = Config(
+    tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini", "groq/llama-3.3-70b-versatile"))}
+)
 
 
 @pytest.fixture
@@ -128,7 +131,7 @@ async def test_tool_call_round_trip_through_translation(openai_mock: OpenAIUpstr
 
 
 async def test_failover_on_429_gives_one_clean_response(openai_mock: OpenAIUpstream, groq_mock: OpenAIUpstream) -> None:
-    config = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini", "groq/llama-3.3-70b-versatile"))})
+    config = OPENAI_THEN_GROQ
     openai_mock.replies.append(OpenAIReply(status=429, error_body={"error": {"message": "rate limited"}}))
     groq_mock.replies.append(OpenAIReply(text="from groq"))
     async with running_sidecar(config=config, environ=env_for(("openai", openai_mock), ("groq", groq_mock))) as h:
@@ -144,7 +147,7 @@ async def test_failover_on_429_gives_one_clean_response(openai_mock: OpenAIUpstr
 
 
 async def test_failover_on_connect_error(groq_mock: OpenAIUpstream) -> None:
-    config = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini", "groq/llama-3.3-70b-versatile"))})
+    config = OPENAI_THEN_GROQ
     env = {**env_for(("groq", groq_mock)), "CCGATE_OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
     async with running_sidecar(config=config, environ=env) as harness:
         message = await sdk(harness).messages.create(
@@ -159,7 +162,7 @@ async def test_failover_on_connect_error(groq_mock: OpenAIUpstream) -> None:
 async def test_primary_dying_mid_stream_ends_with_an_error_event(
     openai_mock: OpenAIUpstream, groq_mock: OpenAIUpstream
 ) -> None:
-    config = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini", "groq/llama-3.3-70b-versatile"))})
+    config = OPENAI_THEN_GROQ
     openai_mock.replies.append(OpenAIReply(text="abcdefghijkl", pieces=6, die_after_chunks=3))
     async with running_sidecar(config=config, environ=env_for(("openai", openai_mock), ("groq", groq_mock))) as h:
         body = {
@@ -283,7 +286,7 @@ async def test_missing_provider_key_fails_over_or_says_how_to_set_it(
             )
         assert "ccgate provider key set openai" in str(caught.value)
         assert openai_mock.requests == []
-    chain = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini", "groq/llama-3.3-70b-versatile"))})
+    chain = OPENAI_THEN_GROQ
     async with running_sidecar(config=chain, environ=env) as harness:
         message = await sdk(harness).messages.create(
             model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
@@ -365,11 +368,6 @@ async def test_cancelled_translated_stream_keeps_an_estimate_not_zero(openai_moc
         assert row["status"] in ("interrupted", "ok")
         assert row["input_tokens"] > 100
         assert row["cost_nanos"] > 0 and row["price_quality"] == "estimated"
-
-
-OPENAI_THEN_GROQ = Config(
-    tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini", "groq/llama-3.3-70b-versatile"))}
-)
 
 
 @asynccontextmanager
