@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import ROUND_CEILING, Decimal
 from functools import lru_cache
@@ -391,25 +391,7 @@ class PriceCatalog:
         catalog = _catalog_rates(resolution.entry, at) if resolution.entry is not None else None
         if resolution.override is None:
             assert catalog is not None
-            return ModelRates(
-                model=model,
-                provider=catalog.provider,
-                source=resolution.source or "catalog",
-                priced_model=catalog.priced_model,
-                input=catalog.input,
-                output=catalog.output,
-                cache_read=catalog.cache_read,
-                cache_write_5m=catalog.cache_write_5m,
-                cache_write_1h=catalog.cache_write_1h,
-                max_input=catalog.max_input,
-                max_output=catalog.max_output,
-                max_cache_read=catalog.max_cache_read,
-                max_cache_write_5m=catalog.max_cache_write_5m,
-                max_cache_write_1h=catalog.max_cache_write_1h,
-                web_searches_per_k=catalog.web_searches_per_k,
-                tier_threshold=catalog.tier_threshold,
-                note=resolution.note,
-            )
+            return replace(catalog, model=model, source=resolution.source or "catalog", note=resolution.note)
         override = resolution.override
         cache_read, write_5m, write_1h = _override_cache_rates(override, catalog)
         return ModelRates(
@@ -436,7 +418,7 @@ class PriceCatalog:
 _DEFAULT_CACHE_READ_SHARE = Decimal("0.1")
 
 
-def _override_cache_rates(override: PriceOverride, catalog: _CatalogRates | None) -> tuple[Decimal, Decimal, Decimal]:
+def _override_cache_rates(override: PriceOverride, catalog: ModelRates | None) -> tuple[Decimal, Decimal, Decimal]:
     """(cache read, 5m write, 1h write) for an override; rates it sets win, the rest follow its input rate.
 
     An override's input rate scales the catalog's cache prices by the same factor (catalog ratio cache/input:
@@ -459,25 +441,7 @@ def _override_cache_rates(override: PriceOverride, catalog: _CatalogRates | None
     return read, write_5m, write_1h
 
 
-@dataclass(frozen=True, slots=True)
-class _CatalogRates:
-    provider: str
-    priced_model: str
-    input: Decimal
-    output: Decimal
-    cache_read: Decimal
-    cache_write_5m: Decimal
-    cache_write_1h: Decimal
-    max_input: Decimal
-    max_output: Decimal
-    max_cache_read: Decimal
-    max_cache_write_5m: Decimal
-    max_cache_write_1h: Decimal
-    web_searches_per_k: Decimal
-    tier_threshold: int | None
-
-
-def _catalog_rates(entry: _Entry, at: datetime | None) -> _CatalogRates:
+def _catalog_rates(entry: _Entry, at: datetime | None) -> ModelRates:
     """Read raw per-MTok rates the way genai-prices applies them.
 
     genai-prices prices the most specific unit it has a price for: a cache read without `cache_read_mtok` costs
@@ -498,8 +462,10 @@ def _catalog_rates(entry: _Entry, at: datetime | None) -> _CatalogRates:
     write_1h = _rate_pair(get("cache_write_1h_mtok")) if get("cache_write_1h_mtok") is not None else write
     searches = get("web_searches_kcount")
     thresholds = [pair[2] for pair in (inp, out, read, write_5m, write_1h) if pair[2] is not None]
-    return _CatalogRates(
+    return ModelRates(
+        model=str(gp_model.id),
         provider=str(gp_provider.id),
+        source="catalog",
         priced_model=str(gp_model.id),
         input=inp[0],
         output=out[0],
