@@ -93,7 +93,6 @@ class ProxyDeps:
     ledger: LedgerSink
     admission: Admission | None = None
     provider_keys: Mapping[str, str] = field(default_factory=dict)
-    on_record: Callable[[RequestRecord], None] | None = None
 
 
 @dataclass(slots=True)
@@ -624,8 +623,6 @@ class Proxy:
                 admission.release(ctx.reservation)
             ctx.reservation = None
         ctx.deps.ledger.write_final(record)
-        if ctx.deps.on_record is not None:
-            ctx.deps.on_record(record)
 
     def _cost(self, ctx: _Ctx) -> Cost:
         record = ctx.record

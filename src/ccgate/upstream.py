@@ -22,7 +22,6 @@ HOP_BY_HOP = frozenset(
         "accept-encoding",
     }
 )
-CCGATE_REQUEST_HEADERS = frozenset({"x-ccgate-token", "x-ccgate-launch"})
 RESPONSE_DROP = frozenset(
     {
         "connection",

@@ -29,7 +29,7 @@ from ccgate.errors import (
     PermissionDeniedError,
     RequestTooLargeError,
 )
-from ccgate.models import RequestRecord, format_usd
+from ccgate.models import format_usd
 from ccgate.paths import Paths
 from ccgate.proxy import ClientMeta, Proxy, ProxyDeps, error_response
 from ccgate.sidecar.process import LAUNCH_HEADER, SERVICE_NAME, TOKEN_HEADER, home_id
@@ -60,7 +60,6 @@ class SidecarState:
     launches: dict[str, LaunchInfo] = field(default_factory=dict)
     config_mtime: float | None = None
     requests_seen: int = 0
-    last_record: RequestRecord | None = None
     launches_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_reload_error: str | None = None
 
@@ -404,9 +403,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     )
     session = create_client_session()
 
-    def remember(record: RequestRecord) -> None:
-        state.last_record = record
-
     app[PROXY] = Proxy(
         ProxyDeps(
             session=session,
@@ -416,7 +412,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             ledger=writer,
             admission=ProjectBudgets(guard),
             provider_keys=built["keys"],
-            on_record=remember,
         )
     )
     watcher = asyncio.create_task(_watch_config(app))
