@@ -143,12 +143,7 @@ def _run_child(args: list[str], env: dict[str, str]) -> int:
         signal.SIGHUP: signal.signal(signal.SIGHUP, forward),
     }
     try:
-        while True:
-            try:
-                code = child.wait()
-                break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-                continue
+        code = child.wait()  # PEP 475: a forwarded signal does not interrupt the wait
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
