@@ -278,6 +278,11 @@ def test_cost_at_a_moment_uses_the_prices_then(catalog: PriceCatalog) -> None:
     after = catalog.cost("claude-sonnet-4-6", usage, at=datetime(2026, 6, 1, tzinfo=UTC))
     assert before.nanos == 300_000 * 6_000 + 1_000 * 22_500
     assert after.nanos == 300_000 * 3_000 + 1_000 * 15_000
+    # rates are cached per price variant: going back in time must not reuse the newer rates
+    again = catalog.cost("claude-sonnet-4-6", usage, at=datetime(2026, 1, 10, tzinfo=UTC))
+    assert again.nanos == before.nanos
+    assert catalog.rates("claude-sonnet-4-6", at=datetime(2026, 1, 10, tzinfo=UTC)).tier_threshold == 200_000  # type: ignore[union-attr]
+    assert catalog.rates("claude-sonnet-4-6", at=datetime(2026, 6, 1, tzinfo=UTC)).tier_threshold is None  # type: ignore[union-attr]
 
 
 def test_max_cost_charges_every_input_token_at_the_dearest_rate(catalog: PriceCatalog) -> None:

@@ -27,7 +27,7 @@ from ccgate.models import NANOS_PER_USD, Cost, PriceQuality, Usage, usd_to_nanos
 from ccgate.usage import to_genai_prices_kwargs
 
 if TYPE_CHECKING:
-    from genai_prices.types import ModelInfo, Provider
+    from genai_prices.types import ModelInfo, ModelPrice, Provider
 
     from ccgate.config import PriceOverride
 
@@ -205,6 +205,8 @@ class PriceCatalog:
     def __init__(self, overrides: Mapping[str, PriceOverride] | None = None) -> None:
         self._overrides: dict[str, PriceOverride] = dict(overrides or {})
         self._resolved: dict[tuple[str, str | None], _Resolution] = {}
+        # (the catalog price variant in effect, the rates built from it): most requests reuse the last one
+        self._rates: dict[tuple[str, str | None], tuple[object, ModelRates]] = {}
 
     # ----------------------------------------------------------------- resolution
 
@@ -388,7 +390,21 @@ class PriceCatalog:
     # ----------------------------------------------------------------- helpers
 
     def _rates_from(self, resolution: _Resolution, model: str, provider: str | None, at: datetime | None) -> ModelRates:
-        catalog = _catalog_rates(resolution.entry, at) if resolution.entry is not None else None
+        """Rates at `at`, rebuilt only when the catalog's price variant in effect changes (a dated price change,
+        an off-peak window), so the proxy path does not rebuild them on every request."""
+        variant = resolution.entry[1].get_prices(at or utcnow()) if resolution.entry is not None else None
+        key = (model, provider)
+        cached = self._rates.get(key)
+        if cached is not None and cached[0] is variant:
+            return cached[1]
+        rates = self._build_rates(resolution, model, provider, variant)
+        self._rates[key] = (variant, rates)
+        return rates
+
+    def _build_rates(
+        self, resolution: _Resolution, model: str, provider: str | None, variant: ModelPrice | None
+    ) -> ModelRates:
+        catalog = _catalog_rates(resolution.entry, variant) if resolution.entry is not None else None
         if resolution.override is None:
             assert catalog is not None
             return replace(catalog, model=model, source=resolution.source or "catalog", note=resolution.note)
@@ -441,7 +457,7 @@ def _override_cache_rates(override: PriceOverride, catalog: ModelRates | None) -
     return read, write_5m, write_1h
 
 
-def _catalog_rates(entry: _Entry, at: datetime | None) -> ModelRates:
+def _catalog_rates(entry: _Entry, prices: ModelPrice | None) -> ModelRates:
     """Read raw per-MTok rates the way genai-prices applies them.
 
     genai-prices prices the most specific unit it has a price for: a cache read without `cache_read_mtok` costs
@@ -449,7 +465,6 @@ def _catalog_rates(entry: _Entry, at: datetime | None) -> ModelRates:
     `cache_write_1h_mtok` costs `cache_write_mtok`, a write without either costs the input rate.
     """
     gp_provider, gp_model = entry
-    prices = gp_model.get_prices(at or utcnow())
 
     def get(key: str) -> Any:
         return getattr(prices, key, None)
