@@ -414,3 +414,18 @@ async def test_many_launch_registrations_at_once_all_succeed() -> None:
             headers=harness.headers,
         ) as resp:
             assert resp.status == 400
+
+
+async def test_upstream_cookies_are_never_replayed_on_later_requests() -> None:
+    # one client's load-balancer cookie must not ride along on anybody's next request (a host name, not an IP:
+    # aiohttp's default jar would ignore cookies from 127.0.0.1)
+    upstream = await ScriptedUpstream().start()
+    by_name = {"CCGATE_ANTHROPIC_BASE_URL": upstream.url.replace("127.0.0.1", "localhost")}
+    async with running_sidecar(upstream=upstream, environ=by_name) as harness:
+        harness.upstream.enqueue(TextReply("first", headers={"set-cookie": "lb=node-7; Path=/"}), TextReply("second"))
+        for _ in range(2):  # two clients, each with its own (empty) cookie jar
+            await sdk(harness).messages.create(
+                model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            )
+        assert [r.headers.get("cookie") for r in harness.upstream.messages_requests] == [None, None]
+    await upstream.stop()

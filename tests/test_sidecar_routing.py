@@ -425,3 +425,46 @@ async def test_a_broken_retryable_reply_is_recorded_as_its_own_attempt(groq_mock
             attempts = json.loads(row["attempts"])
             assert [(a["provider"], a["status"]) for a in attempts] == [("openai", 529), ("groq", 200)]
             assert "broke off" in attempts[0]["error"]
+
+
+# An integer beyond 64 bits, as a tool's input may carry; the fast JSON parser would read it as a float.
+HUGE = 123456789012345678901234567890
+HISTORY: list[dict[str, Any]] = [
+    {"role": "user", "content": "run it"},
+    {
+        "role": "assistant",
+        "content": [{"type": "tool_use", "id": "toolu_01big", "name": "calc", "input": {"n": HUGE, "s": "żółw ✓"}}],
+    },
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01big", "content": "done"}]},
+]
+
+
+async def test_rewritten_route_sends_big_integers_and_unicode_exactly() -> None:
+    config = Config(tiers={"opus": TierSettings("opus", ("anthropic/claude-haiku-4-5",))})
+    async with running_sidecar(config=config) as harness:
+        harness.upstream.enqueue(TextReply("ok"))
+        body = {"model": "claude-opus-4-5", "max_tokens": 50, "stream": True, "messages": HISTORY}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{harness.url}/v1/messages", json=body, headers=harness.headers) as response,
+        ):
+            assert response.status == 200
+            await response.read()
+        seen = harness.upstream.messages_requests[0]
+        assert seen.json == {**body, "model": "claude-haiku-4-5"}
+        assert str(HUGE).encode() in seen.body
+
+
+async def test_translated_route_sends_big_integers_exactly(openai_mock: OpenAIUpstream) -> None:
+    async with running_sidecar(config=HAIKU_TO_OPENAI, environ=env_for(("openai", openai_mock))) as harness:
+        openai_mock.replies.append(OpenAIReply(text="ok"))
+        body = {"model": "claude-haiku-4-5", "max_tokens": 50, "stream": True, "messages": HISTORY}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{harness.url}/v1/messages", json=body, headers=harness.headers) as response,
+        ):
+            assert response.status == 200
+            await response.read()
+        sent = openai_mock.requests[0].json
+        call = sent["messages"][1]["tool_calls"][0]
+        assert json.loads(call["function"]["arguments"]) == {"n": HUGE, "s": "żółw ✓"}

@@ -6,8 +6,7 @@ substring test, so the per-chunk cost stays in C code.
 
 from __future__ import annotations
 
-import json
-
+from ccgate import fastjson
 from ccgate.models import Usage
 from ccgate.usage import merge_anthropic_usage, usage_from_anthropic
 
@@ -44,6 +43,8 @@ class AnthropicStreamMeter:
         """Returns True when this chunk changed the usage (the caller may then persist progress)."""
         if self.started:
             self.bytes_after_start += len(chunk)
+        if not self._buffer and chunk.endswith(b"\n\n") and b"message_" not in chunk and b'"error"' not in chunk:
+            return False  # whole events, none of them read here: the usual content delta
         buffer = self._buffer + chunk if self._buffer else chunk
         end = buffer.rfind(b"\n\n")
         crlf_end = buffer.rfind(b"\r\n\r\n")
@@ -72,7 +73,7 @@ class AnthropicStreamMeter:
         if not data_lines:
             return False
         try:
-            payload = json.loads(b"\n".join(data_lines))
+            payload = fastjson.loads(b"\n".join(data_lines))
         except ValueError:
             return False
         if not isinstance(payload, dict):
@@ -110,7 +111,7 @@ class AnthropicStreamMeter:
 def meter_message(body: bytes) -> tuple[Usage, str | None, str | None]:
     """Usage, message id and stop reason of a non-streaming Messages response; empty usage if unreadable."""
     try:
-        payload = json.loads(body)
+        payload = fastjson.loads(body)
     except ValueError:
         return Usage(), None, None
     if not isinstance(payload, dict):
@@ -121,7 +122,7 @@ def meter_message(body: bytes) -> tuple[Usage, str | None, str | None]:
 def error_type_of(body: bytes) -> tuple[str | None, str | None]:
     """The Anthropic error type and message of an error response body, if it has the envelope."""
     try:
-        payload = json.loads(body)
+        payload = fastjson.loads(body)
     except ValueError:
         return None, None
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):

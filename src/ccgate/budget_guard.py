@@ -117,6 +117,7 @@ class BudgetGuard:
         """`reservation_ttl`: seconds after which an unsettled reservation is dropped as crashed; None (the
         default) keeps it until `settle`/`release`, so a stream of any length keeps its hold."""
         self._rules: dict[str, BudgetRule] = {}
+        self._sorted_rules: tuple[BudgetRule, ...] = ()
         self._spent_loader = spent_loader
         self._clock = clock
         self._tz = tz if tz is not None else resolve_timezone()
@@ -135,7 +136,8 @@ class BudgetGuard:
 
     @property
     def rules(self) -> tuple[BudgetRule, ...]:
-        return tuple(self._rules[key] for key in sorted(self._rules))
+        """In key order; asked on every request, so kept ready rather than sorted each time."""
+        return self._sorted_rules
 
     def update_rules(self, rules: Sequence[BudgetRule]) -> None:
         """Apply a reloaded config: loaded spend survives for budgets whose period and scope are unchanged."""
@@ -150,6 +152,7 @@ class BudgetGuard:
             else:
                 old.rule = kept
         self._rules = new
+        self._sorted_rules = tuple(new[key] for key in sorted(new))
         self._notify()  # a raised limit may let waiters in
 
     def _applicable(self, project: str | None) -> list[BudgetRule]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 from aiohttp import web
 
+from ccgate import fastjson
 from ccgate.accounting import AnthropicStreamMeter, error_type_of, meter_message
 from ccgate.errors import AuthenticationError, CcgateError, InvalidRequestError, UpstreamError, UpstreamTimeoutError
 from ccgate.models import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
@@ -112,6 +113,13 @@ class _Ctx:
     id_map: Any = None
     # What has been seen of the usage so far, for whatever way the request ends (cancel included).
     live_usage: Callable[[], Usage] | None = None
+    exact: dict[str, Any] | None = None
+
+    def exact_body(self) -> dict[str, Any]:
+        """The body parsed by `json` (exact big integers), for routes that send it on re-encoded."""
+        if self.exact is None:
+            self.exact = parse_messages_body(self.raw, exact=True)
+        return self.exact
 
 
 class _UpstreamBroke(UpstreamError):
@@ -138,9 +146,10 @@ def session_id_from(headers: Mapping[str, str], body: Mapping[str, Any]) -> str 
     return None
 
 
-def parse_messages_body(raw: bytes) -> dict[str, Any]:
+def parse_messages_body(raw: bytes, *, exact: bool = False) -> dict[str, Any]:
+    """The request body; `exact` when it will be re-encoded (orjson reads integers beyond 64 bits as floats)."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw) if exact else fastjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(
             f"request body is not valid JSON: {exc}", hint="send a Messages API JSON object"
@@ -238,7 +247,10 @@ class Proxy:
             from ccgate.translate import estimate_input_tokens
 
             return web.json_response({"input_tokens": estimate_input_tokens(body)})
-        payload = raw if target.model == body["model"] else json.dumps({**body, "model": target.model}).encode()
+        if target.model == body["model"]:
+            payload = raw
+        else:
+            payload = fastjson.dumps({**parse_messages_body(raw, exact=True), "model": target.model})
         url = self._anthropic_url(spec, "/v1/messages/count_tokens", request.query_string)
         headers = self._anthropic_headers(deps, meta, request.headers, spec, request_id=None)
         try:
@@ -327,7 +339,7 @@ class Proxy:
             from ccgate.translate import anthropic_to_openai_request
 
             payload_obj, ctx.id_map = anthropic_to_openai_request(
-                ctx.body, target_model=target.model, stream_usage=spec.supports_stream_usage
+                ctx.exact_body(), target_model=target.model, stream_usage=spec.supports_stream_usage
             )
             url = spec.base_url.rstrip("/") + "/chat/completions"
             headers = {
@@ -340,14 +352,14 @@ class Proxy:
                 headers["authorization"] = f"Bearer {key}"
             elif spec.requires_key:
                 raise self._missing_key(spec)
-            data = json.dumps(payload_obj).encode()
+            data = fastjson.dumps(payload_obj)
         else:
             url = self._anthropic_url(spec, "/v1/messages", ctx.query)
             headers = self._anthropic_headers(deps, ctx.meta, ctx.headers, spec, request_id=ctx.record.id)
             if target.model == ctx.body["model"]:
                 data = ctx.raw
             else:
-                data = json.dumps({**ctx.body, "model": target.model}, ensure_ascii=False).encode()
+                data = fastjson.dumps({**ctx.exact_body(), "model": target.model})
         try:
             return await deps.session.post(url, data=data, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -567,7 +579,7 @@ class Proxy:
         if not data:
             return False, None
         try:
-            parsed = json.loads(data)
+            parsed = fastjson.loads(data)
         except ValueError:
             message = "ccgate: the provider sent a stream event that is not JSON"
             out.extend(translator.error("api_error", message))

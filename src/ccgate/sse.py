@@ -6,9 +6,10 @@ the partial tail and returns every complete event from each `feed`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from ccgate import fastjson
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +18,7 @@ class SSEEvent:
     data: str
 
     def json(self) -> Any:
-        return json.loads(self.data)
+        return fastjson.loads(self.data)
 
 
 class SSEDecoder:
@@ -100,6 +101,6 @@ class SSEDecoder:
 
 def encode_sse(event: str | None, data: Any) -> bytes:
     """One event in Anthropic's framing: `event:` line, compact JSON `data:` line, blank line."""
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {payload}\n\n".encode()
+    payload = data.encode() if isinstance(data, str) else fastjson.dumps(data)
+    head = b"event: " + event.encode() + b"\n" if event else b""
+    return head + b"data: " + payload + b"\n\n"

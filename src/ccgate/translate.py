@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ccgate import fastjson
 from ccgate.errors import InvalidRequestError
 from ccgate.models import Usage
 from ccgate.sse import SSEDecoder, encode_sse
@@ -790,8 +791,7 @@ class OpenAIStreamTranslator:
         # the hot path of a translated stream: format the one varying string instead of dumping a dict
         out.append(
             b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
-            b'"delta":{"type":"text_delta","text":%s}}\n\n'
-            % (self._text_index, json.dumps(text, ensure_ascii=False).encode())
+            b'"delta":{"type":"text_delta","text":%s}}\n\n' % (self._text_index, fastjson.dumps(text))
         )
         return out
 
@@ -874,7 +874,7 @@ def openai_stream_to_anthropic_events(
         if data == "[DONE]":
             break
         try:
-            chunk = json.loads(data)
+            chunk = fastjson.loads(data)
         except ValueError:
             out.extend(translator.error("api_error", "the provider sent a stream event that is not JSON"))
             return out

@@ -40,7 +40,7 @@ RESPONSE_DROP = frozenset(
 
 
 def create_client_session(*, connect_timeout: float = 15.0, read_timeout: float = 600.0) -> aiohttp.ClientSession:
-    """No total timeout (streams run for minutes), no connection cap, no compression to undo.
+    """No total timeout (streams run for minutes), no connection cap, no compression to undo, no cookie jar.
 
     We ask upstream for `identity` so bytes pass through as sent; if a provider compresses anyway, aiohttp
     decompresses and the response headers drop `content-encoding`, so the meter always sees plain SSE.
@@ -49,6 +49,9 @@ def create_client_session(*, connect_timeout: float = 15.0, read_timeout: float 
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
     return aiohttp.ClientSession(
         connector=connector,
+        # a proxy keeps no cookies: one client's upstream cookie (a load balancer's, say) must never ride along
+        # on another's request, and matching a jar on every request is wasted work
+        cookie_jar=aiohttp.DummyCookieJar(),
         timeout=timeout,
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),

@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from ccgate.errors import CcgateError
 
@@ -56,6 +58,15 @@ async def serve(port: int | None) -> int:
     return 0
 
 
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """uvloop where it is installed (a dependency on Linux and macOS): less CPU per proxied request."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ccgate.sidecar")
     parser.add_argument("--port", type=int, default=None)
@@ -66,13 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        import uvloop  # type: ignore[import-not-found]  # optional speed-up when installed
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        return int(runner(serve(args.port)))
+        return int(_run(serve(args.port)))
     except CcgateError as error:
         sys.stderr.write(f"ccgate sidecar: error: {error.full_message()}\n")
         return 1
