@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ccgate.models import RequestRecord
-from ccgate.storage.ledger import COLUMNS, open_ledger, record_to_row, recover_pending
+from ccgate.storage.ledger import COLUMNS, open_ledger, record_to_values, recover_pending
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _COLUMN_LIST = ", ".join(COLUMNS)
-_PLACEHOLDERS = ", ".join(f":{column}" for column in COLUMNS)
+_PLACEHOLDERS = ", ".join("?" for _ in COLUMNS)
 _INSERT_PENDING = f"INSERT INTO requests ({_COLUMN_LIST}) VALUES ({_PLACEHOLDERS}) ON CONFLICT(id) DO NOTHING"  # noqa: S608
 _UPSERT_FINAL = (
     f"INSERT INTO requests ({_COLUMN_LIST}) VALUES ({_PLACEHOLDERS}) "  # noqa: S608
@@ -52,10 +52,11 @@ _PROGRESS_COLUMNS = (
 )
 _UPDATE_PROGRESS = (
     "UPDATE requests SET "  # noqa: S608
-    + ", ".join(f"{column} = :{column}" for column in _PROGRESS_COLUMNS)
-    + " WHERE id = :id AND status = 'pending'"
+    + ", ".join(f"{column} = ?" for column in _PROGRESS_COLUMNS)
+    + " WHERE id = ? AND status = 'pending'"
 )
-_SQL: Final = {"pending": _INSERT_PENDING, "progress": _UPDATE_PROGRESS, "final": _UPSERT_FINAL}
+# positions in `COLUMNS` of the progress columns, then of the id (the WHERE clause)
+_PROGRESS_PICK: Final = tuple(COLUMNS.index(column) for column in (*_PROGRESS_COLUMNS, "id"))
 
 # Upper bound on writes per transaction, so one commit never holds the lock for long.
 MAX_BATCH = 2000
@@ -243,12 +244,24 @@ class LedgerWriter:
                     )
 
     def _commit(self, db: Database, writes: list[_Write]) -> None:
-        params: list[tuple[str, dict[str, Any]]] = [(_SQL[write.kind], record_to_row(write.record)) for write in writes]
+        # after _coalesce each request has one write, so grouping by kind cannot reorder a request's writes
+        pending: list[tuple[Any, ...]] = []
+        progress: list[tuple[Any, ...]] = []
+        final: list[tuple[Any, ...]] = []
+        for write in writes:
+            values = record_to_values(write.record)
+            if write.kind == "final":
+                final.append(values)
+            elif write.kind == "pending":
+                pending.append(values)
+            else:
+                progress.append(tuple(values[index] for index in _PROGRESS_PICK))
         conn = db.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for sql, row in params:
-                conn.execute(sql, row)
+            for sql, rows in ((_INSERT_PENDING, pending), (_UPDATE_PROGRESS, progress), (_UPSERT_FINAL, final)):
+                if rows:
+                    conn.executemany(sql, rows)
             conn.execute("COMMIT")
             self._commits += 1
         except BaseException:
