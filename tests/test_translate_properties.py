@@ -392,3 +392,65 @@ def test_any_chunking_assembles_into_the_non_streamed_message(
     assert streamed["model"] == MODEL
     assert translator.usage.output_tokens == expected["usage"]["output_tokens"]
     assert translator.usage.cache_read_tokens == expected["usage"]["cache_read_input_tokens"]
+
+
+usages = st.fixed_dictionaries({"prompt_tokens": st.integers(0, 10**6), "completion_tokens": st.integers(0, 10**5)})
+# Chunk shapes around the translator's plain-text fast path: each must translate exactly as the general path does.
+chunk_choices = st.fixed_dictionaries(
+    {
+        "index": st.sampled_from([0, 1, None]),
+        "delta": st.dictionaries(
+            st.sampled_from(["content", "role", "refusal", "tool_calls"]),
+            st.none()
+            | texts
+            | st.just("")
+            | st.just([{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": "{}"}}]),
+            max_size=3,
+        ),
+    },
+    optional={"finish_reason": st.none() | st.sampled_from(["stop", "length", "tool_calls"])},
+)
+stream_chunks = st.fixed_dictionaries(
+    {"id": st.just("chatcmpl-1"), "choices": st.lists(chunk_choices | st.just("junk"), max_size=2)},
+    optional={
+        "usage": st.none() | usages,
+        "x_groq": st.fixed_dictionaries({"usage": usages}),
+        "error": st.none() | st.just({"message": "boom"}),
+    },
+)
+
+
+# the common chunk, then the same with one thing that must send it down the general path
+plain_chunks = st.builds(
+    lambda text, extra, delta_extra, index, finish: {
+        "id": "chatcmpl-1",
+        "choices": [{"index": index, "delta": {"content": text, **delta_extra}, "finish_reason": finish}],
+        **extra,
+    },
+    texts,
+    st.just({})
+    | st.fixed_dictionaries({"usage": st.none() | usages})
+    | st.fixed_dictionaries({"x_groq": st.fixed_dictionaries({"usage": usages})}),
+    st.just({})
+    | st.fixed_dictionaries({"role": st.just("assistant")})
+    | st.fixed_dictionaries({"refusal": st.none() | texts}),
+    st.sampled_from([0, 0, 0, None, 1]),
+    st.sampled_from([None, None, None, "stop"]),
+)
+
+
+@SETTINGS
+@given(chunks=st.lists(plain_chunks | plain_chunks | stream_chunks, max_size=12))
+def test_plain_text_fast_path_matches_the_general_path(chunks: list[dict[str, Any]]) -> None:
+    fast = OpenAIStreamTranslator(requested_model=MODEL, id_map=ToolIdMap(), message_id="msg_same")
+    general = OpenAIStreamTranslator(requested_model=MODEL, id_map=ToolIdMap(), message_id="msg_same")
+    general._plain_text = lambda chunk: None  # type: ignore[method-assign]
+
+    def same_ids(events: list[bytes]) -> list[bytes]:  # tool ids are minted at random per translator
+        return [re.sub(rb"toolu_[0-9a-f]+", b"toolu_x", event) for event in events]
+
+    for chunk in chunks:
+        assert same_ids(fast.feed(chunk)) == same_ids(general.feed(chunk))
+        assert fast.usage == general.usage
+    assert same_ids(fast.finish()) == same_ids(general.finish())
+    assert fast.usage == general.usage

@@ -572,26 +572,28 @@ class Proxy:
         data: str, translator: Any, out: list[bytes], record: RequestRecord
     ) -> tuple[bool, tuple[str, str] | None]:
         """One OpenAI SSE event into Anthropic bytes; returns (stream over, (error type, message) or None)."""
-        from ccgate.translate import openai_error_to_anthropic
-
-        if data.strip() == "[DONE]":
-            return True, None
-        if not data:
-            return False, None
         try:
             parsed = fastjson.loads(data)
         except ValueError:
+            if not data or data.isspace():
+                return False, None
+            if data.strip() == "[DONE]":
+                return True, None
             message = "ccgate: the provider sent a stream event that is not JSON"
             out.extend(translator.error("api_error", message))
             return True, ("api_error", message)
-        if isinstance(parsed, dict) and parsed.get("error") is not None and not parsed.get("choices"):
+        if type(parsed) is not dict:
+            return False, None
+        if parsed.get("error") is not None and not parsed.get("choices"):
+            from ccgate.translate import openai_error_to_anthropic
+
             # the translator maps the provider's error code to the right Anthropic error type
             out.extend(translator.feed(parsed))
             _, envelope = openai_error_to_anthropic(0, parsed)
             return True, (envelope["error"]["type"], envelope["error"]["message"])
-        if isinstance(parsed, dict):
-            record.upstream_request_id = record.upstream_request_id or parsed.get("id")
-            out.extend(translator.feed(parsed))
+        if record.upstream_request_id is None:
+            record.upstream_request_id = parsed.get("id")
+        out.extend(translator.feed(parsed))
         return False, None
 
     # ---- recording ----------------------------------------------------------------------------

@@ -6,14 +6,14 @@ the partial tail and returns every complete event from each `feed`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ccgate import fastjson
 
 
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
+class SSEEvent(NamedTuple):
+    """One event; a named tuple because a stream makes one per chunk (cheaper to build than a dataclass)."""
+
     event: str | None
     data: str
 

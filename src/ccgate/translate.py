@@ -623,6 +623,15 @@ class _PendingCall:
     arguments: list[str] = field(default_factory=list)
 
 
+# the hot path of a translated stream: format the one varying string instead of dumping a dict
+_TEXT_DELTA = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+    b'"delta":{"type":"text_delta","text":%s}}\n\n'
+)
+# a delta with only these keys carries nothing but text (`role` comes with the first; a null refusal is common)
+_PLAIN_DELTA_KEYS = frozenset({"content", "role", "refusal"})
+
+
 class OpenAIStreamTranslator:
     """Feed parsed chat.completion.chunk objects, get encoded Anthropic SSE events back.
 
@@ -674,6 +683,10 @@ class OpenAIStreamTranslator:
         return self._message_id
 
     def feed(self, chunk: dict[str, Any]) -> list[bytes]:
+        text = self._plain_text(chunk)
+        if text is not None:
+            self._quiet_chunks = 0
+            return [_TEXT_DELTA % (self._text_index, fastjson.dumps(text))]
         if self._finished or not isinstance(chunk, dict):
             return []
         out: list[bytes] = []
@@ -757,6 +770,26 @@ class OpenAIStreamTranslator:
 
     # -- internals ---------------------------------------------------------------------------------------------
 
+    def _plain_text(self, chunk: Any) -> str | None:
+        """The text of the chunk most of a stream is made of (one choice, a text delta, nothing else), else None.
+
+        Such a chunk inside an open text block needs none of the general path's checks; anything unusual
+        (usage, an error, a finish reason, tool calls, another choice) returns None and takes that path.
+        """
+        if self._text_index is None or self._finished or type(chunk) is not dict:
+            return None
+        choices = chunk.get("choices")
+        if type(choices) is not list or len(choices) != 1 or chunk.get("usage") is not None or "x_groq" in chunk:
+            return None
+        choice = choices[0]
+        if type(choice) is not dict or choice.get("finish_reason") or choice.get("index") not in (0, None):
+            return None
+        delta = choice.get("delta")
+        if type(delta) is not dict or not delta.keys() <= _PLAIN_DELTA_KEYS or delta.get("refusal") is not None:
+            return None
+        content = delta.get("content")
+        return content if type(content) is str and content else None
+
     def _message_start(self, chunk: Mapping[str, Any]) -> list[bytes]:
         self._started = True
         if self._message_id is None:
@@ -788,11 +821,7 @@ class OpenAIStreamTranslator:
                 "content_block": {"type": "text", "text": ""},
             }
             out.append(encode_sse("content_block_start", start))
-        # the hot path of a translated stream: format the one varying string instead of dumping a dict
-        out.append(
-            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
-            b'"delta":{"type":"text_delta","text":%s}}\n\n' % (self._text_index, fastjson.dumps(text))
-        )
+        out.append(_TEXT_DELTA % (self._text_index, fastjson.dumps(text)))
         return out
 
     def _tool_delta(self, call: Mapping[str, Any]) -> None:
