@@ -468,3 +468,17 @@ async def test_translated_route_sends_big_integers_exactly(openai_mock: OpenAIUp
         sent = openai_mock.requests[0].json
         call = sent["messages"][1]["tool_calls"][0]
         assert json.loads(call["function"]["arguments"]) == {"n": HUGE, "s": "żółw ✓"}
+
+
+def test_invalid_utf8_in_a_provider_event_is_replaced_not_refused() -> None:
+    from ccgate.models import RequestRecord
+    from ccgate.proxy import Proxy
+    from ccgate.translate import OpenAIStreamTranslator, ToolIdMap
+
+    translator = OpenAIStreamTranslator(requested_model="claude-haiku-4-5", id_map=ToolIdMap())
+    out: list[bytes] = []
+    event = b'{"id":"c1","choices":[{"index":0,"delta":{"content":"caf\xc3 ok"}}]}'
+    done, failure = Proxy._translate_event(event, translator, out, RequestRecord(source="test"))
+    assert (done, failure) == (False, None)
+    assert "caf\ufffd ok".encode() in b"".join(out)
+    assert Proxy._translate_event(b"[DONE]", translator, out, RequestRecord(source="test")) == (True, None)

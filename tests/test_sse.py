@@ -45,3 +45,23 @@ def test_final_event_without_blank_line_counts_at_flush() -> None:
     decoder = SSEDecoder()
     assert decoder.feed(b'data: {"a":1}\n\ndata: {"b":2}') == [SSEEvent(None, '{"a":1}')]
     assert decoder.flush() == [SSEEvent(None, '{"b":2}')]
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    picks=st.lists(st.integers(0, len(EVENTS) - 1), min_size=1, max_size=12),
+    ending=st.sampled_from([b"\n", b"\r\n", b"\r"]),
+    cuts=st.lists(st.integers(1, 40), max_size=30),
+)
+def test_feed_data_gives_the_data_of_the_same_events(picks: list[int], ending: bytes, cuts: list[int]) -> None:
+    stream = b"".join(EVENTS[i][0] for i in picks).replace(b"\n", ending)
+    expected = [event.data.encode() for i in picks if (event := EVENTS[i][1]) is not None]
+    decoder = SSEDecoder()
+    got: list[bytes] = []
+    position = 0
+    for size in cuts:
+        got += decoder.feed_data(stream[position : position + size])
+        position += size
+    got += decoder.feed_data(stream[position:])
+    got += [event.data.encode() for event in decoder.flush()]
+    assert got == expected

@@ -524,8 +524,8 @@ class Proxy:
                 if record.ttfb_ms is None:
                     record.ttfb_ms = (time.perf_counter() - ctx.started) * 1000
                 out: list[bytes] = []
-                for event in decoder.feed(chunk):
-                    done, failure = self._translate_event(event.data, translator, out, record)
+                for data in decoder.feed_data(chunk):
+                    done, failure = self._translate_event(data, translator, out, record)
                     if done:
                         break
                 if out:
@@ -537,7 +537,7 @@ class Proxy:
             if not done:
                 out = []
                 for event in decoder.flush():
-                    done, failure = self._translate_event(event.data, translator, out, record)
+                    done, failure = self._translate_event(event.data.encode(), translator, out, record)
                     if done:
                         break
                 if out:
@@ -569,15 +569,18 @@ class Proxy:
 
     @staticmethod
     def _translate_event(
-        data: str, translator: Any, out: list[bytes], record: RequestRecord
+        data: bytes, translator: Any, out: list[bytes], record: RequestRecord
     ) -> tuple[bool, tuple[str, str] | None]:
         """One OpenAI SSE event into Anthropic bytes; returns (stream over, (error type, message) or None)."""
         try:
-            parsed = fastjson.loads(data)
+            try:
+                parsed = fastjson.loads(data)
+            except ValueError:  # invalid UTF-8 is replaced, as a text decoder would, not refused
+                parsed = fastjson.loads(data.decode("utf-8", errors="replace"))
         except ValueError:
             if not data or data.isspace():
                 return False, None
-            if data.strip() == "[DONE]":
+            if data.strip() == b"[DONE]":
                 return True, None
             message = "ccgate: the provider sent a stream event that is not JSON"
             out.extend(translator.error("api_error", message))

@@ -55,6 +55,30 @@ class SSEDecoder:
         self._buffer = buffer[start:]
         return events
 
+    def feed_data(self, chunk: bytes) -> list[bytes]:
+        """Only the `data` of each complete event, as bytes (what a JSON parser takes): the translator's hot path.
+
+        Event names and ids are not returned; a stream whose consumer needs them uses `feed`.
+        """
+        if self._buffer or self._data or self._event is not None or b"\r" in chunk:
+            return [event.data.encode() for event in self.feed(chunk)]
+        end = chunk.rfind(b"\n\n")
+        if end < 0:
+            self._buffer = chunk
+            return []
+        self._buffer = chunk[end + 2 :]
+        out: list[bytes] = []
+        for block in chunk[:end].split(b"\n\n"):
+            if block.startswith(b"data: ") and b"\n" not in block:
+                out.append(block[6:])
+                continue
+            events: list[SSEEvent] = []
+            for line in block.split(b"\n"):
+                self._line(line, events)
+            self._line(b"", events)
+            out.extend(event.data.encode() for event in events)
+        return out
+
     def _feed_blocks(self, buffer: bytes) -> list[SSEEvent]:
         """Fast path for LF-framed streams: whole events at a time, single-line `data:` events without a loop."""
         end = buffer.rfind(b"\n\n")
