@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -39,6 +40,10 @@ async def serve(port: int | None) -> int:
             f"cannot listen on {config.sidecar.host}:{port}: {exc.strerror}",
             hint="another program uses that port: set `sidecar.port` in config.toml or CCGATE_SIDECAR_PORT",
         ) from exc
+    # What exists now (the price catalog, aiohttp, ccgate itself) lives as long as the process: moving it out of
+    # the collector's reach spares every full collection ~25 ms of scanning, a latency spike under load.
+    gc.collect()
+    gc.freeze()
     addresses = runner.addresses
     actual_port = int(addresses[0][1]) if addresses else port
     pid = os.getpid()
