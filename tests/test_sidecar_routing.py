@@ -439,17 +439,23 @@ HISTORY: list[dict[str, Any]] = [
 ]
 
 
+async def send_history(harness: Harness, model: str) -> dict[str, Any]:
+    """POST the HISTORY conversation (streamed) and read the whole reply; returns the body sent."""
+    body = {"model": model, "max_tokens": 50, "stream": True, "messages": HISTORY}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{harness.url}/v1/messages", json=body, headers=harness.headers) as response,
+    ):
+        assert response.status == 200
+        await response.read()
+    return body
+
+
 async def test_rewritten_route_sends_big_integers_and_unicode_exactly() -> None:
     config = Config(tiers={"opus": TierSettings("opus", ("anthropic/claude-haiku-4-5",))})
     async with running_sidecar(config=config) as harness:
         harness.upstream.enqueue(TextReply("ok"))
-        body = {"model": "claude-opus-4-5", "max_tokens": 50, "stream": True, "messages": HISTORY}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(f"{harness.url}/v1/messages", json=body, headers=harness.headers) as response,
-        ):
-            assert response.status == 200
-            await response.read()
+        body = await send_history(harness, "claude-opus-4-5")
         seen = harness.upstream.messages_requests[0]
         assert seen.json == {**body, "model": "claude-haiku-4-5"}
         assert str(HUGE).encode() in seen.body
@@ -458,13 +464,7 @@ async def test_rewritten_route_sends_big_integers_and_unicode_exactly() -> None:
 async def test_translated_route_sends_big_integers_exactly(openai_mock: OpenAIUpstream) -> None:
     async with running_sidecar(config=HAIKU_TO_OPENAI, environ=env_for(("openai", openai_mock))) as harness:
         openai_mock.replies.append(OpenAIReply(text="ok"))
-        body = {"model": "claude-haiku-4-5", "max_tokens": 50, "stream": True, "messages": HISTORY}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(f"{harness.url}/v1/messages", json=body, headers=harness.headers) as response,
-        ):
-            assert response.status == 200
-            await response.read()
+        await send_history(harness, "claude-haiku-4-5")
         sent = openai_mock.requests[0].json
         call = sent["messages"][1]["tool_calls"][0]
         assert json.loads(call["function"]["arguments"]) == {"n": HUGE, "s": "żółw ✓"}

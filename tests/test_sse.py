@@ -21,23 +21,30 @@ EVENTS = [
 ]
 
 
-@settings(deadline=None, max_examples=300)
-@given(
-    picks=st.lists(st.integers(0, len(EVENTS) - 1), min_size=1, max_size=12),
-    ending=st.sampled_from([b"\n", b"\r\n", b"\r"]),
-    cuts=st.lists(st.integers(1, 40), max_size=30),
+STREAMS = st.tuples(
+    st.lists(st.integers(0, len(EVENTS) - 1), min_size=1, max_size=12),
+    st.sampled_from([b"\n", b"\r\n", b"\r"]),
+    st.lists(st.integers(1, 40), max_size=30),
 )
-def test_any_chunking_and_line_ending_gives_the_same_events(picks: list[int], ending: bytes, cuts: list[int]) -> None:
+
+
+def cut(picks: list[int], ending: bytes, cuts: list[int]) -> tuple[list[bytes], list[SSEEvent]]:
+    """The picked events' bytes with `ending` line endings, cut into reads of the given sizes; and the events."""
     stream = b"".join(EVENTS[i][0] for i in picks).replace(b"\n", ending)
-    expected = [EVENTS[i][1] for i in picks if EVENTS[i][1] is not None]
-    decoder = SSEDecoder()
-    got: list[SSEEvent] = []
-    position = 0
+    reads, position = [], 0
     for size in cuts:
-        got += decoder.feed(stream[position : position + size])
+        reads.append(stream[position : position + size])
         position += size
-    got += decoder.feed(stream[position:])
-    got += decoder.flush()
+    reads.append(stream[position:])
+    return reads, [event for i in picks if (event := EVENTS[i][1]) is not None]
+
+
+@settings(deadline=None, max_examples=300)
+@given(stream=STREAMS)
+def test_any_chunking_and_line_ending_gives_the_same_events(stream: tuple[list[int], bytes, list[int]]) -> None:
+    reads, expected = cut(*stream)
+    decoder = SSEDecoder()
+    got = [event for read in reads for event in decoder.feed(read)] + decoder.flush()
     assert got == expected
 
 
@@ -48,20 +55,10 @@ def test_final_event_without_blank_line_counts_at_flush() -> None:
 
 
 @settings(deadline=None, max_examples=300)
-@given(
-    picks=st.lists(st.integers(0, len(EVENTS) - 1), min_size=1, max_size=12),
-    ending=st.sampled_from([b"\n", b"\r\n", b"\r"]),
-    cuts=st.lists(st.integers(1, 40), max_size=30),
-)
-def test_feed_data_gives_the_data_of_the_same_events(picks: list[int], ending: bytes, cuts: list[int]) -> None:
-    stream = b"".join(EVENTS[i][0] for i in picks).replace(b"\n", ending)
-    expected = [event.data.encode() for i in picks if (event := EVENTS[i][1]) is not None]
+@given(stream=STREAMS)
+def test_feed_data_gives_the_data_of_the_same_events(stream: tuple[list[int], bytes, list[int]]) -> None:
+    reads, expected = cut(*stream)
     decoder = SSEDecoder()
-    got: list[bytes] = []
-    position = 0
-    for size in cuts:
-        got += decoder.feed_data(stream[position : position + size])
-        position += size
-    got += decoder.feed_data(stream[position:])
+    got = [data for read in reads for data in decoder.feed_data(read)]
     got += [event.data.encode() for event in decoder.flush()]
-    assert got == expected
+    assert got == [event.data.encode() for event in expected]

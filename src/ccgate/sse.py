@@ -62,38 +62,38 @@ class SSEDecoder:
         """
         if self._buffer or self._data or self._event is not None or b"\r" in chunk:
             return [event.data.encode() for event in self.feed(chunk)]
-        end = chunk.rfind(b"\n\n")
-        if end < 0:
-            self._buffer = chunk
-            return []
-        self._buffer = chunk[end + 2 :]
         out: list[bytes] = []
-        for block in chunk[:end].split(b"\n\n"):
+        for block in self._complete_blocks(chunk):
             if block.startswith(b"data: ") and b"\n" not in block:
                 out.append(block[6:])
-                continue
-            events: list[SSEEvent] = []
-            for line in block.split(b"\n"):
-                self._line(line, events)
-            self._line(b"", events)
-            out.extend(event.data.encode() for event in events)
+            else:
+                out.extend(event.data.encode() for event in self._block_events(block))
         return out
 
     def _feed_blocks(self, buffer: bytes) -> list[SSEEvent]:
         """Fast path for LF-framed streams: whole events at a time, single-line `data:` events without a loop."""
+        events: list[SSEEvent] = []
+        for block in self._complete_blocks(buffer):
+            if block.startswith(b"data: ") and b"\n" not in block:
+                events.append(SSEEvent(None, block[6:].decode("utf-8", errors="replace")))
+            else:
+                events.extend(self._block_events(block))
+        return events
+
+    def _complete_blocks(self, buffer: bytes) -> list[bytes]:
+        """The LF-framed events complete in `buffer` (blank-line separated); the rest waits for the next read."""
         end = buffer.rfind(b"\n\n")
         if end < 0:
             self._buffer = buffer
             return []
         self._buffer = buffer[end + 2 :]
+        return buffer[:end].split(b"\n\n")
+
+    def _block_events(self, block: bytes) -> list[SSEEvent]:
         events: list[SSEEvent] = []
-        for block in buffer[:end].split(b"\n\n"):
-            if block.startswith(b"data: ") and b"\n" not in block:
-                events.append(SSEEvent(None, block[6:].decode("utf-8", errors="replace")))
-                continue
-            for line in block.split(b"\n"):
-                self._line(line, events)
-            self._line(b"", events)
+        for line in block.split(b"\n"):
+            self._line(line, events)
+        self._line(b"", events)
         return events
 
     def flush(self) -> list[SSEEvent]:
