@@ -20,6 +20,8 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     user_home = tmp_path / "user-home"
     user_home.mkdir()
     monkeypatch.setenv("HOME", str(user_home))
+    # Claude Code's system-wide managed settings: a test file, never the machine's own
+    monkeypatch.setenv("CCGATE_CLAUDE_MANAGED_SETTINGS", str(tmp_path / "managed-settings.json"))
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "ccgate_testing_keyring.MemoryKeyring")
     # subprocesses (sidecar, CLI) find the test keyring backend and the scripted upstream too
     support = str(Path(__file__).parent / "support")

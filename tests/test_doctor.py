@@ -32,7 +32,7 @@ def environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         port = probe.getsockname()[1]
     monkeypatch.setenv("CCGATE_SIDECAR_PORT", str(port))
     monkeypatch.setenv("CCGATE_GROQ_API_KEY", GROQ_KEY)
-    for var in ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX", "CLAUDE_CONFIG_DIR"):
+    for var in ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX", "CLAUDE_CODE_USE_FOUNDRY", "CLAUDE_CONFIG_DIR"):
         monkeypatch.delenv(var, raising=False)
     return dict(os.environ)
 
@@ -218,3 +218,11 @@ def test_damaged_ledger_fix_moves_the_wal_and_shm_files_too(isolated_home: Path,
     ledger.write_bytes(b"broken again")
     subprocess.run(["sh", "-c", command.replace(".broken", ".broken2")], check=True, timeout=30)
     assert ledger.with_name(ledger.name + ".broken2").exists()
+
+
+def test_managed_settings_that_route_around_ccgate_are_reported(healthy: Path, environ: dict[str, str]) -> None:
+    managed = Path(os.environ["CCGATE_CLAUDE_MANAGED_SETTINGS"])
+    managed.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://corp-proxy.example"}}))
+    bypasses = [check for check in run_checks(resolve_paths(), environ) if check.name == "bypass"]
+    assert [check.ok for check in bypasses] == [False]
+    assert "(managed settings) sets env.ANTHROPIC_BASE_URL" in bypasses[0].detail

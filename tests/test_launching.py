@@ -29,17 +29,46 @@ def test_project_is_the_git_top_level_or_the_directory_itself(tmp_path: Path) ->
     assert project_of(plain) == str(plain)
 
 
+# no system-wide managed settings: the machine's own are not the test's business
+NO_MANAGED = {"CCGATE_CLAUDE_MANAGED_SETTINGS": ""}
+
+
 def test_bypasses_are_detected_in_env_and_settings(tmp_path: Path) -> None:
-    assert bypass_warnings({}, tmp_path) == []
-    warnings = bypass_warnings({"CLAUDE_CODE_USE_BEDROCK": "1"}, tmp_path)
+    assert bypass_warnings(NO_MANAGED, tmp_path) == []
+    warnings = bypass_warnings(NO_MANAGED | {"CLAUDE_CODE_USE_BEDROCK": "1"}, tmp_path)
     assert len(warnings) == 1 and "CLAUDE_CODE_USE_BEDROCK" in warnings[0]
     settings = tmp_path / ".claude" / "settings.json"
     settings.parent.mkdir()
     settings.write_text(
         json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://proxy.example", "CLAUDE_CODE_USE_VERTEX": "1"}})
     )
-    found = bypass_warnings({}, tmp_path)
+    found = bypass_warnings(NO_MANAGED, tmp_path)
     assert any("ANTHROPIC_BASE_URL" in w for w in found)
     assert any("CLAUDE_CODE_USE_VERTEX" in w for w in found)
     settings.write_text("{not json")
-    assert bypass_warnings({}, tmp_path) == []  # a broken settings file is doctor's business, not a crash here
+    assert bypass_warnings(NO_MANAGED, tmp_path) == []  # a broken settings file is doctor's business, not a crash here
+
+
+def test_foundry_and_managed_settings_are_bypasses_too(tmp_path: Path) -> None:
+    managed = tmp_path / "managed-settings.json"
+    environ = {"CCGATE_CLAUDE_MANAGED_SETTINGS": str(managed)}
+    assert bypass_warnings(environ, tmp_path) == []
+    foundry = bypass_warnings(environ | {"CLAUDE_CODE_USE_FOUNDRY": "1"}, tmp_path)
+    assert len(foundry) == 1 and "CLAUDE_CODE_USE_FOUNDRY is set" in foundry[0]
+    managed.write_text(
+        json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://corp-proxy.example", "CLAUDE_CODE_USE_FOUNDRY": "1"}})
+    )
+    found = bypass_warnings(environ, tmp_path)
+    assert len(found) == 2
+    assert all("(managed settings)" in w and "ask whoever manages it" in w for w in found)
+    assert "env.ANTHROPIC_BASE_URL" in found[0] and "env.CLAUDE_CODE_USE_FOUNDRY" in found[1]
+
+
+def test_user_settings_are_read_from_claude_config_dir_when_set(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "claude-config"
+    elsewhere.mkdir()
+    (elsewhere / "settings.json").write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://proxy.example"}}))
+    environ = NO_MANAGED
+    assert bypass_warnings(environ, tmp_path) == []
+    found = bypass_warnings(environ | {"CLAUDE_CONFIG_DIR": str(elsewhere)}, tmp_path)
+    assert len(found) == 1 and str(elsewhere / "settings.json") in found[0]

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,26 @@ from ccgate.paths import Paths
 from ccgate.providers import redact_url
 
 CLAUDE_INSTALL_HINT = "install Claude Code with `npm install -g @anthropic-ai/claude-code`, then run this again"
+# Switches that send Claude Code to a cloud provider's endpoint instead of ANTHROPIC_BASE_URL.
+CLOUD_SWITCHES = ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX", "CLAUDE_CODE_USE_FOUNDRY")
+
+
+def managed_settings_files(environ: Mapping[str, str]) -> list[Path]:
+    """Claude Code's system-wide managed settings (set by an administrator; they win over every other file).
+
+    `CCGATE_CLAUDE_MANAGED_SETTINGS` (paths separated by the OS path separator) replaces the platform's locations.
+    """
+    override = environ.get("CCGATE_CLAUDE_MANAGED_SETTINGS")
+    if override is not None:
+        return [Path(part) for part in override.split(os.pathsep) if part]
+    if sys.platform == "darwin":
+        return [Path("/Library/Application Support/ClaudeCode/managed-settings.json")]
+    if sys.platform == "win32":
+        return [
+            Path(r"C:\ProgramData\ClaudeCode\managed-settings.json"),
+            Path(r"C:\Program Files\ClaudeCode\managed-settings.json"),
+        ]
+    return [Path("/etc/claude-code/managed-settings.json")]
 
 
 def project_of(cwd: Path) -> str:
@@ -54,23 +75,28 @@ def bypass_warnings(environ: Mapping[str, str], home: Path, *, extra_settings: S
     `extra_settings`: more Claude Code settings files to look at (e.g. a project's `.claude/settings.json`).
     """
     warnings: list[str] = []
-    for var in ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX"):
+    for var in CLOUD_SWITCHES:
         if environ.get(var) and environ.get(var) not in ("0", "false", ""):
             warnings.append(f"{var} is set: Claude Code talks to the cloud provider directly; unset it to meter")
-    for settings in (home / ".claude" / "settings.json", *extra_settings):
+    managed = managed_settings_files(environ)
+    # Claude Code reads its user settings from $CLAUDE_CONFIG_DIR when that is set
+    user_dir = Path(environ["CLAUDE_CONFIG_DIR"]).expanduser() if environ.get("CLAUDE_CONFIG_DIR") else home / ".claude"
+    for settings in (user_dir / "settings.json", *extra_settings, *managed):
         try:
             data = json.loads(settings.read_text())
         except (OSError, ValueError):
             data = None
         env = data.get("env") if isinstance(data, dict) else None
-        if isinstance(env, dict):
-            if env.get("ANTHROPIC_BASE_URL"):
-                warnings.append(
-                    f"{settings} sets env.ANTHROPIC_BASE_URL, which overrides ccgate's; remove it from that file"
-                )
-            for var in ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX"):
-                if env.get(var):
-                    warnings.append(f"{settings} sets env.{var}; requests bypass ccgate while it is there")
+        if not isinstance(env, dict):
+            continue
+        # managed settings are an administrator's: the user cannot edit them, only ask
+        remedy = "ask whoever manages it" if settings in managed else "remove it from that file"
+        where = f"{settings} (managed settings)" if settings in managed else str(settings)
+        if env.get("ANTHROPIC_BASE_URL"):
+            warnings.append(f"{where} sets env.ANTHROPIC_BASE_URL, which overrides ccgate's; {remedy}")
+        for var in CLOUD_SWITCHES:
+            if env.get(var):
+                warnings.append(f"{where} sets env.{var}; requests bypass ccgate while it is there ({remedy})")
     return warnings
 
 
