@@ -119,6 +119,12 @@ def test_add_and_remove_custom_provider(
     assert code == 1 and "openai, anthropic" in err
     code, _, err = run(capsys, monkeypatch, "provider", "add", "a/b", "--kind", "openai", "--base-url", "http://x")
     assert code == 1 and "invalid provider name" in err
+    # one key variable for two providers would send one provider's key to the other
+    code, _, err = run(capsys, monkeypatch, "provider", "add", "my_proxy", "--kind", "openai", "--base-url", "http://x")
+    assert code == 1 and "CCGATE_MY_PROXY_API_KEY" in err and "'my-proxy'" in err
+    assert "my_proxy" not in providers_json(capsys, monkeypatch)
+    code, _, err = run(capsys, monkeypatch, "provider", "add", "my-proxy", "--kind", "openai", "--base-url", "http://x")
+    assert code == 0, err  # updating the same provider is not a clash
 
     # a provider a tier routes to cannot disappear from under it
     (isolated_home / "config.toml").write_text(

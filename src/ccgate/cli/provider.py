@@ -126,6 +126,16 @@ def provider_add(
         )
     url = validate_base_url(base_url, "--base-url", provider=name)
     config = app_ctx.config
+    # `my-llm` and `my_llm` would share CCGATE_MY_LLM_API_KEY: one key silently used for both
+    clash = next(
+        (other for other in (*BUILTIN, *config.providers) if other != name and key_env(other) == key_env(name)),
+        None,
+    )
+    if clash is not None:
+        app_ctx.fail(
+            f"{name!r} would share {key_env(name)} and {base_url_env_var(name)} with provider {clash!r}",
+            hint=f"pick a name that differs from {clash!r} by more than '-' and '_'",
+        )
     existed = name in config.providers
     providers = dict(config.providers)
     providers[name] = ProviderSettings(name=name, kind=kind, base_url=url, supports_stream_usage=stream_usage)
