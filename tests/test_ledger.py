@@ -488,3 +488,19 @@ def test_every_ledger_connection_waits_for_locks(ledger_path: Path) -> None:
     db = open_ledger(ledger_path)
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] == int(ledger_module.BUSY_TIMEOUT_S * 1000)
     db.close()
+
+
+def test_request_ids_are_unique_uuids_that_sort_by_creation() -> None:
+    import time
+    import uuid
+
+    from ccgate.models import new_request_id
+
+    first = [new_request_id() for _ in range(20_000)]
+    time.sleep(0.002)  # the next millisecond at least
+    later = new_request_id()
+    assert len(set(first)) == len(first)
+    parsed = uuid.UUID(later)
+    assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122) and str(parsed) == later
+    assert all(earlier < later for earlier in first)  # text order is time order: the index grows at one end
+    assert abs((parsed.int >> 80) - time.time_ns() // 1_000_000) < 5_000

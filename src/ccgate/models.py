@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -118,11 +119,30 @@ class Attempt:
     error: str | None = None
 
 
+def new_request_id() -> str:
+    """A UUID laid out as version 7: 48 bits of Unix milliseconds, then 74 random bits.
+
+    Ids sort by creation, so the ledger's primary-key index grows at its right edge; a random (version 4) id
+    dirties a random index page per row, which the writer pays for on every commit.
+    """
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (
+        (millis & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76  # version
+        | ((rand >> 62) & 0xFFF) << 64
+        | 0b10 << 62  # RFC 9562 variant
+        | rand & 0x3FFF_FFFF_FFFF_FFFF
+    )
+    digits = f"{value:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
 @dataclass(slots=True)
 class RequestRecord:
     """One ledger row: written ahead as pending, completed when the response ends."""
 
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=lambda: new_request_id())
     started_at: datetime = field(default_factory=utcnow)
     ended_at: datetime | None = None
     source: str = "sidecar"
