@@ -572,6 +572,8 @@ class Proxy:
         data: bytes, translator: Any, out: list[bytes], record: RequestRecord
     ) -> tuple[bool, tuple[str, str] | None]:
         """One OpenAI SSE event into Anthropic bytes; returns (stream over, (error type, message) or None)."""
+        if data == b"[DONE]":
+            return True, None
         try:
             try:
                 parsed = fastjson.loads(data)
