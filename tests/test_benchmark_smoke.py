@@ -80,3 +80,22 @@ def test_quick_benchmark_reports_every_metric(tmp_path: Path) -> None:
         "cost_month_ms",
     }
     assert ("pass" in done.stdout) or ("FAIL" in done.stdout)
+
+
+def test_side_by_side_comparison_runs_two_builds(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "HEAD", ".", "--requests", "5"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines() if " p50 " in line]
+    assert [(row[0], row[1]) for row in rows] == [
+        ("anthropic", "HEAD"),
+        ("anthropic", "."),
+        ("translated", "HEAD"),
+        ("translated", "."),
+    ]
+    assert all(float(row[3]) > 0 for row in rows)
