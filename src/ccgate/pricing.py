@@ -302,19 +302,12 @@ class PriceCatalog:
     def cost(self, model: str, usage: Usage, *, provider: str | None = None, at: datetime | None = None) -> Cost:
         """The exact cost of one request in nano-dollars; never $0 for a model without a price."""
         resolution = self._resolve(model, provider)
-        if resolution.override is not None:
-            rates = self._rates_from(resolution, model, provider, at)
-            return Cost(
-                nanos=usd_to_nanos(_cost_usd(rates, usage)),
-                quality=PriceQuality.PRICED,
-                priced_model=resolution.override_key,
-                note=resolution.note,
-            )
-        if resolution.entry is None:
+        if resolution.override is None and resolution.entry is None:
             return Cost(nanos=None, quality=PriceQuality.UNPRICED, note=resolution.note)
-        if resolution.simple:
-            # same arithmetic as genai-prices for input/output/cache/web-search prices with at most one tier
-            # (tests check the two agree on every such catalog model); ~10x faster on the proxy path
+        if resolution.override is not None or resolution.simple:
+            # an override's rates, or a catalog price ModelRates holds exactly: the same arithmetic as genai-prices
+            # for input/output/cache/web-search prices with at most one tier (tests check the two agree on every
+            # such catalog model), ~10x faster on the proxy path
             rates = self._rates_from(resolution, model, provider, at)
             return Cost(
                 nanos=usd_to_nanos(_cost_usd(rates, usage)),
