@@ -78,10 +78,10 @@ def bypass_warnings(environ: Mapping[str, str], home: Path, *, extra_settings: S
     for var in CLOUD_SWITCHES:
         if environ.get(var) and environ.get(var) not in ("0", "false", ""):
             warnings.append(f"{var} is set: Claude Code talks to the cloud provider directly; unset it to meter")
+    from ccgate.statusline import claude_config_dir
+
     managed = managed_settings_files(environ)
-    # Claude Code reads its user settings from $CLAUDE_CONFIG_DIR when that is set
-    user_dir = Path(environ["CLAUDE_CONFIG_DIR"]).expanduser() if environ.get("CLAUDE_CONFIG_DIR") else home / ".claude"
-    for settings in (user_dir / "settings.json", *extra_settings, *managed):
+    for settings in (claude_config_dir(environ, home) / "settings.json", *extra_settings, *managed):
         try:
             data = json.loads(settings.read_text())
         except (OSError, ValueError):

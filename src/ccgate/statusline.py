@@ -37,13 +37,14 @@ MAX_STDIN_BYTES = 1_000_000
 LEDGER_TIMEOUT_S = 0.25
 
 
-def claude_config_dir(environ: Mapping[str, str]) -> Path:
-    """Claude Code's own directory: `$CLAUDE_CONFIG_DIR` if set, else `~/.claude` (HOME-relative)."""
+def claude_config_dir(environ: Mapping[str, str], home: Path | None = None) -> Path:
+    """Claude Code's own directory: `$CLAUDE_CONFIG_DIR` if set, else `.claude` in `home` (default: `$HOME`)."""
     configured = environ.get("CLAUDE_CONFIG_DIR")
     if configured:
         return Path(configured).expanduser()
-    home = environ.get("HOME")
-    return (Path(home) if home else Path.home()) / ".claude"
+    if home is None:
+        home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
+    return home / ".claude"
 
 
 def claude_settings_file(environ: Mapping[str, str]) -> Path:
