@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cli_runner import run_main as run
 
-from ccgate.importer import import_id
+from ccgate.importer import METERED_WINDOW, import_id, metered_message_ids
 from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
 from ccgate.paths import resolve_paths
 
@@ -223,3 +223,38 @@ def test_missing_directory_is_a_user_error(capsys: pytest.CaptureFixture[str], m
     code, _, err = run(capsys, monkeypatch, "import", "claude-code", "--path", "/nonexistent/claude/projects")
     assert code == 1
     assert "is not a directory of Claude Code transcripts" in err and "--path" in err
+
+
+def test_metered_message_ids_look_around_each_transcript_time(tmp_path: Path) -> None:
+    """Without an index on message ids, a metered row is found only near its transcript line's time."""
+    from ccgate.storage.ledger import insert_records, open_ledger
+
+    line_time = datetime(2026, 2, 14, 9, 30, tzinfo=UTC)
+    far_line_time = line_time + timedelta(days=40)
+    db = open_ledger(tmp_path / "ledger.db")
+    try:
+
+        def row(message_id: str, started: datetime, source: str = "sidecar") -> RequestRecord:
+            return RequestRecord(
+                started_at=started, source=source, status=RequestStatus.OK, upstream_message_id=message_id
+            )
+
+        insert_records(
+            db,
+            [
+                row("msg_long_stream", line_time - METERED_WINDOW + timedelta(minutes=1)),
+                row("msg_just_after", line_time + timedelta(seconds=2)),
+                row("msg_far_line", far_line_time - timedelta(minutes=3)),
+                row("msg_outside", line_time - timedelta(days=3)),
+                row("msg_imported", line_time, source="import"),
+                row("msg_not_asked", line_time),
+            ],
+        )
+        stamps = {
+            message_id: (far_line_time if message_id == "msg_far_line" else line_time).isoformat()
+            for message_id in ("msg_long_stream", "msg_just_after", "msg_far_line", "msg_outside", "msg_imported")
+        }
+        assert metered_message_ids(db, stamps) == {"msg_long_stream", "msg_just_after", "msg_far_line"}
+        assert metered_message_ids(db, {}) == set()
+    finally:
+        db.close()

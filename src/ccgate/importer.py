@@ -13,11 +13,12 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ccgate.errors import UserInputError
-from ccgate.models import RequestRecord, RequestStatus, Usage, from_iso
+from ccgate.models import RequestRecord, RequestStatus, Usage, from_iso, to_iso
 from ccgate.usage import usage_from_anthropic
 
 if TYPE_CHECKING:
@@ -247,13 +248,38 @@ def _matching(db: Database, sql: str, values: Iterable[str]) -> set[str]:
     return found
 
 
-def metered_message_ids(db: Database, message_ids: Iterable[str]) -> set[str]:
-    """Message ids that a sidecar or gateway row already holds (they must not be counted twice)."""
-    return _matching(
-        db,
-        "SELECT upstream_message_id FROM requests WHERE upstream_message_id IN ({marks}) AND source != 'import'",
-        message_ids,
-    )
+# How far a sidecar row's start may lie from the transcript line of the same message. The line is written as
+# the reply arrives, seconds to minutes after the request started; a day either side also covers clock changes.
+METERED_WINDOW = timedelta(days=1)
+
+
+def _windows(moments: Iterable[datetime], margin: timedelta) -> list[tuple[str, str]]:
+    """Each moment widened by `margin`, overlapping ranges merged, as stored-timestamp text bounds."""
+    merged: list[list[datetime]] = []
+    for moment in sorted(moments):
+        low, high = moment - margin, moment + margin
+        if merged and low <= merged[-1][1]:
+            merged[-1][1] = high
+        else:
+            merged.append([low, high])
+    return [(to_iso(low), to_iso(high)) for low, high in merged]
+
+
+def metered_message_ids(db: Database, stamps: Mapping[str, str]) -> set[str]:
+    """Message ids (mapped to their transcript timestamps) that a sidecar or gateway row already holds.
+
+    Looked up through the `started_at` index, window by window around the transcript times: the ledger keeps
+    no index on message ids, which would cost every metered request a random-page write.
+    """
+    found: set[str] = set()
+    for low, high in _windows((from_iso(stamp) for stamp in stamps.values()), METERED_WINDOW):
+        rows = db.execute(
+            "SELECT upstream_message_id FROM requests WHERE started_at >= ? AND started_at <= ? "
+            "AND upstream_message_id IS NOT NULL AND source != 'import'",
+            (low, high),
+        )
+        found.update(message_id for (message_id,) in rows if message_id in stamps)
+    return found
 
 
 def existing_ids(db: Database, ids: Iterable[str]) -> set[str]:
@@ -274,7 +300,7 @@ class Importer:
 
         stats = self.stats
         entries = list(read_transcripts(files, stats, progress).values())
-        metered = metered_message_ids(self.db, (entry.message_id for entry in entries))
+        metered = metered_message_ids(self.db, {entry.message_id: entry.timestamp for entry in entries})
         candidates = [entry for entry in entries if entry.message_id not in metered]
         stats.already_metered = len(entries) - len(candidates)
         done = existing_ids(self.db, (import_id(entry.message_id, entry.request_id) for entry in candidates))

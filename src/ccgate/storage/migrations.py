@@ -180,6 +180,14 @@ def m003_hourly_rollups(db: Database) -> None:
     )
 
 
+@migration
+def m004_drop_message_id_index(db: Database) -> None:
+    """Every metered request paid a write to a random page of this index; `import` now finds metered message
+    ids through `started_at` instead.
+    """
+    db.execute("DROP INDEX IF EXISTS requests_upstream_message_id")
+
+
 def applied_migrations(db: Database) -> list[str]:
     if not db["_migrations"].exists():
         return []
