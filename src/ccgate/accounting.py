@@ -10,6 +10,27 @@ from ccgate import fastjson
 from ccgate.models import Usage
 from ccgate.usage import merge_anthropic_usage, usage_from_anthropic
 
+# An event is read only if its text holds one of these; every other event is skipped unparsed.
+_READ_MARKERS = (b"message_start", b"message_delta", b'"error"')
+
+
+def _blocks_holding(text: bytes, markers: tuple[bytes, ...]) -> list[tuple[int, int]]:
+    """(start, end) of each blank-line-separated block of `text` that holds a marker, in stream order.
+
+    Found with `find` from each marker outwards, so a chunk carrying a whole stream (as a fast local upstream
+    sends it) costs a few C-level searches, not a split into every event.
+    """
+    spans: set[tuple[int, int]] = set()
+    for marker in markers:
+        at = text.find(marker)
+        while at >= 0:
+            start = text.rfind(b"\n\n", 0, at)
+            stop = text.find(b"\n\n", at)
+            stop = len(text) if stop < 0 else stop
+            spans.add((0 if start < 0 else start + 2, stop))
+            at = text.find(marker, stop)
+    return sorted(spans)
+
 
 class AnthropicStreamMeter:
     """Feed it every chunk sent to the client; it keeps the usage, message id and stop reason seen so far."""
@@ -57,10 +78,11 @@ class AnthropicStreamMeter:
         # most chunks are content deltas: two substring tests (C speed) rule them out
         if b"message_" not in complete and b'"error"' not in complete:
             return False
+        if b"\r" in complete:
+            complete = complete.replace(b"\r\n", b"\n")
         changed = False
-        for block in complete.replace(b"\r\n", b"\n").split(b"\n\n"):
-            if b"message_start" in block or b"message_delta" in block or b'"error"' in block:
-                changed |= self._event(block)
+        for start, stop in _blocks_holding(complete, _READ_MARKERS):
+            changed |= self._event(complete[start:stop])
         return changed
 
     def flush(self) -> bool:

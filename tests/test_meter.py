@@ -1,0 +1,110 @@
+"""The stream meter reads usage from Anthropic SSE however the bytes are cut, and whatever the text says."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ccgate.accounting import AnthropicStreamMeter
+from ccgate.models import Usage
+from ccgate.sse import SSEDecoder
+from ccgate.usage import merge_anthropic_usage, usage_from_anthropic
+
+
+def sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+# text a model may well write: it names the events the meter looks for, with and without quotes
+TRICKY_TEXT = st.sampled_from(
+    ["hello", "message_start", "message_delta", '"error"', 'data: {"type":"message_delta"}', "\\n\\n", "é ✓"]
+)
+
+
+def anthropic_stream(texts: list[str], input_tokens: int, output_tokens: int, cache_read: int) -> str:
+    start_usage = {"input_tokens": input_tokens, "output_tokens": 1, "cache_read_input_tokens": cache_read}
+    events = [
+        sse(
+            "message_start",
+            {"type": "message_start", "message": {"id": "msg_01X", "model": "claude-x", "usage": start_usage}},
+        ),
+        sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}),
+        'event: ping\ndata: {"type": "ping"}\n\n',
+    ]
+    events += [
+        sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"text": text}})
+        for text in texts
+    ]
+    events += [
+        sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        sse(
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": output_tokens}},
+        ),
+        sse("message_stop", {"type": "message_stop"}),
+    ]
+    return "".join(events)
+
+
+def expected(stream: bytes) -> tuple[Usage, str | None, str | None]:
+    """The same facts read the slow, obvious way: decode every event, then look at the two that carry usage."""
+    usage, message_id, stop_reason = Usage(), None, None
+    for event in SSEDecoder().feed(stream):
+        payload = event.json()
+        if payload.get("type") == "message_start":
+            message_id = payload["message"]["id"]
+            usage = usage_from_anthropic(payload["message"]["usage"])
+        elif payload.get("type") == "message_delta":
+            stop_reason = payload["delta"]["stop_reason"]
+            usage = merge_anthropic_usage(usage, payload["usage"])
+    return usage, message_id, stop_reason
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    edges = sorted({0, len(data), *(point % (len(data) + 1) for point in points)})
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+@given(
+    texts=st.lists(TRICKY_TEXT, max_size=6),
+    tokens=st.tuples(st.integers(0, 10**6), st.integers(0, 10**5), st.integers(0, 10**6)),
+    points=st.lists(st.integers(0, 10**4), max_size=12),
+    crlf=st.booleans(),
+)
+def test_usage_is_the_same_however_the_stream_is_cut(
+    texts: list[str], tokens: tuple[int, int, int], points: list[int], crlf: bool
+) -> None:
+    text = anthropic_stream(texts, *tokens)
+    stream = (text.replace("\n", "\r\n") if crlf else text).encode()
+    meter = AnthropicStreamMeter()
+    changes = [meter.feed(chunk) for chunk in cut(stream, points)]
+    assert (meter.usage, meter.message_id, meter.stop_reason) == expected(stream)
+    assert meter.usage == Usage(input_tokens=tokens[0], output_tokens=tokens[1], cache_read_tokens=tokens[2])
+    assert meter.finished and meter.started and meter.model == "claude-x"
+    assert 1 <= sum(changes) <= 2  # message_start, then message_delta (the same chunk may hold both)
+    assert meter.error_type is None
+
+
+def test_the_whole_stream_in_one_chunk_and_an_error_event() -> None:
+    meter = AnthropicStreamMeter()
+    assert meter.feed(anthropic_stream(["message_delta", '"error"'], 10, 20, 30).encode())
+    assert meter.usage == Usage(input_tokens=10, output_tokens=20, cache_read_tokens=30)
+    assert meter.stop_reason == "end_turn"
+
+    failing = AnthropicStreamMeter()
+    error = sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    failing.feed(anthropic_stream([], 5, 0, 0).split("event: content_block_stop")[0].encode() + error.encode())
+    assert (failing.error_type, failing.error_message) == ("overloaded_error", "Overloaded")
+    assert failing.usage.input_tokens == 5 and not failing.finished
+
+
+def test_an_event_without_its_final_blank_line_counts_at_flush() -> None:
+    meter = AnthropicStreamMeter()
+    stream = anthropic_stream(["hi"], 7, 8, 0).encode()
+    meter.feed(stream.removesuffix(b"\n\n").rsplit(b"event: message_stop", 1)[0].removesuffix(b"\n\n"))
+    assert not meter.finished
+    assert meter.flush() and meter.finished and meter.usage.output_tokens == 8
