@@ -512,3 +512,39 @@ def test_request_ids_are_unique_uuids_that_sort_by_creation() -> None:
     assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122) and str(parsed) == later
     assert all(earlier < later for earlier in first)  # text order is time order: the index grows at one end
     assert abs((parsed.int >> 80) - time.time_ns() // 1_000_000) < 5_000
+
+
+def test_request_ids_stay_unique_across_threads_and_a_fork() -> None:
+    """The random bits come from a shared pool: threads must not share a slice, nor a forked child its parent's."""
+    import threading
+
+    from ccgate.models import new_request_id
+
+    per_thread: list[list[str]] = [[] for _ in range(4)]
+
+    def make(out: list[str]) -> None:
+        out.extend(new_request_id() for _ in range(5_000))
+
+    threads = [threading.Thread(target=make, args=(out,)) for out in per_thread]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [request_id for out in per_thread for request_id in out]
+    assert len(set(every)) == len(every) == 20_000
+
+    if not hasattr(os, "fork"):
+        return
+    new_request_id()  # the pool now holds unused random bytes that a child would inherit
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.close(read_end)
+        os.write(write_end, "\n".join(new_request_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write_end)
+    parent_ids = {new_request_id()[-20:] for _ in range(50)}
+    with os.fdopen(read_end, "rb") as pipe:
+        child_ids = {line[-20:] for line in pipe.read().decode().splitlines()}
+    os.waitpid(child, 0)
+    assert len(child_ids) == 50 and not parent_ids & child_ids
