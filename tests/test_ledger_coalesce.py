@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
-from ccgate.models import RequestRecord, RequestStatus, Usage
-from ccgate.storage.ledger import open_ledger
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ccgate.models import RequestRecord, RequestStatus, Usage, to_iso
+from ccgate.storage.ledger import COLUMNS, open_ledger
 from ccgate.storage.writer import LedgerWriter, _coalesce, _Write
+
+T0 = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
 
 
 def test_coalesce_keeps_the_latest_state_with_the_strongest_statement() -> None:
@@ -57,3 +65,61 @@ def test_writer_lands_every_request_once_in_its_final_state(tmp_path: Path) -> N
         row = rows[request_id]
         assert row["input_tokens"] == index
         assert (row["status"], row["output_tokens"]) == (("ok", 1) if index % 3 else ("pending", 0))
+
+
+_KINDS = ("pending", "progress", "final")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from((*_KINDS, "commit")), st.integers(0, 3), st.integers(0, 10_000)), max_size=40
+    )
+)
+def test_batches_land_as_if_every_write_were_applied_in_order(tmp_path: Path, ops: list[tuple[str, int, int]]) -> None:
+    """Whatever lands in one transaction, and in whatever order, the rows equal writing each one by one:
+    a pending or progress write fills in a row that is still pending (or creates it), a final write always
+    lands, and nothing regresses a finished row."""
+    db = open_ledger(tmp_path / f"{uuid.uuid4()}.db")
+    writer = LedgerWriter(tmp_path / "unused.db")
+    requests = [RequestRecord(started_at=T0, session_id=f"s{n}", project="/p", requested_model="m") for n in range(4)]
+    model: dict[str, tuple[str, int]] = {}
+    batch: list[_Write] = []
+    try:
+        for kind, index, tokens in [*ops, ("commit", 0, 0)]:
+            if kind == "commit":
+                if batch:
+                    writer._commit(db, _coalesce(batch))
+                batch = []
+                continue
+            record = requests[index].copy()
+            record.usage = Usage(input_tokens=tokens)
+            record.status = RequestStatus.OK if kind == "final" else RequestStatus.PENDING
+            batch.append(_Write(kind, record))  # type: ignore[arg-type]
+            current = model.get(record.id)
+            if current is None or current[0] == "pending" or kind == "final":
+                model[record.id] = (record.status.value, tokens)
+        rows = {
+            row[0]: row[1:]
+            for row in db.execute("SELECT id, status, input_tokens, session_id, project, started_at FROM requests")
+        }
+        assert {key: value[:2] for key, value in rows.items()} == model
+        for request in requests:
+            if request.id in rows:
+                assert rows[request.id][2:] == (request.session_id, "/p", to_iso(T0))
+    finally:
+        db.close()
+
+
+def test_a_transaction_with_more_rows_than_one_statement_takes(tmp_path: Path) -> None:
+    writer = LedgerWriter(tmp_path / "unused.db")
+    db = open_ledger(tmp_path / "ledger.db")
+    try:
+        db.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # SQLite before 3.32
+        assert writer._rows_per_statement(db.conn) == 999 // len(COLUMNS)
+        records = [RequestRecord(started_at=T0, usage=Usage(input_tokens=n)) for n in range(100)]
+        writer._commit(db, [_Write("pending", record) for record in records])
+        assert writer.commits == 1
+        assert db.execute("SELECT count(*), sum(input_tokens) FROM requests").fetchone() == (100, sum(range(100)))
+    finally:
+        db.close()

@@ -6,13 +6,15 @@ writes it in one transaction. Nothing here raises into the caller: failures are 
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Literal
 
 from ccgate.models import RequestRecord
 from ccgate.storage.ledger import COLUMNS, open_ledger, record_to_values, recover_pending
@@ -22,41 +24,39 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_COLUMN_LIST = ", ".join(COLUMNS)
-_PLACEHOLDERS = ", ".join("?" for _ in COLUMNS)
-_INSERT_PENDING = f"INSERT INTO requests ({_COLUMN_LIST}) VALUES ({_PLACEHOLDERS}) ON CONFLICT(id) DO NOTHING"  # noqa: S608
-_UPSERT_FINAL = (
-    f"INSERT INTO requests ({_COLUMN_LIST}) VALUES ({_PLACEHOLDERS}) "  # noqa: S608
-    "ON CONFLICT(id) DO UPDATE SET "
-    + ", ".join(f"{column} = excluded.{column}" for column in COLUMNS if column != "id")
+# Written once, with the pending row, and never changed by a later write of the same request.
+_FIXED_COLUMNS = frozenset(
+    (
+        "id",
+        "started_at",
+        "source",
+        "session_id",
+        "project",
+        "launch_id",
+        "tier",
+        "requested_model",
+        "endpoint",
+        "stream",
+    )
 )
-# What a running request learns along the way; a row that is already final is never regressed.
-_PROGRESS_COLUMNS = (
-    "provider",
-    "routed_model",
-    "http_status",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_5m_tokens",
-    "cache_write_1h_tokens",
-    "web_searches",
-    "cost_nanos",
-    "price_quality",
-    "priced_model",
-    "cost_note",
-    "ttfb_ms",
-    "upstream_message_id",
-    "upstream_request_id",
-    "attempts",
+_ROW_PLACEHOLDERS = "(" + ", ".join("?" for _ in COLUMNS) + ")"
+# One statement for every kind of write. A write that is still pending (the pending row itself, or progress)
+# never touches a finished row; a final write always lands. Columns of a pending record that only a final
+# write fills (ended_at, status, error, latency) are NULL/'pending', which is what a pending row holds.
+_UPSERT_HEAD = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "  # noqa: S608
+_UPSERT_TAIL = (
+    " ON CONFLICT(id) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in COLUMNS if column not in _FIXED_COLUMNS)
+    + " WHERE requests.status = 'pending' OR excluded.status != 'pending'"
 )
-_UPDATE_PROGRESS = (
-    "UPDATE requests SET "  # noqa: S608
-    + ", ".join(f"{column} = ?" for column in _PROGRESS_COLUMNS)
-    + " WHERE id = ? AND status = 'pending'"
-)
-# positions in `COLUMNS` of the progress columns, then of the id (the WHERE clause)
-_PROGRESS_PICK: Final = tuple(COLUMNS.index(column) for column in (*_PROGRESS_COLUMNS, "id"))
+# Rows per statement: a bound on statement size (and so on the number of cached statement texts).
+MAX_ROWS_PER_STATEMENT = 64
+
+
+@functools.lru_cache(maxsize=MAX_ROWS_PER_STATEMENT)
+def _upsert(rows: int) -> str:
+    return _UPSERT_HEAD + ", ".join([_ROW_PLACEHOLDERS] * rows) + _UPSERT_TAIL
+
 
 # Upper bound on writes per transaction, so one commit never holds the lock for long.
 MAX_BATCH = 2000
@@ -121,6 +121,7 @@ class LedgerWriter:
         self._recovered = 0
         self._failed_writes = 0
         self._commits = 0
+        self._statement_rows: int | None = None
 
     @property
     def recovered(self) -> int:
@@ -244,27 +245,28 @@ class LedgerWriter:
                     )
 
     def _commit(self, db: Database, writes: list[_Write]) -> None:
-        # after _coalesce each request has one write, so grouping by kind cannot reorder a request's writes
-        pending: list[tuple[Any, ...]] = []
-        progress: list[tuple[Any, ...]] = []
-        final: list[tuple[Any, ...]] = []
-        for write in writes:
-            values = record_to_values(write.record)
-            if write.kind == "final":
-                final.append(values)
-            elif write.kind == "pending":
-                pending.append(values)
-            else:
-                progress.append(tuple(values[index] for index in _PROGRESS_PICK))
+        # One multi-row statement per transaction (per MAX_ROWS_PER_STATEMENT rows), not one per row: sqlite3
+        # releases the GIL around every statement step, and under load each re-acquisition is a context switch
+        # away from the event loop. _coalesce left one write per request, so the rows' ids are distinct.
         conn = db.conn
+        rows_per_statement = self._rows_per_statement(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for sql, rows in ((_INSERT_PENDING, pending), (_UPDATE_PROGRESS, progress), (_UPSERT_FINAL, final)):
-                if rows:
-                    conn.executemany(sql, rows)
+            for start in range(0, len(writes), rows_per_statement):
+                chunk = writes[start : start + rows_per_statement]
+                conn.execute(
+                    _upsert(len(chunk)), [value for write in chunk for value in record_to_values(write.record)]
+                )
             conn.execute("COMMIT")
             self._commits += 1
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _rows_per_statement(self, conn: sqlite3.Connection) -> int:
+        """SQLite before 3.32 allows only 999 bound values per statement."""
+        if self._statement_rows is None:
+            limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            self._statement_rows = max(1, min(MAX_ROWS_PER_STATEMENT, limit // len(COLUMNS)))
+        return self._statement_rows
