@@ -7,7 +7,7 @@ substring test, so the per-chunk cost stays in C code.
 from __future__ import annotations
 
 from ccgate import fastjson
-from ccgate.models import Usage
+from ccgate.models import NO_USAGE, Usage
 from ccgate.usage import merge_anthropic_usage, usage_from_anthropic
 
 # An event is read only if its text holds one of these; every other event is skipped unparsed.
@@ -50,7 +50,7 @@ class AnthropicStreamMeter:
 
     def __init__(self) -> None:
         self._buffer = b""
-        self.usage = Usage()
+        self.usage = NO_USAGE
         self.message_id: str | None = None
         self.model: str | None = None
         self.stop_reason: str | None = None

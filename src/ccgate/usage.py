@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ccgate.models import Usage
+from ccgate.models import NO_USAGE, Usage
 
 __all__ = [
     "merge_anthropic_usage",
@@ -29,6 +29,8 @@ __all__ = [
 
 def _count(value: Any) -> int | None:
     """A token count from JSON: None when absent or unusable (null, bool, negative, non-integral)."""
+    if type(value) is int:  # the usual case first (`type`, not isinstance: bool is an int too)
+        return value if value >= 0 else None
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
@@ -38,8 +40,13 @@ def _count(value: Any) -> int | None:
     return None
 
 
+_EMPTY: Mapping[str, Any] = {}
+
+
 def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    if type(value) is dict:  # parsed JSON: skips the slow ABC isinstance check
+        return value
+    return value if isinstance(value, Mapping) else _EMPTY
 
 
 def _apply_anthropic(base: Usage, raw: Mapping[str, Any]) -> Usage:
@@ -77,7 +84,7 @@ def usage_from_anthropic(raw: Mapping[str, Any] | None) -> Usage:
 
     Cache creation without the `cache_creation` breakdown counts entirely as 5-minute writes (the default TTL).
     """
-    return _apply_anthropic(Usage(), _mapping(raw))
+    return _apply_anthropic(NO_USAGE, _mapping(raw))
 
 
 def merge_anthropic_usage(start: Usage, final_delta: Mapping[str, Any]) -> Usage:
