@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ccgate.models import RequestRecord, RequestStatus, Usage, to_iso
-from ccgate.storage.ledger import COLUMNS, open_ledger
-from ccgate.storage.writer import LedgerWriter, _coalesce, _Write
+from ccgate.storage.ledger import open_ledger
+from ccgate.storage.writer import LedgerWriter, _coalesce, _statement_sizes, _Write
 
 T0 = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
 
@@ -116,10 +116,19 @@ def test_a_transaction_with_more_rows_than_one_statement_takes(tmp_path: Path) -
     db = open_ledger(tmp_path / "ledger.db")
     try:
         db.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # SQLite before 3.32
-        assert writer._rows_per_statement(db.conn) == 999 // len(COLUMNS)
+        assert writer._rows_per_statement(db.conn) == 16  # 30 rows fit; statements hold powers of two
         records = [RequestRecord(started_at=T0, usage=Usage(input_tokens=n)) for n in range(100)]
         writer._commit(db, [_Write("pending", record) for record in records])
         assert writer.commits == 1
         assert db.execute("SELECT count(*), sum(input_tokens) FROM requests").fetchone() == (100, sum(range(100)))
     finally:
         db.close()
+
+
+def test_statement_sizes_are_powers_of_two_that_add_up() -> None:
+    assert list(_statement_sizes(14, 64)) == [8, 4, 2]
+    assert list(_statement_sizes(100, 16)) == [16] * 6 + [4]
+    assert list(_statement_sizes(0, 64)) == []
+    for total in range(300):
+        sizes = list(_statement_sizes(total, 64))
+        assert sum(sizes) == total and all(size & (size - 1) == 0 and size <= 64 for size in sizes)
