@@ -61,6 +61,7 @@ class SidecarState:
     config_mtime: float | None = None
     requests_seen: int = 0
     launches_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    metas: dict[tuple[str | None, str | None], ClientMeta] = field(default_factory=dict)
     last_reload_error: str | None = None
 
 
@@ -108,6 +109,8 @@ class ProjectBudgets:
 
 
 STATE = web.AppKey("state", SidecarState)
+# Launch ids are client-supplied: the cache of per-launch request metadata must not grow without bound.
+MAX_CACHED_METAS = 1024
 PROXY = web.AppKey("proxy", Proxy)
 
 
@@ -162,12 +165,15 @@ def _meta(request: web.Request) -> ClientMeta:
     state = request.app[STATE]
     launch_id = request.headers.get(LAUNCH_HEADER)
     launch = state.launches.get(launch_id) if launch_id else None
-    return ClientMeta(
-        launch_id=launch_id,
-        project=launch.project if launch else None,
-        source="sidecar",
-        private_headers=PRIVATE_HEADERS,
-    )
+    project = launch.project if launch else None
+    meta = state.metas.get((launch_id, project))
+    if meta is None:  # one per launch: frozen, so requests share it
+        if len(state.metas) >= MAX_CACHED_METAS:
+            state.metas.clear()
+        meta = state.metas[(launch_id, project)] = ClientMeta(
+            launch_id=launch_id, project=project, source="sidecar", private_headers=PRIVATE_HEADERS
+        )
+    return meta
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
