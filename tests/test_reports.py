@@ -238,6 +238,8 @@ _rows = st.lists(
         cost=st.one_of(st.just(UNPRICED), st.builds(priced, st.integers(0, 10**6))),
         project=st.sampled_from([None, "/p/x", "/p/y"]),
         usage=st.builds(Usage, st.integers(0, 100), st.integers(0, 100), st.integers(0, 100)),
+        # in-flight rows count too, though the roll-ups leave them to `requests` (m005)
+        status=st.sampled_from([RequestStatus.OK, RequestStatus.PENDING, RequestStatus.INTERRUPTED]),
     ),
     max_size=40,
 )

@@ -85,7 +85,7 @@ def m002_request_indexes(db: Database) -> None:
 def _rollup_upsert(row: str, sign: str) -> str:
     """One row's contribution (`row` is `new` or `old`, `sign` is "" or "-") added into its hour bucket.
 
-    Used by m003 only: changing it would change a shipped migration.
+    Used by m003 and m005: changing it would change shipped migrations.
     """
     return f"""
         INSERT INTO request_rollups (
@@ -186,6 +186,57 @@ def m004_drop_message_id_index(db: Database) -> None:
     ids through `started_at` instead.
     """
     db.execute("DROP INDEX IF EXISTS requests_upstream_message_id")
+
+
+@migration
+def m005_rollups_without_pending_rows(db: Database) -> None:
+    """Roll-ups hold finished rows only; reports add the few still pending from `requests`.
+
+    Every request is written ahead as pending and finished later: with pending rows in the roll-ups that was
+    an upsert at the insert and a subtract, prune and add at the finish, ~10 µs of the ledger writer's CPU per
+    request. Now the insert costs nothing and the finish one upsert. Reuses m003's SQL helpers unchanged.
+    """
+    watched = (
+        "started_at, requested_model, provider, project, session_id, source, input_tokens, output_tokens, "
+        "cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cost_nanos, price_quality, status"
+    )
+    for name in ("requests_rollup_insert", "requests_rollup_update", "requests_rollup_delete"):
+        db.execute(f"DROP TRIGGER IF EXISTS {name}")
+    db.execute(
+        "CREATE TRIGGER requests_rollup_insert AFTER INSERT ON requests WHEN new.status != 'pending' "
+        f"BEGIN {_rollup_upsert('new', '')} END"
+    )
+    db.execute(
+        f"CREATE TRIGGER requests_rollup_finish AFTER UPDATE OF {watched} ON requests "
+        f"WHEN old.status = 'pending' AND new.status != 'pending' BEGIN {_rollup_upsert('new', '')} END"
+    )
+    db.execute(
+        f"CREATE TRIGGER requests_rollup_update AFTER UPDATE OF {watched} ON requests "
+        "WHEN old.status != 'pending' AND new.status != 'pending' "
+        f"BEGIN {_rollup_upsert('old', '-')} {_ROLLUP_PRUNE} {_rollup_upsert('new', '')} END"
+    )
+    db.execute(
+        f"CREATE TRIGGER requests_rollup_reopen AFTER UPDATE OF {watched} ON requests "
+        "WHEN old.status != 'pending' AND new.status = 'pending' "
+        f"BEGIN {_rollup_upsert('old', '-')} {_ROLLUP_PRUNE} END"
+    )
+    db.execute(
+        "CREATE TRIGGER requests_rollup_delete AFTER DELETE ON requests WHEN old.status != 'pending' "
+        f"BEGIN {_rollup_upsert('old', '-')} {_ROLLUP_PRUNE} END"
+    )
+    db.execute("DELETE FROM request_rollups")
+    db.execute(
+        """
+        INSERT INTO request_rollups
+        SELECT substr(started_at, 1, 13) || ':00:00.000000Z', coalesce(requested_model, ''),
+               coalesce(provider, ''), coalesce(project, ''), coalesce(session_id, ''),
+               count(*), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens),
+               sum(cache_write_5m_tokens + cache_write_1h_tokens), coalesce(sum(cost_nanos), 0),
+               sum(cost_nanos IS NULL), sum(cost_nanos IS NOT NULL AND price_quality = 'estimated'),
+               sum(source NOT IN ('sidecar', 'gateway'))
+        FROM requests WHERE status != 'pending' GROUP BY 1, 2, 3, 4, 5
+        """
+    )
 
 
 def applied_migrations(db: Database) -> list[str]:

@@ -145,7 +145,8 @@ def _aggregate(
     db: Database, spans: Sequence[tuple[str, datetime, datetime]], by: str | None, *, project: str | None = None
 ) -> dict[tuple[str, str], Totals]:
     """Sums per (span label, group key) over disjoint spans [lo, hi): whole UTC hours come from the roll-ups
-    (kept exact by triggers), the ragged ends of each span from the request rows themselves."""
+    (kept exact by triggers) plus the pending rows in them, the ragged ends of each span from the request rows
+    themselves."""
     raw_key, rollup_key = (f"coalesce({_KEYS[by][0]}, '')", _KEYS[by][1]) if by else ("''", "''")
     result: dict[tuple[str, str], Totals] = {}
 
@@ -184,6 +185,21 @@ def _aggregate(
         rows = db.execute(
             f"SELECT bucket, {rollup_key}, {_ROLLUP_SUMS} FROM request_rollups "  # noqa: S608
             f"WHERE bucket >= ? AND bucket < ?{project_filter} GROUP BY 1, 2",
+            [interiors[0][0], interiors[-1][1], *project_params],
+        ).fetchall()
+        for row in rows:
+            index = bisect_right(starts, row[0]) - 1
+            if index >= 0 and row[0] < interiors[index][1]:
+                add(interiors[index][2], str(row[1]), row[2:])
+
+    if interiors:
+        # Roll-ups hold finished rows only (m005): requests still in flight come from `requests`, found through
+        # the small partial index on pending rows.
+        interiors.sort()
+        starts = [interior[0] for interior in interiors]
+        rows = db.execute(
+            f"SELECT started_at, {raw_key}, {_RAW_SUMS} FROM requests INDEXED BY requests_pending "  # noqa: S608
+            f"WHERE status = 'pending' AND started_at >= ? AND started_at < ?{project_filter} GROUP BY 1, 2",
             [interiors[0][0], interiors[-1][1], *project_params],
         ).fetchall()
         for row in rows:
