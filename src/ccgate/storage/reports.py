@@ -170,6 +170,16 @@ def _aggregate(
 
     project_filter = "" if project is None else " AND project = ?"
     project_params: list[Any] = [] if project is None else [project]
+    interiors.sort()
+    starts = [interior[0] for interior in interiors]
+
+    def add_to_interiors(rows: Iterable[Sequence[Any]]) -> None:
+        """Rows of (UTC start, group key, sums...) added to the interior span holding their start."""
+        for row in rows:
+            index = bisect_right(starts, row[0]) - 1
+            if index >= 0 and row[0] < interiors[index][1]:
+                add(interiors[index][2], str(row[1]), row[2:])
+
     if len(interiors) == 1:
         lo_iso, hi_iso, label = interiors[0]
         rows = db.execute(
@@ -180,32 +190,23 @@ def _aggregate(
         for row in rows:
             add(label, str(row[0]), row[1:])
     elif interiors:
-        interiors.sort()
-        starts = [interior[0] for interior in interiors]
-        rows = db.execute(
-            f"SELECT bucket, {rollup_key}, {_ROLLUP_SUMS} FROM request_rollups "  # noqa: S608
-            f"WHERE bucket >= ? AND bucket < ?{project_filter} GROUP BY 1, 2",
-            [interiors[0][0], interiors[-1][1], *project_params],
-        ).fetchall()
-        for row in rows:
-            index = bisect_right(starts, row[0]) - 1
-            if index >= 0 and row[0] < interiors[index][1]:
-                add(interiors[index][2], str(row[1]), row[2:])
-
+        add_to_interiors(
+            db.execute(
+                f"SELECT bucket, {rollup_key}, {_ROLLUP_SUMS} FROM request_rollups "  # noqa: S608
+                f"WHERE bucket >= ? AND bucket < ?{project_filter} GROUP BY 1, 2",
+                [interiors[0][0], interiors[-1][1], *project_params],
+            ).fetchall()
+        )
     if interiors:
         # Roll-ups hold finished rows only (m005): requests still in flight come from `requests`, found through
         # the small partial index on pending rows.
-        interiors.sort()
-        starts = [interior[0] for interior in interiors]
-        rows = db.execute(
-            f"SELECT started_at, {raw_key}, {_RAW_SUMS} FROM requests INDEXED BY requests_pending "  # noqa: S608
-            f"WHERE status = 'pending' AND started_at >= ? AND started_at < ?{project_filter} GROUP BY 1, 2",
-            [interiors[0][0], interiors[-1][1], *project_params],
-        ).fetchall()
-        for row in rows:
-            index = bisect_right(starts, row[0]) - 1
-            if index >= 0 and row[0] < interiors[index][1]:
-                add(interiors[index][2], str(row[1]), row[2:])
+        add_to_interiors(
+            db.execute(
+                f"SELECT started_at, {raw_key}, {_RAW_SUMS} FROM requests INDEXED BY requests_pending "  # noqa: S608
+                f"WHERE status = 'pending' AND started_at >= ? AND started_at < ?{project_filter} GROUP BY 1, 2",
+                [interiors[0][0], interiors[-1][1], *project_params],
+            ).fetchall()
+        )
 
     chunk = 300  # 3 parameters per span, well under SQLite's variable limit
     for offset in range(0, len(edges), chunk):
