@@ -212,7 +212,8 @@ async def test_foreign_host_is_403() -> None:
 
 async def test_malformed_json_is_400() -> None:
     async with running_sidecar() as harness:
-        for data in (b"{not json", b"[1,2]", b'{"messages": []}'):
+        # the last one is malformed only deep inside what the proxy itself does not read
+        for data in (b"{not json", b"[1,2]", b'{"messages": []}', b'{"model": "claude-sonnet-4-5", "messages": [tru]}'):
             status, headers, body = await _post(harness, data, {**CLIENT_HEADERS, **harness.headers})
             assert status == 400
             assert headers.get("x-should-retry") == "false"
