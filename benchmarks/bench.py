@@ -570,7 +570,7 @@ async def proxy_phases(report: Report, settings: Settings, work: Path, profile: 
 def translation_cpu(report: Report, settings: Settings) -> None:
     """CPU per request of the translated route's two extra steps, timed in this process."""
     from ccgate import fastjson
-    from ccgate.proxy import parse_messages_body
+    from ccgate.proxy import parse_messages_body, parse_messages_head
     from ccgate.sse import SSEDecoder
     from ccgate.translate import OpenAIStreamTranslator, ToolIdMap, anthropic_to_openai_request
 
@@ -582,8 +582,8 @@ def translation_cpu(report: Report, settings: Settings) -> None:
     iterations = settings.translate_iterations
     began = time.perf_counter()
     for _ in range(iterations):
-        # as the proxy does: a fast parse to route, an exact one (big integers) for the body sent on, map, encode
-        parse_messages_body(raw)
+        # as the proxy does: the head to route, an exact parse (big integers) for the body sent on, map, encode
+        parse_messages_head(raw)
         out, _ = anthropic_to_openai_request(parse_messages_body(raw, exact=True), target_model=TRANSLATED_TARGET)
         fastjson.dumps(out)
     per_request = (time.perf_counter() - began) / iterations
