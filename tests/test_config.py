@@ -46,6 +46,11 @@ def config_file(tmp_path: Path) -> Path:
         ("[prices.m]\ninput = 1\noutput = 1e300\n", "prices.m.output", "ceiling"),
         ('[prices.m]\ninput = 1\noutput = 1\ncache_read = "0.0000000001"\n', "prices.m.cache_read", "9 decimal"),
         ("[sidecar]\nbudget_wait_seconds = inf\n", "sidecar.budget_wait_seconds", "a number from 0"),
+        (  # edited by hand: `provider add` refuses the second name, one key would serve both
+            '[providers.my-llm]\nkind = "openai"\n\n[providers.my_llm]\nkind = "openai"\n',
+            "providers.my-llm and my_llm",
+            "CCGATE_MY_LLM_API_KEY",
+        ),
     ],
 )
 def test_wrong_values_name_file_key_and_expectation(config_file: Path, toml: str, key: str, expected: str) -> None:

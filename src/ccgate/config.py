@@ -195,7 +195,14 @@ def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Every value is type-checked; a wrong one is a ConfigError naming the key and what was expected."""
-    from ccgate.providers import validate_base_url, validate_provider_name
+    from ccgate.providers import (
+        BUILTIN,
+        base_url_env_var,
+        env_clash,
+        key_env_var,
+        validate_base_url,
+        validate_provider_name,
+    )
 
     side = _table(raw, "sidecar")
     port = side.get("port", DEFAULT_PORT)
@@ -231,6 +238,13 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         if stream_usage is not None and not isinstance(stream_usage, bool):
             raise ConfigError(f"{where}.supports_stream_usage must be true or false, got {stream_usage!r}")
         providers[name] = ProviderSettings(name=name, kind=kind, base_url=base_url, supports_stream_usage=stream_usage)
+    for name in providers:  # a hand-edited file can hold `my-llm` and `my_llm`; `provider add` refuses that
+        clash = env_clash(name, (*BUILTIN, *providers))
+        if clash is not None:
+            raise ConfigError(
+                f"providers.{name} and {clash} would share {key_env_var(name)} and {base_url_env_var(name)}",
+                hint="rename one of them in the config file (names must differ by more than '-' and '_')",
+            )
 
     tiers: dict[str, TierSettings] = {}
     for tier, entry in _table(raw, "tiers").items():

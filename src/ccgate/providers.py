@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -49,6 +49,12 @@ def base_url_env_var(name: str) -> str:
 
 def _env_part(name: str) -> str:
     return name.upper().replace("-", "_")
+
+
+def env_clash(name: str, others: Iterable[str]) -> str | None:
+    """Another provider whose env vars `name` would share (`my-llm` and `my_llm`): one key would serve both."""
+    mine = _env_part(name)
+    return next((other for other in others if other != name and _env_part(other) == mine), None)
 
 
 # Names that read as something else ccgate stores (the org's virtual key lives in the same keyring service).

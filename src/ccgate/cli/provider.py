@@ -113,7 +113,7 @@ def provider_add(
 ) -> None:
     """Add (or update) a custom provider in config.toml."""
     from ccgate.config import ProviderSettings
-    from ccgate.providers import BUILTIN, base_url_env_var, validate_base_url, validate_provider_name
+    from ccgate.providers import BUILTIN, base_url_env_var, env_clash, validate_base_url, validate_provider_name
 
     app_ctx = ctx()
     if kind not in ("openai", "anthropic"):
@@ -126,11 +126,7 @@ def provider_add(
         )
     url = validate_base_url(base_url, "--base-url", provider=name)
     config = app_ctx.config
-    # `my-llm` and `my_llm` would share CCGATE_MY_LLM_API_KEY: one key silently used for both
-    clash = next(
-        (other for other in (*BUILTIN, *config.providers) if other != name and key_env(other) == key_env(name)),
-        None,
-    )
+    clash = env_clash(name, (*BUILTIN, *config.providers))
     if clash is not None:
         app_ctx.fail(
             f"{name!r} would share {key_env(name)} and {base_url_env_var(name)} with provider {clash!r}",
