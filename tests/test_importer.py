@@ -104,6 +104,8 @@ def transcripts(tmp_path: Path) -> Path:
         assistant("msg_C", "req_C", "claude-sonnet-4-5", sonnet_usage(900), cwd=cwd, sidechain=True),
         # an assistant entry without a message id cannot be a request
         assistant(None, "req_D", "claude-sonnet-4-5", sonnet_usage(10), cwd=cwd, sidechain=True),
+        # a time before the calendar starts once made UTC: malformed, not a crash
+        assistant("msg_E", "req_E", "claude-sonnet-4-5", sonnet_usage(10), cwd=cwd, timestamp="0001-01-01T00:00+01:00"),
     ]
     (project / SESSION / "subagents" / "agent-a1b2c3d.jsonl").write_text("\n".join(subagent) + "\n")
     return root
@@ -160,14 +162,14 @@ def test_import_counts_costs_and_rerun(
         "path": None,
         "bytes": None,
         "files": 2,
-        "lines": 10,
+        "lines": 11,
         "entries": 5,  # 3 lines of msg_A, msg_B, msg_C
         "requests": 3,
         "imported": 2,
         "duplicates": 2,
         "already_metered": 1,
         "already_imported": 0,
-        "malformed": 2,  # not JSON; no message id
+        "malformed": 3,  # not JSON; no message id; timestamp out of range
         "synthetic": 1,
         "unpriced": 0,
         "cost_nanos": COST_A + COST_B,
@@ -214,7 +216,7 @@ def test_human_summary_and_default_path(
     assert code == 0, err
     err = " ".join(err.split())  # rich wraps lines at the terminal width
     assert (
-        "2 file(s) read, 5 entries, 3 imported, 2 duplicates, 0 already metered, 0 already imported, 2 malformed" in err
+        "2 file(s) read, 5 entries, 3 imported, 2 duplicates, 0 already metered, 0 already imported, 3 malformed" in err
     )
     assert "cost $0.06" in err  # 0.027 + 0.00035 + msg_C 0.033, rounded for people (exact in --json)
 
@@ -250,11 +252,18 @@ def test_metered_message_ids_look_around_each_transcript_time(tmp_path: Path) ->
                 row("msg_not_asked", line_time),
             ],
         )
-        stamps = {
-            message_id: (far_line_time if message_id == "msg_far_line" else line_time).isoformat()
+        stamps = [
+            (message_id, (far_line_time if message_id == "msg_far_line" else line_time).isoformat())
             for message_id in ("msg_long_stream", "msg_just_after", "msg_far_line", "msg_outside", "msg_imported")
-        }
+        ]
         assert metered_message_ids(db, stamps) == {"msg_long_stream", "msg_just_after", "msg_far_line"}
-        assert metered_message_ids(db, {}) == set()
+        assert metered_message_ids(db, []) == set()
+        # one message in two transcripts (a resumed session's copy): either line's time finds it
+        resumed = [("msg_outside", line_time.isoformat()), ("msg_outside", (line_time - timedelta(days=3)).isoformat())]
+        assert metered_message_ids(db, resumed) == {"msg_outside"}
+        assert metered_message_ids(db, list(reversed(resumed))) == {"msg_outside"}
+        # the ends of the calendar are not an overflow
+        extremes = [("msg_x", "9999-12-31T23:59:59.999999Z"), ("msg_y", "0001-01-01T00:00:00Z")]
+        assert metered_message_ids(db, extremes) == set()
     finally:
         db.close()

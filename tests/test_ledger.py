@@ -454,6 +454,43 @@ def test_rollups_always_equal_the_finished_rows_they_summarise(
     assert actual == expected
 
 
+def test_m005_takes_pending_rows_out_of_an_older_ledgers_rollups(ledger_path: Path) -> None:
+    """A ledger written by a ccgate before m005 holds pending rows in its roll-ups; upgrading rebuilds them so
+    reports, which add pending rows from `requests`, count each request once."""
+    from older_ledger import open_ledger_as_of
+
+    from ccgate.storage.reports import cost_report
+
+    old = open_ledger_as_of(ledger_path, "m004_drop_message_id_index")
+    rows = [
+        full_record(id=f"r{index}", started_at=T0 + timedelta(hours=index), status=status, cost=Cost(nanos, quality))
+        for index, (status, nanos, quality) in enumerate(
+            [
+                (RequestStatus.PENDING, 5_000, PriceQuality.PRICED),
+                (RequestStatus.OK, 7_000, PriceQuality.PRICED),
+                (RequestStatus.INTERRUPTED, 11_000, PriceQuality.ESTIMATED),
+            ]
+        )
+    ]
+    insert_records(old, rows)
+    assert old.execute("SELECT sum(requests), sum(cost_nanos) FROM request_rollups").fetchone() == (3, 23_000)
+    assert "m005_rollups_without_pending_rows" not in applied_migrations(old)
+    old.close()
+
+    db = open_ledger(ledger_path)
+    try:
+        assert applied_migrations(db) == [function.__name__ for function in MIGRATIONS]
+        assert db.execute("SELECT sum(requests), sum(cost_nanos) FROM request_rollups").fetchone() == (2, 18_000)
+        day = cost_report(db, since=T0 - timedelta(hours=12), until=T0 + timedelta(hours=12), by=None).total
+        assert (day.requests, day.cost_nanos) == (3, 23_000)
+        db.execute("UPDATE requests SET status = 'ok' WHERE id = 'r0'")  # the pending request finishes
+        assert db.execute("SELECT sum(requests), sum(cost_nanos) FROM request_rollups").fetchone() == (3, 23_000)
+        day = cost_report(db, since=T0 - timedelta(hours=12), until=T0 + timedelta(hours=12), by=None).total
+        assert (day.requests, day.cost_nanos) == (3, 23_000)
+    finally:
+        db.close()
+
+
 # --- concurrent opening -----------------------------------------------------------------------------------------
 
 _OPENER = textwrap.dedent(

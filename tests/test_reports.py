@@ -300,6 +300,45 @@ def test_reports_equal_a_brute_force_sum(
         database.close()
 
 
+@pytest.mark.parametrize("direction", ["finishes", "reopens"])
+@pytest.mark.parametrize("reader", ["sqlite-utils", "plain sqlite3"])
+def test_a_row_changing_state_between_a_reports_queries_counts_once(
+    tmp_path: Path, direction: str, reader: str
+) -> None:
+    """The roll-up query and the pending-row query read one snapshot: a request finishing (or reopened) between
+    them would otherwise be counted by neither (or by both)."""
+    import sqlite3
+
+    path = tmp_path / "ledger.db"
+    writer = open_ledger(path)
+    start = RequestStatus.PENDING if direction == "finishes" else RequestStatus.OK
+    record = rec("2025-03-04T10:15:00", cost=priced(7_000), status=start)
+    insert_records(writer, [record])
+    after = "ok" if direction == "finishes" else "pending"
+    conn = sqlite3.connect(str(path)) if reader == "plain sqlite3" else open_ledger(path).conn
+    fired: list[str] = []
+
+    def change_state_between_queries(statement: str) -> None:
+        if "status = 'pending'" in statement and not fired:
+            fired.append(statement)
+            writer.execute("UPDATE requests SET status = ? WHERE id = ?", [after, record.id])
+            writer.conn.commit()
+
+    conn.set_trace_callback(change_state_between_queries)
+    try:
+        reader_db = conn if reader == "plain sqlite3" else Database(conn)
+        spent = spent_nanos(reader_db, since=utc("2025-03-04T00:00:00"), until=utc("2025-03-05T00:00:00"))  # type: ignore[arg-type]
+        assert fired, "the pending-row query did not run"
+        assert spent == 7_000
+        # and the change is visible to the next report
+        conn.set_trace_callback(None)
+        report = cost_report(reader_db, since=FAR_PAST, until=FAR_FUTURE, by=None)  # type: ignore[arg-type]
+        assert report.total.requests == 1 and report.total.cost_nanos == 7_000
+    finally:
+        conn.close()
+        writer.close()
+
+
 def test_json_shape(db: Database) -> None:
     insert_records(db, [rec("2025-03-04T10:00:00", cost=priced(12_345_000), usage=Usage(input_tokens=3))])
     since, until = datetime(2025, 3, 4, tzinfo=BERLIN), datetime(2025, 3, 5, tzinfo=BERLIN)

@@ -52,6 +52,20 @@ def test_malformed_bodies_are_refused_even_where_the_proxy_does_not_look(raw: by
     assert refused.value.status == 400
 
 
+def test_deep_nesting_is_read_or_refused_cleanly_never_a_crash() -> None:
+    """msgspec and `json` stop near 1,000 levels, orjson at 1,024: in between, the fallback reads the body;
+    beyond, the client gets the 400 every other unreadable body gets."""
+
+    def nested(depth: int) -> bytes:
+        return b'{"model": "m", "stream": true, "messages": ' + b"[" * depth + b"]" * depth + b"}"
+
+    assert parse_messages_head(nested(1010))["stream"] is True
+    for depth in (1100, 100_000):
+        with pytest.raises(InvalidRequestError, match="nested too deeply") as refused:
+            parse_messages_head(nested(depth))
+        assert refused.value.status == 400
+
+
 @pytest.mark.parametrize(
     "raw", [b'{"messages": []}', b'{"model": ""}', b'{"model": 4}', b'{"model": null, "stream": true}']
 )

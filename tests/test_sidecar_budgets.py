@@ -76,6 +76,37 @@ async def test_ten_parallel_agents_wait_instead_of_failing() -> None:
         assert len(harness.rows()) == 10
 
 
+async def test_a_reservation_is_bounded_whatever_max_tokens_says() -> None:
+    """max_tokens beyond any model's output (an exact 31-digit integer, say) reserves 1M output tokens, and one
+    that is not a positive integer (a bool, a string) reserves the 64K default."""
+    import json
+
+    async def reserved_in_flight(session: aiohttp.ClientSession, harness: Harness, raw: bytes) -> int:
+        harness.upstream.enqueue(TextReply("ok", usage=Usage(100, 20), event_delay=0.05))
+        headers = {**harness.headers, "content-type": "application/json"}
+        task = asyncio.create_task(session.post(f"{harness.url}/v1/messages", data=raw, headers=headers))
+        reserved = 0
+        for _ in range(400):
+            async with session.get(f"{harness.url}/_ccgate/status", headers=harness.headers) as resp:
+                reserved = (await resp.json())["budgets"][0]["reserved_nanos"]
+            if reserved:
+                break
+            await asyncio.sleep(0.005)
+        response = await task
+        assert response.status == 200
+        await response.read()
+        return int(reserved)
+
+    # claude-haiku-4-5: every body byte may be a token at the 1h cache-write rate ($2/MTok), output at $5/MTok
+    def bound(raw: bytes, output_tokens: int) -> int:
+        return len(raw) * 2_000 + output_tokens * 5_000
+
+    async with running_sidecar(config=budget("1000")) as harness, aiohttp.ClientSession() as session:
+        for max_tokens, output_bound in ((10**30, 1_000_000), (True, 64_000), ("9", 64_000), (2_000, 2_000)):
+            raw = json.dumps(body() | {"max_tokens": max_tokens, "stream": True}).encode()
+            assert await reserved_in_flight(session, harness, raw) == bound(raw, output_bound), max_tokens
+
+
 async def test_exhausted_budget_never_blocks_count_tokens_or_head() -> None:
     async with running_sidecar(config=budget("0.0001")) as harness, aiohttp.ClientSession() as session:
         assert (await post(session, harness, body()))[0] == 200  # a lone request may overshoot, once

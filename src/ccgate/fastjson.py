@@ -38,7 +38,7 @@ def read_head(data: bytes) -> dict[str, Any]:
     """
     try:
         head = _HEAD_DECODER.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:  # nesting past ~1000 levels
         raise ValueError(str(exc)) from exc
     return {"model": head.model, "stream": head.stream, "max_tokens": head.max_tokens, "metadata": head.metadata}
 

@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +132,7 @@ def parse_line(line: bytes) -> TranscriptEntry | str | None:
         raise _Malformed
     try:
         from_iso(timestamp)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: year 1 with a positive offset is before datetime.min
         raise _Malformed from None
     return TranscriptEntry(
         message_id=message_id,
@@ -254,31 +254,43 @@ METERED_WINDOW = timedelta(days=1)
 
 
 def _windows(moments: Iterable[datetime], margin: timedelta) -> list[tuple[str, str]]:
-    """Each moment widened by `margin`, overlapping ranges merged, as stored-timestamp text bounds."""
+    """Each moment widened by `margin` (clamped to the calendar), overlapping ranges merged, as stored-timestamp
+    text bounds."""
     merged: list[list[datetime]] = []
     for moment in sorted(moments):
-        low, high = moment - margin, moment + margin
+        low = moment - margin if moment - _EARLIEST > margin else _EARLIEST
+        high = moment + margin if _LATEST - moment > margin else _LATEST
         if merged and low <= merged[-1][1]:
-            merged[-1][1] = high
+            merged[-1][1] = max(merged[-1][1], high)
         else:
             merged.append([low, high])
     return [(to_iso(low), to_iso(high)) for low, high in merged]
 
 
-def metered_message_ids(db: Database, stamps: Mapping[str, str]) -> set[str]:
-    """Message ids (mapped to their transcript timestamps) that a sidecar or gateway row already holds.
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
 
-    Looked up through the `started_at` index, window by window around the transcript times: the ledger keeps
-    no index on message ids, which would cost every metered request a random-page write.
+
+def metered_message_ids(db: Database, stamps: Iterable[tuple[str, str]]) -> set[str]:
+    """Message ids of (message id, transcript timestamp) pairs that a sidecar or gateway row already holds.
+
+    Looked up through the `started_at` index, window by window around every transcript time of an id (one
+    message can appear in several transcripts, a resumed session's copy say): the ledger keeps no index on
+    message ids, which would cost every metered request a random-page write.
     """
+    wanted: set[str] = set()
+    moments: list[datetime] = []
+    for message_id, stamp in stamps:
+        wanted.add(message_id)
+        moments.append(from_iso(stamp))
     found: set[str] = set()
-    for low, high in _windows((from_iso(stamp) for stamp in stamps.values()), METERED_WINDOW):
+    for low, high in _windows(moments, METERED_WINDOW):
         rows = db.execute(
             "SELECT upstream_message_id FROM requests WHERE started_at >= ? AND started_at <= ? "
             "AND upstream_message_id IS NOT NULL AND source != 'import'",
             (low, high),
         )
-        found.update(message_id for (message_id,) in rows if message_id in stamps)
+        found.update(message_id for (message_id,) in rows if message_id in wanted)
     return found
 
 
@@ -300,7 +312,7 @@ class Importer:
 
         stats = self.stats
         entries = list(read_transcripts(files, stats, progress).values())
-        metered = metered_message_ids(self.db, {entry.message_id: entry.timestamp for entry in entries})
+        metered = metered_message_ids(self.db, ((entry.message_id, entry.timestamp) for entry in entries))
         candidates = [entry for entry in entries if entry.message_id not in metered]
         stats.already_metered = len(entries) - len(candidates)
         done = existing_ids(self.db, (import_id(entry.message_id, entry.request_id) for entry in candidates))

@@ -136,12 +136,13 @@ class _RandomPool:
     _SIZE = 4096
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._reset()
-        # a forked child must not hand out the ids its parent will also hand out
+        # a forked child must not hand out the ids its parent will also hand out, nor inherit a lock another
+        # thread of the parent held at the fork
         os.register_at_fork(after_in_child=self._reset)
 
     def _reset(self) -> None:
+        self._lock = threading.Lock()
         self._pool = b""
         self._used = 0
 

@@ -38,6 +38,10 @@ SSE_CONTENT_TYPE = "text/event-stream"
 # Only Anthropic itself gets the client's own API key or OAuth token; every other provider gets its own key.
 CLIENT_AUTH_PROVIDERS = frozenset({"anthropic"})
 CLIENT_AUTH_HEADERS = frozenset({"x-api-key", "authorization"})
+# Budget reservations: the output bound when a request names no usable `max_tokens`, and the most any model
+# produces in one reply (today's largest limits are 64K-128K), so an absurd `max_tokens` cannot reserve more.
+DEFAULT_MAX_OUTPUT_TOKENS = 64_000
+MAX_OUTPUT_TOKENS = 1_000_000
 
 
 class LedgerSink(Protocol):
@@ -153,6 +157,10 @@ def parse_messages_body(raw: bytes, *, exact: bool = False) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(
             f"request body is not valid JSON: {exc}", hint="send a Messages API JSON object"
+        ) from exc
+    except RecursionError as exc:
+        raise InvalidRequestError(
+            "request body is nested too deeply to parse", hint="send a Messages API JSON object"
         ) from exc
     if not isinstance(body, dict):
         raise InvalidRequestError("request body must be a JSON object", hint="send a Messages API JSON object")
@@ -280,7 +288,12 @@ class Proxy:
     def _reserve_nanos(self, ctx: _Ctx, route: Route) -> int | None:
         """The most this request can cost on any target it may fail over to; None if one is unpriced."""
         max_tokens = ctx.body.get("max_tokens")
-        max_output = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 64_000
+        # a bool is an int to Python; a limit past any model's output cannot cost more than that output
+        max_output = (
+            min(max_tokens, MAX_OUTPUT_TOKENS)
+            if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0
+            else DEFAULT_MAX_OUTPUT_TOKENS
+        )
         bounds = [
             # A token is never shorter than one byte of the body, so the byte count bounds the input from above.
             ctx.deps.pricer.max_cost_nanos(

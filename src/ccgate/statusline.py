@@ -207,6 +207,10 @@ def gather(
     conn = open_ledger_readonly(ledger_file)
     try:
         if conn is not None:
+            from ccgate.storage.migrations import schema_is_current
+
+            if not schema_is_current(conn):  # read-only here; any other ccgate command migrates it
+                raise UserInputError("older ledger, run `ccgate cost` once")
             from ccgate.storage.reports import cost_report
 
             day_start, day_end = local_day(now, tz)
@@ -297,7 +301,10 @@ def render(text: str, *, environ: Mapping[str, str] | None = None, now: datetime
         figures = gather(status, ledger_file=paths.ledger_file, config_file=paths.config_file, now=now, environ=environ)
         return format_line(status, figures)
     except Exception as error:  # the status bar must always get a line, never a traceback
-        reason = "ledger busy" if isinstance(error, sqlite3.OperationalError) else type(error).__name__
+        if isinstance(error, sqlite3.OperationalError):
+            reason = "ledger busy"
+        else:
+            reason = str(error) if isinstance(error, UserInputError) else type(error).__name__
         return f"{status.model_label or 'Claude'}{SEPARATOR}{FALLBACK}: unavailable ({reason})"
 
 

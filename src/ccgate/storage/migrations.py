@@ -6,6 +6,7 @@ SQL frozen in time (no references to constants that may change later).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -243,6 +244,16 @@ def applied_migrations(db: Database) -> list[str]:
     if not db["_migrations"].exists():
         return []
     return [row[0] for row in db.execute("SELECT name FROM _migrations ORDER BY rowid").fetchall()]
+
+
+def schema_is_current(conn: sqlite3.Connection) -> bool:
+    """Whether every migration is recorded. Readers that never migrate (the read-only status line) check this
+    first: the report queries assume the latest schema (since m005, pending rows are not in the roll-ups)."""
+    try:
+        recorded = {row[0] for row in conn.execute("SELECT name FROM _migrations").fetchall()}
+    except sqlite3.OperationalError:  # no _migrations table: a ledger from before migrations, or not one at all
+        return False
+    return all(function.__name__ in recorded for function in MIGRATIONS)
 
 
 def migrate(db: Database) -> list[str]:

@@ -7,11 +7,13 @@ stream is cut), so reports and budgets see it as soon as its usage is known.
 from __future__ import annotations
 
 import re
+import sqlite3
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ccgate.errors import UserInputError
 from ccgate.models import RequestRecord, RequestStatus, from_iso, nanos_to_usd, to_iso, utcnow
@@ -115,10 +117,12 @@ def cost_report(
     check_grouping(by)
     groups: list[tuple[str, Totals]] = []
     if by == "day":
-        sums = _aggregate(db, _day_spans(db, since, until, tz), None)
+        with one_snapshot(db):
+            sums = _aggregate(db, _day_spans(db, since, until, tz), None)
         groups = sorted((label, totals) for (label, _), totals in sums.items())
     else:
-        sums = _aggregate(db, [("", since, until)], by)
+        with one_snapshot(db):
+            sums = _aggregate(db, [("", since, until)], by)
         if by is not None:
             groups = [(key or NONE_KEY, totals) for (_, key), totals in sums.items()]
             groups.sort(key=lambda group: (-group[1].cost_nanos, -group[1].requests, group[0]))
@@ -128,8 +132,25 @@ def cost_report(
 
 def spent_nanos(db: Database, *, since: datetime, until: datetime, project: str | None = None) -> int:
     """Priced and estimated spend in [since, until), optionally for one project (budgets)."""
-    sums = _aggregate(db, [("", since, until)], None, project=project)
+    with one_snapshot(db):
+        sums = _aggregate(db, [("", since, until)], None, project=project)
     return sum(totals.cost_nanos for totals in sums.values())
+
+
+@contextmanager
+def one_snapshot(db: Database) -> Iterator[None]:
+    """Run a report's several queries in one read transaction: a request finishing between the roll-up query and
+    the pending-row query would otherwise be counted by neither (or, moving the other way, by both)."""
+    conn = cast("sqlite3.Connection", getattr(db, "conn", db))  # statusline passes a plain connection
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")  # nothing was written: this only ends the snapshot
 
 
 def _floor_hour(moment: datetime) -> datetime:
@@ -199,11 +220,12 @@ def _aggregate(
         )
     if interiors:
         # Roll-ups hold finished rows only (m005): requests still in flight come from `requests`, found through
-        # the small partial index on pending rows.
+        # the small partial index on pending rows (`+` keeps the planner off the started_at index, which would
+        # walk every row of a month; a missing index would mean a scan, not an error).
         add_to_interiors(
             db.execute(
-                f"SELECT started_at, {raw_key}, {_RAW_SUMS} FROM requests INDEXED BY requests_pending "  # noqa: S608
-                f"WHERE status = 'pending' AND started_at >= ? AND started_at < ?{project_filter} GROUP BY 1, 2",
+                f"SELECT started_at, {raw_key}, {_RAW_SUMS} FROM requests "  # noqa: S608
+                f"WHERE status = 'pending' AND +started_at >= ? AND +started_at < ?{project_filter} GROUP BY 1, 2",
                 [interiors[0][0], interiors[-1][1], *project_params],
             ).fetchall()
         )

@@ -1,0 +1,21 @@
+"""A ledger as an older ccgate left it: only the migrations up to a given one applied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from ccgate.storage import migrations
+from ccgate.storage.ledger import open_ledger
+
+
+def open_ledger_as_of(path: Path, last_migration: str) -> Database:
+    """Open `path` migrated only up to `last_migration` (inclusive); a later `open_ledger` applies the rest."""
+    everything = migrations.MIGRATIONS
+    names = [function.__name__ for function in everything]
+    migrations.MIGRATIONS = everything[: names.index(last_migration) + 1]
+    try:
+        return open_ledger(path)
+    finally:
+        migrations.MIGRATIONS = everything
