@@ -339,6 +339,22 @@ def test_a_row_changing_state_between_a_reports_queries_counts_once(
         writer.close()
 
 
+def test_pending_rows_are_found_through_their_partial_index(db: Database) -> None:
+    """A month's report must not walk every row of the month to find the few in flight."""
+    records = [rec(f"2025-03-{day:02d}T{hour:02d}:30:00", cost=priced(1)) for day in range(1, 29) for hour in range(24)]
+    records[5].status = RequestStatus.PENDING
+    insert_records(db, records)
+    db.execute("ANALYZE")
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    report = cost_report(db, since=utc("2025-03-01T00:00:00"), until=utc("2025-04-01T00:00:00"), by="project")
+    db.conn.set_trace_callback(None)
+    assert report.total.requests == len(records)
+    (pending_query,) = [statement for statement in statements if "status = 'pending'" in statement]
+    plan = " ".join(str(row[3]) for row in db.execute(f"EXPLAIN QUERY PLAN {pending_query}").fetchall())
+    assert "USING INDEX requests_pending" in plan, plan
+
+
 def test_json_shape(db: Database) -> None:
     insert_records(db, [rec("2025-03-04T10:00:00", cost=priced(12_345_000), usage=Usage(input_tokens=3))])
     since, until = datetime(2025, 3, 4, tzinfo=BERLIN), datetime(2025, 3, 5, tzinfo=BERLIN)

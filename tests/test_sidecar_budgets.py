@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from scripted_upstream import TextReply, Usage
+from scripted_upstream import StreamReply, TextReply, Usage, text_events
 from sidecar_harness import Harness, running_sidecar
 
 from ccgate.config import BudgetSettings, Config
@@ -81,21 +81,22 @@ async def test_a_reservation_is_bounded_whatever_max_tokens_says() -> None:
     that is not a positive integer (a bool, a string) reserves the 64K default."""
     import json
 
-    async def reserved_in_flight(session: aiohttp.ClientSession, harness: Harness, raw: bytes) -> int:
-        harness.upstream.enqueue(TextReply("ok", usage=Usage(100, 20), event_delay=0.05))
-        headers = {**harness.headers, "content-type": "application/json"}
-        task = asyncio.create_task(session.post(f"{harness.url}/v1/messages", data=raw, headers=headers))
-        reserved = 0
-        for _ in range(400):
-            async with session.get(f"{harness.url}/_ccgate/status", headers=harness.headers) as resp:
-                reserved = (await resp.json())["budgets"][0]["reserved_nanos"]
-            if reserved:
+    async def reserved() -> int:
+        async with session.get(f"{harness.url}/_ccgate/status", headers=harness.headers) as resp:
+            return int((await resp.json())["budgets"][0]["reserved_nanos"])
+
+    async def reserved_in_flight(raw: bytes) -> int:
+        for _ in range(500):  # the previous request's reservation ends when the sidecar sees its client go
+            if await reserved() == 0:
                 break
-            await asyncio.sleep(0.005)
-        response = await task
-        assert response.status == 200
-        await response.read()
-        return int(reserved)
+            await asyncio.sleep(0.01)
+        # the upstream sends a few events, then holds the stream open: the reservation lives until we leave
+        harness.upstream.enqueue(StreamReply(events=text_events("ok")[:3], then="hang"))
+        headers = {**harness.headers, "content-type": "application/json"}
+        async with session.post(f"{harness.url}/v1/messages", data=raw, headers=headers) as response:
+            assert response.status == 200
+            assert await response.content.readany()
+            return await reserved()
 
     # claude-haiku-4-5: every body byte may be a token at the 1h cache-write rate ($2/MTok), output at $5/MTok
     def bound(raw: bytes, output_tokens: int) -> int:
@@ -104,7 +105,7 @@ async def test_a_reservation_is_bounded_whatever_max_tokens_says() -> None:
     async with running_sidecar(config=budget("1000")) as harness, aiohttp.ClientSession() as session:
         for max_tokens, output_bound in ((10**30, 1_000_000), (True, 64_000), ("9", 64_000), (2_000, 2_000)):
             raw = json.dumps(body() | {"max_tokens": max_tokens, "stream": True}).encode()
-            assert await reserved_in_flight(session, harness, raw) == bound(raw, output_bound), max_tokens
+            assert await reserved_in_flight(raw) == bound(raw, output_bound), max_tokens
 
 
 async def test_exhausted_budget_never_blocks_count_tokens_or_head() -> None:

@@ -213,7 +213,9 @@ async def test_foreign_host_is_403() -> None:
 async def test_malformed_json_is_400() -> None:
     async with running_sidecar() as harness:
         # the last one is malformed only deep inside what the proxy itself does not read
-        for data in (b"{not json", b"[1,2]", b'{"messages": []}', b'{"model": "claude-sonnet-4-5", "messages": [tru]}'):
+        deep = b'{"model": "claude-sonnet-4-5", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        malformed = (b"{not json", b"[1,2]", b'{"messages": []}', b'{"model": "claude-sonnet-4-5", "messages": [tru]}')
+        for data in (*malformed, deep):
             status, headers, body = await _post(harness, data, {**CLIENT_HEADERS, **harness.headers})
             assert status == 400
             assert headers.get("x-should-retry") == "false"

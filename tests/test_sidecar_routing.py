@@ -216,6 +216,33 @@ async def test_count_tokens_on_a_translated_route_is_estimated_locally(openai_mo
         assert harness.upstream.requests == []
 
 
+async def test_a_deeply_nested_tool_input_is_sent_on_or_refused_never_a_500(openai_mock: OpenAIUpstream) -> None:
+    """Translation re-encodes tool inputs; nesting the interpreter cannot re-encode (Python 3.11: ~1,000 levels)
+    is the client's 400, as for a body it cannot parse, and the request is still a row."""
+    openai_mock.replies.append(OpenAIReply(text="ok", prompt_tokens=10, completion_tokens=2))
+    depth = 990
+    tool_input = '{"a":' + "[" * depth + "]" * depth + "}"
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "t", "input": "INPUT"}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "done"}]},
+    ]
+    text = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 10, "messages": messages})
+    raw = text.replace('"INPUT"', tool_input).encode()
+    async with running_sidecar(config=HAIKU_TO_OPENAI, environ=env_for(("openai", openai_mock))) as harness:
+        headers = {**harness.headers, "content-type": "application/json", "anthropic-version": "2023-06-01"}
+        async with aiohttp.ClientSession() as session:
+            for path in ("/v1/messages", "/v1/messages/count_tokens"):
+                async with session.post(f"{harness.url}{path}", data=raw, headers=headers) as resp:
+                    body = await resp.json()
+                    assert resp.status in (200, 400), (path, resp.status, body)
+                    if resp.status == 400:
+                        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+                        assert "nested too deeply" in body["error"]["message"]
+        (row,) = harness.rows()  # count_tokens is never a row
+        assert row["status"] in ("ok", "error")
+
+
 async def test_anthropic_kind_route_rewrites_only_model_and_keeps_the_name_the_client_asked_for() -> None:
     config = Config(tiers={"opus": TierSettings("opus", ("anthropic/claude-haiku-4-5",))})
     async with running_sidecar(config=config) as harness:

@@ -159,14 +159,26 @@ def parse_messages_body(raw: bytes, *, exact: bool = False) -> dict[str, Any]:
             f"request body is not valid JSON: {exc}", hint="send a Messages API JSON object"
         ) from exc
     except RecursionError as exc:
-        raise InvalidRequestError(
-            "request body is nested too deeply to parse", hint="send a Messages API JSON object"
-        ) from exc
+        raise _too_deep() from exc
     if not isinstance(body, dict):
         raise InvalidRequestError("request body must be a JSON object", hint="send a Messages API JSON object")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise InvalidRequestError("model: field required", hint="name the model in the `model` field")
     return body
+
+
+def _too_deep() -> InvalidRequestError:
+    """Nesting past what this interpreter's JSON code handles (~1,000 levels on Python 3.11): no real request
+    comes close, and the alternative would be a 500."""
+    return InvalidRequestError("request body is nested too deeply", hint="send a Messages API JSON object")
+
+
+def _reencoded(body: dict[str, Any]) -> bytes:
+    """A client's body sent on re-encoded (another model, another format)."""
+    try:
+        return fastjson.dumps(body)
+    except RecursionError as exc:
+        raise _too_deep() from exc
 
 
 def parse_messages_head(raw: bytes) -> dict[str, Any]:
@@ -269,11 +281,15 @@ class Proxy:
         if spec.kind == "openai":
             from ccgate.translate import estimate_input_tokens
 
-            return web.json_response({"input_tokens": estimate_input_tokens(parse_messages_body(raw))})
+            try:
+                estimate = estimate_input_tokens(parse_messages_body(raw))
+            except RecursionError as exc:  # in json.dumps of a deep tool input
+                raise _too_deep() from exc
+            return web.json_response({"input_tokens": estimate})
         if target.model == body["model"]:
             payload = raw
         else:
-            payload = fastjson.dumps({**parse_messages_body(raw, exact=True), "model": target.model})
+            payload = _reencoded({**parse_messages_body(raw, exact=True), "model": target.model})
         url = self._anthropic_url(spec, "/v1/messages/count_tokens", request.query_string)
         headers = self._anthropic_headers(deps, meta, request.headers, spec, request_id=None)
         try:
@@ -366,9 +382,12 @@ class Proxy:
         if spec.kind == "openai":
             from ccgate.translate import anthropic_to_openai_request
 
-            payload_obj, ctx.id_map = anthropic_to_openai_request(
-                ctx.exact_body(), target_model=target.model, stream_usage=spec.supports_stream_usage
-            )
+            try:
+                payload_obj, ctx.id_map = anthropic_to_openai_request(
+                    ctx.exact_body(), target_model=target.model, stream_usage=spec.supports_stream_usage
+                )
+            except RecursionError as exc:
+                raise _too_deep() from exc
             url = spec.base_url.rstrip("/") + "/chat/completions"
             headers = {
                 "content-type": "application/json",
@@ -380,14 +399,14 @@ class Proxy:
                 headers["authorization"] = f"Bearer {key}"
             elif spec.requires_key:
                 raise self._missing_key(spec)
-            data = fastjson.dumps(payload_obj)
+            data = _reencoded(payload_obj)
         else:
             url = self._anthropic_url(spec, "/v1/messages", ctx.query)
             headers = self._anthropic_headers(deps, ctx.meta, ctx.headers, spec, request_id=ctx.record.id)
             if target.model == ctx.body["model"]:
                 data = ctx.raw
             else:
-                data = fastjson.dumps({**ctx.exact_body(), "model": target.model})
+                data = _reencoded({**ctx.exact_body(), "model": target.model})
         try:
             return await deps.session.post(url, data=data, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -701,8 +720,12 @@ class Proxy:
         from ccgate.translate import estimate_input_tokens
 
         ctx.record.usage_estimated = True
+        try:
+            input_tokens = estimate_input_tokens(ctx.exact_body())
+        except RecursionError:  # a tool input too deep for json.dumps: the body's size is the cruder bound
+            input_tokens = len(ctx.raw) // 4
         # ~4 characters a token; SSE framing roughly doubles the bytes of the text it carries
-        return Usage(input_tokens=estimate_input_tokens(ctx.exact_body()), output_tokens=max(1, written // 8))
+        return Usage(input_tokens=input_tokens, output_tokens=max(1, written // 8))
 
     # ---- helpers ------------------------------------------------------------------------------
 

@@ -1008,30 +1008,30 @@ _NOT_READ = frozenset({"cache_control", "type", "id", "tool_use_id", "signature"
 
 
 def _estimate_chars(value: Any) -> tuple[int, int]:
-    """(characters, images) of what a model would read in `value`."""
-    if isinstance(value, str):
-        return len(value), 0
-    if isinstance(value, list):
-        chars = images = 0
-        for item in value:
-            c, i = _estimate_chars(item)
-            chars, images = chars + c, images + i
-        return chars, images
-    if isinstance(value, dict):
-        kind = value.get("type")
-        source = value.get("source")
-        if kind in ("image", "document") and isinstance(source, dict) and source.get("type") != "text":
-            return 0, 1
-        if kind in ("thinking", "redacted_thinking"):
-            return 0, 0  # dropped before the provider sees them
-        chars = images = 0
-        for key, item in value.items():
-            if key in _NOT_READ:
+    """(characters, images) of what a model would read in `value`; a loop, not recursion, so no nesting a
+    client sends can make it fail."""
+    chars = images = 0
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            chars += len(item)
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            kind = item.get("type")
+            source = item.get("source")
+            if kind in ("image", "document") and isinstance(source, dict) and source.get("type") != "text":
+                images += 1
                 continue
-            c, i = (len(json.dumps(item, ensure_ascii=False)), 0) if key == "input" else _estimate_chars(item)
-            chars, images = chars + c, images + i
-        return chars, images
-    return 0, 0
+            if kind in ("thinking", "redacted_thinking"):
+                continue  # dropped before the provider sees them
+            for key, child in item.items():
+                if key == "input":
+                    chars += len(json.dumps(child, ensure_ascii=False))
+                elif key not in _NOT_READ:
+                    pending.append(child)
+    return chars, images
 
 
 def estimate_input_tokens(body: dict[str, Any]) -> int:

@@ -251,8 +251,10 @@ def schema_is_current(conn: sqlite3.Connection) -> bool:
     first: the report queries assume the latest schema (since m005, pending rows are not in the roll-ups)."""
     try:
         recorded = {row[0] for row in conn.execute("SELECT name FROM _migrations").fetchall()}
-    except sqlite3.OperationalError:  # no _migrations table: a ledger from before migrations, or not one at all
-        return False
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error):  # a ledger from before migrations; a locked one is another matter
+            return False
+        raise
     return all(function.__name__ in recorded for function in MIGRATIONS)
 
 

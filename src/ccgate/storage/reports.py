@@ -148,9 +148,12 @@ def one_snapshot(db: Database) -> Iterator[None]:
     conn.execute("BEGIN")
     try:
         yield
-    finally:
+    except BaseException:
         if conn.in_transaction:
-            conn.execute("COMMIT")  # nothing was written: this only ends the snapshot
+            conn.execute("ROLLBACK")
+        raise
+    if conn.in_transaction:
+        conn.execute("COMMIT")  # nothing was written: this only ends the snapshot
 
 
 def _floor_hour(moment: datetime) -> datetime:
