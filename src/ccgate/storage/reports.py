@@ -116,16 +116,14 @@ def cost_report(
     """Totals for [since, until), optionally grouped; `tz` (None = the system's local zone) defines `day`."""
     check_grouping(by)
     groups: list[tuple[str, Totals]] = []
+    with one_snapshot(db):
+        spans = _day_spans(db, since, until, tz) if by == "day" else [("", since, until)]
+        sums = _aggregate(db, spans, None if by == "day" else by)
     if by == "day":
-        with one_snapshot(db):
-            sums = _aggregate(db, _day_spans(db, since, until, tz), None)
         groups = sorted((label, totals) for (label, _), totals in sums.items())
-    else:
-        with one_snapshot(db):
-            sums = _aggregate(db, [("", since, until)], by)
-        if by is not None:
-            groups = [(key or NONE_KEY, totals) for (_, key), totals in sums.items()]
-            groups.sort(key=lambda group: (-group[1].cost_nanos, -group[1].requests, group[0]))
+    elif by is not None:
+        groups = [(key or NONE_KEY, totals) for (_, key), totals in sums.items()]
+        groups.sort(key=lambda group: (-group[1].cost_nanos, -group[1].requests, group[0]))
     total = sum(sums.values(), Totals())
     return CostReport(since=since, until=until, by=by, total=total, groups=groups)
 
