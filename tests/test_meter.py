@@ -87,6 +87,8 @@ def test_usage_is_the_same_however_the_stream_is_cut(
     assert meter.finished and meter.started and meter.model == "claude-x"
     assert 1 <= sum(changes) <= 2  # message_start, then message_delta (the same chunk may hold both)
     assert meter.error_type is None
+    if not crlf:  # every byte after message_start is counted towards a cut stream's output estimate, once
+        assert meter.bytes_after_start == len(stream) - stream.index(b"\n\n")
 
 
 def test_the_whole_stream_in_one_chunk_and_an_error_event() -> None:

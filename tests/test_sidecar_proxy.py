@@ -334,6 +334,26 @@ async def test_upstream_cut_mid_stream_gives_the_client_an_error_event() -> None
         assert row["input_tokens"] == 50
 
 
+async def test_a_stream_cut_after_one_big_read_estimates_the_output_it_carried() -> None:
+    """A fast upstream may send message_start and many deltas in one read, then die: the output those deltas
+    carried is billed, so the row's estimate must count them (not just the reads after message_start's)."""
+    events = text_events("word " * 400, model="claude-opus-4-5", usage=Usage(input_tokens=50), message_id="msg_big")
+    async with running_sidecar() as harness:
+        # everything up to the last text delta in a single write, then the connection drops
+        harness.upstream.enqueue(StreamReply(events=events[:-3], chunking="single", then="close"))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{harness.url}/v1/messages", json=BODY, headers={**CLIENT_HEADERS, **harness.headers}
+            ) as resp,
+        ):
+            await resp.read()
+        (row,) = harness.rows()
+        assert row["status"] == "interrupted" and row["price_quality"] == "estimated"
+        # 2,000 characters of text (~500 tokens) in three deltas: the byte-based estimate is rough, never 1
+        assert 100 <= row["output_tokens"] <= 1000, row["output_tokens"]
+
+
 async def test_usage_is_read_when_events_share_a_read_or_split_across_reads() -> None:
     usage = Usage(input_tokens=321, output_tokens=77, cache_read_input_tokens=11)
     async with running_sidecar() as harness:

@@ -82,7 +82,11 @@ class AnthropicStreamMeter:
             complete = complete.replace(b"\r\n", b"\n")
         changed = False
         for start, stop in _blocks_holding(complete, _READ_MARKERS):
+            was_started = self.started
             changed |= self._event(complete[start:stop])
+            if self.started and not was_started:
+                # what came with message_start in this chunk is output too (a fast upstream sends it together)
+                self.bytes_after_start += len(complete) - stop + len(self._buffer)
         return changed
 
     def flush(self) -> bool:
