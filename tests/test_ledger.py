@@ -172,12 +172,15 @@ def test_record_round_trips_through_a_row() -> None:
     nanos=st.none() | st.integers(min_value=0, max_value=2**62),
     status=st.sampled_from(list(RequestStatus)),
     moment=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
+    speed=st.sampled_from([None, "standard", "fast"]),
 )
-def test_round_trip_property(tokens: list[int], nanos: int | None, status: RequestStatus, moment: datetime) -> None:
+def test_round_trip_property(
+    tokens: list[int], nanos: int | None, status: RequestStatus, moment: datetime, speed: str | None
+) -> None:
     quality = PriceQuality.UNPRICED if nanos is None else PriceQuality.PRICED
-    record = RequestRecord(
-        started_at=moment, status=status, usage=Usage(*tokens), cost=Cost(nanos=nanos, quality=quality)
-    )
+    names = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens")
+    usage = Usage(**dict(zip(names, tokens, strict=False)), web_searches=tokens[5], speed=speed)
+    record = RequestRecord(started_at=moment, status=status, usage=usage, cost=Cost(nanos=nanos, quality=quality))
     assert row_to_record(record_to_row(record)) == record
 
 
@@ -457,7 +460,7 @@ def test_rollups_always_equal_the_finished_rows_they_summarise(
 def test_m005_takes_pending_rows_out_of_an_older_ledgers_rollups(ledger_path: Path) -> None:
     """A ledger written by a ccgate before m005 holds pending rows in its roll-ups; upgrading rebuilds them so
     reports, which add pending rows from `requests`, count each request once."""
-    from older_ledger import open_ledger_as_of
+    from older_ledger import insert_into_older_ledger, open_ledger_as_of
 
     from ccgate.storage.reports import cost_report
 
@@ -472,7 +475,7 @@ def test_m005_takes_pending_rows_out_of_an_older_ledgers_rollups(ledger_path: Pa
             ]
         )
     ]
-    insert_records(old, rows)
+    insert_into_older_ledger(old, rows)
     assert old.execute("SELECT sum(requests), sum(cost_nanos) FROM request_rollups").fetchone() == (3, 23_000)
     assert "m005_rollups_without_pending_rows" not in applied_migrations(old)
     old.close()

@@ -145,6 +145,42 @@ def test_dated_and_cased_model_ids_resolve(catalog: PriceCatalog, model: str, ex
         assert (cost.quality, cost.priced_model) == (PriceQuality.PRICED, expected)
 
 
+# Opus 4.8 in fast mode: $10 in / $50 out per MTok, cache prices scaled the same (reads 0.1x, writes 1.25x / 2x)
+OPUS_48_FAST = {"in": 10_000, "out": 50_000, "read": 1_000, "w5m": 12_500, "w1h": 20_000}
+OPUS_48 = {"in": 5_000, "out": 25_000, "read": 500, "w5m": 6_250, "w1h": 10_000}
+
+
+def test_fast_mode_is_billed_at_its_own_rates(catalog: PriceCatalog) -> None:
+    """Claude Code's /fast: the response's `usage.speed` says the request ran fast, which costs twice as much on
+    Opus 4.8; "standard" (a fast request that fell back) costs the standard rates."""
+    from dataclasses import replace
+
+    fast = catalog.cost("claude-opus-4-8", replace(MIXED, speed="fast"), provider="anthropic")
+    assert fast.nanos == by_hand(OPUS_48_FAST, MIXED) == 700_000_000
+    assert fast.quality is PriceQuality.PRICED
+    for speed in (None, "standard"):
+        standard = catalog.cost("claude-opus-4-8", replace(MIXED, speed=speed), provider="anthropic")
+        assert standard.nanos == by_hand(OPUS_48, MIXED) == 350_000_000
+    # a budget reservation for a fast request bounds the fast price
+    bound = catalog.max_cost_nanos("claude-opus-4-8", provider="anthropic", input_tokens=1_000, max_output_tokens=100)
+    fast_bound = catalog.max_cost_nanos(
+        "claude-opus-4-8", provider="anthropic", input_tokens=1_000, max_output_tokens=100, speed="fast"
+    )
+    assert bound is not None and fast_bound == 2 * bound == 2 * (1_000 * 10_000 + 100 * 25_000)
+
+
+def test_fast_mode_without_a_known_fast_price_is_an_estimate_not_exact(catalog: PriceCatalog) -> None:
+    from dataclasses import replace
+
+    cost = catalog.cost("claude-sonnet-4-5", replace(MIXED, speed="fast"), provider="anthropic")
+    assert cost.quality is PriceQuality.ESTIMATED
+    assert cost.nanos == by_hand(SONNET_45, MIXED)
+    assert cost.note is not None and "fast mode" in cost.note and "may be too low" in cost.note
+    override = PriceCatalog({"claude-opus-4-8": PriceOverride(input=Decimal(1), output=Decimal(2))})
+    own = override.cost("claude-opus-4-8", replace(MIXED, speed="fast"), provider="anthropic")
+    assert own.quality is PriceQuality.ESTIMATED and own.note is not None and "your price" in own.note
+
+
 def test_openai_convention_priced_for_gpt_4o(catalog: PriceCatalog) -> None:
     from ccgate.usage import usage_from_openai
 

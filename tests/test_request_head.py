@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from ccgate.errors import InvalidRequestError
 from ccgate.proxy import parse_messages_head
 
-HEAD_FIELDS = ("model", "stream", "max_tokens", "metadata")
+HEAD_FIELDS = ("model", "stream", "max_tokens", "metadata", "speed")
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats(allow_nan=False) | st.text(),

@@ -121,6 +121,8 @@ PRICE_CASES = [
     ("claude-sonnet-4-5", Usage(250_000, 1000), 250_000 * 6 + 1000 * 22.5),
     # Haiku 4.5: $1 / $5 / $0.10 / $1.25 / $2
     ("claude-haiku-4-5", Usage(1000, 1000, 1000, 1000, 1000), 1000 * (1 + 5 + 0.1 + 1.25 + 2)),
+    # Opus 4.8 in fast mode (the reply's usage.speed): $10 / $50 / $1 / $12.50 / $20, twice the standard rates
+    ("claude-opus-4-8", Usage(1000, 1000, 1000, 1000, 1000, speed="fast"), 1000 * (10 + 50 + 1 + 12.5 + 20)),
 ]
 
 
@@ -149,6 +151,7 @@ async def test_ledger_row_has_exact_tokens_and_cost(
         # tokens x $/MTok = micro-dollars; x 1000 = nano-dollars (the ledger's unit); rates have <= 2 decimals
         assert row["cost_nanos"] == round(micro_usd_per_mtok * 1000)
         assert row["price_quality"] == "priced"
+        assert row["speed"] == usage.speed
 
 
 async def test_launch_registration_gives_rows_their_project(tmp_path: Any) -> None:

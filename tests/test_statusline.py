@@ -207,15 +207,15 @@ def test_corrupt_ledger_gives_a_fallback_line(isolated_home: Path) -> None:
 def test_an_older_ledger_is_not_read_until_migrated(isolated_home: Path) -> None:
     """The status line opens the ledger read-only, so it cannot upgrade it; before m005 the roll-ups also held
     pending rows, which the report would count twice. It says what to run instead, then counts each once."""
-    from older_ledger import open_ledger_as_of
+    from older_ledger import insert_into_older_ledger, open_ledger_as_of
 
-    from ccgate.storage.ledger import insert_records, open_ledger
+    from ccgate.storage.ledger import open_ledger
 
     write_config(isolated_home, 'timezone = "UTC"\n')
     in_flight = record("0.30", at=NOW - timedelta(hours=2), session=SESSION)
     in_flight.status = RequestStatus.PENDING
     old = open_ledger_as_of(resolve_paths().ledger_file, "m004_drop_message_id_index")
-    insert_records(old, [in_flight, record("0.12", at=NOW - timedelta(hours=3), session=SESSION)])
+    insert_into_older_ledger(old, [in_flight, record("0.12", at=NOW - timedelta(hours=3), session=SESSION)])
     old.close()
     unavailable = "Opus 4.8 · ccgate: unavailable (older ledger, run `ccgate cost` once)"
     assert render(claude_code_json(), now=NOW) == unavailable

@@ -149,6 +149,17 @@ def test_merge_with_a_complete_delta_is_the_delta(start: Usage, final: Usage) ->
     assert merge_anthropic_usage(start, to_anthropic_usage(final)) == final
 
 
+def test_speed_is_read_kept_and_only_a_short_word() -> None:
+    """Fast mode is priced by the reply's `usage.speed`; a delta without it keeps what message_start said."""
+    start = usage_from_anthropic({"input_tokens": 5, "output_tokens": 1, "speed": "fast"})
+    assert start.speed == "fast"
+    assert merge_anthropic_usage(start, {"output_tokens": 9}) == Usage(input_tokens=5, output_tokens=9, speed="fast")
+    assert merge_anthropic_usage(start, {"speed": "standard"}).speed == "standard"  # fell back to standard
+    for odd in (None, 3, "", "x" * 100, ["fast"]):
+        assert usage_from_anthropic({"input_tokens": 5, "speed": odd}).speed is None
+    assert (Usage(speed="fast") + Usage(input_tokens=1)).speed == "fast"
+
+
 # ---------------------------------------------------------------- OpenAI
 
 

@@ -24,13 +24,14 @@ class _MessagesHead(msgspec.Struct):
     stream: Any = None
     max_tokens: Any = None
     metadata: Any = None
+    speed: Any = None
 
 
 _HEAD_DECODER = msgspec.json.Decoder(_MessagesHead)
 
 
 def read_head(data: bytes) -> dict[str, Any]:
-    """`model`, `stream`, `max_tokens` and `metadata` of a JSON object; ValueError if msgspec refuses it.
+    """`model`, `stream`, `max_tokens`, `metadata` and `speed` of a JSON object; ValueError if msgspec refuses it.
 
     msgspec refuses a little more than `json` accepts (NaN, lone surrogate escapes): callers fall back to a
     full `loads` before calling a body malformed. It does not check UTF-8 inside strings it skips; the body is
@@ -40,7 +41,13 @@ def read_head(data: bytes) -> dict[str, Any]:
         head = _HEAD_DECODER.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:  # nesting past ~1000 levels
         raise ValueError(str(exc)) from exc
-    return {"model": head.model, "stream": head.stream, "max_tokens": head.max_tokens, "metadata": head.metadata}
+    return {
+        "model": head.model,
+        "stream": head.stream,
+        "max_tokens": head.max_tokens,
+        "metadata": head.metadata,
+        "speed": head.speed,
+    }
 
 
 def loads(data: bytes | str) -> Any:

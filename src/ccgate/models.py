@@ -61,6 +61,8 @@ class Usage:
     cache_write_5m_tokens: int = 0
     cache_write_1h_tokens: int = 0
     web_searches: int = 0
+    # Anthropic's `usage.speed`: "fast" is fast mode, billed at a multiple of the standard rates
+    speed: str | None = None
 
     @property
     def cache_write_tokens(self) -> int:
@@ -82,6 +84,7 @@ class Usage:
             cache_write_5m_tokens=self.cache_write_5m_tokens + other.cache_write_5m_tokens,
             cache_write_1h_tokens=self.cache_write_1h_tokens + other.cache_write_1h_tokens,
             web_searches=self.web_searches + other.web_searches,
+            speed=self.speed or other.speed,
         )
 
 

@@ -206,7 +206,7 @@ class PriceCatalog:
         self._overrides: dict[str, PriceOverride] = dict(overrides or {})
         self._resolved: dict[tuple[str, str | None], _Resolution] = {}
         # (the catalog price variant in effect, the rates built from it): most requests reuse the last one
-        self._rates: dict[tuple[str, str | None], tuple[object, ModelRates]] = {}
+        self._rates: dict[tuple[str, str | None, str | None], tuple[object, ModelRates]] = {}
 
     # ----------------------------------------------------------------- resolution
 
@@ -304,10 +304,13 @@ class PriceCatalog:
         resolution = self._resolve(model, provider)
         if resolution.override is None and resolution.entry is None:
             return Cost(nanos=None, quality=PriceQuality.UNPRICED, note=resolution.note)
-        if resolution.override is not None or resolution.simple:
+        speed = usage.speed if usage.speed != STANDARD_SPEED else None
+        if speed is not None:
+            resolution = self._at_speed(resolution, model, speed)
+        if resolution.override is not None or (resolution.simple and speed is None):
             # an override's rates, or a catalog price ModelRates holds exactly: the same arithmetic as genai-prices
             # for input/output/cache/web-search prices with at most one tier (tests check the two agree on every
-            # such catalog model), ~10x faster on the proxy path
+            # such catalog model), ~10x faster on the proxy path. Fast mode is rare: genai-prices prices it.
             rates = self._rates_from(resolution, model, provider, at)
             return Cost(
                 nanos=usd_to_nanos(_cost_usd(rates, usage)),
@@ -315,9 +318,26 @@ class PriceCatalog:
                 priced_model=rates.priced_model,
                 note=resolution.note,
             )
-        return self._genai_cost(resolution, model, usage, at)
+        return self._genai_cost(resolution, model, usage, at, speed)
 
-    def _genai_cost(self, resolution: _Resolution, model: str, usage: Usage, at: datetime | None) -> Cost:
+    @staticmethod
+    def _at_speed(resolution: _Resolution, model: str, speed: str) -> _Resolution:
+        """A resolution for a request that ran at `speed` ("fast"): the catalog's price variant for it, or, when
+        there is none (or the price is the user's own), the same rates flagged as an estimate, never silently
+        exact."""
+        if resolution.override is None and resolution.entry is not None and _has_variant(resolution.entry, speed):
+            return resolution
+        why = (
+            f"your price for {model} is for standard speed"
+            if resolution.override is not None
+            else f"the price catalog has no {speed}-mode price for {model}"
+        )
+        note = f"ran in {speed} mode; {why}, so standard rates were used and the cost may be too low"
+        return replace(resolution, quality=PriceQuality.ESTIMATED, note=note)
+
+    def _genai_cost(
+        self, resolution: _Resolution, model: str, usage: Usage, at: datetime | None, speed: str | None
+    ) -> Cost:
         """genai-prices' own calculation, for prices ModelRates cannot express (several tiers, other units)."""
         assert resolution.entry is not None
         from genai_prices import Usage as GPUsage
@@ -325,7 +345,10 @@ class PriceCatalog:
         gp_provider, gp_model = resolution.entry
         try:
             calculation = gp_model.calc_price(
-                GPUsage(**to_genai_prices_kwargs(usage)), gp_provider, genai_request_timestamp=at
+                GPUsage(**to_genai_prices_kwargs(usage)),
+                gp_provider,
+                genai_request_timestamp=at,
+                price_context=_price_context(speed),
             )
         except ValueError as exc:  # the catalog entry cannot price this usage shape
             return Cost(
@@ -341,15 +364,24 @@ class PriceCatalog:
             note=resolution.note,
         )
 
-    def rates(self, model: str, *, provider: str | None = None, at: datetime | None = None) -> ModelRates | None:
-        """Per-MTok rates (base and highest tier) as they apply at `at` (default now); None when unpriced."""
+    def rates(
+        self, model: str, *, provider: str | None = None, at: datetime | None = None, speed: str | None = None
+    ) -> ModelRates | None:
+        """Per-MTok rates (base and highest tier) as they apply at `at` (default now) and `speed` (None or
+        "standard": standard speed); None when unpriced."""
         resolution = self._resolve(model, provider)
         if resolution.override is None and resolution.entry is None:
             return None
-        return self._rates_from(resolution, model, provider, at)
+        return self._rates_from(resolution, model, provider, at, None if speed == STANDARD_SPEED else speed)
 
     def max_cost_nanos(
-        self, model: str, *, provider: str | None, input_tokens: int, max_output_tokens: int
+        self,
+        model: str,
+        *,
+        provider: str | None,
+        input_tokens: int,
+        max_output_tokens: int,
+        speed: str | None = None,
     ) -> int | None:
         """An upper bound of a request's cost, for budget reservations; None when unpriced and not estimable.
 
@@ -357,7 +389,7 @@ class PriceCatalog:
         token is charged at the dearest input rate of the tier it selects (usually the 1h cache write) and the
         output at the output rate of that tier. Server-side tool fees (web search) are not included.
         """
-        rates = self.rates(model, provider=provider)
+        rates = self.rates(model, provider=provider, speed=speed)
         if rates is None:
             return None
         total = Decimal(max(input_tokens, 0)) * rates.worst_input_rate(input_tokens) + Decimal(
@@ -382,13 +414,17 @@ class PriceCatalog:
 
     # ----------------------------------------------------------------- helpers
 
-    def _rates_from(self, resolution: _Resolution, model: str, provider: str | None, at: datetime | None) -> ModelRates:
-        """Rates at `at`, rebuilt only when the catalog's price variant in effect changes (a dated price change,
-        an off-peak window), so the proxy path does not rebuild them on every request."""
-        variant = resolution.entry[1].get_prices(at or utcnow()) if resolution.entry is not None else None
-        key = (model, provider)
+    def _rates_from(
+        self, resolution: _Resolution, model: str, provider: str | None, at: datetime | None, speed: str | None = None
+    ) -> ModelRates:
+        """Rates at `at` and `speed`, rebuilt only when the catalog's price variant in effect changes (a dated
+        price change, an off-peak window), so the proxy path does not rebuild them on every request."""
+        entry = resolution.entry
+        variant = entry[1].get_prices(at or utcnow(), _price_context(speed)) if entry is not None else None
+        key = (model, provider, speed)
         cached = self._rates.get(key)
-        if cached is not None and cached[0] is variant:
+        # genai-prices returns the same object for standard prices and a fresh copy for a request variant
+        if cached is not None and (cached[0] is variant or cached[0] == variant):
             return cached[1]
         rates = self._build_rates(resolution, model, provider, variant)
         self._rates[key] = (variant, rates)
@@ -422,6 +458,18 @@ class PriceCatalog:
             tier_threshold=None,
             note=resolution.note,
         )
+
+
+STANDARD_SPEED = "standard"
+
+
+def _price_context(speed: str | None) -> dict[str, str] | None:
+    """genai-prices' request context selecting a price variant (fast mode); None for standard speed."""
+    return None if speed is None or speed == STANDARD_SPEED else {"speed": speed}
+
+
+def _has_variant(entry: _Entry, speed: str) -> bool:
+    return any(variant.when.get("speed") == speed for variant in entry[1].price_variants or ())
 
 
 _DEFAULT_CACHE_READ_SHARE = Decimal("0.1")

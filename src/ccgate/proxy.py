@@ -54,7 +54,13 @@ class Pricer(Protocol):
     def cost(self, model: str, usage: Usage, *, provider: str | None = None, at: datetime | None = None) -> Cost: ...
 
     def max_cost_nanos(
-        self, model: str, *, provider: str | None, input_tokens: int, max_output_tokens: int
+        self,
+        model: str,
+        *,
+        provider: str | None,
+        input_tokens: int,
+        max_output_tokens: int,
+        speed: str | None = None,
     ) -> int | None: ...
 
 
@@ -182,7 +188,7 @@ def _reencoded(body: dict[str, Any]) -> bytes:
 
 
 def parse_messages_head(raw: bytes) -> dict[str, Any]:
-    """The fields the proxy reads (model, stream, max_tokens, metadata), the whole body checked to be JSON.
+    """The fields the proxy reads (model, stream, max_tokens, metadata, speed), the whole body checked to be JSON.
 
     Building only these is ~3x faster than parsing a Claude Code body whole (72 KB of conversation: 28 vs
     79 µs), and the body is forwarded as received. The translated and rewritten routes parse it whole.
@@ -310,10 +316,15 @@ class Proxy:
             if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0
             else DEFAULT_MAX_OUTPUT_TOKENS
         )
+        speed = ctx.body.get("speed")  # fast mode costs a multiple of the standard rates
         bounds = [
             # A token is never shorter than one byte of the body, so the byte count bounds the input from above.
             ctx.deps.pricer.max_cost_nanos(
-                target.model, provider=target.provider, input_tokens=len(ctx.raw), max_output_tokens=max_output
+                target.model,
+                provider=target.provider,
+                input_tokens=len(ctx.raw),
+                max_output_tokens=max_output,
+                speed=speed if isinstance(speed, str) else None,
             )
             for target in route.targets
         ]

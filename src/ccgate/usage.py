@@ -59,6 +59,7 @@ def _apply_anthropic(base: Usage, raw: Mapping[str, Any]) -> Usage:
     split_5m = _count(breakdown.get("ephemeral_5m_input_tokens"))
     split_1h = _count(breakdown.get("ephemeral_1h_input_tokens"))
     web_searches = _count(_mapping(raw.get("server_tool_use")).get("web_search_requests"))
+    speed = raw.get("speed")
 
     write_1h = base.cache_write_1h_tokens if split_1h is None else split_1h
     write_5m = base.cache_write_5m_tokens if split_5m is None else split_5m
@@ -76,7 +77,12 @@ def _apply_anthropic(base: Usage, raw: Mapping[str, Any]) -> Usage:
         cache_write_5m_tokens=write_5m,
         cache_write_1h_tokens=write_1h,
         web_searches=base.web_searches if web_searches is None else web_searches,
+        # the speed the request ran at (fast mode may fall back to standard); a short word, anything else ignored
+        speed=speed if type(speed) is str and 0 < len(speed) <= _MAX_SPEED_LENGTH else base.speed,
     )
+
+
+_MAX_SPEED_LENGTH = 32
 
 
 def usage_from_anthropic(raw: Mapping[str, Any] | None) -> Usage:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from sqlite_utils import Database
 
+from ccgate.models import RequestRecord
 from ccgate.storage import migrations
-from ccgate.storage.ledger import open_ledger
+from ccgate.storage.ledger import open_ledger, record_to_row
 
 
 def open_ledger_as_of(path: Path, last_migration: str) -> Database:
@@ -19,3 +21,10 @@ def open_ledger_as_of(path: Path, last_migration: str) -> Database:
         return open_ledger(path)
     finally:
         migrations.MIGRATIONS = everything
+
+
+def insert_into_older_ledger(db: Database, records: Iterable[RequestRecord]) -> None:
+    """Rows as that older ccgate wrote them: only the columns its schema has."""
+    columns = set(db["requests"].columns_dict)
+    rows = [{key: value for key, value in record_to_row(record).items() if key in columns} for record in records]
+    db["requests"].insert_all(rows)  # type: ignore[union-attr]

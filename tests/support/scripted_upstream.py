@@ -123,13 +123,16 @@ class Usage:
     cache_write_1h_tokens: int = 0
     # What message_start reports as output so far (Anthropic sends a small number there).
     start_output_tokens: int = 1
+    # `usage.speed` of a fast-mode reply ("fast"); None leaves the field out
+    speed: str | None = None
 
     @property
     def cache_creation_input_tokens(self) -> int:
         return self.cache_write_5m_tokens + self.cache_write_1h_tokens
 
     def as_dict(self, output_tokens: int | None = None) -> dict[str, Any]:
-        return {
+        speed = {} if self.speed is None else {"speed": self.speed}
+        return speed | {
             "input_tokens": self.input_tokens,
             "cache_creation_input_tokens": self.cache_creation_input_tokens,
             "cache_read_input_tokens": self.cache_read_input_tokens,
@@ -142,7 +145,8 @@ class Usage:
         }
 
     def delta_dict(self) -> dict[str, Any]:
-        return {
+        speed = {} if self.speed is None else {"speed": self.speed}
+        return speed | {
             "input_tokens": self.input_tokens,
             "cache_creation_input_tokens": self.cache_creation_input_tokens,
             "cache_read_input_tokens": self.cache_read_input_tokens,

@@ -68,6 +68,7 @@ COLUMNS: tuple[str, ...] = (
     "upstream_request_id",
     "attempts",
     "synced_at",
+    "speed",
 )
 
 
@@ -116,6 +117,7 @@ def record_to_values(record: RequestRecord) -> tuple[Any, ...]:
         if record.attempts
         else "[]",
         None if synced_at is None else to_iso(synced_at),
+        usage.speed,
     )
 
 
@@ -161,6 +163,7 @@ def row_to_record(row: dict[str, Any]) -> RequestRecord:
             cache_write_5m_tokens=row.get("cache_write_5m_tokens") or 0,
             cache_write_1h_tokens=row.get("cache_write_1h_tokens") or 0,
             web_searches=row.get("web_searches") or 0,
+            speed=row.get("speed"),
         ),
         cost=Cost(
             nanos=row.get("cost_nanos"),

@@ -240,6 +240,13 @@ def m005_rollups_without_pending_rows(db: Database) -> None:
     )
 
 
+@migration
+def m006_speed(db: Database) -> None:
+    """Fast mode (`usage.speed = "fast"`) is billed at a multiple of the standard rates: keep what each request
+    ran at, so a cost can be explained and recomputed."""
+    db.execute("ALTER TABLE requests ADD COLUMN speed TEXT")
+
+
 def applied_migrations(db: Database) -> list[str]:
     if not db["_migrations"].exists():
         return []
