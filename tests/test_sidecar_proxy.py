@@ -77,6 +77,27 @@ async def test_stream_passes_through_byte_for_byte_with_headers_and_query() -> N
         assert (rows[0]["input_tokens"], rows[0]["output_tokens"]) == (12, 4)
 
 
+async def test_a_compressed_request_is_sent_on_plain_and_labelled_so() -> None:
+    """aiohttp's server inflates a gzip request body; forwarding `content-encoding: gzip` with it would make the
+    upstream inflate plain JSON and fail."""
+    import gzip
+
+    async with running_sidecar() as harness:
+        harness.upstream.enqueue(TextReply("ok"))
+        raw = json.dumps(BODY).encode()
+        headers = {**CLIENT_HEADERS, **harness.headers, "content-encoding": "gzip"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{harness.url}/v1/messages", data=gzip.compress(raw), headers=headers) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+        (seen,) = harness.upstream.messages_requests
+        assert seen.body == raw
+        assert "content-encoding" not in seen.headers
+        (row,) = harness.rows()
+        assert row["status"] == "ok"
+
+
 async def test_session_id_falls_back_to_metadata_user_id() -> None:
     async with running_sidecar() as harness:
         headers = {k: v for k, v in CLIENT_HEADERS.items() if k != "X-Claude-Code-Session-Id"}

@@ -373,6 +373,31 @@ async def test_failover_to_a_renamed_model_and_dated_ids_keep_the_requested_name
             assert [a["status"] for a in json.loads(row["attempts"])] == [529, 200]
 
 
+async def test_a_translated_stream_that_ends_before_its_finish_is_interrupted_not_ok(
+    openai_mock: OpenAIUpstream,
+) -> None:
+    """A provider whose HTTP response ends cleanly after some text, with no finish_reason and no [DONE], did
+    not finish the reply: the client gets an error event (not end_turn) and the row is interrupted."""
+    openai_mock.replies.append(OpenAIReply(text="a reply cut short", pieces=4, end_after_chunks=3))
+    async with running_sidecar(config=HAIKU_TO_OPENAI, environ=env_for(("openai", openai_mock))) as harness:
+        body = {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 50,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{harness.url}/v1/messages", json=body, headers=harness.headers) as resp,
+        ):
+            data = await resp.read()
+        assert b"event: error" in data and b"before finishing the reply" in data
+        assert b"end_turn" not in data and b"message_stop" not in data
+        (row,) = harness.rows()
+        assert (row["status"], row["error_type"]) == ("interrupted", "upstream_disconnected")
+        assert row["cost_nanos"] > 0 and row["price_quality"] == "estimated"
+
+
 async def test_cancelled_translated_stream_keeps_an_estimate_not_zero(openai_mock: OpenAIUpstream) -> None:
     openai_mock.replies.append(OpenAIReply(text="x" * 4000, pieces=200, usage_chunk=False, die_after_chunks=None))
     async with running_sidecar(config=HAIKU_TO_OPENAI, environ=env_for(("openai", openai_mock))) as harness:

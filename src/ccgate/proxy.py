@@ -600,6 +600,18 @@ class Proxy:
                         break
                 if out:
                     await response.write(b"".join(out))
+            if failure is None and not done and not translator.saw_finish_reason:
+                # the connection ended cleanly but the reply did not: no finish reason, no [DONE]
+                cut = f"ccgate: upstream {spec.name} ended the stream before finishing the reply"
+                self._finish(
+                    ctx,
+                    RequestStatus.INTERRUPTED,
+                    http_status=200,
+                    error_type="upstream_disconnected",
+                    error_message=cut,
+                )
+                await self._end_quietly(response, b"".join(translator.error("api_error", cut)))
+                return response
             if failure is None:
                 tail = translator.finish()
                 if tail:

@@ -674,6 +674,11 @@ class OpenAIStreamTranslator:
         return self._usage
 
     @property
+    def saw_finish_reason(self) -> bool:
+        """The provider said why it stopped: without that (and without `[DONE]`) the stream was cut short."""
+        return self._finish_reason is not None
+
+    @property
     def usage_reported(self) -> bool:
         """False while the provider has sent no usage (some ignore `stream_options.include_usage`)."""
         return self._usage_reported

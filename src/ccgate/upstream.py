@@ -20,6 +20,8 @@ HOP_BY_HOP = frozenset(
         "host",
         "content-length",
         "accept-encoding",
+        # aiohttp's server has already decompressed a compressed request body: what is sent on is plain
+        "content-encoding",
     }
 )
 RESPONSE_DROP = frozenset(

@@ -27,6 +27,7 @@ class OpenAIReply:
     status: int = 200
     error_body: dict[str, Any] | None = None
     die_after_chunks: int | None = None  # close the connection after this many chunks
+    end_after_chunks: int | None = None  # finish the HTTP response cleanly after this many chunks (reply cut short)
     usage_chunk: bool = True
     omit_usage: bool = False  # non-streaming reply without a `usage` object
 
@@ -149,6 +150,8 @@ class OpenAIUpstream:
                 assert request.transport is not None
                 request.transport.close()
                 return response
+            if reply.end_after_chunks is not None and index >= reply.end_after_chunks:
+                break
             await response.write(data)
             await asyncio.sleep(0)
         await response.write_eof()
