@@ -659,6 +659,28 @@ def test_provider_id_round_trips_through_the_next_request() -> None:
     assert out["messages"][1]["tool_calls"][0]["id"] == out["messages"][2]["tool_call_id"] == tool_use["id"]
 
 
+def test_a_provider_reusing_an_id_from_an_earlier_turn_gets_a_fresh_one() -> None:
+    """Providers that number calls per reply answer `call_0` again; the history already holds a tool_use
+    `call_0`, and Anthropic refuses a conversation with the same id twice."""
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "call_0", "name": "A", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_0", "content": "ok"}]},
+    ]
+    _, id_map = anthropic_to_openai_request(req(messages=messages), target_model="gpt-test")
+    call = {"id": "call_0", "type": "function", "function": {"name": "A", "arguments": "{}"}}
+    resp = completion({"content": None, "tool_calls": [call]}, "tool_calls")
+    (tool_use,) = respond(resp, id_map)["content"]
+    assert tool_use["id"] != "call_0" and tool_use["id"].startswith("toolu_")
+    # the next request maps the fresh id back to what the provider called it
+    history = [*messages, {"role": "assistant", "content": [tool_use]}]
+    history.append(
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use["id"], "content": "2"}]}
+    )
+    out = translate(req(messages=history))
+    assert out["messages"][3]["tool_calls"][0]["id"] == out["messages"][4]["tool_call_id"]
+
+
 @pytest.mark.parametrize(
     ("finish", "has_tools", "expected"),
     [

@@ -96,10 +96,20 @@ class ToolIdMap:
         return provider
 
     def anthropic_id(self, provider_id: str | None) -> str:
-        """The tool_use id for one tool call in a reply; unusable or repeated provider ids get a fresh stable id."""
+        """The tool_use id for one tool call in a reply; unusable or repeated provider ids get a fresh stable id.
+
+        Repeated means within this reply or anywhere in the conversation sent: providers that number their calls
+        per reply (`call_0`) would otherwise reuse an id of an earlier turn, which Anthropic refuses as a
+        duplicate once the conversation goes there.
+        """
         pid = provider_id or ""
         candidate = self.to_anthropic_ids.get(pid, pid) if pid else ""
-        if not candidate or not _ANTHROPIC_ID.match(candidate) or candidate in self._issued:
+        if (
+            not candidate
+            or not _ANTHROPIC_ID.match(candidate)
+            or candidate in self._issued
+            or candidate in self.to_provider_ids  # a tool_use id of the conversation's history
+        ):
             while True:
                 self._generated += 1
                 candidate = f"toolu_{_digest(self.seed, str(self._generated))}"
