@@ -952,6 +952,19 @@ def test_error_method() -> None:
     assert translator.finish() == [] and translator.ping() == []
 
 
+def test_pings_keep_a_long_think_alive() -> None:
+    """A reasoning model streams `reasoning_content` the client never sees: without pings the Anthropic stream
+    would fall silent for as long as the model thinks."""
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks += [chunk({"reasoning_content": "hmm "}) for _ in range(40)]
+    chunks += [chunk({"content": "Answer."}), chunk({}, "stop")]
+    out, _ = run_stream(chunks)
+    events = decode(out)
+    assert sum(1 for name, _ in events if name == "ping") >= 4
+    check_grammar(events)
+    assert accumulate(out)["content"] == [{"type": "text", "text": "Answer."}]
+
+
 def test_pings_keep_a_long_tool_call_alive() -> None:
     chunks = [chunk(tool_delta(0, id="call_1", name="Write", args='{"content": "'))]
     chunks += [chunk(tool_delta(0, args="x")) for _ in range(40)]

@@ -646,8 +646,8 @@ class OpenAIStreamTranslator:
     """Feed parsed chat.completion.chunk objects, get encoded Anthropic SSE events back.
 
     Text is forwarded as it arrives; tool calls are held until the provider finishes them (see the module
-    docstring). While tool-call deltas are held, a `ping` goes out every few chunks so the client (and any idle
-    timeout) sees the stream is alive.
+    docstring). While chunks bring nothing to forward (tool-call deltas held, reasoning), a `ping` goes out every
+    few chunks so the client (and any idle timeout) sees the stream is alive.
     """
 
     _PING_EVERY = 8
@@ -740,7 +740,9 @@ class OpenAIStreamTranslator:
                 out.extend(self._close_blocks())
         if out:
             self._quiet_chunks = 0
-        elif held:
+        elif held or self._started:
+            # nothing to show for this chunk (tool-call pieces held back, reasoning a client never sees, an
+            # empty delta): a ping every few keeps the client's idle timeout from firing on a long think
             self._quiet_chunks += 1
             if self._quiet_chunks >= self._PING_EVERY:
                 self._quiet_chunks = 0
