@@ -336,6 +336,7 @@ async def test_client_disconnect_mid_stream_keeps_the_usage_seen() -> None:
             await asyncio.sleep(0.05)
         (row,) = harness.rows()
         assert row["status"] == "interrupted"
+        assert row["http_status"] == 200  # what the client had been answered before it left
         assert (row["input_tokens"], row["cache_read_tokens"]) == (5000, 7000)
         assert row["cost_nanos"] > 0
 

@@ -381,7 +381,9 @@ class Proxy:
             )
             return error_response(failure)
         except asyncio.CancelledError:
-            self._finish(ctx, RequestStatus.INTERRUPTED, error_type="cancelled")
+            # the client went away (or the server is stopping); if it was already streaming, it had a 200
+            http_status = 200 if ctx.client_started else None
+            self._finish(ctx, RequestStatus.INTERRUPTED, http_status=http_status, error_type="cancelled")
             raise
         except BaseException as exc:
             status = RequestStatus.INTERRUPTED if ctx.client_started else RequestStatus.ERROR
