@@ -267,3 +267,31 @@ def test_metered_message_ids_look_around_each_transcript_time(tmp_path: Path) ->
         assert metered_message_ids(db, extremes) == set()
     finally:
         db.close()
+
+
+def test_absurd_token_counts_are_imported_clamped_and_flagged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2**62 tokens overflowed SQLite's integers and 1e30 Decimal's precision: the import crashed, importing nothing."""
+    from ccgate.usage import MAX_TOKENS
+
+    transcript = tmp_path / "absurd.jsonl"
+    lines = [
+        assistant("msg_big", "req_big", "claude-haiku-4-5", {"input_tokens": 2**62, "output_tokens": 2**62}, cwd="/w"),
+        assistant("msg_e30", "req_e30", "claude-haiku-4-5", {"input_tokens": 1e30, "output_tokens": 7}, cwd="/w"),
+        assistant("msg_B", "req_B", "claude-haiku-4-5", {"input_tokens": 100, "output_tokens": 50}, cwd="/w"),
+    ]
+    transcript.write_text("\n".join(lines) + "\n")
+    code, out, err = run(capsys, monkeypatch, "import", "claude-code", "--path", str(transcript), "--json")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert (stats["imported"], stats["malformed"]) == (3, 0)
+    rows = {row["upstream_message_id"]: row for row in ledger_rows() if row["source"] == "import"}
+    big, e30, normal = rows["msg_big"], rows["msg_e30"], rows["msg_B"]
+    assert (big["input_tokens"], big["output_tokens"]) == (MAX_TOKENS, MAX_TOKENS)
+    assert big["cost_nanos"] == MAX_TOKENS * 1_000 + MAX_TOKENS * 5_000
+    assert (e30["input_tokens"], e30["output_tokens"]) == (MAX_TOKENS, 7)
+    for row in (big, e30):
+        assert row["price_quality"] == "estimated" and f"more than {MAX_TOKENS:,} tokens" in row["cost_note"]
+    assert (normal["cost_nanos"], normal["price_quality"]) == (COST_B, "priced")
+    assert stats["cost_nanos"] == big["cost_nanos"] + e30["cost_nanos"] + COST_B
