@@ -295,3 +295,30 @@ def test_absurd_token_counts_are_imported_clamped_and_flagged(
         assert row["price_quality"] == "estimated" and f"more than {MAX_TOKENS:,} tokens" in row["cost_note"]
     assert (normal["cost_nanos"], normal["price_quality"]) == (COST_B, "priced")
     assert stats["cost_nanos"] == big["cost_nanos"] + e30["cost_nanos"] + COST_B
+
+
+def test_negative_or_non_integer_counts_make_a_line_malformed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`"input_tokens": -5, "output_tokens": "abc"` was imported as a normal request of 0 tokens."""
+    transcript = tmp_path / "odd.jsonl"
+    bad_usages: list[dict[str, Any]] = [
+        {"input_tokens": -5, "output_tokens": "abc"},
+        {"input_tokens": 10, "output_tokens": 2.5},
+        {"input_tokens": 10, "output_tokens": 3, "cache_creation": {"ephemeral_5m_input_tokens": -1}},
+        {"input_tokens": True, "output_tokens": 3},
+    ]
+    lines = [
+        assistant(f"msg_bad{index}", f"req_bad{index}", "claude-haiku-4-5", usage, cwd="/w")
+        for index, usage in enumerate(bad_usages)
+    ]
+    # nulls are how the API says "none": still a good line
+    null_cache = {"input_tokens": 100, "output_tokens": 50, "cache_read_input_tokens": None, "cache_creation": None}
+    lines.append(assistant("msg_B", "req_B", "claude-haiku-4-5", null_cache, cwd="/w"))
+    transcript.write_text("\n".join(lines) + "\n")
+    code, out, err = run(capsys, monkeypatch, "import", "claude-code", "--path", str(transcript), "--json")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert (stats["entries"], stats["imported"], stats["malformed"]) == (1, 1, 4)
+    assert stats["cost_nanos"] == COST_B
+    assert [row["upstream_message_id"] for row in ledger_rows()] == ["msg_B"]

@@ -11,6 +11,7 @@ from ccgate.models import Usage
 from ccgate.usage import (
     MAX_TOKENS,
     clamped,
+    invalid_anthropic_count,
     merge_anthropic_usage,
     to_anthropic_usage,
     to_genai_prices_kwargs,
@@ -122,6 +123,31 @@ def test_absurd_counts_are_clamped_to_the_ceiling_and_say_so() -> None:
     # counts up to the ceiling are kept as reported
     exact = usage_from_anthropic({"input_tokens": MAX_TOKENS - 1, "output_tokens": 1})
     assert exact.input_tokens == MAX_TOKENS - 1 and not clamped(exact)
+
+
+def test_invalid_counts_are_named_for_callers_that_refuse_them() -> None:
+    """The import refuses what the proxy reads leniently (as zero): negative, fractional, boolean or text counts."""
+    assert invalid_anthropic_count({"input_tokens": -5, "output_tokens": "abc"}) == "input_tokens"
+    assert invalid_anthropic_count({"input_tokens": 5, "output_tokens": "abc"}) == "output_tokens"
+    assert invalid_anthropic_count({"cache_read_input_tokens": 1.5}) == "cache_read_input_tokens"
+    assert invalid_anthropic_count({"cache_creation_input_tokens": True}) == "cache_creation_input_tokens"
+    nested = {"cache_creation": {"ephemeral_1h_input_tokens": -1}}
+    assert invalid_anthropic_count(nested) == "cache_creation.ephemeral_1h_input_tokens"
+    assert (
+        invalid_anthropic_count({"server_tool_use": {"web_search_requests": [1]}})
+        == "server_tool_use.web_search_requests"
+    )
+    # absent, null, whole floats and counts beyond the ceiling (clamped) are all usable
+    usable: dict[str, Any] = {
+        "input_tokens": 7.0,
+        "output_tokens": 2**62,
+        "cache_read_input_tokens": None,
+        "cache_creation": None,
+        "server_tool_use": {"web_search_requests": 0},
+        "service_tier": "standard",
+    }
+    assert invalid_anthropic_count(usable) is None
+    assert invalid_anthropic_count({}) is None
 
 
 def test_merge_takes_output_from_delta_and_keeps_start_counts() -> None:

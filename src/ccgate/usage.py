@@ -19,6 +19,7 @@ from ccgate.models import NO_USAGE, Usage
 __all__ = [
     "MAX_TOKENS",
     "clamped",
+    "invalid_anthropic_count",
     "merge_anthropic_usage",
     "to_anthropic_usage",
     "to_genai_prices_kwargs",
@@ -98,6 +99,33 @@ def _apply_anthropic(base: Usage, raw: Mapping[str, Any]) -> Usage:
         cache_write_1h_tokens=write_1h,
         web_searches=base.web_searches if web_searches is None else web_searches,
     )
+
+
+# Where an Anthropic usage object holds counts: (key,) or (nested object, key).
+_ANTHROPIC_COUNT_PATHS = (
+    ("input_tokens",),
+    ("output_tokens",),
+    ("cache_read_input_tokens",),
+    ("cache_creation_input_tokens",),
+    ("cache_creation", "ephemeral_5m_input_tokens"),
+    ("cache_creation", "ephemeral_1h_input_tokens"),
+    ("server_tool_use", "web_search_requests"),
+)
+
+
+def invalid_anthropic_count(raw: Mapping[str, Any]) -> str | None:
+    """The first count of an Anthropic usage object that is present but not a whole number >= 0 (null counts as
+    absent), as a dotted key; None when all are usable.
+
+    For records that may be refused (an imported transcript line): the live proxy reads leniently instead, since
+    a provider's odd usage field must never fail a request.
+    """
+    for path in _ANTHROPIC_COUNT_PATHS:
+        holder = raw if len(path) == 1 else _mapping(raw.get(path[0]))
+        value = holder.get(path[-1])
+        if value is not None and _count(value) is None:
+            return ".".join(path)
+    return None
 
 
 def usage_from_anthropic(raw: Mapping[str, Any] | None) -> Usage:
