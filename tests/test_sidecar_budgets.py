@@ -181,3 +181,19 @@ async def test_a_provider_reporting_absurd_usage_is_clamped_recorded_and_agreed_
         assert rows[2]["cost_nanos"] == ONE_REQUEST_NANOS and rows[2]["price_quality"] == "priced"
         assert state["spent_nanos"] == sum(row["cost_nanos"] for row in rows)
         assert harness.app[PROXY].deps.ledger.failed_writes == 0  # type: ignore[attr-defined]
+
+
+async def test_a_misspelt_budget_edit_leaves_the_running_budget_in_force() -> None:
+    from ccgate.paths import resolve_paths
+
+    config_file = resolve_paths().ensure().config_file
+    config_file.write_text('[[budgets]]\nperiod = "daily"\nlimit = "0.0001"\n')
+    async with running_sidecar() as harness, aiohttp.ClientSession() as session:
+        assert (await post(session, harness, body()))[0] == 200  # a lone request may overshoot, once
+        assert (await post(session, harness, body()))[0] == 402
+        config_file.write_text('[[budget]]\nperiod = "daily"\nlimit = "1000"\n')
+        async with session.post(f"{harness.url}/_ccgate/reload", headers=harness.headers) as resp:
+            assert resp.status != 200
+            message = (await resp.json())["error"]["message"]
+        assert "budget is not a ccgate setting" in message and "did you mean budgets?" in message
+        assert (await post(session, harness, body()))[0] == 402  # the old budget, not none at all
