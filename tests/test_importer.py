@@ -322,3 +322,24 @@ def test_negative_or_non_integer_counts_make_a_line_malformed(
     assert (stats["entries"], stats["imported"], stats["malformed"]) == (1, 1, 4)
     assert stats["cost_nanos"] == COST_B
     assert [row["upstream_message_id"] for row in ledger_rows()] == ["msg_B"]
+
+
+def test_text_that_is_not_utf8_makes_a_line_malformed_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`\\ud800` is valid JSON but no UTF-8: SQLite refused it on insert and the import stopped with nothing in."""
+    transcript = tmp_path / "surrogate.jsonl"
+    lines = [
+        assistant("msg_\ud800", "req_1", "claude-haiku-4-5", {"input_tokens": 1, "output_tokens": 1}, cwd="/w"),
+        assistant("msg_2", "req_2", "claude-haiku-4-5", {"input_tokens": 1, "output_tokens": 1}, cwd="/w/\udcff"),
+        assistant(
+            "msg_B", "req_B", "claude-haiku-4-5", {"input_tokens": 100, "output_tokens": 50}, cwd="/w/\u00e9\U0001f600"
+        ),
+    ]
+    transcript.write_text("\n".join(lines) + "\n")  # json.dumps escapes the surrogates as \ud800, as JSON allows
+    code, out, err = run(capsys, monkeypatch, "import", "claude-code", "--path", str(transcript), "--json")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert (stats["imported"], stats["malformed"]) == (1, 2)
+    (row,) = ledger_rows()
+    assert row["upstream_message_id"] == "msg_B" and row["project"] == "/w/\u00e9\U0001f600"

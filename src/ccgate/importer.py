@@ -102,7 +102,16 @@ class _Malformed(Exception):
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    """A non-empty string, else None; `_Malformed` for text SQLite cannot store (a lone surrogate such as
+    `\\ud800` is valid JSON but not UTF-8, and would fail the whole import at insert time)."""
+    if not isinstance(value, str) or not value:
+        return None
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Malformed from None
+    return value
 
 
 def parse_line(line: bytes) -> TranscriptEntry | str | None:
