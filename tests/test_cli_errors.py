@@ -62,3 +62,18 @@ def test_requests_in_flight_are_not_reported_as_unpriced(
     assert total["requests"] == 1
     assert total["unpriced_requests"] == 0
     assert total["cost_usd"] == "0.000000000"
+
+
+def test_a_misspelt_config_key_gives_one_line_naming_the_key_it_resembles(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`[[budget]]` for `[[budgets]]` once left the budget unenforced while `config show` printed defaults."""
+    config = resolve_paths().ensure().config_file
+    config.write_text('[[budget]]\nperiod = "daily"\nlimit = 5\n')
+    for args in (("config", "show"), ("budget", "show")):
+        code, out, err = run_main(capsys, monkeypatch, *args)
+        assert code == 1, (args, out, err)
+        assert "Traceback" not in err
+        first, *rest = err.strip().splitlines()
+        assert first == f"ccgate: error: {config}: budget is not a ccgate setting", (args, err)
+        assert "did you mean budgets?" in " ".join(rest)

@@ -46,6 +46,16 @@ def config_file(tmp_path: Path) -> Path:
         ("[prices.m]\ninput = 1\noutput = 1e300\n", "prices.m.output", "ceiling"),
         ('[prices.m]\ninput = 1\noutput = 1\ncache_read = "0.0000000001"\n', "prices.m.cache_read", "9 decimal"),
         ("[sidecar]\nbudget_wait_seconds = inf\n", "sidecar.budget_wait_seconds", "a number from 0"),
+        # a misspelt key left the default in force without a word (a misspelt budget was never enforced)
+        ('[[budget]]\nperiod = "daily"\nlimit = 5\n', "budget is not a ccgate setting", "did you mean budgets?"),
+        ('timezon = "Europe/Berlin"\n', "timezon is not", "did you mean timezone?"),
+        ("[sidecar]\nprot = 9000\n", "sidecar.prot is not", "did you mean sidecar.port?"),
+        ('[[budgets]]\nperiod = "daily"\nlimt = 5\n', "budgets[0].limt is not", "did you mean budgets[0].limit?"),
+        ('[providers.x]\nkind = "openai"\nbaseurl = "http://h"\n', "providers.x.baseurl", "providers.x.base_url?"),
+        ('[tiers.haiku]\ntarget = ["groq/m"]\n', "tiers.haiku.target is not", "did you mean tiers.haiku.targets?"),
+        ("[prices.m]\ninputs = 1\noutput = 1\n", "prices.m.inputs is not", "did you mean prices.m.input?"),
+        ('[gateway]\nulr = "https://gw"\n', "gateway.ulr is not", "did you mean gateway.url?"),
+        ('[model_rule]\nm = "haiku"\n', "model_rule is not", "did you mean model_rules?"),
         (  # edited by hand: `provider add` refuses the second name, one key would serve both
             '[providers.my-llm]\nkind = "openai"\n\n[providers.my_llm]\nkind = "openai"\n',
             "providers.my-llm and my_llm",
@@ -113,12 +123,67 @@ def test_save_keeps_unknown_keys_and_sections(config_file: Path) -> None:
     assert tomllib.loads(config_file.read_text())["sidecar"] == {"log_level": "debug"}
 
 
+def test_every_key_ccgate_writes_is_one_it_reads(config_file: Path) -> None:
+    from ccgate.config import (
+        BUDGET_KEYS,
+        GATEWAY_KEYS,
+        PRICE_KEYS,
+        PROVIDER_KEYS,
+        SIDECAR_KEYS,
+        TIER_KEYS,
+        TOP_KEYS,
+        ProviderSettings,
+        SidecarSettings,
+        TierSettings,
+    )
+
+    everything = Config(
+        sidecar=SidecarSettings(port=9999, max_body_mb=8, budget_wait_seconds=5.0),
+        providers={"lab": ProviderSettings("lab", kind="openai", base_url="http://h:1/v1", supports_stream_usage=True)},
+        tiers={"haiku": TierSettings("haiku", ("lab/m",))},
+        model_rules={"my-model": "haiku"},
+        prices={
+            "m": PriceOverride(
+                input=Decimal(1),
+                output=Decimal(2),
+                cache_read=Decimal("0.1"),
+                cache_write_5m=Decimal("1.25"),
+                cache_write_1h=Decimal(2),
+            )
+        },
+        budgets=(BudgetSettings(period="daily", limit_usd=Decimal(5), project="/w", warn_at=Decimal("0.5")),),
+        timezone="Europe/Berlin",
+        gateway_url="https://gw.example",
+    )
+    save_config(config_file, everything)
+    raw = tomllib.loads(config_file.read_text())
+    assert set(raw) == set(TOP_KEYS)
+    assert set(raw["sidecar"]) == set(SIDECAR_KEYS) and set(raw["gateway"]) == set(GATEWAY_KEYS)
+    assert set(raw["providers"]["lab"]) == set(PROVIDER_KEYS) and set(raw["tiers"]["haiku"]) == set(TIER_KEYS)
+    assert set(raw["prices"]["m"]) == set(PRICE_KEYS) and set(raw["budgets"][0]) == set(BUDGET_KEYS)
+    assert load_config(config_file) == everything
+
+
+def test_keys_unlike_any_setting_are_the_users_own(config_file: Path) -> None:
+    """Only near misses are refused: a note on a budget or a section of one's own stays allowed (and is kept)."""
+    config_file.write_text(
+        '[[budgets]]\nperiod = "daily"\nlimit = 5\nnote = "ask Sam first"\n\n'
+        '[providers.lab]\nkind = "openai"\nlabel = "the lab box"\n\n[future_section]\nanswer = 42\n'
+    )
+    config = load_config(config_file)
+    assert config.budgets[0].limit_usd == 5 and config.providers["lab"].kind == "openai"
+
+
 def test_save_refuses_to_overwrite_a_broken_file(config_file: Path) -> None:
     config_file.write_text("this is [ not toml")
     with pytest.raises(ConfigError) as info:
         save_config(config_file, Config())
     assert str(config_file) in info.value.message
     assert config_file.read_text() == "this is [ not toml"
+    config_file.write_text("[sidecar]\nprot = 9000\n")  # a typo is as broken: never saved over
+    with pytest.raises(ConfigError):
+        save_config(config_file, Config())
+    assert config_file.read_text() == "[sidecar]\nprot = 9000\n"
 
 
 @settings(deadline=None, max_examples=200)

@@ -226,3 +226,12 @@ def test_managed_settings_that_route_around_ccgate_are_reported(healthy: Path, e
     bypasses = [check for check in run_checks(resolve_paths(), environ) if check.name == "bypass"]
     assert [check.ok for check in bypasses] == [False]
     assert "(managed settings) sets env.ANTHROPIC_BASE_URL" in bypasses[0].detail
+
+
+def test_misspelt_config_key_fails_the_config_check(healthy: Path, environ: dict[str, str], tmp_path: Path) -> None:
+    """`[[budget]]` once passed as valid while no budget was enforced."""
+    (healthy / "config.toml").write_text('[[budget]]\nperiod = "daily"\nlimit = "20"\n')
+    config = by_name(run_checks(resolve_paths(), environ, cwd=tmp_path))["config"]
+    assert config.ok is False
+    assert "budget is not a ccgate setting" in config.detail
+    assert config.fix is not None and "did you mean budgets?" in config.fix

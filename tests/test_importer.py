@@ -267,3 +267,79 @@ def test_metered_message_ids_look_around_each_transcript_time(tmp_path: Path) ->
         assert metered_message_ids(db, extremes) == set()
     finally:
         db.close()
+
+
+def test_absurd_token_counts_are_imported_clamped_and_flagged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2**62 tokens overflowed SQLite's integers and 1e30 Decimal's precision: the import crashed, importing nothing."""
+    from ccgate.usage import MAX_TOKENS
+
+    transcript = tmp_path / "absurd.jsonl"
+    lines = [
+        assistant("msg_big", "req_big", "claude-haiku-4-5", {"input_tokens": 2**62, "output_tokens": 2**62}, cwd="/w"),
+        assistant("msg_e30", "req_e30", "claude-haiku-4-5", {"input_tokens": 1e30, "output_tokens": 7}, cwd="/w"),
+        assistant("msg_B", "req_B", "claude-haiku-4-5", {"input_tokens": 100, "output_tokens": 50}, cwd="/w"),
+    ]
+    transcript.write_text("\n".join(lines) + "\n")
+    code, out, err = run(capsys, monkeypatch, "import", "claude-code", "--path", str(transcript), "--json")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert (stats["imported"], stats["malformed"]) == (3, 0)
+    rows = {row["upstream_message_id"]: row for row in ledger_rows() if row["source"] == "import"}
+    big, e30, normal = rows["msg_big"], rows["msg_e30"], rows["msg_B"]
+    assert (big["input_tokens"], big["output_tokens"]) == (MAX_TOKENS, MAX_TOKENS)
+    assert big["cost_nanos"] == MAX_TOKENS * 1_000 + MAX_TOKENS * 5_000
+    assert (e30["input_tokens"], e30["output_tokens"]) == (MAX_TOKENS, 7)
+    for row in (big, e30):
+        assert row["price_quality"] == "estimated" and f"more than {MAX_TOKENS:,} tokens" in row["cost_note"]
+    assert (normal["cost_nanos"], normal["price_quality"]) == (COST_B, "priced")
+    assert stats["cost_nanos"] == big["cost_nanos"] + e30["cost_nanos"] + COST_B
+
+
+def test_negative_or_non_integer_counts_make_a_line_malformed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`"input_tokens": -5, "output_tokens": "abc"` was imported as a normal request of 0 tokens."""
+    transcript = tmp_path / "odd.jsonl"
+    bad_usages: list[dict[str, Any]] = [
+        {"input_tokens": -5, "output_tokens": "abc"},
+        {"input_tokens": 10, "output_tokens": 2.5},
+        {"input_tokens": 10, "output_tokens": 3, "cache_creation": {"ephemeral_5m_input_tokens": -1}},
+        {"input_tokens": True, "output_tokens": 3},
+    ]
+    lines = [
+        assistant(f"msg_bad{index}", f"req_bad{index}", "claude-haiku-4-5", usage, cwd="/w")
+        for index, usage in enumerate(bad_usages)
+    ]
+    # nulls are how the API says "none": still a good line
+    null_cache = {"input_tokens": 100, "output_tokens": 50, "cache_read_input_tokens": None, "cache_creation": None}
+    lines.append(assistant("msg_B", "req_B", "claude-haiku-4-5", null_cache, cwd="/w"))
+    transcript.write_text("\n".join(lines) + "\n")
+    code, out, err = run(capsys, monkeypatch, "import", "claude-code", "--path", str(transcript), "--json")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert (stats["entries"], stats["imported"], stats["malformed"]) == (1, 1, 4)
+    assert stats["cost_nanos"] == COST_B
+    assert [row["upstream_message_id"] for row in ledger_rows()] == ["msg_B"]
+
+
+def test_text_that_is_not_utf8_makes_a_line_malformed_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`\\ud800` is valid JSON but no UTF-8: SQLite refused it on insert and the import stopped with nothing in."""
+    transcript = tmp_path / "surrogate.jsonl"
+    lines = [
+        assistant("msg_\ud800", "req_1", "claude-haiku-4-5", {"input_tokens": 1, "output_tokens": 1}, cwd="/w"),
+        assistant("msg_2", "req_2", "claude-haiku-4-5", {"input_tokens": 1, "output_tokens": 1}, cwd="/w/\udcff"),
+        assistant(
+            "msg_B", "req_B", "claude-haiku-4-5", {"input_tokens": 100, "output_tokens": 50}, cwd="/w/\u00e9\U0001f600"
+        ),
+    ]
+    transcript.write_text("\n".join(lines) + "\n")  # json.dumps escapes the surrogates as \ud800, as JSON allows
+    code, out, err = run(capsys, monkeypatch, "import", "claude-code", "--path", str(transcript), "--json")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert (stats["imported"], stats["malformed"]) == (1, 2)
+    (row,) = ledger_rows()
+    assert row["upstream_message_id"] == "msg_B" and row["project"] == "/w/\u00e9\U0001f600"

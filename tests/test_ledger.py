@@ -291,6 +291,42 @@ def test_a_failed_write_is_logged_retried_and_does_not_stop_the_writer(
     assert fetch(ledger_path, good.id).status is RequestStatus.OK
 
 
+def test_a_row_with_unstorable_values_is_written_clamped_not_dropped(
+    writer: LedgerWriter, ledger_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One absurd value (a count past 64 bits, a provider's id that is not text) once lost the whole row."""
+    from ccgate.usage import MAX_TOKENS
+
+    bad = RequestRecord(
+        started_at=T0,
+        status=RequestStatus.OK,
+        requested_model="claude-haiku-4-5",
+        usage=Usage(input_tokens=2**64, output_tokens=-(2**64), cache_read_tokens=7),
+        cost=Cost(nanos=2**70, quality=PriceQuality.PRICED, note="from the catalog"),
+        error_message="half a surrogate \ud800",
+        latency_ms=12.5,
+    )
+    bad.upstream_message_id = {"id": "msg_1"}  # type: ignore[assignment]
+    good = RequestRecord(started_at=T0, status=RequestStatus.OK)
+    with caplog.at_level(logging.WARNING, logger="ccgate.storage.writer"):
+        writer.write_final(bad)
+        writer.write_final(good)
+        assert writer.flush()
+    assert (writer.failed_writes, writer.salvaged_writes) == (0, 1)
+    assert "cannot store" in caplog.text and bad.id in caplog.text
+    stored = fetch(ledger_path, bad.id)
+    assert stored.status is RequestStatus.OK and stored.requested_model == "claude-haiku-4-5"
+    assert stored.usage == Usage(input_tokens=MAX_TOKENS, output_tokens=0, cache_read_tokens=7)
+    assert (stored.cost.nanos, stored.cost.quality) == (None, PriceQuality.UNPRICED)  # counted as unpriced
+    assert stored.upstream_message_id is None and stored.latency_ms == 12.5
+    assert stored.error_message == "half a surrogate ?"
+    assert stored.cost.note == (
+        "ledger could not store error_message, input_tokens, output_tokens, cost_nanos, upstream_message_id "
+        "as reported; stored clamped or empty (from the catalog)"
+    )
+    assert fetch(ledger_path, good.id).status is RequestStatus.OK
+
+
 def test_writes_after_close_are_dropped_quietly(ledger_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     writer = LedgerWriter(ledger_path)
     writer.start()

@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 from ccgate.config import PriceOverride
 from ccgate.models import PriceQuality, Usage
-from ccgate.pricing import ModelRates, PriceCatalog
+from ccgate.money import MAX_USD
+from ccgate.pricing import MAX_COST_NANOS, ModelRates, PriceCatalog
+from ccgate.usage import MAX_TOKENS
 
 # nano-dollars per token = USD per MTok * 1000
 OPUS_45 = {"in": 5_000, "out": 25_000, "read": 500, "w5m": 6_250, "w1h": 10_000}
@@ -293,6 +295,38 @@ def test_override_of_zero_is_priced_at_zero() -> None:
     cost = catalog.cost("llama3.2", Usage(input_tokens=50_000, output_tokens=2_000), provider="ollama")
     assert (cost.nanos, cost.quality) == (0, PriceQuality.PRICED)
     assert catalog.max_cost_nanos("llama3.2", provider="ollama", input_tokens=10**6, max_output_tokens=10**5) == 0
+
+
+def test_usage_at_the_token_ceiling_is_priced_but_flagged_estimated(catalog: PriceCatalog) -> None:
+    usage = Usage(input_tokens=MAX_TOKENS, output_tokens=MAX_TOKENS)
+    cost = catalog.cost("claude-haiku-4-5", usage, provider="anthropic")
+    assert cost.nanos == by_hand(HAIKU_45, usage)
+    assert cost.quality is PriceQuality.ESTIMATED
+    assert cost.note is not None and f"more than {MAX_TOKENS:,} tokens" in cost.note
+    # an estimate already (a stand-in's rates) keeps its own note too
+    stand_in = catalog.cost("claude-opus-9-9", usage, provider="anthropic")
+    assert stand_in.quality is PriceQuality.ESTIMATED and stand_in.note is not None
+    assert "tokens" in stand_in.note and "estimated with" in stand_in.note
+    # unpriced stays unpriced, with the ceiling mentioned
+    unpriced = catalog.cost("no-such-model", usage)
+    assert unpriced.nanos is None and unpriced.quality is PriceQuality.UNPRICED
+    assert unpriced.note is not None and "tokens" in unpriced.note
+
+
+def test_no_cost_exceeds_the_ceiling_whatever_the_override() -> None:
+    """The dearest price config accepts times usage at the token ceiling is ~$6e12: capped so SQLite holds it."""
+    dear = PriceOverride(input=MAX_USD, output=MAX_USD, cache_read=MAX_USD, cache_write_5m=MAX_USD)
+    catalog = PriceCatalog({"dear": dear})
+    usage = Usage(
+        input_tokens=MAX_TOKENS, output_tokens=MAX_TOKENS, cache_read_tokens=MAX_TOKENS, cache_write_5m_tokens=1
+    )
+    cost = catalog.cost("dear", usage)
+    assert cost.nanos == MAX_COST_NANOS < 2**63
+    assert cost.quality is PriceQuality.ESTIMATED
+    assert cost.note is not None and "cost capped" in cost.note and "[prices.dear]" in cost.note
+    # a merely expensive request below the ceiling is exact
+    small = catalog.cost("dear", Usage(input_tokens=1))
+    assert (small.nanos, small.quality) == (int(MAX_USD) * 1000, PriceQuality.PRICED)
 
 
 def test_provider_qualified_override_applies_to_that_provider_only() -> None:

@@ -149,3 +149,51 @@ async def test_crossing_the_warning_threshold_is_logged_once(caplog: pytest.LogC
             warnings = [r for r in caplog.records if "warning from 50%" in r.getMessage()]
             assert len(warnings) == expected_warnings
         assert "daily budget" in warnings[0].getMessage()
+
+
+async def test_a_provider_reporting_absurd_usage_is_clamped_recorded_and_agreed_on() -> None:
+    """2**62 tokens once overflowed the ledger's integers: the row was dropped while the guard kept the huge cost,
+    so every later request got 402 and the ledger disagreed. Now the counts are clamped to the ceiling, the row
+    says so, and guard and ledger hold the same (large but finite) cost."""
+    from ccgate.sidecar.app import PROXY
+    from ccgate.usage import MAX_TOKENS
+
+    clamped_nanos = MAX_TOKENS * 1_000 + MAX_TOKENS * 5_000  # claude-haiku-4-5: $1 in, $5 out per MTok
+    absurd = Usage(input_tokens=2**62, output_tokens=2**62)
+    async with running_sidecar(config=budget("100000")) as harness:
+        harness.upstream.enqueue(TextReply("ok", usage=absurd), TextReply("ok", usage=absurd), TextReply("ok"))
+        async with aiohttp.ClientSession() as session:
+            streamed = {**body(), "stream": True}
+            async with session.post(f"{harness.url}/v1/messages", json=streamed, headers=harness.headers) as resp:
+                assert resp.status == 200
+                await resp.read()
+            assert (await post(session, harness, body()))[0] == 200  # non-streaming, same usage
+            assert (await post(session, harness, body()))[0] == 200  # not refused over a cost nobody recorded
+            async with session.get(f"{harness.url}/_ccgate/status", headers=harness.headers) as resp:
+                (state,) = (await resp.json())["budgets"]
+        rows = harness.rows()
+        assert [row["status"] for row in rows] == ["ok", "ok", "ok"]
+        for row in rows[:2]:
+            assert (row["input_tokens"], row["output_tokens"]) == (MAX_TOKENS, MAX_TOKENS)
+            assert row["cost_nanos"] == clamped_nanos
+            assert row["price_quality"] == "estimated"
+            assert f"more than {MAX_TOKENS:,} tokens" in row["cost_note"]
+        assert rows[2]["cost_nanos"] == ONE_REQUEST_NANOS and rows[2]["price_quality"] == "priced"
+        assert state["spent_nanos"] == sum(row["cost_nanos"] for row in rows)
+        assert harness.app[PROXY].deps.ledger.failed_writes == 0  # type: ignore[attr-defined]
+
+
+async def test_a_misspelt_budget_edit_leaves_the_running_budget_in_force() -> None:
+    from ccgate.paths import resolve_paths
+
+    config_file = resolve_paths().ensure().config_file
+    config_file.write_text('[[budgets]]\nperiod = "daily"\nlimit = "0.0001"\n')
+    async with running_sidecar() as harness, aiohttp.ClientSession() as session:
+        assert (await post(session, harness, body()))[0] == 200  # a lone request may overshoot, once
+        assert (await post(session, harness, body()))[0] == 402
+        config_file.write_text('[[budget]]\nperiod = "daily"\nlimit = "1000"\n')
+        async with session.post(f"{harness.url}/_ccgate/reload", headers=harness.headers) as resp:
+            assert resp.status != 200
+            message = (await resp.json())["error"]["message"]
+        assert "budget is not a ccgate setting" in message and "did you mean budgets?" in message
+        assert (await post(session, harness, body()))[0] == 402  # the old budget, not none at all

@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 
 from ccgate.models import Usage
 from ccgate.usage import (
+    MAX_TOKENS,
+    clamped,
+    invalid_anthropic_count,
     merge_anthropic_usage,
     to_anthropic_usage,
     to_genai_prices_kwargs,
@@ -88,6 +91,63 @@ def test_anthropic_nulls_missing_and_garbage_are_zero() -> None:
     }
     assert usage_from_anthropic(raw) == Usage()
     assert usage_from_anthropic({"input_tokens": 7.0}) == Usage(input_tokens=7)
+
+
+def test_absurd_counts_are_clamped_to_the_ceiling_and_say_so() -> None:
+    """2**62 (or 1e30) tokens would overflow the ledger's 64-bit integers once priced: cut to MAX_TOKENS."""
+    huge: dict[str, Any] = {
+        "input_tokens": 2**62,
+        "output_tokens": 1e30,
+        "cache_read_input_tokens": 2**70,
+        "cache_creation_input_tokens": 10**40,
+        "cache_creation": {"ephemeral_5m_input_tokens": 2**64, "ephemeral_1h_input_tokens": 5},
+        "server_tool_use": {"web_search_requests": 2**63},
+    }
+    usage = usage_from_anthropic(huge)
+    assert usage == Usage(
+        input_tokens=MAX_TOKENS,
+        output_tokens=MAX_TOKENS,
+        cache_read_tokens=MAX_TOKENS,
+        cache_write_5m_tokens=MAX_TOKENS,
+        cache_write_1h_tokens=5,
+        web_searches=MAX_TOKENS,
+    )
+    assert clamped(usage)
+    assert merge_anthropic_usage(Usage(input_tokens=3), {"output_tokens": 2**62}).output_tokens == MAX_TOKENS
+    assert usage_from_anthropic({"input_tokens": float("inf"), "output_tokens": float("nan")}) == Usage()
+    # an OpenAI prompt cut to the ceiling is split between input and cache reads: still flagged
+    openai = usage_from_openai({"prompt_tokens": 2**62, "prompt_tokens_details": {"cached_tokens": 10}})
+    assert (openai.input_tokens, openai.cache_read_tokens) == (MAX_TOKENS - 10, 10)
+    assert clamped(openai)
+    assert clamped(usage_from_openai({"completion_tokens": 1e300}))
+    # counts up to the ceiling are kept as reported
+    exact = usage_from_anthropic({"input_tokens": MAX_TOKENS - 1, "output_tokens": 1})
+    assert exact.input_tokens == MAX_TOKENS - 1 and not clamped(exact)
+
+
+def test_invalid_counts_are_named_for_callers_that_refuse_them() -> None:
+    """The import refuses what the proxy reads leniently (as zero): negative, fractional, boolean or text counts."""
+    assert invalid_anthropic_count({"input_tokens": -5, "output_tokens": "abc"}) == "input_tokens"
+    assert invalid_anthropic_count({"input_tokens": 5, "output_tokens": "abc"}) == "output_tokens"
+    assert invalid_anthropic_count({"cache_read_input_tokens": 1.5}) == "cache_read_input_tokens"
+    assert invalid_anthropic_count({"cache_creation_input_tokens": True}) == "cache_creation_input_tokens"
+    nested = {"cache_creation": {"ephemeral_1h_input_tokens": -1}}
+    assert invalid_anthropic_count(nested) == "cache_creation.ephemeral_1h_input_tokens"
+    assert (
+        invalid_anthropic_count({"server_tool_use": {"web_search_requests": [1]}})
+        == "server_tool_use.web_search_requests"
+    )
+    # absent, null, whole floats and counts beyond the ceiling (clamped) are all usable
+    usable: dict[str, Any] = {
+        "input_tokens": 7.0,
+        "output_tokens": 2**62,
+        "cache_read_input_tokens": None,
+        "cache_creation": None,
+        "server_tool_use": {"web_search_requests": 0},
+        "service_tier": "standard",
+    }
+    assert invalid_anthropic_count(usable) is None
+    assert invalid_anthropic_count({}) is None
 
 
 def test_merge_takes_output_from_delta_and_keeps_start_counts() -> None:

@@ -5,6 +5,7 @@ Secrets never live here; provider keys go to the keyring (see `secrets`).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tempfile
@@ -193,8 +194,38 @@ def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+# The keys the loader reads, table by table (tables of names -- providers, tiers, prices, model_rules -- take any
+# name; their entries hold these keys).
+TOP_KEYS = ("sidecar", "providers", "tiers", "model_rules", "prices", "budgets", "timezone", "gateway")
+SIDECAR_KEYS = ("host", "port", "max_body_mb", "budget_wait_seconds")
+PROVIDER_KEYS = ("kind", "base_url", "supports_stream_usage")
+TIER_KEYS = ("targets",)
+PRICE_KEYS = ("input", "output", "cache_read", "cache_write_5m", "cache_write_1h")
+BUDGET_KEYS = ("period", "limit", "project", "warn_at")
+GATEWAY_KEYS = ("url",)
+
+
+def _check_spelling(table: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    """A key that is not one ccgate reads but close to one (`[[budget]]`, `timezon`, `prot`) is a typo: left
+    alone, the default stays in force -- and a misspelt budget is never enforced -- without a word.
+
+    Keys unlike every known one are the user's own (a `note` on a budget, a `[future_section]`): they are
+    allowed and kept when ccgate edits the file.
+    """
+    for key in table:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1)
+        if close:
+            raise ConfigError(
+                f"{where}{key} is not a ccgate setting",
+                hint=f"did you mean {where}{close[0]}? (known: {', '.join(known)})",
+            )
+
+
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Every value is type-checked; a wrong one is a ConfigError naming the key and what was expected."""
+    """Every value is type-checked; a wrong one is a ConfigError naming the key and what was expected, and a
+    misspelt key one naming the key it resembles."""
     from ccgate.providers import (
         BUILTIN,
         base_url_env_var,
@@ -204,7 +235,9 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         validate_provider_name,
     )
 
+    _check_spelling(raw, TOP_KEYS, "")
     side = _table(raw, "sidecar")
+    _check_spelling(side, SIDECAR_KEYS, "sidecar.")
     port = side.get("port", DEFAULT_PORT)
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise ConfigError(f"sidecar.port must be a port number, got {port!r}")
@@ -227,6 +260,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         where = f"providers.{name}"
         if not isinstance(entry, dict):
             raise ConfigError(f"[{where}] must be a table")
+        _check_spelling(entry, PROVIDER_KEYS, f"{where}.")
         validate_provider_name(name)
         kind = entry.get("kind")
         if kind is not None and kind not in ("anthropic", "openai"):
@@ -248,6 +282,8 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
     tiers: dict[str, TierSettings] = {}
     for tier, entry in _table(raw, "tiers").items():
+        if isinstance(entry, dict):
+            _check_spelling(entry, TIER_KEYS, f"tiers.{tier}.")
         targets = entry.get("targets") if isinstance(entry, dict) else None
         if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
             raise ConfigError(
@@ -262,6 +298,8 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
     prices: dict[str, PriceOverride] = {}
     for model, entry in _table(raw, "prices").items():
+        if isinstance(entry, dict):
+            _check_spelling(entry, PRICE_KEYS, f"prices.{model}.")
         if not isinstance(entry, dict) or "input" not in entry or "output" not in entry:
             raise ConfigError(f"prices.{model} needs at least `input` and `output` (USD per million tokens)")
 
@@ -282,6 +320,8 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     budgets = []
     for index, entry in enumerate(budgets_raw):
         where = f"budgets[{index}]"
+        if isinstance(entry, dict):
+            _check_spelling(entry, BUDGET_KEYS, f"{where}.")
         if not isinstance(entry, dict) or "period" not in entry or "limit" not in entry:
             raise ConfigError(f"{where} needs `period` and `limit`")
         budgets.append(
@@ -303,6 +343,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     if timezone is not None:
         resolve_timezone(_str(timezone, "timezone", "an IANA timezone name such as 'Europe/Berlin'"))
     gateway = _table(raw, "gateway")
+    _check_spelling(gateway, GATEWAY_KEYS, "gateway.")
     return Config(
         sidecar=sidecar,
         providers=providers,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ccgate.errors import UserInputError
 from ccgate.models import RequestRecord, RequestStatus, Usage, from_iso, to_iso
-from ccgate.usage import usage_from_anthropic
+from ccgate.usage import invalid_anthropic_count, usage_from_anthropic
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -102,13 +102,23 @@ class _Malformed(Exception):
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    """A non-empty string, else None; `_Malformed` for text SQLite cannot store (a lone surrogate such as
+    `\\ud800` is valid JSON but not UTF-8, and would fail the whole import at insert time)."""
+    if not isinstance(value, str) or not value:
+        return None
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Malformed from None
+    return value
 
 
 def parse_line(line: bytes) -> TranscriptEntry | str | None:
     """A priced assistant entry; "synthetic" for Claude Code's own placeholder replies; None if not billable.
 
-    Raises `_Malformed` for a line that is not JSON or an assistant entry missing what a request needs.
+    Raises `_Malformed` for a line that is not JSON or an assistant entry missing what a request needs, or whose
+    usage holds a count that is not a whole number >= 0 (counts above the ceiling are clamped, not refused).
     """
     if not line.strip():
         return None
@@ -129,6 +139,8 @@ def parse_line(line: bytes) -> TranscriptEntry | str | None:
     usage = message.get("usage")
     message_id, timestamp = _text(message.get("id")), _text(raw.get("timestamp"))
     if model is None or not isinstance(usage, dict) or message_id is None or timestamp is None:
+        raise _Malformed
+    if invalid_anthropic_count(usage) is not None:  # -5 or "abc" tokens: not a record to bill from
         raise _Malformed
     try:
         from_iso(timestamp)

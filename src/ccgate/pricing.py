@@ -24,7 +24,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from ccgate.models import NANOS_PER_USD, Cost, PriceQuality, Usage, usd_to_nanos, utcnow
-from ccgate.usage import to_genai_prices_kwargs
+from ccgate.money import MAX_USD
+from ccgate.usage import MAX_TOKENS, clamped, to_genai_prices_kwargs
 
 if TYPE_CHECKING:
     from genai_prices.types import ModelInfo, ModelPrice, Provider
@@ -33,12 +34,15 @@ if TYPE_CHECKING:
 
     _Entry = tuple[Provider, ModelInfo]
 
-__all__ = ["ModelRates", "PriceCatalog", "RateSource", "genai_provider_id"]
+__all__ = ["MAX_COST_NANOS", "ModelRates", "PriceCatalog", "RateSource", "genai_provider_id"]
 
 RateSource = Literal["catalog", "override", "estimated"]
 
 _MTOK = Decimal(1_000_000)
 _ZERO = Decimal(0)
+# No request costs more than the largest amount ccgate accepts anywhere (a budget, a price): only a price
+# override near that ceiling times usage near the token ceiling gets here, and the ledger must still hold it.
+MAX_COST_NANOS = int(MAX_USD) * NANOS_PER_USD
 
 # ccgate provider name -> genai-prices provider id; None: a local provider with no catalog (priced only by override)
 _PROVIDER_IDS: dict[str, str | None] = {
@@ -300,7 +304,17 @@ class PriceCatalog:
     # ----------------------------------------------------------------- public API
 
     def cost(self, model: str, usage: Usage, *, provider: str | None = None, at: datetime | None = None) -> Cost:
-        """The exact cost of one request in nano-dollars; never $0 for a model without a price."""
+        """The exact cost of one request in nano-dollars; never $0 for a model without a price.
+
+        Usage that reached the token ceiling (a provider reporting the impossible) is priced as recorded but
+        flagged `estimated`, and no cost exceeds `MAX_COST_NANOS`: the ledger's integers must hold it.
+        """
+        cost = self._exact_cost(model, usage, provider, at)
+        if clamped(usage) or (cost.nanos is not None and cost.nanos > MAX_COST_NANOS):
+            return _beyond_belief(cost, usage)
+        return cost
+
+    def _exact_cost(self, model: str, usage: Usage, provider: str | None, at: datetime | None) -> Cost:
         resolution = self._resolve(model, provider)
         if resolution.override is None and resolution.entry is None:
             return Cost(nanos=None, quality=PriceQuality.UNPRICED, note=resolution.note)
@@ -603,3 +617,18 @@ def _cost_usd(rates: ModelRates, usage: Usage) -> Decimal:
             + usage.cache_write_1h_tokens * rates.cache_write_1h
         )
     return per_mtok / _MTOK + usage.web_searches * rates.web_searches_per_k / 1000
+
+
+def _beyond_belief(cost: Cost, usage: Usage) -> Cost:
+    """A cost whose usage was clamped to the token ceiling, or which exceeds the cost ceiling: capped, and
+    marked so that reports do not present it as exact."""
+    reasons = []
+    if clamped(usage):
+        reasons.append(f"the provider reported more than {MAX_TOKENS:,} tokens; counted as {MAX_TOKENS:,}")
+    nanos = cost.nanos
+    if nanos is not None and nanos > MAX_COST_NANOS:
+        reasons.append(f"cost capped at ${MAX_USD:,}")
+        nanos = MAX_COST_NANOS
+    note = "; ".join(reasons) + (f" ({cost.note})" if cost.note else "")
+    quality = PriceQuality.ESTIMATED if cost.quality is PriceQuality.PRICED else cost.quality
+    return Cost(nanos=nanos, quality=quality, priced_model=cost.priced_model, note=note)

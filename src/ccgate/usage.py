@@ -17,6 +17,9 @@ from typing import Any
 from ccgate.models import NO_USAGE, Usage
 
 __all__ = [
+    "MAX_TOKENS",
+    "clamped",
+    "invalid_anthropic_count",
     "merge_anthropic_usage",
     "to_anthropic_usage",
     "to_genai_prices_kwargs",
@@ -27,17 +30,36 @@ __all__ = [
 ]
 
 
+# The most tokens (or web searches) one count of one request may hold; larger reported counts are cut to it.
+# A thousand times the largest context window of any model: no real request comes near it, while a count at
+# the ceiling times the dearest catalog rate ($600/MTok, 600,000 nano-dollars a token) is 6e14 nano-dollars,
+# so a whole request's cost stays thousands of times below SQLite's 64-bit integers (9.2e18).
+MAX_TOKENS = 10**9
+
+
 def _count(value: Any) -> int | None:
-    """A token count from JSON: None when absent or unusable (null, bool, negative, non-integral)."""
+    """A token count from JSON: None when absent or unusable (null, bool, negative, non-integral); counts above
+    `MAX_TOKENS` are clamped to it (`clamped` tells afterwards)."""
     if type(value) is int:  # the usual case first (`type`, not isinstance: bool is an int too)
-        return value if value >= 0 else None
+        if 0 <= value <= MAX_TOKENS:
+            return value
+        return MAX_TOKENS if value > 0 else None
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return value if value >= 0 else None
+        return min(value, MAX_TOKENS) if value >= 0 else None
     if isinstance(value, float) and value.is_integer() and value >= 0:
-        return int(value)
+        return MAX_TOKENS if value > MAX_TOKENS else int(value)
     return None
+
+
+def clamped(usage: Usage) -> bool:
+    """True when a count reached `MAX_TOKENS`: the provider reported more than any request holds, and what is
+    recorded is the ceiling, not what it said. (Prompt parts are summed: an OpenAI prompt cut to the ceiling
+    is split between input and cache reads.)"""
+    return (
+        usage.total_input_tokens >= MAX_TOKENS or usage.output_tokens >= MAX_TOKENS or usage.web_searches >= MAX_TOKENS
+    )
 
 
 _EMPTY: Mapping[str, Any] = {}
@@ -83,6 +105,32 @@ def _apply_anthropic(base: Usage, raw: Mapping[str, Any]) -> Usage:
 
 
 _MAX_SPEED_LENGTH = 32
+
+# Where an Anthropic usage object holds counts: (key,) or (nested object, key).
+_ANTHROPIC_COUNT_PATHS = (
+    ("input_tokens",),
+    ("output_tokens",),
+    ("cache_read_input_tokens",),
+    ("cache_creation_input_tokens",),
+    ("cache_creation", "ephemeral_5m_input_tokens"),
+    ("cache_creation", "ephemeral_1h_input_tokens"),
+    ("server_tool_use", "web_search_requests"),
+)
+
+
+def invalid_anthropic_count(raw: Mapping[str, Any]) -> str | None:
+    """The first count of an Anthropic usage object that is present but not a whole number >= 0 (null counts as
+    absent), as a dotted key; None when all are usable.
+
+    For records that may be refused (an imported transcript line): the live proxy reads leniently instead, since
+    a provider's odd usage field must never fail a request.
+    """
+    for path in _ANTHROPIC_COUNT_PATHS:
+        holder = raw if len(path) == 1 else _mapping(raw.get(path[0]))
+        value = holder.get(path[-1])
+        if value is not None and _count(value) is None:
+            return ".".join(path)
+    return None
 
 
 def usage_from_anthropic(raw: Mapping[str, Any] | None) -> Usage:

@@ -26,6 +26,7 @@ from ccgate.models import (
     to_iso,
     utcnow,
 )
+from ccgate.usage import MAX_TOKENS
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -119,6 +120,80 @@ def record_to_values(record: RequestRecord) -> tuple[Any, ...]:
         None if synced_at is None else to_iso(synced_at),
         usage.speed,
     )
+
+
+# Token counts (NOT NULL): an unstorable value is clamped into 0..MAX_TOKENS (usage.py).
+_COUNT_COLUMNS = frozenset(
+    (
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_5m_tokens",
+        "cache_write_1h_tokens",
+        "web_searches",
+    )
+)
+# Other NOT NULL columns with a neutral value; id, started_at and status have none.
+_NEUTRAL = {"stream": 0, "endpoint": "messages", "price_quality": PriceQuality.UNPRICED.value, "attempts": "[]"}
+_REQUIRED = frozenset(("id", "started_at", "status"))
+_INT64 = range(-(2**63), 2**63)
+
+
+def _storable(value: Any) -> bool:
+    if value is None or type(value) is float:
+        return True
+    if type(value) is int:
+        return value in _INT64
+    if type(value) is str:
+        try:
+            value.encode("utf-8")  # a lone surrogate (valid in JSON text) is not
+        except UnicodeEncodeError:
+            return False
+        return True
+    return False
+
+
+def storable_values(record: RequestRecord) -> tuple[tuple[Any, ...], tuple[str, ...]] | None:
+    """`record_to_values` with every value SQLite cannot store replaced, and the names of the columns replaced.
+
+    The writer's last resort after a write failed twice: token counts are clamped into 0..MAX_TOKENS, an
+    unstorable cost becomes NULL (unpriced), text that is not valid UTF-8 keeps what it can, any other value
+    becomes NULL (or its column's neutral value); `cost_note` names the columns changed. None when nothing
+    needs replacing (the failure was not a value) or the record cannot be stored at all (its id, start time
+    or status is wrong: ccgate's own values, never a provider's).
+    """
+    try:
+        values = list(record_to_values(record))
+    except Exception:
+        return None
+    replaced: list[str] = []
+    for index, column in enumerate(COLUMNS):
+        value = values[index]
+        fixed: Any
+        if column in _COUNT_COLUMNS:
+            if type(value) is int and 0 <= value <= MAX_TOKENS:
+                continue
+            fixed = MAX_TOKENS if isinstance(value, int) and value > MAX_TOKENS else 0
+        elif _storable(value):
+            continue
+        elif column in _REQUIRED:
+            return None
+        elif type(value) is str:
+            fixed = value.encode("utf-8", "replace").decode("utf-8")
+        elif column == "cost_nanos":
+            fixed = None
+            values[COLUMNS.index("price_quality")] = PriceQuality.UNPRICED.value
+        else:
+            fixed = _NEUTRAL.get(column)
+        values[index] = fixed
+        replaced.append(column)
+    if not replaced:
+        return None
+    note_at = COLUMNS.index("cost_note")
+    note = f"ledger could not store {', '.join(replaced)} as reported; stored clamped or empty"
+    previous = values[note_at]
+    values[note_at] = f"{note} ({previous})" if previous and "cost_note" not in replaced else note
+    return tuple(values), tuple(replaced)
 
 
 def record_to_row(record: RequestRecord) -> dict[str, Any]:

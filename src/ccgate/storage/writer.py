@@ -1,7 +1,8 @@
 """The ledger's single writer: one background thread, one connection, group commit.
 
 The proxy's event loop only enqueues (a dict copy, no disk); the thread drains everything queued so far and
-writes it in one transaction. Nothing here raises into the caller: failures are logged and retried once.
+writes it in one transaction. Nothing here raises into the caller: failures are logged and retried once, and a
+row that fails again because of a value SQLite cannot store is written with that value clamped or emptied.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from ccgate.models import RequestRecord
-from ccgate.storage.ledger import COLUMNS, open_ledger, record_to_values, recover_pending
+from ccgate.storage.ledger import COLUMNS, open_ledger, record_to_values, recover_pending, storable_values
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -131,6 +132,7 @@ class LedgerWriter:
         self._closed = False
         self._recovered = 0
         self._failed_writes = 0
+        self._salvaged_writes = 0
         self._commits = 0
         self._statement_rows: int | None = None
 
@@ -143,6 +145,11 @@ class LedgerWriter:
     def failed_writes(self) -> int:
         """Writes dropped after their retry failed too (for `doctor` and tests)."""
         return self._failed_writes
+
+    @property
+    def salvaged_writes(self) -> int:
+        """Writes that failed twice and were then stored with unstorable values clamped or emptied."""
+        return self._salvaged_writes
 
     @property
     def commits(self) -> int:
@@ -250,23 +257,48 @@ class LedgerWriter:
                 try:
                     self._commit(db, [write])
                 except Exception:
+                    if self._salvage(db, write):
+                        continue
                     self._failed_writes += 1
                     logger.exception(
                         "ledger %s write for request %s failed twice; dropped", write.kind, write.record.id
                     )
 
+    def _salvage(self, db: Database, write: _Write) -> bool:
+        """A row with a value SQLite cannot hold (an absurd count, a provider's id that is not text) is written
+        with that value clamped or emptied and a note, rather than lost with everything else it records."""
+        salvaged = storable_values(write.record)
+        if salvaged is None:
+            return False
+        values, replaced = salvaged
+        try:
+            self._commit_rows(db, [values])
+        except Exception:
+            return False
+        self._salvaged_writes += 1
+        logger.error(
+            "ledger %s write for request %s held values SQLite cannot store (%s); written with them clamped or emptied",
+            write.kind,
+            write.record.id,
+            ", ".join(replaced),
+        )
+        return True
+
     def _commit(self, db: Database, writes: list[_Write]) -> None:
+        # _coalesce left one write per request, so the rows' ids are distinct.
+        self._commit_rows(db, [record_to_values(write.record) for write in writes])
+
+    def _commit_rows(self, db: Database, rows: list[tuple[object, ...]]) -> None:
         # A few multi-row statements per transaction, not one per row: sqlite3 releases the GIL around every
         # statement step, and under load each re-acquisition is a context switch away from the event loop.
-        # _coalesce left one write per request, so the rows' ids are distinct.
         conn = db.conn
         start = 0
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for size in _statement_sizes(len(writes), self._rows_per_statement(conn)):
-                chunk = writes[start : start + size]
+            for size in _statement_sizes(len(rows), self._rows_per_statement(conn)):
+                chunk = rows[start : start + size]
                 start += size
-                conn.execute(_upsert(size), [value for write in chunk for value in record_to_values(write.record)])
+                conn.execute(_upsert(size), [value for row in chunk for value in row])
             conn.execute("COMMIT")
             self._commits += 1
         except BaseException:
