@@ -165,7 +165,7 @@ complete -c ccgate -n '__ccgate_at "import claude-code"' -l 'path' -r -F -d 'Tra
 complete -c ccgate -n '__ccgate_at "import claude-code"' -l 'json' -d 'Print the counts as one JSON object'
 complete -c ccgate -n '__ccgate_at "import claude-code"' -s 'h' -l 'help' -d 'Show this message and exit'
 complete -c ccgate -n '__ccgate_at "launch"' -x -a '(__fish_complete_subcommand --fcs-skip=2)'
-complete -c ccgate -n '__ccgate_at "logs"' -s 'n' -l 'lines' -x -d 'How many recent requests to show first'
+complete -c ccgate -n '__ccgate_at "logs"' -s 'n' -l 'lines' -x -d 'How many recent requests to show first (0 with -f: only new)'
 complete -c ccgate -n '__ccgate_at "logs"' -s 'f' -l 'follow' -d 'Keep printing requests as they finish (Ctrl-C stops)'
 complete -c ccgate -n '__ccgate_at "logs"' -l 'errors' -d 'Only failed or interrupted requests'
 complete -c ccgate -n '__ccgate_at "logs"' -l 'session' -x -d 'Only requests of this Claude Code session id'

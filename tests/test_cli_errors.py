@@ -62,3 +62,24 @@ def test_requests_in_flight_are_not_reported_as_unpriced(
     assert total["requests"] == 1
     assert total["unpriced_requests"] == 0
     assert total["cost_usd"] == "0.000000000"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("logs", "-n", "99999999999999999999"),
+        ("logs", "-n", "-1"),
+        ("sidecar", "logs", "-n", "-1"),
+        ("sidecar", "logs", "-n", "99999999999999999999"),
+    ],
+)
+def test_an_out_of_range_line_count_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    paths = resolve_paths().ensure()
+    paths.log_file.write_text("started\n")
+    _fill_ledger(1)
+    code, out, err = run_main(capsys, monkeypatch, *args)
+    assert code == 2 and out == ""
+    assert "Traceback" not in err
+    assert "Invalid value for '-n' / '--lines'" in err and "-h' for help" in err
