@@ -83,3 +83,19 @@ def test_an_out_of_range_line_count_is_a_usage_error(
     assert code == 2 and out == ""
     assert "Traceback" not in err
     assert "Invalid value for '-n' / '--lines'" in err and "-h' for help" in err
+
+
+@pytest.mark.parametrize("args", [("doctor",), ("sidecar", "status"), ("logs",), ("cost",), ("budget", "show")])
+def test_a_ccgate_home_that_is_a_file_gives_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    home = tmp_path / "not-a-dir"
+    home.write_text("")
+    monkeypatch.setenv("CCGATE_HOME", str(home))
+    code, out, err = run_main(capsys, monkeypatch, *args)
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        f"ccgate: error: {home} is a file where ccgate needs a directory",
+        "  hint: point CCGATE_HOME (or CCGATE_CONFIG, CCGATE_DATA_DIR, CCGATE_STATE_DIR) at a directory",
+    ]
+    assert home.read_text() == ""

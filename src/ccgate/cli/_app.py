@@ -30,7 +30,7 @@ class AppContext:
     def paths(self) -> Paths:
         from ccgate.paths import resolve_paths
 
-        return resolve_paths(self.environ)
+        return resolve_paths(self.environ).check()
 
     @cached_property
     def config(self) -> Config:
