@@ -99,3 +99,18 @@ def test_a_ccgate_home_that_is_a_file_gives_one_line(
         "  hint: point CCGATE_HOME (or CCGATE_CONFIG, CCGATE_DATA_DIR, CCGATE_STATE_DIR) at a directory",
     ]
     assert home.read_text() == ""
+
+
+@pytest.mark.parametrize("command", ["cost", "logs", "budget", "config"])
+def test_an_invalid_config_gets_the_same_message_and_hint_everywhere(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path, command: str
+) -> None:
+    config = isolated_home / "config.toml"
+    config.write_text("timezone = [\n")
+    args = {"cost": ("cost",), "logs": ("logs",), "budget": ("budget", "show"), "config": ("config", "show")}
+    code, out, err = run_main(capsys, monkeypatch, *args[command])
+    assert code == 1 and out == ""
+    first, hint = err.splitlines()
+    assert first.startswith(f"ccgate: error: {config} is not valid TOML")
+    assert first.count(str(config)) == 1
+    assert hint == "  hint: fix or delete it; `ccgate config show` checks it"

@@ -42,8 +42,9 @@ def resolve_timezone(app_ctx: AppContext) -> tzinfo:
     """The zone reports use: `config.resolve_timezone` (as `budget show` and the sidecar), naming the file on error."""
     from ccgate.config import resolve_timezone as resolve
 
+    config = app_ctx.config  # outside the try: a config that does not load says so itself, with its own hint
     try:
-        return resolve(app_ctx.config.timezone, app_ctx.environ)
+        return resolve(config.timezone, app_ctx.environ)
     except ConfigError as error:
         raise ConfigError(
             f"{app_ctx.paths.config_file}: {error.message}",
