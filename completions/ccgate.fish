@@ -151,7 +151,7 @@ complete -c ccgate -n '__ccgate_at "config show"' -l 'json' -d 'Print JSON inste
 complete -c ccgate -n '__ccgate_at "config show"' -s 'h' -l 'help' -d 'Show this message and exit'
 complete -c ccgate -n '__ccgate_at "cost"' -l 'since' -x -d 'Start: ISO date or datetime, local time'
 complete -c ccgate -n '__ccgate_at "cost"' -l 'until' -x -d 'End: ISO datetime, or a date (that day included)'
-complete -c ccgate -n '__ccgate_at "cost"' -l 'by' -x -a 'model provider project session day' -d 'Group by model, project, session, day or provider'
+complete -c ccgate -n '__ccgate_at "cost"' -l 'by' -x -a 'model provider project session day' -d 'Group by model (default), project, session, day or provider'
 complete -c ccgate -n '__ccgate_at "cost"' -l 'json' -d 'Print one JSON object (stable shape, for scripts)'
 complete -c ccgate -n '__ccgate_at "cost"' -l 'csv' -d 'Print CSV: one row per group and a (total) row'
 complete -c ccgate -n '__ccgate_at "cost"' -s 'h' -l 'help' -d 'Show this message and exit'

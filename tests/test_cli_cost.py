@@ -84,7 +84,7 @@ def test_empty_ledger_json_has_zero_totals() -> None:
     result = invoke("cost", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["by"] is None and data["groups"] == []
+    assert data["by"] == "model" and data["groups"] == []
     assert data["total"]["requests"] == 0 and data["total"]["cost_usd"] == "0.000000000"
 
 
@@ -125,6 +125,19 @@ def test_json_groups_by_model_and_by_local_day() -> None:
     set_local_zone("Europe/Berlin")
     by_day = json.loads(invoke("cost", "all", "--by", "day", "--json").output)
     assert [(g["key"], g["requests"]) for g in by_day["groups"]] == [("2025-03-04", 2), ("2025-03-05", 1)]
+
+
+def test_json_and_csv_break_down_by_model_by_default_as_the_table_does() -> None:
+    seed(at(f"{DAY}T09:00:00", "claude-sonnet-4-5", 2_000), at(f"{DAY}T10:00:00", "claude-haiku-4-5", 500))
+    data = json.loads(invoke("cost", "all", "--json").output)
+    assert data["by"] == "model"
+    assert [(g["key"], g["requests"]) for g in data["groups"]] == [("claude-sonnet-4-5", 1), ("claude-haiku-4-5", 1)]
+    rows = list(csv.DictReader(io.StringIO(invoke("cost", "all", "--csv").output)))
+    assert [row["key"] for row in rows] == ["claude-sonnet-4-5", "claude-haiku-4-5", "(total)"]
+    table = invoke("cost", "all").output
+    assert "claude-sonnet-4-5" in table and "claude-haiku-4-5" in table
+    by_day = json.loads(invoke("cost", "all", "--by", "day", "--json").output)  # --by still overrides it
+    assert by_day["by"] == "day" and [g["key"] for g in by_day["groups"]] == [DAY]
 
 
 def test_csv_has_a_row_per_group_and_a_total() -> None:

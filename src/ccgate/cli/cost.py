@@ -199,7 +199,7 @@ def cost(
     ),
     since: str | None = typer.Option(None, "--since", help="Start: ISO date or datetime, local time."),
     until: str | None = typer.Option(None, "--until", help="End: ISO datetime, or a date (that day included)."),
-    by: str | None = typer.Option(None, "--by", help="Group by model, project, session, day or provider."),
+    by: str | None = typer.Option(None, "--by", help="Group by model (default), project, session, day or provider."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (stable shape, for scripts)."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV: one row per group and a (total) row."),
 ) -> None:
@@ -219,10 +219,8 @@ def cost(
     window = resolve_window(period, since, until, tz)
     db = open_ledger(app_ctx.paths.ledger_file)
     try:
-        human = not (as_json or as_csv)
-        # The table always breaks spend down (by model unless --by says otherwise); JSON/CSV follow --by exactly.
-        grouping = by or ("model" if human else None)
-        report = cost_report(db, since=window.since, until=window.until, by=grouping, tz=tz)
+        # Table, JSON and CSV break spend down the same way: by model unless --by says otherwise.
+        report = cost_report(db, since=window.since, until=window.until, by=by or "model", tz=tz)
         if as_json:
             app_ctx.print_json(report_to_json(report))
         elif as_csv:
