@@ -150,6 +150,40 @@ def test_csv_has_a_row_per_group_and_a_total() -> None:
     assert rows[2]["requests"] == "2" and rows[2]["input_tokens"] == "2000"
 
 
+def test_csv_text_cells_never_start_a_formula_and_numbers_stay_numbers() -> None:
+    sessions = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "plain-id"]
+    seed(*(at(f"{DAY}T09:0{i}:00", "claude-sonnet-4-5", 1_000_000, session_id=s) for i, s in enumerate(sessions)))
+    result = invoke("cost", "all", "--by", "session", "--csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output, newline="")))
+    assert sorted(row["key"] for row in rows[:-1]) == sorted(
+        ['\'=HYPERLINK("http://x")', "'+1+1", "'-2+3", "'@SUM(A1)", "'\tx", "'\rx", "plain-id"]
+    )
+    total = rows[-1]
+    assert total["key"] == "(total)" and total["cost_usd"] == "0.007000000" and total["input_tokens"] == "7000"
+
+
+def test_csv_appends_imported_requests_and_cache_hit_ratio() -> None:
+    seed(at(f"{DAY}T09:00:00", "a", 1_000_000), at(f"{DAY}T09:01:00", "a", 1_000_000, source="claude-code-import"))
+    result = invoke("cost", "all", "--csv")
+    header = result.output.splitlines()[0].split(",")
+    assert header == [
+        "key",
+        "requests",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "cost_usd",
+        "unpriced_requests",
+        "estimated_requests",
+        "imported_requests",
+        "cache_hit_ratio",
+    ]
+    total = list(csv.DictReader(io.StringIO(result.output)))[-1]
+    assert total["imported_requests"] == "1" and total["cache_hit_ratio"] == "0.75"
+
+
 def test_today_counts_a_request_just_made() -> None:
     seed(at(utcnow().replace(tzinfo=None).isoformat(), "claude-sonnet-4-5", 7_000_000_000))
     result = invoke("cost", "today", "--json")

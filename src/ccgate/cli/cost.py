@@ -6,6 +6,7 @@ Reads the ledger file directly, so it works whether or not the sidecar is runnin
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
@@ -35,7 +36,11 @@ _CSV_FIELDS = (
     "cost_usd",
     "unpriced_requests",
     "estimated_requests",
+    "imported_requests",
+    "cache_hit_ratio",
 )
+# A spreadsheet runs a cell starting with one of these as a formula; CSV text cells get a leading ' instead.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def resolve_timezone(app_ctx: AppContext) -> tzinfo:
@@ -182,14 +187,29 @@ def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Data
         out.print(f"  includes {total.imported_requests} request(s) imported from transcripts", markup=False)
 
 
+def csv_text(value: str) -> str:
+    """A text cell a spreadsheet shows as typed: session ids, models and projects are not formulas."""
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
 def _print_csv(report: CostReport) -> None:
     from ccgate.storage.reports import totals_to_json
 
-    writer = csv.DictWriter(sys.stdout, fieldnames=_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    # The writer ends rows in \r\n so that it also quotes a cell holding a lone \r (a project directory may);
+    # each row is printed with a plain \n, as before.
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_CSV_FIELDS, extrasaction="ignore", lineterminator="\r\n")
+
+    def emit() -> None:
+        sys.stdout.write(buffer.getvalue().removesuffix("\r\n") + "\n")
+        buffer.seek(0)
+        buffer.truncate()
+
     writer.writeheader()
-    for key, totals in report.groups:
+    emit()
+    for key, totals in [*((csv_text(key), totals) for key, totals in report.groups), ("(total)", report.total)]:
         writer.writerow({"key": key, **totals_to_json(totals)})
-    writer.writerow({"key": "(total)", **totals_to_json(report.total)})
+        emit()
     sys.stdout.flush()
 
 
