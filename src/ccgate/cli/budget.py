@@ -236,7 +236,7 @@ def budget_show(as_json: bool = typer.Option(False, "--json", help="Print JSON (
         if level is BudgetLevel.EXHAUSTED:
             app_ctx.warn(
                 f"{escape(state.label)} is used up: requests are refused until "
-                f"{format_local(state.resets_at, tz)}. Raise it with `{escape(rule.raise_command())}`"
+                f"{format_local(state.resets_at, tz)}. Raise it with `{escape(rule.raise_command(state.spent_nanos))}`"
             )
         elif level is BudgetLevel.WARN:
             app_ctx.warn(
