@@ -252,3 +252,25 @@ def test_budget_edits_keep_what_ccgate_does_not_model(
     raw = tomllib.loads(config.read_text())
     assert raw["budgets"] == [{"period": "monthly", "limit": "300", "warn_at": "0.8"}]
     assert raw["sidecar"] == {"port": 9999, "log_level": "debug"} and raw["future_section"] == {"answer": 42}
+
+
+def test_set_and_unset_notify_a_running_sidecar(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    from ccgate.sidecar import process
+
+    calls: list[object] = []
+
+    def fake_notify(paths: object = None) -> bool:
+        calls.append(paths)
+        return True
+
+    monkeypatch.setattr(process, "notify_reload", fake_notify)
+    code, _, err = run(capsys, monkeypatch, "budget", "set", "daily", "20")
+    assert code == 0, err
+    assert len(calls) == 1 and "the running sidecar reloaded its settings" in err
+    assert len(config_budgets(isolated_home)) == 1
+    code, _, err = run(capsys, monkeypatch, "budget", "unset", "daily")
+    assert code == 0, err
+    assert len(calls) == 2 and "the running sidecar reloaded its settings" in err
+    assert config_budgets(isolated_home) == []

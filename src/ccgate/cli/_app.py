@@ -68,6 +68,25 @@ class AppContext:
         raise CcgateUsageFailure(message, hint=hint)
 
 
+def save_and_reload(app_ctx: AppContext, config: Config) -> None:
+    """Atomic save, then ask a running sidecar to re-read config and keys (if the sidecar offers that)."""
+    from ccgate.config import save_config
+
+    save_config(app_ctx.paths.config_file, config)
+    notify_reload(app_ctx)
+
+
+def notify_reload(app_ctx: AppContext) -> None:
+    """A running sidecar re-reads config and keys (off its event loop); nothing to do when none runs."""
+    try:
+        from ccgate.sidecar import process
+    except ImportError:
+        return
+    notify = getattr(process, "notify_reload", None)
+    if callable(notify) and notify(app_ctx.paths):
+        app_ctx.info("the running sidecar reloaded its settings")
+
+
 class CcgateUsageFailure(CcgateError):
     """A command decided the user's input cannot be acted on."""
 

@@ -1,7 +1,7 @@
 """`ccgate budget set|show|unset`: spending limits per period, global or per project, kept in config.toml.
 
-`show` reads the ledger file directly, so it works whether or not the sidecar is running; the sidecar picks
-up changed budgets when it reloads its config.
+`show` reads the ledger file directly, so it works whether or not the sidecar is running; `set` and `unset`
+ask a running sidecar to reload its config, as `model` and `provider` do.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ccgate.cli._app import AppContext, ctx
+from ccgate.cli._app import AppContext, ctx, save_and_reload
 from ccgate.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def budget_set(
 ) -> None:
     """Set (or replace) the budget for PERIOD: requests are refused with 402 once it is spent."""
     from ccgate.budgets import parse_period
-    from ccgate.config import BudgetSettings, load_config, save_config
+    from ccgate.config import BudgetSettings, load_config
     from ccgate.models import format_usd, usd_to_nanos
 
     app_ctx = ctx()
@@ -114,7 +114,7 @@ def budget_set(
             del budgets[index]
     else:
         budgets.append(entry)
-    save_config(app_ctx.paths.config_file, replace(config, budgets=tuple(budgets)))
+    save_and_reload(app_ctx, replace(config, budgets=tuple(budgets)))
     verb = "replaced" if existing else "set"
     app_ctx.success(f"{parsed.name} budget for {_scope(scope)} {verb}: {format_usd(usd_to_nanos(limit))}")
 
@@ -126,7 +126,7 @@ def budget_unset(
 ) -> None:
     """Remove the budget for PERIOD (global, or the one of --project)."""
     from ccgate.budgets import parse_period
-    from ccgate.config import load_config, save_config
+    from ccgate.config import load_config
 
     app_ctx = ctx()
     parsed = parse_period(period)
@@ -140,7 +140,7 @@ def budget_unset(
             f"there is no {parsed.name} budget for {_scope(scope)}",
             hint="`ccgate budget show` lists the budgets that are set",
         )
-    save_config(app_ctx.paths.config_file, replace(config, budgets=kept))
+    save_and_reload(app_ctx, replace(config, budgets=kept))
     app_ctx.success(f"{parsed.name} budget for {_scope(scope)} removed")
 
 

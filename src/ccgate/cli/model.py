@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ccgate.cli._app import AppContext, ctx
-from ccgate.cli.provider import resolved_providers, save_and_reload
+from ccgate.cli._app import AppContext, ctx, save_and_reload
+from ccgate.cli.provider import resolved_providers
 
 if TYPE_CHECKING:
     from ccgate.providers import ProviderSpec
