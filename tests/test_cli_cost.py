@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cli_runner import run_main
+from cli_runner import run_main, table_column
 from typer.testing import CliRunner, Result
 
 from ccgate.cli import app
@@ -256,3 +256,27 @@ def test_posix_tz_string_gives_cost_and_budgets_the_same_local_day(
     shown = json.loads(out)
     assert shown["timezone"] != "Etc/UTC"
     assert datetime.fromisoformat(shown["budgets"][0]["since"]) == cost_since
+
+
+def test_table_keeps_model_ids_and_money_whole_in_80_columns(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy = Usage(
+        input_tokens=123_456_789, output_tokens=9_876_543, cache_read_tokens=1_234_567_890, cache_write_5m_tokens=12_345
+    )
+    seed(
+        at(f"{DAY}T09:00:00", "claude-sonnet-4-5-20250929", 12_340_000_000, usage=busy),
+        at(f"{DAY}T09:01:00", "openrouter/meta-llama/llama-3.3-70b-instruct", 3_460_000_000, usage=busy),
+    )
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run_main(capsys, monkeypatch, "cost", "all")
+    assert code == 0, err
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    assert "claude-sonnet-4-5-20250929" in out  # a common model id fits on one line
+    assert "openrouter/meta-llama/llama-3.3-70b-instruct" in table_column(out, "Model", "Reqs")  # a longer one folds
+    assert "$12.34" in out and "$3.46" in out and "$15.80" in out
+
+    seed(at(f"{DAY}T09:02:00", "claude-sonnet-4-5-20250929", 1_234_567_890_000_000))
+    code, out, err = run_main(capsys, monkeypatch, "cost", "all")
+    assert code == 0, err
+    assert "…" not in out and "$1,234,580.23" in out and "$1,234,583.69" in out

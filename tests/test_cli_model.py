@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_runner import run_main
+from cli_runner import run_main, table_column
 
 from ccgate.config import load_config
 from ccgate.pricing import PriceCatalog
@@ -234,3 +234,19 @@ def test_set_warns_when_the_routed_provider_has_no_key(
     code, _, err = run(capsys, monkeypatch, "model", "set", "haiku", "groq/llama-3.3-70b-versatile")
     assert code == 0, err
     assert "no API key" not in err
+
+
+def test_list_folds_long_model_ids_and_keeps_prices_in_80_columns(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = "openrouter/meta-llama/llama-3.3-70b-instruct"
+    code, _, err = run(
+        capsys, monkeypatch, "model", "set", "opus", target, "--fallback", "groq/llama-3.3-70b-versatile"
+    )
+    assert code == 0, err
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run_main(capsys, monkeypatch, "model", "list")
+    assert code == 0, err
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    assert target in table_column(out, "route", "input $/MTok")
+    assert out.count("0.59") == 2 and out.count("0.79") == 2

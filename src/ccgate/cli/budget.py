@@ -17,7 +17,12 @@ from ccgate.cli._app import AppContext, ctx, save_and_reload
 from ccgate.errors import UserInputError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from datetime import datetime, tzinfo
+
+    from rich.console import Console, ConsoleOptions
+    from rich.measure import Measurement
+    from rich.segment import Segment
 
     from ccgate.budget_guard import BudgetRule
     from ccgate.config import BudgetSettings
@@ -27,6 +32,7 @@ budget_app = typer.Typer(help="Set, show and remove spending limits (per day, we
 PERIOD_HELP = "Period: 1min, 5min, 1h, 1d, 1w, 1mo, 1y (any N), or hourly, daily, weekly, monthly, yearly."
 PROJECT_HELP = "Limit one project (a directory; `.` is the git top-level of the current directory). Default: all."
 BAR_WIDTH = 20
+MIN_BAR_WIDTH = 5
 
 
 def parse_amount(text: str) -> Decimal:
@@ -163,9 +169,27 @@ def _spent(app_ctx: AppContext, windows: list[tuple[BudgetRule, datetime, dateti
         db.close()
 
 
-def _bar(fraction: Decimal) -> str:
-    filled = min(BAR_WIDTH, int(fraction * BAR_WIDTH))
-    return "█" * filled + "░" * (BAR_WIDTH - filled)
+def _bar(fraction: Decimal, width: int = BAR_WIDTH) -> str:
+    filled = min(width, int(fraction * width))
+    return "█" * filled + "░" * (width - filled)
+
+
+class _UsedBar:
+    """The used-fraction bar: BAR_WIDTH cells, fewer in a narrow terminal, so the money columns stay whole."""
+
+    def __init__(self, fraction: Decimal, style: str) -> None:
+        self.fraction, self.style = fraction, style
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        from rich.measure import Measurement
+
+        return Measurement(MIN_BAR_WIDTH, max(MIN_BAR_WIDTH, min(BAR_WIDTH, options.max_width)))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Segment]:
+        from rich.segment import Segment
+        from rich.style import Style
+
+        yield Segment(_bar(self.fraction, max(1, min(BAR_WIDTH, options.max_width))), Style.parse(self.style))
 
 
 @budget_app.command("show")
@@ -213,11 +237,14 @@ def budget_show(as_json: bool = typer.Option(False, "--json", help="Print JSON (
     from rich.markup import escape
     from rich.table import Table
 
+    # Money, percentages and the reset time are never wrapped or cut; in a narrow terminal the label folds
+    # and the bar shrinks instead.
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column, justify in (("Budget", "left"), ("Spent", "right"), ("Limit", "right"), ("Left", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    table.add_column("", no_wrap=True)
-    table.add_column("Used", justify="right")
+    table.add_column("Budget", overflow="fold", min_width=8)
+    for column in ("Spent", "Limit", "Left"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("")
+    table.add_column("Used", justify="right", no_wrap=True)
     table.add_column("Resets", no_wrap=True)
     colour = {BudgetLevel.OK: "green", BudgetLevel.WARN: "yellow", BudgetLevel.EXHAUSTED: "red"}
     for _rule, _since, state, level in rows:
@@ -227,7 +254,7 @@ def budget_show(as_json: bool = typer.Option(False, "--json", help="Print JSON (
             format_usd(state.spent_nanos),
             format_usd(state.limit_nanos),
             format_usd(state.left_nanos),
-            f"[{colour[level]}]{_bar(state.used_fraction)}[/{colour[level]}]",
+            _UsedBar(state.used_fraction, colour[level]),
             f"{percent:.0f}%",
             format_local(state.resets_at, tz),
         )

@@ -149,6 +149,7 @@ def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Data
         show_footer=True,
         padding=(0, 1),
         collapse_padding=True,
+        show_edge=False,  # two more columns for model ids (claude-sonnet-4-5-20250929 fits at 80 columns)
     )
     total = report.total
     table.add_column(_KEY_HEADERS[by], footer="Total", ratio=1, min_width=10, overflow="fold")

@@ -189,8 +189,10 @@ def model_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 
     unpriced: list[str] = []
     table = Table(box=None, pad_edge=False)
-    for column in ("tier", "route", "input $/MTok", "output $/MTok"):
-        table.add_column(column)
+    table.add_column("tier", no_wrap=True)
+    table.add_column("route", overflow="fold")  # a long model id folds; the prices are never cut
+    for column in ("input $/MTok", "output $/MTok"):
+        table.add_column(column, no_wrap=True)
     for row in tiers:
         if not row["overridden"]:
             table.add_row(row["tier"], "[dim]anthropic (passthrough: the model Claude Code asks for)[/dim]", "", "")

@@ -74,7 +74,7 @@ def provider_list(
 
     table = Table(box=None, pad_edge=False)
     for column in ("provider", "kind", "base URL", "key", "source"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a long URL or key source folds instead of being cut
     for row in rows:
         style = {"present": "green", "missing": "yellow"}.get(row["key"], "dim")
         name = row["name"] if row["builtin"] else f"{row['name']} (custom)"
