@@ -144,7 +144,7 @@ complete -c ccgate -n '__ccgate_at "completions install"' -l 'path' -r -F -d 'Wr
 complete -c ccgate -n '__ccgate_at "completions install"' -s 'h' -l 'help' -d 'Show this message and exit'
 complete -c ccgate -n '__ccgate_at "completions install" 0' -a 'bash zsh fish' -d 'bash, zsh or fish (default: from $SHELL)'
 complete -c ccgate -n '__ccgate_at "config"' -f -a 'path' -d 'Print the config file\'s path'
-complete -c ccgate -n '__ccgate_at "config"' -f -a 'show' -d 'Validate the config file and print it (defaults included)'
+complete -c ccgate -n '__ccgate_at "config"' -f -a 'show' -d 'Validate the config file and print what it sets (defaults left out)'
 complete -c ccgate -n '__ccgate_at "config"' -s 'h' -l 'help' -d 'Show this message and exit'
 complete -c ccgate -n '__ccgate_at "config path"' -s 'h' -l 'help' -d 'Show this message and exit'
 complete -c ccgate -n '__ccgate_at "config show"' -l 'json' -d 'Print JSON instead of TOML'
