@@ -92,6 +92,18 @@ def test_typo_is_refused_with_close_matches(
     assert not (isolated_home / "config.toml").exists()
 
 
+def test_a_name_nothing_is_close_to_is_refused_without_pointing_at_an_empty_list(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    code, _, err = run(capsys, monkeypatch, "model", "set", "opus", "groq/nonexistent-model-xyz")
+    assert code == 1
+    assert "unknown model 'nonexistent-model-xyz' for groq: none of the" in err
+    assert "models ccgate knows there is close" in err
+    assert "use one of those" not in err
+    assert "hint: check the id against groq's model list, or pass --force" in err
+    assert not (isolated_home / "config.toml").exists()
+
+
 def test_force_stores_unknown_model_as_unpriced(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
 ) -> None:

@@ -73,10 +73,16 @@ def _resolve_model(app_ctx: AppContext, spec: ProviderSpec, name: str, *, force:
             f"ccgate has no price list for provider {spec.name!r}, so it cannot check {name!r}",
             hint=f"pass --force to store it anyway, then set its price with {price_cmd} (0 for a free local model)",
         )
-    closest = f"; closest: {', '.join(resolution.candidates)}" if resolution.candidates else ""
+    force_hint = f"pass --force to store it anyway (unpriced until {price_cmd})"
+    if not resolution.candidates:
+        # nothing is close enough to suggest: say so, rather than "use one of those" with none shown
+        app_ctx.fail(
+            f"unknown model {name!r} for {spec.name}: none of the {len(known)} models ccgate knows there is close",
+            hint=f"check the id against {spec.name}'s model list, or {force_hint}",
+        )
     app_ctx.fail(
-        f"unknown model {name!r} for {spec.name}{closest}",
-        hint=f"use one of those, or pass --force to store it anyway (unpriced until {price_cmd})",
+        f"unknown model {name!r} for {spec.name}; closest: {', '.join(resolution.candidates)}",
+        hint=f"use one of those, or {force_hint}",
     )
 
 
