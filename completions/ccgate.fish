@@ -121,6 +121,7 @@ complete -c ccgate -n '__ccgate_at ""' -f -a 'price' -d 'Show per-model prices (
 complete -c ccgate -n '__ccgate_at ""' -f -a 'provider' -d 'List, add and test providers; store their API keys in the keyring'
 complete -c ccgate -n '__ccgate_at ""' -f -a 'sidecar' -d 'Control the local sidecar process'
 complete -c ccgate -n '__ccgate_at ""' -f -a 'statusline' -d 'One line for Claude Code\'s status bar: model, session and today\'s cost, budget left, ro...'
+complete -c ccgate -n '__ccgate_at ""' -l 'version' -d 'Print ccgate\'s version and exit'
 complete -c ccgate -n '__ccgate_at ""' -s 'h' -l 'help' -d 'Show this message and exit'
 complete -c ccgate -n '__ccgate_at "budget"' -f -a 'set' -d 'Set (or replace) the budget for PERIOD: requests are refused with 402 once it is spent'
 complete -c ccgate -n '__ccgate_at "budget"' -f -a 'show' -d 'Each budget: spent, left, how much of it is used, and when it resets (local time)'
