@@ -5,7 +5,7 @@
 __ccgate_node() {
     subs='' opts='' vopts=' ' vararg='' passthrough=''
     case "$1" in
-        '') subs='budget completions config cost doctor import launch logs model price provider sidecar statusline' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        '') subs='budget completions config cost doctor import launch logs model price provider sidecar statusline' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
         'budget') subs='set show unset' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'budget set') subs='' opts='-p --project --warn-at -h --help' vopts=' -p --project --warn-at ' vararg='' passthrough='' ;;
         'budget show') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;

@@ -241,6 +241,13 @@ async def test_spent_budget_is_rejected_with_the_402_message() -> None:
     assert error.status == 402 and error.headers() == {"x-should-retry": "false"}
 
 
+async def test_an_overspent_budget_suggests_a_limit_above_what_is_spent() -> None:
+    guard, _ = make_guard([rule("0.01")], Ledger({None: usd("0.03")}))
+    with pytest.raises(BudgetExceededError) as caught:
+        await guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.001")))
+    assert caught.value.message.endswith("Raise it with `ccgate budget set daily 0.05`")  # not 0.02
+
+
 async def test_project_and_global_budgets_both_apply() -> None:
     ledger = Ledger({None: usd("1.00"), "/p/app": usd("0.95")})
     guard, _ = make_guard([rule("1", project="/p/app"), rule("10")], ledger)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from ccgate.budgets import (
     Admit,
     BudgetLevel,
+    BudgetRule,
     BudgetState,
     Period,
     PeriodUnit,
@@ -345,6 +346,47 @@ def test_budget_message_names_budget_spend_reset_and_command() -> None:
     assert "credit balance" not in message.lower()
     summer = replace(spent_up, resets_at=utc(2026, 7, 1, 4))
     assert "(resets 2026-07-01 00:00 EDT)" in format_budget_message(summer, "x", tz=NEW_YORK)
+
+
+def _rule(limit: str, project: str | None = None) -> BudgetRule:
+    return BudgetRule("1d@*", parse_period("daily"), usd_to_nanos(Decimal(limit)), project, Decimal("0.8"), "daily")
+
+
+@pytest.mark.parametrize(
+    ("limit", "committed", "suggested"),
+    [
+        ("20", "0", "40"),  # nothing spent yet: double it
+        ("20", "20.01", "40"),  # doubling gets past what is spent
+        ("0.01", "0.03", "0.05"),  # doubling would not: a round amount above spent plus the old limit
+        ("0.01", "0.02", "0.04"),  # exactly double is not enough either (spent must stay below the limit)
+        ("10", "123.45", "200"),
+        ("300", "950", "2000"),
+        ("0", "0", "10"),  # a zero limit: $10
+        ("0", "12", "20"),
+    ],
+)
+def test_raise_command_suggests_an_amount_that_lets_requests_through(
+    limit: str, committed: str, suggested: str
+) -> None:
+    rule = _rule(limit)
+    committed_nanos = usd_to_nanos(Decimal(committed))
+    assert rule.raise_command(committed_nanos) == f"ccgate budget set daily {suggested}"
+    after = BudgetState("1d@*", "daily", usd_to_nanos(Decimal(suggested)), committed_nanos, 0, utc(2026, 1, 2))
+    assert isinstance(decide([after], 0), Admit)
+
+
+def test_raise_command_quotes_the_project() -> None:
+    assert _rule("5", "/p/my app").raise_command() == "ccgate budget set daily 10 --project '/p/my app'"
+
+
+@given(
+    limit=st.integers(min_value=0, max_value=10**15),
+    committed=st.integers(min_value=0, max_value=10**16),
+)
+def test_raise_command_always_gets_past_what_is_committed(limit: int, committed: int) -> None:
+    rule = BudgetRule("1d@*", parse_period("daily"), limit, None, Decimal("0.8"), "daily")
+    amount = Decimal(rule.raise_command(committed).split()[-1])
+    assert usd_to_nanos(amount) > committed and usd_to_nanos(amount) >= 2 * limit
 
 
 def test_date_helpers_are_consistent() -> None:

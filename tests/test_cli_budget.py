@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tomllib
 from datetime import UTC, datetime, timedelta
@@ -252,3 +253,43 @@ def test_budget_edits_keep_what_ccgate_does_not_model(
     raw = tomllib.loads(config.read_text())
     assert raw["budgets"] == [{"period": "monthly", "limit": "300", "warn_at": "0.8"}]
     assert raw["sidecar"] == {"port": 9999, "log_level": "debug"} and raw["future_section"] == {"answer": 42}
+
+
+def test_set_and_unset_notify_a_running_sidecar(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    from ccgate.sidecar import process
+
+    calls: list[object] = []
+
+    def fake_notify(paths: object = None) -> bool:
+        calls.append(paths)
+        return True
+
+    monkeypatch.setattr(process, "notify_reload", fake_notify)
+    code, _, err = run(capsys, monkeypatch, "budget", "set", "daily", "20")
+    assert code == 0, err
+    assert len(calls) == 1 and "the running sidecar reloaded its settings" in err
+    assert len(config_budgets(isolated_home)) == 1
+    code, _, err = run(capsys, monkeypatch, "budget", "unset", "daily")
+    assert code == 0, err
+    assert len(calls) == 2 and "the running sidecar reloaded its settings" in err
+    assert config_budgets(isolated_home) == []
+
+
+def test_show_keeps_money_whole_in_80_columns(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    (isolated_home / "config.toml").write_text(
+        '[[budgets]]\nperiod = "monthly"\nlimit = "1000"\nproject = "/home/me/projects/a-rather-long-project-name"\n'
+        '[[budgets]]\nperiod = "daily"\nlimit = "1000"\n'
+    )
+    add_spend("123.45")
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run(capsys, monkeypatch, "budget", "show")
+    assert code == 0, err
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    assert out.count("$1,000.00") == 3 and "$123.45" in out and "$876.55" in out
+    assert "12%" in out  # percentages and reset times stay whole too
+    assert len(re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d \S+ *$", out, re.MULTILINE)) == 2
+    assert "a-rather-long-project-name" in "".join(out.split())  # the label folds, nothing is cut

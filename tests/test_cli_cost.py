@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cli_runner import run_main
+from cli_runner import run_main, table_column
 from typer.testing import CliRunner, Result
 
 from ccgate.cli import app
@@ -84,7 +84,7 @@ def test_empty_ledger_json_has_zero_totals() -> None:
     result = invoke("cost", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["by"] is None and data["groups"] == []
+    assert data["by"] == "model" and data["groups"] == []
     assert data["total"]["requests"] == 0 and data["total"]["cost_usd"] == "0.000000000"
 
 
@@ -127,6 +127,19 @@ def test_json_groups_by_model_and_by_local_day() -> None:
     assert [(g["key"], g["requests"]) for g in by_day["groups"]] == [("2025-03-04", 2), ("2025-03-05", 1)]
 
 
+def test_json_and_csv_break_down_by_model_by_default_as_the_table_does() -> None:
+    seed(at(f"{DAY}T09:00:00", "claude-sonnet-4-5", 2_000), at(f"{DAY}T10:00:00", "claude-haiku-4-5", 500))
+    data = json.loads(invoke("cost", "all", "--json").output)
+    assert data["by"] == "model"
+    assert [(g["key"], g["requests"]) for g in data["groups"]] == [("claude-sonnet-4-5", 1), ("claude-haiku-4-5", 1)]
+    rows = list(csv.DictReader(io.StringIO(invoke("cost", "all", "--csv").output)))
+    assert [row["key"] for row in rows] == ["claude-sonnet-4-5", "claude-haiku-4-5", "(total)"]
+    table = invoke("cost", "all").output
+    assert "claude-sonnet-4-5" in table and "claude-haiku-4-5" in table
+    by_day = json.loads(invoke("cost", "all", "--by", "day", "--json").output)  # --by still overrides it
+    assert by_day["by"] == "day" and [g["key"] for g in by_day["groups"]] == [DAY]
+
+
 def test_csv_has_a_row_per_group_and_a_total() -> None:
     seed(at(f"{DAY}T09:00:00", "a", 1_000_000), at(f"{DAY}T09:01:00", "b", None))
     result = invoke("cost", "all", "--by", "model", "--csv")
@@ -135,6 +148,40 @@ def test_csv_has_a_row_per_group_and_a_total() -> None:
     assert [row["key"] for row in rows] == ["a", "b", "(total)"]
     assert rows[0]["cost_usd"] == "0.001000000" and rows[1]["unpriced_requests"] == "1"
     assert rows[2]["requests"] == "2" and rows[2]["input_tokens"] == "2000"
+
+
+def test_csv_text_cells_never_start_a_formula_and_numbers_stay_numbers() -> None:
+    sessions = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "plain-id"]
+    seed(*(at(f"{DAY}T09:0{i}:00", "claude-sonnet-4-5", 1_000_000, session_id=s) for i, s in enumerate(sessions)))
+    result = invoke("cost", "all", "--by", "session", "--csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output, newline="")))
+    assert sorted(row["key"] for row in rows[:-1]) == sorted(
+        ['\'=HYPERLINK("http://x")', "'+1+1", "'-2+3", "'@SUM(A1)", "'\tx", "'\rx", "plain-id"]
+    )
+    total = rows[-1]
+    assert total["key"] == "(total)" and total["cost_usd"] == "0.007000000" and total["input_tokens"] == "7000"
+
+
+def test_csv_appends_imported_requests_and_cache_hit_ratio() -> None:
+    seed(at(f"{DAY}T09:00:00", "a", 1_000_000), at(f"{DAY}T09:01:00", "a", 1_000_000, source="claude-code-import"))
+    result = invoke("cost", "all", "--csv")
+    header = result.output.splitlines()[0].split(",")
+    assert header == [
+        "key",
+        "requests",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "cost_usd",
+        "unpriced_requests",
+        "estimated_requests",
+        "imported_requests",
+        "cache_hit_ratio",
+    ]
+    total = list(csv.DictReader(io.StringIO(result.output)))[-1]
+    assert total["imported_requests"] == "1" and total["cache_hit_ratio"] == "0.75"
 
 
 def test_today_counts_a_request_just_made() -> None:
@@ -209,3 +256,27 @@ def test_posix_tz_string_gives_cost_and_budgets_the_same_local_day(
     shown = json.loads(out)
     assert shown["timezone"] != "Etc/UTC"
     assert datetime.fromisoformat(shown["budgets"][0]["since"]) == cost_since
+
+
+def test_table_keeps_model_ids_and_money_whole_in_80_columns(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy = Usage(
+        input_tokens=123_456_789, output_tokens=9_876_543, cache_read_tokens=1_234_567_890, cache_write_5m_tokens=12_345
+    )
+    seed(
+        at(f"{DAY}T09:00:00", "claude-sonnet-4-5-20250929", 12_340_000_000, usage=busy),
+        at(f"{DAY}T09:01:00", "openrouter/meta-llama/llama-3.3-70b-instruct", 3_460_000_000, usage=busy),
+    )
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run_main(capsys, monkeypatch, "cost", "all")
+    assert code == 0, err
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    assert "claude-sonnet-4-5-20250929" in out  # a common model id fits on one line
+    assert "openrouter/meta-llama/llama-3.3-70b-instruct" in table_column(out, "Model", "Reqs")  # a longer one folds
+    assert "$12.34" in out and "$3.46" in out and "$15.80" in out
+
+    seed(at(f"{DAY}T09:02:00", "claude-sonnet-4-5-20250929", 1_234_567_890_000_000))
+    code, out, err = run_main(capsys, monkeypatch, "cost", "all")
+    assert code == 0, err
+    assert "…" not in out and "$1,234,580.23" in out and "$1,234,583.69" in out

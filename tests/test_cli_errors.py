@@ -77,3 +77,55 @@ def test_a_misspelt_config_key_gives_one_line_naming_the_key_it_resembles(
         first, *rest = err.strip().splitlines()
         assert first == f"ccgate: error: {config}: budget is not a ccgate setting", (args, err)
         assert "did you mean budgets?" in " ".join(rest)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("logs", "-n", "99999999999999999999"),
+        ("logs", "-n", "-1"),
+        ("sidecar", "logs", "-n", "-1"),
+        ("sidecar", "logs", "-n", "99999999999999999999"),
+    ],
+)
+def test_an_out_of_range_line_count_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    paths = resolve_paths().ensure()
+    paths.log_file.write_text("started\n")
+    _fill_ledger(1)
+    code, out, err = run_main(capsys, monkeypatch, *args)
+    assert code == 2 and out == ""
+    assert "Traceback" not in err
+    assert "Invalid value for '-n' / '--lines'" in err and "-h' for help" in err
+
+
+@pytest.mark.parametrize("args", [("doctor",), ("sidecar", "status"), ("logs",), ("cost",), ("budget", "show")])
+def test_a_ccgate_home_that_is_a_file_gives_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    home = tmp_path / "not-a-dir"
+    home.write_text("")
+    monkeypatch.setenv("CCGATE_HOME", str(home))
+    code, out, err = run_main(capsys, monkeypatch, *args)
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        f"ccgate: error: {home} is a file where ccgate needs a directory",
+        "  hint: point CCGATE_HOME (or CCGATE_CONFIG, CCGATE_DATA_DIR, CCGATE_STATE_DIR) at a directory",
+    ]
+    assert home.read_text() == ""
+
+
+@pytest.mark.parametrize("command", ["cost", "logs", "budget", "config"])
+def test_an_invalid_config_gets_the_same_message_and_hint_everywhere(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path, command: str
+) -> None:
+    config = isolated_home / "config.toml"
+    config.write_text("timezone = [\n")
+    args = {"cost": ("cost",), "logs": ("logs",), "budget": ("budget", "show"), "config": ("config", "show")}
+    code, out, err = run_main(capsys, monkeypatch, *args[command])
+    assert code == 1 and out == ""
+    first, hint = err.splitlines()
+    assert first.startswith(f"ccgate: error: {config} is not valid TOML")
+    assert first.count(str(config)) == 1
+    assert hint == "  hint: fix or delete it; `ccgate config show` checks it"

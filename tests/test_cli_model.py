@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_runner import run_main
+from cli_runner import run_main, table_column
 
 from ccgate.config import load_config
 from ccgate.pricing import PriceCatalog
@@ -89,6 +89,18 @@ def test_typo_is_refused_with_close_matches(
     assert code == 1
     assert "unknown model 'llama-3.3-70b-versatle' for groq" in err
     assert "llama-3.3-70b-versatile" in err and "--force" in err
+    assert not (isolated_home / "config.toml").exists()
+
+
+def test_a_name_nothing_is_close_to_is_refused_without_pointing_at_an_empty_list(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    code, _, err = run(capsys, monkeypatch, "model", "set", "opus", "groq/nonexistent-model-xyz")
+    assert code == 1
+    assert "unknown model 'nonexistent-model-xyz' for groq: none of the" in err
+    assert "models ccgate knows there is close" in err
+    assert "use one of those" not in err
+    assert "hint: check the id against groq's model list, or pass --force" in err
     assert not (isolated_home / "config.toml").exists()
 
 
@@ -234,3 +246,19 @@ def test_set_warns_when_the_routed_provider_has_no_key(
     code, _, err = run(capsys, monkeypatch, "model", "set", "haiku", "groq/llama-3.3-70b-versatile")
     assert code == 0, err
     assert "no API key" not in err
+
+
+def test_list_folds_long_model_ids_and_keeps_prices_in_80_columns(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = "openrouter/meta-llama/llama-3.3-70b-instruct"
+    code, _, err = run(
+        capsys, monkeypatch, "model", "set", "opus", target, "--fallback", "groq/llama-3.3-70b-versatile"
+    )
+    assert code == 0, err
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run_main(capsys, monkeypatch, "model", "list")
+    assert code == 0, err
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    assert target in table_column(out, "route", "input $/MTok")
+    assert out.count("0.59") == 2 and out.count("0.79") == 2

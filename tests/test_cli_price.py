@@ -212,3 +212,24 @@ def test_cli_startup_does_not_import_genai_prices() -> None:
     code = "import sys, ccgate.cli; print('genai_prices' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_set_and_unset_notify_a_running_sidecar(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    from ccgate.sidecar import process
+
+    calls: list[object] = []
+
+    def fake_notify(paths: object = None) -> bool:
+        calls.append(paths)
+        return True
+
+    monkeypatch.setattr(process, "notify_reload", fake_notify)
+    code, _, err = run(capsys, monkeypatch, "price", "set", "my-local-7b", "--input", "0", "--output", "0")
+    assert code == 0, err
+    assert len(calls) == 1 and "the running sidecar reloaded its settings" in err
+    assert "my-local-7b" in config_prices(isolated_home)
+    code, _, err = run(capsys, monkeypatch, "price", "unset", "my-local-7b")
+    assert code == 0, err
+    assert len(calls) == 2 and "the running sidecar reloaded its settings" in err

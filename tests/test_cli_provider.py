@@ -13,7 +13,7 @@ import keyring
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from cli_runner import run_main
+from cli_runner import run_main, table_column
 
 from ccgate import secrets
 
@@ -249,3 +249,13 @@ def test_provider_test_unreachable_names_the_url(
     assert code == 1
     assert f"cannot reach ollama at http://127.0.0.1:{port}/v1/models" in err
     assert "CCGATE_OLLAMA_BASE_URL" in err
+
+
+def test_list_folds_long_urls_in_80_columns(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run(capsys, monkeypatch, "provider", "list")
+    assert code == 0, err
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    assert "https://api.fireworks.ai/inference/v1" in table_column(out, "base URL", "key")

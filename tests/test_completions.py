@@ -94,7 +94,7 @@ def test_tree_covers_every_registered_command() -> None:
 def test_typer_own_completion_options_are_disabled() -> None:
     tree, _ = command_tree()
     root_options = {name for option in tree.options for name in option.names}
-    assert root_options == {"-h", "--help"}
+    assert root_options == {"-h", "--help", "--version"}  # no --install-completion / --show-completion
 
 
 def test_every_fixed_value_names_a_real_parameter() -> None:

@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from cli_runner import run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -203,3 +204,17 @@ def test_parse_usd_only_ever_returns_a_bounded_amount_or_refuses(text: str) -> N
     else:
         assert amount.is_finite() and 0 <= amount <= MAX_USD
         assert amount == amount.quantize(Decimal("0.000000001"))
+
+
+def test_config_show_says_what_it_prints(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    code, out, _ = run_main(capsys, monkeypatch, "config", "show", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "print what it sets (defaults left out)" in text and "defaults included" not in text
+    code, out, _ = run_main(capsys, monkeypatch, "config", "show")
+    assert code == 0 and out == "# (empty: all defaults)\n"  # nothing set: nothing printed but that line
+    (isolated_home / "config.toml").write_text('timezone = "Europe/Berlin"\n')
+    code, out, _ = run_main(capsys, monkeypatch, "config", "show")
+    assert code == 0 and out == 'timezone = "Europe/Berlin"\n\n'

@@ -1,10 +1,13 @@
-"""What `launch` computes before it runs the child: project, headers, and ways Claude Code could bypass ccgate."""
+"""What `launch` computes before it runs the child (project, headers, ways around ccgate) and whose --help it is."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 from pathlib import Path
+
+import pytest
+from cli_runner import run_main
 
 from ccgate.launching import bypass_warnings, merge_custom_headers, project_of
 
@@ -72,3 +75,31 @@ def test_user_settings_are_read_from_claude_config_dir_when_set(tmp_path: Path) 
     assert bypass_warnings(environ, tmp_path) == []
     found = bypass_warnings(environ | {"CLAUDE_CONFIG_DIR": str(elsewhere)}, tmp_path)
     assert len(found) == 1 and str(elsewhere / "settings.json") in found[0]
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_right_after_launch_is_launchs_own(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, flag: str
+) -> None:
+    code, out, err = run_main(capsys, monkeypatch, "launch", flag)
+    assert code == 0, err
+    assert "launch [OPTIONS]" in out and "Everything after COMMAND is passed to it unchanged" in out
+    assert "command not found" not in err
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_after_the_command_goes_to_the_command(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, flag: str
+) -> None:
+    import ccgate.launching
+
+    launched: list[list[str]] = []
+
+    def fake_run_launch(paths: object, config: object, argv: list[str], *args: object, **kwargs: object) -> int:
+        launched.append(argv)
+        return 7
+
+    monkeypatch.setattr(ccgate.launching, "run_launch", fake_run_launch)
+    code, out, _ = run_main(capsys, monkeypatch, "launch", "claude", flag)
+    assert code == 7 and out == ""
+    assert launched == [["claude", flag]]

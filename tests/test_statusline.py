@@ -320,3 +320,17 @@ def test_install_refuses_to_touch_invalid_json(
     code, _, err = run(capsys, monkeypatch, "statusline", "install")
     assert code == 1 and "not valid JSON" in err
     assert path.read_text() == '{"model": "opus",'
+
+
+@pytest.mark.parametrize("command", ["install", "uninstall"])
+def test_install_refuses_to_touch_a_file_that_is_not_utf8(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    path = settings_file()
+    path.parent.mkdir()
+    original = b'{"model": "\xff\xfe"}'
+    path.write_bytes(original)
+    code, _, err = run(capsys, monkeypatch, "statusline", command)
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith(f"ccgate: error: {path} is not UTF-8 text") and "hint:" in err
+    assert path.read_bytes() == original

@@ -230,7 +230,8 @@ class BudgetGuard:
             blocking = decision.blocking
             rule = self._rules[blocking.key]
             if isinstance(decision, Reject):
-                raise BudgetExceededError(format_budget_message(blocking, rule.raise_command(), tz=self._tz))
+                committed = blocking.spent_nanos + blocking.reserved_nanos
+                raise BudgetExceededError(format_budget_message(blocking, rule.raise_command(committed), tz=self._tz))
             event = self._event()
             remaining = deadline - loop.time()
             rules = self._applicable(request.project)  # for the next round: update_rules may change them
@@ -243,7 +244,8 @@ class BudgetGuard:
                     f"{blocking.label} is fully reserved by requests in flight: "
                     f"{format_usd(blocking.spent_nanos)} spent and {format_usd(blocking.reserved_nanos)} reserved "
                     f"of {format_usd(blocking.limit_nanos)}, and this request may cost up to {format_usd(reserve)}. "
-                    f"Try again when they finish, or raise it with `{rule.raise_command()}`"
+                    f"Try again when they finish, or raise it with "
+                    f"`{rule.raise_command(blocking.spent_nanos + blocking.reserved_nanos + reserve)}`"
                 ) from None
 
     def _drop(self, reservation: Reservation, spent: int | None) -> None:

@@ -286,14 +286,26 @@ class BudgetRule:
         """`daily`, or `daily, app` for a project budget: for tight spaces such as the status line."""
         return self.period.name if self.project is None else f"{self.period.name}, {_project_label(self.project)}"
 
-    def raise_command(self) -> str:
-        """The command that doubles this budget (or sets one, for a zero limit)."""
-        suggested = nanos_to_usd(self.limit_nanos * 2) if self.limit_nanos else Decimal(10)
-        amount = format(suggested.normalize(), "f")
+    def raise_command(self, committed_nanos: int = 0) -> str:
+        """The command that doubles this budget (or sets $10, for a zero limit).
+
+        `committed_nanos` is what is spent (plus held by requests in flight): when doubling would not get past
+        it, the suggestion is a round amount above it plus the old limit, so following it lets requests through.
+        """
+        suggested = self.limit_nanos * 2 if self.limit_nanos else usd_to_nanos(Decimal(10))
+        if suggested <= committed_nanos:
+            suggested = _round_amount_above(committed_nanos + self.limit_nanos)
+        amount = format(nanos_to_usd(suggested).normalize(), "f")
         command = f"ccgate budget set {self.period.name} {amount}"
         if self.project is not None:
             command += f" --project {shlex.quote(self.project)}"
         return command
+
+
+def _round_amount_above(nanos: int) -> int:
+    """The next amount above `nanos` with one significant digit: $0.04 -> $0.05, $23.10 -> $30, $300 -> $400."""
+    magnitude: int = 10 ** (len(str(max(nanos, 1))) - 1)
+    return (nanos // magnitude + 1) * magnitude
 
 
 def _project_label(project: str) -> str:

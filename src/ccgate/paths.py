@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +47,37 @@ class Paths:
     def log_file(self) -> Path:
         return self.state_dir / "sidecar.log"
 
+    def check(self) -> Paths:
+        """Refuse, in one line, locations that run into a regular file (e.g. CCGATE_HOME naming a file)."""
+        from ccgate.errors import ConfigError
+
+        for directory in (self.config_file.parent, self.data_dir, self.state_dir, self.runtime_dir):
+            blocker = _file_in_the_way(directory)
+            if blocker is not None:
+                where = "" if blocker == directory else f" (on the way to {directory})"
+                raise ConfigError(
+                    f"{blocker} is a file where ccgate needs a directory{where}",
+                    hint="point CCGATE_HOME (or CCGATE_CONFIG, CCGATE_DATA_DIR, CCGATE_STATE_DIR) at a directory",
+                )
+        return self
+
     def ensure(self) -> Paths:
         for directory in (self.config_file.parent, self.data_dir, self.state_dir, self.runtime_dir):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         return self
+
+
+def _file_in_the_way(directory: Path) -> Path | None:
+    """The nearest existing ancestor of `directory` (itself included), when it is not a directory."""
+    for candidate in (directory, *directory.parents):
+        try:
+            mode = candidate.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return None  # unreadable: whatever opens it later says why
+        return None if stat.S_ISDIR(mode) else candidate
+    return None
 
 
 def resolve_paths(environ: dict[str, str] | None = None) -> Paths:

@@ -361,6 +361,11 @@ def _read_settings(path: Path) -> dict[str, Any] | None:
         return None
     except OSError as exc:
         raise UserInputError(f"cannot read {path}: {exc.strerror}", hint="check the file's permissions") from exc
+    except UnicodeDecodeError as exc:
+        raise UserInputError(
+            f"{path} is not UTF-8 text (byte {exc.start})",
+            hint="fix the file first; ccgate never overwrites a file it cannot read",
+        ) from exc
     if not text.strip():
         return {}
     try:

@@ -1,4 +1,4 @@
-"""Run the real `ccgate` entry point in-process, the way a user's shell would, and capture what it prints."""
+"""Run the real `ccgate` entry point in-process, the way a user's shell would, and read what it prints."""
 
 from __future__ import annotations
 
@@ -24,3 +24,11 @@ def run_main(
     captured = capsys.readouterr()
     code = exited.value.code
     return (code if isinstance(code, int) else 1), captured.out, captured.err
+
+
+def table_column(out: str, header: str, next_header: str) -> str:
+    """The text of one table column (folded cells joined), sliced by where the headers stand."""
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if header in line and next_header in line)
+    start, end = lines[head].index(header), lines[head].index(next_header)
+    return "".join(line[start:end].strip() for line in lines[head + 1 :])

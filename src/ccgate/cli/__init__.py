@@ -28,10 +28,29 @@ def build_app() -> typer.Typer:
             rich_markup_mode=None,  # plain click help: loading rich's help renderer costs ~100 ms per call
             context_settings={"help_option_names": ["-h", "--help"]},
         )
+
+        @app.callback()
+        def root(
+            version: bool = typer.Option(
+                False, "--version", help="Print ccgate's version and exit.", callback=_print_version, is_eager=True
+            ),
+        ) -> None:
+            pass  # only for --version; every command does its own work
+
         # Each command group lives in its own module; importing them is cheap (heavy imports are lazy).
         commands.register(app)
         _typer_app = app
     return _typer_app
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import typer
+
+        from ccgate import __version__
+
+        typer.echo(f"ccgate {__version__}")
+        raise typer.Exit()
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,7 @@
 """`ccgate budget set|show|unset`: spending limits per period, global or per project, kept in config.toml.
 
-`show` reads the ledger file directly, so it works whether or not the sidecar is running; the sidecar picks
-up changed budgets when it reloads its config.
+`show` reads the ledger file directly, so it works whether or not the sidecar is running; `set` and `unset`
+ask a running sidecar to reload its config, as `model` and `provider` do.
 """
 
 from __future__ import annotations
@@ -13,11 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ccgate.cli._app import AppContext, ctx
+from ccgate.cli._app import AppContext, ctx, save_and_reload
 from ccgate.errors import UserInputError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from datetime import datetime, tzinfo
+
+    from rich.console import Console, ConsoleOptions
+    from rich.measure import Measurement
+    from rich.segment import Segment
 
     from ccgate.budget_guard import BudgetRule
     from ccgate.config import BudgetSettings
@@ -27,6 +32,7 @@ budget_app = typer.Typer(help="Set, show and remove spending limits (per day, we
 PERIOD_HELP = "Period: 1min, 5min, 1h, 1d, 1w, 1mo, 1y (any N), or hourly, daily, weekly, monthly, yearly."
 PROJECT_HELP = "Limit one project (a directory; `.` is the git top-level of the current directory). Default: all."
 BAR_WIDTH = 20
+MIN_BAR_WIDTH = 5
 
 
 def parse_amount(text: str) -> Decimal:
@@ -96,7 +102,7 @@ def budget_set(
 ) -> None:
     """Set (or replace) the budget for PERIOD: requests are refused with 402 once it is spent."""
     from ccgate.budgets import parse_period
-    from ccgate.config import BudgetSettings, load_config, save_config
+    from ccgate.config import BudgetSettings, load_config
     from ccgate.models import format_usd, usd_to_nanos
 
     app_ctx = ctx()
@@ -114,7 +120,7 @@ def budget_set(
             del budgets[index]
     else:
         budgets.append(entry)
-    save_config(app_ctx.paths.config_file, replace(config, budgets=tuple(budgets)))
+    save_and_reload(app_ctx, replace(config, budgets=tuple(budgets)))
     verb = "replaced" if existing else "set"
     app_ctx.success(f"{parsed.name} budget for {_scope(scope)} {verb}: {format_usd(usd_to_nanos(limit))}")
 
@@ -126,7 +132,7 @@ def budget_unset(
 ) -> None:
     """Remove the budget for PERIOD (global, or the one of --project)."""
     from ccgate.budgets import parse_period
-    from ccgate.config import load_config, save_config
+    from ccgate.config import load_config
 
     app_ctx = ctx()
     parsed = parse_period(period)
@@ -140,7 +146,7 @@ def budget_unset(
             f"there is no {parsed.name} budget for {_scope(scope)}",
             hint="`ccgate budget show` lists the budgets that are set",
         )
-    save_config(app_ctx.paths.config_file, replace(config, budgets=kept))
+    save_and_reload(app_ctx, replace(config, budgets=kept))
     app_ctx.success(f"{parsed.name} budget for {_scope(scope)} removed")
 
 
@@ -163,9 +169,27 @@ def _spent(app_ctx: AppContext, windows: list[tuple[BudgetRule, datetime, dateti
         db.close()
 
 
-def _bar(fraction: Decimal) -> str:
-    filled = min(BAR_WIDTH, int(fraction * BAR_WIDTH))
-    return "█" * filled + "░" * (BAR_WIDTH - filled)
+def _bar(fraction: Decimal, width: int = BAR_WIDTH) -> str:
+    filled = min(width, int(fraction * width))
+    return "█" * filled + "░" * (width - filled)
+
+
+class _UsedBar:
+    """The used-fraction bar: BAR_WIDTH cells, fewer in a narrow terminal, so the money columns stay whole."""
+
+    def __init__(self, fraction: Decimal, style: str) -> None:
+        self.fraction, self.style = fraction, style
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        from rich.measure import Measurement
+
+        return Measurement(MIN_BAR_WIDTH, max(MIN_BAR_WIDTH, min(BAR_WIDTH, options.max_width)))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Segment]:
+        from rich.segment import Segment
+        from rich.style import Style
+
+        yield Segment(_bar(self.fraction, max(1, min(BAR_WIDTH, options.max_width))), Style.parse(self.style))
 
 
 @budget_app.command("show")
@@ -213,11 +237,14 @@ def budget_show(as_json: bool = typer.Option(False, "--json", help="Print JSON (
     from rich.markup import escape
     from rich.table import Table
 
+    # Money, percentages and the reset time are never wrapped or cut; in a narrow terminal the label folds
+    # and the bar shrinks instead.
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column, justify in (("Budget", "left"), ("Spent", "right"), ("Limit", "right"), ("Left", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    table.add_column("", no_wrap=True)
-    table.add_column("Used", justify="right")
+    table.add_column("Budget", overflow="fold", min_width=8)
+    for column in ("Spent", "Limit", "Left"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("")
+    table.add_column("Used", justify="right", no_wrap=True)
     table.add_column("Resets", no_wrap=True)
     colour = {BudgetLevel.OK: "green", BudgetLevel.WARN: "yellow", BudgetLevel.EXHAUSTED: "red"}
     for _rule, _since, state, level in rows:
@@ -227,7 +254,7 @@ def budget_show(as_json: bool = typer.Option(False, "--json", help="Print JSON (
             format_usd(state.spent_nanos),
             format_usd(state.limit_nanos),
             format_usd(state.left_nanos),
-            f"[{colour[level]}]{_bar(state.used_fraction)}[/{colour[level]}]",
+            _UsedBar(state.used_fraction, colour[level]),
             f"{percent:.0f}%",
             format_local(state.resets_at, tz),
         )
@@ -236,7 +263,7 @@ def budget_show(as_json: bool = typer.Option(False, "--json", help="Print JSON (
         if level is BudgetLevel.EXHAUSTED:
             app_ctx.warn(
                 f"{escape(state.label)} is used up: requests are refused until "
-                f"{format_local(state.resets_at, tz)}. Raise it with `{escape(rule.raise_command())}`"
+                f"{format_local(state.resets_at, tz)}. Raise it with `{escape(rule.raise_command(state.spent_nanos))}`"
             )
         elif level is BudgetLevel.WARN:
             app_ctx.warn(

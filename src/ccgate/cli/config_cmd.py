@@ -17,7 +17,7 @@ def config_path() -> None:
 
 @config_app.command("show")
 def config_show(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of TOML.")) -> None:
-    """Validate the config file and print it (defaults included)."""
+    """Validate the config file and print what it sets (defaults left out)."""
     import tomli_w
 
     from ccgate.config import config_to_dict

@@ -6,6 +6,7 @@ Reads the ledger file directly, so it works whether or not the sidecar is runnin
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
@@ -35,15 +36,20 @@ _CSV_FIELDS = (
     "cost_usd",
     "unpriced_requests",
     "estimated_requests",
+    "imported_requests",
+    "cache_hit_ratio",
 )
+# A spreadsheet runs a cell starting with one of these as a formula; CSV text cells get a leading ' instead.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def resolve_timezone(app_ctx: AppContext) -> tzinfo:
     """The zone reports use: `config.resolve_timezone` (as `budget show` and the sidecar), naming the file on error."""
     from ccgate.config import resolve_timezone as resolve
 
+    config = app_ctx.config  # outside the try: a config that does not load says so itself, with its own hint
     try:
-        return resolve(app_ctx.config.timezone, app_ctx.environ)
+        return resolve(config.timezone, app_ctx.environ)
     except ConfigError as error:
         raise ConfigError(
             f"{app_ctx.paths.config_file}: {error.message}",
@@ -143,6 +149,7 @@ def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Data
         show_footer=True,
         padding=(0, 1),
         collapse_padding=True,
+        show_edge=False,  # two more columns for model ids (claude-sonnet-4-5-20250929 fits at 80 columns)
     )
     total = report.total
     table.add_column(_KEY_HEADERS[by], footer="Total", ratio=1, min_width=10, overflow="fold")
@@ -181,14 +188,29 @@ def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Data
         out.print(f"  includes {total.imported_requests} request(s) imported from transcripts", markup=False)
 
 
+def csv_text(value: str) -> str:
+    """A text cell a spreadsheet shows as typed: session ids, models and projects are not formulas."""
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
 def _print_csv(report: CostReport) -> None:
     from ccgate.storage.reports import totals_to_json
 
-    writer = csv.DictWriter(sys.stdout, fieldnames=_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    # The writer ends rows in \r\n so that it also quotes a cell holding a lone \r (a project directory may);
+    # each row is printed with a plain \n, as before.
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_CSV_FIELDS, extrasaction="ignore", lineterminator="\r\n")
+
+    def emit() -> None:
+        sys.stdout.write(buffer.getvalue().removesuffix("\r\n") + "\n")
+        buffer.seek(0)
+        buffer.truncate()
+
     writer.writeheader()
-    for key, totals in report.groups:
+    emit()
+    for key, totals in [*((csv_text(key), totals) for key, totals in report.groups), ("(total)", report.total)]:
         writer.writerow({"key": key, **totals_to_json(totals)})
-    writer.writerow({"key": "(total)", **totals_to_json(report.total)})
+        emit()
     sys.stdout.flush()
 
 
@@ -198,7 +220,7 @@ def cost(
     ),
     since: str | None = typer.Option(None, "--since", help="Start: ISO date or datetime, local time."),
     until: str | None = typer.Option(None, "--until", help="End: ISO datetime, or a date (that day included)."),
-    by: str | None = typer.Option(None, "--by", help="Group by model, project, session, day or provider."),
+    by: str | None = typer.Option(None, "--by", help="Group by model (default), project, session, day or provider."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (stable shape, for scripts)."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV: one row per group and a (total) row."),
 ) -> None:
@@ -218,10 +240,8 @@ def cost(
     window = resolve_window(period, since, until, tz)
     db = open_ledger(app_ctx.paths.ledger_file)
     try:
-        human = not (as_json or as_csv)
-        # The table always breaks spend down (by model unless --by says otherwise); JSON/CSV follow --by exactly.
-        grouping = by or ("model" if human else None)
-        report = cost_report(db, since=window.since, until=window.until, by=grouping, tz=tz)
+        # Table, JSON and CSV break spend down the same way: by model unless --by says otherwise.
+        report = cost_report(db, since=window.since, until=window.until, by=by or "model", tz=tz)
         if as_json:
             app_ctx.print_json(report_to_json(report))
         elif as_csv:

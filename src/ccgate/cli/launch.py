@@ -6,7 +6,9 @@ import typer
 
 from ccgate.cli._app import ctx
 
+# No help option of its own, so that `--help` after COMMAND reaches COMMAND; as the first word it is ours.
 CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+HELP_OPTIONS = ("-h", "--help")
 
 
 def launch(
@@ -15,8 +17,12 @@ def launch(
 ) -> None:
     """Start the sidecar if needed, point COMMAND at it, run it on this terminal and return its exit code.
 
-    Everything after COMMAND is passed to it unchanged: `ccgate launch claude -p "hi" --output-format json`.
+    Everything after COMMAND is passed to it unchanged: `ccgate launch claude -p "hi" --output-format json`
+    (so `ccgate launch claude --help` is claude's help, and `ccgate launch --help` is this one).
     """
+    if command in HELP_OPTIONS:
+        typer.echo(context.get_help())
+        raise typer.Exit(0)
     from ccgate.launching import run_launch
 
     app_ctx = ctx()

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ccgate.cli._app import AppContext, ctx
-from ccgate.errors import UserInputError
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -19,6 +18,7 @@ if TYPE_CHECKING:
     from ccgate.storage.reports import LoggedRequest
 
 POLL_SECONDS = 0.5
+MAX_LINES = 1_000_000  # `-n` beyond this is a typo; SQLite's LIMIT overflows far above it
 _STATUS_STYLES = {"ok": "green", "error": "red", "interrupted": "yellow", "pending": "dim"}
 
 
@@ -86,7 +86,9 @@ class _Printer:
 
 
 def logs(
-    lines: int = typer.Option(20, "-n", "--lines", help="How many recent requests to show first."),
+    lines: int = typer.Option(
+        20, "-n", "--lines", min=0, max=MAX_LINES, help="How many recent requests to show first (0 with -f: only new)."
+    ),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing requests as they finish (Ctrl-C stops)."),
     errors: bool = typer.Option(False, "--errors", help="Only failed or interrupted requests."),
     session: str | None = typer.Option(None, "--session", help="Only requests of this Claude Code session id."),
@@ -97,8 +99,6 @@ def logs(
     from ccgate.storage.ledger import open_ledger
     from ccgate.storage.reports import latest_rowid, recent_requests
 
-    if lines < 0:
-        raise UserInputError(f"-n must not be negative (got {lines})", hint="use -n 0 to print only new requests")
     app_ctx = ctx()
     tz = resolve_timezone(app_ctx)
     printer = _Printer(app_ctx, as_json, tz)

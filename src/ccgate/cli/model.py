@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ccgate.cli._app import AppContext, ctx
-from ccgate.cli.provider import resolved_providers, save_and_reload
+from ccgate.cli._app import AppContext, ctx, save_and_reload
+from ccgate.cli.provider import resolved_providers
 
 if TYPE_CHECKING:
     from ccgate.providers import ProviderSpec
@@ -73,10 +73,16 @@ def _resolve_model(app_ctx: AppContext, spec: ProviderSpec, name: str, *, force:
             f"ccgate has no price list for provider {spec.name!r}, so it cannot check {name!r}",
             hint=f"pass --force to store it anyway, then set its price with {price_cmd} (0 for a free local model)",
         )
-    closest = f"; closest: {', '.join(resolution.candidates)}" if resolution.candidates else ""
+    force_hint = f"pass --force to store it anyway (unpriced until {price_cmd})"
+    if not resolution.candidates:
+        # nothing is close enough to suggest: say so, rather than "use one of those" with none shown
+        app_ctx.fail(
+            f"unknown model {name!r} for {spec.name}: none of the {len(known)} models ccgate knows there is close",
+            hint=f"check the id against {spec.name}'s model list, or {force_hint}",
+        )
     app_ctx.fail(
-        f"unknown model {name!r} for {spec.name}{closest}",
-        hint=f"use one of those, or pass --force to store it anyway (unpriced until {price_cmd})",
+        f"unknown model {name!r} for {spec.name}; closest: {', '.join(resolution.candidates)}",
+        hint=f"use one of those, or {force_hint}",
     )
 
 
@@ -189,8 +195,10 @@ def model_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 
     unpriced: list[str] = []
     table = Table(box=None, pad_edge=False)
-    for column in ("tier", "route", "input $/MTok", "output $/MTok"):
-        table.add_column(column)
+    table.add_column("tier", no_wrap=True)
+    table.add_column("route", overflow="fold")  # a long model id folds; the prices are never cut
+    for column in ("input $/MTok", "output $/MTok"):
+        table.add_column(column, no_wrap=True)
     for row in tiers:
         if not row["overridden"]:
             table.add_row(row["tier"], "[dim]anthropic (passthrough: the model Claude Code asks for)[/dim]", "", "")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ccgate.cli._app import ctx
+from ccgate.cli._app import ctx, save_and_reload
 
 if TYPE_CHECKING:
     from ccgate.pricing import ModelRates
@@ -126,7 +126,7 @@ def price_set(
     """
     from dataclasses import replace
 
-    from ccgate.config import PriceOverride, load_config, save_config
+    from ccgate.config import PriceOverride, load_config
 
     override = PriceOverride(
         input=_rate(input_, "--input"),
@@ -138,7 +138,7 @@ def price_set(
     app_ctx = ctx()
     path = app_ctx.paths.config_file
     config = load_config(path)
-    save_config(path, replace(config, prices={**config.prices, model: override}))
+    save_and_reload(app_ctx, replace(config, prices={**config.prices, model: override}))
     app_ctx.success(f"{model}: {_usd(override.input)} input, {_usd(override.output)} output per MTok (in {path})")
 
 
@@ -147,7 +147,7 @@ def price_unset(model: str = typer.Argument(..., help="Model id whose override t
     """Remove a price override; the model goes back to its catalog price (or to unpriced)."""
     from dataclasses import replace
 
-    from ccgate.config import load_config, save_config
+    from ccgate.config import load_config
 
     app_ctx = ctx()
     path = app_ctx.paths.config_file
@@ -155,7 +155,7 @@ def price_unset(model: str = typer.Argument(..., help="Model id whose override t
     if model not in config.prices:
         known = ", ".join(sorted(config.prices)) or "none"
         app_ctx.fail(f"no price override for {model!r}", hint=f"overrides in config: {known}")
-    save_config(path, replace(config, prices={k: v for k, v in config.prices.items() if k != model}))
+    save_and_reload(app_ctx, replace(config, prices={k: v for k, v in config.prices.items() if k != model}))
     app_ctx.success(f"removed the price override for {model}")
 
 

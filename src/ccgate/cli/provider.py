@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ccgate.cli._app import AppContext, ctx
+from ccgate.cli._app import AppContext, ctx, notify_reload, save_and_reload
 
 if TYPE_CHECKING:
-    from ccgate.config import Config
     from ccgate.providers import ProviderSpec
 
 provider_app = typer.Typer(
@@ -38,25 +37,6 @@ def require_provider(app_ctx: AppContext, name: str) -> ProviderSpec:
             hint="add a custom one with `ccgate provider add NAME --kind openai --base-url URL`",
         )
     return spec
-
-
-def save_and_reload(app_ctx: AppContext, config: Config) -> None:
-    """Atomic save, then ask a running sidecar to re-read config and keys (if the sidecar offers that)."""
-    from ccgate.config import save_config
-
-    save_config(app_ctx.paths.config_file, config)
-    notify_reload(app_ctx)
-
-
-def notify_reload(app_ctx: AppContext) -> None:
-    """A running sidecar re-reads config and keys (off its event loop); nothing to do when none runs."""
-    try:
-        from ccgate.sidecar import process
-    except ImportError:
-        return
-    notify = getattr(process, "notify_reload", None)
-    if callable(notify) and notify(app_ctx.paths):
-        app_ctx.info("the running sidecar reloaded its settings")
 
 
 @provider_app.command("list")
@@ -94,7 +74,7 @@ def provider_list(
 
     table = Table(box=None, pad_edge=False)
     for column in ("provider", "kind", "base URL", "key", "source"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a long URL or key source folds instead of being cut
     for row in rows:
         style = {"present": "green", "missing": "yellow"}.get(row["key"], "dim")
         name = row["name"] if row["builtin"] else f"{row['name']} (custom)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ccgate.cli._app import ctx
+from ccgate.cli.logs import MAX_LINES
 
 sidecar_app = typer.Typer(help="Control the local sidecar process.", no_args_is_help=True)
 
@@ -65,7 +66,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 
 @sidecar_app.command("logs")
 def logs(
-    lines: int = typer.Option(50, "-n", "--lines", help="How many lines from the end."),
+    lines: int = typer.Option(50, "-n", "--lines", min=0, max=MAX_LINES, help="How many lines from the end."),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
 ) -> None:
     """Show the sidecar's own log (start-up, errors, reloads)."""
