@@ -245,8 +245,9 @@ def test_posix_tz_string_gives_cost_and_budgets_the_same_local_day(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
 ) -> None:
     (isolated_home / "config.toml").write_text('[[budgets]]\nperiod = "daily"\nlimit = "20"\n')
-    set_local_zone("XYZ-5")  # POSIX: five hours east of UTC, no IANA name
-    monkeypatch.setenv("TZ", "XYZ-5")
+    # POSIX: five hours east of UTC, no IANA name; set here only, so the fixture's restore is the last word (a
+    # monkeypatch.setenv as well would be undone after it, leaving TZ=XYZ-5 for later test files)
+    set_local_zone("XYZ-5")
     code, out, err = run_main(capsys, monkeypatch, "cost", "today", "--json")
     assert code == 0, err
     cost_since = datetime.fromisoformat(json.loads(out)["since"])
