@@ -605,15 +605,7 @@ class Proxy:
             if failure is None and not done and not translator.saw_finish_reason:
                 # the connection ended cleanly but the reply did not: no finish reason, no [DONE]
                 cut = f"ccgate: upstream {spec.name} ended the stream before finishing the reply"
-                self._finish(
-                    ctx,
-                    RequestStatus.INTERRUPTED,
-                    http_status=200,
-                    error_type="upstream_disconnected",
-                    error_message=cut,
-                )
-                await self._end_quietly(response, b"".join(translator.error("api_error", cut)))
-                return response
+                return await self._broken_off(ctx, response, translator, cut)
             if failure is None:
                 tail = translator.finish()
                 if tail:
@@ -623,20 +615,22 @@ class Proxy:
             return response
         except (aiohttp.ClientError, TimeoutError) as exc:
             broke = f"ccgate: upstream {spec.name} broke off the stream: {type(exc).__name__}"
-            self._finish(
-                ctx,
-                RequestStatus.INTERRUPTED,
-                http_status=200,
-                error_type="upstream_disconnected",
-                error_message=broke,
-            )
-            await self._end_quietly(response, b"".join(translator.error("api_error", broke)))
-            return response
+            return await self._broken_off(ctx, response, translator, broke)
         if failure is not None:
             self._finish(ctx, RequestStatus.ERROR, http_status=200, error_type=failure[0], error_message=failure[1])
         else:
             self._finish(ctx, RequestStatus.OK, http_status=200)
         await self._end_quietly(response)
+        return response
+
+    async def _broken_off(
+        self, ctx: _Ctx, response: web.StreamResponse, translator: Any, message: str
+    ) -> web.StreamResponse:
+        """A translated stream the provider did not finish: the row is interrupted, the client gets an error."""
+        self._finish(
+            ctx, RequestStatus.INTERRUPTED, http_status=200, error_type="upstream_disconnected", error_message=message
+        )
+        await self._end_quietly(response, b"".join(translator.error("api_error", message)))
         return response
 
     @staticmethod
