@@ -123,6 +123,9 @@ def test_absurd_counts_are_clamped_to_the_ceiling_and_say_so() -> None:
     # counts up to the ceiling are kept as reported
     exact = usage_from_anthropic({"input_tokens": MAX_TOKENS - 1, "output_tokens": 1})
     assert exact.input_tokens == MAX_TOKENS - 1 and not clamped(exact)
+    # large parts below the ceiling are what they say, even when their sum passes it
+    parts = usage_from_anthropic({"cache_read_input_tokens": 600_000_000, "cache_creation_input_tokens": 500_000_000})
+    assert parts.total_input_tokens > MAX_TOKENS and not clamped(parts)
 
 
 def test_invalid_counts_are_named_for_callers_that_refuse_them() -> None:

@@ -5,7 +5,6 @@ Secrets never live here; provider keys go to the keyring (see `secrets`).
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tempfile
@@ -215,6 +214,8 @@ def _check_spelling(table: Mapping[str, Any], known: tuple[str, ...], where: str
     for key in table:
         if key in known:
             continue
+        import difflib  # only for a key it does not know: the status line loads the config on every refresh
+
         close = difflib.get_close_matches(key, known, n=1)
         if close:
             raise ConfigError(

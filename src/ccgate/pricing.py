@@ -42,7 +42,7 @@ _MTOK = Decimal(1_000_000)
 _ZERO = Decimal(0)
 # No request costs more than the largest amount ccgate accepts anywhere (a budget, a price): only a price
 # override near that ceiling times usage near the token ceiling gets here, and the ledger must still hold it.
-MAX_COST_NANOS = int(MAX_USD) * NANOS_PER_USD
+MAX_COST_NANOS = usd_to_nanos(MAX_USD)
 
 # ccgate provider name -> genai-prices provider id; None: a local provider with no catalog (priced only by override)
 _PROVIDER_IDS: dict[str, str | None] = {

@@ -54,11 +54,16 @@ def _count(value: Any) -> int | None:
 
 
 def clamped(usage: Usage) -> bool:
-    """True when a count reached `MAX_TOKENS`: the provider reported more than any request holds, and what is
-    recorded is the ceiling, not what it said. (Prompt parts are summed: an OpenAI prompt cut to the ceiling
-    is split between input and cache reads.)"""
-    return (
-        usage.total_input_tokens >= MAX_TOKENS or usage.output_tokens >= MAX_TOKENS or usage.web_searches >= MAX_TOKENS
+    """True when a count is at `MAX_TOKENS`: the provider reported more than any request holds, and what is
+    recorded is the ceiling, not what it said."""
+    return MAX_TOKENS in (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_5m_tokens,
+        usage.cache_write_1h_tokens,
+        usage.web_searches,
+        usage.total_input_tokens,  # an OpenAI prompt cut to the ceiling, split between input and cache reads
     )
 
 

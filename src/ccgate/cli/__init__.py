@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     import typer
 
 _typer_app: typer.Typer | None = None  # not `_app`: that name is the submodule cli/_app.py
+HELP_OPTIONS = ("-h", "--help")
 
 
 def build_app() -> typer.Typer:
@@ -26,7 +27,7 @@ def build_app() -> typer.Typer:
             add_completion=False,  # one way to get completions: `ccgate completions` (static scripts)
             pretty_exceptions_enable=False,
             rich_markup_mode=None,  # plain click help: loading rich's help renderer costs ~100 ms per call
-            context_settings={"help_option_names": ["-h", "--help"]},
+            context_settings={"help_option_names": list(HELP_OPTIONS)},
         )
 
         @app.callback()

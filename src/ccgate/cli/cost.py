@@ -26,19 +26,6 @@ if TYPE_CHECKING:
 PRICE_HINT = "set one with `ccgate price set MODEL --input X --output Y` or in config.toml [prices.MODEL]"
 START_HINT = "Run `ccgate launch claude` to start metering."
 _KEY_HEADERS = {"model": "Model", "provider": "Provider", "project": "Project", "session": "Session", "day": "Day"}
-_CSV_FIELDS = (
-    "key",
-    "requests",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cost_usd",
-    "unpriced_requests",
-    "estimated_requests",
-    "imported_requests",
-    "cache_hit_ratio",
-)
 # A spreadsheet runs a cell starting with one of these as a formula; CSV text cells get a leading ' instead.
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -199,7 +186,8 @@ def _print_csv(report: CostReport) -> None:
     # The writer ends rows in \r\n so that it also quotes a cell holding a lone \r (a project directory may);
     # each row is printed with a plain \n, as before.
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_CSV_FIELDS, extrasaction="ignore", lineterminator="\r\n")
+    # the same columns as --json, in its order
+    writer = csv.DictWriter(buffer, fieldnames=("key", *totals_to_json(report.total)), lineterminator="\r\n")
 
     def emit() -> None:
         sys.stdout.write(buffer.getvalue().removesuffix("\r\n") + "\n")

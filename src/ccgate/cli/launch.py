@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from ccgate.cli import HELP_OPTIONS
 from ccgate.cli._app import ctx
 
 # No help option of its own, so that `--help` after COMMAND reaches COMMAND; as the first word it is ours.
 CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
-HELP_OPTIONS = ("-h", "--help")
 
 
 def launch(
