@@ -12,7 +12,7 @@ from cli_runner import run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccgate.config import BudgetSettings, Config, PriceOverride, load_config, save_config
+from ccgate.config import BudgetSettings, Config, PriceOverride, TierSettings, load_config, save_config
 from ccgate.errors import ConfigError
 from ccgate.money import MAX_USD, AmountError, parse_usd
 
@@ -106,7 +106,7 @@ def test_amounts_are_saved_as_plain_decimals(config_file: Path) -> None:
 
 def test_save_keeps_unknown_keys_and_sections(config_file: Path) -> None:
     config_file.write_text(
-        "# comments are lost (tomli-w cannot write them), everything else stays\n"
+        "# everything ccgate does not own stays\n"
         'timezone = "Europe/Berlin"\n\n'
         '[sidecar]\nport = 9999\nlog_level = "debug"\n\n'
         '[gateway]\nurl = "https://gw.example"\nteam = "infra"\n\n'
@@ -122,6 +122,58 @@ def test_save_keeps_unknown_keys_and_sections(config_file: Path) -> None:
     }
     save_config(config_file, replace(load_config(config_file), sidecar=Config().sidecar))
     assert tomllib.loads(config_file.read_text())["sidecar"] == {"log_level": "debug"}
+
+
+def test_save_keeps_the_users_comments_and_layout(config_file: Path) -> None:
+    """A hand-documented config survives `ccgate budget set` and `model set`: only the values ccgate changes
+    change; comments, blank lines and the order of sections stay."""
+    original = (
+        "# team settings, see the wiki\n"
+        'timezone = "Europe/Berlin"  # where the team sits\n'
+        "\n"
+        "[sidecar]\n"
+        "port = 8787 # fixed, the firewall knows it\n"
+        "\n"
+        "# budgets agreed with finance\n"
+        "[[budgets]]\n"
+        'period = "daily" # per person\n'
+        "limit = 20\n"
+    )
+    config_file.write_text(original)
+    config = load_config(config_file)
+    changed = replace(
+        config,
+        sidecar=replace(config.sidecar, port=9000),
+        budgets=(*config.budgets, BudgetSettings(period="monthly", limit_usd=Decimal(300))),
+        tiers={"haiku": TierSettings("haiku", ("groq/llama-3.3-70b-versatile",))},
+    )
+    save_config(config_file, changed)
+    text = config_file.read_text()
+    for kept in (
+        "# team settings, see the wiki\n",
+        'timezone = "Europe/Berlin"  # where the team sits\n',
+        "port = 9000 # fixed, the firewall knows it\n",
+        "# budgets agreed with finance\n",
+        'period = "daily" # per person\n',
+        "limit = 20\n",
+    ):
+        assert kept in text, (kept, text)
+    assert load_config(config_file) == changed
+
+
+def test_save_falls_back_to_plain_toml_when_the_edited_text_reads_back_different(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ccgate import config as config_module
+
+    config_file.write_text("# a comment\n[sidecar]\nport = 8787\n")
+    monkeypatch.setattr(config_module, "_edited_text", lambda text, old, new: "[sidecar]\nport = 1\n")
+    config = load_config(config_file)
+    changed = replace(config, sidecar=replace(config.sidecar, port=9000))
+    save_config(config_file, changed)
+    text = config_file.read_text()
+    assert "# a comment" not in text and "port = 1" not in text  # tomli-w's plain form, not the odd text
+    assert load_config(config_file) == changed
 
 
 def test_every_key_ccgate_writes_is_one_it_reads(config_file: Path) -> None:

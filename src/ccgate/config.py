@@ -426,19 +426,27 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return out
 
 
-def _read_raw(path: Path) -> dict[str, Any]:
+def _read_text(path: Path) -> str:
+    """The file's text; empty when there is no file."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        return {}
+        return ""
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="check the file's permissions") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix or delete it, then try again") from exc
+
+
+def _parse_raw(path: Path, text: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix or delete it, then try again") from exc
+
+
+def _read_raw(path: Path) -> dict[str, Any]:
+    return _parse_raw(path, _read_text(path))
 
 
 _MISSING: Any = object()
@@ -503,18 +511,46 @@ def save_config(path: Path, config: Config) -> None:
     """Write `config` atomically (temp file + rename) so a crash never leaves half a config.
 
     Only what ccgate owns changes: keys and sections it does not model (`[sidecar] log_level`, a
-    `[future_section]`) are kept as they are. Comments are not: tomli-w cannot write them back.
+    `[future_section]`) are kept as they are, and so are the file's comments and layout (tomlkit edits the
+    document in place). tomli-w writes the same values plainly should tomlkit's text ever read back different.
     """
-    import tomli_w
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    raw = _read_raw(path)
+    text = _read_text(path)
+    raw = _parse_raw(path, text)
     try:
         old = config_to_dict(config_from_dict(raw))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc.message}", hint=exc.hint or "fix the file and try again") from exc
-    _merge(raw, old, config_to_dict(config))
-    data = tomli_w.dumps(raw).encode("utf-8")
+    new = config_to_dict(config)
+    data = _edited_text(text, old, new)
+    _merge(raw, old, new)
+    if data is None or _loads_or_none(data) != raw:
+        import tomli_w
+
+        data = tomli_w.dumps(raw)
+    _write_atomic(path, data.encode("utf-8"))
+
+
+def _edited_text(text: str, old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """`text` with the change from `old` to `new` applied in place, comments kept; None if tomlkit cannot."""
+    import tomlkit
+
+    try:
+        document = tomlkit.parse(text)
+        _merge(document, old, new)
+        return tomlkit.dumps(document)
+    except Exception:  # any tomlkit limitation: the caller writes the plain form instead
+        return None
+
+
+def _loads_or_none(text: str) -> dict[str, Any] | None:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
