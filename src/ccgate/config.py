@@ -10,7 +10,7 @@ import re
 import tempfile
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -194,12 +194,12 @@ def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 # The keys the loader reads, table by table (tables of names -- providers, tiers, prices, model_rules -- take any
-# name; their entries hold these keys).
+# name; their entries hold these keys). Where each key is its dataclass field's name, the fields give the list.
 TOP_KEYS = ("sidecar", "providers", "tiers", "model_rules", "prices", "budgets", "timezone", "gateway")
-SIDECAR_KEYS = ("host", "port", "max_body_mb", "budget_wait_seconds")
-PROVIDER_KEYS = ("kind", "base_url", "supports_stream_usage")
+SIDECAR_KEYS = tuple(f.name for f in fields(SidecarSettings))
+PROVIDER_KEYS = tuple(f.name for f in fields(ProviderSettings) if f.name != "name")
 TIER_KEYS = ("targets",)
-PRICE_KEYS = ("input", "output", "cache_read", "cache_write_5m", "cache_write_1h")
+PRICE_KEYS = tuple(f.name for f in fields(PriceOverride))
 BUDGET_KEYS = ("period", "limit", "project", "warn_at")
 GATEWAY_KEYS = ("url",)
 
@@ -367,25 +367,12 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
     default_sidecar = SidecarSettings()
     if config.sidecar != default_sidecar:
-        out["sidecar"] = {
-            "host": config.sidecar.host,
-            "port": config.sidecar.port,
-            "max_body_mb": config.sidecar.max_body_mb,
-            "budget_wait_seconds": config.sidecar.budget_wait_seconds,
-        }
+        out["sidecar"] = {key: getattr(config.sidecar, key) for key in SIDECAR_KEYS}
     if config.timezone:
         out["timezone"] = config.timezone
     if config.providers:
         out["providers"] = {
-            name: {
-                k: v
-                for k, v in (
-                    ("kind", p.kind),
-                    ("base_url", p.base_url),
-                    ("supports_stream_usage", p.supports_stream_usage),
-                )
-                if v is not None
-            }
+            name: {key: value for key in PROVIDER_KEYS if (value := getattr(p, key)) is not None}
             for name, p in config.providers.items()
         }
     if config.tiers:
@@ -394,17 +381,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         out["model_rules"] = dict(config.model_rules)
     if config.prices:
         out["prices"] = {
-            model: {
-                k: _plain(v)
-                for k, v in (
-                    ("input", p.input),
-                    ("output", p.output),
-                    ("cache_read", p.cache_read),
-                    ("cache_write_5m", p.cache_write_5m),
-                    ("cache_write_1h", p.cache_write_1h),
-                )
-                if v is not None
-            }
+            model: {key: _plain(value) for key in PRICE_KEYS if (value := getattr(p, key)) is not None}
             for model, p in config.prices.items()
         }
     if config.budgets:
