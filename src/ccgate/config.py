@@ -204,13 +204,15 @@ BUDGET_KEYS = ("period", "limit", "project", "warn_at")
 GATEWAY_KEYS = ("url",)
 
 
-def _check_spelling(table: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+def _check_spelling(table: Any, known: tuple[str, ...], where: str) -> None:
     """A key that is not one ccgate reads but close to one (`[[budget]]`, `timezon`, `prot`) is a typo: left
     alone, the default stays in force -- and a misspelt budget is never enforced -- without a word.
 
     Keys unlike every known one are the user's own (a `note` on a budget, a `[future_section]`): they are
-    allowed and kept when ccgate edits the file.
+    allowed and kept when ccgate edits the file. A value that is not a table is left to the caller's own check.
     """
+    if not isinstance(table, dict):
+        return
     for key in table:
         if key in known:
             continue
@@ -283,8 +285,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
     tiers: dict[str, TierSettings] = {}
     for tier, entry in _table(raw, "tiers").items():
-        if isinstance(entry, dict):
-            _check_spelling(entry, TIER_KEYS, f"tiers.{tier}.")
+        _check_spelling(entry, TIER_KEYS, f"tiers.{tier}.")
         targets = entry.get("targets") if isinstance(entry, dict) else None
         if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
             raise ConfigError(
@@ -299,8 +300,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
     prices: dict[str, PriceOverride] = {}
     for model, entry in _table(raw, "prices").items():
-        if isinstance(entry, dict):
-            _check_spelling(entry, PRICE_KEYS, f"prices.{model}.")
+        _check_spelling(entry, PRICE_KEYS, f"prices.{model}.")
         if not isinstance(entry, dict) or "input" not in entry or "output" not in entry:
             raise ConfigError(f"prices.{model} needs at least `input` and `output` (USD per million tokens)")
 
@@ -321,8 +321,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     budgets = []
     for index, entry in enumerate(budgets_raw):
         where = f"budgets[{index}]"
-        if isinstance(entry, dict):
-            _check_spelling(entry, BUDGET_KEYS, f"{where}.")
+        _check_spelling(entry, BUDGET_KEYS, f"{where}.")
         if not isinstance(entry, dict) or "period" not in entry or "limit" not in entry:
             raise ConfigError(f"{where} needs `period` and `limit`")
         budgets.append(
