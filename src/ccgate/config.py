@@ -10,7 +10,7 @@ import re
 import tempfile
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -194,23 +194,25 @@ def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 # The keys the loader reads, table by table (tables of names -- providers, tiers, prices, model_rules -- take any
-# name; their entries hold these keys).
+# name; their entries hold these keys). Where each key is its dataclass field's name, the fields give the list.
 TOP_KEYS = ("sidecar", "providers", "tiers", "model_rules", "prices", "budgets", "timezone", "gateway")
-SIDECAR_KEYS = ("host", "port", "max_body_mb", "budget_wait_seconds")
-PROVIDER_KEYS = ("kind", "base_url", "supports_stream_usage")
+SIDECAR_KEYS = tuple(f.name for f in fields(SidecarSettings))
+PROVIDER_KEYS = tuple(f.name for f in fields(ProviderSettings) if f.name != "name")
 TIER_KEYS = ("targets",)
-PRICE_KEYS = ("input", "output", "cache_read", "cache_write_5m", "cache_write_1h")
+PRICE_KEYS = tuple(f.name for f in fields(PriceOverride))
 BUDGET_KEYS = ("period", "limit", "project", "warn_at")
 GATEWAY_KEYS = ("url",)
 
 
-def _check_spelling(table: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+def _check_spelling(table: Any, known: tuple[str, ...], where: str) -> None:
     """A key that is not one ccgate reads but close to one (`[[budget]]`, `timezon`, `prot`) is a typo: left
     alone, the default stays in force -- and a misspelt budget is never enforced -- without a word.
 
     Keys unlike every known one are the user's own (a `note` on a budget, a `[future_section]`): they are
-    allowed and kept when ccgate edits the file.
+    allowed and kept when ccgate edits the file. A value that is not a table is left to the caller's own check.
     """
+    if not isinstance(table, dict):
+        return
     for key in table:
         if key in known:
             continue
@@ -283,8 +285,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
     tiers: dict[str, TierSettings] = {}
     for tier, entry in _table(raw, "tiers").items():
-        if isinstance(entry, dict):
-            _check_spelling(entry, TIER_KEYS, f"tiers.{tier}.")
+        _check_spelling(entry, TIER_KEYS, f"tiers.{tier}.")
         targets = entry.get("targets") if isinstance(entry, dict) else None
         if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
             raise ConfigError(
@@ -299,8 +300,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
     prices: dict[str, PriceOverride] = {}
     for model, entry in _table(raw, "prices").items():
-        if isinstance(entry, dict):
-            _check_spelling(entry, PRICE_KEYS, f"prices.{model}.")
+        _check_spelling(entry, PRICE_KEYS, f"prices.{model}.")
         if not isinstance(entry, dict) or "input" not in entry or "output" not in entry:
             raise ConfigError(f"prices.{model} needs at least `input` and `output` (USD per million tokens)")
 
@@ -321,8 +321,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     budgets = []
     for index, entry in enumerate(budgets_raw):
         where = f"budgets[{index}]"
-        if isinstance(entry, dict):
-            _check_spelling(entry, BUDGET_KEYS, f"{where}.")
+        _check_spelling(entry, BUDGET_KEYS, f"{where}.")
         if not isinstance(entry, dict) or "period" not in entry or "limit" not in entry:
             raise ConfigError(f"{where} needs `period` and `limit`")
         budgets.append(
@@ -367,25 +366,12 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
     default_sidecar = SidecarSettings()
     if config.sidecar != default_sidecar:
-        out["sidecar"] = {
-            "host": config.sidecar.host,
-            "port": config.sidecar.port,
-            "max_body_mb": config.sidecar.max_body_mb,
-            "budget_wait_seconds": config.sidecar.budget_wait_seconds,
-        }
+        out["sidecar"] = {key: getattr(config.sidecar, key) for key in SIDECAR_KEYS}
     if config.timezone:
         out["timezone"] = config.timezone
     if config.providers:
         out["providers"] = {
-            name: {
-                k: v
-                for k, v in (
-                    ("kind", p.kind),
-                    ("base_url", p.base_url),
-                    ("supports_stream_usage", p.supports_stream_usage),
-                )
-                if v is not None
-            }
+            name: {key: value for key in PROVIDER_KEYS if (value := getattr(p, key)) is not None}
             for name, p in config.providers.items()
         }
     if config.tiers:
@@ -394,17 +380,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         out["model_rules"] = dict(config.model_rules)
     if config.prices:
         out["prices"] = {
-            model: {
-                k: _plain(v)
-                for k, v in (
-                    ("input", p.input),
-                    ("output", p.output),
-                    ("cache_read", p.cache_read),
-                    ("cache_write_5m", p.cache_write_5m),
-                    ("cache_write_1h", p.cache_write_1h),
-                )
-                if v is not None
-            }
+            model: {key: _plain(value) for key in PRICE_KEYS if (value := getattr(p, key)) is not None}
             for model, p in config.prices.items()
         }
     if config.budgets:

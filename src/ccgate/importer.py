@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ccgate.errors import UserInputError
 from ccgate.models import RequestRecord, RequestStatus, Usage, from_iso, to_iso
+from ccgate.storage.ledger import storable_text
 from ccgate.usage import invalid_anthropic_count, usage_from_anthropic
 
 if TYPE_CHECKING:
@@ -102,15 +103,12 @@ class _Malformed(Exception):
 
 
 def _text(value: Any) -> str | None:
-    """A non-empty string, else None; `_Malformed` for text SQLite cannot store (a lone surrogate such as
-    `\\ud800` is valid JSON but not UTF-8, and would fail the whole import at insert time)."""
+    """A non-empty string, else None; `_Malformed` for text SQLite cannot store (it would fail the whole import
+    at insert time)."""
     if not isinstance(value, str) or not value:
         return None
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _Malformed from None
+    if not storable_text(value):
+        raise _Malformed
     return value
 
 

@@ -47,11 +47,16 @@ class Paths:
     def log_file(self) -> Path:
         return self.state_dir / "sidecar.log"
 
+    @property
+    def _dirs(self) -> tuple[Path, ...]:
+        """The directories ccgate writes into."""
+        return (self.config_file.parent, self.data_dir, self.state_dir, self.runtime_dir)
+
     def check(self) -> Paths:
         """Refuse, in one line, locations that run into a regular file (e.g. CCGATE_HOME naming a file)."""
         from ccgate.errors import ConfigError
 
-        for directory in (self.config_file.parent, self.data_dir, self.state_dir, self.runtime_dir):
+        for directory in self._dirs:
             blocker = _file_in_the_way(directory)
             if blocker is not None:
                 where = "" if blocker == directory else f" (on the way to {directory})"
@@ -62,7 +67,7 @@ class Paths:
         return self
 
     def ensure(self) -> Paths:
-        for directory in (self.config_file.parent, self.data_dir, self.state_dir, self.runtime_dir):
+        for directory in self._dirs:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         return self
 

@@ -139,17 +139,24 @@ _REQUIRED = frozenset(("id", "started_at", "status"))
 _INT64 = range(-(2**63), 2**63)
 
 
+def storable_text(text: str) -> bool:
+    """False for text SQLite cannot store: a lone surrogate such as `\\ud800` is valid JSON but not UTF-8."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _storable(value: Any) -> bool:
     if value is None or type(value) is float:
         return True
     if type(value) is int:
         return value in _INT64
     if type(value) is str:
-        try:
-            value.encode("utf-8")  # a lone surrogate (valid in JSON text) is not
-        except UnicodeEncodeError:
-            return False
-        return True
+        return storable_text(value)
     return False
 
 
