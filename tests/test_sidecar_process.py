@@ -220,3 +220,72 @@ def test_stop_never_signals_a_process_that_is_not_our_sidecar(env: dict[str, str
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_stop_never_signals_another_homes_sidecar_whose_pid_a_stale_file_names(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Run files survive a reboot; a pid they name may now be another home's sidecar, which looks like ours
+    by its command line. Only this home's instance lock says a sidecar of ours runs."""
+    started = run_ccgate("sidecar", "start", env=env)
+    assert started.returncode == 0, started.stderr
+    other_home = resolve_paths(env)
+    theirs = running_sidecar(other_home)
+    assert theirs is not None
+    mine_env = {**env, "CCGATE_HOME": str(tmp_path / "my-home")}
+    mine = resolve_paths(mine_env).ensure()
+    mine.pid_file.write_text(str(theirs.pid))
+    mine.port_file.write_text("1")  # nothing answers there
+    result = run_ccgate("sidecar", "stop", env=mine_env)
+    assert result.returncode == 0 and "not running" in result.stderr
+    assert pid_alive(theirs.pid) and running_sidecar(other_home) == theirs
+    assert not mine.pid_file.exists()
+
+
+def test_a_sidecar_that_does_not_answer_keeps_its_files_and_gets_no_twin(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ccgate.errors import SidecarError
+    from ccgate.sidecar import process
+
+    started = run_ccgate("sidecar", "start", env=env)
+    assert started.returncode == 0, started.stderr
+    paths = resolve_paths(env)
+    info = running_sidecar(paths)
+    assert info is not None
+    monkeypatch.setattr(process, "START_TIMEOUT", 1.0)
+    os.kill(info.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(SidecarError, match="running but not answering"):
+            process.ensure_sidecar(paths, port=0, environ=env)
+        assert read_info(paths) == info  # its files stay: `status` and `stop` still find it
+    finally:
+        os.kill(info.pid, signal.SIGCONT)
+    assert process.ensure_sidecar(paths, port=0, environ=env) == (info, False)
+
+
+def test_one_sidecar_per_home_holds_the_instance_lock(tmp_path: Path) -> None:
+    from ccgate.sidecar.process import hold_instance_lock, instance_running
+
+    paths = resolve_paths({"CCGATE_HOME": str(tmp_path / "home")})
+    assert not instance_running(paths)
+    held = hold_instance_lock(paths)
+    try:
+        assert instance_running(paths)
+        # a second holder (in another process, as a second sidecar would be) waits, then gives up clearly
+        code = (
+            "import sys\n"
+            "from ccgate.paths import resolve_paths\n"
+            "from ccgate.errors import SidecarError\n"
+            "from ccgate.sidecar.process import hold_instance_lock\n"
+            "try:\n"
+            f"    hold_instance_lock(resolve_paths({{'CCGATE_HOME': {str(tmp_path / 'home')!r}}}), timeout=0.3)\n"
+            "except SidecarError as error:\n"
+            "    print(error.message)\n"
+            "    sys.exit(3)\n"
+        )
+        second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+        assert second.returncode == 3 and "another sidecar of this ccgate home" in second.stdout
+    finally:
+        held.close()
+    assert not instance_running(paths)

@@ -44,6 +44,11 @@ class Paths:
         return self.runtime_dir / "sidecar.lock"
 
     @property
+    def instance_lock_file(self) -> Path:
+        """Locked by the running sidecar for its whole life: the one sure sign that this home's sidecar runs."""
+        return self.runtime_dir / "sidecar.instance"
+
+    @property
     def log_file(self) -> Path:
         return self.state_dir / "sidecar.log"
 

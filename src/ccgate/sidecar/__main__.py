@@ -24,9 +24,16 @@ async def serve(port: int | None) -> int:
     from ccgate.config import load_config
     from ccgate.paths import resolve_paths
     from ccgate.sidecar.app import create_app, create_runner
-    from ccgate.sidecar.process import configured_port, ensure_token, remove_run_files, write_run_files
+    from ccgate.sidecar.process import (
+        configured_port,
+        ensure_token,
+        hold_instance_lock,
+        remove_run_files,
+        write_run_files,
+    )
 
     paths = resolve_paths().ensure()
+    instance = hold_instance_lock(paths)  # before the ledger: one sidecar per home at a time
     config = load_config(paths.config_file)
     if port is None:
         port = configured_port(config.sidecar.port, os.environ)
@@ -65,8 +72,11 @@ async def serve(port: int | None) -> int:
     try:
         await stop.wait()
     finally:
-        remove_run_files(paths, pid)
+        # the run files go last: while requests drain, `status` still shows this sidecar, and a `launch` waits
+        # for it to exit (the instance lock) instead of starting a second one
         await runner.cleanup()
+        remove_run_files(paths, pid)
+        instance.close()
     return 0
 
 

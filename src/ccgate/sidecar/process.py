@@ -141,6 +141,51 @@ def running_sidecar(paths: Paths) -> SidecarInfo | None:
     return info
 
 
+def instance_running(paths: Paths) -> bool:
+    """Whether a sidecar of this home is alive, whatever its pid file says: it holds the instance lock (the
+    kernel releases it when the process ends, even by kill -9), so a pid reused by another process, or another
+    home's sidecar, never passes for ours."""
+    import fcntl
+
+    try:
+        handle = open(paths.instance_lock_file, "a+")  # noqa: SIM115 - closed below, the lock with it
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        handle.close()
+    return False
+
+
+def hold_instance_lock(paths: Paths, *, timeout: float = START_TIMEOUT) -> Any:
+    """Taken by the sidecar before it touches the ledger; returns the open file that holds it (keep it open).
+
+    A previous sidecar of this home still draining its requests holds it: wait for it rather than run two at
+    once (the second would mark the first one's live requests as interrupted).
+    """
+    import fcntl
+
+    paths.ensure()
+    handle = open(paths.instance_lock_file, "a+")  # noqa: SIM115 - held for the life of the process
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                info = read_info(paths)
+                raise SidecarError(
+                    "another sidecar of this ccgate home is running" + (f" (pid {info.pid})" if info else ""),
+                    hint="`ccgate sidecar status` shows it; `ccgate sidecar stop` stops it",
+                ) from None
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def _start_lock(paths: Paths) -> Iterator[None]:
     """Serialises concurrent `launch`/`sidecar start` so only one of them spawns a sidecar."""
@@ -158,10 +203,22 @@ def _start_lock(paths: Paths) -> Iterator[None]:
 def ensure_sidecar(paths: Paths, *, port: int, environ: Mapping[str, str] | None = None) -> tuple[SidecarInfo, bool]:
     """Reuse a healthy sidecar or start one; returns (info, started_now)."""
     with _start_lock(paths):
-        info = running_sidecar(paths)
-        if info is not None:
-            return info, False
-        return _spawn(paths, port=port, environ=environ), True
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            info = running_sidecar(paths)
+            if info is not None:
+                return info, False
+            files = read_info(paths)
+            if files is None or not pid_alive(files.pid) or not instance_running(paths):
+                return _spawn(paths, port=port, environ=environ), True
+            # this home's sidecar is alive but did not answer (busy, stopped, or draining before it exits):
+            # keep its files and wait, rather than start a second one beside it
+            if time.monotonic() >= deadline:
+                raise SidecarError(
+                    f"the sidecar (pid {files.pid}) is running but not answering on port {files.port}",
+                    hint="wait a moment and try again, or restart it: `ccgate sidecar stop`",
+                )
+            time.sleep(0.1)
 
 
 def _spawn(paths: Paths, *, port: int, environ: Mapping[str, str] | None) -> SidecarInfo:
@@ -236,6 +293,8 @@ def stop_sidecar(paths: Paths, *, timeout: float = 15.0) -> int | None:
         return None
     payload = health(info.port)
     ours = payload.get("pid") == info.pid if payload is not None else _looks_like_sidecar(info.pid)
+    if not instance_running(paths):
+        ours = False  # no sidecar of this home runs: the pid is someone else's now (another home's sidecar too)
     if not ours:
         # the files point at a process that is not our sidecar (a reused pid after a reboot): never signal it
         _remove_files(paths, info.pid)
