@@ -289,3 +289,17 @@ def test_one_sidecar_per_home_holds_the_instance_lock(tmp_path: Path) -> None:
     finally:
         held.close()
     assert not instance_running(paths)
+
+
+def test_a_large_log_is_rotated_when_a_sidecar_starts(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from ccgate.sidecar import process
+
+    paths = resolve_paths(env).ensure()
+    paths.log_file.parent.mkdir(parents=True, exist_ok=True)
+    paths.log_file.write_text("old line\n" * 100)
+    monkeypatch.setattr(process, "LOG_ROTATE_BYTES", 500)
+    info, started = process.ensure_sidecar(paths, port=0, environ=env)
+    assert started and pid_alive(info.pid)
+    rotated = paths.log_file.with_name(paths.log_file.name + ".1")
+    assert rotated.read_text() == "old line\n" * 100
+    assert "old line" not in paths.log_file.read_text()

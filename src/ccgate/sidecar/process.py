@@ -28,6 +28,8 @@ SERVICE_NAME = "ccgate-sidecar"
 TOKEN_HEADER = "x-ccgate-token"  # noqa: S105 - a header name, not a secret
 LAUNCH_HEADER = "x-ccgate-launch"
 START_TIMEOUT = 15.0
+# A sidecar log larger than this at start-up is moved to `sidecar.log.1` (replacing the previous one).
+LOG_ROTATE_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +240,7 @@ def _spawn(paths: Paths, *, port: int, environ: Mapping[str, str] | None) -> Sid
         stale.unlink(missing_ok=True)
     env = dict(os.environ if environ is None else environ)
     paths.log_file.parent.mkdir(parents=True, exist_ok=True)
+    _rotate_log(paths.log_file)
     with open(paths.log_file, "ab") as log_handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "ccgate.sidecar", "--port", str(port)],
@@ -266,6 +269,15 @@ def _spawn(paths: Paths, *, port: int, environ: Mapping[str, str] | None) -> Sid
         f"the sidecar did not become healthy within {START_TIMEOUT:.0f} s",
         hint=f"see {paths.log_file} (`ccgate sidecar logs`)",
     )
+
+
+def _rotate_log(log_file: Path) -> None:
+    """Each start appends to the log; past `LOG_ROTATE_BYTES` the old one becomes `.1`, so it never grows forever."""
+    try:
+        if log_file.stat().st_size > LOG_ROTATE_BYTES:
+            os.replace(log_file, log_file.with_name(log_file.name + ".1"))
+    except FileNotFoundError:
+        pass
 
 
 def _last_log_line(paths: Paths) -> str:
