@@ -414,10 +414,11 @@ class LedgerWriter:
             if done < len(chunk):
                 return
         if self._failing_since is not None:
+            lost = f"; {self.dropped} lost so far" if self.dropped else ""
             logger.warning(
-                "ledger: writes work again after %.0f s; everything kept in memory is saved (%d dropped)",
+                "ledger: writes work again after %.0f s; everything kept in memory is saved%s",
                 time.monotonic() - self._failing_since,
-                self.dropped,
+                lost,
             )
             self._failing_since = None
             self._drops_logged = False
