@@ -303,3 +303,113 @@ def test_a_large_log_is_rotated_when_a_sidecar_starts(env: dict[str, str], monke
     rotated = paths.log_file.with_name(paths.log_file.name + ".1")
     assert rotated.read_text() == "old line\n" * 100
     assert "old line" not in paths.log_file.read_text()
+
+
+@pytest.fixture
+def replying_upstream(tmp_path: Path) -> Iterator[str]:
+    """The scripted upstream as its own process, answering every request with a short reply."""
+    port_file = tmp_path / "replying-upstream.port"
+    script = Path(__file__).parent / "support" / "scripted_upstream.py"
+    process = subprocess.Popen(
+        [sys.executable, str(script), "--port-file", str(port_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not port_file.exists() or not port_file.read_text().strip():
+            assert time.monotonic() < deadline, "scripted upstream did not start"
+            assert process.poll() is None, "scripted upstream exited"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port_file.read_text().strip()}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.mark.skipif(not hasattr(__import__("resource"), "prlimit"), reason="needs Linux prlimit")
+def test_a_full_disk_keeps_requests_in_memory_and_says_so_until_space_returns(
+    env: dict[str, str], replying_upstream: str
+) -> None:
+    """The audit's case: under `ulimit -f`, 60 streams got 200 but 3 rows reached the ledger, and neither
+    `sidecar status` nor `doctor` said anything."""
+    import resource
+
+    from ccgate.sidecar.process import control_request
+    from ccgate.storage.ledger import check_integrity, open_ledger
+
+    env = {**env, "CCGATE_ANTHROPIC_BASE_URL": replying_upstream}
+    assert run_ccgate("sidecar", "start", env=env).returncode == 0
+    paths = resolve_paths(env)
+    info = running_sidecar(paths)
+    assert info is not None
+    token = paths.token_file.read_text().strip()
+    body = json.dumps(
+        {"model": "claude-haiku-4-5", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    )
+
+    def ok_rows() -> int:
+        db = open_ledger(paths.ledger_file)
+        try:
+            return int(db.execute("select count(*) from requests where status = 'ok'").fetchone()[0])
+        finally:
+            db.close()
+
+    def writes() -> dict[str, object]:
+        status = control_request(paths, "GET", "/_ccgate/status")
+        assert status is not None
+        return dict(status["ledger_writes"])
+
+    def wait_for(condition: object) -> dict[str, object]:
+        deadline = time.monotonic() + 20
+        while True:
+            current = writes()
+            if callable(condition) and condition(current):
+                return current
+            assert time.monotonic() < deadline, f"ledger writes never settled: {current}"
+            time.sleep(0.05)
+
+    soft, hard = resource.prlimit(info.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(info.pid, resource.RLIMIT_FSIZE, (16 * 1024, hard))  # no file of the sidecar grows past 16 KB
+    try:
+        for _ in range(20):
+            conn = http.client.HTTPConnection("127.0.0.1", info.port, timeout=30)
+            try:
+                headers = {"x-ccgate-token": token, "x-api-key": "k", "content-type": "application/json"}
+                conn.request("POST", "/v1/messages", body=body, headers=headers)
+                response = conn.getresponse()
+                assert response.status == 200
+                assert b"message_stop" in response.read()
+            finally:
+                conn.close()
+        full = wait_for(lambda current: current["unsaved"] + ok_rows() == 20)
+        assert full["unsaved"] and full["dropped"] == 0 and full["last_error"]
+
+        status = run_ccgate("sidecar", "status", env=env)
+        said = " ".join(status.stderr.split())
+        assert status.returncode == 0
+        assert f"ledger: {full['unsaved']} request(s) not written to the ledger yet" in said
+        assert "hint: free disk space; rows are kept in memory and written when it can" in said
+        payload = json.loads(run_ccgate("sidecar", "status", "--json", env=env).stdout)
+        assert payload["status"]["ledger_writes"]["unsaved"] == full["unsaved"]
+        assert payload["status"]["ledger"] == str(paths.ledger_file)
+        doctor = json.loads(run_ccgate("doctor", "--json", env=env).stdout)
+        (sidecar,) = [check for check in doctor["checks"] if check["name"] == "sidecar"]
+        assert sidecar["state"] == "fail" and "not written to the ledger yet" in sidecar["detail"]
+    finally:
+        resource.prlimit(info.pid, resource.RLIMIT_FSIZE, (soft, hard))
+
+    assert wait_for(lambda current: current["unsaved"] == 0)["dropped"] == 0  # space is back: within a second
+    assert ok_rows() == 20
+    assert "not written" not in run_ccgate("sidecar", "status", env=env).stderr
+    log = paths.log_file.read_text(errors="replace")
+    assert "ledger write failed" in log and "work again" in log
+    assert "dropped" not in log and "Traceback" not in log
+    db = open_ledger(paths.ledger_file)
+    try:
+        assert check_integrity(db) == "ok"
+    finally:
+        db.close()

@@ -99,7 +99,7 @@ def check_sidecar(paths: Paths, config: Config, environ: Mapping[str, str]) -> t
 
     info = running_sidecar(paths)
     if info is not None:
-        return Check("sidecar", True, f"running (pid {info.pid}) on {info.url}"), info
+        return _running_sidecar_check(paths, info), info
     try:
         port = configured_port(config.sidecar.port, environ)
     except CcgateError as error:
@@ -114,6 +114,21 @@ def check_sidecar(paths: Paths, config: Config, environ: Mapping[str, str]) -> t
             return Check("sidecar", False, f"port {port} is used by another program", port_fix), None
     where = f"port {port}" if port else "a free port"
     return Check("sidecar", None, f"not running (will start on {where})", "`ccgate launch claude` starts it"), None
+
+
+def _running_sidecar_check(paths: Paths, info: SidecarInfo) -> Check:
+    """A running sidecar passes unless its ledger writes are failing: then requests wait in its memory only."""
+    from ccgate.sidecar.process import control_request, ledger_write_problem
+
+    detail = f"running (pid {info.pid}) on {info.url}"
+    try:
+        problem = ledger_write_problem(control_request(paths, "GET", "/_ccgate/status", timeout=2.0))
+    except CcgateError as error:
+        return Check("sidecar", None, f"{detail}, but its status is unreadable: {error.message}", error.hint)
+    if problem is None:
+        return Check("sidecar", True, detail)
+    # requests waiting in memory are lost if the sidecar stops before the ledger takes them: a failure
+    return Check("sidecar", False if problem.unsaved else None, f"{detail}; {problem.message}", problem.hint)
 
 
 def check_provider_keys(config: Config, environ: Mapping[str, str], paths: Paths) -> list[Check]:

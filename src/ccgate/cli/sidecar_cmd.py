@@ -38,7 +38,9 @@ def stop() -> None:
 @sidecar_app.command("status")
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Is the sidecar running, on which port, and what is it doing."""
-    from ccgate.sidecar.process import control_request, running_sidecar
+    from rich.markup import escape
+
+    from ccgate.sidecar.process import control_request, ledger_write_problem, running_sidecar
 
     app_ctx = ctx()
     info = running_sidecar(app_ctx.paths)
@@ -60,6 +62,10 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         if details:
             extra = f", up {details.get('uptime_s')} s, {details.get('inflight')} in flight"
         app_ctx.out.print(f"sidecar running on {info.url} (pid {info.pid}{extra})")
+        problem = ledger_write_problem(details)
+        if problem is not None:
+            app_ctx.warn(escape(problem.message))
+            app_ctx.info(f"  hint: {escape(problem.hint)}")
     if info is None and as_json:
         raise typer.Exit(3)
 

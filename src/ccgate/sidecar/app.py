@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -33,6 +33,9 @@ from ccgate.models import format_usd
 from ccgate.paths import Paths
 from ccgate.proxy import ClientMeta, Proxy, ProxyDeps, error_response
 from ccgate.sidecar.process import LAUNCH_HEADER, SERVICE_NAME, TOKEN_HEADER, home_id
+
+if TYPE_CHECKING:
+    from ccgate.storage.writer import LedgerWriter
 
 log = logging.getLogger("ccgate.sidecar")
 
@@ -63,6 +66,7 @@ class SidecarState:
     launches_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     metas: dict[tuple[str | None, str | None], ClientMeta] = field(default_factory=dict)
     last_reload_error: str | None = None
+    writer: LedgerWriter | None = None
 
 
 class ProjectBudgets:
@@ -230,9 +234,17 @@ async def status(request: web.Request) -> web.StreamResponse:
             "requests_seen": state.requests_seen,
             "launches": len(state.launches),
             "ledger": str(state.paths.ledger_file),
+            "ledger_writes": _ledger_writes(state.writer),
             "budgets": budgets,
         }
     )
+
+
+def _ledger_writes(writer: LedgerWriter | None) -> dict[str, Any] | None:
+    """Requests the ledger could not take yet (kept in memory) and those lost, with SQLite's reason."""
+    if writer is None:
+        return None
+    return {"unsaved": writer.unsaved, "dropped": writer.dropped, "last_error": writer.last_error}
 
 
 async def register_launch(request: web.Request) -> web.StreamResponse:
@@ -380,6 +392,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     writer = LedgerWriter(state.paths.ledger_file)
     await asyncio.to_thread(writer.start)
+    state.writer = writer
     if writer.recovered:
         log.warning("marked %d request(s) left pending by a previous run as interrupted", writer.recovered)
     state.launches = await asyncio.to_thread(_load_launches, state.paths)

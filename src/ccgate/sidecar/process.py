@@ -372,6 +372,43 @@ def control_request(
         conn.close()
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerWriteProblem:
+    """Requests a running sidecar could not write to the ledger: `unsaved` wait in its memory, `dropped` are lost."""
+
+    unsaved: int
+    dropped: int
+    last_error: str | None
+
+    @property
+    def message(self) -> str:
+        parts = [f"{self.unsaved} request(s) not written to the ledger yet"] if self.unsaved else []
+        if self.dropped:
+            parts.append(f"{self.dropped} lost")
+        return "ledger: " + ", ".join(parts) + (f" ({self.last_error})" if self.last_error else "")
+
+    @property
+    def hint(self) -> str:
+        if self.unsaved:
+            return "free disk space; rows are kept in memory and written when it can"
+        return "lost requests are missing from `ccgate cost` and budgets; `ccgate sidecar logs` says why"
+
+
+def ledger_write_problem(status: Mapping[str, Any] | None) -> LedgerWriteProblem | None:
+    """What a running sidecar's `/_ccgate/status` says about failed ledger writes; None when every request
+    reached the ledger (or the sidecar predates `ledger_writes`)."""
+    writes = status.get("ledger_writes") if status else None
+    if not isinstance(writes, dict):
+        return None
+    unsaved, dropped, last_error = writes.get("unsaved"), writes.get("dropped"), writes.get("last_error")
+    problem = LedgerWriteProblem(
+        unsaved=max(0, unsaved) if isinstance(unsaved, int) else 0,
+        dropped=max(0, dropped) if isinstance(dropped, int) else 0,
+        last_error=last_error if isinstance(last_error, str) and last_error else None,
+    )
+    return problem if problem.unsaved or problem.dropped else None
+
+
 def notify_reload(paths: Paths | None = None) -> bool:
     """Tell a running sidecar to re-read config and secrets; False if none runs."""
     if paths is None:

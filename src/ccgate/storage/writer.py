@@ -1,8 +1,9 @@
 """The ledger's single writer: one background thread, one connection, group commit.
 
 The proxy's event loop only enqueues (a dict copy, no disk); the thread drains everything queued so far and
-writes it in one transaction. Nothing here raises into the caller: failures are logged and retried once, and a
-row that fails again because of a value SQLite cannot store is written with that value clamped or emptied.
+writes it in one transaction. Nothing here raises into the caller. A write that fails because of where it goes
+(disk full, I/O error, a lock held too long) is kept in memory and tried again about once a second; one that
+fails because of a value SQLite cannot store is retried alone and then written with that value clamped or emptied.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -73,6 +75,49 @@ def _statement_sizes(total: int, largest: int) -> Iterator[int]:
 MAX_BATCH = 2000
 # How long the writer gathers writes before committing them together.
 LINGER_SECONDS = 0.004
+# Requests whose latest state is kept in memory while the ledger cannot be written (disk full, I/O error, a lock
+# held too long): about 1 KB each, so ~100 MB at the limit, and days of a busy developer's traffic. Past it the
+# oldest are dropped, counted and logged.
+MAX_BACKLOG = 100_000
+# While requests wait in memory, the ledger is tried again at most this often: a full disk is not hammered.
+RETRY_SECONDS = 1.0
+# While writes keep failing, the log says so at most once per this many seconds (the first failure at once).
+LOG_EVERY_SECONDS = 60.0
+# SQLite's primary result codes for a failure of the file or the lock, never of the values written.
+_NOT_THE_ROWS_FAULT = frozenset(
+    (
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_INTERRUPT,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOLFS,
+        sqlite3.SQLITE_NOTADB,
+    )
+)
+
+
+def _not_the_rows_fault(error: BaseException) -> bool:
+    """True when a write failed because of where it goes, so the same write can succeed later unchanged."""
+    if isinstance(error, MemoryError):
+        return True
+    code = getattr(error, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _NOT_THE_ROWS_FAULT
+    return False
+
+
+def _describe(error: BaseException) -> str:
+    """SQLite's own words for a failure of the file or the lock ("database or disk is full"): never a value."""
+    name = getattr(error, "sqlite_errorname", None)
+    text = str(error) or type(error).__name__
+    return (f"{text} ({name})" if name else text)[:200]
 
 
 class _Write(NamedTuple):
@@ -105,25 +150,27 @@ def _coalesce(writes: list[_Write]) -> list[_Write]:
     latest: dict[str, _Write] = {}
     for write in writes:
         previous = latest.get(write.record.id)
-        if previous is None:
-            latest[write.record.id] = write
-            continue
-        if "final" in (previous.kind, write.kind):
-            kind: Literal["pending", "progress", "final"] = "final"
-        elif "pending" in (previous.kind, write.kind):
-            kind = "pending"
-        else:
-            kind = "progress"
-        # a later progress write never reopens a finished row: keep the final record
-        record = previous.record if previous.kind == "final" and write.kind != "final" else write.record
-        latest[write.record.id] = _Write(kind, record)
+        latest[write.record.id] = write if previous is None else _merge(previous, write)
     return list(latest.values())
+
+
+def _merge(previous: _Write, write: _Write) -> _Write:
+    """Two writes of one request as one: the later state, written the stronger way."""
+    if "final" in (previous.kind, write.kind):
+        kind: Literal["pending", "progress", "final"] = "final"
+    elif "pending" in (previous.kind, write.kind):
+        kind = "pending"
+    else:
+        kind = "progress"
+    # a later progress write never reopens a finished row: keep the final record
+    record = previous.record if previous.kind == "final" and write.kind != "final" else write.record
+    return _Write(kind, record)
 
 
 class LedgerWriter:
     """Owns the ledger's write connection; the sidecar creates one at start-up and closes it at shutdown."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_backlog: int = MAX_BACKLOG, retry_seconds: float = RETRY_SECONDS) -> None:
         self.path = path
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -135,6 +182,16 @@ class LedgerWriter:
         self._salvaged_writes = 0
         self._commits = 0
         self._statement_rows: int | None = None
+        # Requests the ledger could not take yet, by id, oldest first: only the writer thread changes it.
+        self._backlog: dict[str, _Write] = {}
+        self._max_backlog = max_backlog
+        self._retry_seconds = retry_seconds
+        self._retry_at = 0.0
+        self._dropped = 0
+        self._last_error: str | None = None
+        self._failing_since: float | None = None
+        self._logged_at = 0.0
+        self._drops_logged = False
 
     @property
     def recovered(self) -> int:
@@ -143,13 +200,29 @@ class LedgerWriter:
 
     @property
     def failed_writes(self) -> int:
-        """Writes dropped after their retry failed too (for `doctor` and tests)."""
+        """Writes dropped because of their own values: they failed, alone and clamped, with SQLite's file fine."""
         return self._failed_writes
 
     @property
     def salvaged_writes(self) -> int:
         """Writes that failed twice and were then stored with unstorable values clamped or emptied."""
         return self._salvaged_writes
+
+    @property
+    def unsaved(self) -> int:
+        """Requests whose latest state is only in memory because the ledger could not be written (yet)."""
+        return len(self._backlog)
+
+    @property
+    def dropped(self) -> int:
+        """Writes lost for good: `failed_writes`, the oldest kept in memory past `MAX_BACKLOG`, and those the
+        ledger still refused at `close()`."""
+        return self._dropped + self._failed_writes
+
+    @property
+    def last_error(self) -> str | None:
+        """SQLite's message for the latest failure of the file or the lock ("database or disk is full")."""
+        return self._last_error
 
     @property
     def commits(self) -> int:
@@ -179,7 +252,8 @@ class LedgerWriter:
         self._enqueue("final", record)
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Block until everything queued before this call is committed (or dropped after a retry)."""
+        """Block until everything queued before this call is committed, kept in memory (see `unsaved`) or
+        dropped for a value SQLite cannot store."""
         if self._thread is None or not self._thread.is_alive():
             return False
         marker = _Flush()
@@ -187,7 +261,8 @@ class LedgerWriter:
         return marker.done.wait(timeout)
 
     def close(self) -> None:
-        """Commit what is queued and stop the thread; later writes are logged and dropped."""
+        """Commit what is queued (and try what is kept in memory once more), then stop the thread; later writes
+        are logged and dropped."""
         if self._closed:
             return
         self._closed = True
@@ -221,13 +296,22 @@ class LedgerWriter:
         self._ready.set()
         try:
             self._loop(db)
+            if self._backlog:
+                self._retry(db)
+            self._give_up()
         finally:
             db.close()
 
     def _loop(self, db: Database) -> None:
         stopping = False
         while not stopping:
-            batch: list[_Item] = [self._queue.get()]
+            try:
+                # with requests kept in memory, wake up to retry them even when nothing new arrives
+                wait = max(0.0, self._retry_at - time.monotonic()) if self._backlog else None
+                batch: list[_Item] = [self._queue.get(timeout=wait)]
+            except queue.Empty:
+                self._retry(db)
+                continue
             if isinstance(batch[0], _Write):
                 # Group commit: a request usually queues pending, progress and final within a few ms; waiting
                 # that long (without the GIL) turns three transactions into one, at no cost to durability
@@ -248,32 +332,141 @@ class LedgerWriter:
                     stopping = True
 
     def _apply(self, db: Database, writes: list[_Write]) -> None:
+        if self._backlog:
+            # behind what is kept in memory, never beside it: a retry must not overwrite a newer state
+            self._keep(writes)
+            if time.monotonic() >= self._retry_at:
+                self._retry(db)
+            return
         try:
             self._commit(db, writes)
-        except Exception:
+        except Exception as error:
+            if _not_the_rows_fault(error):
+                self._keep(writes)
+                self._failing(error)
+                return
             logger.warning("ledger write of %d row(s) failed; retrying one by one", len(writes), exc_info=True)
             time.sleep(0.05)
-            for write in writes:
-                try:
-                    self._commit(db, [write])
-                except Exception:
-                    if self._salvage(db, write):
-                        continue
-                    self._failed_writes += 1
-                    logger.exception(
-                        "ledger %s write for request %s failed twice; dropped", write.kind, write.record.id
-                    )
+            done = self._one_by_one(db, writes)
+            self._keep(writes[done:])
+
+    def _one_by_one(self, db: Database, writes: list[_Write]) -> int:
+        """Each write alone, salvaged or dropped if its own values fail; stops at the first failure of the file
+        or the lock and returns how many writes it got through."""
+        for done, write in enumerate(writes):
+            try:
+                self._commit(db, [write])
+                continue
+            except Exception as error:
+                if _not_the_rows_fault(error):
+                    self._failing(error)
+                    return done
+                failure = error
+            try:
+                if self._salvage(db, write):
+                    continue
+            except Exception as error:  # the file or the lock failed the salvaged row
+                self._failing(error)
+                return done
+            self._failed_writes += 1
+            logger.error(
+                "ledger %s write for request %s failed twice; dropped", write.kind, write.record.id, exc_info=failure
+            )
+        return len(writes)
+
+    def _keep(self, writes: list[_Write]) -> None:
+        """Hold writes in memory, one latest state per request; past `max_backlog` the oldest go."""
+        backlog = self._backlog
+        for write in writes:
+            previous = backlog.get(write.record.id)
+            backlog[write.record.id] = write if previous is None else _merge(previous, write)
+        excess = len(backlog) - self._max_backlog
+        if excess <= 0:
+            return
+        for record_id in list(islice(backlog, excess)):
+            del backlog[record_id]
+        self._dropped += excess
+        if not self._drops_logged:  # later drops are counted in the periodic line
+            self._drops_logged = True
+            logger.error(
+                "ledger: %d request(s) wait in memory, the most it keeps; dropping the oldest until the ledger "
+                "can be written (%s)",
+                len(backlog),
+                self._last_error,
+            )
+
+    def _retry(self, db: Database) -> None:
+        """Write what is kept in memory, oldest first, `MAX_BATCH` requests a transaction, until one fails."""
+        backlog = self._backlog
+        while backlog:
+            chunk = list(islice(backlog.values(), MAX_BATCH))
+            try:
+                self._commit(db, chunk)
+                done = len(chunk)
+            except Exception as error:
+                if _not_the_rows_fault(error):
+                    self._failing(error)
+                    return
+                # a value SQLite cannot store, held back along with the rest when the file failed
+                done = self._one_by_one(db, chunk)
+            for write in chunk[:done]:
+                del backlog[write.record.id]
+            if done < len(chunk):
+                return
+        if self._failing_since is not None:
+            lost = f"; {self.dropped} lost so far" if self.dropped else ""
+            logger.warning(
+                "ledger: writes work again after %.0f s; everything kept in memory is saved%s",
+                time.monotonic() - self._failing_since,
+                lost,
+            )
+            self._failing_since = None
+            self._drops_logged = False
+
+    def _failing(self, error: BaseException) -> None:
+        """Note a failure of the file or the lock: retry later, log the first at once and then once a minute."""
+        now = time.monotonic()
+        self._retry_at = now + self._retry_seconds
+        self._last_error = _describe(error)
+        if self._failing_since is None:
+            self._failing_since = self._logged_at = now
+            logger.error(
+                "ledger write failed: %s; keeping the request(s) in memory and retrying every %g s",
+                self._last_error,
+                self._retry_seconds,
+            )
+        elif now - self._logged_at >= LOG_EVERY_SECONDS:
+            self._logged_at = now
+            logger.error(
+                "ledger writes still failing: %s; %d request(s) kept in memory, %d dropped",
+                self._last_error,
+                len(self._backlog),
+                self.dropped,
+            )
+
+    def _give_up(self) -> None:
+        """At close, what the ledger still refuses is lost: say how much, once."""
+        if not self._backlog:
+            return
+        lost = len(self._backlog)
+        self._dropped += lost
+        self._backlog.clear()
+        logger.error("ledger writer stopped; %d request(s) it could not write are lost (%s)", lost, self._last_error)
 
     def _salvage(self, db: Database, write: _Write) -> bool:
         """A row with a value SQLite cannot hold (an absurd count, a provider's id that is not text) is written
-        with that value clamped or emptied and a note, rather than lost with everything else it records."""
+        with that value clamped or emptied and a note, rather than lost with everything else it records.
+
+        Raises what the file or the lock raised, so the caller keeps the write for later."""
         salvaged = storable_values(write.record)
         if salvaged is None:
             return False
         values, replaced = salvaged
         try:
             self._commit_rows(db, [values])
-        except Exception:
+        except Exception as error:
+            if _not_the_rows_fault(error):
+                raise
             return False
         self._salvaged_writes += 1
         logger.error(
