@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_runner import run_main
 
 from ccgate.launching import bypass_warnings, merge_custom_headers, project_of
+from ccgate.paths import resolve_paths
+from ccgate.sidecar.process import SERVICE_NAME, home_id, remove_run_files, write_run_files
 
 
 def test_custom_headers_keep_the_users_lines_and_replace_stale_ccgate_ones() -> None:
@@ -103,3 +110,63 @@ def test_help_after_the_command_goes_to_the_command(
     code, out, _ = run_main(capsys, monkeypatch, "launch", "claude", flag)
     assert code == 7 and out == ""
     assert launched == [["claude", flag]]
+
+
+class OldSidecar(http.server.ThreadingHTTPServer):
+    """A sidecar of an older ccgate on loopback: healthy, serving this home, and ignoring fields it does not know."""
+
+    version = "0.0.1"
+    home = ""
+    registrations: list[dict[str, Any]]
+
+
+class _OldSidecarHandler(http.server.BaseHTTPRequestHandler):
+    server: OldSidecar
+
+    def do_GET(self) -> None:
+        payload = {"service": SERVICE_NAME, "ok": True, "version": self.server.version, "pid": os.getpid()}
+        self._reply({**payload, "home_id": self.server.home})
+
+    def do_POST(self) -> None:
+        self.server.registrations.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+        self._reply({"ok": True})
+
+    def _reply(self, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def old_sidecar() -> Iterator[OldSidecar]:
+    paths = resolve_paths().ensure()
+    server = OldSidecar(("127.0.0.1", 0), _OldSidecarHandler)
+    server.home, server.registrations = home_id(paths), []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    write_run_files(paths, os.getpid(), server.server_address[1])
+    try:
+        yield server
+    finally:
+        remove_run_files(paths, os.getpid())  # nothing may ever try to stop "the sidecar" at this pid
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_an_older_sidecar_that_would_drop_the_users_base_url_stops_the_launch(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, old_sidecar: OldSidecar, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "https://corp-gw.example")
+    code, _, err = run_main(capsys, monkeypatch, "launch", "touch", str(marker))
+    said = " ".join(err.split())
+    assert code == 1 and "ignored ANTHROPIC_BASE_URL" in said and "`ccgate sidecar stop`" in said
+    assert old_sidecar.registrations[0]["anthropic_base_url"] == "https://corp-gw.example"
+    assert not marker.exists()  # no request of this session can reach the default upstream with the gateway's token

@@ -14,9 +14,9 @@ from pathlib import Path
 from types import FrameType
 
 from ccgate.config import Config
-from ccgate.errors import CcgateError, UserInputError
+from ccgate.errors import CcgateError, ConfigError, SidecarError, UserInputError
 from ccgate.paths import Paths
-from ccgate.providers import redact_url
+from ccgate.providers import redact_url, validate_base_url
 
 CLAUDE_INSTALL_HINT = "install Claude Code with `npm install -g @anthropic-ai/claude-code`, then run this again"
 # Switches that send Claude Code to a cloud provider's endpoint instead of ANTHROPIC_BASE_URL.
@@ -107,13 +107,13 @@ def run_launch(
     environ: Mapping[str, str],
     *,
     warn: Callable[[str], None],
+    info: Callable[[str], None],
     cwd: Path | None = None,
 ) -> int:
     from ccgate.sidecar.process import (
         LAUNCH_HEADER,
         TOKEN_HEADER,
         configured_port,
-        control_request,
         ensure_sidecar,
         ensure_token,
     )
@@ -125,27 +125,68 @@ def run_launch(
         raise UserInputError(f"command not found: {command}", hint=hint)
     cwd = cwd or Path.cwd()
     port = configured_port(config.sidecar.port, environ)
-    info, _ = ensure_sidecar(paths, port=port, environ=environ)
+    sidecar, _ = ensure_sidecar(paths, port=port, environ=environ)
     token = ensure_token(paths)
     launch_id = uuid.uuid4().hex
-    project = project_of(cwd)
-    try:
-        control_request(paths, "POST", "/_ccgate/launches", {"launch_id": launch_id, "project": project})
-    except CcgateError as error:
-        warn(f"could not register this launch with the sidecar ({error.message}); project will be unknown")
+    upstream = users_upstream(environ.get("ANTHROPIC_BASE_URL"), sidecar.url)
+    _register(paths, launch_id, project_of(cwd), upstream, warn=warn)
+    if upstream is not None:
+        info(f"ANTHROPIC_BASE_URL is {redact_url(upstream)}: requests are metered by ccgate and forwarded there")
     for message in bypass_warnings(environ, Path(environ.get("HOME", str(Path.home())))):
         warn(message)
 
-    previous = environ.get("ANTHROPIC_BASE_URL")
-    if previous and previous.rstrip("/") != info.url:
-        warn(f"ANTHROPIC_BASE_URL was set to {redact_url(previous)}; this session goes through ccgate instead")
     env = dict(environ)
-    env["ANTHROPIC_BASE_URL"] = info.url
+    env["ANTHROPIC_BASE_URL"] = sidecar.url
     env["ANTHROPIC_CUSTOM_HEADERS"] = merge_custom_headers(
         environ.get("ANTHROPIC_CUSTOM_HEADERS"), {TOKEN_HEADER: token, LAUNCH_HEADER: launch_id}
     )
     env["CCGATE_LAUNCH_ID"] = launch_id
     return _run_child([executable, *argv[1:]], env)
+
+
+def users_upstream(previous: str | None, sidecar_url: str) -> str | None:
+    """The ANTHROPIC_BASE_URL the user had (a corporate gateway, say), validated; None if unset or the sidecar's.
+
+    Their credentials are meant for that endpoint, so the sidecar forwards this launch's requests there.
+    """
+    if not previous or not previous.strip():
+        return None
+    try:
+        url = validate_base_url(previous, "ANTHROPIC_BASE_URL")
+    except ConfigError as error:
+        raise UserInputError(
+            error.message,
+            hint="fix ANTHROPIC_BASE_URL or unset it: ccgate forwards this session's requests to it",
+        ) from None
+    ours = {sidecar_url, sidecar_url.replace("//127.0.0.1:", "//localhost:", 1)}
+    return None if url in ours else url
+
+
+def _register(paths: Paths, launch_id: str, project: str, upstream: str | None, *, warn: Callable[[str], None]) -> None:
+    """Tell the sidecar this launch's project (and upstream); without the upstream, requests must not start."""
+    from ccgate.sidecar.process import control_request
+
+    payload = {"launch_id": launch_id, "project": project}
+    if upstream is not None:
+        payload["anthropic_base_url"] = upstream
+    try:
+        answer = control_request(paths, "POST", "/_ccgate/launches", payload)
+        if answer is None:
+            raise SidecarError("the sidecar stopped")
+    except CcgateError as error:
+        if upstream is not None:  # the sidecar would send the user's credentials to its default upstream
+            raise SidecarError(
+                f"could not register this launch with the sidecar ({error.message})",
+                hint="run `ccgate doctor`, then launch again",
+            ) from None
+        warn(f"could not register this launch with the sidecar ({error.message}); project will be unknown")
+        return
+    if upstream is not None and answer.get("anthropic_base_url") != upstream:
+        raise SidecarError(
+            "the running sidecar ignored ANTHROPIC_BASE_URL (it is older than this ccgate) and would send this "
+            "session's requests to its default upstream",
+            hint="restart it: `ccgate sidecar stop`, then launch again",
+        )
 
 
 def _run_child(args: list[str], env: dict[str, str]) -> int:
