@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from cli_runner import run_main
 
+from ccgate import __version__
 from ccgate.launching import bypass_warnings, merge_custom_headers, project_of
 from ccgate.paths import resolve_paths
 from ccgate.sidecar.process import SERVICE_NAME, home_id, remove_run_files, write_run_files
@@ -112,16 +113,17 @@ def test_help_after_the_command_goes_to_the_command(
     assert launched == [["claude", flag]]
 
 
-class OldSidecar(http.server.ThreadingHTTPServer):
-    """A sidecar of an older ccgate on loopback: healthy, serving this home, and ignoring fields it does not know."""
+class FakeSidecar(http.server.ThreadingHTTPServer):
+    """A sidecar on loopback that is healthy, serves this home and, like older ones, ignores fields it does not know
+    (launch registers with it, then runs its command)."""
 
-    version = "0.0.1"
+    version = __version__
     home = ""
     registrations: list[dict[str, Any]]
 
 
-class _OldSidecarHandler(http.server.BaseHTTPRequestHandler):
-    server: OldSidecar
+class _FakeSidecarHandler(http.server.BaseHTTPRequestHandler):
+    server: FakeSidecar
 
     def do_GET(self) -> None:
         payload = {"service": SERVICE_NAME, "ok": True, "version": self.server.version, "pid": os.getpid()}
@@ -144,9 +146,9 @@ class _OldSidecarHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def old_sidecar() -> Iterator[OldSidecar]:
+def fake_sidecar() -> Iterator[FakeSidecar]:
     paths = resolve_paths().ensure()
-    server = OldSidecar(("127.0.0.1", 0), _OldSidecarHandler)
+    server = FakeSidecar(("127.0.0.1", 0), _FakeSidecarHandler)
     server.home, server.registrations = home_id(paths), []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -161,12 +163,30 @@ def old_sidecar() -> Iterator[OldSidecar]:
 
 
 def test_an_older_sidecar_that_would_drop_the_users_base_url_stops_the_launch(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, old_sidecar: OldSidecar, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fake_sidecar: FakeSidecar, tmp_path: Path
 ) -> None:
     marker = tmp_path / "ran"
+    fake_sidecar.version = "0.0.1"
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "https://corp-gw.example")
     code, _, err = run_main(capsys, monkeypatch, "launch", "touch", str(marker))
     said = " ".join(err.split())
     assert code == 1 and "ignored ANTHROPIC_BASE_URL" in said and "`ccgate sidecar stop`" in said
-    assert old_sidecar.registrations[0]["anthropic_base_url"] == "https://corp-gw.example"
+    assert fake_sidecar.registrations[0]["anthropic_base_url"] == "https://corp-gw.example"
     assert not marker.exists()  # no request of this session can reach the default upstream with the gateway's token
+
+
+def test_launch_warns_about_a_projects_own_settings_like_doctor(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fake_sidecar: FakeSidecar, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    (project / ".claude").mkdir(parents=True)
+    for name in ("settings.json", "settings.local.json"):
+        (project / ".claude" / name).write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://proxy.example"}}))
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("COLUMNS", "1000")  # one warning a line, long paths unfolded
+    code, _, err = run_main(capsys, monkeypatch, "launch", "true")
+    said = err
+    assert code == 0
+    for name in ("settings.json", "settings.local.json"):
+        assert f"{project / '.claude' / name} sets env.ANTHROPIC_BASE_URL" in said
+    assert fake_sidecar.registrations[0]["project"] == str(project)

@@ -69,6 +69,14 @@ def merge_custom_headers(existing: str | None, ours: Mapping[str, str]) -> str:
     return "\n".join(lines)
 
 
+def project_settings_files(cwd: Path, home: Path) -> list[Path]:
+    """The Claude Code settings a project can carry (shared and local); in the home directory there are none,
+    `~/.claude/settings.json` being the user's own settings."""
+    if cwd.resolve() == home.resolve():
+        return []
+    return [cwd / ".claude" / "settings.json", cwd / ".claude" / "settings.local.json"]
+
+
 def bypass_warnings(environ: Mapping[str, str], home: Path, *, extra_settings: Sequence[Path] = ()) -> list[str]:
     """Ways Claude Code would go around the sidecar even when launched through it.
 
@@ -132,7 +140,8 @@ def run_launch(
     _register(paths, launch_id, project_of(cwd), upstream, warn=warn)
     if upstream is not None:
         info(f"ANTHROPIC_BASE_URL is {redact_url(upstream)}: requests are metered by ccgate and forwarded there")
-    for message in bypass_warnings(environ, Path(environ.get("HOME", str(Path.home())))):
+    home = Path(environ.get("HOME") or Path.home())
+    for message in bypass_warnings(environ, home, extra_settings=project_settings_files(cwd, home)):
         warn(message)
 
     env = dict(environ)
