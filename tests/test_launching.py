@@ -190,3 +190,19 @@ def test_launch_warns_about_a_projects_own_settings_like_doctor(
     for name in ("settings.json", "settings.local.json"):
         assert f"{project / '.claude' / name} sets env.ANTHROPIC_BASE_URL" in said
     assert fake_sidecar.registrations[0]["project"] == str(project)
+
+
+def test_a_sidecar_of_another_version_is_reused_with_a_notice_saying_how_to_restart_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fake_sidecar: FakeSidecar, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("COLUMNS", "1000")
+    code, _, err = run_main(capsys, monkeypatch, "launch", "touch", str(marker))
+    assert code == 0 and marker.exists() and err == ""  # same version: nothing to say
+    fake_sidecar.version = "0.0.1"
+    code, _, err = run_main(capsys, monkeypatch, "launch", "touch", str(marker))
+    assert code == 0 and len(fake_sidecar.registrations) == 2  # used as it is: other sessions may depend on it
+    assert err.splitlines() == [
+        f"! the running sidecar is ccgate 0.0.1, this is {__version__}: "
+        "to upgrade it, run `ccgate sidecar stop`, then launch again"
+    ]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
+from ccgate import __version__
 from ccgate.config import Config
 from ccgate.errors import CcgateError, ConfigError, SidecarError, UserInputError
 from ccgate.paths import Paths
@@ -134,6 +135,12 @@ def run_launch(
     cwd = cwd or Path.cwd()
     port = configured_port(config.sidecar.port, environ)
     sidecar, _ = ensure_sidecar(paths, port=port, environ=environ)
+    if sidecar.version is not None and sidecar.version != __version__:
+        # not restarted here: other sessions may be using it
+        warn(
+            f"the running sidecar is ccgate {sidecar.version}, this is {__version__}: "
+            "to upgrade it, run `ccgate sidecar stop`, then launch again"
+        )
     token = ensure_token(paths)
     launch_id = uuid.uuid4().hex
     upstream = users_upstream(environ.get("ANTHROPIC_BASE_URL"), sidecar.url)
