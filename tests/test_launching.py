@@ -15,7 +15,7 @@ import pytest
 from cli_runner import run_main
 
 from ccgate import __version__
-from ccgate.launching import bypass_warnings, merge_custom_headers, project_of
+from ccgate.launching import bypass_warnings, merge_custom_headers, project_of, terminal_delivers_sigint
 from ccgate.paths import resolve_paths
 from ccgate.sidecar.process import SERVICE_NAME, home_id, remove_run_files, write_run_files
 
@@ -206,3 +206,113 @@ def test_a_sidecar_of_another_version_is_reused_with_a_notice_saying_how_to_rest
         f"! the running sidecar is ccgate 0.0.1, this is {__version__}: "
         "to upgrade it, run `ccgate sidecar stop`, then launch again"
     ]
+
+
+# ---- signals: one Ctrl-C is one SIGINT for the child, and a SIGINT sent to launch alone is passed on
+
+
+def test_the_terminal_delivers_sigint_only_to_its_foreground_group() -> None:
+    def foreground_is(group: int) -> Any:
+        return lambda _fd: group
+
+    def hung_up(_fd: int) -> int:
+        raise OSError(25, "Inappropriate ioctl for device")
+
+    assert terminal_delivers_sigint(5, foreground_group=foreground_is(100), own_group=lambda: 100)
+    assert not terminal_delivers_sigint(5, foreground_group=foreground_is(200), own_group=lambda: 100)  # background
+    assert not terminal_delivers_sigint(None, foreground_group=foreground_is(100), own_group=lambda: 100)  # no tty
+    assert not terminal_delivers_sigint(5, foreground_group=hung_up, own_group=lambda: 100)
+
+
+# Stands in for Claude Code: counts the SIGINTs it gets, until a second after the first one (or 20 s).
+COUNTING_CHILD = """\
+import os, signal, sys, time
+seen = []
+signal.signal(signal.SIGINT, lambda *_: seen.append(time.monotonic()))
+with open(sys.argv[1] + ".tmp", "w") as ready:
+    ready.write(str(os.getppid()))
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline and not (seen and time.monotonic() > seen[0] + 1):
+    time.sleep(0.02)
+with open(sys.argv[2], "w") as out:
+    out.write(str(len(seen)))
+"""
+# A session of its own on the pty (as a terminal window gives a shell), then launch in the foreground (exec) or as
+# a background job (its own process group, like `&`); stdin is the pty or /dev/null.
+ON_A_TERMINAL = """\
+import os, subprocess, sys
+tty, where, command = sys.argv[1], sys.argv[2], sys.argv[3:]
+os.close(os.open(tty, os.O_RDWR))  # a session leader opening a terminal makes it its controlling terminal
+if where == "foreground":
+    os.execvp(command[0], command)
+sys.exit(subprocess.Popen(command, process_group=0).wait())
+"""
+
+
+def _launch_on_a_pty(tmp_path: Path, *, where: str, stdin_is_tty: bool) -> tuple[int, Path, Path, Any]:
+    import pty
+    import sys
+
+    (tmp_path / "child.py").write_text(COUNTING_CHILD)
+    ready, result = tmp_path / "ready", tmp_path / "count"
+    master, slave = pty.openpty()
+    launch = [sys.executable, "-m", "ccgate", "launch", sys.executable, str(tmp_path / "child.py"), str(ready)]
+    process = subprocess.Popen(
+        [sys.executable, "-c", ON_A_TERMINAL, os.ttyname(slave), where, *launch, str(result)],
+        stdin=slave if stdin_is_tty else subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    return master, ready, result, process
+
+
+def _wait_for(path: Path, process: Any, timeout: float = 30) -> str:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, "launch ended early"
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.02)
+    return path.read_text()
+
+
+@pytest.mark.parametrize("stdin_is_tty", [True, False], ids=["stdin-tty", "stdin-not-a-tty"])
+def test_one_ctrl_c_at_the_terminal_is_one_sigint_for_the_child(
+    fake_sidecar: FakeSidecar, tmp_path: Path, stdin_is_tty: bool
+) -> None:
+    master, ready, result, process = _launch_on_a_pty(tmp_path, where="foreground", stdin_is_tty=stdin_is_tty)
+    try:
+        _wait_for(ready, process)
+        os.write(master, b"\x03")  # Ctrl-C: the terminal signals its foreground process group
+        assert _wait_for(result, process) == "1"
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+
+
+def test_a_sigint_sent_to_a_background_launch_alone_reaches_the_child(
+    fake_sidecar: FakeSidecar, tmp_path: Path
+) -> None:
+    import signal
+
+    master, ready, result, process = _launch_on_a_pty(tmp_path, where="background", stdin_is_tty=True)
+    launcher = None
+    try:
+        launcher = int(_wait_for(ready, process))
+        os.kill(launcher, signal.SIGINT)  # `kill -INT <pid of ccgate launch>`
+        assert _wait_for(result, process) == "1"
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            if launcher is not None:  # in a process group of its own: not taken down with the wrapper
+                os.kill(launcher, signal.SIGKILL)
+            process.kill()
+            process.wait()
+        os.close(master)

@@ -205,29 +205,63 @@ def _register(paths: Paths, launch_id: str, project: str, upstream: str | None, 
         )
 
 
+def terminal_delivers_sigint(
+    tty: int | None,
+    *,
+    foreground_group: Callable[[int], int] | None = None,
+    own_group: Callable[[], int] | None = None,
+) -> bool:
+    """Whether a Ctrl-C typed at the terminal reaches the child by itself.
+
+    The child runs in our process group, and the terminal signals its foreground group: so exactly when ours is
+    that group. Not when there is no controlling terminal, or when we run in the background (`&`, `bg`) —
+    whatever SIGINT we get then was sent to us alone and must be passed on.
+    """
+    if tty is None:
+        return False
+    try:
+        # looked up here, not as defaults: importing this module must work where os has no job control
+        return (foreground_group or os.tcgetpgrp)(tty) == (own_group or os.getpgrp)()
+    except OSError:  # not our controlling terminal any more (hung up)
+        return False
+
+
+def _controlling_terminal() -> int | None:
+    """A descriptor of the controlling terminal (stdin may be a pipe while one is attached), None without one."""
+    try:
+        return os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return None
+
+
 def _run_child(args: list[str], env: dict[str, str]) -> int:
-    """Same terminal, same exit code; SIGTERM/SIGHUP are forwarded, and SIGINT too unless it came from a terminal.
+    """Same terminal, same exit code; SIGTERM/SIGHUP are forwarded, and SIGINT too unless the terminal sent it.
 
     A Ctrl-C typed at the terminal reaches the child directly (same process group); forwarding it again would
-    make Claude Code see a double Ctrl-C, which means "exit".
+    make Claude Code see a double Ctrl-C, which means "exit". Asked when the signal comes, since a job can move
+    between foreground and background.
     """
-    child = subprocess.Popen(args, env=env)
-    interactive = os.isatty(0)
+    tty = _controlling_terminal()
+    child: subprocess.Popen[bytes] | None = None
+    early: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        if signum == signal.SIGINT and interactive:
+        if signum == signal.SIGINT and terminal_delivers_sigint(tty):
             return
-        if child.poll() is None:
+        if child is None:
+            early.append(signum)  # handlers go in before the child starts, so no signal can kill us first
+        elif child.poll() is None:
             child.send_signal(signum)
 
-    previous = {
-        signal.SIGINT: signal.signal(signal.SIGINT, forward),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
-        signal.SIGHUP: signal.signal(signal.SIGHUP, forward),
-    }
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
+        child = subprocess.Popen(args, env=env)
+        for signum in early:
+            child.send_signal(signum)
         code = child.wait()  # PEP 475: a forwarded signal does not interrupt the wait
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if tty is not None:
+            os.close(tty)
     return 128 - code if code < 0 else code
