@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_runner import run_main
 
-from ccgate.launching import bypass_warnings, merge_custom_headers, project_of
+from ccgate import __version__
+from ccgate.launching import bypass_warnings, merge_custom_headers, project_of, terminal_delivers_sigint
+from ccgate.paths import resolve_paths
+from ccgate.sidecar.process import SERVICE_NAME, home_id, remove_run_files, write_run_files
 
 
 def test_custom_headers_keep_the_users_lines_and_replace_stale_ccgate_ones() -> None:
@@ -103,3 +111,208 @@ def test_help_after_the_command_goes_to_the_command(
     code, out, _ = run_main(capsys, monkeypatch, "launch", "claude", flag)
     assert code == 7 and out == ""
     assert launched == [["claude", flag]]
+
+
+class FakeSidecar(http.server.ThreadingHTTPServer):
+    """A sidecar on loopback that is healthy, serves this home and, like older ones, ignores fields it does not know
+    (launch registers with it, then runs its command)."""
+
+    version = __version__
+    home = ""
+    registrations: list[dict[str, Any]]
+
+
+class _FakeSidecarHandler(http.server.BaseHTTPRequestHandler):
+    server: FakeSidecar
+
+    def do_GET(self) -> None:
+        payload = {"service": SERVICE_NAME, "ok": True, "version": self.server.version, "pid": os.getpid()}
+        self._reply({**payload, "home_id": self.server.home})
+
+    def do_POST(self) -> None:
+        self.server.registrations.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+        self._reply({"ok": True})
+
+    def _reply(self, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_sidecar() -> Iterator[FakeSidecar]:
+    paths = resolve_paths().ensure()
+    server = FakeSidecar(("127.0.0.1", 0), _FakeSidecarHandler)
+    server.home, server.registrations = home_id(paths), []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    write_run_files(paths, os.getpid(), server.server_address[1])
+    try:
+        yield server
+    finally:
+        remove_run_files(paths, os.getpid())  # nothing may ever try to stop "the sidecar" at this pid
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_an_older_sidecar_that_would_drop_the_users_base_url_stops_the_launch(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fake_sidecar: FakeSidecar, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    fake_sidecar.version = "0.0.1"
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "https://corp-gw.example")
+    code, _, err = run_main(capsys, monkeypatch, "launch", "touch", str(marker))
+    said = " ".join(err.split())
+    assert code == 1 and "ignored ANTHROPIC_BASE_URL" in said and "`ccgate sidecar stop`" in said
+    assert fake_sidecar.registrations[0]["anthropic_base_url"] == "https://corp-gw.example"
+    assert not marker.exists()  # no request of this session can reach the default upstream with the gateway's token
+
+
+def test_launch_warns_about_a_projects_own_settings_like_doctor(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fake_sidecar: FakeSidecar, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    (project / ".claude").mkdir(parents=True)
+    for name in ("settings.json", "settings.local.json"):
+        (project / ".claude" / name).write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://proxy.example"}}))
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("COLUMNS", "1000")  # one warning a line, long paths unfolded
+    code, _, err = run_main(capsys, monkeypatch, "launch", "true")
+    said = err
+    assert code == 0
+    for name in ("settings.json", "settings.local.json"):
+        assert f"{project / '.claude' / name} sets env.ANTHROPIC_BASE_URL" in said
+    assert fake_sidecar.registrations[0]["project"] == str(project)
+
+
+def test_a_sidecar_of_another_version_is_reused_with_a_notice_saying_how_to_restart_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fake_sidecar: FakeSidecar, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("COLUMNS", "1000")
+    code, _, err = run_main(capsys, monkeypatch, "launch", "touch", str(marker))
+    assert code == 0 and marker.exists() and err == ""  # same version: nothing to say
+    fake_sidecar.version = "0.0.1"
+    code, _, err = run_main(capsys, monkeypatch, "launch", "touch", str(marker))
+    assert code == 0 and len(fake_sidecar.registrations) == 2  # used as it is: other sessions may depend on it
+    assert err.splitlines() == [
+        f"! the running sidecar is ccgate 0.0.1, this is {__version__}: "
+        "to upgrade it, run `ccgate sidecar stop`, then launch again"
+    ]
+
+
+# ---- signals: one Ctrl-C is one SIGINT for the child, and a SIGINT sent to launch alone is passed on
+
+
+def test_the_terminal_delivers_sigint_only_to_its_foreground_group() -> None:
+    def foreground_is(group: int) -> Any:
+        return lambda _fd: group
+
+    def hung_up(_fd: int) -> int:
+        raise OSError(25, "Inappropriate ioctl for device")
+
+    assert terminal_delivers_sigint(5, foreground_group=foreground_is(100), own_group=lambda: 100)
+    assert not terminal_delivers_sigint(5, foreground_group=foreground_is(200), own_group=lambda: 100)  # background
+    assert not terminal_delivers_sigint(None, foreground_group=foreground_is(100), own_group=lambda: 100)  # no tty
+    assert not terminal_delivers_sigint(5, foreground_group=hung_up, own_group=lambda: 100)
+
+
+# Stands in for Claude Code: counts the SIGINTs it gets, until a second after the first one (or 20 s).
+COUNTING_CHILD = """\
+import os, signal, sys, time
+seen = []
+signal.signal(signal.SIGINT, lambda *_: seen.append(time.monotonic()))
+with open(sys.argv[1] + ".tmp", "w") as ready:
+    ready.write(str(os.getppid()))
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline and not (seen and time.monotonic() > seen[0] + 1):
+    time.sleep(0.02)
+with open(sys.argv[2], "w") as out:
+    out.write(str(len(seen)))
+"""
+# A session of its own on the pty (as a terminal window gives a shell), then launch in the foreground (exec) or as
+# a background job (its own process group, like `&`); stdin is the pty or /dev/null.
+ON_A_TERMINAL = """\
+import os, subprocess, sys
+tty, where, command = sys.argv[1], sys.argv[2], sys.argv[3:]
+os.close(os.open(tty, os.O_RDWR))  # a session leader opening a terminal makes it its controlling terminal
+if where == "foreground":
+    os.execvp(command[0], command)
+sys.exit(subprocess.Popen(command, process_group=0).wait())
+"""
+
+
+def _launch_on_a_pty(tmp_path: Path, *, where: str, stdin_is_tty: bool) -> tuple[int, Path, Path, Any]:
+    import pty
+    import sys
+
+    (tmp_path / "child.py").write_text(COUNTING_CHILD)
+    ready, result = tmp_path / "ready", tmp_path / "count"
+    master, slave = pty.openpty()
+    launch = [sys.executable, "-m", "ccgate", "launch", sys.executable, str(tmp_path / "child.py"), str(ready)]
+    process = subprocess.Popen(
+        [sys.executable, "-c", ON_A_TERMINAL, os.ttyname(slave), where, *launch, str(result)],
+        stdin=slave if stdin_is_tty else subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    return master, ready, result, process
+
+
+def _wait_for(path: Path, process: Any, timeout: float = 30) -> str:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, "launch ended early"
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.02)
+    return path.read_text()
+
+
+@pytest.mark.parametrize("stdin_is_tty", [True, False], ids=["stdin-tty", "stdin-not-a-tty"])
+def test_one_ctrl_c_at_the_terminal_is_one_sigint_for_the_child(
+    fake_sidecar: FakeSidecar, tmp_path: Path, stdin_is_tty: bool
+) -> None:
+    master, ready, result, process = _launch_on_a_pty(tmp_path, where="foreground", stdin_is_tty=stdin_is_tty)
+    try:
+        _wait_for(ready, process)
+        os.write(master, b"\x03")  # Ctrl-C: the terminal signals its foreground process group
+        assert _wait_for(result, process) == "1"
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+
+
+def test_a_sigint_sent_to_a_background_launch_alone_reaches_the_child(
+    fake_sidecar: FakeSidecar, tmp_path: Path
+) -> None:
+    import signal
+
+    master, ready, result, process = _launch_on_a_pty(tmp_path, where="background", stdin_is_tty=True)
+    launcher = None
+    try:
+        launcher = int(_wait_for(ready, process))
+        os.kill(launcher, signal.SIGINT)  # `kill -INT <pid of ccgate launch>`
+        assert _wait_for(result, process) == "1"
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            if launcher is not None:  # in a process group of its own: not taken down with the wrapper
+                os.kill(launcher, signal.SIGKILL)
+            process.kill()
+            process.wait()
+        os.close(master)

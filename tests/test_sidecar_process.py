@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -20,6 +21,20 @@ from ccgate.sidecar.process import pid_alive, read_info, running_sidecar, stop_s
 
 CCGATE = [sys.executable, "-m", "ccgate"]
 UPSTREAM_SCRIPT = Path(__file__).parent / "support" / "hang_upstream.py"
+SCRIPTED_UPSTREAM = Path(__file__).parent / "support" / "scripted_upstream.py"
+# What Claude Code does with the environment `launch` gives it: one request to ANTHROPIC_BASE_URL.
+CLIENT_SCRIPT = """\
+import http.client, json, os, sys, urllib.parse
+url = urllib.parse.urlsplit(os.environ["ANTHROPIC_BASE_URL"])
+headers = dict(line.split(": ", 1) for line in os.environ["ANTHROPIC_CUSTOM_HEADERS"].splitlines())
+headers.update({"authorization": "Bearer " + os.environ["ANTHROPIC_AUTH_TOKEN"], "content-type": "application/json"})
+body = {"model": "claude-opus-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+conn.request("POST", "/v1/messages", body=json.dumps(body), headers=headers)
+response = conn.getresponse()
+sys.stdout.write(response.read().decode())
+sys.exit(0 if response.status == 200 else 3)
+"""
 
 
 def run_ccgate(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -59,6 +74,74 @@ def upstream_process(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[byt
             process.wait(5)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextlib.contextmanager
+def scripted_upstream(tmp_path: Path, name: str) -> Iterator[tuple[str, Path]]:
+    """A scripted upstream process; yields its URL and the file where it records each request as a JSON line."""
+    port_file, record = tmp_path / f"{name}.port", tmp_path / f"{name}.jsonl"
+    record.touch()
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTED_UPSTREAM), "--port-file", str(port_file), "--record", str(record)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not port_file.exists():
+            assert time.monotonic() < deadline and process.poll() is None, f"{name} upstream did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port_file.read_text().strip()}", record
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_launch_forwards_to_the_users_own_anthropic_base_url(env: dict[str, str], tmp_path: Path) -> None:
+    """A corporate gateway in ANTHROPIC_BASE_URL keeps getting the session's requests (and its token), metered."""
+    client = tmp_path / "client.py"
+    client.write_text(CLIENT_SCRIPT)
+    with (
+        scripted_upstream(tmp_path, "default") as (default_url, default_log),
+        scripted_upstream(tmp_path, "corp") as (corp_url, corp_log),
+    ):
+        env = {
+            **env,
+            "CCGATE_ANTHROPIC_BASE_URL": default_url,
+            "ANTHROPIC_BASE_URL": corp_url + "/",
+            "ANTHROPIC_AUTH_TOKEN": "corp-gw-token",
+        }
+        result = run_ccgate("launch", sys.executable, str(client), env=env)
+        assert result.returncode == 0, result.stderr
+        said = " ".join(result.stderr.split())  # the console wraps long lines
+        assert said == f"ANTHROPIC_BASE_URL is {corp_url}: requests are metered by ccgate and forwarded there"
+        assert json.loads(result.stdout)["type"] == "message"
+        (seen,) = [json.loads(line) for line in corp_log.read_text().splitlines()]
+        assert seen["path"] == "/v1/messages" and seen["headers"]["authorization"] == "Bearer corp-gw-token"
+        assert default_log.read_text() == ""
+        from ccgate.storage.ledger import open_ledger
+
+        paths = resolve_paths(env)
+        stop_sidecar(paths, timeout=5)  # flushes the ledger
+        db = open_ledger(paths.ledger_file)
+        try:
+            (row,) = db.query("select status, launch_id from requests")
+        finally:
+            db.close()
+        assert row["status"] == "ok" and row["launch_id"]
+
+
+def test_launch_refuses_an_anthropic_base_url_it_cannot_forward_to(env: dict[str, str], tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    env = {**env, "ANTHROPIC_BASE_URL": "https://user:secret@corp-gw.example"}
+    result = run_ccgate("launch", "touch", str(marker), env=env)
+    assert result.returncode == 1
+    said = " ".join(result.stderr.split())
+    assert "ANTHROPIC_BASE_URL must not contain credentials" in said and "secret" not in said
+    assert not marker.exists()
 
 
 def test_start_status_reuse_stop(env: dict[str, str]) -> None:

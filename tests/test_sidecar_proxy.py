@@ -13,7 +13,7 @@ from multidict import CIMultiDict
 from scripted_upstream import SSE, ErrorReply, ScriptedUpstream, StreamReply, TextReply, Usage, text_events
 from sidecar_harness import Harness, running_sidecar
 
-from ccgate.config import Config, SidecarSettings
+from ccgate.config import Config, ProviderSettings, SidecarSettings, TierSettings
 
 BODY: dict[str, Any] = {
     "model": "claude-opus-4-5",
@@ -192,6 +192,81 @@ async def test_launch_registration_gives_rows_their_project(tmp_path: Any) -> No
                 await resp.read()
         assert harness.rows()[0]["project"] == "/work/projects/demo"
         assert harness.rows()[0]["launch_id"] == "launch-abc-123"
+
+
+async def _register(harness: Harness, payload: dict[str, Any]) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{harness.url}/_ccgate/launches", json=payload, headers=harness.headers) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def test_a_launch_with_its_own_base_url_goes_there_with_the_users_credentials() -> None:
+    """`ANTHROPIC_BASE_URL=https://corp-gw ccgate launch claude`: the corporate gateway gets the request and the
+    user's token; the default upstream (and the Anthropic key stored in ccgate) never sees it."""
+    haiku_elsewhere = Config(
+        providers={"other": ProviderSettings("other", kind="anthropic", base_url="http://127.0.0.1:1")},
+        tiers={"haiku": TierSettings("haiku", ("other/claude-haiku-4-5",))},
+    )
+    async with ScriptedUpstream() as corp, ScriptedUpstream() as other:
+        environ = {
+            "CCGATE_ANTHROPIC_API_KEY": "sk-ant-stored-in-ccgate",
+            "CCGATE_OTHER_BASE_URL": other.url,
+            "CCGATE_OTHER_API_KEY": "other-key",
+        }
+        async with running_sidecar(config=haiku_elsewhere, environ=environ) as harness:
+            status, answer = await _register(
+                harness, {"launch_id": "launch-corp-1", "project": "/p/corp", "anthropic_base_url": corp.url + "/"}
+            )
+            assert (status, answer) == (200, {"ok": True, "anthropic_base_url": corp.url})
+            client = sdk(harness, **harness.launch_headers("launch-corp-1"))
+            reply = await client.messages.create(
+                model="claude-opus-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            )
+            assert reply.content[0].type == "text"
+            tokens = await client.messages.count_tokens(
+                model="claude-opus-4-5", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert tokens.input_tokens > 0
+            (seen,) = corp.messages_requests
+            assert seen.headers["authorization"] == "Bearer sk-ant-user-key"  # how this SDK sends its api_key
+            assert "x-api-key" not in seen.headers
+            assert [r.path for r in corp.requests] == ["/v1/messages", "/v1/messages/count_tokens"]
+            assert harness.upstream.requests == []
+            # another provider of the same launch keeps its own upstream and key
+            await client.messages.create(
+                model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            )
+            (other_seen,) = other.messages_requests
+            assert other_seen.headers["x-api-key"] == "other-key" and len(corp.messages_requests) == 1
+            # requests of other launches (or none) still go to the configured upstream, with the stored key
+            await sdk(harness).messages.create(
+                model="claude-opus-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            )
+            (default_seen,) = harness.upstream.messages_requests
+            assert default_seen.headers["x-api-key"] == "sk-ant-stored-in-ccgate"
+            assert "authorization" not in default_seen.headers
+            rows = harness.rows()
+            assert [(r["launch_id"], r["project"], r["status"]) for r in rows[:1]] == [
+                ("launch-corp-1", "/p/corp", "ok")
+            ]
+        # a restarted sidecar still knows where this launch's requests go
+        async with running_sidecar(config=haiku_elsewhere, environ=environ) as harness:
+            await sdk(harness, **harness.launch_headers("launch-corp-1")).messages.create(
+                model="claude-opus-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            )
+            assert len(corp.messages_requests) == 2 and harness.upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://corp-gw.example", "https://user:secret@corp-gw.example", "https://corp-gw.example/?k=v", 42]
+)
+async def test_a_launch_base_url_is_validated_like_any_other(url: object) -> None:
+    async with running_sidecar() as harness:
+        status, answer = await _register(harness, {"launch_id": "launch-bad-1", "anthropic_base_url": url})
+        assert status == 400 and answer["error"]["type"] == "invalid_request_error"
+        assert "secret" not in json.dumps(answer)
 
 
 # ---- bad input: Anthropic's envelope, right status, x-should-retry: false where retrying cannot help

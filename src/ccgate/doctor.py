@@ -263,11 +263,9 @@ def check_bypasses(
     environ: Mapping[str, str], *, home: Path, cwd: Path | None, sidecar: SidecarInfo | None, port: int | None
 ) -> list[Check]:
     """Every way Claude Code can go around the sidecar: settings files, cloud-provider switches, the shell."""
-    from ccgate.launching import bypass_warnings
+    from ccgate.launching import bypass_warnings, project_settings_files
 
-    extra: list[Path] = []
-    if cwd is not None and cwd.resolve() != home.resolve():
-        extra = [cwd / ".claude" / "settings.json", cwd / ".claude" / "settings.local.json"]
+    extra = project_settings_files(cwd, home) if cwd is not None else []
     checks = [Check("bypass", False, warning) for warning in bypass_warnings(environ, home, extra_settings=extra)]
     exported = environ.get("ANTHROPIC_BASE_URL")
     if exported:

@@ -13,10 +13,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
+from ccgate import __version__
 from ccgate.config import Config
-from ccgate.errors import CcgateError, UserInputError
+from ccgate.errors import CcgateError, ConfigError, SidecarError, UserInputError
 from ccgate.paths import Paths
-from ccgate.providers import redact_url
+from ccgate.providers import redact_url, validate_base_url
 
 CLAUDE_INSTALL_HINT = "install Claude Code with `npm install -g @anthropic-ai/claude-code`, then run this again"
 # Switches that send Claude Code to a cloud provider's endpoint instead of ANTHROPIC_BASE_URL.
@@ -69,6 +70,14 @@ def merge_custom_headers(existing: str | None, ours: Mapping[str, str]) -> str:
     return "\n".join(lines)
 
 
+def project_settings_files(cwd: Path, home: Path) -> list[Path]:
+    """The Claude Code settings a project can carry (shared and local); in the home directory there are none,
+    `~/.claude/settings.json` being the user's own settings."""
+    if cwd.resolve() == home.resolve():
+        return []
+    return [cwd / ".claude" / "settings.json", cwd / ".claude" / "settings.local.json"]
+
+
 def bypass_warnings(environ: Mapping[str, str], home: Path, *, extra_settings: Sequence[Path] = ()) -> list[str]:
     """Ways Claude Code would go around the sidecar even when launched through it.
 
@@ -107,13 +116,13 @@ def run_launch(
     environ: Mapping[str, str],
     *,
     warn: Callable[[str], None],
+    info: Callable[[str], None],
     cwd: Path | None = None,
 ) -> int:
     from ccgate.sidecar.process import (
         LAUNCH_HEADER,
         TOKEN_HEADER,
         configured_port,
-        control_request,
         ensure_sidecar,
         ensure_token,
     )
@@ -125,22 +134,25 @@ def run_launch(
         raise UserInputError(f"command not found: {command}", hint=hint)
     cwd = cwd or Path.cwd()
     port = configured_port(config.sidecar.port, environ)
-    info, _ = ensure_sidecar(paths, port=port, environ=environ)
+    sidecar, _ = ensure_sidecar(paths, port=port, environ=environ)
+    if sidecar.version is not None and sidecar.version != __version__:
+        # not restarted here: other sessions may be using it
+        warn(
+            f"the running sidecar is ccgate {sidecar.version}, this is {__version__}: "
+            "to upgrade it, run `ccgate sidecar stop`, then launch again"
+        )
     token = ensure_token(paths)
     launch_id = uuid.uuid4().hex
-    project = project_of(cwd)
-    try:
-        control_request(paths, "POST", "/_ccgate/launches", {"launch_id": launch_id, "project": project})
-    except CcgateError as error:
-        warn(f"could not register this launch with the sidecar ({error.message}); project will be unknown")
-    for message in bypass_warnings(environ, Path(environ.get("HOME", str(Path.home())))):
+    upstream = users_upstream(environ.get("ANTHROPIC_BASE_URL"), sidecar.url)
+    _register(paths, launch_id, project_of(cwd), upstream, warn=warn)
+    if upstream is not None:
+        info(f"ANTHROPIC_BASE_URL is {redact_url(upstream)}: requests are metered by ccgate and forwarded there")
+    home = Path(environ.get("HOME") or Path.home())
+    for message in bypass_warnings(environ, home, extra_settings=project_settings_files(cwd, home)):
         warn(message)
 
-    previous = environ.get("ANTHROPIC_BASE_URL")
-    if previous and previous.rstrip("/") != info.url:
-        warn(f"ANTHROPIC_BASE_URL was set to {redact_url(previous)}; this session goes through ccgate instead")
     env = dict(environ)
-    env["ANTHROPIC_BASE_URL"] = info.url
+    env["ANTHROPIC_BASE_URL"] = sidecar.url
     env["ANTHROPIC_CUSTOM_HEADERS"] = merge_custom_headers(
         environ.get("ANTHROPIC_CUSTOM_HEADERS"), {TOKEN_HEADER: token, LAUNCH_HEADER: launch_id}
     )
@@ -148,29 +160,108 @@ def run_launch(
     return _run_child([executable, *argv[1:]], env)
 
 
+def users_upstream(previous: str | None, sidecar_url: str) -> str | None:
+    """The ANTHROPIC_BASE_URL the user had (a corporate gateway, say), validated; None if unset or the sidecar's.
+
+    Their credentials are meant for that endpoint, so the sidecar forwards this launch's requests there.
+    """
+    if not previous or not previous.strip():
+        return None
+    try:
+        url = validate_base_url(previous, "ANTHROPIC_BASE_URL")
+    except ConfigError as error:
+        raise UserInputError(
+            error.message,
+            hint="fix ANTHROPIC_BASE_URL or unset it: ccgate forwards this session's requests to it",
+        ) from None
+    ours = {sidecar_url, sidecar_url.replace("//127.0.0.1:", "//localhost:", 1)}
+    return None if url in ours else url
+
+
+def _register(paths: Paths, launch_id: str, project: str, upstream: str | None, *, warn: Callable[[str], None]) -> None:
+    """Tell the sidecar this launch's project (and upstream); without the upstream, requests must not start."""
+    from ccgate.sidecar.process import control_request
+
+    payload = {"launch_id": launch_id, "project": project}
+    if upstream is not None:
+        payload["anthropic_base_url"] = upstream
+    try:
+        answer = control_request(paths, "POST", "/_ccgate/launches", payload)
+        if answer is None:
+            raise SidecarError("the sidecar stopped")
+    except CcgateError as error:
+        if upstream is not None:  # the sidecar would send the user's credentials to its default upstream
+            raise SidecarError(
+                f"could not register this launch with the sidecar ({error.message})",
+                hint="run `ccgate doctor`, then launch again",
+            ) from None
+        warn(f"could not register this launch with the sidecar ({error.message}); project will be unknown")
+        return
+    if upstream is not None and answer.get("anthropic_base_url") != upstream:
+        raise SidecarError(
+            "the running sidecar ignored ANTHROPIC_BASE_URL (it is older than this ccgate) and would send this "
+            "session's requests to its default upstream",
+            hint="restart it: `ccgate sidecar stop`, then launch again",
+        )
+
+
+def terminal_delivers_sigint(
+    tty: int | None,
+    *,
+    foreground_group: Callable[[int], int] | None = None,
+    own_group: Callable[[], int] | None = None,
+) -> bool:
+    """Whether a Ctrl-C typed at the terminal reaches the child by itself.
+
+    The child runs in our process group, and the terminal signals its foreground group: so exactly when ours is
+    that group. Not when there is no controlling terminal, or when we run in the background (`&`, `bg`) —
+    whatever SIGINT we get then was sent to us alone and must be passed on.
+    """
+    if tty is None:
+        return False
+    try:
+        # looked up here, not as defaults: importing this module must work where os has no job control
+        return (foreground_group or os.tcgetpgrp)(tty) == (own_group or os.getpgrp)()
+    except OSError:  # not our controlling terminal any more (hung up)
+        return False
+
+
+def _controlling_terminal() -> int | None:
+    """A descriptor of the controlling terminal (stdin may be a pipe while one is attached), None without one."""
+    try:
+        return os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return None
+
+
 def _run_child(args: list[str], env: dict[str, str]) -> int:
-    """Same terminal, same exit code; SIGTERM/SIGHUP are forwarded, and SIGINT too unless it came from a terminal.
+    """Same terminal, same exit code; SIGTERM/SIGHUP are forwarded, and SIGINT too unless the terminal sent it.
 
     A Ctrl-C typed at the terminal reaches the child directly (same process group); forwarding it again would
-    make Claude Code see a double Ctrl-C, which means "exit".
+    make Claude Code see a double Ctrl-C, which means "exit". Asked when the signal comes, since a job can move
+    between foreground and background.
     """
-    child = subprocess.Popen(args, env=env)
-    interactive = os.isatty(0)
+    tty = _controlling_terminal()
+    child: subprocess.Popen[bytes] | None = None
+    early: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        if signum == signal.SIGINT and interactive:
+        if signum == signal.SIGINT and terminal_delivers_sigint(tty):
             return
-        if child.poll() is None:
+        if child is None:
+            early.append(signum)  # handlers go in before the child starts, so no signal can kill us first
+        elif child.poll() is None:
             child.send_signal(signum)
 
-    previous = {
-        signal.SIGINT: signal.signal(signal.SIGINT, forward),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
-        signal.SIGHUP: signal.signal(signal.SIGHUP, forward),
-    }
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
+        child = subprocess.Popen(args, env=env)
+        for signum in early:
+            child.send_signal(signum)
         code = child.wait()  # PEP 475: a forwarded signal does not interrupt the wait
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if tty is not None:
+            os.close(tty)
     return 128 - code if code < 0 else code

@@ -91,6 +91,9 @@ class ClientMeta:
     private_headers: frozenset[str] = frozenset()
     # Gateway mode fills these (key id, team, customer); the sidecar leaves them empty.
     extra: Mapping[str, str] = field(default_factory=dict)
+    # Sidecar only: the ANTHROPIC_BASE_URL the developer had before `launch` (a corporate gateway, say). Their
+    # credentials are meant for it, so the `anthropic` provider goes there for this launch's requests.
+    anthropic_base_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,11 @@ def parse_messages_head(raw: bytes) -> dict[str, Any]:
     return head
 
 
+def _own_upstream(meta: ClientMeta, spec: ProviderSpec) -> str | None:
+    """The developer's own Anthropic endpoint when this request goes there instead of the provider's."""
+    return meta.anthropic_base_url if spec.name == "anthropic" and spec.kind == "anthropic" else None
+
+
 def error_response(error: CcgateError) -> web.Response:
     """ccgate's own errors in Anthropic's envelope, with `x-should-retry: false` when retrying cannot help."""
     return web.json_response(error.envelope(), status=error.status, headers=error.headers())
@@ -283,7 +291,7 @@ class Proxy:
         raw = await request.read()
         body = parse_messages_head(raw)
         target = deps.router.route(body["model"]).targets[0]
-        spec = self._spec(deps, target.provider)
+        spec = self._spec(deps, target.provider, meta)
         if spec.kind == "openai":
             from ccgate.translate import estimate_input_tokens
 
@@ -337,7 +345,7 @@ class Proxy:
         try:
             for index, target in enumerate(route.targets):
                 is_last = index == len(route.targets) - 1
-                spec = self._spec(ctx.deps, target.provider)
+                spec = self._spec(ctx.deps, target.provider, ctx.meta)
                 record.provider, record.routed_model = target.provider, target.model
                 try:
                     upstream = await self._open(ctx, spec, target)
@@ -441,7 +449,7 @@ class Proxy:
         self, request: web.Request, ctx: _Ctx, upstream: aiohttp.ClientResponse, target: Target
     ) -> web.StreamResponse:
         record = ctx.record
-        spec = self._spec(ctx.deps, target.provider)
+        spec = self._spec(ctx.deps, target.provider, ctx.meta)
         requested = ctx.body["model"]
         rewrite = target.model != requested
         record.upstream_request_id = upstream.headers.get("request-id")
@@ -749,14 +757,16 @@ class Proxy:
     # ---- helpers ------------------------------------------------------------------------------
 
     @staticmethod
-    def _spec(deps: ProxyDeps, provider: str) -> ProviderSpec:
+    def _spec(deps: ProxyDeps, provider: str, meta: ClientMeta) -> ProviderSpec:
         try:
-            return deps.providers[provider]
+            spec = deps.providers[provider]
         except KeyError:
             valid = ", ".join(sorted(deps.providers))
             raise UpstreamError(
                 f"route names unknown provider {provider!r}", hint=f"valid providers: {valid}"
             ) from None
+        own = _own_upstream(meta, spec)
+        return spec if own is None else replace(spec, base_url=own)
 
     @staticmethod
     def _anthropic_url(spec: ProviderSpec, path: str, query: str) -> str:
@@ -773,7 +783,8 @@ class Proxy:
         request_id: str | None,
     ) -> dict[str, str]:
         """Client headers verbatim, minus hop-by-hop and ccgate's own; credentials only where they belong."""
-        key = deps.provider_keys.get(spec.name)
+        # the key stored for Anthropic is not for the developer's own gateway: that one gets their credentials
+        key = None if _own_upstream(meta, spec) else deps.provider_keys.get(spec.name)
         keep_client_auth = key is None and meta.forward_client_auth and spec.name in CLIENT_AUTH_PROVIDERS
         headers = {
             name: value

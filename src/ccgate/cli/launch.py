@@ -26,7 +26,14 @@ def launch(
     from ccgate.launching import run_launch
 
     app_ctx = ctx()
-    code = run_launch(app_ctx.paths, app_ctx.config, [command, *context.args], app_ctx.environ, warn=app_ctx.warn)
+    code = run_launch(
+        app_ctx.paths,
+        app_ctx.config,
+        [command, *context.args],
+        app_ctx.environ,
+        warn=app_ctx.warn,
+        info=app_ctx.info,
+    )
     raise typer.Exit(code)
 
 

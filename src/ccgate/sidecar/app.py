@@ -31,6 +31,7 @@ from ccgate.errors import (
 )
 from ccgate.models import format_usd
 from ccgate.paths import Paths
+from ccgate.providers import validate_base_url
 from ccgate.proxy import ClientMeta, Proxy, ProxyDeps, error_response
 from ccgate.sidecar.process import LAUNCH_HEADER, SERVICE_NAME, TOKEN_HEADER, home_id
 
@@ -51,6 +52,8 @@ class LaunchInfo:
     launch_id: str
     project: str | None
     started_at: float
+    # the developer's own ANTHROPIC_BASE_URL from before `launch`: this launch's `anthropic` upstream
+    anthropic_base_url: str | None = None
 
 
 @dataclass
@@ -64,7 +67,7 @@ class SidecarState:
     config_mtime: float | None = None
     requests_seen: int = 0
     launches_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    metas: dict[tuple[str | None, str | None], ClientMeta] = field(default_factory=dict)
+    metas: dict[tuple[str | None, str | None, str | None], ClientMeta] = field(default_factory=dict)
     last_reload_error: str | None = None
     writer: LedgerWriter | None = None
 
@@ -170,12 +173,17 @@ def _meta(request: web.Request) -> ClientMeta:
     launch_id = request.headers.get(LAUNCH_HEADER)
     launch = state.launches.get(launch_id) if launch_id else None
     project = launch.project if launch else None
-    meta = state.metas.get((launch_id, project))
+    upstream = launch.anthropic_base_url if launch else None
+    meta = state.metas.get((launch_id, project, upstream))
     if meta is None:  # one per launch: frozen, so requests share it
         if len(state.metas) >= MAX_CACHED_METAS:
             state.metas.clear()
-        meta = state.metas[(launch_id, project)] = ClientMeta(
-            launch_id=launch_id, project=project, source="sidecar", private_headers=PRIVATE_HEADERS
+        meta = state.metas[(launch_id, project, upstream)] = ClientMeta(
+            launch_id=launch_id,
+            project=project,
+            source="sidecar",
+            private_headers=PRIVATE_HEADERS,
+            anthropic_base_url=upstream,
         )
     return meta
 
@@ -259,14 +267,26 @@ async def register_launch(request: web.Request) -> web.StreamResponse:
     project = payload.get("project")
     if project is not None and (not isinstance(project, str) or len(project) > MAX_PROJECT_CHARS):
         raise InvalidRequestError(f"project must be a path of at most {MAX_PROJECT_CHARS} characters")
-    state.launches[launch_id] = LaunchInfo(launch_id, project, time.time())
+    upstream = payload.get("anthropic_base_url")
+    if upstream is not None:
+        if not isinstance(upstream, str):
+            raise InvalidRequestError("anthropic_base_url must be a URL")
+        try:
+            upstream = validate_base_url(upstream, "anthropic_base_url")
+        except ConfigError as error:
+            raise InvalidRequestError(error.message, hint=error.hint) from None
+    state.launches[launch_id] = LaunchInfo(launch_id, project, time.time(), upstream)
     if len(state.launches) > MAX_LAUNCHES:
         for old in sorted(state.launches.values(), key=lambda item: item.started_at)[:-MAX_LAUNCHES]:
             state.launches.pop(old.launch_id, None)
-    snapshot = {key: {"project": item.project, "started_at": item.started_at} for key, item in state.launches.items()}
+    snapshot = {
+        key: {"project": item.project, "started_at": item.started_at, "anthropic_base_url": item.anthropic_base_url}
+        for key, item in state.launches.items()
+    }
     async with state.launches_lock:
         await asyncio.to_thread(_save_launches, state.paths, snapshot)
-    return web.json_response({"ok": True})
+    # echoed, so `launch` can tell a sidecar that kept the upstream from an older one that ignored it
+    return web.json_response({"ok": True, "anthropic_base_url": upstream})
 
 
 async def reload(request: web.Request) -> web.StreamResponse:
@@ -301,11 +321,20 @@ def _load_launches(paths: Paths) -> dict[str, LaunchInfo]:
         return {}
     if not isinstance(raw, dict):
         return {}
-    return {
-        key: LaunchInfo(key, value.get("project"), float(value.get("started_at", 0)))
-        for key, value in raw.items()
-        if isinstance(value, dict)
-    }
+    launches: dict[str, LaunchInfo] = {}
+    for key, value in raw.items():
+        if not isinstance(value, dict):
+            continue
+        upstream = value.get("anthropic_base_url")
+        if upstream is not None:
+            try:
+                upstream = validate_base_url(str(upstream), "anthropic_base_url")
+            except ConfigError:
+                # written from validated values only, so the file was edited by hand; the entry is not trusted
+                log.error("launch %s has an unusable anthropic_base_url in %s; dropped", key, _launches_file(paths))
+                continue
+        launches[key] = LaunchInfo(key, value.get("project"), float(value.get("started_at", 0)), upstream)
+    return launches
 
 
 def _build_static_deps(config: Config, environ: Mapping[str, str]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class SidecarInfo:
     pid: int
     port: int
     host: str = "127.0.0.1"
+    # the ccgate version the running sidecar reports (None when only its files were read)
+    version: str | None = None
 
     @property
     def url(self) -> str:
@@ -140,7 +142,8 @@ def running_sidecar(paths: Paths) -> SidecarInfo | None:
     payload = health(info.port)
     if payload is None or payload.get("pid") != info.pid or payload.get("home_id") != home_id(paths):
         return None
-    return info
+    version = payload.get("version")
+    return replace(info, version=version if isinstance(version, str) else None)
 
 
 def instance_running(paths: Paths) -> bool:
