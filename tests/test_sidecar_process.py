@@ -341,7 +341,8 @@ def test_a_sidecar_that_does_not_answer_keeps_its_files_and_gets_no_twin(
     try:
         with pytest.raises(SidecarError, match="running but not answering"):
             process.ensure_sidecar(paths, port=0, environ=env)
-        assert read_info(paths) == info  # its files stay: `status` and `stop` still find it
+        files = read_info(paths)  # its files stay: `status` and `stop` still find it
+        assert files is not None and (files.pid, files.port) == (info.pid, info.port)
     finally:
         os.kill(info.pid, signal.SIGCONT)
     assert process.ensure_sidecar(paths, port=0, environ=env) == (info, False)
