@@ -53,27 +53,30 @@ def env(isolated_home: Path) -> Iterator[dict[str, str]]:
         os.kill(info.pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def upstream_process(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port_file = tmp_path / "upstream.port"
-    process = subprocess.Popen(
-        [sys.executable, str(UPSTREAM_SCRIPT), str(port_file)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+@contextlib.contextmanager
+def upstream_server(argv: list[str], port_file: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A test upstream as its own process, once it has written its port; terminated on exit."""
+    process = subprocess.Popen([sys.executable, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 15
         while not port_file.exists() or not port_file.read_text().strip():
-            assert time.monotonic() < deadline, "scripted upstream did not start"
-            assert process.poll() is None, "scripted upstream exited"
+            assert time.monotonic() < deadline, f"upstream {argv[0]} did not start"
+            assert process.poll() is None, f"upstream {argv[0]} exited"
             time.sleep(0.05)
-        yield f"http://127.0.0.1:{port_file.read_text().strip()}", process
+        yield process
     finally:
         process.terminate()
         try:
             process.wait(5)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture
+def upstream_process(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port_file = tmp_path / "upstream.port"
+    with upstream_server([str(UPSTREAM_SCRIPT), str(port_file)], port_file) as process:
+        yield f"http://127.0.0.1:{port_file.read_text().strip()}", process
 
 
 @contextlib.contextmanager
@@ -81,23 +84,8 @@ def scripted_upstream(tmp_path: Path, name: str) -> Iterator[tuple[str, Path]]:
     """A scripted upstream process; yields its URL and the file where it records each request as a JSON line."""
     port_file, record = tmp_path / f"{name}.port", tmp_path / f"{name}.jsonl"
     record.touch()
-    process = subprocess.Popen(
-        [sys.executable, str(SCRIPTED_UPSTREAM), "--port-file", str(port_file), "--record", str(record)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not port_file.exists():
-            assert time.monotonic() < deadline and process.poll() is None, f"{name} upstream did not start"
-            time.sleep(0.05)
+    with upstream_server([str(SCRIPTED_UPSTREAM), "--port-file", str(port_file), "--record", str(record)], port_file):
         yield f"http://127.0.0.1:{port_file.read_text().strip()}", record
-    finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def test_launch_forwards_to_the_users_own_anthropic_base_url(env: dict[str, str], tmp_path: Path) -> None:
@@ -393,25 +381,8 @@ def test_a_large_log_is_rotated_when_a_sidecar_starts(env: dict[str, str], monke
 def replying_upstream(tmp_path: Path) -> Iterator[str]:
     """The scripted upstream as its own process, answering every request with a short reply."""
     port_file = tmp_path / "replying-upstream.port"
-    script = Path(__file__).parent / "support" / "scripted_upstream.py"
-    process = subprocess.Popen(
-        [sys.executable, str(script), "--port-file", str(port_file)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not port_file.exists() or not port_file.read_text().strip():
-            assert time.monotonic() < deadline, "scripted upstream did not start"
-            assert process.poll() is None, "scripted upstream exited"
-            time.sleep(0.05)
+    with upstream_server([str(SCRIPTED_UPSTREAM), "--port-file", str(port_file)], port_file):
         yield f"http://127.0.0.1:{port_file.read_text().strip()}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.mark.skipif(not hasattr(__import__("resource"), "prlimit"), reason="needs Linux prlimit")
