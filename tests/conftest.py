@@ -35,3 +35,18 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     reset_context()
     yield home
     reset_context()
+
+
+@pytest.fixture
+def reload_notices(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Stands in for a running sidecar: every `notify_reload` call is recorded and answered as reloaded."""
+    from ccgate.sidecar import process
+
+    calls: list[object] = []
+
+    def fake_notify(paths: object = None) -> bool:
+        calls.append(paths)
+        return True
+
+    monkeypatch.setattr(process, "notify_reload", fake_notify)
+    return calls

@@ -256,17 +256,12 @@ def test_budget_edits_keep_what_ccgate_does_not_model(
 
 
 def test_set_and_unset_notify_a_running_sidecar(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    isolated_home: Path,
+    reload_notices: list[object],
 ) -> None:
-    from ccgate.sidecar import process
-
-    calls: list[object] = []
-
-    def fake_notify(paths: object = None) -> bool:
-        calls.append(paths)
-        return True
-
-    monkeypatch.setattr(process, "notify_reload", fake_notify)
+    calls = reload_notices
     code, _, err = run(capsys, monkeypatch, "budget", "set", "daily", "20")
     assert code == 0, err
     assert len(calls) == 1 and "the running sidecar reloaded its settings" in err

@@ -169,17 +169,12 @@ def test_exact_model_name_rule(
 
 
 def test_changes_notify_a_running_sidecar(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    isolated_home: Path,
+    reload_notices: list[object],
 ) -> None:
-    from ccgate.sidecar import process
-
-    calls: list[object] = []
-
-    def fake_notify(paths: object = None) -> bool:
-        calls.append(paths)
-        return True
-
-    monkeypatch.setattr(process, "notify_reload", fake_notify, raising=False)
+    calls = reload_notices
     code, _, err = run(capsys, monkeypatch, "model", "set", "haiku", "groq/llama-3.3-70b-versatile")
     assert code == 0, err
     assert len(calls) == 1 and "sidecar reloaded" in err

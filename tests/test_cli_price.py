@@ -215,17 +215,12 @@ def test_cli_startup_does_not_import_genai_prices() -> None:
 
 
 def test_set_and_unset_notify_a_running_sidecar(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    isolated_home: Path,
+    reload_notices: list[object],
 ) -> None:
-    from ccgate.sidecar import process
-
-    calls: list[object] = []
-
-    def fake_notify(paths: object = None) -> bool:
-        calls.append(paths)
-        return True
-
-    monkeypatch.setattr(process, "notify_reload", fake_notify)
+    calls = reload_notices
     code, _, err = run(capsys, monkeypatch, "price", "set", "my-local-7b", "--input", "0", "--output", "0")
     assert code == 0, err
     assert len(calls) == 1 and "the running sidecar reloaded its settings" in err
