@@ -128,8 +128,16 @@ def test_base_url_query_is_refused_without_echoing_it() -> None:
     with pytest.raises(ConfigError) as info:
         validate_base_url("https://api.example/v1?api_key=sk-abc", "--base-url")
     assert "sk-abc" not in info.value.full_message()
-    assert "https://api.example/v1" in info.value.message
+    assert "(https://api.example)" in info.value.message  # origin only: a path may carry a token too
     assert validate_base_url(" https://api.example/v1/ ", "x") == "https://api.example/v1"
+
+
+def test_urls_in_messages_keep_only_scheme_host_and_port() -> None:
+    from ccgate.providers import redact_url
+
+    assert redact_url("https://user:pw@gw.example:8443/t/SECRET-TOKEN/v1?key=k#f") == "https://gw.example:8443"
+    assert redact_url("http://[::1]:80/x") == "http://[::1]:80"
+    assert redact_url("https://gw.example:99999999/") == "(unparseable URL)"
 
 
 def test_reserved_provider_names() -> None:

@@ -269,6 +269,28 @@ async def test_a_launch_base_url_is_validated_like_any_other(url: object) -> Non
         assert "secret" not in json.dumps(answer)
 
 
+async def test_a_forgotten_launch_with_its_own_gateway_is_refused_not_sent_to_the_default_upstream() -> None:
+    """Launch ids of launches with their own ANTHROPIC_BASE_URL say so; if the sidecar no longer knows where
+    such a launch's requests go, it refuses them rather than send the gateway's credentials to Anthropic."""
+    from ccgate.sidecar.process import OWN_UPSTREAM_LAUNCH_PREFIX
+
+    async with running_sidecar() as harness:
+        headers = {**CLIENT_HEADERS, **harness.launch_headers(OWN_UPSTREAM_LAUNCH_PREFIX + "0" * 32)}
+        status, response_headers, body = await _post(harness, json.dumps(BODY).encode(), headers)
+        assert status == 403 and response_headers.get("x-should-retry") == "false"
+        assert "ANTHROPIC_BASE_URL" in body["error"]["message"] and body["error"]["type"] == "permission_error"
+        assert harness.upstream.requests == []
+        # an unknown launch without the prefix is only a launch whose project is unknown
+        harness.upstream.enqueue(TextReply("ok"))
+        plain = {**CLIENT_HEADERS, **harness.launch_headers("0" * 32)}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{harness.url}/v1/messages", json=BODY, headers=plain) as resp,
+        ):
+            assert resp.status == 200
+            await resp.read()
+
+
 # ---- bad input: Anthropic's envelope, right status, x-should-retry: false where retrying cannot help
 
 

@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from ccgate.errors import CcgateError
+from ccgate.providers import redact_url
 
 if TYPE_CHECKING:
     from ccgate.config import Config
@@ -249,16 +249,6 @@ def check_ledger(paths: Paths, *, full: bool = False) -> Check:
     return Check("ledger", True, f"{path}: {rows} request(s), {_megabytes(_size(path))}, {checked}")
 
 
-def _origin(url: str) -> str:
-    """scheme://host:port only: a base URL may carry a token in its path."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
-    except ValueError:
-        return "(unparseable URL)"
-
-
 def check_bypasses(
     environ: Mapping[str, str], *, home: Path, cwd: Path | None, sidecar: SidecarInfo | None, port: int | None
 ) -> list[Check]:
@@ -272,12 +262,12 @@ def check_bypasses(
         ours = {f"http://127.0.0.1:{port}", f"http://localhost:{port}"} if port else set()
         if sidecar is not None:
             ours.add(sidecar.url)
-        if _origin(exported) not in ours:
+        if redact_url(exported) not in ours:
             checks.append(
                 Check(
                     "bypass",
                     None,
-                    f"ANTHROPIC_BASE_URL={_origin(exported)} is exported in this shell: "
+                    f"ANTHROPIC_BASE_URL={redact_url(exported)} is exported in this shell: "
                     "`claude` started without `ccgate launch` sends requests there, unmetered",
                     "unset ANTHROPIC_BASE_URL (`ccgate launch` sets it for Claude Code)",
                 )

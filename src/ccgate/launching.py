@@ -121,6 +121,7 @@ def run_launch(
 ) -> int:
     from ccgate.sidecar.process import (
         LAUNCH_HEADER,
+        OWN_UPSTREAM_LAUNCH_PREFIX,
         TOKEN_HEADER,
         configured_port,
         ensure_sidecar,
@@ -142,8 +143,9 @@ def run_launch(
             "to upgrade it, run `ccgate sidecar stop`, then launch again"
         )
     token = ensure_token(paths)
-    launch_id = uuid.uuid4().hex
     upstream = users_upstream(environ.get("ANTHROPIC_BASE_URL"), sidecar.url)
+    # the prefix lets the sidecar refuse this launch's requests should it ever forget where they go
+    launch_id = (OWN_UPSTREAM_LAUNCH_PREFIX if upstream else "") + uuid.uuid4().hex
     _register(paths, launch_id, project_of(cwd), upstream, warn=warn)
     if upstream is not None:
         info(f"ANTHROPIC_BASE_URL is {redact_url(upstream)}: requests are metered by ccgate and forwarded there")

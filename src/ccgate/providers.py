@@ -184,11 +184,14 @@ def resolve_providers(config: Config, environ: Mapping[str, str]) -> dict[str, P
 
 
 def redact_url(url: str) -> str:
-    """Scheme, host and path only: credentials in userinfo or the query string never reach a message."""
-    from urllib.parse import urlsplit, urlunsplit
+    """Scheme, host and port only: credentials in userinfo, the query string, or a token in the path (some
+    gateways put one there) never reach a message, a log line or the ledger."""
+    from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host  # IPv6
+        return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+    except ValueError:
+        return "(unparseable URL)"

@@ -33,7 +33,7 @@ from ccgate.models import format_usd
 from ccgate.paths import Paths
 from ccgate.providers import validate_base_url
 from ccgate.proxy import ClientMeta, Proxy, ProxyDeps, error_response
-from ccgate.sidecar.process import LAUNCH_HEADER, SERVICE_NAME, TOKEN_HEADER, home_id
+from ccgate.sidecar.process import LAUNCH_HEADER, OWN_UPSTREAM_LAUNCH_PREFIX, SERVICE_NAME, TOKEN_HEADER, home_id
 
 if TYPE_CHECKING:
     from ccgate.storage.writer import LedgerWriter
@@ -172,6 +172,13 @@ def _meta(request: web.Request) -> ClientMeta:
     state = request.app[STATE]
     launch_id = request.headers.get(LAUNCH_HEADER)
     launch = state.launches.get(launch_id) if launch_id else None
+    if launch is None and launch_id and launch_id.startswith(OWN_UPSTREAM_LAUNCH_PREFIX):
+        # its requests belong to the developer's own gateway, whose address this sidecar no longer has: sending
+        # them (and their credentials) to the default upstream instead would be worse than refusing them
+        raise PermissionDeniedError(
+            "this launch forwards to your own ANTHROPIC_BASE_URL, which the ccgate sidecar no longer knows",
+            hint="exit and start it again with `ccgate launch claude`",
+        )
     project = launch.project if launch else None
     upstream = launch.anthropic_base_url if launch else None
     meta = state.metas.get((launch_id, project, upstream))

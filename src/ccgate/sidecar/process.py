@@ -27,6 +27,8 @@ from ccgate.paths import Paths
 SERVICE_NAME = "ccgate-sidecar"
 TOKEN_HEADER = "x-ccgate-token"  # noqa: S105 - a header name, not a secret
 LAUNCH_HEADER = "x-ccgate-launch"
+# Launch ids of launches whose Anthropic requests go to the developer's own ANTHROPIC_BASE_URL start with this.
+OWN_UPSTREAM_LAUNCH_PREFIX = "gw-"
 START_TIMEOUT = 15.0
 # A sidecar log larger than this at start-up is moved to `sidecar.log.1` (replacing the previous one).
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
