@@ -151,3 +151,16 @@ def test_bad_env_base_url_names_the_variable() -> None:
     with pytest.raises(ConfigError) as info:
         resolve_providers(Config(), {"CCGATE_GROQ_BASE_URL": "not a url"})
     assert "CCGATE_GROQ_BASE_URL" in info.value.message
+
+
+def test_the_sidecars_own_address_is_recognised_however_it_is_spelt() -> None:
+    from ccgate.launching import users_upstream
+    from ccgate.providers import is_loopback_url
+
+    for spelling in ("http://127.0.0.1:8787", "http://localhost:8787/", "http://LOCALHOST:8787", "http://[::1]:8787"):
+        assert is_loopback_url(spelling, [8787]), spelling
+        # launch would otherwise make the sidecar forward this launch's requests to itself
+        assert users_upstream(spelling, "http://127.0.0.1:8787") is None, spelling
+    assert not is_loopback_url("http://127.0.0.1:9999", [8787])
+    assert not is_loopback_url("https://corp-gw.example:8787", [8787])
+    assert users_upstream("https://corp-gw.example/v1", "http://127.0.0.1:8787") == "https://corp-gw.example/v1"

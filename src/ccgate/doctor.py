@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ccgate.errors import CcgateError
-from ccgate.providers import redact_url
+from ccgate.providers import is_loopback_url, redact_url
 
 if TYPE_CHECKING:
     from ccgate.config import Config
@@ -259,17 +259,16 @@ def check_bypasses(
     checks = [Check("bypass", False, warning) for warning in bypass_warnings(environ, home, extra_settings=extra)]
     exported = environ.get("ANTHROPIC_BASE_URL")
     if exported:
-        ours = {f"http://127.0.0.1:{port}", f"http://localhost:{port}"} if port else set()
-        if sidecar is not None:
-            ours.add(sidecar.url)
-        if redact_url(exported) not in ours:
+        ours = [candidate for candidate in (port, sidecar.port if sidecar is not None else None) if candidate]
+        if not is_loopback_url(exported, ours):
             checks.append(
                 Check(
                     "bypass",
                     None,
                     f"ANTHROPIC_BASE_URL={redact_url(exported)} is exported in this shell: "
                     "`claude` started without `ccgate launch` sends requests there, unmetered",
-                    "unset ANTHROPIC_BASE_URL (`ccgate launch` sets it for Claude Code)",
+                    "start Claude Code with `ccgate launch claude`: it meters the requests and still forwards "
+                    "them to this URL",
                 )
             )
     if not checks:

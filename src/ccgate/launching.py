@@ -17,7 +17,7 @@ from ccgate import __version__
 from ccgate.config import Config
 from ccgate.errors import CcgateError, ConfigError, SidecarError, UserInputError
 from ccgate.paths import Paths
-from ccgate.providers import redact_url, validate_base_url
+from ccgate.providers import is_loopback_url, redact_url, validate_base_url
 
 CLAUDE_INSTALL_HINT = "install Claude Code with `npm install -g @anthropic-ai/claude-code`, then run this again"
 # Switches that send Claude Code to a cloud provider's endpoint instead of ANTHROPIC_BASE_URL.
@@ -176,8 +176,9 @@ def users_upstream(previous: str | None, sidecar_url: str) -> str | None:
             error.message,
             hint="fix ANTHROPIC_BASE_URL or unset it: ccgate forwards this session's requests to it",
         ) from None
-    ours = {sidecar_url, sidecar_url.replace("//127.0.0.1:", "//localhost:", 1)}
-    return None if url in ours else url
+    from urllib.parse import urlsplit
+
+    return None if is_loopback_url(url, [urlsplit(sidecar_url).port or 0]) else url
 
 
 def _register(paths: Paths, launch_id: str, project: str, upstream: str | None, *, warn: Callable[[str], None]) -> None:

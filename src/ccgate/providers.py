@@ -183,6 +183,21 @@ def resolve_providers(config: Config, environ: Mapping[str, str]) -> dict[str, P
     return providers
 
 
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def is_loopback_url(url: str, ports: Iterable[int]) -> bool:
+    """Whether `url` points at this machine on one of `ports` (a sidecar's own address, however it is spelt:
+    `localhost`, `LOCALHOST`, `127.0.0.1`, `[::1]`)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        return (parts.hostname or "").lower() in LOOPBACK_NAMES and parts.port in set(ports)
+    except ValueError:
+        return False
+
+
 def redact_url(url: str) -> str:
     """Scheme, host and port only: credentials in userinfo, the query string, or a token in the path (some
     gateways put one there) never reach a message, a log line or the ledger."""
