@@ -291,6 +291,25 @@ async def test_a_forgotten_launch_with_its_own_gateway_is_refused_not_sent_to_th
             await resp.read()
 
 
+async def test_past_the_launch_limit_the_least_recently_used_launch_is_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ccgate.sidecar import app as sidecar_app
+
+    monkeypatch.setattr(sidecar_app, "MAX_LAUNCHES", 2)
+    async with running_sidecar() as harness:
+        for launch_id in ("launch-old-busy", "launch-new-idle"):
+            assert (await _register(harness, {"launch_id": launch_id, "project": f"/p/{launch_id}"}))[0] == 200
+        # the older launch is the one in use
+        harness.upstream.enqueue(TextReply("ok"))
+        await sdk(harness, **harness.launch_headers("launch-old-busy")).messages.create(
+            model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert (await _register(harness, {"launch_id": "launch-newest", "project": "/p/newest"}))[0] == 200
+        launches = harness.app[sidecar_app.STATE].launches
+        assert set(launches) == {"launch-old-busy", "launch-newest"}
+
+
 # ---- bad input: Anthropic's envelope, right status, x-should-retry: false where retrying cannot help
 
 

@@ -54,6 +54,13 @@ class LaunchInfo:
     started_at: float
     # the developer's own ANTHROPIC_BASE_URL from before `launch`: this launch's `anthropic` upstream
     anthropic_base_url: str | None = None
+    # when a request last came through it (time.time()); 0 until then. Past MAX_LAUNCHES the least recently
+    # used go first, so a long session is never forgotten for newer, idle ones
+    last_used: float = 0.0
+
+    @property
+    def recency(self) -> float:
+        return max(self.last_used, self.started_at)
 
 
 @dataclass
@@ -179,6 +186,8 @@ def _meta(request: web.Request) -> ClientMeta:
             "this launch forwards to your own ANTHROPIC_BASE_URL, which the ccgate sidecar no longer knows",
             hint="exit and start it again with `ccgate launch claude`",
         )
+    if launch is not None:
+        launch.last_used = time.time()
     project = launch.project if launch else None
     upstream = launch.anthropic_base_url if launch else None
     meta = state.metas.get((launch_id, project, upstream))
@@ -284,7 +293,7 @@ async def register_launch(request: web.Request) -> web.StreamResponse:
             raise InvalidRequestError(error.message, hint=error.hint) from None
     state.launches[launch_id] = LaunchInfo(launch_id, project, time.time(), upstream)
     if len(state.launches) > MAX_LAUNCHES:
-        for old in sorted(state.launches.values(), key=lambda item: item.started_at)[:-MAX_LAUNCHES]:
+        for old in sorted(state.launches.values(), key=lambda item: item.recency)[:-MAX_LAUNCHES]:
             state.launches.pop(old.launch_id, None)
     snapshot = {
         key: {"project": item.project, "started_at": item.started_at, "anthropic_base_url": item.anthropic_base_url}
