@@ -235,3 +235,22 @@ def test_misspelt_config_key_fails_the_config_check(healthy: Path, environ: dict
     assert config.ok is False
     assert "budget is not a ccgate setting" in config.detail
     assert config.fix is not None and "did you mean budgets?" in config.fix
+
+
+@pytest.mark.parametrize(("version", "ok"), [("0.0.1", None), (None, True), ("same", True)])
+def test_a_sidecar_of_another_version_is_reported_with_how_to_restart_it(
+    monkeypatch: pytest.MonkeyPatch, version: str | None, ok: bool | None
+) -> None:
+    """After an upgrade the old sidecar keeps serving the old code until it is restarted."""
+    from ccgate import __version__
+    from ccgate.doctor import _running_sidecar_check
+    from ccgate.sidecar import process
+    from ccgate.sidecar.process import SidecarInfo
+
+    monkeypatch.setattr(process, "control_request", lambda *args, **kwargs: {"ledger_writes": {"unsaved": 0}})
+    info = SidecarInfo(pid=4242, port=8787, version=__version__ if version == "same" else version)
+    check = _running_sidecar_check(resolve_paths(), info)
+    assert check.ok is ok
+    if ok is None:
+        assert f"is ccgate 0.0.1, this is {__version__}" in check.detail
+        assert check.fix is not None and "ccgate sidecar stop" in check.fix

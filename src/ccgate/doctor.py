@@ -126,6 +126,15 @@ def _running_sidecar_check(paths: Paths, info: SidecarInfo) -> Check:
     except CcgateError as error:
         return Check("sidecar", None, f"{detail}, but its status is unreadable: {error.message}", error.hint)
     if problem is None:
+        from ccgate import __version__
+
+        if info.version is not None and info.version != __version__:
+            return Check(
+                "sidecar",
+                None,
+                f"{detail} is ccgate {info.version}, this is {__version__}",
+                "to run the new version, `ccgate sidecar stop`, then launch again",
+            )
         return Check("sidecar", True, detail)
     # requests waiting in memory are lost if the sidecar stops before the ledger takes them: a failure
     return Check("sidecar", False if problem.unsaved else None, f"{detail}; {problem.message}", problem.hint)
