@@ -81,6 +81,8 @@ LINGER_SECONDS = 0.004
 MAX_BACKLOG = 100_000
 # While requests wait in memory, the ledger is tried again at most this often: a full disk is not hammered.
 RETRY_SECONDS = 1.0
+# How long the last try at close waits for another process's lock on the ledger.
+CLOSING_BUSY_TIMEOUT_MS = 1000
 # While writes keep failing, the log says so at most once per this many seconds (the first failure at once).
 LOG_EVERY_SECONDS = 60.0
 # SQLite's primary result codes for a failure of the file or the lock, never of the values written.
@@ -297,6 +299,10 @@ class LedgerWriter:
         try:
             self._loop(db)
             if self._backlog:
+                # once more at close, but with a short lock wait: the stop batch may just have waited out the
+                # full busy timeout, and two such waits would outlast `sidecar stop`'s patience (it would kill
+                # the process before the loss below is logged)
+                db.execute(f"PRAGMA busy_timeout = {CLOSING_BUSY_TIMEOUT_MS}")
                 self._retry(db)
             self._give_up()
         finally:
