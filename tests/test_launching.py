@@ -17,7 +17,16 @@ from cli_runner import run_main
 from ccgate import __version__
 from ccgate.launching import bypass_warnings, merge_custom_headers, project_of, terminal_delivers_sigint
 from ccgate.paths import resolve_paths
-from ccgate.sidecar.process import SERVICE_NAME, home_id, remove_run_files, write_run_files
+from ccgate.sidecar.process import (
+    CHALLENGE_HEADER,
+    PROOF_HEADER,
+    SERVICE_NAME,
+    ensure_token,
+    home_id,
+    identity_proof,
+    remove_run_files,
+    write_run_files,
+)
 
 
 def test_custom_headers_keep_the_users_lines_and_replace_stale_ccgate_ones() -> None:
@@ -114,28 +123,34 @@ def test_help_after_the_command_goes_to_the_command(
 
 
 class FakeSidecar(http.server.ThreadingHTTPServer):
-    """A sidecar on loopback that is healthy, serves this home and, like older ones, ignores fields it does not know
-    (launch registers with it, then runs its command)."""
+    """A sidecar on loopback that is healthy, serves this home, proves it holds its token and, like older ones,
+    ignores fields it does not know (launch registers with it, then runs its command)."""
 
     version = __version__
     home = ""
+    token = ""
     registrations: list[dict[str, Any]]
 
 
 class _FakeSidecarHandler(http.server.BaseHTTPRequestHandler):
     server: FakeSidecar
+    protocol_version = "HTTP/1.1"  # keep-alive: the token goes on the connection that proved who it is
 
     def do_GET(self) -> None:
         payload = {"service": SERVICE_NAME, "ok": True, "version": self.server.version, "pid": os.getpid()}
-        self._reply({**payload, "home_id": self.server.home})
+        nonce = self.headers.get(CHALLENGE_HEADER)
+        proof = identity_proof(self.server.token, nonce, self.server.server_address[1]) if nonce else None
+        self._reply({**payload, "home_id": self.server.home}, {PROOF_HEADER: proof} if proof else {})
 
     def do_POST(self) -> None:
         self.server.registrations.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
         self._reply({"ok": True})
 
-    def _reply(self, payload: dict[str, Any]) -> None:
+    def _reply(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(200)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.end_headers()
@@ -146,10 +161,12 @@ class _FakeSidecarHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def fake_sidecar() -> Iterator[FakeSidecar]:
+def fake_sidecar(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSidecar]:
     paths = resolve_paths().ensure()
     server = FakeSidecar(("127.0.0.1", 0), _FakeSidecarHandler)
-    server.home, server.registrations = home_id(paths), []
+    server.home, server.token, server.registrations = home_id(paths), ensure_token(paths), []
+    # should it ever not count as this home's sidecar, launch fails on its port rather than start a real one
+    monkeypatch.setenv("CCGATE_SIDECAR_PORT", str(server.server_address[1]))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     write_run_files(paths, os.getpid(), server.server_address[1])

@@ -95,7 +95,7 @@ def _port_taken(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def check_sidecar(paths: Paths, config: Config, environ: Mapping[str, str]) -> tuple[Check, SidecarInfo | None]:
-    from ccgate.sidecar.process import configured_port, health, running_sidecar
+    from ccgate.sidecar.process import configured_port, probe_port, read_token, running_sidecar
 
     info = running_sidecar(paths)
     if info is not None:
@@ -106,10 +106,9 @@ def check_sidecar(paths: Paths, config: Config, environ: Mapping[str, str]) -> t
         return Check("sidecar", False, error.message, error.hint or "fix CCGATE_SIDECAR_PORT"), None
     port_fix = "pick another port: `sidecar.port` in config.toml or CCGATE_SIDECAR_PORT"
     if port:
-        other = health(port, timeout=0.5)
-        if other is not None:
-            detail = f"port {port} is held by a ccgate sidecar of another ccgate home (pid {other.get('pid')})"
-            return Check("sidecar", False, detail, f"stop that sidecar, or {port_fix}"), None
+        problem = probe_port(port, read_token(paths), timeout=0.5).problem(paths)
+        if problem is not None:  # another home's sidecar, another user's process, or one that cannot prove it is ours
+            return Check("sidecar", False, problem.message, problem.hint or port_fix), None
         if _port_taken(port):
             return Check("sidecar", False, f"port {port} is used by another program", port_fix), None
     where = f"port {port}" if port else "a free port"

@@ -103,6 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     except CcgateError as error:
         sys.stderr.write(f"ccgate sidecar: error: {error.full_message()}\n")
         return 1
+    except OSError as exc:  # its run files on a full disk or a read-only folder: one line that `start` can show
+        from pathlib import Path
+
+        from ccgate.paths import resolve_paths
+        from ccgate.sidecar.process import file_error
+
+        failure = file_error(exc, "write", Path(exc.filename) if exc.filename else resolve_paths().runtime_dir)
+        sys.stderr.write(f"ccgate sidecar: error: {failure.full_message()}\n")
+        return 1
 
 
 if __name__ == "__main__":

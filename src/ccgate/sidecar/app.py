@@ -33,7 +33,17 @@ from ccgate.models import format_usd
 from ccgate.paths import Paths
 from ccgate.providers import validate_base_url
 from ccgate.proxy import ClientMeta, Proxy, ProxyDeps, error_response
-from ccgate.sidecar.process import LAUNCH_HEADER, OWN_UPSTREAM_LAUNCH_PREFIX, SERVICE_NAME, TOKEN_HEADER, home_id
+from ccgate.sidecar.process import (
+    CHALLENGE_HEADER,
+    LAUNCH_HEADER,
+    OWN_UPSTREAM_LAUNCH_PREFIX,
+    PROOF_HEADER,
+    SERVICE_NAME,
+    TOKEN_HEADER,
+    home_id,
+    identity_proof,
+    is_valid_nonce,
+)
 
 if TYPE_CHECKING:
     from ccgate.storage.writer import LedgerWriter
@@ -219,7 +229,19 @@ async def root(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
+    """Public; with a challenge header it also proves this sidecar holds the local token (without sending it)."""
     state = request.app[STATE]
+    headers: dict[str, str] = {}
+    nonce = request.headers.get(CHALLENGE_HEADER)
+    if nonce is not None:
+        if not is_valid_nonce(nonce):
+            raise InvalidRequestError(
+                f"{CHALLENGE_HEADER} must be 32 to 128 lowercase hex characters",
+                hint="send a fresh random nonce, e.g. secrets.token_hex(32)",
+            )
+        sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+        if isinstance(sockname, tuple) and len(sockname) >= 2:
+            headers[PROOF_HEADER] = identity_proof(state.token, nonce, int(sockname[1]))
     return web.json_response(
         {
             "service": SERVICE_NAME,
@@ -227,7 +249,8 @@ async def healthz(request: web.Request) -> web.StreamResponse:
             "version": __version__,
             "pid": os.getpid(),
             "home_id": home_id(state.paths),
-        }
+        },
+        headers=headers,
     )
 
 

@@ -1,12 +1,19 @@
 """Sidecar process control: find a healthy one, or start one detached; stop it; read its files.
 
 Imported by the CLI, so nothing heavy here: no aiohttp, only the standard library.
+
+Whatever listens on the sidecar's port is not trusted until it proves it is this home's sidecar: another local
+user can take the port while ours is down and answer `/healthz` like one. The proof is a challenge (see
+`identity_proof`): the client sends a fresh nonce, the sidecar answers with an HMAC of it under the local token, which
+never goes on the wire before that; where the platform says who owns the listening socket (Linux), it must be us.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -26,6 +33,11 @@ from ccgate.paths import Paths
 
 SERVICE_NAME = "ccgate-sidecar"
 TOKEN_HEADER = "x-ccgate-token"  # noqa: S105 - a header name, not a secret
+# Proof of identity: `GET /healthz` with CHALLENGE_HEADER: <nonce> is answered with PROOF_HEADER: <proof>.
+CHALLENGE_HEADER = "x-ccgate-challenge"
+PROOF_HEADER = "x-ccgate-proof"
+PROOF_CONTEXT = "ccgate-sidecar-proof:v1"
+NONCE_BYTES = 32
 LAUNCH_HEADER = "x-ccgate-launch"
 # Launch ids of launches whose Anthropic requests go to the developer's own ANTHROPIC_BASE_URL start with this.
 OWN_UPSTREAM_LAUNCH_PREFIX = "gw-"
@@ -54,25 +66,81 @@ def home_id(paths: Paths) -> str:
 
 def ensure_token(paths: Paths) -> str:
     """The per-install local token (0600 file); created once, race-free."""
-    paths.ensure()
+    _ensure_dirs(paths)
     try:
         return paths.token_file.read_text().strip()
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        raise file_error(exc, "read the local token", paths.token_file) from None
+    try:
+        return _create_token(paths.token_file)
+    except OSError as exc:
+        raise file_error(exc, "write the local token", paths.token_file) from None
+
+
+def _create_token(token_file: Path) -> str:
     token = "cgt-" + secrets.token_urlsafe(24)
     # write a private temp file, then link it into place: readers never see an empty token file
-    fd, tmp = tempfile.mkstemp(prefix=".token-", dir=paths.token_file.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".token-", dir=token_file.parent)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(token)
         os.chmod(tmp, 0o600)
         try:
-            os.link(tmp, paths.token_file)
+            os.link(tmp, token_file)
         except FileExistsError:
-            return paths.token_file.read_text().strip()
+            return token_file.read_text().strip()
     finally:
         Path(tmp).unlink(missing_ok=True)
     return token
+
+
+def read_token(paths: Paths) -> str | None:
+    """The local token if there is one; None otherwise (then no sidecar of this home can be running)."""
+    try:
+        token = paths.token_file.read_text().strip()
+    except OSError:
+        return None
+    return token or None
+
+
+def _ensure_dirs(paths: Paths) -> None:
+    try:
+        paths.ensure()
+    except OSError as exc:
+        raise file_error(exc, "create the folder", Path(exc.filename or paths.data_dir)) from None
+
+
+def file_error(exc: OSError, action: str, path: Path) -> SidecarError:
+    """An OSError on the way to a running sidecar, as one line that says which file and what to do."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        hint = f"free disk space on the filesystem that holds {path.parent}, then try again"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = f"check the permissions of {path} and its folder, or point CCGATE_HOME at a writable folder"
+    else:
+        hint = f"check {path} (free disk space, permissions), or point CCGATE_HOME at another folder"
+    return SidecarError(f"cannot {action} {path}: {reason}", hint=hint)
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(NONCE_BYTES)
+
+
+def is_valid_nonce(nonce: str) -> bool:
+    """16 to 64 random bytes as lowercase hex: anything else is refused rather than signed."""
+    return 32 <= len(nonce) <= 128 and all(char in "0123456789abcdef" for char in nonce)
+
+
+def identity_proof(token: str, nonce: str, port: int) -> str:
+    """HMAC-SHA256 (hex) of `ccgate-sidecar-proof:v1:<port>:<nonce>` under the local token.
+
+    The port is the one the sidecar accepted the connection on: a listener that relays the challenge to our sidecar
+    on another port gets a proof for that port, which the client refuses.
+    """
+    message = f"{PROOF_CONTEXT}:{port}:{nonce}".encode()
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
 
 
 def configured_port(default: int, environ: Mapping[str, str]) -> int:
@@ -89,6 +157,7 @@ def configured_port(default: int, environ: Mapping[str, str]) -> int:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether `pid` is a live process of this user: another user's process is never our sidecar."""
     if pid <= 0:
         return False
     try:
@@ -96,13 +165,28 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return False  # it exists, but it is another user's
+    if _process_uid(pid) not in (None, os.getuid()):
+        return False  # root may signal anyone: ask who owns it
     # a zombie child of ours still answers kill(0); reap it if it is ours
     with contextlib.suppress(ChildProcessError):
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
     return True
+
+
+def _process_uid(pid: int) -> int | None:
+    """The real uid of a process where /proc tells it; None elsewhere."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            fields = line.split()
+            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+    return None
 
 
 def read_info(paths: Paths) -> SidecarInfo | None:
@@ -116,35 +200,200 @@ def read_info(paths: Paths) -> SidecarInfo | None:
 
 
 def health(port: int, *, host: str = "127.0.0.1", timeout: float = 1.0) -> dict[str, Any] | None:
-    """GET /healthz; None if nothing (or not a ccgate sidecar) answers."""
+    """GET /healthz; None if nothing (or not a ccgate sidecar) answers.
+
+    Unverified: anyone can answer like this. Before trusting the answer, or sending a secret, use `probe_port`.
+    """
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request("GET", "/healthz")
-        response = conn.getresponse()
-        if response.status != 200:
-            return None
-        payload = json.loads(response.read())
+        return _healthz(conn, {})[0]
     except (OSError, ValueError, http.client.HTTPException):
         return None
     finally:
         conn.close()
+
+
+def _healthz(conn: http.client.HTTPConnection, headers: Mapping[str, str]) -> tuple[dict[str, Any] | None, str | None]:
+    """One GET /healthz on `conn`: the payload (if it is a ccgate sidecar's) and the proof header it carried."""
+    conn.request("GET", "/healthz", headers=dict(headers))
+    response = conn.getresponse()
+    data = response.read()
+    if response.status != 200:
+        return None, None
+    payload = json.loads(data)
     if not isinstance(payload, dict) or payload.get("service") != SERVICE_NAME:
+        return None, None
+    return payload, response.getheader(PROOF_HEADER)
+
+
+def _challenge(conn: http.client.HTTPConnection, port: int, token: str | None) -> tuple[dict[str, Any] | None, bool]:
+    """Ask whoever answers on `conn` to prove it holds `token`: (its health payload, whether it proved it)."""
+    nonce = new_nonce()
+    payload, proof = _healthz(conn, {CHALLENGE_HEADER: nonce})
+    if payload is None or token is None or proof is None:
+        return payload, False
+    return payload, hmac.compare_digest(proof.encode(), identity_proof(token, nonce, port).encode())
+
+
+@dataclass(frozen=True, slots=True)
+class PortProbe:
+    """What holds a port: who owns the listening socket (where the platform says) and whether it proved to be ours."""
+
+    port: int
+    # something accepted a connection
+    answered: bool
+    # its /healthz when it answered like a ccgate sidecar (anyone can)
+    health: dict[str, Any] | None
+    # it answered the challenge with this home's token
+    proven: bool
+    # uids owning the listening sockets a connection reaches; None where the platform does not say
+    owner_uids: frozenset[int] | None
+
+    @property
+    def foreign_uid(self) -> int | None:
+        """Another user's uid holding the port, if one does."""
+        others = sorted(uid for uid in self.owner_uids or () if uid != os.getuid())
+        return others[0] if others else None
+
+    def is_ours(self, paths: Paths, pid: int | None = None) -> bool:
+        """This home's sidecar (with this pid, when given), and only this user's process holds the port."""
+        if not self.proven or self.health is None or self.foreign_uid is not None:
+            return False
+        if self.health.get("home_id") != home_id(paths):
+            return False
+        return pid is None or self.health.get("pid") == pid
+
+    def problem(self, paths: Paths) -> SidecarError | None:
+        """Why a sidecar of this home cannot use the port; None when it is free or ours."""
+        if self.is_ours(paths) or not (self.answered or self.foreign_uid is not None):
+            return None
+        hint = (
+            f"nothing was sent to it; run your sidecar on another port: CCGATE_SIDECAR_PORT={_other_port(self.port)} "
+            "or `sidecar.port` in config.toml"
+        )
+        foreign = self.foreign_uid
+        if foreign is not None:
+            holder = f"port {self.port} is held by a process of {describe_user(foreign)}"
+            if self.health is not None:
+                return SidecarError(f"{holder} that answers like a ccgate sidecar but is not yours", hint=hint)
+            return SidecarError(f"{holder}, not by your ccgate sidecar", hint=hint)
+        if self.health is None:
+            return SidecarError(f"port {self.port} is used by another program", hint=hint)
+        if self.health.get("home_id") == home_id(paths):
+            return SidecarError(
+                f"port {self.port} is held by a program that answers like your ccgate sidecar but cannot prove it "
+                "holds your local token",
+                hint=hint,
+            )
+        return SidecarError(
+            f"port {self.port} is used by a ccgate sidecar of another ccgate home (pid {self.health.get('pid')})",
+            hint="stop it, or pick another port: `sidecar.port` in config.toml or CCGATE_SIDECAR_PORT",
+        )
+
+
+def _other_port(port: int) -> int:
+    return port + 1 if port < 65535 else 8787
+
+
+def describe_user(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def probe_port(port: int, token: str | None, *, host: str = "127.0.0.1", timeout: float = 1.0) -> PortProbe:
+    """Who holds `port`, and whether it proves it holds `token` (which is never sent)."""
+    owners = listener_uids(port, host)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    answered = False
+    payload: dict[str, Any] | None = None
+    proven = False
+    try:
+        conn.connect()
+        answered = True
+        payload, proven = _challenge(conn, port, token)
+    except (OSError, ValueError, http.client.HTTPException):
+        pass
+    finally:
+        conn.close()
+    return PortProbe(port=port, answered=answered, health=payload, proven=proven, owner_uids=owners)
+
+
+def listener_uids(port: int, host: str = "127.0.0.1") -> frozenset[int] | None:
+    """Uids owning the listening TCP sockets that a connection to host:port reaches (Linux: /proc/net/tcp, tcp6).
+
+    The kernel prefers a socket bound to the address itself over a wildcard one, so those decide when there are any.
+    None where the platform does not say.
+    """
+    import ipaddress
+
+    try:
+        target = ipaddress.ip_address(host)
+    except ValueError:
         return None
-    return payload
+    exact: set[int] = set()
+    wildcard: set[int] = set()
+    tables = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        tables += 1
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 8 or fields[3] != "0A":  # 0A: LISTEN
+                continue
+            address, _, port_hex = fields[1].partition(":")
+            try:
+                if int(port_hex, 16) != port:
+                    continue
+                bound = _proc_address(address)
+                uid = int(fields[7])
+            except ValueError:
+                continue
+            if bound == target:
+                exact.add(uid)
+            elif bound.is_unspecified:
+                wildcard.add(uid)
+    if not tables:
+        return None
+    return frozenset(exact or wildcard)
+
+
+def _proc_address(hex_address: str) -> Any:
+    """An address as /proc/net/tcp* writes it (32-bit words in host byte order); IPv4-mapped ones as IPv4."""
+    import ipaddress
+
+    raw = bytes.fromhex(hex_address)
+    if len(raw) not in (4, 16):
+        raise ValueError(hex_address)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def running_sidecar(paths: Paths) -> SidecarInfo | None:
-    """A healthy sidecar serving this home, or None (stale files are removed)."""
+    """A healthy sidecar serving this home that proved it holds our token, or None (stale files are removed)."""
     info = read_info(paths)
     if info is None:
         return None
     if not pid_alive(info.pid):
         _remove_files(paths, info.pid)
         return None
-    payload = health(info.port)
-    if payload is None or payload.get("pid") != info.pid or payload.get("home_id") != home_id(paths):
+    token = read_token(paths)
+    if token is None:
         return None
-    version = payload.get("version")
+    probe = probe_port(info.port, token, host=info.host)
+    if not probe.is_ours(paths, info.pid) or probe.health is None:
+        return None
+    version = probe.health.get("version")
     return replace(info, version=version if isinstance(version, str) else None)
 
 
@@ -198,8 +447,12 @@ def _start_lock(paths: Paths) -> Iterator[None]:
     """Serialises concurrent `launch`/`sidecar start` so only one of them spawns a sidecar."""
     import fcntl
 
-    paths.ensure()
-    with open(paths.lock_file, "a+") as handle:
+    _ensure_dirs(paths)
+    try:
+        handle = open(paths.lock_file, "a+")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise file_error(exc, "open the start lock", paths.lock_file) from None
+    with handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -230,32 +483,16 @@ def ensure_sidecar(paths: Paths, *, port: int, environ: Mapping[str, str] | None
 
 def _spawn(paths: Paths, *, port: int, environ: Mapping[str, str] | None) -> SidecarInfo:
     if port:
-        other = health(port, timeout=2.0)
-        if other is not None and other.get("home_id") == home_id(paths) and isinstance(other.get("pid"), int):
+        probe = probe_port(port, read_token(paths), timeout=2.0)
+        if probe.is_ours(paths) and probe.health is not None and isinstance(probe.health.get("pid"), int):
             # ours after all (a slow health check made it look absent): repair the run files and reuse it
-            write_run_files(paths, other["pid"], port)
-            return SidecarInfo(pid=other["pid"], port=port)
-        if other is not None:
-            raise SidecarError(
-                f"port {port} is used by a ccgate sidecar of another ccgate home (pid {other.get('pid')})",
-                hint="stop it, or pick another port: `sidecar.port` in config.toml or CCGATE_SIDECAR_PORT",
-            )
+            write_run_files(paths, probe.health["pid"], port)
+            return SidecarInfo(pid=probe.health["pid"], port=port)
+        problem = probe.problem(paths)
+        if problem is not None:
+            raise problem
     ensure_token(paths)
-    for stale in (paths.pid_file, paths.port_file):
-        stale.unlink(missing_ok=True)
-    env = dict(os.environ if environ is None else environ)
-    paths.log_file.parent.mkdir(parents=True, exist_ok=True)
-    _rotate_log(paths.log_file)
-    with open(paths.log_file, "ab") as log_handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ccgate.sidecar", "--port", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=log_handle,
-            stderr=log_handle,
-            start_new_session=True,
-            close_fds=True,
-            env=env,
-        )
+    process = _start_process(paths, port=port, env=dict(os.environ if environ is None else environ))
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         code = process.poll()
@@ -265,7 +502,7 @@ def _spawn(paths: Paths, *, port: int, environ: Mapping[str, str] | None) -> Sid
                 hint=f"see {paths.log_file} (`ccgate sidecar logs`)",
             )
         info = read_info(paths)
-        if info is not None and info.pid == process.pid and health(info.port) is not None:
+        if info is not None and info.pid == process.pid and running_sidecar(paths) is not None:
             return info
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
@@ -274,6 +511,37 @@ def _spawn(paths: Paths, *, port: int, environ: Mapping[str, str] | None) -> Sid
         f"the sidecar did not become healthy within {START_TIMEOUT:.0f} s",
         hint=f"see {paths.log_file} (`ccgate sidecar logs`)",
     )
+
+
+def _start_process(paths: Paths, *, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The detached sidecar, its output appended to its log."""
+    try:
+        for stale in (paths.pid_file, paths.port_file):
+            stale.unlink(missing_ok=True)
+    except OSError as exc:
+        raise file_error(exc, "remove the stale run file", Path(exc.filename or paths.pid_file)) from None
+    try:
+        paths.log_file.parent.mkdir(parents=True, exist_ok=True)
+        _rotate_log(paths.log_file)
+        log_handle = open(paths.log_file, "ab")  # noqa: SIM115 - closed below, the child keeps its own copy
+    except OSError as exc:
+        raise file_error(exc, "open the sidecar log", paths.log_file) from None
+    with log_handle:
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "ccgate.sidecar", "--port", str(port)],
+                stdin=subprocess.DEVNULL,
+                stdout=log_handle,
+                stderr=log_handle,
+                start_new_session=True,
+                close_fds=True,
+                env=env,
+            )
+        except OSError as exc:
+            raise SidecarError(
+                f"cannot start the sidecar process: {exc.strerror or exc}",
+                hint="the system is short of processes or memory; free some, then try again",
+            ) from None
 
 
 def _rotate_log(log_file: Path) -> None:
@@ -308,8 +576,13 @@ def stop_sidecar(paths: Paths, *, timeout: float = 15.0) -> int | None:
         if info is not None:
             _remove_files(paths, info.pid)
         return None
-    payload = health(info.port)
-    ours = payload.get("pid") == info.pid if payload is not None else _looks_like_sidecar(info.pid)
+    probe = probe_port(info.port, read_token(paths), host=info.host)
+    if probe.is_ours(paths, info.pid):
+        ours = True
+    elif probe.health is not None or probe.foreign_uid is not None:
+        ours = False  # something else holds its port: the pid file is stale
+    else:
+        ours = _looks_like_sidecar(info.pid)  # a busy sidecar may miss the check
     if not instance_running(paths):
         ours = False  # no sidecar of this home runs: the pid is someone else's now (another home's sidecar too)
     if not ours:
@@ -355,13 +628,22 @@ def remove_run_files(paths: Paths, pid: int) -> None:
 def control_request(
     paths: Paths, method: str, path: str, payload: Mapping[str, Any] | None = None, *, timeout: float = 3.0
 ) -> dict[str, Any] | None:
-    """Call the running sidecar's /_ccgate API with the local token; None if no sidecar runs."""
+    """Call the running sidecar's /_ccgate API with the local token; None if no sidecar runs.
+
+    The token goes on the same connection that has just proved to be our sidecar's, never on a new one.
+    """
     info = running_sidecar(paths)
-    if info is None:
+    token = read_token(paths)
+    if info is None or token is None:
         return None
-    token = ensure_token(paths)
     conn = http.client.HTTPConnection(info.host, info.port, timeout=timeout)
     try:
+        health_payload, proven = _challenge(conn, info.port, token)
+        if not proven or health_payload is None or health_payload.get("pid") != info.pid or conn.sock is None:
+            raise SidecarError(
+                f"the program on port {info.port} did not prove to be your ccgate sidecar; nothing was sent to it",
+                hint="`ccgate sidecar status` and `ccgate doctor` say what holds the port",
+            )
         body = json.dumps(payload).encode() if payload is not None else None
         headers = {TOKEN_HEADER: token, "content-type": "application/json"}
         conn.request(method, path, body=body, headers=headers)
@@ -371,7 +653,7 @@ def control_request(
             raise SidecarError(f"sidecar answered {response.status} to {path}: {data[:200]!r}")
         result = json.loads(data) if data else {}
         return result if isinstance(result, dict) else {}
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         raise SidecarError(f"cannot talk to the sidecar on port {info.port}: {exc}") from exc
     finally:
         conn.close()
