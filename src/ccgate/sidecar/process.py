@@ -44,6 +44,8 @@ OWN_UPSTREAM_LAUNCH_PREFIX = "gw-"
 START_TIMEOUT = 15.0
 # A sidecar log larger than this at start-up is moved to `sidecar.log.1` (replacing the previous one).
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
+# Below this much free space a sidecar that dies at start-up is taken to have died of a full disk.
+MIN_FREE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,6 +499,12 @@ def _spawn(paths: Paths, *, port: int, environ: Mapping[str, str] | None) -> Sid
     while time.monotonic() < deadline:
         code = process.poll()
         if code is not None:
+            full = _full_filesystem(paths)
+            if full is not None:  # its log may be empty for the same reason
+                raise SidecarError(
+                    f"the sidecar exited at start-up with code {code}: the filesystem that holds {full} is full",
+                    hint="free disk space there, then try again",
+                )
             raise SidecarError(
                 f"the sidecar exited at start-up with code {code}: {_last_log_line(paths)}",
                 hint=f"see {paths.log_file} (`ccgate sidecar logs`)",
@@ -542,6 +550,18 @@ def _start_process(paths: Paths, *, port: int, env: dict[str, str]) -> subproces
                 f"cannot start the sidecar process: {exc.strerror or exc}",
                 hint="the system is short of processes or memory; free some, then try again",
             ) from None
+
+
+def _full_filesystem(paths: Paths) -> Path | None:
+    """A folder of ccgate's on a filesystem with (almost) no space left for a normal user, if there is one."""
+    for directory in (paths.data_dir, paths.state_dir, paths.runtime_dir):
+        try:
+            usage = os.statvfs(directory)
+        except OSError:
+            continue
+        if usage.f_bavail * usage.f_frsize < MIN_FREE_BYTES:
+            return directory
+    return None
 
 
 def _rotate_log(log_file: Path) -> None:
