@@ -36,6 +36,7 @@ from ccgate.sidecar.process import (
     pid_alive,
     probe_port,
     read_info,
+    remove_run_files,
     running_sidecar,
     stop_sidecar,
     write_run_files,
@@ -188,6 +189,8 @@ def test_an_impostor_of_the_same_user_without_the_token_is_refused(env: dict[str
         write_run_files(paths, fake.process.pid, fake.port)  # its pid is ours now: only the proof tells them apart
         assert running_sidecar(paths) is None
         status = run_ccgate("sidecar", "status", env=env)
+        remove_run_files(paths, fake.process.pid)
+        status_after_reboot = run_ccgate("sidecar", "status", env=env)
         seen = fake.stop()
     assert _secrets_in(seen, token) == [] and seen
     assert {request["path"] for request in seen} == {"/healthz"}
@@ -198,6 +201,9 @@ def test_an_impostor_of_the_same_user_without_the_token_is_refused(env: dict[str
         "prove it holds your local token"
     )
     assert status.returncode == 3 and "not running" in status.stderr
+    said = " ".join(status_after_reboot.stderr.split())
+    assert status_after_reboot.returncode == 3 and "not running" in said
+    assert f"! port {fake.port} is held by a program that answers like your ccgate sidecar but cannot prove" in said
 
 
 def test_the_real_sidecar_proves_itself_and_refuses_to_sign_junk(env: dict[str, str]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ccgate.cli._app import ctx
+from ccgate.cli._app import AppContext, ctx
 from ccgate.cli.logs import MAX_LINES
 
 sidecar_app = typer.Typer(help="Control the local sidecar process.", no_args_is_help=True)
@@ -56,6 +56,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         )
     elif info is None:
         app_ctx.info("sidecar is not running (`ccgate sidecar start` or `ccgate launch claude` starts it)")
+        _warn_about_its_port(app_ctx)
         raise typer.Exit(3)
     else:
         extra = ""
@@ -68,6 +69,26 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
             app_ctx.info(f"  hint: {escape(problem.hint)}")
     if info is None and as_json:
         raise typer.Exit(3)
+
+
+def _warn_about_its_port(app_ctx: AppContext) -> None:
+    """What holds the port a sidecar would start on, when that stops it (another user's program, say)."""
+    from rich.markup import escape
+
+    from ccgate.errors import CcgateError
+    from ccgate.sidecar.process import configured_port, instance_running, probe_port, read_token
+
+    if instance_running(app_ctx.paths):
+        return  # ours runs, just busy: the port is not the problem
+    try:
+        port = configured_port(app_ctx.config.sidecar.port, app_ctx.environ)
+    except CcgateError:
+        return
+    problem = probe_port(port, read_token(app_ctx.paths)).problem(app_ctx.paths) if port else None
+    if problem is not None:
+        app_ctx.warn(escape(problem.message))
+        if problem.hint:
+            app_ctx.info(f"  hint: {escape(problem.hint)}")
 
 
 @sidecar_app.command("logs")

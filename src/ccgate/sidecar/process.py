@@ -38,6 +38,7 @@ CHALLENGE_HEADER = "x-ccgate-challenge"
 PROOF_HEADER = "x-ccgate-proof"
 PROOF_CONTEXT = "ccgate-sidecar-proof:v1"
 NONCE_BYTES = 32
+MAX_HEALTH_BYTES = 64 * 1024
 LAUNCH_HEADER = "x-ccgate-launch"
 # Launch ids of launches whose Anthropic requests go to the developer's own ANTHROPIC_BASE_URL start with this.
 OWN_UPSTREAM_LAUNCH_PREFIX = "gw-"
@@ -219,8 +220,9 @@ def _healthz(conn: http.client.HTTPConnection, headers: Mapping[str, str]) -> tu
     """One GET /healthz on `conn`: the payload (if it is a ccgate sidecar's) and the proof header it carried."""
     conn.request("GET", "/healthz", headers=dict(headers))
     response = conn.getresponse()
-    data = response.read()
-    if response.status != 200:
+    data = response.read(MAX_HEALTH_BYTES + 1)  # whoever holds the port may not be ours: never read without limit
+    if response.status != 200 or len(data) > MAX_HEALTH_BYTES:
+        conn.close()
         return None, None
     payload = json.loads(data)
     if not isinstance(payload, dict) or payload.get("service") != SERVICE_NAME:
