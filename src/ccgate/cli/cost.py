@@ -123,14 +123,13 @@ def _group_label(by: str, key: str) -> str:
 
 def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Database) -> None:
     from rich import box
-    from rich.markup import escape
     from rich.table import Table
 
     from ccgate.storage.reports import unpriced_models
 
     by = report.by or "model"
     table = Table(
-        title=f"ccgate spend {escape(heading)}",
+        title=f"ccgate spend {heading}",
         caption="API list prices (on a subscription: API-equivalent value)",
         box=box.SIMPLE_HEAD,
         show_footer=True,
@@ -149,17 +148,17 @@ def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Data
         ("Cache\nhit", _ratio(total)),
         ("Cost", cost_cell(total)),
     ):
-        table.add_column(header, footer=escape(footer), justify="right", no_wrap=True)
+        table.add_column(header, footer=footer, justify="right", no_wrap=True)
     for key, totals in report.groups:
         cells = [
-            escape(_group_label(by, key)),
+            _group_label(by, key),
             f"{totals.requests:,}",
             compact(totals.input_tokens),
             compact(totals.output_tokens),
             compact(totals.cache_read_tokens),
             compact(totals.cache_write_tokens),
             _ratio(totals),
-            escape(cost_cell(totals)),
+            cost_cell(totals),
         ]
         table.add_row(*cells)
     out = app_ctx.out

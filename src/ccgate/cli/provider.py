@@ -71,6 +71,7 @@ def provider_list(
         app_ctx.print_json({"providers": rows})
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, pad_edge=False)
     for column in ("provider", "kind", "base URL", "key", "source"):
@@ -78,7 +79,7 @@ def provider_list(
     for row in rows:
         style = {"present": "green", "missing": "yellow"}.get(row["key"], "dim")
         name = row["name"] if row["builtin"] else f"{row['name']} (custom)"
-        table.add_row(name, row["kind"], row["base_url"], f"[{style}]{row['key']}[/{style}]", row["key_source"] or "-")
+        table.add_row(name, row["kind"], row["base_url"], Text(row["key"], style=style), row["key_source"] or "-")
     app_ctx.out.print(table)
 
 
