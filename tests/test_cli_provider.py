@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,7 @@ from cli_runner import run_main, table_column
 from ccgate import secrets
 
 SECRET = "sk-groq-SECRET-0123456789"
+CCGATE = Path(sys.executable).parent / "ccgate"
 
 
 @pytest.fixture(autouse=True)
@@ -259,3 +263,30 @@ def test_list_folds_long_urls_in_80_columns(
     assert code == 0, err
     assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
     assert "https://api.fireworks.ai/inference/v1" in table_column(out, "base URL", "key")
+
+
+def _key_set(isolated_home: Path, stdin: int | bytes, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CCGATE_HOME": str(isolated_home)}
+    command = [str(CCGATE), "provider", "key", "set", "groq", *args]
+    if isinstance(stdin, bytes):
+        return subprocess.run(command, input=stdin.decode(), env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(command, stdin=stdin, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args", [(), ("--stdin",)], ids=["piped", "--stdin"])
+def test_a_piped_key_is_read_silently(isolated_home: Path, args: tuple[str, ...]) -> None:
+    """`echo KEY | ccgate provider key set groq`: no getpass warning about echoed input, the key is stored."""
+    done = _key_set(isolated_home, (SECRET + "\n").encode(), *args)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "API key for" not in done.stdout + done.stderr
+    assert "stored the key for groq" in done.stderr and SECRET not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("args", [(), ("--stdin",)], ids=["piped", "--stdin"])
+def test_an_empty_stdin_is_one_line_and_a_hint(isolated_home: Path, args: tuple[str, ...]) -> None:
+    done = _key_set(isolated_home, subprocess.DEVNULL, *args)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "ccgate: error: no key given",
+        '  hint: paste the key at the prompt, or pipe it: `echo "$KEY" | ccgate provider key set groq`',
+    ]
