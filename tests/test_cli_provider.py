@@ -290,3 +290,42 @@ def test_an_empty_stdin_is_one_line_and_a_hint(isolated_home: Path, args: tuple[
         "ccgate: error: no key given",
         '  hint: paste the key at the prompt, or pipe it: `echo "$KEY" | ccgate provider key set groq`',
     ]
+
+
+def test_ctrl_d_at_the_prompt_is_one_line_and_a_hint(isolated_home: Path) -> None:
+    """On a terminal the key is prompted for; Ctrl-D there ends in ccgate's error, not click's "Aborted!"."""
+    import pty
+    import select
+    import signal
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: ccgate on a fresh terminal
+        os.execve(str(CCGATE), [str(CCGATE), "provider", "key", "set", "groq"], os.environ)  # noqa: S606
+    seen = b""
+    try:
+        for _ in range(120):  # bounded: at most ~60 s on a busy machine
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(fd, 1024)
+                except OSError:  # the child exited and closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if b"API key for groq" in seen:
+                os.write(fd, b"\x04")  # again until read: the prompt flushes input typed before it is ready
+    finally:
+        for _ in range(300):  # the child exits right after closing the terminal; 30 s at most
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)  # still waiting at the prompt: the test fails below, nothing is left behind
+            _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    text = seen.decode().replace("\r\n", "\n")
+    assert os.waitstatus_to_exitcode(status) == 1, text
+    assert "Aborted" not in text
+    assert "ccgate: error: no key given\n  hint: paste the key at the prompt" in text

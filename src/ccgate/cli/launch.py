@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import click
+from typing import Any
+
 import typer
 from typer.core import TyperCommand
 
@@ -17,7 +18,7 @@ class LaunchCommand(TyperCommand):
     """Usage reads `COMMAND [ARGS]...`: the arguments after COMMAND are its own (typer alone would print
     `{COMMAND}` and nothing for them)."""
 
-    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:  # Any: typer's own vendored click Context
         return [*([self.options_metavar] if self.options_metavar else []), "COMMAND", "[ARGS]..."]
 
 

@@ -169,7 +169,8 @@ def key_set(
     value = _read_key(name, from_stdin)
     if not value:
         app_ctx.fail(
-            "no key given", hint=f"paste the key at the prompt, or pipe it: `echo \"$KEY\" | ccgate provider key set {name}`"
+            "no key given",
+            hint=f'paste the key at the prompt, or pipe it: `echo "$KEY" | ccgate provider key set {name}`',
         )
     if any(ch.isspace() for ch in value):
         app_ctx.fail("the key contains whitespace", hint="pass the key alone, on one line")
@@ -189,8 +190,6 @@ def _read_key(name: str, from_stdin: bool) -> str:
     getpass would warn that it cannot hide the input of a pipe, and click's prompt turns an empty stdin into
     "Aborted!"; the caller says "no key given" instead.
     """
-    import click
-
     stdin = sys.stdin
     if stdin is None:
         return ""
@@ -201,8 +200,7 @@ def _read_key(name: str, from_stdin: bool) -> str:
             return ""
     try:
         return str(typer.prompt(f"API key for {name}", hide_input=True)).strip()
-    except click.exceptions.Abort:  # Ctrl-D or Ctrl-C at the prompt
-        sys.stderr.write("\n")
+    except typer.Abort:  # Ctrl-D or Ctrl-C at the prompt (the prompt has ended its line itself)
         return ""
 
 
