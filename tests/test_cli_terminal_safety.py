@@ -141,7 +141,9 @@ def test_config_derived_lists_are_escaped(capsys: pytest.CaptureFixture[str], mo
     assert code == 0, err
     assert_safe(out + err)
     assert "[bold]loud[/bold]" in out.replace("\n", "")
-    code, out, err = run_main(capsys, monkeypatch, "budget", "set", "daily", "5", "--project", "/nowhere/evil\x1b[2J\u202ex")
+    code, out, err = run_main(
+        capsys, monkeypatch, "budget", "set", "daily", "5", "--project", "/nowhere/evil\x1b[2J\u202ex"
+    )
     assert code == 0, err
     assert_safe(out + err)
     code, out, err = run_main(capsys, monkeypatch, "budget", "show")

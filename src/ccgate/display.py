@@ -11,9 +11,7 @@ import re
 
 # C0 and C1 controls and DEL; bidi embeddings, overrides and isolates (and the marks); line and paragraph
 # separators; lone surrogates (which would make the write itself fail with a traceback).
-_UNSAFE = re.compile(
-    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
-)
+_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
 _UNSAFE_OR_NEWLINE = re.compile(_UNSAFE.pattern[:-1] + "\n]")
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
