@@ -104,6 +104,9 @@ def test_key_errors_never_echo_the_key(capsys: pytest.CaptureFixture[str], monke
     assert code == 1 and "whitespace" in err and "two words" not in err
     code, _, err = run(capsys, monkeypatch, "provider", "key", "set", "groq", "--stdin", stdin="\n")
     assert code == 1 and "no key given" in err
+    code, out, err = run(capsys, monkeypatch, "provider", "key", "set", "groq", stdin="sk-\x1b[2Jabc\x85\n")
+    assert code == 1 and "control characters" in err and "abc" not in out + err
+    assert secrets.get_provider_key("groq", {}) is None
 
 
 def test_add_and_remove_custom_provider(

@@ -60,6 +60,7 @@ class AppContext:
     def echo(self, line: str) -> None:
         """One plain line on stdout without rich (fast, never wrapped), its control characters escaped."""
         sys.stdout.write(printable(line, newlines=True) + "\n")
+        sys.stdout.flush()  # as click's echo: `sidecar logs -f` shows each line when it is written
 
     def info(self, message: str) -> None:
         self.err.print(message)

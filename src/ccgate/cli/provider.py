@@ -174,6 +174,8 @@ def key_set(
         )
     if any(ch.isspace() for ch in value):
         app_ctx.fail("the key contains whitespace", hint="pass the key alone, on one line")
+    if not value.isprintable():
+        app_ctx.fail("the key contains control characters", hint="pass the key alone, as the provider shows it")
     set_provider_key(name, value, paths=app_ctx.paths)
     where, is_file = backend_description(paths=app_ctx.paths)
     app_ctx.success(f"stored the key for {name} ({where})")

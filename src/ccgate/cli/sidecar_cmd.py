@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
 from ccgate.cli._app import ctx
@@ -91,7 +89,6 @@ def logs(
             line = handle.readline()
             if line:
                 app_ctx.echo(line.rstrip("\n"))
-                sys.stdout.flush()
             else:
                 time.sleep(0.3)
 
