@@ -29,7 +29,7 @@ def config_show(as_json: bool = typer.Option(False, "--json", help="Print JSON i
         return
     exists = app_ctx.paths.config_file.exists()
     app_ctx.info(f"# {app_ctx.paths.config_file}{'' if exists else ' (not created yet: defaults)'}")
-    app_ctx.echo(tomli_w.dumps(data).rstrip("\n") or "# (empty: all defaults)")
+    app_ctx.echo(tomli_w.dumps(data) or "# (empty: all defaults)")
 
 
 def register(app: typer.Typer) -> None:
