@@ -281,3 +281,60 @@ def test_table_keeps_model_ids_and_money_whole_in_80_columns(
     code, out, err = run_main(capsys, monkeypatch, "cost", "all")
     assert code == 0, err
     assert "…" not in out and "$1,234,580.23" in out and "$1,234,583.69" in out
+
+
+def estimated(minute: int, note: str | None, status: RequestStatus = RequestStatus.OK) -> RequestRecord:
+    record = at(f"{DAY}T09:{minute:02d}:00", "some-model", 1_000_000, PriceQuality.ESTIMATED, status=status)
+    record.cost = Cost(nanos=1_000_000, quality=PriceQuality.ESTIMATED, note=note)
+    return record
+
+
+def pricing_note(model: str, usage: Usage) -> str | None:
+    """The note pricing itself writes, so that the footnote follows its wording."""
+    from ccgate.pricing import PriceCatalog
+
+    cost = PriceCatalog().cost(model, usage)
+    assert cost.quality is PriceQuality.ESTIMATED
+    return cost.note
+
+
+def test_the_estimate_footnote_says_why_with_a_count_per_reason(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ccgate.usage import MAX_TOKENS
+
+    # the proxy's note for usage it had to estimate (a cut stream, or a provider that reported none)
+    tokens_estimated = "tokens estimated: the provider reported none"
+    seed(
+        estimated(1, pricing_note("claude-sonnet-9-9", Usage(input_tokens=10))),
+        estimated(2, pricing_note("claude-opus-9-9", Usage(input_tokens=10))),
+        estimated(3, tokens_estimated, RequestStatus.INTERRUPTED),
+        estimated(4, tokens_estimated),
+        estimated(5, pricing_note("claude-opus-4-1", Usage(input_tokens=10, speed="fast"))),
+        estimated(6, pricing_note("claude-sonnet-4-5", Usage(input_tokens=MAX_TOKENS))),
+        estimated(7, None),
+        at(f"{DAY}T09:08:00", "claude-sonnet-4-5", 2_000_000),  # priced: not in the footnote
+    )
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = run_main(capsys, monkeypatch, "cost", "all")
+    assert code == 0, err
+    footnote = out[out.index("~ 7 requests are estimated:") :].splitlines()
+    assert footnote[1:7] == [
+        "    2 priced from a same-family model: the model is not in the price catalog",
+        "    1 cut mid-stream: the output tokens are estimated from what had arrived",
+        "    1 the provider reported no usage: tokens estimated from the request and reply sizes",
+        "    1 fast mode with no fast-mode price: standard rates used, may be too low",
+        "    1 absurd usage reported: tokens clamped or cost capped",
+        "    1 estimated for another reason (see cost_note in `ccgate logs --json`)",
+    ]
+
+
+def test_a_single_estimate_reason_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(estimated(1, "tokens estimated: the provider reported none", RequestStatus.INTERRUPTED))
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = run_main(capsys, monkeypatch, "cost", "all")
+    assert code == 0, err
+    assert "~ 1 request is estimated: cut mid-stream: the output tokens are estimated from what had arrived" in out
+    assert "same-family" not in out

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,7 @@ from cli_runner import run_main, table_column
 from ccgate import secrets
 
 SECRET = "sk-groq-SECRET-0123456789"
+CCGATE = Path(sys.executable).parent / "ccgate"
 
 
 @pytest.fixture(autouse=True)
@@ -100,6 +104,9 @@ def test_key_errors_never_echo_the_key(capsys: pytest.CaptureFixture[str], monke
     assert code == 1 and "whitespace" in err and "two words" not in err
     code, _, err = run(capsys, monkeypatch, "provider", "key", "set", "groq", "--stdin", stdin="\n")
     assert code == 1 and "no key given" in err
+    code, out, err = run(capsys, monkeypatch, "provider", "key", "set", "groq", stdin="sk-\x1b[2Jabc\x85\n")
+    assert code == 1 and "control characters" in err and "abc" not in out + err
+    assert secrets.get_provider_key("groq", {}) is None
 
 
 def test_add_and_remove_custom_provider(
@@ -259,3 +266,69 @@ def test_list_folds_long_urls_in_80_columns(
     assert code == 0, err
     assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
     assert "https://api.fireworks.ai/inference/v1" in table_column(out, "base URL", "key")
+
+
+def _key_set(isolated_home: Path, stdin: int | bytes, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CCGATE_HOME": str(isolated_home)}
+    command = [str(CCGATE), "provider", "key", "set", "groq", *args]
+    if isinstance(stdin, bytes):
+        return subprocess.run(command, input=stdin.decode(), env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(command, stdin=stdin, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args", [(), ("--stdin",)], ids=["piped", "--stdin"])
+def test_a_piped_key_is_read_silently(isolated_home: Path, args: tuple[str, ...]) -> None:
+    """`echo KEY | ccgate provider key set groq`: no getpass warning about echoed input, the key is stored."""
+    done = _key_set(isolated_home, (SECRET + "\n").encode(), *args)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "API key for" not in done.stdout + done.stderr
+    assert "stored the key for groq" in done.stderr and SECRET not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("args", [(), ("--stdin",)], ids=["piped", "--stdin"])
+def test_an_empty_stdin_is_one_line_and_a_hint(isolated_home: Path, args: tuple[str, ...]) -> None:
+    done = _key_set(isolated_home, subprocess.DEVNULL, *args)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "ccgate: error: no key given",
+        '  hint: paste the key at the prompt, or pipe it: `echo "$KEY" | ccgate provider key set groq`',
+    ]
+
+
+def test_ctrl_d_at_the_prompt_is_one_line_and_a_hint(isolated_home: Path) -> None:
+    """On a terminal the key is prompted for; Ctrl-D there ends in ccgate's error, not click's "Aborted!"."""
+    import pty
+    import select
+    import signal
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: ccgate on a fresh terminal
+        os.execve(str(CCGATE), [str(CCGATE), "provider", "key", "set", "groq"], os.environ)  # noqa: S606
+    seen = b""
+    try:
+        for _ in range(120):  # bounded: at most ~60 s on a busy machine
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(fd, 1024)
+                except OSError:  # the child exited and closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if b"API key for groq" in seen:
+                os.write(fd, b"\x04")  # again until read: the prompt flushes input typed before it is ready
+    finally:
+        for _ in range(300):  # the child exits right after closing the terminal; 30 s at most
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)  # still waiting at the prompt: the test fails below, nothing is left behind
+            _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    text = seen.decode().replace("\r\n", "\n")
+    assert os.waitstatus_to_exitcode(status) == 1, text
+    assert "Aborted" not in text
+    assert "ccgate: error: no key given\n  hint: paste the key at the prompt" in text

@@ -254,3 +254,16 @@ def test_a_sidecar_of_another_version_is_reported_with_how_to_restart_it(
     if ok is None:
         assert f"is ccgate 0.0.1, this is {__version__}" in check.detail
         assert check.fix is not None and "ccgate sidecar stop" in check.fix
+
+
+def test_piped_output_is_not_hard_wrapped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ccgate doctor | grep …` or a bug report: every check stays on its line whatever the width."""
+    home = tmp_path / ("a-long-directory-name-" * 5) / "home"
+    home.mkdir(parents=True)
+    monkeypatch.setenv("CCGATE_HOME", str(home))
+    monkeypatch.setenv("COLUMNS", "80")
+    _, out, _ = run(capsys, monkeypatch, "doctor")
+    config_line = next(line for line in out.splitlines() if line.startswith("✓ config: "))
+    assert str(home / "config.toml") in config_line and len(config_line) > 80

@@ -36,6 +36,34 @@ def test_custom_headers_keep_the_users_lines_and_replace_stale_ccgate_ones() -> 
     assert merge_custom_headers(None, {"x-ccgate-token": "t"}) == "x-ccgate-token: t"
 
 
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x0b", "\x0c", "\x1c", "\x85", "\r", "\x00", "\x1b"])
+def test_a_custom_header_holding_a_control_character_is_refused_not_split(separator: str) -> None:
+    from ccgate.errors import UserInputError
+
+    existing = f"X-Team: blue\nX-Trace: a{separator}X-Forged: yes"
+    with pytest.raises(UserInputError) as refused:
+        merge_custom_headers(existing, {"x-ccgate-token": "t"})
+    assert "ANTHROPIC_CUSTOM_HEADERS" in refused.value.message and "'X-Trace'" in refused.value.message
+    assert refused.value.hint and "newline" in refused.value.hint
+
+
+def test_custom_headers_split_on_newlines_only_and_keep_a_tab_inside_a_value() -> None:
+    merged = merge_custom_headers("X-A: one\ttwo\nX-B: three", {"x-ccgate-token": "t"})
+    assert merged.split("\n") == ["X-A: one\ttwo", "X-B: three", "x-ccgate-token: t"]
+
+
+def test_launch_refuses_a_custom_header_with_a_control_character(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fake_sidecar: FakeSidecar, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("ANTHROPIC_CUSTOM_HEADERS", "X-Team: blue\u2028x-ccgate-token: forged")
+    code, _, err = run_main(capsys, monkeypatch, "launch", "touch", str(marker))
+    assert code == 1 and not marker.exists()
+    first, hint = err.splitlines()[-2:]
+    assert first.startswith("ccgate: error: ANTHROPIC_CUSTOM_HEADERS: the header 'X-Team'") and "\\u2028" in first
+    assert hint.startswith("  hint: ")
+
+
 def test_project_is_the_git_top_level_or_the_directory_itself(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     (repo / "src" / "deep").mkdir(parents=True)
@@ -100,7 +128,8 @@ def test_help_right_after_launch_is_launchs_own(
 ) -> None:
     code, out, err = run_main(capsys, monkeypatch, "launch", flag)
     assert code == 0, err
-    assert "launch [OPTIONS]" in out and "Everything after COMMAND is passed to it unchanged" in out
+    assert "launch [OPTIONS] COMMAND [ARGS]..." in out and "Everything after COMMAND is passed to it unchanged" in out
+    assert "{COMMAND}" not in out
     assert "command not found" not in err
 
 

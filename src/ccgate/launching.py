@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -59,13 +60,29 @@ def project_of(cwd: Path) -> str:
     return top if result.returncode == 0 and top else str(cwd)
 
 
+# Refused in a custom header line (tab is legal inside a value): anything else would let one header turn into
+# two somewhere along the way, where a reader splits lines on more than `\n` (as `str.splitlines` does).
+_HEADER_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def merge_custom_headers(existing: str | None, ours: Mapping[str, str]) -> str:
-    """ANTHROPIC_CUSTOM_HEADERS holds `Name: value` lines; keep the user's, replace any stale ccgate ones."""
-    lines = [
-        line
-        for line in (existing or "").splitlines()
-        if line.strip() and line.split(":", 1)[0].strip().lower() not in {name.lower() for name in ours}
-    ]
+    """ANTHROPIC_CUSTOM_HEADERS holds `Name: value` lines; keep the user's, replace any stale ccgate ones.
+
+    Lines are split on newlines only; a line holding any other control character is refused, naming the header.
+    """
+    ours_lower = {name.lower() for name in ours}
+    lines: list[str] = []
+    for line in (existing or "").split("\n"):
+        name = line.split(":", 1)[0].strip()
+        bad = _HEADER_CONTROLS.search(line)
+        if bad is not None:
+            raise UserInputError(
+                f"ANTHROPIC_CUSTOM_HEADERS: the header {name!r} holds the control character {bad.group()!r}",
+                hint="put one `Name: value` per line, lines separated by a plain newline (\\n) only, "
+                "with no control characters (no \\r, \\x0b, \\x85, U+2028) in names or values",
+            )
+        if line.strip() and name.lower() not in ours_lower:
+            lines.append(line)
     lines.extend(f"{name}: {value}" for name, value in ours.items())
     return "\n".join(lines)
 
@@ -133,6 +150,7 @@ def run_launch(
     if executable is None:
         hint = CLAUDE_INSTALL_HINT if command == "claude" else "check the command name and your PATH"
         raise UserInputError(f"command not found: {command}", hint=hint)
+    merge_custom_headers(environ.get("ANTHROPIC_CUSTOM_HEADERS"), {})  # a malformed value stops us before any work
     cwd = cwd or Path.cwd()
     port = configured_port(config.sidecar.port, environ)
     sidecar, _ = ensure_sidecar(paths, port=port, environ=environ)

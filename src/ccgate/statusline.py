@@ -21,6 +21,7 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
+from ccgate.display import printable
 from ccgate.errors import UserInputError
 from ccgate.models import format_usd, utcnow
 
@@ -317,7 +318,8 @@ def main(stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> int:
     except (OSError, ValueError, UnicodeDecodeError):
         text = ""
     try:
-        sink.write(render(text) + "\n")
+        # the model name and the rest come from outside: no control character reaches Claude Code's status bar
+        sink.write(printable(render(text)) + "\n")
         sink.flush()
     except (OSError, ValueError):
         pass

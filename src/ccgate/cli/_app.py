@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
+from ccgate.display import printable, terminal_safe_json
 from ccgate.errors import CcgateError
 
 if TYPE_CHECKING:
@@ -40,29 +41,40 @@ class AppContext:
 
     @cached_property
     def out(self) -> Console:
-        from rich.console import Console
+        from ccgate.cli._console import SafeConsole
 
-        return Console(highlight=False)
+        return SafeConsole()
 
     @cached_property
     def err(self) -> Console:
-        from rich.console import Console
+        from ccgate.cli._console import SafeConsole
 
-        return Console(stderr=True, highlight=False)
+        return SafeConsole(stderr=True)
 
     def print_json(self, value: Any) -> None:
         """Plain JSON on stdout (no rich markup), for scripts."""
-        sys.stdout.write(json.dumps(value, ensure_ascii=False, default=str) + "\n")
+        # exact data; the characters a terminal would act on are \u escapes (valid JSON, same values)
+        sys.stdout.write(terminal_safe_json(json.dumps(value, ensure_ascii=False, default=str)) + "\n")
         sys.stdout.flush()
+
+    def echo(self, line: str) -> None:
+        """One plain line on stdout without rich (fast, never wrapped), its control characters escaped."""
+        sys.stdout.write(printable(line, newlines=True) + "\n")
+        sys.stdout.flush()  # as click's echo: `sidecar logs -f` shows each line when it is written
 
     def info(self, message: str) -> None:
         self.err.print(message)
 
     def success(self, message: str) -> None:
-        self.err.print(f"[green]✓[/green] {message}")
+        self._marked("✓", "green", message)
 
     def warn(self, message: str) -> None:
-        self.err.print(f"[yellow]![/yellow] {message}")
+        self._marked("!", "yellow", message)
+
+    def _marked(self, mark: str, colour: str, message: str) -> None:
+        from rich.text import Text
+
+        self.err.print(Text.assemble((mark, colour), " ", message))
 
     def fail(self, message: str, hint: str | None = None) -> NoReturn:
         raise CcgateUsageFailure(message, hint=hint)
@@ -109,8 +121,8 @@ def reset_context() -> None:
 
 def report_error(error: CcgateError) -> NoReturn:
     """One readable line plus a hint on stderr, exit code 1; never a traceback."""
-    sys.stderr.write(f"ccgate: error: {error.message}\n")
+    sys.stderr.write(f"ccgate: error: {printable(error.message, newlines=True)}\n")
     if error.hint:
-        sys.stderr.write(f"  hint: {error.hint}\n")
+        sys.stderr.write(f"  hint: {printable(error.hint, newlines=True)}\n")
     sys.stderr.flush()
     raise typer.Exit(1)

@@ -234,7 +234,6 @@ def budget_show(as_json: bool = typer.Option(False, "--json", help="Print JSON (
         app_ctx.info("No budgets set. Set one with `ccgate budget set daily 20` (or weekly, monthly, 1h, ...).")
         return
 
-    from rich.markup import escape
     from rich.table import Table
 
     # Money, percentages and the reset time are never wrapped or cut; in a narrow terminal the label folds
@@ -250,7 +249,7 @@ def budget_show(as_json: bool = typer.Option(False, "--json", help="Print JSON (
     for _rule, _since, state, level in rows:
         percent = state.used_fraction * 100
         table.add_row(
-            escape(state.label),
+            state.label,
             format_usd(state.spent_nanos),
             format_usd(state.limit_nanos),
             format_usd(state.left_nanos),
@@ -262,12 +261,12 @@ def budget_show(as_json: bool = typer.Option(False, "--json", help="Print JSON (
     for rule, _since, state, level in rows:
         if level is BudgetLevel.EXHAUSTED:
             app_ctx.warn(
-                f"{escape(state.label)} is used up: requests are refused until "
-                f"{format_local(state.resets_at, tz)}. Raise it with `{escape(rule.raise_command(state.spent_nanos))}`"
+                f"{state.label} is used up: requests are refused until "
+                f"{format_local(state.resets_at, tz)}. Raise it with `{rule.raise_command(state.spent_nanos)}`"
             )
         elif level is BudgetLevel.WARN:
             app_ctx.warn(
-                f"{escape(state.label)} is at {state.used_fraction * 100:.0f}% "
+                f"{state.label} is at {state.used_fraction * 100:.0f}% "
                 f"(warning from {rule.warn_at * 100:.0f}%): {format_usd(state.left_nanos)} left"
             )
 

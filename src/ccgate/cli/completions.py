@@ -687,7 +687,7 @@ def install_command(
     path: str | None = typer.Option(None, "--path", help="Write here instead of the shell's usual user location."),
 ) -> None:
     """Write the completion script where SHELL finds it, and say what to add to the rc file if anything."""
-    from rich.markup import escape
+    from rich.text import Text
 
     app_ctx = ctx()
     chosen = shell or _detect_shell(app_ctx.environ)
@@ -696,10 +696,10 @@ def install_command(
     target.write_text(generate(chosen), encoding="utf-8")
     # soft_wrap: paths and rc lines are meant to be copied, so never break them at the terminal's width
     err = app_ctx.err
-    err.print(f"[green]✓[/green] {chosen.value} completion written to {escape(str(target))}", soft_wrap=True)
+    err.print(Text.assemble(("✓", "green"), f" {chosen.value} completion written to {target}"), soft_wrap=True)
     hint = rc_hint(chosen, target, app_ctx.environ)
     if hint:
-        err.print(escape(hint), soft_wrap=True)
+        err.print(hint, soft_wrap=True)
     err.print("open a new shell to use it")
 
 

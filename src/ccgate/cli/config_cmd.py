@@ -12,7 +12,7 @@ config_app = typer.Typer(help="Show where the config lives and what it holds.", 
 @config_app.command("path")
 def config_path() -> None:
     """Print the config file's path."""
-    typer.echo(str(ctx().paths.config_file))
+    ctx().echo(str(ctx().paths.config_file))
 
 
 @config_app.command("show")
@@ -29,7 +29,7 @@ def config_show(as_json: bool = typer.Option(False, "--json", help="Print JSON i
         return
     exists = app_ctx.paths.config_file.exists()
     app_ctx.info(f"# {app_ctx.paths.config_file}{'' if exists else ' (not created yet: defaults)'}")
-    typer.echo(tomli_w.dumps(data) or "# (empty: all defaults)")
+    app_ctx.echo(tomli_w.dumps(data) or "# (empty: all defaults)")
 
 
 def register(app: typer.Typer) -> None:

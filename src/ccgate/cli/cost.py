@@ -123,14 +123,13 @@ def _group_label(by: str, key: str) -> str:
 
 def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Database) -> None:
     from rich import box
-    from rich.markup import escape
     from rich.table import Table
 
-    from ccgate.storage.reports import unpriced_models
+    from ccgate.storage.reports import estimate_reasons, unpriced_models
 
     by = report.by or "model"
     table = Table(
-        title=f"ccgate spend {escape(heading)}",
+        title=f"ccgate spend {heading}",
         caption="API list prices (on a subscription: API-equivalent value)",
         box=box.SIMPLE_HEAD,
         show_footer=True,
@@ -149,17 +148,17 @@ def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Data
         ("Cache\nhit", _ratio(total)),
         ("Cost", cost_cell(total)),
     ):
-        table.add_column(header, footer=escape(footer), justify="right", no_wrap=True)
+        table.add_column(header, footer=footer, justify="right", no_wrap=True)
     for key, totals in report.groups:
         cells = [
-            escape(_group_label(by, key)),
+            _group_label(by, key),
             f"{totals.requests:,}",
             compact(totals.input_tokens),
             compact(totals.output_tokens),
             compact(totals.cache_read_tokens),
             compact(totals.cache_write_tokens),
             _ratio(totals),
-            escape(cost_cell(totals)),
+            cost_cell(totals),
         ]
         table.add_row(*cells)
     out = app_ctx.out
@@ -170,9 +169,34 @@ def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Data
         noun = "request has" if total.unpriced_requests == 1 else "requests have"
         out.print(f"* {total.unpriced_requests} {noun} no known price{which}: {PRICE_HINT}", markup=False)
     if total.estimated_requests:
-        out.print(f"~ {total.estimated_requests} request(s) priced from a same-family model (estimated)", markup=False)
+        for line in estimate_lines(
+            total.estimated_requests, estimate_reasons(db, since=report.since, until=report.until)
+        ):
+            out.print(line)
     if total.imported_requests:
         out.print(f"  includes {total.imported_requests} request(s) imported from transcripts", markup=False)
+
+
+# What `~` means for each kind of estimate (keys of `reports.ESTIMATE_REASONS`, plus `other`).
+_ESTIMATE_PHRASES = {
+    "same_family": "priced from a same-family model: the model is not in the price catalog",
+    "other_provider": "priced at another provider's rates for the same model",
+    "cut_stream": "cut mid-stream: the output tokens are estimated from what had arrived",
+    "no_usage": "the provider reported no usage: tokens estimated from the request and reply sizes",
+    "fast_mode": "fast mode with no fast-mode price: standard rates used, may be too low",
+    "clamped": "absurd usage reported: tokens clamped or cost capped",
+    "other": "estimated for another reason (see cost_note in `ccgate logs --json`)",
+}
+
+
+def estimate_lines(estimated: int, reasons: dict[str, int]) -> list[str]:
+    """The `~` footnote: why the estimated requests are estimates, with a count per reason."""
+    noun = "request is" if estimated == 1 else "requests are"
+    if len(reasons) == 1 and sum(reasons.values()) == estimated:
+        return [f"~ {estimated} {noun} estimated: {_ESTIMATE_PHRASES[next(iter(reasons))]}"]
+    lines = [f"~ {estimated} {noun} estimated:"]
+    lines.extend(f"    {count} {_ESTIMATE_PHRASES[reason]}" for reason, count in reasons.items())
+    return lines
 
 
 def csv_text(value: str) -> str:

@@ -16,7 +16,7 @@ def doctor(
     """Check config, keyring, sidecar, provider keys, Claude Code, the ledger and anything that bypasses ccgate."""
     from pathlib import Path
 
-    from rich.markup import escape
+    from rich.text import Text
 
     from ccgate.doctor import exit_code, run_checks
 
@@ -28,14 +28,13 @@ def doctor(
         raise typer.Exit(code)
     colour = {True: "green", False: "red", None: "yellow"}
     for check in checks:
-        mark = f"[{colour[check.ok]}]{check.symbol}[/{colour[check.ok]}]"
-        app_ctx.out.print(f"{mark} {escape(check.name)}: {escape(check.detail)}")
+        app_ctx.out.print(Text.assemble((check.symbol, colour[check.ok]), f" {check.name}: {check.detail}"))
         if check.fix and check.ok is not True:
-            app_ctx.out.print(f"    fix: {escape(check.fix)}")
+            app_ctx.out.print(f"    fix: {check.fix}")
     failed = sum(check.ok is False for check in checks)
     warned = sum(check.ok is None for check in checks)
     if failed:
-        app_ctx.out.print(f"[red]{failed} problem(s)[/red], {warned} warning(s)")
+        app_ctx.out.print(Text.assemble((f"{failed} problem(s)", "red"), f", {warned} warning(s)"))
     raise typer.Exit(code)
 
 

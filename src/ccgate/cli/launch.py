@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperCommand
 
 from ccgate.cli import HELP_OPTIONS
 from ccgate.cli._app import ctx
 
 # No help option of its own, so that `--help` after COMMAND reaches COMMAND; as the first word it is ours.
 CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+class LaunchCommand(TyperCommand):
+    """Usage reads `COMMAND [ARGS]...`: the arguments after COMMAND are its own (typer alone would print
+    `{COMMAND}` and nothing for them)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:  # Any: typer's own vendored click Context
+        return [*([self.options_metavar] if self.options_metavar else []), "COMMAND", "[ARGS]..."]
 
 
 def launch(
@@ -38,4 +49,4 @@ def launch(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("launch", context_settings=CONTEXT)(launch)
+    app.command("launch", cls=LaunchCommand, context_settings=CONTEXT)(launch)

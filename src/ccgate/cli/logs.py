@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ccgate.cli._app import AppContext, ctx
+from ccgate.display import printable
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -68,9 +69,10 @@ def format_line(record: RequestRecord, tz: tzinfo | None) -> Text:
     line = Text(f"{started:%Y-%m-%d %H:%M:%S}  ")
     line.append(f"{status:<11}", style=_STATUS_STYLES.get(status, ""))
     http = "-" if record.http_status is None else str(record.http_status)
-    line.append(f" {http:>3} {latency:>7} {_cost_text(record):>10}  {tokens}  {model_text(record)}")
+    # one field cannot forge a line of its own: its newlines are escaped too, not only its control characters
+    line.append(f" {http:>3} {latency:>7} {_cost_text(record):>10}  {tokens}  {printable(model_text(record))}")
     if record.error_type:
-        line.append(f"  {record.error_type}", style="red")
+        line.append(f"  {printable(record.error_type)}", style="red")
     return line
 
 

@@ -57,7 +57,7 @@ def _resolve_model(app_ctx: AppContext, spec: ProviderSpec, name: str, *, force:
     resolution = resolve_model_name(spec.name, name, known, priced=priced)
     if resolution.model is not None:
         if not resolution.exact:
-            app_ctx.info(f"{spec.name}/{name}: using {spec.name}'s model id [bold]{resolution.model}[/bold]")
+            app_ctx.info(f"{spec.name}/{name}: using {spec.name}'s model id {resolution.model}")
         return resolution.model
     price_cmd = _price_cmd(f"{spec.name}/{name}")
     estimate = catalog.rates(name, provider=spec.name)
@@ -192,6 +192,7 @@ def model_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
         app_ctx.print_json({"tiers": tiers, "model_rules": dict(config.model_rules)})
         return
     from rich.table import Table
+    from rich.text import Text
 
     unpriced: list[str] = []
     table = Table(box=None, pad_edge=False)
@@ -201,16 +202,16 @@ def model_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
         table.add_column(column, no_wrap=True)
     for row in tiers:
         if not row["overridden"]:
-            table.add_row(row["tier"], "[dim]anthropic (passthrough: the model Claude Code asks for)[/dim]", "", "")
+            table.add_row(row["tier"], Text("anthropic (passthrough: the model Claude Code asks for)", "dim"), "", "")
             continue
         for index, target in enumerate(row["targets"]):
-            label = f"{target['provider']}/{target['model']}" + (" [dim](fallback)[/dim]" if index else "")
+            label = Text.assemble(f"{target['provider']}/{target['model']}", (" (fallback)" if index else "", "dim"))
             approx = "~" if target["price_source"] == "estimated" else ""
             table.add_row(
                 row["tier"] if index == 0 else "",
                 label,
-                f"{approx}{target['input_usd_per_mtok']}" if target["price_source"] else "[yellow]unpriced[/yellow]",
-                f"{approx}{target['output_usd_per_mtok']}" if target["price_source"] else "[yellow]unpriced[/yellow]",
+                f"{approx}{target['input_usd_per_mtok']}" if target["price_source"] else Text("unpriced", "yellow"),
+                f"{approx}{target['output_usd_per_mtok']}" if target["price_source"] else Text("unpriced", "yellow"),
             )
             if target["price_source"] is None:
                 unpriced.append(f"{target['provider']}/{target['model']}")

@@ -81,15 +81,15 @@ def price_show(
         return
     origin = {"catalog": "catalog", "override": "config override", "estimated": "ESTIMATED from"}[rates.source]
     where = f"{rates.provider}/{rates.priced_model}" if rates.provider and rates.source != "override" else ""
-    typer.echo(f"{model}  ({origin}{' ' + where if where else ''})")
+    app_ctx.echo(f"{model}  ({origin}{' ' + where if where else ''})")
     for key, label in _RATE_FIELDS:
-        typer.echo(f"  {label:<16}{_usd(getattr(rates, key)):>10} / MTok")
+        app_ctx.echo(f"  {label:<16}{_usd(getattr(rates, key)):>10} / MTok")
     if rates.web_searches_per_k:
-        typer.echo(f"  {'web searches':<16}{_usd(rates.web_searches_per_k):>10} / 1K")
+        app_ctx.echo(f"  {'web searches':<16}{_usd(rates.web_searches_per_k):>10} / 1K")
     if rates.tier_threshold is not None:
-        typer.echo(f"  prompts over {rates.tier_threshold:,} input tokens (cache included) pay, on every token:")
+        app_ctx.echo(f"  prompts over {rates.tier_threshold:,} input tokens (cache included) pay, on every token:")
         for key, label in _RATE_FIELDS:
-            typer.echo(f"  {label:<16}{_usd(getattr(rates, f'max_{key}')):>10} / MTok")
+            app_ctx.echo(f"  {label:<16}{_usd(getattr(rates, f'max_{key}')):>10} / MTok")
     if rates.note and rates.source != "override":
         app_ctx.warn(rates.note)
 

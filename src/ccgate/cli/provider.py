@@ -71,6 +71,7 @@ def provider_list(
         app_ctx.print_json({"providers": rows})
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, pad_edge=False)
     for column in ("provider", "kind", "base URL", "key", "source"):
@@ -78,7 +79,7 @@ def provider_list(
     for row in rows:
         style = {"present": "green", "missing": "yellow"}.get(row["key"], "dim")
         name = row["name"] if row["builtin"] else f"{row['name']} (custom)"
-        table.add_row(name, row["kind"], row["base_url"], f"[{style}]{row['key']}[/{style}]", row["key_source"] or "-")
+        table.add_row(name, row["kind"], row["base_url"], Text(row["key"], style=style), row["key_source"] or "-")
     app_ctx.out.print(table)
 
 
@@ -154,23 +155,27 @@ def provider_remove(name: str = typer.Argument(..., help="A custom provider's na
 @key_app.command("set")
 def key_set(
     name: str = typer.Argument(..., help="Provider name."),
-    from_stdin: bool = typer.Option(False, "--stdin", help="Read the key from standard input instead of a prompt."),
+    from_stdin: bool = typer.Option(
+        False, "--stdin", help="Read the key from standard input (the default when it is not a terminal)."
+    ),
 ) -> None:
-    """Store a provider's API key in the OS keyring (prompted with hidden input)."""
+    """Store a provider's API key in the OS keyring (typed at a hidden prompt, or piped in)."""
     from ccgate.secrets import backend_description, set_provider_key
 
     app_ctx = ctx()
     spec = require_provider(app_ctx, name)
     if not spec.requires_key:
         app_ctx.warn(f"{name} does not need a key; storing it anyway")
-    if from_stdin:
-        value = sys.stdin.readline().strip()
-    else:
-        value = str(typer.prompt(f"API key for {name}", hide_input=True)).strip()
+    value = _read_key(name, from_stdin)
     if not value:
-        app_ctx.fail("no key given", hint="paste the key at the prompt, or pipe it with --stdin")
+        app_ctx.fail(
+            "no key given",
+            hint=f'paste the key at the prompt, or pipe it: `echo "$KEY" | ccgate provider key set {name}`',
+        )
     if any(ch.isspace() for ch in value):
         app_ctx.fail("the key contains whitespace", hint="pass the key alone, on one line")
+    if not value.isprintable():
+        app_ctx.fail("the key contains control characters", hint="pass the key alone, as the provider shows it")
     set_provider_key(name, value, paths=app_ctx.paths)
     where, is_file = backend_description(paths=app_ctx.paths)
     app_ctx.success(f"stored the key for {name} ({where})")
@@ -179,6 +184,26 @@ def key_set(
     if app_ctx.environ.get(spec.key_env):
         app_ctx.warn(f"{spec.key_env} is set in this environment and takes precedence over the stored key")
     notify_reload(app_ctx)
+
+
+def _read_key(name: str, from_stdin: bool) -> str:
+    """The key from a hidden prompt on a terminal, else the first line of stdin, read silently.
+
+    getpass would warn that it cannot hide the input of a pipe, and click's prompt turns an empty stdin into
+    "Aborted!"; the caller says "no key given" instead.
+    """
+    stdin = sys.stdin
+    if stdin is None:
+        return ""
+    if from_stdin or not stdin.isatty():
+        try:
+            return stdin.readline().strip()
+        except (OSError, UnicodeDecodeError):
+            return ""
+    try:
+        return str(typer.prompt(f"API key for {name}", hide_input=True)).strip()
+    except typer.Abort:  # Ctrl-D or Ctrl-C at the prompt (the prompt has ended its line itself)
+        return ""
 
 
 @key_app.command("delete")

@@ -38,8 +38,6 @@ def stop() -> None:
 @sidecar_app.command("status")
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Is the sidecar running, on which port, and what is it doing."""
-    from rich.markup import escape
-
     from ccgate.sidecar.process import control_request, ledger_write_problem, running_sidecar
 
     app_ctx = ctx()
@@ -65,8 +63,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         app_ctx.out.print(f"sidecar running on {info.url} (pid {info.pid}{extra})")
         problem = ledger_write_problem(details)
         if problem is not None:
-            app_ctx.warn(escape(problem.message))
-            app_ctx.info(f"  hint: {escape(problem.hint)}")
+            app_ctx.warn(problem.message)
+            app_ctx.info(f"  hint: {problem.hint}")
     if info is None and as_json:
         raise typer.Exit(3)
 
@@ -107,11 +105,11 @@ def logs(
         return
     with open(path, encoding="utf-8", errors="replace") as handle:
         for line in deque(handle, maxlen=lines):
-            typer.echo(line.rstrip("\n"))
+            app_ctx.echo(line.rstrip("\n"))
         while follow:
             line = handle.readline()
             if line:
-                typer.echo(line.rstrip("\n"))
+                app_ctx.echo(line.rstrip("\n"))
             else:
                 time.sleep(0.3)
 

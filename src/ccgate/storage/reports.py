@@ -310,6 +310,31 @@ def unpriced_models(db: Database, *, since: datetime, until: datetime, limit: in
     return [str(row[0]) for row in rows]
 
 
+# Why a row's cost is an estimate, told from its `cost_note` (written by pricing and the proxy) and its status.
+# A row can have several reasons (a clamped usage keeps the earlier note in parentheses); `other` has none of these.
+ESTIMATE_REASONS: tuple[tuple[str, str], ...] = (
+    ("same_family", "cost_note LIKE '%not in the price catalog; estimated with%'"),
+    ("other_provider", "cost_note LIKE '%not in the price catalog; priced as%'"),
+    ("cut_stream", "cost_note LIKE '%tokens estimated%' AND status = 'interrupted'"),
+    ("no_usage", "cost_note LIKE '%tokens estimated%' AND status != 'interrupted'"),
+    ("fast_mode", "cost_note LIKE '%standard rates were used%'"),
+    ("clamped", "(cost_note LIKE '%reported more than%' OR cost_note LIKE '%cost capped at%')"),
+)
+
+
+def estimate_reasons(db: Database, *, since: datetime, until: datetime) -> dict[str, int]:
+    """How many estimated requests in the range have each reason (see `ESTIMATE_REASONS`, plus `other`)."""
+    matched = " OR ".join(f"({condition})" for _, condition in ESTIMATE_REASONS)
+    sums = ", ".join(f"coalesce(sum({condition}), 0)" for _, condition in ESTIMATE_REASONS)
+    row = db.execute(
+        f"SELECT {sums}, coalesce(sum(NOT coalesce({matched}, 0)), 0) FROM requests "  # noqa: S608 - fixed text
+        "WHERE started_at >= ? AND started_at < ? AND cost_nanos IS NOT NULL AND price_quality = 'estimated'",
+        (to_iso(since), to_iso(until)),
+    ).fetchone()
+    names = [name for name, _ in ESTIMATE_REASONS] + ["other"]
+    return {name: int(count) for name, count in zip(names, row, strict=True) if count}
+
+
 def usd_string(nanos: int) -> str:
     """Exact decimal string with nine places ("0.012345000"), never exponent notation."""
     return f"{nanos_to_usd(nanos):f}"
