@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from scripted_upstream import StreamReply, TextReply, Usage, text_events
+from scripted_upstream import SSE, StreamReply, TextReply, Usage
 from sidecar_harness import Harness, running_sidecar
 
 from ccgate.config import BudgetSettings, Config
@@ -90,8 +90,8 @@ async def test_a_reservation_is_bounded_whatever_max_tokens_says() -> None:
             if await reserved() == 0:
                 break
             await asyncio.sleep(0.01)
-        # the upstream sends a few events, then holds the stream open: the reservation lives until we leave
-        harness.upstream.enqueue(StreamReply(events=text_events("ok")[:3], then="hang"))
+        # the upstream sends a ping (message_start would shrink the reservation), then holds the stream open
+        harness.upstream.enqueue(StreamReply(events=[SSE("ping", {"type": "ping"})], then="hang"))
         headers = {**harness.headers, "content-type": "application/json"}
         async with session.post(f"{harness.url}/v1/messages", data=raw, headers=headers) as response:
             assert response.status == 200

@@ -432,3 +432,129 @@ def format_budget_message(state: BudgetState, command_hint: str, *, tz: tzinfo =
         f"{state.label} reached: {format_usd(state.spent_nanos)} spent of {format_usd(state.limit_nanos)} "
         f"(resets {format_local(state.resets_at, tz)}). Raise it with `{command_hint}`"
     )
+
+
+# ---- reservation bounds -------------------------------------------------------------------------------------
+#
+# A reservation must be an upper bound of what the provider bills, or "at most one request over" fails. A body's
+# byte count bounds the tokens of everything written in it, but not what the provider adds or fetches itself:
+# the hidden system prompt that comes with tools, the hidden definitions of Anthropic-defined tools, an image's
+# pixels (a small PNG can be fewer bytes than its tokens), images and documents fetched by URL or `file_id`,
+# and server tools (web search, web fetch, code execution, MCP servers) whose results join the input mid-reply.
+
+# Anthropic adds a hidden tool-use system prompt (~350 tokens on Claude 4) whenever `tools` is present.
+TOOL_USE_PROMPT_TOKENS = 1_000
+# An Anthropic-defined client tool (bash_, text_editor_, computer_, memory_...) brings a hidden definition and
+# prompt: computer use, the largest, ~1,200 tokens.
+DEFINED_TOOL_TOKENS = 2_000
+# An image is billed by its pixels: ~1,600 tokens at the standard size limit, a few thousand on high-resolution
+# models, whatever its bytes.
+IMAGE_TOKENS = 5_000
+# The bound on a server tool's uses when the request gives no `max_uses` (Anthropic sets none).
+DEFAULT_SERVER_TOOL_USES = 50
+MAX_SERVER_TOOL_USES = 10_000  # a `max_uses` past this counts as this (it cannot overflow an integer column)
+# The context window assumed for a model whose window is unknown: the largest any current model offers.
+DEFAULT_CONTEXT_WINDOW = 1_000_000
+
+_CLIENT_TOOL_PREFIXES = (b"bash_", b"text_editor_", b"computer_", b"memory_")
+# every `"type": "..."` value that can bill more than its bytes: sources by URL or file, images, documents, and
+# versioned Anthropic-defined tools (`web_search_20250305`, `bash_20250124`, ...)
+_TYPE_RE = re.compile(rb'"type"\s*:\s*"(url|file|image|document|[a-z][a-z0-9_]*_\d{8})"')
+
+
+@dataclass(frozen=True, slots=True)
+class BodyScan:
+    """What a byte scan of a Messages body says about input the provider may bill beyond the body's bytes.
+
+    The scan errs on the side of a bigger bound: a match inside a string value (which JSON would escape as
+    `\\"type\\"`) cannot happen, but a tool named "tools" or a schema with `"type": "file"` only makes it bigger.
+    """
+
+    tools: bool = False
+    defined_tools: int = 0
+    images: int = 0
+    # URL/file sources, documents, server tools, MCP servers: billed input is bounded only by the context window
+    unbounded: bool = False
+    # server tools and MCP servers: their results join the input after `message_start` reported it
+    input_grows: bool = False
+    web_search_tools: int = 0
+
+
+def scan_body(raw: bytes) -> BodyScan:
+    """Scan a request body's bytes (no parse): a few substring tests, and a regex only over `"type"` values."""
+    images = defined = web_search = 0
+    unbounded = grows = False
+    if b'"type"' in raw:
+        for match in _TYPE_RE.finditer(raw):
+            kind = match.group(1)
+            if kind == b"image":
+                images += 1
+            elif kind in (b"url", b"file", b"document"):
+                unbounded = True
+            elif kind.startswith(_CLIENT_TOOL_PREFIXES):
+                defined += 1
+            else:  # a server tool, or one ccgate does not know: assume the provider runs it and bills its results
+                defined += 1
+                unbounded = grows = True
+                web_search += kind.startswith(b"web_search_")
+    if b'"file_id"' in raw:  # a file by id anywhere (container uploads too)
+        unbounded = True
+    if b'"mcp_servers"' in raw:
+        unbounded = grows = True
+    return BodyScan(
+        tools=b'"tools"' in raw,
+        defined_tools=defined,
+        images=images,
+        unbounded=unbounded,
+        input_grows=grows,
+        web_search_tools=web_search,
+    )
+
+
+def input_tokens_bound(scan: BodyScan, body_bytes: int, context_window: int | None) -> int:
+    """An upper bound of the input tokens a request is billed for.
+
+    Every body byte is at most one token; on top come the hidden tool prompt, defined tools' definitions and
+    images. A body whose input the provider fetches or produces itself is bounded by the model's context window
+    (`DEFAULT_CONTEXT_WINDOW` when unknown) -- or by the bytes-based bound, if that is larger.
+    """
+    bound = (
+        body_bytes
+        + (TOOL_USE_PROMPT_TOKENS if scan.tools else 0)
+        + scan.defined_tools * DEFINED_TOOL_TOKENS
+        + scan.images * IMAGE_TOKENS
+    )
+    if scan.unbounded:
+        bound = max(bound, context_window or DEFAULT_CONTEXT_WINDOW)
+    return bound
+
+
+def web_search_uses_bound(scan: BodyScan, tools: object) -> int:
+    """How many web searches a request may be billed for: each web search tool's `max_uses` if it is a positive
+    integer, else `DEFAULT_SERVER_TOOL_USES`. `tools` is the body's parsed `tools` (anything else: the default
+    for every web search tool the scan saw)."""
+    if scan.web_search_tools == 0:
+        return 0
+    if not isinstance(tools, list):
+        return scan.web_search_tools * DEFAULT_SERVER_TOOL_USES
+    total = 0
+    for tool in tools:
+        if not isinstance(tool, dict) or not str(tool.get("type", "")).startswith("web_search_"):
+            continue
+        uses = tool.get("max_uses")
+        if isinstance(uses, int) and not isinstance(uses, bool) and uses > 0:
+            total += min(uses, MAX_SERVER_TOOL_USES)
+        else:
+            total += DEFAULT_SERVER_TOOL_USES
+    # tools the scan saw elsewhere than in `tools` (or a list it could not read) get the default each
+    return total or scan.web_search_tools * DEFAULT_SERVER_TOOL_USES
+
+
+def shrunk_reservation(reserved_nanos: int, bound_nanos: int) -> int:
+    """A reservation once the reply has begun: the real input cost plus the output bound (`bound_nanos`), never
+    more than was reserved, so shrinking only ever frees budget. It stays an upper bound of the real cost as long
+    as `bound_nanos` is one: the caller keeps the full output bound until the end, and never shrinks a request
+    whose input grows mid-reply (server tools)."""
+    if bound_nanos < 0:
+        raise ValueError("bound_nanos must not be negative")
+    return min(reserved_nanos, bound_nanos)
