@@ -45,13 +45,13 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import PurePath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ccgate.errors import ConfigError, UserInputError
 from ccgate.models import format_usd, nanos_to_usd, usd_to_nanos
@@ -457,22 +457,23 @@ MAX_SERVER_TOOL_USES = 10_000  # a `max_uses` past this counts as this (it canno
 DEFAULT_CONTEXT_WINDOW = 1_000_000
 
 _CLIENT_TOOL_PREFIXES = (b"bash_", b"text_editor_", b"computer_", b"memory_")
-# every `"type": "..."` value that can bill more than its bytes: sources by URL or file, images, documents, and
-# versioned Anthropic-defined tools (`web_search_20250305`, `bash_20250124`, ...)
-_TYPE_RE = re.compile(rb'"type"\s*:\s*"(url|file|image|document|[a-z][a-z0-9_]*_\d{8})"')
+# a versioned Anthropic-defined tool type ends in a date: `web_search_20250305`, `bash_20250124`, ...
+_DATED_RE = re.compile(rb'_20\d{6}"')
+_WHITESPACE = b" \t\r\n"
 
 
 @dataclass(frozen=True, slots=True)
 class BodyScan:
     """What a byte scan of a Messages body says about input the provider may bill beyond the body's bytes.
 
-    The scan errs on the side of a bigger bound: a match inside a string value (which JSON would escape as
-    `\\"type\\"`) cannot happen, but a tool named "tools" or a schema with `"type": "file"` only makes it bigger.
+    The scan errs on the side of a bigger bound: it looks at values wherever they are, so a tool named "tools"
+    or an enum holding "url" only makes the bound bigger; text inside a JSON string cannot match (its quotes are
+    escaped).
     """
 
     tools: bool = False
     defined_tools: int = 0
-    images: int = 0
+    images: int = 0  # image and document blocks (each counted as an image besides its bytes)
     # URL/file sources, documents, server tools, MCP servers: billed input is bounded only by the context window
     unbounded: bool = False
     # server tools and MCP servers: their results join the input after `message_start` reported it
@@ -480,35 +481,55 @@ class BodyScan:
     web_search_tools: int = 0
 
 
-def scan_body(raw: bytes) -> BodyScan:
-    """Scan a request body's bytes (no parse): a few substring tests, and a regex only over `"type"` values."""
-    images = defined = web_search = 0
-    unbounded = grows = False
-    if b'"type"' in raw:
-        for match in _TYPE_RE.finditer(raw):
-            kind = match.group(1)
-            if kind == b"image":
-                images += 1
-            elif kind in (b"url", b"file", b"document"):
-                unbounded = True
-            elif kind.startswith(_CLIENT_TOOL_PREFIXES):
-                defined += 1
-            else:  # a server tool, or one ccgate does not know: assume the provider runs it and bills its results
-                defined += 1
-                unbounded = grows = True
-                web_search += kind.startswith(b"web_search_")
-    if b'"file_id"' in raw:  # a file by id anywhere (container uploads too)
-        unbounded = True
-    if b'"mcp_servers"' in raw:
-        unbounded = grows = True
+def scan_body(raw: bytes, head: Mapping[str, Any] | None = None) -> BodyScan:
+    """Scan a request body's bytes without parsing it: substring searches (C speed), most of them only when the
+    body holds a `"source"` (images, documents) at all.
+
+    `head` is what the proxy's head parse read: `tools` and `mcp_servers` as their JSON text (bytes), so only the
+    tools are searched for dated tool types; any other value (a full parse's list) or no head scans the body.
+    """
+    if head is None:
+        tools: Any = raw if b'"tools"' in raw else None
+        mcp = b'"mcp_servers"' in raw
+    else:
+        tools, mcp = head.get("tools"), head.get("mcp_servers") is not None
+        if tools is not None and not isinstance(tools, bytes):
+            tools = raw  # parsed by the slow path: search the body itself
+    images, unbounded = 0, False
+    if b'"source"' in raw:  # every image and document block has one; a Claude Code body usually none
+        images = raw.count(b'"source"')
+        unbounded = b'"file_id"' in raw or any(_is_value(raw, token) for token in (b'"url"', b'"file"', b'"document"'))
+    defined = web_search = 0
+    grows = mcp
+    for match in _DATED_RE.finditer(tools or b""):
+        name = tools[tools.rfind(b'"', 0, match.start()) + 1 : match.end() - 1]
+        defined += 1
+        if not name.startswith(_CLIENT_TOOL_PREFIXES):
+            # a server tool, or one ccgate does not know: assume the provider runs it and bills its results
+            grows = True
+            web_search += name.startswith(b"web_search_")
     return BodyScan(
-        tools=b'"tools"' in raw,
+        tools=tools is not None,
         defined_tools=defined,
         images=images,
-        unbounded=unbounded,
+        unbounded=unbounded or grows,
         input_grows=grows,
         web_search_tools=web_search,
     )
+
+
+def _is_value(raw: bytes, token: bytes) -> bool:
+    """Whether the quoted `token` occurs as a JSON value (not a key) anywhere in `raw`; inside a JSON string
+    its quotes would be escaped, so every match is a key or a value."""
+    at = raw.find(token)
+    while at >= 0:
+        after = at + len(token)
+        while after < len(raw) and raw[after] in _WHITESPACE:
+            after += 1
+        if after >= len(raw) or raw[after] != ord(":"):
+            return True
+        at = raw.find(token, after)
+    return False
 
 
 def input_tokens_bound(scan: BodyScan, body_bytes: int, context_window: int | None) -> int:

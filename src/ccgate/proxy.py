@@ -344,7 +344,7 @@ class Proxy:
         )
         speed = ctx.body.get("speed")  # fast mode costs a multiple of the standard rates
         # A token is never shorter than one byte of the body; what the provider adds or fetches comes on top.
-        scan = scan_body(ctx.raw)
+        scan = scan_body(ctx.raw, ctx.body)
         ctx.max_output, ctx.input_grows = max_output, scan.input_grows
         searches = web_search_uses_bound(scan, self._tools(ctx) if scan.web_search_tools else None)
         long_context = "context-1m" in ctx.headers.get("anthropic-beta", "")
