@@ -280,6 +280,8 @@ class BudgetGuard:
             f"and none of them made progress for {self._wait_timeout:g} s"
             if stalled
             else f"for {self._max_wait / 60:g} minutes"
+            if self._max_wait >= 60
+            else f"for {self._max_wait:g} s"
         )
         return BudgetExceededError(
             f"{blocking.label} is fully reserved by requests in flight {why}: "
