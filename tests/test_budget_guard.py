@@ -409,7 +409,7 @@ async def test_a_waiter_outlasts_the_wait_timeout_while_the_requests_in_flight_m
     # a request in flight that stops moving lets the waiter give up after the wait timeout
     stuck = await guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.50")))
     guard.watch(stuck, lambda: 42)
-    with pytest.raises(BudgetExceededError, match="none of them made progress for 0.3 s"):
+    with pytest.raises(BudgetExceededError, match=r"none of them made progress for 0\.3 s"):
         await guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.30")))
 
 

@@ -17,6 +17,10 @@ cost). A request that wants to reserve `r` nano-dollars gets, per budget:
 `decide` rejects if any budget rejects, waits if any budget waits, and admits only when every budget is *fit*
 or *lone*. Budgets are examined in sorted key order, so the blocking budget reported is deterministic.
 
+A reservation is an upper bound of the request's cost (`input_tokens_bound` over a `scan_body` of the body,
+then the price catalog's dearest rates). Once the reply's first usage is known it may shrink to the real input
+cost plus the output bound (`shrunk_reservation`); it never grows, so everything below still holds.
+
 Why this bounds overshoot to one request: an over-limit spend can only come from a *lone* admission (a *fit*
 admission keeps ``spent + reserved <= limit`` as long as real costs stay within reservations). While a lone
 request is in flight, ``reserved >= r > limit - spent``, so no other request *fits* and none is *lone*: all
