@@ -557,3 +557,17 @@ def test_a_shrunk_reservation_never_grows() -> None:
     assert shrunk_reservation(100, 0) == 0
     with pytest.raises(ValueError):
         shrunk_reservation(100, -1)
+
+
+def test_a_type_spelt_with_escapes_is_not_a_way_around_the_bound() -> None:
+    r"""`"\u0075rl"` is "url" to the provider; legitimate clients never escape plain ASCII letters, so any such
+    escape makes the scan assume the worst."""
+    for raw in (
+        rb'{"model":"m","messages":[{"role":"user","content":[{"type":"image","source":{"type":"\u0075rl","url":"u"}}]}]}',
+        rb'{"model":"m","tools":[{"type":"web_search_2025030\u0035","name":"w"}],"messages":[]}',
+    ):
+        scan = _scans(raw)
+        assert scan.unbounded and scan.input_grows
+    # what clients do escape -- control characters, HTML's <>&, non-ASCII text -- changes nothing
+    text = rb'"\u001b[31m caf\u00e9 \u4e2d \u003cb\u003e \u0026 \"quoted\" and code: \\u0075rl"'
+    assert _scans(rb'{"model":"m","messages":[{"role":"user","content":' + text + b"}]}") == BodyScan()

@@ -463,7 +463,10 @@ DEFAULT_CONTEXT_WINDOW = 1_000_000
 _CLIENT_TOOL_PREFIXES = (b"bash_", b"text_editor_", b"computer_", b"memory_")
 # a versioned Anthropic-defined tool type ends in a date: `web_search_20250305`, `bash_20250124`, ...
 _DATED_RE = re.compile(rb'_20\d{6}"')
-_WHITESPACE = b" \t\r\n"
+# in a body with images or documents: each source, and the values that make the provider fetch or paginate
+# an escaped ASCII letter, digit or underscore (Go and others escape <, > and &, never these)
+_ESCAPED_ASCII = re.compile(rb"\\u00(?:3[0-9]|4[1-9a-fA-F]|5[0-9aAfF]|6[1-9a-fA-F]|7[0-9aA])")
+_SOURCE_RE = re.compile(rb'"(source|url|file|file_id|document)"\s*(:?)')
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,7 +489,7 @@ class BodyScan:
 
 
 def scan_body(raw: bytes, head: Mapping[str, Any] | None = None) -> BodyScan:
-    """Scan a request body's bytes without parsing it: substring searches (C speed), most of them only when the
+    """Scan a request body's bytes without parsing it: one substring search (C speed), and a regex only when the
     body holds a `"source"` (images, documents) at all.
 
     `head` is what the proxy's head parse read: `tools` and `mcp_servers` as their JSON text (bytes), so only the
@@ -501,8 +504,11 @@ def scan_body(raw: bytes, head: Mapping[str, Any] | None = None) -> BodyScan:
             tools = raw  # parsed by the slow path: search the body itself
     images, unbounded = 0, False
     if b'"source"' in raw:  # every image and document block has one; a Claude Code body usually none
-        images = raw.count(b'"source"')
-        unbounded = b'"file_id"' in raw or any(_is_value(raw, token) for token in (b'"url"', b'"file"', b'"document"'))
+        for name, colon in _SOURCE_RE.findall(raw):  # one pass, quick over base64 (it has no quotes)
+            if name == b"source":
+                images += 1
+            elif name == b"file_id" or not colon:  # a file by id, or "url"/"file"/"document" as a value
+                unbounded = True
     defined = web_search = 0
     grows = mcp
     for match in _DATED_RE.finditer(tools or b""):
@@ -512,6 +518,9 @@ def scan_body(raw: bytes, head: Mapping[str, Any] | None = None) -> BodyScan:
             # a server tool, or one ccgate does not know: assume the provider runs it and bills its results
             grows = True
             web_search += name.startswith(b"web_search_")
+    if _has_escaped_ascii(raw):
+        # "\u0075rl" is "url" to the provider but not to these searches; no client escapes plain ASCII letters
+        unbounded = grows = True
     return BodyScan(
         tools=tools is not None,
         defined_tools=defined,
@@ -522,17 +531,15 @@ def scan_body(raw: bytes, head: Mapping[str, Any] | None = None) -> BodyScan:
     )
 
 
-def _is_value(raw: bytes, token: bytes) -> bool:
-    """Whether the quoted `token` occurs as a JSON value (not a key) anywhere in `raw`; inside a JSON string
-    its quotes would be escaped, so every match is a key or a value."""
-    at = raw.find(token)
-    while at >= 0:
-        after = at + len(token)
-        while after < len(raw) and raw[after] in _WHITESPACE:
-            after += 1
-        if after >= len(raw) or raw[after] != ord(":"):
+def _has_escaped_ascii(raw: bytes) -> bool:
+    """Whether a JSON string escapes a plain ASCII letter, digit or underscore (`\\u0075`); a backslash that is
+    itself escaped (`\\\\u0075`, text about escapes, such as source code) does not count."""
+    for match in _ESCAPED_ASCII.finditer(raw):
+        at = match.start() - 1
+        while at >= 0 and raw[at] == 0x5C:  # backslashes before this one
+            at -= 1
+        if (match.start() - 1 - at) % 2 == 0:
             return True
-        at = raw.find(token, after)
     return False
 
 
