@@ -317,3 +317,19 @@ async def test_a_budget_already_over_is_logged_as_over_not_as_a_warning(caplog: 
     assert len(messages) == 2
     assert "$0.02 spent of $0.03 (warning from 50%)" in messages[0]
     assert "over its limit: $0.04 spent of $0.03" in messages[1] and "warning" not in messages[1]
+
+
+async def test_waiting_for_the_first_byte_counts_as_progress() -> None:
+    """A long prompt can take the provider a while before its first byte (and a non-streamed reply sends nothing
+    until it is whole): requests waiting for its reservation keep waiting."""
+    first = text_events("ok", usage=Usage(100, 20))
+    late = [SSE(first[0].event, first[0].data, delay=1.5), *first[1:]]
+    async with running_sidecar(config=budget_config("0.05", wait=0.3)) as harness:
+        harness.upstream.enqueue(StreamReply(events=late), TextReply("ok"))
+        # haiku, 64K output at $5/MTok: each reserves ~$0.32, so the second waits for the first to end
+        payload = {**body(max_tokens=10_000), "stream": True}
+        async with aiohttp.ClientSession() as session:
+            results = await asyncio.gather(
+                post_stream(session, harness, payload), post_stream(session, harness, payload)
+            )
+        assert [status for status, _ in results] == [200, 200], results

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -137,6 +138,17 @@ class _Ctx:
     # for shrinking the reservation at message_start: the output bound, and whether input grows mid-reply
     max_output: int = DEFAULT_MAX_OUTPUT_TOKENS
     input_grows: bool = False
+    upstream: aiohttp.ClientResponse | None = None
+    _waiting: Any = field(default_factory=lambda: itertools.count(-1, -1))
+
+    def progress(self) -> int:
+        """The reply's bytes so far, for requests waiting on this one's reservation to see it is alive.
+
+        Before the first byte it moves on every look: the provider is still reading the prompt (or writing a
+        whole non-streamed reply), which is no sign of a stall; the upstream timeouts bound that wait.
+        """
+        received = self.upstream.content.total_bytes if self.upstream is not None else 0
+        return received or int(next(self._waiting))
 
     def exact_body(self) -> dict[str, Any]:
         """The body parsed by `json` (exact big integers), for routes that send it on re-encoded."""
@@ -241,12 +253,6 @@ def _replace_model(data: bytes, upstream_model: str | None, requested: str) -> b
     return data
 
 
-def _bytes_received(upstream: aiohttp.ClientResponse) -> Callable[[], int]:
-    """A counter of the reply's bytes so far: requests waiting for this one's reservation see it is alive."""
-    content = upstream.content
-    return lambda: content.total_bytes
-
-
 class Proxy:
     """One instance per server; stateless between requests apart from the in-flight set."""
 
@@ -284,6 +290,7 @@ class Proxy:
                     ctx.reservation = await deps.admission.admit(
                         meta, reserve_nanos=self._reserve_nanos(ctx, route), model=primary.model
                     )
+                    deps.admission.watch(ctx.reservation, ctx.progress)
                 except CcgateError as refusal:
                     # refused requests are rows too, so `ccgate logs --errors` shows them; they cost nothing
                     self._finish(
@@ -392,8 +399,7 @@ class Proxy:
                         log.warning("failover: %s failed (%s), trying next target", target.provider, error.message)
                     continue
                 attempts.append(Attempt(target.provider, target.model, upstream.status))
-                if ctx.reservation is not None and ctx.deps.admission is not None:
-                    ctx.deps.admission.watch(ctx.reservation, _bytes_received(upstream))
+                ctx.upstream = upstream  # for `progress`
                 try:
                     if upstream.status in RETRYABLE_STATUSES and not is_last:
                         error_type, _ = error_type_of(await self._read(upstream, spec))
