@@ -369,3 +369,54 @@ async def test_a_waiter_passes_when_its_budget_is_removed() -> None:
     assert (await waiting).budget_keys == ()
     guard.settle(held, usd("0.50"))  # its budget is gone: nothing to count it against
     assert guard.states() == []
+
+
+async def test_shrinking_a_reservation_frees_its_excess_and_lets_a_waiter_in() -> None:
+    guard, _ = make_guard([rule("1")], Ledger(), wait_timeout=60)
+    held = await guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.90")))
+    waiter = asyncio.create_task(guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.30"))))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    guard.shrink(held, usd("2"))  # a bigger bound never grows a reservation
+    assert guard.states()[0].reserved_nanos == usd("0.90")
+    guard.shrink(held, usd("0.50"))  # message_start: the real input plus the output bound
+    admitted = await asyncio.wait_for(waiter, 5)
+    assert guard.states()[0].reserved_nanos == usd("0.80")
+    guard.settle(held, usd("0.45"))  # settling gives back what is held now, not what was first reserved
+    guard.shrink(held, 0)  # after the end: nothing to shrink
+    [state] = guard.states()
+    assert (state.spent_nanos, state.reserved_nanos) == (usd("0.45"), usd("0.30"))
+    guard.release(admitted)
+    assert guard.states()[0].reserved_nanos == 0
+
+
+async def test_a_waiter_outlasts_the_wait_timeout_while_the_requests_in_flight_make_progress() -> None:
+    """A 64K-token stream can run for minutes: requests waiting for its reservation must not get a 402 after
+    `wait_timeout` seconds while its bytes keep arriving, only once it stops moving."""
+    guard, _ = make_guard([rule("1")], Ledger(), wait_timeout=0.3)
+    held = await guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.90")))
+    received = 0
+    guard.watch(held, lambda: received)
+    waiter = asyncio.create_task(guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.30"))))
+    for _ in range(150):  # 1.5 s of a stream: five times the wait timeout
+        await asyncio.sleep(0.01)
+        received += 100
+    assert not waiter.done()
+    guard.settle(held, usd("0.10"))
+    admitted = await asyncio.wait_for(waiter, 5)
+    assert admitted.nanos == usd("0.30")
+
+    # a request in flight that stops moving lets the waiter give up after the wait timeout
+    stuck = await guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.50")))
+    guard.watch(stuck, lambda: 42)
+    with pytest.raises(BudgetExceededError, match=r"none of them made progress for 0\.3 s"):
+        await guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.30")))
+
+
+async def test_a_waiter_gives_up_after_max_wait_however_busy_the_requests_in_flight() -> None:
+    guard, _ = make_guard([rule("1")], Ledger(), wait_timeout=0.05, max_wait=0.3)
+    held = await guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.90")))
+    counter = iter(range(10**9))
+    guard.watch(held, lambda: next(counter))  # moves every time anyone looks
+    with pytest.raises(BudgetExceededError, match=r"fully reserved by requests in flight for 0\.3 s"):
+        await guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.30")))

@@ -392,3 +392,182 @@ def test_raise_command_always_gets_past_what_is_committed(limit: int, committed:
 def test_date_helpers_are_consistent() -> None:
     # a sanity anchor for the week origin used by `window`
     assert date(1970, 1, 5).weekday() == 0
+
+
+# ---- reservation bounds -------------------------------------------------------------------------------------
+
+from ccgate.budgets import (  # noqa: E402
+    DEFAULT_CONTEXT_WINDOW,
+    DEFAULT_SERVER_TOOL_USES,
+    DEFINED_TOOL_TOKENS,
+    IMAGE_TOKENS,
+    TOOL_USE_PROMPT_TOKENS,
+    BodyScan,
+    input_tokens_bound,
+    scan_body,
+    shrunk_reservation,
+    web_search_uses_bound,
+)
+from ccgate.proxy import parse_messages_head  # noqa: E402
+
+WEB_FETCH_TOOL = {  # Claude Code's own WebFetch: a "url" key in its schema is no URL source
+    "name": "WebFetch",
+    "input_schema": {"type": "object", "properties": {"url": {"type": "string", "format": "uri"}}},
+}
+
+
+def _body(*content: dict[str, object], tools: list[dict[str, object]] | None = None, **extra: object) -> bytes:
+    import json
+
+    body: dict[str, object] = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": list(content)}]}
+    if tools is not None:
+        body["tools"] = tools
+    return json.dumps(body | extra).encode()
+
+
+def _scans(raw: bytes) -> BodyScan:
+    """The proxy's scan (with the head parse) and the body-only scan agree."""
+    with_head = scan_body(raw, parse_messages_head(raw))
+    assert with_head == scan_body(raw)
+    return with_head
+
+
+TEXT = {"type": "text", "text": 'a "type":"url" written in text is escaped, so it never counts'}
+
+
+@pytest.mark.parametrize(
+    ("content", "tools", "extra", "expected"),
+    [
+        ((TEXT,), None, {}, BodyScan()),
+        ((TEXT,), [WEB_FETCH_TOOL], {}, BodyScan(tools=True)),
+        (
+            ({"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}},),
+            None,
+            {},
+            BodyScan(images=1, unbounded=True),
+        ),
+        (
+            ({"type": "document", "source": {"type": "file", "file_id": "file_011"}},),
+            None,
+            {},
+            BodyScan(images=1, unbounded=True),
+        ),
+        (
+            ({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}},),
+            None,
+            {},
+            BodyScan(images=1, unbounded=True),  # a PDF's pages are billed as images and text, whatever its bytes
+        ),
+        (
+            (
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}},
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "t",
+                    "content": [
+                        {"type": "image", "source": {"data": "iVBO", "media_type": "image/png", "type": "base64"}}
+                    ],
+                },
+            ),
+            None,
+            {},
+            BodyScan(images=2),
+        ),
+        (
+            (TEXT,),
+            [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}, WEB_FETCH_TOOL],
+            {},
+            BodyScan(tools=True, defined_tools=1, unbounded=True, input_grows=True, web_search_tools=1),
+        ),
+        (
+            (TEXT,),
+            [{"type": "code_execution_20250825", "name": "code_execution"}],
+            {},
+            BodyScan(tools=True, defined_tools=1, unbounded=True, input_grows=True),
+        ),
+        (
+            (TEXT,),
+            [{"type": "bash_20250124", "name": "bash"}, {"type": "text_editor_20250728", "name": "e"}],
+            {},
+            BodyScan(tools=True, defined_tools=2),  # client tools: hidden definitions, but no fetched input
+        ),
+        (
+            (TEXT,),
+            None,
+            {"mcp_servers": [{"type": "url", "url": "https://mcp.example.com/sse", "name": "x"}]},
+            BodyScan(unbounded=True, input_grows=True),
+        ),
+    ],
+)
+def test_the_body_scan_finds_what_bills_beyond_the_bytes(
+    content: tuple[dict[str, object], ...],
+    tools: list[dict[str, object]] | None,
+    extra: dict[str, object],
+    expected: BodyScan,
+) -> None:
+    assert _scans(_body(*content, tools=tools, **extra)) == expected
+
+
+def test_the_scan_reads_json_with_any_spacing() -> None:
+    import json
+
+    body = {
+        "model": "m",
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}],
+            }
+        ],
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+    }
+    for raw in (json.dumps(body, indent=2).encode(), json.dumps(body, separators=(" , ", " :\n ")).encode()):
+        scan = _scans(raw)
+        assert scan.unbounded and scan.input_grows and scan.images == 1 and scan.web_search_tools == 1
+
+
+def test_the_input_bound_adds_the_hidden_parts_and_goes_to_the_context_window_when_unbounded() -> None:
+    assert input_tokens_bound(BodyScan(), 500, 200_000) == 500
+    hidden = BodyScan(tools=True, defined_tools=2, images=3)
+    assert input_tokens_bound(hidden, 500, 200_000) == 500 + TOOL_USE_PROMPT_TOKENS + 2 * DEFINED_TOOL_TOKENS + 3 * (
+        IMAGE_TOKENS
+    )
+    assert input_tokens_bound(BodyScan(unbounded=True), 500, 200_000) == 200_000
+    assert input_tokens_bound(BodyScan(unbounded=True), 500, None) == DEFAULT_CONTEXT_WINDOW
+    assert input_tokens_bound(BodyScan(unbounded=True), 3_000_000, 200_000) == 3_000_000  # the bigger one
+
+
+def test_web_search_uses_come_from_max_uses_else_a_stated_cap() -> None:
+    one = BodyScan(web_search_tools=1)
+    assert web_search_uses_bound(BodyScan(), None) == 0
+    assert web_search_uses_bound(one, [{"type": "web_search_20250305", "max_uses": 5}]) == 5
+    assert web_search_uses_bound(one, [{"type": "web_search_20250305"}]) == DEFAULT_SERVER_TOOL_USES
+    for bad in (0, -1, True, "5", 2.5):
+        assert web_search_uses_bound(one, [{"type": "web_search_20250305", "max_uses": bad}]) == (
+            DEFAULT_SERVER_TOOL_USES
+        )
+    assert web_search_uses_bound(one, [{"type": "web_search_20250305", "max_uses": 10**30}]) == 10_000
+    assert web_search_uses_bound(BodyScan(web_search_tools=2), "not a list") == 2 * DEFAULT_SERVER_TOOL_USES
+    assert web_search_uses_bound(one, []) == DEFAULT_SERVER_TOOL_USES  # seen by the scan, not in `tools`
+
+
+def test_a_shrunk_reservation_never_grows() -> None:
+    assert shrunk_reservation(100, 40) == 40
+    assert shrunk_reservation(100, 400) == 100
+    assert shrunk_reservation(100, 0) == 0
+    with pytest.raises(ValueError):
+        shrunk_reservation(100, -1)
+
+
+def test_a_type_spelt_with_escapes_is_not_a_way_around_the_bound() -> None:
+    r"""`"\u0075rl"` is "url" to the provider; legitimate clients never escape plain ASCII letters, so any such
+    escape makes the scan assume the worst."""
+    for raw in (
+        rb'{"model":"m","messages":[{"role":"user","content":[{"type":"image","source":{"type":"\u0075rl","url":"u"}}]}]}',
+        rb'{"model":"m","tools":[{"type":"web_search_2025030\u0035","name":"w"}],"messages":[]}',
+    ):
+        scan = _scans(raw)
+        assert scan.unbounded and scan.input_grows
+    # what clients do escape -- control characters, HTML's <>&, non-ASCII text -- changes nothing
+    text = rb'"\u001b[31m caf\u00e9 \u4e2d \u003cb\u003e \u0026 \"quoted\" and code: \\u0075rl"'
+    assert _scans(rb'{"model":"m","messages":[{"role":"user","content":' + text + b"}]}") == BodyScan()

@@ -543,3 +543,20 @@ def test_cost_agrees_with_genai_prices_for_every_catalog_model(at: datetime) -> 
                 ), (provider_id, model.id, usage)
                 compared += 1
     assert compared > 3_000
+
+
+def test_a_reservation_bound_includes_web_search_fees_and_the_catalog_knows_context_windows(
+    catalog: PriceCatalog,
+) -> None:
+    plain = catalog.max_cost_nanos("claude-haiku-4-5", provider="anthropic", input_tokens=1_000, max_output_tokens=0)
+    searching = catalog.max_cost_nanos(
+        "claude-haiku-4-5", provider="anthropic", input_tokens=1_000, max_output_tokens=0, web_searches=8
+    )
+    assert plain is not None and searching == plain + 8 * 10_000_000  # $10 per thousand searches
+    assert catalog.context_window("claude-haiku-4-5", provider="anthropic") == 200_000
+    assert catalog.context_window("claude-opus-4-8", provider="anthropic") == 1_000_000
+    assert catalog.context_window("totally-made-up-model", provider="groq") is None
+    assert (
+        PriceCatalog({"my-model": PriceOverride(input=Decimal(1), output=Decimal(2))}).context_window("my-model")
+        is None
+    )

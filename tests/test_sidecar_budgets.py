@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
 import pytest
-from scripted_upstream import StreamReply, TextReply, Usage, text_events
+from scripted_upstream import SSE, StreamReply, TextReply, Usage, text_events
 from sidecar_harness import Harness, running_sidecar
 
 from ccgate.config import BudgetSettings, Config
@@ -90,8 +91,8 @@ async def test_a_reservation_is_bounded_whatever_max_tokens_says() -> None:
             if await reserved() == 0:
                 break
             await asyncio.sleep(0.01)
-        # the upstream sends a few events, then holds the stream open: the reservation lives until we leave
-        harness.upstream.enqueue(StreamReply(events=text_events("ok")[:3], then="hang"))
+        # the upstream sends a ping (message_start would shrink the reservation), then holds the stream open
+        harness.upstream.enqueue(StreamReply(events=[SSE("ping", {"type": "ping"})], then="hang"))
         headers = {**harness.headers, "content-type": "application/json"}
         async with session.post(f"{harness.url}/v1/messages", data=raw, headers=headers) as response:
             assert response.status == 200
@@ -197,3 +198,138 @@ async def test_a_misspelt_budget_edit_leaves_the_running_budget_in_force() -> No
             message = (await resp.json())["error"]["message"]
         assert "budget is not a ccgate setting" in message and "did you mean budgets?" in message
         assert (await post(session, harness, body()))[0] == 402  # the old budget, not none at all
+
+
+def budget_config(limit: str, *, wait: float = 30.0) -> Config:
+    from ccgate.config import SidecarSettings
+
+    return replace(budget(limit), sidecar=SidecarSettings(budget_wait_seconds=wait))
+
+
+async def post_stream(session: aiohttp.ClientSession, harness: Harness, payload: dict[str, Any]) -> tuple[int, str]:
+    async with session.post(f"{harness.url}/v1/messages", json=payload, headers=harness.headers) as resp:
+        return resp.status, await resp.text()
+
+
+def claude_code_body() -> dict[str, Any]:
+    """The size and shape of a real Claude Code request: Opus, 64K max_tokens, ~80 KB of conversation and tools."""
+    tools = [
+        {"name": f"Tool{i}", "description": "d" * 1_500, "input_schema": {"type": "object", "properties": {}}}
+        for i in range(24)
+    ]
+    return {
+        "model": "claude-opus-4-8",
+        "max_tokens": 64_000,
+        "stream": True,
+        "tools": tools,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 42_000}]}],
+    }
+
+
+async def test_requests_billed_beyond_their_bytes_still_overshoot_by_at_most_one() -> None:
+    """Tiny bodies that reference an image by URL are billed far more input tokens than they have bytes: the
+    reservation must bound that (the model's context window), or 100 concurrent ones overspend freely."""
+    limit_nanos = 50_000_000  # $0.05
+    billed = Usage(input_tokens=20_000, output_tokens=20)  # claude-haiku-4-5: $0.0201 a request
+    one_request = 20_000 * 1_000 + 20 * 5_000
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/chart.png"}}
+    payload = body() | {"stream": True, "messages": [{"role": "user", "content": [image]}]}
+    async with running_sidecar(config=budget("0.05")) as harness:
+        harness.upstream.enqueue(*(TextReply("ok", usage=billed) for _ in range(100)))
+        async with aiohttp.ClientSession() as session:
+            results = await asyncio.gather(*(post_stream(session, harness, payload) for _ in range(100)))
+        served = [text for status, text in results if status == 200]
+        assert all(status in (200, 402) for status, _ in results)
+        spent = sum(row["cost_nanos"] for row in harness.rows())
+        assert len(served) >= limit_nanos // one_request  # every request that fitted was served
+        assert spent <= limit_nanos + one_request
+
+
+async def test_claude_code_sized_requests_wait_for_progressing_streams_instead_of_a_402() -> None:
+    """Each reserves ~$2.4 (80 KB at the 1h cache-write rate, 64K output at $25/MTok) and costs $0.06, so only
+    two fit a $5 budget at once. The others wait for them -- longer than `budget_wait_seconds` in all, since the
+    streams in flight keep moving -- and none gets a 402 while most of the budget is unspent."""
+    billed = Usage(input_tokens=3_000, cache_read_input_tokens=70_000, output_tokens=400)  # $0.06
+    slow = [TextReply("ok", usage=billed, pieces=["a"] * 15, event_delay=0.05) for _ in range(8)]
+    async with running_sidecar(config=budget_config("5", wait=0.5)) as harness:
+        harness.upstream.enqueue(*slow)
+        async with aiohttp.ClientSession() as session:
+            results = await asyncio.gather(*(post_stream(session, harness, claude_code_body()) for _ in range(8)))
+        assert [status for status, _ in results] == [200] * 8, [text for _, text in results if "error" in text]
+        assert sum(row["cost_nanos"] for row in harness.rows()) == 8 * 60_000_000
+
+
+async def test_claude_code_sized_requests_are_served_until_the_budget_is_spent_and_overshoot_by_at_most_one() -> None:
+    billed = Usage(input_tokens=60_000, output_tokens=24_000)  # claude-opus-4-8: $0.30 + $0.60
+    one_request = 900_000_000
+    limit_nanos = 5_000_000_000
+    async with running_sidecar(config=budget("5")) as harness:
+        harness.upstream.enqueue(*(TextReply("ok", usage=billed, event_delay=0.01) for _ in range(20)))
+        async with aiohttp.ClientSession() as session:
+            results = await asyncio.gather(*(post_stream(session, harness, claude_code_body()) for _ in range(20)))
+        served = [status for status, _ in results if status == 200]
+        refused = [text for status, text in results if status != 200]
+        spent = sum(row["cost_nanos"] for row in harness.rows())
+        assert len(served) >= limit_nanos // one_request  # no 402 while what is spent leaves room for one more
+        assert spent <= limit_nanos + one_request
+        assert all("daily budget reached" in text for text in refused)  # refused for spend, never for reservations
+
+
+async def test_message_start_shrinks_the_reservation_to_the_real_input_but_not_with_server_tools() -> None:
+    async def reserved() -> int:
+        async with session.get(f"{harness.url}/_ccgate/status", headers=harness.headers) as resp:
+            return int((await resp.json())["budgets"][0]["reserved_nanos"])
+
+    async def reserved_after_message_start(payload: dict[str, Any]) -> int:
+        for _ in range(500):  # the previous request's reservation ends when the sidecar sees its client go
+            if await reserved() == 0:
+                break
+            await asyncio.sleep(0.01)
+        harness.upstream.enqueue(StreamReply(events=text_events("ok", usage=Usage(100, 20))[:3], then="hang"))
+        async with session.post(f"{harness.url}/v1/messages", json=payload, headers=harness.headers) as response:
+            assert response.status == 200
+            seen = b""
+            while b"content_block_start" not in seen:
+                seen += await response.content.readany()
+            return await reserved()
+
+    plain = body(max_tokens=2_000) | {"stream": True}
+    searching = plain | {"tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}]}
+    async with running_sidecar(config=budget("1000")) as harness, aiohttp.ClientSession() as session:
+        # claude-haiku-4-5: 100 input tokens at $1/MTok, and the output bound stays: 2,000 tokens at $5/MTok
+        assert await reserved_after_message_start(plain) == 100 * 1_000 + 2_000 * 5_000
+        # a web search's results join the input after message_start: its context-window bound stays, fees too
+        bound = 200_000 * 2_000 + 2_000 * 5_000 + 2 * 10_000_000
+        assert await reserved_after_message_start(searching) == bound
+
+
+async def test_a_budget_already_over_is_logged_as_over_not_as_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    # $0.03 a day, warning from 50 %: the first request ($0.02) crosses the warning, the second runs alone (nothing
+    # else in flight) and passes the limit
+    config = Config(budgets=(BudgetSettings(period="daily", limit_usd=Decimal("0.03"), warn_at=Decimal("0.5")),))
+    caplog.set_level(logging.WARNING, logger="ccgate.sidecar")
+    async with running_sidecar(config=config) as harness, aiohttp.ClientSession() as session:
+        harness.upstream.enqueue(*(TextReply("ok", usage=Usage(20_000, 0)) for _ in range(2)))
+        for _ in range(2):
+            assert (await post(session, harness, body()))[0] == 200
+        assert (await post(session, harness, body()))[0] == 402
+    messages = [r.getMessage() for r in caplog.records if "daily budget" in r.getMessage()]
+    assert len(messages) == 2
+    assert "$0.02 spent of $0.03 (warning from 50%)" in messages[0]
+    assert "over its limit: $0.04 spent of $0.03" in messages[1] and "warning" not in messages[1]
+
+
+async def test_waiting_for_the_first_byte_counts_as_progress() -> None:
+    """A long prompt can take the provider a while before its first byte (and a non-streamed reply sends nothing
+    until it is whole): requests waiting for its reservation keep waiting."""
+    first = text_events("ok", usage=Usage(100, 20))
+    late = [SSE(first[0].event, first[0].data, delay=1.5), *first[1:]]
+    async with running_sidecar(config=budget_config("0.05", wait=0.3)) as harness:
+        harness.upstream.enqueue(StreamReply(events=late), TextReply("ok"))
+        # haiku, 64K output at $5/MTok: each reserves ~$0.32, so the second waits for the first to end
+        payload = {**body(max_tokens=10_000), "stream": True}
+        async with aiohttp.ClientSession() as session:
+            results = await asyncio.gather(
+                post_stream(session, harness, payload), post_stream(session, harness, payload)
+            )
+        assert [status for status, _ in results] == [200, 200], results

@@ -28,6 +28,7 @@ from ccgate.budgets import (
     Reject,
     decide,
     format_budget_message,
+    shrunk_reservation,
     window,
 )
 from ccgate.budgets import rules_from_config as rules_from_config
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 SpentLoader = Callable[[datetime, datetime, "str | None"], int]
+# The longest a request waits for reservations to clear, however busy the requests in flight are: Claude Code
+# gives up on a request after 10 minutes (API_TIMEOUT_MS) anyway.
+MAX_WAIT_SECONDS = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +64,13 @@ class AdmissionRequest:
 class Reservation:
     """An admitted request's hold on its budgets; hand it back to `settle` or `release` exactly once."""
 
-    __slots__ = ("_holds", "_released", "_settled", "created_at", "id", "nanos")
+    __slots__ = ("_holds", "_released", "_settled", "created_at", "id", "nanos", "progress")
 
     def __init__(self, id: int, nanos: int, holds: tuple[tuple[str, datetime], ...], created_at: datetime) -> None:
         self.id = id
         self.nanos = nanos
+        # A counter that grows while the request moves (bytes received from the provider); see `watch`.
+        self.progress: Callable[[], int] | None = None
         self._holds = holds  # (rule key, window start) pairs
         self.created_at = created_at
         self._released = False  # its reserved amount is no longer counted (settled, released or expired)
@@ -112,9 +118,12 @@ class BudgetGuard:
         clock: Callable[[], datetime] = utcnow,
         tz: tzinfo | None = None,
         wait_timeout: float = 30.0,
+        max_wait: float = MAX_WAIT_SECONDS,
         reservation_ttl: float | None = None,
     ) -> None:
-        """`reservation_ttl`: seconds after which an unsettled reservation is dropped as crashed; None (the
+        """`wait_timeout`: a request kept out only by reservations gives up (402) once none of the requests in
+        flight on its budget made progress for this many seconds, or after `max_wait` seconds in all.
+        `reservation_ttl`: seconds after which an unsettled reservation is dropped as crashed; None (the
         default) keeps it until `settle`/`release`, so a stream of any length keeps its hold."""
         self._rules: dict[str, BudgetRule] = {}
         self._sorted_rules: tuple[BudgetRule, ...] = ()
@@ -122,6 +131,7 @@ class BudgetGuard:
         self._clock = clock
         self._tz = tz if tz is not None else resolve_timezone()
         self._wait_timeout = wait_timeout
+        self._max_wait = max(max_wait, wait_timeout)
         self._ttl = None if reservation_ttl is None else timedelta(seconds=reservation_ttl)
         self._windows: dict[str, _Window] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
@@ -194,7 +204,8 @@ class BudgetGuard:
         """Reserve `request.reserve_nanos` on every applicable budget, waiting while reservations fill one.
 
         Raises UnpricedModelError for an unpriced request under a budget, BudgetExceededError when a budget is
-        spent or stays fully reserved for `wait_timeout` seconds.
+        spent, or stays fully reserved while the requests in flight make no progress for `wait_timeout` seconds,
+        or for `max_wait` seconds in all.
         """
         rules = self._applicable(request.project)
         if not rules:
@@ -207,7 +218,9 @@ class BudgetGuard:
             )
         reserve = request.reserve_nanos
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._wait_timeout
+        give_up_at = loop.time() + self._max_wait
+        stall_at = give_up_at
+        mark: tuple[tuple[int, int, int], ...] | None = None
         while True:
             await self._ensure_loaded(rules)
             self.expire_stale()
@@ -228,25 +241,74 @@ class BudgetGuard:
                 self._reservations[reservation.id] = reservation
                 return reservation
             blocking = decision.blocking
-            rule = self._rules[blocking.key]
             if isinstance(decision, Reject):
+                rule = self._rules[blocking.key]
                 committed = blocking.spent_nanos + blocking.reserved_nanos
                 raise BudgetExceededError(format_budget_message(blocking, rule.raise_command(committed), tz=self._tz))
             event = self._event()
-            remaining = deadline - loop.time()
             rules = self._applicable(request.project)  # for the next round: update_rules may change them
+            now_t = loop.time()
+            if now_t >= give_up_at:
+                raise self._still_reserved(blocking, reserve, stalled=False)
+            if mark is None:  # the first wait: what the requests in flight have done so far
+                mark, stall_at = self._progress_mark(blocking.key), now_t + self._wait_timeout
+            elif now_t >= stall_at:
+                moved = self._progress_mark(blocking.key)
+                if moved == mark:
+                    raise self._still_reserved(blocking, reserve, stalled=True)
+                mark, stall_at = moved, now_t + self._wait_timeout
             try:
-                if remaining <= 0:
-                    raise TimeoutError
-                await asyncio.wait_for(event.wait(), remaining)
+                await asyncio.wait_for(event.wait(), min(stall_at, give_up_at) - now_t)
             except TimeoutError:
-                raise BudgetExceededError(
-                    f"{blocking.label} is fully reserved by requests in flight: "
-                    f"{format_usd(blocking.spent_nanos)} spent and {format_usd(blocking.reserved_nanos)} reserved "
-                    f"of {format_usd(blocking.limit_nanos)}, and this request may cost up to {format_usd(reserve)}. "
-                    f"Try again when they finish, or raise it with "
-                    f"`{rule.raise_command(blocking.spent_nanos + blocking.reserved_nanos + reserve)}`"
-                ) from None
+                continue  # look again: maybe the requests in flight moved without settling anything
+            # something settled, shrank or was released: that is progress
+            stall_at = loop.time() + self._wait_timeout
+
+    def _progress_mark(self, key: str) -> tuple[tuple[int, int, int], ...]:
+        """What the requests holding budget `key` have done: it changes when one starts, ends, shrinks or
+        receives bytes from its provider."""
+        return tuple(
+            (held.id, held.nanos, held.progress() if held.progress is not None else -1)
+            for held in self._reservations.values()
+            if key in held.budget_keys
+        )
+
+    def _still_reserved(self, blocking: BudgetState, reserve: int, *, stalled: bool) -> BudgetExceededError:
+        rule = self._rules.get(blocking.key)
+        command = rule.raise_command(blocking.spent_nanos + blocking.reserved_nanos + reserve) if rule else None
+        why = (
+            f"and none of them made progress for {self._wait_timeout:g} s"
+            if stalled
+            else f"for {self._max_wait / 60:g} minutes"
+            if self._max_wait >= 60
+            else f"for {self._max_wait:g} s"
+        )
+        return BudgetExceededError(
+            f"{blocking.label} is fully reserved by requests in flight {why}: "
+            f"{format_usd(blocking.spent_nanos)} spent and {format_usd(blocking.reserved_nanos)} reserved "
+            f"of {format_usd(blocking.limit_nanos)}, and this request may cost up to {format_usd(reserve)}. "
+            "Try again when they finish" + (f", or raise it with `{command}`" if command else "")
+        )
+
+    def watch(self, reservation: Reservation, progress: Callable[[], int]) -> None:
+        """Let waiters see the request move: `progress` is a counter that grows while it does (bytes received)."""
+        reservation.progress = progress
+
+    def shrink(self, reservation: Reservation, bound_nanos: int) -> None:
+        """The reply has begun and its input is known: hold only `bound_nanos` (see `budgets.shrunk_reservation`)
+        from now on, and let waiters look again."""
+        if reservation._released:
+            return
+        new = shrunk_reservation(reservation.nanos, bound_nanos)
+        freed = reservation.nanos - new
+        if freed <= 0:
+            return
+        for key, start in reservation._holds:
+            held = self._windows.get(key)
+            if held is not None and held.start == start:
+                held.reserved -= freed
+        reservation.nanos = new
+        self._notify()
 
     def _drop(self, reservation: Reservation, spent: int | None) -> None:
         for key, start in reservation._holds:

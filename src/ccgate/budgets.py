@@ -17,6 +17,10 @@ cost). A request that wants to reserve `r` nano-dollars gets, per budget:
 `decide` rejects if any budget rejects, waits if any budget waits, and admits only when every budget is *fit*
 or *lone*. Budgets are examined in sorted key order, so the blocking budget reported is deterministic.
 
+A reservation is an upper bound of the request's cost (`input_tokens_bound` over a `scan_body` of the body,
+then the price catalog's dearest rates). Once the reply's first usage is known it may shrink to the real input
+cost plus the output bound (`shrunk_reservation`); it never grows, so everything below still holds.
+
 Why this bounds overshoot to one request: an over-limit spend can only come from a *lone* admission (a *fit*
 admission keeps ``spent + reserved <= limit`` as long as real costs stay within reservations). While a lone
 request is in flight, ``reserved >= r > limit - spent``, so no other request *fits* and none is *lone*: all
@@ -45,13 +49,13 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import PurePath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ccgate.errors import ConfigError, UserInputError
 from ccgate.models import format_usd, nanos_to_usd, usd_to_nanos
@@ -432,3 +436,157 @@ def format_budget_message(state: BudgetState, command_hint: str, *, tz: tzinfo =
         f"{state.label} reached: {format_usd(state.spent_nanos)} spent of {format_usd(state.limit_nanos)} "
         f"(resets {format_local(state.resets_at, tz)}). Raise it with `{command_hint}`"
     )
+
+
+# ---- reservation bounds -------------------------------------------------------------------------------------
+#
+# A reservation must be an upper bound of what the provider bills, or "at most one request over" fails. A body's
+# byte count bounds the tokens of everything written in it, but not what the provider adds or fetches itself:
+# the hidden system prompt that comes with tools, the hidden definitions of Anthropic-defined tools, an image's
+# pixels (a small PNG can be fewer bytes than its tokens), images and documents fetched by URL or `file_id`,
+# and server tools (web search, web fetch, code execution, MCP servers) whose results join the input mid-reply.
+
+# Anthropic adds a hidden tool-use system prompt (~350 tokens on Claude 4) whenever `tools` is present.
+TOOL_USE_PROMPT_TOKENS = 1_000
+# An Anthropic-defined client tool (bash_, text_editor_, computer_, memory_...) brings a hidden definition and
+# prompt: computer use, the largest, ~1,200 tokens.
+DEFINED_TOOL_TOKENS = 2_000
+# An image is billed by its pixels: ~1,600 tokens at the standard size limit, a few thousand on high-resolution
+# models, whatever its bytes.
+IMAGE_TOKENS = 5_000
+# The bound on a server tool's uses when the request gives no `max_uses` (Anthropic sets none).
+DEFAULT_SERVER_TOOL_USES = 50
+MAX_SERVER_TOOL_USES = 10_000  # a `max_uses` past this counts as this (it cannot overflow an integer column)
+# The context window assumed for a model whose window is unknown: the largest any current model offers.
+DEFAULT_CONTEXT_WINDOW = 1_000_000
+
+_CLIENT_TOOL_PREFIXES = (b"bash_", b"text_editor_", b"computer_", b"memory_")
+# a versioned Anthropic-defined tool type ends in a date: `web_search_20250305`, `bash_20250124`, ...
+_DATED_RE = re.compile(rb'_20\d{6}"')
+# in a body with images or documents: each source, and the values that make the provider fetch or paginate
+# an escaped ASCII letter, digit or underscore (Go and others escape <, > and &, never these)
+_ESCAPED_ASCII = re.compile(rb"\\u00(?:3[0-9]|4[1-9a-fA-F]|5[0-9aAfF]|6[1-9a-fA-F]|7[0-9aA])")
+_SOURCE_RE = re.compile(rb'"(source|url|file|file_id|document)"\s*(:?)')
+
+
+@dataclass(frozen=True, slots=True)
+class BodyScan:
+    """What a byte scan of a Messages body says about input the provider may bill beyond the body's bytes.
+
+    The scan errs on the side of a bigger bound: it looks at values wherever they are, so a tool named "tools"
+    or an enum holding "url" only makes the bound bigger; text inside a JSON string cannot match (its quotes are
+    escaped).
+    """
+
+    tools: bool = False
+    defined_tools: int = 0
+    images: int = 0  # image and document blocks (each counted as an image besides its bytes)
+    # URL/file sources, documents, server tools, MCP servers: billed input is bounded only by the context window
+    unbounded: bool = False
+    # server tools and MCP servers: their results join the input after `message_start` reported it
+    input_grows: bool = False
+    web_search_tools: int = 0
+
+
+def scan_body(raw: bytes, head: Mapping[str, Any] | None = None) -> BodyScan:
+    """Scan a request body's bytes without parsing it: one substring search (C speed), and a regex only when the
+    body holds a `"source"` (images, documents) at all.
+
+    `head` is what the proxy's head parse read: `tools` and `mcp_servers` as their JSON text (bytes), so only the
+    tools are searched for dated tool types; any other value (a full parse's list) or no head scans the body.
+    """
+    if head is None:
+        tools: Any = raw if b'"tools"' in raw else None
+        mcp = b'"mcp_servers"' in raw
+    else:
+        tools, mcp = head.get("tools"), head.get("mcp_servers") is not None
+        if tools is not None and not isinstance(tools, bytes):
+            tools = raw  # parsed by the slow path: search the body itself
+    images, unbounded = 0, False
+    if b'"source"' in raw:  # every image and document block has one; a Claude Code body usually none
+        for name, colon in _SOURCE_RE.findall(raw):  # one pass, quick over base64 (it has no quotes)
+            if name == b"source":
+                images += 1
+            elif name == b"file_id" or not colon:  # a file by id, or "url"/"file"/"document" as a value
+                unbounded = True
+    defined = web_search = 0
+    grows = mcp
+    for match in _DATED_RE.finditer(tools or b""):
+        name = tools[tools.rfind(b'"', 0, match.start()) + 1 : match.end() - 1]
+        defined += 1
+        if not name.startswith(_CLIENT_TOOL_PREFIXES):
+            # a server tool, or one ccgate does not know: assume the provider runs it and bills its results
+            grows = True
+            web_search += name.startswith(b"web_search_")
+    if _has_escaped_ascii(raw):
+        # "\u0075rl" is "url" to the provider but not to these searches; no client escapes plain ASCII letters
+        unbounded = grows = True
+    return BodyScan(
+        tools=tools is not None,
+        defined_tools=defined,
+        images=images,
+        unbounded=unbounded or grows,
+        input_grows=grows,
+        web_search_tools=web_search,
+    )
+
+
+def _has_escaped_ascii(raw: bytes) -> bool:
+    """Whether a JSON string escapes a plain ASCII letter, digit or underscore (`\\u0075`); a backslash that is
+    itself escaped (`\\\\u0075`, text about escapes, such as source code) does not count."""
+    for match in _ESCAPED_ASCII.finditer(raw):
+        at = match.start() - 1
+        while at >= 0 and raw[at] == 0x5C:  # backslashes before this one
+            at -= 1
+        if (match.start() - 1 - at) % 2 == 0:
+            return True
+    return False
+
+
+def input_tokens_bound(scan: BodyScan, body_bytes: int, context_window: int | None) -> int:
+    """An upper bound of the input tokens a request is billed for.
+
+    Every body byte is at most one token; on top come the hidden tool prompt, defined tools' definitions and
+    images. A body whose input the provider fetches or produces itself is bounded by the model's context window
+    (`DEFAULT_CONTEXT_WINDOW` when unknown) -- or by the bytes-based bound, if that is larger.
+    """
+    bound = (
+        body_bytes
+        + (TOOL_USE_PROMPT_TOKENS if scan.tools else 0)
+        + scan.defined_tools * DEFINED_TOOL_TOKENS
+        + scan.images * IMAGE_TOKENS
+    )
+    if scan.unbounded:
+        bound = max(bound, context_window or DEFAULT_CONTEXT_WINDOW)
+    return bound
+
+
+def web_search_uses_bound(scan: BodyScan, tools: object) -> int:
+    """How many web searches a request may be billed for: each web search tool's `max_uses` if it is a positive
+    integer, else `DEFAULT_SERVER_TOOL_USES`. `tools` is the body's parsed `tools` (anything else: the default
+    for every web search tool the scan saw)."""
+    if scan.web_search_tools == 0:
+        return 0
+    if not isinstance(tools, list):
+        return scan.web_search_tools * DEFAULT_SERVER_TOOL_USES
+    total = 0
+    for tool in tools:
+        if not isinstance(tool, dict) or not str(tool.get("type", "")).startswith("web_search_"):
+            continue
+        uses = tool.get("max_uses")
+        if isinstance(uses, int) and not isinstance(uses, bool) and uses > 0:
+            total += min(uses, MAX_SERVER_TOOL_USES)
+        else:
+            total += DEFAULT_SERVER_TOOL_USES
+    # tools the scan saw elsewhere than in `tools` (or a list it could not read) get the default each
+    return total or scan.web_search_tools * DEFAULT_SERVER_TOOL_USES
+
+
+def shrunk_reservation(reserved_nanos: int, bound_nanos: int) -> int:
+    """A reservation once the reply has begun: the real input cost plus the output bound (`bound_nanos`), never
+    more than was reserved, so shrinking only ever frees budget. It stays an upper bound of the real cost as long
+    as `bound_nanos` is one: the caller keeps the full output bound until the end, and never shrinks a request
+    whose input grows mid-reply (server tools)."""
+    if bound_nanos < 0:
+        raise ValueError("bound_nanos must not be negative")
+    return min(reserved_nanos, bound_nanos)

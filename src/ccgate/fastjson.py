@@ -25,13 +25,17 @@ class _MessagesHead(msgspec.Struct):
     max_tokens: Any = None
     metadata: Any = None
     speed: Any = None
+    # kept as their JSON text, never built: budget reservations only scan them (`budgets.scan_body`)
+    tools: msgspec.Raw = msgspec.Raw()
+    mcp_servers: msgspec.Raw = msgspec.Raw()
 
 
 _HEAD_DECODER = msgspec.json.Decoder(_MessagesHead)
 
 
 def read_head(data: bytes) -> dict[str, Any]:
-    """`model`, `stream`, `max_tokens`, `metadata` and `speed` of a JSON object; ValueError if msgspec refuses it.
+    """`model`, `stream`, `max_tokens`, `metadata` and `speed` of a JSON object, and `tools` and `mcp_servers` as
+    their JSON text (bytes; None when absent or null); ValueError if msgspec refuses it.
 
     msgspec refuses a little more than `json` accepts (NaN, lone surrogate escapes): callers fall back to a
     full `loads` before calling a body malformed. It does not check UTF-8 inside strings it skips; the body is
@@ -47,7 +51,14 @@ def read_head(data: bytes) -> dict[str, Any]:
         "max_tokens": head.max_tokens,
         "metadata": head.metadata,
         "speed": head.speed,
+        "tools": _raw_or_none(head.tools),
+        "mcp_servers": _raw_or_none(head.mcp_servers),
     }
+
+
+def _raw_or_none(raw: msgspec.Raw) -> bytes | None:
+    text = bytes(raw)
+    return None if not text or text == b"null" else text
 
 
 def loads(data: bytes | str) -> Any:

@@ -396,20 +396,31 @@ class PriceCatalog:
         input_tokens: int,
         max_output_tokens: int,
         speed: str | None = None,
+        web_searches: int = 0,
     ) -> int | None:
         """An upper bound of a request's cost, for budget reservations; None when unpriced and not estimable.
 
-        `input_tokens` must itself be an upper bound of the prompt (e.g. from the body's size); every prompt
-        token is charged at the dearest input rate of the tier it selects (usually the 1h cache write) and the
-        output at the output rate of that tier. Server-side tool fees (web search) are not included.
+        `input_tokens` must itself be an upper bound of the prompt (see `budgets.input_tokens_bound`); every
+        prompt token is charged at the dearest input rate of the tier it selects (usually the 1h cache write),
+        the output at the output rate of that tier, and `web_searches` (a bound on their number) at the model's
+        per-search fee.
         """
         rates = self.rates(model, provider=provider, speed=speed)
         if rates is None:
             return None
-        total = Decimal(max(input_tokens, 0)) * rates.worst_input_rate(input_tokens) + Decimal(
-            max(max_output_tokens, 0)
-        ) * rates.output_rate(input_tokens)
+        total = (
+            Decimal(max(input_tokens, 0)) * rates.worst_input_rate(input_tokens)
+            + Decimal(max(max_output_tokens, 0)) * rates.output_rate(input_tokens)
+            + Decimal(max(web_searches, 0)) * rates.web_searches_per_k * _MTOK / 1000
+        )
         return int((total * NANOS_PER_USD / _MTOK).to_integral_value(rounding=ROUND_CEILING))
+
+    def context_window(self, model: str, *, provider: str | None = None) -> int | None:
+        """The model's context window in tokens as the catalog knows it (also for an overridden price); None when
+        the catalog does not know the model."""
+        resolution = self._resolve(model, provider)
+        window = resolution.entry[1].context_window if resolution.entry is not None else None
+        return window if isinstance(window, int) and window > 0 else None
 
     def warm(self) -> None:
         """Import genai-prices and load its data now (a few hundred ms) so the first request does not pay it.

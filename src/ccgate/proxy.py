@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -61,7 +62,10 @@ class Pricer(Protocol):
         input_tokens: int,
         max_output_tokens: int,
         speed: str | None = None,
+        web_searches: int = 0,
     ) -> int | None: ...
+
+    def context_window(self, model: str, *, provider: str | None = None) -> int | None: ...
 
 
 class Admission(Protocol):
@@ -71,6 +75,10 @@ class Admission(Protocol):
     async def admit(self, meta: ClientMeta, *, reserve_nanos: int | None, model: str) -> Any: ...
     def settle(self, reservation: Any, actual_nanos: int) -> None: ...
     def release(self, reservation: Any) -> None: ...
+    # The reply began and its input is known: from now on the reservation need hold only `bound_nanos`.
+    def shrink(self, reservation: Any, bound_nanos: int) -> None: ...
+    # `progress` grows while the request moves, so requests waiting for its reservation know it is alive.
+    def watch(self, reservation: Any, progress: Callable[[], int]) -> None: ...
 
 
 class RouterLike(Protocol):
@@ -127,6 +135,20 @@ class _Ctx:
     # What has been seen of the usage so far, for whatever way the request ends (cancel included).
     live_usage: Callable[[], Usage] | None = None
     exact: dict[str, Any] | None = None
+    # for shrinking the reservation at message_start: the output bound, and whether input grows mid-reply
+    max_output: int = DEFAULT_MAX_OUTPUT_TOKENS
+    input_grows: bool = False
+    upstream: aiohttp.ClientResponse | None = None
+    _waiting: Any = field(default_factory=lambda: itertools.count(-1, -1))
+
+    def progress(self) -> int:
+        """The reply's bytes so far, for requests waiting on this one's reservation to see it is alive.
+
+        Before the first byte it moves on every look: the provider is still reading the prompt (or writing a
+        whole non-streamed reply), which is no sign of a stall; the upstream timeouts bound that wait.
+        """
+        received = self.upstream.content.total_bytes if self.upstream is not None else 0
+        return received or int(next(self._waiting))
 
     def exact_body(self) -> dict[str, Any]:
         """The body parsed by `json` (exact big integers), for routes that send it on re-encoded."""
@@ -268,6 +290,7 @@ class Proxy:
                     ctx.reservation = await deps.admission.admit(
                         meta, reserve_nanos=self._reserve_nanos(ctx, route), model=primary.model
                     )
+                    deps.admission.watch(ctx.reservation, ctx.progress)
                 except CcgateError as refusal:
                     # refused requests are rows too, so `ccgate logs --errors` shows them; they cost nothing
                     self._finish(
@@ -317,6 +340,8 @@ class Proxy:
 
     def _reserve_nanos(self, ctx: _Ctx, route: Route) -> int | None:
         """The most this request can cost on any target it may fail over to; None if one is unpriced."""
+        from ccgate.budgets import input_tokens_bound, scan_body, web_search_uses_bound
+
         max_tokens = ctx.body.get("max_tokens")
         # a bool is an int to Python; a limit past any model's output cannot cost more than that output
         max_output = (
@@ -325,18 +350,36 @@ class Proxy:
             else DEFAULT_MAX_OUTPUT_TOKENS
         )
         speed = ctx.body.get("speed")  # fast mode costs a multiple of the standard rates
+        # A token is never shorter than one byte of the body; what the provider adds or fetches comes on top.
+        scan = scan_body(ctx.raw, ctx.body)
+        ctx.max_output, ctx.input_grows = max_output, scan.input_grows
+        searches = web_search_uses_bound(scan, self._tools(ctx) if scan.web_search_tools else None)
+        long_context = "context-1m" in ctx.headers.get("anthropic-beta", "")
         bounds = [
-            # A token is never shorter than one byte of the body, so the byte count bounds the input from above.
             ctx.deps.pricer.max_cost_nanos(
                 target.model,
                 provider=target.provider,
-                input_tokens=len(ctx.raw),
+                input_tokens=input_tokens_bound(
+                    scan,
+                    len(ctx.raw),
+                    None if long_context else ctx.deps.pricer.context_window(target.model, provider=target.provider),
+                ),
                 max_output_tokens=max_output,
                 speed=speed if isinstance(speed, str) else None,
+                web_searches=searches,
             )
             for target in route.targets
         ]
         return None if any(bound is None for bound in bounds) else max(b for b in bounds if b is not None)
+
+    @staticmethod
+    def _tools(ctx: _Ctx) -> object:
+        """The body's `tools`, parsed whole only for the rare request that offers a server tool."""
+        try:
+            body = fastjson.loads(ctx.raw)
+        except (ValueError, RecursionError):
+            return None
+        return body.get("tools") if isinstance(body, dict) else None
 
     async def _run_chain(self, request: web.Request, ctx: _Ctx, route: Route) -> web.StreamResponse:
         record = ctx.record
@@ -356,6 +399,7 @@ class Proxy:
                         log.warning("failover: %s failed (%s), trying next target", target.provider, error.message)
                     continue
                 attempts.append(Attempt(target.provider, target.model, upstream.status))
+                ctx.upstream = upstream  # for `progress`
                 try:
                     if upstream.status in RETRYABLE_STATUSES and not is_last:
                         error_type, _ = error_type_of(await self._read(upstream, spec))
@@ -684,6 +728,30 @@ class Proxy:
         record.upstream_message_id = meter.message_id
         record.cost = self._cost(ctx)
         ctx.deps.ledger.write_progress(record)
+        if meter.started:
+            self._shrink_reservation(ctx)
+
+    def _shrink_reservation(self, ctx: _Ctx) -> None:
+        """`message_start` told the real input: hold only its cost plus the output bound from now on. Not for
+        server tools, whose results add input after message_start."""
+        admission, reservation = ctx.deps.admission, ctx.reservation
+        if admission is None or reservation is None or ctx.input_grows:
+            return
+        record = ctx.record
+        speed = ctx.body.get("speed")
+        usage = replace(
+            record.usage,
+            output_tokens=ctx.max_output,
+            speed=record.usage.speed or (speed if isinstance(speed, str) else None),
+        )
+        model = record.routed_model or record.requested_model or ""
+        try:
+            bound = ctx.deps.pricer.cost(model, usage, provider=record.provider, at=record.started_at)
+        except Exception:  # pricing must never break a response; the full reservation simply stays
+            log.exception("pricing failed for %s", model)
+            return
+        if bound.nanos is not None:
+            admission.shrink(reservation, bound.nanos)
 
     def _finish(
         self,

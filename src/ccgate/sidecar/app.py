@@ -94,7 +94,7 @@ class ProjectBudgets:
 
     def __init__(self, guard: BudgetGuard) -> None:
         self.guard = guard
-        self._warned: set[tuple[str, str]] = set()
+        self._warned: set[tuple[str, str, str]] = set()
 
     def applies(self, meta: ClientMeta) -> bool:
         return any(rule.applies_to(meta.project) for rule in self.guard.rules)
@@ -107,29 +107,54 @@ class ProjectBudgets:
         self._log_warnings()
 
     def _log_warnings(self) -> None:
-        """Once per budget and window, the sidecar log says when spend crosses the warning threshold."""
+        """Once per budget, window and level, the sidecar log says when spend crosses the warning threshold and
+        when it reaches (or passes) the limit."""
         from ccgate.budgets import BudgetLevel, format_local, warn_level
 
         thresholds = {rule.key: rule.warn_at for rule in self.guard.rules}
         for state in self.guard.states():
             warn_at = thresholds.get(state.key)
-            if warn_at is None or warn_level(state, warn_at) is BudgetLevel.OK:
+            if warn_at is None:
                 continue
-            marker = (state.key, state.resets_at.isoformat())
+            level = warn_level(state, warn_at)
+            if level is BudgetLevel.OK:
+                continue
+            marker = (state.key, state.resets_at.isoformat(), level.value)
             if marker in self._warned:
                 continue
             self._warned.add(marker)
-            log.warning(
-                "%s: %s spent of %s (warning from %s%%), resets %s",
-                state.label,
-                format_usd(state.spent_nanos),
-                format_usd(state.limit_nanos),
-                f"{warn_at * 100:.0f}",
-                format_local(state.resets_at, self.guard.timezone),
-            )
+            resets = format_local(state.resets_at, self.guard.timezone)
+            spent, limit = format_usd(state.spent_nanos), format_usd(state.limit_nanos)
+            if state.spent_nanos > state.limit_nanos:
+                log.warning(
+                    "%s is over its limit: %s spent of %s; requests are refused until %s",
+                    state.label,
+                    spent,
+                    limit,
+                    resets,
+                )
+            elif level is BudgetLevel.EXHAUSTED:
+                log.warning(
+                    "%s is used up: %s spent of %s; requests are refused until %s", state.label, spent, limit, resets
+                )
+            else:
+                log.warning(
+                    "%s: %s spent of %s (warning from %s%%), resets %s",
+                    state.label,
+                    spent,
+                    limit,
+                    f"{warn_at * 100:.0f}",
+                    resets,
+                )
 
     def release(self, reservation: Reservation) -> None:
         self.guard.release(reservation)
+
+    def shrink(self, reservation: Reservation, bound_nanos: int) -> None:
+        self.guard.shrink(reservation, bound_nanos)
+
+    def watch(self, reservation: Reservation, progress: Callable[[], int]) -> None:
+        self.guard.watch(reservation, progress)
 
 
 STATE = web.AppKey("state", SidecarState)
