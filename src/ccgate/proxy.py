@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from ccgate import fastjson
 from ccgate.accounting import AnthropicStreamMeter, error_type_of, meter_message
@@ -118,7 +119,7 @@ class _Ctx:
     record: RequestRecord
     body: dict[str, Any]  # the head: model, stream, max_tokens, metadata (exact_body() for the whole)
     raw: bytes
-    query: str
+    query: str  # raw, as the client encoded it
     headers: Mapping[str, str]
     started: float
     reservation: Any = None
@@ -150,7 +151,7 @@ def session_id_from(headers: Mapping[str, str], body: Mapping[str, Any]) -> str 
         if isinstance(user_id, str) and user_id.startswith("{"):
             try:
                 parsed = fastjson.loads(user_id)
-            except ValueError:
+            except (ValueError, RecursionError):  # best effort: a deep or broken user_id only loses the session
                 return None
             if isinstance(parsed, dict) and isinstance(parsed.get("session_id"), str):
                 return str(parsed["session_id"])
@@ -163,6 +164,8 @@ def parse_messages_body(raw: bytes, *, exact: bool = False) -> dict[str, Any]:
     """The request body; `exact` when it will be re-encoded (orjson reads integers beyond 64 bits as floats)."""
     try:
         body = json.loads(raw) if exact else fastjson.loads(raw)
+    except fastjson.NestedTooDeep as exc:
+        raise _too_deep() from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(
             f"request body is not valid JSON: {exc}", hint="send a Messages API JSON object"
@@ -258,7 +261,7 @@ class Proxy:
             routed_model=primary.model,
             stream=bool(body.get("stream")),
         )
-        ctx = _Ctx(deps, meta, record, body, raw, request.query_string, request.headers, started)
+        ctx = _Ctx(deps, meta, record, body, raw, request.rel_url.raw_query_string, request.headers, started)
         task = asyncio.current_task()
         if task is not None:
             self.inflight.add(task)
@@ -304,7 +307,7 @@ class Proxy:
             payload = raw
         else:
             payload = _reencoded({**parse_messages_body(raw, exact=True), "model": target.model})
-        url = self._anthropic_url(spec, "/v1/messages/count_tokens", request.query_string)
+        url = self._anthropic_url(spec, "/v1/messages/count_tokens", request.rel_url.raw_query_string)
         headers = self._anthropic_headers(deps, meta, request.headers, spec, request_id=None)
         try:
             async with deps.session.post(url, data=payload, headers=headers) as upstream:
@@ -409,7 +412,7 @@ class Proxy:
                 )
             except RecursionError as exc:
                 raise _too_deep() from exc
-            url = spec.base_url.rstrip("/") + "/chat/completions"
+            url: str | URL = spec.base_url.rstrip("/") + "/chat/completions"
             headers = {
                 "content-type": "application/json",
                 "accept-encoding": "identity",
@@ -560,7 +563,7 @@ class Proxy:
             try:
                 reply = json.loads(data)
                 message = openai_to_anthropic_response(reply, requested_model=requested, id_map=ctx.id_map)
-            except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
                 raise _UpstreamBroke(f"provider {spec.name} returned a reply ccgate cannot read") from exc
             if isinstance(reply.get("usage"), dict):
                 record.usage = usage_from_openai(reply["usage"])
@@ -769,9 +772,11 @@ class Proxy:
         return spec if own is None else replace(spec, base_url=own)
 
     @staticmethod
-    def _anthropic_url(spec: ProviderSpec, path: str, query: str) -> str:
-        url = spec.base_url.rstrip("/") + path
-        return f"{url}?{query}" if query else url
+    def _anthropic_url(spec: ProviderSpec, path: str, query: str) -> URL:
+        """The provider's URL with the client's query string exactly as sent (`query` is raw, still encoded):
+        decoding it would turn `%23` into a fragment and `%26` into another parameter."""
+        url = URL(spec.base_url.rstrip("/") + path)
+        return URL(f"{url}?{query}", encoded=True) if query else url
 
     def _anthropic_headers(
         self,
@@ -821,12 +826,12 @@ class Proxy:
         """Non-streamed reply of a rewritten route: the client sees the model name it asked for."""
         try:
             payload = json.loads(data)
-        except ValueError:
+            if not isinstance(payload, dict) or "model" not in payload:
+                return data
+            payload["model"] = requested
+            return json.dumps(payload, ensure_ascii=False).encode()
+        except (ValueError, RecursionError):  # unreadable or too deep to rewrite: passed on as it came
             return data
-        if not isinstance(payload, dict) or "model" not in payload:
-            return data
-        payload["model"] = requested
-        return json.dumps(payload, ensure_ascii=False).encode()
 
     @staticmethod
     def _connect_error(spec: ProviderSpec, exc: BaseException) -> CcgateError:

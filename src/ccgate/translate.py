@@ -964,7 +964,7 @@ def _error_fields(body: bytes | dict[str, Any] | None) -> tuple[str, str]:
         text = bytes(body).decode("utf-8", errors="replace").strip()
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return text[:2000], ""
     if isinstance(data, list) and data:
         data = data[0]
