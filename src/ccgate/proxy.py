@@ -27,6 +27,7 @@ from ccgate.errors import AuthenticationError, CcgateError, InvalidRequestError,
 from ccgate.models import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
 from ccgate.providers import redact_url
 from ccgate.upstream import HOP_BY_HOP, RESPONSE_DROP
+from ccgate.usage import MAX_PLAUSIBLE_INPUT_TOKENS, MAX_PLAUSIBLE_OUTPUT_TOKENS, implausible_usage
 
 if TYPE_CHECKING:
     from ccgate.providers import ProviderSpec
@@ -128,6 +129,8 @@ class _Ctx:
     # What has been seen of the usage so far, for whatever way the request ends (cancel included).
     live_usage: Callable[[], Usage] | None = None
     exact: dict[str, Any] | None = None
+    # why the usage recorded is an estimate, when it is one for another reason than "the provider reported none"
+    usage_note: str | None = None
 
     def exact_body(self) -> dict[str, Any]:
         """The body parsed by `json` (exact big integers), for routes that send it on re-encoded."""
@@ -177,6 +180,14 @@ def parse_messages_body(raw: bytes, *, exact: bool = False) -> dict[str, Any]:
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise InvalidRequestError("model: field required", hint="name the model in the `model` field")
     return body
+
+
+def _output_bound(body: Mapping[str, Any]) -> int:
+    """The most output a request can have produced: its `max_tokens`, within what any model writes."""
+    max_tokens = body.get("max_tokens")
+    if type(max_tokens) is int and max_tokens > 0:
+        return min(max_tokens, MAX_PLAUSIBLE_OUTPUT_TOKENS)
+    return MAX_PLAUSIBLE_OUTPUT_TOKENS
 
 
 def _too_deep() -> InvalidRequestError:
@@ -470,7 +481,10 @@ class Proxy:
                     error_message=message,
                 )
             else:
-                record.usage, record.upstream_message_id, _ = meter_message(data)
+                metered = meter_message(data)
+                record.upstream_message_id = metered.message_id
+                # ~4 bytes of JSON a token: the estimate a stream's bytes get, were the usage unusable
+                record.usage = self._vetted(ctx, metered.usage, metered.usage_issues, len(data) * 2)
                 if rewrite:
                     data = self._restore_model_json(data, requested)
                 self._finish(ctx, RequestStatus.OK, http_status=upstream.status)
@@ -480,7 +494,7 @@ class Proxy:
         response.content_type = SSE_CONTENT_TYPE
         meter = AnthropicStreamMeter()
         ctx.live_usage = lambda: self._cut_stream_usage(ctx, meter)
-        held = b""
+        held: list[bytes] = []  # a list, not bytes +=: a long message_start in small pieces stays linear
         await response.prepare(request)
         ctx.client_started = True
         try:
@@ -491,13 +505,13 @@ class Proxy:
                     self._progress(ctx, meter)
                 if rewrite:
                     # hold bytes until message_start is complete, then show the client the model it asked for
-                    held += chunk
+                    held.append(chunk)
                     if not meter.started:
                         continue
-                    chunk, held, rewrite = _replace_model(held, meter.model, requested), b"", False
+                    chunk, held, rewrite = _replace_model(b"".join(held), meter.model, requested), [], False
                 await response.write(chunk)
             if held:
-                await response.write(held)
+                await response.write(b"".join(held))
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             meter.flush()
             self._finish(
@@ -566,7 +580,7 @@ class Proxy:
             except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
                 raise _UpstreamBroke(f"provider {spec.name} returned a reply ccgate cannot read") from exc
             if isinstance(reply.get("usage"), dict):
-                record.usage = usage_from_openai(reply["usage"])
+                record.usage = self._vetted(ctx, usage_from_openai(reply["usage"]), {}, len(data) * 2)
             else:
                 record.usage = self._estimated_usage(ctx, len(json.dumps(message.get("content"))) * 2)
             # the id Claude Code saw (and writes to its transcript) is ours; the provider's is kept beside it
@@ -581,7 +595,9 @@ class Proxy:
 
         def usage_so_far() -> Usage:
             record.upstream_message_id = translator.message_id  # the id the client saw, as in its transcript
-            return translator.usage if translator.usage_reported else self._estimated_usage(ctx, written)
+            if translator.usage_reported:
+                return self._vetted(ctx, translator.usage, {}, written)
+            return self._estimated_usage(ctx, written)
 
         ctx.live_usage = usage_so_far
         response = web.StreamResponse(status=200, headers={"cache-control": "no-cache"})
@@ -683,7 +699,7 @@ class Proxy:
     def _progress(self, ctx: _Ctx, meter: AnthropicStreamMeter) -> None:
         """Persist the usage seen in message_start, so a crash mid-stream still knows what was billed."""
         record = ctx.record
-        record.usage = meter.usage
+        record.usage = self._vetted(ctx, meter.usage, meter.usage_issues, meter.bytes_after_start)
         record.upstream_message_id = meter.message_id
         record.cost = self._cost(ctx)
         ctx.deps.ledger.write_progress(record)
@@ -728,21 +744,49 @@ class Proxy:
         except Exception:  # pricing must never break a response; the row stays unpriced and visible
             log.exception("pricing failed for %s", model)
             return Cost(None, PriceQuality.UNPRICED, note="pricing failed; see the sidecar log")
-        if record.usage_estimated and cost.quality is PriceQuality.PRICED:
-            return replace(cost, quality=PriceQuality.ESTIMATED, note="tokens estimated: the provider reported none")
+        if record.usage_estimated and cost.quality is not PriceQuality.UNPRICED:
+            note = ctx.usage_note or "tokens estimated: the provider reported none"
+            if cost.quality is PriceQuality.ESTIMATED and cost.note:
+                note = f"{note} ({cost.note})"
+            return replace(cost, quality=PriceQuality.ESTIMATED, note=note)
         return cost
 
-    @staticmethod
-    def _cut_stream_usage(ctx: _Ctx, meter: AnthropicStreamMeter) -> Usage:
+    def _cut_stream_usage(self, ctx: _Ctx, meter: AnthropicStreamMeter) -> Usage:
         """What the meter saw; a stream cut before message_delta is billed for the output generated: estimate it."""
         ctx.record.upstream_message_id = meter.message_id
-        if meter.finished:
-            return meter.usage
-        estimate = meter.estimated_output_tokens()
-        if estimate > meter.usage.output_tokens:
-            ctx.record.usage_estimated = True
-            return replace(meter.usage, output_tokens=estimate)
-        return meter.usage
+        usage = meter.usage
+        if not meter.finished:
+            estimate = meter.estimated_output_tokens()
+            if estimate > usage.output_tokens:
+                ctx.record.usage_estimated = True
+                usage = replace(usage, output_tokens=estimate)
+        return self._vetted(ctx, usage, meter.usage_issues, meter.bytes_after_start)
+
+    def _vetted(self, ctx: _Ctx, usage: Usage, issues: Mapping[str, str], written: int) -> Usage:
+        """Usage the provider reported unusably (missing, negative), or past what any model can use, is replaced
+        side by side (input with cache, output) by an estimate, and the row says so: believed, it would make a
+        billed request free, or cost thousands of dollars and exhaust every budget. `written`: bytes of reply seen.
+        """
+        if (
+            not issues
+            and usage.output_tokens <= MAX_PLAUSIBLE_OUTPUT_TOKENS
+            and usage.total_input_tokens <= MAX_PLAUSIBLE_INPUT_TOKENS
+        ):
+            return usage
+        issues = {**issues, **implausible_usage(usage)}
+        estimate = self._estimated_usage(ctx, written)
+        if "input" in issues:
+            usage = replace(
+                usage,
+                input_tokens=estimate.input_tokens,
+                cache_read_tokens=0,
+                cache_write_5m_tokens=0,
+                cache_write_1h_tokens=0,
+            )
+        if "output" in issues:
+            usage = replace(usage, output_tokens=min(estimate.output_tokens, _output_bound(ctx.body)))
+        ctx.usage_note = "tokens estimated: " + "; ".join(issues[side] for side in sorted(issues))
+        return usage
 
     @staticmethod
     def _estimated_usage(ctx: _Ctx, written: int) -> Usage:
@@ -752,7 +796,7 @@ class Proxy:
         ctx.record.usage_estimated = True
         try:
             input_tokens = estimate_input_tokens(ctx.exact_body())
-        except RecursionError:  # a tool input too deep for json.dumps: the body's size is the cruder bound
+        except (RecursionError, CcgateError):  # too deep for `json`: the body's size is the cruder bound
             input_tokens = len(ctx.raw) // 4
         # ~4 characters a token; SSE framing roughly doubles the bytes of the text it carries
         return Usage(input_tokens=input_tokens, output_tokens=max(1, written // 8))
