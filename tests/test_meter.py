@@ -6,7 +6,7 @@ import itertools
 import json
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ccgate.accounting import AnthropicStreamMeter
@@ -112,6 +112,7 @@ def test_an_event_without_its_final_blank_line_counts_at_flush() -> None:
     assert meter.flush() and meter.finished and meter.usage.output_tokens == 8
 
 
+@settings(deadline=None)
 @given(
     texts=st.lists(TRICKY_TEXT, max_size=4),
     sizes=st.lists(st.integers(1, 9), min_size=1, max_size=20),

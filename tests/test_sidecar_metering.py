@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -151,3 +152,15 @@ def test_the_ceilings_sit_above_every_model() -> None:
     assert implausible_usage(at_the_limit) == {}
     assert set(implausible_usage(Usage(input_tokens=1, cache_read_tokens=MAX_PLAUSIBLE_INPUT_TOKENS))) == {"input"}
     assert set(implausible_usage(Usage(output_tokens=MAX_PLAUSIBLE_OUTPUT_TOKENS + 1))) == {"output"}
+
+
+async def test_counts_left_out_of_message_start_and_given_in_message_delta_are_believed() -> None:
+    """Some Anthropic-compatible providers count only at the end: the delta settles what the start left out."""
+    async with running_sidecar() as harness:
+        events = stream_events(None, {"input_tokens": 20, "output_tokens": 30})
+        events[1] = replace(events[1], delay=0.2)  # message_start is read (and its progress written) on its own
+        harness.upstream.enqueue(StreamReply(events))
+        await post(harness, body(stream=True))
+        [row] = harness.rows()
+    assert (row["input_tokens"], row["output_tokens"]) == (20, 30)
+    assert (row["price_quality"], row["cost_note"]) == ("priced", None)

@@ -10,7 +10,12 @@ from typing import Any, NamedTuple
 
 from ccgate import fastjson
 from ccgate.models import NO_USAGE, Usage
-from ccgate.usage import anthropic_usage_issues, merge_anthropic_usage, usage_from_anthropic
+from ccgate.usage import (
+    anthropic_sides_reported,
+    anthropic_usage_issues,
+    merge_anthropic_usage,
+    usage_from_anthropic,
+)
 
 # An event is read only if its text holds one of these; every other event is skipped unparsed.
 _READ_MARKERS = (b"message_start", b"message_delta", b'"error"')
@@ -152,7 +157,9 @@ class AnthropicStreamMeter:
             usage = payload.get("usage")
             if isinstance(usage, dict):
                 self.usage = merge_anthropic_usage(self.usage, usage)
-                self.usage_issues = {**self.usage_issues, **anthropic_usage_issues(usage, required=False)}
+                settled = anthropic_sides_reported(usage)
+                issues = {side: why for side, why in self.usage_issues.items() if side not in settled}
+                self.usage_issues = {**issues, **anthropic_usage_issues(usage, required=False)}
                 self.finished = True
                 return True
             return False

@@ -699,9 +699,12 @@ class Proxy:
     def _progress(self, ctx: _Ctx, meter: AnthropicStreamMeter) -> None:
         """Persist the usage seen in message_start, so a crash mid-stream still knows what was billed."""
         record = ctx.record
+        # an estimate now is provisional: a later message_delta may still report the counts message_start lacked
+        estimated, note = record.usage_estimated, ctx.usage_note
         record.usage = self._vetted(ctx, meter.usage, meter.usage_issues, meter.bytes_after_start)
         record.upstream_message_id = meter.message_id
         record.cost = self._cost(ctx)
+        record.usage_estimated, ctx.usage_note = estimated, note
         ctx.deps.ledger.write_progress(record)
 
     def _finish(

@@ -20,6 +20,7 @@ __all__ = [
     "MAX_PLAUSIBLE_INPUT_TOKENS",
     "MAX_PLAUSIBLE_OUTPUT_TOKENS",
     "MAX_TOKENS",
+    "anthropic_sides_reported",
     "anthropic_usage_issues",
     "clamped",
     "implausible_usage",
@@ -188,6 +189,17 @@ def anthropic_usage_issues(raw: Any, *, required: bool) -> dict[str, str]:
             side = "output" if path == ("output_tokens",) else "input"
             issues.setdefault(side, f"the provider reported an unusable usage.{'.'.join(path)}: {_shown(value)}")
     return issues
+
+
+def anthropic_sides_reported(raw: Mapping[str, Any]) -> set[str]:
+    """The sides ("input", "output") for which a usage object holds a usable count: a `message_delta` that
+    reports them settles what `message_start` left out (some Anthropic-compatible providers count there)."""
+    sides = set()
+    if _count(raw.get("input_tokens")) is not None:
+        sides.add("input")
+    if _count(raw.get("output_tokens")) is not None:
+        sides.add("output")
+    return sides
 
 
 def _shown(value: Any) -> str:
