@@ -691,7 +691,12 @@ class Proxy:
             return True, (envelope["error"]["type"], envelope["error"]["message"])
         if record.upstream_request_id is None:
             record.upstream_request_id = parsed.get("id")
-        out.extend(translator.feed(parsed))
+        try:
+            out.extend(translator.feed(parsed))
+        except RecursionError:  # e.g. tool arguments as an object nested past what `json.dumps` writes
+            message = "ccgate: the provider sent a stream event nested too deeply to translate"
+            out.extend(translator.error("api_error", message))
+            return True, ("api_error", message)
         return False, None
 
     # ---- recording ----------------------------------------------------------------------------

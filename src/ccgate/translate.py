@@ -528,7 +528,7 @@ def _parse_arguments(arguments: str) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past ~1,000 levels, unreadable as well
         return {"_raw": arguments}
     return value if isinstance(value, dict) else {"_raw": arguments}
 
