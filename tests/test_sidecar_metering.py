@@ -164,3 +164,23 @@ async def test_counts_left_out_of_message_start_and_given_in_message_delta_are_b
         [row] = harness.rows()
     assert (row["input_tokens"], row["output_tokens"]) == (20, 30)
     assert (row["price_quality"], row["cost_note"]) == ("priced", None)
+
+
+async def test_an_openai_provider_reporting_usage_past_any_model_is_billed_an_estimate() -> None:
+    from openai_upstream import OpenAIReply, OpenAIUpstream
+
+    from ccgate.config import Config, TierSettings
+
+    config = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini",))})
+    async with OpenAIUpstream() as openai_mock:
+        openai_mock.replies.append(OpenAIReply(prompt_tokens=10**13, completion_tokens=10**13))
+        openai_mock.replies.append(OpenAIReply(prompt_tokens=10**13, completion_tokens=10**13))
+        environ = {"CCGATE_OPENAI_BASE_URL": openai_mock.base_url, "CCGATE_OPENAI_API_KEY": "sk-openai-secret"}
+        async with running_sidecar(config=config, environ=environ) as harness:
+            for stream in (False, True):
+                status, _ = await post(harness, {**body(stream=stream), "model": "claude-haiku-4-5"})
+                assert status == 200
+            rows = harness.rows()
+    for row in rows:
+        assert_estimated(row, note="past any context window")
+        assert "past any model's output limit" in row["cost_note"]
