@@ -6,7 +6,7 @@ import itertools
 import json
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ccgate.accounting import AnthropicStreamMeter
@@ -110,3 +110,45 @@ def test_an_event_without_its_final_blank_line_counts_at_flush() -> None:
     meter.feed(stream.removesuffix(b"\n\n").rsplit(b"event: message_stop", 1)[0].removesuffix(b"\n\n"))
     assert not meter.finished
     assert meter.flush() and meter.finished and meter.usage.output_tokens == 8
+
+
+@settings(deadline=None)
+@given(
+    texts=st.lists(TRICKY_TEXT, max_size=4),
+    sizes=st.lists(st.integers(1, 9), min_size=1, max_size=20),
+    crlf=st.booleans(),
+)
+def test_usage_is_the_same_when_the_stream_comes_a_few_bytes_at_a_time(
+    texts: list[str], sizes: list[int], crlf: bool
+) -> None:
+    """Event ends straddling two pieces (`\\r\\n|\\r\\n`, `\\n|\\n`) are found however small the pieces are."""
+    text = anthropic_stream(texts, 11, 22, 33)
+    stream = (text.replace("\n", "\r\n") if crlf else text).encode()
+    meter = AnthropicStreamMeter()
+    at, turn = 0, 0
+    while at < len(stream):
+        size = sizes[turn % len(sizes)]
+        meter.feed(stream[at : at + size])
+        at, turn = at + size, turn + 1
+    meter.flush()
+    assert (meter.usage, meter.message_id, meter.stop_reason) == expected(stream)
+    assert meter.finished and meter.usage_issues == {}
+
+
+def test_a_huge_event_in_small_pieces_costs_work_in_proportion_to_its_size() -> None:
+    """A multi-MB event (a long tool input, a big thinking block) arriving 1 KB at a time: each byte is looked at a
+    bounded number of times, not once per piece that follows it (20 s of CPU for a 64 MB event before)."""
+
+    def work(event_bytes: int) -> tuple[int, int]:
+        big = sse("content_block_delta", {"type": "content_block_delta", "delta": {"text": "x" * event_bytes}})
+        stream = anthropic_stream([], 1, 2, 3).replace("event: content_block_stop", big + "event: content_block_stop")
+        data = stream.encode()
+        meter = AnthropicStreamMeter()
+        for at in range(0, len(data), 1024):
+            meter.feed(data[at : at + 1024])
+        assert meter.finished and meter.usage.output_tokens == 2
+        return meter.scanned, len(data)
+
+    for size in (1 << 20, 4 << 20):
+        scanned, total = work(size)
+        assert scanned <= 3 * total

@@ -62,3 +62,23 @@ def test_feed_data_gives_the_data_of_the_same_events(stream: tuple[list[int], by
     got = [data for read in reads for data in decoder.feed_data(read)]
     got += [event.data.encode() for event in decoder.flush()]
     assert got == [event.data.encode() for event in expected]
+
+
+@settings(deadline=None, max_examples=50)
+@given(
+    ending=st.sampled_from([b"\n", b"\r\n", b"\r"]),
+    lines=st.integers(1, 3),
+    piece=st.integers(1, 64),
+)
+def test_a_long_event_in_small_reads_is_decoded_once_and_copied_in_proportion(
+    ending: bytes, lines: int, piece: int
+) -> None:
+    """A multi-line event of 256 KB (a long tool-call argument) read `piece` bytes at a time: the decoder joins
+    the reads when the event (or a line of it) can end, not once per read (which was quadratic)."""
+    text = "x" * (256 * 1024 // lines)
+    stream = (("event: big\n" + f"data: {text}\n" * lines + "\n") * 2).replace("\n", ending.decode()).encode()
+    decoder = SSEDecoder()
+    got = [event for at in range(0, len(stream), piece) for event in decoder.feed(stream[at : at + piece])]
+    got += decoder.flush()
+    assert got == [SSEEvent("big", "\n".join([text] * lines))] * 2
+    assert decoder.copied <= 3 * len(stream)

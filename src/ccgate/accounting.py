@@ -6,9 +6,16 @@ substring test, so the per-chunk cost stays in C code.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from ccgate import fastjson
 from ccgate.models import NO_USAGE, Usage
-from ccgate.usage import merge_anthropic_usage, usage_from_anthropic
+from ccgate.usage import (
+    anthropic_sides_reported,
+    anthropic_usage_issues,
+    merge_anthropic_usage,
+    usage_from_anthropic,
+)
 
 # An event is read only if its text holds one of these; every other event is skipped unparsed.
 _READ_MARKERS = (b"message_start", b"message_delta", b'"error"')
@@ -36,20 +43,28 @@ class AnthropicStreamMeter:
     """Feed it every chunk sent to the client; it keeps the usage, message id and stop reason seen so far."""
 
     __slots__ = (
-        "_buffer",
+        "_parts",
+        "_pending",
+        "_tail",
         "bytes_after_start",
         "error_message",
         "error_type",
         "finished",
         "message_id",
         "model",
+        "scanned",
         "started",
         "stop_reason",
         "usage",
+        "usage_issues",
     )
 
     def __init__(self) -> None:
-        self._buffer = b""
+        # The bytes of an event still incomplete, as received: joined only once its end arrives, so an event of
+        # N bytes in pieces costs O(N), not a copy and a search of everything so far per piece.
+        self._parts: list[bytes] = []
+        self._pending = 0
+        self._tail = b""  # the last bytes buffered: an event's end may straddle two pieces
         self.usage = NO_USAGE
         self.message_id: str | None = None
         self.model: str | None = None
@@ -59,22 +74,40 @@ class AnthropicStreamMeter:
         self.finished = False
         self.started = False
         self.bytes_after_start = 0
+        # bytes searched or copied so far: stays within a small multiple of the stream's size (tests check it)
+        self.scanned = 0
+        # which side of the usage ("input", "output") the provider reported unusably, and how: for the proxy
+        self.usage_issues: dict[str, str] = {}
 
     def feed(self, chunk: bytes) -> bool:
         """Returns True when this chunk changed the usage (the caller may then persist progress)."""
         if self.started:
             self.bytes_after_start += len(chunk)
-        if not self._buffer and chunk.endswith(b"\n\n") and b"message_" not in chunk and b'"error"' not in chunk:
-            return False  # whole events, none of them read here: the usual content delta
-        buffer = self._buffer + chunk if self._buffer else chunk
+        if not self._parts:
+            if chunk.endswith(b"\n\n") and b"message_" not in chunk and b'"error"' not in chunk:
+                return False  # whole events, none of them read here: the usual content delta
+            buffer = chunk
+        else:
+            # what is buffered holds no event end (it would have been read): only the chunk and the seam can
+            seam = self._tail + chunk[:3]
+            self.scanned += len(chunk) + len(seam)
+            if not (b"\n\n" in chunk or b"\r\n\r\n" in chunk or b"\n\n" in seam or b"\r\n\r\n" in seam):
+                self._keep(chunk)
+                return False
+            self._parts.append(chunk)
+            buffer = b"".join(self._parts)
+            self._parts, self._pending, self._tail = [], 0, b""
+        self.scanned += len(buffer)
         end = buffer.rfind(b"\n\n")
         crlf_end = buffer.rfind(b"\r\n\r\n")
         if crlf_end > end:
             end = crlf_end + 2
         if end < 0:
-            self._buffer = buffer
+            self._keep(buffer)
             return False
-        complete, self._buffer = buffer[: end + 2], buffer[end + 2 :]
+        complete, rest = buffer[: end + 2], buffer[end + 2 :]
+        if rest:
+            self._keep(rest)
         # most chunks are content deltas: two substring tests (C speed) rule them out
         if b"message_" not in complete and b'"error"' not in complete:
             return False
@@ -86,12 +119,18 @@ class AnthropicStreamMeter:
             changed |= self._event(complete[start:stop])
             if self.started and not was_started:
                 # what came with message_start in this chunk is output too (a fast upstream sends it together)
-                self.bytes_after_start += len(complete) - stop + len(self._buffer)
+                self.bytes_after_start += len(complete) - stop + self._pending
         return changed
+
+    def _keep(self, data: bytes) -> None:
+        self._parts.append(data)
+        self._pending += len(data)
+        self._tail = (self._tail + data[-3:])[-3:]
 
     def flush(self) -> bool:
         """End of stream: an event without its trailing blank line still counts."""
-        rest, self._buffer = self._buffer, b""
+        rest = b"".join(self._parts)
+        self._parts, self._pending, self._tail = [], 0, b""
         return self._event(rest.replace(b"\r\n", b"\n")) if rest.strip() else False
 
     def _event(self, block: bytes) -> bool:
@@ -106,25 +145,28 @@ class AnthropicStreamMeter:
             return False
         kind = payload.get("type")
         if kind == "message_start":
-            message = payload.get("message") or {}
+            message = _object(payload.get("message"))
             self.started = True
-            self.message_id = message.get("id")
-            self.model = message.get("model")
+            self.message_id = _text(message.get("id"))
+            self.model = _text(message.get("model"))
             self.usage = usage_from_anthropic(message.get("usage"))
+            self.usage_issues = anthropic_usage_issues(message.get("usage"), required=True)
             return True
         if kind == "message_delta":
-            delta = payload.get("delta") or {}
-            self.stop_reason = delta.get("stop_reason") or self.stop_reason
+            self.stop_reason = _text(_object(payload.get("delta")).get("stop_reason")) or self.stop_reason
             usage = payload.get("usage")
             if isinstance(usage, dict):
                 self.usage = merge_anthropic_usage(self.usage, usage)
+                settled = anthropic_sides_reported(usage)
+                issues = {side: why for side, why in self.usage_issues.items() if side not in settled}
+                self.usage_issues = {**issues, **anthropic_usage_issues(usage, required=False)}
                 self.finished = True
                 return True
             return False
         if kind == "error":
-            error = payload.get("error") or {}
-            self.error_type = error.get("type") or "api_error"
-            self.error_message = error.get("message")
+            error = _object(payload.get("error"))
+            self.error_type = _text(error.get("type")) or "api_error"
+            self.error_message = _text(error.get("message"))
             return False
         return False
 
@@ -134,15 +176,42 @@ class AnthropicStreamMeter:
         return max(self.usage.output_tokens, (self.bytes_after_start * 2) // 9 // 4)
 
 
-def meter_message(body: bytes) -> tuple[Usage, str | None, str | None]:
-    """Usage, message id and stop reason of a non-streaming Messages response; empty usage if unreadable."""
+class MeteredMessage(NamedTuple):
+    """What a non-streaming Messages response says about itself."""
+
+    usage: Usage
+    message_id: str | None
+    stop_reason: str | None
+    # sides ("input", "output") whose usage is missing or unusable, each with why (see `anthropic_usage_issues`)
+    usage_issues: dict[str, str]
+
+
+def meter_message(body: bytes) -> MeteredMessage:
+    """Usage, message id, stop reason and usage issues of a non-streaming Messages response."""
     try:
         payload = fastjson.loads(body)
     except ValueError:
-        return Usage(), None, None
+        payload = None
     if not isinstance(payload, dict):
-        return Usage(), None, None
-    return usage_from_anthropic(payload.get("usage")), payload.get("id"), payload.get("stop_reason")
+        why = "the provider's reply is not a JSON object"
+        return MeteredMessage(Usage(), None, None, {"input": why, "output": why})
+    raw = payload.get("usage")
+    return MeteredMessage(
+        usage_from_anthropic(raw),
+        _text(payload.get("id")),
+        _text(payload.get("stop_reason")),
+        anthropic_usage_issues(raw, required=True),
+    )
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """A JSON object the provider was meant to send; anything else reads as empty, never as an AttributeError."""
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    """An id, name or reason: a string or nothing (a provider's odd value must not reach the ledger as a list)."""
+    return value if isinstance(value, str) else None
 
 
 def error_type_of(body: bytes) -> tuple[str | None, str | None]:
@@ -153,5 +222,5 @@ def error_type_of(body: bytes) -> tuple[str | None, str | None]:
         return None, None
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
         error = payload["error"]
-        return error.get("type"), error.get("message")
+        return _text(error.get("type")), _text(error.get("message"))
     return None, None

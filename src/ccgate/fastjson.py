@@ -14,7 +14,12 @@ from typing import Any
 import msgspec
 import orjson
 
-__all__ = ["dumps", "loads", "read_head"]
+__all__ = ["NestedTooDeep", "dumps", "loads", "read_head"]
+
+
+class NestedTooDeep(ValueError):
+    """JSON nested past what `json` handles (~1,000 levels; orjson stops at 1,024): as unreadable as malformed
+    JSON, and a ValueError like it, so no caller turns it into a 500."""
 
 
 class _MessagesHead(msgspec.Struct):
@@ -70,7 +75,10 @@ def loads(data: bytes | str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data)  # its error, if any, is the one callers already handle (ValueError)
+        try:
+            return json.loads(data)  # its error, if any, is the one callers already handle (ValueError)
+        except RecursionError as exc:
+            raise NestedTooDeep("JSON nested too deeply") from exc
 
 
 def dumps(value: Any) -> bytes:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from ccgate import fastjson
 from ccgate.accounting import AnthropicStreamMeter, error_type_of, meter_message
@@ -27,6 +28,7 @@ from ccgate.errors import AuthenticationError, CcgateError, InvalidRequestError,
 from ccgate.models import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
 from ccgate.providers import redact_url
 from ccgate.upstream import HOP_BY_HOP, RESPONSE_DROP
+from ccgate.usage import MAX_PLAUSIBLE_INPUT_TOKENS, MAX_PLAUSIBLE_OUTPUT_TOKENS, implausible_usage
 
 if TYPE_CHECKING:
     from ccgate.providers import ProviderSpec
@@ -126,7 +128,7 @@ class _Ctx:
     record: RequestRecord
     body: dict[str, Any]  # the head: model, stream, max_tokens, metadata (exact_body() for the whole)
     raw: bytes
-    query: str
+    query: str  # raw, as the client encoded it
     headers: Mapping[str, str]
     started: float
     reservation: Any = None
@@ -150,6 +152,9 @@ class _Ctx:
         received = self.upstream.content.total_bytes if self.upstream is not None else 0
         return received or int(next(self._waiting))
 
+    # why the usage recorded is an estimate, when it is one for another reason than "the provider reported none"
+    usage_note: str | None = None
+
     def exact_body(self) -> dict[str, Any]:
         """The body parsed by `json` (exact big integers), for routes that send it on re-encoded."""
         if self.exact is None:
@@ -172,7 +177,7 @@ def session_id_from(headers: Mapping[str, str], body: Mapping[str, Any]) -> str 
         if isinstance(user_id, str) and user_id.startswith("{"):
             try:
                 parsed = fastjson.loads(user_id)
-            except ValueError:
+            except (ValueError, RecursionError):  # best effort: a deep or broken user_id only loses the session
                 return None
             if isinstance(parsed, dict) and isinstance(parsed.get("session_id"), str):
                 return str(parsed["session_id"])
@@ -185,6 +190,8 @@ def parse_messages_body(raw: bytes, *, exact: bool = False) -> dict[str, Any]:
     """The request body; `exact` when it will be re-encoded (orjson reads integers beyond 64 bits as floats)."""
     try:
         body = json.loads(raw) if exact else fastjson.loads(raw)
+    except fastjson.NestedTooDeep as exc:
+        raise _too_deep() from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(
             f"request body is not valid JSON: {exc}", hint="send a Messages API JSON object"
@@ -196,6 +203,14 @@ def parse_messages_body(raw: bytes, *, exact: bool = False) -> dict[str, Any]:
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise InvalidRequestError("model: field required", hint="name the model in the `model` field")
     return body
+
+
+def _output_bound(body: Mapping[str, Any]) -> int:
+    """The most output a request can have produced: its `max_tokens`, within what any model writes."""
+    max_tokens = body.get("max_tokens")
+    if type(max_tokens) is int and max_tokens > 0:
+        return min(max_tokens, MAX_PLAUSIBLE_OUTPUT_TOKENS)
+    return MAX_PLAUSIBLE_OUTPUT_TOKENS
 
 
 def _too_deep() -> InvalidRequestError:
@@ -280,7 +295,7 @@ class Proxy:
             routed_model=primary.model,
             stream=bool(body.get("stream")),
         )
-        ctx = _Ctx(deps, meta, record, body, raw, request.query_string, request.headers, started)
+        ctx = _Ctx(deps, meta, record, body, raw, request.rel_url.raw_query_string, request.headers, started)
         task = asyncio.current_task()
         if task is not None:
             self.inflight.add(task)
@@ -327,7 +342,7 @@ class Proxy:
             payload = raw
         else:
             payload = _reencoded({**parse_messages_body(raw, exact=True), "model": target.model})
-        url = self._anthropic_url(spec, "/v1/messages/count_tokens", request.query_string)
+        url = self._anthropic_url(spec, "/v1/messages/count_tokens", request.rel_url.raw_query_string)
         headers = self._anthropic_headers(deps, meta, request.headers, spec, request_id=None)
         try:
             async with deps.session.post(url, data=payload, headers=headers) as upstream:
@@ -453,7 +468,7 @@ class Proxy:
                 )
             except RecursionError as exc:
                 raise _too_deep() from exc
-            url = spec.base_url.rstrip("/") + "/chat/completions"
+            url: str | URL = spec.base_url.rstrip("/") + "/chat/completions"
             headers = {
                 "content-type": "application/json",
                 "accept-encoding": "identity",
@@ -511,7 +526,10 @@ class Proxy:
                     error_message=message,
                 )
             else:
-                record.usage, record.upstream_message_id, _ = meter_message(data)
+                metered = meter_message(data)
+                record.upstream_message_id = metered.message_id
+                # ~4 bytes of JSON a token: the estimate a stream's bytes get, were the usage unusable
+                record.usage = self._vetted(ctx, metered.usage, metered.usage_issues, len(data) * 2)
                 if rewrite:
                     data = self._restore_model_json(data, requested)
                 self._finish(ctx, RequestStatus.OK, http_status=upstream.status)
@@ -521,7 +539,7 @@ class Proxy:
         response.content_type = SSE_CONTENT_TYPE
         meter = AnthropicStreamMeter()
         ctx.live_usage = lambda: self._cut_stream_usage(ctx, meter)
-        held = b""
+        held: list[bytes] = []  # a list, not bytes +=: a long message_start in small pieces stays linear
         await response.prepare(request)
         ctx.client_started = True
         try:
@@ -532,13 +550,13 @@ class Proxy:
                     self._progress(ctx, meter)
                 if rewrite:
                     # hold bytes until message_start is complete, then show the client the model it asked for
-                    held += chunk
+                    held.append(chunk)
                     if not meter.started:
                         continue
-                    chunk, held, rewrite = _replace_model(held, meter.model, requested), b"", False
+                    chunk, held, rewrite = _replace_model(b"".join(held), meter.model, requested), [], False
                 await response.write(chunk)
             if held:
-                await response.write(held)
+                await response.write(b"".join(held))
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             meter.flush()
             self._finish(
@@ -604,10 +622,10 @@ class Proxy:
             try:
                 reply = json.loads(data)
                 message = openai_to_anthropic_response(reply, requested_model=requested, id_map=ctx.id_map)
-            except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
                 raise _UpstreamBroke(f"provider {spec.name} returned a reply ccgate cannot read") from exc
             if isinstance(reply.get("usage"), dict):
-                record.usage = usage_from_openai(reply["usage"])
+                record.usage = self._vetted(ctx, usage_from_openai(reply["usage"]), {}, len(data) * 2)
             else:
                 record.usage = self._estimated_usage(ctx, len(json.dumps(message.get("content"))) * 2)
             # the id Claude Code saw (and writes to its transcript) is ours; the provider's is kept beside it
@@ -622,7 +640,9 @@ class Proxy:
 
         def usage_so_far() -> Usage:
             record.upstream_message_id = translator.message_id  # the id the client saw, as in its transcript
-            return translator.usage if translator.usage_reported else self._estimated_usage(ctx, written)
+            if translator.usage_reported:
+                return self._vetted(ctx, translator.usage, {}, written)
+            return self._estimated_usage(ctx, written)
 
         ctx.live_usage = usage_so_far
         response = web.StreamResponse(status=200, headers={"cache-control": "no-cache"})
@@ -716,7 +736,12 @@ class Proxy:
             return True, (envelope["error"]["type"], envelope["error"]["message"])
         if record.upstream_request_id is None:
             record.upstream_request_id = parsed.get("id")
-        out.extend(translator.feed(parsed))
+        try:
+            out.extend(translator.feed(parsed))
+        except RecursionError:  # e.g. tool arguments as an object nested past what `json.dumps` writes
+            message = "ccgate: the provider sent a stream event nested too deeply to translate"
+            out.extend(translator.error("api_error", message))
+            return True, ("api_error", message)
         return False, None
 
     # ---- recording ----------------------------------------------------------------------------
@@ -724,9 +749,12 @@ class Proxy:
     def _progress(self, ctx: _Ctx, meter: AnthropicStreamMeter) -> None:
         """Persist the usage seen in message_start, so a crash mid-stream still knows what was billed."""
         record = ctx.record
-        record.usage = meter.usage
+        # an estimate now is provisional: a later message_delta may still report the counts message_start lacked
+        estimated, note = record.usage_estimated, ctx.usage_note
+        record.usage = self._vetted(ctx, meter.usage, meter.usage_issues, meter.bytes_after_start)
         record.upstream_message_id = meter.message_id
         record.cost = self._cost(ctx)
+        record.usage_estimated, ctx.usage_note = estimated, note
         ctx.deps.ledger.write_progress(record)
         if meter.started:
             self._shrink_reservation(ctx)
@@ -793,21 +821,49 @@ class Proxy:
         except Exception:  # pricing must never break a response; the row stays unpriced and visible
             log.exception("pricing failed for %s", model)
             return Cost(None, PriceQuality.UNPRICED, note="pricing failed; see the sidecar log")
-        if record.usage_estimated and cost.quality is PriceQuality.PRICED:
-            return replace(cost, quality=PriceQuality.ESTIMATED, note="tokens estimated: the provider reported none")
+        if record.usage_estimated and cost.quality is not PriceQuality.UNPRICED:
+            note = ctx.usage_note or "tokens estimated: the provider reported none"
+            if cost.quality is PriceQuality.ESTIMATED and cost.note:
+                note = f"{note} ({cost.note})"
+            return replace(cost, quality=PriceQuality.ESTIMATED, note=note)
         return cost
 
-    @staticmethod
-    def _cut_stream_usage(ctx: _Ctx, meter: AnthropicStreamMeter) -> Usage:
+    def _cut_stream_usage(self, ctx: _Ctx, meter: AnthropicStreamMeter) -> Usage:
         """What the meter saw; a stream cut before message_delta is billed for the output generated: estimate it."""
         ctx.record.upstream_message_id = meter.message_id
-        if meter.finished:
-            return meter.usage
-        estimate = meter.estimated_output_tokens()
-        if estimate > meter.usage.output_tokens:
-            ctx.record.usage_estimated = True
-            return replace(meter.usage, output_tokens=estimate)
-        return meter.usage
+        usage = meter.usage
+        if not meter.finished:
+            estimate = meter.estimated_output_tokens()
+            if estimate > usage.output_tokens:
+                ctx.record.usage_estimated = True
+                usage = replace(usage, output_tokens=estimate)
+        return self._vetted(ctx, usage, meter.usage_issues, meter.bytes_after_start)
+
+    def _vetted(self, ctx: _Ctx, usage: Usage, issues: Mapping[str, str], written: int) -> Usage:
+        """Usage the provider reported unusably (missing, negative), or past what any model can use, is replaced
+        side by side (input with cache, output) by an estimate, and the row says so: believed, it would make a
+        billed request free, or cost thousands of dollars and exhaust every budget. `written`: bytes of reply seen.
+        """
+        if (
+            not issues
+            and usage.output_tokens <= MAX_PLAUSIBLE_OUTPUT_TOKENS
+            and usage.total_input_tokens <= MAX_PLAUSIBLE_INPUT_TOKENS
+        ):
+            return usage
+        issues = {**issues, **implausible_usage(usage)}
+        estimate = self._estimated_usage(ctx, written)
+        if "input" in issues:
+            usage = replace(
+                usage,
+                input_tokens=estimate.input_tokens,
+                cache_read_tokens=0,
+                cache_write_5m_tokens=0,
+                cache_write_1h_tokens=0,
+            )
+        if "output" in issues:
+            usage = replace(usage, output_tokens=min(estimate.output_tokens, _output_bound(ctx.body)))
+        ctx.usage_note = "tokens estimated: " + "; ".join(issues[side] for side in sorted(issues))
+        return usage
 
     @staticmethod
     def _estimated_usage(ctx: _Ctx, written: int) -> Usage:
@@ -817,7 +873,7 @@ class Proxy:
         ctx.record.usage_estimated = True
         try:
             input_tokens = estimate_input_tokens(ctx.exact_body())
-        except RecursionError:  # a tool input too deep for json.dumps: the body's size is the cruder bound
+        except (RecursionError, CcgateError):  # too deep for `json`: the body's size is the cruder bound
             input_tokens = len(ctx.raw) // 4
         # ~4 characters a token; SSE framing roughly doubles the bytes of the text it carries
         return Usage(input_tokens=input_tokens, output_tokens=max(1, written // 8))
@@ -837,9 +893,11 @@ class Proxy:
         return spec if own is None else replace(spec, base_url=own)
 
     @staticmethod
-    def _anthropic_url(spec: ProviderSpec, path: str, query: str) -> str:
-        url = spec.base_url.rstrip("/") + path
-        return f"{url}?{query}" if query else url
+    def _anthropic_url(spec: ProviderSpec, path: str, query: str) -> URL:
+        """The provider's URL with the client's query string exactly as sent (`query` is raw, still encoded):
+        decoding it would turn `%23` into a fragment and `%26` into another parameter."""
+        url = URL(spec.base_url.rstrip("/") + path)
+        return URL(f"{url}?{query}", encoded=True) if query else url
 
     def _anthropic_headers(
         self,
@@ -889,12 +947,12 @@ class Proxy:
         """Non-streamed reply of a rewritten route: the client sees the model name it asked for."""
         try:
             payload = json.loads(data)
-        except ValueError:
+            if not isinstance(payload, dict) or "model" not in payload:
+                return data
+            payload["model"] = requested
+            return json.dumps(payload, ensure_ascii=False).encode()
+        except (ValueError, RecursionError):  # unreadable or too deep to rewrite: passed on as it came
             return data
-        if not isinstance(payload, dict) or "model" not in payload:
-            return data
-        payload["model"] = requested
-        return json.dumps(payload, ensure_ascii=False).encode()
 
     @staticmethod
     def _connect_error(spec: ProviderSpec, exc: BaseException) -> CcgateError:

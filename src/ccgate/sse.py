@@ -24,15 +24,28 @@ class SSEEvent(NamedTuple):
 class SSEDecoder:
     """Feed raw bytes, get complete events back; handles \\n, \\r\\n and \\r line endings."""
 
-    __slots__ = ("_buffer", "_data", "_event")
+    __slots__ = ("_buffer", "_data", "_event", "_parts", "copied")
 
     def __init__(self) -> None:
         self._buffer = b""
+        # reads after `_buffer` that cannot end anything yet: joined once something can, so a long event or line
+        # in many small reads costs O(size), not a copy of everything so far per read
+        self._parts: list[bytes] = []
         self._event: str | None = None
         self._data: list[str] = []
+        self.copied = 0  # bytes copied to join reads: stays linear in the stream's size (tests check it)
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        buffer = self._buffer + chunk if self._buffer else chunk
+        if not self._buffer:
+            buffer = chunk
+        elif self._waits(chunk):
+            if chunk:
+                self._parts.append(chunk)
+            return []
+        else:
+            buffer = b"".join([self._buffer, *self._parts, chunk])
+            self._parts = []
+            self.copied += len(buffer)
         if b"\r" not in buffer and not self._data and self._event is None:
             return self._feed_blocks(buffer)
         if b"\r" in buffer:
@@ -54,6 +67,19 @@ class SSEDecoder:
             self._line(line, events)
         self._buffer = buffer[start:]
         return events
+
+    def _waits(self, chunk: bytes) -> bool:
+        """True when `chunk`, after what is buffered, can neither end a line that matters nor an event.
+
+        What is buffered is a partial line (while an event is being read) or a partial event without a blank line
+        (between events); a kept trailing \\r, or any \\r in the chunk, is left to the full path.
+        """
+        last = (self._parts[-1] if self._parts else self._buffer)[-1:]
+        if last == b"\r" or b"\r" in chunk:
+            return False
+        if self._data or self._event is not None:
+            return b"\n" not in chunk
+        return b"\n\n" not in chunk and not (last == b"\n" and chunk.startswith(b"\n"))
 
     def feed_data(self, chunk: bytes) -> list[bytes]:
         """Only the `data` of each complete event, as bytes (what a JSON parser takes): the translator's hot path.
@@ -99,6 +125,9 @@ class SSEDecoder:
     def flush(self) -> list[SSEEvent]:
         """End of stream: a final event without its blank line still counts."""
         events: list[SSEEvent] = []
+        if self._parts:
+            self._buffer = b"".join([self._buffer, *self._parts])
+            self._parts = []
         if self._buffer:
             self._line(self._buffer.rstrip(b"\r"), events)
             self._buffer = b""

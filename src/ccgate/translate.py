@@ -528,7 +528,7 @@ def _parse_arguments(arguments: str) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past ~1,000 levels, unreadable as well
         return {"_raw": arguments}
     return value if isinstance(value, dict) else {"_raw": arguments}
 
@@ -964,7 +964,7 @@ def _error_fields(body: bytes | dict[str, Any] | None) -> tuple[str, str]:
         text = bytes(body).decode("utf-8", errors="replace").strip()
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return text[:2000], ""
     if isinstance(data, list) and data:
         data = data[0]

@@ -17,8 +17,13 @@ from typing import Any
 from ccgate.models import NO_USAGE, Usage
 
 __all__ = [
+    "MAX_PLAUSIBLE_INPUT_TOKENS",
+    "MAX_PLAUSIBLE_OUTPUT_TOKENS",
     "MAX_TOKENS",
+    "anthropic_sides_reported",
+    "anthropic_usage_issues",
     "clamped",
+    "implausible_usage",
     "invalid_anthropic_count",
     "merge_anthropic_usage",
     "to_anthropic_usage",
@@ -136,6 +141,70 @@ def invalid_anthropic_count(raw: Mapping[str, Any]) -> str | None:
         if value is not None and _count(value) is None:
             return ".".join(path)
     return None
+
+
+# What one reply of any model can use: input plus cache against the largest context window (2M tokens today), output
+# against the largest output limit (128K today), each with room to spare. One ceiling for every model on purpose:
+# the price catalog's context windows lag the betas that widen them (it lists Sonnet 4.5 at 200K, which serves 1M
+# with `context-1m`), and a real request flagged as impossible would be billed an estimate instead of its usage.
+# Past these a count is a provider's bug; believed, it would cost thousands of dollars and exhaust every budget.
+MAX_PLAUSIBLE_INPUT_TOKENS = 2_000_000
+MAX_PLAUSIBLE_OUTPUT_TOKENS = 256_000
+
+
+def implausible_usage(usage: Usage) -> dict[str, str]:
+    """The sides of `usage` ("input", "output") beyond what any model can use, each with why."""
+    issues: dict[str, str] = {}
+    if usage.total_input_tokens > MAX_PLAUSIBLE_INPUT_TOKENS:
+        issues["input"] = (
+            f"the provider reported {usage.total_input_tokens:,} input tokens, past any context window "
+            f"({MAX_PLAUSIBLE_INPUT_TOKENS:,})"
+        )
+    if usage.output_tokens > MAX_PLAUSIBLE_OUTPUT_TOKENS:
+        issues["output"] = (
+            f"the provider reported {usage.output_tokens:,} output tokens, past any model's output limit "
+            f"({MAX_PLAUSIBLE_OUTPUT_TOKENS:,})"
+        )
+    return issues
+
+
+def anthropic_usage_issues(raw: Any, *, required: bool) -> dict[str, str]:
+    """The sides ("input", "output") an Anthropic usage object reports unusably, each with why.
+
+    A negative, fractional or non-numeric count reads as absent (the proxy reads leniently, a request must not
+    fail over it), which on its own would make a billed request look free. `required`: the object must be there
+    (a whole reply, `message_start`); a later `message_delta` only updates what it holds.
+    """
+    if not isinstance(raw, Mapping):
+        if not required:
+            return {}
+        return {side: "the provider reported no usage" for side in ("input", "output")}
+    issues: dict[str, str] = {}
+    for path in _ANTHROPIC_COUNT_PATHS:
+        if path[0] == "server_tool_use":
+            continue  # a bad web-search count reads as none: cents, not the whole request
+        holder = raw if len(path) == 1 else _mapping(raw.get(path[0]))
+        value = holder.get(path[-1])
+        if value is not None and _count(value) is None:
+            side = "output" if path == ("output_tokens",) else "input"
+            issues.setdefault(side, f"the provider reported an unusable usage.{'.'.join(path)}: {_shown(value)}")
+    return issues
+
+
+def anthropic_sides_reported(raw: Mapping[str, Any]) -> set[str]:
+    """The sides ("input", "output") for which a usage object holds a usable count: a `message_delta` that
+    reports them settles what `message_start` left out (some Anthropic-compatible providers count there)."""
+    sides = set()
+    if _count(raw.get("input_tokens")) is not None:
+        sides.add("input")
+    if _count(raw.get("output_tokens")) is not None:
+        sides.add("output")
+    return sides
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def usage_from_anthropic(raw: Mapping[str, Any] | None) -> Usage:

@@ -61,6 +61,8 @@ class RecordedRequest:
     headers: dict[str, str]
     body: bytes
     json: Any
+    # the request target exactly as it arrived, still percent-encoded (path and query)
+    raw_path: str = ""
 
     @property
     def stream(self) -> bool:
@@ -106,6 +108,7 @@ class RecordedRequest:
             "method": self.method,
             "path": self.path,
             "query_string": self.query_string,
+            "raw_path": self.raw_path,
             "headers": self.headers,
             "body_size": len(self.body),
             "json": self.json,
@@ -299,7 +302,16 @@ class JSONReply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-Reply = TextReply | ToolUseReply | StreamReply | ErrorReply | JSONReply
+@dataclass(frozen=True, slots=True)
+class RawReply:
+    """These bytes as the body, whatever they are (a reply that is not JSON, or JSON `json` cannot write)."""
+
+    body: bytes
+    status: int = 200
+    content_type: str = "application/json"
+
+
+Reply = TextReply | ToolUseReply | StreamReply | ErrorReply | JSONReply | RawReply
 Handler = Callable[[RecordedRequest], "Reply | Awaitable[Reply | None] | None"]
 
 
@@ -568,7 +580,7 @@ class ScriptedUpstream:
         body = await request.read()
         try:
             parsed: Any = json.loads(body) if body else None
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = None
         recorded = RecordedRequest(
             method=request.method,
@@ -577,6 +589,7 @@ class ScriptedUpstream:
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
             json=parsed,
+            raw_path=request.raw_path,
         )
         self.requests.append(recorded)
         self._arrived.set()
@@ -612,6 +625,9 @@ class ScriptedUpstream:
         if isinstance(reply, ErrorReply):
             headers.update(reply.headers)
             return web.json_response(reply.body(headers["request-id"]), status=reply.status, headers=headers)
+        if isinstance(reply, RawReply):
+            headers["Content-Type"] = reply.content_type
+            return web.Response(body=reply.body, status=reply.status, headers=headers)
         if isinstance(reply, JSONReply):
             headers.update(reply.headers)
             return web.json_response(reply.body, status=reply.status, headers=headers)

@@ -323,7 +323,7 @@ async def register_launch(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     try:
         payload = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past ~1,000 levels
         raise InvalidRequestError("launch registration must be JSON") from None
     launch_id = payload.get("launch_id") if isinstance(payload, dict) else None
     if not isinstance(launch_id, str) or not launch_id.isascii() or not 8 <= len(launch_id) <= 64:
