@@ -414,6 +414,8 @@ async def apply_config(app: web.Application, *, force: bool = False) -> None:
         router=built["router"],
         pricer=built["pricer"],
         provider_keys=built["keys"],
+        first_byte_timeout=config.sidecar.first_byte_timeout_seconds,
+        stream_idle_timeout=config.sidecar.stream_idle_timeout_seconds,
     )
     log.info("config reloaded from %s", path)
 
@@ -476,6 +478,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             ledger=writer,
             admission=ProjectBudgets(guard),
             provider_keys=built["keys"],
+            first_byte_timeout=state.config.sidecar.first_byte_timeout_seconds,
+            stream_idle_timeout=state.config.sidecar.stream_idle_timeout_seconds,
         )
     )
     watcher = asyncio.create_task(_watch_config(app))
