@@ -97,11 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ccgate.sidecar")
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("CCGATE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from ccgate.paths import resolve_paths
+    from ccgate.sidecar import logs
+
+    logs.configure(os.environ.get("CCGATE_LOG_LEVEL", "INFO").upper(), resolve_paths().log_file)
     try:
         return int(_run(serve(args.port)))
     except CcgateError as error:
