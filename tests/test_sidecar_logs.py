@@ -155,10 +155,16 @@ def test_a_malformed_request_is_one_line_without_traceback() -> None:
     assert item.getMessage() == "Error handling request from 127.0.0.1: malformed request (BadHttpMessage)"
 
 
-def test_a_real_error_keeps_its_traceback() -> None:
+def test_a_real_error_keeps_its_traceback_even_in_a_flood_of_garbage() -> None:
+    limiter = FloodLimiter(per_kind=3)
+    for _ in range(100):
+        try:
+            raise BadHttpMessage("garbage")
+        except BadHttpMessage as exc:
+            limiter.admit(record("aiohttp.server", "Error handling request from %s", "127.0.0.1", exc=exc))
     try:
         raise KeyError("a bug")
     except KeyError as exc:
         item = record("aiohttp.server", "Error handling request from %s", "127.0.0.1", exc=exc)
-    assert FloodLimiter().admit(item)
+    assert limiter.admit(item)
     assert item.exc_info is not None

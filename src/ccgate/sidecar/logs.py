@@ -67,8 +67,9 @@ class FloodLimiter:
     def admit(self, record: logging.LogRecord) -> bool:
         """Whether to write this record; a client's parse error loses its traceback here."""
         template = str(record.msg)
-        kind = (record.name, record.levelno, template)
         name = _client_error_name(record)
+        # a flood of client garbage must not silence a real error logged by the same line of code
+        kind = (record.name, record.levelno, template if name is None else f"{template} ({name})")
         if name is not None:
             record.msg = f"{record.getMessage()}: malformed request ({name})"
             record.args = ()
