@@ -204,3 +204,19 @@ async def test_a_sidecar_with_few_descriptors_outlives_a_flood_of_idle_sockets(t
                 writer.close()
             assert process.poll() is None
         assert json.loads(json.dumps(upstream.messages_requests[0].json))["model"] == "claude-haiku-4-5"
+
+
+async def test_a_config_reload_changes_the_cap_for_new_connections() -> None:
+    async with running_sidecar(config=short(header_timeout_seconds=60, keepalive_timeout_seconds=60)) as harness:
+        harness.paths.config_file.write_text("[sidecar]\nmax_unauthenticated_connections = 2\n")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{harness.url}/_ccgate/reload", headers=harness.headers) as resp,
+        ):
+            assert resp.status == 200
+        sockets = [await connect(harness) for _ in range(5)]
+        oldest = [reader for reader, _ in sockets[:3]]
+        assert all(await asyncio.wait_for(asyncio.gather(*(closed_by_peer(r) for r in oldest)), BOUND))
+        assert (await status(harness))["connections"]["closed_crowded"] >= 3
+        for _, writer in sockets:
+            writer.close()

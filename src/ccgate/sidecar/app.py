@@ -430,6 +430,9 @@ async def apply_config(app: web.Application, *, force: bool = False) -> None:
         return
     state.config = config
     state.last_reload_error = None
+    guard = app[CONNECTIONS]  # for connections from now on; the keep-alive limit changes at the next start
+    guard.header_timeout = config.sidecar.header_timeout_seconds
+    guard.max_unauthenticated = config.sidecar.max_unauthenticated_connections
     # one swap: a request in flight keeps the deps it started with
     proxy.deps = replace(
         proxy.deps,
