@@ -11,7 +11,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from scripted_upstream import RecordedRequest, ScriptedUpstream, StreamReply, TextReply, Usage, text_events
+from openai_upstream import OpenAIReply, OpenAIUpstream
+from scripted_upstream import SSE, RecordedRequest, ScriptedUpstream, StreamReply, TextReply, Usage, text_events
 from sidecar_harness import Harness, running_sidecar
 
 from ccgate.config import (
@@ -138,13 +139,25 @@ async def test_a_stream_gone_silent_ends_with_an_error_event_and_an_interrupted_
         assert budget["reserved_nanos"] == 0 and budget["spent_nanos"] == row["cost_nanos"]
 
 
+async def test_a_translated_stream_gone_silent_is_ended_too() -> None:
+    async with OpenAIUpstream() as openai_mock:
+        openai_mock.replies.append(OpenAIReply(text="abcdefgh", pieces=4, hang_after_chunks=2))
+        config = Config(sidecar=FAST, tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini",))})
+        env = {"CCGATE_OPENAI_BASE_URL": openai_mock.base_url, "CCGATE_OPENAI_API_KEY": "sk-openai"}
+        async with running_sidecar(config=config, environ=env) as harness:
+            status, data = await asyncio.wait_for(post(harness, {**BODY, "model": "claude-haiku-4-5"}), BOUND)
+            assert status == 200 and b"event: message_start" in data
+            last = data.rstrip().split(b"\n\n")[-1]
+            assert last.startswith(b"event: error") and b"sent nothing for 1 s" in last
+            (row,) = harness.rows()
+            assert row["status"] == "interrupted" and row["output_tokens"] > 0
+
+
 async def test_pings_keep_a_slow_stream_alive() -> None:
     """Silence is measured between events, not over the whole stream: a long reply with pings is not cut."""
     events = text_events("slow but alive", model="claude-opus-4-5", message_id="msg_slow")
     config = Config(sidecar=SidecarSettings(first_byte_timeout_seconds=5.0, stream_idle_timeout_seconds=2.0))
     async with running_sidecar(config=config) as harness:
-        from scripted_upstream import SSE
-
         ping = SSE("ping", {"type": "ping"}, delay=0.5)
         # 3 s of pings, each well inside the idle limit, in a stream whose whole length exceeds it
         harness.upstream.enqueue(StreamReply(events=[*events[:3], *[ping] * 6, *events[3:]]))
