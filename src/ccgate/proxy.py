@@ -464,11 +464,12 @@ class Proxy:
         ctx.first_byte_deadline = loop.time() + deps.first_byte_timeout
         # between reads of a running stream, silence past the idle timeout is a dead upstream
         timeout = with_read_timeout(deps.session.timeout, deps.stream_idle_timeout)
+        first_byte = asyncio.timeout_at(ctx.first_byte_deadline)
         try:
-            async with asyncio.timeout_at(ctx.first_byte_deadline):
+            async with first_byte:
                 return await deps.session.post(url, data=data, headers=headers, timeout=timeout)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._connect_error(spec, exc, deps.first_byte_timeout) from exc
+            raise self._connect_error(spec, exc, deps.first_byte_timeout if first_byte.expired() else None) from exc
 
     async def _first_chunk(self, ctx: _Ctx, upstream: aiohttp.ClientResponse, spec: ProviderSpec) -> bytes:
         """A stream's first bytes, before the client sees anything: silence or a cut here still allows failover."""
@@ -886,9 +887,10 @@ class Proxy:
 
     @staticmethod
     def _connect_error(spec: ProviderSpec, exc: BaseException, first_byte_timeout: float | None = None) -> CcgateError:
+        """`first_byte_timeout` when that limit, not a connect or read timeout, ended the wait."""
         where = redact_url(spec.base_url)
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-            if first_byte_timeout is not None and not isinstance(exc, aiohttp.ConnectionTimeoutError):
+            if first_byte_timeout is not None:
                 return UpstreamTimeoutError(
                     f"upstream {spec.name} ({where}) sent no response headers within {first_byte_timeout:g} s",
                     hint="check the provider's status, or raise `sidecar.first_byte_timeout_seconds`",
