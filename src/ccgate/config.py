@@ -31,6 +31,17 @@ class SidecarSettings:
     port: int = DEFAULT_PORT
     max_body_mb: int = DEFAULT_MAX_BODY_MB
     budget_wait_seconds: float = 30.0
+    # An upstream stream must send its response headers and first event within this (a long thinking request
+    # still gets message_start in seconds); past it, the next target of the route is tried.
+    first_byte_timeout_seconds: float = 60.0
+    # Silence allowed between two events of a stream once it runs (Anthropic sends `ping` every ~15 s).
+    stream_idle_timeout_seconds: float = 120.0
+    # A connection must deliver its first request head within this; idle keep-alive connections close after
+    # keepalive_timeout_seconds (and a partial head on one does not extend it).
+    header_timeout_seconds: float = 10.0
+    keepalive_timeout_seconds: float = 75.0
+    # Connections that have not shown the local token yet; past this many the oldest of them is closed.
+    max_unauthenticated_connections: int = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +237,32 @@ def _check_spelling(table: Any, known: tuple[str, ...], where: str) -> None:
             )
 
 
+# Timeout settings of [sidecar]: (low exclusive, high) seconds. A timeout of zero would refuse every request.
+_SIDECAR_TIMEOUTS = {
+    "first_byte_timeout_seconds": 3600,
+    "stream_idle_timeout_seconds": 3600,
+    "header_timeout_seconds": 3600,
+    "keepalive_timeout_seconds": 86400,
+}
+
+
+def _connection_settings(side: dict[str, Any]) -> dict[str, Any]:
+    """The [sidecar] timeouts and the unauthenticated-connection cap, checked; absent keys keep the defaults."""
+    out: dict[str, Any] = {}
+    for key, high in _SIDECAR_TIMEOUTS.items():
+        if key in side:
+            value = _number(side[key], f"sidecar.{key}", low=Decimal(0), high=Decimal(high), low_inclusive=False)
+            out[key] = float(value)
+    if "max_unauthenticated_connections" in side:
+        cap = side["max_unauthenticated_connections"]
+        if not isinstance(cap, int) or isinstance(cap, bool) or not 1 <= cap <= 100_000:
+            raise ConfigError(
+                f"sidecar.max_unauthenticated_connections must be an integer from 1 to 100000, got {cap!r}"
+            )
+        out["max_unauthenticated_connections"] = cap
+    return out
+
+
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Every value is type-checked; a wrong one is a ConfigError naming the key and what was expected, and a
     misspelt key one naming the key it resembles."""
@@ -256,7 +293,9 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         low=Decimal(0),
         high=Decimal(MAX_BUDGET_WAIT_SECONDS),
     )
-    sidecar = SidecarSettings(host=host, port=port, max_body_mb=max_body, budget_wait_seconds=float(wait))
+    sidecar = SidecarSettings(
+        host=host, port=port, max_body_mb=max_body, budget_wait_seconds=float(wait), **_connection_settings(side)
+    )
 
     providers: dict[str, ProviderSettings] = {}
     for name, entry in _table(raw, "providers").items():

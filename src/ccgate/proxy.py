@@ -13,7 +13,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,7 +27,7 @@ from ccgate.accounting import AnthropicStreamMeter, error_type_of, meter_message
 from ccgate.errors import AuthenticationError, CcgateError, InvalidRequestError, UpstreamError, UpstreamTimeoutError
 from ccgate.models import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
 from ccgate.providers import redact_url
-from ccgate.upstream import HOP_BY_HOP, RESPONSE_DROP
+from ccgate.upstream import HOP_BY_HOP, RESPONSE_DROP, with_read_timeout
 from ccgate.usage import MAX_PLAUSIBLE_INPUT_TOKENS, MAX_PLAUSIBLE_OUTPUT_TOKENS, implausible_usage
 
 if TYPE_CHECKING:
@@ -117,6 +117,10 @@ class ProxyDeps:
     ledger: LedgerSink
     admission: Admission | None = None
     provider_keys: Mapping[str, str] = field(default_factory=dict)
+    # A stream's upstream must send headers and a first event within `first_byte_timeout` of the attempt (else
+    # the next target is tried), then no more than `stream_idle_timeout` of silence between events.
+    first_byte_timeout: float = 60.0
+    stream_idle_timeout: float = 120.0
 
 
 @dataclass(slots=True)
@@ -154,6 +158,8 @@ class _Ctx:
 
     # why the usage recorded is an estimate, when it is one for another reason than "the provider reported none"
     usage_note: str | None = None
+    # loop time by which the current attempt's first byte must arrive (streams only; None: no such limit)
+    first_byte_deadline: float | None = None
 
     def exact_body(self) -> dict[str, Any]:
         """The body parsed by `json` (exact big integers), for routes that send it on re-encoded."""
@@ -164,6 +170,24 @@ class _Ctx:
 
 class _UpstreamBroke(UpstreamError):
     """The upstream failed before any byte reached the client: the next target may still be tried."""
+
+
+class _UpstreamSilent(_UpstreamBroke, UpstreamTimeoutError):
+    """A stream's upstream sent headers but no first event in time: as failover-able as a broken one."""
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The stream's first chunk (read before the client saw anything), then the rest as it arrives."""
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def _stream_failure(exc: BaseException, provider: str, idle_timeout: float) -> str:
+    """What the client and the ledger are told when a running stream breaks off."""
+    if isinstance(exc, TimeoutError):
+        return f"ccgate: upstream {provider} sent nothing for {idle_timeout:g} s; the stream was ended"
+    return f"ccgate: upstream {provider} broke off the stream: {type(exc).__name__}"
 
 
 def session_id_from(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
@@ -487,10 +511,41 @@ class Proxy:
                 data = ctx.raw
             else:
                 data = _reencoded({**ctx.exact_body(), "model": target.model})
+        if not ctx.record.stream:
+            # a whole reply's headers come only once it is generated, which may take minutes: the session's
+            # read timeout is the bound
+            ctx.first_byte_deadline = None
+            try:
+                return await deps.session.post(url, data=data, headers=headers)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self._connect_error(spec, exc) from exc
+        loop = asyncio.get_running_loop()
+        ctx.first_byte_deadline = loop.time() + deps.first_byte_timeout
+        # between reads of a running stream, silence past the idle timeout is a dead upstream
+        timeout = with_read_timeout(deps.session.timeout, deps.stream_idle_timeout)
+        first_byte = asyncio.timeout_at(ctx.first_byte_deadline)
         try:
-            return await deps.session.post(url, data=data, headers=headers)
+            async with first_byte:
+                return await deps.session.post(url, data=data, headers=headers, timeout=timeout)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._connect_error(spec, exc) from exc
+            raise self._connect_error(spec, exc, deps.first_byte_timeout if first_byte.expired() else None) from exc
+
+    async def _first_chunk(self, ctx: _Ctx, upstream: aiohttp.ClientResponse, spec: ProviderSpec) -> bytes:
+        """A stream's first bytes, before the client sees anything: silence or a cut here still allows failover."""
+        where = f"upstream {spec.name} ({redact_url(spec.base_url)})"
+        try:
+            async with asyncio.timeout_at(ctx.first_byte_deadline):
+                first = await upstream.content.readany()
+        except TimeoutError as exc:
+            raise _UpstreamSilent(
+                f"{where} sent no stream event within {ctx.deps.first_byte_timeout:g} s",
+                hint="check the provider's status, or raise `sidecar.first_byte_timeout_seconds`",
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise _UpstreamBroke(f"{where} broke off its reply: {type(exc).__name__}") from exc
+        if not first:
+            raise _UpstreamBroke(f"{where} ended the stream before sending any event")
+        return first
 
     async def _read(self, upstream: aiohttp.ClientResponse, spec: ProviderSpec) -> bytes:
         """A whole (non-streamed) body; a broken one is a failover-able error, not a 500."""
@@ -535,6 +590,7 @@ class Proxy:
                 self._finish(ctx, RequestStatus.OK, http_status=upstream.status)
             return web.Response(body=data, status=upstream.status, headers=headers)
 
+        first = await self._first_chunk(ctx, upstream, spec)
         response = web.StreamResponse(status=upstream.status, headers=headers)
         response.content_type = SSE_CONTENT_TYPE
         meter = AnthropicStreamMeter()
@@ -543,7 +599,7 @@ class Proxy:
         await response.prepare(request)
         ctx.client_started = True
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in _prepend(first, upstream.content.iter_any()):
                 if record.ttfb_ms is None:
                     record.ttfb_ms = (time.perf_counter() - ctx.started) * 1000
                 if meter.feed(chunk) and not meter.finished:
@@ -569,7 +625,7 @@ class Proxy:
             return response
         except (aiohttp.ClientError, TimeoutError) as exc:
             meter.flush()
-            message = f"ccgate: upstream {target.provider} broke off the stream: {type(exc).__name__}"
+            message = _stream_failure(exc, target.provider, ctx.deps.stream_idle_timeout)
             self._finish(
                 ctx,
                 RequestStatus.INTERRUPTED,
@@ -644,6 +700,7 @@ class Proxy:
                 return self._vetted(ctx, translator.usage, {}, written)
             return self._estimated_usage(ctx, written)
 
+        first = await self._first_chunk(ctx, upstream, spec)
         ctx.live_usage = usage_so_far
         response = web.StreamResponse(status=200, headers={"cache-control": "no-cache"})
         response.content_type = SSE_CONTENT_TYPE
@@ -652,7 +709,7 @@ class Proxy:
         failure: tuple[str, str] | None = None
         try:
             done = False
-            async for chunk in upstream.content.iter_any():
+            async for chunk in _prepend(first, upstream.content.iter_any()):
                 if record.ttfb_ms is None:
                     record.ttfb_ms = (time.perf_counter() - ctx.started) * 1000
                 out: list[bytes] = []
@@ -686,7 +743,7 @@ class Proxy:
             self._finish(ctx, RequestStatus.INTERRUPTED, http_status=200, error_type="client_disconnected")
             return response
         except (aiohttp.ClientError, TimeoutError) as exc:
-            broke = f"ccgate: upstream {spec.name} broke off the stream: {type(exc).__name__}"
+            broke = _stream_failure(exc, spec.name, ctx.deps.stream_idle_timeout)
             return await self._broken_off(ctx, response, translator, broke)
         if failure is not None:
             self._finish(ctx, RequestStatus.ERROR, http_status=200, error_type=failure[0], error_message=failure[1])
@@ -955,9 +1012,15 @@ class Proxy:
             return data
 
     @staticmethod
-    def _connect_error(spec: ProviderSpec, exc: BaseException) -> CcgateError:
+    def _connect_error(spec: ProviderSpec, exc: BaseException, first_byte_timeout: float | None = None) -> CcgateError:
+        """`first_byte_timeout` when that limit, not a connect or read timeout, ended the wait."""
         where = redact_url(spec.base_url)
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+            if first_byte_timeout is not None:
+                return UpstreamTimeoutError(
+                    f"upstream {spec.name} ({where}) sent no response headers within {first_byte_timeout:g} s",
+                    hint="check the provider's status, or raise `sidecar.first_byte_timeout_seconds`",
+                )
             return UpstreamTimeoutError(
                 f"upstream {spec.name} ({where}) did not answer in time",
                 hint="check the provider's status or your network",

@@ -59,3 +59,14 @@ def create_client_session(*, connect_timeout: float = 15.0, read_timeout: float 
         skip_auto_headers=("User-Agent",),
         read_bufsize=2**17,
     )
+
+
+def with_read_timeout(timeout: aiohttp.ClientTimeout, sock_read: float) -> aiohttp.ClientTimeout:
+    """The session's timeouts with another limit on silence between reads (one request's stream idle limit)."""
+    return aiohttp.ClientTimeout(
+        total=timeout.total,
+        connect=timeout.connect,
+        sock_connect=timeout.sock_connect,
+        sock_read=sock_read,
+        ceil_threshold=timeout.ceil_threshold,
+    )

@@ -28,6 +28,7 @@ class OpenAIReply:
     error_body: dict[str, Any] | None = None
     die_after_chunks: int | None = None  # close the connection after this many chunks
     end_after_chunks: int | None = None  # finish the HTTP response cleanly after this many chunks (reply cut short)
+    hang_after_chunks: int | None = None  # send nothing more after this many chunks, until the mock stops
     usage_chunk: bool = True
     omit_usage: bool = False  # non-streaming reply without a `usage` object
 
@@ -152,6 +153,8 @@ class OpenAIUpstream:
                 return response
             if reply.end_after_chunks is not None and index >= reply.end_after_chunks:
                 break
+            if reply.hang_after_chunks is not None and index >= reply.hang_after_chunks:
+                await asyncio.sleep(3600)  # cancelled when the mock stops or the caller goes away
             await response.write(data)
             await asyncio.sleep(0)
         await response.write_eof()

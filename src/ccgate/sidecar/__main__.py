@@ -24,6 +24,7 @@ async def serve(port: int | None) -> int:
     from ccgate.config import load_config
     from ccgate.paths import resolve_paths
     from ccgate.sidecar.app import create_app, create_runner
+    from ccgate.sidecar.connections import raise_open_file_limit
     from ccgate.sidecar.process import (
         configured_port,
         ensure_token,
@@ -33,6 +34,9 @@ async def serve(port: int | None) -> int:
     )
 
     paths = resolve_paths().ensure()
+    raised = raise_open_file_limit()
+    if raised is not None:
+        logging.getLogger("ccgate.sidecar").info("open-file limit raised from %d to %d", *raised)
     instance = hold_instance_lock(paths)  # before the ledger: one sidecar per home at a time
     config = load_config(paths.config_file)
     if port is None:
@@ -93,11 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ccgate.sidecar")
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("CCGATE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from ccgate.paths import resolve_paths
+    from ccgate.sidecar import logs
+
+    logs.configure(os.environ.get("CCGATE_LOG_LEVEL", "INFO").upper(), resolve_paths().log_file)
     try:
         return int(_run(serve(args.port)))
     except CcgateError as error:

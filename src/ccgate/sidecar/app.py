@@ -33,6 +33,7 @@ from ccgate.models import format_usd
 from ccgate.paths import Paths
 from ccgate.providers import validate_base_url
 from ccgate.proxy import ClientMeta, Proxy, ProxyDeps, error_response
+from ccgate.sidecar.connections import ConnectionGuard, GuardedRunner
 from ccgate.sidecar.process import (
     CHALLENGE_HEADER,
     LAUNCH_HEADER,
@@ -161,6 +162,7 @@ STATE = web.AppKey("state", SidecarState)
 # Launch ids are client-supplied: the cache of per-launch request metadata must not grow without bound.
 MAX_CACHED_METAS = 1024
 PROXY = web.AppKey("proxy", Proxy)
+CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 
 
 def _host_is_loopback(host: str | None) -> bool:
@@ -178,21 +180,29 @@ def _host_is_loopback(host: str | None) -> bool:
 async def guard_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """No open relay: loopback Host only (DNS rebinding), and the local token on everything but health."""
+    """No open relay: loopback Host only (DNS rebinding), and the local token on everything but health.
+
+    A refused caller's connection is closed after the answer: without the token it cannot hold one open.
+    """
     state = request.app[STATE]
+    token = request.headers.get(TOKEN_HEADER, "")
+    authentic = bool(token) and hmac.compare_digest(token.encode(), state.token.encode())
+    request.app[CONNECTIONS].request_seen(request.protocol, authenticated=authentic)
     try:
         if not _host_is_loopback(request.host):
-            raise PermissionDeniedError(
-                f"the sidecar only answers requests addressed to 127.0.0.1 or localhost, not {request.host!r}",
-                hint="point ANTHROPIC_BASE_URL at http://127.0.0.1:<port> (`ccgate launch` does this)",
+            raise _Refused(
+                PermissionDeniedError(
+                    f"the sidecar only answers requests addressed to 127.0.0.1 or localhost, not {request.host!r}",
+                    hint="point ANTHROPIC_BASE_URL at http://127.0.0.1:<port> (`ccgate launch` does this)",
+                )
             )
-        if request.path not in PUBLIC_PATHS:
-            token = request.headers.get(TOKEN_HEADER, "")
-            if not token or not hmac.compare_digest(token.encode(), state.token.encode()):
-                raise AuthenticationError(
+        if request.path not in PUBLIC_PATHS and not authentic:
+            raise _Refused(
+                AuthenticationError(
                     "missing or wrong ccgate local token" if token else "missing ccgate local token",
                     hint="start Claude Code with `ccgate launch claude` so requests carry the token",
                 )
+            )
         return await handler(request)
     except web.HTTPRequestEntityTooLarge as exc:
         limit = state.config.sidecar.max_body_mb
@@ -206,8 +216,20 @@ async def guard_middleware(
         return error_response(NotFoundError(f"no such endpoint: {request.method} {request.path}"))
     except web.HTTPMethodNotAllowed:
         return error_response(NotFoundError(f"method {request.method} is not supported on {request.path}"))
+    except _Refused as refused:
+        response = error_response(refused.error)
+        response.force_close()
+        return response
     except CcgateError as error:
         return error_response(error)
+
+
+class _Refused(Exception):
+    """A request refused before it reached a handler; its connection closes after the answer."""
+
+    def __init__(self, error: CcgateError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def _meta(request: web.Request) -> ClientMeta:
@@ -308,6 +330,7 @@ async def status(request: web.Request) -> web.StreamResponse:
             "ledger": str(state.paths.ledger_file),
             "ledger_writes": _ledger_writes(state.writer),
             "budgets": budgets,
+            "connections": request.app[CONNECTIONS].stats(),
         }
     )
 
@@ -455,6 +478,9 @@ async def apply_config(app: web.Application, *, force: bool = False) -> None:
         return
     state.config = config
     state.last_reload_error = None
+    guard = app[CONNECTIONS]  # for connections from now on; the keep-alive limit changes at the next start
+    guard.header_timeout = config.sidecar.header_timeout_seconds
+    guard.max_unauthenticated = config.sidecar.max_unauthenticated_connections
     # one swap: a request in flight keeps the deps it started with
     proxy.deps = replace(
         proxy.deps,
@@ -462,6 +488,8 @@ async def apply_config(app: web.Application, *, force: bool = False) -> None:
         router=built["router"],
         pricer=built["pricer"],
         provider_keys=built["keys"],
+        first_byte_timeout=config.sidecar.first_byte_timeout_seconds,
+        stream_idle_timeout=config.sidecar.stream_idle_timeout_seconds,
     )
     log.info("config reloaded from %s", path)
 
@@ -524,6 +552,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             ledger=writer,
             admission=ProjectBudgets(guard),
             provider_keys=built["keys"],
+            first_byte_timeout=state.config.sidecar.first_byte_timeout_seconds,
+            stream_idle_timeout=state.config.sidecar.stream_idle_timeout_seconds,
         )
     )
     watcher = asyncio.create_task(_watch_config(app))
@@ -552,9 +582,19 @@ def create_runner(app: web.Application) -> web.AppRunner:
     """Handler cancellation on: a client that goes away mid-stream must close the upstream request at once.
 
     On shutdown, streams get `shutdown_timeout` seconds to finish; the rest are cancelled and recorded as
-    interrupted (with the usage seen) before the ledger writer closes.
+    interrupted (with the usage seen) before the ledger writer closes. Idle keep-alive connections close after
+    `sidecar.keepalive_timeout_seconds`; the connection guard bounds the rest (see `connections`).
     """
-    return web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
+    settings = app[STATE].config.sidecar
+    return GuardedRunner(
+        app,
+        app[CONNECTIONS],
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=5.0,
+        handler_cancellation=True,
+        keepalive_timeout=settings.keepalive_timeout_seconds,
+    )
 
 
 def create_app(
@@ -566,6 +606,10 @@ def create_app(
         handler_args={"max_field_size": 65536, "max_line_size": 65536},
     )
     app[STATE] = SidecarState(paths=paths, config=config, environ=dict(environ or os.environ), token=token)
+    app[CONNECTIONS] = ConnectionGuard(
+        header_timeout=config.sidecar.header_timeout_seconds,
+        max_unauthenticated=config.sidecar.max_unauthenticated_connections,
+    )
     app.cleanup_ctx.append(_resources)
     app.router.add_route("HEAD", "/", root)
     app.router.add_get("/", root, allow_head=False)
