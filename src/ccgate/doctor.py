@@ -140,6 +140,39 @@ def _running_sidecar_check(paths: Paths, info: SidecarInfo) -> Check:
     return Check("sidecar", False if problem.unsaved else None, f"{detail}; {problem.message}", problem.hint)
 
 
+def check_sidecar_providers(
+    paths: Paths, config: Config, environ: Mapping[str, str], *, used: Sequence[str] = ("anthropic",)
+) -> list[Check]:
+    """The running sidecar keeps the environment it started with: what it uses for the providers that matter, and
+    where that differs from this shell's `CCGATE_<PROVIDER>_BASE_URL` / `_API_KEY` (by key fingerprint only)."""
+    from ccgate.provider_env import differences, restart_hint
+    from ccgate.providers import redact_url, resolve_providers
+    from ccgate.sidecar.process import control_request, ensure_token
+
+    try:
+        status = control_request(paths, "GET", "/_ccgate/status", timeout=2.0)
+        providers = resolve_providers(config, environ)
+    except CcgateError as error:
+        return [Check("sidecar providers", None, f"not compared: {error.message}", error.hint)]
+    theirs = status.get("providers") if status else None
+    if not isinstance(theirs, dict):
+        return [Check("sidecar providers", None, "not compared: the running sidecar does not report its providers")]
+    found = differences(providers, environ, ensure_token(paths), theirs)
+    if found:
+        fix = restart_hint()
+        return [
+            Check(f"sidecar provider {item.provider}", False if item.serious else None, item.message, fix)
+            for item in found
+        ]
+    shown = []
+    for name in used:
+        view = theirs.get(name)
+        if isinstance(view, dict) and isinstance(view.get("base_url"), str):
+            shown.append(f"{name} {redact_url(view['base_url'])} (key: {view.get('key_source') or 'none'})")
+    detail = "same as your environment" + (f": {', '.join(shown)}" if shown else "")
+    return [Check("sidecar providers", True, detail)]
+
+
 def check_provider_keys(config: Config, environ: Mapping[str, str], paths: Paths) -> list[Check]:
     """Providers that tier routes use must have a key (anthropic-kind ones may forward Claude Code's own)."""
     from ccgate.providers import resolve_providers
@@ -305,6 +338,11 @@ def run_checks(
     checks = [config_check, check_keyring(paths)]
     sidecar_check, sidecar = check_sidecar(paths, config or Config(), environ)
     checks.append(sidecar_check)
+    if config is not None and sidecar is not None:
+        from ccgate.routing import parse_target
+
+        targets = {parse_target(text).provider for tier in config.tiers.values() for text in tier.targets}
+        checks.extend(check_sidecar_providers(paths, config, environ, used=sorted(targets | {"anthropic"})))
     if config is not None:
         checks.extend(check_provider_keys(config, environ, paths))
     else:

@@ -77,6 +77,8 @@ class SidecarState:
     metas: dict[tuple[str | None, str | None, str | None], ClientMeta] = field(default_factory=dict)
     last_reload_error: str | None = None
     writer: LedgerWriter | None = None
+    # per provider: base URL, key source and key fingerprint (never the key), for `launch`, `doctor`, `provider list`
+    providers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class ProjectBudgets:
@@ -260,6 +262,7 @@ async def status(request: web.Request) -> web.StreamResponse:
             "ledger": str(state.paths.ledger_file),
             "ledger_writes": await _ledger_writes(state.writer),
             "budgets": budgets,
+            "providers": state.providers,
         }
     )
 
@@ -313,8 +316,9 @@ async def register_launch(request: web.Request) -> web.StreamResponse:
     }
     async with state.launches_lock:
         await asyncio.to_thread(_save_launches, state.paths, snapshot)
-    # echoed, so `launch` can tell a sidecar that kept the upstream from an older one that ignored it
-    return web.json_response({"ok": True, "anthropic_base_url": upstream})
+    # echoed, so `launch` can tell a sidecar that kept the upstream from an older one that ignored it; the
+    # providers as this sidecar uses them, so `launch` can say when the caller's environment differs
+    return web.json_response({"ok": True, "anthropic_base_url": upstream, "providers": state.providers})
 
 
 async def reload(request: web.Request) -> web.StreamResponse:
@@ -386,13 +390,28 @@ def _build_static_deps(config: Config, environ: Mapping[str, str]) -> dict[str, 
             continue
         if key:
             keys[name] = key
+    stored = "keyring"
+    if any(not environ.get(providers[name].key_env) for name in keys):
+        from ccgate.secrets import backend_description
+
+        with contextlib.suppress(Exception):
+            stored = "file" if backend_description()[1] else "keyring"
     return {
         "providers": providers,
         "router": router,
         "pricer": pricer,
         "keys": keys,
+        "key_store": stored,
         "rules": rules_from_config(config),
     }
+
+
+def _provider_view(built: Mapping[str, Any], state: SidecarState) -> dict[str, dict[str, Any]]:
+    from ccgate.provider_env import sidecar_view
+
+    keys: dict[str, str] = built["keys"]
+    sources = dict.fromkeys(keys, built["key_store"])
+    return sidecar_view(built["providers"], state.environ, keys, state.token, sources)
 
 
 async def apply_config(app: web.Application, *, force: bool = False) -> None:
@@ -419,6 +438,7 @@ async def apply_config(app: web.Application, *, force: bool = False) -> None:
         return
     state.config = config
     state.last_reload_error = None
+    state.providers = _provider_view(built, state)
     # one swap: a request in flight keeps the deps it started with
     proxy.deps = replace(
         proxy.deps,
@@ -457,6 +477,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         log.warning("marked %d request(s) left pending by a previous run as interrupted", writer.recovered)
     state.launches = await asyncio.to_thread(_load_launches, state.paths)
     built = await asyncio.to_thread(_build_static_deps, state.config, state.environ)
+    state.providers = _provider_view(built, state)
     try:
         state.config_mtime = state.paths.config_file.stat().st_mtime
     except FileNotFoundError:
