@@ -158,6 +158,9 @@ def test_a_stop_saves_the_requests_the_ledger_refused_and_the_next_start_writes_
     (spill_file,) = (paths.runtime_dir / "spill").glob("ledger-spill-*.jsonl")
     assert spill_file.stat().st_mode & 0o777 == 0o600
     assert ledger_rows(paths) == []
+    doctor = run_ccgate("doctor", "--json", env=env)
+    (waiting,) = [check for check in json.loads(doctor.stdout)["checks"] if check["name"] == "ledger spill"]
+    assert waiting["state"] == "warn" and waiting["detail"].startswith("2 request(s) saved when the sidecar stopped")
 
     started = run_ccgate("sidecar", "start", env=env)  # room again: the spill goes to the ledger first
     assert started.returncode == 0, started.stderr
@@ -165,6 +168,8 @@ def test_a_stop_saves_the_requests_the_ledger_refused_and_the_next_start_writes_
     assert [row["status"] for row in rows] == ["ok", "ok"]
     assert all(isinstance(row["cost_nanos"], int) and row["cost_nanos"] > 0 for row in rows)
     assert not spill_file.exists()  # deleted only once committed
+    doctor = run_ccgate("doctor", "--json", env=env)
+    assert "ledger spill" not in [check["name"] for check in json.loads(doctor.stdout)["checks"]]
     status = run_ccgate("sidecar", "stop", env=env)
     assert status.returncode == 0 and "saved in" not in status.stdout + status.stderr
 

@@ -261,6 +261,26 @@ def move_aside_command(path: Path) -> str:
     return f'for f in {parts}; do [ ! -e "$f" ] || mv "$f" "$f.broken"; done'
 
 
+def check_spills(paths: Paths, environ: Mapping[str, str]) -> list[Check]:
+    """Requests a stopped sidecar could not write to the ledger and saved aside: the next start writes them."""
+    from ccgate.sidecar.process import home_id
+    from ccgate.storage import spill
+
+    found = spill.read_spills(spill.spill_dirs(paths.runtime_dir, home_id(paths), environ))
+    if not found.files:
+        return []
+    where = ", ".join(str(path) for path in found.files[:3]) + (" ..." if len(found.files) > 3 else "")
+    return [
+        Check(
+            "ledger spill",
+            None,
+            f"{len(found.rows)} request(s) saved when the sidecar stopped with its ledger unwritable wait in {where}",
+            "the next sidecar start writes them to the ledger (`ccgate sidecar start`); `ccgate sidecar logs` says "
+            "why one could not",
+        )
+    ]
+
+
 def check_ledger(paths: Paths, *, full: bool = False) -> Check:
     """Opens and checks the ledger: `PRAGMA quick_check` (fast), or with `full` the slower integrity_check."""
     import sqlite3
@@ -349,6 +369,7 @@ def run_checks(
         checks.append(Check("provider keys", None, "not checked: the config is invalid", config_check.fix))
     checks.append(check_claude(environ, timeout=claude_timeout))
     checks.append(check_ledger(paths, full=full))
+    checks.extend(check_spills(paths, environ))
     try:
         port: int | None = configured_port((config or Config()).sidecar.port, environ)
     except CcgateError:

@@ -39,7 +39,8 @@ def stop(
     paths = app_ctx.paths
     # rows only in the sidecar's memory survive a stop only in a spill file: refuse to stop when none can be written
     # now (freeing disk space gets them written, stopping would lose them) — `--force` accepts the loss
-    details = control_request(paths, "GET", "/_ccgate/status") if running_sidecar(paths) else None
+    running = running_sidecar(paths)
+    details = control_request(paths, "GET", "/_ccgate/status?spill_check=1", timeout=20.0) if running else None
     problem = ledger_write_problem(details)
     unsaved = problem.unsaved if problem else 0
     spill_ok = (details or {}).get("ledger_writes", {}).get("spill_ok") is not False

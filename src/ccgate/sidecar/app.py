@@ -260,7 +260,7 @@ async def status(request: web.Request) -> web.StreamResponse:
             "requests_seen": state.requests_seen,
             "launches": len(state.launches),
             "ledger": str(state.paths.ledger_file),
-            "ledger_writes": await _ledger_writes(state.writer),
+            "ledger_writes": await _ledger_writes(state.writer, spill_check="spill_check" in request.query),
             "budgets": budgets,
             "providers": state.providers,
         }
@@ -272,13 +272,14 @@ SPILL_PROBE_BYTES_PER_REQUEST = 2048
 SPILL_PROBE_MAX_BYTES = 16 * 1024 * 1024
 
 
-async def _ledger_writes(writer: LedgerWriter | None) -> dict[str, Any] | None:
-    """Requests the ledger could not take yet (kept in memory) and those lost, with SQLite's reason; while some
-    wait, whether a spill file for them would be written now if the sidecar stopped (`spill_ok`)."""
+async def _ledger_writes(writer: LedgerWriter | None, *, spill_check: bool = False) -> dict[str, Any] | None:
+    """Requests the ledger could not take yet (kept in memory) and those lost, with SQLite's reason; with
+    `spill_check` (`sidecar stop` asks, as it writes a probe file) and some waiting, whether a spill file for them
+    would be written now if the sidecar stopped (`spill_ok`)."""
     if writer is None:
         return None
     writes: dict[str, Any] = {"unsaved": writer.unsaved, "dropped": writer.dropped, "last_error": writer.last_error}
-    if writer.unsaved:
+    if writer.unsaved and spill_check:
         from ccgate.storage import spill
 
         size = min(SPILL_PROBE_MAX_BYTES, writer.unsaved * SPILL_PROBE_BYTES_PER_REQUEST)
