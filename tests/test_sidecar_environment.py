@@ -74,6 +74,14 @@ def test_launch_says_when_the_sidecar_uses_other_provider_settings(base_env: dic
     python = Path(sys.executable).name
     assert f"`ccgate sidecar stop && ccgate launch {python}`" in text
 
+    # a launch with its own ANTHROPIC_BASE_URL sends its Anthropic requests there: the sidecar's does not matter
+    own = run_ccgate(
+        "launch", sys.executable, str(child), env={**base_env, **LATER, "ANTHROPIC_BASE_URL": "http://127.0.0.1:9/corp"}
+    )
+    assert own.returncode == 7
+    text = said(own)
+    assert "anthropic: the sidecar sends" not in text and "groq: CCGATE_GROQ_API_KEY here is not" in text
+
     without = {key: value for key, value in base_env.items() if key != "CCGATE_GROQ_API_KEY"}
     text = said(run_ccgate("launch", sys.executable, str(child), env={**without, "CCGATE_ANTHROPIC_BASE_URL": ""}))
     assert "groq: the sidecar uses CCGATE_GROQ_API_KEY from when it started; it is not set here" in text

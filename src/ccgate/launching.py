@@ -148,7 +148,10 @@ def run_launch(
     launch_id = (OWN_UPSTREAM_LAUNCH_PREFIX if upstream else "") + uuid.uuid4().hex
     answer = _register(paths, launch_id, project_of(cwd), upstream, warn=warn)
     if answer is not None:
-        for message in environment_warnings(config, environ, token, answer.get("providers"), command=command):
+        providers = answer.get("providers")
+        for message in environment_warnings(
+            config, environ, token, providers, command=command, own_anthropic_upstream=upstream is not None
+        ):
             warn(message)
     if upstream is not None:
         info(f"ANTHROPIC_BASE_URL is {redact_url(upstream)}: requests are metered by ccgate and forwarded there")
@@ -185,10 +188,19 @@ def users_upstream(previous: str | None, sidecar_url: str) -> str | None:
 
 
 def environment_warnings(
-    config: Config, environ: Mapping[str, str], token: str, sidecar_providers: object, *, command: str = "claude"
+    config: Config,
+    environ: Mapping[str, str],
+    token: str,
+    sidecar_providers: object,
+    *,
+    command: str = "claude",
+    own_anthropic_upstream: bool = False,
 ) -> list[str]:
     """What the running sidecar does differently from the caller's `CCGATE_<PROVIDER>_BASE_URL` / `_API_KEY`,
-    and how to restart it; nothing when they agree (or the sidecar is too old to say)."""
+    and how to restart it; nothing when they agree (or the sidecar is too old to say).
+
+    `own_anthropic_upstream`: this launch's Anthropic requests go to the caller's own ANTHROPIC_BASE_URL, so the
+    sidecar's `anthropic` base URL does not matter to it."""
     from ccgate.provider_env import differences, restart_hint
     from ccgate.providers import resolve_providers
 
@@ -198,7 +210,11 @@ def environment_warnings(
         providers = resolve_providers(config, environ)
     except ConfigError as error:
         return [f"{error.message} (not compared with the running sidecar's providers)"]
-    found = differences(providers, environ, token, sidecar_providers)
+    found = [
+        item
+        for item in differences(providers, environ, token, sidecar_providers)
+        if not (own_anthropic_upstream and item.provider == "anthropic" and item.setting == "base_url")
+    ]
     if not found:
         return []
     return [*(difference.message for difference in found), restart_hint(Path(command).name)]

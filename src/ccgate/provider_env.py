@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from ccgate.providers import ProviderSpec
@@ -54,6 +54,7 @@ class ProviderDifference:
     than, or with another key than, the caller's environment says."""
 
     provider: str
+    setting: Literal["base_url", "key"]
     message: str
     serious: bool
 
@@ -83,6 +84,7 @@ def differences(
             found.append(
                 ProviderDifference(
                     name,
+                    "base_url",
                     f"{name}: the sidecar sends requests to {theirs_shown}, your environment says {mine_shown}{origin}",
                     True,
                 )
@@ -93,18 +95,23 @@ def differences(
             if source != "env":
                 kept = f"its key from the {source}" if source else "no key"
                 found.append(
-                    ProviderDifference(name, f"{name}: {spec.key_env} is set here, but the sidecar uses {kept}", True)
+                    ProviderDifference(
+                        name, "key", f"{name}: {spec.key_env} is set here, but the sidecar uses {kept}", True
+                    )
                 )
             elif fingerprint != key_fingerprint(token, mine):
                 found.append(
                     ProviderDifference(
-                        name, f"{name}: {spec.key_env} here is not the key the sidecar started with", True
+                        name, "key", f"{name}: {spec.key_env} here is not the key the sidecar started with", True
                     )
                 )
         elif source == "env":
             found.append(
                 ProviderDifference(
-                    name, f"{name}: the sidecar uses {spec.key_env} from when it started; it is not set here", False
+                    name,
+                    "key",
+                    f"{name}: the sidecar uses {spec.key_env} from when it started; it is not set here",
+                    False,
                 )
             )
     return found

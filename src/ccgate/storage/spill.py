@@ -74,12 +74,16 @@ def write_spill(dirs: Sequence[Path], data: bytes, *, pid: int) -> Path | None:
     """`data` in a new spill file in the first directory that takes all of it; None when none does."""
     name = f"{SPILL_PREFIX}{time.time_ns():020d}-{pid}{SPILL_SUFFIX}"
     for directory in dirs:
-        path = directory / name
+        path, tmp = directory / name, directory / f".{name}.tmp"
         try:
             if not _private_dir(directory):
                 continue
-            _write_new(path, data)
+            tmp.unlink(missing_ok=True)
+            _write_new(tmp, data)  # complete and synced before it gets the name a replay looks for
+            os.rename(tmp, path)
         except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
             continue
         return path
     return None
