@@ -191,3 +191,16 @@ def test_a_stop_that_would_lose_requests_refuses_and_with_force_says_how_many_we
     assert "6 request(s) it could not write to the ledger are lost" in said
     assert read_info(paths) is None
     assert list(paths.runtime_dir.glob("spill/ledger-spill-*")) == []
+
+
+def test_cost_after_the_stop_writes_the_spill_itself_when_no_sidecar_runs(env: dict[str, str]) -> None:
+    with full_disk(env, requests=1) as paths:
+        assert run_ccgate("sidecar", "stop", env=env).returncode == 0
+    (spill_file,) = (paths.runtime_dir / "spill").glob("ledger-spill-*.jsonl")
+    cost = run_ccgate("cost", "all", "--json", env=env)
+    assert cost.returncode == 0, cost.stderr
+    assert json.loads(cost.stdout)["total"]["requests"] == 1
+    assert "wrote 1 request(s) saved at the last sidecar stop" in " ".join(cost.stderr.split())
+    assert not spill_file.exists()
+    again = run_ccgate("cost", "all", "--json", env=env)  # nothing left: no message, same total
+    assert json.loads(again.stdout)["total"]["requests"] == 1 and again.stderr == ""

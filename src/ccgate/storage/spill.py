@@ -104,6 +104,19 @@ def probe(dirs: Sequence[Path], size: int) -> Path | None:
     return None
 
 
+def has_spills(dirs: Sequence[Path]) -> bool:
+    """Whether any spill waits (a directory listing, no file read): cheap enough for every ledger command."""
+    for directory in dirs:
+        if not _owned_dir(directory):
+            continue
+        with contextlib.suppress(OSError):
+            if any(
+                path.name.startswith(SPILL_PREFIX) and path.name.endswith(SPILL_SUFFIX) for path in directory.iterdir()
+            ):
+                return True
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Spills:
     """Every spill found: the files, and their rows (the latest file's row wins for a request in several)."""
