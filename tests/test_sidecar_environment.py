@@ -138,3 +138,13 @@ def test_provider_list_shows_the_sidecars_settings_beside_the_callers(base_env: 
 
     same = said(run_ccgate("provider", "list", env={**base_env, **STARTED_WITH}))
     assert "differs" not in same and "sidecar stop" not in same
+
+
+def test_sidecar_status_shows_key_sources_but_no_fingerprint(base_env: dict[str, str]) -> None:
+    result = run_ccgate("sidecar", "status", "--json", env=base_env)
+    assert result.returncode == 0, result.stderr
+    said(result)
+    providers = json.loads(result.stdout)["status"]["providers"]
+    assert providers["groq"] == {"base_url": "https://api.groq.com/openai/v1", "key_source": "env"}
+    assert providers["anthropic"]["base_url"] == STARTED_WITH["CCGATE_ANTHROPIC_BASE_URL"]
+    assert "fingerprint" not in result.stdout

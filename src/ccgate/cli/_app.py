@@ -120,7 +120,7 @@ def replay_spills(app_ctx: AppContext) -> None:
         return  # the command's own ledger access says what is wrong
     finally:
         handle.close()
-    if writer.replayed:
+    if writer.replayed and not writer.spilled[0]:  # else the ledger still refused them: saved aside again
         app_ctx.info(f"wrote {writer.replayed} request(s) saved at the last sidecar stop to the ledger")
 
 

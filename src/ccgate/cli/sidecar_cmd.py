@@ -80,6 +80,11 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     app_ctx = ctx()
     info = running_sidecar(app_ctx.paths)
     details = control_request(app_ctx.paths, "GET", "/_ccgate/status") if info else None
+    providers = details.get("providers") if details else None
+    if isinstance(providers, dict):  # key fingerprints are for comparing (`doctor`, `launch`), not for showing
+        for view in providers.values():
+            if isinstance(view, dict):
+                view.pop("key_fingerprint", None)
     if as_json:
         app_ctx.print_json(
             {
