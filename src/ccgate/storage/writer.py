@@ -4,6 +4,7 @@ The proxy's event loop only enqueues (a dict copy, no disk); the thread drains e
 writes it in one transaction. Nothing here raises into the caller. A write that fails because of where it goes
 (disk full, I/O error, a lock held too long) is kept in memory and tried again about once a second; one that
 fails because of a value SQLite cannot store is retried alone and then written with that value clamped or emptied.
+What the ledger still refuses at close is saved to a spill file and replayed at the next start (see `spill`).
 """
 
 from __future__ import annotations
