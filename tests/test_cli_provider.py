@@ -74,6 +74,7 @@ def test_key_set_stores_in_keyring_only(
         "key": "missing",
         "key_source": None,
         "key_env": "CCGATE_LAB_API_KEY",
+        "sidecar": None,  # no sidecar runs
     }
 
     code, _, err = run(capsys, monkeypatch, "provider", "key", "delete", "groq")

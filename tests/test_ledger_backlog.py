@@ -175,3 +175,76 @@ def test_a_row_with_an_unstorable_value_waits_too_and_is_salvaged_once_there_is_
     assert set(rows) == {bad.id, good.id}
     assert rows[bad.id].usage.input_tokens > 0 and "input_tokens" in (rows[bad.id].cost.note or "")
     assert (writer.dropped, writer.salvaged_writes) == (0, 1)
+
+
+def test_a_spill_at_close_is_replayed_at_the_next_start_and_deleted_only_once_committed(
+    ledger_path: Path, tmp_path: Path
+) -> None:
+    spill_dir = tmp_path / "run" / "spill"
+    first = FullDisk(ledger_path, spill_dirs=[tmp_path / "not-a-dir" / "x", spill_dir])
+    (tmp_path / "not-a-dir").write_text("a file where a directory would go")  # the first location fails
+    first.start()
+    first.full = True
+    done, unfinished = request(1), request(2)
+    finish(done, 1)
+    first.write_final(done)
+    first.write_pending(unfinished)  # never finished: replayed as interrupted, as a crash would leave it
+    first.close()
+    assert first.spilled[0] == 2 and first.spilled[1] is not None and first.spilled[1].parent == spill_dir
+    assert (first.dropped, first.lost_at_close) == (0, 0)
+    (spill_file,) = spill_dir.glob("ledger-spill-*.jsonl")
+    assert spill_file.stat().st_mode & 0o777 == 0o600 and stored(ledger_path) == {}
+
+    class StillFull(FullDisk):
+        full = True
+
+    second = StillFull(ledger_path, spill_dirs=[spill_dir], retry_seconds=0.2)
+    second.start()  # the disk is still full: the replayed requests wait in memory, the file stays
+    try:
+        assert (second.replayed, second.unsaved) == (2, 2)
+        assert {record.id for record in second.unsaved_records()} == {done.id, unfinished.id}
+        assert spill_file.exists()
+        second.full = False
+        wait_for(lambda: second.unsaved == 0)
+        assert not spill_file.exists()
+    finally:
+        second.close()
+    rows = stored(ledger_path)
+    assert rows[done.id].status is RequestStatus.OK and rows[done.id].cost.nanos == 1001
+    assert rows[unfinished.id].status is RequestStatus.INTERRUPTED and rows[unfinished.id].ended_at is not None
+
+    third = FullDisk(ledger_path, spill_dirs=[spill_dir])  # nothing left to replay: idempotent, no duplicates
+    third.start()
+    third.close()
+    assert third.replayed == 0 and stored(ledger_path) == rows
+
+
+def test_requests_only_in_memory_count_towards_budgets(ledger_path: Path) -> None:
+    """Their spend is added to the ledger's, less what the ledger holds of an earlier state of the same request."""
+    from datetime import timedelta
+
+    from ccgate.models import utcnow
+    from ccgate.sidecar.app import unsaved_spend
+
+    record = request(1)
+    record.cost = Cost(nanos=400, quality=PriceQuality.PRICED)
+    writer = LedgerWriter(ledger_path)
+    writer.start()
+    writer.write_progress(record)  # the ledger holds 400 of it
+    writer.close()
+    finish(record, 5000)  # 6000 in memory now
+    elsewhere = request(2)
+    elsewhere.project = "/other"
+    finish(elsewhere, 1)
+    db = open_ledger(ledger_path)
+    try:
+        now = utcnow()
+        window = {"since": now - timedelta(hours=1), "until": now + timedelta(hours=1)}
+        assert unsaved_spend(db, [record, elsewhere], project=None, **window) == 6000 - 400 + 1001
+        assert unsaved_spend(db, [record, elsewhere], project="/other", **window) == 1001
+        assert (
+            unsaved_spend(db, [record], since=now + timedelta(hours=1), until=now + timedelta(hours=2), project=None)
+            == 0
+        )
+    finally:
+        db.close()

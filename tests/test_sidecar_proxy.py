@@ -14,6 +14,7 @@ from scripted_upstream import SSE, ErrorReply, ScriptedUpstream, StreamReply, Te
 from sidecar_harness import Harness, running_sidecar
 
 from ccgate.config import Config, ProviderSettings, SidecarSettings, TierSettings
+from ccgate.provider_env import key_fingerprint
 
 BODY: dict[str, Any] = {
     "model": "claude-opus-4-5",
@@ -219,7 +220,14 @@ async def test_a_launch_with_its_own_base_url_goes_there_with_the_users_credenti
             status, answer = await _register(
                 harness, {"launch_id": "launch-corp-1", "project": "/p/corp", "anthropic_base_url": corp.url + "/"}
             )
-            assert (status, answer) == (200, {"ok": True, "anthropic_base_url": corp.url})
+            assert (status, answer["ok"], answer["anthropic_base_url"]) == (200, True, corp.url)
+            # what the sidecar uses per provider, keys only as a fingerprint keyed with the local token
+            assert answer["providers"]["other"] == {
+                "base_url": other.url,
+                "key_source": "env",
+                "key_fingerprint": key_fingerprint(harness.token, "other-key"),
+            }
+            assert "other-key" not in json.dumps(answer) and "sk-ant-stored" not in json.dumps(answer)
             client = sdk(harness, **harness.launch_headers("launch-corp-1"))
             reply = await client.messages.create(
                 model="claude-opus-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]

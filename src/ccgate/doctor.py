@@ -139,6 +139,39 @@ def _running_sidecar_check(paths: Paths, info: SidecarInfo) -> Check:
     return Check("sidecar", False if problem.unsaved else None, f"{detail}; {problem.message}", problem.hint)
 
 
+def check_sidecar_providers(
+    paths: Paths, config: Config, environ: Mapping[str, str], *, used: Sequence[str] = ("anthropic",)
+) -> list[Check]:
+    """The running sidecar keeps the environment it started with: what it uses for the providers that matter, and
+    where that differs from this shell's `CCGATE_<PROVIDER>_BASE_URL` / `_API_KEY` (by key fingerprint only)."""
+    from ccgate.provider_env import differences, restart_hint
+    from ccgate.providers import redact_url, resolve_providers
+    from ccgate.sidecar.process import control_request, ensure_token
+
+    try:
+        status = control_request(paths, "GET", "/_ccgate/status", timeout=2.0)
+        providers = resolve_providers(config, environ)
+    except CcgateError as error:
+        return [Check("sidecar providers", None, f"not compared: {error.message}", error.hint)]
+    theirs = status.get("providers") if status else None
+    if not isinstance(theirs, dict):
+        return [Check("sidecar providers", None, "not compared: the running sidecar does not report its providers")]
+    found = differences(providers, environ, ensure_token(paths), theirs)
+    if found:
+        fix = restart_hint()
+        return [
+            Check(f"sidecar provider {item.provider}", False if item.serious else None, item.message, fix)
+            for item in found
+        ]
+    shown = []
+    for name in used:
+        view = theirs.get(name)
+        if isinstance(view, dict) and isinstance(view.get("base_url"), str):
+            shown.append(f"{name} {redact_url(view['base_url'])} (key: {view.get('key_source') or 'none'})")
+    detail = "same as your environment" + (f": {', '.join(shown)}" if shown else "")
+    return [Check("sidecar providers", True, detail)]
+
+
 def check_provider_keys(config: Config, environ: Mapping[str, str], paths: Paths) -> list[Check]:
     """Providers that tier routes use must have a key (anthropic-kind ones may forward Claude Code's own)."""
     from ccgate.providers import resolve_providers
@@ -227,6 +260,26 @@ def move_aside_command(path: Path) -> str:
     return f'for f in {parts}; do [ ! -e "$f" ] || mv "$f" "$f.broken"; done'
 
 
+def check_spills(paths: Paths, environ: Mapping[str, str]) -> list[Check]:
+    """Requests a stopped sidecar could not write to the ledger and saved aside: the next start writes them."""
+    from ccgate.sidecar.process import home_id
+    from ccgate.storage import spill
+
+    found = spill.read_spills(spill.spill_dirs(paths.runtime_dir, home_id(paths), environ))
+    if not found.files:
+        return []
+    where = ", ".join(str(path) for path in found.files[:3]) + (" ..." if len(found.files) > 3 else "")
+    return [
+        Check(
+            "ledger spill",
+            None,
+            f"{len(found.rows)} request(s) saved when the sidecar stopped with its ledger unwritable wait in {where}",
+            "the next sidecar start writes them to the ledger (`ccgate sidecar start`); `ccgate sidecar logs` says "
+            "why one could not",
+        )
+    ]
+
+
 def check_ledger(paths: Paths, *, full: bool = False) -> Check:
     """Opens and checks the ledger: `PRAGMA quick_check` (fast), or with `full` the slower integrity_check."""
     import sqlite3
@@ -304,12 +357,18 @@ def run_checks(
     checks = [config_check, check_keyring(paths)]
     sidecar_check, sidecar = check_sidecar(paths, config or Config(), environ)
     checks.append(sidecar_check)
+    if config is not None and sidecar is not None:
+        from ccgate.routing import parse_target
+
+        targets = {parse_target(text).provider for tier in config.tiers.values() for text in tier.targets}
+        checks.extend(check_sidecar_providers(paths, config, environ, used=sorted(targets | {"anthropic"})))
     if config is not None:
         checks.extend(check_provider_keys(config, environ, paths))
     else:
         checks.append(Check("provider keys", None, "not checked: the config is invalid", config_check.fix))
     checks.append(check_claude(environ, timeout=claude_timeout))
     checks.append(check_ledger(paths, full=full))
+    checks.extend(check_spills(paths, environ))
     try:
         port: int | None = configured_port((config or Config()).sidecar.port, environ)
     except CcgateError:

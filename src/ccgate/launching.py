@@ -164,7 +164,13 @@ def run_launch(
     upstream = users_upstream(environ.get("ANTHROPIC_BASE_URL"), sidecar.url)
     # the prefix lets the sidecar refuse this launch's requests should it ever forget where they go
     launch_id = (OWN_UPSTREAM_LAUNCH_PREFIX if upstream else "") + uuid.uuid4().hex
-    _register(paths, launch_id, project_of(cwd), upstream, warn=warn)
+    answer = _register(paths, launch_id, project_of(cwd), upstream, warn=warn)
+    if answer is not None:
+        providers = answer.get("providers")
+        for message in environment_warnings(
+            config, environ, token, providers, command=command, own_anthropic_upstream=upstream is not None
+        ):
+            warn(message)
     if upstream is not None:
         info(f"ANTHROPIC_BASE_URL is {redact_url(upstream)}: requests are metered by ccgate and forwarded there")
     home = Path(environ.get("HOME") or Path.home())
@@ -199,8 +205,45 @@ def users_upstream(previous: str | None, sidecar_url: str) -> str | None:
     return None if is_loopback_url(url, [urlsplit(sidecar_url).port or 0]) else url
 
 
-def _register(paths: Paths, launch_id: str, project: str, upstream: str | None, *, warn: Callable[[str], None]) -> None:
-    """Tell the sidecar this launch's project (and upstream); without the upstream, requests must not start."""
+def environment_warnings(
+    config: Config,
+    environ: Mapping[str, str],
+    token: str,
+    sidecar_providers: object,
+    *,
+    command: str = "claude",
+    own_anthropic_upstream: bool = False,
+) -> list[str]:
+    """What the running sidecar does differently from the caller's `CCGATE_<PROVIDER>_BASE_URL` / `_API_KEY`,
+    and how to restart it; nothing when they agree (or the sidecar is too old to say).
+
+    `own_anthropic_upstream`: this launch's Anthropic requests go to the caller's own ANTHROPIC_BASE_URL, so the
+    sidecar's `anthropic` base URL does not matter to it."""
+    from ccgate.provider_env import differences, restart_hint
+    from ccgate.providers import resolve_providers
+
+    if not isinstance(sidecar_providers, dict):
+        return []
+    try:
+        providers = resolve_providers(config, environ)
+    except ConfigError as error:
+        return [f"{error.message} (not compared with the running sidecar's providers)"]
+    found = [
+        item
+        for item in differences(providers, environ, token, sidecar_providers)
+        if not (own_anthropic_upstream and item.provider == "anthropic" and item.setting == "base_url")
+    ]
+    if not found:
+        return []
+    return [*(difference.message for difference in found), restart_hint(Path(command).name)]
+
+
+def _register(
+    paths: Paths, launch_id: str, project: str, upstream: str | None, *, warn: Callable[[str], None]
+) -> dict[str, object] | None:
+    """Tell the sidecar this launch's project (and upstream); without the upstream, requests must not start.
+
+    Returns the sidecar's answer (None when registration failed and the launch may go on without it)."""
     from ccgate.sidecar.process import control_request
 
     payload = {"launch_id": launch_id, "project": project}
@@ -217,13 +260,14 @@ def _register(paths: Paths, launch_id: str, project: str, upstream: str | None, 
                 hint="run `ccgate doctor`, then launch again",
             ) from None
         warn(f"could not register this launch with the sidecar ({error.message}); project will be unknown")
-        return
+        return None
     if upstream is not None and answer.get("anthropic_base_url") != upstream:
         raise SidecarError(
             "the running sidecar ignored ANTHROPIC_BASE_URL (it is older than this ccgate) and would send this "
             "session's requests to its default upstream",
             hint="restart it: `ccgate sidecar stop`, then launch again",
         )
+    return answer
 
 
 def terminal_delivers_sigint(

@@ -99,6 +99,43 @@ def notify_reload(app_ctx: AppContext) -> None:
         app_ctx.info("the running sidecar reloaded its settings")
 
 
+def replay_spills(app_ctx: AppContext) -> None:
+    """Before a command reads the ledger: requests a stopped sidecar saved aside (its ledger was unwritable) are
+    written now, unless a sidecar runs (it replays them itself) — so `cost` right after `sidecar stop` has them.
+
+    Holds the sidecar's instance lock meanwhile, so no sidecar starts beside this and nothing else marks rows."""
+    import fcntl
+
+    from ccgate.sidecar.process import home_id
+    from ccgate.storage import spill
+
+    paths = app_ctx.paths
+    dirs = spill.spill_dirs(paths.runtime_dir, home_id(paths), app_ctx.environ)
+    if not spill.has_spills(dirs):
+        return
+    from ccgate.storage.writer import LedgerWriter
+
+    try:
+        handle = open(paths.instance_lock_file, "a+")  # noqa: SIM115 - closed below, the lock with it
+    except OSError:
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return  # a sidecar runs (or starts): it replays them
+    try:
+        writer = LedgerWriter(paths.ledger_file, spill_dirs=dirs)
+        writer.start()
+        writer.close()
+    except CcgateError:
+        return  # the command's own ledger access says what is wrong
+    finally:
+        handle.close()
+    if writer.replayed and not writer.spilled[0]:  # else the ledger still refused them: saved aside again
+        app_ctx.info(f"wrote {writer.replayed} request(s) saved at the last sidecar stop to the ledger")
+
+
 class CcgateUsageFailure(CcgateError):
     """A command decided the user's input cannot be acted on."""
 

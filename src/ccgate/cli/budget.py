@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ccgate.cli._app import AppContext, ctx, save_and_reload
+from ccgate.cli._app import AppContext, ctx, replay_spills, save_and_reload
 from ccgate.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -157,6 +157,7 @@ def _zone_name(tz: tzinfo) -> str:
 
 def _spent(app_ctx: AppContext, windows: list[tuple[BudgetRule, datetime, datetime]]) -> list[int]:
     """Ledger spend per budget window; no ledger yet means nothing spent (and nothing is created)."""
+    replay_spills(app_ctx)
     if not app_ctx.paths.ledger_file.exists():
         return [0 for _ in windows]
     from ccgate.storage.ledger import open_ledger

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ccgate.cli._app import AppContext, ctx
+from ccgate.cli._app import AppContext, ctx, replay_spills
 from ccgate.errors import ConfigError, UserInputError
 
 if TYPE_CHECKING:
@@ -250,6 +250,7 @@ def cost(
     app_ctx = ctx()
     tz = resolve_timezone(app_ctx)
     window = resolve_window(period, since, until, tz)
+    replay_spills(app_ctx)
     db = open_ledger(app_ctx.paths.ledger_file)
     try:
         # Table, JSON and CSV break spend down the same way: by model unless --by says otherwise.

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ccgate.cli._app import AppContext, ctx
+from ccgate.cli._app import AppContext, ctx, replay_spills
 from ccgate.display import printable
 
 if TYPE_CHECKING:
@@ -104,6 +104,7 @@ def logs(
     app_ctx = ctx()
     tz = resolve_timezone(app_ctx)
     printer = _Printer(app_ctx, as_json, tz)
+    replay_spills(app_ctx)
     db = open_ledger(app_ctx.paths.ledger_file)
     try:
         cursor = latest_rowid(db)

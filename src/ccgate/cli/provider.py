@@ -47,8 +47,10 @@ def provider_list(
     from ccgate.secrets import provider_key_source
 
     app_ctx = ctx()
+    providers = resolved_providers(app_ctx)
+    sidecar, differing = _sidecar_providers(app_ctx, providers)
     rows: list[dict[str, Any]] = []
-    for spec in sorted(resolved_providers(app_ctx).values(), key=lambda s: (not s.builtin, s.name)):
+    for spec in sorted(providers.values(), key=lambda s: (not s.builtin, s.name)):
         source = provider_key_source(spec.name, app_ctx.environ, paths=app_ctx.paths)
         if source:
             key = "present"
@@ -65,22 +67,69 @@ def provider_list(
                 "key": key,
                 "key_source": source,
                 "key_env": spec.key_env,
+                "sidecar": _sidecar_row(sidecar, spec.name, differing),
             }
         )
     if as_json:
-        app_ctx.print_json({"providers": rows})
+        app_ctx.print_json({"providers": rows, "sidecar_running": sidecar is not None})
         return
     from rich.table import Table
     from rich.text import Text
 
     table = Table(box=None, pad_edge=False)
-    for column in ("provider", "kind", "base URL", "key", "source"):
+    columns = ("provider", "kind", "base URL", "key", "source", *(("sidecar",) if sidecar is not None else ()))
+    for column in columns:
         table.add_column(column, overflow="fold")  # a long URL or key source folds instead of being cut
     for row in rows:
         style = {"present": "green", "missing": "yellow"}.get(row["key"], "dim")
         name = row["name"] if row["builtin"] else f"{row['name']} (custom)"
-        table.add_row(name, row["kind"], row["base_url"], Text(row["key"], style=style), row["key_source"] or "-")
+        cells: list[str | Text] = [name, row["kind"], row["base_url"], Text(row["key"], style=style)]
+        cells.append(row["key_source"] or "-")
+        if row["sidecar"] is not None:
+            same = not row["sidecar"]["differs"]
+            key = row["sidecar"]["key_source"] or "no key"
+            cells.append(Text(f"same ({key})", style="green") if same else Text(f"differs ({key})", style="red"))
+        table.add_row(*cells)
     app_ctx.out.print(table)
+    if differing:
+        from ccgate.provider_env import restart_hint
+
+        for messages in differing.values():
+            for message in messages:
+                app_ctx.warn(message)
+        app_ctx.info(f"  hint: {restart_hint()}")
+
+
+def _sidecar_providers(
+    app_ctx: AppContext, providers: dict[str, ProviderSpec]
+) -> tuple[dict[str, Any] | None, dict[str, list[str]]]:
+    """What the running sidecar uses per provider (None when none runs or it does not say), and per provider the
+    ways it differs from this environment."""
+    from ccgate.errors import CcgateError
+    from ccgate.provider_env import differences
+    from ccgate.sidecar.process import control_request, ensure_token, running_sidecar
+
+    if running_sidecar(app_ctx.paths) is None:
+        return None, {}
+    try:
+        status = control_request(app_ctx.paths, "GET", "/_ccgate/status", timeout=2.0)
+    except CcgateError:
+        return None, {}
+    theirs = status.get("providers") if status else None
+    if not isinstance(theirs, dict):
+        return None, {}
+    differing: dict[str, list[str]] = {}
+    for item in differences(providers, app_ctx.environ, ensure_token(app_ctx.paths), theirs):
+        differing.setdefault(item.provider, []).append(item.message)
+    return theirs, differing
+
+
+def _sidecar_row(sidecar: dict[str, Any] | None, name: str, differing: dict[str, list[str]]) -> dict[str, Any] | None:
+    """The running sidecar's base URL and key source for one provider (never a key, nor its fingerprint)."""
+    view = sidecar.get(name) if sidecar else None
+    if not isinstance(view, dict):
+        return None
+    return {"base_url": view.get("base_url"), "key_source": view.get("key_source"), "differs": differing.get(name, [])}
 
 
 @provider_app.command("add")

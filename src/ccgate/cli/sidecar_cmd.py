@@ -23,16 +23,50 @@ def start() -> None:
 
 
 @sidecar_app.command("stop")
-def stop() -> None:
-    """Stop the sidecar; in-flight requests finish first."""
-    from ccgate.sidecar.process import stop_sidecar
+def stop(
+    force: bool = typer.Option(
+        False, "--force", help="Stop even when requests the ledger refused cannot be saved anywhere (they are lost)."
+    ),
+) -> None:
+    """Stop the sidecar; in-flight requests finish first, and requests the ledger refused are saved for the next
+    start."""
+
+    from ccgate.sidecar.process import control_request, home_id, ledger_write_problem, running_sidecar, stop_sidecar
+    from ccgate.storage import spill
 
     app_ctx = ctx()
-    pid = stop_sidecar(app_ctx.paths)
+    paths = app_ctx.paths
+    # rows only in the sidecar's memory survive a stop only in a spill file: refuse to stop when none can be written
+    # now (freeing disk space gets them written, stopping would lose them) — `--force` accepts the loss
+    running = running_sidecar(paths)
+    details = control_request(paths, "GET", "/_ccgate/status?spill_check=1", timeout=20.0) if running else None
+    problem = ledger_write_problem(details)
+    unsaved = problem.unsaved if problem else 0
+    spill_ok = (details or {}).get("ledger_writes", {}).get("spill_ok") is not False
+    if unsaved and not spill_ok and not force:
+        app_ctx.fail(
+            f"{unsaved} request(s) wait in the sidecar's memory because the ledger cannot be written "
+            f"({problem.last_error if problem else 'unknown error'}), and no spill location can take them now: "
+            "stopping would lose them",
+            hint="free disk space (they are written within a second), or `ccgate sidecar stop --force` to lose them",
+        )
+    pid = stop_sidecar(paths)
     if pid is None:
         app_ctx.info("sidecar is not running")
-    else:
-        app_ctx.success(f"sidecar stopped (pid {pid})")
+        return
+    dirs = spill.spill_dirs(paths.runtime_dir, home_id(paths), app_ctx.environ)
+    report = spill.read_report(dirs, pid) or {}
+    lost = report.get("lost") if isinstance(report.get("lost"), int) else (unsaved if unsaved else 0)
+    spilled = report.get("spilled") if isinstance(report.get("spilled"), int) else 0
+    if lost:
+        message = f"sidecar stopped (pid {pid}), but {lost} request(s) it could not write to the ledger are lost"
+        app_ctx.fail(message, hint="they are missing from `ccgate cost` and budgets; `ccgate sidecar logs` says why")
+    app_ctx.success(f"sidecar stopped (pid {pid})")
+    if spilled:
+        where = report.get("spill_file") or "a spill file"
+        app_ctx.warn(
+            f"{spilled} request(s) the ledger refused are saved in {where}; the next sidecar start writes them"
+        )
 
 
 @sidecar_app.command("status")
@@ -43,6 +77,11 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     app_ctx = ctx()
     info = running_sidecar(app_ctx.paths)
     details = control_request(app_ctx.paths, "GET", "/_ccgate/status") if info else None
+    providers = details.get("providers") if details else None
+    if isinstance(providers, dict):  # key fingerprints are for comparing (`doctor`, `launch`), not for showing
+        for view in providers.values():
+            if isinstance(view, dict):
+                view.pop("key_fingerprint", None)
     if as_json:
         app_ctx.print_json(
             {
@@ -71,7 +110,6 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 
 def _warn_about_its_port(app_ctx: AppContext) -> None:
     """What holds the port a sidecar would start on, when that stops it (another user's program, say)."""
-    from rich.markup import escape
 
     from ccgate.errors import CcgateError
     from ccgate.sidecar.process import configured_port, instance_running, probe_port, read_token
@@ -84,9 +122,9 @@ def _warn_about_its_port(app_ctx: AppContext) -> None:
         return
     problem = probe_port(port, read_token(app_ctx.paths)).problem(app_ctx.paths) if port else None
     if problem is not None:
-        app_ctx.warn(escape(problem.message))
+        app_ctx.warn(problem.message)
         if problem.hint:
-            app_ctx.info(f"  hint: {escape(problem.hint)}")
+            app_ctx.info(f"  hint: {problem.hint}")
 
 
 @sidecar_app.command("logs")

@@ -10,7 +10,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +88,8 @@ class SidecarState:
     metas: dict[tuple[str | None, str | None, str | None], ClientMeta] = field(default_factory=dict)
     last_reload_error: str | None = None
     writer: LedgerWriter | None = None
+    # per provider: base URL, key source and key fingerprint (never the key), for `launch`, `doctor`, `provider list`
+    providers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class ProjectBudgets:
@@ -328,18 +330,32 @@ async def status(request: web.Request) -> web.StreamResponse:
             "requests_seen": state.requests_seen,
             "launches": len(state.launches),
             "ledger": str(state.paths.ledger_file),
-            "ledger_writes": _ledger_writes(state.writer),
+            "ledger_writes": await _ledger_writes(state.writer, spill_check="spill_check" in request.query),
             "budgets": budgets,
             "connections": request.app[CONNECTIONS].stats(),
+            "providers": state.providers,
         }
     )
 
 
-def _ledger_writes(writer: LedgerWriter | None) -> dict[str, Any] | None:
-    """Requests the ledger could not take yet (kept in memory) and those lost, with SQLite's reason."""
+# A spill line is about 1 KB; a probe of this many bytes per request kept in memory says whether a spill fits.
+SPILL_PROBE_BYTES_PER_REQUEST = 2048
+SPILL_PROBE_MAX_BYTES = 16 * 1024 * 1024
+
+
+async def _ledger_writes(writer: LedgerWriter | None, *, spill_check: bool = False) -> dict[str, Any] | None:
+    """Requests the ledger could not take yet (kept in memory) and those lost, with SQLite's reason; with
+    `spill_check` (`sidecar stop` asks, as it writes a probe file) and some waiting, whether a spill file for them
+    would be written now if the sidecar stopped (`spill_ok`)."""
     if writer is None:
         return None
-    return {"unsaved": writer.unsaved, "dropped": writer.dropped, "last_error": writer.last_error}
+    writes: dict[str, Any] = {"unsaved": writer.unsaved, "dropped": writer.dropped, "last_error": writer.last_error}
+    if writer.unsaved and spill_check:
+        from ccgate.storage import spill
+
+        size = min(SPILL_PROBE_MAX_BYTES, writer.unsaved * SPILL_PROBE_BYTES_PER_REQUEST)
+        writes["spill_ok"] = await asyncio.to_thread(spill.probe, writer.spill_dirs, size) is not None
+    return writes
 
 
 async def register_launch(request: web.Request) -> web.StreamResponse:
@@ -372,8 +388,9 @@ async def register_launch(request: web.Request) -> web.StreamResponse:
     }
     async with state.launches_lock:
         await asyncio.to_thread(_save_launches, state.paths, snapshot)
-    # echoed, so `launch` can tell a sidecar that kept the upstream from an older one that ignored it
-    return web.json_response({"ok": True, "anthropic_base_url": upstream})
+    # echoed, so `launch` can tell a sidecar that kept the upstream from an older one that ignored it; the
+    # providers as this sidecar uses them, so `launch` can say when the caller's environment differs
+    return web.json_response({"ok": True, "anthropic_base_url": upstream, "providers": state.providers})
 
 
 async def reload(request: web.Request) -> web.StreamResponse:
@@ -445,13 +462,28 @@ def _build_static_deps(config: Config, environ: Mapping[str, str]) -> dict[str, 
             continue
         if key:
             keys[name] = key
+    stored = "keyring"
+    if any(not environ.get(providers[name].key_env) for name in keys):
+        from ccgate.secrets import backend_description
+
+        with contextlib.suppress(Exception):
+            stored = "file" if backend_description()[1] else "keyring"
     return {
         "providers": providers,
         "router": router,
         "pricer": pricer,
         "keys": keys,
+        "key_store": stored,
         "rules": rules_from_config(config),
     }
+
+
+def _provider_view(built: Mapping[str, Any], state: SidecarState) -> dict[str, dict[str, Any]]:
+    from ccgate.provider_env import sidecar_view
+
+    keys: dict[str, str] = built["keys"]
+    sources = dict.fromkeys(keys, built["key_store"])
+    return sidecar_view(built["providers"], state.environ, keys, state.token, sources)
 
 
 async def apply_config(app: web.Application, *, force: bool = False) -> None:
@@ -481,6 +513,7 @@ async def apply_config(app: web.Application, *, force: bool = False) -> None:
     guard = app[CONNECTIONS]  # for connections from now on; the keep-alive limit changes at the next start
     guard.header_timeout = config.sidecar.header_timeout_seconds
     guard.max_unauthenticated = config.sidecar.max_unauthenticated_connections
+    state.providers = _provider_view(built, state)
     # one swap: a request in flight keeps the deps it started with
     proxy.deps = replace(
         proxy.deps,
@@ -511,13 +544,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     from ccgate.upstream import create_client_session
 
     state = app[STATE]
-    writer = LedgerWriter(state.paths.ledger_file)
+    dirs = spill_dirs(state.paths, state.environ)
+    writer = LedgerWriter(state.paths.ledger_file, spill_dirs=dirs)
     await asyncio.to_thread(writer.start)
     state.writer = writer
+    if writer.replayed:
+        log.warning("%d request(s) saved at the last stop were replayed into the ledger", writer.replayed)
     if writer.recovered:
         log.warning("marked %d request(s) left pending by a previous run as interrupted", writer.recovered)
     state.launches = await asyncio.to_thread(_load_launches, state.paths)
     built = await asyncio.to_thread(_build_static_deps, state.config, state.environ)
+    state.providers = _provider_view(built, state)
     try:
         state.config_mtime = state.paths.config_file.stat().st_mtime
     except FileNotFoundError:
@@ -529,7 +566,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         writer.flush(timeout=5.0)
         db = open_ledger(ledger_path)
         try:
-            return int(spent_nanos(db, since=since, until=until, project=project))
+            spent = int(spent_nanos(db, since=since, until=until, project=project))
+            # requests only in memory (the ledger refused them, or a replayed spill still waits) count too
+            return spent + unsaved_spend(db, writer.unsaved_records(), since=since, until=until, project=project)
         finally:
             db.close()
 
@@ -565,6 +604,41 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             await watcher
         await session.close()
         await asyncio.to_thread(writer.close)
+        await asyncio.to_thread(_report_stop, writer, dirs)
+
+
+def spill_dirs(paths: Paths, environ: Mapping[str, str]) -> list[Path]:
+    from ccgate.storage import spill
+
+    return spill.spill_dirs(paths.runtime_dir, home_id(paths), environ)
+
+
+def _report_stop(writer: LedgerWriter, dirs: Sequence[Path]) -> None:
+    """What became of the requests the ledger refused, for `sidecar stop` to print once this process is gone."""
+    from ccgate.storage import spill
+
+    spilled, spill_file = writer.spilled
+    spill.write_report(dirs, pid=os.getpid(), spilled=spilled, lost=writer.lost_at_close, spill_file=spill_file)
+
+
+def unsaved_spend(db: Any, records: Sequence[Any], *, since: Any, until: Any, project: str | None) -> int:
+    """Spend of requests only in memory, in [since, until) and the project, less what the ledger already holds
+    for them (an earlier state of the same request, counted by `spent_nanos`)."""
+    counted = {
+        record.id: record.cost.nanos or 0
+        for record in records
+        if since <= record.started_at < until and (project is None or record.project == project)
+    }
+    if not counted:
+        return 0
+    stored = 0
+    ids = list(counted)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" for _ in chunk)
+        sql = f"SELECT coalesce(sum(cost_nanos), 0) FROM requests WHERE id IN ({marks})"  # noqa: S608
+        stored += int(db.conn.execute(sql, chunk).fetchone()[0])
+    return sum(counted.values()) - stored
 
 
 def _timezone(config: Config) -> Any:

@@ -4,24 +4,34 @@ The proxy's event loop only enqueues (a dict copy, no disk); the thread drains e
 writes it in one transaction. Nothing here raises into the caller. A write that fails because of where it goes
 (disk full, I/O error, a lock held too long) is kept in memory and tried again about once a second; one that
 fails because of a value SQLite cannot store is retried alone and then written with that value clamped or emptied.
+What the ledger still refuses at close is saved to a spill file and replayed at the next start (see `spill`).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
-from ccgate.models import RequestRecord
-from ccgate.storage.ledger import COLUMNS, open_ledger, record_to_values, recover_pending, storable_values
+from ccgate.models import RequestRecord, RequestStatus, utcnow
+from ccgate.storage import spill
+from ccgate.storage.ledger import (
+    COLUMNS,
+    open_ledger,
+    record_to_values,
+    recover_pending,
+    row_to_record,
+    storable_values,
+)
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -172,8 +182,22 @@ def _merge(previous: _Write, write: _Write) -> _Write:
 class LedgerWriter:
     """Owns the ledger's write connection; the sidecar creates one at start-up and closes it at shutdown."""
 
-    def __init__(self, path: Path, *, max_backlog: int = MAX_BACKLOG, retry_seconds: float = RETRY_SECONDS) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_backlog: int = MAX_BACKLOG,
+        retry_seconds: float = RETRY_SECONDS,
+        spill_dirs: Sequence[Path] = (),
+    ) -> None:
         self.path = path
+        # where requests the ledger still refuses at close are saved, and replayed from at start (see `spill`)
+        self.spill_dirs = tuple(spill_dirs)
+        self._spill_files: tuple[Path, ...] = ()  # replayed spills, deleted once their rows are committed
+        self._replayed = 0
+        self._spilled = 0
+        self._spill_file: Path | None = None
+        self._lost_at_close = 0
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -220,6 +244,30 @@ class LedgerWriter:
         """Writes lost for good: `failed_writes`, the oldest kept in memory past `MAX_BACKLOG`, and those the
         ledger still refused at `close()`."""
         return self._dropped + self._failed_writes
+
+    @property
+    def replayed(self) -> int:
+        """Requests `start()` found in spill files of a previous run (committed, or kept in memory until then)."""
+        return self._replayed
+
+    @property
+    def spilled(self) -> tuple[int, Path | None]:
+        """At close: how many requests the ledger refused and were saved to a spill file, and that file."""
+        return self._spilled, self._spill_file
+
+    @property
+    def lost_at_close(self) -> int:
+        """At close: requests that neither the ledger nor any spill location took."""
+        return self._lost_at_close
+
+    def unsaved_records(self) -> list[RequestRecord]:
+        """A snapshot of the requests only in memory (for budgets: their spend counts before the ledger has it)."""
+        for _ in range(10):
+            try:
+                return [write.record for write in list(self._backlog.values())]
+            except RuntimeError:  # the writer thread changed it mid-copy
+                continue
+        return []
 
     @property
     def last_error(self) -> str | None:
@@ -288,6 +336,7 @@ class LedgerWriter:
     def _run(self) -> None:
         try:
             db = open_ledger(self.path)
+            self._replay(db)
             self._recovered = recover_pending(db)
         except BaseException as error:
             self._startup_error = error
@@ -419,6 +468,9 @@ class LedgerWriter:
                 del backlog[write.record.id]
             if done < len(chunk):
                 return
+        if self._spill_files:
+            spill.remove(self._spill_files)  # every replayed row is committed now
+            self._spill_files = ()
         if self._failing_since is not None:
             lost = f"; {self.dropped} lost so far" if self.dropped else ""
             logger.warning(
@@ -451,13 +503,82 @@ class LedgerWriter:
             )
 
     def _give_up(self) -> None:
-        """At close, what the ledger still refuses is lost: say how much, once."""
+        """At close, what the ledger still refuses goes to a spill file for the next start; if no spill location
+        takes it, it is lost: say how much, once."""
         if not self._backlog:
             return
-        lost = len(self._backlog)
-        self._dropped += lost
+        count = len(self._backlog)
+        path = self._spill() if self.spill_dirs else None
         self._backlog.clear()
-        logger.error("ledger writer stopped; %d request(s) it could not write are lost (%s)", lost, self._last_error)
+        if path is not None:
+            self._spilled, self._spill_file = count, path
+            logger.warning(
+                "ledger writer stopped; %d request(s) it could not write (%s) are saved in %s and go to the ledger "
+                "when the sidecar starts again",
+                count,
+                self._last_error,
+                path,
+            )
+            return
+        self._dropped += count
+        self._lost_at_close = count
+        where = "; no spill location took them either" if self.spill_dirs else ""
+        logger.error(
+            "ledger writer stopped; %d request(s) it could not write are lost (%s)%s", count, self._last_error, where
+        )
+
+    def _spill(self) -> Path | None:
+        """The backlog as JSON lines in the first spill location that takes it; replayed spills it now holds are
+        deleted once the new file is synced."""
+        try:
+            data = spill.encode_rows(
+                dict(zip(COLUMNS, record_to_values(write.record), strict=True)) for write in self._backlog.values()
+            )
+        except Exception:  # a record that cannot be flattened at all: nothing sensible to save
+            logger.exception("could not serialise the requests kept in memory for a spill file")
+            return None
+        path = spill.write_spill(self.spill_dirs, data, pid=os.getpid())
+        if path is not None and self._spill_files:
+            spill.remove(self._spill_files)
+            self._spill_files = ()
+        return path
+
+    def _replay(self, db: Database) -> None:
+        """Spills of a previous run, written to the ledger before anything else (idempotent: keyed by request id,
+        a late state never reopens a finished row). What the ledger refuses now waits in memory like any write,
+        its file kept until it is committed."""
+        if not self.spill_dirs:
+            return
+        found = spill.read_spills(self.spill_dirs)
+        if found.unreadable:
+            logger.error("ledger: %d unreadable line(s) or file(s) in spill files; skipped", found.unreadable)
+        if not found.files:
+            return
+        writes: list[_Write] = []
+        for row in found.rows:
+            try:
+                record = row_to_record(row)
+            except Exception:
+                logger.error("ledger: a spilled request (%s) cannot be read back; skipped", str(row.get("id"))[:64])
+                continue
+            if record.status is RequestStatus.PENDING:  # its process is gone: it ended the way a crash ends it
+                record.status = RequestStatus.INTERRUPTED
+                record.ended_at = record.ended_at or utcnow()
+                record.error_type = record.error_type or "interrupted"
+                record.error_message = record.error_message or "ccgate stopped before this request finished"
+            writes.append(_Write("final", record))
+        self._replayed = len(writes)
+        self._spill_files = found.files
+        self._keep(writes)
+        self._retry(db)
+        if self._backlog:
+            logger.error(
+                "ledger: %d request(s) saved at the last stop still cannot be written (%s); kept in memory",
+                len(self._backlog),
+                self._last_error,
+            )
+        else:
+            logger.info("ledger: wrote %d request(s) saved at the last stop", self._replayed)
 
     def _salvage(self, db: Database, write: _Write) -> bool:
         """A row with a value SQLite cannot hold (an absurd count, a provider's id that is not text) is written
