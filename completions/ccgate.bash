@@ -43,7 +43,7 @@ __ccgate_node() {
         'sidecar logs') subs='' opts='-n --lines -f --follow -h --help' vopts=' -n --lines ' vararg='' passthrough='' ;;
         'sidecar start') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'sidecar status') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
-        'sidecar stop') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        'sidecar stop') subs='' opts='--force -h --help' vopts='  ' vararg='' passthrough='' ;;
         'statusline') subs='install uninstall' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'statusline install') subs='' opts='--settings --force -h --help' vopts=' --settings ' vararg='' passthrough='' ;;
         'statusline uninstall') subs='' opts='--settings -h --help' vopts=' --settings ' vararg='' passthrough='' ;;
