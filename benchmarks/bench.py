@@ -409,9 +409,9 @@ def stop_profiler(process: subprocess.Popen[bytes]) -> None:
 
 
 async def proxy_phases(report: Report, settings: Settings, work: Path, profile: Path | None = None) -> None:
-    from ccgate.paths import resolve_paths
+    from ccgate.local.paths import resolve_paths
     from ccgate.sidecar.process import TOKEN_HEADER, ensure_token
-    from ccgate.translate import anthropic_to_openai_request
+    from ccgate.wire.translate import anthropic_to_openai_request
 
     servers: list[Server] = []
     profiler: subprocess.Popen[bytes] | None = None
@@ -569,10 +569,10 @@ async def proxy_phases(report: Report, settings: Settings, work: Path, profile: 
 
 def translation_cpu(report: Report, settings: Settings) -> None:
     """CPU per request of the translated route's two extra steps, timed in this process."""
-    from ccgate import fastjson
-    from ccgate.proxy import parse_messages_body, parse_messages_head
-    from ccgate.sse import SSEDecoder
-    from ccgate.translate import OpenAIStreamTranslator, ToolIdMap, anthropic_to_openai_request
+    from ccgate.proxy.engine import parse_messages_body, parse_messages_head
+    from ccgate.wire import fastjson
+    from ccgate.wire.sse import SSEDecoder
+    from ccgate.wire.translate import OpenAIStreamTranslator, ToolIdMap, anthropic_to_openai_request
 
     sys.path.insert(0, str(HERE))
     from mock_upstream import openai_chunks

@@ -53,7 +53,7 @@ def source_tree(rev: str, into: Path) -> Path:
 
 
 async def measure(trees: list[Path], requests: int, work: Path) -> dict[tuple[int, str], list[float]]:
-    from ccgate.paths import resolve_paths
+    from ccgate.local.paths import resolve_paths
     from ccgate.sidecar.process import TOKEN_HEADER, ensure_token
 
     servers: list[Server] = []

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-from ccgate.models import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
-from ccgate.paths import resolve_paths
+from ccgate.core.records import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
+from ccgate.local.paths import resolve_paths
 from ccgate.storage.ledger import insert_records, open_ledger
 
 MODELS = (

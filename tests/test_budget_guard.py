@@ -11,7 +11,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ccgate.budget_guard import (
+from ccgate.core.budgets import parse_period
+from ccgate.core.records import usd_to_nanos
+from ccgate.core.settings import BudgetSettings, Config
+from ccgate.errors import BudgetExceededError, ConfigError, UnpricedModelError
+from ccgate.sidecar.admission import (
     AdmissionRequest,
     BudgetGuard,
     BudgetRule,
@@ -19,10 +23,6 @@ from ccgate.budget_guard import (
     resolve_timezone,
     rules_from_config,
 )
-from ccgate.budgets import parse_period
-from ccgate.config import BudgetSettings, Config
-from ccgate.errors import BudgetExceededError, ConfigError, UnpricedModelError
-from ccgate.models import usd_to_nanos
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -335,9 +335,9 @@ def test_rules_from_config() -> None:
 
 
 def test_rules_live_in_budgets_for_the_light_status_line() -> None:
-    import ccgate.budgets
+    import ccgate.core.budgets
 
-    assert rules_from_config is ccgate.budgets.rules_from_config and BudgetRule is ccgate.budgets.BudgetRule
+    assert rules_from_config is ccgate.core.budgets.rules_from_config and BudgetRule is ccgate.core.budgets.BudgetRule
     [project_rule] = rules_from_config(
         Config(budgets=(BudgetSettings(period="1h", limit_usd=Decimal(1), project="/home/me/app"),))
     )

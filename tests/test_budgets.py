@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccgate.budgets import (
+from ccgate.core.budgets import (
     Admit,
     BudgetLevel,
     BudgetRule,
@@ -31,8 +31,8 @@ from ccgate.budgets import (
     warn_level,
     window,
 )
+from ccgate.core.records import usd_to_nanos
 from ccgate.errors import BudgetExceededError, UserInputError
-from ccgate.models import usd_to_nanos
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -396,7 +396,7 @@ def test_date_helpers_are_consistent() -> None:
 
 # ---- reservation bounds -------------------------------------------------------------------------------------
 
-from ccgate.budgets import (  # noqa: E402
+from ccgate.core.budgets import (  # noqa: E402
     DEFAULT_CONTEXT_WINDOW,
     DEFAULT_SERVER_TOOL_USES,
     DEFINED_TOOL_TOKENS,
@@ -408,7 +408,7 @@ from ccgate.budgets import (  # noqa: E402
     shrunk_reservation,
     web_search_uses_bound,
 )
-from ccgate.proxy import parse_messages_head  # noqa: E402
+from ccgate.proxy.engine import parse_messages_head  # noqa: E402
 
 WEB_FETCH_TOOL = {  # Claude Code's own WebFetch: a "url" key in its schema is no URL source
     "name": "WebFetch",

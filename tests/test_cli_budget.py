@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from cli_runner import run_main as run
 
-from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, usd_to_nanos, utcnow
-from ccgate.paths import resolve_paths
+from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, usd_to_nanos, utcnow
+from ccgate.local.paths import resolve_paths
 
 
 def config_budgets(home: Path) -> list[dict[str, object]]:

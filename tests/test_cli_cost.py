@@ -19,8 +19,8 @@ from typer.testing import CliRunner, Result
 
 from ccgate.cli import app
 from ccgate.cli._app import reset_context
-from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
-from ccgate.paths import resolve_paths
+from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
+from ccgate.local.paths import resolve_paths
 from ccgate.storage.ledger import insert_records, open_ledger
 
 CCGATE = Path(sys.executable).parent / "ccgate"
@@ -291,7 +291,7 @@ def estimated(minute: int, note: str | None, status: RequestStatus = RequestStat
 
 def pricing_note(model: str, usage: Usage) -> str | None:
     """The note pricing itself writes, so that the footnote follows its wording."""
-    from ccgate.pricing import PriceCatalog
+    from ccgate.core.pricing import PriceCatalog
 
     cost = PriceCatalog().cost(model, usage)
     assert cost.quality is PriceQuality.ESTIMATED
@@ -301,7 +301,7 @@ def pricing_note(model: str, usage: Usage) -> str | None:
 def test_the_estimate_footnote_says_why_with_a_count_per_reason(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ccgate.usage import MAX_TOKENS
+    from ccgate.core.usage import MAX_TOKENS
 
     # the proxy's note for usage it had to estimate (a cut stream, or a provider that reported none)
     tokens_estimated = "tokens estimated: the provider reported none"

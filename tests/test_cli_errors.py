@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from cli_runner import run_main
 
-from ccgate.models import RequestRecord, RequestStatus, Usage
-from ccgate.paths import resolve_paths
+from ccgate.core.records import RequestRecord, RequestStatus, Usage
+from ccgate.local.paths import resolve_paths
 from ccgate.storage.ledger import insert_records, open_ledger
 
 

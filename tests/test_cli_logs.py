@@ -19,8 +19,8 @@ from typer.testing import CliRunner, Result
 
 from ccgate.cli import app
 from ccgate.cli._app import reset_context
-from ccgate.models import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage
-from ccgate.paths import resolve_paths
+from ccgate.core.records import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage
+from ccgate.local.paths import resolve_paths
 from ccgate.storage.ledger import COLUMNS, insert_records, open_ledger
 from ccgate.storage.writer import LedgerWriter
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from cli_runner import run_main, table_column
 
-from ccgate.config import load_config
-from ccgate.pricing import PriceCatalog
-from ccgate.providers import resolve_providers
-from ccgate.routing import Router, Target
+from ccgate.core.pricing import PriceCatalog
+from ccgate.core.providers import resolve_providers
+from ccgate.core.routing import Router, Target
+from ccgate.local.config_file import load_config
 
 
 def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
@@ -201,8 +201,8 @@ async def test_model_test_through_a_running_sidecar(
     from aiohttp import web
     from scripted_upstream import ScriptedUpstream, TextReply
 
-    from ccgate.config import Config
-    from ccgate.paths import resolve_paths
+    from ccgate.core.settings import Config
+    from ccgate.local.paths import resolve_paths
     from ccgate.sidecar.app import create_app, create_runner
     from ccgate.sidecar.process import ensure_token, remove_run_files, write_run_files
 

@@ -109,9 +109,9 @@ def test_set_zero_prices_a_local_model_at_zero(
 ) -> None:
     code, _, err = run(capsys, monkeypatch, "price", "set", "llama3.2", "--input", "0", "--output", "0")
     assert code == 0, err
-    from ccgate.config import load_config
-    from ccgate.models import PriceQuality, Usage
-    from ccgate.pricing import PriceCatalog
+    from ccgate.core.pricing import PriceCatalog
+    from ccgate.core.records import PriceQuality, Usage
+    from ccgate.local.config_file import load_config
 
     catalog = PriceCatalog(load_config(isolated_home / "config.toml").prices)
     cost = catalog.cost("llama3.2", Usage(input_tokens=9_000, output_tokens=100), provider="ollama")

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cli_runner import run_main, table_column
 
-from ccgate import secrets
+from ccgate.local import secrets
 
 SECRET = "sk-groq-SECRET-0123456789"
 CCGATE = Path(sys.executable).parent / "ccgate"

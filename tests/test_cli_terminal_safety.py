@@ -15,10 +15,10 @@ from cli_runner import run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccgate.display import printable
-from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
-from ccgate.paths import resolve_paths
-from ccgate.statusline import main as statusline_main
+from ccgate.core.display import printable
+from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
+from ccgate.features.statusline import main as statusline_main
+from ccgate.local.paths import resolve_paths
 from ccgate.storage.ledger import insert_records, open_ledger
 
 # clears the screen, retitles the window, rings the bell; a C1 CSI; a right-to-left override; a line separator

@@ -104,8 +104,8 @@ def test_every_fixed_value_names_a_real_parameter() -> None:
 
 
 def test_budget_periods_offered_are_accepted() -> None:
-    from ccgate.budgets import parse_period
     from ccgate.cli.completions import BUDGET_PERIODS
+    from ccgate.core.budgets import parse_period
 
     for period in BUDGET_PERIODS:
         parse_period(period)

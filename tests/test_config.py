@@ -12,9 +12,10 @@ from cli_runner import run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccgate.config import BudgetSettings, Config, PriceOverride, TierSettings, load_config, save_config
+from ccgate.core.money import MAX_USD, AmountError, parse_usd
+from ccgate.core.settings import BudgetSettings, Config, PriceOverride, TierSettings
 from ccgate.errors import ConfigError
-from ccgate.money import MAX_USD, AmountError, parse_usd
+from ccgate.local.config_file import load_config, save_config
 
 
 @pytest.fixture
@@ -164,7 +165,7 @@ def test_save_keeps_the_users_comments_and_layout(config_file: Path) -> None:
 def test_save_falls_back_to_plain_toml_when_the_edited_text_reads_back_different(
     config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ccgate import config as config_module
+    from ccgate.local import config_file as config_module
 
     config_file.write_text("# a comment\n[sidecar]\nport = 8787\n")
     monkeypatch.setattr(config_module, "_edited_text", lambda text, old, new: "[sidecar]\nport = 1\n")
@@ -177,7 +178,7 @@ def test_save_falls_back_to_plain_toml_when_the_edited_text_reads_back_different
 
 
 def test_every_key_ccgate_writes_is_one_it_reads(config_file: Path) -> None:
-    from ccgate.config import (
+    from ccgate.core.settings import (
         BUDGET_KEYS,
         GATEWAY_KEYS,
         PRICE_KEYS,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from cli_runner import run_main as run
 
-from ccgate.doctor import Check, exit_code, run_checks
-from ccgate.models import RequestRecord, RequestStatus
-from ccgate.paths import resolve_paths
+from ccgate.core.records import RequestRecord, RequestStatus
+from ccgate.features.doctor import Check, exit_code, run_checks
+from ccgate.local.paths import resolve_paths
 
 GROQ_KEY = "gsk-test-not-a-real-key-123"
 
@@ -185,7 +185,7 @@ def test_cli_exit_codes_and_json(
 def test_ledger_quick_check_by_default_and_full_integrity_check_on_request(
     healthy: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from ccgate.doctor import check_ledger
+    from ccgate.features.doctor import check_ledger
 
     assert check_ledger(resolve_paths()).detail.endswith("quick check ok")
     assert check_ledger(resolve_paths(), full=True).detail.endswith("integrity ok")
@@ -203,7 +203,7 @@ def test_damaged_ledger_fix_moves_the_wal_and_shm_files_too(isolated_home: Path,
     ledger.parent.mkdir(parents=True)
     ledger.write_bytes(b"not a database at all" * 200)
     companions = [ledger.with_name(ledger.name + suffix) for suffix in ("-wal", "-shm")]
-    from ccgate.doctor import check_ledger
+    from ccgate.features.doctor import check_ledger
 
     check = check_ledger(resolve_paths())
     assert check.ok is False and check.fix is not None
@@ -243,7 +243,7 @@ def test_a_sidecar_of_another_version_is_reported_with_how_to_restart_it(
 ) -> None:
     """After an upgrade the old sidecar keeps serving the old code until it is restarted."""
     from ccgate import __version__
-    from ccgate.doctor import _running_sidecar_check
+    from ccgate.features.doctor import _running_sidecar_check
     from ccgate.sidecar import process
     from ccgate.sidecar.process import SidecarInfo
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from cli_runner import run_main as run
 
-from ccgate.importer import METERED_WINDOW, import_id, metered_message_ids
-from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
-from ccgate.paths import resolve_paths
+from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
+from ccgate.features.importer import METERED_WINDOW, import_id, metered_message_ids
+from ccgate.local.paths import resolve_paths
 
 SESSION = "0b6f1c7e-2a3d-4e5f-8a9b-0c1d2e3f4a5b"
 STAMP = "2026-02-14T09:30:15.250Z"
@@ -273,7 +273,7 @@ def test_absurd_token_counts_are_imported_clamped_and_flagged(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """2**62 tokens overflowed SQLite's integers and 1e30 Decimal's precision: the import crashed, importing nothing."""
-    from ccgate.usage import MAX_TOKENS
+    from ccgate.core.usage import MAX_TOKENS
 
     transcript = tmp_path / "absurd.jsonl"
     lines = [

@@ -15,8 +15,8 @@ import pytest
 from cli_runner import run_main
 
 from ccgate import __version__
-from ccgate.launching import bypass_warnings, merge_custom_headers, project_of, terminal_delivers_sigint
-from ccgate.paths import resolve_paths
+from ccgate.features.launching import bypass_warnings, merge_custom_headers, project_of, terminal_delivers_sigint
+from ccgate.local.paths import resolve_paths
 from ccgate.sidecar.process import (
     CHALLENGE_HEADER,
     PROOF_HEADER,
@@ -137,7 +137,7 @@ def test_help_right_after_launch_is_launchs_own(
 def test_help_after_the_command_goes_to_the_command(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, flag: str
 ) -> None:
-    import ccgate.launching
+    import ccgate.features.launching
 
     launched: list[list[str]] = []
 
@@ -145,7 +145,7 @@ def test_help_after_the_command_goes_to_the_command(
         launched.append(argv)
         return 7
 
-    monkeypatch.setattr(ccgate.launching, "run_launch", fake_run_launch)
+    monkeypatch.setattr(ccgate.features.launching, "run_launch", fake_run_launch)
     code, out, _ = run_main(capsys, monkeypatch, "launch", "claude", flag)
     assert code == 7 and out == ""
     assert launched == [["claude", flag]]

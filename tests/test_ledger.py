@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ccgate.core.records import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage, to_iso
 from ccgate.errors import LedgerError
-from ccgate.models import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage, to_iso
 from ccgate.storage import ledger as ledger_module
 from ccgate.storage.ledger import (
     check_integrity,
@@ -295,7 +295,7 @@ def test_a_row_with_unstorable_values_is_written_clamped_not_dropped(
     writer: LedgerWriter, ledger_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One absurd value (a count past 64 bits, a provider's id that is not text) once lost the whole row."""
-    from ccgate.usage import MAX_TOKENS
+    from ccgate.core.usage import MAX_TOKENS
 
     bad = RequestRecord(
         started_at=T0,
@@ -363,7 +363,7 @@ _CRASHING_SIDECAR = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from ccgate.models import Cost, PriceQuality, RequestRecord, Usage
+    from ccgate.core.records import Cost, PriceQuality, RequestRecord, Usage
     from ccgate.storage.writer import LedgerWriter
 
     writer = LedgerWriter(Path(sys.argv[1]))
@@ -597,7 +597,7 @@ def test_request_ids_are_unique_uuids_that_sort_by_creation() -> None:
     import time
     import uuid
 
-    from ccgate.models import new_request_id
+    from ccgate.core.records import new_request_id
 
     first = [new_request_id() for _ in range(20_000)]
     time.sleep(0.002)  # the next millisecond at least
@@ -613,7 +613,7 @@ def test_request_ids_stay_unique_across_threads_and_a_fork() -> None:
     """The random bits come from a shared pool: threads must not share a slice, nor a forked child its parent's."""
     import threading
 
-    from ccgate.models import new_request_id
+    from ccgate.core.records import new_request_id
 
     per_thread: list[list[str]] = [[] for _ in range(4)]
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
+from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
 from ccgate.storage.ledger import open_ledger, row_to_record
 from ccgate.storage.writer import MAX_BACKLOG, RETRY_SECONDS, LedgerWriter
 
@@ -223,7 +223,7 @@ def test_requests_only_in_memory_count_towards_budgets(ledger_path: Path) -> Non
     """Their spend is added to the ledger's, less what the ledger holds of an earlier state of the same request."""
     from datetime import timedelta
 
-    from ccgate.models import utcnow
+    from ccgate.core.records import utcnow
     from ccgate.sidecar.app import unsaved_spend
 
     record = request(1)

@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ccgate.models import RequestRecord, RequestStatus, Usage, to_iso
+from ccgate.core.records import RequestRecord, RequestStatus, Usage, to_iso
 from ccgate.storage.ledger import open_ledger
 from ccgate.storage.writer import LedgerWriter, _coalesce, _statement_sizes, _Write
 

@@ -9,10 +9,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccgate.accounting import AnthropicStreamMeter
-from ccgate.models import Usage
-from ccgate.sse import SSEDecoder
-from ccgate.usage import merge_anthropic_usage, usage_from_anthropic
+from ccgate.core.records import Usage
+from ccgate.core.usage import merge_anthropic_usage, usage_from_anthropic
+from ccgate.wire.metering import AnthropicStreamMeter
+from ccgate.wire.sse import SSEDecoder
 
 
 def sse(event: str, data: dict[str, Any]) -> str:

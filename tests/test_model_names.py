@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ccgate.model_names import Resolution, resolve_model_name
+from ccgate.core.model_names import Resolution, resolve_model_name
 
 GROQ = [
     "llama-3.1-8b-instant",
@@ -69,7 +69,7 @@ def test_priced_as_typed_is_kept_verbatim() -> None:
 
 
 def test_with_the_real_price_catalog() -> None:
-    from ccgate.pricing import PriceCatalog
+    from ccgate.core.pricing import PriceCatalog
 
     known = PriceCatalog().known_models("groq")
     assert "llama-3.3-70b-versatile" in known

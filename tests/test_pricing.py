@@ -16,11 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccgate.config import PriceOverride
-from ccgate.models import PriceQuality, Usage
-from ccgate.money import MAX_USD
-from ccgate.pricing import MAX_COST_NANOS, ModelRates, PriceCatalog
-from ccgate.usage import MAX_TOKENS
+from ccgate.core.money import MAX_USD
+from ccgate.core.pricing import MAX_COST_NANOS, ModelRates, PriceCatalog
+from ccgate.core.records import PriceQuality, Usage
+from ccgate.core.settings import PriceOverride
+from ccgate.core.usage import MAX_TOKENS
 
 # nano-dollars per token = USD per MTok * 1000
 OPUS_45 = {"in": 5_000, "out": 25_000, "read": 500, "w5m": 6_250, "w1h": 10_000}
@@ -184,7 +184,7 @@ def test_fast_mode_without_a_known_fast_price_is_an_estimate_not_exact(catalog: 
 
 
 def test_openai_convention_priced_for_gpt_4o(catalog: PriceCatalog) -> None:
-    from ccgate.usage import usage_from_openai
+    from ccgate.core.usage import usage_from_openai
 
     usage = usage_from_openai(
         {"prompt_tokens": 10_000, "completion_tokens": 1_000, "prompt_tokens_details": {"cached_tokens": 8_000}}
@@ -388,7 +388,7 @@ def test_warm_loads_the_catalog_in_a_fresh_process() -> None:
     import sys
 
     code = (
-        "import sys; from ccgate.pricing import PriceCatalog; c = PriceCatalog(); "
+        "import sys; from ccgate.core.pricing import PriceCatalog; c = PriceCatalog(); "
         "before = 'genai_prices.data' in sys.modules; c.warm(); print(before, 'genai_prices.data' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
@@ -518,7 +518,7 @@ def test_cost_agrees_with_genai_prices_for_every_catalog_model(at: datetime) -> 
     from genai_prices import calc_price
     from genai_prices.data_snapshot import find_provider_by_id, get_snapshot
 
-    from ccgate.usage import to_genai_prices_kwargs
+    from ccgate.core.usage import to_genai_prices_kwargs
 
     catalog = PriceCatalog()
     compared = 0

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ccgate.config import Config
-from ccgate.provider_env import differences, key_fingerprint, sidecar_view
-from ccgate.providers import resolve_providers
+from ccgate.core.provider_env import differences, key_fingerprint, sidecar_view
+from ccgate.core.providers import resolve_providers
+from ccgate.core.settings import Config
 
 TOKEN = "cgt-local-token"
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ccgate.config import Config, ProviderSettings, config_from_dict
-from ccgate.errors import ConfigError
-from ccgate.providers import (
+from ccgate.core.providers import (
     BUILTIN,
     base_url_env_var,
     key_env_var,
@@ -14,6 +12,8 @@ from ccgate.providers import (
     validate_base_url,
     validate_provider_name,
 )
+from ccgate.core.settings import Config, ProviderSettings, config_from_dict
+from ccgate.errors import ConfigError
 
 EXPECTED_BASE_URLS = {
     "anthropic": "https://api.anthropic.com",
@@ -133,7 +133,7 @@ def test_base_url_query_is_refused_without_echoing_it() -> None:
 
 
 def test_urls_in_messages_keep_only_scheme_host_and_port() -> None:
-    from ccgate.providers import redact_url
+    from ccgate.core.providers import redact_url
 
     assert redact_url("https://user:pw@gw.example:8443/t/SECRET-TOKEN/v1?key=k#f") == "https://gw.example:8443"
     assert redact_url("http://[::1]:80/x") == "http://[::1]:80"
@@ -154,8 +154,8 @@ def test_bad_env_base_url_names_the_variable() -> None:
 
 
 def test_the_sidecars_own_address_is_recognised_however_it_is_spelt() -> None:
-    from ccgate.launching import users_upstream
-    from ccgate.providers import is_loopback_url
+    from ccgate.core.providers import is_loopback_url
+    from ccgate.features.launching import users_upstream
 
     for spelling in ("http://127.0.0.1:8787", "http://localhost:8787/", "http://LOCALHOST:8787", "http://[::1]:8787"):
         assert is_loopback_url(spelling, [8787]), spelling

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlite_utils import Database
 
+from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
 from ccgate.errors import UserInputError
-from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
 from ccgate.storage.ledger import insert_records, open_ledger
 from ccgate.storage.reports import (
     CostReport,
@@ -442,7 +442,7 @@ SAO_PAULO = ZoneInfo("America/Sao_Paulo")  # DST began at midnight on 2018-11-04
 @pytest.mark.parametrize("now", [datetime(2018, 11, 4, 15, tzinfo=UTC), datetime(2025, 3, 30, 1, 30, tzinfo=UTC)])
 @pytest.mark.parametrize("tz", [SAO_PAULO, BERLIN, ZoneInfo("Asia/Kolkata")])
 def test_cost_periods_start_where_budget_windows_start(now: datetime, tz: tzinfo) -> None:
-    from ccgate.budgets import parse_period, window
+    from ccgate.core.budgets import parse_period, window
 
     for period, budget_period in (("today", "1d"), ("week", "1w"), ("month", "1mo")):
         assert period_bounds(period, now=now, tz=tz) == window(parse_period(budget_period), now, tz)

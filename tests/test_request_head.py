@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ccgate.errors import InvalidRequestError
-from ccgate.proxy import parse_messages_head
+from ccgate.proxy.engine import parse_messages_head
 
 HEAD_FIELDS = ("model", "stream", "max_tokens", "metadata", "speed")
 
@@ -70,7 +70,7 @@ def test_deep_nesting_is_read_or_refused_cleanly_never_a_crash() -> None:
 
 
 def test_estimating_a_deep_body_never_recurses() -> None:
-    from ccgate.translate import estimate_input_tokens
+    from ccgate.wire.translate import estimate_input_tokens
 
     deep: list[object] = ["four"]
     for _ in range(50_000):

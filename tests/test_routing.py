@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccgate.config import KNOWN_TIERS, Config, config_from_dict
+from ccgate.core.providers import resolve_providers
+from ccgate.core.routing import TIER_WORDS, Route, Router, Target, parse_target, route_for, tier_of
+from ccgate.core.settings import KNOWN_TIERS, Config, config_from_dict
 from ccgate.errors import ConfigError
-from ccgate.providers import resolve_providers
-from ccgate.routing import TIER_WORDS, Route, Router, Target, parse_target, route_for, tier_of
 
 PROVIDERS = resolve_providers(Config(), {})
 

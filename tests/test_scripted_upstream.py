@@ -22,7 +22,7 @@ from scripted_upstream import (
     text_events,
 )
 
-from ccgate.sse import SSEDecoder
+from ccgate.wire.sse import SSEDecoder
 
 SUPPORT = Path(__file__).parent / "support" / "scripted_upstream.py"
 

@@ -18,9 +18,9 @@ from keyring.backend import KeyringBackend
 from keyring.backends import fail
 from keyring.errors import KeyringError
 
-from ccgate import secrets
 from ccgate.errors import SecretStoreError
-from ccgate.paths import resolve_paths
+from ccgate.local import secrets
+from ccgate.local.paths import resolve_paths
 
 SECRET = "sk-test-0123456789abcdef"
 
@@ -155,7 +155,7 @@ def test_keyring_errors_become_secret_store_errors_without_the_value() -> None:
 
 _REAL_KEYRING_SCRIPT = textwrap.dedent(
     """
-    from ccgate import secrets
+    from ccgate.local import secrets
     secrets.set_provider_key("groq", "sk-real-keyring-test")
     assert secrets.get_provider_key("groq", {}) == "sk-real-keyring-test"
     name, is_file = secrets.backend_description()

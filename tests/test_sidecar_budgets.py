@@ -14,7 +14,7 @@ import pytest
 from scripted_upstream import SSE, StreamReply, TextReply, Usage, text_events
 from sidecar_harness import Harness, running_sidecar
 
-from ccgate.config import BudgetSettings, Config
+from ccgate.core.settings import BudgetSettings, Config
 
 # claude-haiku-4-5 at $1 in / $5 out per MTok: 100 input + 20 output tokens cost 200 micro-dollars.
 ONE_REQUEST_NANOS = (100 * 1 + 20 * 5) * 1000
@@ -185,7 +185,7 @@ async def test_a_provider_reporting_absurd_usage_is_estimated_recorded_and_agree
 
 
 async def test_a_misspelt_budget_edit_leaves_the_running_budget_in_force() -> None:
-    from ccgate.paths import resolve_paths
+    from ccgate.local.paths import resolve_paths
 
     config_file = resolve_paths().ensure().config_file
     config_file.write_text('[[budgets]]\nperiod = "daily"\nlimit = "0.0001"\n')
@@ -201,7 +201,7 @@ async def test_a_misspelt_budget_edit_leaves_the_running_budget_in_force() -> No
 
 
 def budget_config(limit: str, *, wait: float = 30.0) -> Config:
-    from ccgate.config import SidecarSettings
+    from ccgate.core.settings import SidecarSettings
 
     return replace(budget(limit), sidecar=SidecarSettings(budget_wait_seconds=wait))
 

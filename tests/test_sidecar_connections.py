@@ -21,8 +21,8 @@ import pytest
 from scripted_upstream import ScriptedUpstream, TextReply
 from sidecar_harness import Harness, running_sidecar
 
-from ccgate.config import Config, SidecarSettings
-from ccgate.paths import resolve_paths
+from ccgate.core.settings import Config, SidecarSettings
+from ccgate.local.paths import resolve_paths
 from ccgate.sidecar.process import TOKEN_HEADER, ensure_token, read_info
 
 # Every wait is bounded: without the fix these sockets stay open for aiohttp's default hour.

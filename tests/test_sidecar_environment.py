@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ccgate.paths import resolve_paths
+from ccgate.local.paths import resolve_paths
 from ccgate.sidecar.process import pid_alive, read_info, stop_sidecar
 
 CCGATE = [sys.executable, "-m", "ccgate"]

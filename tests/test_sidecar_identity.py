@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from ccgate import __version__
-from ccgate.paths import Paths, resolve_paths
+from ccgate.local.paths import Paths, resolve_paths
 from ccgate.sidecar.process import (
     CHALLENGE_HEADER,
     PROOF_HEADER,

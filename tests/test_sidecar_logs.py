@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage
 
-from ccgate.paths import Paths, resolve_paths
+from ccgate.local.paths import Paths, resolve_paths
 from ccgate.sidecar import process
 from ccgate.sidecar.logs import FloodLimiter
 from ccgate.sidecar.process import pid_alive, read_info, stop_sidecar
@@ -134,15 +134,15 @@ def record(name: str, msg: str, *args: object, exc: BaseException | None = None)
 def test_each_kind_gets_its_own_allowance_and_one_summary() -> None:
     clock = Clock()
     limiter = FloodLimiter(per_kind=3, interval=60, clock=clock)
-    passed = [limiter.admit(record("ccgate.proxy", "failover: %s", i)) for i in range(10)]
+    passed = [limiter.admit(record("ccgate.proxy.engine", "failover: %s", i)) for i in range(10)]
     assert passed == [True] * 3 + [False] * 7
     assert limiter.admit(record("ccgate.sidecar", "another kind"))
     assert limiter.due() == []  # the window is still open
     clock.now += 61
     (summary,) = limiter.due()
     assert summary.getMessage() == "suppressed 7 similar lines in 60 s: failover: %s"
-    assert summary.name == "ccgate.proxy"
-    assert limiter.admit(record("ccgate.proxy", "failover: %s", 11))  # a new window
+    assert summary.name == "ccgate.proxy.engine"
+    assert limiter.admit(record("ccgate.proxy.engine", "failover: %s", 11))  # a new window
 
 
 def test_a_malformed_request_is_one_line_without_traceback() -> None:

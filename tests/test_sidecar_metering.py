@@ -11,8 +11,8 @@ import pytest
 from scripted_upstream import SSE, JSONReply, RawReply, StreamReply
 from sidecar_harness import Harness, running_sidecar
 
-from ccgate.models import Usage
-from ccgate.usage import MAX_PLAUSIBLE_INPUT_TOKENS, MAX_PLAUSIBLE_OUTPUT_TOKENS, implausible_usage
+from ccgate.core.records import Usage
+from ccgate.core.usage import MAX_PLAUSIBLE_INPUT_TOKENS, MAX_PLAUSIBLE_OUTPUT_TOKENS, implausible_usage
 
 MAX_TOKENS = 1024
 
@@ -169,7 +169,7 @@ async def test_counts_left_out_of_message_start_and_given_in_message_delta_are_b
 async def test_an_openai_provider_reporting_usage_past_any_model_is_billed_an_estimate() -> None:
     from openai_upstream import OpenAIReply, OpenAIUpstream
 
-    from ccgate.config import Config, TierSettings
+    from ccgate.core.settings import Config, TierSettings
 
     config = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini",))})
     async with OpenAIUpstream() as openai_mock:

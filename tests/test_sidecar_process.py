@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ccgate.paths import resolve_paths
+from ccgate.local.paths import resolve_paths
 from ccgate.sidecar.process import pid_alive, read_info, running_sidecar, stop_sidecar
 
 CCGATE = [sys.executable, "-m", "ccgate"]
@@ -347,7 +347,7 @@ def test_one_sidecar_per_home_holds_the_instance_lock(tmp_path: Path) -> None:
         # a second holder (in another process, as a second sidecar would be) waits, then gives up clearly
         code = (
             "import sys\n"
-            "from ccgate.paths import resolve_paths\n"
+            "from ccgate.local.paths import resolve_paths\n"
             "from ccgate.errors import SidecarError\n"
             "from ccgate.sidecar.process import hold_instance_lock\n"
             "try:\n"

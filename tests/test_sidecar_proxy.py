@@ -13,8 +13,8 @@ from multidict import CIMultiDict
 from scripted_upstream import SSE, ErrorReply, ScriptedUpstream, StreamReply, TextReply, Usage, text_events
 from sidecar_harness import Harness, running_sidecar
 
-from ccgate.config import Config, ProviderSettings, SidecarSettings, TierSettings
-from ccgate.provider_env import key_fingerprint
+from ccgate.core.provider_env import key_fingerprint
+from ccgate.core.settings import Config, ProviderSettings, SidecarSettings, TierSettings
 
 BODY: dict[str, Any] = {
     "model": "claude-opus-4-5",

@@ -15,7 +15,7 @@ from scripted_upstream import RawReply, text_events
 from sidecar_harness import Harness, running_sidecar
 from yarl import URL
 
-from ccgate.config import Config, TierSettings
+from ccgate.core.settings import Config, TierSettings
 
 DEPTH = 100_000
 DEEP_OBJECT = '{"a":' * DEPTH + "1" + "}" * DEPTH

@@ -16,7 +16,8 @@ from openai_upstream import OpenAIReply, OpenAIUpstream
 from scripted_upstream import ErrorReply, ScriptedUpstream, StreamReply, TextReply, text_events
 from sidecar_harness import Harness, running_sidecar
 
-from ccgate.config import Config, ProviderSettings, TierSettings, save_config
+from ccgate.core.settings import Config, ProviderSettings, TierSettings
+from ccgate.local.config_file import save_config
 
 HAIKU_TO_OPENAI = Config(tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini",))})
 OPENAI_THEN_GROQ = Config(
@@ -523,9 +524,9 @@ async def test_translated_route_sends_big_integers_exactly(openai_mock: OpenAIUp
 
 
 def test_invalid_utf8_in_a_provider_event_is_replaced_not_refused() -> None:
-    from ccgate.models import RequestRecord
-    from ccgate.proxy import Proxy
-    from ccgate.translate import OpenAIStreamTranslator, ToolIdMap
+    from ccgate.core.records import RequestRecord
+    from ccgate.proxy.engine import Proxy
+    from ccgate.wire.translate import OpenAIStreamTranslator, ToolIdMap
 
     translator = OpenAIStreamTranslator(requested_model="claude-haiku-4-5", id_map=ToolIdMap())
     out: list[bytes] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ccgate.paths import resolve_paths
+from ccgate.local.paths import resolve_paths
 from ccgate.sidecar.process import stop_sidecar
 
 CCGATE = [sys.executable, "-m", "ccgate"]

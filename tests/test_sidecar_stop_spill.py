@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ccgate.paths import Paths, resolve_paths
+from ccgate.local.paths import Paths, resolve_paths
 from ccgate.sidecar.process import TOKEN_HEADER, ensure_token, pid_alive, read_info, stop_sidecar
 from ccgate.storage.ledger import open_ledger
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccgate.sse import SSEDecoder, SSEEvent, encode_sse
+from ccgate.wire.sse import SSEDecoder, SSEEvent, encode_sse
 
 EVENTS = [
     (b'data: {"a":1}\n\n', SSEEvent(None, '{"a":1}')),

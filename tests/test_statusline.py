@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from cli_runner import run_main as run
 
-from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, usd_to_nanos
-from ccgate.paths import resolve_paths
-from ccgate.statusline import parse_input, render
+from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, usd_to_nanos
+from ccgate.features.statusline import parse_input, render
+from ccgate.local.paths import resolve_paths
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 SESSION = "5f0c8a4e-1d2b-4c3a-9e8f-7a6b5c4d3e2f"

@@ -11,10 +11,11 @@ from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
 
+from ccgate.core.records import Usage
+from ccgate.core.usage import usage_from_openai
 from ccgate.errors import InvalidRequestError
-from ccgate.models import Usage
-from ccgate.sse import SSEDecoder
-from ccgate.translate import (
+from ccgate.wire.sse import SSEDecoder
+from ccgate.wire.translate import (
     OpenAIStreamTranslator,
     ToolIdMap,
     anthropic_to_openai_request,
@@ -23,7 +24,6 @@ from ccgate.translate import (
     openai_stream_to_anthropic_events,
     openai_to_anthropic_response,
 )
-from ccgate.usage import usage_from_openai
 
 MODEL = "claude-haiku-4-5"
 _EVENT = TypeAdapter(RawMessageStreamEvent)

@@ -16,8 +16,8 @@ from anthropic.types import Message, RawMessageStreamEvent
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ccgate.sse import SSEDecoder
-from ccgate.translate import (
+from ccgate.wire.sse import SSEDecoder
+from ccgate.wire.translate import (
     OpenAIStreamTranslator,
     ToolIdMap,
     anthropic_to_openai_request,

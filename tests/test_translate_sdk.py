@@ -15,8 +15,8 @@ import anthropic
 import pytest
 from aiohttp import web
 
-from ccgate.sse import SSEDecoder
-from ccgate.translate import (
+from ccgate.wire.sse import SSEDecoder
+from ccgate.wire.translate import (
     OpenAIStreamTranslator,
     ToolIdMap,
     anthropic_to_openai_request,

@@ -15,7 +15,7 @@ from openai_upstream import OpenAIReply, OpenAIUpstream
 from scripted_upstream import SSE, RecordedRequest, ScriptedUpstream, StreamReply, TextReply, Usage, text_events
 from sidecar_harness import Harness, running_sidecar
 
-from ccgate.config import (
+from ccgate.core.settings import (
     BudgetSettings,
     Config,
     ProviderSettings,

@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ccgate.models import Usage
-from ccgate.usage import (
+from ccgate.core.records import Usage
+from ccgate.core.usage import (
     MAX_TOKENS,
     clamped,
     invalid_anthropic_count,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from scripted_upstream import ScriptedUpstream
 
-from ccgate.paths import resolve_paths
+from ccgate.local.paths import resolve_paths
 from e2e.harness import DUMMY_KEY, E2E, REQUIRE_E2E, find_claude, free_port
 
 

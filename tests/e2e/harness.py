@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from scripted_upstream import ScriptedUpstream
 
-from ccgate.paths import Paths
+from ccgate.local.paths import Paths
 
 REPO = Path(__file__).resolve().parents[2]
 # Read at import: the autouse isolation fixture removes every CCGATE_* variable before a test runs.

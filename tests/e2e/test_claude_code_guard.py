@@ -8,7 +8,8 @@ from decimal import Decimal
 import pytest
 from openai_upstream import OpenAIReply, OpenAIUpstream
 
-from ccgate.config import BudgetSettings, Config, TierSettings, save_config
+from ccgate.core.settings import BudgetSettings, Config, TierSettings
+from ccgate.local.config_file import save_config
 from e2e.harness import E2E
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from ccgate.models import RequestRecord
+from ccgate.core.records import RequestRecord
 from ccgate.storage import migrations
 from ccgate.storage.ledger import open_ledger, record_to_row
 

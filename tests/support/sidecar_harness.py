@@ -11,8 +11,9 @@ from typing import Any
 from aiohttp import web
 from scripted_upstream import ScriptedUpstream
 
-from ccgate.config import Config, load_config
-from ccgate.paths import Paths, resolve_paths
+from ccgate.core.settings import Config
+from ccgate.local.config_file import load_config
+from ccgate.local.paths import Paths, resolve_paths
 from ccgate.sidecar.app import PROXY, create_app, create_runner
 from ccgate.sidecar.process import LAUNCH_HEADER, TOKEN_HEADER, ensure_token
 

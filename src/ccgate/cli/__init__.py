@@ -63,7 +63,7 @@ def __getattr__(name: str) -> Any:
 def main() -> None:
     # Fast path: Claude Code runs `ccgate statusline` on every prompt update; it needs neither typer nor rich.
     if sys.argv[1:] == ["statusline"]:
-        from ccgate.statusline import main as statusline_main
+        from ccgate.features.statusline import main as statusline_main
 
         sys.exit(statusline_main())
 

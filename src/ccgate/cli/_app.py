@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from ccgate.display import printable, terminal_safe_json
+from ccgate.core.display import printable, terminal_safe_json
 from ccgate.errors import CcgateError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ccgate.config import Config
-    from ccgate.paths import Paths
+    from ccgate.core.settings import Config
+    from ccgate.local.paths import Paths
 
 
 @dataclass
@@ -29,13 +29,13 @@ class AppContext:
 
     @cached_property
     def paths(self) -> Paths:
-        from ccgate.paths import resolve_paths
+        from ccgate.local.paths import resolve_paths
 
         return resolve_paths(self.environ).check()
 
     @cached_property
     def config(self) -> Config:
-        from ccgate.config import load_config
+        from ccgate.local.config_file import load_config
 
         return load_config(self.paths.config_file)
 
@@ -82,7 +82,7 @@ class AppContext:
 
 def save_and_reload(app_ctx: AppContext, config: Config) -> None:
     """Atomic save, then ask a running sidecar to re-read config and keys (if the sidecar offers that)."""
-    from ccgate.config import save_config
+    from ccgate.local.config_file import save_config
 
     save_config(app_ctx.paths.config_file, config)
     notify_reload(app_ctx)

@@ -10,7 +10,7 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
-from ccgate.display import printable
+from ccgate.core.display import printable
 
 
 class SafeConsole(Console):

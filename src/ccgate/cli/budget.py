@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from rich.measure import Measurement
     from rich.segment import Segment
 
-    from ccgate.budget_guard import BudgetRule
-    from ccgate.config import BudgetSettings
+    from ccgate.core.settings import BudgetSettings
+    from ccgate.sidecar.admission import BudgetRule
 
 budget_app = typer.Typer(help="Set, show and remove spending limits (per day, week, month, ...).", no_args_is_help=True)
 
@@ -37,7 +37,7 @@ MIN_BAR_WIDTH = 5
 
 def parse_amount(text: str) -> Decimal:
     """A budget limit as typed (`20`, `$20`, `20.50`, `1,000`): exact Decimal, 0 or at least $0.01 (see `money`)."""
-    from ccgate.money import AmountError, parse_budget_limit
+    from ccgate.core.money import AmountError, parse_budget_limit
 
     try:
         return parse_budget_limit(text)
@@ -70,7 +70,7 @@ def resolve_project(value: str | None, app_ctx: AppContext | None = None) -> str
     """
     if value is None:
         return None
-    from ccgate.launching import project_of
+    from ccgate.features.launching import project_of
 
     path = Path(value).expanduser().resolve()
     if path.is_dir():
@@ -85,7 +85,7 @@ def _scope(project: str | None) -> str:
 
 
 def _same(budget: BudgetSettings, period_text: str, project: str | None) -> bool:
-    from ccgate.budgets import parse_period
+    from ccgate.core.budgets import parse_period
 
     try:
         return parse_period(budget.period) == parse_period(period_text) and budget.project == project
@@ -101,9 +101,10 @@ def budget_set(
     warn_at: str = typer.Option("0.8", "--warn-at", help="Warn from this fraction of the limit (0.8 or 80%)."),
 ) -> None:
     """Set (or replace) the budget for PERIOD: requests are refused with 402 once it is spent."""
-    from ccgate.budgets import parse_period
-    from ccgate.config import BudgetSettings, load_config
-    from ccgate.models import format_usd, usd_to_nanos
+    from ccgate.core.budgets import parse_period
+    from ccgate.core.records import format_usd, usd_to_nanos
+    from ccgate.core.settings import BudgetSettings
+    from ccgate.local.config_file import load_config
 
     app_ctx = ctx()
     parsed = parse_period(period)
@@ -131,8 +132,8 @@ def budget_unset(
     project: str | None = typer.Option(None, "--project", "-p", help=PROJECT_HELP),
 ) -> None:
     """Remove the budget for PERIOD (global, or the one of --project)."""
-    from ccgate.budgets import parse_period
-    from ccgate.config import load_config
+    from ccgate.core.budgets import parse_period
+    from ccgate.local.config_file import load_config
 
     app_ctx = ctx()
     parsed = parse_period(period)
@@ -196,9 +197,9 @@ class _UsedBar:
 @budget_app.command("show")
 def budget_show(as_json: bool = typer.Option(False, "--json", help="Print JSON (money as decimal strings).")) -> None:
     """Each budget: spent, left, how much of it is used, and when it resets (local time)."""
-    from ccgate.budget_guard import resolve_timezone, rules_from_config
-    from ccgate.budgets import BudgetLevel, BudgetState, format_local, warn_level, window
-    from ccgate.models import format_usd, to_iso, utcnow
+    from ccgate.core.budgets import BudgetLevel, BudgetState, format_local, warn_level, window
+    from ccgate.core.records import format_usd, to_iso, utcnow
+    from ccgate.sidecar.admission import resolve_timezone, rules_from_config
     from ccgate.storage.reports import usd_string
 
     app_ctx = ctx()

@@ -96,8 +96,8 @@ def _fixed_values() -> dict[tuple[str, str], Values]:
     """
     from typing import get_args
 
-    from ccgate.providers import BUILTIN, ProviderKind
-    from ccgate.routing import TIER_WORDS
+    from ccgate.core.providers import BUILTIN, ProviderKind
+    from ccgate.core.routing import TIER_WORDS
     from ccgate.storage.reports import GROUPINGS, PERIODS
 
     tiers = Values("words", TIER_WORDS)

@@ -20,7 +20,7 @@ def config_show(as_json: bool = typer.Option(False, "--json", help="Print JSON i
     """Validate the config file and print what it sets (defaults left out)."""
     import tomli_w
 
-    from ccgate.config import config_to_dict
+    from ccgate.core.settings import config_to_dict
 
     app_ctx = ctx()
     data = config_to_dict(app_ctx.config)

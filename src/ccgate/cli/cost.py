@@ -32,7 +32,7 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 def resolve_timezone(app_ctx: AppContext) -> tzinfo:
     """The zone reports use: `config.resolve_timezone` (as `budget show` and the sidecar), naming the file on error."""
-    from ccgate.config import resolve_timezone as resolve
+    from ccgate.local.timezone import resolve_timezone as resolve
 
     config = app_ctx.config  # outside the try: a config that does not load says so itself, with its own hint
     try:
@@ -103,7 +103,7 @@ def _ratio(totals: Totals) -> str:
 
 def cost_cell(totals: Totals) -> str:
     """`$1.23`; `~` marks estimated parts, `*` unpriced requests left out; `unpriced` (never $0) if all are."""
-    from ccgate.models import format_usd
+    from ccgate.core.records import format_usd
 
     if totals.all_unpriced:
         return "unpriced"

@@ -18,7 +18,7 @@ def doctor(
 
     from rich.text import Text
 
-    from ccgate.doctor import exit_code, run_checks
+    from ccgate.features.doctor import exit_code, run_checks
 
     app_ctx = ctx()
     checks = run_checks(app_ctx.paths, app_ctx.environ, cwd=Path.cwd(), full=full)

@@ -19,9 +19,9 @@ def claude_code(
     """Read ~/.claude/projects/**/*.jsonl and add each request not already in the ledger (safe to re-run)."""
     from pathlib import Path
 
-    from ccgate.importer import Importer, default_projects_dir, transcript_files
-    from ccgate.models import format_usd
-    from ccgate.pricing import PriceCatalog
+    from ccgate.core.pricing import PriceCatalog
+    from ccgate.core.records import format_usd
+    from ccgate.features.importer import Importer, default_projects_dir, transcript_files
     from ccgate.storage.ledger import open_ledger
 
     app_ctx = ctx()

@@ -34,7 +34,7 @@ def launch(
     if command in HELP_OPTIONS:
         typer.echo(context.get_help())
         raise typer.Exit(0)
-    from ccgate.launching import run_launch
+    from ccgate.features.launching import run_launch
 
     app_ctx = ctx()
     code = run_launch(

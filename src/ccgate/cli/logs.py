@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ccgate.cli._app import AppContext, ctx, replay_spills
-from ccgate.display import printable
+from ccgate.core.display import printable
 
 if TYPE_CHECKING:
     from rich.text import Text
 
-    from ccgate.models import RequestRecord
+    from ccgate.core.records import RequestRecord
     from ccgate.storage.reports import LoggedRequest
 
 POLL_SECONDS = 0.5
@@ -47,7 +47,7 @@ def model_text(record: RequestRecord) -> str:
 
 
 def _cost_text(record: RequestRecord) -> str:
-    from ccgate.models import PriceQuality, format_usd
+    from ccgate.core.records import PriceQuality, format_usd
 
     if record.cost.nanos is None:
         return "unpriced"
@@ -135,7 +135,7 @@ def _follow(
 
     Rows listed while still pending are printed again when they finish.
     """
-    from ccgate.models import RequestStatus
+    from ccgate.core.records import RequestStatus
     from ccgate.storage.reports import is_error, recent_requests, requests_by_id
 
     def emit(entry: LoggedRequest) -> None:

@@ -12,7 +12,7 @@ from ccgate.cli._app import AppContext, ctx, save_and_reload
 from ccgate.cli.provider import resolved_providers
 
 if TYPE_CHECKING:
-    from ccgate.providers import ProviderSpec
+    from ccgate.core.providers import ProviderSpec
 
 model_app = typer.Typer(help="Route a Claude tier (opus, sonnet, haiku) to other providers.", no_args_is_help=True)
 
@@ -21,7 +21,7 @@ _TEST_MODEL = {"haiku": "claude-haiku-4-5", "sonnet": "claude-sonnet-4-5", "opus
 
 
 def _catalog(app_ctx: AppContext) -> Any:
-    from ccgate.pricing import PriceCatalog
+    from ccgate.core.pricing import PriceCatalog
 
     return PriceCatalog(overrides=app_ctx.config.prices)
 
@@ -32,7 +32,7 @@ def _price_cmd(model: str) -> str:
 
 def _tier_key(app_ctx: AppContext, tier: str) -> tuple[str, bool]:
     """(key in [tiers], whether it is an exact model name rather than a tier word)."""
-    from ccgate.config import KNOWN_TIERS
+    from ccgate.core.settings import KNOWN_TIERS
 
     if tier.lower() in KNOWN_TIERS:
         return tier.lower(), False
@@ -45,7 +45,7 @@ def _tier_key(app_ctx: AppContext, tier: str) -> tuple[str, bool]:
 
 def _resolve_model(app_ctx: AppContext, spec: ProviderSpec, name: str, *, force: bool) -> str:
     """A target's model must be an id the provider knows and ccgate can price — or forced, with a warning."""
-    from ccgate.model_names import resolve_model_name
+    from ccgate.core.model_names import resolve_model_name
 
     catalog = _catalog(app_ctx)
 
@@ -87,7 +87,7 @@ def _resolve_model(app_ctx: AppContext, spec: ProviderSpec, name: str, *, force:
 
 
 def _target(app_ctx: AppContext, providers: dict[str, ProviderSpec], text: str, *, force: bool) -> str:
-    from ccgate.routing import parse_target
+    from ccgate.core.routing import parse_target
 
     target = parse_target(text)
     if target.provider not in providers:
@@ -109,8 +109,8 @@ def model_set(
     force: bool = typer.Option(False, "--force", help="Store a model name the price catalog does not know."),
 ) -> None:
     """Route a tier to a provider/model chain (primary first, then each --fallback)."""
-    from ccgate.config import TierSettings
-    from ccgate.routing import Router
+    from ccgate.core.routing import Router
+    from ccgate.core.settings import TierSettings
 
     app_ctx = ctx()
     key, exact_model = _tier_key(app_ctx, tier)
@@ -137,8 +137,8 @@ def model_set(
 
 def _warn_missing_keys(app_ctx: Any, providers: Any, chain: list[str]) -> None:
     """A route to a provider without a key fails at the first request: say so now, with the fix."""
-    from ccgate.routing import parse_target
-    from ccgate.secrets import has_provider_key
+    from ccgate.core.routing import parse_target
+    from ccgate.local.secrets import has_provider_key
 
     for name in dict.fromkeys(parse_target(text).provider for text in chain):
         spec = providers[name]
@@ -163,8 +163,8 @@ def _rates(catalog: Any, provider: str, model: str) -> tuple[str | None, str | N
 @model_app.command("list")
 def model_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show each tier's chain with input/output prices per million tokens."""
-    from ccgate.config import KNOWN_TIERS
-    from ccgate.routing import Router, parse_target
+    from ccgate.core.routing import Router, parse_target
+    from ccgate.core.settings import KNOWN_TIERS
 
     app_ctx = ctx()
     config = app_ctx.config
@@ -273,7 +273,7 @@ def _send_test(app_ctx: AppContext, url: str, model: str, token_header: str) -> 
     import json
     import time
 
-    from ccgate.secrets import get_provider_key
+    from ccgate.local.secrets import get_provider_key
 
     headers = {"content-type": "application/json", "anthropic-version": "2023-06-01"}
     token_file = app_ctx.paths.token_file
@@ -287,7 +287,7 @@ def _send_test(app_ctx: AppContext, url: str, model: str, token_header: str) -> 
     body = {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "Reply with: ok"}]}
 
     async def send() -> tuple[int, str, float]:
-        from ccgate.upstream import create_client_session
+        from ccgate.proxy.upstream import create_client_session
 
         async with create_client_session(connect_timeout=5.0, read_timeout=120.0) as session:
             started = time.perf_counter()

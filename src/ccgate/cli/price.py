@@ -10,7 +10,7 @@ import typer
 from ccgate.cli._app import ctx, save_and_reload
 
 if TYPE_CHECKING:
-    from ccgate.pricing import ModelRates
+    from ccgate.core.pricing import ModelRates
 
 price_app = typer.Typer(
     help="Show per-model prices (USD per million tokens) and override them in config.", no_args_is_help=True
@@ -64,8 +64,8 @@ def price_show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (rates as decimal strings)."),
 ) -> None:
     """Show a model's rates per million tokens and where they come from (catalog, override or estimated)."""
-    from ccgate.models import Usage
-    from ccgate.pricing import PriceCatalog
+    from ccgate.core.pricing import PriceCatalog
+    from ccgate.core.records import Usage
 
     app_ctx = ctx()
     catalog = PriceCatalog(app_ctx.config.prices)
@@ -99,8 +99,8 @@ def _optional_rate(value: str | None, option: str) -> Decimal | None:
 
 
 def _rate(value: str, option: str) -> Decimal:
+    from ccgate.core.money import AmountError, parse_usd
     from ccgate.errors import UserInputError
-    from ccgate.money import AmountError, parse_usd
 
     try:
         return parse_usd(value)
@@ -126,7 +126,8 @@ def price_set(
     """
     from dataclasses import replace
 
-    from ccgate.config import PriceOverride, load_config
+    from ccgate.core.settings import PriceOverride
+    from ccgate.local.config_file import load_config
 
     override = PriceOverride(
         input=_rate(input_, "--input"),
@@ -147,7 +148,7 @@ def price_unset(model: str = typer.Argument(..., help="Model id whose override t
     """Remove a price override; the model goes back to its catalog price (or to unpriced)."""
     from dataclasses import replace
 
-    from ccgate.config import load_config
+    from ccgate.local.config_file import load_config
 
     app_ctx = ctx()
     path = app_ctx.paths.config_file

@@ -11,7 +11,7 @@ import typer
 from ccgate.cli._app import AppContext, ctx, notify_reload, save_and_reload
 
 if TYPE_CHECKING:
-    from ccgate.providers import ProviderSpec
+    from ccgate.core.providers import ProviderSpec
 
 provider_app = typer.Typer(
     help="List, add and test providers; store their API keys in the keyring.", no_args_is_help=True
@@ -23,7 +23,7 @@ provider_app.add_typer(key_app, name="key")
 
 
 def resolved_providers(app_ctx: AppContext) -> dict[str, ProviderSpec]:
-    from ccgate.providers import resolve_providers
+    from ccgate.core.providers import resolve_providers
 
     return resolve_providers(app_ctx.config, app_ctx.environ)
 
@@ -44,7 +44,7 @@ def provider_list(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (never includes key values)."),
 ) -> None:
     """Show every provider, where it points, and whether a key is available (never the key itself)."""
-    from ccgate.secrets import provider_key_source
+    from ccgate.local.secrets import provider_key_source
 
     app_ctx = ctx()
     providers = resolved_providers(app_ctx)
@@ -92,7 +92,7 @@ def provider_list(
         table.add_row(*cells)
     app_ctx.out.print(table)
     if differing:
-        from ccgate.provider_env import restart_hint
+        from ccgate.core.provider_env import restart_hint
 
         for messages in differing.values():
             for message in messages:
@@ -105,8 +105,8 @@ def _sidecar_providers(
 ) -> tuple[dict[str, Any] | None, dict[str, list[str]]]:
     """What the running sidecar uses per provider (None when none runs or it does not say), and per provider the
     ways it differs from this environment."""
+    from ccgate.core.provider_env import differences
     from ccgate.errors import CcgateError
-    from ccgate.provider_env import differences
     from ccgate.sidecar.process import control_request, ensure_token, running_sidecar
 
     if running_sidecar(app_ctx.paths) is None:
@@ -142,8 +142,8 @@ def provider_add(
     ),
 ) -> None:
     """Add (or update) a custom provider in config.toml."""
-    from ccgate.config import ProviderSettings
-    from ccgate.providers import BUILTIN, base_url_env_var, env_clash, validate_base_url, validate_provider_name
+    from ccgate.core.providers import BUILTIN, base_url_env_var, env_clash, validate_base_url, validate_provider_name
+    from ccgate.core.settings import ProviderSettings
 
     app_ctx = ctx()
     if kind not in ("openai", "anthropic"):
@@ -171,7 +171,7 @@ def provider_add(
 
 
 def key_env(name: str) -> str:
-    from ccgate.providers import key_env_var
+    from ccgate.core.providers import key_env_var
 
     return key_env_var(name)
 
@@ -179,8 +179,8 @@ def key_env(name: str) -> str:
 @provider_app.command("remove")
 def provider_remove(name: str = typer.Argument(..., help="A custom provider's name.")) -> None:
     """Remove a custom provider from config.toml (built-ins cannot be removed)."""
-    from ccgate.providers import BUILTIN
-    from ccgate.routing import parse_target
+    from ccgate.core.providers import BUILTIN
+    from ccgate.core.routing import parse_target
 
     app_ctx = ctx()
     config = app_ctx.config
@@ -209,7 +209,7 @@ def key_set(
     ),
 ) -> None:
     """Store a provider's API key in the OS keyring (typed at a hidden prompt, or piped in)."""
-    from ccgate.secrets import backend_description, set_provider_key
+    from ccgate.local.secrets import backend_description, set_provider_key
 
     app_ctx = ctx()
     spec = require_provider(app_ctx, name)
@@ -258,8 +258,8 @@ def _read_key(name: str, from_stdin: bool) -> str:
 @key_app.command("delete")
 def key_delete(name: str = typer.Argument(..., help="Provider name.")) -> None:
     """Delete a provider's stored API key."""
-    from ccgate.providers import key_env_var
-    from ccgate.secrets import delete_provider_key
+    from ccgate.core.providers import key_env_var
+    from ccgate.local.secrets import delete_provider_key
 
     app_ctx = ctx()
     deleted = delete_provider_key(name, paths=app_ctx.paths)
@@ -292,7 +292,7 @@ def _probe(spec: ProviderSpec, key: str | None) -> tuple[str, dict[str, str]]:
 async def _send(url: str, headers: dict[str, str]) -> tuple[int, str, float]:
     import time
 
-    from ccgate.upstream import create_client_session
+    from ccgate.proxy.upstream import create_client_session
 
     async with create_client_session(connect_timeout=10.0, read_timeout=30.0) as session:
         started = time.perf_counter()
@@ -326,9 +326,9 @@ def provider_test(name: str = typer.Argument(..., help="Provider name.")) -> Non
 
     import aiohttp
 
+    from ccgate.core.providers import base_url_env_var
     from ccgate.errors import UpstreamError
-    from ccgate.providers import base_url_env_var
-    from ccgate.secrets import get_provider_key
+    from ccgate.local.secrets import get_provider_key
 
     app_ctx = ctx()
     spec = require_provider(app_ctx, name)

@@ -33,7 +33,7 @@ def default_command(environ: dict[str, str]) -> str:
 
 
 def _settings_path(settings: str | None, environ: dict[str, str]) -> Path:
-    from ccgate.statusline import claude_settings_file
+    from ccgate.features.statusline import claude_settings_file
 
     return Path(settings).expanduser() if settings is not None else claude_settings_file(environ)
 
@@ -42,7 +42,7 @@ def _settings_path(settings: str | None, environ: dict[str, str]) -> Path:
 def statusline(context: typer.Context) -> None:
     """Read the JSON Claude Code pipes in and print one line (always exits 0)."""
     if context.invoked_subcommand is None:
-        from ccgate.statusline import main
+        from ccgate.features.statusline import main
 
         raise typer.Exit(main())
 
@@ -53,7 +53,7 @@ def install(
     force: bool = typer.Option(False, "--force", help="Replace a statusLine that is not ccgate's (it is kept)."),
 ) -> None:
     """Add `ccgate statusline` to Claude Code's settings, keeping everything else and a backup of the file."""
-    from ccgate.statusline import install_statusline
+    from ccgate.features.statusline import install_statusline
 
     app_ctx = ctx()
     path = _settings_path(settings, app_ctx.environ)
@@ -69,7 +69,7 @@ def install(
 @statusline_app.command("uninstall")
 def uninstall(settings: str | None = typer.Option(None, "--settings", help=SETTINGS_HELP)) -> None:
     """Remove ccgate's statusLine from Claude Code's settings (restoring one that --force replaced)."""
-    from ccgate.statusline import uninstall_statusline
+    from ccgate.features.statusline import uninstall_statusline
 
     app_ctx = ctx()
     path = _settings_path(settings, app_ctx.environ)

@@ -21,8 +21,8 @@ YOUNG_GC_THRESHOLD = 10_000
 async def serve(port: int | None) -> int:
     from aiohttp import web
 
-    from ccgate.config import load_config
-    from ccgate.paths import resolve_paths
+    from ccgate.local.config_file import load_config
+    from ccgate.local.paths import resolve_paths
     from ccgate.sidecar.app import create_app, create_runner
     from ccgate.sidecar.connections import raise_open_file_limit
     from ccgate.sidecar.process import (
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ccgate.sidecar")
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)
-    from ccgate.paths import resolve_paths
+    from ccgate.local.paths import resolve_paths
     from ccgate.sidecar import logs
 
     logs.configure(os.environ.get("CCGATE_LOG_LEVEL", "INFO").upper(), resolve_paths().log_file)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # its run files on a full disk or a read-only folder: one line that `start` can show
         from pathlib import Path
 
-        from ccgate.paths import resolve_paths
+        from ccgate.local.paths import resolve_paths
         from ccgate.sidecar.process import file_error
 
         failure = file_error(exc, "write", Path(exc.filename) if exc.filename else resolve_paths().runtime_dir)

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ccgate import __version__
-from ccgate.budget_guard import AdmissionRequest, BudgetGuard, Reservation
-from ccgate.config import Config, load_config
+from ccgate.core.providers import validate_base_url
+from ccgate.core.records import format_usd
+from ccgate.core.settings import Config
 from ccgate.errors import (
     AuthenticationError,
     CcgateError,
@@ -29,10 +30,10 @@ from ccgate.errors import (
     PermissionDeniedError,
     RequestTooLargeError,
 )
-from ccgate.models import format_usd
-from ccgate.paths import Paths
-from ccgate.providers import validate_base_url
-from ccgate.proxy import ClientMeta, Proxy, ProxyDeps, error_response
+from ccgate.local.config_file import load_config
+from ccgate.local.paths import Paths
+from ccgate.proxy.engine import ClientMeta, Proxy, ProxyDeps, error_response
+from ccgate.sidecar.admission import AdmissionRequest, BudgetGuard, Reservation
 from ccgate.sidecar.connections import ConnectionGuard, GuardedRunner
 from ccgate.sidecar.process import (
     CHALLENGE_HEADER,
@@ -112,7 +113,7 @@ class ProjectBudgets:
     def _log_warnings(self) -> None:
         """Once per budget, window and level, the sidecar log says when spend crosses the warning threshold and
         when it reaches (or passes) the limit."""
-        from ccgate.budgets import BudgetLevel, format_local, warn_level
+        from ccgate.core.budgets import BudgetLevel, format_local, warn_level
 
         thresholds = {rule.key: rule.warn_at for rule in self.guard.rules}
         for state in self.guard.states():
@@ -443,11 +444,11 @@ def _load_launches(paths: Paths) -> dict[str, LaunchInfo]:
 
 def _build_static_deps(config: Config, environ: Mapping[str, str]) -> dict[str, Any]:
     """Blocking part of (re)configuration: keyring reads happen here, off the event loop."""
-    from ccgate.budget_guard import rules_from_config
-    from ccgate.pricing import PriceCatalog
-    from ccgate.providers import resolve_providers
-    from ccgate.routing import Router
-    from ccgate.secrets import get_provider_key
+    from ccgate.core.pricing import PriceCatalog
+    from ccgate.core.providers import resolve_providers
+    from ccgate.core.routing import Router
+    from ccgate.local.secrets import get_provider_key
+    from ccgate.sidecar.admission import rules_from_config
 
     providers = resolve_providers(config, environ)
     router = Router(config, providers)
@@ -464,7 +465,7 @@ def _build_static_deps(config: Config, environ: Mapping[str, str]) -> dict[str, 
             keys[name] = key
     stored = "keyring"
     if any(not environ.get(providers[name].key_env) for name in keys):
-        from ccgate.secrets import backend_description
+        from ccgate.local.secrets import backend_description
 
         with contextlib.suppress(Exception):
             stored = "file" if backend_description()[1] else "keyring"
@@ -479,7 +480,7 @@ def _build_static_deps(config: Config, environ: Mapping[str, str]) -> dict[str, 
 
 
 def _provider_view(built: Mapping[str, Any], state: SidecarState) -> dict[str, dict[str, Any]]:
-    from ccgate.provider_env import sidecar_view
+    from ccgate.core.provider_env import sidecar_view
 
     keys: dict[str, str] = built["keys"]
     sources = dict.fromkeys(keys, built["key_store"])
@@ -538,10 +539,10 @@ async def _watch_config(app: web.Application) -> None:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     """One ClientSession, one ledger writer, one budget guard per sidecar; closed in order on shutdown."""
+    from ccgate.proxy.upstream import create_client_session
     from ccgate.storage.ledger import open_ledger
     from ccgate.storage.reports import spent_nanos
     from ccgate.storage.writer import LedgerWriter
-    from ccgate.upstream import create_client_session
 
     state = app[STATE]
     dirs = spill_dirs(state.paths, state.environ)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ccgate.errors import SidecarError
-from ccgate.paths import Paths
+from ccgate.local.paths import Paths
 
 SERVICE_NAME = "ccgate-sidecar"
 TOKEN_HEADER = "x-ccgate-token"  # noqa: S105 - a header name, not a secret
@@ -721,7 +721,7 @@ def ledger_write_problem(status: Mapping[str, Any] | None) -> LedgerWriteProblem
 def notify_reload(paths: Paths | None = None) -> bool:
     """Tell a running sidecar to re-read config and secrets; False if none runs."""
     if paths is None:
-        from ccgate.paths import resolve_paths
+        from ccgate.local.paths import resolve_paths
 
         paths = resolve_paths()
     try:
@@ -732,7 +732,7 @@ def notify_reload(paths: Paths | None = None) -> bool:
 
 def sidecar_url(paths: Paths | None = None) -> str | None:
     if paths is None:
-        from ccgate.paths import resolve_paths
+        from ccgate.local.paths import resolve_paths
 
         paths = resolve_paths()
     info = running_sidecar(paths)

@@ -14,8 +14,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ccgate.errors import LedgerError
-from ccgate.models import (
+from ccgate.core.records import (
     Attempt,
     Cost,
     PriceQuality,
@@ -26,7 +25,8 @@ from ccgate.models import (
     to_iso,
     utcnow,
 )
-from ccgate.usage import MAX_TOKENS
+from ccgate.core.usage import MAX_TOKENS
+from ccgate.errors import LedgerError
 
 if TYPE_CHECKING:
     from sqlite_utils import Database

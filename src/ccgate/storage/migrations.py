@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ccgate.models import to_iso, utcnow
+from ccgate.core.records import to_iso, utcnow
 
 if TYPE_CHECKING:
     from sqlite_utils import Database

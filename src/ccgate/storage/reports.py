@@ -15,8 +15,8 @@ from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, cast
 
+from ccgate.core.records import RequestRecord, RequestStatus, from_iso, nanos_to_usd, to_iso, utcnow
 from ccgate.errors import UserInputError
-from ccgate.models import RequestRecord, RequestStatus, from_iso, nanos_to_usd, to_iso, utcnow
 from ccgate.storage.ledger import row_to_record
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ def zone(tz: tzinfo | None) -> tzinfo:
     """`tz`, or for None the user's zone as `config.resolve_timezone` finds it (TZ, POSIX TZ strings included)."""
     if tz is not None:
         return tz
-    from ccgate.config import resolve_timezone
+    from ccgate.local.timezone import resolve_timezone
 
     return resolve_timezone()
 
@@ -260,7 +260,7 @@ def local_midnight(day: date, tz: tzinfo | None) -> datetime:
 
     The instant comes from `budgets.local_midnight`, so `cost today` and the daily budget start together.
     """
-    from ccgate.budgets import local_midnight as midnight_utc
+    from ccgate.core.budgets import local_midnight as midnight_utc
 
     resolved = zone(tz)
     return midnight_utc(day, resolved).astimezone(resolved)
@@ -443,7 +443,7 @@ def period_bounds(period: str, *, now: datetime | None = None, tz: tzinfo | None
 
     today/week/month are the budgets' calendar windows (`budgets.window`), shown in `tz`.
     """
-    from ccgate.budgets import Period, PeriodUnit, window
+    from ccgate.core.budgets import Period, PeriodUnit, window
 
     tz = zone(tz)
     moment = now or utcnow()
@@ -469,7 +469,7 @@ def parse_moment(text: str, *, tz: tzinfo | None = None, end: bool = False) -> d
     A bare date used as an end (`--until 2025-03-31`) includes that whole day. Moments must lie between
     years 1 and 9999 in UTC as well (the ledger stores UTC), else a UserInputError says so.
     """
-    from ccgate.budgets import local_to_utc
+    from ccgate.core.budgets import local_to_utc
 
     value = text.strip()
     try:

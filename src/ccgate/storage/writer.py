@@ -22,7 +22,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
-from ccgate.models import RequestRecord, RequestStatus, utcnow
+from ccgate.core.records import RequestRecord, RequestStatus, utcnow
 from ccgate.storage import spill
 from ccgate.storage.ledger import (
     COLUMNS,

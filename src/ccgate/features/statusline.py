@@ -21,14 +21,14 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from ccgate.display import printable
+from ccgate.core.display import printable
+from ccgate.core.records import format_usd, utcnow
 from ccgate.errors import UserInputError
-from ccgate.models import format_usd, utcnow
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-    from ccgate.config import Config, TierSettings
+    from ccgate.core.settings import Config, TierSettings
 
 SEPARATOR = " · "
 STATUSLINE_KEY = "statusLine"
@@ -160,7 +160,7 @@ def _session_spend(conn: sqlite3.Connection, session_id: str) -> Spend:
 
 def local_day(now: datetime, tz: tzinfo) -> tuple[datetime, datetime]:
     """[local midnight, next local midnight) holding `now`: the budgets' daily window, so both agree."""
-    from ccgate.budgets import Period, PeriodUnit, window
+    from ccgate.core.budgets import Period, PeriodUnit, window
 
     return window(Period(1, PeriodUnit.DAY), now, tz)
 
@@ -185,8 +185,10 @@ def gather(
     environ: Mapping[str, str] | None = None,
 ) -> Figures:
     """Session and today's spend, the tightest budget left and tier overrides; problems are collected, not raised."""
-    from ccgate.config import Config, load_config, resolve_timezone
+    from ccgate.core.settings import Config
     from ccgate.errors import CcgateError
+    from ccgate.local.config_file import load_config
+    from ccgate.local.timezone import resolve_timezone
 
     now = now or utcnow()
     problems: list[str] = []
@@ -237,7 +239,7 @@ def _tightest_budget(
     config: Config, conn: sqlite3.Connection | None, now: datetime, tz: tzinfo, project: str | None, problems: list[str]
 ) -> BudgetLeft | None:
     """The applicable budget with the least left, from the same rules the sidecar enforces."""
-    from ccgate.budgets import rules_from_config, window
+    from ccgate.core.budgets import rules_from_config, window
     from ccgate.errors import CcgateError
 
     try:
@@ -295,7 +297,7 @@ def render(text: str, *, environ: Mapping[str, str] | None = None, now: datetime
     """The status line for stdin `text`; never raises (a short fallback line names the problem)."""
     status = StatusInput()
     try:
-        from ccgate.paths import resolve_paths
+        from ccgate.local.paths import resolve_paths
 
         status = parse_input(text)
         paths = resolve_paths(dict(os.environ if environ is None else environ))

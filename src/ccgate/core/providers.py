@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Literal
 from ccgate.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ccgate.config import Config
+    from ccgate.core.settings import Config
 
 ProviderKind = Literal["anthropic", "openai"]
 AuthStyle = Literal["x-api-key", "bearer"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from ccgate.providers import ProviderSpec
+    from ccgate.core.providers import ProviderSpec
 
 
 def key_fingerprint(token: str, key: str) -> str:
@@ -68,7 +68,7 @@ def differences(
     """Where the sidecar's view (`sidecar_view`, as it reports it) differs from `providers` resolved from the
     caller's config and environment. Only what the environment decides is compared (config is shared, and the
     sidecar reloads it), so no keyring is read here."""
-    from ccgate.providers import base_url_env_var, redact_url
+    from ccgate.core.providers import base_url_env_var, redact_url
 
     found: list[ProviderDifference] = []
     for name, spec in sorted(providers.items()):

@@ -3,7 +3,7 @@
 Spend per budget window is loaded once from the ledger (through an injected synchronous `spent_loader`, run in
 a worker thread) and then kept in memory: `settle` adds each request's real cost at once, because the ledger
 writer commits later. When a window rolls over (midnight, the 1st, ...) the new window is loaded afresh.
-The arithmetic lives in `ccgate.budgets`; this module adds the asyncio waiting, reservations and (opt-in) expiry.
+The arithmetic lives in `ccgate.core.budgets`; this module adds the asyncio waiting, reservations and (opt-in) expiry.
 
 Everything here runs on the event loop thread: `settle`, `release` and `expire_stale` are plain synchronous
 calls and the admission decision plus its reservation happen without an `await` in between, so they are atomic.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
 # BudgetRule and rules_from_config live in `budgets` (no asyncio there: `statusline` uses them too)
-from ccgate.budgets import (
+from ccgate.core.budgets import (
     Admit,
     BudgetRule,
     BudgetState,
@@ -31,10 +31,10 @@ from ccgate.budgets import (
     shrunk_reservation,
     window,
 )
-from ccgate.budgets import rules_from_config as rules_from_config
-from ccgate.config import resolve_timezone as resolve_timezone  # lives in config: light for `statusline`
+from ccgate.core.budgets import rules_from_config as rules_from_config
+from ccgate.core.records import format_usd, utcnow
 from ccgate.errors import BudgetExceededError, ConfigError, UnpricedModelError
-from ccgate.models import format_usd, utcnow
+from ccgate.local.timezone import resolve_timezone as resolve_timezone  # lives in config: light for `statusline`
 
 __all__ = [
     "AdmissionRequest",
@@ -108,7 +108,7 @@ class _Window:
 
 
 class BudgetGuard:
-    """Exact admission under concurrency for one process (see `ccgate.budgets` for the rule)."""
+    """Exact admission under concurrency for one process (see `ccgate.core.budgets` for the rule)."""
 
     def __init__(
         self,

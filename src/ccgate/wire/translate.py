@@ -36,11 +36,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccgate import fastjson
+from ccgate.core.records import Usage
+from ccgate.core.usage import usage_from_openai
 from ccgate.errors import InvalidRequestError
-from ccgate.models import Usage
-from ccgate.sse import SSEDecoder, encode_sse
-from ccgate.usage import usage_from_openai
+from ccgate.wire import fastjson
+from ccgate.wire.sse import SSEDecoder, encode_sse
 
 __all__ = [
     "OpenAIStreamTranslator",

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ccgate import fastjson
-from ccgate.models import NO_USAGE, Usage
-from ccgate.usage import (
+from ccgate.core.records import NO_USAGE, Usage
+from ccgate.core.usage import (
     anthropic_sides_reported,
     anthropic_usage_issues,
     merge_anthropic_usage,
     usage_from_anthropic,
 )
+from ccgate.wire import fastjson
 
 # An event is read only if its text holds one of these; every other event is skipped unparsed.
 _READ_MARKERS = (b"message_start", b"message_delta", b'"error"')

@@ -57,11 +57,11 @@ from enum import StrEnum
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
+from ccgate.core.records import format_usd, nanos_to_usd, usd_to_nanos
 from ccgate.errors import ConfigError, UserInputError
-from ccgate.models import format_usd, nanos_to_usd, usd_to_nanos
 
 if TYPE_CHECKING:
-    from ccgate.config import Config
+    from ccgate.core.settings import Config
 
 
 class PeriodUnit(StrEnum):

@@ -23,14 +23,14 @@ from decimal import ROUND_CEILING, Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
-from ccgate.models import NANOS_PER_USD, Cost, PriceQuality, Usage, usd_to_nanos, utcnow
-from ccgate.money import MAX_USD
-from ccgate.usage import MAX_TOKENS, clamped, to_genai_prices_kwargs
+from ccgate.core.money import MAX_USD
+from ccgate.core.records import NANOS_PER_USD, Cost, PriceQuality, Usage, usd_to_nanos, utcnow
+from ccgate.core.usage import MAX_TOKENS, clamped, to_genai_prices_kwargs
 
 if TYPE_CHECKING:
     from genai_prices.types import ModelInfo, ModelPrice, Provider
 
-    from ccgate.config import PriceOverride
+    from ccgate.core.settings import PriceOverride
 
     _Entry = tuple[Provider, ModelInfo]
 

@@ -22,19 +22,19 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from ccgate import fastjson
-from ccgate.accounting import AnthropicStreamMeter, error_type_of, meter_message
+from ccgate.core.providers import redact_url
+from ccgate.core.records import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
+from ccgate.core.usage import MAX_PLAUSIBLE_INPUT_TOKENS, MAX_PLAUSIBLE_OUTPUT_TOKENS, implausible_usage
 from ccgate.errors import AuthenticationError, CcgateError, InvalidRequestError, UpstreamError, UpstreamTimeoutError
-from ccgate.models import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
-from ccgate.providers import redact_url
-from ccgate.upstream import HOP_BY_HOP, RESPONSE_DROP, with_read_timeout
-from ccgate.usage import MAX_PLAUSIBLE_INPUT_TOKENS, MAX_PLAUSIBLE_OUTPUT_TOKENS, implausible_usage
+from ccgate.proxy.upstream import HOP_BY_HOP, RESPONSE_DROP, with_read_timeout
+from ccgate.wire import fastjson
+from ccgate.wire.metering import AnthropicStreamMeter, error_type_of, meter_message
 
 if TYPE_CHECKING:
-    from ccgate.providers import ProviderSpec
-    from ccgate.routing import Route, Target
+    from ccgate.core.providers import ProviderSpec
+    from ccgate.core.routing import Route, Target
 
-log = logging.getLogger("ccgate.proxy")
+log = logging.getLogger("ccgate.proxy.engine")
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 SSE_CONTENT_TYPE = "text/event-stream"
@@ -355,7 +355,7 @@ class Proxy:
         target = deps.router.route(body["model"]).targets[0]
         spec = self._spec(deps, target.provider, meta)
         if spec.kind == "openai":
-            from ccgate.translate import estimate_input_tokens
+            from ccgate.wire.translate import estimate_input_tokens
 
             try:
                 estimate = estimate_input_tokens(parse_messages_body(raw))
@@ -379,7 +379,7 @@ class Proxy:
 
     def _reserve_nanos(self, ctx: _Ctx, route: Route) -> int | None:
         """The most this request can cost on any target it may fail over to; None if one is unpriced."""
-        from ccgate.budgets import input_tokens_bound, scan_body, web_search_uses_bound
+        from ccgate.core.budgets import input_tokens_bound, scan_body, web_search_uses_bound
 
         max_tokens = ctx.body.get("max_tokens")
         # a bool is an int to Python; a limit past any model's output cannot cost more than that output
@@ -484,7 +484,7 @@ class Proxy:
     async def _open(self, ctx: _Ctx, spec: ProviderSpec, target: Target) -> aiohttp.ClientResponse:
         deps = ctx.deps
         if spec.kind == "openai":
-            from ccgate.translate import anthropic_to_openai_request
+            from ccgate.wire.translate import anthropic_to_openai_request
 
             try:
                 payload_obj, ctx.id_map = anthropic_to_openai_request(
@@ -650,9 +650,13 @@ class Proxy:
     async def _relay_openai(
         self, request: web.Request, ctx: _Ctx, upstream: aiohttp.ClientResponse, spec: ProviderSpec
     ) -> web.StreamResponse:
-        from ccgate.sse import SSEDecoder
-        from ccgate.translate import OpenAIStreamTranslator, openai_error_to_anthropic, openai_to_anthropic_response
-        from ccgate.usage import usage_from_openai
+        from ccgate.core.usage import usage_from_openai
+        from ccgate.wire.sse import SSEDecoder
+        from ccgate.wire.translate import (
+            OpenAIStreamTranslator,
+            openai_error_to_anthropic,
+            openai_to_anthropic_response,
+        )
 
         record = ctx.record
         requested = ctx.body["model"]
@@ -785,7 +789,7 @@ class Proxy:
         if type(parsed) is not dict:
             return False, None
         if parsed.get("error") is not None and not parsed.get("choices"):
-            from ccgate.translate import openai_error_to_anthropic
+            from ccgate.wire.translate import openai_error_to_anthropic
 
             # the translator maps the provider's error code to the right Anthropic error type
             out.extend(translator.feed(parsed))
@@ -925,7 +929,7 @@ class Proxy:
     @staticmethod
     def _estimated_usage(ctx: _Ctx, written: int) -> Usage:
         """A provider that sends no usage must not make a request free: estimate it and flag the row."""
-        from ccgate.translate import estimate_input_tokens
+        from ccgate.wire.translate import estimate_input_tokens
 
         ctx.record.usage_estimated = True
         try:

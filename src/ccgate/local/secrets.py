@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ccgate.core.providers import key_env_var
 from ccgate.errors import SecretStoreError
-from ccgate.providers import key_env_var
 
 if TYPE_CHECKING:
-    from ccgate.paths import Paths
+    from ccgate.local.paths import Paths
 
 # One keyring service; usernames are namespaced so no provider name can collide with the virtual key.
 SERVICE = "ccgate"
@@ -32,7 +32,7 @@ def _paths(paths: Paths | None) -> Paths:
     """The file fallback's location; callers with their own environment pass their `Paths`."""
     if paths is not None:
         return paths
-    from ccgate.paths import resolve_paths
+    from ccgate.local.paths import resolve_paths
 
     return resolve_paths()
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from ccgate.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ccgate.config import Config
-    from ccgate.providers import ProviderSpec
+    from ccgate.core.providers import ProviderSpec
+    from ccgate.core.settings import Config
 
 # Same words as config.KNOWN_TIERS (kept here so the pure core does not import the TOML adapter).
 TIER_WORDS: tuple[str, ...] = ("opus", "sonnet", "haiku")

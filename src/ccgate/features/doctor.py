@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ccgate.core.providers import is_loopback_url, redact_url
 from ccgate.errors import CcgateError
-from ccgate.providers import is_loopback_url, redact_url
 
 if TYPE_CHECKING:
-    from ccgate.config import Config
-    from ccgate.paths import Paths
+    from ccgate.core.settings import Config
+    from ccgate.local.paths import Paths
     from ccgate.sidecar.process import SidecarInfo
 
 CLAUDE_VERSION_TIMEOUT_S = 10.0
@@ -53,10 +53,11 @@ def exit_code(checks: Sequence[Check]) -> int:
 
 def check_config(paths: Paths, environ: Mapping[str, str]) -> tuple[Check, Config | None]:
     """The file parses, every tier target names a known provider, budgets and timezone are valid."""
-    from ccgate.budget_guard import rules_from_config
-    from ccgate.config import load_config, resolve_timezone
-    from ccgate.providers import resolve_providers
-    from ccgate.routing import Router
+    from ccgate.core.providers import resolve_providers
+    from ccgate.core.routing import Router
+    from ccgate.local.config_file import load_config
+    from ccgate.local.timezone import resolve_timezone
+    from ccgate.sidecar.admission import rules_from_config
 
     path = paths.config_file
     try:
@@ -71,7 +72,7 @@ def check_config(paths: Paths, environ: Mapping[str, str]) -> tuple[Check, Confi
 
 
 def check_keyring(paths: Paths) -> Check:
-    from ccgate.secrets import backend_description
+    from ccgate.local.secrets import backend_description
 
     try:
         description, is_file = backend_description(paths=paths)
@@ -144,8 +145,8 @@ def check_sidecar_providers(
 ) -> list[Check]:
     """The running sidecar keeps the environment it started with: what it uses for the providers that matter, and
     where that differs from this shell's `CCGATE_<PROVIDER>_BASE_URL` / `_API_KEY` (by key fingerprint only)."""
-    from ccgate.provider_env import differences, restart_hint
-    from ccgate.providers import redact_url, resolve_providers
+    from ccgate.core.provider_env import differences, restart_hint
+    from ccgate.core.providers import redact_url, resolve_providers
     from ccgate.sidecar.process import control_request, ensure_token
 
     try:
@@ -174,9 +175,9 @@ def check_sidecar_providers(
 
 def check_provider_keys(config: Config, environ: Mapping[str, str], paths: Paths) -> list[Check]:
     """Providers that tier routes use must have a key (anthropic-kind ones may forward Claude Code's own)."""
-    from ccgate.providers import resolve_providers
-    from ccgate.routing import parse_target
-    from ccgate.secrets import provider_key_source
+    from ccgate.core.providers import resolve_providers
+    from ccgate.core.routing import parse_target
+    from ccgate.local.secrets import provider_key_source
 
     used = sorted({parse_target(text).provider for tier in config.tiers.values() for text in tier.targets})
     if not used:
@@ -210,7 +211,7 @@ def check_provider_keys(config: Config, environ: Mapping[str, str], paths: Paths
 
 
 def check_claude(environ: Mapping[str, str], *, timeout: float = CLAUDE_VERSION_TIMEOUT_S) -> Check:
-    from ccgate.launching import CLAUDE_INSTALL_HINT
+    from ccgate.features.launching import CLAUDE_INSTALL_HINT
 
     executable = shutil.which("claude", path=environ.get("PATH"))
     if executable is None:
@@ -314,7 +315,7 @@ def check_bypasses(
     environ: Mapping[str, str], *, home: Path, cwd: Path | None, sidecar: SidecarInfo | None, port: int | None
 ) -> list[Check]:
     """Every way Claude Code can go around the sidecar: settings files, cloud-provider switches, the shell."""
-    from ccgate.launching import bypass_warnings, project_settings_files
+    from ccgate.features.launching import bypass_warnings, project_settings_files
 
     extra = project_settings_files(cwd, home) if cwd is not None else []
     checks = [Check("bypass", False, warning) for warning in bypass_warnings(environ, home, extra_settings=extra)]
@@ -349,7 +350,7 @@ def run_checks(
     full: bool = False,
 ) -> list[Check]:
     """Every check in display order; a broken config skips the checks that need it (and says so)."""
-    from ccgate.config import Config
+    from ccgate.core.settings import Config
     from ccgate.sidecar.process import configured_port
 
     home = Path(environ.get("HOME") or Path.home())
@@ -358,7 +359,7 @@ def run_checks(
     sidecar_check, sidecar = check_sidecar(paths, config or Config(), environ)
     checks.append(sidecar_check)
     if config is not None and sidecar is not None:
-        from ccgate.routing import parse_target
+        from ccgate.core.routing import parse_target
 
         targets = {parse_target(text).provider for tier in config.tiers.values() for text in tier.targets}
         checks.extend(check_sidecar_providers(paths, config, environ, used=sorted(targets | {"anthropic"})))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ccgate.models import NO_USAGE, Usage
+from ccgate.core.records import NO_USAGE, Usage
 
 __all__ = [
     "MAX_PLAUSIBLE_INPUT_TOKENS",

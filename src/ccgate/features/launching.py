@@ -15,10 +15,10 @@ from pathlib import Path
 from types import FrameType
 
 from ccgate import __version__
-from ccgate.config import Config
+from ccgate.core.providers import is_loopback_url, redact_url, validate_base_url
+from ccgate.core.settings import Config
 from ccgate.errors import CcgateError, ConfigError, SidecarError, UserInputError
-from ccgate.paths import Paths
-from ccgate.providers import is_loopback_url, redact_url, validate_base_url
+from ccgate.local.paths import Paths
 
 CLAUDE_INSTALL_HINT = "install Claude Code with `npm install -g @anthropic-ai/claude-code`, then run this again"
 # Switches that send Claude Code to a cloud provider's endpoint instead of ANTHROPIC_BASE_URL.
@@ -104,7 +104,7 @@ def bypass_warnings(environ: Mapping[str, str], home: Path, *, extra_settings: S
     for var in CLOUD_SWITCHES:
         if environ.get(var) and environ.get(var) not in ("0", "false", ""):
             warnings.append(f"{var} is set: Claude Code talks to the cloud provider directly; unset it to meter")
-    from ccgate.statusline import claude_config_dir
+    from ccgate.features.statusline import claude_config_dir
 
     managed = managed_settings_files(environ)
     for settings in (claude_config_dir(environ, home) / "settings.json", *extra_settings, *managed):
@@ -219,8 +219,8 @@ def environment_warnings(
 
     `own_anthropic_upstream`: this launch's Anthropic requests go to the caller's own ANTHROPIC_BASE_URL, so the
     sidecar's `anthropic` base URL does not matter to it."""
-    from ccgate.provider_env import differences, restart_hint
-    from ccgate.providers import resolve_providers
+    from ccgate.core.provider_env import differences, restart_hint
+    from ccgate.core.providers import resolve_providers
 
     if not isinstance(sidecar_providers, dict):
         return []

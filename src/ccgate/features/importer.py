@@ -17,15 +17,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ccgate.core.records import RequestRecord, RequestStatus, Usage, from_iso, to_iso
+from ccgate.core.usage import invalid_anthropic_count, usage_from_anthropic
 from ccgate.errors import UserInputError
-from ccgate.models import RequestRecord, RequestStatus, Usage, from_iso, to_iso
 from ccgate.storage.ledger import storable_text
-from ccgate.usage import invalid_anthropic_count, usage_from_anthropic
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-    from ccgate.pricing import PriceCatalog
+    from ccgate.core.pricing import PriceCatalog
 
 SOURCE = "import"
 PROVIDER = "anthropic"
@@ -81,7 +81,7 @@ def import_id(message_id: str, request_id: str | None) -> str:
 
 
 def default_projects_dir(environ: Mapping[str, str]) -> Path:
-    from ccgate.statusline import claude_config_dir
+    from ccgate.features.statusline import claude_config_dir
 
     return claude_config_dir(environ) / "projects"
 
@@ -221,7 +221,7 @@ class ProjectResolver:
 
 
 def to_record(entry: TranscriptEntry, catalog: PriceCatalog, project: str | None) -> RequestRecord:
-    from ccgate.routing import tier_of
+    from ccgate.core.routing import tier_of
 
     started = from_iso(entry.timestamp)
     return RequestRecord(

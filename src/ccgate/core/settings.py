@@ -1,19 +1,14 @@
-"""config.toml: read with tomllib into typed settings, written back atomically with tomli-w.
+"""The settings config.toml holds, as typed values, and their validation; reading and writing the file is
+`ccgate.local.config_file`'s job.
 
-Secrets never live here; provider keys go to the keyring (see `secrets`).
+Secrets never live here; provider keys go to the keyring (see `ccgate.local.secrets`).
 """
 
 from __future__ import annotations
 
-import os
-import re
-import tempfile
-import tomllib
-from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import tzinfo
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -93,77 +88,19 @@ class Config:
     gateway_url: str | None = None
 
 
-def resolve_timezone(name: str | None = None, environ: Mapping[str, str] | None = None) -> tzinfo:
-    """The user's timezone: the configured IANA name, else TZ, else /etc/localtime, else UTC."""
-    if name:
-        try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ConfigError(
-                f"timezone {name!r} is not a known IANA timezone", hint="use a name like Europe/Berlin or UTC"
-            ) from exc
-    env = os.environ if environ is None else environ
-    tz_env = env.get("TZ", "").lstrip(":")
-    if tz_env:
-        try:
-            return ZoneInfo(tz_env)
-        except (ZoneInfoNotFoundError, ValueError):
-            # A POSIX TZ string such as `XYZ-5` or `EST5EDT,M3.2.0,M11.1.0`: honour it as the C library does.
-            return _posix_timezone(tz_env, env)
-    localtime = Path("/etc/localtime")
+def named_zone(name: str) -> tzinfo:
+    """An IANA zone by name, or a ConfigError that says what a valid name looks like."""
     try:
-        target = str(localtime.resolve())
-        if "zoneinfo/" in target:
-            return ZoneInfo(target.split("zoneinfo/", 1)[1])
-        with localtime.open("rb") as handle:
-            return ZoneInfo.from_file(handle, key="localtime")
-    except (OSError, ZoneInfoNotFoundError, ValueError):
-        pass
-    local = datetime.now().astimezone().tzinfo
-    return local if local is not None else UTC
-
-
-_POSIX_STD = re.compile(r"^(?P<name>[A-Za-z]{3,}|<[+-]?[A-Za-z0-9]+>)(?P<sign>[+-]?)(?P<h>\d{1,2})(?::(?P<m>\d{2}))?$")
-
-
-def _posix_timezone(text: str, env: Mapping[str, str]) -> tzinfo:
-    """A POSIX TZ string as a fixed offset: parsed when it has no DST rule (`XYZ-5` is UTC+5: POSIX counts
-    west-positive), else the offset the C library computes now (when TZ is this process's own)."""
-    match = _POSIX_STD.match(text)
-    if match is not None:
-        offset = timedelta(hours=int(match["h"]), minutes=int(match["m"] or 0))
-        if offset < timedelta(hours=24):
-            return timezone(offset if match["sign"] == "-" else -offset, match["name"].strip("<>"))
-    if env.get("TZ", "").lstrip(":") == os.environ.get("TZ", "").lstrip(":"):
-        local = datetime.now().astimezone().tzinfo
-        if local is not None:
-            return local
-    return UTC
-
-
-def load_config(path: Path) -> Config:
-    """A missing file is the default config; a broken one is a ConfigError naming file and problem."""
-    try:
-        raw_bytes = path.read_bytes()
-    except FileNotFoundError:
-        return Config()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="check the file's permissions") from exc
-    try:
-        raw = tomllib.loads(raw_bytes.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ConfigError(
-            f"{path} is not valid TOML: {exc}", hint="fix or delete it; `ccgate config show` checks it"
+            f"timezone {name!r} is not a known IANA timezone", hint="use a name like Europe/Berlin or UTC"
         ) from exc
-    try:
-        return config_from_dict(raw)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc.message}", hint=exc.hint or "fix the file and try again") from exc
 
 
 def _usd(value: Any, where: str) -> Decimal:
-    """A USD amount from the file, held to the same rules as one typed on the command line (`ccgate.money`)."""
-    from ccgate.money import AmountError, usd_from_toml
+    """A USD amount from the file, held to the same rules as one typed on the command line (`ccgate.core.money`)."""
+    from ccgate.core.money import AmountError, usd_from_toml
 
     try:
         return usd_from_toml(value)
@@ -266,7 +203,7 @@ def _connection_settings(side: dict[str, Any]) -> dict[str, Any]:
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Every value is type-checked; a wrong one is a ConfigError naming the key and what was expected, and a
     misspelt key one naming the key it resembles."""
-    from ccgate.providers import (
+    from ccgate.core.providers import (
         BUILTIN,
         base_url_env_var,
         env_clash,
@@ -380,7 +317,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
     timezone = raw.get("timezone")
     if timezone is not None:
-        resolve_timezone(_str(timezone, "timezone", "an IANA timezone name such as 'Europe/Berlin'"))
+        named_zone(_str(timezone, "timezone", "an IANA timezone name such as 'Europe/Berlin'"))
     gateway = _table(raw, "gateway")
     _check_spelling(gateway, GATEWAY_KEYS, "gateway.")
     return Config(
@@ -439,140 +376,3 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     if config.gateway_url:
         out["gateway"] = {"url": config.gateway_url}
     return out
-
-
-def _read_text(path: Path) -> str:
-    """The file's text; empty when there is no file."""
-    try:
-        return path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        return ""
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="check the file's permissions") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix or delete it, then try again") from exc
-
-
-def _parse_raw(path: Path, text: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix or delete it, then try again") from exc
-
-
-def _read_raw(path: Path) -> dict[str, Any]:
-    return _parse_raw(path, _read_text(path))
-
-
-_MISSING: Any = object()
-
-
-def _merge(raw: dict[str, Any], old: dict[str, Any], new: dict[str, Any], *, top: bool = True) -> None:
-    """Apply the change from `old` to `new` (both ccgate-owned views) to `raw` in place.
-
-    Keys ccgate does not model are never in `old` or `new`, so they stay; keys whose owned value did not
-    change keep the user's own spelling (`limit = 20` stays an integer). A section ccgate empties keeps its
-    unknown keys; an entry it removes from a section (`[prices.MODEL]`, `[providers.NAME]`) goes whole.
-    """
-    for key in old.keys() - new.keys():
-        before, here = old[key], raw.get(key)
-        if top and isinstance(before, dict) and isinstance(here, dict):
-            _merge(here, before, {}, top=False)
-            if not here:
-                del raw[key]
-        else:
-            raw.pop(key, None)
-    for key, value in new.items():
-        before, here = old.get(key, _MISSING), raw.get(key)
-        if before == value:
-            continue
-        if isinstance(value, dict) and isinstance(here, dict):
-            _merge(here, before if isinstance(before, dict) else {}, value, top=False)
-        elif isinstance(value, list) and isinstance(here, list) and isinstance(before, list):
-            raw[key] = _merge_list(here, before, value)
-        else:
-            raw[key] = value
-
-
-def _merge_list(raw: list[Any], old: list[Any], new: list[Any]) -> list[Any]:
-    """Arrays of tables (`[[budgets]]`): an unchanged entry keeps its raw table, a replaced one its unknown keys.
-
-    An entry of `new` equal to an unclaimed entry of `old` is that entry; otherwise the entry at the same
-    position (if unclaimed) is what was replaced in place.
-    """
-    claimed: set[int] = set()
-    matches: list[int | None] = []
-    for value in new:
-        index = next((i for i, before in enumerate(old) if i not in claimed and before == value), None)
-        if index is not None:
-            claimed.add(index)
-        matches.append(index)
-    out: list[Any] = []
-    for position, (value, index) in enumerate(zip(new, matches, strict=True)):
-        if index is None and position < len(old) and position not in claimed and position < len(raw):
-            index = position
-            claimed.add(position)
-        here = raw[index] if index is not None and index < len(raw) else None
-        if isinstance(value, dict) and isinstance(here, dict) and index is not None and isinstance(old[index], dict):
-            merged = dict(here)
-            _merge(merged, old[index], value, top=False)
-            out.append(merged)
-        else:
-            out.append(value)
-    return out
-
-
-def save_config(path: Path, config: Config) -> None:
-    """Write `config` atomically (temp file + rename) so a crash never leaves half a config.
-
-    Only what ccgate owns changes: keys and sections it does not model (`[sidecar] log_level`, a
-    `[future_section]`) are kept as they are, and so are the file's comments and layout (tomlkit edits the
-    document in place). tomli-w writes the same values plainly should tomlkit's text ever read back different.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = _read_text(path)
-    raw = _parse_raw(path, text)
-    try:
-        old = config_to_dict(config_from_dict(raw))
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc.message}", hint=exc.hint or "fix the file and try again") from exc
-    new = config_to_dict(config)
-    data = _edited_text(text, old, new)
-    _merge(raw, old, new)
-    if data is None or _loads_or_none(data) != raw:
-        import tomli_w
-
-        data = tomli_w.dumps(raw)
-    _write_atomic(path, data.encode("utf-8"))
-
-
-def _edited_text(text: str, old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    """`text` with the change from `old` to `new` applied in place, comments kept; None if tomlkit cannot."""
-    import tomlkit
-
-    try:
-        document = tomlkit.parse(text)
-        _merge(document, old, new)
-        return tomlkit.dumps(document)
-    except Exception:  # any tomlkit limitation: the caller writes the plain form instead
-        return None
-
-
-def _loads_or_none(text: str) -> dict[str, Any] | None:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
-        return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

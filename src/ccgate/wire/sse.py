@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ccgate import fastjson
+from ccgate.wire import fastjson
 
 
 class SSEEvent(NamedTuple):

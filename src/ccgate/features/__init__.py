@@ -1,0 +1,1 @@
+"""Use cases without typer or rich: doctor, launching, importing transcripts, the status line."""

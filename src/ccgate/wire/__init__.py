@@ -1,0 +1,1 @@
+"""Wire formats: SSE, JSON on the hot path, metering of streams, Anthropic <-> OpenAI translation."""
