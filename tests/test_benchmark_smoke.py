@@ -84,7 +84,16 @@ def test_quick_benchmark_reports_every_metric(tmp_path: Path) -> None:
 
 def test_side_by_side_comparison_runs_two_builds(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "HEAD", ".", "--requests", "5"],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "compare.py"),
+            "HEAD",
+            ".",
+            "--requests",
+            "5",
+            "--throughput-rounds",
+            "1",
+        ],
         capture_output=True,
         text=True,
         timeout=180,
@@ -98,4 +107,7 @@ def test_side_by_side_comparison_runs_two_builds(tmp_path: Path) -> None:
         ("translated", "HEAD"),
         ("translated", "."),
     ]
+    throughput = [line.split() for line in done.stdout.splitlines() if " req/s " in line]
+    assert [row[0] for row in throughput] == ["HEAD", "."]
+    assert "vs HEAD: median" in " ".join(throughput[1])
     assert all(float(row[3]) > 0 for row in rows)

@@ -12,17 +12,20 @@ import pytest
 from scripted_upstream import ScriptedUpstream
 
 from ccgate.local.paths import resolve_paths
-from e2e.harness import DUMMY_KEY, E2E, REQUIRE_E2E, find_claude, free_port
+from e2e.harness import DUMMY_KEY, E2E, REQUIRE_E2E, ClaudeInstall, claude_installs, find_claude, free_port
+
+INSTALLS = claude_installs()
 
 
-@pytest.fixture(scope="session")
-def claude_bin() -> str:
-    found = find_claude()
+@pytest.fixture(scope="session", params=INSTALLS, ids=[install.id for install in INSTALLS])
+def claude_bin(request: pytest.FixtureRequest) -> str:
+    """Every e2e test runs once per pinned Claude Code version (test ids show it)."""
+    install: ClaudeInstall = request.param
+    found, why = find_claude(install)
     if found is None:
-        message = "Claude Code CLI not found: run scripts/test (installs it into node_modules) or npm install it"
         if REQUIRE_E2E:
-            pytest.fail(f"CCGATE_REQUIRE_E2E=1 but {message}")
-        pytest.skip(message)
+            pytest.fail(f"CCGATE_REQUIRE_E2E=1 but {why}")
+        pytest.skip(why)
     return found
 
 

@@ -1,7 +1,9 @@
 """End-to-end harness: run `ccgate launch claude ...` in an isolated world and read what came out.
 
-Claude Code is looked up in the repo's node_modules first (the pinned version `scripts/test` installs), then
-on PATH. Without it the e2e tests skip, unless CCGATE_REQUIRE_E2E=1 (CI), where they fail.
+The suite runs once per Claude Code version `scripts/test` pins (CLAUDE_CODE_PINNED into node_modules/,
+CLAUDE_CODE_LATEST into .e2e/claude-latest/), so a change in what the newest release sends fails here rather
+than in a user's terminal. A version missing from its prefix is looked up on PATH; without it its tests skip,
+unless CCGATE_REQUIRE_E2E=1 (CI), where they fail.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,11 +35,76 @@ CCGATE_TIMEOUT = 60.0
 DUMMY_KEY = "sk-ant-dummy"
 
 
-def find_claude() -> str | None:
-    local = REPO / "node_modules" / ".bin" / "claude"
-    if local.exists() and os.access(local, os.X_OK):
-        return str(local)
-    return shutil.which("claude")
+SCRIPTS_TEST = REPO / "scripts" / "test"
+PACKAGE = "@anthropic-ai/claude-code"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaudeInstall:
+    """One Claude Code version the e2e suite runs against, and the npm prefix `scripts/test` installs it into."""
+
+    role: str  # "pinned" or "latest"
+    version: str
+    prefix: Path
+
+    @property
+    def id(self) -> str:
+        return f"claude-{self.version}"
+
+    @property
+    def binary(self) -> Path:
+        return self.prefix / "node_modules" / ".bin" / "claude"
+
+    def installed_version(self) -> str | None:
+        manifest = self.prefix / "node_modules" / PACKAGE / "package.json"
+        try:
+            version = json.loads(manifest.read_text()).get("version")
+        except (OSError, ValueError):
+            return None
+        return version if isinstance(version, str) else None
+
+
+def claude_installs(script: Path = SCRIPTS_TEST) -> list[ClaudeInstall]:
+    """The versions scripts/test pins (its single source of truth), pinned first."""
+    text = script.read_text()
+    prefixes = {"pinned": REPO, "latest": REPO / ".e2e" / "claude-latest"}
+    installs = []
+    for role, prefix in prefixes.items():
+        match = re.search(rf"^CLAUDE_CODE_{role.upper()}=([0-9][0-9A-Za-z.+-]*)", text, re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"{script} does not set CLAUDE_CODE_{role.upper()}")
+        installs.append(ClaudeInstall(role, match.group(1), prefix))
+    return installs
+
+
+def find_claude(install: ClaudeInstall) -> tuple[str | None, str]:
+    """The executable for exactly `install.version`, or None and why not."""
+    found = install.installed_version()
+    if found == install.version and os.access(install.binary, os.X_OK):
+        return str(install.binary), ""
+    on_path = shutil.which("claude")
+    if on_path is not None and _reported_version(on_path) == install.version:
+        return on_path, ""
+    where = install.prefix.relative_to(REPO) if install.prefix.is_relative_to(REPO) else install.prefix
+    modules = where / "node_modules"
+    have = f"{modules} holds {found}" if found else f"nothing in {modules}"
+    return None, f"Claude Code {install.version} ({install.role}) not installed ({have}): run scripts/test"
+
+
+def _reported_version(binary: str) -> str | None:
+    try:
+        output = subprocess.run(
+            [binary, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"},
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return output.split(" ", 1)[0].strip() or None
 
 
 def free_port() -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from scripted_upstream import DEFAULT_TEXT, TOOL_COMMAND
 
@@ -44,6 +46,14 @@ async def test_text_turn_is_metered_per_session_and_project(e2e: E2E) -> None:
     assert total["requests"] == upstream_count
     assert total["input_tokens"] >= 100 * upstream_count  # the scripted upstream reports 100 per reply
     assert total["output_tokens"] >= 20 * upstream_count
+    # whatever model this Claude Code version asks for by default has a real price (a new default must
+    # not show up as unpriced, or as a same-family estimate)
+    models = {request.model for request in e2e.upstream.messages_requests}
+    by_model = {group["key"]: group for group in (await e2e.cost("--by", "model"))["groups"]}
+    assert set(by_model) == models, (by_model, models)
+    assert total["unpriced_requests"] == 0, by_model
+    assert total["estimated_requests"] == 0, by_model
+    assert all(Decimal(group["cost_usd"]) > 0 for group in by_model.values()), by_model
 
     by_session = await e2e.cost("--by", "session")
     assert by_session["by"] == "session"

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -83,8 +84,16 @@ def _statement_sizes(total: int, largest: int) -> Iterator[int]:
 
 # Upper bound on writes per transaction, so one commit never holds the lock for long.
 MAX_BATCH = 2000
-# How long the writer gathers writes before committing them together.
+# How long the writer gathers writes before committing them together (the group-commit window): the shortest
+# while idle (a developer's sidecar: rows land within milliseconds, a kill -9 loses no more), growing linearly
+# with the rate of writes to the longest at a busy gateway's rate, where fewer, bigger transactions leave more
+# CPU and GIL to the event loop. A rate in writes (pending, progress, final) per second.
 LINGER_SECONDS = 0.004
+LINGER_MAX_SECONDS = 0.025
+LINGER_IDLE_RATE = 50.0
+LINGER_BUSY_RATE = 300.0
+# The rate is a count that decays with this time constant: about the writes of the last second.
+RATE_HORIZON_SECONDS = 1.0
 # Requests whose latest state is kept in memory while the ledger cannot be written (disk full, I/O error, a lock
 # held too long): about 1 KB each, so ~100 MB at the limit, and days of a busy developer's traffic. Past it the
 # oldest are dropped, counted and logged.
@@ -130,6 +139,38 @@ def _describe(error: BaseException) -> str:
     name = getattr(error, "sqlite_errorname", None)
     text = str(error) or type(error).__name__
     return (f"{text} ({name})" if name else text)[:200]
+
+
+def commit_window(rate: float) -> float:
+    """Seconds to gather writes before a commit at `rate` writes per second: `LINGER_SECONDS` up to the idle
+    rate, `LINGER_MAX_SECONDS` from the busy rate on, linear in between."""
+    if not rate > LINGER_IDLE_RATE:  # also NaN
+        return LINGER_SECONDS
+    if rate >= LINGER_BUSY_RATE:
+        return LINGER_MAX_SECONDS
+    share = (rate - LINGER_IDLE_RATE) / (LINGER_BUSY_RATE - LINGER_IDLE_RATE)
+    return LINGER_SECONDS + share * (LINGER_MAX_SECONDS - LINGER_SECONDS)
+
+
+def decayed_rate(rate: float, elapsed: float, writes: int = 0) -> float:
+    """The write rate after `elapsed` seconds in which `writes` arrived: an exponentially decaying count whose
+    steady value under a constant rate is that rate, and which falls back to idle within seconds."""
+    return rate * math.exp(-max(0.0, elapsed) / RATE_HORIZON_SECONDS) + writes / RATE_HORIZON_SECONDS
+
+
+@dataclass(slots=True)
+class _WriteRate:
+    """The writer thread's estimate of writes per second, for choosing the commit window."""
+
+    rate: float = 0.0
+    at: float = 0.0
+
+    def window(self, now: float) -> float:
+        return commit_window(decayed_rate(self.rate, now - self.at))
+
+    def observe(self, now: float, writes: int) -> None:
+        self.rate = decayed_rate(self.rate, now - self.at, writes)
+        self.at = now
 
 
 class _Write(NamedTuple):
@@ -189,7 +230,9 @@ class LedgerWriter:
         max_backlog: int = MAX_BACKLOG,
         retry_seconds: float = RETRY_SECONDS,
         spill_dirs: Sequence[Path] = (),
+        linger: Callable[[float], None] = time.sleep,
     ) -> None:
+        """`linger` waits out the commit window (a seam: tests record the windows chosen)."""
         self.path = path
         # where requests the ledger still refuses at close are saved, and replayed from at start (see `spill`)
         self.spill_dirs = tuple(spill_dirs)
@@ -208,6 +251,8 @@ class LedgerWriter:
         self._salvaged_writes = 0
         self._commits = 0
         self._statement_rows: int | None = None
+        self._linger = linger
+        self._write_rate = _WriteRate(at=time.monotonic())
         # Requests the ledger could not take yet, by id, oldest first: only the writer thread changes it.
         self._backlog: dict[str, _Write] = {}
         self._max_backlog = max_backlog
@@ -370,14 +415,16 @@ class LedgerWriter:
             if isinstance(batch[0], _Write):
                 # Group commit: a request usually queues pending, progress and final within a few ms; waiting
                 # that long (without the GIL) turns three transactions into one, at no cost to durability
-                # beyond these milliseconds.
-                time.sleep(LINGER_SECONDS)
+                # beyond these milliseconds. Under load the window widens (see `commit_window`).
+                self._linger(self._write_rate.window(time.monotonic()))
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            writes = _coalesce([item for item in batch if isinstance(item, _Write)])
+            queued = [item for item in batch if isinstance(item, _Write)]
+            self._write_rate.observe(time.monotonic(), len(queued))
+            writes = _coalesce(queued)
             if writes:
                 self._apply(db, writes)
             for item in batch:
