@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gateway_testing import StoreFactory
 from postgres_cluster import URL_ENV, Cluster, start_cluster
 
 from ccgate.storage.gateway import GatewayStore, KeyCipher, generate_secret_key
@@ -20,8 +21,6 @@ from ccgate.storage.gateway import GatewayStore, KeyCipher, generate_secret_key
 # read at import: the autouse `isolated_home` fixture clears CCGATE_* variables for each test
 _GIVEN_URL = os.environ.get(URL_ENV)
 _IN_CI = bool(os.environ.get("CI"))
-
-StoreFactory = Callable[..., Coroutine[Any, Any, GatewayStore]]
 
 
 @pytest.fixture(scope="session")

@@ -158,8 +158,8 @@ async def _audit(conn: Connection, actor: str | None, action: str, target: str |
             actor,
             action,
             target,
-            None if before is None else json.dumps(public_dict(before), sort_keys=True),
-            None if after is None else json.dumps(public_dict(after), sort_keys=True),
+            _audit_json(before),
+            _audit_json(after),
         ),
     )
 
