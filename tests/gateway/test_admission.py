@@ -153,20 +153,32 @@ async def test_every_level_counts_and_the_first_in_lock_order_is_reported(store:
     await store.create_budget(level="key", target="dev", limit_nanos=5_000, period="1h")
     await store.create_budget(level="provider", target="anthropic", limit_nanos=5_000, period="1w", calendar=False)
     result = await store.reserve(
-        key_id=who.key.id, team_id=who.team.id, customer_id=who.customer.id if who.customer else None,
-        provider_id=provider.id, bound_nanos=5_000, instance_id="i", ttl=TTL,
+        key_id=who.key.id,
+        team_id=who.team.id,
+        customer_id=who.customer.id if who.customer else None,
+        provider_id=provider.id,
+        bound_nanos=5_000,
+        instance_id="i",
+        ttl=TTL,
     )
     assert isinstance(result, Admitted)
     assert [v.budget.level for v in result.budgets] == ["customer", "team", "key", "provider"]
     await store.settle(result.reservation, 5_000)
     views = await store.budget_views(
-        key_id=who.key.id, team_id=who.team.id, customer_id=who.customer.id if who.customer else None,
+        key_id=who.key.id,
+        team_id=who.team.id,
+        customer_id=who.customer.id if who.customer else None,
         provider_id=provider.id,
     )
     assert [v.state.spent_nanos for v in views] == [5_000, 5_000, 5_000, 5_000]
     refused = await store.reserve(
-        key_id=who.key.id, team_id=who.team.id, customer_id=None, provider_id=provider.id, bound_nanos=1,
-        instance_id="i", ttl=TTL,
+        key_id=who.key.id,
+        team_id=who.team.id,
+        customer_id=None,
+        provider_id=provider.id,
+        bound_nanos=1,
+        instance_id="i",
+        ttl=TTL,
     )
     assert isinstance(refused, Refused)
     assert refused.blocking.budget.level == "key"  # customer not passed: team has room, key is next in order

@@ -111,10 +111,10 @@ async def test_provider_keys_are_refused_without_the_secret_key(db_url: str, sto
 
 @pytest.mark.parametrize(
     "name",
-    ["O'Brien \"quoted\"; DROP TABLE teams; --", "what? $1 ?? %s %(x)s", "Ünïcødé ✓ 名前", "a\\b' OR '1'='1"],
+    ['O\'Brien "quoted"; DROP TABLE teams; --', "what? $1 ?? %s %(x)s", "Ünïcødé ✓ 名前", "a\\b' OR '1'='1"],
 )
 async def test_sql_ish_names_are_stored_verbatim(store: GatewayStore, name: str) -> None:
-    customer = await store.create_customer(name)
+    await store.create_customer(name)
     team = await store.create_team(name + " team", customer=name)
     created = await store.create_key(team=team.name, name=name, tier_overrides={"haiku": name})
     assert (await store.get_customer(name)).name == name

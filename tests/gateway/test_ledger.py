@@ -24,8 +24,15 @@ async def _key(store: GatewayStore, name: str = "dev", team: str = "core") -> Ke
     return identity
 
 
-def _record(row_id: str, *, at: datetime = T0, nanos: int | None = 1_000, model: str = "claude-sonnet-4-5",
-            status: RequestStatus = RequestStatus.OK, **fields: object) -> RequestRecord:
+def _record(
+    row_id: str,
+    *,
+    at: datetime = T0,
+    nanos: int | None = 1_000,
+    model: str = "claude-sonnet-4-5",
+    status: RequestStatus = RequestStatus.OK,
+    **fields: object,
+) -> RequestRecord:
     return RequestRecord(
         id=row_id,
         started_at=at,
@@ -101,12 +108,27 @@ async def test_report_groups_like_cost_json(store: GatewayStore) -> None:
     alice = await _key(store, "alice", team="core")
     bob = await _key(store, "bob", team="web")
     rows = [
-        GatewayRow(_record("a1", nanos=1_000, project="/src/app", session_id="s1"), alice.key.id, alice.team.id,
-                   alice.team.customer_id, tags={"ticket": "T-1"}),
-        GatewayRow(_record("a2", nanos=2_000, at=T0 + timedelta(hours=20), project="/src/app"), alice.key.id,
-                   alice.team.id, alice.team.customer_id, tags={"ticket": "T-2"}),
-        GatewayRow(_record("b1", nanos=None, model="mystery"), bob.key.id, bob.team.id, bob.team.customer_id,
-                   source=RowSource.INGESTED),
+        GatewayRow(
+            _record("a1", nanos=1_000, project="/src/app", session_id="s1"),
+            alice.key.id,
+            alice.team.id,
+            alice.team.customer_id,
+            tags={"ticket": "T-1"},
+        ),
+        GatewayRow(
+            _record("a2", nanos=2_000, at=T0 + timedelta(hours=20), project="/src/app"),
+            alice.key.id,
+            alice.team.id,
+            alice.team.customer_id,
+            tags={"ticket": "T-2"},
+        ),
+        GatewayRow(
+            _record("b1", nanos=None, model="mystery"),
+            bob.key.id,
+            bob.team.id,
+            bob.team.customer_id,
+            source=RowSource.INGESTED,
+        ),
     ]
     await store.write_requests(rows)
     since, until = T0 - timedelta(days=1), T0 + timedelta(days=2)
@@ -138,16 +160,20 @@ async def test_report_groups_like_cost_json(store: GatewayStore) -> None:
 async def test_pruned_days_still_report_from_rollups(store: GatewayStore) -> None:
     who = await _key(store)
     await store.write_requests(
-        [GatewayRow(_record(f"r{i}", at=T0 + timedelta(days=i), nanos=100), who.key.id, who.team.id,
-                    who.team.customer_id) for i in range(4)]
+        [
+            GatewayRow(
+                _record(f"r{i}", at=T0 + timedelta(days=i), nanos=100), who.key.id, who.team.id, who.team.customer_id
+            )
+            for i in range(4)
+        ]
     )
-    window = {"since": T0 - timedelta(days=1), "until": T0 + timedelta(days=10)}
-    before = await store.report(by="key", **window)
+    since, until = T0 - timedelta(days=1), T0 + timedelta(days=10)
+    before = await store.report(since=since, until=until, by="key")
     assert await store.prune_requests(before=date(2026, 12, 3)) == 2
-    after = await store.report(by="key", **window)
+    after = await store.report(since=since, until=until, by="key")
     assert after.total == before.total
     assert after.groups == before.groups
-    by_day = await store.report(by="day", **window)
+    by_day = await store.report(since=since, until=until, by="day")
     assert [k for k, _ in by_day.groups] == ["2026-12-01", "2026-12-02", "2026-12-03", "2026-12-04"]
 
 
@@ -155,8 +181,9 @@ async def test_pending_rows_of_a_dead_instance_end_interrupted(store: GatewaySto
     who = await _key(store)
     record = _record("p1", status=RequestStatus.PENDING)
     await store.write_requests([GatewayRow(record, who.key.id, who.team.id, None, instance_id="dead")])
-    await store.write_requests([GatewayRow(_record("p2", status=RequestStatus.PENDING), who.key.id, who.team.id,
-                                           None, instance_id="alive")])
+    await store.write_requests(
+        [GatewayRow(_record("p2", status=RequestStatus.PENDING), who.key.id, who.team.id, None, instance_id="alive")]
+    )
     assert await store.recover_pending(instance_id="dead") == 1
     stored = await store.get_request(who.key.id, "p1")
     assert stored is not None and stored.record.status is RequestStatus.INTERRUPTED

@@ -75,7 +75,7 @@ def _budget(row: Sequence[Any]) -> Budget:
 
 async def load_budgets(conn: Connection, where: str, params: Sequence[Any], *, lock: str = "") -> list[Budget]:
     rows = await conn.fetch(
-        f"SELECT {_BUDGET_COLS} FROM budgets WHERE {where} ORDER BY lock_rank, id{lock}",  # noqa: S608
+        f"SELECT {_BUDGET_COLS} FROM budgets WHERE {where} ORDER BY lock_rank, id{lock}",
         params,
     )
     return [_budget(r) for r in rows]
@@ -101,7 +101,7 @@ async def _views(conn: Connection, budgets: Sequence[Budget], now: datetime) -> 
     oldest = min(w[0] for w in windows.values())
     spent: dict[str, int] = dict.fromkeys(ids, 0)
     rows = await conn.fetch(
-        f"SELECT budget_id, bucket_start, spent_nanos FROM budget_spend "  # noqa: S608
+        f"SELECT budget_id, bucket_start, spent_nanos FROM budget_spend "
         f"WHERE budget_id IN ({marks}) AND bucket_start >= ?",
         [*ids, to_iso(oldest)],
     )
@@ -115,7 +115,7 @@ async def _views(conn: Connection, budgets: Sequence[Budget], now: datetime) -> 
             spent[budget_id] += int(nanos)
     reserved = dict.fromkeys(ids, 0)
     for budget_id, amount in await conn.fetch(
-        "SELECT rb.budget_id, sum(r.amount_nanos) FROM reservation_budgets rb "  # noqa: S608
+        "SELECT rb.budget_id, sum(r.amount_nanos) FROM reservation_budgets rb "
         f"JOIN reservations r ON r.id = rb.reservation_id WHERE rb.budget_id IN ({marks}) AND r.expires_at > ? "
         "GROUP BY rb.budget_id",
         [*ids, to_iso(now)],
@@ -186,7 +186,8 @@ async def reserve(
         )
         if budgets:
             await conn.execute(
-                "INSERT INTO reservations (id, amount_nanos, instance_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO reservations (id, amount_nanos, instance_id, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
                 (reservation.id, bound_nanos, instance_id, to_iso(now), to_iso(reservation.expires_at)),
             )
             await conn.executemany(
@@ -317,7 +318,7 @@ _COUNTER_UPSERT = (
 
 async def _locked_limits(conn: Connection, db: Database, key_id: str, team_id: str | None) -> list[RateLimit]:
     rows = await conn.fetch(
-        f"SELECT {_RATE_COLS} FROM rate_limits WHERE (level = 'key' AND target_id = ?) "  # noqa: S608
+        f"SELECT {_RATE_COLS} FROM rate_limits WHERE (level = 'key' AND target_id = ?) "
         f"OR (level = 'team' AND target_id = ?) ORDER BY level, id{db.for_update}",
         (key_id, team_id),
     )
@@ -346,7 +347,7 @@ async def take_request(db: Database, key_id: str, team_id: str | None, now: date
         counts = {
             str(r[0]): (int(r[1]), int(r[2]))
             for r in await conn.fetch(
-                f"SELECT rate_limit_id, requests, tokens FROM rate_counters "  # noqa: S608
+                f"SELECT rate_limit_id, requests, tokens FROM rate_counters "
                 f"WHERE rate_limit_id IN ({marks}) AND minute = ?",
                 [*(limit.id for limit in limits), to_iso(minute)],
             )

@@ -10,7 +10,7 @@ import os
 
 from ccgate.errors import CcgateError
 
-SECRET_KEY_ENV = "CCGATE_GATEWAY_SECRET_KEY"
+SECRET_KEY_ENV = "CCGATE_GATEWAY_SECRET_KEY"  # noqa: S105 - the name of the variable
 MAKE_KEY_HINT = (
     f"set {SECRET_KEY_ENV} to a Fernet key, made with "
     "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`, and keep it "

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -82,7 +82,7 @@ class Database(Connection, Protocol):
         """`` FOR UPDATE`` on PostgreSQL, empty on SQLite (where BEGIN IMMEDIATE already holds the lock)."""
         ...
 
-    def transaction(self) -> Any:
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
         """``async with db.transaction() as conn:`` -- see the module docstring."""
         ...
 

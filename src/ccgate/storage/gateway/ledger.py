@@ -40,7 +40,7 @@ COLUMNS: tuple[str, ...] = (
     *_RECORD_COLUMNS,
 )
 _UPDATABLE = [c for c in COLUMNS if c not in ("key_id", "id", "received_at")]
-_INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "  # noqa: S608 - column names are constants
+_INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "
 _ROW_MARKS = "(" + ", ".join("?" for _ in COLUMNS) + ")"
 _UPSERT = (
     _INSERT
@@ -169,7 +169,7 @@ async def _charge_rows(conn: Connection, db: Database, budgets: Sequence[Any], r
 
 async def get_request(db: Database, key_id: str, row_id: str) -> GatewayRow | None:
     row = await db.fetchone(
-        f"SELECT {', '.join(COLUMNS)} FROM requests WHERE key_id = ? AND id = ?",  # noqa: S608
+        f"SELECT {', '.join(COLUMNS)} FROM requests WHERE key_id = ? AND id = ?",
         (key_id, row_id),
     )
     if row is None:
@@ -203,7 +203,7 @@ async def recover_pending(
         where.append("started_at < ?")
         params.append(to_iso(started_before))
     return await db.execute(
-        f"UPDATE requests SET status = 'interrupted', ended_at = coalesce(ended_at, ?) WHERE {' AND '.join(where)}",  # noqa: S608
+        f"UPDATE requests SET status = 'interrupted', ended_at = coalesce(ended_at, ?) WHERE {' AND '.join(where)}",
         params,
     )
 
@@ -362,23 +362,23 @@ async def _raw_groups(
     where = f" WHERE r.started_at >= ? AND r.started_at < ?{team_filter}"
     params = [to_iso(low), to_iso(high), *extra]
     if by is None:
-        for row in await conn.fetch(f"SELECT {_SUMS} FROM requests r{where}", params):  # noqa: S608
+        for row in await conn.fetch(f"SELECT {_SUMS} FROM requests r{where}", params):
             add("", row)
         return
     if by in _RAW_KEYS:
         key = _RAW_KEYS[by]
-        for row in await conn.fetch(f"SELECT {key}, {_SUMS} FROM requests r{_JOINS}{where} GROUP BY {key}", params):  # noqa: S608
+        for row in await conn.fetch(f"SELECT {key}, {_SUMS} FROM requests r{_JOINS}{where} GROUP BY {key}", params):
             add(str(row[0]), row[1:])
         return
     if by == "day":
         length = _slot_length(tz, low, high)
         slot = f"substr(r.started_at, 1, {length})"
-        for row in await conn.fetch(f"SELECT {slot}, {_SUMS} FROM requests r{where} GROUP BY {slot}", params):  # noqa: S608
+        for row in await conn.fetch(f"SELECT {slot}, {_SUMS} FROM requests r{where} GROUP BY {slot}", params):
             text = str(row[0]) + (":00:00Z" if length == 13 else ":00Z")
             add(from_iso(text).astimezone(tz).date().isoformat(), row[1:])
         return
     tag = by[4:]
-    for row in await conn.fetch(f"SELECT r.tags, {_SUMS} FROM requests r{where} GROUP BY r.tags", params):  # noqa: S608
+    for row in await conn.fetch(f"SELECT r.tags, {_SUMS} FROM requests r{where} GROUP BY r.tags", params):
         try:
             value = json.loads(row[0]).get(tag)
         except (ValueError, AttributeError):
@@ -399,11 +399,11 @@ async def _rollup_groups(
         *extra,
     ]
     if by is None or by.startswith("tag:") or by == "session":
-        for row in await conn.fetch(f"SELECT {_ROLLUP_SUMS} FROM request_rollups r{where}", params):  # noqa: S608
+        for row in await conn.fetch(f"SELECT {_ROLLUP_SUMS} FROM request_rollups r{where}", params):
             add("", row)
         return
     key = "r.day" if by == "day" else _ROLLUP_KEYS[by]
-    sql = f"SELECT {key}, {_ROLLUP_SUMS} FROM request_rollups r{_JOINS}{where} GROUP BY {key}"  # noqa: S608
+    sql = f"SELECT {key}, {_ROLLUP_SUMS} FROM request_rollups r{_JOINS}{where} GROUP BY {key}"
     for row in await conn.fetch(sql, params):
         add(str(row[0]), row[1:])
 

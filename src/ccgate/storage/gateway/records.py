@@ -1,4 +1,4 @@
-"""Values the gateway store hands out: frozen dataclasses, never carrying a secret (hashes and ciphertext stay inside)."""
+"""Values the gateway store hands out: frozen dataclasses without secrets (hashes and ciphertext stay inside)."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ from ccgate.storage.gateway.records import (
 from ccgate.storage.reports import CostReport
 
 KEY_PREFIX = "sk-cg-"
-ADMIN_TOKEN_PREFIX = "cg-admin-"
+ADMIN_TOKEN_PREFIX = "cg-admin-"  # noqa: S105 - a prefix, not a token
 DISPLAY_CHARS = 12  # `sk-cg-` and six random characters
 MAX_NAME = 200
 
@@ -434,7 +434,8 @@ class GatewayStore:
         now = utcnow()
         async with self.db.transaction() as conn:
             await conn.execute(
-                "UPDATE virtual_keys SET revoked_at = ?, previous_valid_until = NULL WHERE id = ? AND revoked_at IS NULL",
+                "UPDATE virtual_keys SET revoked_at = ?, previous_valid_until = NULL "
+                "WHERE id = ? AND revoked_at IS NULL",
                 (to_iso(now), before.id),
             )
             row = await conn.fetchone(f"SELECT {_KEY_COLS} FROM virtual_keys WHERE id = ?", (before.id,))
