@@ -100,27 +100,26 @@ async def _views(conn: Connection, budgets: Sequence[Budget], now: datetime) -> 
     windows = {b.id: current_window(b, now) for b in budgets}
     oldest = min(w[0] for w in windows.values())
     spent: dict[str, int] = dict.fromkeys(ids, 0)
+    reserved = dict.fromkeys(ids, 0)
+    # one round trip: the spend buckets, then (bucket '') the live reservations' sum per budget
     rows = await conn.fetch(
         f"SELECT budget_id, bucket_start, spent_nanos FROM budget_spend "
-        f"WHERE budget_id IN ({marks}) AND bucket_start >= ?",
-        [*ids, to_iso(oldest)],
+        f"WHERE budget_id IN ({marks}) AND bucket_start >= ? "
+        "UNION ALL SELECT rb.budget_id, '', sum(r.amount_nanos) FROM reservation_budgets rb "
+        f"JOIN reservations r ON r.id = rb.reservation_id WHERE rb.budget_id IN ({marks}) AND r.expires_at > ? "
+        "GROUP BY rb.budget_id",
+        [*ids, to_iso(oldest), *ids, to_iso(now)],
     )
     by_id = {b.id: b for b in budgets}
     for budget_id, bucket, nanos in rows:
         first, _, last = windows[budget_id]
-        if by_id[budget_id].calendar:
+        if bucket == "":
+            reserved[budget_id] += int(nanos)
+        elif by_id[budget_id].calendar:
             if bucket == to_iso(first):
                 spent[budget_id] += int(nanos)
         elif to_iso(first) <= bucket <= to_iso(last):
             spent[budget_id] += int(nanos)
-    reserved = dict.fromkeys(ids, 0)
-    for budget_id, amount in await conn.fetch(
-        "SELECT rb.budget_id, sum(r.amount_nanos) FROM reservation_budgets rb "
-        f"JOIN reservations r ON r.id = rb.reservation_id WHERE rb.budget_id IN ({marks}) AND r.expires_at > ? "
-        "GROUP BY rb.budget_id",
-        [*ids, to_iso(now)],
-    ):
-        reserved[str(budget_id)] = int(amount)
     return [
         BudgetView(
             budget=b,
@@ -190,9 +189,10 @@ async def reserve(
                 "VALUES (?, ?, ?, ?, ?)",
                 (reservation.id, bound_nanos, instance_id, to_iso(now), to_iso(reservation.expires_at)),
             )
-            await conn.executemany(
-                "INSERT INTO reservation_budgets (budget_id, reservation_id) VALUES (?, ?)",
-                [(b.id, reservation.id) for b in budgets],
+            await conn.execute(
+                "INSERT INTO reservation_budgets (budget_id, reservation_id) VALUES "
+                + ", ".join("(?, ?)" for _ in budgets),
+                [value for b in budgets for value in (b.id, reservation.id)],
             )
         return Admitted(reservation, tuple(budget_views))
 
@@ -214,8 +214,12 @@ async def charge(conn: Connection, db: Database, budget_ids: Sequence[str], actu
         return
     marks = ", ".join("?" for _ in budget_ids)
     budgets = await load_budgets(conn, f"id IN ({marks})", list(budget_ids), lock=db.for_update)
-    for budget in budgets:
-        await conn.execute(_SPEND_UPSERT, (budget.id, to_iso(current_window(budget, at)[2]), actual_nanos))
+    await _add_spend(conn, budgets, actual_nanos, at)
+
+
+async def _add_spend(conn: Connection, budgets: Sequence[Budget], nanos: int, at: datetime) -> None:
+    if budgets and nanos:
+        await conn.executemany(_SPEND_UPSERT, [(b.id, to_iso(current_window(b, at)[2]), nanos) for b in budgets])
 
 
 async def settle(db: Database, reservation: Reservation, actual_nanos: int, now: datetime) -> bool:
@@ -227,11 +231,12 @@ async def settle(db: Database, reservation: Reservation, actual_nanos: int, now:
     if actual_nanos < 0:
         raise ValueError("actual_nanos must not be negative")
     async with db.transaction() as conn:
+        budgets: list[Budget] = []
         if reservation.budget_ids:
             marks = ", ".join("?" for _ in reservation.budget_ids)
-            await load_budgets(conn, f"id IN ({marks})", list(reservation.budget_ids), lock=db.for_update)
+            budgets = await load_budgets(conn, f"id IN ({marks})", list(reservation.budget_ids), lock=db.for_update)
         found = await conn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
-        await charge(conn, db, reservation.budget_ids, actual_nanos, now)
+        await _add_spend(conn, budgets, actual_nanos, now)
     return found > 0
 
 

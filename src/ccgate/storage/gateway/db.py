@@ -19,6 +19,7 @@ asyncpg is the PostgreSQL driver's one home module here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -95,6 +96,7 @@ class Database(Connection, Protocol):
     async def close(self) -> None: ...
 
 
+@functools.lru_cache(maxsize=1024)
 def to_numbered(sql: str) -> str:
     """``?`` placeholders -> ``$1, $2, ...``, leaving string literals and quoted names alone."""
     out: list[str] = []
