@@ -215,3 +215,25 @@ async def test_alert_fires_once_per_window_and_threshold(open_store: StoreFactor
     assert sorted(claims) == [False, False, False, True]
     assert await first.claim_alert(budget.id, window, Decimal(1))
     assert await first.claim_alert(budget.id, window + timedelta(days=1), Decimal("0.8"))
+
+
+async def test_a_cancelled_request_leaves_no_transaction_or_hold_behind(store: GatewayStore) -> None:
+    """A client that disconnects cancels its handler at any await; the next request must find a clean database."""
+    who = await _org(store, team_limit=10**9)
+    for steps in range(40):
+        task = asyncio.create_task(_reserve(store, who, 1_000))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            continue
+        assert isinstance(result, Admitted)
+        await store.release(result.reservation)
+    final = await _reserve(store, who, 1_000)
+    assert isinstance(final, Admitted)
+    assert await store.settle(final.reservation, 1_000)
+    # a hold whose COMMIT finished after its caller was cancelled has no owner: it lapses at its expiry
+    await store.expire(now=datetime.now(UTC) + TTL + timedelta(seconds=1))
+    assert await store.db.fetch("SELECT id FROM reservations") == []

@@ -92,9 +92,16 @@ async def test_ingest_attributes_rows_to_the_callers_key_and_rejects_bad_rows(st
         key_id=caller.key.id,
         team_id=caller.team.id,
         customer_id=caller.team.customer_id,
-        records=[(_record("good"), {}), (bad_tokens, {}), (pending, {}), (_record("x" * 500), {})],
+        records=[
+            (_record("good"), {}),
+            (bad_tokens, {}),
+            (pending, {}),
+            (_record("x" * 500), {}),
+            (_record("tagged"), {"k": "v" * 1_000}),
+            (_record("good"), {}),  # twice in one batch
+        ],
     )
-    assert (result.sent, result.known, result.rejected) == (1, 0, 3)
+    assert (result.sent, result.known, result.rejected) == (1, 1, 4)
     assert await store.get_request(other.key.id, "good") is None
     assert await store.get_request(caller.key.id, "good") is not None
     # the same row id under another key is another row

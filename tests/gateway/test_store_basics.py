@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
-from ccgate.errors import NotFoundError
-from ccgate.storage.gateway import ConstraintError, GatewayStore, KeyMode
+from ccgate.errors import NotFoundError, UserInputError
+from ccgate.storage.gateway import ConstraintError, DatabaseUnavailableError, GatewayStore, KeyMode
 
 
 async def test_customer_team_key_round_trip(store: GatewayStore) -> None:
@@ -26,3 +29,20 @@ async def test_customer_team_key_round_trip(store: GatewayStore) -> None:
         await store.create_customer("Acme")
     with pytest.raises(NotFoundError):
         await store.create_team("x", customer="nobody")
+
+
+async def test_an_unreachable_database_is_reported_as_unavailable(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        await GatewayStore.open(f"postgresql://postgres:hunter2@127.0.0.1:{port}/gw")
+    assert "hunter2" not in caught.value.full_message()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(DatabaseUnavailableError):
+        await GatewayStore.open(f"sqlite://{blocker}/gateway.db")
+    with pytest.raises(UserInputError):
+        await GatewayStore.open("mysql://127.0.0.1/gw")
+    with pytest.raises(UserInputError):
+        await GatewayStore.open("sqlite://relative.db")

@@ -175,7 +175,7 @@ class SQLiteDatabase:
             return await loop.run_in_executor(self._executor, function)
         except sqlite3.IntegrityError as error:
             raise ConstraintError(f"refused by the database: {error}") from error
-        except sqlite3.OperationalError as error:
+        except (sqlite3.OperationalError, OSError) as error:
             raise DatabaseUnavailableError(
                 f"the gateway database failed: {error}", hint="check the --db file, its disk and its permissions"
             ) from error
@@ -238,14 +238,25 @@ class _SQLiteTransaction:
         self.db = db
 
     async def __aenter__(self) -> _SQLiteTransaction:
-        await self.db._execute("BEGIN IMMEDIATE", ())
+        try:
+            await self.db._execute("BEGIN IMMEDIATE", ())
+        except BaseException:
+            # cancelled while BEGIN ran on the thread: it may still take the lock; the rollback queued behind it
+            # on the same thread ends it, so the next transaction does not find one open
+            await self.db._call(self._rollback)
+            raise
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
         if kind is None:
             await self.db._execute("COMMIT", ())
         else:
-            await self.db._call(lambda: self.db._c().in_transaction and self.db._c().execute("ROLLBACK"))
+            await self.db._call(self._rollback)
+
+    def _rollback(self) -> None:
+        conn = self.db._c()
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
         return await self.db._fetch(sql, params)
@@ -279,7 +290,13 @@ async def _pg_errors() -> AsyncIterator[None]:
         yield
     except asyncpg.IntegrityConstraintViolationError as error:
         raise ConstraintError(f"refused by the database: {error.__class__.__name__}: {error}") from error
-    except (OSError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError) as error:
+    except (
+        TimeoutError,
+        OSError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.exceptions.OperatorInterventionError,
+        asyncpg.exceptions.InsufficientResourcesError,
+    ) as error:
         raise DatabaseUnavailableError(
             f"lost the gateway's PostgreSQL: {type(error).__name__}", hint="check that the database server runs"
         ) from error
@@ -327,7 +344,7 @@ class PostgresDatabase:
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=self._min_size, max_size=self._max_size, command_timeout=60
             )
-        except (OSError, asyncpg.PostgresError) as error:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as error:
             raise DatabaseUnavailableError(
                 f"cannot reach the gateway's PostgreSQL: {type(error).__name__}",
                 hint="check that the server runs and that the --db URL (host, port, user, database) is right",
@@ -397,7 +414,11 @@ async def connect(url: str, *, min_size: int = 1, max_size: int = 10) -> SQLiteD
                 f"{url!r} is not a SQLite URL with a file path", hint="use sqlite:///absolute/path/to/gateway.db"
             )
         sqlite_db = SQLiteDatabase(Path(raw))
-        await sqlite_db.open()
+        try:
+            await sqlite_db.open()
+        except BaseException:
+            await sqlite_db.close()
+            raise
         return sqlite_db
     if parts.scheme in ("postgresql", "postgres"):
         pg_db = PostgresDatabase(url, min_size=min_size, max_size=max_size)

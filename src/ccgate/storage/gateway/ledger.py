@@ -25,6 +25,8 @@ from ccgate.usage import MAX_TOKENS
 
 GROUPINGS: tuple[str, ...] = ("key", "team", "customer", "project", "model", "provider", "day", "session")
 MAX_ROW_ID = 128
+MAX_TAGS = 32
+MAX_TAG_TEXT = 200
 _CHUNK = 100
 # The sidecar's columns as the gateway stores them: its `source` is kept as `origin`; `synced_at` is its own.
 _RECORD_COLUMNS = tuple("origin" if c == "source" else c for c in SIDECAR_COLUMNS if c != "synced_at")
@@ -107,6 +109,17 @@ def validate_record(record: RequestRecord) -> str | None:
     return None
 
 
+def validate_tags(tags: object) -> str | None:
+    if not isinstance(tags, dict) or len(tags) > MAX_TAGS:
+        return f"tags must be at most {MAX_TAGS} NAME=VALUE pairs"
+    for name, value in tags.items():
+        if not (isinstance(name, str) and isinstance(value, str)) or not 0 < len(name) <= MAX_TAG_TEXT:
+            return "tag names and values must be text"
+        if len(value) > MAX_TAG_TEXT:
+            return f"tag values are at most {MAX_TAG_TEXT} characters"
+    return None
+
+
 async def ingest(
     db: Database,
     *,
@@ -125,15 +138,19 @@ async def ingest(
     rejected: list[str] = []
     rows: list[GatewayRow] = []
     seen: set[str] = set()
+    repeated = 0  # the same id twice in one batch: the second is known
     for record, tags in records:
-        reason = validate_record(record)
-        if reason is not None or record.id in seen:
+        reason = validate_record(record) or validate_tags(tags)
+        if reason is not None:
             rejected.append(str(record.id)[:MAX_ROW_ID])
+            continue
+        if record.id in seen:
+            repeated += 1
             continue
         seen.add(record.id)
         rows.append(GatewayRow(record, key_id, team_id, customer_id, RowSource.INGESTED, dict(tags)))
     if not rows:
-        return IngestResult(sent=0, known=0, rejected=len(rejected), rejected_ids=tuple(rejected))
+        return IngestResult(sent=0, known=repeated, rejected=len(rejected), rejected_ids=tuple(rejected))
     now = utcnow()
     new_ids: set[str] = set()
     async with db.transaction() as conn:
@@ -151,7 +168,10 @@ async def ingest(
             new_ids.update(str(r[0]) for r in await conn.fetch(sql, params))
         await _charge_rows(conn, db, budgets, [row for row in rows if row.record.id in new_ids])
     return IngestResult(
-        sent=len(new_ids), known=len(rows) - len(new_ids), rejected=len(rejected), rejected_ids=tuple(rejected)
+        sent=len(new_ids),
+        known=len(rows) - len(new_ids) + repeated,
+        rejected=len(rejected),
+        rejected_ids=tuple(rejected),
     )
 
 

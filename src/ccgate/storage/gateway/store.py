@@ -465,9 +465,12 @@ class GatewayStore:
 
     async def authenticate_key(self, plaintext: str, *, now: datetime | None = None) -> KeyIdentity | None:
         """The key behind `plaintext` if it works now: not revoked, not expired, the old one only in its grace."""
-        if not plaintext.startswith(KEY_PREFIX):
+        if not plaintext.startswith(KEY_PREFIX) or len(plaintext) > 200:
             return None
-        digest = hash_secret(plaintext)
+        return await self.authenticate_key_hash(hash_secret(plaintext), now=now)
+
+    async def authenticate_key_hash(self, digest: str, *, now: datetime | None = None) -> KeyIdentity | None:
+        """`authenticate_key` for a `hash_secret` digest (lets a server cache by hash, never by plaintext)."""
         now = now or utcnow()
         row = await self.db.fetchone(
             f"SELECT {', '.join('k.' + c.strip() for c in _KEY_COLS.split(','))}, k.key_hash = ?, "
