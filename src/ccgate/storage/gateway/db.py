@@ -170,9 +170,14 @@ class SQLiteDatabase:
         self._conn = conn
 
     async def _call(self, function: Callable[[], T]) -> T:
+        """Run on the database thread. Shielded: a job once submitted runs even if its caller is cancelled, so
+        the connection's state never depends on where a cancellation landed (a COMMIT cancelled before it
+        started would otherwise leave the transaction open for the next caller)."""
         loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, function)
+        future.add_done_callback(_retrieve)
         try:
-            return await loop.run_in_executor(self._executor, function)
+            return await asyncio.shield(future)
         except sqlite3.IntegrityError as error:
             raise ConstraintError(f"refused by the database: {error}") from error
         except (sqlite3.OperationalError, OSError) as error:
@@ -231,6 +236,12 @@ class SQLiteDatabase:
         self._executor.shutdown(wait=False)
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a shielded job's exception as seen when its caller was cancelled and will never look at it."""
+    if not future.cancelled():
+        future.exception()
+
+
 class _SQLiteTransaction:
     """BEGIN IMMEDIATE ... COMMIT/ROLLBACK on the database thread; the owner's lock is already held."""
 
@@ -249,7 +260,12 @@ class _SQLiteTransaction:
 
     async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
         if kind is None:
-            await self.db._execute("COMMIT", ())
+            try:
+                await self.db._execute("COMMIT", ())
+            except BaseException:
+                # a COMMIT that failed (SQLITE_BUSY, a full disk) leaves the transaction open: end it
+                await self.db._call(self._rollback)
+                raise
         else:
             await self.db._call(self._rollback)
 

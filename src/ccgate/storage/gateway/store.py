@@ -892,7 +892,7 @@ class GatewayStore:
             params.append(actor)
         rows = await self.db.fetch(
             "SELECT id, at, actor, action, target, before_json, after_json FROM audit_log "
-            f"WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            f"WHERE {' AND '.join(where)} ORDER BY at DESC, id DESC LIMIT ?",
             [*params, max(1, min(limit, 10_000))],
         )
         return [
