@@ -216,3 +216,40 @@ async def test_rate_limits_per_minute_for_key_and_team(store: GatewayStore) -> N
     await store.set_rate_limit(level="key", target="dev", rpm=None, tpm=None)
     await store.delete_rate_limit(level="team", target="core")
     assert isinstance(await store.take_request(**ids, now=next_minute), RateAllowed)
+
+
+async def test_a_budget_set_mid_window_counts_the_window_so_far(store: GatewayStore) -> None:
+    who = await _key(store)
+    provider = await store.put_provider("anthropic", kind="anthropic")
+    now = datetime.now(UTC)
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    rows = [
+        GatewayRow(
+            _record("old", at=month_start - timedelta(seconds=1), nanos=5_000),
+            who.key.id,
+            who.team.id,
+            who.team.customer_id,
+        ),
+        GatewayRow(_record("in-1", at=month_start, nanos=700), who.key.id, who.team.id, who.team.customer_id),
+        GatewayRow(
+            _record("in-2", at=now - timedelta(seconds=1), nanos=300), who.key.id, who.team.id, who.team.customer_id
+        ),
+        GatewayRow(
+            _record("synced", at=now - timedelta(seconds=1), nanos=50),
+            who.key.id,
+            who.team.id,
+            who.team.customer_id,
+            source=RowSource.INGESTED,
+        ),
+    ]
+    await store.write_requests(rows)
+    await store.create_budget(level="team", target="core", limit_nanos=10**6, period="1mo")
+    await store.create_budget(level="key", target="dev", limit_nanos=10**6, period="1h", calendar=False)
+    await store.create_budget(level="provider", target="anthropic", limit_nanos=10**6, period="1mo")
+    views = await store.budget_views(
+        key_id=who.key.id, team_id=who.team.id, customer_id=who.team.customer_id, provider_id=provider.id
+    )
+    spent = {v.budget.level.value: v.state.spent_nanos for v in views}
+    assert spent["team"] == 1_050
+    assert spent["key"] >= 350  # the last hour (its oldest bucket may reach a little further back)
+    assert spent["provider"] == 1_000  # proxied rows only

@@ -197,6 +197,36 @@ async def reserve(
         return Admitted(reservation, tuple(budget_views))
 
 
+_LEVEL_COLUMNS = {BudgetLevel.CUSTOMER: "customer_id", BudgetLevel.TEAM: "team_id", BudgetLevel.KEY: "key_id"}
+
+
+async def seed_spend(conn: Connection, budget: Budget, now: datetime) -> None:
+    """Fill a new budget's current window from the ledger rows of its target (by minute, into its buckets)."""
+    first = current_window(budget, now)[0]
+    if budget.level is BudgetLevel.PROVIDER:
+        row = await conn.fetchone("SELECT name FROM provider_configs WHERE id = ?", (budget.target_id,))
+        if row is None:
+            return
+        # ingested rows ran on the developer's own credentials: they never count against an org provider
+        where, value = "provider = ? AND source = 'proxied'", row[0]
+    else:
+        where, value = f"{_LEVEL_COLUMNS[budget.level]} = ?", budget.target_id
+    minute = "substr(started_at, 1, 16)"
+    rows = await conn.fetch(
+        f"SELECT {minute}, sum(cost_nanos) FROM requests WHERE {where} AND started_at >= ? AND started_at <= ? "
+        f"AND cost_nanos IS NOT NULL GROUP BY {minute}",
+        (value, to_iso(first), to_iso(now)),
+    )
+    per_bucket: dict[datetime, int] = {}
+    for text, nanos in rows:
+        moment = max(from_iso(f"{text}:00Z"), first)
+        bucket = current_window(budget, moment)[2]
+        per_bucket[bucket] = per_bucket.get(bucket, 0) + int(nanos)
+    await conn.executemany(
+        _SPEND_UPSERT, [(budget.id, to_iso(bucket), nanos) for bucket, nanos in per_bucket.items() if nanos]
+    )
+
+
 async def shrink(db: Database, reservation_id: str, new_bound_nanos: int) -> bool:
     """Lower a reservation (e.g. to the real input cost once `message_start` reports it); never raises it."""
     if new_bound_nanos < 0:

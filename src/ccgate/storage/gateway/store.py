@@ -92,6 +92,13 @@ _KEY_COLS = (
     "id, name, team_id, mode, key_prefix, allowed_models, allowed_providers, tier_overrides, expires_at, "
     "revoked_at, previous_prefix, previous_valid_until, created_at"
 )
+_AUTH_SQL = (
+    f"SELECT {', '.join('k.' + c.strip() for c in _KEY_COLS.split(','))}, k.key_hash = ?, "
+    f"{', '.join('t.' + c.strip() for c in _TEAM_COLS.split(','))}, "
+    f"{', '.join('c.' + c.strip() for c in _CUSTOMER_COLS.split(','))} "
+    "FROM virtual_keys k JOIN teams t ON t.id = k.team_id LEFT JOIN customers c ON c.id = t.customer_id "
+    "WHERE k.key_hash = ? OR k.previous_hash = ?"
+)
 _ADMIN_COLS = "id, name, role, team_id, token_prefix, revoked_at, created_at"
 _PROVIDER_COLS = "id, name, kind, base_url, api_key_encrypted IS NOT NULL, created_at, updated_at"
 _RATE_COLS = "id, level, target_id, rpm, tpm, created_at, updated_at"
@@ -472,14 +479,7 @@ class GatewayStore:
     async def authenticate_key_hash(self, digest: str, *, now: datetime | None = None) -> KeyIdentity | None:
         """`authenticate_key` for a `hash_secret` digest (lets a server cache by hash, never by plaintext)."""
         now = now or utcnow()
-        row = await self.db.fetchone(
-            f"SELECT {', '.join('k.' + c.strip() for c in _KEY_COLS.split(','))}, k.key_hash = ?, "
-            f"{', '.join('t.' + c.strip() for c in _TEAM_COLS.split(','))}, "
-            f"{', '.join('c.' + c.strip() for c in _CUSTOMER_COLS.split(','))} "
-            "FROM virtual_keys k JOIN teams t ON t.id = k.team_id LEFT JOIN customers c ON c.id = t.customer_id "
-            "WHERE k.key_hash = ? OR k.previous_hash = ?",
-            (digest, digest, digest),
-        )
+        row = await self.db.fetchone(_AUTH_SQL, (digest, digest, digest))
         if row is None:
             return None
         key = _key(row[:13])
@@ -643,7 +643,11 @@ class GatewayStore:
         webhook_url: str | None = None,
         actor: str | None = None,
     ) -> Budget:
-        """A budget on a customer, team, key or provider (by name or id); any number per target."""
+        """A budget on a customer, team, key or provider (by name or id); any number per target.
+
+        It starts from what the ledger already holds for its target in the current window: a monthly team
+        budget set on the 20th counts the month so far.
+        """
         budget_level = BudgetLevel(level)
         target_id = await self._target_id(budget_level, target)
         if limit_nanos < 0:
@@ -694,6 +698,7 @@ class GatewayStore:
                     to_iso(now),
                 ),
             )
+            await admission.seed_spend(conn, budget, now)
             await _audit(conn, actor, "budget.create", f"{budget.level.value}:{target}", None, budget)
         return budget
 
