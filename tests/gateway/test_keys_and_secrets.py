@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ccgate.errors import UserInputError
 from ccgate.storage.gateway import GatewayStore, SecretKeyError
 from ccgate.storage.gateway.crypto import SECRET_KEY_ENV, KeyCipher, generate_secret_key
 
@@ -125,3 +126,21 @@ async def test_sql_ish_names_are_stored_verbatim(store: GatewayStore, name: str)
     assert identity.key.tier_overrides == {"haiku": name}
     assert (await store.get_key(name)).id == created.key.id
     assert [t.name for t in await store.list_teams()] == [name + " team"]
+
+
+async def test_control_characters_and_absurd_amounts_are_refused_before_the_database(store: GatewayStore) -> None:
+    await _team(store)
+    with pytest.raises(UserInputError):
+        await store.create_key(team="core", name="nul", tier_overrides={"haiku": "groq/\x00llama"})
+    with pytest.raises(UserInputError):
+        await store.create_key(team="core", name="nul\x00name")
+    with pytest.raises(UserInputError):
+        await store.put_provider("p", kind="openai", base_url="http://127.0.0.1/\x00")
+    with pytest.raises(UserInputError):
+        await store.create_budget(level="team", target="core", limit_nanos=10**19, period="1d")
+    with pytest.raises(UserInputError):
+        await store.create_budget(level="team", target="core", limit_nanos=-1, period="1d")
+    with pytest.raises(UserInputError):
+        await store.create_budget(level="team", target="core", limit_nanos=1, period="1 fortnight")
+    assert await store.list_keys() == []
+    assert await store.list_budgets() == []

@@ -40,6 +40,8 @@ from ccgate.storage.gateway.records import (
 __all__ = ["AdmissionResult", "BudgetView", "RateDecision"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# one request's cost or bound: $1e9, far above anything real and far below where sums of BIGINT overflow
+MAX_NANOS = 10**18
 _BUDGET_COLS = (
     "id, level, target_id, limit_nanos, period, calendar, timezone, thresholds, webhook_url, "
     "override_limit_nanos, override_until, created_at, updated_at"
@@ -167,8 +169,8 @@ async def reserve(
     spent < limit (the lone request); otherwise `Waiting` (live reservations fill the budget, spent < limit)
     or `Refused` (spent >= limit). Refused and waiting requests hold nothing.
     """
-    if bound_nanos < 0:
-        raise ValueError("bound_nanos must not be negative")
+    if not 0 <= bound_nanos <= MAX_NANOS:
+        raise ValueError("bound_nanos must be between 0 and MAX_NANOS")
     async with db.transaction() as conn:
         budgets = await load_budgets(conn, _APPLYING, (customer_id, team_id, key_id, provider_id), lock=db.for_update)
         budget_views = await _views(conn, budgets, now)
@@ -229,8 +231,8 @@ async def seed_spend(conn: Connection, budget: Budget, now: datetime) -> None:
 
 async def shrink(db: Database, reservation_id: str, new_bound_nanos: int) -> bool:
     """Lower a reservation (e.g. to the real input cost once `message_start` reports it); never raises it."""
-    if new_bound_nanos < 0:
-        raise ValueError("new_bound_nanos must not be negative")
+    if not 0 <= new_bound_nanos <= MAX_NANOS:
+        raise ValueError("new_bound_nanos must be between 0 and MAX_NANOS")
     changed = await db.execute(
         "UPDATE reservations SET amount_nanos = ? WHERE id = ? AND amount_nanos > ?",
         (new_bound_nanos, reservation_id, new_bound_nanos),
@@ -258,8 +260,8 @@ async def settle(db: Database, reservation: Reservation, actual_nanos: int, now:
     Spend is added even if the reservation had lapsed (the provider billed it all the same); returns whether
     the reservation was still there.
     """
-    if actual_nanos < 0:
-        raise ValueError("actual_nanos must not be negative")
+    if not 0 <= actual_nanos <= MAX_NANOS:
+        raise ValueError("actual_nanos must be between 0 and MAX_NANOS")
     async with db.transaction() as conn:
         budgets: list[Budget] = []
         if reservation.budget_ids:
@@ -294,8 +296,8 @@ async def expire(db: Database, now: datetime) -> int:
 async def override_budget(
     db: Database, budget_id: str, limit_nanos: int | None, now: datetime, actor: str | None, audit: AuditFn
 ) -> Budget:
-    if limit_nanos is not None and limit_nanos < 0:
-        raise UserInputError("a budget limit cannot be negative", hint="give 0 or more dollars")
+    if limit_nanos is not None and not 0 <= limit_nanos <= MAX_NANOS:
+        raise UserInputError("a budget limit is 0 or more dollars, up to $1e9", hint="give a plain amount")
     async with db.transaction() as conn:
         found = await load_budgets(conn, "id = ?", (budget_id,), lock=db.for_update)
         if not found:

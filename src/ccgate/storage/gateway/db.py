@@ -306,6 +306,10 @@ async def _pg_errors() -> AsyncIterator[None]:
         yield
     except asyncpg.IntegrityConstraintViolationError as error:
         raise ConstraintError(f"refused by the database: {error.__class__.__name__}: {error}") from error
+    except asyncpg.exceptions.TransactionRollbackError as error:  # a deadlock or serialisation failure
+        raise DatabaseUnavailableError(
+            f"the gateway database rolled back a transaction: {type(error).__name__}", hint="try again"
+        ) from error
     except (
         TimeoutError,
         OSError,

@@ -74,8 +74,21 @@ def _check_name(kind: str, name: str) -> str:
     return name
 
 
+def _check_text(what: str, value: str | None, *, limit: int = 2_000) -> str | None:
+    """Free text (URLs, kinds, model names): bounded and without control characters (PostgreSQL stores no NUL)."""
+    if value is not None and (
+        not isinstance(value, str) or len(value) > limit or any(ord(c) < 32 or c == "\x7f" for c in value)
+    ):
+        raise UserInputError(f"{what} must be at most {limit} printable characters", hint=f"check the {what}")
+    return value
+
+
 def _json_list(value: Sequence[str] | None) -> str | None:
-    return None if value is None else json.dumps(list(value))
+    if value is None:
+        return None
+    for item in value:
+        _check_text("model or provider name", item, limit=MAX_NAME)
+    return json.dumps(list(value))
 
 
 def _check_overrides(overrides: dict[str, str] | None) -> str:
@@ -83,6 +96,8 @@ def _check_overrides(overrides: dict[str, str] | None) -> str:
     for tier, target in cleaned.items():
         if not isinstance(tier, str) or not isinstance(target, str) or not tier or not target:
             raise UserInputError("tier overrides map a tier name to PROVIDER/MODEL", hint="e.g. haiku=groq/llama")
+        _check_text("tier override", tier, limit=MAX_NAME)
+        _check_text("tier override", target, limit=MAX_NAME)
     return json.dumps(cleaned, sort_keys=True)
 
 
@@ -559,8 +574,10 @@ class GatewayStore:
         actor: str | None = None,
     ) -> ProviderConfig:
         """Create or replace a provider config; `api_key` is encrypted (refused without the secret key)."""
-        encrypted = None if api_key is None else require_cipher(self.cipher).encrypt(api_key)
         _check_name("provider", name)
+        _check_text("provider kind", kind, limit=MAX_NAME)
+        _check_text("base URL", base_url)
+        encrypted = None if api_key is None else require_cipher(self.cipher).encrypt(api_key)
         now = to_iso(utcnow())
         async with self.db.transaction() as conn:
             old = await conn.fetchone(f"SELECT {_PROVIDER_COLS} FROM provider_configs WHERE name = ?", (name,))
@@ -650,14 +667,15 @@ class GatewayStore:
         """
         budget_level = BudgetLevel(level)
         target_id = await self._target_id(budget_level, target)
-        if limit_nanos < 0:
-            raise UserInputError("a budget limit cannot be negative", hint="give 0 or more dollars")
+        if not 0 <= limit_nanos <= admission.MAX_NANOS:
+            raise UserInputError("a budget limit is 0 or more dollars, up to $1e9", hint="give a plain amount")
         try:
             ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError) as error:
             raise UserInputError(
                 f"unknown timezone {timezone!r}", hint="use an IANA name such as Europe/Berlin"
             ) from error
+        _check_text("webhook URL", webhook_url)
         levels = tuple(sorted(Decimal(t) for t in thresholds))
         if any(not 0 < t <= 10 for t in levels):
             raise UserInputError(
@@ -728,12 +746,13 @@ class GatewayStore:
     ) -> Budget:
         before = await self.get_budget(budget_id)
         limit = before.limit_nanos if limit_nanos is None else limit_nanos
-        if limit < 0:
-            raise UserInputError("a budget limit cannot be negative", hint="give 0 or more dollars")
+        if not 0 <= limit <= admission.MAX_NANOS:
+            raise UserInputError("a budget limit is 0 or more dollars, up to $1e9", hint="give a plain amount")
         levels = before.thresholds if thresholds is None else tuple(sorted(Decimal(t) for t in thresholds))
         hook = before.webhook_url if webhook_url is False else webhook_url
         if hook is not None and not isinstance(hook, str):
             raise UserInputError("webhook_url must be a URL", hint="give an https:// URL")
+        _check_text("webhook URL", hook)
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE budgets SET limit_nanos = ?, thresholds = ?, webhook_url = ?, updated_at = ? WHERE id = ?",
