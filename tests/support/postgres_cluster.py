@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 URL_ENV = "CCGATE_TEST_POSTGRES_URL"
+_RUNUSER = ("/usr/sbin/runuser", "/sbin/runuser")
 _BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
 
 
@@ -43,7 +44,8 @@ class Cluster:
     as_postgres: bool = False
 
     def _run(self, args: list[str]) -> None:
-        command = ["runuser", "-u", "postgres", "--", *args] if self.as_postgres else args
+        runuser = shutil.which("runuser") or next((p for p in _RUNUSER if Path(p).exists()), "runuser")
+        command = [runuser, "-u", "postgres", "--", *args] if self.as_postgres else args
         subprocess.run(command, check=True, capture_output=True, timeout=120)
 
     def stop(self) -> None:
