@@ -237,3 +237,16 @@ async def test_a_cancelled_request_leaves_no_transaction_or_hold_behind(store: G
     # a hold whose COMMIT finished after its caller was cancelled has no owner: it lapses at its expiry
     await store.expire(now=datetime.now(UTC) + TTL + timedelta(seconds=1))
     assert await store.db.fetch("SELECT id FROM reservations") == []
+
+
+async def test_a_waiting_request_is_woken_by_a_settle_on_its_instance(store: GatewayStore) -> None:
+    who = await _org(store, team_limit=10_000)
+    holder = await _reserve(store, who, 10_000)
+    assert isinstance(holder, Admitted)
+    assert isinstance(await _reserve(store, who, 5_000), Waiting)
+    assert not await store.wait_for_holds(0.01)  # nothing changed: times out
+    waiter = asyncio.create_task(store.wait_for_holds(60))
+    await asyncio.sleep(0)
+    await store.settle(holder.reservation, 2_000)
+    assert await waiter
+    assert isinstance(await _reserve(store, who, 5_000), Admitted)

@@ -6,6 +6,7 @@ entry (before/after, never a secret) commit in one transaction.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -192,6 +193,7 @@ class GatewayStore:
     def __init__(self, db: Database, *, cipher: KeyCipher | None = None) -> None:
         self.db = db
         self.cipher = cipher
+        self._holds_changed = asyncio.Event()
 
     @classmethod
     async def open(
@@ -818,15 +820,40 @@ class GatewayStore:
 
     async def shrink(self, reservation: Reservation, new_bound_nanos: int) -> bool:
         """Lower the hold (never raises it); False if it was already that low or is gone."""
-        return await admission.shrink(self.db, reservation.id, new_bound_nanos)
+        changed = await admission.shrink(self.db, reservation.id, new_bound_nanos)
+        self._wake_waiters()
+        return changed
 
     async def settle(self, reservation: Reservation, actual_nanos: int, *, now: datetime | None = None) -> bool:
         """Delete the hold and add the real cost to every budget it held, atomically; False if it had lapsed."""
-        return await admission.settle(self.db, reservation, actual_nanos, now or utcnow())
+        try:
+            return await admission.settle(self.db, reservation, actual_nanos, now or utcnow())
+        finally:
+            self._wake_waiters()
 
     async def release(self, reservation: Reservation) -> bool:
         """Drop the hold without spend (the request never reached a provider)."""
-        return await admission.release(self.db, reservation.id)
+        try:
+            return await admission.release(self.db, reservation.id)
+        finally:
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        event, self._holds_changed = self._holds_changed, asyncio.Event()
+        event.set()
+
+    async def wait_for_holds(self, within: float) -> bool:
+        """Wait until a hold of this instance shrinks, settles or is released, or `within` seconds pass.
+
+        For a `Waiting` admission: try `reserve` again after this. Holds of other instances do not wake it, so
+        a waiter should use a short timeout (e.g. 0.25 s) as its poll interval. Returns whether it was woken.
+        """
+        event = self._holds_changed
+        try:
+            await asyncio.wait_for(event.wait(), within)
+        except TimeoutError:
+            return False
+        return True
 
     async def renew(self, instance_id: str, *, ttl: timedelta, now: datetime | None = None) -> int:
         return await admission.renew(self.db, instance_id, ttl, now or utcnow())
