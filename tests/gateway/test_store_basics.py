@@ -46,3 +46,16 @@ async def test_an_unreachable_database_is_reported_as_unavailable(tmp_path: Path
         await GatewayStore.open("mysql://127.0.0.1/gw")
     with pytest.raises(UserInputError):
         await GatewayStore.open("sqlite://relative.db")
+
+
+async def test_unknown_choices_are_user_errors(store: GatewayStore) -> None:
+    await store.create_team("core")
+    with pytest.raises(UserInputError, match="unknown key mode") as caught:
+        await store.create_key(team="core", name="x", mode="turbo")
+    assert caught.value.hint == "use one of: proxy, report"
+    with pytest.raises(UserInputError, match="unknown role"):
+        await store.create_admin_token("x", role="root")
+    with pytest.raises(UserInputError, match="unknown budget level"):
+        await store.create_budget(level="org", target="core", limit_nanos=1, period="1d")
+    with pytest.raises(UserInputError):
+        await store.set_rate_limit(level="customer", target="core", rpm=1, tpm=None)

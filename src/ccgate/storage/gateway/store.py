@@ -13,7 +13,8 @@ import secrets
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ccgate.budgets import parse_period
@@ -82,6 +83,17 @@ def _check_text(what: str, value: str | None, *, limit: int = 2_000) -> str | No
     ):
         raise UserInputError(f"{what} must be at most {limit} printable characters", hint=f"check the {what}")
     return value
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _choice(kind: type[E], value: object, what: str) -> E:
+    try:
+        return kind(str(value))
+    except ValueError as error:
+        allowed = ", ".join(member.value for member in kind)
+        raise UserInputError(f"unknown {what} {value!r}", hint=f"use one of: {allowed}") from error
 
 
 def _json_list(value: Sequence[str] | None) -> str | None:
@@ -344,10 +356,7 @@ class GatewayStore:
     ) -> CreatedKey:
         """A new `sk-cg-...` key for developer `name` in `team`; the plaintext is in the result only."""
         team_row = await self.get_team(team)
-        try:
-            key_mode = KeyMode(mode)
-        except ValueError as error:
-            raise UserInputError(f"unknown key mode {mode!r}", hint="use proxy or report") from error
+        key_mode = _choice(KeyMode, mode, "key mode")
         plaintext, digest, prefix = self._new_secret()
         overrides = _check_overrides(tier_overrides)
         key = VirtualKey(
@@ -427,7 +436,7 @@ class GatewayStore:
         after = VirtualKey(
             **{
                 **{name: getattr(before, name) for name in before.__dataclass_fields__},
-                "mode": before.mode if mode is None else KeyMode(mode),
+                "mode": before.mode if mode is None else _choice(KeyMode, mode, "key mode"),
                 "allowed_models": models,
                 "allowed_providers": providers,
                 "tier_overrides": before.tier_overrides
@@ -514,7 +523,7 @@ class GatewayStore:
     async def create_admin_token(
         self, name: str, *, role: AdminRole | str, team: str | None = None, actor: str | None = None
     ) -> CreatedAdminToken:
-        admin_role = AdminRole(role)
+        admin_role = _choice(AdminRole, role, "role")
         if (admin_role is AdminRole.TEAM_ADMIN) != (team is not None):
             raise UserInputError("a team_admin token needs --team, and only it", hint="give --team with team_admin")
         team_id = None if team is None else (await self.get_team(team)).id
@@ -667,7 +676,7 @@ class GatewayStore:
         It starts from what the ledger already holds for its target in the current window: a monthly team
         budget set on the 20th counts the month so far.
         """
-        budget_level = BudgetLevel(level)
+        budget_level = _choice(BudgetLevel, level, "budget level")
         target_id = await self._target_id(budget_level, target)
         if not 0 <= limit_nanos <= admission.MAX_NANOS:
             raise UserInputError("a budget limit is 0 or more dollars, up to $1e9", hint="give a plain amount")
@@ -731,7 +740,7 @@ class GatewayStore:
     async def list_budgets(self, *, level: BudgetLevel | str | None = None, target: str | None = None) -> list[Budget]:
         if level is None:
             return await admission.load_budgets(self.db, "1 = 1", ())
-        budget_level = BudgetLevel(level)
+        budget_level = _choice(BudgetLevel, level, "budget level")
         if target is None:
             return await admission.load_budgets(self.db, "level = ?", (budget_level.value,))
         target_id = await self._target_id(budget_level, target)
@@ -867,7 +876,7 @@ class GatewayStore:
         self, *, level: RateLevel | str, target: str, rpm: int | None, tpm: int | None, actor: str | None = None
     ) -> RateLimit:
         """Create or replace the rate limit of a team or key (None: no limit of that kind)."""
-        rate_level = RateLevel(level)
+        rate_level = _choice(RateLevel, level, "rate limit level")
         if any(v is not None and not 0 <= v <= 10**12 for v in (rpm, tpm)):
             raise UserInputError("rate limits are whole numbers from 0", hint="e.g. --rpm 60 --tpm 200000")
         target_id = await self._target_id(rate_level, target)
@@ -901,7 +910,7 @@ class GatewayStore:
         ]
 
     async def delete_rate_limit(self, *, level: RateLevel | str, target: str, actor: str | None = None) -> None:
-        rate_level = RateLevel(level)
+        rate_level = _choice(RateLevel, level, "rate limit level")
         target_id = await self._target_id(rate_level, target)
         async with self.db.transaction() as conn:
             old = await conn.fetchone(
