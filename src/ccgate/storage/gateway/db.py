@@ -3,7 +3,7 @@
 Contract (what the store relies on, whichever backend):
 
 * SQL is written once with ``?`` placeholders; the PostgreSQL backend rewrites them to ``$1, $2, ...``.
-  Values are ``int``, ``str``, ``None`` (timestamps are fixed-width ISO-8601 UTC text, money integer
+  Values are ``int``, ``float``, ``str``, ``None`` (timestamps are fixed-width ISO-8601 UTC text, money integer
   nano-dollars, JSON text), so both drivers bind them the same way.
 * ``fetch``/``execute`` outside a transaction run in autocommit.
 * ``transaction()`` yields a `Connection` holding a write transaction: on SQLite ``BEGIN IMMEDIATE`` (the
@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
-import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -155,13 +154,11 @@ class SQLiteDatabase:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccgate-gateway-db")
         self._conn: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
-        self._thread_ids: set[int] = set()
 
     async def open(self) -> None:
         await self._call(self._open)
 
     def _open(self) -> None:
-        self._thread_ids.add(threading.get_ident())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=True)
         conn.execute("PRAGMA journal_mode=WAL")
