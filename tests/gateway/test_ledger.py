@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from ccgate.models import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
+from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
 from ccgate.storage.gateway import GatewayRow, GatewayStore, RateAllowed, RateLimited, RowSource
 from ccgate.storage.gateway.records import KeyIdentity
 from ccgate.storage.reports import report_to_json

@@ -1,6 +1,6 @@
 """Budget admission and rate limits in the database, exact across instances.
 
-The arithmetic is `ccgate.budgets` (windows, rolling buckets, `decide`); this module adds the locking. Every
+The arithmetic is `ccgate.core.budgets` (windows, rolling buckets, `decide`); this module adds the locking. Every
 transaction that reads or changes a budget's spend first takes the budget rows -- ``FOR UPDATE`` on
 PostgreSQL, in one fixed order (customer, team, key, provider, then id), or SQLite's write lock (BEGIN
 IMMEDIATE) -- so "spent + reserved + bound <= limit" is checked and acted on atomically by one instance at a
@@ -17,9 +17,9 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ccgate.budgets import Admit, BudgetState, Reject, bucket_size, decide, parse_period, rolling_buckets, window
+from ccgate.core.budgets import Admit, BudgetState, Reject, bucket_size, decide, parse_period, rolling_buckets, window
+from ccgate.core.records import from_iso, new_request_id, to_iso
 from ccgate.errors import NotFoundError, UserInputError
-from ccgate.models import from_iso, new_request_id, to_iso
 from ccgate.storage.gateway.db import Connection, Database
 from ccgate.storage.gateway.records import (
     AdmissionResult,

@@ -12,16 +12,16 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
-from ccgate.budgets import local_midnight
+from ccgate.core.budgets import local_midnight
+from ccgate.core.records import RequestRecord, RequestStatus, from_iso, to_iso, utcnow
+from ccgate.core.usage import MAX_TOKENS
 from ccgate.errors import UserInputError
-from ccgate.models import RequestRecord, RequestStatus, from_iso, to_iso, utcnow
 from ccgate.storage.gateway.admission import charge, current_window, load_budgets
 from ccgate.storage.gateway.db import Connection, Database
 from ccgate.storage.gateway.records import GatewayRow, IngestResult, RowSource
 from ccgate.storage.ledger import COLUMNS as SIDECAR_COLUMNS
 from ccgate.storage.ledger import record_to_values, row_to_record, storable_text
 from ccgate.storage.reports import NONE_KEY, CostReport, Totals
-from ccgate.usage import MAX_TOKENS
 
 GROUPINGS: tuple[str, ...] = ("key", "team", "customer", "project", "model", "provider", "day", "session")
 MAX_ROW_ID = 128

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+from ccgate.core.records import to_iso, utcnow
 from ccgate.errors import CcgateError
-from ccgate.models import to_iso, utcnow
 from ccgate.storage.gateway.db import Connection, Database
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")

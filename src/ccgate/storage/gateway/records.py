@@ -9,8 +9,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from ccgate.budgets import BudgetState, Period
-from ccgate.models import RequestRecord, to_iso
+from ccgate.core.budgets import BudgetState, Period
+from ccgate.core.records import RequestRecord, to_iso
 
 
 class KeyMode(StrEnum):

@@ -17,9 +17,9 @@ from enum import StrEnum
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ccgate.budgets import parse_period
+from ccgate.core.budgets import parse_period
+from ccgate.core.records import RequestRecord, from_iso, new_request_id, to_iso, utcnow
 from ccgate.errors import NotFoundError, UserInputError
-from ccgate.models import RequestRecord, from_iso, new_request_id, to_iso, utcnow
 from ccgate.storage.gateway import admission, ledger, migrate
 from ccgate.storage.gateway.crypto import KeyCipher, require_cipher
 from ccgate.storage.gateway.db import Connection, Database, connect
