@@ -319,8 +319,9 @@ def _wait_for(path: Path, process: Any, timeout: float = 30) -> str:
     import time
 
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, "launch ended early"
+    # the child creates the file, then writes it: an empty file is not its answer yet
+    while not path.exists() or not path.read_text():
+        assert process.poll() is None or path.exists(), "launch ended early"
         assert time.monotonic() < deadline, f"{path.name} never appeared"
         time.sleep(0.02)
     return path.read_text()
