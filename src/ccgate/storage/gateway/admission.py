@@ -1,0 +1,376 @@
+"""Budget admission and rate limits in the database, exact across instances.
+
+The arithmetic is `ccgate.budgets` (windows, rolling buckets, `decide`); this module adds the locking. Every
+transaction that reads or changes a budget's spend first takes the budget rows -- ``FOR UPDATE`` on
+PostgreSQL, in one fixed order (customer, team, key, provider, then id), or SQLite's write lock (BEGIN
+IMMEDIATE) -- so "spent + reserved + bound <= limit" is checked and acted on atomically by one instance at a
+time. A reservation is a row with its instance and an expiry: one whose expiry has passed no longer counts,
+even before `expire` deletes it, so a killed instance's holds lapse by themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ccgate.budgets import Admit, BudgetState, Reject, bucket_size, decide, parse_period, rolling_buckets, window
+from ccgate.errors import NotFoundError, UserInputError
+from ccgate.models import from_iso, new_request_id, to_iso
+from ccgate.storage.gateway.db import Connection, Database
+from ccgate.storage.gateway.records import (
+    AdmissionResult,
+    Admitted,
+    Budget,
+    BudgetLevel,
+    BudgetView,
+    RateAllowed,
+    RateDecision,
+    RateLevel,
+    RateLimit,
+    RateLimited,
+    Refused,
+    Reservation,
+    Waiting,
+)
+
+__all__ = ["AdmissionResult", "BudgetView", "RateDecision"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_BUDGET_COLS = (
+    "id, level, target_id, limit_nanos, period, calendar, timezone, thresholds, webhook_url, "
+    "override_limit_nanos, override_until, created_at, updated_at"
+)
+_APPLYING = (
+    "(level = 'customer' AND target_id = ?) OR (level = 'team' AND target_id = ?) "
+    "OR (level = 'key' AND target_id = ?) OR (level = 'provider' AND target_id = ?)"
+)
+_SPEND_UPSERT = (
+    "INSERT INTO budget_spend (budget_id, bucket_start, spent_nanos) VALUES (?, ?, ?) "
+    "ON CONFLICT (budget_id, bucket_start) DO UPDATE SET spent_nanos = budget_spend.spent_nanos + excluded.spent_nanos"
+)
+AuditFn = Callable[[Connection, str | None, str, str | None, Any, Any], Awaitable[None]]
+
+
+def _budget(row: Sequence[Any]) -> Budget:
+    return Budget(
+        id=str(row[0]),
+        level=BudgetLevel(row[1]),
+        target_id=str(row[2]),
+        limit_nanos=int(row[3]),
+        period=parse_period(str(row[4])),
+        calendar=bool(row[5]),
+        timezone=str(row[6]),
+        thresholds=tuple(Decimal(t) for t in json.loads(row[7])),
+        webhook_url=row[8],
+        override_limit_nanos=None if row[9] is None else int(row[9]),
+        override_until=None if row[10] is None else from_iso(row[10]),
+        created_at=from_iso(row[11]),
+        updated_at=from_iso(row[12]),
+    )
+
+
+async def load_budgets(conn: Connection, where: str, params: Sequence[Any], *, lock: str = "") -> list[Budget]:
+    rows = await conn.fetch(
+        f"SELECT {_BUDGET_COLS} FROM budgets WHERE {where} ORDER BY lock_rank, id{lock}",
+        params,
+    )
+    return [_budget(r) for r in rows]
+
+
+def current_window(budget: Budget, now: datetime) -> tuple[datetime, datetime, datetime]:
+    """(first bucket counted, resets_at, bucket that spend at `now` goes to) for a budget at `now`."""
+    if budget.calendar:
+        start, end = window(budget.period, now, ZoneInfo(budget.timezone), calendar=True)
+        return start, end, start
+    size = bucket_size(budget.period)
+    buckets = rolling_buckets(budget.period, now, size=size)
+    # the oldest bucket stops counting once the whole of it lies before the window
+    return buckets[0], buckets[0] + size + budget.period.approx_duration(), buckets[-1]
+
+
+async def _views(conn: Connection, budgets: Sequence[Budget], now: datetime) -> list[BudgetView]:
+    if not budgets:
+        return []
+    ids = [b.id for b in budgets]
+    marks = ", ".join("?" for _ in ids)
+    windows = {b.id: current_window(b, now) for b in budgets}
+    oldest = min(w[0] for w in windows.values())
+    spent: dict[str, int] = dict.fromkeys(ids, 0)
+    reserved = dict.fromkeys(ids, 0)
+    # one round trip: the spend buckets, then (bucket '') the live reservations' sum per budget
+    rows = await conn.fetch(
+        f"SELECT budget_id, bucket_start, spent_nanos FROM budget_spend "
+        f"WHERE budget_id IN ({marks}) AND bucket_start >= ? "
+        "UNION ALL SELECT rb.budget_id, '', sum(r.amount_nanos) FROM reservation_budgets rb "
+        f"JOIN reservations r ON r.id = rb.reservation_id WHERE rb.budget_id IN ({marks}) AND r.expires_at > ? "
+        "GROUP BY rb.budget_id",
+        [*ids, to_iso(oldest), *ids, to_iso(now)],
+    )
+    by_id = {b.id: b for b in budgets}
+    for budget_id, bucket, nanos in rows:
+        first, _, last = windows[budget_id]
+        if bucket == "":
+            reserved[budget_id] += int(nanos)
+        elif by_id[budget_id].calendar:
+            if bucket == to_iso(first):
+                spent[budget_id] += int(nanos)
+        elif to_iso(first) <= bucket <= to_iso(last):
+            spent[budget_id] += int(nanos)
+    return [
+        BudgetView(
+            budget=b,
+            state=BudgetState(
+                key=f"{b.level.rank}:{b.id}",
+                label=b.label,
+                limit_nanos=b.effective_limit(now),
+                spent_nanos=spent[b.id],
+                reserved_nanos=reserved[b.id],
+                resets_at=windows[b.id][1],
+            ),
+            window_start=windows[b.id][0],
+        )
+        for b in budgets
+    ]
+
+
+async def views(
+    db: Database,
+    key_id: str,
+    team_id: str | None,
+    customer_id: str | None,
+    provider_id: str | None,
+    now: datetime,
+) -> list[BudgetView]:
+    async with db.transaction() as conn:
+        budgets = await load_budgets(conn, _APPLYING, (customer_id, team_id, key_id, provider_id))
+        return await _views(conn, budgets, now)
+
+
+async def reserve(
+    db: Database,
+    key_id: str,
+    team_id: str | None,
+    customer_id: str | None,
+    provider_id: str | None,
+    bound_nanos: int,
+    instance_id: str,
+    ttl: timedelta,
+    now: datetime,
+) -> AdmissionResult:
+    """One transaction: lock the applying budgets in order, apply `decide`, and hold `bound_nanos` if admitted.
+
+    Admitted when spent + reserved + bound <= limit at every level, or when nothing is in flight there and
+    spent < limit (the lone request); otherwise `Waiting` (live reservations fill the budget, spent < limit)
+    or `Refused` (spent >= limit). Refused and waiting requests hold nothing.
+    """
+    if bound_nanos < 0:
+        raise ValueError("bound_nanos must not be negative")
+    async with db.transaction() as conn:
+        budgets = await load_budgets(conn, _APPLYING, (customer_id, team_id, key_id, provider_id), lock=db.for_update)
+        budget_views = await _views(conn, budgets, now)
+        decision = decide([v.state for v in budget_views], bound_nanos)
+        if not isinstance(decision, Admit):
+            blocking = next(v for v in budget_views if v.state.key == decision.blocking.key)
+            return Refused(blocking) if isinstance(decision, Reject) else Waiting(blocking)
+        reservation = Reservation(
+            id=new_request_id(),
+            budget_ids=tuple(b.id for b in budgets),
+            amount_nanos=bound_nanos,
+            instance_id=instance_id,
+            expires_at=now + ttl,
+        )
+        if budgets:
+            await conn.execute(
+                "INSERT INTO reservations (id, amount_nanos, instance_id, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (reservation.id, bound_nanos, instance_id, to_iso(now), to_iso(reservation.expires_at)),
+            )
+            await conn.execute(
+                "INSERT INTO reservation_budgets (budget_id, reservation_id) VALUES "
+                + ", ".join("(?, ?)" for _ in budgets),
+                [value for b in budgets for value in (b.id, reservation.id)],
+            )
+        return Admitted(reservation, tuple(budget_views))
+
+
+async def shrink(db: Database, reservation_id: str, new_bound_nanos: int) -> bool:
+    """Lower a reservation (e.g. to the real input cost once `message_start` reports it); never raises it."""
+    if new_bound_nanos < 0:
+        raise ValueError("new_bound_nanos must not be negative")
+    changed = await db.execute(
+        "UPDATE reservations SET amount_nanos = ? WHERE id = ? AND amount_nanos > ?",
+        (new_bound_nanos, reservation_id, new_bound_nanos),
+    )
+    return changed > 0
+
+
+async def charge(conn: Connection, db: Database, budget_ids: Sequence[str], actual_nanos: int, at: datetime) -> None:
+    """Add spend to the bucket holding `at` of each budget that still exists, its rows locked in order first."""
+    if not budget_ids or actual_nanos == 0:
+        return
+    marks = ", ".join("?" for _ in budget_ids)
+    budgets = await load_budgets(conn, f"id IN ({marks})", list(budget_ids), lock=db.for_update)
+    await _add_spend(conn, budgets, actual_nanos, at)
+
+
+async def _add_spend(conn: Connection, budgets: Sequence[Budget], nanos: int, at: datetime) -> None:
+    if budgets and nanos:
+        await conn.executemany(_SPEND_UPSERT, [(b.id, to_iso(current_window(b, at)[2]), nanos) for b in budgets])
+
+
+async def settle(db: Database, reservation: Reservation, actual_nanos: int, now: datetime) -> bool:
+    """Replace the reservation by the real cost in one transaction: delete it, add spend to every budget.
+
+    Spend is added even if the reservation had lapsed (the provider billed it all the same); returns whether
+    the reservation was still there.
+    """
+    if actual_nanos < 0:
+        raise ValueError("actual_nanos must not be negative")
+    async with db.transaction() as conn:
+        budgets: list[Budget] = []
+        if reservation.budget_ids:
+            marks = ", ".join("?" for _ in reservation.budget_ids)
+            budgets = await load_budgets(conn, f"id IN ({marks})", list(reservation.budget_ids), lock=db.for_update)
+        found = await conn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
+        await _add_spend(conn, budgets, actual_nanos, now)
+    return found > 0
+
+
+async def release(db: Database, reservation_id: str) -> bool:
+    """Drop a reservation without spend (the request never reached the provider)."""
+    return await db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)) > 0
+
+
+async def renew(db: Database, instance_id: str, ttl: timedelta, now: datetime) -> int:
+    """Push back the expiry of an instance's live reservations (a live stream keeps its hold); lapsed stay lapsed."""
+    return await db.execute(
+        "UPDATE reservations SET expires_at = ? WHERE instance_id = ? AND expires_at > ?",
+        (to_iso(now + ttl), instance_id, to_iso(now)),
+    )
+
+
+async def expire(db: Database, now: datetime) -> int:
+    """Delete lapsed reservations (they already stopped counting) and rate counters older than two minutes."""
+    async with db.transaction() as conn:
+        gone = await conn.execute("DELETE FROM reservations WHERE expires_at <= ?", (to_iso(now),))
+        await conn.execute("DELETE FROM rate_counters WHERE minute < ?", (to_iso(_minute(now) - timedelta(minutes=2)),))
+    return gone
+
+
+async def override_budget(
+    db: Database, budget_id: str, limit_nanos: int | None, now: datetime, actor: str | None, audit: AuditFn
+) -> Budget:
+    if limit_nanos is not None and limit_nanos < 0:
+        raise UserInputError("a budget limit cannot be negative", hint="give 0 or more dollars")
+    async with db.transaction() as conn:
+        found = await load_budgets(conn, "id = ?", (budget_id,), lock=db.for_update)
+        if not found:
+            raise NotFoundError(f"no budget {budget_id!r}")
+        before = found[0]
+        until = None if limit_nanos is None else current_window(before, now)[1]
+        if not before.calendar and until is not None:
+            until = now + before.period.approx_duration()
+        await conn.execute(
+            "UPDATE budgets SET override_limit_nanos = ?, override_until = ?, updated_at = ? WHERE id = ?",
+            (limit_nanos, None if until is None else to_iso(until), to_iso(now), budget_id),
+        )
+        after = (await load_budgets(conn, "id = ?", (budget_id,)))[0]
+        await audit(conn, actor, "budget.override", budget_id, before, after)
+    return after
+
+
+async def reset_budget(db: Database, budget_id: str, now: datetime, actor: str | None, audit: AuditFn) -> None:
+    async with db.transaction() as conn:
+        found = await load_budgets(conn, "id = ?", (budget_id,), lock=db.for_update)
+        if not found:
+            raise NotFoundError(f"no budget {budget_id!r}")
+        (view,) = await _views(conn, found, now)
+        first = to_iso(view.window_start)
+        await conn.execute("DELETE FROM budget_spend WHERE budget_id = ? AND bucket_start >= ?", (budget_id, first))
+        await conn.execute("DELETE FROM budget_alerts WHERE budget_id = ? AND window_start >= ?", (budget_id, first))
+        await audit(conn, actor, "budget.reset", budget_id, {"spent_nanos": view.state.spent_nanos}, {"spent_nanos": 0})
+
+
+async def claim_alert(db: Database, budget_id: str, window_start: datetime, threshold: Decimal) -> bool:
+    return (
+        await db.execute(
+            "INSERT INTO budget_alerts (budget_id, window_start, threshold, fired_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (budget_id, window_start, threshold) DO NOTHING",
+            (budget_id, to_iso(window_start), str(threshold), to_iso(datetime.now(UTC))),
+        )
+        == 1
+    )
+
+
+# --- rate limits ------------------------------------------------------------------------------------------------
+
+
+def _minute(now: datetime) -> datetime:
+    return _EPOCH + (now.astimezone(UTC) - _EPOCH) // timedelta(minutes=1) * timedelta(minutes=1)
+
+
+_RATE_COLS = "id, level, target_id, rpm, tpm, created_at, updated_at"
+_COUNTER_UPSERT = (
+    "INSERT INTO rate_counters (rate_limit_id, minute, requests, tokens) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (rate_limit_id, minute) DO UPDATE SET requests = rate_counters.requests + excluded.requests, "
+    "tokens = rate_counters.tokens + excluded.tokens"
+)
+
+
+async def _locked_limits(conn: Connection, db: Database, key_id: str, team_id: str | None) -> list[RateLimit]:
+    rows = await conn.fetch(
+        f"SELECT {_RATE_COLS} FROM rate_limits WHERE (level = 'key' AND target_id = ?) "
+        f"OR (level = 'team' AND target_id = ?) ORDER BY level, id{db.for_update}",
+        (key_id, team_id),
+    )
+    return [
+        RateLimit(
+            str(r[0]),
+            RateLevel(r[1]),
+            str(r[2]),
+            None if r[3] is None else int(r[3]),
+            None if r[4] is None else int(r[4]),
+            from_iso(r[5]),
+            from_iso(r[6]),
+        )
+        for r in rows
+    ]
+
+
+async def take_request(db: Database, key_id: str, team_id: str | None, now: datetime) -> RateDecision:
+    """Fixed one-minute windows (UTC minutes): refuse when the requests or the tokens of this minute reached a limit."""
+    minute = _minute(now)
+    async with db.transaction() as conn:
+        limits = await _locked_limits(conn, db, key_id, team_id)
+        if not limits:
+            return RateAllowed()
+        marks = ", ".join("?" for _ in limits)
+        counts = {
+            str(r[0]): (int(r[1]), int(r[2]))
+            for r in await conn.fetch(
+                f"SELECT rate_limit_id, requests, tokens FROM rate_counters "
+                f"WHERE rate_limit_id IN ({marks}) AND minute = ?",
+                [*(limit.id for limit in limits), to_iso(minute)],
+            )
+        }
+        retry_after = max(1, int((minute + timedelta(minutes=1) - now).total_seconds() + 0.999))
+        for limit in sorted(limits, key=lambda item: (item.level != RateLevel.KEY, item.id)):
+            used_requests, used_tokens = counts.get(limit.id, (0, 0))
+            if limit.rpm is not None and used_requests >= limit.rpm:
+                return RateLimited(limit, "requests", used_requests, limit.rpm, retry_after)
+            if limit.tpm is not None and used_tokens >= limit.tpm:
+                return RateLimited(limit, "tokens", used_tokens, limit.tpm, retry_after)
+        await conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(minute), 1, 0) for limit in limits])
+    return RateAllowed()
+
+
+async def add_tokens(db: Database, key_id: str, team_id: str | None, tokens: int, now: datetime) -> None:
+    if tokens <= 0:
+        return
+    async with db.transaction() as conn:
+        limits = await _locked_limits(conn, db, key_id, team_id)
+        await conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(_minute(now)), 0, tokens) for limit in limits])

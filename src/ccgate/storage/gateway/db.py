@@ -1,0 +1,408 @@
+"""The gateway's database seam: one small async interface over SQLite and PostgreSQL.
+
+Contract (what the store relies on, whichever backend):
+
+* SQL is written once with ``?`` placeholders; the PostgreSQL backend rewrites them to ``$1, $2, ...``.
+  Values are ``int``, ``str``, ``None`` (timestamps are fixed-width ISO-8601 UTC text, money integer
+  nano-dollars, JSON text), so both drivers bind them the same way.
+* ``fetch``/``execute`` outside a transaction run in autocommit.
+* ``transaction()`` yields a `Connection` holding a write transaction: on SQLite ``BEGIN IMMEDIATE`` (the
+  database's one write lock, taken before anything is read, so read-then-write is serialised across
+  processes); on PostgreSQL READ COMMITTED, where the caller takes row locks with ``FOR UPDATE`` (see
+  `for_update`) in one fixed order. Leaving the block commits; an exception rolls back.
+* ``lock_migrations(conn)`` serialises schema changes inside a transaction (advisory lock / the write lock).
+* Nothing blocks the event loop: sqlite3 runs in one dedicated thread per `Database`; asyncpg is async.
+
+asyncpg is the PostgreSQL driver's one home module here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from ccgate.errors import CcgateError, UserInputError
+
+if TYPE_CHECKING:
+    import asyncpg
+
+Row = tuple[Any, ...]
+Params = Sequence[Any]
+T = TypeVar("T")
+
+# Seconds a SQLite connection waits for another writer's lock (another instance or process on the same file).
+SQLITE_BUSY_TIMEOUT_S = 30.0
+# An arbitrary constant: the PostgreSQL advisory lock that serialises migrations between instances.
+MIGRATION_LOCK_KEY = 0x63636761_7465  # "ccgate"
+
+
+class DatabaseUnavailableError(CcgateError):
+    """The gateway's database cannot be reached or refused a statement; the data plane fails closed (503)."""
+
+    status = 503
+    error_type = "overloaded_error"
+
+
+class ConstraintError(CcgateError):
+    """A write broke a unique or foreign-key constraint (a duplicate name, an unknown team); nothing was stored."""
+
+    status = 409
+    error_type = "invalid_request_error"
+    should_retry = False
+
+
+class Connection(Protocol):
+    """One connection inside a transaction (or in autocommit, for `Database` itself)."""
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None: ...
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement; returns the number of rows it changed."""
+        ...
+
+    async def executemany(self, sql: str, rows: Sequence[Params]) -> None: ...
+
+
+class Database(Connection, Protocol):
+    """A pool (PostgreSQL) or a dedicated thread with one connection (SQLite)."""
+
+    backend: str  # "sqlite" or "postgresql"
+
+    @property
+    def for_update(self) -> str:
+        """`` FOR UPDATE`` on PostgreSQL, empty on SQLite (where BEGIN IMMEDIATE already holds the lock)."""
+        ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """``async with db.transaction() as conn:`` -- see the module docstring."""
+        ...
+
+    async def lock_migrations(self, conn: Connection) -> None: ...
+
+    async def run_script(self, conn: Connection, script: str) -> None:
+        """Run a multi-statement SQL file inside the caller's transaction."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@functools.lru_cache(maxsize=1024)
+def to_numbered(sql: str) -> str:
+    """``?`` placeholders -> ``$1, $2, ...``, leaving string literals and quoted names alone."""
+    out: list[str] = []
+    number = 0
+    quote: str | None = None
+    for char in sql:
+        if quote is not None:
+            if char == quote:
+                quote = None
+        elif char in ("'", '"'):
+            quote = char
+        elif char == "?":
+            number += 1
+            out.append(f"${number}")
+            continue
+        out.append(char)
+    return "".join(out)
+
+
+def split_script(script: str) -> list[str]:
+    """A SQL file's statements, split where SQLite says a statement is complete (quotes and comments respected)."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in script.splitlines(keepends=True):
+        current.append(line)
+        text = "".join(current)
+        if sqlite3.complete_statement(text):
+            if text.strip().strip(";").strip() and not _only_comments(text):
+                statements.append(text)
+            current = []
+    rest = "".join(current)
+    if rest.strip() and not _only_comments(rest):
+        statements.append(rest)
+    return statements
+
+
+def _only_comments(text: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") or line.strip() == ";" for line in text.splitlines())
+
+
+# --- SQLite -----------------------------------------------------------------------------------------------------
+
+
+class SQLiteDatabase:
+    """sqlite3 in WAL mode on one dedicated thread; an asyncio lock hands the connection to one user at a time.
+
+    Two `SQLiteDatabase` objects on one file behave like two instances: their BEGIN IMMEDIATE transactions
+    serialise on SQLite's write lock (waiting in their own threads, never on the event loop).
+    """
+
+    backend = "sqlite"
+    for_update = ""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccgate-gateway-db")
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._thread_ids: set[int] = set()
+
+    async def open(self) -> None:
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        self._thread_ids.add(threading.get_ident())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=True)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self._conn = conn
+
+    async def _call(self, function: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, function)
+        except sqlite3.IntegrityError as error:
+            raise ConstraintError(f"refused by the database: {error}") from error
+        except sqlite3.OperationalError as error:
+            raise DatabaseUnavailableError(
+                f"the gateway database failed: {error}", hint="check the --db file, its disk and its permissions"
+            ) from error
+
+    def _c(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise DatabaseUnavailableError("the gateway database is closed")
+        return self._conn
+
+    # raw calls, run on the database thread; the caller holds self._lock
+    async def _fetch(self, sql: str, params: Params) -> list[Row]:
+        return await self._call(lambda: self._c().execute(sql, tuple(params)).fetchall())
+
+    async def _execute(self, sql: str, params: Params) -> int:
+        return await self._call(lambda: self._c().execute(sql, tuple(params)).rowcount)
+
+    async def _executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        await self._call(lambda: self._c().executemany(sql, [tuple(r) for r in rows]))
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
+        async with self._lock:
+            return await self._fetch(sql, params)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        rows = await self.fetch(sql, params)
+        return rows[0] if rows else None
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        async with self._lock:
+            return await self._execute(sql, params)
+
+    async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        async with self._lock, _SQLiteTransaction(self) as conn:
+            await conn.executemany(sql, rows)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with self._lock, _SQLiteTransaction(self) as conn:
+            yield conn
+
+    async def lock_migrations(self, conn: Connection) -> None:
+        """BEGIN IMMEDIATE already holds SQLite's single write lock."""
+
+    async def run_script(self, conn: Connection, script: str) -> None:
+        for statement in split_script(script):
+            await conn.execute(statement)
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=False)
+
+
+class _SQLiteTransaction:
+    """BEGIN IMMEDIATE ... COMMIT/ROLLBACK on the database thread; the owner's lock is already held."""
+
+    def __init__(self, db: SQLiteDatabase) -> None:
+        self.db = db
+
+    async def __aenter__(self) -> _SQLiteTransaction:
+        await self.db._execute("BEGIN IMMEDIATE", ())
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            await self.db._execute("COMMIT", ())
+        else:
+            await self.db._call(lambda: self.db._c().in_transaction and self.db._c().execute("ROLLBACK"))
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
+        return await self.db._fetch(sql, params)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        rows = await self.db._fetch(sql, params)
+        return rows[0] if rows else None
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return await self.db._execute(sql, params)
+
+    async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        await self.db._executemany(sql, rows)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------------------------
+
+
+def _status_count(status: str) -> int:
+    """asyncpg's command tag (``UPDATE 3``, ``INSERT 0 1``) -> rows changed."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+@asynccontextmanager
+async def _pg_errors() -> AsyncIterator[None]:
+    """asyncpg's exceptions -> ours: constraint violations, and a lost or unreachable server (fail closed)."""
+    import asyncpg
+
+    try:
+        yield
+    except asyncpg.IntegrityConstraintViolationError as error:
+        raise ConstraintError(f"refused by the database: {error.__class__.__name__}: {error}") from error
+    except (OSError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError) as error:
+        raise DatabaseUnavailableError(
+            f"lost the gateway's PostgreSQL: {type(error).__name__}", hint="check that the database server runs"
+        ) from error
+
+
+class _PGConnection:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
+        async with _pg_errors():
+            return [tuple(r) for r in await self.conn.fetch(to_numbered(sql), *params)]
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        async with _pg_errors():
+            row = await self.conn.fetchrow(to_numbered(sql), *params)
+        return None if row is None else tuple(row)
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        async with _pg_errors():
+            return _status_count(await self.conn.execute(to_numbered(sql), *params))
+
+    async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        if rows:
+            async with _pg_errors():
+                await self.conn.executemany(to_numbered(sql), [tuple(r) for r in rows])
+
+
+class PostgresDatabase:
+    """An asyncpg pool; each `transaction()` holds one pooled connection for its duration."""
+
+    backend = "postgresql"
+    for_update = " FOR UPDATE"
+
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self._dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        import asyncpg
+
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=self._min_size, max_size=self._max_size, command_timeout=60
+            )
+        except (OSError, asyncpg.PostgresError) as error:
+            raise DatabaseUnavailableError(
+                f"cannot reach the gateway's PostgreSQL: {type(error).__name__}",
+                hint="check that the server runs and that the --db URL (host, port, user, database) is right",
+            ) from error
+
+    def _p(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise DatabaseUnavailableError("the gateway database is closed")
+        return self._pool
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[_PGConnection]:
+        async with _pg_errors(), self._p().acquire() as conn:
+            yield _PGConnection(conn)
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
+        async with self._acquire() as conn:
+            return await conn.fetch(sql, params)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        async with self._acquire() as conn:
+            return await conn.fetchone(sql, params)
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        async with self._acquire() as conn:
+            return await conn.execute(sql, params)
+
+    async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        async with self.transaction() as conn:
+            await conn.executemany(sql, rows)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with _pg_errors(), self._p().acquire() as conn, conn.transaction():
+            yield _PGConnection(conn)
+
+    async def lock_migrations(self, conn: Connection) -> None:
+        await conn.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+
+    async def run_script(self, conn: Connection, script: str) -> None:
+        for statement in split_script(script):
+            await conn.execute(statement)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+
+def describe_url(url: str) -> str:
+    """The URL without credentials, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+async def connect(url: str, *, min_size: int = 1, max_size: int = 10) -> SQLiteDatabase | PostgresDatabase:
+    """Open ``sqlite:///PATH`` or ``postgresql://...`` (``postgres://`` too)."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        raw = unquote(url[len("sqlite://") :])
+        if not raw.startswith("/") or raw == "/":
+            raise UserInputError(
+                f"{url!r} is not a SQLite URL with a file path", hint="use sqlite:///absolute/path/to/gateway.db"
+            )
+        sqlite_db = SQLiteDatabase(Path(raw))
+        await sqlite_db.open()
+        return sqlite_db
+    if parts.scheme in ("postgresql", "postgres"):
+        pg_db = PostgresDatabase(url, min_size=min_size, max_size=max_size)
+        await pg_db.open()
+        return pg_db
+    raise UserInputError(
+        f"unsupported database URL {describe_url(url)!r}", hint="use sqlite:///PATH or postgresql://USER@HOST/DB"
+    )

@@ -1,0 +1,412 @@
+"""The gateway's ledger: request rows (written ahead, then final), idempotent ingest, roll-ups and reports.
+
+A row is identified by (key id, row id): the sidecar's row id travels as `x-ccgate-request-id` and becomes the
+gateway's own row id within that key, so a row proxied by the gateway and later synced by the sidecar is one
+row. Reports return the `CostReport` of `ccgate.storage.reports`, so `report_to_json` gives `cost --json`'s shape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import Any
+
+from ccgate.budgets import local_midnight
+from ccgate.errors import UserInputError
+from ccgate.models import RequestRecord, RequestStatus, from_iso, to_iso, utcnow
+from ccgate.storage.gateway.admission import charge, current_window, load_budgets
+from ccgate.storage.gateway.db import Connection, Database
+from ccgate.storage.gateway.records import GatewayRow, IngestResult, RowSource
+from ccgate.storage.ledger import COLUMNS as SIDECAR_COLUMNS
+from ccgate.storage.ledger import record_to_values, row_to_record, storable_text
+from ccgate.storage.reports import NONE_KEY, CostReport, Totals
+from ccgate.usage import MAX_TOKENS
+
+GROUPINGS: tuple[str, ...] = ("key", "team", "customer", "project", "model", "provider", "day", "session")
+MAX_ROW_ID = 128
+_CHUNK = 100
+# The sidecar's columns as the gateway stores them: its `source` is kept as `origin`; `synced_at` is its own.
+_RECORD_COLUMNS = tuple("origin" if c == "source" else c for c in SIDECAR_COLUMNS if c != "synced_at")
+_SYNCED_AT = SIDECAR_COLUMNS.index("synced_at")
+COLUMNS: tuple[str, ...] = (
+    "key_id",
+    "team_id",
+    "customer_id",
+    "source",
+    "tags",
+    "instance_id",
+    "received_at",
+    *_RECORD_COLUMNS,
+)
+_UPDATABLE = [c for c in COLUMNS if c not in ("key_id", "id", "received_at")]
+_INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "
+_ROW_MARKS = "(" + ", ".join("?" for _ in COLUMNS) + ")"
+_UPSERT = (
+    _INSERT
+    + _ROW_MARKS
+    + " ON CONFLICT (key_id, id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _UPDATABLE)
+)
+_TOKEN_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "web_searches",
+)
+
+
+def _clean_text(value: Any) -> Any:
+    """PostgreSQL text holds no NUL and neither backend holds a lone surrogate: store what can be stored."""
+    if type(value) is str:
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+        if not storable_text(value):
+            value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def row_values(row: GatewayRow, received_at: datetime) -> tuple[Any, ...]:
+    values = list(record_to_values(row.record))
+    del values[_SYNCED_AT]
+    head = (
+        row.key_id,
+        row.team_id,
+        row.customer_id,
+        RowSource(row.source).value,
+        json.dumps(row.tags, sort_keys=True),
+        row.instance_id,
+        to_iso(received_at),
+    )
+    return tuple(_clean_text(v) for v in (*head, *values))
+
+
+async def write_requests(db: Database, rows: Sequence[GatewayRow]) -> None:
+    """Insert or replace rows by (key id, row id): the ledger sink writes each pending, then final, in batches."""
+    if not rows:
+        return
+    now = utcnow()
+    await db.executemany(_UPSERT, [row_values(row, now) for row in rows])
+
+
+def validate_record(record: RequestRecord) -> str | None:
+    """Why an ingested row cannot be stored, or None. The server validates the JSON; this guards the database."""
+    if not isinstance(record.id, str) or not 0 < len(record.id) <= MAX_ROW_ID or not record.id.isprintable():
+        return "id must be 1 to 128 printable characters"
+    if record.status == RequestStatus.PENDING:
+        return "a pending row cannot be ingested; send it once it is finished"
+    usage = record.usage
+    for name in _TOKEN_COLUMNS:
+        value = getattr(usage, name)
+        if type(value) is not int or not 0 <= value <= MAX_TOKENS:
+            return f"{name} must be a whole number from 0 to {MAX_TOKENS}"
+    if record.cost.nanos is not None and not 0 <= record.cost.nanos < 2**63:
+        return "cost must not be negative"
+    return None
+
+
+async def ingest(
+    db: Database,
+    *,
+    key_id: str,
+    team_id: str | None,
+    customer_id: str | None,
+    records: Sequence[tuple[RequestRecord, dict[str, str]]],
+) -> IngestResult:
+    """Store synced rows once per (key id, row id), attributed to this key whatever they claim.
+
+    A row already there (replayed, or proxied by the gateway and now synced) is `known` and left alone. New
+    rows' cost is added to the key's, team's and customer's budgets at the windows of their start times (the
+    developer paid with their own credentials, so provider budgets are not charged). The caller re-prices
+    each record from its tokens before handing it over.
+    """
+    rejected: list[str] = []
+    rows: list[GatewayRow] = []
+    seen: set[str] = set()
+    for record, tags in records:
+        reason = validate_record(record)
+        if reason is not None or record.id in seen:
+            rejected.append(str(record.id)[:MAX_ROW_ID])
+            continue
+        seen.add(record.id)
+        rows.append(GatewayRow(record, key_id, team_id, customer_id, RowSource.INGESTED, dict(tags)))
+    if not rows:
+        return IngestResult(sent=0, known=0, rejected=len(rejected), rejected_ids=tuple(rejected))
+    now = utcnow()
+    new_ids: set[str] = set()
+    async with db.transaction() as conn:
+        budgets = await load_budgets(
+            conn,
+            "(level = 'customer' AND target_id = ?) OR (level = 'team' AND target_id = ?) "
+            "OR (level = 'key' AND target_id = ?)",
+            (customer_id, team_id, key_id),
+            lock=db.for_update,
+        )
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            sql = _INSERT + ", ".join(_ROW_MARKS for _ in chunk) + " ON CONFLICT (key_id, id) DO NOTHING RETURNING id"
+            params = [value for row in chunk for value in row_values(row, now)]
+            new_ids.update(str(r[0]) for r in await conn.fetch(sql, params))
+        await _charge_rows(conn, db, budgets, [row for row in rows if row.record.id in new_ids])
+    return IngestResult(
+        sent=len(new_ids), known=len(rows) - len(new_ids), rejected=len(rejected), rejected_ids=tuple(rejected)
+    )
+
+
+async def _charge_rows(conn: Connection, db: Database, budgets: Sequence[Any], rows: Sequence[GatewayRow]) -> None:
+    for budget in budgets:
+        per_bucket: dict[datetime, int] = {}
+        for row in rows:
+            nanos = row.record.cost.nanos or 0
+            if nanos:
+                bucket = current_window(budget, row.record.started_at)[2]
+                per_bucket[bucket] = per_bucket.get(bucket, 0) + nanos
+        for bucket, nanos in per_bucket.items():
+            await charge(conn, db, [budget.id], nanos, bucket)
+
+
+async def get_request(db: Database, key_id: str, row_id: str) -> GatewayRow | None:
+    row = await db.fetchone(
+        f"SELECT {', '.join(COLUMNS)} FROM requests WHERE key_id = ? AND id = ?",
+        (key_id, row_id),
+    )
+    if row is None:
+        return None
+    data = dict(zip(COLUMNS, row, strict=True))
+    sidecar = {("source" if c == "origin" else c): data[c] for c in _RECORD_COLUMNS}
+    sidecar["synced_at"] = None
+    sidecar["source"] = sidecar["source"] or "gateway"
+    return GatewayRow(
+        record=row_to_record(sidecar),
+        key_id=str(data["key_id"]),
+        team_id=data["team_id"],
+        customer_id=data["customer_id"],
+        source=RowSource(data["source"]),
+        tags=json.loads(data["tags"]),
+        instance_id=data["instance_id"],
+    )
+
+
+async def recover_pending(
+    db: Database, *, instance_id: str | None = None, started_before: datetime | None = None
+) -> int:
+    """Mark pending rows `interrupted` (their usage so far stays): a dead instance's, or any older than a bound."""
+    if instance_id is None and started_before is None:
+        raise ValueError("say whose pending rows: instance_id or started_before")
+    where, params = ["status = 'pending'"], [to_iso(utcnow())]
+    if instance_id is not None:
+        where.append("instance_id = ?")
+        params.append(instance_id)
+    if started_before is not None:
+        where.append("started_at < ?")
+        params.append(to_iso(started_before))
+    return await db.execute(
+        f"UPDATE requests SET status = 'interrupted', ended_at = coalesce(ended_at, ?) WHERE {' AND '.join(where)}",
+        params,
+    )
+
+
+# --- roll-ups and retention --------------------------------------------------------------------------------------
+
+_SUMS = """
+    count(*), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), coalesce(sum(cache_read_tokens), 0),
+    coalesce(sum(cache_write_5m_tokens + cache_write_1h_tokens), 0), coalesce(sum(cost_nanos), 0),
+    coalesce(sum(CASE WHEN cost_nanos IS NULL THEN 1 ELSE 0 END), 0),
+    coalesce(sum(CASE WHEN cost_nanos IS NOT NULL AND price_quality = 'estimated' THEN 1 ELSE 0 END), 0),
+    coalesce(sum(CASE WHEN coalesce(origin, 'gateway') NOT IN ('sidecar', 'gateway') THEN 1 ELSE 0 END), 0)
+"""
+_ROLLUP_SUMS = """
+    coalesce(sum(requests), 0), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
+    coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_write_tokens), 0), coalesce(sum(cost_nanos), 0),
+    coalesce(sum(unpriced_requests), 0), coalesce(sum(estimated_requests), 0), coalesce(sum(imported_requests), 0)
+"""
+
+
+def _day_text(day: date) -> str:
+    return day.isoformat()
+
+
+async def refresh_rollups(db: Database, *, since: date, until: date) -> None:
+    """Recompute the per-UTC-day sums for days in [since, until) from the raw rows (finished rows only)."""
+    async with db.transaction() as conn:
+        await _refresh(conn, since, until)
+
+
+async def _refresh(conn: Connection, since: date, until: date) -> None:
+    low = to_iso(datetime(since.year, since.month, since.day, tzinfo=UTC))
+    high = to_iso(datetime(until.year, until.month, until.day, tzinfo=UTC))
+    await conn.execute("DELETE FROM request_rollups WHERE day >= ? AND day < ?", (_day_text(since), _day_text(until)))
+    await conn.execute(
+        "INSERT INTO request_rollups (day, key_id, team_id, customer_id, project, model, provider, requests, "
+        "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_nanos, unpriced_requests, "
+        "estimated_requests, imported_requests) "
+        f"SELECT substr(started_at, 1, 10), key_id, coalesce(team_id, ''), coalesce(customer_id, ''), "
+        f"coalesce(project, ''), coalesce(requested_model, ''), coalesce(provider, ''), {_SUMS} FROM requests "
+        "WHERE started_at >= ? AND started_at < ? AND status != 'pending' "
+        "GROUP BY substr(started_at, 1, 10), key_id, coalesce(team_id, ''), coalesce(customer_id, ''), "
+        "coalesce(project, ''), coalesce(requested_model, ''), coalesce(provider, '')",
+        (low, high),
+    )
+
+
+async def prune_requests(db: Database, *, before: date) -> int:
+    """Keep roll-ups for ever, raw rows from `before` (a UTC day) on: roll up the older days, then delete them."""
+    async with db.transaction() as conn:
+        row = await conn.fetchone("SELECT min(started_at) FROM requests WHERE started_at < ?", (_day_iso(before),))
+        if row is None or row[0] is None:
+            return 0
+        await _refresh(conn, from_iso(str(row[0])).date(), before)
+        gone = await conn.execute(
+            "DELETE FROM requests WHERE started_at < ? AND status != 'pending'", (_day_iso(before),)
+        )
+        await conn.execute("DELETE FROM gateway_meta WHERE name = 'raw_since'")
+        await conn.execute("INSERT INTO gateway_meta (name, value) VALUES ('raw_since', ?)", (_day_iso(before),))
+    return gone
+
+
+def _day_iso(day: date) -> str:
+    return to_iso(datetime(day.year, day.month, day.day, tzinfo=UTC))
+
+
+# --- reports -----------------------------------------------------------------------------------------------------
+
+_RAW_KEYS = {
+    "key": "coalesce(k.name, r.key_id)",
+    "team": "coalesce(t.name, r.team_id, '')",
+    "customer": "coalesce(c.name, r.customer_id, '')",
+    "project": "coalesce(r.project, '')",
+    "model": "coalesce(r.requested_model, '')",
+    "provider": "coalesce(r.provider, '')",
+    "session": "coalesce(r.session_id, '')",
+}
+_ROLLUP_KEYS = {
+    "key": "coalesce(k.name, r.key_id)",
+    "team": "coalesce(t.name, nullif(r.team_id, ''), '')",
+    "customer": "coalesce(c.name, nullif(r.customer_id, ''), '')",
+    "project": "r.project",
+    "model": "r.model",
+    "provider": "r.provider",
+}
+_JOINS = (
+    " LEFT JOIN virtual_keys k ON k.id = r.key_id LEFT JOIN teams t ON t.id = r.team_id"
+    " LEFT JOIN customers c ON c.id = r.customer_id"
+)
+
+
+def check_grouping(by: str | None) -> None:
+    if by is None or by in GROUPINGS or (by.startswith("tag:") and len(by) > 4):
+        return
+    raise UserInputError(f"cannot group by {by!r}", hint=f"use --by with one of: {', '.join(GROUPINGS)}, tag:NAME")
+
+
+def _slot_length(tz: tzinfo, since: datetime, until: datetime) -> int:
+    """Group raw rows by UTC hour (13 characters), or by minute where the zone is off the hour."""
+    for moment in (since, until):
+        offset = moment.astimezone(tz).utcoffset() or timedelta(0)
+        if offset % timedelta(hours=1):
+            return 16
+    return 13
+
+
+async def report(
+    db: Database,
+    *,
+    since: datetime,
+    until: datetime,
+    by: str | None,
+    tz: tzinfo = UTC,
+    team_id: str | None = None,
+) -> CostReport:
+    """Spend in [since, until), grouped; `tz` (the org's zone) makes `day`. `team_id` limits it to one team."""
+    check_grouping(by)
+    sums: dict[str, Totals] = {}
+
+    def add(key: str, row: Sequence[Any]) -> None:
+        sums[key] = sums.get(key, Totals()) + Totals.from_row(row)
+
+    async with db.transaction() as conn:
+        raw_since = await _raw_since(conn)
+        raw_low = max(since, raw_since) if raw_since else since
+        team_filter = " AND r.team_id = ?" if team_id else ""
+        extra = [team_id] if team_id else []
+        if raw_low < until:
+            await _raw_groups(conn, by, raw_low, until, tz, team_filter, extra, add)
+        if raw_since and since < raw_since:
+            await _rollup_groups(conn, by, since, min(until, raw_since), team_filter, extra, add)
+    groups = [(key or NONE_KEY, totals) for key, totals in sums.items()]
+    if by == "day":
+        groups.sort()
+    elif by is not None:
+        groups.sort(key=lambda group: (-group[1].cost_nanos, -group[1].requests, group[0]))
+    total = sum((t for _, t in groups), Totals())
+    return CostReport(since=since, until=until, by=by, total=total, groups=groups if by else [])
+
+
+async def _raw_since(conn: Connection) -> datetime | None:
+    row = await conn.fetchone("SELECT value FROM gateway_meta WHERE name = 'raw_since'")
+    return None if row is None else from_iso(str(row[0]))
+
+
+async def _raw_groups(
+    conn: Connection,
+    by: str | None,
+    low: datetime,
+    high: datetime,
+    tz: tzinfo,
+    team_filter: str,
+    extra: list[Any],
+    add: Any,
+) -> None:
+    where = f" WHERE r.started_at >= ? AND r.started_at < ?{team_filter}"
+    params = [to_iso(low), to_iso(high), *extra]
+    if by is None:
+        for row in await conn.fetch(f"SELECT {_SUMS} FROM requests r{where}", params):
+            add("", row)
+        return
+    if by in _RAW_KEYS:
+        key = _RAW_KEYS[by]
+        for row in await conn.fetch(f"SELECT {key}, {_SUMS} FROM requests r{_JOINS}{where} GROUP BY {key}", params):
+            add(str(row[0]), row[1:])
+        return
+    if by == "day":
+        length = _slot_length(tz, low, high)
+        slot = f"substr(r.started_at, 1, {length})"
+        for row in await conn.fetch(f"SELECT {slot}, {_SUMS} FROM requests r{where} GROUP BY {slot}", params):
+            text = str(row[0]) + (":00:00Z" if length == 13 else ":00Z")
+            add(from_iso(text).astimezone(tz).date().isoformat(), row[1:])
+        return
+    tag = by[4:]
+    for row in await conn.fetch(f"SELECT r.tags, {_SUMS} FROM requests r{where} GROUP BY r.tags", params):
+        try:
+            value = json.loads(row[0]).get(tag)
+        except (ValueError, AttributeError):
+            value = None
+        add("" if value is None else str(value), row[1:])
+
+
+async def _rollup_groups(
+    conn: Connection, by: str | None, low: datetime, high: datetime, team_filter: str, extra: list[Any], add: Any
+) -> None:
+    """Days before the raw rows' retention: whole UTC days from the roll-ups (no session or tag there)."""
+    first = low.astimezone(UTC).date()
+    last = high.astimezone(UTC).date()
+    where = f" WHERE r.day >= ? AND r.day < ?{team_filter}"
+    params = [
+        first.isoformat(),
+        (last + timedelta(days=1)).isoformat() if high.astimezone(UTC).time() else last.isoformat(),
+        *extra,
+    ]
+    if by is None or by.startswith("tag:") or by == "session":
+        for row in await conn.fetch(f"SELECT {_ROLLUP_SUMS} FROM request_rollups r{where}", params):
+            add("", row)
+        return
+    key = "r.day" if by == "day" else _ROLLUP_KEYS[by]
+    sql = f"SELECT {key}, {_ROLLUP_SUMS} FROM request_rollups r{_JOINS}{where} GROUP BY {key}"
+    for row in await conn.fetch(sql, params):
+        add(str(row[0]), row[1:])
+
+
+def local_day_bounds(day: date, tz: tzinfo) -> tuple[datetime, datetime]:
+    return local_midnight(day, tz), local_midnight(day + timedelta(days=1), tz)

@@ -1,0 +1,955 @@
+"""`GatewayStore`: the org gateway's typed async store over SQLite or PostgreSQL; callers never see SQL.
+
+Admin changes take an optional `actor` (the acting admin token's name): when given, the change and its audit
+entry (before/after, never a secret) commit in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ccgate.budgets import parse_period
+from ccgate.errors import NotFoundError, UserInputError
+from ccgate.models import RequestRecord, from_iso, new_request_id, to_iso, utcnow
+from ccgate.storage.gateway import admission, ledger, migrate
+from ccgate.storage.gateway.crypto import KeyCipher, require_cipher
+from ccgate.storage.gateway.db import Connection, Database, connect
+from ccgate.storage.gateway.records import (
+    AdminRole,
+    AdminToken,
+    AdmissionResult,
+    AuditEntry,
+    Budget,
+    BudgetLevel,
+    BudgetView,
+    CreatedAdminToken,
+    CreatedKey,
+    Customer,
+    GatewayRow,
+    IngestResult,
+    KeyIdentity,
+    KeyMode,
+    ProviderConfig,
+    RateDecision,
+    RateLevel,
+    RateLimit,
+    Reservation,
+    Team,
+    VirtualKey,
+    public_dict,
+)
+from ccgate.storage.reports import CostReport
+
+KEY_PREFIX = "sk-cg-"
+ADMIN_TOKEN_PREFIX = "cg-admin-"  # noqa: S105 - a prefix, not a token
+DISPLAY_CHARS = 12  # `sk-cg-` and six random characters
+MAX_NAME = 200
+
+
+def hash_secret(plaintext: str) -> str:
+    """SHA-256 hex: virtual keys and admin tokens are 256-bit random, so a plain hash is enough (no KDF)."""
+    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+def _opt_time(value: Any) -> datetime | None:
+    return None if value is None else from_iso(str(value))
+
+
+def _opt_iso(value: datetime | None) -> str | None:
+    return None if value is None else to_iso(value)
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not name or not name.strip() or len(name) > MAX_NAME or any(ord(c) < 32 for c in name):
+        raise UserInputError(
+            f"{kind} name must be 1 to {MAX_NAME} printable characters", hint=f"give the {kind} a plain name"
+        )
+    return name
+
+
+def _json_list(value: Sequence[str] | None) -> str | None:
+    return None if value is None else json.dumps(list(value))
+
+
+def _check_overrides(overrides: dict[str, str] | None) -> str:
+    cleaned = dict(overrides or {})
+    for tier, target in cleaned.items():
+        if not isinstance(tier, str) or not isinstance(target, str) or not tier or not target:
+            raise UserInputError("tier overrides map a tier name to PROVIDER/MODEL", hint="e.g. haiku=groq/llama")
+    return json.dumps(cleaned, sort_keys=True)
+
+
+_CUSTOMER_COLS = "id, name, created_at"
+_TEAM_COLS = "id, name, customer_id, tier_overrides, created_at"
+_KEY_COLS = (
+    "id, name, team_id, mode, key_prefix, allowed_models, allowed_providers, tier_overrides, expires_at, "
+    "revoked_at, previous_prefix, previous_valid_until, created_at"
+)
+_ADMIN_COLS = "id, name, role, team_id, token_prefix, revoked_at, created_at"
+_PROVIDER_COLS = "id, name, kind, base_url, api_key_encrypted IS NOT NULL, created_at, updated_at"
+_RATE_COLS = "id, level, target_id, rpm, tpm, created_at, updated_at"
+
+
+def _customer(row: Sequence[Any]) -> Customer:
+    return Customer(str(row[0]), str(row[1]), from_iso(row[2]))
+
+
+def _team(row: Sequence[Any]) -> Team:
+    return Team(str(row[0]), str(row[1]), row[2], json.loads(row[3]), from_iso(row[4]))
+
+
+def _key(row: Sequence[Any]) -> VirtualKey:
+    return VirtualKey(
+        id=str(row[0]),
+        name=str(row[1]),
+        team_id=str(row[2]),
+        mode=KeyMode(row[3]),
+        key_prefix=str(row[4]),
+        allowed_models=None if row[5] is None else tuple(json.loads(row[5])),
+        allowed_providers=None if row[6] is None else tuple(json.loads(row[6])),
+        tier_overrides=json.loads(row[7]),
+        expires_at=_opt_time(row[8]),
+        revoked_at=_opt_time(row[9]),
+        previous_prefix=row[10],
+        previous_valid_until=_opt_time(row[11]),
+        created_at=from_iso(row[12]),
+    )
+
+
+def _admin(row: Sequence[Any]) -> AdminToken:
+    return AdminToken(
+        str(row[0]), str(row[1]), AdminRole(row[2]), row[3], str(row[4]), _opt_time(row[5]), from_iso(row[6])
+    )
+
+
+def _provider(row: Sequence[Any]) -> ProviderConfig:
+    return ProviderConfig(
+        str(row[0]), str(row[1]), str(row[2]), row[3], bool(row[4]), from_iso(row[5]), from_iso(row[6])
+    )
+
+
+def _rate(row: Sequence[Any]) -> RateLimit:
+    return RateLimit(
+        str(row[0]),
+        RateLevel(row[1]),
+        str(row[2]),
+        None if row[3] is None else int(row[3]),
+        None if row[4] is None else int(row[4]),
+        from_iso(row[5]),
+        from_iso(row[6]),
+    )
+
+
+async def _audit(conn: Connection, actor: str | None, action: str, target: str | None, before: Any, after: Any) -> None:
+    if actor is None:
+        return
+    await conn.execute(
+        "INSERT INTO audit_log (id, at, actor, action, target, before_json, after_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            new_request_id(),
+            to_iso(utcnow()),
+            actor,
+            action,
+            target,
+            _audit_json(before),
+            _audit_json(after),
+        ),
+    )
+
+
+class GatewayStore:
+    """Everything the gateway server keeps: one instance per process (its own pool or SQLite thread)."""
+
+    def __init__(self, db: Database, *, cipher: KeyCipher | None = None) -> None:
+        self.db = db
+        self.cipher = cipher
+
+    @classmethod
+    async def open(
+        cls, url: str, *, cipher: KeyCipher | None = None, migrate_now: bool = True, max_connections: int = 10
+    ) -> GatewayStore:
+        """Connect; with `migrate_now` apply pending migrations under the lock (else `check_migrations` first)."""
+        db = await connect(url, max_size=max_connections)
+        store = cls(db, cipher=cipher)
+        if migrate_now:
+            try:
+                await migrate.apply(db)
+            except BaseException:
+                await db.close()
+                raise
+        return store
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def check_migrations(self) -> migrate.MigrationStatus:
+        return await migrate.check(self.db)
+
+    async def apply_migrations(self) -> list[str]:
+        return await migrate.apply(self.db)
+
+    async def ping(self) -> None:
+        """For /readyz: raises DatabaseUnavailableError when the database cannot answer."""
+        await self.db.fetch("SELECT 1")
+
+    # --- customers and teams -----------------------------------------------------------------------------------
+
+    async def create_customer(self, name: str, *, actor: str | None = None) -> Customer:
+        customer = Customer(new_request_id(), _check_name("customer", name), utcnow())
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO customers (id, name, created_at) VALUES (?, ?, ?)",
+                (customer.id, customer.name, to_iso(customer.created_at)),
+            )
+            await _audit(conn, actor, "customer.create", customer.name, None, customer)
+        return customer
+
+    async def list_customers(self) -> list[Customer]:
+        return [_customer(r) for r in await self.db.fetch(f"SELECT {_CUSTOMER_COLS} FROM customers ORDER BY name")]
+
+    async def get_customer(self, name_or_id: str) -> Customer:
+        row = await self.db.fetchone(
+            f"SELECT {_CUSTOMER_COLS} FROM customers WHERE name = ? OR id = ? ORDER BY name = ? DESC LIMIT 1",
+            (name_or_id, name_or_id, name_or_id),
+        )
+        if row is None:
+            raise NotFoundError(
+                f"no customer {name_or_id!r}", hint="list them with `ccgate gateway admin customer list`"
+            )
+        return _customer(row)
+
+    async def delete_customer(self, name_or_id: str, *, actor: str | None = None) -> None:
+        customer = await self.get_customer(name_or_id)
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM customers WHERE id = ?", (customer.id,))
+            await conn.execute("DELETE FROM budgets WHERE level = 'customer' AND target_id = ?", (customer.id,))
+            await _audit(conn, actor, "customer.delete", customer.name, customer, None)
+
+    async def create_team(
+        self,
+        name: str,
+        *,
+        customer: str | None = None,
+        tier_overrides: dict[str, str] | None = None,
+        actor: str | None = None,
+    ) -> Team:
+        customer_id = None if customer is None else (await self.get_customer(customer)).id
+        team = Team(new_request_id(), _check_name("team", name), customer_id, {}, utcnow())
+        overrides = _check_overrides(tier_overrides)
+        team = Team(team.id, team.name, customer_id, json.loads(overrides), team.created_at)
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO teams (id, name, customer_id, tier_overrides, created_at) VALUES (?, ?, ?, ?, ?)",
+                (team.id, team.name, customer_id, overrides, to_iso(team.created_at)),
+            )
+            await _audit(conn, actor, "team.create", team.name, None, team)
+        return team
+
+    async def list_teams(self, *, customer: str | None = None) -> list[Team]:
+        if customer is None:
+            rows = await self.db.fetch(f"SELECT {_TEAM_COLS} FROM teams ORDER BY name")
+        else:
+            customer_id = (await self.get_customer(customer)).id
+            rows = await self.db.fetch(
+                f"SELECT {_TEAM_COLS} FROM teams WHERE customer_id = ? ORDER BY name", (customer_id,)
+            )
+        return [_team(r) for r in rows]
+
+    async def get_team(self, name_or_id: str) -> Team:
+        row = await self.db.fetchone(
+            f"SELECT {_TEAM_COLS} FROM teams WHERE name = ? OR id = ? ORDER BY name = ? DESC LIMIT 1",
+            (name_or_id, name_or_id, name_or_id),
+        )
+        if row is None:
+            raise NotFoundError(f"no team {name_or_id!r}", hint="list them with `ccgate gateway admin team list`")
+        return _team(row)
+
+    async def update_team(
+        self,
+        name_or_id: str,
+        *,
+        customer: str | None = None,
+        tier_overrides: dict[str, str] | None = None,
+        actor: str | None = None,
+    ) -> Team:
+        before = await self.get_team(name_or_id)
+        customer_id = before.customer_id if customer is None else (await self.get_customer(customer)).id
+        overrides = before.tier_overrides if tier_overrides is None else json.loads(_check_overrides(tier_overrides))
+        after = Team(before.id, before.name, customer_id, overrides, before.created_at)
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE teams SET customer_id = ?, tier_overrides = ? WHERE id = ?",
+                (customer_id, json.dumps(overrides, sort_keys=True), before.id),
+            )
+            await _audit(conn, actor, "team.update", before.name, before, after)
+        return after
+
+    async def delete_team(self, name_or_id: str, *, actor: str | None = None) -> None:
+        team = await self.get_team(name_or_id)
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM teams WHERE id = ?", (team.id,))
+            await conn.execute("DELETE FROM budgets WHERE level = 'team' AND target_id = ?", (team.id,))
+            await conn.execute("DELETE FROM rate_limits WHERE level = 'team' AND target_id = ?", (team.id,))
+            await _audit(conn, actor, "team.delete", team.name, team, None)
+
+    # --- virtual keys ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _new_secret() -> tuple[str, str, str]:
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        return plaintext, hash_secret(plaintext), plaintext[:DISPLAY_CHARS]
+
+    async def create_key(
+        self,
+        *,
+        team: str,
+        name: str,
+        mode: KeyMode | str = KeyMode.PROXY,
+        allowed_models: Sequence[str] | None = None,
+        allowed_providers: Sequence[str] | None = None,
+        tier_overrides: dict[str, str] | None = None,
+        expires_at: datetime | None = None,
+        actor: str | None = None,
+    ) -> CreatedKey:
+        """A new `sk-cg-...` key for developer `name` in `team`; the plaintext is in the result only."""
+        team_row = await self.get_team(team)
+        try:
+            key_mode = KeyMode(mode)
+        except ValueError as error:
+            raise UserInputError(f"unknown key mode {mode!r}", hint="use proxy or report") from error
+        plaintext, digest, prefix = self._new_secret()
+        overrides = _check_overrides(tier_overrides)
+        key = VirtualKey(
+            id=new_request_id(),
+            name=_check_name("key", name),
+            team_id=team_row.id,
+            mode=key_mode,
+            key_prefix=prefix,
+            allowed_models=None if allowed_models is None else tuple(allowed_models),
+            allowed_providers=None if allowed_providers is None else tuple(allowed_providers),
+            tier_overrides=json.loads(overrides),
+            expires_at=expires_at,
+            revoked_at=None,
+            previous_prefix=None,
+            previous_valid_until=None,
+            created_at=utcnow(),
+        )
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO virtual_keys (id, name, team_id, mode, key_hash, key_prefix, allowed_models, "
+                "allowed_providers, tier_overrides, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.id,
+                    key.name,
+                    key.team_id,
+                    key.mode.value,
+                    digest,
+                    prefix,
+                    _json_list(key.allowed_models),
+                    _json_list(key.allowed_providers),
+                    overrides,
+                    _opt_iso(expires_at),
+                    to_iso(key.created_at),
+                ),
+            )
+            await _audit(conn, actor, "key.create", key.name, None, key)
+        return CreatedKey(key, plaintext)
+
+    async def get_key(self, name_or_id: str) -> VirtualKey:
+        """A live key by name, or any key by id."""
+        row = await self.db.fetchone(
+            f"SELECT {_KEY_COLS} FROM virtual_keys WHERE id = ? OR (name = ? AND revoked_at IS NULL) LIMIT 1",
+            (name_or_id, name_or_id),
+        )
+        if row is None:
+            raise NotFoundError(f"no live key {name_or_id!r}", hint="list them with `ccgate gateway admin key list`")
+        return _key(row)
+
+    async def list_keys(self, *, team: str | None = None, include_revoked: bool = False) -> list[VirtualKey]:
+        where = [] if include_revoked else ["revoked_at IS NULL"]
+        params: list[Any] = []
+        if team is not None:
+            where.append("team_id = ?")
+            params.append((await self.get_team(team)).id)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self.db.fetch(f"SELECT {_KEY_COLS} FROM virtual_keys{clause} ORDER BY name, created_at", params)
+        return [_key(r) for r in rows]
+
+    async def update_key(
+        self,
+        name_or_id: str,
+        *,
+        mode: KeyMode | str | None = None,
+        allowed_models: Sequence[str] | bool | None = False,
+        allowed_providers: Sequence[str] | bool | None = False,
+        tier_overrides: dict[str, str] | None = None,
+        expires_at: datetime | bool | None = False,
+        actor: str | None = None,
+    ) -> VirtualKey:
+        """Change what is given; `False` (the default) leaves a field alone, None clears it (= every model)."""
+        before = await self.get_key(name_or_id)
+        models = before.allowed_models if allowed_models is False else _tuple_or_none(allowed_models)
+        providers = before.allowed_providers if allowed_providers is False else _tuple_or_none(allowed_providers)
+        expiry = before.expires_at if expires_at is False else expires_at
+        if expiry is not None and not isinstance(expiry, datetime):
+            raise UserInputError("expires_at must be a time", hint="give an ISO-8601 time")
+        after = VirtualKey(
+            **{
+                **{name: getattr(before, name) for name in before.__dataclass_fields__},
+                "mode": before.mode if mode is None else KeyMode(mode),
+                "allowed_models": models,
+                "allowed_providers": providers,
+                "tier_overrides": before.tier_overrides
+                if tier_overrides is None
+                else json.loads(_check_overrides(tier_overrides)),
+                "expires_at": expiry,
+            }
+        )
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE virtual_keys SET mode = ?, allowed_models = ?, allowed_providers = ?, tier_overrides = ?, "
+                "expires_at = ? WHERE id = ?",
+                (
+                    after.mode.value,
+                    _json_list(models),
+                    _json_list(providers),
+                    json.dumps(after.tier_overrides, sort_keys=True),
+                    _opt_iso(expiry),
+                    before.id,
+                ),
+            )
+            await _audit(conn, actor, "key.update", before.name, before, after)
+        return after
+
+    async def revoke_key(self, name_or_id: str, *, actor: str | None = None) -> VirtualKey:
+        """Revoked at once, its rotated-out predecessor too."""
+        before = await self.get_key(name_or_id)
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE virtual_keys SET revoked_at = ?, previous_valid_until = NULL "
+                "WHERE id = ? AND revoked_at IS NULL",
+                (to_iso(now), before.id),
+            )
+            row = await conn.fetchone(f"SELECT {_KEY_COLS} FROM virtual_keys WHERE id = ?", (before.id,))
+            assert row is not None
+            after = _key(row)
+            await _audit(conn, actor, "key.revoke", before.name, before, after)
+        return after
+
+    async def rotate_key(self, name_or_id: str, *, grace: timedelta, actor: str | None = None) -> CreatedKey:
+        """A new secret for the same key (same id, budgets and history); the old one works for `grace` more."""
+        if grace < timedelta(0):
+            raise UserInputError("the grace period cannot be negative", hint="give 0 to end the old key at once")
+        before = await self.get_key(name_or_id)
+        plaintext, digest, prefix = self._new_secret()
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE virtual_keys SET previous_hash = key_hash, previous_prefix = key_prefix, "
+                "previous_valid_until = ?, key_hash = ?, key_prefix = ?, rotated_at = ? WHERE id = ?",
+                (to_iso(now + grace), digest, prefix, to_iso(now), before.id),
+            )
+            row = await conn.fetchone(f"SELECT {_KEY_COLS} FROM virtual_keys WHERE id = ?", (before.id,))
+            assert row is not None
+            after = _key(row)
+            await _audit(conn, actor, "key.rotate", before.name, before, after)
+        return CreatedKey(after, plaintext)
+
+    async def authenticate_key(self, plaintext: str, *, now: datetime | None = None) -> KeyIdentity | None:
+        """The key behind `plaintext` if it works now: not revoked, not expired, the old one only in its grace."""
+        if not plaintext.startswith(KEY_PREFIX):
+            return None
+        digest = hash_secret(plaintext)
+        now = now or utcnow()
+        row = await self.db.fetchone(
+            f"SELECT {', '.join('k.' + c.strip() for c in _KEY_COLS.split(','))}, k.key_hash = ?, "
+            f"{', '.join('t.' + c.strip() for c in _TEAM_COLS.split(','))}, "
+            f"{', '.join('c.' + c.strip() for c in _CUSTOMER_COLS.split(','))} "
+            "FROM virtual_keys k JOIN teams t ON t.id = k.team_id LEFT JOIN customers c ON c.id = t.customer_id "
+            "WHERE k.key_hash = ? OR k.previous_hash = ?",
+            (digest, digest, digest),
+        )
+        if row is None:
+            return None
+        key = _key(row[:13])
+        current = bool(row[13])
+        team = _team(row[14:19])
+        customer = None if row[19] is None else _customer(row[19:22])
+        if key.revoked_at is not None or (key.expires_at is not None and now >= key.expires_at):
+            return None
+        if not current and (key.previous_valid_until is None or now >= key.previous_valid_until):
+            return None
+        return KeyIdentity(key, team, customer, via_previous=not current)
+
+    # --- admin tokens ------------------------------------------------------------------------------------------
+
+    async def create_admin_token(
+        self, name: str, *, role: AdminRole | str, team: str | None = None, actor: str | None = None
+    ) -> CreatedAdminToken:
+        admin_role = AdminRole(role)
+        if (admin_role is AdminRole.TEAM_ADMIN) != (team is not None):
+            raise UserInputError("a team_admin token needs --team, and only it", hint="give --team with team_admin")
+        team_id = None if team is None else (await self.get_team(team)).id
+        plaintext = ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = AdminToken(
+            new_request_id(),
+            _check_name("admin token", name),
+            admin_role,
+            team_id,
+            plaintext[: len(ADMIN_TOKEN_PREFIX) + 6],
+            None,
+            utcnow(),
+        )
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO admin_tokens (id, name, role, team_id, token_hash, token_prefix, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token.id,
+                    token.name,
+                    token.role.value,
+                    team_id,
+                    hash_secret(plaintext),
+                    token.token_prefix,
+                    to_iso(token.created_at),
+                ),
+            )
+            await _audit(conn, actor, "admin_token.create", token.name, None, token)
+        return CreatedAdminToken(token, plaintext)
+
+    async def authenticate_admin(self, plaintext: str) -> AdminToken | None:
+        row = await self.db.fetchone(
+            f"SELECT {_ADMIN_COLS} FROM admin_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+            (hash_secret(plaintext),),
+        )
+        return None if row is None else _admin(row)
+
+    async def list_admin_tokens(self) -> list[AdminToken]:
+        return [_admin(r) for r in await self.db.fetch(f"SELECT {_ADMIN_COLS} FROM admin_tokens ORDER BY name")]
+
+    async def revoke_admin_token(self, name: str, *, actor: str | None = None) -> None:
+        row = await self.db.fetchone(f"SELECT {_ADMIN_COLS} FROM admin_tokens WHERE name = ?", (name,))
+        if row is None:
+            raise NotFoundError(f"no admin token {name!r}")
+        before = _admin(row)
+        async with self.db.transaction() as conn:
+            await conn.execute("UPDATE admin_tokens SET revoked_at = ? WHERE id = ?", (to_iso(utcnow()), before.id))
+            await _audit(conn, actor, "admin_token.revoke", name, before, None)
+
+    # --- provider configs --------------------------------------------------------------------------------------
+
+    async def put_provider(
+        self,
+        name: str,
+        *,
+        kind: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        actor: str | None = None,
+    ) -> ProviderConfig:
+        """Create or replace a provider config; `api_key` is encrypted (refused without the secret key)."""
+        encrypted = None if api_key is None else require_cipher(self.cipher).encrypt(api_key)
+        _check_name("provider", name)
+        now = to_iso(utcnow())
+        async with self.db.transaction() as conn:
+            old = await conn.fetchone(f"SELECT {_PROVIDER_COLS} FROM provider_configs WHERE name = ?", (name,))
+            before = None if old is None else _provider(old)
+            if before is None:
+                await conn.execute(
+                    "INSERT INTO provider_configs (id, name, kind, base_url, api_key_encrypted, created_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (new_request_id(), name, kind, base_url, encrypted, now, now),
+                )
+            else:
+                await conn.execute(
+                    "UPDATE provider_configs SET kind = ?, base_url = ?, "
+                    "api_key_encrypted = coalesce(?, api_key_encrypted), updated_at = ? WHERE id = ?",
+                    (kind, base_url, encrypted, now, before.id),
+                )
+            row = await conn.fetchone(f"SELECT {_PROVIDER_COLS} FROM provider_configs WHERE name = ?", (name,))
+            assert row is not None
+            after = _provider(row)
+            await _audit(conn, actor, "provider.put", name, before, after)
+        return after
+
+    async def get_provider(self, name_or_id: str) -> ProviderConfig:
+        row = await self.db.fetchone(
+            f"SELECT {_PROVIDER_COLS} FROM provider_configs WHERE name = ? OR id = ? LIMIT 1", (name_or_id, name_or_id)
+        )
+        if row is None:
+            raise NotFoundError(f"no provider {name_or_id!r}", hint="add it with `ccgate gateway admin provider add`")
+        return _provider(row)
+
+    async def list_providers(self) -> list[ProviderConfig]:
+        return [
+            _provider(r) for r in await self.db.fetch(f"SELECT {_PROVIDER_COLS} FROM provider_configs ORDER BY name")
+        ]
+
+    async def provider_api_key(self, name_or_id: str) -> str | None:
+        """The decrypted API key for forwarding (never for display); refused without the secret key."""
+        row = await self.db.fetchone(
+            "SELECT api_key_encrypted FROM provider_configs WHERE name = ? OR id = ? LIMIT 1", (name_or_id, name_or_id)
+        )
+        if row is None:
+            raise NotFoundError(f"no provider {name_or_id!r}")
+        if row[0] is None:
+            return None
+        return require_cipher(self.cipher).decrypt(str(row[0]))
+
+    async def has_stored_provider_keys(self) -> bool:
+        """Whether `serve` must refuse to start without CCGATE_GATEWAY_SECRET_KEY."""
+        row = await self.db.fetchone("SELECT count(*) FROM provider_configs WHERE api_key_encrypted IS NOT NULL")
+        return bool(row and int(row[0]))
+
+    async def delete_provider(self, name: str, *, actor: str | None = None) -> None:
+        before = await self.get_provider(name)
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM provider_configs WHERE id = ?", (before.id,))
+            await conn.execute("DELETE FROM budgets WHERE level = 'provider' AND target_id = ?", (before.id,))
+            await _audit(conn, actor, "provider.delete", name, before, None)
+
+    # --- budgets -----------------------------------------------------------------------------------------------
+
+    async def _target_id(self, level: BudgetLevel | RateLevel, target: str) -> str:
+        if level == "customer":
+            return (await self.get_customer(target)).id
+        if level == "team":
+            return (await self.get_team(target)).id
+        if level == "key":
+            return (await self.get_key(target)).id
+        return (await self.get_provider(target)).id
+
+    async def create_budget(
+        self,
+        *,
+        level: BudgetLevel | str,
+        target: str,
+        limit_nanos: int,
+        period: str,
+        calendar: bool = True,
+        timezone: str = "UTC",
+        thresholds: Sequence[Decimal] = (),
+        webhook_url: str | None = None,
+        actor: str | None = None,
+    ) -> Budget:
+        """A budget on a customer, team, key or provider (by name or id); any number per target."""
+        budget_level = BudgetLevel(level)
+        target_id = await self._target_id(budget_level, target)
+        if limit_nanos < 0:
+            raise UserInputError("a budget limit cannot be negative", hint="give 0 or more dollars")
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise UserInputError(
+                f"unknown timezone {timezone!r}", hint="use an IANA name such as Europe/Berlin"
+            ) from error
+        levels = tuple(sorted(Decimal(t) for t in thresholds))
+        if any(not 0 < t <= 10 for t in levels):
+            raise UserInputError(
+                "alert thresholds are fractions of the limit", hint="e.g. 0.8 and 1 for 80 % and 100 %"
+            )
+        now = utcnow()
+        budget = Budget(
+            id=new_request_id(),
+            level=budget_level,
+            target_id=target_id,
+            limit_nanos=limit_nanos,
+            period=parse_period(period),
+            calendar=calendar,
+            timezone=timezone,
+            thresholds=levels,
+            webhook_url=webhook_url,
+            override_limit_nanos=None,
+            override_until=None,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO budgets (id, level, lock_rank, target_id, limit_nanos, period, calendar, timezone, "
+                "thresholds, webhook_url, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    budget.id,
+                    budget.level.value,
+                    budget.level.rank,
+                    target_id,
+                    limit_nanos,
+                    budget.period.text,
+                    int(calendar),
+                    timezone,
+                    json.dumps([str(t) for t in levels]),
+                    webhook_url,
+                    to_iso(now),
+                    to_iso(now),
+                ),
+            )
+            await _audit(conn, actor, "budget.create", f"{budget.level.value}:{target}", None, budget)
+        return budget
+
+    async def get_budget(self, budget_id: str) -> Budget:
+        budgets = await admission.load_budgets(self.db, "id = ?", (budget_id,))
+        if not budgets:
+            raise NotFoundError(f"no budget {budget_id!r}", hint="list them with `ccgate gateway admin budget list`")
+        return budgets[0]
+
+    async def list_budgets(self, *, level: BudgetLevel | str | None = None, target: str | None = None) -> list[Budget]:
+        if level is None:
+            return await admission.load_budgets(self.db, "1 = 1", ())
+        budget_level = BudgetLevel(level)
+        if target is None:
+            return await admission.load_budgets(self.db, "level = ?", (budget_level.value,))
+        target_id = await self._target_id(budget_level, target)
+        return await admission.load_budgets(self.db, "level = ? AND target_id = ?", (budget_level.value, target_id))
+
+    async def update_budget(
+        self,
+        budget_id: str,
+        *,
+        limit_nanos: int | None = None,
+        thresholds: Sequence[Decimal] | None = None,
+        webhook_url: str | bool | None = False,
+        actor: str | None = None,
+    ) -> Budget:
+        before = await self.get_budget(budget_id)
+        limit = before.limit_nanos if limit_nanos is None else limit_nanos
+        if limit < 0:
+            raise UserInputError("a budget limit cannot be negative", hint="give 0 or more dollars")
+        levels = before.thresholds if thresholds is None else tuple(sorted(Decimal(t) for t in thresholds))
+        hook = before.webhook_url if webhook_url is False else webhook_url
+        if hook is not None and not isinstance(hook, str):
+            raise UserInputError("webhook_url must be a URL", hint="give an https:// URL")
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE budgets SET limit_nanos = ?, thresholds = ?, webhook_url = ?, updated_at = ? WHERE id = ?",
+                (limit, json.dumps([str(t) for t in levels]), hook, to_iso(utcnow()), before.id),
+            )
+            after = (await admission.load_budgets(conn, "id = ?", (before.id,)))[0]
+            await _audit(conn, actor, "budget.update", before.id, before, after)
+        return after
+
+    async def override_budget(
+        self, budget_id: str, *, limit_nanos: int | None, now: datetime | None = None, actor: str | None = None
+    ) -> Budget:
+        """Replace the limit for the current window only (None removes an override)."""
+        return await admission.override_budget(self.db, budget_id, limit_nanos, now or utcnow(), actor, _audit)
+
+    async def reset_budget(self, budget_id: str, *, now: datetime | None = None, actor: str | None = None) -> None:
+        """Forget the current window's spend (the ledger keeps every row)."""
+        await admission.reset_budget(self.db, budget_id, now or utcnow(), actor, _audit)
+
+    async def delete_budget(self, budget_id: str, *, actor: str | None = None) -> None:
+        before = await self.get_budget(budget_id)
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM budget_spend WHERE budget_id = ?", (before.id,))
+            await conn.execute("DELETE FROM budget_alerts WHERE budget_id = ?", (before.id,))
+            await conn.execute("DELETE FROM reservation_budgets WHERE budget_id = ?", (before.id,))
+            await conn.execute("DELETE FROM budgets WHERE id = ?", (before.id,))
+            await _audit(conn, actor, "budget.delete", before.id, before, None)
+
+    async def budget_views(
+        self,
+        *,
+        key_id: str,
+        team_id: str | None,
+        customer_id: str | None,
+        provider_id: str | None = None,
+        now: datetime | None = None,
+    ) -> list[BudgetView]:
+        """Every budget applying to a key (and provider), with limit, spent, reserved and resets_at (`/v1/me`)."""
+        return await admission.views(self.db, key_id, team_id, customer_id, provider_id, now or utcnow())
+
+    async def claim_alert(self, budget_id: str, window_start: datetime, threshold: Decimal) -> bool:
+        """True exactly once per (budget, window, threshold), across instances: the caller then fires the webhook."""
+        return await admission.claim_alert(self.db, budget_id, window_start, threshold)
+
+    # --- admission ---------------------------------------------------------------------------------------------
+
+    async def reserve(
+        self,
+        *,
+        key_id: str,
+        team_id: str | None,
+        customer_id: str | None,
+        provider_id: str | None,
+        bound_nanos: int,
+        instance_id: str,
+        ttl: timedelta,
+        now: datetime | None = None,
+    ) -> AdmissionResult:
+        """Admit and hold `bound_nanos` on every applying budget, or say why not (see `admission.reserve`)."""
+        return await admission.reserve(
+            self.db, key_id, team_id, customer_id, provider_id, bound_nanos, instance_id, ttl, now or utcnow()
+        )
+
+    async def shrink(self, reservation: Reservation, new_bound_nanos: int) -> bool:
+        """Lower the hold (never raises it); False if it was already that low or is gone."""
+        return await admission.shrink(self.db, reservation.id, new_bound_nanos)
+
+    async def settle(self, reservation: Reservation, actual_nanos: int, *, now: datetime | None = None) -> bool:
+        """Delete the hold and add the real cost to every budget it held, atomically; False if it had lapsed."""
+        return await admission.settle(self.db, reservation, actual_nanos, now or utcnow())
+
+    async def release(self, reservation: Reservation) -> bool:
+        """Drop the hold without spend (the request never reached a provider)."""
+        return await admission.release(self.db, reservation.id)
+
+    async def renew(self, instance_id: str, *, ttl: timedelta, now: datetime | None = None) -> int:
+        return await admission.renew(self.db, instance_id, ttl, now or utcnow())
+
+    async def expire(self, *, now: datetime | None = None) -> int:
+        return await admission.expire(self.db, now or utcnow())
+
+    # --- rate limits -------------------------------------------------------------------------------------------
+
+    async def set_rate_limit(
+        self, *, level: RateLevel | str, target: str, rpm: int | None, tpm: int | None, actor: str | None = None
+    ) -> RateLimit:
+        """Create or replace the rate limit of a team or key (None: no limit of that kind)."""
+        rate_level = RateLevel(level)
+        if any(v is not None and not 0 <= v <= 10**12 for v in (rpm, tpm)):
+            raise UserInputError("rate limits are whole numbers from 0", hint="e.g. --rpm 60 --tpm 200000")
+        target_id = await self._target_id(rate_level, target)
+        now = to_iso(utcnow())
+        async with self.db.transaction() as conn:
+            old = await conn.fetchone(
+                f"SELECT {_RATE_COLS} FROM rate_limits WHERE level = ? AND target_id = ?", (rate_level.value, target_id)
+            )
+            before = None if old is None else _rate(old)
+            if before is None:
+                await conn.execute(
+                    "INSERT INTO rate_limits (id, level, target_id, rpm, tpm, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (new_request_id(), rate_level.value, target_id, rpm, tpm, now, now),
+                )
+            else:
+                await conn.execute(
+                    "UPDATE rate_limits SET rpm = ?, tpm = ?, updated_at = ? WHERE id = ?", (rpm, tpm, now, before.id)
+                )
+            row = await conn.fetchone(
+                f"SELECT {_RATE_COLS} FROM rate_limits WHERE level = ? AND target_id = ?", (rate_level.value, target_id)
+            )
+            assert row is not None
+            after = _rate(row)
+            await _audit(conn, actor, "ratelimit.set", f"{rate_level.value}:{target}", before, after)
+        return after
+
+    async def list_rate_limits(self) -> list[RateLimit]:
+        return [
+            _rate(r) for r in await self.db.fetch(f"SELECT {_RATE_COLS} FROM rate_limits ORDER BY level, target_id")
+        ]
+
+    async def delete_rate_limit(self, *, level: RateLevel | str, target: str, actor: str | None = None) -> None:
+        rate_level = RateLevel(level)
+        target_id = await self._target_id(rate_level, target)
+        async with self.db.transaction() as conn:
+            old = await conn.fetchone(
+                f"SELECT {_RATE_COLS} FROM rate_limits WHERE level = ? AND target_id = ?", (rate_level.value, target_id)
+            )
+            if old is None:
+                raise NotFoundError(f"no rate limit on {rate_level.value} {target!r}")
+            await conn.execute("DELETE FROM rate_counters WHERE rate_limit_id = ?", (old[0],))
+            await conn.execute("DELETE FROM rate_limits WHERE id = ?", (old[0],))
+            await _audit(conn, actor, "ratelimit.delete", f"{rate_level.value}:{target}", _rate(old), None)
+
+    async def take_request(self, *, key_id: str, team_id: str | None, now: datetime | None = None) -> RateDecision:
+        """Count one request against the key's and team's per-minute limits, or refuse without counting it."""
+        return await admission.take_request(self.db, key_id, team_id, now or utcnow())
+
+    async def add_tokens(self, *, key_id: str, team_id: str | None, tokens: int, now: datetime | None = None) -> None:
+        """Count a finished request's tokens toward the tokens-per-minute limits."""
+        await admission.add_tokens(self.db, key_id, team_id, tokens, now or utcnow())
+
+    # --- audit -------------------------------------------------------------------------------------------------
+
+    async def audit(
+        self, *, actor: str, action: str, target: str | None, before: Any = None, after: Any = None
+    ) -> None:
+        """Append an entry for a change made outside the store's own methods (before/after: records or dicts)."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO audit_log (id, at, actor, action, target, before_json, after_json) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (new_request_id(), to_iso(utcnow()), actor, action, target, _audit_json(before), _audit_json(after)),
+            )
+
+    async def list_audit(
+        self, *, since: datetime | None = None, actor: str | None = None, limit: int = 100
+    ) -> list[AuditEntry]:
+        where, params = ["at >= ?"], [to_iso(since) if since else ""]
+        if actor is not None:
+            where.append("actor = ?")
+            params.append(actor)
+        rows = await self.db.fetch(
+            "SELECT id, at, actor, action, target, before_json, after_json FROM audit_log "
+            f"WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            [*params, max(1, min(limit, 10_000))],
+        )
+        return [
+            AuditEntry(
+                str(r[0]),
+                from_iso(r[1]),
+                str(r[2]),
+                str(r[3]),
+                r[4],
+                None if r[5] is None else json.loads(r[5]),
+                None if r[6] is None else json.loads(r[6]),
+            )
+            for r in rows
+        ]
+
+    # --- the ledger --------------------------------------------------------------------------------------------
+
+    async def write_requests(self, rows: Sequence[GatewayRow]) -> None:
+        """Upsert by (key id, row id): the ledger sink writes each row pending, then final, in batches."""
+        await ledger.write_requests(self.db, rows)
+
+    async def ingest(
+        self,
+        *,
+        key_id: str,
+        team_id: str | None,
+        customer_id: str | None,
+        records: Sequence[tuple[RequestRecord, dict[str, str]]],
+    ) -> IngestResult:
+        """Idempotent per (key id, row id); see `ledger.ingest`."""
+        return await ledger.ingest(self.db, key_id=key_id, team_id=team_id, customer_id=customer_id, records=records)
+
+    async def get_request(self, key_id: str, row_id: str) -> GatewayRow | None:
+        return await ledger.get_request(self.db, key_id, row_id)
+
+    async def recover_pending(self, *, instance_id: str | None = None, started_before: datetime | None = None) -> int:
+        return await ledger.recover_pending(self.db, instance_id=instance_id, started_before=started_before)
+
+    async def report(
+        self, *, since: datetime, until: datetime, by: str | None, tz: tzinfo = UTC, team_id: str | None = None
+    ) -> CostReport:
+        """Spend grouped by key|team|customer|project|model|provider|day|session|tag:K; `report_to_json` it."""
+        return await ledger.report(self.db, since=since, until=until, by=by, tz=tz, team_id=team_id)
+
+    async def refresh_rollups(self, *, since: date, until: date) -> None:
+        await ledger.refresh_rollups(self.db, since=since, until=until)
+
+    async def prune_requests(self, *, before: date) -> int:
+        """Roll up and delete raw rows before `before` (UTC day); roll-ups are kept for ever."""
+        return await ledger.prune_requests(self.db, before=before)
+
+
+def _tuple_or_none(value: Sequence[str] | bool | None) -> tuple[str, ...] | None:
+    if value is None or isinstance(value, bool):
+        return None
+    return tuple(value)
+
+
+def _audit_json(value: Any) -> str | None:
+    if value is None:
+        return None
+    data = value if isinstance(value, dict) else public_dict(value)
+    return json.dumps(data, sort_keys=True, default=str)
