@@ -101,7 +101,18 @@ async def _middleware(
         request[_PRINCIPAL] = await _authenticate(request)
         return await handler(request)
     except CcgateError as error:
+        error.message = " ".join(error.message.split())  # one line (PostgreSQL's errors carry a DETAIL line)
+        if not error.hint:
+            error.hint = _FALLBACK_HINTS.get(error.status, "see the admin API section of the README")
         return error_response(error)
+
+
+_FALLBACK_HINTS = {
+    404: "list what exists with the matching `ccgate gateway admin ... list` command",
+    409: "the name is taken, or the thing is still in use (a customer with teams, a team with keys): "
+    "pick another name, or remove what uses it first",
+    503: "check that the gateway's database is up, then try again",
+}
 
 
 def _store(request: web.Request) -> GatewayStore:
