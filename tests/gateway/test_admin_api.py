@@ -155,7 +155,7 @@ async def test_budgets_rate_limits_override_and_reset(api: AdminCaller, store: G
         ("/customers", {}, "missing field(s): 'name'"),
         ("/customers", {"name": ""}, "'name' must be a non-empty string"),
         ("/customers", {"name": 5}, "'name' must be a non-empty string"),
-        ("/customers", {"name": "a\nb"}, "printable"),
+        ("/customers", {"name": "a\nb"}, "control characters"),
         ("/teams", {"name": "t", "customer": "nobody"}, "no customer 'nobody'"),
         ("/teams", {"name": "t", "tier_overrides": {"giant": "a/b"}}, "tier_overrides"),
         ("/teams", {"name": "t", "tier_overrides": {"haiku": "no-slash"}}, "tier_overrides"),
@@ -439,3 +439,50 @@ async def test_two_cipher_stores_do_not_matter_for_reads(open_store: Any, aiohtt
     api = AdminCaller(await aiohttp_client(admin_parent_app(reader)))
     status, body = await api("GET", "/providers/openai")
     assert status == 200 and body["has_api_key"] is True and "sk-openai-1" not in api.seen[-1]
+
+
+async def test_control_characters_and_broken_unicode_are_refused_not_crashed(
+    api: AdminCaller, store: GatewayStore
+) -> None:
+    """NUL bytes and lone surrogates would break the database driver (PostgreSQL refuses NUL in text)."""
+    await _org(api)
+    await api("POST", "/keys", {"team": "core", "name": "k"})
+    for path in ("/customers/a%00b", "/teams/%00", "/keys/k%00", "/providers/%1b%5b2J"):
+        status, body = await api("GET", path)
+        assert status == 404, (path, body)
+        error_of(body)
+    assert (await api("PUT", "/ratelimits/team/%00", {"rpm": 1, "tpm": 1}))[0] == 404
+    status, body = await api("GET", "/keys", params={"team": "a\x00b"})
+    assert status == 400 and "'team'" in error_of(body)
+    for field in ("team", "name"):
+        status, body = await api("POST", "/keys", {"team": "core", "name": "x", field: "a\x00b"})
+        assert status == 400, body
+    status, body = await api("POST", "/customers", raw=b'{"name": "a\\ud800b"}')
+    assert status == 400 and "'name'" in error_of(body)
+    status, body = await api("POST", "/keys", raw=b'{"team": "\\udfff", "name": "x"}')
+    assert status == 400
+    assert [c.name for c in await store.list_customers()] == ["acme"]
+    assert [k.name for k in await store.list_keys()] == ["k"]
+
+
+async def test_the_bootstrap_name_cannot_be_taken_by_a_named_token(api: AdminCaller, store: GatewayStore) -> None:
+    status, body = await api("POST", "/tokens", {"name": "env", "role": "admin"})
+    assert status == 400 and "reserved" in error_of(body)
+    assert await store.list_admin_tokens() == []
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"since": "0001-01-01", "until": "0001-01-02", "by": "day"},
+        {"since": "9999-12-30", "by": "day", "tz": "Pacific/Kiritimati"},
+        {"since": "0001-01-01T00:00:00+14:00"},
+        {"tz": "Not/AZone"},
+        {"since": "2026-01-01", "until": "9999-12-31T23:59:59-12:00", "by": "day"},
+    ],
+)
+async def test_report_edges_answer_without_crashing(api: AdminCaller, params: dict[str, str]) -> None:
+    status, body = await api("GET", "/report", params=params)
+    assert status in (200, 400), body
+    if status == 400:
+        error_of(body)

@@ -219,3 +219,12 @@ def test_the_admin_cli_never_imports_aiohttp(gw: ServedAdmin, tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"customers": []}
     assert done.stderr.strip() == "False"
+
+
+def test_credentials_in_the_url_are_refused_without_echoing_them(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CCGATE_GATEWAY_ADMIN_TOKEN", BOOTSTRAP)
+    url = "http://admin:hunter2-secret@127.0.0.1:9/"
+    err = _one_error(run_main(capsys, monkeypatch, "gateway", "admin", "--url", url, "whoami"), "credentials")
+    assert "hunter2-secret" not in err

@@ -316,8 +316,7 @@ def key_create(
     if as_json:
         ctx().print_json({field: data[field] for field in ("id", "name", "team", "mode", "key")})
         return
-    sys.stdout.write(data["key"] + "\n")
-    sys.stdout.flush()
+    ctx().echo(data["key"])  # alone on stdout: KEY=$(ccgate gateway admin key create ...)
     ctx().success(f"key {name!r} created for team {team!r} ({data['mode']} mode); it is shown only this once")
 
 
@@ -393,8 +392,7 @@ def key_rotate(
     if as_json:
         ctx().print_json({field: data[field] for field in ("id", "name", "team", "mode", "key")})
         return
-    sys.stdout.write(data["key"] + "\n")
-    sys.stdout.flush()
+    ctx().echo(data["key"])  # alone on stdout: KEY=$(ccgate gateway admin key create ...)
     ctx().success(f"key {name!r} rotated; the old key works until {data['previous_valid_until']}")
 
 
@@ -627,8 +625,7 @@ def token_create(
     if as_json:
         ctx().print_json(data)
         return
-    sys.stdout.write(data["token"] + "\n")
-    sys.stdout.flush()
+    ctx().echo(data["token"])
     ctx().success(f"admin token {name!r} ({role}) created; it is shown only this once")
 
 

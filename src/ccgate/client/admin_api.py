@@ -54,6 +54,11 @@ class AdminClient:
 
     def __init__(self, url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         parts = urlsplit(url.strip())
+        if "@" in parts.netloc:  # checked first: the URL is echoed below, its credentials must not be
+            raise UserInputError(
+                "the gateway URL holds credentials (USER:PASSWORD@)",
+                hint=f"give the bare URL; the admin token comes from {TOKEN_ENV} or --token-file",
+            )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UserInputError(
                 f"{url!r} is not a gateway URL", hint=f"give --url or {URL_ENV} as http(s)://HOST[:PORT]"

@@ -99,6 +99,9 @@ async def _middleware(
     """The admin API's one error boundary: every CcgateError becomes the envelope, never a traceback."""
     try:
         request[_PRINCIPAL] = await _authenticate(request)
+        for value in request.match_info.values():
+            if not _clean(value):
+                raise NotFoundError(f"no such name: {value!r}", hint="names never hold control characters")
         return await handler(request)
     except CcgateError as error:
         error.message = " ".join(error.message.split())  # one line (PostgreSQL's errors carry a DETAIL line)
@@ -150,9 +153,22 @@ def _bad(field: str, what: str) -> InvalidRequestError:
     return InvalidRequestError(f"field {field!r} must be {what}", hint="fix the value and send the request again")
 
 
+def _clean(value: str) -> bool:
+    """No control characters and valid Unicode: NUL or a lone surrogate would break the database driver."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(field: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > 2000:
         raise _bad(field, "a non-empty string")
+    if not _clean(value):
+        raise _bad(field, "text without control characters")
     return value
 
 
@@ -763,6 +779,11 @@ async def list_tokens(request: web.Request) -> web.Response:
 async def create_token(request: web.Request) -> web.Response:
     who = _who(request, write=True)
     data = await _body(request, {"name": _text, "role": _role, "team": _opt_text}, ("name", "role"))
+    if data["name"] == BOOTSTRAP_ACTOR:
+        raise InvalidRequestError(
+            f"the name {BOOTSTRAP_ACTOR!r} is reserved for the CCGATE_GATEWAY_ADMIN_TOKEN admin",
+            hint="give the token another name (the audit log tells actors apart by name)",
+        )
     store = _store(request)
     created = await store.create_admin_token(data["name"], role=data["role"], team=data.get("team"), actor=who.name)
     teams = await _team_names(store)
