@@ -413,6 +413,9 @@ async def test_no_secret_in_any_response_audit_entry_report_or_log_line(
     assert len(answers) >= len(api.seen) - 4
     audit = [repr(entry) for entry in await store.list_audit(limit=10_000)]
     logs = caplog.text
+    assert "admin POST /admin/v1/keys by env: 201" in logs
+    assert "admin PUT /admin/v1/providers/{name} by ops: 200" in logs
+    assert "admin GET" not in logs
     for secret in secrets:
         for text in [*answers, *audit, logs]:
             assert secret not in text

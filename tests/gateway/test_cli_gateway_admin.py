@@ -228,3 +228,16 @@ def test_credentials_in_the_url_are_refused_without_echoing_them(
     url = "http://admin:hunter2-secret@127.0.0.1:9/"
     err = _one_error(run_main(capsys, monkeypatch, "gateway", "admin", "--url", url, "whoami"), "credentials")
     assert "hunter2-secret" not in err
+
+
+def test_provider_key_without_the_encryption_key_is_refused_and_nothing_stored(
+    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with served_admin(db_url, cipher=None) as keyless:
+        monkeypatch.setenv("CCGATE_GATEWAY_ADMIN_TOKEN", BOOTSTRAP)
+        args = ("gateway", "admin", "--url", keyless.url, "provider", "set", "anthropic", "--kind", "anthropic")
+        result = run_main(capsys, monkeypatch, *args, "--key-stdin", stdin="sk-ant-never-stored\n")
+        err = _one_error(result, "CCGATE_GATEWAY_SECRET_KEY is not set", "Fernet")
+        assert "sk-ant-never-stored" not in err
+        assert keyless.run(keyless.store.list_providers()) == []
+        assert keyless.run(keyless.store.list_audit()) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ from ccgate.storage.gateway.records import (
 )
 from ccgate.storage.gateway.store import GatewayStore
 from ccgate.storage.reports import report_to_json
+
+log = logging.getLogger("ccgate.gateway.admin")
 
 BOOTSTRAP_ACTOR = "env"  # the name the CCGATE_GATEWAY_ADMIN_TOKEN admin acts (and is audited) as
 MAX_BODY_BYTES = 64 * 1024
@@ -102,12 +105,24 @@ async def _middleware(
         for value in request.match_info.values():
             if not _clean(value):
                 raise NotFoundError(f"no such name: {value!r}", hint="names never hold control characters")
-        return await handler(request)
+        response = await handler(request)
     except CcgateError as error:
         error.message = " ".join(error.message.split())  # one line (PostgreSQL's errors carry a DETAIL line)
         if not error.hint:
             error.hint = _FALLBACK_HINTS.get(error.status, "see the admin API section of the README")
-        return error_response(error)
+        response = error_response(error)
+    _log_change(request, response.status)
+    return response
+
+
+def _log_change(request: web.Request, status: int) -> None:
+    """One line per attempted change: the route's pattern (never a body or a token), who, and the outcome."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    who = request.get(_PRINCIPAL)
+    route = request.match_info.route.resource
+    pattern = route.canonical if route is not None else "?"
+    log.info("admin %s %s by %s: %d", request.method, pattern, who.name if who else "(unauthenticated)", status)
 
 
 _FALLBACK_HINTS = {
