@@ -241,3 +241,36 @@ def test_provider_key_without_the_encryption_key_is_refused_and_nothing_stored(
         assert "sk-ant-never-stored" not in err
         assert keyless.run(keyless.store.list_providers()) == []
         assert keyless.run(keyless.store.list_audit()) == []
+
+
+@pytest.mark.parametrize(("status", "body"), [(200, b"<html>welcome</html>"), (404, b"not here"), (502, b"")])
+def test_a_url_that_is_not_a_gateway_is_one_line(
+    status: int, body: bytes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some other web server (or a proxy in front of nothing) at --url: say so, never a traceback."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Other(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("CCGATE_GATEWAY_ADMIN_TOKEN", BOOTSTRAP)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = run_main(capsys, monkeypatch, "gateway", "admin", "--url", url, "customer", "list")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    _one_error(result, f"answered HTTP {status}", "not ccgate's admin API", "points at a ccgate gateway")

@@ -146,8 +146,8 @@ class AdminClient:
     def _error(self, status: int, data: Any) -> CcgateError:
         message, hint = _envelope(data)
         if message is None:
-            message = f"the gateway at {self.url} answered HTTP {status} without an admin API error"
-            hint = hint or "check that --url points at a ccgate gateway"
+            message = f"{self.url} answered HTTP {status} with something that is not ccgate's admin API"
+            hint = f"check that --url / {URL_ENV} points at a ccgate gateway (its base URL, without /admin)"
         if status == 401:
             return AuthenticationError(
                 message, hint=f"check the admin token ({TOKEN_ENV} or --token-file); it may be wrong or revoked"
