@@ -12,28 +12,23 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
-from ccgate.budgets import parse_period
 from ccgate.errors import (
     AuthenticationError,
     CcgateError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
-    RequestTooLargeError,
 )
+from ccgate.gateway import admin_input as check
 from ccgate.gateway import keys
-from ccgate.models import nanos_to_usd, to_iso, usd_to_nanos, utcnow
-from ccgate.routing import TIER_WORDS
+from ccgate.models import nanos_to_usd, to_iso, utcnow
 from ccgate.storage.gateway.records import (
     AdminRole,
     AuditEntry,
@@ -51,9 +46,6 @@ from ccgate.storage.reports import report_to_json
 log = logging.getLogger("ccgate.gateway.admin")
 
 BOOTSTRAP_ACTOR = "env"  # the name the CCGATE_GATEWAY_ADMIN_TOKEN admin acts (and is audited) as
-MAX_BODY_BYTES = 64 * 1024
-MAX_USD = Decimal(1_000_000_000)  # a billion dollars: beyond it an amount is a typo, and nanos stay in BIGINT
-MAX_LIST = 1000
 PROVIDER_KINDS = ("anthropic", "openai")
 TOKEN_HINT = "send `Authorization: Bearer TOKEN` with CCGATE_GATEWAY_ADMIN_TOKEN or a token from `token create`"  # noqa: S105 - a hint, not a token
 
@@ -103,7 +95,7 @@ async def _middleware(
     try:
         request[_PRINCIPAL] = await _authenticate(request)
         for value in request.match_info.values():
-            if not _clean(value):
+            if not check.clean(value):
                 raise NotFoundError(f"no such name: {value!r}", hint="names never hold control characters")
         response = await handler(request)
     except CcgateError as error:
@@ -157,206 +149,6 @@ def _check_team(who: Principal, team_id: str | None) -> None:
             f"the admin token {who.name!r} may only manage its own team",
             hint="ask an admin, or use the token of that team's admin",
         )
-
-
-# --- reading requests ------------------------------------------------------------------------------------------
-
-Field = Callable[[str, Any], Any]
-
-
-def _bad(field: str, what: str) -> InvalidRequestError:
-    return InvalidRequestError(f"field {field!r} must be {what}", hint="fix the value and send the request again")
-
-
-def _clean(value: str) -> bool:
-    """No control characters and valid Unicode: NUL or a lone surrogate would break the database driver."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _text(field: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 2000:
-        raise _bad(field, "a non-empty string")
-    if not _clean(value):
-        raise _bad(field, "text without control characters")
-    return value
-
-
-def _opt_text(field: str, value: Any) -> str | None:
-    return None if value is None else _text(field, value)
-
-
-def _url(field: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    text = _text(field, value)
-    if not re.match(r"^https?://[^\s/?#]+", text) or any(ord(c) < 33 for c in text):
-        raise _bad(field, "an http:// or https:// URL")
-    return text
-
-
-def _names(field: str, value: Any) -> list[str] | None:
-    """A list of names, or null (= no restriction)."""
-    if value is None:
-        return None
-    if not isinstance(value, list) or len(value) > MAX_LIST:
-        raise _bad(field, f"a list of at most {MAX_LIST} names, or null")
-    return [_text(field, item) for item in value]
-
-
-def _bool(field: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _bad(field, "true or false")
-    return value
-
-
-def _count(field: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**12:
-        raise _bad(field, "a whole number from 0 to 10^12, or null")
-    return value
-
-
-def usd_nanos(field: str, value: Any) -> int:
-    """A dollar amount as a decimal string (or integer): exact, 0 to a billion, at most nine decimals."""
-    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
-        raise _bad(field, 'a dollar amount as a decimal string, e.g. "20.00"')
-    try:
-        amount = Decimal(value.strip().removeprefix("$") if isinstance(value, str) else value)
-    except InvalidOperation:
-        raise _bad(field, 'a dollar amount as a decimal string, e.g. "20.00"') from None
-    if not amount.is_finite() or not 0 <= amount <= MAX_USD:
-        raise _bad(field, f"a dollar amount from 0 to {MAX_USD:,}")
-    if amount != amount.quantize(Decimal("1e-9")):
-        raise _bad(field, "a dollar amount with at most nine decimal places")
-    return usd_to_nanos(amount)
-
-
-def _opt_usd(field: str, value: Any) -> int | None:
-    return None if value is None else usd_nanos(field, value)
-
-
-def _thresholds(field: str, value: Any) -> list[Decimal]:
-    if not isinstance(value, list) or len(value) > 20:
-        raise _bad(field, 'a list of fractions of the limit, e.g. ["0.8", "1"]')
-    out = []
-    for item in value:
-        try:
-            number = Decimal(item) if isinstance(item, str | int | Decimal) and not isinstance(item, bool) else None
-        except InvalidOperation:
-            number = None
-        if number is None or not number.is_finite() or not 0 < number <= 10:
-            raise _bad(field, 'a list of fractions of the limit above 0 and at most 10, e.g. ["0.8", "1"]')
-        out.append(number)
-    return out
-
-
-def _overrides(field: str, value: Any) -> dict[str, str]:
-    if not isinstance(value, dict) or len(value) > len(TIER_WORDS):
-        raise _bad(field, 'an object mapping a tier to provider/model, e.g. {"haiku": "groq/llama-3.3-70b"}')
-    for tier, target in value.items():
-        provider, slash, model = target.partition("/") if isinstance(target, str) else ("", "", "")
-        if tier not in TIER_WORDS or not (slash and provider.strip() and model.strip()):
-            raise _bad(field, f"an object mapping {', '.join(TIER_WORDS)} to provider/model")
-    return dict(value)
-
-
-def moment(field: str, value: Any) -> datetime | None:
-    """An ISO-8601 time (no offset: UTC) or date (its midnight UTC), or null."""
-    if value is None:
-        return None
-    text = _text(field, value).strip()
-    try:
-        parsed = (
-            datetime.combine(date.fromisoformat(text), datetime.min.time())
-            if len(text) == 10
-            else datetime.fromisoformat(text.replace("Z", "+00:00"))
-        )
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise _bad(field, "an ISO-8601 time such as 2027-01-31T00:00:00Z, or null") from None
-
-
-def _grace(field: str, value: Any) -> timedelta:
-    text = _text(field, value).strip()
-    return timedelta(0) if text == "0" else parse_period(text).approx_duration()
-
-
-def _role(field: str, value: Any) -> AdminRole:
-    try:
-        return AdminRole(value)
-    except ValueError:
-        raise _bad(field, "admin, viewer or team_admin") from None
-
-
-def _choice(*choices: str) -> Field:
-    def check(field: str, value: Any) -> str:
-        if value not in choices:
-            raise _bad(field, " or ".join(choices))
-        return str(value)
-
-    return check
-
-
-def _fields(data: Mapping[str, Any], spec: Mapping[str, Field], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Checked and converted values of the given fields; unknown and missing fields are refused by name."""
-    unknown = sorted(set(data) - set(spec))
-    if unknown:
-        raise InvalidRequestError(
-            f"unknown field(s): {', '.join(repr(name) for name in unknown)}",
-            hint=f"the fields here are: {', '.join(spec)}",
-        )
-    missing = [name for name in required if name not in data]
-    if missing:
-        raise InvalidRequestError(
-            f"missing field(s): {', '.join(repr(name) for name in missing)}", hint="add them and send again"
-        )
-    return {name: spec[name](name, value) for name, value in data.items()}
-
-
-async def _body(request: web.Request, spec: Mapping[str, Field], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raw = b"x" * (MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise RequestTooLargeError(f"the request body is over {MAX_BODY_BYTES} bytes", hint="send a smaller body")
-    try:
-        data = json.loads(raw or b"{}", parse_float=Decimal, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        raise InvalidRequestError("the body is not JSON", hint="send a JSON object") from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("the body must be a JSON object", hint="send a JSON object")
-    return _fields(data, spec, required)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(name)
-
-
-def _query(request: web.Request, spec: Mapping[str, Field]) -> dict[str, Any]:
-    query = request.rel_url.query
-    if any(len(query.getall(name)) > 1 for name in query):
-        raise InvalidRequestError("a query parameter is given twice", hint="give each parameter once")
-    return _fields(dict(query), spec)
-
-
-def _flag(field: str, value: Any) -> bool:
-    if value not in ("true", "false"):
-        raise _bad(field, "true or false")
-    return bool(value == "true")
-
-
-def _limit(field: str, value: Any) -> int:
-    if not (isinstance(value, str) and value.isdigit() and 1 <= int(value) <= 1000):
-        raise _bad(field, "a number from 1 to 1000")
-    return int(value)
 
 
 # --- rendering -------------------------------------------------------------------------------------------------
@@ -434,7 +226,7 @@ async def list_customers(request: web.Request) -> web.Response:
 
 async def create_customer(request: web.Request) -> web.Response:
     who = _who(request, write=True)
-    data = await _body(request, {"name": _text}, ("name",))
+    data = await check.read_body(request, {"name": check.text}, ("name",))
     return _json(public_dict(await _store(request).create_customer(data["name"], actor=who.name)), 201)
 
 
@@ -455,7 +247,7 @@ def _team_json(team: Any, customers: Mapping[str, str]) -> dict[str, Any]:
 
 async def list_teams(request: web.Request) -> web.Response:
     who = _who(request, write=False, team_scoped=True)
-    query = _query(request, {"customer": _text})
+    query = check.read_query(request, {"customer": check.text})
     store = _store(request)
     customers = {c.id: c.name for c in await store.list_customers()}
     teams = await store.list_teams(customer=query.get("customer"))
@@ -466,7 +258,9 @@ async def list_teams(request: web.Request) -> web.Response:
 
 async def create_team(request: web.Request) -> web.Response:
     who = _who(request, write=True)
-    data = await _body(request, {"name": _text, "customer": _opt_text, "tier_overrides": _overrides}, ("name",))
+    data = await check.read_body(
+        request, {"name": check.text, "customer": check.opt_text, "tier_overrides": check.overrides}, ("name",)
+    )
     store = _store(request)
     team = await store.create_team(
         data["name"], customer=data.get("customer"), tier_overrides=data.get("tier_overrides"), actor=who.name
@@ -484,7 +278,7 @@ async def get_team(request: web.Request) -> web.Response:
 
 async def update_team(request: web.Request) -> web.Response:
     who = _who(request, write=True)
-    data = await _body(request, {"customer": _text, "tier_overrides": _overrides})
+    data = await check.read_body(request, {"customer": check.text, "tier_overrides": check.overrides})
     store = _store(request)
     team = await store.update_team(
         request.match_info["name"],
@@ -503,25 +297,18 @@ async def delete_team(request: web.Request) -> web.Response:
 
 # --- virtual keys ----------------------------------------------------------------------------------------------
 
-_KEY_FIELDS: dict[str, Field] = {
-    "mode": _choice("proxy", "report"),
-    "allowed_models": _names,
-    "allowed_providers": _names,
-    "tier_overrides": _overrides,
-    "expires_at": moment,
+_KEY_FIELDS: dict[str, check.Field] = {
+    "mode": check.choice("proxy", "report"),
+    "allowed_models": check.names,
+    "allowed_providers": check.names,
+    "tier_overrides": check.overrides,
+    "expires_at": check.moment,
 }
-
-
-def _not_past(expiry: datetime | None) -> None:
-    if expiry is not None and expiry <= utcnow():
-        raise InvalidRequestError(
-            f"expires_at {to_iso(expiry)} is in the past", hint="give a future time, or revoke the key instead"
-        )
 
 
 async def list_keys(request: web.Request) -> web.Response:
     who = _who(request, write=False, team_scoped=True)
-    query = _query(request, {"team": _text, "include_revoked": _flag})
+    query = check.read_query(request, {"team": check.text, "include_revoked": check.flag})
     store = _store(request)
     team = query.get("team")
     if who.role is AdminRole.TEAM_ADMIN:
@@ -536,8 +323,8 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def create_key(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
-    data = await _body(request, {"team": _text, "name": _text, **_KEY_FIELDS}, ("team", "name"))
-    _not_past(data.get("expires_at"))
+    data = await check.read_body(request, {"team": check.text, "name": check.text, **_KEY_FIELDS}, ("team", "name"))
+    check.not_past(data.get("expires_at"))
     store = _store(request)
     team = await store.get_team(data.pop("team"))
     _check_team(who, team.id)
@@ -559,8 +346,8 @@ async def get_key(request: web.Request) -> web.Response:
 
 async def update_key(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
-    data = await _body(request, _KEY_FIELDS)
-    _not_past(data.get("expires_at"))
+    data = await check.read_body(request, _KEY_FIELDS)
+    check.not_past(data.get("expires_at"))
     key = await _own_key(request, who)
     store = _store(request)
     # absent fields stay as they are; null clears a list (= every model/provider) or the expiry
@@ -571,7 +358,7 @@ async def update_key(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
-    await _body(request, {})
+    await check.read_body(request, {})
     key = await _own_key(request, who)
     store = _store(request)
     after = await store.revoke_key(key.id, actor=who.name)
@@ -580,7 +367,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 async def rotate_key(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
-    data = await _body(request, {"grace": _grace})
+    data = await check.read_body(request, {"grace": check.grace})
     key = await _own_key(request, who)
     store = _store(request)
     created = await store.rotate_key(key.id, grace=data.get("grace", timedelta(days=1)), actor=who.name)
@@ -620,7 +407,7 @@ async def _budget_response(request: web.Request, budgets: list[Budget], status: 
 
 async def list_budgets(request: web.Request) -> web.Response:
     who = _who(request, write=False, team_scoped=True)
-    query = _query(request, {"level": _choice(*BudgetLevel), "target": _text})
+    query = check.read_query(request, {"level": check.choice(*BudgetLevel), "target": check.text})
     if "target" in query and "level" not in query:
         raise InvalidRequestError("`target` needs `level`", hint="e.g. ?level=team&target=platform")
     store = _store(request)
@@ -633,17 +420,17 @@ async def list_budgets(request: web.Request) -> web.Response:
 
 async def create_budget(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
-    spec: dict[str, Field] = {
-        "level": _choice(*BudgetLevel),
-        "target": _text,
-        "amount_usd": usd_nanos,
-        "period": _text,
-        "rolling": _bool,
-        "timezone": _text,
-        "thresholds": _thresholds,
-        "webhook_url": _url,
+    spec: dict[str, check.Field] = {
+        "level": check.choice(*BudgetLevel),
+        "target": check.text,
+        "amount_usd": check.usd_nanos,
+        "period": check.text,
+        "rolling": check.boolean,
+        "timezone": check.text,
+        "thresholds": check.thresholds,
+        "webhook_url": check.url,
     }
-    data = await _body(request, spec, ("level", "target", "amount_usd", "period"))
+    data = await check.read_body(request, spec, ("level", "target", "amount_usd", "period"))
     await _check_target(request, who, data["level"], data["target"])
     budget = await _store(request).create_budget(
         level=data["level"],
@@ -666,7 +453,9 @@ async def get_budget(request: web.Request) -> web.Response:
 
 async def update_budget(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
-    data = await _body(request, {"amount_usd": usd_nanos, "thresholds": _thresholds, "webhook_url": _url})
+    data = await check.read_body(
+        request, {"amount_usd": check.usd_nanos, "thresholds": check.thresholds, "webhook_url": check.url}
+    )
     budget = await _budget_in_reach(request, who)
     after = await _store(request).update_budget(
         budget.id,
@@ -680,7 +469,7 @@ async def update_budget(request: web.Request) -> web.Response:
 
 async def override_budget(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
-    data = await _body(request, {"amount_usd": _opt_usd}, ("amount_usd",))
+    data = await check.read_body(request, {"amount_usd": check.opt_usd}, ("amount_usd",))
     budget = await _budget_in_reach(request, who)
     after = await _store(request).override_budget(budget.id, limit_nanos=data["amount_usd"], actor=who.name)
     return await _budget_response(request, [after])
@@ -688,7 +477,7 @@ async def override_budget(request: web.Request) -> web.Response:
 
 async def reset_budget(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
-    await _body(request, {})
+    await check.read_body(request, {})
     budget = await _budget_in_reach(request, who)
     await _store(request).reset_budget(budget.id, actor=who.name)
     return await _budget_response(request, [budget])
@@ -725,7 +514,7 @@ async def list_rate_limits(request: web.Request) -> web.Response:
 async def set_rate_limit(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
     level = _rate_level(request)
-    data = await _body(request, {"rpm": _count, "tpm": _count}, ("rpm", "tpm"))
+    data = await check.read_body(request, {"rpm": check.count, "tpm": check.count}, ("rpm", "tpm"))
     target = request.match_info["target"]
     await _check_target(request, who, level, target)
     store = _store(request)
@@ -755,18 +544,15 @@ async def get_provider(request: web.Request) -> web.Response:
     return _json(public_dict(await _store(request).get_provider(request.match_info["name"])))
 
 
-def _api_key(field: str, value: Any) -> str:
-    text = _text(field, value)
-    if any(ord(c) < 32 or ord(c) == 127 for c in text) or len(text) > 1000:
-        raise _bad(field, "an API key without spaces or control characters")
-    return text
-
-
 async def put_provider(request: web.Request) -> web.Response:
     """Create or replace; `api_key` is write-only (stored encrypted, never returned; absent keeps the old one)."""
     who = _who(request, write=True)
-    spec: dict[str, Field] = {"kind": _choice(*PROVIDER_KINDS), "base_url": _url, "api_key": _api_key}
-    data = await _body(request, spec, ("kind",))
+    spec: dict[str, check.Field] = {
+        "kind": check.choice(*PROVIDER_KINDS),
+        "base_url": check.url,
+        "api_key": check.api_key,
+    }
+    data = await check.read_body(request, spec, ("kind",))
     provider = await _store(request).put_provider(request.match_info["name"], actor=who.name, **data)
     return _json(public_dict(provider))
 
@@ -793,7 +579,9 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 async def create_token(request: web.Request) -> web.Response:
     who = _who(request, write=True)
-    data = await _body(request, {"name": _text, "role": _role, "team": _opt_text}, ("name", "role"))
+    data = await check.read_body(
+        request, {"name": check.text, "role": check.role, "team": check.opt_text}, ("name", "role")
+    )
     if data["name"] == BOOTSTRAP_ACTOR:
         raise InvalidRequestError(
             f"the name {BOOTSTRAP_ACTOR!r} is reserved for the CCGATE_GATEWAY_ADMIN_TOKEN admin",
@@ -807,7 +595,7 @@ async def create_token(request: web.Request) -> web.Response:
 
 async def revoke_token(request: web.Request) -> web.Response:
     who = _who(request, write=True)
-    await _body(request, {})
+    await check.read_body(request, {})
     name = request.match_info["name"]
     await _store(request).revoke_admin_token(name, actor=who.name)
     return _json({"revoked": name})
@@ -818,8 +606,14 @@ async def revoke_token(request: web.Request) -> web.Response:
 
 async def list_audit(request: web.Request) -> web.Response:
     _who(request, write=False)
-    spec: dict[str, Field] = {"since": moment, "actor": _text, "action": _text, "limit": _limit, "before": _text}
-    query = _query(request, spec)
+    spec: dict[str, check.Field] = {
+        "since": check.moment,
+        "actor": check.text,
+        "action": check.text,
+        "limit": check.limit,
+        "before": check.text,
+    }
+    query = check.read_query(request, spec)
     limit = query.get("limit", 100)
     entries = await _store(request).list_audit(
         since=query.get("since"),
@@ -832,17 +626,12 @@ async def list_audit(request: web.Request) -> web.Response:
     return _json({"entries": [_audit_json(e) for e in entries], "next": after})
 
 
-def _zone(field: str, value: Any) -> ZoneInfo:
-    try:
-        return ZoneInfo(_text(field, value))
-    except (ZoneInfoNotFoundError, ValueError):
-        raise _bad(field, "an IANA time zone such as Europe/Berlin") from None
-
-
 async def report(request: web.Request) -> web.Response:
     """Spend as `cost --json` prints it; all time by default; a team_admin sees only its team's rows."""
     who = _who(request, write=False, team_scoped=True)
-    query = _query(request, {"by": _text, "since": moment, "until": moment, "tz": _zone})
+    query = check.read_query(
+        request, {"by": check.text, "since": check.moment, "until": check.moment, "tz": check.zone}
+    )
     since = query.get("since") or datetime(1970, 1, 1, tzinfo=UTC)
     until = query.get("until") or utcnow()
     if since >= until:
