@@ -5,7 +5,7 @@
 __ccgate_node() {
     subs='' opts='' vopts=' ' vararg='' passthrough=''
     case "$1" in
-        '') subs='budget completions config cost doctor import launch logs model price provider sidecar statusline' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
+        '') subs='budget completions config cost doctor gateway import launch logs model price provider sidecar statusline' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
         'budget') subs='set show unset' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'budget set') subs='' opts='-p --project --warn-at -h --help' vopts=' -p --project --warn-at ' vararg='' passthrough='' ;;
         'budget show') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
@@ -18,6 +18,44 @@ __ccgate_node() {
         'config show') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
         'cost') subs='' opts='--since --until --by --json --csv -h --help' vopts=' --since --until --by ' vararg='' passthrough='' ;;
         'doctor') subs='' opts='--json --full -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway') subs='admin report' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin') subs='audit budget customer key provider ratelimit team token whoami' opts='--url --token-file -h --help' vopts=' --url --token-file ' vararg='' passthrough='' ;;
+        'gateway admin audit') subs='' opts='--since --actor --action --limit --before --json -h --help' vopts=' --since --actor --action --limit --before ' vararg='' passthrough='' ;;
+        'gateway admin budget') subs='delete list override reset set' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin budget delete') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin budget list') subs='' opts='--customer --team --key --provider --json -h --help' vopts=' --customer --team --key --provider ' vararg='' passthrough='' ;;
+        'gateway admin budget override') subs='' opts='--clear --json -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin budget reset') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin budget set') subs='' opts='--customer --team --key --provider --period --rolling --timezone --alert-at --webhook --json -h --help' vopts=' --customer --team --key --provider --period --timezone --alert-at --webhook ' vararg='' passthrough='' ;;
+        'gateway admin customer') subs='create delete list' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin customer create') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin customer delete') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin customer list') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin key') subs='create list revoke rotate update' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin key create') subs='' opts='--team --name --mode --expires --allow-model --allow-provider --tier --json -h --help' vopts=' --team --name --mode --expires --allow-model --allow-provider --tier ' vararg='' passthrough='' ;;
+        'gateway admin key list') subs='' opts='--team --all --json -h --help' vopts=' --team ' vararg='' passthrough='' ;;
+        'gateway admin key revoke') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin key rotate') subs='' opts='--grace --json -h --help' vopts=' --grace ' vararg='' passthrough='' ;;
+        'gateway admin key update') subs='' opts='--mode --expires --allow-model --all-models --tier --json -h --help' vopts=' --mode --expires --allow-model --tier ' vararg='' passthrough='' ;;
+        'gateway admin provider') subs='delete list set' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin provider delete') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin provider list') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin provider set') subs='' opts='--kind --base-url --key-stdin --json -h --help' vopts=' --kind --base-url ' vararg='' passthrough='' ;;
+        'gateway admin ratelimit') subs='delete list set' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin ratelimit delete') subs='' opts='--team --key --json -h --help' vopts=' --team --key ' vararg='' passthrough='' ;;
+        'gateway admin ratelimit list') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin ratelimit set') subs='' opts='--team --key --rpm --tpm --json -h --help' vopts=' --team --key --rpm --tpm ' vararg='' passthrough='' ;;
+        'gateway admin team') subs='create delete list update' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin team create') subs='' opts='--customer --tier --json -h --help' vopts=' --customer --tier ' vararg='' passthrough='' ;;
+        'gateway admin team delete') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin team list') subs='' opts='--customer --json -h --help' vopts=' --customer ' vararg='' passthrough='' ;;
+        'gateway admin team update') subs='' opts='--customer --tier --clear-tiers --json -h --help' vopts=' --customer --tier ' vararg='' passthrough='' ;;
+        'gateway admin token') subs='create list revoke' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin token create') subs='' opts='--role --team --json -h --help' vopts=' --role --team ' vararg='' passthrough='' ;;
+        'gateway admin token list') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin token revoke') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin whoami') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway report') subs='' opts='--url --token-file --by --since --until --tz --json --csv -h --help' vopts=' --url --token-file --by --since --until --tz ' vararg='' passthrough='' ;;
         'import') subs='claude-code' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'import claude-code') subs='' opts='--path --json -h --help' vopts=' --path ' vararg='' passthrough='' ;;
         'launch') subs='' opts='' vopts='  ' vararg='' passthrough='1' ;;
@@ -63,6 +101,8 @@ __ccgate_values() {
         'completions install #0') kind=words words='bash zsh fish' ;;
         'cost --by') kind=words words='model provider project session day' ;;
         'cost #0') kind=words words='today yesterday week month all' ;;
+        'gateway admin --token-file') kind=files ;;
+        'gateway report --token-file') kind=files ;;
         'import claude-code --path') kind=files ;;
         'launch #0') kind=commands ;;
         'model set #0') kind=words words='opus sonnet haiku' ;;

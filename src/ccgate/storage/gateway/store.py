@@ -804,6 +804,11 @@ class GatewayStore:
         """Every budget applying to a key (and provider), with limit, spent, reserved and resets_at (`/v1/me`)."""
         return await admission.views(self.db, key_id, team_id, customer_id, provider_id, now or utcnow())
 
+    async def budget_states(self, budgets: Sequence[Budget], *, now: datetime | None = None) -> list[BudgetView]:
+        """Limit in force, spent this window and reserved now for any budgets (the admin API's budget list)."""
+        async with self.db.transaction() as conn:
+            return await admission._views(conn, budgets, now or utcnow())
+
     async def claim_alert(self, budget_id: str, window_start: datetime, threshold: Decimal) -> bool:
         """True exactly once per (budget, window, threshold), across instances: the caller then fires the webhook."""
         return await admission.claim_alert(self.db, budget_id, window_start, threshold)
@@ -944,12 +949,26 @@ class GatewayStore:
             )
 
     async def list_audit(
-        self, *, since: datetime | None = None, actor: str | None = None, limit: int = 100
+        self,
+        *,
+        since: datetime | None = None,
+        actor: str | None = None,
+        limit: int = 100,
+        action: str | None = None,
+        before_id: str | None = None,
     ) -> list[AuditEntry]:
-        where, params = ["at >= ?"], [to_iso(since) if since else ""]
+        """Newest first; `action` matches exactly or as a prefix ending in "." ("key."); `before_id` pages on."""
+        where = ["at >= ?"]
+        params: list[Any] = [to_iso(since) if since else ""]
         if actor is not None:
             where.append("actor = ?")
             params.append(actor)
+        if action is not None:
+            where.append("(action = ? OR substr(action, 1, ?) = ?)" if action.endswith(".") else "action = ?")
+            params.extend([action, len(action), action] if action.endswith(".") else [action])
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(before_id)
         rows = await self.db.fetch(
             "SELECT id, at, actor, action, target, before_json, after_json FROM audit_log "
             f"WHERE {' AND '.join(where)} ORDER BY at DESC, id DESC LIMIT ?",
