@@ -138,7 +138,7 @@ def usd_cell(name: str) -> Callable[[dict[str, Any]], Any]:
     def cell(row: dict[str, Any]) -> str | None:
         from decimal import Decimal
 
-        from ccgate.models import format_usd, usd_to_nanos
+        from ccgate.core.records import format_usd, usd_to_nanos
 
         value = row.get(name)
         return None if value is None else format_usd(usd_to_nanos(Decimal(value)))

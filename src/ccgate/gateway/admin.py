@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ccgate.core.records import nanos_to_usd, to_iso, utcnow
 from ccgate.errors import (
     AuthenticationError,
     CcgateError,
@@ -28,7 +29,6 @@ from ccgate.errors import (
 )
 from ccgate.gateway import admin_input as check
 from ccgate.gateway import keys
-from ccgate.models import nanos_to_usd, to_iso, utcnow
 from ccgate.storage.gateway.records import (
     AdminRole,
     AuditEntry,

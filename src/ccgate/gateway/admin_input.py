@@ -17,10 +17,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
-from ccgate.budgets import parse_period
+from ccgate.core.budgets import parse_period
+from ccgate.core.records import to_iso, usd_to_nanos, utcnow
+from ccgate.core.routing import TIER_WORDS
 from ccgate.errors import InvalidRequestError, RequestTooLargeError
-from ccgate.models import to_iso, usd_to_nanos, utcnow
-from ccgate.routing import TIER_WORDS
 from ccgate.storage.gateway.records import AdminRole
 
 MAX_BODY_BYTES = 64 * 1024
