@@ -125,6 +125,15 @@ def test_edited_since_install_only_ccgates_entries_go(capsys: Capsys, monkeypatc
     assert data["env"]["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{port}"
     command = data["hooks"]["SessionStart"][0]["hooks"][0]["command"]
     assert "--upstream https://gateway.example.com" in command  # the gateway stays the upstream
+    # installing again, also on another port, keeps the gateway (the URL in the file is now the sidecar's)
+    monkeypatch.setenv("CCGATE_SIDECAR_PORT", str(port + 1 if port < 65535 else port - 1))
+    assert run(capsys, monkeypatch, "install")[0] == 0
+    data = json.loads(path.read_text())
+    assert "--upstream https://gateway.example.com" in data["hooks"]["UserPromptSubmit"][0]["hooks"][0]["command"]
+    monkeypatch.setenv("CCGATE_SIDECAR_PORT", str(port))
+    assert run(capsys, monkeypatch, "install")[0] == 0
+    data = json.loads(path.read_text())
+    assert data["env"]["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{port}"
     data["model"] = "sonnet"  # the user edits the file after install
     path.write_text(json.dumps(data, indent=4))
 

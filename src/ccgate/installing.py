@@ -229,6 +229,9 @@ def _upstream(settings: SettingsFile, environ: Mapping[str, str], base_url: str,
 
     env = settings.data.get("env")
     in_file = env.get("ANTHROPIC_BASE_URL") if isinstance(env, dict) else None
+    installed = _installed_upstream(settings.data)
+    if installed is not None:  # installed before (maybe on another port): the URL in the file is a sidecar's
+        return installed or None
     if isinstance(in_file, str) and in_file.strip():
         return users_upstream(in_file, base_url)
     exported = environ.get("ANTHROPIC_BASE_URL")
@@ -239,6 +242,26 @@ def _upstream(settings: SettingsFile, environ: Mapping[str, str], base_url: str,
             hint="put the credentials in ANTHROPIC_AUTH_TOKEN or ANTHROPIC_API_KEY, then run this again",
         )
     return upstream
+
+
+def _installed_upstream(data: Mapping[str, Any]) -> str | None:
+    """The `--upstream` of a ccgate hook already in the file ("" without one); None when there is no ccgate hook."""
+    hooks = data.get("hooks")
+    groups = hooks.get("SessionStart") if isinstance(hooks, dict) else None
+    for group in groups if isinstance(groups, list) else []:
+        handlers = group.get("hooks") if isinstance(group, dict) else None
+        for handler in handlers if isinstance(handlers, list) else []:
+            command = handler.get("command") if isinstance(handler, dict) else None
+            if not is_our_hook_command(command):
+                continue
+            try:
+                words = shlex.split(str(command))
+            except ValueError:
+                continue
+            if "--upstream" in words[:-1]:
+                return words[words.index("--upstream") + 1]
+            return ""
+    return None
 
 
 def install(
