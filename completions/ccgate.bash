@@ -5,7 +5,7 @@
 __ccgate_node() {
     subs='' opts='' vopts=' ' vararg='' passthrough=''
     case "$1" in
-        '') subs='budget completions config cost doctor import launch logs model price provider sidecar statusline' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
+        '') subs='budget completions config cost doctor import install launch logs model price provider sidecar statusline uninstall' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
         'budget') subs='set show unset' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'budget set') subs='' opts='-p --project --warn-at -h --help' vopts=' -p --project --warn-at ' vararg='' passthrough='' ;;
         'budget show') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
@@ -20,6 +20,7 @@ __ccgate_node() {
         'doctor') subs='' opts='--json --full -h --help' vopts='  ' vararg='' passthrough='' ;;
         'import') subs='claude-code' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'import claude-code') subs='' opts='--path --json -h --help' vopts=' --path ' vararg='' passthrough='' ;;
+        'install') subs='' opts='--scope --dry-run -h --help' vopts=' --scope ' vararg='' passthrough='' ;;
         'launch') subs='' opts='' vopts='  ' vararg='' passthrough='1' ;;
         'logs') subs='' opts='-n --lines -f --follow --errors --session --json -h --help' vopts=' -n --lines --session ' vararg='' passthrough='' ;;
         'model') subs='list set test unset' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
@@ -47,6 +48,7 @@ __ccgate_node() {
         'statusline') subs='install uninstall' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'statusline install') subs='' opts='--settings --force -h --help' vopts=' --settings ' vararg='' passthrough='' ;;
         'statusline uninstall') subs='' opts='--settings -h --help' vopts=' --settings ' vararg='' passthrough='' ;;
+        'uninstall') subs='' opts='--scope -h --help' vopts=' --scope ' vararg='' passthrough='' ;;
     esac
 }
 
