@@ -84,6 +84,8 @@ async def test_a_session_with_its_own_upstream_goes_there_and_launch_wins_for_th
         assert (await register(harness, payload))[0] == 200
         assert (await post(harness, {"X-Claude-Code-Session-Id": SESSION}))[0] == 200
         assert len(corporate.messages_requests) == 1 and harness.upstream.messages_requests == []
+        # the hook of another settings file (project scope) registers it again, without the gateway: kept
+        assert (await register(harness, {"session_id": SESSION, "project": "/from/hook"}))[0] == 200
 
         async with (
             aiohttp.ClientSession() as session,

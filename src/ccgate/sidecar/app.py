@@ -353,6 +353,11 @@ async def register_session(request: web.Request) -> web.StreamResponse:
         or not all(char.isascii() and (char.isalnum() or char in "-_") for char in session_id)
     ):
         raise InvalidRequestError("session_id must be an id of 8 to 64 letters, digits, '-' or '_'")
+    known = request.app[STATE].launches.get(SESSION_KEY_PREFIX + session_id)
+    if known is not None and known.anthropic_base_url and payload.get("anthropic_base_url") is None:
+        # hooks of two settings files (user and project) both register it: one without the user's gateway must
+        # not send the session's credentials to the default upstream
+        payload = {**payload, "anthropic_base_url": known.anthropic_base_url}
     return await _register(request, SESSION_KEY_PREFIX + session_id, payload)
 
 
