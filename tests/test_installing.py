@@ -79,6 +79,7 @@ def test_install_merges_keeps_everything_and_backs_up(capsys: Capsys, monkeypatc
     code, _, err = run(capsys, monkeypatch, "uninstall")
     assert code == 0 and "back to what it was" in err
     assert path.read_bytes() == EXISTING and path.stat().st_mode & 0o777 == 0o600
+    assert len(backups(path)) == 1  # the file held only what install wrote: nothing to keep
 
 
 def test_a_malformed_settings_file_is_refused_and_left_alone(capsys: Capsys, monkeypatch: Patch, port: int) -> None:

@@ -328,8 +328,9 @@ def uninstall(
     record = records.get(key)
     settings = read_settings(path)
     if record is not None and _untouched_since_install(settings, record):
+        # the file is byte for byte what install wrote: nothing of the user's to back up
         original = record.get("original")
-        saved = backup(settings, now)
+        saved = None
         if original is None:
             real_path(path).unlink(missing_ok=True)
             how = "deleted"

@@ -174,7 +174,11 @@ async def guard_middleware(
                 raise AuthenticationError(
                     "missing or wrong ccgate local token" if token else "missing ccgate local token",
                     hint="start Claude Code with `ccgate launch claude` so requests carry the token"
-                    + (", or a new session: the hook of `ccgate install` registers it" if _is_claude(request) else ""),
+                    + (
+                        "; after `ccgate install`, start a new session (its hook registers it; hooks must be enabled)"
+                        if _is_claude(request)
+                        else ""
+                    ),
                 )
         return await handler(request)
     except web.HTTPRequestEntityTooLarge as exc:
