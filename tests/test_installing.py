@@ -172,6 +172,10 @@ def test_project_scope_writes_the_projects_local_settings(
     local = project / ".claude" / "settings.local.json"
     assert "ANTHROPIC_BASE_URL" in local.read_text()
     assert not user_settings().exists()
+    exclude = project / ".git" / "info" / "exclude"
+    before_exclude = exclude.read_text() if exclude.exists() else ""
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True, check=True)
+    assert ".claude" not in status.stdout  # never committed by accident: it names this machine's ccgate
     _code, out, _ = run(capsys, monkeypatch, "doctor", "--json")
     install = next(check for check in json.loads(out)["checks"] if check["name"] == "install")
     assert install["state"] == "ok" and "settings.local.json (project)" in install["detail"]
@@ -179,6 +183,8 @@ def test_project_scope_writes_the_projects_local_settings(
     assert [check["state"] for check in bypass] == ["ok"]
     assert run(capsys, monkeypatch, "uninstall", "--scope", "project")[0] == 0
     assert not local.exists()
+    assert "/.claude/settings.local.json" in before_exclude
+    assert "/.claude/settings.local.json" not in (exclude.read_text() if exclude.exists() else "")
 
 
 def test_a_port_of_zero_cannot_be_installed(capsys: Capsys, monkeypatch: Patch) -> None:

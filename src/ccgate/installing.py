@@ -312,10 +312,63 @@ def install(
     elif record.get("written_sha256") != (_sha256(settings.raw) if settings.raw is not None else None):
         record["exact"] = False  # changed by the user since: the original bytes would undo their edits
     record.update({"base_url": base_url, "command": command, "written_sha256": _sha256(new_raw)})
+    if scope == "project" and "git_exclude" not in record:
+        record["git_exclude"] = _exclude_from_git(path)
     records[key] = record
     _save_records(paths, records)  # first: a write interrupted after this still knows what to restore
     write_atomic(path, new_raw, mode=settings.mode if settings.mode is not None else 0o600)
     return InstallResult(path, scope, True, diff, saved, upstream, False)
+
+
+EXCLUDE_COMMENT = "# added by `ccgate install --scope project`; `ccgate uninstall --scope project` removes it"
+
+
+def _git(top: Path, *args: str) -> str | None:
+    import subprocess
+
+    try:
+        result = subprocess.run(["git", *args], cwd=top, capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _exclude_from_git(path: Path) -> str | None:
+    """Keep the project's settings.local.json out of commits (Claude Code's own ignore rule exists only when it
+    created the file): a line in `.git/info/exclude`, which is never committed. Returns that file, if changed."""
+    top = path.parent.parent
+    relative = "/" + path.relative_to(top).as_posix()
+    if _git(top, "rev-parse", "--show-toplevel") is None or _git(top, "check-ignore", "-q", relative[1:]) is not None:
+        return None  # not a git repository, or already ignored
+    where = _git(top, "rev-parse", "--git-path", "info/exclude")
+    if not where:
+        return None
+    exclude = (top / where).resolve()
+    try:
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        text = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
+        prefix = "" if not text or text.endswith("\n") else "\n"
+        with exclude.open("a", encoding="utf-8") as handle:
+            handle.write(f"{prefix}{EXCLUDE_COMMENT}\n{relative}\n")
+    except OSError:
+        return None  # only a convenience: the install itself stands
+    return str(exclude)
+
+
+def _unexclude_from_git(exclude: Any, path: Path) -> None:
+    if not isinstance(exclude, str):
+        return
+    relative = "/" + path.relative_to(path.parent.parent).as_posix()
+    target = Path(exclude)
+    try:
+        lines = target.read_text(encoding="utf-8").splitlines(keepends=True)
+        for index in range(len(lines) - 1):
+            if lines[index].rstrip("\n") == EXCLUDE_COMMENT and lines[index + 1].rstrip("\n") == relative:
+                del lines[index : index + 2]
+                target.write_text("".join(lines), encoding="utf-8")
+                return
+    except OSError:
+        return
 
 
 def uninstall(
@@ -327,6 +380,8 @@ def uninstall(
     records = load_records(paths)
     record = records.get(key)
     settings = read_settings(path)
+    if record is not None:
+        _unexclude_from_git(record.get("git_exclude"), path)
     if record is not None and _untouched_since_install(settings, record):
         # the file is byte for byte what install wrote: nothing of the user's to back up
         original = record.get("original")
