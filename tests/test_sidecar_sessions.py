@@ -3,13 +3,16 @@ anything else without the token is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from scripted_upstream import ScriptedUpstream
 from sidecar_harness import Harness, running_sidecar
 
@@ -161,4 +164,46 @@ async def test_a_registered_session_used_by_another_users_process_is_refused(mon
         assert (await post(harness, {"X-Claude-Code-Session-Id": SESSION}))[0] == 401
         monkeypatch.setattr(peers, "peer_uid", lambda peername, sockname: os.getuid())
         assert (await post(harness, {"X-Claude-Code-Session-Id": SESSION}))[0] == 200
+        assert len(harness.upstream.messages_requests) == 1
+
+
+CLIENT_SCRIPT = """
+import sys, urllib.request, urllib.error
+request = urllib.request.Request(sys.argv[1] + "/v1/messages", data=sys.argv[2].encode(), method="POST",
+                                 headers={"x-claude-code-session-id": sys.argv[3], "content-type": "application/json",
+                                          "x-api-key": "sk-ant-dummy", "anthropic-version": "2023-06-01"})
+try:
+    print(urllib.request.urlopen(request, timeout=20).status)
+except urllib.error.HTTPError as error:
+    print(error.code)
+"""
+
+
+# the client runs as `nobody`, who may not be able to read this checkout's virtualenv: the system's Python it is
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0
+    or shutil.which("runuser") is None
+    or not Path("/proc/net/tcp").exists()
+    or not Path(SYSTEM_PYTHON).exists(),
+    reason="needs root (to run a client as another user), runuser, /proc/net/tcp and /usr/bin/python3",
+)
+async def test_another_local_user_who_knows_the_session_id_is_refused() -> None:
+    """A real process of user `nobody` (a session id shows in `ps` for `claude --resume ID`) gets 401; ours gets 200."""
+    async with running_sidecar() as harness:
+        assert (await register(harness, {"session_id": SESSION, "project": "/p"}))[0] == 200
+
+        async def as_user(*prefix: str) -> str:
+            process = await asyncio.create_subprocess_exec(
+                *prefix, SYSTEM_PYTHON, "-I", "-c", CLIENT_SCRIPT, harness.url, json.dumps(BODY), SESSION,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(process.communicate(), 60)
+            return out.decode().strip() or err.decode()[-500:]
+
+        assert await as_user("runuser", "-u", "nobody", "--") == "401"
+        assert harness.upstream.messages_requests == []
+        assert await as_user() == "200"
         assert len(harness.upstream.messages_requests) == 1
