@@ -118,6 +118,7 @@ async def test_launch_still_meters_once_per_request_when_installed(e2e: E2E) -> 
 
     result = await e2e.claude("-p", "say hi", "--output-format", "json")
     assert result.returncode == 0, result.explain()
+    assert "overrides ccgate's" not in result.stderr  # the installed base URL is the sidecar: no bypass warning
     e2e.stop_sidecar()
     metered = await ledger_rows(e2e)
     assert len(metered) == len(e2e.upstream.messages_requests)
