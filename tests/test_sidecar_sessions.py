@@ -207,3 +207,26 @@ async def test_another_local_user_who_knows_the_session_id_is_refused() -> None:
         assert harness.upstream.messages_requests == []
         assert await as_user() == "200"
         assert len(harness.upstream.messages_requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("family", "bind", "connect"),
+    [(socket.AF_INET, "127.0.0.1", "127.0.0.1"), (socket.AF_INET6, "::1", "::1"), (socket.AF_INET6, "::", "127.0.0.1")],
+    ids=["ipv4", "ipv6", "ipv4-mapped"],
+)
+def test_peer_uid_asks_the_kernel_for_the_one_socket(family: int, bind: str, connect: str, tmp_path: Path) -> None:
+    """The fast path (netlink sock_diag) and the /proc tables agree, over IPv4, IPv6 and IPv4-mapped IPv6."""
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("Linux only")
+    with socket.socket(family) as server:
+        try:
+            server.bind((bind, 0))
+        except OSError:
+            pytest.skip(f"cannot bind {bind}")
+        server.listen()
+        with socket.create_connection((connect, server.getsockname()[1])):
+            accepted, peername = server.accept()
+            with accepted:
+                assert peer_uid(peername, accepted.getsockname()) == os.getuid()
+                tables = ("/proc/net/tcp", "/proc/net/tcp6")
+                assert peer_uid(peername, accepted.getsockname(), tables=tables) == os.getuid()
