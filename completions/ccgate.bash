@@ -5,7 +5,7 @@
 __ccgate_node() {
     subs='' opts='' vopts=' ' vararg='' passthrough=''
     case "$1" in
-        '') subs='budget completions config cost doctor gateway import launch logs model price provider sidecar statusline' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
+        '') subs='budget completions config cost doctor gateway import install launch logs model price provider sidecar statusline uninstall' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
         'budget') subs='set show unset' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'budget set') subs='' opts='-p --project --warn-at -h --help' vopts=' -p --project --warn-at ' vararg='' passthrough='' ;;
         'budget show') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
@@ -58,6 +58,7 @@ __ccgate_node() {
         'gateway report') subs='' opts='--url --token-file --by --since --until --tz --json --csv -h --help' vopts=' --url --token-file --by --since --until --tz ' vararg='' passthrough='' ;;
         'import') subs='claude-code' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'import claude-code') subs='' opts='--path --json -h --help' vopts=' --path ' vararg='' passthrough='' ;;
+        'install') subs='' opts='--scope --dry-run -h --help' vopts=' --scope ' vararg='' passthrough='' ;;
         'launch') subs='' opts='' vopts='  ' vararg='' passthrough='1' ;;
         'logs') subs='' opts='-n --lines -f --follow --errors --session --json -h --help' vopts=' -n --lines --session ' vararg='' passthrough='' ;;
         'model') subs='list set test unset' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
@@ -85,6 +86,7 @@ __ccgate_node() {
         'statusline') subs='install uninstall' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'statusline install') subs='' opts='--settings --force -h --help' vopts=' --settings ' vararg='' passthrough='' ;;
         'statusline uninstall') subs='' opts='--settings -h --help' vopts=' --settings ' vararg='' passthrough='' ;;
+        'uninstall') subs='' opts='--scope -h --help' vopts=' --scope ' vararg='' passthrough='' ;;
     esac
 }
 

@@ -4,7 +4,7 @@
 function __ccgate_subcommands
     switch $argv[1]
         case ''
-            printf '%s\n' 'budget' 'completions' 'config' 'cost' 'doctor' 'gateway' 'import' 'launch' 'logs' 'model' 'price' 'provider' 'sidecar' 'statusline'
+            printf '%s\n' 'budget' 'completions' 'config' 'cost' 'doctor' 'gateway' 'import' 'install' 'launch' 'logs' 'model' 'price' 'provider' 'sidecar' 'statusline' 'uninstall'
         case 'budget'
             printf '%s\n' 'set' 'show' 'unset'
         case 'completions'
@@ -90,6 +90,8 @@ function __ccgate_value_options
             printf '%s\n' '--url' '--token-file' '--by' '--since' '--until' '--tz'
         case 'import claude-code'
             printf '%s\n' '--path'
+        case 'install'
+            printf '%s\n' '--scope'
         case 'logs'
             printf '%s\n' '-n' '--lines' '--session'
         case 'model set'
@@ -106,6 +108,8 @@ function __ccgate_value_options
             printf '%s\n' '--settings'
         case 'statusline uninstall'
             printf '%s\n' '--settings'
+        case 'uninstall'
+            printf '%s\n' '--scope'
     end
 end
 
@@ -165,6 +169,7 @@ complete -c ccgate -n '__ccgate_at ""' -f -a 'cost' -d 'Show what Claude Code co
 complete -c ccgate -n '__ccgate_at ""' -f -a 'doctor' -d 'Check config, keyring, sidecar, provider keys, Claude Code, the ledger and anything tha...'
 complete -c ccgate -n '__ccgate_at ""' -f -a 'gateway' -d 'The org gateway: serve it, upgrade its database, administer it, report on it'
 complete -c ccgate -n '__ccgate_at ""' -f -a 'import' -d 'Import usage recorded elsewhere into the ledger'
+complete -c ccgate -n '__ccgate_at ""' -f -a 'install' -d 'Route every Claude Code (plain `claude`, `claude --resume`, IDE extensions) through the...'
 complete -c ccgate -n '__ccgate_at ""' -f -a 'launch' -d 'Start the sidecar if needed, point COMMAND at it, run it on this terminal and return it...'
 complete -c ccgate -n '__ccgate_at ""' -f -a 'logs' -d 'Show recent requests: local time, status, latency, cost, tokens, requested -> routed model'
 complete -c ccgate -n '__ccgate_at ""' -f -a 'model' -d 'Route a Claude tier (opus, sonnet, haiku) to other providers'
@@ -172,6 +177,7 @@ complete -c ccgate -n '__ccgate_at ""' -f -a 'price' -d 'Show per-model prices (
 complete -c ccgate -n '__ccgate_at ""' -f -a 'provider' -d 'List, add and test providers; store their API keys in the keyring'
 complete -c ccgate -n '__ccgate_at ""' -f -a 'sidecar' -d 'Control the local sidecar process'
 complete -c ccgate -n '__ccgate_at ""' -f -a 'statusline' -d 'One line for Claude Code\'s status bar: model, session and today\'s cost, budget left, ro...'
+complete -c ccgate -n '__ccgate_at ""' -f -a 'uninstall' -d 'Undo `ccgate install`: the settings file is put back byte for byte (or, if you edited i...'
 complete -c ccgate -n '__ccgate_at ""' -l 'version' -d 'Print ccgate\'s version and exit'
 complete -c ccgate -n '__ccgate_at ""' -s 'h' -l 'help' -d 'Show this message and exit'
 complete -c ccgate -n '__ccgate_at "budget"' -f -a 'set' -d 'Set (or replace) the budget for PERIOD: requests are refused with 402 once it is spent'
@@ -380,6 +386,9 @@ complete -c ccgate -n '__ccgate_at "import"' -s 'h' -l 'help' -d 'Show this mess
 complete -c ccgate -n '__ccgate_at "import claude-code"' -l 'path' -r -F -d 'Transcript directory (default: ~/.claude/projects) or one .jsonl file'
 complete -c ccgate -n '__ccgate_at "import claude-code"' -l 'json' -d 'Print the counts as one JSON object'
 complete -c ccgate -n '__ccgate_at "import claude-code"' -s 'h' -l 'help' -d 'Show this message and exit'
+complete -c ccgate -n '__ccgate_at "install"' -l 'scope' -x -d 'user: every Claude Code you start (~/.claude/settings.json or $CLAUDE_CONFIG_DIR); proj...'
+complete -c ccgate -n '__ccgate_at "install"' -l 'dry-run' -d 'Print the change as a diff; write nothing'
+complete -c ccgate -n '__ccgate_at "install"' -s 'h' -l 'help' -d 'Show this message and exit'
 complete -c ccgate -n '__ccgate_at "launch"' -x -a '(__fish_complete_subcommand --fcs-skip=2)'
 complete -c ccgate -n '__ccgate_at "logs"' -s 'n' -l 'lines' -x -d 'How many recent requests to show first (0 with -f: only new)'
 complete -c ccgate -n '__ccgate_at "logs"' -s 'f' -l 'follow' -d 'Keep printing requests as they finish (Ctrl-C stops)'
@@ -460,3 +469,5 @@ complete -c ccgate -n '__ccgate_at "statusline install"' -l 'force' -d 'Replace 
 complete -c ccgate -n '__ccgate_at "statusline install"' -s 'h' -l 'help' -d 'Show this message and exit'
 complete -c ccgate -n '__ccgate_at "statusline uninstall"' -l 'settings' -r -F -d 'Claude Code settings file (default: ~/.claude/settings.json)'
 complete -c ccgate -n '__ccgate_at "statusline uninstall"' -s 'h' -l 'help' -d 'Show this message and exit'
+complete -c ccgate -n '__ccgate_at "uninstall"' -l 'scope' -x -d 'user: every Claude Code you start (~/.claude/settings.json or $CLAUDE_CONFIG_DIR); proj...'
+complete -c ccgate -n '__ccgate_at "uninstall"' -s 'h' -l 'help' -d 'Show this message and exit'

@@ -69,6 +69,7 @@ def test_healthy_setup(healthy: Path, environ: dict[str, str], tmp_path: Path) -
         "provider groq": True,
         "claude": True,
         "ledger": True,
+        "install": True,
         "bypass": True,
     }
     named = by_name(checks)
@@ -89,6 +90,7 @@ def test_broken_config_file(healthy: Path, environ: dict[str, str], tmp_path: Pa
         "provider keys": None,  # cannot tell which providers routes use
         "claude": True,
         "ledger": True,
+        "install": True,
         "bypass": True,
     }
     config = by_name(checks)["config"]
@@ -119,6 +121,7 @@ def test_settings_with_anthropic_base_url(healthy: Path, environ: dict[str, str]
         "provider groq": True,
         "claude": True,
         "ledger": True,
+        "install": True,
         "bypass": False,
     }
     bypass = by_name(checks)["bypass"]

@@ -170,6 +170,26 @@ class E2E:
     async def claude(self, *args: str) -> Completed:
         return await self.run("launch", "claude", *args, timeout=CLAUDE_TIMEOUT)
 
+    async def plain_claude(self, *args: str, cwd: Path | None = None) -> Completed:
+        """`claude ARGS...` itself, without `ccgate launch` (what `ccgate install` is for)."""
+        process = await asyncio.create_subprocess_exec(
+            "claude",
+            *args,
+            cwd=cwd or self.repo,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            stdout, stderr = await asyncio.wait_for(process.communicate(), CLAUDE_TIMEOUT)
+        except TimeoutError:
+            await _terminate(process)
+            stdout, stderr = await process.communicate()
+            pytest.fail(f"`claude {' '.join(args)}` did not finish; stderr: {stderr.decode()[-4000:]}")
+        assert process.returncode is not None
+        return Completed(process.returncode, stdout.decode(), stderr.decode())
+
     async def cost(self, *args: str) -> dict[str, Any]:
         result = await self.run("cost", "today", *args, "--json")
         assert result.returncode == 0, result.explain()

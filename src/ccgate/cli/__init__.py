@@ -66,6 +66,13 @@ def main() -> None:
         from ccgate.features.statusline import main as statusline_main
 
         sys.exit(statusline_main())
+    # Claude Code runs `ccgate hook` (installed by `ccgate install`) at session start and on every prompt
+    if sys.argv[1:2] == ["hook"]:
+        import os
+
+        from ccgate.features.installing import hook_main
+
+        sys.exit(hook_main(sys.argv[2:], sys.stdin, sys.stderr, os.environ))
 
     import sqlite3
 

@@ -311,28 +311,77 @@ def check_ledger(paths: Paths, *, full: bool = False) -> Check:
     return Check("ledger", True, f"{path}: {rows} request(s), {_megabytes(_size(path))}, {checked}")
 
 
+def check_install(environ: Mapping[str, str], *, cwd: Path | None, port: int | None) -> tuple[Check, bool]:
+    """Whether `ccgate install` routes plain `claude` here (user scope, or this project); (check, active)."""
+    from ccgate.features.installing import active_installs
+
+    installs = active_installs(environ, cwd, port or 0)
+    if not installs:
+        return (
+            Check(
+                "install",
+                True,
+                "not installed: only `ccgate launch claude` is metered (`ccgate install` meters plain `claude`, "
+                "`claude --resume` and IDE sessions too)",
+            ),
+            False,
+        )
+    unhooked = [item for item in installs if not item.hooked]
+    if unhooked:
+        scope = unhooked[0].scope
+        return (
+            Check(
+                "install",
+                False,
+                f"{unhooked[0].path} points Claude Code at the sidecar but has no ccgate SessionStart hook: "
+                "the sidecar refuses its sessions",
+                f"run `ccgate install --scope {scope}` again, or `ccgate uninstall --scope {scope}`",
+            ),
+            True,
+        )
+    where = ", ".join(f"{item.path} ({item.scope})" for item in installs)
+    return Check("install", True, f"active in {where}: plain `claude` and IDE sessions are metered"), True
+
+
 def check_bypasses(
-    environ: Mapping[str, str], *, home: Path, cwd: Path | None, sidecar: SidecarInfo | None, port: int | None
+    environ: Mapping[str, str],
+    *,
+    home: Path,
+    cwd: Path | None,
+    sidecar: SidecarInfo | None,
+    port: int | None,
+    installed: bool = False,
 ) -> list[Check]:
     """Every way Claude Code can go around the sidecar: settings files, cloud-provider switches, the shell."""
     from ccgate.features.launching import bypass_warnings, project_settings_files
 
     extra = project_settings_files(cwd, home) if cwd is not None else []
-    checks = [Check("bypass", False, warning) for warning in bypass_warnings(environ, home, extra_settings=extra)]
+    ours = [candidate for candidate in (port, sidecar.port if sidecar is not None else None) if candidate]
+    warnings = bypass_warnings(environ, home, extra_settings=extra, sidecar_ports=ours)
+    checks = [Check("bypass", False, warning) for warning in warnings]
     exported = environ.get("ANTHROPIC_BASE_URL")
-    if exported:
-        ours = [candidate for candidate in (port, sidecar.port if sidecar is not None else None) if candidate]
-        if not is_loopback_url(exported, ours):
-            checks.append(
-                Check(
-                    "bypass",
-                    None,
-                    f"ANTHROPIC_BASE_URL={redact_url(exported)} is exported in this shell: "
-                    "`claude` started without `ccgate launch` sends requests there, unmetered",
-                    "start Claude Code with `ccgate launch claude`: it meters the requests and still forwards "
-                    "them to this URL",
-                )
+    if exported and installed and not is_loopback_url(exported, ours):
+        # Claude Code's settings `env` wins over the shell's: plain `claude` goes through the sidecar anyway
+        checks.append(
+            Check(
+                "bypass",
+                None,
+                f"ANTHROPIC_BASE_URL={redact_url(exported)} is exported in this shell, but `ccgate install` "
+                "overrides it: plain `claude` is metered and does not go there",
+                "to meter and forward to it, run `ccgate uninstall`, then `ccgate install` from this shell",
             )
+        )
+    elif exported and not is_loopback_url(exported, ours):
+        checks.append(
+            Check(
+                "bypass",
+                None,
+                f"ANTHROPIC_BASE_URL={redact_url(exported)} is exported in this shell: "
+                "`claude` started without `ccgate launch` sends requests there, unmetered",
+                "start Claude Code with `ccgate launch claude` (it meters the requests and still forwards "
+                "them to this URL), or run `ccgate install`",
+            )
+        )
     if not checks:
         checks.append(Check("bypass", True, "nothing routes Claude Code around ccgate"))
     return checks
@@ -374,5 +423,7 @@ def run_checks(
         port: int | None = configured_port((config or Config()).sidecar.port, environ)
     except CcgateError:
         port = None
-    checks.extend(check_bypasses(environ, home=home, cwd=cwd, sidecar=sidecar, port=port))
+    install_check, installed = check_install(environ, cwd=cwd, port=port)
+    checks.append(install_check)
+    checks.extend(check_bypasses(environ, home=home, cwd=cwd, sidecar=sidecar, port=port, installed=installed))
     return checks

@@ -95,10 +95,17 @@ def project_settings_files(cwd: Path, home: Path) -> list[Path]:
     return [cwd / ".claude" / "settings.json", cwd / ".claude" / "settings.local.json"]
 
 
-def bypass_warnings(environ: Mapping[str, str], home: Path, *, extra_settings: Sequence[Path] = ()) -> list[str]:
+def bypass_warnings(
+    environ: Mapping[str, str],
+    home: Path,
+    *,
+    extra_settings: Sequence[Path] = (),
+    sidecar_ports: Sequence[int] = (),
+) -> list[str]:
     """Ways Claude Code would go around the sidecar even when launched through it.
 
     `extra_settings`: more Claude Code settings files to look at (e.g. a project's `.claude/settings.json`).
+    `sidecar_ports`: an ANTHROPIC_BASE_URL on loopback at one of these is the sidecar (`ccgate install`), no bypass.
     """
     warnings: list[str] = []
     for var in CLOUD_SWITCHES:
@@ -118,7 +125,8 @@ def bypass_warnings(environ: Mapping[str, str], home: Path, *, extra_settings: S
         # managed settings are an administrator's: the user cannot edit them, only ask
         remedy = "ask whoever manages it" if settings in managed else "remove it from that file"
         where = f"{settings} (managed settings)" if settings in managed else str(settings)
-        if env.get("ANTHROPIC_BASE_URL"):
+        url = env.get("ANTHROPIC_BASE_URL")
+        if url and not (isinstance(url, str) and sidecar_ports and is_loopback_url(url, list(sidecar_ports))):
             warnings.append(f"{where} sets env.ANTHROPIC_BASE_URL, which overrides ccgate's; {remedy}")
         for var in CLOUD_SWITCHES:
             if env.get(var):
@@ -174,7 +182,9 @@ def run_launch(
     if upstream is not None:
         info(f"ANTHROPIC_BASE_URL is {redact_url(upstream)}: requests are metered by ccgate and forwarded there")
     home = Path(environ.get("HOME") or Path.home())
-    for message in bypass_warnings(environ, home, extra_settings=project_settings_files(cwd, home)):
+    for message in bypass_warnings(
+        environ, home, extra_settings=project_settings_files(cwd, home), sidecar_ports=[sidecar.port]
+    ):
         warn(message)
 
     env = dict(environ)

@@ -57,6 +57,11 @@ PUBLIC_PATHS = frozenset({"/", "/healthz"})
 MAX_LAUNCHES = 1000
 MAX_PROJECT_CHARS = 4096
 PRIVATE_HEADERS = frozenset({TOKEN_HEADER, LAUNCH_HEADER})
+# Claude Code's own header; sessions that `ccgate install`'s hook registered are kept under this prefix
+SESSION_HEADER = "x-claude-code-session-id"
+SESSION_KEY_PREFIX = "session:"
+# the routes an installed session may use without the local token (it stays out of settings files)
+SESSION_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 
 
 @dataclass
@@ -190,7 +195,9 @@ async def guard_middleware(
     state = request.app[STATE]
     token = request.headers.get(TOKEN_HEADER, "")
     authentic = bool(token) and hmac.compare_digest(token.encode(), state.token.encode())
-    request.app[CONNECTIONS].request_seen(request.protocol, authenticated=authentic)
+    # a token-less request from a Claude Code session that `ccgate install`'s hook registered
+    installed = not token and request.path not in PUBLIC_PATHS and _installed_session(request, state)
+    request.app[CONNECTIONS].request_seen(request.protocol, authenticated=authentic or installed)
     try:
         if not _host_is_loopback(request.host):
             raise _Refused(
@@ -199,11 +206,16 @@ async def guard_middleware(
                     hint="point ANTHROPIC_BASE_URL at http://127.0.0.1:<port> (`ccgate launch` does this)",
                 )
             )
-        if request.path not in PUBLIC_PATHS and not authentic:
+        if request.path not in PUBLIC_PATHS and not (authentic or installed):
             raise _Refused(
                 AuthenticationError(
                     "missing or wrong ccgate local token" if token else "missing ccgate local token",
-                    hint="start Claude Code with `ccgate launch claude` so requests carry the token",
+                    hint="start Claude Code with `ccgate launch claude` so requests carry the token"
+                    + (
+                        "; after `ccgate install`, start a new session (its hook registers it; hooks must be enabled)"
+                        if _is_claude(request)
+                        else ""
+                    ),
                 )
             )
         return await handler(request)
@@ -235,10 +247,33 @@ class _Refused(Exception):
         self.error = error
 
 
+def _is_claude(request: web.Request) -> bool:
+    return SESSION_HEADER in request.headers and TOKEN_HEADER not in request.headers
+
+
+def _installed_session(request: web.Request, state: SidecarState) -> bool:
+    """A token-less request is let through only from a Claude Code session that ccgate's hook registered (with the
+    token), never from a web page (browsers send `Origin`), and, where the kernel says, from this user's process."""
+    if request.path not in SESSION_PATHS or "Origin" in request.headers:
+        return False
+    session_id = request.headers.get(SESSION_HEADER)
+    if not session_id or SESSION_KEY_PREFIX + session_id not in state.launches:
+        return False
+    from ccgate.sidecar.peers import peer_uid
+
+    transport = request.transport
+    if transport is None:
+        return False
+    uid = peer_uid(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
+    return uid is None or uid == os.getuid()
+
+
 def _meta(request: web.Request) -> ClientMeta:
     state = request.app[STATE]
     launch_id = request.headers.get(LAUNCH_HEADER)
     launch = state.launches.get(launch_id) if launch_id else None
+    session_id = request.headers.get(SESSION_HEADER)
+    session = state.launches.get(SESSION_KEY_PREFIX + session_id) if session_id else None
     if launch is None and launch_id and launch_id.startswith(OWN_UPSTREAM_LAUNCH_PREFIX):
         # its requests belong to the developer's own gateway, whose address this sidecar no longer has: sending
         # them (and their credentials) to the default upstream instead would be worse than refusing them
@@ -246,10 +281,12 @@ def _meta(request: web.Request) -> ClientMeta:
             "this launch forwards to your own ANTHROPIC_BASE_URL, which the ccgate sidecar no longer knows",
             hint="exit and start it again with `ccgate launch claude`",
         )
-    if launch is not None:
-        launch.last_used = time.time()
-    project = launch.project if launch else None
-    upstream = launch.anthropic_base_url if launch else None
+    for used in (launch, session):
+        if used is not None:
+            used.last_used = time.time()
+    # `launch` knows best; an installed session's settings still decide where Claude Code's requests were meant to go
+    project = launch.project if launch else (session.project if session else None)
+    upstream = (launch.anthropic_base_url if launch else None) or (session.anthropic_base_url if session else None)
     meta = state.metas.get((launch_id, project, upstream))
     if meta is None:  # one per launch: frozen, so requests share it
         if len(state.metas) >= MAX_CACHED_METAS:
@@ -360,7 +397,6 @@ async def _ledger_writes(writer: LedgerWriter | None, *, spill_check: bool = Fal
 
 
 async def register_launch(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
     try:
         payload = await request.json()
     except (ValueError, RecursionError):  # RecursionError: nested past ~1,000 levels
@@ -368,6 +404,34 @@ async def register_launch(request: web.Request) -> web.StreamResponse:
     launch_id = payload.get("launch_id") if isinstance(payload, dict) else None
     if not isinstance(launch_id, str) or not launch_id.isascii() or not 8 <= len(launch_id) <= 64:
         raise InvalidRequestError("launch_id must be an ASCII id of 8 to 64 characters")
+    if launch_id.startswith(SESSION_KEY_PREFIX):
+        raise InvalidRequestError(f"launch_id must not start with {SESSION_KEY_PREFIX!r}")
+    return await _register(request, launch_id, payload)
+
+
+async def register_session(request: web.Request) -> web.StreamResponse:
+    """The SessionStart hook of `ccgate install` registers Claude Code's session id with its project (and upstream)."""
+    try:
+        payload = await request.json()
+    except ValueError:
+        raise InvalidRequestError("session registration must be JSON") from None
+    session_id = payload.get("session_id") if isinstance(payload, dict) else None
+    if (
+        not isinstance(session_id, str)
+        or not 8 <= len(session_id) <= 64
+        or not all(char.isascii() and (char.isalnum() or char in "-_") for char in session_id)
+    ):
+        raise InvalidRequestError("session_id must be an id of 8 to 64 letters, digits, '-' or '_'")
+    known = request.app[STATE].launches.get(SESSION_KEY_PREFIX + session_id)
+    if known is not None and known.anthropic_base_url and payload.get("anthropic_base_url") is None:
+        # hooks of two settings files (user and project) both register it: one without the user's gateway must
+        # not send the session's credentials to the default upstream
+        payload = {**payload, "anthropic_base_url": known.anthropic_base_url}
+    return await _register(request, SESSION_KEY_PREFIX + session_id, payload)
+
+
+async def _register(request: web.Request, launch_id: str, payload: dict[str, Any]) -> web.StreamResponse:
+    state = request.app[STATE]
     project = payload.get("project")
     if project is not None and (not isinstance(project, str) or len(project) > MAX_PROJECT_CHARS):
         raise InvalidRequestError(f"project must be a path of at most {MAX_PROJECT_CHARS} characters")
@@ -693,5 +757,6 @@ def create_app(
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/_ccgate/status", status)
     app.router.add_post("/_ccgate/launches", register_launch)
+    app.router.add_post("/_ccgate/sessions", register_session)
     app.router.add_post("/_ccgate/reload", reload)
     return app
