@@ -23,6 +23,7 @@ from ccgate.sidecar.admission import (
     resolve_timezone,
     rules_from_config,
 )
+from ccgate.wire.envelope import error_headers
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -218,7 +219,7 @@ async def test_unpriced_model_is_refused_only_when_a_budget_applies() -> None:
         await guard.admit(AdmissionRequest(project="/work/app", reserve_nanos=None, model="mystery-7b"))
     assert "mystery-7b" in caught.value.message
     assert caught.value.hint is not None and "ccgate price set mystery-7b" in caught.value.hint
-    assert caught.value.status == 402 and caught.value.headers() == {"x-should-retry": "false"}
+    assert caught.value.status == 402 and error_headers(caught.value) == {"x-should-retry": "false"}
     # another project has no budget: the unpriced request passes, and nothing was loaded for it
     free = await guard.admit(AdmissionRequest(project="/work/other", reserve_nanos=None, model="mystery-7b"))
     assert free.budget_keys == ()
@@ -238,7 +239,7 @@ async def test_spent_budget_is_rejected_with_the_402_message() -> None:
         "daily budget reached: $20.01 spent of $20.00 (resets 2026-11-27 00:00 CET). "
         "Raise it with `ccgate budget set daily 40`"
     )
-    assert error.status == 402 and error.headers() == {"x-should-retry": "false"}
+    assert error.status == 402 and error_headers(error) == {"x-should-retry": "false"}
 
 
 async def test_an_overspent_budget_suggests_a_limit_above_what_is_spent() -> None:

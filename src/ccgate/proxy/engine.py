@@ -26,8 +26,10 @@ from ccgate.core.providers import redact_url
 from ccgate.core.records import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
 from ccgate.core.usage import MAX_PLAUSIBLE_INPUT_TOKENS, MAX_PLAUSIBLE_OUTPUT_TOKENS, implausible_usage
 from ccgate.errors import AuthenticationError, CcgateError, InvalidRequestError, UpstreamError, UpstreamTimeoutError
+from ccgate.proxy.responses import error_response as error_response
 from ccgate.proxy.upstream import HOP_BY_HOP, RESPONSE_DROP, with_read_timeout
 from ccgate.wire import fastjson
+from ccgate.wire.envelope import sse_error
 from ccgate.wire.metering import AnthropicStreamMeter, error_type_of, meter_message
 
 if TYPE_CHECKING:
@@ -269,16 +271,6 @@ def parse_messages_head(raw: bytes) -> dict[str, Any]:
 def _own_upstream(meta: ClientMeta, spec: ProviderSpec) -> str | None:
     """The developer's own Anthropic endpoint when this request goes there instead of the provider's."""
     return meta.anthropic_base_url if spec.name == "anthropic" and spec.kind == "anthropic" else None
-
-
-def error_response(error: CcgateError) -> web.Response:
-    """ccgate's own errors in Anthropic's envelope, with `x-should-retry: false` when retrying cannot help."""
-    return web.json_response(error.envelope(), status=error.status, headers=error.headers())
-
-
-def _sse_error(error_type: str, message: str) -> bytes:
-    payload = {"type": "error", "error": {"type": error_type, "message": message}}
-    return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
 
 
 def _replace_model(data: bytes, upstream_model: str | None, requested: str) -> bytes:
@@ -633,7 +625,7 @@ class Proxy:
                 error_type="upstream_disconnected",
                 error_message=message,
             )
-            await self._end_quietly(response, _sse_error("api_error", message))
+            await self._end_quietly(response, sse_error("api_error", message))
             return response
         meter.flush()
         if meter.error_type is not None:

@@ -32,7 +32,8 @@ from ccgate.errors import (
 )
 from ccgate.local.config_file import load_config
 from ccgate.local.paths import Paths
-from ccgate.proxy.engine import ClientMeta, Proxy, ProxyDeps, error_response
+from ccgate.proxy.engine import ClientMeta, Proxy, ProxyDeps
+from ccgate.proxy.responses import error_response
 from ccgate.sidecar.admission import AdmissionRequest, BudgetGuard, Reservation
 from ccgate.sidecar.connections import ConnectionGuard, GuardedRunner
 from ccgate.sidecar.process import (
