@@ -421,3 +421,26 @@ async def test_a_waiter_gives_up_after_max_wait_however_busy_the_requests_in_fli
     guard.watch(held, lambda: next(counter))  # moves every time anyone looks
     with pytest.raises(BudgetExceededError, match=r"fully reserved by requests in flight for 0\.3 s"):
         await guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.30")))
+
+
+async def test_the_sidecar_budgets_keep_the_admission_contract() -> None:
+    """`ProjectBudgets` is an `Admission[Reservation]` (mypy checks the assignment) and behaves as its docstring
+    says: it applies only where a budget covers the project, shrink only lowers, a reservation ends once."""
+    from ccgate.proxy.seams import Admission, ClientMeta
+    from ccgate.sidecar.app import ProjectBudgets
+
+    guard, _ = make_guard([rule("5", project="/work/app")], Ledger())
+    admission: Admission[Reservation] = ProjectBudgets(guard)
+    inside, outside = ClientMeta(project="/work/app"), ClientMeta(project="/work/other")
+    assert admission.applies(inside) and not admission.applies(outside)
+    reservation = await admission.admit(inside, reserve_nanos=usd("1"), model="claude-x")
+    admission.watch(reservation, lambda: 0)
+    admission.shrink(reservation, usd("3"))  # above the hold: nothing changes
+    assert guard.states()[0].reserved_nanos == usd("1")
+    admission.shrink(reservation, usd("0.25"))
+    assert guard.states()[0].reserved_nanos == usd("0.25")
+    admission.settle(reservation, usd("0.10"))
+    admission.release(reservation)  # already ended: a second end changes nothing
+    assert (guard.states()[0].spent_nanos, guard.states()[0].reserved_nanos) == (usd("0.10"), 0)
+    with pytest.raises(UnpricedModelError):
+        await admission.admit(inside, reserve_nanos=None, model="mystery-7b")

@@ -1,8 +1,8 @@
 """The proxy core shared by the sidecar and the gateway: route, admit, forward, meter, record.
 
 Servers establish who is calling (`ClientMeta`) and how budgets apply to them (an `Admission`), then hand
-the request here. Bytes from an Anthropic-kind upstream are written to the client as they arrive; metering
-reads the same chunks on the side.
+the request here; `ccgate.proxy.seams` holds those seams and their contracts. Bytes from an Anthropic-kind
+upstream are written to the client as they arrive; metering reads the same chunks on the side.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +26,14 @@ from ccgate.core.records import Attempt, Cost, PriceQuality, RequestRecord, Requ
 from ccgate.core.usage import MAX_PLAUSIBLE_INPUT_TOKENS, MAX_PLAUSIBLE_OUTPUT_TOKENS, implausible_usage
 from ccgate.errors import AuthenticationError, CcgateError, InvalidRequestError, UpstreamError, UpstreamTimeoutError
 from ccgate.proxy.responses import error_response as error_response
+
+# the seams live in `seams`; re-exported here for code written before they moved
+from ccgate.proxy.seams import Admission as Admission
+from ccgate.proxy.seams import ClientMeta as ClientMeta
+from ccgate.proxy.seams import LedgerSink as LedgerSink
+from ccgate.proxy.seams import Pricer as Pricer
+from ccgate.proxy.seams import ProxyDeps as ProxyDeps
+from ccgate.proxy.seams import RouterLike as RouterLike
 from ccgate.proxy.upstream import HOP_BY_HOP, RESPONSE_DROP, with_read_timeout
 from ccgate.wire import fastjson
 from ccgate.wire.envelope import sse_error
@@ -47,82 +54,6 @@ CLIENT_AUTH_HEADERS = frozenset({"x-api-key", "authorization"})
 # produces in one reply (today's largest limits are 64K-128K), so an absurd `max_tokens` cannot reserve more.
 DEFAULT_MAX_OUTPUT_TOKENS = 64_000
 MAX_OUTPUT_TOKENS = 1_000_000
-
-
-class LedgerSink(Protocol):
-    def write_pending(self, record: RequestRecord) -> None: ...
-    def write_progress(self, record: RequestRecord) -> None: ...
-    def write_final(self, record: RequestRecord) -> None: ...
-
-
-class Pricer(Protocol):
-    def cost(self, model: str, usage: Usage, *, provider: str | None = None, at: datetime | None = None) -> Cost: ...
-
-    def max_cost_nanos(
-        self,
-        model: str,
-        *,
-        provider: str | None,
-        input_tokens: int,
-        max_output_tokens: int,
-        speed: str | None = None,
-        web_searches: int = 0,
-    ) -> int | None: ...
-
-    def context_window(self, model: str, *, provider: str | None = None) -> int | None: ...
-
-
-class Admission(Protocol):
-    """How budgets apply to a caller: the sidecar scopes them by project, the gateway by key, team, customer."""
-
-    def applies(self, meta: ClientMeta) -> bool: ...
-    async def admit(self, meta: ClientMeta, *, reserve_nanos: int | None, model: str) -> Any: ...
-    def settle(self, reservation: Any, actual_nanos: int) -> None: ...
-    def release(self, reservation: Any) -> None: ...
-    # The reply began and its input is known: from now on the reservation need hold only `bound_nanos`.
-    def shrink(self, reservation: Any, bound_nanos: int) -> None: ...
-    # `progress` grows while the request moves, so requests waiting for its reservation know it is alive.
-    def watch(self, reservation: Any, progress: Callable[[], int]) -> None: ...
-
-
-class RouterLike(Protocol):
-    def route(self, model: str) -> Route: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ClientMeta:
-    """Who sent a request, as established by the server in front of the core."""
-
-    session_id: str | None = None
-    project: str | None = None
-    launch_id: str | None = None
-    source: str = "sidecar"
-    # The sidecar forwards the developer's own Anthropic credentials; the gateway never forwards a virtual key.
-    forward_client_auth: bool = True
-    # Headers the server consumed itself (local token, launch id, ...) and that must not reach a provider.
-    private_headers: frozenset[str] = frozenset()
-    # Gateway mode fills these (key id, team, customer); the sidecar leaves them empty.
-    extra: Mapping[str, str] = field(default_factory=dict)
-    # Sidecar only: the ANTHROPIC_BASE_URL the developer had before `launch` (a corporate gateway, say). Their
-    # credentials are meant for it, so the `anthropic` provider goes there for this launch's requests.
-    anthropic_base_url: str | None = None
-
-
-@dataclass(frozen=True)
-class ProxyDeps:
-    """Everything the core needs; a config reload swaps the whole object, requests keep the one they began with."""
-
-    session: aiohttp.ClientSession
-    providers: Mapping[str, ProviderSpec]
-    router: RouterLike
-    pricer: Pricer
-    ledger: LedgerSink
-    admission: Admission | None = None
-    provider_keys: Mapping[str, str] = field(default_factory=dict)
-    # A stream's upstream must send headers and a first event within `first_byte_timeout` of the attempt (else
-    # the next target is tried), then no more than `stream_idle_timeout` of silence between events.
-    first_byte_timeout: float = 60.0
-    stream_idle_timeout: float = 120.0
 
 
 @dataclass(slots=True)
