@@ -155,7 +155,10 @@ class RateLimitedError(RefusedError):
 
 
 class UpstreamError(CcgateError):
-    """The provider could not be reached or answered with something unusable."""
+    """The provider could not be reached or answered with something unusable.
+
+    `ccgate.proxy.upstream` is the one place that turns the HTTP client's exceptions into these.
+    """
 
     status = 502
     error_type = "api_error"
