@@ -23,6 +23,7 @@ from ccgate.sidecar.admission import (
     resolve_timezone,
     rules_from_config,
 )
+from ccgate.wire.envelope import error_headers
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -218,7 +219,7 @@ async def test_unpriced_model_is_refused_only_when_a_budget_applies() -> None:
         await guard.admit(AdmissionRequest(project="/work/app", reserve_nanos=None, model="mystery-7b"))
     assert "mystery-7b" in caught.value.message
     assert caught.value.hint is not None and "ccgate price set mystery-7b" in caught.value.hint
-    assert caught.value.status == 402 and caught.value.headers() == {"x-should-retry": "false"}
+    assert caught.value.status == 402 and error_headers(caught.value) == {"x-should-retry": "false"}
     # another project has no budget: the unpriced request passes, and nothing was loaded for it
     free = await guard.admit(AdmissionRequest(project="/work/other", reserve_nanos=None, model="mystery-7b"))
     assert free.budget_keys == ()
@@ -238,7 +239,7 @@ async def test_spent_budget_is_rejected_with_the_402_message() -> None:
         "daily budget reached: $20.01 spent of $20.00 (resets 2026-11-27 00:00 CET). "
         "Raise it with `ccgate budget set daily 40`"
     )
-    assert error.status == 402 and error.headers() == {"x-should-retry": "false"}
+    assert error.status == 402 and error_headers(error) == {"x-should-retry": "false"}
 
 
 async def test_an_overspent_budget_suggests_a_limit_above_what_is_spent() -> None:
@@ -420,3 +421,26 @@ async def test_a_waiter_gives_up_after_max_wait_however_busy_the_requests_in_fli
     guard.watch(held, lambda: next(counter))  # moves every time anyone looks
     with pytest.raises(BudgetExceededError, match=r"fully reserved by requests in flight for 0\.3 s"):
         await guard.admit(AdmissionRequest(project=None, reserve_nanos=usd("0.30")))
+
+
+async def test_the_sidecar_budgets_keep_the_admission_contract() -> None:
+    """`ProjectBudgets` is an `Admission[Reservation]` (mypy checks the assignment) and behaves as its docstring
+    says: it applies only where a budget covers the project, shrink only lowers, a reservation ends once."""
+    from ccgate.proxy.seams import Admission, ClientMeta
+    from ccgate.sidecar.app import ProjectBudgets
+
+    guard, _ = make_guard([rule("5", project="/work/app")], Ledger())
+    admission: Admission[Reservation] = ProjectBudgets(guard)
+    inside, outside = ClientMeta(project="/work/app"), ClientMeta(project="/work/other")
+    assert admission.applies(inside) and not admission.applies(outside)
+    reservation = await admission.admit(inside, reserve_nanos=usd("1"), model="claude-x")
+    admission.watch(reservation, lambda: 0)
+    admission.shrink(reservation, usd("3"))  # above the hold: nothing changes
+    assert guard.states()[0].reserved_nanos == usd("1")
+    admission.shrink(reservation, usd("0.25"))
+    assert guard.states()[0].reserved_nanos == usd("0.25")
+    admission.settle(reservation, usd("0.10"))
+    admission.release(reservation)  # already ended: a second end changes nothing
+    assert (guard.states()[0].spent_nanos, guard.states()[0].reserved_nanos) == (usd("0.10"), 0)
+    with pytest.raises(UnpricedModelError):
+        await admission.admit(inside, reserve_nanos=None, model="mystery-7b")

@@ -33,6 +33,7 @@ from ccgate.core.budgets import (
 )
 from ccgate.core.records import usd_to_nanos
 from ccgate.errors import BudgetExceededError, UserInputError
+from ccgate.wire.envelope import envelope
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -338,11 +339,11 @@ def test_budget_message_names_budget_spend_reset_and_command() -> None:
     )
     message = format_budget_message(spent_up, "ccgate budget set daily 40", tz=BERLIN)
     error = BudgetExceededError(message)
-    assert error.envelope()["error"]["message"] == (
+    assert envelope(error)["error"]["message"] == (
         "ccgate: daily budget reached: $20.01 spent of $20.00 (resets 2026-11-26 00:00 CET). "
         "Raise it with `ccgate budget set daily 40`"
     )
-    assert error.status == 402 and error.envelope()["error"]["type"] == "billing_error"
+    assert error.status == 402 and envelope(error)["error"]["type"] == "billing_error"
     assert "credit balance" not in message.lower()
     summer = replace(spent_up, resets_at=utc(2026, 7, 1, 4))
     assert "(resets 2026-07-01 00:00 EDT)" in format_budget_message(summer, "x", tz=NEW_YORK)

@@ -1,8 +1,9 @@
 """The proxy core shared by the sidecar and the gateway: route, admit, forward, meter, record.
 
 Servers establish who is calling (`ClientMeta`) and how budgets apply to them (an `Admission`), then hand
-the request here. Bytes from an Anthropic-kind upstream are written to the client as they arrive; metering
-reads the same chunks on the side.
+the request here; `ccgate.proxy.seams` holds those seams and their contracts, `ccgate.proxy.upstream` the
+meaning of the HTTP client's failures. Bytes from an Anthropic-kind upstream are written to the client as they
+arrive; metering reads the same chunks on the side.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -25,9 +25,28 @@ from yarl import URL
 from ccgate.core.providers import redact_url
 from ccgate.core.records import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
 from ccgate.core.usage import MAX_PLAUSIBLE_INPUT_TOKENS, MAX_PLAUSIBLE_OUTPUT_TOKENS, implausible_usage
-from ccgate.errors import AuthenticationError, CcgateError, InvalidRequestError, UpstreamError, UpstreamTimeoutError
-from ccgate.proxy.upstream import HOP_BY_HOP, RESPONSE_DROP, with_read_timeout
+from ccgate.errors import AuthenticationError, CcgateError, InvalidRequestError, UpstreamError
+from ccgate.proxy.responses import error_response as error_response
+
+# the seams live in `seams`; re-exported here for code written before they moved
+from ccgate.proxy.seams import Admission as Admission
+from ccgate.proxy.seams import ClientMeta as ClientMeta
+from ccgate.proxy.seams import LedgerSink as LedgerSink
+from ccgate.proxy.seams import Pricer as Pricer
+from ccgate.proxy.seams import ProxyDeps as ProxyDeps
+from ccgate.proxy.seams import RouterLike as RouterLike
+from ccgate.proxy.upstream import (
+    FAILURES,
+    HOP_BY_HOP,
+    RESPONSE_DROP,
+    Stage,
+    UpstreamBroke,
+    upstream_error,
+    upstream_errors,
+    with_read_timeout,
+)
 from ccgate.wire import fastjson
+from ccgate.wire.envelope import sse_error
 from ccgate.wire.metering import AnthropicStreamMeter, error_type_of, meter_message
 
 if TYPE_CHECKING:
@@ -45,82 +64,6 @@ CLIENT_AUTH_HEADERS = frozenset({"x-api-key", "authorization"})
 # produces in one reply (today's largest limits are 64K-128K), so an absurd `max_tokens` cannot reserve more.
 DEFAULT_MAX_OUTPUT_TOKENS = 64_000
 MAX_OUTPUT_TOKENS = 1_000_000
-
-
-class LedgerSink(Protocol):
-    def write_pending(self, record: RequestRecord) -> None: ...
-    def write_progress(self, record: RequestRecord) -> None: ...
-    def write_final(self, record: RequestRecord) -> None: ...
-
-
-class Pricer(Protocol):
-    def cost(self, model: str, usage: Usage, *, provider: str | None = None, at: datetime | None = None) -> Cost: ...
-
-    def max_cost_nanos(
-        self,
-        model: str,
-        *,
-        provider: str | None,
-        input_tokens: int,
-        max_output_tokens: int,
-        speed: str | None = None,
-        web_searches: int = 0,
-    ) -> int | None: ...
-
-    def context_window(self, model: str, *, provider: str | None = None) -> int | None: ...
-
-
-class Admission(Protocol):
-    """How budgets apply to a caller: the sidecar scopes them by project, the gateway by key, team, customer."""
-
-    def applies(self, meta: ClientMeta) -> bool: ...
-    async def admit(self, meta: ClientMeta, *, reserve_nanos: int | None, model: str) -> Any: ...
-    def settle(self, reservation: Any, actual_nanos: int) -> None: ...
-    def release(self, reservation: Any) -> None: ...
-    # The reply began and its input is known: from now on the reservation need hold only `bound_nanos`.
-    def shrink(self, reservation: Any, bound_nanos: int) -> None: ...
-    # `progress` grows while the request moves, so requests waiting for its reservation know it is alive.
-    def watch(self, reservation: Any, progress: Callable[[], int]) -> None: ...
-
-
-class RouterLike(Protocol):
-    def route(self, model: str) -> Route: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ClientMeta:
-    """Who sent a request, as established by the server in front of the core."""
-
-    session_id: str | None = None
-    project: str | None = None
-    launch_id: str | None = None
-    source: str = "sidecar"
-    # The sidecar forwards the developer's own Anthropic credentials; the gateway never forwards a virtual key.
-    forward_client_auth: bool = True
-    # Headers the server consumed itself (local token, launch id, ...) and that must not reach a provider.
-    private_headers: frozenset[str] = frozenset()
-    # Gateway mode fills these (key id, team, customer); the sidecar leaves them empty.
-    extra: Mapping[str, str] = field(default_factory=dict)
-    # Sidecar only: the ANTHROPIC_BASE_URL the developer had before `launch` (a corporate gateway, say). Their
-    # credentials are meant for it, so the `anthropic` provider goes there for this launch's requests.
-    anthropic_base_url: str | None = None
-
-
-@dataclass(frozen=True)
-class ProxyDeps:
-    """Everything the core needs; a config reload swaps the whole object, requests keep the one they began with."""
-
-    session: aiohttp.ClientSession
-    providers: Mapping[str, ProviderSpec]
-    router: RouterLike
-    pricer: Pricer
-    ledger: LedgerSink
-    admission: Admission | None = None
-    provider_keys: Mapping[str, str] = field(default_factory=dict)
-    # A stream's upstream must send headers and a first event within `first_byte_timeout` of the attempt (else
-    # the next target is tried), then no more than `stream_idle_timeout` of silence between events.
-    first_byte_timeout: float = 60.0
-    stream_idle_timeout: float = 120.0
 
 
 @dataclass(slots=True)
@@ -161,6 +104,10 @@ class _Ctx:
     # loop time by which the current attempt's first byte must arrive (streams only; None: no such limit)
     first_byte_deadline: float | None = None
 
+    def mark_first_byte(self) -> None:
+        """Time to the first byte of the reply the client gets: after a failover, the last attempt's."""
+        self.record.ttfb_ms = (time.perf_counter() - self.started) * 1000
+
     def exact_body(self) -> dict[str, Any]:
         """The body parsed by `json` (exact big integers), for routes that send it on re-encoded."""
         if self.exact is None:
@@ -168,26 +115,11 @@ class _Ctx:
         return self.exact
 
 
-class _UpstreamBroke(UpstreamError):
-    """The upstream failed before any byte reached the client: the next target may still be tried."""
-
-
-class _UpstreamSilent(_UpstreamBroke, UpstreamTimeoutError):
-    """A stream's upstream sent headers but no first event in time: as failover-able as a broken one."""
-
-
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """The stream's first chunk (read before the client saw anything), then the rest as it arrives."""
     yield first
     async for chunk in rest:
         yield chunk
-
-
-def _stream_failure(exc: BaseException, provider: str, idle_timeout: float) -> str:
-    """What the client and the ledger are told when a running stream breaks off."""
-    if isinstance(exc, TimeoutError):
-        return f"ccgate: upstream {provider} sent nothing for {idle_timeout:g} s; the stream was ended"
-    return f"ccgate: upstream {provider} broke off the stream: {type(exc).__name__}"
 
 
 def session_id_from(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
@@ -266,19 +198,22 @@ def parse_messages_head(raw: bytes) -> dict[str, Any]:
     return head
 
 
+def _provider_auth(spec: ProviderSpec, key: str | None, *, client_auth: bool = False) -> dict[str, str]:
+    """The provider's own key in the header its API reads. Without a key, a provider that needs one is an
+    error, unless the client's own credentials go along (`client_auth`)."""
+    if key:
+        return {"Authorization": f"Bearer {key}"} if spec.auth == "bearer" else {"x-api-key": key}
+    if spec.requires_key and not client_auth:
+        raise AuthenticationError(
+            f"no API key for provider {spec.name}",
+            hint=f"store one with `ccgate provider key set {spec.name}` or set {spec.key_env}",
+        )
+    return {}
+
+
 def _own_upstream(meta: ClientMeta, spec: ProviderSpec) -> str | None:
     """The developer's own Anthropic endpoint when this request goes there instead of the provider's."""
     return meta.anthropic_base_url if spec.name == "anthropic" and spec.kind == "anthropic" else None
-
-
-def error_response(error: CcgateError) -> web.Response:
-    """ccgate's own errors in Anthropic's envelope, with `x-should-retry: false` when retrying cannot help."""
-    return web.json_response(error.envelope(), status=error.status, headers=error.headers())
-
-
-def _sse_error(error_type: str, message: str) -> bytes:
-    payload = {"type": "error", "error": {"type": error_type, "message": message}}
-    return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
 
 
 def _replace_model(data: bytes, upstream_model: str | None, requested: str) -> bytes:
@@ -368,12 +303,10 @@ class Proxy:
             payload = _reencoded({**parse_messages_body(raw, exact=True), "model": target.model})
         url = self._anthropic_url(spec, "/v1/messages/count_tokens", request.rel_url.raw_query_string)
         headers = self._anthropic_headers(deps, meta, request.headers, spec, request_id=None)
-        try:
+        with upstream_errors(spec, Stage.CONNECT):
             async with deps.session.post(url, data=payload, headers=headers) as upstream:
                 data = await upstream.read()
                 return web.Response(body=data, status=upstream.status, headers=self._response_headers(upstream))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._connect_error(spec, exc) from exc
 
     # ---- chain and attempts -------------------------------------------------------------------
 
@@ -451,7 +384,7 @@ class Proxy:
                         response = await self._relay_openai(request, ctx, upstream, spec)
                     else:
                         response = await self._relay_anthropic(request, ctx, upstream, target)
-                except _UpstreamBroke as error:
+                except UpstreamBroke as error:
                     upstream.close()
                     attempts[-1] = Attempt(target.provider, target.model, upstream.status, error.message)
                     last_error = error
@@ -497,12 +430,8 @@ class Proxy:
                 "content-type": "application/json",
                 "accept-encoding": "identity",
                 "x-ccgate-request-id": ctx.record.id,
+                **_provider_auth(spec, deps.provider_keys.get(spec.name)),
             }
-            key = deps.provider_keys.get(spec.name)
-            if key:
-                headers["authorization"] = f"Bearer {key}"
-            elif spec.requires_key:
-                raise self._missing_key(spec)
             data = _reencoded(payload_obj)
         else:
             url = self._anthropic_url(spec, "/v1/messages", ctx.query)
@@ -515,47 +444,32 @@ class Proxy:
             # a whole reply's headers come only once it is generated, which may take minutes: the session's
             # read timeout is the bound
             ctx.first_byte_deadline = None
-            try:
+            with upstream_errors(spec, Stage.CONNECT):
                 return await deps.session.post(url, data=data, headers=headers)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise self._connect_error(spec, exc) from exc
         loop = asyncio.get_running_loop()
         ctx.first_byte_deadline = loop.time() + deps.first_byte_timeout
         # between reads of a running stream, silence past the idle timeout is a dead upstream
         timeout = with_read_timeout(deps.session.timeout, deps.stream_idle_timeout)
         first_byte = asyncio.timeout_at(ctx.first_byte_deadline)
-        try:
+        with upstream_errors(spec, Stage.CONNECT, limit=deps.first_byte_timeout, timer=first_byte):
             async with first_byte:
                 return await deps.session.post(url, data=data, headers=headers, timeout=timeout)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._connect_error(spec, exc, deps.first_byte_timeout if first_byte.expired() else None) from exc
 
     async def _first_chunk(self, ctx: _Ctx, upstream: aiohttp.ClientResponse, spec: ProviderSpec) -> bytes:
         """A stream's first bytes, before the client sees anything: silence or a cut here still allows failover."""
-        where = f"upstream {spec.name} ({redact_url(spec.base_url)})"
-        try:
+        with upstream_errors(spec, Stage.FIRST_EVENT, limit=ctx.deps.first_byte_timeout):
             async with asyncio.timeout_at(ctx.first_byte_deadline):
                 first = await upstream.content.readany()
-        except TimeoutError as exc:
-            raise _UpstreamSilent(
-                f"{where} sent no stream event within {ctx.deps.first_byte_timeout:g} s",
-                hint="check the provider's status, or raise `sidecar.first_byte_timeout_seconds`",
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise _UpstreamBroke(f"{where} broke off its reply: {type(exc).__name__}") from exc
         if not first:
-            raise _UpstreamBroke(f"{where} ended the stream before sending any event")
+            raise UpstreamBroke(
+                f"upstream {spec.name} ({redact_url(spec.base_url)}) ended the stream before sending any event"
+            )
         return first
 
     async def _read(self, upstream: aiohttp.ClientResponse, spec: ProviderSpec) -> bytes:
         """A whole (non-streamed) body; a broken one is a failover-able error, not a 500."""
-        try:
+        with upstream_errors(spec, Stage.BODY):
             return await upstream.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _UpstreamBroke(
-                f"upstream {spec.name} ({redact_url(spec.base_url)}) broke off its reply: {type(exc).__name__}",
-                hint="check the provider's status",
-            ) from exc
 
     # ---- relays -------------------------------------------------------------------------------
 
@@ -570,7 +484,7 @@ class Proxy:
         headers = self._response_headers(upstream)
         if upstream.status >= 400 or upstream.content_type != SSE_CONTENT_TYPE:
             data = await self._read(upstream, spec)
-            record.ttfb_ms = (time.perf_counter() - ctx.started) * 1000
+            ctx.mark_first_byte()
             if upstream.status >= 400:
                 error_type, message = error_type_of(data)
                 self._finish(
@@ -601,7 +515,7 @@ class Proxy:
         try:
             async for chunk in _prepend(first, upstream.content.iter_any()):
                 if record.ttfb_ms is None:
-                    record.ttfb_ms = (time.perf_counter() - ctx.started) * 1000
+                    ctx.mark_first_byte()
                 if meter.feed(chunk) and not meter.finished:
                     self._progress(ctx, meter)
                 if rewrite:
@@ -623,9 +537,9 @@ class Proxy:
                 error_message=str(exc) or "client went away",
             )
             return response
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except FAILURES as exc:
             meter.flush()
-            message = _stream_failure(exc, target.provider, ctx.deps.stream_idle_timeout)
+            message = self._stream_cut(exc, ctx, spec)
             self._finish(
                 ctx,
                 RequestStatus.INTERRUPTED,
@@ -633,7 +547,7 @@ class Proxy:
                 error_type="upstream_disconnected",
                 error_message=message,
             )
-            await self._end_quietly(response, _sse_error("api_error", message))
+            await self._end_quietly(response, sse_error("api_error", message))
             return response
         meter.flush()
         if meter.error_type is not None:
@@ -662,7 +576,7 @@ class Proxy:
         requested = ctx.body["model"]
         if upstream.status >= 400:
             data = await self._read(upstream, spec)
-            record.ttfb_ms = (time.perf_counter() - ctx.started) * 1000
+            ctx.mark_first_byte()
             status, envelope = openai_error_to_anthropic(upstream.status, data)
             error = envelope.get("error", {})
             self._finish(
@@ -678,12 +592,12 @@ class Proxy:
             return web.json_response(envelope, status=status, headers=headers)
         if not record.stream:
             data = await self._read(upstream, spec)
-            record.ttfb_ms = (time.perf_counter() - ctx.started) * 1000
+            ctx.mark_first_byte()
             try:
                 reply = json.loads(data)
                 message = openai_to_anthropic_response(reply, requested_model=requested, id_map=ctx.id_map)
             except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
-                raise _UpstreamBroke(f"provider {spec.name} returned a reply ccgate cannot read") from exc
+                raise UpstreamBroke(f"provider {spec.name} returned a reply ccgate cannot read") from exc
             if isinstance(reply.get("usage"), dict):
                 record.usage = self._vetted(ctx, usage_from_openai(reply["usage"]), {}, len(data) * 2)
             else:
@@ -715,7 +629,7 @@ class Proxy:
             done = False
             async for chunk in _prepend(first, upstream.content.iter_any()):
                 if record.ttfb_ms is None:
-                    record.ttfb_ms = (time.perf_counter() - ctx.started) * 1000
+                    ctx.mark_first_byte()
                 out: list[bytes] = []
                 for data in decoder.feed_data(chunk):
                     done, failure = self._translate_event(data, translator, out, record)
@@ -746,8 +660,8 @@ class Proxy:
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             self._finish(ctx, RequestStatus.INTERRUPTED, http_status=200, error_type="client_disconnected")
             return response
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            broke = _stream_failure(exc, spec.name, ctx.deps.stream_idle_timeout)
+        except FAILURES as exc:
+            broke = self._stream_cut(exc, ctx, spec)
             return await self._broken_off(ctx, response, translator, broke)
         if failure is not None:
             self._finish(ctx, RequestStatus.ERROR, http_status=200, error_type=failure[0], error_message=failure[1])
@@ -983,21 +897,8 @@ class Proxy:
         headers["Accept-Encoding"] = "identity"
         if request_id:
             headers["x-ccgate-request-id"] = request_id
-        if key:
-            if spec.auth == "bearer":
-                headers["Authorization"] = f"Bearer {key}"
-            else:
-                headers["x-api-key"] = key
-        elif not keep_client_auth and spec.requires_key:
-            raise self._missing_key(spec)
+        headers.update(_provider_auth(spec, key, client_auth=keep_client_auth))
         return headers
-
-    @staticmethod
-    def _missing_key(spec: ProviderSpec) -> AuthenticationError:
-        return AuthenticationError(
-            f"no API key for provider {spec.name}",
-            hint=f"store one with `ccgate provider key set {spec.name}` or set {spec.key_env}",
-        )
 
     @staticmethod
     def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
@@ -1016,23 +917,9 @@ class Proxy:
             return data
 
     @staticmethod
-    def _connect_error(spec: ProviderSpec, exc: BaseException, first_byte_timeout: float | None = None) -> CcgateError:
-        """`first_byte_timeout` when that limit, not a connect or read timeout, ended the wait."""
-        where = redact_url(spec.base_url)
-        if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-            if first_byte_timeout is not None:
-                return UpstreamTimeoutError(
-                    f"upstream {spec.name} ({where}) sent no response headers within {first_byte_timeout:g} s",
-                    hint="check the provider's status, or raise `sidecar.first_byte_timeout_seconds`",
-                )
-            return UpstreamTimeoutError(
-                f"upstream {spec.name} ({where}) did not answer in time",
-                hint="check the provider's status or your network",
-            )
-        return UpstreamError(
-            f"cannot reach upstream {spec.name} at {where}: {type(exc).__name__}",
-            hint=f"check the network, or the base URL (CCGATE_{spec.name.upper().replace('-', '_')}_BASE_URL)",
-        )
+    def _stream_cut(exc: BaseException, ctx: _Ctx, spec: ProviderSpec) -> str:
+        """What the client and the ledger are told when a running stream breaks off."""
+        return f"ccgate: {upstream_error(exc, Stage.STREAM, spec, limit=ctx.deps.stream_idle_timeout).message}"
 
     @staticmethod
     async def _end_quietly(response: web.StreamResponse, data: bytes = b"") -> None:

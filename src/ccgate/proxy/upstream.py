@@ -1,8 +1,21 @@
-"""The one home of aiohttp's client side: a ClientSession tuned for long streams and verbatim passthrough."""
+"""The one home of aiohttp's client side: a ClientSession tuned for long streams and verbatim passthrough, and
+the one place that turns its exceptions into ccgate's upstream errors (`upstream_errors`)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import enum
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 import aiohttp
+
+from ccgate.core.providers import redact_url
+from ccgate.errors import UpstreamError, UpstreamTimeoutError
+
+if TYPE_CHECKING:
+    from ccgate.core.providers import ProviderSpec
 
 # Headers that belong to one hop, or that ccgate itself sets, and must not be forwarded.
 HOP_BY_HOP = frozenset(
@@ -70,3 +83,84 @@ def with_read_timeout(timeout: aiohttp.ClientTimeout, sock_read: float) -> aioht
         sock_read=sock_read,
         ceil_threshold=timeout.ceil_threshold,
     )
+
+
+# What aiohttp's client raises when a provider fails: refused or reset connections, broken replies, its own
+# timeouts (a ServerTimeoutError is a TimeoutError too), and asyncio's timeouts around its calls.
+FAILURES: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError)
+
+
+class Stage(enum.Enum):
+    """Where in an exchange with the provider a failure happened: it decides what the failure means."""
+
+    CONNECT = "connect"  # sending the request and waiting for the response headers
+    FIRST_EVENT = "first_event"  # a stream's first bytes, before the client has seen anything
+    BODY = "body"  # reading a whole (non-streamed or error) reply
+    STREAM = "stream"  # a stream the client is already receiving
+
+
+class UpstreamBroke(UpstreamError):
+    """The upstream failed before any byte reached the client: the next target may still be tried."""
+
+
+class UpstreamSilent(UpstreamBroke, UpstreamTimeoutError):
+    """A stream's upstream sent headers but no first event in time: as failover-able as a broken one."""
+
+
+class StreamCut(UpstreamError):
+    """A stream the client already receives ended early: the provider went silent or dropped the connection.
+    Too late to fail over or to change the status; the core ends the stream with an error event."""
+
+
+def upstream_error(
+    exc: BaseException, stage: Stage, spec: ProviderSpec, *, limit: float | None = None
+) -> UpstreamError:
+    """What a failure of the HTTP client at `stage` means for ccgate. `limit`: the time limit of ours that ended
+    the wait, if one did (the first-byte limit while connecting or at the first event, the idle limit mid-stream).
+    """
+    timed_out = isinstance(exc, TimeoutError)
+    name, where = spec.name, redact_url(spec.base_url)
+    if stage is Stage.CONNECT:
+        if timed_out and limit is not None:
+            return UpstreamTimeoutError(
+                f"upstream {name} ({where}) sent no response headers within {limit:g} s",
+                hint="check the provider's status, or raise `sidecar.first_byte_timeout_seconds`",
+            )
+        if timed_out:
+            return UpstreamTimeoutError(
+                f"upstream {name} ({where}) did not answer in time", hint="check the provider's status or your network"
+            )
+        return UpstreamError(
+            f"cannot reach upstream {name} at {where}: {type(exc).__name__}",
+            hint=f"check the network, or the base URL (CCGATE_{name.upper().replace('-', '_')}_BASE_URL)",
+        )
+    if stage is Stage.FIRST_EVENT:
+        if timed_out:
+            return UpstreamSilent(
+                f"upstream {name} ({where}) sent no stream event within {limit or 0:g} s",
+                hint="check the provider's status, or raise `sidecar.first_byte_timeout_seconds`",
+            )
+        return UpstreamBroke(f"upstream {name} ({where}) broke off its reply: {type(exc).__name__}")
+    if stage is Stage.BODY:
+        return UpstreamBroke(
+            f"upstream {name} ({where}) broke off its reply: {type(exc).__name__}", hint="check the provider's status"
+        )
+    if timed_out:
+        return StreamCut(f"upstream {name} sent nothing for {limit or 0:g} s; the stream was ended")
+    return StreamCut(f"upstream {name} broke off the stream: {type(exc).__name__}")
+
+
+@contextlib.contextmanager
+def upstream_errors(
+    spec: ProviderSpec, stage: Stage, *, limit: float | None = None, timer: asyncio.Timeout | None = None
+) -> Iterator[None]:
+    """Raise `upstream_error(...)` for the HTTP client's failures inside the block (as httpx maps httpcore's).
+    `timer`: the asyncio timeout that enforces `limit`; the limit counts only when that timer fired.
+
+    Not for a block that also writes to the client: a client gone away is not the provider's failure.
+    """
+    try:
+        yield
+    except FAILURES as exc:
+        fired = limit if timer is None or timer.expired() else None
+        raise upstream_error(exc, stage, spec, limit=fired) from exc

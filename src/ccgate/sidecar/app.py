@@ -32,7 +32,9 @@ from ccgate.errors import (
 )
 from ccgate.local.config_file import load_config
 from ccgate.local.paths import Paths
-from ccgate.proxy.engine import ClientMeta, Proxy, ProxyDeps, error_response
+from ccgate.proxy.engine import Proxy
+from ccgate.proxy.responses import error_response
+from ccgate.proxy.seams import ClientMeta, ProxyDeps
 from ccgate.sidecar.admission import AdmissionRequest, BudgetGuard, Reservation
 from ccgate.sidecar.connections import ConnectionGuard, GuardedRunner
 from ccgate.sidecar.process import (
@@ -48,6 +50,10 @@ from ccgate.sidecar.process import (
 )
 
 if TYPE_CHECKING:
+    from ccgate.core.budgets import BudgetRule
+    from ccgate.core.pricing import PriceCatalog
+    from ccgate.core.providers import ProviderSpec
+    from ccgate.core.routing import Router
     from ccgate.storage.writer import LedgerWriter
 
 log = logging.getLogger("ccgate.sidecar")
@@ -506,7 +512,19 @@ def _load_launches(paths: Paths) -> dict[str, LaunchInfo]:
     return launches
 
 
-def _build_static_deps(config: Config, environ: Mapping[str, str]) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class StaticDeps:
+    """What a (re)configuration builds off the event loop: providers and their keys, routing, prices, budgets."""
+
+    providers: Mapping[str, ProviderSpec]
+    router: Router
+    pricer: PriceCatalog
+    keys: Mapping[str, str]  # provider name -> API key, for the providers that have one
+    key_store: str  # where stored keys come from: "keyring" or "file"
+    rules: Sequence[BudgetRule]
+
+
+def _build_static_deps(config: Config, environ: Mapping[str, str]) -> StaticDeps:
     """Blocking part of (re)configuration: keyring reads happen here, off the event loop."""
     from ccgate.core.pricing import PriceCatalog
     from ccgate.core.providers import resolve_providers
@@ -533,22 +551,21 @@ def _build_static_deps(config: Config, environ: Mapping[str, str]) -> dict[str, 
 
         with contextlib.suppress(Exception):
             stored = "file" if backend_description()[1] else "keyring"
-    return {
-        "providers": providers,
-        "router": router,
-        "pricer": pricer,
-        "keys": keys,
-        "key_store": stored,
-        "rules": rules_from_config(config),
-    }
+    return StaticDeps(
+        providers=providers,
+        router=router,
+        pricer=pricer,
+        keys=keys,
+        key_store=stored,
+        rules=rules_from_config(config),
+    )
 
 
-def _provider_view(built: Mapping[str, Any], state: SidecarState) -> dict[str, dict[str, Any]]:
+def _provider_view(built: StaticDeps, state: SidecarState) -> dict[str, dict[str, Any]]:
     from ccgate.core.provider_env import sidecar_view
 
-    keys: dict[str, str] = built["keys"]
-    sources = dict.fromkeys(keys, built["key_store"])
-    return sidecar_view(built["providers"], state.environ, keys, state.token, sources)
+    sources = dict.fromkeys(built.keys, built.key_store)
+    return sidecar_view(built.providers, state.environ, built.keys, state.token, sources)
 
 
 async def apply_config(app: web.Application, *, force: bool = False) -> None:
@@ -568,7 +585,7 @@ async def apply_config(app: web.Application, *, force: bool = False) -> None:
         built = await asyncio.to_thread(_build_static_deps, config, state.environ)
         admission = proxy.deps.admission
         if isinstance(admission, ProjectBudgets):
-            admission.guard.update_rules(built["rules"])
+            admission.guard.update_rules(built.rules)
     except CcgateError as error:
         state.last_reload_error = error.full_message()
         log.error("config not applied, keeping the previous one: %s", error.full_message())
@@ -582,10 +599,10 @@ async def apply_config(app: web.Application, *, force: bool = False) -> None:
     # one swap: a request in flight keeps the deps it started with
     proxy.deps = replace(
         proxy.deps,
-        providers=built["providers"],
-        router=built["router"],
-        pricer=built["pricer"],
-        provider_keys=built["keys"],
+        providers=built.providers,
+        router=built.router,
+        pricer=built.pricer,
+        provider_keys=built.keys,
         first_byte_timeout=config.sidecar.first_byte_timeout_seconds,
         stream_idle_timeout=config.sidecar.stream_idle_timeout_seconds,
     )
@@ -638,7 +655,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             db.close()
 
     guard = BudgetGuard(
-        built["rules"],
+        built.rules,
         spent_loader=load_spent,
         tz=_timezone(state.config),
         wait_timeout=state.config.sidecar.budget_wait_seconds,
@@ -650,12 +667,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[PROXY] = Proxy(
         ProxyDeps(
             session=session,
-            providers=built["providers"],
-            router=built["router"],
-            pricer=built["pricer"],
+            providers=built.providers,
+            router=built.router,
+            pricer=built.pricer,
             ledger=writer,
             admission=ProjectBudgets(guard),
-            provider_keys=built["keys"],
+            provider_keys=built.keys,
             first_byte_timeout=state.config.sidecar.first_byte_timeout_seconds,
             stream_idle_timeout=state.config.sidecar.stream_idle_timeout_seconds,
         )
