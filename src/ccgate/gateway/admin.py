@@ -66,9 +66,12 @@ _PRINCIPAL = web.RequestKey("admin_principal", Principal)
 
 
 def error_response(error: CcgateError) -> web.Response:
-    body = error.envelope()
+    """The admin API's envelope: Anthropic's shape plus `error.hint`, so scripts can show what to do."""
+    from ccgate.wire.envelope import envelope, error_headers
+
+    body = envelope(error)
     body["error"]["hint"] = error.hint
-    return web.json_response(body, status=error.status, headers=error.headers())
+    return web.json_response(body, status=error.status, headers=error_headers(error))
 
 
 async def _authenticate(request: web.Request) -> Principal:
