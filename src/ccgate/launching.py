@@ -135,6 +135,7 @@ def run_launch(
     warn: Callable[[str], None],
     info: Callable[[str], None],
     cwd: Path | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> int:
     from ccgate.sidecar.process import (
         LAUNCH_HEADER,
@@ -164,7 +165,7 @@ def run_launch(
     upstream = users_upstream(environ.get("ANTHROPIC_BASE_URL"), sidecar.url)
     # the prefix lets the sidecar refuse this launch's requests should it ever forget where they go
     launch_id = (OWN_UPSTREAM_LAUNCH_PREFIX if upstream else "") + uuid.uuid4().hex
-    _register(paths, launch_id, project_of(cwd), upstream, warn=warn)
+    _register(paths, launch_id, project_of(cwd), upstream, warn=warn, tags=tags or {})
     if upstream is not None:
         info(f"ANTHROPIC_BASE_URL is {redact_url(upstream)}: requests are metered by ccgate and forwarded there")
     home = Path(environ.get("HOME") or Path.home())
@@ -199,11 +200,21 @@ def users_upstream(previous: str | None, sidecar_url: str) -> str | None:
     return None if is_loopback_url(url, [urlsplit(sidecar_url).port or 0]) else url
 
 
-def _register(paths: Paths, launch_id: str, project: str, upstream: str | None, *, warn: Callable[[str], None]) -> None:
-    """Tell the sidecar this launch's project (and upstream); without the upstream, requests must not start."""
+def _register(
+    paths: Paths,
+    launch_id: str,
+    project: str,
+    upstream: str | None,
+    *,
+    warn: Callable[[str], None],
+    tags: Mapping[str, str],
+) -> None:
+    """Tell the sidecar this launch's project, tags (and upstream); without the upstream, requests must not start."""
     from ccgate.sidecar.process import control_request
 
-    payload = {"launch_id": launch_id, "project": project}
+    payload: dict[str, object] = {"launch_id": launch_id, "project": project}
+    if tags:
+        payload["tags"] = dict(tags)
     if upstream is not None:
         payload["anthropic_base_url"] = upstream
     try:
@@ -216,7 +227,8 @@ def _register(paths: Paths, launch_id: str, project: str, upstream: str | None, 
                 f"could not register this launch with the sidecar ({error.message})",
                 hint="run `ccgate doctor`, then launch again",
             ) from None
-        warn(f"could not register this launch with the sidecar ({error.message}); project will be unknown")
+        lost = "project and tags" if tags else "project"
+        warn(f"could not register this launch with the sidecar ({error.message}); {lost} will be unknown")
         return
     if upstream is not None and answer.get("anthropic_base_url") != upstream:
         raise SidecarError(
@@ -224,6 +236,8 @@ def _register(paths: Paths, launch_id: str, project: str, upstream: str | None, 
             "session's requests to its default upstream",
             hint="restart it: `ccgate sidecar stop`, then launch again",
         )
+    if tags and answer.get("tags") != dict(tags):
+        warn("the running sidecar is older than this ccgate and ignores --tag; `ccgate sidecar stop` to upgrade it")
 
 
 def terminal_delivers_sigint(

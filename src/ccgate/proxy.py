@@ -94,6 +94,8 @@ class ClientMeta:
     # Sidecar only: the ANTHROPIC_BASE_URL the developer had before `launch` (a corporate gateway, say). Their
     # credentials are meant for it, so the `anthropic` provider goes there for this launch's requests.
     anthropic_base_url: str | None = None
+    # the launch's tags as the ledger stores them (`tags.encode`), None without any
+    tags: str | None = None
 
 
 @dataclass(frozen=True)
@@ -252,6 +254,7 @@ class Proxy:
             session_id=meta.session_id or session_id_from(request.headers, body),
             project=meta.project,
             launch_id=meta.launch_id,
+            tags=meta.tags,
             tier=route.tier,
             requested_model=body["model"],
             provider=primary.provider,

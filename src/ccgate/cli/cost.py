@@ -111,6 +111,10 @@ def cost_cell(totals: Totals) -> str:
     return text + "*" if totals.unpriced_requests else text
 
 
+def _key_header(by: str) -> str:
+    return f"Tag {by.removeprefix('tag:')}" if by.startswith("tag:") else _KEY_HEADERS[by]
+
+
 def _group_label(by: str, key: str) -> str:
     if by == "day":
         return f"{datetime.fromisoformat(key):%a} {key}"
@@ -138,7 +142,7 @@ def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Data
         show_edge=False,  # two more columns for model ids (claude-sonnet-4-5-20250929 fits at 80 columns)
     )
     total = report.total
-    table.add_column(_KEY_HEADERS[by], footer="Total", ratio=1, min_width=10, overflow="fold")
+    table.add_column(_key_header(by), footer="Total", ratio=1, min_width=10, overflow="fold")
     for header, footer in (
         ("Reqs", f"{total.requests:,}"),
         ("Input", compact(total.input_tokens)),
@@ -232,7 +236,9 @@ def cost(
     ),
     since: str | None = typer.Option(None, "--since", help="Start: ISO date or datetime, local time."),
     until: str | None = typer.Option(None, "--until", help="End: ISO datetime, or a date (that day included)."),
-    by: str | None = typer.Option(None, "--by", help="Group by model (default), project, session, day or provider."),
+    by: str | None = typer.Option(
+        None, "--by", help="Group by model (default), project, session, day, provider or tag:KEY."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (stable shape, for scripts)."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV: one row per group and a (total) row."),
 ) -> None:

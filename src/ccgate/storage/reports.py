@@ -82,6 +82,9 @@ class Totals:
     def __add__(self, other: Totals) -> Totals:
         return Totals(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
+    def __sub__(self, other: Totals) -> Totals:
+        return Totals(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
+
     @property
     def cache_hit_ratio(self) -> float | None:
         """Share of the prompt served from cache: cache_read / (input + cache_read + cache_write)."""
@@ -102,11 +105,19 @@ class CostReport:
     groups: list[tuple[str, Totals]]
 
 
+TAG_PREFIX = "tag:"
+
+
 def check_grouping(by: str | None) -> None:
+    if by is not None and by.startswith(TAG_PREFIX):
+        from ccgate.tags import check_key
+
+        check_key(by.removeprefix(TAG_PREFIX))
+        return
     if by is not None and by not in GROUPINGS:
         raise UserInputError(
             f"cannot group by {by!r}",
-            hint=f"use --by with one of: {', '.join(GROUPINGS)}",
+            hint=f"use --by with one of: {', '.join(GROUPINGS)}, or tag:KEY",
         )
 
 
@@ -115,6 +126,8 @@ def cost_report(
 ) -> CostReport:
     """Totals for [since, until), optionally grouped; `tz` (None = the system's local zone) defines `day`."""
     check_grouping(by)
+    if by is not None and by.startswith(TAG_PREFIX):
+        return _tag_report(db, since=since, until=until, key=by.removeprefix(TAG_PREFIX))
     groups: list[tuple[str, Totals]] = []
     with one_snapshot(db):
         spans = _day_spans(db, since, until, tz) if by == "day" else [("", since, until)]
@@ -126,6 +139,25 @@ def cost_report(
         groups.sort(key=lambda group: (-group[1].cost_nanos, -group[1].requests, group[0]))
     total = sum(sums.values(), Totals())
     return CostReport(since=since, until=until, by=by, total=total, groups=groups)
+
+
+def _tag_report(db: Database, *, since: datetime, until: datetime, key: str) -> CostReport:
+    """Groups by one tag's value: tagged rows through their partial index, the rest `(none)` (total minus them)."""
+    from ccgate.tags import json_path
+
+    with one_snapshot(db):
+        total = sum(_aggregate(db, [("", since, until)], None).values(), Totals())
+        rows = db.execute(
+            f"SELECT json_extract(tags, ?), {_RAW_SUMS} FROM requests "  # noqa: S608 - fixed text
+            "WHERE tags IS NOT NULL AND started_at >= ? AND started_at < ? GROUP BY 1",
+            (json_path(key), to_iso(since), to_iso(until)),
+        ).fetchall()
+    groups = [(str(row[0]), Totals.from_row(row[1:])) for row in rows if row[0] is not None]
+    untagged = total - sum((totals for _, totals in groups), Totals())
+    if untagged.requests:
+        groups.append((NONE_KEY, untagged))
+    groups.sort(key=lambda group: (-group[1].cost_nanos, -group[1].requests, group[0]))
+    return CostReport(since=since, until=until, by=f"{TAG_PREFIX}{key}", total=total, groups=groups)
 
 
 def spent_nanos(db: Database, *, since: datetime, until: datetime, project: str | None = None) -> int:
@@ -402,12 +434,23 @@ def _fetch(db: Database, sql: str, params: Sequence[Any]) -> list[dict[str, Any]
 
 
 def recent_requests(
-    db: Database, *, limit: int, errors_only: bool, session: str | None, after_rowid: int | None
+    db: Database,
+    *,
+    limit: int,
+    errors_only: bool,
+    session: str | None,
+    after_rowid: int | None,
+    tag: tuple[str, str] | None = None,
 ) -> list[LoggedRequest]:
     """Oldest first. Without `after_rowid`: the `limit` most recently started requests. With it: rows first
-    written after that rowid, in write order (what `logs -f` polls for)."""
+    written after that rowid, in write order (what `logs -f` polls for). `tag`: only rows with that key=value."""
     where: list[str] = []
     params: list[Any] = []
+    if tag is not None:
+        from ccgate.tags import json_path
+
+        where.append("tags IS NOT NULL AND json_extract(tags, ?) = ?")
+        params.extend((json_path(tag[0]), tag[1]))
     if errors_only:
         where.append(_ERROR_SQL)
     if session is not None:
