@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sqlite_utils import Database
 
     from ccgate.storage.reports import CostReport, Totals
+    from ccgate.storage.what_if import WhatIfReport, WhatIfTotals
 
 PRICE_HINT = "set one with `ccgate price set MODEL --input X --output Y` or in config.toml [prices.MODEL]"
 START_HINT = "Run `ccgate launch claude` to start metering."
@@ -125,7 +126,9 @@ def _group_label(by: str, key: str) -> str:
     return key
 
 
-def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Database) -> None:
+def _print_table(
+    app_ctx: AppContext, report: CostReport, heading: str, db: Database, what: WhatIfReport | None = None
+) -> None:
     from rich import box
     from rich.table import Table
 
@@ -153,6 +156,9 @@ def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Data
         ("Cost", cost_cell(total)),
     ):
         table.add_column(header, footer=footer, justify="right", no_wrap=True)
+    if what is not None:
+        table.add_column("What-if", footer=what_if_cell(what.total, total.requests), justify="right", no_wrap=True)
+        table.add_column("Δ", footer=delta_cell(total, what.total), justify="right", no_wrap=True)
     for key, totals in report.groups:
         cells = [
             _group_label(by, key),
@@ -164,6 +170,11 @@ def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Data
             _ratio(totals),
             cost_cell(totals),
         ]
+        if what is not None:
+            from ccgate.storage.what_if import WhatIfTotals
+
+            group_what = what.groups.get(key, WhatIfTotals())
+            cells += [what_if_cell(group_what, totals.requests), delta_cell(totals, group_what)]
         table.add_row(*cells)
     out = app_ctx.out
     out.print(table)
@@ -179,6 +190,51 @@ def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Data
             out.print(line)
     if total.imported_requests:
         out.print(f"  includes {total.imported_requests} request(s) imported from transcripts", markup=False)
+    if what is not None:
+        for line in what_if_lines(what):
+            out.print(line)
+
+
+def what_if_cell(what: WhatIfTotals, requests: int) -> str:
+    """As `cost_cell`: `unpriced` (never $0) when no request of the group has a what-if price."""
+    from ccgate.models import format_usd
+
+    if requests and what.unpriced_requests == requests:
+        return "unpriced"
+    text = format_usd(what.cost_nanos)
+    return text + "†" if what.unpriced_requests else text
+
+
+def delta_cell(actual: Totals, what: WhatIfTotals) -> str:
+    """`-$1.20 (-40.0%)`: what-if minus actual; `–` when either side has no price at all."""
+    from ccgate.models import format_usd
+    from ccgate.storage.what_if import difference
+
+    if actual.requests and actual.requests in (what.unpriced_requests, actual.unpriced_requests):
+        return "–"
+    delta, percent = difference(actual, what)
+    sign = "-" if delta < 0 else "+"
+    text = f"{sign}{format_usd(abs(delta))}"
+    return text if percent is None else f"{text} ({percent:+}%)"
+
+
+def what_if_lines(what: WhatIfReport) -> list[str]:
+    """What was re-priced as what, the plain statement of what it means, and the targets without a price."""
+    from ccgate.storage.what_if import STATEMENT, unpriced_targets
+
+    lines = [
+        f"What-if: {scenario.tier} → {scenario.target} ({what.repriced.get(scenario.tier, 0):,} requests)"
+        for scenario in what.scenarios
+    ]
+    lines.append(STATEMENT)
+    for scenario, count in unpriced_targets(what):
+        lines.append(
+            f"† {scenario.target} has no known price: {count:,} {scenario.tier} request(s) left unpriced in the "
+            f"what-if; set one with `ccgate price set {scenario.model} --input X --output Y`"
+        )
+    if what.total.unpriced_requests and not unpriced_targets(what):
+        lines.append(f"† {what.total.unpriced_requests:,} request(s) without a price are left out of the what-if")
+    return lines
 
 
 # What `~` means for each kind of estimate (keys of `reports.ESTIMATE_REASONS`, plus `other`).
@@ -208,14 +264,21 @@ def csv_text(value: str) -> str:
     return "'" + value if value.startswith(_FORMULA_STARTS) else value
 
 
-def _print_csv(report: CostReport) -> None:
+def _print_csv(report: CostReport, what: WhatIfReport | None = None) -> None:
     from ccgate.storage.reports import totals_to_json
+    from ccgate.storage.what_if import WhatIfTotals, what_if_fields
+
+    def row(key: str, totals: Totals) -> dict[str, object]:
+        if what is None:
+            return {"key": key, **totals_to_json(totals)}
+        extra = what_if_fields(what.total if key == "(total)" else what.groups.get(key, WhatIfTotals()))
+        return {"key": key, **totals_to_json(totals), **extra}
 
     # The writer ends rows in \r\n so that it also quotes a cell holding a lone \r (a project directory may);
     # each row is printed with a plain \n, as before.
     buffer = io.StringIO()
     # the same columns as --json, in its order
-    writer = csv.DictWriter(buffer, fieldnames=("key", *totals_to_json(report.total)), lineterminator="\r\n")
+    writer = csv.DictWriter(buffer, fieldnames=tuple(row("(total)", report.total)), lineterminator="\r\n")
 
     def emit() -> None:
         sys.stdout.write(buffer.getvalue().removesuffix("\r\n") + "\n")
@@ -224,8 +287,10 @@ def _print_csv(report: CostReport) -> None:
 
     writer.writeheader()
     emit()
-    for key, totals in [*((csv_text(key), totals) for key, totals in report.groups), ("(total)", report.total)]:
-        writer.writerow({"key": key, **totals_to_json(totals)})
+    for key, totals in [*report.groups, ("(total)", report.total)]:
+        cells = row(key, totals)
+        cells["key"] = key if key == "(total)" else csv_text(key)
+        writer.writerow(cells)
         emit()
     sys.stdout.flush()
 
@@ -241,6 +306,12 @@ def cost(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (stable shape, for scripts)."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV: one row per group and a (total) row."),
+    what_if: list[str] = typer.Option(  # noqa: B008 - typer's idiom
+        [],
+        "--what-if",
+        metavar="TIER=PROVIDER/MODEL",
+        help="Re-price a tier's tokens as if routed there (repeatable), e.g. haiku=groq/llama-3.3-70b-versatile.",
+    ),
 ) -> None:
     """Show what Claude Code cost: tokens, cache hits and dollars from the local ledger.
 
@@ -260,16 +331,32 @@ def cost(
     try:
         # Table, JSON and CSV break spend down the same way: by model unless --by says otherwise.
         report = cost_report(db, since=window.since, until=window.until, by=by or "model", tz=tz)
+        what = _what_if(app_ctx, db, report, what_if, tz) if what_if else None
         if as_json:
-            app_ctx.print_json(report_to_json(report))
+            document = report_to_json(report)
+            if what is not None:
+                from ccgate.storage.what_if import add_to_json
+
+                add_to_json(document, what)
+            app_ctx.print_json(document)
         elif as_csv:
-            _print_csv(report)
+            _print_csv(report, what)
         elif report.total.requests == 0:
             app_ctx.out.print(f"No requests recorded {window.phrase}. {START_HINT}", markup=False)
         else:
-            _print_table(app_ctx, report, window.heading, db)
+            _print_table(app_ctx, report, window.heading, db, what)
     finally:
         db.close()
+
+
+def _what_if(app_ctx: AppContext, db: Database, report: CostReport, texts: list[str], tz: tzinfo) -> WhatIfReport:
+    from ccgate.pricing import PriceCatalog
+    from ccgate.storage.what_if import check_scenarios, parse_scenario, what_if
+
+    catalog = PriceCatalog(app_ctx.config.prices)
+    scenarios = [parse_scenario(text, catalog, info=app_ctx.info) for text in texts]
+    check_scenarios(scenarios)
+    return what_if(db, report, scenarios, tz=tz)
 
 
 def register(app: typer.Typer) -> None:
