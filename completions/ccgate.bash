@@ -5,7 +5,8 @@
 __ccgate_node() {
     subs='' opts='' vopts=' ' vararg='' passthrough=''
     case "$1" in
-        '') subs='budget completions config cost doctor import launch logs model price provider sidecar statusline' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
+        '') subs='blocks budget completions config cost doctor import launch logs model price provider sidecar statusline' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'blocks') subs='' opts='--active --token-limit --since --last --json -h --help' vopts=' --token-limit --since --last ' vararg='' passthrough='' ;;
         'budget') subs='set show unset' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'budget set') subs='' opts='-p --project --warn-at -h --help' vopts=' -p --project --warn-at ' vararg='' passthrough='' ;;
         'budget show') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
@@ -16,12 +17,12 @@ __ccgate_node() {
         'config') subs='path show' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'config path') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'config show') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
-        'cost') subs='' opts='--since --until --by --json --csv -h --help' vopts=' --since --until --by ' vararg='' passthrough='' ;;
+        'cost') subs='' opts='--since --until --by --json --csv --what-if -h --help' vopts=' --since --until --by --what-if ' vararg='' passthrough='' ;;
         'doctor') subs='' opts='--json --full -h --help' vopts='  ' vararg='' passthrough='' ;;
         'import') subs='claude-code' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'import claude-code') subs='' opts='--path --json -h --help' vopts=' --path ' vararg='' passthrough='' ;;
-        'launch') subs='' opts='' vopts='  ' vararg='' passthrough='1' ;;
-        'logs') subs='' opts='-n --lines -f --follow --errors --session --json -h --help' vopts=' -n --lines --session ' vararg='' passthrough='' ;;
+        'launch') subs='' opts='--tag' vopts=' --tag ' vararg='' passthrough='1' ;;
+        'logs') subs='' opts='-n --lines -f --follow --errors --session --tag --json -h --help' vopts=' -n --lines --session --tag ' vararg='' passthrough='' ;;
         'model') subs='list set test unset' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'model list') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
         'model set') subs='' opts='--fallback --force -h --help' vopts=' --fallback ' vararg='' passthrough='' ;;
