@@ -17,7 +17,7 @@ __ccgate_node() {
         'config') subs='path show' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'config path') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'config show') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
-        'cost') subs='' opts='--since --until --by --json --csv --what-if -h --help' vopts=' --since --until --by --what-if ' vararg='' passthrough='' ;;
+        'cost') subs='' opts='--since --until --by --last --json --csv --what-if -h --help' vopts=' --since --until --by --last --what-if ' vararg='' passthrough='' ;;
         'doctor') subs='' opts='--json --full -h --help' vopts='  ' vararg='' passthrough='' ;;
         'import') subs='claude-code' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'import claude-code') subs='' opts='--path --json -h --help' vopts=' --path ' vararg='' passthrough='' ;;
@@ -62,7 +62,7 @@ __ccgate_values() {
         'completions generate #0') kind=words words='bash zsh fish' ;;
         'completions install --path') kind=files ;;
         'completions install #0') kind=words words='bash zsh fish' ;;
-        'cost --by') kind=words words='model provider project session day' ;;
+        'cost --by') kind=words words='model provider project session day week month' ;;
         'cost #0') kind=words words='today yesterday week month all' ;;
         'import claude-code --path') kind=files ;;
         'launch #0') kind=commands ;;

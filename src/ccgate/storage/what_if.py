@@ -20,11 +20,14 @@ from ccgate.errors import UserInputError
 from ccgate.models import to_iso, usd_to_nanos
 from ccgate.storage.reports import (
     _KEYS,
+    CALENDAR,
     NONE_KEY,
     TAG_PREFIX,
     CostReport,
+    GroupKey,
     Totals,
-    _day_spans,
+    _calendar_spans,
+    grouping_parts,
     one_snapshot,
     usd_string,
 )
@@ -75,7 +78,7 @@ class WhatIfTotals:
 class WhatIfReport:
     scenarios: tuple[Scenario, ...]
     total: WhatIfTotals
-    groups: dict[str, WhatIfTotals]
+    groups: dict[GroupKey, WhatIfTotals]
     # requests per scenario tier that were re-priced (or left unpriced because the target has none)
     repriced: dict[str, int] = field(default_factory=dict)
 
@@ -118,10 +121,12 @@ def check_scenarios(scenarios: Sequence[Scenario]) -> None:
         raise UserInputError("--what-if names a tier twice", hint="give each tier one target")
 
 
-def _group_key(by: str | None, tz_label: str, value: Any) -> str:
-    if by == "day":
-        return tz_label
-    return str(value) if value not in (None, "") else NONE_KEY
+def _group_key(parts: tuple[str, ...], label: str, value: Any) -> GroupKey:
+    """The report's key for a row group: the calendar label, the other key, or both in the report's order."""
+    other = str(value) if value not in (None, "") else NONE_KEY
+    if len(parts) == 2:
+        return (label, other) if parts[0] in CALENDAR else (other, label)
+    return label if parts and parts[0] in CALENDAR else other
 
 
 def what_if(
@@ -129,27 +134,38 @@ def what_if(
 ) -> WhatIfReport:
     """The what-if for every group of `report` (same period, same grouping) and its total."""
     check_scenarios(scenarios)
-    by = report.by
-    if by is None or by == "day":
+    parts = grouping_parts(report.by)
+    calendar = next((part for part in parts if part in CALENDAR), None)
+    other = next((part for part in parts if part not in CALENDAR), None)
+    if other is None:
         raw_key = "''"
-    elif by.startswith(TAG_PREFIX):
+    elif other.startswith(TAG_PREFIX):
         from ccgate.tags import json_path
 
-        raw_key = f"json_extract(tags, '{json_path(by.removeprefix(TAG_PREFIX))}')"
+        raw_key = f"json_extract(tags, '{json_path(other.removeprefix(TAG_PREFIX))}')"
     else:
-        raw_key = f"coalesce({_KEYS[by][0]}, '')"
-    groups = {key: WhatIfTotals(totals.cost_nanos, totals.unpriced_requests) for key, totals in report.groups}
+        raw_key = f"coalesce({_KEYS[other][0]}, '')"
+    groups: dict[GroupKey, WhatIfTotals] = {
+        key: WhatIfTotals(totals.cost_nanos, totals.unpriced_requests) for key, totals in report.groups
+    }
+    if not parts:
+        groups = {}
     by_tier = {scenario.tier: scenario for scenario in scenarios}
     repriced = dict.fromkeys(by_tier, 0)
     with one_snapshot(db):
-        spans = _day_spans(db, report.since, report.until, tz) if by == "day" else [("", report.since, report.until)]
+        spans = (
+            _calendar_spans(db, report.since, report.until, tz, calendar, report.week_start)
+            if calendar is not None
+            else [("", report.since, report.until)]
+        )
         rows = _tier_sums(db, spans, raw_key, by_tier) if scenarios else []
-    exact: dict[str, Decimal] = {}
+    exact: dict[GroupKey, Decimal] = {}
+    base = WhatIfTotals(report.total.cost_nanos, report.total.unpriced_requests)
     for label, key_value, tier, over, *sums in rows:
-        key = _group_key(by, str(label), key_value)
+        key = _group_key(parts, str(label), key_value)
         scenario = by_tier[str(tier)]
         count, input_, output, read, write_5m, write_1h, searches, cost_nanos, unpriced = (int(v) for v in sums)
-        target = groups.setdefault(key, WhatIfTotals())
+        target = groups.setdefault(key, WhatIfTotals()) if parts else base
         repriced[scenario.tier] += count
         target.cost_nanos -= cost_nanos  # the recorded cost of these rows is replaced ...
         target.unpriced_requests -= unpriced
@@ -167,7 +183,9 @@ def what_if(
         )
         exact[key] = exact.get(key, Decimal(0)) + per_mtok / _MTOK + searches * rates.web_searches_per_k / 1000
     for key, amount in exact.items():
-        groups[key].cost_nanos += usd_to_nanos(amount)
+        (groups[key] if parts else base).cost_nanos += usd_to_nanos(amount)
+    if not parts:
+        return WhatIfReport(scenarios=tuple(scenarios), total=base, groups={}, repriced=repriced)
     total = WhatIfTotals(
         sum(item.cost_nanos for item in groups.values()), sum(item.unpriced_requests for item in groups.values())
     )
@@ -216,7 +234,7 @@ def add_to_json(document: dict[str, Any], report: WhatIfReport) -> dict[str, Any
     """`cost --json` plus `what_if_cost_usd` / `what_if_unpriced_requests` on the total and on every group."""
     document["total"].update(what_if_fields(report.total))
     for group in document["groups"]:
-        key = group["key"] if isinstance(group["key"], str) else "\x00".join(group["key"])
+        key = group["key"] if isinstance(group["key"], str) else tuple(group["key"])
         group.update(what_if_fields(report.groups.get(key, WhatIfTotals())))
     document["what_if"] = {
         "scenarios": [
