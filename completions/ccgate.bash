@@ -17,7 +17,7 @@ __ccgate_node() {
         'config') subs='path show' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'config path') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'config show') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
-        'cost') subs='' opts='--since --until --by --last --json --csv --what-if -h --help' vopts=' --since --until --by --last --what-if ' vararg='' passthrough='' ;;
+        'cost') subs='' opts='--since --until --by --last --chart --json --csv --what-if -h --help' vopts=' --since --until --by --last --what-if ' vararg='' passthrough='' ;;
         'doctor') subs='' opts='--json --full -h --help' vopts='  ' vararg='' passthrough='' ;;
         'import') subs='claude-code' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'import claude-code') subs='' opts='--path --json -h --help' vopts=' --path ' vararg='' passthrough='' ;;

@@ -165,6 +165,7 @@ complete -c ccgate -n '__ccgate_at "cost"' -l 'since' -x -d 'Start: ISO date or 
 complete -c ccgate -n '__ccgate_at "cost"' -l 'until' -x -d 'End: ISO datetime, or a date (that day included)'
 complete -c ccgate -n '__ccgate_at "cost"' -l 'by' -x -a 'model provider project session day week month' -d 'Group by model (default), project, session, provider, day, week, month or tag:KEY; or t...'
 complete -c ccgate -n '__ccgate_at "cost"' -l 'last' -x -d 'Only the N most recent groups (days, weeks, months or sessions)'
+complete -c ccgate -n '__ccgate_at "cost"' -l 'chart' -d 'Draw spend per group as a bar chart (with --by day: per day)'
 complete -c ccgate -n '__ccgate_at "cost"' -l 'json' -d 'Print one JSON object (stable shape, for scripts)'
 complete -c ccgate -n '__ccgate_at "cost"' -l 'csv' -d 'Print CSV: one row per group and a (total) row'
 complete -c ccgate -n '__ccgate_at "cost"' -l 'what-if' -x -d 'Re-price a tier\'s tokens as if routed there (repeatable), e.g. haiku=groq/llama-3.3-70b...'

@@ -370,6 +370,7 @@ def cost(
     last: int | None = typer.Option(
         None, "--last", min=1, help="Only the N most recent groups (days, weeks, months or sessions)."
     ),
+    chart: bool = typer.Option(False, "--chart", help="Draw spend per group as a bar chart (with --by day: per day)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (stable shape, for scripts)."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV: one row per group and a (total) row."),
     what_if: list[str] = typer.Option(  # noqa: B008 - typer's idiom
@@ -387,8 +388,8 @@ def cost(
     from ccgate.storage.ledger import open_ledger
     from ccgate.storage.reports import check_grouping, report_to_json
 
-    if as_json and as_csv:
-        raise UserInputError("--json and --csv cannot be combined", hint="pick one output format")
+    if sum((as_json, as_csv, chart)) > 1:
+        raise UserInputError("--json, --csv and --chart cannot be combined", hint="pick one output format")
     check_grouping(by)
     app_ctx = ctx()
     tz = resolve_timezone(app_ctx)
@@ -411,6 +412,10 @@ def cost(
             _print_csv(report, what, sessions)
         elif report.total.requests == 0:
             app_ctx.out.print(f"No requests recorded {window.phrase}. {START_HINT}", markup=False)
+        elif chart:
+            from ccgate.cli.chart import print_chart
+
+            print_chart(app_ctx.out, report, window.heading)
         else:
             _print_table(app_ctx, report, window.heading, db, what, sessions, tz)
     finally:
