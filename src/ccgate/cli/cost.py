@@ -388,8 +388,9 @@ def cost(
     from ccgate.storage.ledger import open_ledger
     from ccgate.storage.reports import check_grouping, report_to_json
 
-    if sum((as_json, as_csv, chart)) > 1:
-        raise UserInputError("--json, --csv and --chart cannot be combined", hint="pick one output format")
+    chosen = [name for name, on in (("--json", as_json), ("--csv", as_csv), ("--chart", chart)) if on]
+    if len(chosen) > 1:
+        raise UserInputError(f"{' and '.join(chosen)} cannot be combined", hint="pick one output format")
     check_grouping(by)
     app_ctx = ctx()
     tz = resolve_timezone(app_ctx)
