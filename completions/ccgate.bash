@@ -5,7 +5,7 @@
 __ccgate_node() {
     subs='' opts='' vopts=' ' vararg='' passthrough=''
     case "$1" in
-        '') subs='blocks budget completions config cost doctor import launch logs model price provider sidecar statusline' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
+        '') subs='blocks budget completions config cost doctor import launch logs model price provider report sidecar statusline' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
         'blocks') subs='' opts='--active --token-limit --since --last --json -h --help' vopts=' --token-limit --since --last ' vararg='' passthrough='' ;;
         'budget') subs='set show unset' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'budget set') subs='' opts='-p --project --warn-at -h --help' vopts=' -p --project --warn-at ' vararg='' passthrough='' ;;
@@ -40,6 +40,7 @@ __ccgate_node() {
         'provider list') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
         'provider remove') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'provider test') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        'report') subs='' opts='--html --since --until -h --help' vopts=' --html --since --until ' vararg='' passthrough='' ;;
         'sidecar') subs='logs start status stop' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'sidecar logs') subs='' opts='-n --lines -f --follow -h --help' vopts=' -n --lines ' vararg='' passthrough='' ;;
         'sidecar start') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
@@ -74,6 +75,7 @@ __ccgate_values() {
         'provider key delete #0') kind=words words='anthropic openai groq openrouter deepseek together fireworks mistral cerebras xai ollama' ;;
         'provider key set #0') kind=words words='anthropic openai groq openrouter deepseek together fireworks mistral cerebras xai ollama' ;;
         'provider test #0') kind=words words='anthropic openai groq openrouter deepseek together fireworks mistral cerebras xai ollama' ;;
+        'report --html') kind=files ;;
         'statusline install --settings') kind=files ;;
         'statusline uninstall --settings') kind=files ;;
     esac

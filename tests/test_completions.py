@@ -224,7 +224,10 @@ def bash_complete(words: list[str], *, cwd: Path | None = None, prelude: str = "
         (["ccgate", "cost", "--by", "=", "pr"], ["provider", "project"]),  # `--by=pr`: readline splits at =
         (["ccgate", "cost", ""], ["today", "yesterday", "week", "month", "all"]),
         (["ccgate", "cost", "--since", "2025-01-01", "w"], ["week"]),
-        (["ccgate", "cost", "--"], ["--since", "--until", "--by", "--last", "--chart", "--json", "--csv", "--what-if", "--help"]),
+        (
+            ["ccgate", "cost", "--"],
+            ["--since", "--until", "--by", "--last", "--chart", "--json", "--csv", "--what-if", "--help"],
+        ),
         (
             ["ccgate", "budget", "set", ""],
             ["daily", "weekly", "monthly", "hourly", "yearly", "1h", "1d", "1w", "1mo", "1y"],

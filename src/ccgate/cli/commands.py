@@ -17,6 +17,7 @@ MODULES: tuple[str, ...] = (
     "ccgate.cli.cost",
     "ccgate.cli.logs",
     "ccgate.cli.blocks",
+    "ccgate.cli.report",
     "ccgate.cli.budget",
     "ccgate.cli.statusline",
     "ccgate.cli.importer",

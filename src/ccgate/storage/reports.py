@@ -293,6 +293,19 @@ def keep_last(report: CostReport, count: int, sessions: dict[str, SessionInfo] |
     return CostReport(report.since, report.until, report.by, total, groups, report.week_start)
 
 
+def tag_keys(db: Database, *, since: datetime, until: datetime, limit: int = 10) -> list[str]:
+    """The tag keys used in [since, until), most used first (tagged rows only, through their partial index)."""
+    rows = db.execute(
+        "SELECT each.key, count(*) AS n FROM requests, json_each(requests.tags) AS each "
+        "WHERE requests.tags IS NOT NULL AND requests.started_at >= ? AND requests.started_at < ? "
+        "GROUP BY each.key ORDER BY n DESC, each.key LIMIT ?",
+        (to_iso(since), to_iso(until), limit),
+    ).fetchall()
+    from ccgate.tags import _KEY
+
+    return [str(row[0]) for row in rows if _KEY.match(str(row[0]))]
+
+
 def spent_nanos(db: Database, *, since: datetime, until: datetime, project: str | None = None) -> int:
     """Priced and estimated spend in [since, until), optionally for one project (budgets)."""
     with one_snapshot(db):
