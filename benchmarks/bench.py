@@ -669,6 +669,18 @@ def cost_phase(report: Report, settings: Settings, rows: int, cache_dir: Path) -
     env = clean_env(home)
     value = wall_ms([*_ccgate_argv(), "cost", "month"], env, settings.cost_runs)
     report.add("cost_month_ms", f"`ccgate cost month`, {rows:,}-row ledger (median)", value, "ms", at_most=500)
+    # issue 16's insights, same ledger and period
+    for key, args, label in (
+        ("cost_day_model_ms", ["cost", "month", "--by", "day,model"], "`ccgate cost month --by day,model`"),
+        ("blocks_ms", ["blocks"], "`ccgate blocks` (every window of the ledger)"),
+        (
+            "cost_what_if_ms",
+            ["cost", "month", "--what-if", "haiku=groq/llama-3.3-70b-versatile"],
+            "`ccgate cost month --what-if haiku=groq/...`",
+        ),
+    ):
+        value = wall_ms([*_ccgate_argv(), *args], env, settings.cost_runs)
+        report.add(key, f"{label}, {rows:,}-row ledger (median)", value, "ms", at_most=500)
 
 
 # ------------------------------------------------------------------------------------------------ output
