@@ -258,6 +258,22 @@ def m007_request_tags(db: Database) -> None:
     db.execute("CREATE INDEX requests_tagged ON requests (started_at) WHERE tags IS NOT NULL")
 
 
+@migration
+def m008_import_files(db: Database) -> None:
+    """Transcript files `import claude-code` has read to their end (size and mtime then), so a re-run skips
+    them unless they changed."""
+    db.execute(
+        """
+        CREATE TABLE import_files (
+            path TEXT PRIMARY KEY,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            read_at TEXT NOT NULL
+        )
+        """
+    )
+
+
 def applied_migrations(db: Database) -> list[str]:
     if not db["_migrations"].exists():
         return []
