@@ -39,6 +39,11 @@ EXPECTED = {
     "cli_help_ms",
     "python_pass_ms",
     "cost_month_ms",
+    "cost_day_model_ms",
+    "blocks_ms",
+    "cost_what_if_ms",
+    "import_first_ms",
+    "import_rerun_ms",
 }
 
 
