@@ -131,6 +131,13 @@ async def test_tags_survive_a_sidecar_restart() -> None:
     from ccgate.sidecar.app import _load_launches
 
     assert _load_launches(paths)["launch-kept-01"].tags == '{"ticket":"ABC-9"}'
+    # a hand-edited file: tags of the wrong type read as none, invalid ones drop the entry, nothing crashes
+    launches = paths.state_dir / "launches.json"
+    launches.write_text(
+        json.dumps({"launch-odd-0001": {"tags": {"a": "b"}}, "launch-bad-0002": {"tags": '{"Bad Key":"x"}'}})
+    )
+    loaded = _load_launches(paths)
+    assert loaded["launch-odd-0001"].tags is None and "launch-bad-0002" not in loaded
 
 
 def _seed(*records: RequestRecord) -> None:

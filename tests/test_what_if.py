@@ -189,3 +189,12 @@ def test_a_bare_tier_word_is_the_newest_claude_model_of_that_family_and_short_na
     said: list[str] = []
     groq = parse_scenario("haiku=groq/llama-3.3-70b", catalog, info=said.append)
     assert groq.model == "llama-3.3-70b-versatile" and said and groq.rates is not None
+
+
+def test_what_if_with_last_covers_only_the_groups_shown(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _json(capsys, monkeypatch, "--by", "day", "--last", "2", "--what-if", GROQ)
+    assert [group["key"] for group in data["groups"]] == ["2025-03-07", "2025-03-08"]  # sonnet only: untouched
+    assert data["total"]["what_if_cost_usd"] == data["total"]["cost_usd"] == "0.001000000"
+    assert data["total"]["what_if_unpriced_requests"] == 1

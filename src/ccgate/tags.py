@@ -63,9 +63,9 @@ def encode(tags: Mapping[str, str]) -> str | None:
     return json.dumps(dict(sorted(tags.items())), separators=(",", ":")) if tags else None
 
 
-def decode(text: str | None) -> dict[str, str]:
-    """Inverse of `encode`, lenient: anything that is not an object of strings reads as no tags."""
-    if not text:
+def decode(text: object) -> dict[str, str]:
+    """Inverse of `encode`, lenient: anything that is not a JSON object of strings reads as no tags."""
+    if not isinstance(text, str) or not text:
         return {}
     try:
         value = json.loads(text)

@@ -163,9 +163,11 @@ def what_if(
     base = WhatIfTotals(report.total.cost_nanos, report.total.unpriced_requests)
     for label, key_value, tier, over, *sums in rows:
         key = _group_key(parts, str(label), key_value)
+        if parts and key not in groups:
+            continue  # a group the report left out (`--last N`)
         scenario = by_tier[str(tier)]
         count, input_, output, read, write_5m, write_1h, searches, cost_nanos, unpriced = (int(v) for v in sums)
-        target = groups.setdefault(key, WhatIfTotals()) if parts else base
+        target = groups[key] if parts else base
         repriced[scenario.tier] += count
         target.cost_nanos -= cost_nanos  # the recorded cost of these rows is replaced ...
         target.unpriced_requests -= unpriced
