@@ -106,6 +106,8 @@ def test_the_report_renders_matches_cost_json_and_makes_no_request(
     assert chart is not None and chart["height"] > 100 and chart["width"] > 500
     # one bar segment per (day, model) with spend: 3 sonnet, 3 haiku, 2 opus (the unpriced one has none)
     assert page.locator("#spend-chart rect").count() == 8
+    # by project: 3 days of /w/api sonnet, 3 of /w/web haiku, /w/api opus on day 5, (none) on day 20
+    assert page.locator("#project-chart rect").count() == 8
 
     def cost(*args: str) -> dict[str, Any]:
         code, out, err = run_main(capsys, monkeypatch, "cost", *RANGE, "--json", *args)

@@ -38,6 +38,7 @@ class PageData:
     by_project: CostReport
     by_day_model: CostReport
     blocks: Sequence[Block]
+    by_day_project: CostReport | None = None
     tags: dict[str, CostReport] = field(default_factory=dict)
     sessions: CostReport | None = None
     session_details: dict[str, SessionInfo] = field(default_factory=dict)
@@ -91,8 +92,9 @@ def _colours(report: CostReport) -> dict[str, str]:
     return {model: PALETTE[index] if index < len(PALETTE) - 1 else PALETTE[-1] for index, model in enumerate(ranked)}
 
 
-def day_chart(report: CostReport) -> str:
-    """Stacked bars of spend per local day and model, as inline SVG (every empty day drawn as a gap)."""
+def day_chart(report: CostReport, chart_id: str = "spend-chart") -> str:
+    """Stacked bars of spend per local day and second key (model, project), as inline SVG (every empty day
+    drawn as a gap)."""
     per_day: dict[str, list[tuple[str, int]]] = {}
     for key, totals in report.groups:
         if isinstance(key, tuple):
@@ -122,7 +124,7 @@ def day_chart(report: CostReport) -> str:
         f'<span class="swatch" style="background:{colour}"></span>{esc(model)} ' for model, colour in colours.items()
     )
     return (
-        f'<svg id="spend-chart" role="img" viewBox="0 0 {total_width} {height}" width="100%" height="{height}" '
+        f'<svg id="{chart_id}" role="img" viewBox="0 0 {total_width} {height}" width="100%" height="{height}" '
         f'preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg">{"".join(shapes)}</svg>'
         f'<p class="axis"><span>{esc(days[0])}</span><span>{esc(days[-1])}</span></p><p class="legend">{legend}</p>'
     )
@@ -202,6 +204,11 @@ def render(data: PageData) -> str:
         "<h2>Spend over time by model</h2>",
         day_chart(data.by_day_model),
         group_table(data.by_model, "Spend by model", "by-model"),
+        *(
+            ("<h2>Spend over time by project</h2>", day_chart(data.by_day_project, "project-chart"))
+            if data.by_day_project is not None
+            else ()
+        ),
         group_table(data.by_project, "Spend by project", "by-project"),
         blocks_table(data.blocks, data.tz, data.generated),
         tag_tables or '<p class="empty">No tagged requests in this period (`ccgate launch --tag KEY=VALUE`).</p>',

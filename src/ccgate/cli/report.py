@@ -57,6 +57,7 @@ def report(
             by_model=by("model"),
             by_project=by("project"),
             by_day_model=by("day,model"),
+            by_day_project=by("day,project"),
             blocks=[b for b in load_blocks(db, since=window.since) if b.start < window.until],
             tags={key: by(f"tag:{key}") for key in tag_keys(db, since=window.since, until=window.until)},
             sessions=sessions,
