@@ -294,7 +294,7 @@ def fish_complete(line: str) -> list[str]:
     ("line", "expected"),
     [
         ("ccgate co", {"completions", "config", "cost"}),
-        ("ccgate cost --by ", {"model", "provider", "project", "session", "day"}),
+        ("ccgate cost --by ", {"model", "provider", "project", "session", "day", "week", "month"}),
         ("ccgate cost --since 2025-01-01 ", {"today", "yesterday", "week", "month", "all"}),
         ("ccgate provider key set gr", {"groq"}),
         ("ccgate provider key ", {"delete", "set"}),
