@@ -46,6 +46,7 @@ TIER_SQL = (
     "WHEN instr(lower(requested_model), 'sonnet') THEN 'sonnet' "
     "WHEN instr(lower(requested_model), 'haiku') THEN 'haiku' END)"
 )
+PROMPT_SQL = "(input_tokens + cache_read_tokens + cache_write_5m_tokens + cache_write_1h_tokens)"
 STATEMENT = (
     "What-if re-prices the same tokens at the target's current list prices; another model would have "
     "produced different replies and token counts."
@@ -199,15 +200,15 @@ def _tier_sums(
 ) -> list[Sequence[Any]]:
     """Token sums per (span, group, tier, above the target's long-context threshold) for the scenario tiers."""
     tiers = list(by_tier)
-    over_cases = " ".join(
-        "WHEN ? THEN (input_tokens + cache_read_tokens + cache_write_5m_tokens + cache_write_1h_tokens) > ?"
-        for _ in tiers
-    )
     over_params: list[Any] = []
+    cases = []
     for tier in tiers:
         rates = by_tier[tier].rates
-        threshold = rates.tier_threshold if rates is not None and rates.tier_threshold is not None else -1
-        over_params.extend((tier, threshold if threshold >= 0 else 2**62))
+        if rates is not None and rates.tier_threshold is not None:
+            cases.append(f"WHEN ? THEN {PROMPT_SQL} > ?")
+            over_params.extend((tier, rates.tier_threshold))
+    # the prompt-size comparison only where a target has a long-context tier; a constant otherwise
+    over = f"CASE row_tier {' '.join(cases)} ELSE 0 END" if cases else "0"
     marks = ", ".join("?" for _ in tiers)
     result: list[Sequence[Any]] = []
     chunk = 300
@@ -216,14 +217,16 @@ def _tier_sums(
         values = ", ".join("(?, ?, ?)" for _ in part)
         params: list[Any] = [value for label, lo, hi in part for value in (label, to_iso(lo), to_iso(hi))]
         sql = (
-            f"WITH spans(label, lo, hi) AS (VALUES {values}) "  # noqa: S608 - fixed text and ? marks only
-            f"SELECT spans.label, {raw_key}, {TIER_SQL} AS row_tier, CASE {TIER_SQL} {over_cases} ELSE 0 END, "
+            f"WITH spans(label, lo, hi) AS (VALUES {values}), "  # noqa: S608 - fixed text and ? marks only
+            f"picked AS (SELECT requests.*, spans.label AS label, {TIER_SQL} AS row_tier FROM spans JOIN requests "
+            "ON requests.started_at >= spans.lo AND requests.started_at < spans.hi "
+            f"WHERE tier IN ({marks}) OR (tier IS NULL AND {TIER_SQL} IN ({marks}))) "
+            f"SELECT label, {raw_key}, row_tier, {over}, "
             "count(*), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), sum(cache_write_5m_tokens), "
             "sum(cache_write_1h_tokens), sum(web_searches), coalesce(sum(cost_nanos), 0), sum(cost_nanos IS NULL) "
-            "FROM spans JOIN requests ON requests.started_at >= spans.lo AND requests.started_at < spans.hi "
-            f"WHERE row_tier IN ({marks}) GROUP BY 1, 2, 3, 4"
+            "FROM picked GROUP BY 1, 2, 3, 4"
         )
-        result.extend(db.execute(sql, [*params, *over_params, *tiers]).fetchall())
+        result.extend(db.execute(sql, [*params, *tiers, *tiers, *over_params]).fetchall())
     return result
 
 
