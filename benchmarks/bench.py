@@ -53,6 +53,7 @@ class Settings:
     help_runs: int
     cost_runs: int
     translate_iterations: int
+    transcript_lines: int = 200_000
 
 
 FULL = Settings(
@@ -78,6 +79,7 @@ QUICK = Settings(
     help_runs=3,
     cost_runs=1,
     translate_iterations=50,
+    transcript_lines=2_000,
 )
 
 
@@ -609,6 +611,15 @@ def _ccgate_argv() -> list[str]:
     return [str(script)] if script.exists() else [PY, "-m", "ccgate"]
 
 
+def once_ms(argv: list[str], env: dict[str, str]) -> float:
+    """Wall time of one run (no warm-up: for what only the first run measures), in ms."""
+    began = time.perf_counter()
+    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited with {done.returncode}: {done.stderr.decode()[-500:]}")
+    return (time.perf_counter() - began) * 1000
+
+
 def wall_ms(argv: list[str], env: dict[str, str], runs: int, *, check: bool = True) -> float:
     """Median wall time of `runs` runs (after one untimed warm-up run), in ms."""
     times: list[float] = []
@@ -669,6 +680,53 @@ def cost_phase(report: Report, settings: Settings, rows: int, cache_dir: Path) -
     env = clean_env(home)
     value = wall_ms([*_ccgate_argv(), "cost", "month"], env, settings.cost_runs)
     report.add("cost_month_ms", f"`ccgate cost month`, {rows:,}-row ledger (median)", value, "ms", at_most=500)
+    # issue 16's insights, same ledger and period
+    for key, args, label in (
+        ("cost_day_model_ms", ["cost", "month", "--by", "day,model"], "`ccgate cost month --by day,model`"),
+        ("blocks_ms", ["blocks"], "`ccgate blocks` (every window of the ledger)"),
+        (
+            "cost_what_if_ms",
+            ["cost", "month", "--what-if", "haiku=groq/llama-3.3-70b-versatile"],
+            "`ccgate cost month --what-if haiku=groq/...`",
+        ),
+    ):
+        value = wall_ms([*_ccgate_argv(), *args], env, settings.cost_runs)
+        report.add(key, f"{label}, {rows:,}-row ledger (median)", value, "ms", at_most=500)
+
+
+def import_phase(report: Report, settings: Settings, work: Path, cache_dir: Path) -> None:
+    """`import claude-code` on a generated corpus (200,000 lines, ~230 MB): a first import into an empty
+    ledger, and a re-run with nothing changed (every file skipped unread)."""
+    lines = settings.transcript_lines
+    corpus = cache_dir / f"transcripts-{lines}"
+    if not (corpus / "complete").exists():
+        shutil.rmtree(corpus, ignore_errors=True)
+        log(f"generating a {lines:,}-line transcript corpus")
+        subprocess.run(
+            [PY, str(HERE / "make_transcripts.py"), "--lines", str(lines), "--out", str(corpus / "projects")],
+            check=True,
+            cwd=ROOT,
+        )
+        (corpus / "complete").write_text("ok\n")
+    argv = [*_ccgate_argv(), "import", "claude-code", "--path", str(corpus / "projects"), "--json"]
+    firsts = []
+    for run in range(settings.cost_runs):
+        home = work / f"import-{run}"
+        firsts.append(once_ms(argv, clean_env(home)))
+    report.add(
+        "import_first_ms",
+        f"`ccgate import claude-code`, {lines:,} lines, empty ledger (median)",
+        statistics.median(firsts),
+        "ms",
+        at_most=2000,
+    )
+    report.add(
+        "import_rerun_ms",
+        "`ccgate import claude-code` again, nothing changed (median)",
+        wall_ms(argv, clean_env(work / "import-0"), settings.cost_runs),
+        "ms",
+        at_most=300,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -733,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         ("translation CPU", lambda work: translation_cpu(report, settings)),
         ("CLI start-up", lambda work: cli_phase(report, settings, work)),
         ("cost", lambda work: cost_phase(report, settings, rows, args.cache_dir)),
+        ("import", lambda work: import_phase(report, settings, work, args.cache_dir)),
     ]
     with tempfile.TemporaryDirectory(prefix="ccgate-bench-") as tmp:
         for name, phase in phases:

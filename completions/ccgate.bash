@@ -5,7 +5,8 @@
 __ccgate_node() {
     subs='' opts='' vopts=' ' vararg='' passthrough=''
     case "$1" in
-        '') subs='budget completions config cost doctor gateway import install launch logs model price provider sidecar statusline uninstall' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
+        '') subs='blocks budget completions config cost doctor gateway import install launch logs model price provider report sidecar statusline uninstall' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'blocks') subs='' opts='--active --token-limit --since --last --json -h --help' vopts=' --token-limit --since --last ' vararg='' passthrough='' ;;
         'budget') subs='set show unset' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'budget set') subs='' opts='-p --project --warn-at -h --help' vopts=' -p --project --warn-at ' vararg='' passthrough='' ;;
         'budget show') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
@@ -16,7 +17,7 @@ __ccgate_node() {
         'config') subs='path show' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'config path') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'config show') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
-        'cost') subs='' opts='--since --until --by --json --csv -h --help' vopts=' --since --until --by ' vararg='' passthrough='' ;;
+        'cost') subs='' opts='--since --until --by --last --chart --json --csv --what-if -h --help' vopts=' --since --until --by --last --what-if ' vararg='' passthrough='' ;;
         'doctor') subs='' opts='--json --full -h --help' vopts='  ' vararg='' passthrough='' ;;
         'gateway') subs='admin report' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'gateway admin') subs='audit budget customer key provider ratelimit team token whoami' opts='--url --token-file -h --help' vopts=' --url --token-file ' vararg='' passthrough='' ;;
@@ -59,8 +60,8 @@ __ccgate_node() {
         'import') subs='claude-code' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'import claude-code') subs='' opts='--path --json -h --help' vopts=' --path ' vararg='' passthrough='' ;;
         'install') subs='' opts='--scope --dry-run -h --help' vopts=' --scope ' vararg='' passthrough='' ;;
-        'launch') subs='' opts='' vopts='  ' vararg='' passthrough='1' ;;
-        'logs') subs='' opts='-n --lines -f --follow --errors --session --json -h --help' vopts=' -n --lines --session ' vararg='' passthrough='' ;;
+        'launch') subs='' opts='--tag' vopts=' --tag ' vararg='' passthrough='1' ;;
+        'logs') subs='' opts='-n --lines -f --follow --errors --session --tag --json -h --help' vopts=' -n --lines --session --tag ' vararg='' passthrough='' ;;
         'model') subs='list set test unset' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'model list') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
         'model set') subs='' opts='--fallback --force -h --help' vopts=' --fallback ' vararg='' passthrough='' ;;
@@ -78,6 +79,7 @@ __ccgate_node() {
         'provider list') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
         'provider remove') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'provider test') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        'report') subs='' opts='--html --since --until -h --help' vopts=' --html --since --until ' vararg='' passthrough='' ;;
         'sidecar') subs='logs start status stop' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'sidecar logs') subs='' opts='-n --lines -f --follow -h --help' vopts=' -n --lines ' vararg='' passthrough='' ;;
         'sidecar start') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
@@ -101,7 +103,7 @@ __ccgate_values() {
         'completions generate #0') kind=words words='bash zsh fish' ;;
         'completions install --path') kind=files ;;
         'completions install #0') kind=words words='bash zsh fish' ;;
-        'cost --by') kind=words words='model provider project session day' ;;
+        'cost --by') kind=words words='model provider project session day week month' ;;
         'cost #0') kind=words words='today yesterday week month all' ;;
         'gateway admin --token-file') kind=files ;;
         'gateway report --token-file') kind=files ;;
@@ -115,6 +117,7 @@ __ccgate_values() {
         'provider key delete #0') kind=words words='anthropic openai groq openrouter deepseek together fireworks mistral cerebras xai ollama' ;;
         'provider key set #0') kind=words words='anthropic openai groq openrouter deepseek together fireworks mistral cerebras xai ollama' ;;
         'provider test #0') kind=words words='anthropic openai groq openrouter deepseek together fireworks mistral cerebras xai ollama' ;;
+        'report --html') kind=files ;;
         'statusline install --settings') kind=files ;;
         'statusline uninstall --settings') kind=files ;;
     esac

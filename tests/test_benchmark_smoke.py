@@ -39,6 +39,11 @@ EXPECTED = {
     "cli_help_ms",
     "python_pass_ms",
     "cost_month_ms",
+    "cost_day_model_ms",
+    "blocks_ms",
+    "cost_what_if_ms",
+    "import_first_ms",
+    "import_rerun_ms",
 }
 
 
@@ -78,6 +83,11 @@ def test_quick_benchmark_reports_every_metric(tmp_path: Path) -> None:
         "added_translated_p50_ms",
         "cli_help_ms",
         "cost_month_ms",
+        "cost_day_model_ms",
+        "blocks_ms",
+        "cost_what_if_ms",
+        "import_first_ms",
+        "import_rerun_ms",
     }
     assert ("pass" in done.stdout) or ("FAIL" in done.stdout)
 

@@ -220,11 +220,14 @@ def bash_complete(words: list[str], *, cwd: Path | None = None, prelude: str = "
     ("words", "expected"),
     [
         (["ccgate", "co"], ["completions", "config", "cost"]),
-        (["ccgate", "cost", "--by", ""], ["model", "provider", "project", "session", "day"]),
+        (["ccgate", "cost", "--by", ""], ["model", "provider", "project", "session", "day", "week", "month"]),
         (["ccgate", "cost", "--by", "=", "pr"], ["provider", "project"]),  # `--by=pr`: readline splits at =
         (["ccgate", "cost", ""], ["today", "yesterday", "week", "month", "all"]),
         (["ccgate", "cost", "--since", "2025-01-01", "w"], ["week"]),
-        (["ccgate", "cost", "--"], ["--since", "--until", "--by", "--json", "--csv", "--help"]),
+        (
+            ["ccgate", "cost", "--"],
+            ["--since", "--until", "--by", "--last", "--chart", "--json", "--csv", "--what-if", "--help"],
+        ),
         (
             ["ccgate", "budget", "set", ""],
             ["daily", "weekly", "monthly", "hourly", "yearly", "1h", "1d", "1w", "1mo", "1y"],
@@ -291,7 +294,7 @@ def fish_complete(line: str) -> list[str]:
     ("line", "expected"),
     [
         ("ccgate co", {"completions", "config", "cost"}),
-        ("ccgate cost --by ", {"model", "provider", "project", "session", "day"}),
+        ("ccgate cost --by ", {"model", "provider", "project", "session", "day", "week", "month"}),
         ("ccgate cost --since 2025-01-01 ", {"today", "yesterday", "week", "month", "all"}),
         ("ccgate provider key set gr", {"groq"}),
         ("ccgate provider key ", {"delete", "set"}),
@@ -326,7 +329,7 @@ zpty -d z
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("ccgate cost --by ", ["day", "model", "project", "provider", "session"]),
+        ("ccgate cost --by ", ["day", "model", "month", "project", "provider", "session", "week"]),
         ("ccgate co", ["completions", "config", "cost"]),
         ("ccgate model unset ", ["haiku", "opus", "sonnet"]),
     ],

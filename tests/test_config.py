@@ -208,6 +208,7 @@ def test_every_key_ccgate_writes_is_one_it_reads(config_file: Path) -> None:
         budgets=(BudgetSettings(period="daily", limit_usd=Decimal(5), project="/w", warn_at=Decimal("0.5")),),
         timezone="Europe/Berlin",
         gateway_url="https://gw.example",
+        week_start="sunday",
     )
     save_config(config_file, everything)
     raw = tomllib.loads(config_file.read_text())

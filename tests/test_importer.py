@@ -170,6 +170,7 @@ def test_import_counts_costs_and_rerun(
         "already_metered": 1,
         "already_imported": 0,
         "malformed": 3,  # not JSON; no message id; timestamp out of range
+        "unchanged_files": 0,
         "synthetic": 1,
         "unpriced": 0,
         "cost_nanos": COST_A + COST_B,
@@ -192,20 +193,30 @@ def test_import_counts_costs_and_rerun(
     assert row_b["tier"] == "haiku"
     assert len(ledger_rows()) == 3  # the sidecar's msg_C row and two imported ones
 
-    # a second run adds nothing
+    # a second run adds nothing, and does not even read the files it read to their end
     code, out, err = run(capsys, monkeypatch, "import", "claude-code", "--path", str(transcripts), "--json")
     assert code == 0, err
     again = json.loads(out)
-    assert (again["imported"], again["already_imported"], again["already_metered"]) == (0, 2, 1)
+    assert (again["imported"], again["unchanged_files"], again["files"], again["lines"]) == (0, 2, 0, 0)
     assert again["cost_nanos"] == 0
     assert len(ledger_rows()) == 3
+    # a file that grew is read again, whole: its new request is imported, the old ones are known
+    main = transcripts / "-work-my-app-src" / f"{SESSION}.jsonl"
+    assert main.exists()
+    with main.open("a") as handle:
+        usage = {"input_tokens": 100, "output_tokens": 50}
+        handle.write("\n" + assistant("msg_F", "req_F", "claude-haiku-4-5", usage, cwd=str(tmp_path)))
+    code, out, err = run(capsys, monkeypatch, "import", "claude-code", "--path", str(transcripts), "--json")
+    third = json.loads(out)
+    assert (third["imported"], third["already_imported"], third["unchanged_files"], third["files"]) == (1, 2, 1, 1)
+    assert len(ledger_rows()) == 4
 
     # `cost` counts the imported requests and says so
     code, out, _ = run(capsys, monkeypatch, "cost", "all", "--json")
     assert code == 0
     total = json.loads(out)["total"]
-    assert total["requests"] == 3
-    assert total["imported_requests"] == 2
+    assert total["requests"] == 4
+    assert total["imported_requests"] == 3
 
 
 def test_human_summary_and_default_path(

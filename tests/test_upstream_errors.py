@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-import ccgate.proxy
+import ccgate.proxy.engine
 from ccgate.core.providers import BUILTIN
 from ccgate.errors import UpstreamError, UpstreamTimeoutError
 from ccgate.proxy.upstream import (
@@ -80,7 +80,7 @@ def test_other_exceptions_pass_through_unmapped() -> None:
 def test_only_the_upstream_module_names_the_http_clients_failures() -> None:
     """The proxy's other modules catch `FAILURES` (or go through `upstream_errors`), never the classes."""
     offenders = []
-    for path in Path(ccgate.proxy.__file__).parent.glob("*.py"):
+    for path in Path(ccgate.proxy.engine.__file__).parent.glob("*.py"):
         if path.name == "upstream.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):

@@ -16,6 +16,8 @@ MODULES: tuple[str, ...] = (
     "ccgate.cli.price",
     "ccgate.cli.cost",
     "ccgate.cli.logs",
+    "ccgate.cli.blocks",
+    "ccgate.cli.report",
     "ccgate.cli.budget",
     "ccgate.cli.statusline",
     "ccgate.cli.importer",

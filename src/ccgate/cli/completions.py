@@ -98,7 +98,7 @@ def _fixed_values() -> dict[tuple[str, str], Values]:
 
     from ccgate.core.providers import BUILTIN, ProviderKind
     from ccgate.core.routing import TIER_WORDS
-    from ccgate.storage.reports import GROUPINGS, PERIODS
+    from ccgate.storage.reports import ALL_GROUPINGS, PERIODS
 
     tiers = Values("words", TIER_WORDS)
     providers = Values("words", tuple(BUILTIN))
@@ -107,7 +107,7 @@ def _fixed_values() -> dict[tuple[str, str], Values]:
     return {
         ("launch", "command"): Values("commands"),
         ("cost", "period"): Values("words", PERIODS),
-        ("cost", "by"): Values("words", GROUPINGS),
+        ("cost", "by"): Values("words", ALL_GROUPINGS),
         ("budget set", "period"): budget_periods,
         ("budget unset", "period"): budget_periods,
         ("budget set", "project"): dirs,

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -21,11 +21,20 @@ from ccgate.errors import ConfigError, UserInputError
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-    from ccgate.storage.reports import CostReport, Totals
+    from ccgate.storage.reports import CostReport, GroupKey, SessionInfo, Totals
+    from ccgate.storage.what_if import WhatIfReport, WhatIfTotals
 
 PRICE_HINT = "set one with `ccgate price set MODEL --input X --output Y` or in config.toml [prices.MODEL]"
 START_HINT = "Run `ccgate launch claude` to start metering."
-_KEY_HEADERS = {"model": "Model", "provider": "Provider", "project": "Project", "session": "Session", "day": "Day"}
+_KEY_HEADERS = {
+    "model": "Model",
+    "provider": "Provider",
+    "project": "Project",
+    "session": "Session",
+    "day": "Day",
+    "week": "Week",
+    "month": "Month",
+}
 # A spreadsheet runs a cell starting with one of these as a formula; CSV text cells get a leading ' instead.
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -111,23 +120,52 @@ def cost_cell(totals: Totals) -> str:
     return text + "*" if totals.unpriced_requests else text
 
 
+def _key_header(by: str) -> str:
+    return f"Tag {by.removeprefix('tag:')}" if by.startswith("tag:") else _KEY_HEADERS[by]
+
+
 def _group_label(by: str, key: str) -> str:
     if by == "day":
         return f"{datetime.fromisoformat(key):%a} {key}"
+    if by == "week":
+        return f"{datetime.fromisoformat(key):%a} {key}"
+    if by == "month":
+        return f"{datetime.fromisoformat(key + '-01'):%b %Y}"
     if by == "project":
-        home = str(Path.home())
-        if key == home or key.startswith(home + "/"):
-            return "~" + key[len(home) :]
+        return home_relative(key)
     return key
 
 
-def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Database) -> None:
+def home_relative(path: str) -> str:
+    home = str(Path.home())
+    if path == home or path.startswith(home + "/"):
+        return "~" + path[len(home) :]
+    return path
+
+
+def _key_cells(parts: tuple[str, ...], key: GroupKey, previous: GroupKey | None) -> list[str]:
+    """The label cells of a row; under a two-level key the first level is shown once per run."""
+    if isinstance(key, tuple):
+        first = "" if isinstance(previous, tuple) and previous[0] == key[0] else _group_label(parts[0], key[0])
+        return [first, _group_label(parts[1], key[1])]
+    return [_group_label(parts[0], key)]
+
+
+def _print_table(
+    app_ctx: AppContext,
+    report: CostReport,
+    heading: str,
+    db: Database,
+    what: WhatIfReport | None = None,
+    sessions: dict[str, SessionInfo] | None = None,
+    tz: tzinfo | None = None,
+) -> None:
     from rich import box
     from rich.table import Table
 
-    from ccgate.storage.reports import estimate_reasons, unpriced_models
+    from ccgate.storage.reports import estimate_reasons, grouping_parts, unpriced_models
 
-    by = report.by or "model"
+    parts = grouping_parts(report.by or "model")
     table = Table(
         title=f"ccgate spend {heading}",
         caption="API list prices (on a subscription: API-equivalent value)",
@@ -138,7 +176,13 @@ def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Data
         show_edge=False,  # two more columns for model ids (claude-sonnet-4-5-20250929 fits at 80 columns)
     )
     total = report.total
-    table.add_column(_KEY_HEADERS[by], footer="Total", ratio=1, min_width=10, overflow="fold")
+    table.add_column(_key_header(parts[0]), footer="Total", ratio=1, min_width=10, overflow="fold")
+    if len(parts) == 2:
+        table.add_column(_key_header(parts[1]), ratio=1, min_width=10, overflow="fold")
+    if sessions is not None:
+        table.add_column("Project", ratio=1, overflow="fold")
+        table.add_column("First – last (local)", no_wrap=True)
+        table.add_column("Models", ratio=1, overflow="fold")
     for header, footer in (
         ("Reqs", f"{total.requests:,}"),
         ("Input", compact(total.input_tokens)),
@@ -149,9 +193,16 @@ def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Data
         ("Cost", cost_cell(total)),
     ):
         table.add_column(header, footer=footer, justify="right", no_wrap=True)
+    if what is not None:
+        table.add_column("What-if", footer=what_if_cell(what.total, total.requests), justify="right", no_wrap=True)
+        table.add_column("Δ", footer=delta_cell(total, what.total), justify="right", no_wrap=True)
+    previous: GroupKey | None = None
     for key, totals in report.groups:
-        cells = [
-            _group_label(by, key),
+        cells = _key_cells(parts, key, previous)
+        previous = key
+        if sessions is not None:
+            cells += _session_cells(sessions.get(key) if isinstance(key, str) else None, tz)
+        cells += [
             f"{totals.requests:,}",
             compact(totals.input_tokens),
             compact(totals.output_tokens),
@@ -160,6 +211,11 @@ def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Data
             _ratio(totals),
             cost_cell(totals),
         ]
+        if what is not None:
+            from ccgate.storage.what_if import WhatIfTotals
+
+            group_what = what.groups.get(key, WhatIfTotals())
+            cells += [what_if_cell(group_what, totals.requests), delta_cell(totals, group_what)]
         table.add_row(*cells)
     out = app_ctx.out
     out.print(table)
@@ -175,6 +231,59 @@ def _print_table(app_ctx: AppContext, report: CostReport, heading: str, db: Data
             out.print(line)
     if total.imported_requests:
         out.print(f"  includes {total.imported_requests} request(s) imported from transcripts", markup=False)
+    if what is not None:
+        for line in what_if_lines(what):
+            out.print(line)
+
+
+def _session_cells(info: SessionInfo | None, tz: tzinfo | None) -> list[str]:
+    if info is None:
+        return ["", "", ""]
+    first, last = info.first.astimezone(tz), info.last.astimezone(tz)
+    until = f"{last:%H:%M}" if first.date() == last.date() else f"{last:%m-%d %H:%M}"
+    return [home_relative(info.project or ""), f"{first:%Y-%m-%d %H:%M} – {until}", ", ".join(info.models)]
+
+
+def what_if_cell(what: WhatIfTotals, requests: int) -> str:
+    """As `cost_cell`: `unpriced` (never $0) when no request of the group has a what-if price."""
+    from ccgate.core.records import format_usd
+
+    if requests and what.unpriced_requests == requests:
+        return "unpriced"
+    text = format_usd(what.cost_nanos)
+    return text + "†" if what.unpriced_requests else text
+
+
+def delta_cell(actual: Totals, what: WhatIfTotals) -> str:
+    """`-$1.20 (-40.0%)`: what-if minus actual; `–` when either side has no price at all."""
+    from ccgate.core.records import format_usd
+    from ccgate.storage.what_if import difference
+
+    if actual.requests and actual.requests in (what.unpriced_requests, actual.unpriced_requests):
+        return "–"
+    delta, percent = difference(actual, what)
+    sign = "-" if delta < 0 else "+"
+    text = f"{sign}{format_usd(abs(delta))}"
+    return text if percent is None else f"{text} ({percent:+}%)"
+
+
+def what_if_lines(what: WhatIfReport) -> list[str]:
+    """What was re-priced as what, the plain statement of what it means, and the targets without a price."""
+    from ccgate.storage.what_if import STATEMENT, unpriced_targets
+
+    lines = [
+        f"What-if: {scenario.tier} → {scenario.target} ({what.repriced.get(scenario.tier, 0):,} requests)"
+        for scenario in what.scenarios
+    ]
+    lines.append(STATEMENT)
+    for scenario, count in unpriced_targets(what):
+        lines.append(
+            f"† {scenario.target} has no known price: {count:,} {scenario.tier} request(s) left unpriced in the "
+            f"what-if; set one with `ccgate price set {scenario.model} --input X --output Y`"
+        )
+    if what.total.unpriced_requests and not unpriced_targets(what):
+        lines.append(f"† {what.total.unpriced_requests:,} request(s) without a price are left out of the what-if")
+    return lines
 
 
 # What `~` means for each kind of estimate (keys of `reports.ESTIMATE_REASONS`, plus `other`).
@@ -204,14 +313,33 @@ def csv_text(value: str) -> str:
     return "'" + value if value.startswith(_FORMULA_STARTS) else value
 
 
-def _print_csv(report: CostReport) -> None:
-    from ccgate.storage.reports import totals_to_json
+def _print_csv(
+    report: CostReport, what: WhatIfReport | None = None, sessions: dict[str, SessionInfo] | None = None
+) -> None:
+    from ccgate.storage.reports import grouping_parts, session_to_json, totals_to_json
+    from ccgate.storage.what_if import WhatIfTotals, what_if_fields
+
+    two_level = len(grouping_parts(report.by)) == 2
+
+    def row(key: GroupKey, totals: Totals) -> dict[str, object]:
+        """The same columns as --json, in its order; a two-level key in `key` and `key2`."""
+        first, second = key if isinstance(key, tuple) else (key, "")
+        cells: dict[str, object] = {"key": first if first == "(total)" else csv_text(first)}
+        if two_level:
+            cells["key2"] = csv_text(second)
+        if sessions is not None:
+            info = session_to_json(sessions.get(first) if not two_level else None)
+            cells.update({**info, "project": csv_text(info["project"] or ""), "models": " ".join(info["models"])})
+        cells.update(totals_to_json(totals))
+        if what is not None:
+            cells.update(what_if_fields(what.total if key == "(total)" else what.groups.get(key, WhatIfTotals())))
+        return cells
 
     # The writer ends rows in \r\n so that it also quotes a cell holding a lone \r (a project directory may);
     # each row is printed with a plain \n, as before.
     buffer = io.StringIO()
     # the same columns as --json, in its order
-    writer = csv.DictWriter(buffer, fieldnames=("key", *totals_to_json(report.total)), lineterminator="\r\n")
+    writer = csv.DictWriter(buffer, fieldnames=tuple(row("(total)", report.total)), lineterminator="\r\n")
 
     def emit() -> None:
         sys.stdout.write(buffer.getvalue().removesuffix("\r\n") + "\n")
@@ -220,8 +348,9 @@ def _print_csv(report: CostReport) -> None:
 
     writer.writeheader()
     emit()
-    for key, totals in [*((csv_text(key), totals) for key, totals in report.groups), ("(total)", report.total)]:
-        writer.writerow({"key": key, **totals_to_json(totals)})
+    total_key: GroupKey = ("(total)", "") if two_level else "(total)"
+    for key, totals in [*report.groups, (total_key, report.total)]:
+        writer.writerow(row("(total)" if key == total_key else key, totals))
         emit()
     sys.stdout.flush()
 
@@ -232,9 +361,24 @@ def cost(
     ),
     since: str | None = typer.Option(None, "--since", help="Start: ISO date or datetime, local time."),
     until: str | None = typer.Option(None, "--until", help="End: ISO datetime, or a date (that day included)."),
-    by: str | None = typer.Option(None, "--by", help="Group by model (default), project, session, day or provider."),
+    by: str | None = typer.Option(
+        None,
+        "--by",
+        help="Group by model (default), project, session, provider, day, week, month or tag:KEY; "
+        "or two of them, e.g. day,model.",
+    ),
+    last: int | None = typer.Option(
+        None, "--last", min=1, help="Only the N most recent groups (days, weeks, months or sessions)."
+    ),
+    chart: bool = typer.Option(False, "--chart", help="Draw spend per group as a bar chart (with --by day: per day)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (stable shape, for scripts)."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV: one row per group and a (total) row."),
+    what_if: list[str] = typer.Option(  # noqa: B008 - typer's idiom
+        [],
+        "--what-if",
+        metavar="TIER=PROVIDER/MODEL",
+        help="Re-price a tier's tokens as if routed there (repeatable), e.g. haiku=groq/llama-3.3-70b-versatile.",
+    ),
 ) -> None:
     """Show what Claude Code cost: tokens, cache hits and dollars from the local ledger.
 
@@ -242,10 +386,11 @@ def cost(
     with the usage seen so far: the provider bills them even if they never finish.
     """
     from ccgate.storage.ledger import open_ledger
-    from ccgate.storage.reports import check_grouping, cost_report, report_to_json
+    from ccgate.storage.reports import check_grouping, report_to_json
 
-    if as_json and as_csv:
-        raise UserInputError("--json and --csv cannot be combined", hint="pick one output format")
+    chosen = [name for name, on in (("--json", as_json), ("--csv", as_csv), ("--chart", chart)) if on]
+    if len(chosen) > 1:
+        raise UserInputError(f"{' and '.join(chosen)} cannot be combined", hint="pick one output format")
     check_grouping(by)
     app_ctx = ctx()
     tz = resolve_timezone(app_ctx)
@@ -254,17 +399,69 @@ def cost(
     db = open_ledger(app_ctx.paths.ledger_file)
     try:
         # Table, JSON and CSV break spend down the same way: by model unless --by says otherwise.
-        report = cost_report(db, since=window.since, until=window.until, by=by or "model", tz=tz)
+        report, sessions = _report(app_ctx, db, window, by or "model", last, tz)
+        what = _what_if(app_ctx, db, report, what_if, tz) if what_if else None
         if as_json:
-            app_ctx.print_json(report_to_json(report))
+            document = report_to_json(report)
+            if what is not None:
+                from ccgate.storage.what_if import add_to_json
+
+                add_to_json(document, what)
+            if sessions is not None:
+                _add_sessions(document, sessions, tz)
+            app_ctx.print_json(document)
         elif as_csv:
-            _print_csv(report)
+            _print_csv(report, what, sessions)
         elif report.total.requests == 0:
             app_ctx.out.print(f"No requests recorded {window.phrase}. {START_HINT}", markup=False)
+        elif chart:
+            from ccgate.cli.chart import print_chart
+
+            print_chart(app_ctx.out, report, window.heading)
         else:
-            _print_table(app_ctx, report, window.heading, db)
+            _print_table(app_ctx, report, window.heading, db, what, sessions, tz)
     finally:
         db.close()
+
+
+def week_start(app_ctx: AppContext) -> int:
+    from ccgate.core.settings import WEEKDAYS
+
+    name = app_ctx.config.week_start
+    return WEEKDAYS.index(name) if name else 0
+
+
+def _report(
+    app_ctx: AppContext, db: Database, window: Window, by: str, last: int | None, tz: tzinfo
+) -> tuple[CostReport, dict[str, SessionInfo] | None]:
+    """The report, cut to its `last` most recent groups, with each session's details when grouped by session."""
+    from ccgate.storage.reports import cost_report, keep_last, session_details
+
+    report = cost_report(db, since=window.since, until=window.until, by=by, tz=tz, week_start=week_start(app_ctx))
+    sessions = None
+    if report.by == "session":
+        ids = [key for key, _ in report.groups if isinstance(key, str)]
+        sessions = session_details(db, since=window.since, until=window.until, ids=ids)
+    if last is not None:
+        report = keep_last(report, last, sessions)
+    return report, sessions
+
+
+def _add_sessions(document: dict[str, Any], sessions: dict[str, SessionInfo], tz: tzinfo) -> None:
+    from ccgate.storage.reports import session_to_json
+
+    for group in document["groups"]:
+        group.update(session_to_json(sessions.get(group["key"]), tz))
+
+
+def _what_if(app_ctx: AppContext, db: Database, report: CostReport, texts: list[str], tz: tzinfo) -> WhatIfReport:
+    from ccgate.core.pricing import PriceCatalog
+    from ccgate.storage.what_if import check_scenarios, parse_scenario, what_if
+
+    catalog = PriceCatalog(app_ctx.config.prices)
+    scenarios = [parse_scenario(text, catalog, info=app_ctx.info) for text in texts]
+    check_scenarios(scenarios)
+    return what_if(db, report, scenarios, tz=tz)
 
 
 def register(app: typer.Typer) -> None:

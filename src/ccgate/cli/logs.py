@@ -30,6 +30,9 @@ def row_to_json(entry: LoggedRequest) -> dict[str, Any]:
     row = dict(entry.row)
     row["attempts"] = json.loads(row["attempts"]) if row.get("attempts") else []
     row["stream"] = bool(row.get("stream"))
+    from ccgate.core.tags import decode
+
+    row["tags"] = decode(row.get("tags"))
     nanos = row.get("cost_nanos")
     row["cost_usd"] = None if nanos is None else usd_string(nanos)
     return row
@@ -94,13 +97,16 @@ def logs(
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing requests as they finish (Ctrl-C stops)."),
     errors: bool = typer.Option(False, "--errors", help="Only failed or interrupted requests."),
     session: str | None = typer.Option(None, "--session", help="Only requests of this Claude Code session id."),
+    tag: str | None = typer.Option(None, "--tag", metavar="KEY=VALUE", help="Only requests of launches with this tag."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line with the ledger columns."),
 ) -> None:
     """Show recent requests: local time, status, latency, cost, tokens, requested -> routed model."""
     from ccgate.cli.cost import resolve_timezone
+    from ccgate.core.tags import parse_tag
     from ccgate.storage.ledger import open_ledger
     from ccgate.storage.reports import latest_rowid, recent_requests
 
+    wanted = None if tag is None else parse_tag(tag)
     app_ctx = ctx()
     tz = resolve_timezone(app_ctx)
     printer = _Printer(app_ctx, as_json, tz)
@@ -108,7 +114,11 @@ def logs(
     db = open_ledger(app_ctx.paths.ledger_file)
     try:
         cursor = latest_rowid(db)
-        shown = recent_requests(db, limit=lines, errors_only=errors, session=session, after_rowid=None) if lines else []
+        shown = (
+            recent_requests(db, limit=lines, errors_only=errors, session=session, after_rowid=None, tag=wanted)
+            if lines
+            else []
+        )
         for entry in shown:
             printer.emit(entry)
         if not shown and lines and not as_json:
@@ -121,7 +131,7 @@ def logs(
         if not as_json:
             app_ctx.info("Following new requests (Ctrl-C to stop)…")
         try:
-            _follow(db, printer, cursor=cursor, shown=shown, errors=errors, session=session)
+            _follow(db, printer, cursor=cursor, shown=shown, errors=errors, session=session, tag=wanted)
         except KeyboardInterrupt:
             return
     finally:
@@ -129,7 +139,14 @@ def logs(
 
 
 def _follow(
-    db: Any, printer: _Printer, *, cursor: int, shown: list[LoggedRequest], errors: bool, session: str | None
+    db: Any,
+    printer: _Printer,
+    *,
+    cursor: int,
+    shown: list[LoggedRequest],
+    errors: bool,
+    session: str | None,
+    tag: tuple[str, str] | None = None,
 ) -> None:
     """Poll for rows written after `cursor`; a row is printed once it is no longer pending.
 
@@ -147,7 +164,7 @@ def _follow(
     while True:
         time.sleep(POLL_SECONDS)
         # The --errors filter is applied here, not in SQL: a row is pending before it becomes an error.
-        for entry in recent_requests(db, limit=1000, errors_only=False, session=session, after_rowid=cursor):
+        for entry in recent_requests(db, limit=1000, errors_only=False, session=session, after_rowid=cursor, tag=tag):
             cursor = max(cursor, entry.rowid)
             if entry.record.id in already:
                 already.discard(entry.record.id)

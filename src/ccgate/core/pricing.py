@@ -182,6 +182,14 @@ def _claude_stand_in(model: str) -> _Entry | None:
     return provider, best
 
 
+def family_model(family: str) -> str | None:
+    """The catalog id of the newest current Claude model of a family ("sonnet" -> claude-sonnet-4-5, say)."""
+    if family not in ("opus", "sonnet", "haiku"):
+        return None
+    entry = _claude_stand_in(f"claude-{family}")
+    return None if entry is None else str(entry[1].id)
+
+
 def _strip_snapshot(model: str) -> str | None:
     stripped = _SNAPSHOT_SUFFIX.sub("", model)
     return stripped if stripped != model else None

@@ -212,6 +212,8 @@ class RequestRecord:
     upstream_request_id: str | None = None
     attempts: tuple[Attempt, ...] = ()
     synced_at: datetime | None = None
+    # the launch's tags as `tags.encode` writes them (a JSON object), None without any
+    tags: str | None = None
     # not a column: the proxy sets it when a provider reported no usage and tokens were estimated
     usage_estimated: bool = False
 

@@ -86,6 +86,8 @@ class Config:
     budgets: tuple[BudgetSettings, ...] = ()
     timezone: str | None = None
     gateway_url: str | None = None
+    # the first day of a week in `cost --by week` ("monday" .. "sunday"); None: Monday
+    week_start: str | None = None
 
 
 def named_zone(name: str) -> tzinfo:
@@ -143,7 +145,8 @@ def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
 
 # The keys the loader reads, table by table (tables of names -- providers, tiers, prices, model_rules -- take any
 # name; their entries hold these keys). Where each key is its dataclass field's name, the fields give the list.
-TOP_KEYS = ("sidecar", "providers", "tiers", "model_rules", "prices", "budgets", "timezone", "gateway")
+TOP_KEYS = ("sidecar", "providers", "tiers", "model_rules", "prices", "budgets", "timezone", "gateway", "week_start")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 SIDECAR_KEYS = tuple(f.name for f in fields(SidecarSettings))
 PROVIDER_KEYS = tuple(f.name for f in fields(ProviderSettings) if f.name != "name")
 TIER_KEYS = ("targets",)
@@ -320,6 +323,11 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         named_zone(_str(timezone, "timezone", "an IANA timezone name such as 'Europe/Berlin'"))
     gateway = _table(raw, "gateway")
     _check_spelling(gateway, GATEWAY_KEYS, "gateway.")
+    week_start = raw.get("week_start")
+    if week_start is not None:
+        week_start = _str(week_start, "week_start", "a weekday name such as 'monday' or 'sunday'").lower()
+        if week_start not in WEEKDAYS:
+            raise ConfigError(f"week_start {week_start!r} is not a weekday", hint=f"use one of: {', '.join(WEEKDAYS)}")
     return Config(
         sidecar=sidecar,
         providers=providers,
@@ -329,6 +337,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         budgets=tuple(budgets),
         timezone=timezone,
         gateway_url=_optional_str(gateway, "url", "gateway", "a URL string"),
+        week_start=week_start,
     )
 
 
@@ -345,6 +354,8 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         out["sidecar"] = {key: getattr(config.sidecar, key) for key in SIDECAR_KEYS}
     if config.timezone:
         out["timezone"] = config.timezone
+    if config.week_start:
+        out["week_start"] = config.week_start
     if config.providers:
         out["providers"] = {
             name: {key: value for key in PROVIDER_KEYS if (value := getattr(p, key)) is not None}

@@ -10,6 +10,7 @@ get deterministic ids, so running the import again adds nothing.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,8 @@ class ImportStats:
     already_metered: int = 0
     already_imported: int = 0
     malformed: int = 0
+    # files skipped because they had not changed since an earlier import read them to their end
+    unchanged_files: int = 0
     synthetic: int = 0
     unpriced: int = 0
     cost_nanos: int = 0
@@ -120,8 +123,10 @@ def parse_line(line: bytes) -> TranscriptEntry | str | None:
     """
     if not line.strip():
         return None
+    from ccgate.wire import fastjson
+
     try:
-        raw = json.loads(line)
+        raw = fastjson.loads(line)  # orjson: several times faster on transcripts' long lines
     except ValueError:
         raise _Malformed from None
     if not isinstance(raw, dict):
@@ -138,8 +143,11 @@ def parse_line(line: bytes) -> TranscriptEntry | str | None:
     message_id, timestamp = _text(message.get("id")), _text(raw.get("timestamp"))
     if model is None or not isinstance(usage, dict) or message_id is None or timestamp is None:
         raise _Malformed
-    if invalid_anthropic_count(usage) is not None:  # -5 or "abc" tokens: not a record to bill from
-        raise _Malformed
+    if invalid_anthropic_count(usage) is not None:
+        # orjson reads a count beyond 64 bits as a float; `json` keeps it an integer (clamped later)
+        usage = json.loads(line).get("message", {}).get("usage")
+        if not isinstance(usage, dict) or invalid_anthropic_count(usage) is not None:
+            raise _Malformed  # -5 or "abc" tokens: not a record to bill from
     try:
         from_iso(timestamp)
     except (ValueError, OverflowError):  # OverflowError: year 1 with a positive offset is before datetime.min
@@ -155,24 +163,50 @@ def parse_line(line: bytes) -> TranscriptEntry | str | None:
     )
 
 
+def _looks_like_object(line: bytes) -> bool:
+    """Cheap stand-in for parsing a line that cannot be an assistant entry: blank, or `{...}` (else malformed)."""
+    stripped = line.strip()
+    return not stripped or (stripped[:1] == b"{" and stripped[-1:] == b"}")
+
+
+@dataclass(frozen=True, slots=True)
+class FileMark:
+    """A transcript as it was when read to its end."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
 def read_transcripts(
-    files: Iterable[Path], stats: ImportStats, progress: Progress | None = None
+    files: Iterable[Path],
+    stats: ImportStats,
+    progress: Progress | None = None,
+    read_to_end: list[FileMark] | None = None,
 ) -> dict[tuple[str, str | None], TranscriptEntry]:
-    """One entry per (message id, request id): the line with the most output tokens (the final one)."""
+    """One entry per (message id, request id): the line with the most output tokens (the final one).
+
+    `read_to_end` collects the files read whole (not growing while read), for the next run to skip.
+    """
     best: dict[tuple[str, str | None], TranscriptEntry] = {}
     for path in files:
         try:
             handle = path.open("rb")
+            before = os.fstat(handle.fileno())
         except OSError:
             stats.malformed += 1
             continue
         stats.files += 1
+        consumed = 0
         with handle:
             for line in handle:
+                consumed += len(line)
                 stats.bytes += len(line)
                 stats.lines += 1
                 if progress is not None:
                     progress(len(line))
+                if b'"assistant"' not in line and _looks_like_object(line):
+                    continue  # only assistant entries cost money: the rest (big tool results) is not parsed
                 try:
                     entry = parse_line(line)
                 except _Malformed:
@@ -191,8 +225,40 @@ def read_transcripts(
                 stats.duplicates += 1
                 if entry.usage.output_tokens > seen.usage.output_tokens:
                     best[entry.key] = entry
+        if read_to_end is not None and consumed == before.st_size:
+            read_to_end.append(FileMark(str(path), before.st_size, before.st_mtime_ns))
     stats.requests = len(best)
     return best
+
+
+def unchanged_files(db: Database, files: list[Path]) -> set[Path]:
+    """The files an earlier import read to their end that still have the same size and mtime."""
+    known = {
+        str(row[0]): (int(row[1]), int(row[2])) for row in db.execute("SELECT path, size, mtime_ns FROM import_files")
+    }
+    same: set[Path] = set()
+    for path in files:
+        mark = known.get(str(path))
+        if mark is None:
+            continue
+        try:
+            status = path.stat()
+        except OSError:
+            continue
+        if (status.st_size, status.st_mtime_ns) == mark:
+            same.add(path)
+    return same
+
+
+def remember_files(db: Database, marks: Iterable[FileMark]) -> None:
+    now = to_iso(datetime.now(UTC))
+    with db.atomic():
+        db.conn.executemany(
+            "INSERT INTO import_files (path, size, mtime_ns, read_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
+            "read_at = excluded.read_at",
+            [(mark.path, mark.size, mark.mtime_ns, now) for mark in marks if storable_text(mark.path)],
+        )
 
 
 class ProjectResolver:
@@ -220,12 +286,14 @@ class ProjectResolver:
         return str(cwd)
 
 
-def to_record(entry: TranscriptEntry, catalog: PriceCatalog, project: str | None) -> RequestRecord:
+def to_record(
+    entry: TranscriptEntry, catalog: PriceCatalog, project: str | None, record_id: str | None = None
+) -> RequestRecord:
     from ccgate.core.routing import tier_of
 
     started = from_iso(entry.timestamp)
     return RequestRecord(
-        id=import_id(entry.message_id, entry.request_id),
+        id=record_id or import_id(entry.message_id, entry.request_id),
         started_at=started,
         ended_at=started,
         source=SOURCE,
@@ -317,22 +385,32 @@ class Importer:
     stats: ImportStats = field(default_factory=ImportStats)
     projects: ProjectResolver = field(default_factory=ProjectResolver)
 
-    def run(self, files: list[Path], progress: Progress | None = None) -> ImportStats:
+    def run(self, files: list[Path], progress: Progress | None = None, *, skip_unchanged: bool = True) -> ImportStats:
+        """Import `files`; those read to their end by an earlier run and unchanged since are skipped."""
         from ccgate.storage.ledger import insert_records
 
         stats = self.stats
-        entries = list(read_transcripts(files, stats, progress).values())
+        if skip_unchanged:
+            same = unchanged_files(self.db, files)
+            stats.unchanged_files = len(same)
+            if progress is not None and same:
+                progress(sum(path.stat().st_size for path in same if path.exists()))
+            files = [path for path in files if path not in same]
+        marks: list[FileMark] = []
+        entries = list(read_transcripts(files, stats, progress, marks).values())
         metered = metered_message_ids(self.db, ((entry.message_id, entry.timestamp) for entry in entries))
         candidates = [entry for entry in entries if entry.message_id not in metered]
         stats.already_metered = len(entries) - len(candidates)
-        done = existing_ids(self.db, (import_id(entry.message_id, entry.request_id) for entry in candidates))
+        ids = [import_id(entry.message_id, entry.request_id) for entry in candidates]
+        done = existing_ids(self.db, ids)
         fresh = [
-            to_record(entry, self.catalog, self.projects(entry.cwd))
-            for entry in candidates
-            if import_id(entry.message_id, entry.request_id) not in done
+            to_record(entry, self.catalog, self.projects(entry.cwd), record_id)
+            for entry, record_id in zip(candidates, ids, strict=True)
+            if record_id not in done
         ]
         stats.already_imported = len(candidates) - len(fresh)
         stats.imported = insert_records(self.db, fresh)
+        remember_files(self.db, marks)  # after the rows: a crash in between only means reading them again
         for record in fresh:
             if record.cost.nanos is None:
                 stats.unpriced += 1

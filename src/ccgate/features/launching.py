@@ -143,6 +143,7 @@ def run_launch(
     warn: Callable[[str], None],
     info: Callable[[str], None],
     cwd: Path | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> int:
     from ccgate.sidecar.process import (
         LAUNCH_HEADER,
@@ -172,7 +173,7 @@ def run_launch(
     upstream = users_upstream(environ.get("ANTHROPIC_BASE_URL"), sidecar.url)
     # the prefix lets the sidecar refuse this launch's requests should it ever forget where they go
     launch_id = (OWN_UPSTREAM_LAUNCH_PREFIX if upstream else "") + uuid.uuid4().hex
-    answer = _register(paths, launch_id, project_of(cwd), upstream, warn=warn)
+    answer = _register(paths, launch_id, project_of(cwd), upstream, warn=warn, tags=tags or {})
     if answer is not None:
         providers = answer.get("providers")
         for message in environment_warnings(
@@ -249,14 +250,22 @@ def environment_warnings(
 
 
 def _register(
-    paths: Paths, launch_id: str, project: str, upstream: str | None, *, warn: Callable[[str], None]
+    paths: Paths,
+    launch_id: str,
+    project: str,
+    upstream: str | None,
+    *,
+    warn: Callable[[str], None],
+    tags: Mapping[str, str],
 ) -> dict[str, object] | None:
-    """Tell the sidecar this launch's project (and upstream); without the upstream, requests must not start.
+    """Tell the sidecar this launch's project, tags (and upstream); without the upstream, requests must not start.
 
     Returns the sidecar's answer (None when registration failed and the launch may go on without it)."""
     from ccgate.sidecar.process import control_request
 
-    payload = {"launch_id": launch_id, "project": project}
+    payload: dict[str, object] = {"launch_id": launch_id, "project": project}
+    if tags:
+        payload["tags"] = dict(tags)
     if upstream is not None:
         payload["anthropic_base_url"] = upstream
     try:
@@ -269,7 +278,8 @@ def _register(
                 f"could not register this launch with the sidecar ({error.message})",
                 hint="run `ccgate doctor`, then launch again",
             ) from None
-        warn(f"could not register this launch with the sidecar ({error.message}); project will be unknown")
+        lost = "project and tags" if tags else "project"
+        warn(f"could not register this launch with the sidecar ({error.message}); {lost} will be unknown")
         return None
     if upstream is not None and answer.get("anthropic_base_url") != upstream:
         raise SidecarError(
@@ -277,6 +287,8 @@ def _register(
             "session's requests to its default upstream",
             hint="restart it: `ccgate sidecar stop`, then launch again",
         )
+    if tags and answer.get("tags") != dict(tags):
+        warn("the running sidecar is older than this ccgate and ignores --tag; `ccgate sidecar stop` to upgrade it")
     return answer
 
 

@@ -248,6 +248,7 @@ class Proxy:
             session_id=meta.session_id or session_id_from(request.headers, body),
             project=meta.project,
             launch_id=meta.launch_id,
+            tags=meta.tags,
             tier=route.tier,
             requested_model=body["model"],
             provider=primary.provider,

@@ -138,6 +138,8 @@ class ClientMeta:
     # Sidecar only: the ANTHROPIC_BASE_URL the developer had before `launch` (a corporate gateway, say). Their
     # credentials are meant for it, so the `anthropic` provider goes there for this launch's requests.
     anthropic_base_url: str | None = None
+    # the launch's tags as the ledger stores them (`tags.encode`), None without any
+    tags: str | None = None
 
 
 @dataclass(frozen=True)

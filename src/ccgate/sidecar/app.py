@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ccgate import __version__
+from ccgate.core import tags as tags_module
 from ccgate.core.providers import validate_base_url
 from ccgate.core.records import format_usd
 from ccgate.core.settings import Config
@@ -29,6 +30,7 @@ from ccgate.errors import (
     NotFoundError,
     PermissionDeniedError,
     RequestTooLargeError,
+    UserInputError,
 )
 from ccgate.local.config_file import load_config
 from ccgate.local.paths import Paths
@@ -80,6 +82,8 @@ class LaunchInfo:
     # when a request last came through it (time.time()); 0 until then. Past MAX_LAUNCHES the least recently
     # used go first, so a long session is never forgotten for newer, idle ones
     last_used: float = 0.0
+    # `ccgate launch --tag`: the ledger text of this launch's tags (`tags.encode`), None without any
+    tags: str | None = None
 
     @property
     def recency(self) -> float:
@@ -97,7 +101,7 @@ class SidecarState:
     config_mtime: float | None = None
     requests_seen: int = 0
     launches_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    metas: dict[tuple[str | None, str | None, str | None], ClientMeta] = field(default_factory=dict)
+    metas: dict[tuple[str | None, str | None, str | None, str | None], ClientMeta] = field(default_factory=dict)
     last_reload_error: str | None = None
     writer: LedgerWriter | None = None
     # per provider: base URL, key source and key fingerprint (never the key), for `launch`, `doctor`, `provider list`
@@ -293,16 +297,18 @@ def _meta(request: web.Request) -> ClientMeta:
     # `launch` knows best; an installed session's settings still decide where Claude Code's requests were meant to go
     project = launch.project if launch else (session.project if session else None)
     upstream = (launch.anthropic_base_url if launch else None) or (session.anthropic_base_url if session else None)
-    meta = state.metas.get((launch_id, project, upstream))
+    tags = launch.tags if launch else None
+    meta = state.metas.get((launch_id, project, upstream, tags))
     if meta is None:  # one per launch: frozen, so requests share it
         if len(state.metas) >= MAX_CACHED_METAS:
             state.metas.clear()
-        meta = state.metas[(launch_id, project, upstream)] = ClientMeta(
+        meta = state.metas[(launch_id, project, upstream, tags)] = ClientMeta(
             launch_id=launch_id,
             project=project,
             source="sidecar",
             private_headers=PRIVATE_HEADERS,
             anthropic_base_url=upstream,
+            tags=tags,
         )
     return meta
 
@@ -449,19 +455,36 @@ async def _register(request: web.Request, launch_id: str, payload: dict[str, Any
             upstream = validate_base_url(upstream, "anthropic_base_url")
         except ConfigError as error:
             raise InvalidRequestError(error.message, hint=error.hint) from None
-    state.launches[launch_id] = LaunchInfo(launch_id, project, time.time(), upstream)
+    tags = _registered_tags(payload.get("tags"))
+    state.launches[launch_id] = LaunchInfo(launch_id, project, time.time(), upstream, tags=tags)
     if len(state.launches) > MAX_LAUNCHES:
         for old in sorted(state.launches.values(), key=lambda item: item.recency)[:-MAX_LAUNCHES]:
             state.launches.pop(old.launch_id, None)
     snapshot = {
-        key: {"project": item.project, "started_at": item.started_at, "anthropic_base_url": item.anthropic_base_url}
+        key: {
+            "project": item.project,
+            "started_at": item.started_at,
+            "anthropic_base_url": item.anthropic_base_url,
+            "tags": item.tags,
+        }
         for key, item in state.launches.items()
     }
     async with state.launches_lock:
         await asyncio.to_thread(_save_launches, state.paths, snapshot)
     # echoed, so `launch` can tell a sidecar that kept the upstream from an older one that ignored it; the
     # providers as this sidecar uses them, so `launch` can say when the caller's environment differs
-    return web.json_response({"ok": True, "anthropic_base_url": upstream, "providers": state.providers})
+    answer: dict[str, Any] = {"ok": True, "anthropic_base_url": upstream, "providers": state.providers}
+    if tags is not None:  # echoed too: a sidecar older than `--tag` would drop them silently
+        answer["tags"] = tags_module.decode(tags)
+    return web.json_response(answer)
+
+
+def _registered_tags(value: object) -> str | None:
+    """A registration's tags, validated as `launch` validates them (another local process may send anything)."""
+    try:
+        return tags_module.encode(tags_module.checked(value))
+    except UserInputError as error:
+        raise InvalidRequestError(error.message, hint=error.hint) from None
 
 
 async def reload(request: web.Request) -> web.StreamResponse:
@@ -508,7 +531,12 @@ def _load_launches(paths: Paths) -> dict[str, LaunchInfo]:
                 # written from validated values only, so the file was edited by hand; the entry is not trusted
                 log.error("launch %s has an unusable anthropic_base_url in %s; dropped", key, _launches_file(paths))
                 continue
-        launches[key] = LaunchInfo(key, value.get("project"), float(value.get("started_at", 0)), upstream)
+        try:
+            tags = tags_module.encode(tags_module.checked(tags_module.decode(value.get("tags"))))
+        except UserInputError:
+            log.error("launch %s has unusable tags in %s; dropped", key, _launches_file(paths))
+            continue
+        launches[key] = LaunchInfo(key, value.get("project"), float(value.get("started_at", 0)), upstream, tags=tags)
     return launches
 
 

@@ -70,6 +70,7 @@ COLUMNS: tuple[str, ...] = (
     "attempts",
     "synced_at",
     "speed",
+    "tags",
 )
 
 
@@ -119,6 +120,7 @@ def record_to_values(record: RequestRecord) -> tuple[Any, ...]:
         else "[]",
         None if synced_at is None else to_iso(synced_at),
         usage.speed,
+        record.tags,
     )
 
 
@@ -259,6 +261,7 @@ def row_to_record(row: dict[str, Any]) -> RequestRecord:
         upstream_request_id=row.get("upstream_request_id"),
         attempts=decode_attempts(row.get("attempts")),
         synced_at=None if synced_at is None else from_iso(synced_at),
+        tags=row.get("tags"),
     )
 
 

@@ -247,6 +247,33 @@ def m006_speed(db: Database) -> None:
     db.execute("ALTER TABLE requests ADD COLUMN speed TEXT")
 
 
+@migration
+def m007_request_tags(db: Database) -> None:
+    """Launch tags (`ccgate launch --tag ticket=ABC-1`) as a JSON object per row; NULL without tags.
+
+    The partial index holds tagged rows only: `cost --by tag:K` reads them and takes the untagged remainder
+    from the roll-ups, and untagged traffic pays nothing for it.
+    """
+    db.execute("ALTER TABLE requests ADD COLUMN tags TEXT")
+    db.execute("CREATE INDEX requests_tagged ON requests (started_at) WHERE tags IS NOT NULL")
+
+
+@migration
+def m008_import_files(db: Database) -> None:
+    """Transcript files `import claude-code` has read to their end (size and mtime then), so a re-run skips
+    them unless they changed."""
+    db.execute(
+        """
+        CREATE TABLE import_files (
+            path TEXT PRIMARY KEY,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            read_at TEXT NOT NULL
+        )
+        """
+    )
+
+
 def applied_migrations(db: Database) -> list[str]:
     if not db["_migrations"].exists():
         return []

@@ -6,6 +6,7 @@ stream is cut), so reports and budgets see it as soon as its usage is known.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from bisect import bisect_right
@@ -82,6 +83,9 @@ class Totals:
     def __add__(self, other: Totals) -> Totals:
         return Totals(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
+    def __sub__(self, other: Totals) -> Totals:
+        return Totals(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
+
     @property
     def cache_hit_ratio(self) -> float | None:
         """Share of the prompt served from cache: cache_read / (input + cache_read + cache_write)."""
@@ -93,39 +97,213 @@ class Totals:
         return self.requests > 0 and self.unpriced_requests == self.requests
 
 
+GroupKey = str | tuple[str, str]
+
+
 @dataclass(slots=True)
 class CostReport:
     since: datetime
     until: datetime
     by: str | None
     total: Totals
-    groups: list[tuple[str, Totals]]
+    # a two-level grouping (`--by day,model`) has a (first, second) key
+    groups: list[tuple[GroupKey, Totals]]
+    week_start: int = 0  # the weeks of `--by week` start on this weekday (0 = Monday)
+
+
+TAG_PREFIX = "tag:"
+CALENDAR = ("day", "week", "month")
+ALL_GROUPINGS: tuple[str, ...] = (*GROUPINGS, "week", "month")
+_GROUPING_HINT = f"use --by with one of: {', '.join(ALL_GROUPINGS)}, or tag:KEY; two of them as `day,model`"
+
+
+def grouping_parts(by: str | None) -> tuple[str, ...]:
+    """`day,model` -> ("day", "model"), validated: at most two, no repeats, a tag only alone or after a calendar."""
+    if by is None:
+        return ()
+    parts = tuple(part.strip() for part in by.split(","))
+    if len(parts) > 2 or len(set(parts)) != len(parts):
+        raise UserInputError(f"cannot group by {by!r}", hint=_GROUPING_HINT)
+    for part in parts:
+        if part.startswith(TAG_PREFIX):
+            from ccgate.core.tags import check_key
+
+            check_key(part.removeprefix(TAG_PREFIX))
+        elif part not in ALL_GROUPINGS:
+            raise UserInputError(f"cannot group by {part!r}", hint=_GROUPING_HINT)
+    if len(parts) == 2:
+        if sum(part in CALENDAR for part in parts) > 1:
+            raise UserInputError(f"cannot group by {by!r}: two calendar units", hint=_GROUPING_HINT)
+        if any(part.startswith(TAG_PREFIX) for part in parts) and not any(part in CALENDAR for part in parts):
+            raise UserInputError(
+                f"cannot group by {by!r}", hint="a tag pairs with day, week or month (e.g. --by month,tag:ticket)"
+            )
+    return parts
 
 
 def check_grouping(by: str | None) -> None:
-    if by is not None and by not in GROUPINGS:
-        raise UserInputError(
-            f"cannot group by {by!r}",
-            hint=f"use --by with one of: {', '.join(GROUPINGS)}",
-        )
+    grouping_parts(by)
 
 
 def cost_report(
-    db: Database, *, since: datetime, until: datetime, by: str | None, tz: tzinfo | None = None
+    db: Database,
+    *,
+    since: datetime,
+    until: datetime,
+    by: str | None,
+    tz: tzinfo | None = None,
+    week_start: int = 0,
 ) -> CostReport:
-    """Totals for [since, until), optionally grouped; `tz` (None = the system's local zone) defines `day`."""
-    check_grouping(by)
-    groups: list[tuple[str, Totals]] = []
+    """Totals for [since, until), optionally grouped by one or two keys; `tz` (None = the user's zone) defines
+    days, weeks (starting on `week_start`, 0 = Monday) and months. Calendar groups come in time order, other
+    groups by cost; under a two-level key the second level is ordered by cost within the first."""
+    parts = grouping_parts(by)
+    calendar = next((part for part in parts if part in CALENDAR), None)
+    other = next((part for part in parts if part not in CALENDAR), None)
     with one_snapshot(db):
-        spans = _day_spans(db, since, until, tz) if by == "day" else [("", since, until)]
-        sums = _aggregate(db, spans, None if by == "day" else by)
-    if by == "day":
-        groups = sorted((label, totals) for (label, _), totals in sums.items())
-    elif by is not None:
+        if calendar is None:
+            spans = [("", since, until)]
+        else:
+            spans = _calendar_spans(db, since, until, tz, calendar, week_start)
+        if other is not None and other.startswith(TAG_PREFIX):
+            sums = _tag_sums(db, spans, other.removeprefix(TAG_PREFIX))
+        else:
+            sums = _aggregate(db, spans, other)
+    total = sum(sums.values(), Totals())
+    groups: list[tuple[GroupKey, Totals]] = []
+    if not parts:
+        return CostReport(since=since, until=until, by=by, total=total, groups=groups, week_start=week_start)
+    if calendar is None:
         groups = [(key or NONE_KEY, totals) for (_, key), totals in sums.items()]
         groups.sort(key=lambda group: (-group[1].cost_nanos, -group[1].requests, group[0]))
-    total = sum(sums.values(), Totals())
-    return CostReport(since=since, until=until, by=by, total=total, groups=groups)
+    elif other is None:
+        groups = sorted((label, totals) for (label, _), totals in sums.items())
+    else:
+        ordered = sorted(
+            sums.items(), key=lambda item: (item[0][0], -item[1].cost_nanos, -item[1].requests, item[0][1])
+        )
+        calendar_first = parts[0] == calendar
+        for (label, key), totals in ordered:
+            pair = (label, key or NONE_KEY) if calendar_first else (key or NONE_KEY, label)
+            groups.append((pair, totals))
+        if not calendar_first:
+            groups.sort(key=lambda group: group[0][0])  # stable: by the first key, time order within it
+    return CostReport(since=since, until=until, by=",".join(parts), total=total, groups=groups, week_start=week_start)
+
+
+def _tag_sums(db: Database, spans: Sequence[tuple[str, datetime, datetime]], key: str) -> dict[tuple[str, str], Totals]:
+    """Sums per (span, value of one tag): tagged rows through their partial index, the rest under '' (the
+    span's total minus them, so untagged traffic is read from the roll-ups)."""
+    from ccgate.core.tags import json_path
+
+    totals = _aggregate(db, spans, None)
+    result: dict[tuple[str, str], Totals] = {}
+    chunk = 300
+    for offset in range(0, len(spans), chunk):
+        part = spans[offset : offset + chunk]
+        values = ", ".join("(?, ?, ?)" for _ in part)
+        rows = db.execute(
+            f"WITH spans(label, lo, hi) AS (VALUES {values}) "  # noqa: S608 - fixed text
+            f"SELECT spans.label, json_extract(tags, ?), {_RAW_SUMS} FROM spans JOIN requests "
+            "ON requests.started_at >= spans.lo AND requests.started_at < spans.hi AND tags IS NOT NULL "
+            "GROUP BY 1, 2",
+            [*(v for label, lo, hi in part for v in (label, to_iso(lo), to_iso(hi))), json_path(key)],
+        ).fetchall()
+        for row in rows:
+            if row[1] is not None:
+                result[(str(row[0]), str(row[1]))] = Totals.from_row(row[2:])
+    for (label, _), span_total in totals.items():
+        tagged = sum((value for (lab, _), value in result.items() if lab == label), Totals())
+        rest = span_total - tagged
+        if rest.requests:
+            result[(label, "")] = rest
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What a session row shows besides its sums: where, when (first and last request) and with which models."""
+
+    project: str | None
+    first: datetime
+    last: datetime
+    models: tuple[str, ...]
+
+
+def session_details(db: Database, *, since: datetime, until: datetime, ids: Sequence[str]) -> dict[str, SessionInfo]:
+    """Project, first and last request, and models of each session in [since, until), through the session
+    index (one short range read per session)."""
+    details: dict[str, SessionInfo] = {}
+    bounds = (to_iso(since), to_iso(until))
+    for session in ids:
+        if session == NONE_KEY:
+            continue
+        rows = db.execute(
+            "SELECT min(started_at), max(started_at), json_group_array(DISTINCT requested_model), "
+            "min(project) FROM requests WHERE session_id = ? AND started_at >= ? AND started_at < ?",
+            (session, *bounds),
+        ).fetchone()
+        if rows is None or rows[0] is None:
+            continue
+        models = tuple(sorted(str(model) for model in json.loads(rows[2]) if model is not None))
+        project = None if rows[3] is None else str(rows[3])
+        details[session] = SessionInfo(project, from_iso(rows[0]), from_iso(rows[1]), models)
+    return details
+
+
+def session_to_json(info: SessionInfo | None, tz: tzinfo | None = None) -> dict[str, Any]:
+    """A session's details for `--json` and `--csv`, times in `tz` (None: the user's zone)."""
+    tz = zone(tz)
+    if info is None:
+        return {"project": None, "first": None, "last": None, "models": []}
+    return {
+        "project": info.project,
+        "first": info.first.astimezone(tz).isoformat(),
+        "last": info.last.astimezone(tz).isoformat(),
+        "models": list(info.models),
+    }
+
+
+def keep_last(report: CostReport, count: int, sessions: dict[str, SessionInfo] | None = None) -> CostReport:
+    """The `count` most recent groups: calendar periods (with all their second-level groups), or the sessions
+    last active most recently. The total becomes the sum of what is kept."""
+    parts = grouping_parts(report.by)
+    calendar_at = next((index for index, part in enumerate(parts) if part in CALENDAR), None)
+    if calendar_at is not None:
+
+        def label(key: GroupKey) -> str:
+            return key[calendar_at] if isinstance(key, tuple) else key
+
+        recent = set(sorted({label(key) for key, _ in report.groups})[-count:])
+        groups = [(key, totals) for key, totals in report.groups if label(key) in recent]
+    elif parts == ("session",) and sessions is not None:
+        epoch = EPOCH
+
+        def last(key: GroupKey) -> datetime:
+            info = sessions.get(key) if isinstance(key, str) else None
+            return info.last if info is not None else epoch
+
+        recent_keys = {key for key, _ in sorted(report.groups, key=lambda group: last(group[0]))[-count:]}
+        groups = [(key, totals) for key, totals in report.groups if key in recent_keys]
+    else:
+        raise UserInputError(
+            "--last needs a grouping with an order in time", hint="use it with --by day, week, month or session"
+        )
+    total = sum((totals for _, totals in groups), Totals())
+    return CostReport(report.since, report.until, report.by, total, groups, report.week_start)
+
+
+def tag_keys(db: Database, *, since: datetime, until: datetime, limit: int = 10) -> list[str]:
+    """The tag keys used in [since, until), most used first (tagged rows only, through their partial index)."""
+    rows = db.execute(
+        "SELECT each.key, count(*) AS n FROM requests, json_each(requests.tags) AS each "
+        "WHERE requests.tags IS NOT NULL AND requests.started_at >= ? AND requests.started_at < ? "
+        "GROUP BY each.key ORDER BY n DESC, each.key LIMIT ?",
+        (to_iso(since), to_iso(until), limit),
+    ).fetchall()
+    from ccgate.core.tags import _KEY
+
+    return [str(row[0]) for row in rows if _KEY.match(str(row[0]))]
 
 
 def spent_nanos(db: Database, *, since: datetime, until: datetime, project: str | None = None) -> int:
@@ -269,10 +447,32 @@ def local_midnight(day: date, tz: tzinfo | None) -> datetime:
 def _day_spans(
     db: Database, since: datetime, until: datetime, tz: tzinfo | None
 ) -> list[tuple[str, datetime, datetime]]:
-    """[local midnight, next local midnight) for every day of the range that holds requests' span.
+    return _calendar_spans(db, since, until, tz, "day")
+
+
+def _period_start(day: date, unit: str, week_start: int) -> date:
+    if unit == "week":
+        return day - timedelta(days=(day.weekday() - week_start) % 7)
+    if unit == "month":
+        return day.replace(day=1)
+    return day
+
+
+def _next_period(first: date, unit: str) -> date:
+    if unit == "week":
+        return first + timedelta(days=7)
+    if unit == "month":
+        return date(first.year + first.month // 12, first.month % 12 + 1, 1)
+    return first + timedelta(days=1)
+
+
+def _calendar_spans(
+    db: Database, since: datetime, until: datetime, tz: tzinfo | None, unit: str, week_start: int = 0
+) -> list[tuple[str, datetime, datetime]]:
+    """[local midnight of a day/week/month, the next one) for each of them in the range that holds requests.
 
     Only the span between the first and last request is walked, so `all --by day` does not list every day
-    since 1970.
+    since 1970. Labels: the day (`2025-03-04`), the week's first day (`2025-03-03`) or the month (`2025-03`).
     """
     bounds = (to_iso(since), to_iso(until))
     # Two index probes: min() and max() together in one query would scan the whole range.
@@ -289,14 +489,15 @@ def _day_spans(
     start, end = max(since, from_iso(first)), min(until, from_iso(last) + timedelta(microseconds=1))
     spans: list[tuple[str, datetime, datetime]] = []
     tz = zone(tz)
-    day = start.astimezone(tz).date()
+    period = _period_start(start.astimezone(tz).date(), unit, week_start)
     while True:
-        lo = max(local_midnight(day, tz), since)
+        lo = max(local_midnight(period, tz), since)
         if lo >= end:
             break
-        hi = min(local_midnight(day + timedelta(days=1), tz), until)
-        spans.append((day.isoformat(), lo, hi))
-        day += timedelta(days=1)
+        following = _next_period(period, unit)
+        hi = min(local_midnight(following, tz), until)
+        spans.append((period.isoformat()[:7] if unit == "month" else period.isoformat(), lo, hi))
+        period = following
     return spans
 
 
@@ -363,7 +564,10 @@ def report_to_json(report: CostReport) -> dict[str, Any]:
         "until": report.until.isoformat(),
         "by": report.by,
         "total": totals_to_json(report.total),
-        "groups": [{"key": key, **totals_to_json(totals)} for key, totals in report.groups],
+        "groups": [
+            {"key": list(key) if isinstance(key, tuple) else key, **totals_to_json(totals)}
+            for key, totals in report.groups
+        ],
     }
 
 
@@ -402,12 +606,23 @@ def _fetch(db: Database, sql: str, params: Sequence[Any]) -> list[dict[str, Any]
 
 
 def recent_requests(
-    db: Database, *, limit: int, errors_only: bool, session: str | None, after_rowid: int | None
+    db: Database,
+    *,
+    limit: int,
+    errors_only: bool,
+    session: str | None,
+    after_rowid: int | None,
+    tag: tuple[str, str] | None = None,
 ) -> list[LoggedRequest]:
     """Oldest first. Without `after_rowid`: the `limit` most recently started requests. With it: rows first
-    written after that rowid, in write order (what `logs -f` polls for)."""
+    written after that rowid, in write order (what `logs -f` polls for). `tag`: only rows with that key=value."""
     where: list[str] = []
     params: list[Any] = []
+    if tag is not None:
+        from ccgate.core.tags import json_path
+
+        where.append("tags IS NOT NULL AND json_extract(tags, ?) = ?")
+        params.extend((json_path(tag[0]), tag[1]))
     if errors_only:
         where.append(_ERROR_SQL)
     if session is not None:

@@ -52,6 +52,7 @@ _FIXED_COLUMNS = frozenset(
         "requested_model",
         "endpoint",
         "stream",
+        "tags",
     )
 )
 _ROW_PLACEHOLDERS = "(" + ", ".join("?" for _ in COLUMNS) + ")"

@@ -21,16 +21,18 @@ from ccgate.storage.gateway.db import Connection, Database
 from ccgate.storage.gateway.records import GatewayRow, IngestResult, RowSource
 from ccgate.storage.ledger import COLUMNS as SIDECAR_COLUMNS
 from ccgate.storage.ledger import record_to_values, row_to_record, storable_text
-from ccgate.storage.reports import NONE_KEY, CostReport, Totals
+from ccgate.storage.reports import NONE_KEY, CostReport, GroupKey, Totals
 
 GROUPINGS: tuple[str, ...] = ("key", "team", "customer", "project", "model", "provider", "day", "session")
 MAX_ROW_ID = 128
 MAX_TAGS = 32
 MAX_TAG_TEXT = 200
 _CHUNK = 100
-# The sidecar's columns as the gateway stores them: its `source` is kept as `origin`; `synced_at` is its own.
-_RECORD_COLUMNS = tuple("origin" if c == "source" else c for c in SIDECAR_COLUMNS if c != "synced_at")
-_SYNCED_AT = SIDECAR_COLUMNS.index("synced_at")
+# The sidecar's columns as the gateway stores them: its `source` is kept as `origin`; `synced_at` is its own, and
+# `tags` is the gateway's own column (a JSON object, from the row's tags).
+_NOT_STORED = ("synced_at", "tags")
+_RECORD_COLUMNS = tuple("origin" if c == "source" else c for c in SIDECAR_COLUMNS if c not in _NOT_STORED)
+_NOT_STORED_AT = sorted((SIDECAR_COLUMNS.index(c) for c in _NOT_STORED), reverse=True)
 COLUMNS: tuple[str, ...] = (
     "key_id",
     "team_id",
@@ -72,7 +74,8 @@ def _clean_text(value: Any) -> Any:
 
 def row_values(row: GatewayRow, received_at: datetime) -> tuple[Any, ...]:
     values = list(record_to_values(row.record))
-    del values[_SYNCED_AT]
+    for index in _NOT_STORED_AT:
+        del values[index]
     head = (
         row.key_id,
         row.team_id,
@@ -197,6 +200,7 @@ async def get_request(db: Database, key_id: str, row_id: str) -> GatewayRow | No
     data = dict(zip(COLUMNS, row, strict=True))
     sidecar = {("source" if c == "origin" else c): data[c] for c in _RECORD_COLUMNS}
     sidecar["synced_at"] = None
+    sidecar["tags"] = data["tags"] if data["tags"] not in (None, "{}") else None
     sidecar["source"] = sidecar["source"] or "gateway"
     return GatewayRow(
         record=row_to_record(sidecar),
@@ -355,9 +359,9 @@ async def report(
             await _raw_groups(conn, by, raw_low, until, tz, team_filter, extra, add)
         if raw_since and since < raw_since:
             await _rollup_groups(conn, by, since, min(until, raw_since), team_filter, extra, add)
-    groups = [(key or NONE_KEY, totals) for key, totals in sums.items()]
+    groups: list[tuple[GroupKey, Totals]] = [(key or NONE_KEY, totals) for key, totals in sums.items()]
     if by == "day":
-        groups.sort()
+        groups.sort(key=lambda group: str(group[0]))
     elif by is not None:
         groups.sort(key=lambda group: (-group[1].cost_nanos, -group[1].requests, group[0]))
     total = sum((t for _, t in groups), Totals())
