@@ -8,7 +8,6 @@ import hmac
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -407,15 +406,9 @@ def _launches_file(paths: Paths) -> Path:
 
 
 def _save_launches(paths: Paths, snapshot: dict[str, dict[str, Any]]) -> None:
-    path = _launches_file(paths)
-    fd, tmp = tempfile.mkstemp(prefix=".launches-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(snapshot, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ccgate.local.atomic import write_atomic
+
+    write_atomic(_launches_file(paths), json.dumps(snapshot), fsync=False)  # a cache: losing it costs a project name
 
 
 def _load_launches(paths: Paths) -> dict[str, LaunchInfo]:

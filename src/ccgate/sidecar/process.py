@@ -637,10 +637,10 @@ def _remove_files(paths: Paths, pid: int) -> None:
 def write_run_files(paths: Paths, pid: int, port: int) -> None:
     """Port first, pid last: a reader that finds the pid file finds a port file that matches it."""
     paths.ensure()
+    from ccgate.local.atomic import write_atomic
+
     for path, value in ((paths.port_file, port), (paths.pid_file, pid)):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(str(value))
-        os.replace(tmp, path)
+        write_atomic(path, str(value), fsync=False)  # gone with the process: a crash needs no durable copy
 
 
 def remove_run_files(paths: Paths, pid: int) -> None:
