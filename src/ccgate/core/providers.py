@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+from ccgate.core.loopback import LOOPBACK_NAMES as LOOPBACK_NAMES  # its former home: importable from here too
+from ccgate.core.loopback import is_loopback_name
 from ccgate.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -183,9 +185,6 @@ def resolve_providers(config: Config, environ: Mapping[str, str]) -> dict[str, P
     return providers
 
 
-LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
 def is_loopback_url(url: str, ports: Iterable[int]) -> bool:
     """Whether `url` points at this machine on one of `ports` (a sidecar's own address, however it is spelt:
     `localhost`, `LOCALHOST`, `127.0.0.1`, `[::1]`)."""
@@ -193,7 +192,7 @@ def is_loopback_url(url: str, ports: Iterable[int]) -> bool:
 
     try:
         parts = urlsplit(url.strip())
-        return (parts.hostname or "").lower() in LOOPBACK_NAMES and parts.port in set(ports)
+        return is_loopback_name(parts.hostname or "") and parts.port in set(ports)
     except ValueError:
         return False
 

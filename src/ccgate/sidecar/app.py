@@ -11,12 +11,14 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from ccgate import __version__
+from ccgate.core.loopback import is_loopback_host
 from ccgate.core.providers import validate_base_url
 from ccgate.core.records import format_usd
 from ccgate.core.settings import Config
@@ -51,7 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ccgate.sidecar")
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 PUBLIC_PATHS = frozenset({"/", "/healthz"})
 MAX_LAUNCHES = 1000
 MAX_PROJECT_CHARS = 4096
@@ -167,17 +168,6 @@ PROXY = web.AppKey("proxy", Proxy)
 CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 
 
-def _host_is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    name = host
-    if host.startswith("["):
-        name = host[: host.find("]") + 1]
-    elif host.count(":") == 1:
-        name = host.split(":", 1)[0]
-    return name.lower() in LOOPBACK_HOSTS
-
-
 @web.middleware
 async def guard_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -191,7 +181,7 @@ async def guard_middleware(
     authentic = bool(token) and hmac.compare_digest(token.encode(), state.token.encode())
     request.app[CONNECTIONS].request_seen(request.protocol, authenticated=authentic)
     try:
-        if not _host_is_loopback(request.host):
+        if not is_loopback_host(request.host):
             raise _Refused(
                 PermissionDeniedError(
                     f"the sidecar only answers requests addressed to 127.0.0.1 or localhost, not {request.host!r}",
@@ -635,13 +625,15 @@ def unsaved_spend(db: Any, records: Sequence[Any], *, since: Any, until: Any, pr
     return sum(counted.values()) - stored
 
 
-def _timezone(config: Config) -> Any:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+def _timezone(config: Config) -> tzinfo | None:
+    """The configured zone; a bad name (only a Config built in code can hold one) is logged and the user's
+    zone is used instead, so the sidecar still starts."""
+    from ccgate.local.timezone import resolve_timezone
 
     if config.timezone:
         try:
-            return ZoneInfo(config.timezone)
-        except ZoneInfoNotFoundError:
+            return resolve_timezone(config.timezone)
+        except ConfigError:
             log.error("unknown timezone %r in config; using the system zone", config.timezone)
     return None
 
