@@ -15,7 +15,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from ccgate import __version__
 from ccgate.core.loopback import is_loopback_host
@@ -165,6 +165,7 @@ STATE = web.AppKey("state", SidecarState)
 # Launch ids are client-supplied: the cache of per-launch request metadata must not grow without bound.
 MAX_CACHED_METAS = 1024
 PROXY = web.AppKey("proxy", Proxy)
+SESSION = web.AppKey("session", ClientSession)
 CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 
 
@@ -520,11 +521,8 @@ async def _watch_config(app: web.Application) -> None:
             log.exception("config reload failed")
 
 
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    """One ClientSession, one ledger writer, one budget guard per sidecar; closed in order on shutdown."""
-    from ccgate.proxy.upstream import create_client_session
-    from ccgate.storage.ledger import open_ledger
-    from ccgate.storage.reports import spent_nanos
+async def _ledger_writer(app: web.Application) -> AsyncIterator[None]:
+    """The ledger writer thread: started first (it replays spills and recovers pending rows), stopped last."""
     from ccgate.storage.writer import LedgerWriter
 
     state = app[STATE]
@@ -536,6 +534,35 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         log.warning("%d request(s) saved at the last stop were replayed into the ledger", writer.replayed)
     if writer.recovered:
         log.warning("marked %d request(s) left pending by a previous run as interrupted", writer.recovered)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(writer.close)
+        await asyncio.to_thread(_report_stop, writer, dirs)
+
+
+async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+    """One ClientSession for every upstream request of this sidecar."""
+    from ccgate.proxy.upstream import create_client_session
+
+    session = create_client_session()
+    app[SESSION] = session
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+async def _proxy(app: web.Application) -> AsyncIterator[None]:
+    """Launches, providers, keys, prices and budgets from the config, and the Proxy on top of them; holds nothing
+    to close. A config that cannot be used (an unknown provider) fails the start here, after the writer and the
+    session started: their own contexts stop them."""
+    from ccgate.storage.ledger import open_ledger
+    from ccgate.storage.reports import spent_nanos
+
+    state = app[STATE]
+    writer = state.writer
+    assert writer is not None  # the ledger writer's context runs first
     state.launches = await asyncio.to_thread(_load_launches, state.paths)
     built = await asyncio.to_thread(_build_static_deps, state.config, state.environ)
     state.providers = _provider_view(built, state)
@@ -564,11 +591,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         # reservation_ttl stays None: in one process a reservation ends with its request (settled, released or
         # cancelled), and a stream may legitimately run for an hour
     )
-    session = create_client_session()
-
     app[PROXY] = Proxy(
         ProxyDeps(
-            session=session,
+            session=app[SESSION],
             providers=built["providers"],
             router=built["router"],
             pricer=built["pricer"],
@@ -579,6 +604,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             stream_idle_timeout=state.config.sidecar.stream_idle_timeout_seconds,
         )
     )
+    yield
+
+
+async def _config_watcher(app: web.Application) -> AsyncIterator[None]:
+    """Re-reads config.toml once a second; cancelled first on shutdown."""
     watcher = asyncio.create_task(_watch_config(app))
     try:
         yield
@@ -586,9 +616,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-        await session.close()
-        await asyncio.to_thread(writer.close)
-        await asyncio.to_thread(_report_stop, writer, dirs)
+
+
+# One cleanup context per resource, in start order: a failed start stops exactly what had started, and shutdown
+# runs them in reverse (watcher, session, ledger writer), as aiohttp's docs advise.
+RESOURCES = (_ledger_writer, _upstream_session, _proxy, _config_watcher)
 
 
 def spill_dirs(paths: Paths, environ: Mapping[str, str]) -> list[Path]:
@@ -670,7 +702,7 @@ def create_app(
         header_timeout=config.sidecar.header_timeout_seconds,
         max_unauthenticated=config.sidecar.max_unauthenticated_connections,
     )
-    app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.extend(RESOURCES)
     app.router.add_route("HEAD", "/", root)
     app.router.add_get("/", root, allow_head=False)
     app.router.add_get("/healthz", healthz)
