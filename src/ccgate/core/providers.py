@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+from ccgate import env
 from ccgate.core.loopback import LOOPBACK_NAMES as LOOPBACK_NAMES  # its former home: importable from here too
 from ccgate.core.loopback import is_loopback_name
 from ccgate.errors import ConfigError
@@ -41,16 +42,16 @@ class ProviderSpec:
 
 def key_env_var(name: str) -> str:
     """`groq` -> `CCGATE_GROQ_API_KEY`; the env var that overrides the stored key."""
-    return f"CCGATE_{_env_part(name)}_API_KEY"
+    return env.provider_api_key(name)
 
 
 def base_url_env_var(name: str) -> str:
     """`anthropic` -> `CCGATE_ANTHROPIC_BASE_URL`; the seam tests and users use to repoint a provider."""
-    return f"CCGATE_{_env_part(name)}_BASE_URL"
+    return env.provider_base_url(name)
 
 
 def _env_part(name: str) -> str:
-    return name.upper().replace("-", "_")
+    return env.provider_part(name)
 
 
 def env_clash(name: str, others: Iterable[str]) -> str | None:

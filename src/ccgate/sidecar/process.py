@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ccgate import env
 from ccgate.errors import SidecarError
 from ccgate.local.paths import Paths
 
@@ -147,15 +148,15 @@ def identity_proof(token: str, nonce: str, port: int) -> str:
 
 
 def configured_port(default: int, environ: Mapping[str, str]) -> int:
-    raw = environ.get("CCGATE_SIDECAR_PORT")
+    raw = environ.get(env.SIDECAR_PORT)
     if raw is None or raw == "":
         return default
     try:
         port = int(raw)
     except ValueError:
-        raise SidecarError(f"CCGATE_SIDECAR_PORT must be a port number, got {raw!r}") from None
+        raise SidecarError(f"{env.SIDECAR_PORT} must be a port number, got {raw!r}") from None
     if not 0 <= port <= 65535:
-        raise SidecarError(f"CCGATE_SIDECAR_PORT must be a port number, got {raw!r}")
+        raise SidecarError(f"{env.SIDECAR_PORT} must be a port number, got {raw!r}")
     return port
 
 
