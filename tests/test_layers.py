@@ -127,3 +127,18 @@ def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
     assert "aiohttp" in names
     assert "sidecar" in ccgate_layers(names)
     assert "ccgate.rich_thing" in names
+
+
+def test_environment_variable_names_live_in_env_py() -> None:
+    """A `CCGATE_*` name spelt out anywhere but `env.py` is one that can drift from the README's table."""
+    import re
+
+    name = re.compile(r"CCGATE_[A-Z0-9_]+")
+    found = []
+    for path in modules():
+        if path == PACKAGE / "env.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and name.fullmatch(node.value):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value}")
+    assert found == [], "use the constants in ccgate.env:\n" + "\n".join(found)

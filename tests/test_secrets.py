@@ -18,6 +18,7 @@ from keyring.backend import KeyringBackend
 from keyring.backends import fail
 from keyring.errors import KeyringError
 
+from ccgate import env
 from ccgate.errors import SecretStoreError
 from ccgate.local import secrets
 from ccgate.local.paths import resolve_paths
@@ -167,7 +168,7 @@ _REAL_KEYRING_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.real_keyring
-@pytest.mark.skipif(os.environ.get("CCGATE_TEST_REAL_KEYRING") != "1", reason="set CCGATE_TEST_REAL_KEYRING=1")
+@pytest.mark.skipif(os.environ.get(env.TEST_REAL_KEYRING) != "1", reason=f"set {env.TEST_REAL_KEYRING}=1")
 def test_real_secret_service_keyring(tmp_path: Path) -> None:
     """A real gnome-keyring over a private D-Bus session: what a Linux desktop user gets."""
     for tool in ("dbus-run-session", "gnome-keyring-daemon"):

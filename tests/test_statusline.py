@@ -223,18 +223,23 @@ def test_an_older_ledger_is_not_read_until_migrated(isolated_home: Path) -> None
     assert render(claude_code_json(), now=NOW) == "Opus 4.8 · session $0.42 · today $0.42"
 
 
-def test_fast_path_loads_no_heavy_modules(isolated_home: Path) -> None:
+@pytest.mark.parametrize("with_ledger", [False, True])
+def test_fast_path_loads_no_heavy_modules(isolated_home: Path, with_ledger: bool) -> None:
+    if with_ledger:  # the status line then reads it: still without the ledger writer (threads, spills)
+        fill_ledger(record("0.25", at=NOW, session=SESSION))
     code = (
         "import io, sys\n"
         "sys.argv = ['ccgate', 'statusline']\n"
-        "sys.stdin = io.StringIO('{}')\n"
+        f"sys.stdin = io.StringIO({claude_code_json() if with_ledger else '{}'!r})\n"
         "from ccgate.cli import main\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0\n"
-        "heavy = ('typer', 'rich', 'aiohttp', 'genai_prices', 'sqlite_utils', 'asyncio', 'ccgate.gateway')\n"
+        "heavy = ('typer', 'rich', 'aiohttp', 'genai_prices', 'sqlite_utils', 'asyncio', 'ccgate.gateway',\n"
+        "         'ccgate.storage.writer', 'ccgate.storage.spill')\n"
         "print(sorted(name for name in heavy if name in sys.modules))\n"
+        "print('ccgate.storage.ledger' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert result.stdout.splitlines()[-1] == "[]"
+    assert result.stdout.splitlines()[-2:] == ["[]", str(with_ledger)]
 
 
 # --- install / uninstall -------------------------------------------------------------------------------------------

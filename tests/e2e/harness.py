@@ -25,11 +25,12 @@ from typing import Any
 import pytest
 from scripted_upstream import ScriptedUpstream
 
+from ccgate import env as env_names
 from ccgate.local.paths import Paths
 
 REPO = Path(__file__).resolve().parents[2]
 # Read at import: the autouse isolation fixture removes every CCGATE_* variable before a test runs.
-REQUIRE_E2E = os.environ.get("CCGATE_REQUIRE_E2E") == "1"
+REQUIRE_E2E = os.environ.get(env_names.REQUIRE_E2E) == "1"
 CLAUDE_TIMEOUT = 120.0
 CCGATE_TIMEOUT = 60.0
 DUMMY_KEY = "sk-ant-dummy"

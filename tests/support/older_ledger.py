@@ -14,13 +14,13 @@ from ccgate.storage.ledger import open_ledger, record_to_row
 
 def open_ledger_as_of(path: Path, last_migration: str) -> Database:
     """Open `path` migrated only up to `last_migration` (inclusive); a later `open_ledger` applies the rest."""
-    everything = migrations.MIGRATIONS
-    names = [function.__name__ for function in everything]
-    migrations.MIGRATIONS = everything[: names.index(last_migration) + 1]
+    ledger = migrations.LEDGER
+    everything = ledger.steps
+    ledger.steps = everything[: ledger.names().index(last_migration) + 1]
     try:
         return open_ledger(path)
     finally:
-        migrations.MIGRATIONS = everything
+        ledger.steps = everything
 
 
 def insert_into_older_ledger(db: Database, records: Iterable[RequestRecord]) -> None:

@@ -36,7 +36,10 @@ def build_app() -> typer.Typer:
                 False, "--version", help="Print ccgate's version and exit.", callback=_print_version, is_eager=True
             ),
         ) -> None:
-            pass  # only for --version; every command does its own work
+            """Every command reaches this invocation's AppContext through `ctx.obj` (see `cli._app.ctx`)."""
+            from ccgate.cli._app import AppContext, current_click_context
+
+            current_click_context().obj = AppContext()
 
         # Each command group lives in its own module; importing them is cheap (heavy imports are lazy).
         commands.register(app)

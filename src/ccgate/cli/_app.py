@@ -140,20 +140,32 @@ class CcgateUsageFailure(CcgateError):
     """A command decided the user's input cannot be acted on."""
 
 
-_context: AppContext | None = None
+def current_click_context() -> Any:
+    """The running command's click context, or None outside one. Newer typer releases carry their own copy of
+    click (`typer._click`), whose context stack is not `click`'s."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # typer that uses the click package
+        from click import get_current_context  # type: ignore[no-redef]
+    return get_current_context(silent=True)
 
 
 def ctx() -> AppContext:
-    global _context
-    if _context is None:
-        _context = AppContext()
-    return _context
+    """This command's AppContext: it travels in the click context's object (`ctx.obj`, set by the root callback),
+    so each invocation gets its own and no module global outlives a command. Made on the root context when a
+    command runs without the root callback (a sub-app invoked on its own)."""
+    current = current_click_context()
+    if current is None:  # outside any command (a test calling a helper): a fresh one
+        return AppContext()
+    root = current.find_root()
+    if not isinstance(root.obj, AppContext):
+        root.obj = AppContext()
+    app_ctx: AppContext = root.obj
+    return app_ctx
 
 
 def reset_context() -> None:
-    """Tests run several commands in one process with different environments."""
-    global _context
-    _context = None
+    """Kept for callers written when the context was a module global; each invocation now has its own."""
 
 
 def report_error(error: CcgateError) -> NoReturn:

@@ -197,13 +197,14 @@ class _UsedBar:
 @budget_app.command("show")
 def budget_show(as_json: bool = typer.Option(False, "--json", help="Print JSON (money as decimal strings).")) -> None:
     """Each budget: spent, left, how much of it is used, and when it resets (local time)."""
+    from ccgate.cli.cost import resolve_timezone
     from ccgate.core.budgets import BudgetLevel, BudgetState, format_local, warn_level, window
     from ccgate.core.records import format_usd, to_iso, utcnow
-    from ccgate.sidecar.admission import resolve_timezone, rules_from_config
+    from ccgate.sidecar.admission import rules_from_config
     from ccgate.storage.reports import usd_string
 
     app_ctx = ctx()
-    tz = resolve_timezone(app_ctx.config.timezone)
+    tz = resolve_timezone(app_ctx)
     rules = rules_from_config(app_ctx.config)
     now = utcnow()
     windows = [(rule, *window(rule.period, now, tz)) for rule in rules]

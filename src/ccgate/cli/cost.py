@@ -40,7 +40,8 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def resolve_timezone(app_ctx: AppContext) -> tzinfo:
-    """The zone reports use: `config.resolve_timezone` (as `budget show` and the sidecar), naming the file on error."""
+    """The zone reports and `budget show` use: `local.timezone.resolve_timezone` (as the sidecar), naming the file
+    on error."""
     from ccgate.local.timezone import resolve_timezone as resolve
 
     config = app_ctx.config  # outside the try: a config that does not load says so itself, with its own hint

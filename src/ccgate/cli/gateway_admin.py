@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from ccgate import env
 from ccgate.cli._app import ctx
 from ccgate.errors import UserInputError
 
 if TYPE_CHECKING:
     from ccgate.client.admin_api import AdminClient
 
-URL_ENV = "CCGATE_GATEWAY_URL"
-TOKEN_ENV = "CCGATE_GATEWAY_ADMIN_TOKEN"  # noqa: S105 - the name of the variable
+URL_ENV = env.GATEWAY_URL
+TOKEN_ENV = env.GATEWAY_ADMIN_TOKEN
 
 admin_app = typer.Typer(
     help=f"Administer an org gateway over its admin API (URL from --url or {URL_ENV}; token from {TOKEN_ENV}, "

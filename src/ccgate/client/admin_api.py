@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+from ccgate import env
 from ccgate.errors import (
     AuthenticationError,
     CcgateError,
@@ -23,8 +24,8 @@ from ccgate.errors import (
     UserInputError,
 )
 
-URL_ENV = "CCGATE_GATEWAY_URL"
-TOKEN_ENV = "CCGATE_GATEWAY_ADMIN_TOKEN"  # noqa: S105 - the name of the variable
+URL_ENV = env.GATEWAY_URL
+TOKEN_ENV = env.GATEWAY_ADMIN_TOKEN
 DEFAULT_TIMEOUT_S = 30.0
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 

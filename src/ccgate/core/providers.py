@@ -7,6 +7,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+from ccgate import env
+from ccgate.core.loopback import LOOPBACK_NAMES as LOOPBACK_NAMES  # its former home: importable from here too
+from ccgate.core.loopback import is_loopback_name
 from ccgate.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -39,16 +42,16 @@ class ProviderSpec:
 
 def key_env_var(name: str) -> str:
     """`groq` -> `CCGATE_GROQ_API_KEY`; the env var that overrides the stored key."""
-    return f"CCGATE_{_env_part(name)}_API_KEY"
+    return env.provider_api_key(name)
 
 
 def base_url_env_var(name: str) -> str:
     """`anthropic` -> `CCGATE_ANTHROPIC_BASE_URL`; the seam tests and users use to repoint a provider."""
-    return f"CCGATE_{_env_part(name)}_BASE_URL"
+    return env.provider_base_url(name)
 
 
 def _env_part(name: str) -> str:
-    return name.upper().replace("-", "_")
+    return env.provider_part(name)
 
 
 def env_clash(name: str, others: Iterable[str]) -> str | None:
@@ -183,9 +186,6 @@ def resolve_providers(config: Config, environ: Mapping[str, str]) -> dict[str, P
     return providers
 
 
-LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
 def is_loopback_url(url: str, ports: Iterable[int]) -> bool:
     """Whether `url` points at this machine on one of `ports` (a sidecar's own address, however it is spelt:
     `localhost`, `LOCALHOST`, `127.0.0.1`, `[::1]`)."""
@@ -193,7 +193,7 @@ def is_loopback_url(url: str, ports: Iterable[int]) -> bool:
 
     try:
         parts = urlsplit(url.strip())
-        return (parts.hostname or "").lower() in LOOPBACK_NAMES and parts.port in set(ports)
+        return is_loopback_name(parts.hostname or "") and parts.port in set(ports)
     except ValueError:
         return False
 

@@ -12,6 +12,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ccgate.core.loopback import LOOPBACK_NAMES
 from ccgate.errors import ConfigError
 
 DEFAULT_PORT = 8787
@@ -225,7 +226,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 1:
         raise ConfigError(f"sidecar.max_body_mb must be a positive integer, got {max_body!r}")
     host = side.get("host", "127.0.0.1")
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in LOOPBACK_NAMES:
         raise ConfigError(f"sidecar.host must be a loopback address, got {host!r}", hint="use 127.0.0.1")
     wait = _number(
         side.get("budget_wait_seconds", 30),

@@ -11,12 +11,13 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 
+from ccgate import env
 from ccgate.errors import UserInputError
 
 MAX_TAGS = 16
 MAX_KEY_CHARS = 32
 MAX_VALUE_CHARS = 128
-ENV_VAR = "CCGATE_TAGS"
+ENV_VAR = env.TAGS
 _KEY = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 # Letters, digits and a few separators seen in ticket ids, branch names and cost centres; no spaces, no commas
 # (the CCGATE_TAGS separator), no control characters, no quotes.

@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from ccgate import env
 from ccgate.core.providers import is_loopback_url
 from ccgate.errors import CcgateError, UserInputError
 from ccgate.local.claude_settings import (
@@ -48,7 +49,7 @@ SCOPES = ("user", "project")
 HOOK_EVENTS = ("SessionStart", "UserPromptSubmit")
 HOOK_TIMEOUT_S = 30
 # passed on to the hook, so an IDE that starts Claude Code without the shell's environment finds the same home
-CARRIED_VARS = ("CCGATE_HOME", "CCGATE_CONFIG", "CCGATE_DATA_DIR", "CCGATE_STATE_DIR", "CCGATE_SIDECAR_PORT")
+CARRIED_VARS = (env.HOME, env.CONFIG, env.DATA_DIR, env.STATE_DIR, env.SIDECAR_PORT)
 RECORD_NAME = "claude-install.json"
 MAX_HOOK_INPUT = 1024 * 1024
 _OUR_HOOK = re.compile(r"(^|[\s/'\"])(ccgate|-m ccgate)['\"]?\s+hook(\s|$)")

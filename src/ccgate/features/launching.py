@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from ccgate import __version__
+from ccgate import env as env_names
 from ccgate.core.providers import is_loopback_url, redact_url, validate_base_url
 from ccgate.core.settings import Config
 from ccgate.errors import CcgateError, ConfigError, SidecarError, UserInputError
@@ -30,7 +31,7 @@ def managed_settings_files(environ: Mapping[str, str]) -> list[Path]:
 
     `CCGATE_CLAUDE_MANAGED_SETTINGS` (paths separated by the OS path separator) replaces the platform's locations.
     """
-    override = environ.get("CCGATE_CLAUDE_MANAGED_SETTINGS")
+    override = environ.get(env_names.CLAUDE_MANAGED_SETTINGS)
     if override is not None:
         return [Path(part) for part in override.split(os.pathsep) if part]
     if sys.platform == "darwin":
@@ -193,7 +194,7 @@ def run_launch(
     env["ANTHROPIC_CUSTOM_HEADERS"] = merge_custom_headers(
         environ.get("ANTHROPIC_CUSTOM_HEADERS"), {TOKEN_HEADER: token, LAUNCH_HEADER: launch_id}
     )
-    env["CCGATE_LAUNCH_ID"] = launch_id
+    env[env_names.LAUNCH_ID] = launch_id
     return _run_child([executable, *argv[1:]], env)
 
 

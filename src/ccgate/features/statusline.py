@@ -397,19 +397,12 @@ def _backup(path: Path, now: datetime) -> Path:
 
 def _write_settings(path: Path, data: Mapping[str, Any]) -> None:
     """Atomic replace, keeping the original file's mode."""
+    from ccgate.local.atomic import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.ccgate-{os.getpid()}.tmp")
     try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o600
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n", mode=None)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise UserInputError(f"cannot write {path}: {exc.strerror}", hint="check the directory's permissions") from exc
 
 

@@ -5,14 +5,13 @@ Secrets never live here; provider keys go to the keyring (see `ccgate.local.secr
 
 from __future__ import annotations
 
-import os
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from ccgate.core.settings import Config, config_from_dict, config_to_dict
 from ccgate.errors import ConfigError
+from ccgate.local.atomic import write_atomic
 
 
 def load_config(path: Path) -> Config:
@@ -137,7 +136,7 @@ def save_config(path: Path, config: Config) -> None:
         import tomli_w
 
         data = tomli_w.dumps(raw)
-    _write_atomic(path, data.encode("utf-8"))
+    write_atomic(path, data)  # 0600, synced, as config files have always been written
 
 
 def _edited_text(text: str, old: dict[str, Any], new: dict[str, Any]) -> str | None:
@@ -157,16 +156,3 @@ def _loads_or_none(text: str) -> dict[str, Any] | None:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError:
         return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

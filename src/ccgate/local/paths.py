@@ -7,6 +7,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccgate import env as env_names
+
 APP_NAME = "ccgate"
 
 
@@ -93,7 +95,7 @@ def _file_in_the_way(directory: Path) -> Path | None:
 def resolve_paths(environ: dict[str, str] | None = None) -> Paths:
     """CCGATE_HOME puts everything in one directory; CCGATE_CONFIG/DATA_DIR/STATE_DIR move single parts."""
     env = os.environ if environ is None else environ
-    home = env.get("CCGATE_HOME")
+    home = env.get(env_names.HOME)
     if home:
         base = Path(home).expanduser()
         config_file, data_dir, state_dir, runtime_dir = (
@@ -110,11 +112,11 @@ def resolve_paths(environ: dict[str, str] | None = None) -> Paths:
         data_dir = Path(dirs.user_data_dir)
         state_dir = Path(dirs.user_state_dir)
         runtime_dir = state_dir / "run"
-    if env.get("CCGATE_CONFIG"):
-        config_file = Path(env["CCGATE_CONFIG"]).expanduser()
-    if env.get("CCGATE_DATA_DIR"):
-        data_dir = Path(env["CCGATE_DATA_DIR"]).expanduser()
-    if env.get("CCGATE_STATE_DIR"):
-        state_dir = Path(env["CCGATE_STATE_DIR"]).expanduser()
+    if env.get(env_names.CONFIG):
+        config_file = Path(env[env_names.CONFIG]).expanduser()
+    if env.get(env_names.DATA_DIR):
+        data_dir = Path(env[env_names.DATA_DIR]).expanduser()
+    if env.get(env_names.STATE_DIR):
+        state_dir = Path(env[env_names.STATE_DIR]).expanduser()
         runtime_dir = state_dir / "run"
     return Paths(config_file=config_file, data_dir=data_dir, state_dir=state_dir, runtime_dir=runtime_dir)

@@ -8,7 +8,6 @@ at start-up or on reload, never per request.
 from __future__ import annotations
 
 import json
-import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,18 +89,12 @@ def _read_file(path: Path) -> dict[str, str]:
 
 def _write_file(path: Path, data: Mapping[str, str]) -> None:
     """Temp file created 0600 from the start, then renamed: never a moment where the secret is world-readable."""
+    from ccgate.local.atomic import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(dict(data), handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(dict(data), indent=2, sort_keys=True), mode=0o600)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise SecretStoreError(
             f"cannot write {path}: {exc.strerror}", hint="check the directory's permissions"
         ) from exc

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from ccgate import env
 from ccgate.errors import CcgateError
 
 # Allocations (net of frees) between young-generation collections; Python's default is 700.
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from ccgate.local.paths import resolve_paths
     from ccgate.sidecar import logs
 
-    logs.configure(os.environ.get("CCGATE_LOG_LEVEL", "INFO").upper(), resolve_paths().log_file)
+    logs.configure(os.environ.get(env.LOG_LEVEL, "INFO").upper(), resolve_paths().log_file)
     try:
         return int(_run(serve(args.port)))
     except CcgateError as error:

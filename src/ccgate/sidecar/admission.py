@@ -34,7 +34,7 @@ from ccgate.core.budgets import (
 from ccgate.core.budgets import rules_from_config as rules_from_config
 from ccgate.core.records import format_usd, utcnow
 from ccgate.errors import BudgetExceededError, ConfigError, UnpricedModelError
-from ccgate.local.timezone import resolve_timezone as resolve_timezone  # lives in config: light for `statusline`
+from ccgate.local.timezone import resolve_timezone as resolve_timezone  # re-exported: its home is local.timezone
 
 __all__ = [
     "AdmissionRequest",

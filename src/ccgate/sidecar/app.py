@@ -8,17 +8,18 @@ import hmac
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from ccgate import __version__
 from ccgate.core import tags as tags_module
+from ccgate.core.loopback import is_loopback_host
 from ccgate.core.providers import validate_base_url
 from ccgate.core.records import format_usd
 from ccgate.core.settings import Config
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ccgate.sidecar")
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 PUBLIC_PATHS = frozenset({"/", "/healthz"})
 MAX_LAUNCHES = 1000
 MAX_PROJECT_CHARS = 4096
@@ -180,18 +180,8 @@ STATE = web.AppKey("state", SidecarState)
 # Launch ids are client-supplied: the cache of per-launch request metadata must not grow without bound.
 MAX_CACHED_METAS = 1024
 PROXY = web.AppKey("proxy", Proxy)
+SESSION = web.AppKey("session", ClientSession)
 CONNECTIONS = web.AppKey("connections", ConnectionGuard)
-
-
-def _host_is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    name = host
-    if host.startswith("["):
-        name = host[: host.find("]") + 1]
-    elif host.count(":") == 1:
-        name = host.split(":", 1)[0]
-    return name.lower() in LOOPBACK_HOSTS
 
 
 @web.middleware
@@ -209,7 +199,7 @@ async def guard_middleware(
     installed = not token and request.path not in PUBLIC_PATHS and _installed_session(request, state)
     request.app[CONNECTIONS].request_seen(request.protocol, authenticated=authentic or installed)
     try:
-        if not _host_is_loopback(request.host):
+        if not is_loopback_host(request.host):
             raise _Refused(
                 PermissionDeniedError(
                     f"the sidecar only answers requests addressed to 127.0.0.1 or localhost, not {request.host!r}",
@@ -500,15 +490,9 @@ def _launches_file(paths: Paths) -> Path:
 
 
 def _save_launches(paths: Paths, snapshot: dict[str, dict[str, Any]]) -> None:
-    path = _launches_file(paths)
-    fd, tmp = tempfile.mkstemp(prefix=".launches-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(snapshot, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ccgate.local.atomic import write_atomic
+
+    write_atomic(_launches_file(paths), json.dumps(snapshot), fsync=False)  # a cache: losing it costs a project name
 
 
 def _load_launches(paths: Paths) -> dict[str, LaunchInfo]:
@@ -646,11 +630,8 @@ async def _watch_config(app: web.Application) -> None:
             log.exception("config reload failed")
 
 
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    """One ClientSession, one ledger writer, one budget guard per sidecar; closed in order on shutdown."""
-    from ccgate.proxy.upstream import create_client_session
-    from ccgate.storage.ledger import open_ledger
-    from ccgate.storage.reports import spent_nanos
+async def _ledger_writer(app: web.Application) -> AsyncIterator[None]:
+    """The ledger writer thread: started first (it replays spills and recovers pending rows), stopped last."""
     from ccgate.storage.writer import LedgerWriter
 
     state = app[STATE]
@@ -662,6 +643,35 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         log.warning("%d request(s) saved at the last stop were replayed into the ledger", writer.replayed)
     if writer.recovered:
         log.warning("marked %d request(s) left pending by a previous run as interrupted", writer.recovered)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(writer.close)
+        await asyncio.to_thread(_report_stop, writer, dirs)
+
+
+async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+    """One ClientSession for every upstream request of this sidecar."""
+    from ccgate.proxy.upstream import create_client_session
+
+    session = create_client_session()
+    app[SESSION] = session
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+async def _proxy(app: web.Application) -> AsyncIterator[None]:
+    """Launches, providers, keys, prices and budgets from the config, and the Proxy on top of them; holds nothing
+    to close. A config that cannot be used (an unknown provider) fails the start here, after the writer and the
+    session started: their own contexts stop them."""
+    from ccgate.storage.ledger import open_ledger
+    from ccgate.storage.reports import spent_nanos
+
+    state = app[STATE]
+    writer = state.writer
+    assert writer is not None  # the ledger writer's context runs first
     state.launches = await asyncio.to_thread(_load_launches, state.paths)
     built = await asyncio.to_thread(_build_static_deps, state.config, state.environ)
     state.providers = _provider_view(built, state)
@@ -690,11 +700,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         # reservation_ttl stays None: in one process a reservation ends with its request (settled, released or
         # cancelled), and a stream may legitimately run for an hour
     )
-    session = create_client_session()
-
     app[PROXY] = Proxy(
         ProxyDeps(
-            session=session,
+            session=app[SESSION],
             providers=built.providers,
             router=built.router,
             pricer=built.pricer,
@@ -705,6 +713,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             stream_idle_timeout=state.config.sidecar.stream_idle_timeout_seconds,
         )
     )
+    yield
+
+
+async def _config_watcher(app: web.Application) -> AsyncIterator[None]:
+    """Re-reads config.toml once a second; cancelled first on shutdown."""
     watcher = asyncio.create_task(_watch_config(app))
     try:
         yield
@@ -712,9 +725,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-        await session.close()
-        await asyncio.to_thread(writer.close)
-        await asyncio.to_thread(_report_stop, writer, dirs)
+
+
+# One cleanup context per resource, in start order: a failed start stops exactly what had started, and shutdown
+# runs them in reverse (watcher, session, ledger writer), as aiohttp's docs advise.
+RESOURCES = (_ledger_writer, _upstream_session, _proxy, _config_watcher)
 
 
 def spill_dirs(paths: Paths, environ: Mapping[str, str]) -> list[Path]:
@@ -751,13 +766,15 @@ def unsaved_spend(db: Any, records: Sequence[Any], *, since: Any, until: Any, pr
     return sum(counted.values()) - stored
 
 
-def _timezone(config: Config) -> Any:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+def _timezone(config: Config) -> tzinfo | None:
+    """The configured zone; a bad name (only a Config built in code can hold one) is logged and the user's
+    zone is used instead, so the sidecar still starts."""
+    from ccgate.local.timezone import resolve_timezone
 
     if config.timezone:
         try:
-            return ZoneInfo(config.timezone)
-        except ZoneInfoNotFoundError:
+            return resolve_timezone(config.timezone)
+        except ConfigError:
             log.error("unknown timezone %r in config; using the system zone", config.timezone)
     return None
 
@@ -794,7 +811,7 @@ def create_app(
         header_timeout=config.sidecar.header_timeout_seconds,
         max_unauthenticated=config.sidecar.max_unauthenticated_connections,
     )
-    app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.extend(RESOURCES)
     app.router.add_route("HEAD", "/", root)
     app.router.add_get("/", root, allow_head=False)
     app.router.add_get("/healthz", healthz)

@@ -94,6 +94,15 @@ class GuardedRunner(web.AppRunner):
         super().__init__(app, **kwargs)
         self.guard = guard
 
+    async def setup(self) -> None:
+        """A start that fails part-way (a config naming an unknown provider) stops what had started: the cleanup
+        contexts that completed run their exits, so no ledger-writer thread or session outlives the failure."""
+        try:
+            await super().setup()
+        except BaseException:
+            await self.cleanup()
+            raise
+
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         made, lost, guard = server.connection_made, server.connection_lost, self.guard

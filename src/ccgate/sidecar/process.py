@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ccgate import env
 from ccgate.errors import SidecarError
 from ccgate.local.paths import Paths
 
@@ -147,15 +148,15 @@ def identity_proof(token: str, nonce: str, port: int) -> str:
 
 
 def configured_port(default: int, environ: Mapping[str, str]) -> int:
-    raw = environ.get("CCGATE_SIDECAR_PORT")
+    raw = environ.get(env.SIDECAR_PORT)
     if raw is None or raw == "":
         return default
     try:
         port = int(raw)
     except ValueError:
-        raise SidecarError(f"CCGATE_SIDECAR_PORT must be a port number, got {raw!r}") from None
+        raise SidecarError(f"{env.SIDECAR_PORT} must be a port number, got {raw!r}") from None
     if not 0 <= port <= 65535:
-        raise SidecarError(f"CCGATE_SIDECAR_PORT must be a port number, got {raw!r}")
+        raise SidecarError(f"{env.SIDECAR_PORT} must be a port number, got {raw!r}")
     return port
 
 
@@ -637,10 +638,10 @@ def _remove_files(paths: Paths, pid: int) -> None:
 def write_run_files(paths: Paths, pid: int, port: int) -> None:
     """Port first, pid last: a reader that finds the pid file finds a port file that matches it."""
     paths.ensure()
+    from ccgate.local.atomic import write_atomic
+
     for path, value in ((paths.port_file, port), (paths.pid_file, pid)):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(str(value))
-        os.replace(tmp, path)
+        write_atomic(path, str(value), fsync=False)  # gone with the process: a crash needs no durable copy
 
 
 def remove_run_files(paths: Paths, pid: int) -> None:

@@ -1,7 +1,7 @@
 """The ledger's schema as append-only numbered migrations, each applied once and recorded in `_migrations`.
 
-Never edit a migration that has shipped: add `m00N_...` below the last one instead. Every statement is plain
-SQL frozen in time (no references to constants that may change later).
+Never edit a migration that has shipped: add `m00N_...` below the last one instead (a reused name is refused).
+Every statement is plain SQL frozen in time (no references to constants that may change later).
 """
 
 from __future__ import annotations
@@ -17,13 +17,31 @@ if TYPE_CHECKING:
 
 Migration = Callable[["Database"], None]
 
-MIGRATIONS: list[Migration] = []
+
+class MigrationSet:
+    """A named, ordered set of migrations for one schema; a name is refused twice at definition time.
+
+    The ledger is the only set today; the gateway's store keeps its own set (and its own table) beside it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.steps: list[Migration] = []
+
+    def __call__(self, function: Migration) -> Migration:
+        """Register `function` as the next migration (a decorator); they run in the order they are defined."""
+        if any(step.__name__ == function.__name__ for step in self.steps):
+            raise ValueError(f"migration {function.__name__!r} is already in the {self.name!r} set: give it a new name")
+        self.steps.append(function)
+        return function
+
+    def names(self) -> list[str]:
+        return [step.__name__ for step in self.steps]
 
 
-def migration(function: Migration) -> Migration:
-    """Register a migration; they run in the order they are defined in this module."""
-    MIGRATIONS.append(function)
-    return function
+LEDGER = MigrationSet("ledger")
+migration = LEDGER  # `@migration` registers a ledger migration
+MIGRATIONS = LEDGER.steps  # the same list, under its former name
 
 
 @migration
@@ -289,7 +307,7 @@ def schema_is_current(conn: sqlite3.Connection) -> bool:
         if "no such table" in str(error):  # a ledger from before migrations; a locked one is another matter
             return False
         raise
-    return all(function.__name__ in recorded for function in MIGRATIONS)
+    return all(name in recorded for name in LEDGER.names())
 
 
 def migrate(db: Database) -> list[str]:
@@ -298,15 +316,14 @@ def migrate(db: Database) -> list[str]:
     BEGIN IMMEDIATE takes the write lock before looking, so two processes opening a fresh ledger at once
     (sidecar and `ccgate cost`) cannot both apply the same migration.
     """
-    wanted = [function.__name__ for function in MIGRATIONS]
-    if applied_migrations(db) == wanted:
+    if applied_migrations(db) == LEDGER.names():
         return []
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
     applied: list[str] = []
     db.conn.execute("BEGIN IMMEDIATE")
     try:
         done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
-        for function in MIGRATIONS:
+        for function in LEDGER.steps:
             if function.__name__ in done:
                 continue
             function(db)

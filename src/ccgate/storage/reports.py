@@ -425,7 +425,7 @@ def _aggregate(
 
 
 def zone(tz: tzinfo | None) -> tzinfo:
-    """`tz`, or for None the user's zone as `config.resolve_timezone` finds it (TZ, POSIX TZ strings included)."""
+    """`tz`, or for None the user's zone as `local.timezone.resolve_timezone` finds it (POSIX TZ strings too)."""
     if tz is not None:
         return tz
     from ccgate.local.timezone import resolve_timezone

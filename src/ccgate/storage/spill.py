@@ -7,7 +7,7 @@ dir — and the next writer replays every spill it finds, deleting a file only a
 Rows are keyed by request id and the writer's upsert never reopens a finished row, so a replay is idempotent.
 
 A spill holds the same values as the ledger (never a secret). Files are 0600, in directories only this user can
-enter, and never followed through a symlink. Standard library only.
+enter, and never followed through a symlink. Standard library only (and `ccgate.local.atomic`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ccgate.local.atomic import write_atomic
 
 SPILL_PREFIX = "ledger-spill-"
 SPILL_SUFFIX = ".jsonl"
@@ -74,16 +76,12 @@ def write_spill(dirs: Sequence[Path], data: bytes, *, pid: int) -> Path | None:
     """`data` in a new spill file in the first directory that takes all of it; None when none does."""
     name = f"{SPILL_PREFIX}{time.time_ns():020d}-{pid}{SPILL_SUFFIX}"
     for directory in dirs:
-        path, tmp = directory / name, directory / f".{name}.tmp"
+        path = directory / name
         try:
             if not _private_dir(directory):
                 continue
-            tmp.unlink(missing_ok=True)
-            _write_new(tmp, data)  # complete and synced before it gets the name a replay looks for
-            os.rename(tmp, path)
+            write_atomic(path, data)  # complete and synced before it gets the name a replay looks for
         except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             continue
         return path
     return None
@@ -182,13 +180,10 @@ def write_report(dirs: Sequence[Path], *, pid: int, spilled: int, lost: int, spi
         {"pid": pid, "spilled": spilled, "lost": lost, "spill_file": None if spill_file is None else str(spill_file)}
     ).encode()
     for directory in dirs:
-        tmp = directory / f".{REPORT_NAME}.{pid}"
         try:
             if not _private_dir(directory):
                 continue
-            tmp.unlink(missing_ok=True)
-            _write_new(tmp, data)
-            os.replace(tmp, directory / REPORT_NAME)
+            write_atomic(directory / REPORT_NAME, data)
         except OSError:
             continue
         return

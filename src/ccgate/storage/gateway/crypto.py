@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 
+from ccgate import env
 from ccgate.errors import CcgateError
 
-SECRET_KEY_ENV = "CCGATE_GATEWAY_SECRET_KEY"  # noqa: S105 - the name of the variable
+SECRET_KEY_ENV = env.GATEWAY_SECRET_KEY
 MAKE_KEY_HINT = (
     f"set {SECRET_KEY_ENV} to a Fernet key, made with "
     "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`, and keep it "
