@@ -173,6 +173,8 @@ class SQLiteDatabase:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, function)
+        except RuntimeError as error:  # the executor is shut down: the database was closed
+            raise DatabaseUnavailableError("the gateway database is closed") from error
         except sqlite3.IntegrityError as error:
             raise ConstraintError(f"refused by the database: {error}") from error
         except sqlite3.OperationalError as error:
