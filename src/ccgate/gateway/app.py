@@ -29,12 +29,13 @@ from ccgate.gateway.admission import GatewayAdmission, RequestAdmission
 from ccgate.gateway.auth import KEY_CACHE_SECONDS, KeyCache, presented_key
 from ccgate.gateway.ledger import GatewayLedger, KeyLedger, Owner
 from ccgate.gateway.routing import KeyRouter
-from ccgate.models import nanos_to_usd, to_iso
+from ccgate.models import to_iso
 from ccgate.proxy import ClientMeta, Proxy, ProxyDeps, error_response
 from ccgate.routing import Route
 from ccgate.storage.gateway.migrate import MigrationStatus
 from ccgate.storage.gateway.records import KeyIdentity, KeyMode
 from ccgate.storage.gateway.store import GatewayStore
+from ccgate.storage.reports import usd_string
 
 log = logging.getLogger("ccgate.gateway")
 
@@ -227,10 +228,10 @@ async def me(request: web.Request) -> web.StreamResponse:
             "label": view.budget.label,
             "period": view.budget.period.text,
             "calendar": view.budget.calendar,
-            "limit_usd": str(nanos_to_usd(view.state.limit_nanos)),
-            "spent_usd": str(nanos_to_usd(view.state.spent_nanos)),
-            "reserved_usd": str(nanos_to_usd(view.state.reserved_nanos)),
-            "left_usd": str(nanos_to_usd(view.state.left_nanos)),
+            "limit_usd": usd_string(view.state.limit_nanos),
+            "spent_usd": usd_string(view.state.spent_nanos),
+            "reserved_usd": usd_string(view.state.reserved_nanos),
+            "left_usd": usd_string(view.state.left_nanos),
             "resets_at": to_iso(view.state.resets_at),
         }
         for view in views

@@ -54,8 +54,12 @@ _TEXT = {
     "speed": 20,
     "project": MAX_PROJECT,
 }
-# Accepted and ignored: the gateway prices rows itself, and the rest is the sidecar's own bookkeeping.
-_IGNORED = frozenset({"cost_nanos", "cost_usd", "price_quality", "priced_model", "cost_note", "synced_at", "attempts"})
+# Accepted and ignored: the gateway prices rows itself, a row belongs to the key that sends it whatever it
+# claims, and the rest is the sidecar's own bookkeeping.
+_IGNORED = frozenset(
+    {"cost_nanos", "cost_usd", "price_quality", "priced_model", "cost_note", "synced_at", "attempts"}
+    | {"key", "key_id", "team", "team_id", "customer", "customer_id", "instance_id"}
+)
 _KNOWN = frozenset({"id", "started_at", "ended_at", "status", "stream", "http_status", "ttfb_ms", "latency_ms", "tags"})
 ALLOWED_FIELDS = _KNOWN | _IGNORED | frozenset(_TOKENS) | frozenset(_TEXT)
 
