@@ -21,7 +21,7 @@ YOUNG_GC_THRESHOLD = 10_000
 DEFAULT_PORT = 8788
 
 
-async def serve(settings: Any, host: str, port: int, *, port_file: str | None = None) -> int:
+async def serve(settings: Any, host: str, port: int, *, port_file: str | None = None, reuse_port: bool = False) -> int:
     from aiohttp import web
 
     from ccgate.gateway.app import create_app, create_runner
@@ -29,7 +29,7 @@ async def serve(settings: Any, host: str, port: int, *, port_file: str | None = 
     app = create_app(settings)
     runner = create_runner(app)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024)
     try:
         await site.start()
     except OSError as exc:
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--migrate", action="store_true", help="apply pending migrations first")
     parser.add_argument("--reservation-ttl", type=float, default=30.0, help="seconds a dead instance's holds last")
     parser.add_argument("--key-cache", type=float, default=2.0, help="seconds a key's state is trusted")
+    parser.add_argument("--reuse-port", action="store_true", help="share the port with other workers")
     parser.add_argument("--port-file", default=None, help="write the bound port here once listening (tests)")
     args = parser.parse_args(argv)
     configure_logging()
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         key_cache_seconds=args.key_cache,
     )
     try:
-        return int(run(serve(settings, args.host, args.port, port_file=args.port_file)))
+        return int(run(serve(settings, args.host, args.port, port_file=args.port_file, reuse_port=args.reuse_port)))
     except CcgateError as error:
         sys.stderr.write(f"ccgate gateway: error: {error.full_message()}\n")
         return 1
