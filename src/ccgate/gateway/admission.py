@@ -232,6 +232,8 @@ class GatewayAdmission:
                     self._notify()
             except DatabaseUnavailableError as error:
                 log.error("cannot renew this instance's budget holds: %s", error.message)
+            except Exception:  # the heartbeat must outlive anything (a deadlock report, say); it is logged
+                log.exception("renewing this instance's budget holds failed")
             await asyncio.sleep(interval)
 
     async def close(self) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from ccgate.models import new_request_id, to_iso
+from ccgate.models import from_iso, new_request_id, to_iso
+from ccgate.storage.gateway.admission import _APPLYING, charge, load_budgets
 from ccgate.storage.gateway.db import Database
 
 
@@ -39,10 +40,24 @@ async def stop(db: Database, instance_id: str) -> None:
 
 
 async def recover_dead(db: Database, now: datetime) -> int:
-    """Mark `interrupted` the pending rows of instances whose heartbeat lapsed; returns how many rows."""
-    return await db.execute(
-        "UPDATE requests SET status = 'interrupted', ended_at = coalesce(ended_at, ?) "
-        "WHERE status = 'pending' AND instance_id IS NOT NULL AND instance_id NOT IN "
-        "(SELECT instance_id FROM reservations WHERE expires_at > ?)",
-        (to_iso(now), to_iso(now)),
-    )
+    """Mark `interrupted` the pending rows of instances whose heartbeat lapsed, and charge what they cost so far
+    (the provider bills a cut stream) to the budgets they would have settled on; returns how many rows."""
+    lock = " FOR UPDATE OF r" if db.backend == "postgresql" else ""
+    async with db.transaction() as conn:
+        rows = await conn.fetch(
+            "SELECT r.key_id, r.id, r.team_id, r.customer_id, r.cost_nanos, r.started_at, p.id FROM requests r "
+            "LEFT JOIN provider_configs p ON p.name = r.provider "
+            "WHERE r.status = 'pending' AND r.instance_id IS NOT NULL AND r.instance_id NOT IN "
+            f"(SELECT instance_id FROM reservations WHERE expires_at > ?) ORDER BY r.key_id, r.id{lock}",
+            (to_iso(now),),
+        )
+        for key_id, row_id, team_id, customer_id, cost, started_at, provider_id in rows:
+            changed = await conn.execute(
+                "UPDATE requests SET status = 'interrupted', ended_at = coalesce(ended_at, ?) "
+                "WHERE key_id = ? AND id = ? AND status = 'pending'",
+                (to_iso(now), key_id, row_id),
+            )
+            if changed and cost:
+                budgets = await load_budgets(conn, _APPLYING, (customer_id, team_id, key_id, provider_id))
+                await charge(conn, db, [budget.id for budget in budgets], int(cost), from_iso(str(started_at)))
+    return len(rows)
