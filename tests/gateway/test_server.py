@@ -10,6 +10,7 @@ import pytest
 from gateway_harness import PROVIDER_KEY, Gateway, running_gateway
 from scripted_upstream import TextReply, Usage
 
+from ccgate.gateway.app import UPSTREAMS
 from ccgate.models import RequestStatus
 
 MODEL = "claude-sonnet-4-5"
@@ -195,3 +196,24 @@ async def test_health_readiness_and_head(db_url: str) -> None:
             assert reply.status == 503
             assert (await reply.json())["type"] == "error"
         assert gateway.upstream.requests == []
+
+
+async def test_provider_keys_stored_encrypted_are_used_and_env_keys_win(db_url: str) -> None:
+    from ccgate.storage.gateway import generate_secret_key
+
+    environ = {"CCGATE_ANTHROPIC_API_KEY": "", "CCGATE_GATEWAY_SECRET_KEY": generate_secret_key()}
+    async with running_gateway(db_url, environ=environ, refresh_seconds=0.05) as gateway:
+        await gateway.store.put_provider("anthropic", kind="anthropic", api_key="sk-ant-stored-in-the-db")
+        stored = await gateway.store.db.fetch("SELECT api_key_encrypted FROM provider_configs")
+        assert "sk-ant-stored-in-the-db" not in str(stored)
+        for _ in range(100):  # the next refresh picks it up
+            await asyncio.sleep(0.05)
+            if gateway.app[UPSTREAMS].upstreams.provider_keys.get("anthropic"):
+                break
+        await _ask(gateway, gateway.keys["ada"])
+        assert gateway.upstream.messages_requests[-1].headers["x-api-key"] == "sk-ant-stored-in-the-db"
+    secret = {"CCGATE_GATEWAY_SECRET_KEY": environ["CCGATE_GATEWAY_SECRET_KEY"]}
+    async with running_gateway(db_url, org=False, environ=secret) as gateway:  # CCGATE_ANTHROPIC_API_KEY wins
+        key = (await gateway.store.create_key(team="core", name="cy")).plaintext
+        await _ask(gateway, key)
+        assert gateway.upstream.messages_requests[-1].headers["x-api-key"] == PROVIDER_KEY

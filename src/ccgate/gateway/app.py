@@ -77,6 +77,13 @@ class Upstreams:
 
 
 @dataclass
+class Live:
+    """The app's current `Upstreams` (an app's own state cannot change once it serves; this box's can)."""
+
+    upstreams: Upstreams
+
+
+@dataclass
 class KeyEntry:
     """What requests with one key share, rebuilt whenever the key cache re-reads the key."""
 
@@ -90,7 +97,7 @@ SETTINGS = web.AppKey("settings", GatewaySettings)
 KEYS = web.AppKey("keys", KeyCache)
 LEDGER = web.AppKey("ledger", GatewayLedger)
 ADMISSION = web.AppKey("admission", GatewayAdmission)
-UPSTREAMS = web.AppKey("upstreams", Upstreams)
+UPSTREAMS = web.AppKey("upstreams", Live)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 ENTRIES = web.AppKey("entries", dict[str, KeyEntry])
 
@@ -174,7 +181,7 @@ def _request_id(request: web.Request) -> str | None:
 
 def _proxy(request: web.Request, entry: KeyEntry, *, admitted: bool) -> tuple[Proxy, ClientMeta]:
     app = request.app
-    upstreams = app[UPSTREAMS]
+    upstreams = app[UPSTREAMS].upstreams
     router = _RequestRouter(entry.router)
     deps = ProxyDeps(
         session=app[SESSION],
@@ -270,7 +277,7 @@ async def usage(request: web.Request) -> web.StreamResponse:
         payload = json.loads(raw)
     except (ValueError, RecursionError):
         raise InvalidRequestError("a usage batch must be JSON", hint="send the rows as `ccgate sync` does") from None
-    parsed = parse_batch(payload, request.app[UPSTREAMS].pricer)
+    parsed = parse_batch(payload, request.app[UPSTREAMS].upstreams.pricer)
     owner = Owner.of(entry.identity)
     result = await request.app[keys.STORE].ingest(
         key_id=owner.key_id, team_id=owner.team_id, customer_id=owner.customer_id, records=parsed.rows
@@ -398,13 +405,13 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     store = app[keys.STORE]
     pricer = PriceCatalog()
     await asyncio.to_thread(pricer.warm)  # the catalog's first load takes most of a second: not on a request
-    app[UPSTREAMS] = await load_upstreams(store, settings.environ, pricer)
+    live = app[UPSTREAMS] = Live(await load_upstreams(store, settings.environ, pricer))
 
     async def refresh() -> None:
         while True:
             await asyncio.sleep(settings.refresh_seconds)
             try:
-                app[UPSTREAMS] = await load_upstreams(store, settings.environ, pricer)
+                live.upstreams = await load_upstreams(store, settings.environ, pricer)
             except CcgateError as error:
                 log.error("provider configs not reloaded, keeping the previous ones: %s", error.message)
 
@@ -452,7 +459,7 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
         settings.instance_id,
         ttl=ttl,
         wait_timeout=settings.budget_wait_seconds,
-        provider_ids=lambda name: app[UPSTREAMS].provider_ids.get(name),
+        provider_ids=lambda name: app[UPSTREAMS].upstreams.provider_ids.get(name),
     )
     await instances.beat(store.db, settings.instance_id, ttl, utcnow())
     recovered = await instances.recover_dead(store.db, utcnow())
