@@ -72,8 +72,10 @@ async def running_gateway(
     upstream: ScriptedUpstream | None = None,
     environ: Mapping[str, str] | None = None,
     org: bool = True,
+    seen: list[tuple[str, str]] | None = None,
     **settings: Any,
 ) -> AsyncIterator[Gateway]:
+    """`seen`, when given, collects (method, path) of every request the gateway receives."""
     own_upstream = upstream is None
     upstream = upstream or ScriptedUpstream()
     if own_upstream:
@@ -86,6 +88,16 @@ async def running_gateway(
     }
     settings.setdefault("migrate", True)
     app = create_app(GatewaySettings(db_url=db_url, environ=env, **settings))
+    if seen is not None:
+        collected = seen
+
+        @web.middleware
+        async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+            collected.append((request.method, request.path))
+            response: web.StreamResponse = await handler(request)
+            return response
+
+        app.middlewares.insert(0, count)
     runner = create_runner(app)
     await runner.setup()
     try:
