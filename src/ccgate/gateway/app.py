@@ -174,8 +174,10 @@ def _proxy_mode(entry: KeyEntry) -> None:
 def _request_id(request: web.Request) -> str | None:
     """A sidecar's row id becomes this row's id (within the key); anything unusable is ignored."""
     value = request.headers.get(REQUEST_ID_HEADER)
+    from ccgate.gateway.ingest import looks_like_a_key
+
     if value and len(value) <= 128 and value.isascii() and value.isprintable() and " " not in value:
-        return value
+        return None if looks_like_a_key(value) else value
     return None
 
 

@@ -64,6 +64,12 @@ _KNOWN = frozenset({"id", "started_at", "ended_at", "status", "stream", "http_st
 ALLOWED_FIELDS = _KNOWN | _IGNORED | frozenset(_TOKENS) | frozenset(_TEXT)
 
 
+def looks_like_a_key(text: str) -> bool:
+    """An id that reads like an API key, virtual key or admin token is neither stored nor echoed: a client that
+    misplaced a secret must not find it in a report."""
+    return text.lstrip().lower().startswith(("sk-", "cg-admin-"))
+
+
 class RowRejected(ValueError):
     """One row cannot be stored; the message says why."""
 
@@ -91,7 +97,7 @@ def parse_batch(payload: Any, pricer: Pricer, *, now: datetime | None = None) ->
     parsed = Parsed([], [])
     for raw in rows:
         raw_id = raw.get("id") if isinstance(raw, dict) else None
-        shown = raw_id[:MAX_ID] if isinstance(raw_id, str) else ""
+        shown = raw_id[:MAX_ID] if isinstance(raw_id, str) and not looks_like_a_key(raw_id) else ""
         try:
             record, tags = parse_row(raw, now)
         except RowRejected as why:
@@ -119,6 +125,8 @@ def parse_row(raw: Any, now: datetime) -> tuple[RequestRecord, dict[str, str]]:
     row_id = raw.get("id")
     if not isinstance(row_id, str) or not 0 < len(row_id) <= MAX_ID or not row_id.isprintable():
         raise RowRejected(f"id must be 1 to {MAX_ID} printable characters")
+    if looks_like_a_key(row_id):
+        raise RowRejected("id looks like an API key; send the row's own id")
     started = _time(raw, "started_at", required=True)
     assert started is not None
     if started < now - MAX_AGE or started > now + MAX_SKEW:
