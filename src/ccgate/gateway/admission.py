@@ -105,15 +105,23 @@ class GatewayAdmission:
         delay = 0.05
         while True:
             changed = self._changed
-            result = await self.store.reserve(
-                key_id=key_id,
-                team_id=team_id,
-                customer_id=customer_id,
-                provider_id=provider_id,
-                bound_nanos=bound,
-                instance_id=self.instance_id,
-                ttl=self.ttl,
+            attempt = asyncio.ensure_future(
+                self.store.reserve(
+                    key_id=key_id,
+                    team_id=team_id,
+                    customer_id=customer_id,
+                    provider_id=provider_id,
+                    bound_nanos=bound,
+                    instance_id=self.instance_id,
+                    ttl=self.ttl,
+                )
             )
+            try:
+                result = await asyncio.shield(attempt)
+            except asyncio.CancelledError:
+                # the client left: a hold committed meanwhile would otherwise be renewed for as long as we live
+                attempt.add_done_callback(self._release_orphan)
+                raise
             if isinstance(result, Admitted):
                 budget_ids = tuple(view.budget.id for view in result.budgets)
                 hold = Hold(result.reservation if budget_ids else None, budget_ids)
@@ -139,6 +147,13 @@ class GatewayAdmission:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), min(delay, max(0.0, give_up_at - now)))
             delay = min(delay * 2, 1.0)
+
+    def _release_orphan(self, attempt: asyncio.Future[Any]) -> None:
+        if attempt.cancelled() or attempt.exception() is not None:
+            return
+        result = attempt.result()
+        if isinstance(result, Admitted) and result.budgets:
+            self.release(Hold(result.reservation, tuple(view.budget.id for view in result.budgets)))
 
     def watch(self, hold: Hold, progress: Callable[[], int]) -> None:
         hold.progress = progress
