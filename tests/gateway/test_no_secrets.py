@@ -43,7 +43,10 @@ async def test_no_secret_reaches_a_response_a_log_line_or_the_database(
     env = {"CCGATE_GATEWAY_SECRET_KEY": secret_key}
     seen: list[str] = []
     now = datetime.now(UTC).isoformat()
-    async with running_gateway(db_url, environ=env, key_cache_seconds=0) as gateway, aiohttp.ClientSession() as http:
+    async with (
+        running_gateway(db_url, environ=env, key_cache_seconds=0, metrics_per_key=True) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
         store = gateway.store
         await store.put_provider("openrouter", kind="openai", api_key=STORED_PROVIDER_KEY)
         ada, bob = gateway.keys["ada"], gateway.keys["bob"]
@@ -72,6 +75,7 @@ async def test_no_secret_reaches_a_response_a_log_line_or_the_database(
             ("POST", "/v1/usage", {"x-api-key": ada}, {"rows": [{"id": ada, "status": "ok", "started_at": now}]}),
             ("GET", "/admin/anything", {"authorization": f"Bearer {ADMIN_TOKEN}"}, None),
             ("GET", "/readyz", {}, None),
+            ("GET", "/metrics", {"authorization": f"Bearer {ADMIN_TOKEN}"}, None),
             ("GET", "/nope", {"x-api-key": ada}, None),
         ]
         for method, path, headers, payload in calls:

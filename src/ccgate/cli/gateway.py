@@ -44,6 +44,9 @@ def serve(
     port: int = typer.Option(8788, "--port", help="Port to listen on."),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="Processes sharing the port (PostgreSQL only)."),
     migrate: bool = typer.Option(False, "--migrate", help="Apply pending database migrations before serving."),
+    metrics_per_key: bool = typer.Option(
+        False, "--metrics-per-key", help="Also series per virtual key on /metrics (one per developer)."
+    ),
 ) -> None:
     """Serve the org gateway: Claude Code and developers' sidecars connect with virtual keys.
 
@@ -72,17 +75,30 @@ def serve(
     if workers == 1:
         from ccgate.gateway.app import GatewaySettings
 
-        settings = GatewaySettings(db_url=url, environ=app_ctx.environ, migrate=migrate)
+        settings = GatewaySettings(
+            db_url=url, environ=app_ctx.environ, migrate=migrate, metrics_per_key=metrics_per_key
+        )
         raise typer.Exit(run(serve_gateway(settings, host, port)))
-    raise typer.Exit(_run_workers(url, host, port, workers))
+    raise typer.Exit(_run_workers(url, host, port, workers, metrics_per_key=metrics_per_key))
 
 
-def _run_workers(url: str, host: str, port: int, workers: int) -> int:
-    """N processes on one port (SO_REUSEPORT); the kernel spreads connections. A signal stops them all."""
+def _run_workers(url: str, host: str, port: int, workers: int, *, metrics_per_key: bool) -> int:
+    """N processes on one port (SO_REUSEPORT); the kernel spreads connections. A signal stops them all.
+
+    Their metrics go to one shared folder, so any worker's /metrics reports all of them.
+    """
+    import os
     import signal
+    import tempfile
 
+    from ccgate.gateway.metrics import MULTIPROC_ENV
+
+    metrics_dir = tempfile.TemporaryDirectory(prefix="ccgate-gateway-metrics-")
+    env = {**os.environ, MULTIPROC_ENV: metrics_dir.name}
     command = [sys.executable, "-m", "ccgate.gateway", "--db", url, "--host", host, "--port", str(port)]
-    children = [subprocess.Popen([*command, "--reuse-port"]) for _ in range(workers)]
+    if metrics_per_key:
+        command.append("--metrics-per-key")
+    children = [subprocess.Popen([*command, "--reuse-port"], env=env) for _ in range(workers)]
 
     def forward(signum: int, _frame: Any) -> None:
         for child in children:
@@ -92,6 +108,7 @@ def _run_workers(url: str, host: str, port: int, workers: int) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     codes = [child.wait() for child in children]
+    metrics_dir.cleanup()
     return max(codes)
 
 

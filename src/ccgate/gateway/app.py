@@ -28,6 +28,7 @@ from ccgate.gateway import keys
 from ccgate.gateway.admission import GatewayAdmission, RequestAdmission
 from ccgate.gateway.auth import KEY_CACHE_SECONDS, KeyCache, presented_key
 from ccgate.gateway.ledger import GatewayLedger, KeyLedger, Owner
+from ccgate.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from ccgate.gateway.routing import KeyRouter
 from ccgate.models import to_iso
 from ccgate.proxy import ClientMeta, Proxy, ProxyDeps, error_response
@@ -64,6 +65,8 @@ class GatewaySettings:
     # how often provider configs and their keys are re-read from the database
     refresh_seconds: float = 5.0
     db_connections: int = 10
+    # per-key series on /metrics (one per developer: off unless asked for)
+    metrics_per_key: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ ADMISSION = web.AppKey("admission", GatewayAdmission)
 UPSTREAMS = web.AppKey("upstreams", Live)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 ENTRIES = web.AppKey("entries", dict[str, KeyEntry])
+METRICS = web.AppKey("metrics", GatewayMetrics)
 
 
 class _RequestRouter:
@@ -124,6 +128,15 @@ async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Every error in Anthropic's envelope with a message that says what to do; never a bare 500."""
+    response = await _answer(request, handler)
+    route = request.match_info.route.resource
+    request.app[METRICS].response(route.canonical if route is not None else "other", response.status)
+    return response
+
+
+async def _answer(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
@@ -289,6 +302,26 @@ async def usage(request: web.Request) -> web.StreamResponse:
     return web.json_response({"sent": result.sent, "known": result.known, "rejected": rejected})
 
 
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """Prometheus exposition, for an admin token (the environment's, or a named one of any role)."""
+    import hmac
+
+    from ccgate.errors import AuthenticationError
+
+    token = presented_key(request.headers) or ""
+    bootstrap = request.app.get(keys.BOOTSTRAP_ADMIN_TOKEN)
+    allowed = bool(token) and (
+        (bootstrap is not None and hmac.compare_digest(token.encode(), bootstrap.encode()))
+        or await request.app[keys.STORE].authenticate_admin(token) is not None
+    )
+    if not allowed:
+        raise AuthenticationError(
+            "/metrics needs an admin token", hint="send it as Authorization: Bearer (CCGATE_GATEWAY_ADMIN_TOKEN)"
+        )
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
 async def root(request: web.Request) -> web.StreamResponse:
     """Claude Code's `HEAD /` connectivity check: never blocked."""
     return web.Response(text="ccgate gateway\n")
@@ -439,7 +472,12 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
 
 async def _ledger(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    ledger = GatewayLedger(app[keys.STORE], settings.instance_id)
+    observe = app[METRICS].observe
+    ledger = GatewayLedger(
+        app[keys.STORE],
+        settings.instance_id,
+        on_final=lambda record, owner: observe(record, team=owner.team_name, key=owner.key_name),
+    )
     ledger.start()
     app[LEDGER] = ledger
     try:
@@ -493,6 +531,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[ENTRIES] = {}
+    app[METRICS] = GatewayMetrics.create(per_key=settings.metrics_per_key)
     token = settings.environ.get(ADMIN_TOKEN_ENV, "").strip()
     if token:
         app[keys.BOOTSTRAP_ADMIN_TOKEN] = token
@@ -506,5 +545,6 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/me", me)
     app.router.add_post("/v1/usage", usage)
+    app.router.add_get("/metrics", metrics)
     app.add_subapp("/admin", create_admin_app())
     return app
