@@ -27,7 +27,14 @@ from ccgate.models import format_usd, utcnow
 from ccgate.proxy import ClientMeta
 from ccgate.storage.gateway import instances
 from ccgate.storage.gateway.db import DatabaseUnavailableError
-from ccgate.storage.gateway.records import Admitted, BudgetView, RateLimited, Refused, Reservation
+from ccgate.storage.gateway.records import (
+    AdmissionResult,
+    Admitted,
+    BudgetView,
+    RateLimited,
+    Refused,
+    Reservation,
+)
 from ccgate.storage.gateway.store import GatewayStore
 
 log = logging.getLogger("ccgate.gateway")
@@ -87,52 +94,50 @@ class GatewayAdmission:
     async def admit(
         self, meta: ClientMeta, *, reserve_nanos: int | None, model: str, provider: str | None = None
     ) -> Hold:
+        """Rate limits and the first reservation attempt run side by side (two pooled connections on PostgreSQL):
+        a request pays for the slower of the two round trips, not their sum."""
         key_id, team_id, customer_id = ids_of(meta)
-        limited = await self.store.take_request(key_id=key_id, team_id=team_id)
+        provider_id = None if provider is None else self.provider_ids(provider)
+        bound = 0 if reserve_nanos is None else reserve_nanos
+
+        def reserve() -> Coroutine[Any, Any, AdmissionResult]:
+            return self.store.reserve(
+                key_id=key_id,
+                team_id=team_id,
+                customer_id=customer_id,
+                provider_id=provider_id,
+                bound_nanos=bound,
+                instance_id=self.instance_id,
+                ttl=self.ttl,
+            )
+
+        rate = asyncio.ensure_future(self.store.take_request(key_id=key_id, team_id=team_id))
+        try:
+            result = await self._attempt(reserve())
+        except BaseException:
+            rate.cancel()
+            raise
+        try:
+            limited = await rate
+        except BaseException:
+            self._release_result(result)
+            raise
         if isinstance(limited, RateLimited):
+            self._release_result(result)
             level = limited.limit.level.value
             raise RateLimitedError(
                 f"the {level}'s rate limit of {limited.allowed} {limited.kind} a minute is reached",
                 retry_after=limited.retry_after_s,
                 hint=f"retry in {limited.retry_after_s} s, or ask your gateway admin to raise it",
             )
-        provider_id = None if provider is None else self.provider_ids(provider)
-        bound = 0 if reserve_nanos is None else reserve_nanos
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.max_wait
         mark: tuple[int, ...] | None = None
         stall_at = give_up_at
         delay = 0.05
         while True:
-            changed = self._changed
-            attempt = asyncio.ensure_future(
-                self.store.reserve(
-                    key_id=key_id,
-                    team_id=team_id,
-                    customer_id=customer_id,
-                    provider_id=provider_id,
-                    bound_nanos=bound,
-                    instance_id=self.instance_id,
-                    ttl=self.ttl,
-                )
-            )
-            try:
-                result = await asyncio.shield(attempt)
-            except asyncio.CancelledError:
-                # the client left: a hold committed meanwhile would otherwise be renewed for as long as we live
-                attempt.add_done_callback(self._release_orphan)
-                raise
             if isinstance(result, Admitted):
-                budget_ids = tuple(view.budget.id for view in result.budgets)
-                hold = Hold(result.reservation if budget_ids else None, budget_ids)
-                if reserve_nanos is None and budget_ids:
-                    self.release(hold)
-                    raise UnpricedModelError(
-                        f"model {model} has no known price and a budget applies, so its cost cannot be bounded",
-                        hint="ask your gateway admin to route it to a priced model or to set a price for it",
-                    )
-                self._holds.add(hold)
-                return hold
+                return self._admitted(result, reserve_nanos, model)
             if isinstance(result, Refused):
                 raise BudgetExceededError(refused_message(result.blocking))
             state = result.blocking.state
@@ -144,16 +149,41 @@ class GatewayAdmission:
                 raise self._still_reserved(result.blocking, bound, stalled=True)
             if now >= give_up_at:
                 raise self._still_reserved(result.blocking, bound, stalled=False)
+            changed = self._changed
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), min(delay, max(0.0, give_up_at - now)))
             delay = min(delay * 2, 1.0)
+            result = await self._attempt(reserve())
 
-    def _release_orphan(self, attempt: asyncio.Future[Any]) -> None:
-        if attempt.cancelled() or attempt.exception() is not None:
-            return
-        result = attempt.result()
+    async def _attempt(self, work: Coroutine[Any, Any, AdmissionResult]) -> AdmissionResult:
+        """One reservation attempt; if the client leaves meanwhile, a hold it committed is given back (it would
+        otherwise be renewed for as long as this instance lives)."""
+        attempt = asyncio.ensure_future(work)
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            attempt.add_done_callback(self._release_orphan)
+            raise
+
+    def _admitted(self, result: Admitted, reserve_nanos: int | None, model: str) -> Hold:
+        budget_ids = tuple(view.budget.id for view in result.budgets)
+        hold = Hold(result.reservation if budget_ids else None, budget_ids)
+        if reserve_nanos is None and budget_ids:
+            self.release(hold)
+            raise UnpricedModelError(
+                f"model {model} has no known price and a budget applies, so its cost cannot be bounded",
+                hint="ask your gateway admin to route it to a priced model or to set a price for it",
+            )
+        self._holds.add(hold)
+        return hold
+
+    def _release_result(self, result: AdmissionResult) -> None:
         if isinstance(result, Admitted) and result.budgets:
             self.release(Hold(result.reservation, tuple(view.budget.id for view in result.budgets)))
+
+    def _release_orphan(self, attempt: asyncio.Future[Any]) -> None:
+        if not attempt.cancelled() and attempt.exception() is None:
+            self._release_result(attempt.result())
 
     def watch(self, hold: Hold, progress: Callable[[], int]) -> None:
         hold.progress = progress
