@@ -47,6 +47,9 @@ def serve(
     metrics_per_key: bool = typer.Option(
         False, "--metrics-per-key", help="Also series per virtual key on /metrics (one per developer)."
     ),
+    keep_days: int = typer.Option(
+        90, "--keep-days", min=0, help="Days raw request rows are kept (then rolled up); 0 keeps them all."
+    ),
 ) -> None:
     """Serve the org gateway: Claude Code and developers' sidecars connect with virtual keys.
 
@@ -76,13 +79,18 @@ def serve(
         from ccgate.gateway.app import GatewaySettings
 
         settings = GatewaySettings(
-            db_url=url, environ=app_ctx.environ, migrate=migrate, metrics_per_key=metrics_per_key
+            db_url=url,
+            environ=app_ctx.environ,
+            migrate=migrate,
+            metrics_per_key=metrics_per_key,
+            keep_days=keep_days,
         )
         raise typer.Exit(run(serve_gateway(settings, host, port)))
-    raise typer.Exit(_run_workers(url, host, port, workers, metrics_per_key=metrics_per_key))
+    extra = [*(["--metrics-per-key"] if metrics_per_key else []), "--keep-days", str(keep_days)]
+    raise typer.Exit(_run_workers(url, host, port, workers, extra))
 
 
-def _run_workers(url: str, host: str, port: int, workers: int, *, metrics_per_key: bool) -> int:
+def _run_workers(url: str, host: str, port: int, workers: int, extra: list[str]) -> int:
     """N processes on one port (SO_REUSEPORT); the kernel spreads connections. A signal stops them all.
 
     Their metrics go to one shared folder, so any worker's /metrics reports all of them.
@@ -95,9 +103,7 @@ def _run_workers(url: str, host: str, port: int, workers: int, *, metrics_per_ke
 
     metrics_dir = tempfile.TemporaryDirectory(prefix="ccgate-gateway-metrics-")
     env = {**os.environ, MULTIPROC_ENV: metrics_dir.name}
-    command = [sys.executable, "-m", "ccgate.gateway", "--db", url, "--host", host, "--port", str(port)]
-    if metrics_per_key:
-        command.append("--metrics-per-key")
+    command = [sys.executable, "-m", "ccgate.gateway", "--db", url, "--host", host, "--port", str(port), *extra]
     children = [subprocess.Popen([*command, "--reuse-port"], env=env) for _ in range(workers)]
 
     def forward(signum: int, _frame: Any) -> None:

@@ -30,7 +30,7 @@ from ccgate.gateway.auth import KEY_CACHE_SECONDS, KeyCache, presented_key
 from ccgate.gateway.ledger import GatewayLedger, KeyLedger, Owner
 from ccgate.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from ccgate.gateway.routing import KeyRouter
-from ccgate.models import to_iso
+from ccgate.models import RequestRecord, to_iso
 from ccgate.proxy import ClientMeta, Proxy, ProxyDeps, error_response
 from ccgate.routing import Route
 from ccgate.storage.gateway.migrate import MigrationStatus
@@ -39,6 +39,8 @@ from ccgate.storage.gateway.store import GatewayStore
 from ccgate.storage.reports import usd_string
 
 log = logging.getLogger("ccgate.gateway")
+# one line per finished request: ids, names, model, status and cost -- never a key, a token or a body
+access = logging.getLogger("ccgate.gateway.access")
 
 ADMIN_TOKEN_ENV = "CCGATE_GATEWAY_ADMIN_TOKEN"  # noqa: S105 - the name of the variable
 REQUEST_ID_HEADER = "x-ccgate-request-id"
@@ -67,6 +69,9 @@ class GatewaySettings:
     db_connections: int = 10
     # per-key series on /metrics (one per developer: off unless asked for)
     metrics_per_key: bool = False
+    # raw request rows older than this many days are rolled up and deleted (roll-ups stay); 0 keeps them all
+    keep_days: int = 90
+    retention_interval_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -473,11 +478,24 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
 async def _ledger(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     observe = app[METRICS].observe
-    ledger = GatewayLedger(
-        app[keys.STORE],
-        settings.instance_id,
-        on_final=lambda record, owner: observe(record, team=owner.team_name, key=owner.key_name),
-    )
+
+    def finished(record: RequestRecord, owner: Owner) -> None:
+        observe(record, team=owner.team_name, key=owner.key_name)
+        if access.isEnabledFor(logging.INFO):
+            access.info(
+                "request=%s key=%s team=%s model=%s provider=%s status=%s http=%s cost_nanos=%s ms=%.0f",
+                record.id,
+                json.dumps(owner.key_name),
+                json.dumps(owner.team_name),
+                json.dumps(record.requested_model),
+                record.provider,
+                record.status.value,
+                record.http_status,
+                record.cost.nanos,
+                record.latency_ms or 0,
+            )
+
+    ledger = GatewayLedger(app[keys.STORE], settings.instance_id, on_final=finished)
     ledger.start()
     app[LEDGER] = ledger
     try:
@@ -516,6 +534,36 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
         await admission.close()
 
 
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    """Once an hour (and soon after start), roll up and delete raw rows past `keep_days`; any instance may."""
+    from datetime import UTC, datetime
+
+    settings = app[SETTINGS]
+    store = app[keys.STORE]
+
+    async def prune() -> None:
+        await asyncio.sleep(min(60.0, settings.retention_interval_seconds))
+        while True:
+            before = datetime.now(UTC).date() - timedelta(days=settings.keep_days)
+            try:
+                gone = await store.prune_requests(before=before)
+            except CcgateError as error:
+                log.error("raw rows not pruned: %s", error.message)
+            else:
+                if gone:
+                    log.info("rolled up and deleted %d raw request row(s) from before %s", gone, before)
+            await asyncio.sleep(settings.retention_interval_seconds)
+
+    task = asyncio.create_task(prune()) if settings.keep_days > 0 else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 def create_runner(app: web.Application) -> web.AppRunner:
     """Handler cancellation on: a client that goes away mid-stream closes the upstream request at once."""
     return web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
@@ -536,7 +584,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     if token:
         app[keys.BOOTSTRAP_ADMIN_TOKEN] = token
     # one cleanup context per resource, so a failed start undoes exactly what started; closed in reverse
-    app.cleanup_ctx.extend([_store, _upstreams, _session, _ledger, _admission])
+    app.cleanup_ctx.extend([_store, _upstreams, _session, _ledger, _admission, _retention])
     app.router.add_route("HEAD", "/", root)
     app.router.add_get("/", root, allow_head=False)
     app.router.add_get("/healthz", healthz)
