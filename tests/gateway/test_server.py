@@ -217,3 +217,13 @@ async def test_provider_keys_stored_encrypted_are_used_and_env_keys_win(db_url: 
         key = (await gateway.store.create_key(team="core", name="cy")).plaintext
         await _ask(gateway, key)
         assert gateway.upstream.messages_requests[-1].headers["x-api-key"] == PROVIDER_KEY
+
+
+async def test_a_body_past_the_limit_gets_413_in_the_envelope(db_url: str) -> None:
+    async with running_gateway(db_url, max_body_mb=1) as gateway, aiohttp.ClientSession() as http:
+        body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x" * 2_000_000}]}
+        headers = {"x-api-key": gateway.keys["ada"]}
+        async with http.post(f"{gateway.url}/v1/messages", json=body, headers=headers) as reply:
+            assert reply.status == 413
+            assert (await reply.json())["error"]["type"] == "request_too_large"
+        assert gateway.upstream.requests == []

@@ -50,6 +50,7 @@ def serve(
     keep_days: int = typer.Option(
         90, "--keep-days", min=0, help="Days raw request rows are kept (then rolled up); 0 keeps them all."
     ),
+    max_body_mb: int = typer.Option(64, "--max-body-mb", min=1, max=1024, help="Largest request body accepted."),
 ) -> None:
     """Serve the org gateway: Claude Code and developers' sidecars connect with virtual keys.
 
@@ -84,9 +85,11 @@ def serve(
             migrate=migrate,
             metrics_per_key=metrics_per_key,
             keep_days=keep_days,
+            max_body_mb=max_body_mb,
         )
         raise typer.Exit(run(serve_gateway(settings, host, port)))
     extra = [*(["--metrics-per-key"] if metrics_per_key else []), "--keep-days", str(keep_days)]
+    extra += ["--max-body-mb", str(max_body_mb)]
     raise typer.Exit(_run_workers(url, host, port, workers, extra))
 
 
