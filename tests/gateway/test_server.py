@@ -227,3 +227,30 @@ async def test_a_body_past_the_limit_gets_413_in_the_envelope(db_url: str) -> No
             assert reply.status == 413
             assert (await reply.json())["error"]["type"] == "request_too_large"
         assert gateway.upstream.requests == []
+
+
+async def test_a_running_streams_hold_shrinks_to_its_real_input_once_message_start_tells_it(db_url: str) -> None:
+    async with running_gateway(db_url) as gateway:
+        await gateway.store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
+        gateway.upstream.enqueue(TextReply("long", usage=Usage(input_tokens=10), cut_after_events=3, then="hang"))
+        client = gateway.client(gateway.keys["ada"])
+
+        async def stream() -> None:
+            async with client.messages.stream(
+                model=MODEL, max_tokens=1000, messages=[{"role": "user", "content": "x" * 200_000}]
+            ) as events:
+                async for _ in events:
+                    pass
+
+        task = asyncio.create_task(stream())
+        await asyncio.wait_for(gateway.upstream.hanging.wait(), 30)
+        amounts: list[int] = []
+        for _ in range(100):
+            amounts = [int(r[0]) for r in await gateway.store.db.fetch("SELECT amount_nanos FROM reservations")]
+            amounts = [amount for amount in amounts if amount]
+            if amounts and amounts[0] < 100_000_000:  # 200 KB of prompt reserve ~$0.6; 10 tokens and 1,000 out ~$0.015
+                break
+            await asyncio.sleep(0.05)
+        assert amounts and amounts[0] < 100_000_000
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
