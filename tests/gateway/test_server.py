@@ -157,8 +157,12 @@ async def test_a_spent_team_budget_gives_402_naming_it_and_nothing_reaches_the_u
 
 
 async def test_rate_limit_gives_429_with_retry_after_and_count_tokens_is_not_counted(db_url: str) -> None:
-    async with running_gateway(db_url) as gateway:
-        await gateway.store.set_rate_limit(level="key", target="ada", rpm=1, tpm=None)
+    async with running_gateway(db_url, refresh_seconds=0.05) as gateway:
+        limit = await gateway.store.set_rate_limit(level="key", target="ada", rpm=1, tpm=None)
+        for _ in range(100):  # every instance learns within `refresh_seconds` that this key has a limit
+            if limit.target_id in gateway.app[UPSTREAMS].upstreams.rate_limited:
+                break
+            await asyncio.sleep(0.05)
         client = gateway.client(gateway.keys["ada"])
         for _ in range(3):
             counted = await client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "hi"}])

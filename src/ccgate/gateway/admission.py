@@ -31,6 +31,8 @@ from ccgate.storage.gateway.records import (
     AdmissionResult,
     Admitted,
     BudgetView,
+    RateAllowed,
+    RateDecision,
     RateLimited,
     Refused,
     Reservation,
@@ -77,13 +79,17 @@ class GatewayAdmission:
         wait_timeout: float = 30.0,
         max_wait: float = 600.0,
         provider_ids: Callable[[str], str | None] = lambda name: None,
+        rate_limited: Callable[[], frozenset[str]] | None = None,
     ) -> None:
+        """`rate_limited`: the ids of keys and teams with a rate limit (re-read every few seconds); requests of
+        others skip the check. None: always check."""
         self.store = store
         self.instance_id = instance_id
         self.ttl = ttl
         self.wait_timeout = wait_timeout
         self.max_wait = max(max_wait, wait_timeout)
         self.provider_ids = provider_ids
+        self.rate_limited = rate_limited
         self._holds: set[Hold] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Event()
@@ -113,7 +119,7 @@ class GatewayAdmission:
                 ttl=self.ttl,
             )
 
-        rate = asyncio.ensure_future(self.store.take_request(key_id=key_id, team_id=team_id))
+        rate = asyncio.ensure_future(self._rate_check(key_id, team_id))
         try:
             result = await self._attempt(reserve())
         except BaseException:
@@ -156,6 +162,12 @@ class GatewayAdmission:
                 await asyncio.wait_for(changed.wait(), min(delay, max(0.0, give_up_at - now)))
             delay = min(delay * 2, 1.0)
             result = await self._attempt(reserve())
+
+    async def _rate_check(self, key_id: str, team_id: str | None) -> RateDecision:
+        limited = None if self.rate_limited is None else self.rate_limited()
+        if limited is not None and key_id not in limited and (team_id is None or team_id not in limited):
+            return RateAllowed()
+        return await self.store.take_request(key_id=key_id, team_id=team_id)
 
     async def _attempt(self, work: Coroutine[Any, Any, AdmissionResult]) -> AdmissionResult:
         """One reservation attempt; if the client leaves meanwhile, a hold it committed is given back (it would

@@ -64,8 +64,9 @@ class GatewaySettings:
     # a request that only reservations keep out waits while they move, up to this long without progress
     budget_wait_seconds: float = 30.0
     max_body_mb: int = 64
-    # how often provider configs and their keys are re-read from the database
-    refresh_seconds: float = 5.0
+    # how often provider configs, their keys and which keys and teams have rate limits are re-read: a new rate
+    # limit or provider key takes effect within this bound
+    refresh_seconds: float = 2.0
     db_connections: int = 10
     # per-key series on /metrics (one per developer: off unless asked for)
     metrics_per_key: bool = False
@@ -82,6 +83,8 @@ class Upstreams:
     provider_keys: Mapping[str, str]
     provider_ids: Mapping[str, str]
     pricer: Any
+    # ids of the keys and teams that have a rate limit: requests of the others skip the check's round trip
+    rate_limited: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -434,7 +437,8 @@ async def load_upstreams(store: GatewayStore, environ: Mapping[str, str], pricer
             if key:
                 stored_keys[config.name] = key
     provider_keys = {name: environ.get(key_env_var(name)) or stored_keys.get(name, "") for name in providers}
-    return Upstreams(providers, {k: v for k, v in provider_keys.items() if v}, ids, pricer)
+    rate_limited = frozenset(limit.target_id for limit in await store.list_rate_limits())
+    return Upstreams(providers, {k: v for k, v in provider_keys.items() if v}, ids, pricer, rate_limited)
 
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
@@ -495,7 +499,12 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
                 record.latency_ms or 0,
             )
 
-    ledger = GatewayLedger(app[keys.STORE], settings.instance_id, on_final=finished)
+    ledger = GatewayLedger(
+        app[keys.STORE],
+        settings.instance_id,
+        on_final=finished,
+        rate_limited=lambda: app[UPSTREAMS].upstreams.rate_limited,
+    )
     ledger.start()
     app[LEDGER] = ledger
     try:
@@ -518,6 +527,7 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
         ttl=ttl,
         wait_timeout=settings.budget_wait_seconds,
         provider_ids=lambda name: app[UPSTREAMS].upstreams.provider_ids.get(name),
+        rate_limited=lambda: app[UPSTREAMS].upstreams.rate_limited,
     )
     await instances.beat(store.db, settings.instance_id, ttl, utcnow())
     recovered = await instances.recover_dead(store.db, utcnow())

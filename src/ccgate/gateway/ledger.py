@@ -50,9 +50,11 @@ class GatewayLedger:
         instance_id: str,
         *,
         on_final: Callable[[RequestRecord, Owner], None] | None = None,
+        rate_limited: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         self.store = store
         self.on_final = on_final
+        self.rate_limited = rate_limited
         self.instance_id = instance_id
         self._queue: dict[tuple[str, str], GatewayRow] = {}
         self._wake = asyncio.Event()
@@ -111,9 +113,12 @@ class GatewayLedger:
     async def _count_tokens(self, batch: list[GatewayRow]) -> None:
         """Tokens-per-minute limits count a request once it is finished."""
         totals: dict[tuple[str, str | None], int] = {}
+        limited = None if self.rate_limited is None else self.rate_limited()
         for row in batch:
             record = row.record
             if record.status is RequestStatus.PENDING:
+                continue
+            if limited is not None and row.key_id not in limited and row.team_id not in limited:
                 continue
             tokens = record.usage.total_input_tokens + record.usage.output_tokens
             if tokens:
