@@ -258,3 +258,18 @@ async def test_a_running_streams_hold_shrinks_to_its_real_input_once_message_sta
         assert amounts and amounts[0] < 100_000_000
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_provider_without_a_key_is_the_admins_problem_not_a_401(db_url: str) -> None:
+    async with (
+        running_gateway(db_url, environ={"CCGATE_ANTHROPIC_API_KEY": ""}) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
+        body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+        async with http.post(
+            f"{gateway.url}/v1/messages", json=body, headers={"x-api-key": gateway.keys["ada"]}
+        ) as reply:
+            assert reply.status == 503
+            assert reply.headers["x-should-retry"] == "false"
+            assert "no API key for anthropic" in (await reply.json())["error"]["message"]
+        assert gateway.upstream.requests == []
