@@ -5,8 +5,9 @@ database work runs as tracked tasks (retried while the database is briefly away)
 
 Waiting: a request that only reservations keep out (`Waiting` from the store: spent is below the limit) asks
 again whenever this instance settles, shrinks or releases a hold, and otherwise polls with a growing delay
-(50 ms to 1 s) for other instances' changes. It gives up with 402 only when the blocking budget's spent and
-reserved and this instance's holders' progress stood still for `wait_timeout` seconds, or after `max_wait`.
+(50 ms to 1 s) for other instances' changes. It gives up with 402 only when, for `wait_timeout` seconds,
+nothing moved -- the blocking budget's spent and reserved, the bytes this instance's holders received, the
+renewals of other instances' holds (their streams are alive) -- or after `max_wait`.
 This instance's holds are renewed every third of their TTL while it lives (`run_heartbeat`), so a stream of
 any length keeps its hold and a killed instance's holds lapse after at most one TTL.
 """
@@ -140,7 +141,7 @@ class GatewayAdmission:
             )
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.max_wait
-        mark: tuple[int, ...] | None = None
+        mark: tuple[object, ...] | None = None
         stall_at = give_up_at
         delay = 0.05
         while True:
@@ -150,7 +151,13 @@ class GatewayAdmission:
                 raise BudgetExceededError(refused_message(result.blocking))
             state = result.blocking.state
             now = loop.time()
-            moved = (state.spent_nanos, state.reserved_nanos, *self._progress(result.blocking.budget.id))
+            budget_id = result.blocking.budget.id
+            # progress: spend or holds changed, this instance's holders received bytes, or another instance
+            # renewed its holds (its streams are alive; a dead instance's lapse and so change `reserved`)
+            renewed = await instances.holds_renewed_until(
+                self.store.db, budget_id, utcnow(), other_than=self.instance_id
+            )
+            moved = (state.spent_nanos, state.reserved_nanos, renewed, *self._progress(budget_id))
             if moved != mark:
                 mark, stall_at = moved, now + self.wait_timeout
             elif now >= stall_at:
