@@ -273,3 +273,48 @@ async def test_a_provider_without_a_key_is_the_admins_problem_not_a_401(db_url: 
             assert reply.headers["x-should-retry"] == "false"
             assert "no API key for anthropic" in (await reply.json())["error"]["message"]
         assert gateway.upstream.requests == []
+
+
+async def test_budget_alerts_fire_once_per_threshold_to_the_webhook(db_url: str) -> None:
+    from decimal import Decimal
+
+    from aiohttp import web
+
+    received: list[dict[str, object]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(text="ok")
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook?token=hook-secret"
+    try:
+        async with running_gateway(db_url) as gateway:
+            gateway.upstream.handler = lambda _: TextReply("ok", usage=Usage(input_tokens=1000, output_tokens=10))
+            await gateway.store.create_budget(
+                level="team",
+                target="core",
+                limit_nanos=10_000_000,  # $0.01: about three requests of $0.00315
+                period="1d",
+                thresholds=[Decimal("0.5"), Decimal("1")],
+                webhook_url=url,
+            )
+            for _ in range(8):
+                try:
+                    await _ask(gateway, gateway.keys["ada"])
+                except anthropic.APIStatusError as error:
+                    assert error.status_code == 402
+            for _ in range(100):
+                if len(received) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+        assert sorted(str(alert["threshold"]) for alert in received) == ["0.5", "1"]
+        assert all(alert["label"] == "daily team budget" for alert in received)
+    finally:
+        await runner.cleanup()

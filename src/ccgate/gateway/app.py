@@ -554,6 +554,7 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
         wait_timeout=settings.budget_wait_seconds,
         provider_ids=lambda name: app[UPSTREAMS].upstreams.provider_ids.get(name),
         rate_limited=lambda: app[UPSTREAMS].upstreams.rate_limited,
+        webhook=lambda url, payload: post_webhook(app[SESSION], url, payload),
     )
     await instances.beat(store.db, settings.instance_id, ttl, utcnow())
     recovered = await instances.recover_dead(store.db, utcnow())
@@ -598,6 +599,17 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def post_webhook(session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> None:
+    """A budget alert; its URL (often a secret itself, as Slack's are) is never logged."""
+    budget = payload.get("budget_id")
+    try:
+        async with session.post(url, json=payload, timeout=aiohttp.ClientTimeout(total=10)) as reply:
+            if reply.status >= 400:
+                log.error("the alert webhook of budget %s answered HTTP %d", budget, reply.status)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        log.error("the alert webhook of budget %s failed: %s", budget, type(error).__name__)
 
 
 def create_runner(app: web.Application) -> web.AppRunner:
