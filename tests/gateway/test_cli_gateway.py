@@ -112,3 +112,14 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_an_unusable_sqlite_path_is_one_line_and_a_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for command in ("migrate", "serve"):
+        code, _, err = run_main(capsys, monkeypatch, "gateway", command, "--db", f"sqlite://{blocker}/g.db")
+        assert code == 1
+        assert "cannot open the gateway database" in err and "hint:" in err and "Traceback" not in err

@@ -181,6 +181,11 @@ class SQLiteDatabase:
             raise DatabaseUnavailableError(
                 f"the gateway database failed: {error}", hint="check the --db file, its disk and its permissions"
             ) from error
+        except OSError as error:  # its folder cannot be made (read-only, a file in the way, no such mount)
+            raise DatabaseUnavailableError(
+                f"cannot open the gateway database {self.path}: {error.strerror or error}",
+                hint="give --db a sqlite:/// path in a folder you can write to",
+            ) from error
 
     def _c(self) -> sqlite3.Connection:
         if self._conn is None:
