@@ -143,7 +143,9 @@ async def test_a_spent_team_budget_gives_402_naming_it_and_nothing_reaches_the_u
         assert refused.value.response.headers["x-should-retry"] == "false"
         body = refused.value.response.json()
         assert body["error"]["type"] == "billing_error"
-        assert "daily team budget" in body["error"]["message"]
+        message = body["error"]["message"]
+        assert "daily team budget reached" in message and "Ask your gateway admin" in message
+        assert "credit balance" not in message  # Claude Code would replace the message with its own
         assert len(gateway.upstream.messages_requests) == 1
         rows = await gateway.rows("bob")
         assert [(row.record.http_status, row.record.cost.nanos) for row in rows] == [(402, 0)]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from ccgate.budgets import format_budget_message
+from ccgate.budgets import format_local
 from ccgate.errors import BudgetExceededError, RateLimitedError, UnpricedModelError
 from ccgate.models import format_usd, to_iso, utcnow
 from ccgate.proxy import ClientMeta
@@ -72,11 +72,19 @@ def ids_of(meta: ClientMeta) -> tuple[str, str | None, str | None]:
 
 
 def refused_message(view: BudgetView) -> str:
-    return format_budget_message(view.state, RAISE_HINT).replace("Raise it with `" + RAISE_HINT + "`", RAISE_HINT)
+    """The 402 text: which budget, spent of limit, when it resets (in the budget's own timezone), who can help."""
+    from zoneinfo import ZoneInfo
+
+    state = view.state
+    resets = format_local(state.resets_at, ZoneInfo(view.budget.timezone))
+    return (
+        f"{state.label} reached: {format_usd(state.spent_nanos)} spent of {format_usd(state.limit_nanos)} "
+        f"(resets {resets}). {RAISE_HINT[0].upper()}{RAISE_HINT[1:]}"
+    )
 
 
 class GatewayAdmission:
-    """One per process; `for_request` binds it to a request's routed provider."""
+    """One per process; `RequestAdmission` binds it to a request's routed provider."""
 
     def __init__(
         self,
