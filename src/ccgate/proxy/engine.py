@@ -255,6 +255,8 @@ class Proxy:
             routed_model=primary.model,
             stream=bool(body.get("stream")),
         )
+        if meta.request_id is not None:
+            record.id = meta.request_id
         ctx = _Ctx(deps, meta, record, body, raw, request.rel_url.raw_query_string, request.headers, started)
         task = asyncio.current_task()
         if task is not None:

@@ -140,6 +140,9 @@ class ClientMeta:
     anthropic_base_url: str | None = None
     # the launch's tags as the ledger stores them (`tags.encode`), None without any
     tags: str | None = None
+    # Gateway only: the row id a developer's sidecar sent (`x-ccgate-request-id`), kept as this request's own
+    # row id so a later sync of the same row is recognised. None: a fresh id.
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)

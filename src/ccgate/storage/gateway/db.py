@@ -171,15 +171,23 @@ class SQLiteDatabase:
         the connection's state never depends on where a cancellation landed (a COMMIT cancelled before it
         started would otherwise leave the transaction open for the next caller)."""
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, function)
+        try:
+            future = loop.run_in_executor(self._executor, function)
+        except RuntimeError as error:  # the executor is shut down: the database was closed
+            raise DatabaseUnavailableError("the gateway database is closed") from error
         future.add_done_callback(_retrieve)
         try:
             return await asyncio.shield(future)
         except sqlite3.IntegrityError as error:
             raise ConstraintError(f"refused by the database: {error}") from error
-        except (sqlite3.OperationalError, OSError) as error:
+        except sqlite3.OperationalError as error:
             raise DatabaseUnavailableError(
                 f"the gateway database failed: {error}", hint="check the --db file, its disk and its permissions"
+            ) from error
+        except OSError as error:  # its folder cannot be made (read-only, a file in the way, no such mount)
+            raise DatabaseUnavailableError(
+                f"cannot open the gateway database {self.path}: {error.strerror or error}",
+                hint="give --db a sqlite:/// path in a folder you can write to",
             ) from error
 
     def _c(self) -> sqlite3.Connection:

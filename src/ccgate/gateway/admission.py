@@ -1,0 +1,414 @@
+"""The gateway's `Admission`: rate limits, then budgets (customer, team, key, provider) reserved in the database.
+
+`admit` awaits the database; `settle`, `release` and `shrink` are synchronous for the proxy core, so their
+database work runs as tracked tasks (retried while the database is briefly away) that `close` awaits.
+
+Waiting: a request that only reservations keep out (`Waiting` from the store: spent is below the limit) asks
+again whenever this instance settles, shrinks or releases a hold, and otherwise polls with a growing delay
+(50 ms to 1 s) for other instances' changes. It gives up with 402 only when, for `wait_timeout` seconds,
+nothing moved -- the blocking budget's spent and reserved, the bytes this instance's holders received, the
+renewals of other instances' holds (their streams are alive) -- or after `max_wait`.
+This instance's holds are renewed every third of their TTL while it lives (`run_heartbeat`), so a stream of
+any length keeps its hold and a killed instance's holds lapse after at most one TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from ccgate.core.budgets import format_local
+from ccgate.core.records import format_usd, to_iso, utcnow
+from ccgate.errors import BudgetExceededError, RateLimitedError, UnpricedModelError
+from ccgate.proxy.engine import ClientMeta
+from ccgate.storage.gateway import instances
+from ccgate.storage.gateway.db import DatabaseUnavailableError
+from ccgate.storage.gateway.records import (
+    AdmissionResult,
+    Admitted,
+    BudgetView,
+    RateAllowed,
+    RateDecision,
+    RateLimited,
+    Refused,
+    Reservation,
+)
+from ccgate.storage.gateway.store import GatewayStore
+from ccgate.storage.reports import usd_string
+
+log = logging.getLogger("ccgate.gateway")
+
+RAISE_HINT = "ask your gateway admin to raise or override it (`ccgate gateway admin budget ...`)"
+# How long a reply must have been running before its reservation is lowered to its real input (see `shrink`).
+SHRINK_AFTER_S = 0.1
+# Tries (one a second) of a settle or release while the database is away, before the hold is left to lapse.
+DB_RETRIES = 30
+
+
+@dataclass(slots=True, eq=False)
+class Hold:
+    """An admitted request's reservation (None when no budget applies to it)."""
+
+    reservation: Reservation | None
+    budget_ids: tuple[str, ...]
+    progress: Callable[[], int] | None = None
+    done: bool = False
+    # budgets with an alert webhook, looked at once the request is settled; whose request it was
+    alerting: tuple[str, ...] = ()
+    owner: tuple[str, str | None, str | None, str | None] | None = None
+
+
+Webhook = Callable[[str, dict[str, Any]], Coroutine[Any, Any, None]]
+
+
+def ids_of(meta: ClientMeta) -> tuple[str, str | None, str | None]:
+    extra = meta.extra
+    return extra["key_id"], extra.get("team_id") or None, extra.get("customer_id") or None
+
+
+def refused_message(view: BudgetView) -> str:
+    """The 402 text: which budget, spent of limit, when it resets (in the budget's own timezone), who can help."""
+    from zoneinfo import ZoneInfo
+
+    state = view.state
+    resets = format_local(state.resets_at, ZoneInfo(view.budget.timezone))
+    return (
+        f"{state.label} reached: {format_usd(state.spent_nanos)} spent of {format_usd(state.limit_nanos)} "
+        f"(resets {resets}). {RAISE_HINT[0].upper()}{RAISE_HINT[1:]}"
+    )
+
+
+class GatewayAdmission:
+    """One per process; `RequestAdmission` binds it to a request's routed provider."""
+
+    def __init__(
+        self,
+        store: GatewayStore,
+        instance_id: str,
+        *,
+        ttl: timedelta,
+        wait_timeout: float = 30.0,
+        max_wait: float = 600.0,
+        provider_ids: Callable[[str], str | None] = lambda name: None,
+        rate_limited: Callable[[], frozenset[str]] | None = None,
+        webhook: Webhook | None = None,
+    ) -> None:
+        """`rate_limited`: the ids of keys and teams with a rate limit (re-read every few seconds); requests of
+        others skip the check. None: always check."""
+        self.store = store
+        self.instance_id = instance_id
+        self.ttl = ttl
+        self.wait_timeout = wait_timeout
+        self.max_wait = max(max_wait, wait_timeout)
+        self.provider_ids = provider_ids
+        self.rate_limited = rate_limited
+        self.webhook = webhook
+        self._holds: set[Hold] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._changed = asyncio.Event()
+
+    # ---- the Admission protocol -------------------------------------------------------------------------------
+
+    def applies(self, meta: ClientMeta) -> bool:
+        return "key_id" in meta.extra
+
+    async def admit(
+        self, meta: ClientMeta, *, reserve_nanos: int | None, model: str, provider: str | None = None
+    ) -> Hold:
+        """Rate limits and the first reservation attempt run side by side (two pooled connections on PostgreSQL):
+        a request pays for the slower of the two round trips, not their sum."""
+        key_id, team_id, customer_id = ids_of(meta)
+        provider_id = None if provider is None else self.provider_ids(provider)
+        bound = 0 if reserve_nanos is None else reserve_nanos
+
+        def reserve() -> Coroutine[Any, Any, AdmissionResult]:
+            return self.store.reserve(
+                key_id=key_id,
+                team_id=team_id,
+                customer_id=customer_id,
+                provider_id=provider_id,
+                bound_nanos=bound,
+                instance_id=self.instance_id,
+                ttl=self.ttl,
+            )
+
+        rate = asyncio.ensure_future(self._rate_check(key_id, team_id))
+        try:
+            result = await self._attempt(reserve())
+        except BaseException:
+            rate.cancel()
+            raise
+        try:
+            limited = await rate
+        except BaseException:
+            self._release_result(result)
+            raise
+        if isinstance(limited, RateLimited):
+            self._release_result(result)
+            level = limited.limit.level.value
+            raise RateLimitedError(
+                f"the {level}'s rate limit of {limited.allowed} {limited.kind} a minute is reached",
+                retry_after=limited.retry_after_s,
+                hint=f"retry in {limited.retry_after_s} s, or ask your gateway admin to raise it",
+            )
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.max_wait
+        mark: tuple[object, ...] | None = None
+        stall_at = give_up_at
+        delay = 0.05
+        while True:
+            if isinstance(result, Admitted):
+                return self._admitted(result, reserve_nanos, model, (key_id, team_id, customer_id, provider_id))
+            if isinstance(result, Refused):
+                raise BudgetExceededError(refused_message(result.blocking))
+            state = result.blocking.state
+            now = loop.time()
+            budget_id = result.blocking.budget.id
+            # progress: spend or holds changed, this instance's holders received bytes, or another instance
+            # renewed its holds (its streams are alive; a dead instance's lapse and so change `reserved`)
+            renewed = await instances.holds_renewed_until(
+                self.store.db, budget_id, utcnow(), other_than=self.instance_id
+            )
+            moved = (state.spent_nanos, state.reserved_nanos, renewed, *self._progress(budget_id))
+            if moved != mark:
+                mark, stall_at = moved, now + self.wait_timeout
+            elif now >= stall_at:
+                raise self._still_reserved(result.blocking, bound, stalled=True)
+            if now >= give_up_at:
+                raise self._still_reserved(result.blocking, bound, stalled=False)
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(delay, max(0.0, give_up_at - now)))
+            delay = min(delay * 2, 1.0)
+            result = await self._attempt(reserve())
+
+    async def _rate_check(self, key_id: str, team_id: str | None) -> RateDecision:
+        limited = None if self.rate_limited is None else self.rate_limited()
+        if limited is not None and key_id not in limited and (team_id is None or team_id not in limited):
+            return RateAllowed()
+        return await self.store.take_request(key_id=key_id, team_id=team_id)
+
+    async def _attempt(self, work: Coroutine[Any, Any, AdmissionResult]) -> AdmissionResult:
+        """One reservation attempt; if the client leaves meanwhile, a hold it committed is given back (it would
+        otherwise be renewed for as long as this instance lives)."""
+        attempt = asyncio.ensure_future(work)
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            attempt.add_done_callback(self._release_orphan)
+            raise
+
+    def _admitted(
+        self,
+        result: Admitted,
+        reserve_nanos: int | None,
+        model: str,
+        owner: tuple[str, str | None, str | None, str | None],
+    ) -> Hold:
+        budget_ids = tuple(view.budget.id for view in result.budgets)
+        alerting = tuple(
+            view.budget.id for view in result.budgets if view.budget.webhook_url and view.budget.thresholds
+        )
+        hold = Hold(result.reservation if budget_ids else None, budget_ids, alerting=alerting, owner=owner)
+        if reserve_nanos is None and budget_ids:
+            self.release(hold)
+            raise UnpricedModelError(
+                f"model {model} has no known price and a budget applies, so its cost cannot be bounded",
+                hint="ask your gateway admin to route it to a priced model or to set a price for it",
+            )
+        self._holds.add(hold)
+        return hold
+
+    def _release_result(self, result: AdmissionResult) -> None:
+        if isinstance(result, Admitted) and result.budgets:
+            self.release(Hold(result.reservation, tuple(view.budget.id for view in result.budgets)))
+
+    def _release_orphan(self, attempt: asyncio.Future[Any]) -> None:
+        if not attempt.cancelled() and attempt.exception() is None:
+            self._release_result(attempt.result())
+
+    def watch(self, hold: Hold, progress: Callable[[], int]) -> None:
+        hold.progress = progress
+
+    def shrink(self, hold: Hold, bound_nanos: int) -> None:
+        """Lowered in the database only if the request is still running `SHRINK_AFTER_S` later: most replies
+        that end sooner settle before anyone could use the room, and each skipped write is a round trip saved."""
+        if hold.reservation is None or hold.done:
+            return
+        reservation = hold.reservation
+
+        def later() -> None:
+            if not hold.done:
+                self._spawn(self.store.shrink(reservation, max(0, bound_nanos)), "shrink")
+
+        asyncio.get_running_loop().call_later(SHRINK_AFTER_S, later)
+
+    def settle(self, hold: Hold, actual_nanos: int) -> None:
+        self._end(hold)
+        if hold.reservation is not None:
+            reservation = hold.reservation
+            settling = self._retrying(lambda: self.store.settle(reservation, max(0, actual_nanos)))
+            if hold.alerting and self.webhook is not None and actual_nanos > 0:
+                self._spawn(self._then_alert(settling, hold), "settle")
+            else:
+                self._spawn(settling, "settle")
+
+    async def _then_alert(self, settling: Coroutine[Any, Any, None], hold: Hold) -> None:
+        await settling
+        await self._alert(hold)
+
+    async def _alert(self, hold: Hold) -> None:
+        """Each threshold of a budget with a webhook fires once per window, across instances (`claim_alert`)."""
+        assert hold.owner is not None and self.webhook is not None
+        key_id, team_id, customer_id, provider_id = hold.owner
+        views = await self.store.budget_views(
+            key_id=key_id, team_id=team_id, customer_id=customer_id, provider_id=provider_id
+        )
+        for view in views:
+            budget, state = view.budget, view.state
+            if budget.id not in hold.alerting or budget.webhook_url is None or state.limit_nanos <= 0:
+                continue
+            for threshold in budget.thresholds:
+                if state.spent_nanos < threshold * state.limit_nanos:
+                    continue
+                if not await self.store.claim_alert(budget.id, view.window_start, threshold):
+                    continue
+                await self.webhook(
+                    budget.webhook_url,
+                    {
+                        "type": "budget_alert",
+                        "budget_id": budget.id,
+                        "level": budget.level.value,
+                        "target_id": budget.target_id,
+                        "label": budget.label,
+                        "threshold": str(threshold),
+                        "limit_usd": usd_string(state.limit_nanos),
+                        "spent_usd": usd_string(state.spent_nanos),
+                        "window_start": to_iso(view.window_start),
+                        "resets_at": to_iso(state.resets_at),
+                    },
+                )
+
+    def release(self, hold: Hold) -> None:
+        self._end(hold)
+        if hold.reservation is not None:
+            reservation = hold.reservation
+            self._spawn(self._retrying(lambda: self.store.release(reservation)), "release")
+
+    # ---- bookkeeping ------------------------------------------------------------------------------------------
+
+    def _end(self, hold: Hold) -> None:
+        hold.done = True
+        hold.progress = None
+        self._holds.discard(hold)
+
+    def _progress(self, budget_id: str) -> list[int]:
+        """What this instance's requests on `budget_id` have done: grows while any of them moves."""
+        marks = []
+        for hold in self._holds:
+            if budget_id in hold.budget_ids and hold.progress is not None:
+                marks.append(hold.progress())
+        return marks
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _spawn(self, work: Coroutine[Any, Any, Any], what: str) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+
+        def finished(done: asyncio.Task[Any]) -> None:
+            self._tasks.discard(done)
+            if not done.cancelled() and done.exception() is not None:
+                log.error("budget %s failed: %s", what, done.exception())
+            self._notify()
+
+        task.add_done_callback(finished)
+
+    @staticmethod
+    async def _retrying(call: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """A settle must not be lost to a database restart: the spend would vanish from the budget."""
+        for attempt in range(DB_RETRIES):
+            try:
+                await call()
+                return
+            except DatabaseUnavailableError:
+                if attempt == DB_RETRIES - 1:
+                    raise
+                await asyncio.sleep(1.0)
+
+    def _still_reserved(self, view: BudgetView, reserve: int, *, stalled: bool) -> BudgetExceededError:
+        state = view.state
+        why = (
+            f"and none of them made progress for {self.wait_timeout:g} s"
+            if stalled
+            else f"for {self.max_wait / 60:g} minutes"
+        )
+        return BudgetExceededError(
+            f"{state.label} is fully reserved by requests in flight {why}: {format_usd(state.spent_nanos)} spent "
+            f"and {format_usd(state.reserved_nanos)} reserved of {format_usd(state.limit_nanos)}, and this request "
+            f"may cost up to {format_usd(reserve)}. Try again when they finish, or {RAISE_HINT}"
+        )
+
+    # ---- lifetime ---------------------------------------------------------------------------------------------
+
+    async def run_heartbeat(self) -> None:
+        """Renew this instance's holds every third of the TTL; clear lapsed holds and dead instances' rows."""
+        interval = self.ttl.total_seconds() / 3
+        while True:
+            try:
+                now = utcnow()
+                await instances.beat(self.store.db, self.instance_id, self.ttl, now)
+                recovered = await instances.recover_dead(self.store.db, now)
+                if recovered:
+                    log.warning("marked %d request(s) of a stopped gateway instance as interrupted", recovered)
+                if await self.store.expire(now=now):
+                    self._notify()
+            except DatabaseUnavailableError as error:
+                log.error("cannot renew this instance's budget holds: %s", error.message)
+            except Exception:  # the heartbeat must outlive anything (a deadlock report, say); it is logged
+                log.exception("renewing this instance's budget holds failed")
+            await asyncio.sleep(interval)
+
+    async def close(self) -> None:
+        """Wait for every settle and release still running, then drop this instance's holds."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        with contextlib.suppress(DatabaseUnavailableError):
+            await instances.stop(self.store.db, self.instance_id)
+
+
+class RequestAdmission:
+    """The process's admission bound to one request, so provider budgets see the provider it was routed to."""
+
+    __slots__ = ("admission", "router")
+
+    def __init__(self, admission: GatewayAdmission, router: Any) -> None:
+        self.admission = admission
+        self.router = router
+
+    def applies(self, meta: ClientMeta) -> bool:
+        return self.admission.applies(meta)
+
+    async def admit(self, meta: ClientMeta, *, reserve_nanos: int | None, model: str) -> Hold:
+        route = self.router.last
+        provider = route.targets[0].provider if route is not None else None
+        return await self.admission.admit(meta, reserve_nanos=reserve_nanos, model=model, provider=provider)
+
+    def settle(self, reservation: Hold, actual_nanos: int) -> None:
+        self.admission.settle(reservation, actual_nanos)
+
+    def release(self, reservation: Hold) -> None:
+        self.admission.release(reservation)
+
+    def shrink(self, reservation: Hold, bound_nanos: int) -> None:
+        self.admission.shrink(reservation, bound_nanos)
+
+    def watch(self, reservation: Hold, progress: Callable[[], int]) -> None:
+        self.admission.watch(reservation, progress)
