@@ -204,7 +204,7 @@ def _record_file(paths: Paths) -> Path:
 def load_records(paths: Paths) -> dict[str, dict[str, Any]]:
     try:
         data = json.loads(_record_file(paths).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(data, dict):
         return {}
@@ -479,7 +479,7 @@ def _read_event(stdin: IO[str]) -> dict[str, Any]:
         raise UserInputError("the hook input from Claude Code is larger than 1 MB")
     try:
         event = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UserInputError("the hook input from Claude Code is not JSON") from None
     if not isinstance(event, dict) or not isinstance(event.get("session_id"), str):
         raise UserInputError("the hook input from Claude Code has no session_id")

@@ -415,7 +415,7 @@ async def register_session(request: web.Request) -> web.StreamResponse:
     """The SessionStart hook of `ccgate install` registers Claude Code's session id with its project (and upstream)."""
     try:
         payload = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidRequestError("session registration must be JSON") from None
     session_id = payload.get("session_id") if isinstance(payload, dict) else None
     if (
@@ -499,7 +499,7 @@ def _load_launches(paths: Paths) -> dict[str, LaunchInfo]:
     """Launches survive a sidecar restart, so running Claude Code sessions keep their project."""
     try:
         raw = json.loads(_launches_file(paths).read_text())
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError, RecursionError):
         return {}
     if not isinstance(raw, dict):
         return {}
