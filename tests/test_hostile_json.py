@@ -4,6 +4,7 @@ client's registration) is refused or ignored like any other bad JSON: never a tr
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import aiohttp
@@ -61,3 +62,20 @@ async def test_a_deep_session_registration_is_a_400() -> None:
     ):
         assert resp.status == 400
         assert "must be JSON" in (await resp.json())["error"]["message"]
+
+
+def test_launches_of_the_wrong_types_are_dropped_and_the_rest_kept() -> None:
+    """A hand-edited launches.json must not keep the sidecar from starting, nor give requests a project that
+    the ledger cannot store."""
+    paths = resolve_paths().ensure()
+    entries = {
+        "bad-time": {"started_at": "yesterday"},
+        "inf-time": {"started_at": 1e999},
+        "bool-time": {"started_at": True},
+        "dict-project": {"project": {"x": 1}, "started_at": 1},
+        "good": {"project": "/p", "started_at": 5},
+    }
+    (paths.state_dir / "launches.json").write_text(json.dumps(entries).replace("Infinity", "1e999"))
+    launches = _load_launches(paths)
+    assert list(launches) == ["good"]
+    assert launches["good"].project == "/p" and launches["good"].started_at == 5.0

@@ -7,6 +7,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -520,8 +521,17 @@ def _load_launches(paths: Paths) -> dict[str, LaunchInfo]:
         except UserInputError:
             log.error("launch %s has unusable tags in %s; dropped", key, _launches_file(paths))
             continue
-        launches[key] = LaunchInfo(key, value.get("project"), float(value.get("started_at", 0)), upstream, tags=tags)
+        project, started_at = value.get("project"), value.get("started_at", 0)
+        if not (project is None or isinstance(project, str)) or not _finite_number(started_at):
+            # a project that is not text would make every ledger write of its requests fail
+            log.error("launch %s has an unusable project or started_at in %s; dropped", key, _launches_file(paths))
+            continue
+        launches[key] = LaunchInfo(key, project, float(started_at), upstream, tags=tags)
     return launches
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)
