@@ -532,3 +532,23 @@ async def test_a_key_named_like_another_teams_key_id_does_not_stand_in_for_it(ap
     assert status == 200 and answer["name"] == "web-key" and answer["revoked_at"]
     status, mine = await api("GET", f"/keys/{shadow['id']}", token=team_admin["token"])
     assert status == 200 and mine["revoked_at"] is None
+
+
+async def test_an_admin_token_of_bytes_that_are_not_utf8_is_a_401_not_a_500(api: AdminCaller) -> None:
+    """aiohttp decodes such header bytes to surrogates, which cannot be encoded again for the comparison."""
+    import asyncio
+
+    server = api.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(
+            b"GET /admin/v1/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe"
+            + BOOTSTRAP.encode()
+            + b"\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
+    assert b"authentication_error" in answer

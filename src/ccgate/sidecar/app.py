@@ -195,7 +195,9 @@ async def guard_middleware(
     """
     state = request.app[STATE]
     token = request.headers.get(TOKEN_HEADER, "")
-    authentic = bool(token) and hmac.compare_digest(token.encode(), state.token.encode())
+    # the token is ASCII: a header of other bytes (aiohttp decodes them to surrogates, which cannot be encoded
+    # again) is simply not it, never a 500
+    authentic = bool(token) and token.isascii() and hmac.compare_digest(token.encode(), state.token.encode())
     # a token-less request from a Claude Code session that `ccgate install`'s hook registered
     installed = not token and request.path not in PUBLIC_PATHS and _installed_session(request, state)
     request.app[CONNECTIONS].request_seen(request.protocol, authenticated=authentic or installed)
