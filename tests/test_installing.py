@@ -187,6 +187,27 @@ def test_project_scope_writes_the_projects_local_settings(
     assert "/.claude/settings.local.json" not in (exclude.read_text() if exclude.exists() else "")
 
 
+def test_a_git_exclude_file_that_is_not_utf8_is_kept_byte_for_byte(
+    capsys: Capsys, monkeypatch: Patch, port: int, tmp_path: Path
+) -> None:
+    """Git does not require UTF-8 in `.git/info/exclude`: a Latin-1 comment must not stop install (it was a
+    UnicodeDecodeError traceback), and uninstall takes out only its own two lines."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    exclude = project / ".git" / "info" / "exclude"
+    original = exclude.read_bytes() + b"# caf\xe9\n"
+    exclude.write_bytes(original)
+    monkeypatch.chdir(project)
+    code, _, err = run(capsys, monkeypatch, "install", "--scope", "project")
+    assert code == 0, err
+    assert exclude.read_bytes().startswith(original)
+    assert b"/.claude/settings.local.json" in exclude.read_bytes()
+    code, _, err = run(capsys, monkeypatch, "uninstall", "--scope", "project")
+    assert code == 0, err
+    assert exclude.read_bytes() == original
+
+
 def test_a_port_of_zero_cannot_be_installed(capsys: Capsys, monkeypatch: Patch) -> None:
     monkeypatch.setenv("CCGATE_SIDECAR_PORT", "0")
     code, _, err = run(capsys, monkeypatch, "install")

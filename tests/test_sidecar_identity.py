@@ -313,3 +313,25 @@ def test_the_listening_sockets_owner_is_read_from_proc(env: dict[str, str]) -> N
             assert listener_uids(theirs.port) == frozenset({NOBODY})
             assert probe_port(theirs.port, None).foreign_uid == NOBODY
             theirs.stop()
+
+
+def test_a_local_token_readable_by_others_is_made_private_again() -> None:
+    """A token file copied with a loose umask or restored from a backup would let every local user in."""
+    paths = resolve_paths().ensure()
+    token = ensure_token(paths)
+    os.chmod(paths.token_file, 0o644)
+    assert ensure_token(paths) == token
+    assert paths.token_file.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give the token file to another user")
+def test_a_local_token_another_user_owns_is_refused() -> None:
+    """Whoever owns the file chose the token, so they could use the sidecar: it is not used, in one line."""
+    from ccgate.errors import SidecarError
+
+    paths = resolve_paths().ensure()
+    ensure_token(paths)
+    os.chown(paths.token_file, NOBODY, NOBODY)
+    with pytest.raises(SidecarError, match="not yours alone") as caught:
+        ensure_token(paths)
+    assert str(paths.token_file) in caught.value.hint

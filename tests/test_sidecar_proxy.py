@@ -601,3 +601,32 @@ async def test_upstream_cookies_are_never_replayed_on_later_requests() -> None:
             )
         assert [r.headers.get("cookie") for r in harness.upstream.messages_requests] == [None, None]
     await upstream.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_upstream_redirect_is_neither_followed_nor_passed_on(stream: bool) -> None:
+    """A redirect names a host nobody configured: following it would send the stored provider key there, and
+    passing its Location on would make the client follow it with its own credentials (and, under `launch`, the
+    local token among its custom headers)."""
+    from scripted_upstream import JSONReply, Script
+
+    async with ScriptedUpstream() as elsewhere, ScriptedUpstream() as upstream:
+        away = {"Location": elsewhere.url + "/v1/messages"}
+        upstream.enqueue(
+            JSONReply({"moved": True}, status=307, headers=away),
+            Script(JSONReply({"moved": True}, status=308, headers=away), path="/v1/messages/count_tokens"),
+        )
+        environ = {"CCGATE_ANTHROPIC_API_KEY": "sk-ant-stored-in-ccgate"}
+        async with running_sidecar(upstream=upstream, environ=environ) as harness, aiohttp.ClientSession() as session:
+            body = {
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 5,
+                "stream": stream,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            for path in ("/v1/messages", "/v1/messages/count_tokens"):
+                async with session.post(harness.url + path, json=body, headers=harness.headers) as resp:
+                    assert resp.status in (307, 308), await resp.text()
+                    assert "Location" not in resp.headers
+        assert elsewhere.requests == []
+        assert len(upstream.requests) == 2

@@ -199,3 +199,32 @@ async def test_deeply_nested_json_from_an_openai_provider_is_never_a_500() -> No
             rows = harness.rows()
     assert [(row["status"], row["http_status"]) for row in rows] == [("ok", 200), ("error", 400), ("error", 200)]
     assert "nested too deeply" in rows[2]["error_message"]
+
+
+async def _raw_exchange(url: str, head: bytes) -> bytes:
+    """One request written byte for byte (a client library would refuse these bytes); the whole answer."""
+    import asyncio
+
+    host, port = URL(url).host, URL(url).port
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("value", [b"\xff\xfe", b"cgt-\xc3", b"\x80" * 40])
+async def test_a_token_header_of_bytes_that_are_not_utf8_is_a_401_not_a_500(value: bytes) -> None:
+    """aiohttp decodes such bytes to surrogates, which cannot be encoded again: a 500 and a traceback before."""
+    async with running_sidecar() as harness:
+        answer = await _raw_exchange(
+            harness.url,
+            b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-ccgate-token: " + value + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        )
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert status_line == b"HTTP/1.1 401 Unauthorized", answer[:300]
+        assert b"authentication_error" in rest
+        assert harness.upstream.requests == []

@@ -230,3 +230,43 @@ def test_peer_uid_asks_the_kernel_for_the_one_socket(family: int, bind: str, con
                 assert peer_uid(peername, accepted.getsockname()) == os.getuid()
                 tables = ("/proc/net/tcp", "/proc/net/tcp6")
                 assert peer_uid(peername, accepted.getsockname(), tables=tables) == os.getuid()
+
+
+HALF_CLOSING_CLIENT = """
+import socket, sys
+conn = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+conn.shutdown(socket.SHUT_WR)  # as a client does that sends its request and then only reads
+print("sent", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0
+    or shutil.which("runuser") is None
+    or not Path("/proc/net/tcp").exists()
+    or not Path(SYSTEM_PYTHON).exists(),
+    reason="needs root (to run a client as another user), runuser, /proc/net/tcp and /usr/bin/python3",
+)
+async def test_the_owner_of_a_half_closed_client_socket_is_found() -> None:
+    """A client that shut its sending side is no longer ESTABLISHED; the /proc path must still name its user,
+    or "unknown" would let another user's request through where sock_diag is not available."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        process = await asyncio.create_subprocess_exec(
+            "runuser", "-u", "nobody", "--", SYSTEM_PYTHON, "-I", "-c", HALF_CLOSING_CLIENT,
+            str(server.getsockname()[1]), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            assert (await asyncio.wait_for(process.stdout.readline(), 60)) == b"sent\n"
+            accepted, peername = server.accept()
+            with accepted:
+                assert accepted.recv(1) == b""  # the client's FIN has arrived
+                nobody = peer_uid(peername, accepted.getsockname())
+                assert nobody not in (None, os.getuid())
+                assert peer_uid(peername, accepted.getsockname(), tables=("/proc/net/tcp",)) == nobody
+        finally:
+            process.stdin.write(b"\n")
+            await process.communicate()

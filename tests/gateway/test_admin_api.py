@@ -489,3 +489,66 @@ async def test_report_edges_answer_without_crashing(api: AdminCaller, params: di
     assert status in (200, 400), body
     if status == 400:
         error_of(body)
+
+
+async def test_a_lone_surrogate_is_refused_and_never_breaks_the_audit_log(api: AdminCaller) -> None:
+    """JSON can spell a lone surrogate; stored, it could not be encoded again and every audit read would be a 500."""
+    await _org(api)
+    for path, body in (
+        ("/teams/core", {"tier_overrides": {"haiku": "groq/\ud800"}}),
+        ("/teams/core", {"tier_overrides": {"haiku": "\udfff/llama"}}),
+    ):
+        status, answer = await api("PATCH", path, body)
+        assert status == 400, answer
+        assert "printable" in error_of(answer)
+    status, answer = await api("POST", "/keys", {"team": "core", "name": "k", "tier_overrides": {"opus": "a/\ud800"}})
+    assert status == 400, answer
+    assert (await api("GET", "/audit"))[0] == 200
+    assert (await api("GET", "/teams/core"))[0] == 200
+
+
+async def test_a_key_named_like_another_teams_key_id_does_not_stand_in_for_it(api: AdminCaller) -> None:
+    """A team_admin names its keys; a name equal to another team's key id must not make that id mean its key."""
+    await _org(api)
+    status, team_admin = await api("POST", "/tokens", {"name": "core-admin", "role": "team_admin", "team": "core"})
+    assert status == 201, team_admin
+    status, web_key = await api("POST", "/keys", {"team": "web", "name": "web-key"})
+    assert status == 201, web_key
+    status, shadow = await api("POST", "/keys", {"team": "core", "name": web_key["id"]}, token=team_admin["token"])
+    assert status == 201, shadow
+    # an update moves the key's row (PostgreSQL writes a new tuple at the end of the table): found after the shadow
+    status, _ = await api("PATCH", f"/keys/{web_key['id']}", {"mode": "report"})
+    assert status == 200
+    for _ in range(3):
+        status, found = await api("GET", f"/keys/{web_key['id']}")
+        assert (status, found["name"], found["team"]) == (200, "web-key", "web")
+    status, answer = await api(
+        "PUT", f"/ratelimits/key/{web_key['id']}", {"rpm": 1, "tpm": 1}, token=team_admin["token"]
+    )
+    assert status == 403, answer
+    status, answer = await api("POST", f"/keys/{web_key['id']}/revoke", {}, token=team_admin["token"])
+    assert status == 403, answer
+    status, answer = await api("POST", f"/keys/{web_key['id']}/revoke", {})
+    assert status == 200 and answer["name"] == "web-key" and answer["revoked_at"]
+    status, mine = await api("GET", f"/keys/{shadow['id']}", token=team_admin["token"])
+    assert status == 200 and mine["revoked_at"] is None
+
+
+async def test_an_admin_token_of_bytes_that_are_not_utf8_is_a_401_not_a_500(api: AdminCaller) -> None:
+    """aiohttp decodes such header bytes to surrogates, which cannot be encoded again for the comparison."""
+    import asyncio
+
+    server = api.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(
+            b"GET /admin/v1/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe"
+            + BOOTSTRAP.encode()
+            + b"\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
+    assert b"authentication_error" in answer

@@ -274,3 +274,16 @@ def test_a_url_that_is_not_a_gateway_is_one_line(
         server.server_close()
         thread.join(timeout=10)
     _one_error(result, f"answered HTTP {status}", "not ccgate's admin API", "points at a ccgate gateway")
+
+
+def test_a_token_that_is_not_ascii_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An HTTP header carries Latin-1 at most: a pasted `€` or a stray byte from the environment must not crash."""
+    monkeypatch.setenv("CCGATE_GATEWAY_URL", "http://127.0.0.1:9")  # never reached
+    token_file = tmp_path / "token"
+    token_file.write_text("cga-abc\u20ac\n", encoding="utf-8")
+    result = run_main(capsys, monkeypatch, "gateway", "admin", "--token-file", str(token_file), "whoami")
+    assert "€" not in _one_error(result, str(token_file), "ASCII")
+    monkeypatch.setenv("CCGATE_GATEWAY_ADMIN_TOKEN", "cga-abc\udc80")
+    _one_error(run_main(capsys, monkeypatch, "gateway", "admin", "whoami"), "CCGATE_GATEWAY_ADMIN_TOKEN", "ASCII")

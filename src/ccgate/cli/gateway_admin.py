@@ -62,6 +62,18 @@ def admin_root(tctx: typer.Context, url: str | None = URL_OPTION, token_file: Pa
 
 
 def _read_token(token_file: Path | None) -> str:
+    """The admin token, which must be printable ASCII: an HTTP header cannot carry anything else."""
+    token = _find_token(token_file)
+    if not token.isascii():
+        where = str(token_file) if token_file is not None else TOKEN_ENV
+        raise UserInputError(
+            f"the admin token from {where} has characters other than ASCII letters, digits and punctuation",
+            hint="copy the token exactly as `token create` printed it",
+        )
+    return token
+
+
+def _find_token(token_file: Path | None) -> str:
     environ = ctx().environ
     if token_file is not None:
         try:

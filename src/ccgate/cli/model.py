@@ -291,7 +291,9 @@ def _send_test(app_ctx: AppContext, url: str, model: str, token_header: str) -> 
 
         async with create_client_session(connect_timeout=5.0, read_timeout=120.0) as session:
             started = time.perf_counter()
-            async with session.post(f"{url.rstrip('/')}/v1/messages", headers=headers, json=body) as response:
+            async with session.post(
+                f"{url.rstrip('/')}/v1/messages", headers=headers, json=body, allow_redirects=False
+            ) as response:
                 text = await response.text(errors="replace")
                 elapsed = (time.perf_counter() - started) * 1000
         try:

@@ -296,7 +296,7 @@ async def _send(url: str, headers: dict[str, str]) -> tuple[int, str, float]:
 
     async with create_client_session(connect_timeout=10.0, read_timeout=30.0) as session:
         started = time.perf_counter()
-        async with session.get(url, headers=headers) as response:
+        async with session.get(url, headers=headers, allow_redirects=False) as response:
             body = await response.text(errors="replace")
             return response.status, body, (time.perf_counter() - started) * 1000
 

@@ -204,7 +204,7 @@ def _record_file(paths: Paths) -> Path:
 def load_records(paths: Paths) -> dict[str, dict[str, Any]]:
     try:
         data = json.loads(_record_file(paths).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(data, dict):
         return {}
@@ -347,10 +347,11 @@ def _exclude_from_git(path: Path) -> str | None:
     exclude = (top / where).resolve()
     try:
         exclude.parent.mkdir(parents=True, exist_ok=True)
-        text = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
-        prefix = "" if not text or text.endswith("\n") else "\n"
-        with exclude.open("a", encoding="utf-8") as handle:
-            handle.write(f"{prefix}{EXCLUDE_COMMENT}\n{relative}\n")
+        # bytes: git does not require UTF-8 there, and a Latin-1 comment must neither stop install nor be rewritten
+        data = exclude.read_bytes() if exclude.exists() else b""
+        prefix = b"" if not data or data.endswith(b"\n") else b"\n"
+        with exclude.open("ab") as handle:
+            handle.write(prefix + f"{EXCLUDE_COMMENT}\n{relative}\n".encode())
     except OSError:
         return None  # only a convenience: the install itself stands
     return str(exclude)
@@ -362,11 +363,12 @@ def _unexclude_from_git(exclude: Any, path: Path) -> None:
     relative = "/" + path.relative_to(path.parent.parent).as_posix()
     target = Path(exclude)
     try:
-        lines = target.read_text(encoding="utf-8").splitlines(keepends=True)
+        lines = target.read_bytes().splitlines(keepends=True)
+        ours = (EXCLUDE_COMMENT.encode(), relative.encode())
         for index in range(len(lines) - 1):
-            if lines[index].rstrip("\n") == EXCLUDE_COMMENT and lines[index + 1].rstrip("\n") == relative:
+            if (lines[index].rstrip(b"\n"), lines[index + 1].rstrip(b"\n")) == ours:
                 del lines[index : index + 2]
-                target.write_text("".join(lines), encoding="utf-8")
+                target.write_bytes(b"".join(lines))
                 return
     except OSError:
         return
@@ -479,7 +481,7 @@ def _read_event(stdin: IO[str]) -> dict[str, Any]:
         raise UserInputError("the hook input from Claude Code is larger than 1 MB")
     try:
         event = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UserInputError("the hook input from Claude Code is not JSON") from None
     if not isinstance(event, dict) or not isinstance(event.get("session_id"), str):
         raise UserInputError("the hook input from Claude Code has no session_id")

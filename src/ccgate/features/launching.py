@@ -118,7 +118,7 @@ def bypass_warnings(
     for settings in (claude_config_dir(environ, home) / "settings.json", *extra_settings, *managed):
         try:
             data = json.loads(settings.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: nested past ~1,000 levels
             data = None
         env = data.get("env") if isinstance(data, dict) else None
         if not isinstance(env, dict):

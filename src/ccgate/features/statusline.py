@@ -83,7 +83,7 @@ def parse_input(text: str) -> StatusInput:
     """Tolerant: garbage or a partial object gives a StatusInput with what could be read."""
     try:
         raw = json.loads(text) if text.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return StatusInput()
     if not isinstance(raw, dict):
         return StatusInput()
@@ -374,7 +374,7 @@ def _read_settings(path: Path) -> dict[str, Any] | None:
         return {}
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise UserInputError(
             f"{path} is not valid JSON ({exc})",
             hint="fix the file first; ccgate never overwrites a file it cannot read",
@@ -413,7 +413,7 @@ def _previous_file(state_dir: Path) -> Path:
 def _load_previous(state_dir: Path) -> dict[str, Any]:
     try:
         data = json.loads(_previous_file(state_dir).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -80,6 +80,8 @@ async def _authenticate(request: web.Request) -> Principal:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationError("an admin token is required", hint=TOKEN_HINT)
+    if not token.isascii():  # tokens are ASCII; other bytes arrive as surrogates that cannot be encoded (a 500)
+        raise AuthenticationError("the admin token is wrong or revoked", hint=TOKEN_HINT)
     bootstrap = request.config_dict.get(keys.BOOTSTRAP_ADMIN_TOKEN)
     if bootstrap and hmac.compare_digest(token.encode("utf-8"), bootstrap.encode("utf-8")):
         return Principal(BOOTSTRAP_ACTOR, AdminRole.ADMIN, None)

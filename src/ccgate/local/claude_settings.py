@@ -68,7 +68,7 @@ def parse_settings(path: Path, raw: bytes) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise UserInputError(
             f"{path} is not valid JSON ({exc}); nothing was changed",
             hint="fix the file (Claude Code cannot read it either), then run this again",

@@ -78,7 +78,7 @@ def _read_file(path: Path) -> dict[str, str]:
         raise SecretStoreError(f"{path} is readable by other users, refusing to use it", hint=f"run `chmod 600 {path}`")
     try:
         data = json.loads(path.read_text(encoding="utf-8") or "{}")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise SecretStoreError(
             f"{path} is not a readable secrets file", hint="delete it and store the keys again"
         ) from exc

@@ -307,7 +307,7 @@ class Proxy:
         url = self._anthropic_url(spec, "/v1/messages/count_tokens", request.rel_url.raw_query_string)
         headers = self._anthropic_headers(deps, meta, request.headers, spec, request_id=None)
         with upstream_errors(spec, Stage.CONNECT):
-            async with deps.session.post(url, data=payload, headers=headers) as upstream:
+            async with deps.session.post(url, data=payload, headers=headers, allow_redirects=False) as upstream:
                 data = await upstream.read()
                 return web.Response(body=data, status=upstream.status, headers=self._response_headers(upstream))
 
@@ -448,7 +448,7 @@ class Proxy:
             # read timeout is the bound
             ctx.first_byte_deadline = None
             with upstream_errors(spec, Stage.CONNECT):
-                return await deps.session.post(url, data=data, headers=headers)
+                return await deps.session.post(url, data=data, headers=headers, allow_redirects=False)
         loop = asyncio.get_running_loop()
         ctx.first_byte_deadline = loop.time() + deps.first_byte_timeout
         # between reads of a running stream, silence past the idle timeout is a dead upstream
@@ -456,7 +456,7 @@ class Proxy:
         first_byte = asyncio.timeout_at(ctx.first_byte_deadline)
         with upstream_errors(spec, Stage.CONNECT, limit=deps.first_byte_timeout, timer=first_byte):
             async with first_byte:
-                return await deps.session.post(url, data=data, headers=headers, timeout=timeout)
+                return await deps.session.post(url, data=data, headers=headers, timeout=timeout, allow_redirects=False)
 
     async def _first_chunk(self, ctx: _Ctx, upstream: aiohttp.ClientResponse, spec: ProviderSpec) -> bytes:
         """A stream's first bytes, before the client sees anything: silence or a cut here still allows failover."""

@@ -50,12 +50,19 @@ RESPONSE_DROP = frozenset(
         "content-encoding",
         "date",
         "server",
+        # an upstream's redirect is relayed as its answer, not as a place to go: the client would follow it with
+        # its credentials and, under `launch`, the local token in its custom headers
+        "location",
     }
 )
 
 
 def create_client_session(*, connect_timeout: float = 15.0, read_timeout: float = 600.0) -> aiohttp.ClientSession:
     """No total timeout (streams run for minutes), no connection cap, no compression to undo, no cookie jar.
+
+    Every request through it passes `allow_redirects=False` (aiohttp has no session-wide switch): a redirect
+    followed would carry the provider key or the client's credentials (`x-api-key`) to whatever host the
+    upstream names, and a proxy relays a 3xx rather than acting on it.
 
     We ask upstream for `identity` so bytes pass through as sent; if a provider compresses anyway, aiohttp
     decompresses and the response headers drop `content-encoding`, so the meter always sees plain SSE.

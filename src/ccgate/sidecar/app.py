@@ -7,6 +7,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -194,7 +195,9 @@ async def guard_middleware(
     """
     state = request.app[STATE]
     token = request.headers.get(TOKEN_HEADER, "")
-    authentic = bool(token) and hmac.compare_digest(token.encode(), state.token.encode())
+    # the token is ASCII: a header of other bytes (aiohttp decodes them to surrogates, which cannot be encoded
+    # again) is simply not it, never a 500
+    authentic = bool(token) and token.isascii() and hmac.compare_digest(token.encode(), state.token.encode())
     # a token-less request from a Claude Code session that `ccgate install`'s hook registered
     installed = not token and request.path not in PUBLIC_PATHS and _installed_session(request, state)
     request.app[CONNECTIONS].request_seen(request.protocol, authenticated=authentic or installed)
@@ -415,7 +418,7 @@ async def register_session(request: web.Request) -> web.StreamResponse:
     """The SessionStart hook of `ccgate install` registers Claude Code's session id with its project (and upstream)."""
     try:
         payload = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidRequestError("session registration must be JSON") from None
     session_id = payload.get("session_id") if isinstance(payload, dict) else None
     if (
@@ -499,7 +502,7 @@ def _load_launches(paths: Paths) -> dict[str, LaunchInfo]:
     """Launches survive a sidecar restart, so running Claude Code sessions keep their project."""
     try:
         raw = json.loads(_launches_file(paths).read_text())
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError, RecursionError):
         return {}
     if not isinstance(raw, dict):
         return {}
@@ -520,8 +523,17 @@ def _load_launches(paths: Paths) -> dict[str, LaunchInfo]:
         except UserInputError:
             log.error("launch %s has unusable tags in %s; dropped", key, _launches_file(paths))
             continue
-        launches[key] = LaunchInfo(key, value.get("project"), float(value.get("started_at", 0)), upstream, tags=tags)
+        project, started_at = value.get("project"), value.get("started_at", 0)
+        if not (project is None or isinstance(project, str)) or not _finite_number(started_at):
+            # a project that is not text would make every ledger write of its requests fail
+            log.error("launch %s has an unusable project or started_at in %s; dropped", key, _launches_file(paths))
+            continue
+        launches[key] = LaunchInfo(key, project, float(started_at), upstream, tags=tags)
     return launches
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,9 @@
 Requests from sessions that `ccgate install` registered carry no local token (it stays out of settings files), so
 the sidecar asks the kernel instead: only a process of the sidecar's own user may use such a session.
 
+The client's socket is matched in any connection state: one that shut its sending side after the request
+(FIN_WAIT2) is still that user's, and not finding it would read as "the platform does not say".
+
 This runs on the sidecar's event loop for each such request, so the table is searched as text for the one
 connection's exact `local rem` columns (a busy machine lists thousands of sockets) instead of parsing every line.
 """
@@ -14,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ESTABLISHED = "01"
+# a socket in these states is no one's connection: TIME_WAIT entries list uid 0, LISTEN has no remote end
+NOT_A_CONNECTION = frozenset({"06", "0A"})
 TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -128,7 +132,7 @@ def _table_uid(peer: tuple[Address, int], local: tuple[Address, int], tables: tu
             line_start = text.rfind("\n", 0, start) + 1
             line_end = text.find("\n", start)
             fields = text[line_start : line_end if line_end >= 0 else len(text)].split()
-            if len(fields) >= 8 and f"{fields[1]} {fields[2]} " == needle and fields[3] == ESTABLISHED:
+            if len(fields) >= 8 and f"{fields[1]} {fields[2]} " == needle and fields[3] not in NOT_A_CONNECTION:
                 try:
                     return int(fields[7])
                 except ValueError:

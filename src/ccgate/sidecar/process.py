@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -72,15 +73,35 @@ def ensure_token(paths: Paths) -> str:
     """The per-install local token (0600 file); created once, race-free."""
     _ensure_dirs(paths)
     try:
-        return paths.token_file.read_text().strip()
+        token = paths.token_file.read_text().strip()
     except FileNotFoundError:
         pass
     except OSError as exc:
         raise file_error(exc, "read the local token", paths.token_file) from None
+    else:
+        _keep_private(paths.token_file)
+        return token
     try:
         return _create_token(paths.token_file)
     except OSError as exc:
         raise file_error(exc, "write the local token", paths.token_file) from None
+
+
+def _keep_private(token_file: Path) -> None:
+    """The token admits any request: a file another user owns (they chose the token) is refused, and one that
+    others may read (copied with a loose umask, restored from a backup) is made 0600 again."""
+    try:
+        info = token_file.stat()
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            owner = describe_user(info.st_uid) if info.st_uid != os.getuid() else "you, but it is not a regular file"
+            raise SidecarError(
+                f"the local token {token_file} is not yours alone (owned by {owner}): it is not used",
+                hint=f"remove it ({token_file}); a new one is made at the next start",
+            )
+        if info.st_mode & 0o077:
+            os.chmod(token_file, 0o600)
+    except OSError as exc:
+        raise file_error(exc, "check the permissions of the local token", token_file) from None
 
 
 def _create_token(token_file: Path) -> str:

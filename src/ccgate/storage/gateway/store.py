@@ -68,8 +68,18 @@ def _opt_iso(value: datetime | None) -> str | None:
     return None if value is None else to_iso(value)
 
 
+def _unicode(text: str) -> bool:
+    """Valid Unicode: a lone surrogate (JSON can spell one, `\\ud800`) is stored by SQLite but cannot be encoded
+    again, so every later answer that holds it (the audit log, the team) would fail."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_name(kind: str, name: str) -> str:
-    if not name or not name.strip() or len(name) > MAX_NAME or any(ord(c) < 32 for c in name):
+    if not name or not name.strip() or len(name) > MAX_NAME or any(ord(c) < 32 for c in name) or not _unicode(name):
         raise UserInputError(
             f"{kind} name must be 1 to {MAX_NAME} printable characters", hint=f"give the {kind} a plain name"
         )
@@ -79,7 +89,10 @@ def _check_name(kind: str, name: str) -> str:
 def _check_text(what: str, value: str | None, *, limit: int = 2_000) -> str | None:
     """Free text (URLs, kinds, model names): bounded and without control characters (PostgreSQL stores no NUL)."""
     if value is not None and (
-        not isinstance(value, str) or len(value) > limit or any(ord(c) < 32 or c == "\x7f" for c in value)
+        not isinstance(value, str)
+        or len(value) > limit
+        or any(ord(c) < 32 or c == "\x7f" for c in value)
+        or not _unicode(value)
     ):
         raise UserInputError(f"{what} must be at most {limit} printable characters", hint=f"check the {what}")
     return value
@@ -396,10 +409,12 @@ class GatewayStore:
         return CreatedKey(key, plaintext)
 
     async def get_key(self, name_or_id: str) -> VirtualKey:
-        """A live key by name, or any key by id."""
+        """Any key by id, else a live key by name: an id wins, so a key named like another key's id (a team_admin
+        names its keys) cannot stand in for that key."""
         row = await self.db.fetchone(
-            f"SELECT {_KEY_COLS} FROM virtual_keys WHERE id = ? OR (name = ? AND revoked_at IS NULL) LIMIT 1",
-            (name_or_id, name_or_id),
+            f"SELECT {_KEY_COLS} FROM virtual_keys WHERE id = ? OR (name = ? AND revoked_at IS NULL) "
+            "ORDER BY id = ? DESC LIMIT 1",
+            (name_or_id, name_or_id, name_or_id),
         )
         if row is None:
             raise NotFoundError(f"no live key {name_or_id!r}", hint="list them with `ccgate gateway admin key list`")
