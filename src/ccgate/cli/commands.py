@@ -21,6 +21,7 @@ MODULES: tuple[str, ...] = (
     "ccgate.cli.importer",
     "ccgate.cli.doctor",
     "ccgate.cli.completions",
+    "ccgate.cli.gateway",
 )
 
 

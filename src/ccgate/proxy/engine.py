@@ -104,6 +104,9 @@ class ClientMeta:
     # Sidecar only: the ANTHROPIC_BASE_URL the developer had before `launch` (a corporate gateway, say). Their
     # credentials are meant for it, so the `anthropic` provider goes there for this launch's requests.
     anthropic_base_url: str | None = None
+    # Gateway only: the row id a developer's sidecar sent (`x-ccgate-request-id`), kept as this request's own
+    # row id so a later sync of the same row is recognised. None: a fresh id.
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -319,6 +322,8 @@ class Proxy:
             routed_model=primary.model,
             stream=bool(body.get("stream")),
         )
+        if meta.request_id is not None:
+            record.id = meta.request_id
         ctx = _Ctx(deps, meta, record, body, raw, request.rel_url.raw_query_string, request.headers, started)
         task = asyncio.current_task()
         if task is not None:

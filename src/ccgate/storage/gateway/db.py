@@ -171,7 +171,10 @@ class SQLiteDatabase:
         the connection's state never depends on where a cancellation landed (a COMMIT cancelled before it
         started would otherwise leave the transaction open for the next caller)."""
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, function)
+        try:
+            future = loop.run_in_executor(self._executor, function)
+        except RuntimeError as error:  # the executor is shut down: the database was closed
+            raise DatabaseUnavailableError("the gateway database is closed") from error
         future.add_done_callback(_retrieve)
         try:
             return await asyncio.shield(future)

@@ -1,0 +1,289 @@
+"""The gateway's `Admission`: rate limits, then budgets (customer, team, key, provider) reserved in the database.
+
+`admit` awaits the database; `settle`, `release` and `shrink` are synchronous for the proxy core, so their
+database work runs as tracked tasks (retried while the database is briefly away) that `close` awaits.
+
+Waiting: a request that only reservations keep out (`Waiting` from the store: spent is below the limit) asks
+again whenever this instance settles, shrinks or releases a hold, and otherwise polls with a growing delay
+(50 ms to 1 s) for other instances' changes. It gives up with 402 only when the blocking budget's spent and
+reserved and this instance's holders' progress stood still for `wait_timeout` seconds, or after `max_wait`.
+This instance's holds are renewed every third of their TTL while it lives (`run_heartbeat`), so a stream of
+any length keeps its hold and a killed instance's holds lapse after at most one TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from ccgate.core.budgets import format_budget_message
+from ccgate.core.records import format_usd, utcnow
+from ccgate.errors import BudgetExceededError, RateLimitedError, UnpricedModelError
+from ccgate.proxy.engine import ClientMeta
+from ccgate.storage.gateway import instances
+from ccgate.storage.gateway.db import DatabaseUnavailableError
+from ccgate.storage.gateway.records import Admitted, BudgetView, RateLimited, Refused, Reservation
+from ccgate.storage.gateway.store import GatewayStore
+
+log = logging.getLogger("ccgate.gateway")
+
+RAISE_HINT = "ask your gateway admin to raise or override it (`ccgate gateway admin budget ...`)"
+# Tries (one a second) of a settle or release while the database is away, before the hold is left to lapse.
+DB_RETRIES = 30
+
+
+@dataclass(slots=True, eq=False)
+class Hold:
+    """An admitted request's reservation (None when no budget applies to it)."""
+
+    reservation: Reservation | None
+    budget_ids: tuple[str, ...]
+    progress: Callable[[], int] | None = None
+    done: bool = False
+
+
+def ids_of(meta: ClientMeta) -> tuple[str, str | None, str | None]:
+    extra = meta.extra
+    return extra["key_id"], extra.get("team_id") or None, extra.get("customer_id") or None
+
+
+def refused_message(view: BudgetView) -> str:
+    return format_budget_message(view.state, RAISE_HINT).replace("Raise it with `" + RAISE_HINT + "`", RAISE_HINT)
+
+
+class GatewayAdmission:
+    """One per process; `for_request` binds it to a request's routed provider."""
+
+    def __init__(
+        self,
+        store: GatewayStore,
+        instance_id: str,
+        *,
+        ttl: timedelta,
+        wait_timeout: float = 30.0,
+        max_wait: float = 600.0,
+        provider_ids: Callable[[str], str | None] = lambda name: None,
+    ) -> None:
+        self.store = store
+        self.instance_id = instance_id
+        self.ttl = ttl
+        self.wait_timeout = wait_timeout
+        self.max_wait = max(max_wait, wait_timeout)
+        self.provider_ids = provider_ids
+        self._holds: set[Hold] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._changed = asyncio.Event()
+
+    # ---- the Admission protocol -------------------------------------------------------------------------------
+
+    def applies(self, meta: ClientMeta) -> bool:
+        return "key_id" in meta.extra
+
+    async def admit(
+        self, meta: ClientMeta, *, reserve_nanos: int | None, model: str, provider: str | None = None
+    ) -> Hold:
+        key_id, team_id, customer_id = ids_of(meta)
+        limited = await self.store.take_request(key_id=key_id, team_id=team_id)
+        if isinstance(limited, RateLimited):
+            level = limited.limit.level.value
+            raise RateLimitedError(
+                f"the {level}'s rate limit of {limited.allowed} {limited.kind} a minute is reached",
+                retry_after=limited.retry_after_s,
+                hint=f"retry in {limited.retry_after_s} s, or ask your gateway admin to raise it",
+            )
+        provider_id = None if provider is None else self.provider_ids(provider)
+        bound = 0 if reserve_nanos is None else reserve_nanos
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.max_wait
+        mark: tuple[int, ...] | None = None
+        stall_at = give_up_at
+        delay = 0.05
+        while True:
+            changed = self._changed
+            attempt = asyncio.ensure_future(
+                self.store.reserve(
+                    key_id=key_id,
+                    team_id=team_id,
+                    customer_id=customer_id,
+                    provider_id=provider_id,
+                    bound_nanos=bound,
+                    instance_id=self.instance_id,
+                    ttl=self.ttl,
+                )
+            )
+            try:
+                result = await asyncio.shield(attempt)
+            except asyncio.CancelledError:
+                # the client left: a hold committed meanwhile would otherwise be renewed for as long as we live
+                attempt.add_done_callback(self._release_orphan)
+                raise
+            if isinstance(result, Admitted):
+                budget_ids = tuple(view.budget.id for view in result.budgets)
+                hold = Hold(result.reservation if budget_ids else None, budget_ids)
+                if reserve_nanos is None and budget_ids:
+                    self.release(hold)
+                    raise UnpricedModelError(
+                        f"model {model} has no known price and a budget applies, so its cost cannot be bounded",
+                        hint="ask your gateway admin to route it to a priced model or to set a price for it",
+                    )
+                self._holds.add(hold)
+                return hold
+            if isinstance(result, Refused):
+                raise BudgetExceededError(refused_message(result.blocking))
+            state = result.blocking.state
+            now = loop.time()
+            moved = (state.spent_nanos, state.reserved_nanos, *self._progress(result.blocking.budget.id))
+            if moved != mark:
+                mark, stall_at = moved, now + self.wait_timeout
+            elif now >= stall_at:
+                raise self._still_reserved(result.blocking, bound, stalled=True)
+            if now >= give_up_at:
+                raise self._still_reserved(result.blocking, bound, stalled=False)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(delay, max(0.0, give_up_at - now)))
+            delay = min(delay * 2, 1.0)
+
+    def _release_orphan(self, attempt: asyncio.Future[Any]) -> None:
+        if attempt.cancelled() or attempt.exception() is not None:
+            return
+        result = attempt.result()
+        if isinstance(result, Admitted) and result.budgets:
+            self.release(Hold(result.reservation, tuple(view.budget.id for view in result.budgets)))
+
+    def watch(self, hold: Hold, progress: Callable[[], int]) -> None:
+        hold.progress = progress
+
+    def shrink(self, hold: Hold, bound_nanos: int) -> None:
+        if hold.reservation is None or hold.done:
+            return
+        self._spawn(self.store.shrink(hold.reservation, max(0, bound_nanos)), "shrink")
+
+    def settle(self, hold: Hold, actual_nanos: int) -> None:
+        self._end(hold)
+        if hold.reservation is not None:
+            reservation = hold.reservation
+            self._spawn(self._retrying(lambda: self.store.settle(reservation, max(0, actual_nanos))), "settle")
+
+    def release(self, hold: Hold) -> None:
+        self._end(hold)
+        if hold.reservation is not None:
+            reservation = hold.reservation
+            self._spawn(self._retrying(lambda: self.store.release(reservation)), "release")
+
+    # ---- bookkeeping ------------------------------------------------------------------------------------------
+
+    def _end(self, hold: Hold) -> None:
+        hold.done = True
+        hold.progress = None
+        self._holds.discard(hold)
+
+    def _progress(self, budget_id: str) -> list[int]:
+        """What this instance's requests on `budget_id` have done: grows while any of them moves."""
+        marks = []
+        for hold in self._holds:
+            if budget_id in hold.budget_ids and hold.progress is not None:
+                marks.append(hold.progress())
+        return marks
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _spawn(self, work: Coroutine[Any, Any, Any], what: str) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+
+        def finished(done: asyncio.Task[Any]) -> None:
+            self._tasks.discard(done)
+            if not done.cancelled() and done.exception() is not None:
+                log.error("budget %s failed: %s", what, done.exception())
+            self._notify()
+
+        task.add_done_callback(finished)
+
+    @staticmethod
+    async def _retrying(call: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """A settle must not be lost to a database restart: the spend would vanish from the budget."""
+        for attempt in range(DB_RETRIES):
+            try:
+                await call()
+                return
+            except DatabaseUnavailableError:
+                if attempt == DB_RETRIES - 1:
+                    raise
+                await asyncio.sleep(1.0)
+
+    def _still_reserved(self, view: BudgetView, reserve: int, *, stalled: bool) -> BudgetExceededError:
+        state = view.state
+        why = (
+            f"and none of them made progress for {self.wait_timeout:g} s"
+            if stalled
+            else f"for {self.max_wait / 60:g} minutes"
+        )
+        return BudgetExceededError(
+            f"{state.label} is fully reserved by requests in flight {why}: {format_usd(state.spent_nanos)} spent "
+            f"and {format_usd(state.reserved_nanos)} reserved of {format_usd(state.limit_nanos)}, and this request "
+            f"may cost up to {format_usd(reserve)}. Try again when they finish, or {RAISE_HINT}"
+        )
+
+    # ---- lifetime ---------------------------------------------------------------------------------------------
+
+    async def run_heartbeat(self) -> None:
+        """Renew this instance's holds every third of the TTL; clear lapsed holds and dead instances' rows."""
+        interval = self.ttl.total_seconds() / 3
+        while True:
+            try:
+                now = utcnow()
+                await instances.beat(self.store.db, self.instance_id, self.ttl, now)
+                recovered = await instances.recover_dead(self.store.db, now)
+                if recovered:
+                    log.warning("marked %d request(s) of a stopped gateway instance as interrupted", recovered)
+                if await self.store.expire(now=now):
+                    self._notify()
+            except DatabaseUnavailableError as error:
+                log.error("cannot renew this instance's budget holds: %s", error.message)
+            except Exception:  # the heartbeat must outlive anything (a deadlock report, say); it is logged
+                log.exception("renewing this instance's budget holds failed")
+            await asyncio.sleep(interval)
+
+    async def close(self) -> None:
+        """Wait for every settle and release still running, then drop this instance's holds."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        with contextlib.suppress(DatabaseUnavailableError):
+            await instances.stop(self.store.db, self.instance_id)
+
+
+class RequestAdmission:
+    """The process's admission bound to one request, so provider budgets see the provider it was routed to."""
+
+    __slots__ = ("admission", "router")
+
+    def __init__(self, admission: GatewayAdmission, router: Any) -> None:
+        self.admission = admission
+        self.router = router
+
+    def applies(self, meta: ClientMeta) -> bool:
+        return self.admission.applies(meta)
+
+    async def admit(self, meta: ClientMeta, *, reserve_nanos: int | None, model: str) -> Hold:
+        route = self.router.last
+        provider = route.targets[0].provider if route is not None else None
+        return await self.admission.admit(meta, reserve_nanos=reserve_nanos, model=model, provider=provider)
+
+    def settle(self, reservation: Hold, actual_nanos: int) -> None:
+        self.admission.settle(reservation, actual_nanos)
+
+    def release(self, reservation: Hold) -> None:
+        self.admission.release(reservation)
+
+    def shrink(self, reservation: Hold, bound_nanos: int) -> None:
+        self.admission.shrink(reservation, bound_nanos)
+
+    def watch(self, reservation: Hold, progress: Callable[[], int]) -> None:
+        self.admission.watch(reservation, progress)

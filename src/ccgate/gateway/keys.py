@@ -1,0 +1,13 @@
+"""Typed application keys shared by the gateway's app, its admin sub-application and its handlers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ccgate.storage.gateway.store import GatewayStore
+
+# The one store of this process, opened in the app's cleanup context; sub-applications read it through
+# `request.config_dict[STORE]`.
+STORE = web.AppKey("store", GatewayStore)
+# The admin token from CCGATE_GATEWAY_ADMIN_TOKEN (the first admin, before any named token exists), or None.
+BOOTSTRAP_ADMIN_TOKEN = web.AppKey("bootstrap_admin_token", str)

@@ -1,0 +1,145 @@
+"""The gateway's `LedgerSink`: request rows queued in memory and written in batches by one background task.
+
+The proxy's calls only enqueue (the event loop never waits on the database for a request). Rows of the same
+request coalesce: when the writer gets to it, a request's pending row that already has its final state is
+written once, final. A batch the database refuses stays queued and is tried again; finished rows' tokens are
+counted toward tokens-per-minute limits by the same task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from ccgate.core.records import RequestRecord, RequestStatus
+from ccgate.storage.gateway.db import DatabaseUnavailableError
+from ccgate.storage.gateway.records import GatewayRow, KeyIdentity
+from ccgate.storage.gateway.store import GatewayStore
+
+log = logging.getLogger("ccgate.gateway")
+
+BATCH_ROWS = 500
+# Rows kept in memory while the database is away; past it the oldest pending rows are dropped (and counted).
+MAX_QUEUED = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    key_id: str
+    team_id: str | None
+    customer_id: str | None
+
+    @classmethod
+    def of(cls, identity: KeyIdentity) -> Owner:
+        return cls(identity.key.id, identity.team.id, identity.customer.id if identity.customer else None)
+
+
+class GatewayLedger:
+    """One per process; `for_key` gives the `LedgerSink` the proxy core writes one key's rows to."""
+
+    def __init__(self, store: GatewayStore, instance_id: str) -> None:
+        self.store = store
+        self.instance_id = instance_id
+        self._queue: dict[tuple[str, str], GatewayRow] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.last_error: str | None = None
+
+    def for_key(self, owner: Owner) -> KeyLedger:
+        return KeyLedger(self, owner)
+
+    def enqueue(self, owner: Owner, record: RequestRecord) -> None:
+        if len(self._queue) >= MAX_QUEUED:
+            oldest = next(iter(self._queue))
+            del self._queue[oldest]
+            self.dropped += 1
+        slot = (owner.key_id, record.id)
+        self._queue.pop(slot, None)  # re-inserted at the end: rows are written in the order they last changed
+        self._queue[slot] = GatewayRow(
+            record.copy(), owner.key_id, owner.team_id, owner.customer_id, instance_id=self.instance_id
+        )
+        self._idle.clear()
+        self._wake.set()
+
+    @property
+    def unsaved(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+            slots = list(self._queue)[:BATCH_ROWS]
+            batch = [self._queue[slot] for slot in slots]
+            try:
+                await self.store.write_requests(batch)
+            except DatabaseUnavailableError as error:
+                self.last_error = error.message
+                log.error("cannot write %d request row(s) yet: %s", len(batch), error.message)
+                await asyncio.sleep(1.0)
+                continue
+            self.last_error = None
+            for slot, row in zip(slots, batch, strict=True):
+                if self._queue.get(slot) is row:  # not changed again meanwhile
+                    del self._queue[slot]
+            await self._count_tokens(batch)
+
+    async def _count_tokens(self, batch: list[GatewayRow]) -> None:
+        """Tokens-per-minute limits count a request once it is finished."""
+        totals: dict[tuple[str, str | None], int] = {}
+        for row in batch:
+            record = row.record
+            if record.status is RequestStatus.PENDING:
+                continue
+            tokens = record.usage.total_input_tokens + record.usage.output_tokens
+            if tokens:
+                owner = (row.key_id, row.team_id)
+                totals[owner] = totals.get(owner, 0) + tokens
+        for (key_id, team_id), tokens in totals.items():
+            try:
+                await self.store.add_tokens(key_id=key_id, team_id=team_id, tokens=tokens)
+            except DatabaseUnavailableError as error:
+                log.error("cannot count %d tokens toward rate limits: %s", tokens, error.message)
+
+    async def flush(self, wait_s: float = 10.0) -> bool:
+        """Wait until every queued row is written (True), or `wait_s` seconds (False)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), wait_s)
+        return not self._queue
+
+    async def close(self, wait_s: float = 10.0) -> None:
+        if not await self.flush(wait_s):
+            log.error("%d request row(s) could not be written before shutdown", len(self._queue))
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class KeyLedger:
+    """The `LedgerSink` for one key's requests: every row is attributed to that key, its team and customer."""
+
+    __slots__ = ("ledger", "owner")
+
+    def __init__(self, ledger: GatewayLedger, owner: Owner) -> None:
+        self.ledger = ledger
+        self.owner = owner
+
+    def write_pending(self, record: RequestRecord) -> None:
+        self.ledger.enqueue(self.owner, record)
+
+    def write_progress(self, record: RequestRecord) -> None:
+        self.ledger.enqueue(self.owner, record)
+
+    def write_final(self, record: RequestRecord) -> None:
+        self.ledger.enqueue(self.owner, record)
