@@ -22,6 +22,7 @@ MODULES: tuple[str, ...] = (
     "ccgate.cli.doctor",
     "ccgate.cli.completions",
     "ccgate.cli.gateway",
+    "ccgate.cli.org",
 )
 
 
