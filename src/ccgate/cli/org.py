@@ -164,6 +164,7 @@ def sync(
         None, "--since", help="Also send requests from this date on (YYYY-MM-DD), including ones from before login."
     ),
     as_json: bool = typer.Option(False, "--json", help='Print {"sent", "known", "rejected"} as JSON.'),
+    batch_rows: int = typer.Option(500, "--batch-rows", min=1, max=1000, hidden=True),
 ) -> None:
     """Send this machine's metered requests to the org gateway now (the sidecar also does it in the background)."""
     from ccgate.client.org import sync as do_sync
@@ -171,7 +172,7 @@ def sync(
     app_ctx = ctx()
     start = _since(app_ctx, since)
     if as_json:
-        result = do_sync(app_ctx.paths, app_ctx.config, since=start)
+        result = do_sync(app_ctx.paths, app_ctx.config, since=start, batch_rows=batch_rows)
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -183,7 +184,7 @@ def sync(
             def progress(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            result = do_sync(app_ctx.paths, app_ctx.config, since=start, progress=progress)
+            result = do_sync(app_ctx.paths, app_ctx.config, since=start, progress=progress, batch_rows=batch_rows)
     if as_json:
         app_ctx.print_json(
             {

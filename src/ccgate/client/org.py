@@ -230,6 +230,7 @@ def sync(
     *,
     since: datetime | None = None,
     progress: Callable[[int, int], None] | None = None,
+    batch_rows: int = BATCH_ROWS,
 ) -> SyncResult:
     """Send every finished, unsynced row (after login, or from `since`) in batches; `progress(done, total)`.
 
@@ -250,7 +251,7 @@ def sync(
         done = 0
         if progress:
             progress(0, total)
-        while batch := org_sync.next_batch(db, BATCH_ROWS, since):
+        while batch := org_sync.next_batch(db, batch_rows, since):
             try:
                 answer = client.post_usage(batch)
             except CcgateError as error:
