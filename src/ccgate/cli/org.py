@@ -11,7 +11,7 @@ import typer
 from ccgate.cli._app import AppContext, ctx, notify_reload
 
 if TYPE_CHECKING:
-    from ccgate.client.org import Identity
+    from ccgate.core.org import Identity
 
 
 def login(

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from ccgate.client.gateway_api import (
@@ -19,14 +18,13 @@ from ccgate.client.gateway_api import (
     check_key_text,
     parse_gateway_url,
 )
-from ccgate.core.records import usd_to_nanos
+from ccgate.core.org import Identity, parse_me
 from ccgate.errors import CcgateError, UserInputError
 
 if TYPE_CHECKING:
     from ccgate.core.settings import Config
     from ccgate.local.paths import Paths
 
-MODES = ("proxy", "report")
 # rows per `POST /v1/usage` (the gateway takes up to 1000)
 BATCH_ROWS = 500
 
@@ -40,89 +38,21 @@ class NotLoggedInError(CcgateError):
 
 
 @dataclass(frozen=True, slots=True)
-class OrgBudget:
-    level: str
-    label: str | None
-    period: str
-    limit_nanos: int
-    spent_nanos: int
-    reserved_nanos: int
-    left_nanos: int
-    resets_at: str | None
-
-    @property
-    def name(self) -> str:
-        return f"{self.level} {self.label}" if self.label else self.level
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """What `GET /v1/me` says about the key (never the key itself)."""
-
-    gateway: str
-    key_name: str
-    key_prefix: str | None
-    team: str | None
-    customer: str | None
-    mode: str
-    budgets: tuple[OrgBudget, ...]
-    expires_at: str | None = None
-    notice: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class SyncResult:
     sent: int
     known: int
     rejected: tuple[tuple[str, str], ...]
 
 
-def _nanos(value: Any) -> int:
-    try:
-        return usd_to_nanos(Decimal(str(value)))
-    except (InvalidOperation, ValueError, TypeError):
-        raise ValueError(value) from None
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 def identity_from_me(url: GatewayUrl, data: dict[str, Any]) -> Identity:
     """`/v1/me` read strictly: a server that answers something else is not a gateway we can work with."""
     try:
-        mode = data["mode"]
-        if mode not in MODES or not isinstance(data.get("key"), str):
-            raise ValueError(mode)
-        budgets = tuple(
-            OrgBudget(
-                level=str(item["level"]),
-                label=_text(item.get("label")),
-                period=str(item["period"]),
-                limit_nanos=_nanos(item["limit_usd"]),
-                spent_nanos=_nanos(item.get("spent_usd", "0")),
-                reserved_nanos=_nanos(item.get("reserved_usd", "0")),
-                left_nanos=_nanos(item.get("left_usd", "0")),
-                resets_at=_text(item.get("resets_at")),
-            )
-            for item in data.get("budgets") or []
-        )
-    except (KeyError, TypeError, ValueError):
+        return parse_me(url.url, data)
+    except ValueError:
         raise NotAGatewayError(
             f"{url.url} answered /v1/me with something ccgate cannot read",
             hint="check the URL, or update ccgate to the gateway's version",
         ) from None
-    return Identity(
-        gateway=url.url,
-        key_name=data["key"],
-        key_prefix=_text(data.get("key_prefix")),
-        team=_text(data.get("team")),
-        customer=_text(data.get("customer")),
-        mode=mode,
-        budgets=budgets,
-        expires_at=_text(data.get("expires_at")),
-        notice=_text(data.get("notice")),
-    )
 
 
 def check_url(text: str, *, allow_http: bool) -> GatewayUrl:
@@ -153,7 +83,7 @@ def login(paths: Paths, config: Config, url_text: str, key: str, *, allow_http: 
     set_secret(VIRTUAL_KEY_USERNAME, key, paths=paths)
     try:
         save_config(paths.config_file, replace(config, gateway_url=url.url))
-        _with_ledger(paths, lambda db: _start_sync(db, url.url, identity.key_prefix))
+        _with_ledger(paths, lambda db: _start_sync(db, url.url, identity.key_prefix, identity.mode))
     except BaseException:
         if previous:
             set_secret(VIRTUAL_KEY_USERNAME, previous, paths=paths)
@@ -164,10 +94,10 @@ def login(paths: Paths, config: Config, url_text: str, key: str, *, allow_http: 
     return identity
 
 
-def _start_sync(db: Any, gateway: str, prefix: str | None) -> None:
+def _start_sync(db: Any, gateway: str, prefix: str | None, mode: str) -> None:
     from ccgate.storage import org_sync
 
-    org_sync.start(db, gateway, prefix)
+    org_sync.start(db, gateway, prefix, mode)
 
 
 def logout(paths: Paths, config: Config) -> tuple[str | None, int]:

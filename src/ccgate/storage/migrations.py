@@ -262,6 +262,7 @@ def m007_org_sync(db: Database) -> None:
             id INTEGER PRIMARY KEY CHECK (id = 1),
             gateway TEXT NOT NULL,
             key_prefix TEXT,
+            mode TEXT,
             logged_in_at TEXT NOT NULL,
             cursor INTEGER NOT NULL DEFAULT 0,
             last_sync_at TEXT,

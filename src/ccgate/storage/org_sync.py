@@ -30,6 +30,7 @@ SYNC_COLUMNS: tuple[str, ...] = tuple(
 class SyncState:
     gateway: str
     key_prefix: str | None
+    mode: str | None
     logged_in_at: str
     cursor: int
     last_sync_at: str | None
@@ -43,7 +44,7 @@ class Backlog:
     rejected: int
 
 
-def start(db: Database, gateway: str, key_prefix: str | None) -> None:
+def start(db: Database, gateway: str, key_prefix: str | None, mode: str | None = None) -> None:
     """At login: sync from here on. Rows already in the ledger go only with `ccgate sync --since DATE`; a row
     still pending (its request runs now) is after login."""
     with db.conn:
@@ -51,11 +52,12 @@ def start(db: Database, gateway: str, key_prefix: str | None) -> None:
         newest = db.conn.execute("SELECT max(rowid) FROM requests").fetchone()[0] or 0
         cursor = pending - 1 if pending is not None else newest
         db.conn.execute(
-            "INSERT INTO org_sync (id, gateway, key_prefix, logged_in_at, cursor) VALUES (1, ?, ?, ?, ?) "
+            "INSERT INTO org_sync (id, gateway, key_prefix, mode, logged_in_at, cursor) VALUES (1, ?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET gateway = excluded.gateway, key_prefix = excluded.key_prefix, "
+            "mode = excluded.mode, "
             "logged_in_at = excluded.logged_in_at, cursor = CASE WHEN org_sync.gateway = excluded.gateway "
             "THEN org_sync.cursor ELSE excluded.cursor END, last_error = NULL",
-            (gateway, key_prefix, to_iso(utcnow()), cursor),
+            (gateway, key_prefix, mode, to_iso(utcnow()), cursor),
         )
 
 
@@ -67,7 +69,8 @@ def stop(db: Database) -> None:
 def state(db: Database) -> SyncState | None:
     try:
         row = db.conn.execute(
-            "SELECT gateway, key_prefix, logged_in_at, cursor, last_sync_at, last_error FROM org_sync WHERE id = 1"
+            "SELECT gateway, key_prefix, mode, logged_in_at, cursor, last_sync_at, last_error "
+            "FROM org_sync WHERE id = 1"
         ).fetchone()
     except sqlite3.OperationalError:
         return None
@@ -159,3 +162,9 @@ def rejections(db: Database, limit: int = 20) -> list[tuple[str, str, str]]:
             "SELECT request_id, why, at FROM sync_rejections ORDER BY at DESC LIMIT ?", (limit,)
         ).fetchall()
     ]
+
+
+def set_mode(db: Database, mode: str) -> None:
+    """The key's mode as `/v1/me` last said (the org may change it); the sidecar reads it at start."""
+    with db.conn:
+        db.conn.execute("UPDATE org_sync SET mode = ? WHERE id = 1", (mode,))
