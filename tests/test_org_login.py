@@ -85,7 +85,7 @@ async def test_unreachable_and_not_a_gateway(
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    code, out, err = await _cli(capsys, monkeypatch, "login", f"http://127.0.0.1:{port}", "--key", "sk-cg-abc")
+    code, _, err = await _cli(capsys, monkeypatch, "login", f"http://127.0.0.1:{port}", "--key", "sk-cg-abc")
     assert code == 1 and "cannot reach the gateway" in err and "connection refused" in err
     assert _stored(isolated_home) == (None, "")
 

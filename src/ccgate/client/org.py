@@ -82,8 +82,9 @@ def login(paths: Paths, config: Config, url_text: str, key: str, *, allow_http: 
     previous = get_secret(VIRTUAL_KEY_USERNAME, paths=paths)
     set_secret(VIRTUAL_KEY_USERNAME, key, paths=paths)
     try:
-        save_config(paths.config_file, replace(config, gateway_url=url.url))
+        # the ledger first: a sidecar that sees the new config reads the key's mode from there
         _with_ledger(paths, lambda db: _start_sync(db, url.url, identity.key_prefix, identity.mode))
+        save_config(paths.config_file, replace(config, gateway_url=url.url))
     except BaseException:
         if previous:
             set_secret(VIRTUAL_KEY_USERNAME, previous, paths=paths)

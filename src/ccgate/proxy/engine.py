@@ -1024,19 +1024,22 @@ class Proxy:
     def _connect_error(spec: ProviderSpec, exc: BaseException, first_byte_timeout: float | None = None) -> CcgateError:
         """`first_byte_timeout` when that limit, not a connect or read timeout, ended the wait."""
         where = redact_url(spec.base_url)
+        name = spec.label or f"upstream {spec.name}"
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
             if first_byte_timeout is not None:
                 return UpstreamTimeoutError(
-                    f"upstream {spec.name} ({where}) sent no response headers within {first_byte_timeout:g} s",
-                    hint="check the provider's status, or raise `sidecar.first_byte_timeout_seconds`",
+                    f"{name} ({where}) sent no response headers within {first_byte_timeout:g} s",
+                    hint=spec.unreachable_hint
+                    or "check the provider's status, or raise `sidecar.first_byte_timeout_seconds`",
                 )
             return UpstreamTimeoutError(
-                f"upstream {spec.name} ({where}) did not answer in time",
-                hint="check the provider's status or your network",
+                f"{name} ({where}) did not answer in time",
+                hint=spec.unreachable_hint or "check the provider's status or your network",
             )
         return UpstreamError(
-            f"cannot reach upstream {spec.name} at {where}: {type(exc).__name__}",
-            hint=f"check the network, or the base URL (CCGATE_{spec.name.upper().replace('-', '_')}_BASE_URL)",
+            f"cannot reach {name} at {where}: {type(exc).__name__}",
+            hint=spec.unreachable_hint
+            or f"check the network, or the base URL (CCGATE_{spec.name.upper().replace('-', '_')}_BASE_URL)",
         )
 
     @staticmethod

@@ -35,6 +35,7 @@ from ccgate.local.paths import Paths
 from ccgate.proxy.engine import ClientMeta, Proxy, ProxyDeps, error_response
 from ccgate.sidecar.admission import AdmissionRequest, BudgetGuard, Reservation
 from ccgate.sidecar.connections import ConnectionGuard, GuardedRunner
+from ccgate.sidecar.org import OrgLink, OrgSettings
 from ccgate.sidecar.process import (
     CHALLENGE_HEADER,
     LAUNCH_HEADER,
@@ -91,23 +92,34 @@ class SidecarState:
     writer: LedgerWriter | None = None
     # per provider: base URL, key source and key fingerprint (never the key), for `launch`, `doctor`, `provider list`
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # org mode (`ccgate login`): the gateway, the key's mode, org budgets and sync health
+    org: OrgLink = field(default_factory=OrgLink)
 
 
 class ProjectBudgets:
     """The sidecar's budgets: global ones and per-project ones (the project comes from the launch)."""
 
-    def __init__(self, guard: BudgetGuard) -> None:
+    def __init__(self, guard: BudgetGuard, org: OrgLink | None = None) -> None:
         self.guard = guard
+        self.org = org
         self._warned: set[tuple[str, str, str]] = set()
 
     def applies(self, meta: ClientMeta) -> bool:
+        if self.org is not None and self.org.has_budgets():
+            return True
         return any(rule.applies_to(meta.project) for rule in self.guard.rules)
 
     async def admit(self, meta: ClientMeta, *, reserve_nanos: int | None, model: str) -> Reservation:
+        if self.org is not None:  # report mode's org budgets, then the developer's own
+            refusal = self.org.refusal()
+            if refusal is not None:
+                raise refusal
         return await self.guard.admit(AdmissionRequest(project=meta.project, reserve_nanos=reserve_nanos, model=model))
 
     def settle(self, reservation: Reservation, actual_nanos: int) -> None:
         self.guard.settle(reservation, actual_nanos)
+        if self.org is not None:
+            self.org.settled(actual_nanos)
         self._log_warnings()
 
     def _log_warnings(self) -> None:
@@ -249,7 +261,8 @@ def _meta(request: web.Request) -> ClientMeta:
     if launch is not None:
         launch.last_used = time.time()
     project = launch.project if launch else None
-    upstream = launch.anthropic_base_url if launch else None
+    # in proxy mode everything goes to the org gateway with the virtual key, never to the launch's own upstream
+    upstream = launch.anthropic_base_url if launch and not state.org.proxy_mode else None
     meta = state.metas.get((launch_id, project, upstream))
     if meta is None:  # one per launch: frozen, so requests share it
         if len(state.metas) >= MAX_CACHED_METAS:
@@ -335,6 +348,7 @@ async def status(request: web.Request) -> web.StreamResponse:
             "budgets": budgets,
             "connections": request.app[CONNECTIONS].stats(),
             "providers": state.providers,
+            "org": state.org.status(),
         }
     )
 
@@ -442,14 +456,16 @@ def _load_launches(paths: Paths) -> dict[str, LaunchInfo]:
     return launches
 
 
-def _build_static_deps(config: Config, environ: Mapping[str, str]) -> dict[str, Any]:
+def _build_static_deps(config: Config, environ: Mapping[str, str], paths: Paths | None = None) -> dict[str, Any]:
     """Blocking part of (re)configuration: keyring reads happen here, off the event loop."""
     from ccgate.core.pricing import PriceCatalog
     from ccgate.core.providers import resolve_providers
     from ccgate.core.routing import Router
     from ccgate.local.secrets import get_provider_key
     from ccgate.sidecar.admission import rules_from_config
+    from ccgate.sidecar.org import read_settings
 
+    org = read_settings(config, paths) if paths is not None else None
     providers = resolve_providers(config, environ)
     router = Router(config, providers)
     pricer = PriceCatalog(config.prices)
@@ -469,14 +485,49 @@ def _build_static_deps(config: Config, environ: Mapping[str, str]) -> dict[str, 
 
         with contextlib.suppress(Exception):
             stored = "file" if backend_description()[1] else "keyring"
-    return {
+    built = {
         "providers": providers,
         "router": router,
         "pricer": pricer,
         "keys": keys,
         "key_store": stored,
         "rules": rules_from_config(config),
+        "org": org,
     }
+    if org is not None and org.mode == "proxy":
+        built.update(_proxy_mode(config, providers, org))
+    return built
+
+
+def _proxy_mode(config: Config, providers: Mapping[str, Any], org: OrgSettings) -> dict[str, Any]:
+    """Every request to the gateway as the `anthropic` provider, with the virtual key as its key (so the
+    developer's own credentials are dropped); the org's routing applies there, local tier overrides do not."""
+    from ccgate.core.routing import Router
+
+    spec = replace(
+        providers["anthropic"],
+        base_url=org.url,
+        label="the org gateway",
+        unreachable_hint="`ccgate doctor` checks the gateway; if it stays down, tell your platform team",
+    )
+    gateway = {"anthropic": spec}
+    return {
+        "providers": gateway,
+        "router": Router(replace(config, tiers={}, model_rules={}), gateway),
+        "keys": {"anthropic": org.key},
+        "key_store": "keyring",
+    }
+
+
+def _apply_org(state: SidecarState, settings: OrgSettings | None) -> None:
+    """A new login, logout or key: the sync loop looks again at once (and a refused key gets another try)."""
+    org = state.org
+    if settings != org.settings:
+        if org.settings is not None and settings is not None and settings.mode != org.settings.mode:
+            log.info("org mode is now %s", settings.mode)
+        org.settings, org.identity, org.key_refused = settings, None, None
+        org.unseen_nanos = org.settled_nanos = 0
+    org.wake.set()
 
 
 def _provider_view(built: Mapping[str, Any], state: SidecarState) -> dict[str, dict[str, Any]]:
@@ -501,7 +552,7 @@ async def apply_config(app: web.Application, *, force: bool = False) -> None:
     proxy = app[PROXY]
     try:
         config = await asyncio.to_thread(load_config, path)
-        built = await asyncio.to_thread(_build_static_deps, config, state.environ)
+        built = await asyncio.to_thread(_build_static_deps, config, state.environ, state.paths)
         admission = proxy.deps.admission
         if isinstance(admission, ProjectBudgets):
             admission.guard.update_rules(built["rules"])
@@ -511,6 +562,7 @@ async def apply_config(app: web.Application, *, force: bool = False) -> None:
         return
     state.config = config
     state.last_reload_error = None
+    _apply_org(state, built["org"])
     guard = app[CONNECTIONS]  # for connections from now on; the keep-alive limit changes at the next start
     guard.header_timeout = config.sidecar.header_timeout_seconds
     guard.max_unauthenticated = config.sidecar.max_unauthenticated_connections
@@ -554,8 +606,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     if writer.recovered:
         log.warning("marked %d request(s) left pending by a previous run as interrupted", writer.recovered)
     state.launches = await asyncio.to_thread(_load_launches, state.paths)
-    built = await asyncio.to_thread(_build_static_deps, state.config, state.environ)
+    built = await asyncio.to_thread(_build_static_deps, state.config, state.environ, state.paths)
     state.providers = _provider_view(built, state)
+    _apply_org(state, built["org"])
     try:
         state.config_mtime = state.paths.config_file.stat().st_mtime
     except FileNotFoundError:
@@ -590,19 +643,24 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             router=built["router"],
             pricer=built["pricer"],
             ledger=writer,
-            admission=ProjectBudgets(guard),
+            admission=ProjectBudgets(guard, state.org),
             provider_keys=built["keys"],
             first_byte_timeout=state.config.sidecar.first_byte_timeout_seconds,
             stream_idle_timeout=state.config.sidecar.stream_idle_timeout_seconds,
         )
     )
     watcher = asyncio.create_task(_watch_config(app))
+    from ccgate.sidecar.org import SyncLoop
+
+    sync = SyncLoop(state.org, session, ledger_path, state.environ, lambda: writer.flush(timeout=5.0))
+    syncer = asyncio.create_task(sync.run())
     try:
         yield
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in (watcher, syncer):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await session.close()
         await asyncio.to_thread(writer.close)
         await asyncio.to_thread(_report_stop, writer, dirs)
