@@ -135,3 +135,53 @@ async def test_sync_with_the_gateway_down_keeps_rows(
         code, out, err = await _cli(capsys, monkeypatch, "sync", "--json")
         assert code == 0, err
         assert json.loads(out)["sent"] == 1
+
+
+async def test_a_batch_stored_but_its_answer_lost_comes_back_known(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway commits a batch and the connection dies before the answer: the rows stay unsynced here, the
+    next sync sends them again and the gateway counts them once."""
+    import aiohttp
+    from aiohttp import web
+
+    async with running_gateway(f"sqlite:///{tmp_path / 'gw.db'}") as gateway:
+        lost = 0
+
+        async def forward(request: web.Request) -> web.StreamResponse:
+            nonlocal lost
+            body = await request.read()
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length", "content-encoding")}
+            async with (
+                aiohttp.ClientSession(auto_decompress=False) as session,
+                session.request(request.method, gateway.url + request.path, data=body, headers=headers) as answer,
+            ):
+                data = await answer.read()
+                if request.path == "/v1/usage" and lost < 1:
+                    lost += 1
+                    assert request.transport is not None
+                    request.transport.close()  # stored at the gateway, never answered
+                    raise ConnectionResetError
+                return web.Response(body=data, status=answer.status, content_type="application/json")
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", forward)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        try:
+            front = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            code, _, err = await _cli(capsys, monkeypatch, "login", front, "--key", gateway.keys["ada"])
+            assert code == 0, err
+            records = [_record(datetime.now(UTC) - timedelta(seconds=i)) for i in range(5)]
+            _add(*records)
+            code, out, err = await _cli(capsys, monkeypatch, "sync", "--json")
+            assert code == 1 and "cannot reach the gateway" in err
+            assert len(await gateway.rows("ada")) == 5
+            code, out, err = await _cli(capsys, monkeypatch, "sync", "--json")
+            assert code == 0, err
+            assert json.loads(out) == {"sent": 0, "known": 5, "rejected": 0, "rejections": []}
+            rows = await gateway.rows("ada")
+            assert len(rows) == 5 and sum(r.record.cost.nanos or 0 for r in rows) == _price(records)
+        finally:
+            await runner.cleanup()
