@@ -151,7 +151,11 @@ async def test_a_batch_stored_but_its_answer_lost_comes_back_known(
         async def forward(request: web.Request) -> web.StreamResponse:
             nonlocal lost
             body = await request.read()
-            headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length", "content-encoding")}
+            headers = {
+                k: v
+                for k, v in request.headers.items()
+                if k.lower() not in ("host", "content-length", "content-encoding")
+            }
             async with (
                 aiohttp.ClientSession(auto_decompress=False) as session,
                 session.request(request.method, gateway.url + request.path, data=body, headers=headers) as answer,

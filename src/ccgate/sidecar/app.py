@@ -405,7 +405,9 @@ async def register_launch(request: web.Request) -> web.StreamResponse:
         await asyncio.to_thread(_save_launches, state.paths, snapshot)
     # echoed, so `launch` can tell a sidecar that kept the upstream from an older one that ignored it; the
     # providers as this sidecar uses them, so `launch` can say when the caller's environment differs
-    return web.json_response({"ok": True, "anthropic_base_url": upstream, "providers": state.providers})
+    return web.json_response(
+        {"ok": True, "anthropic_base_url": upstream, "providers": state.providers, "org": state.org.summary()}
+    )
 
 
 async def reload(request: web.Request) -> web.StreamResponse:

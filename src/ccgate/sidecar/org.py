@@ -120,6 +120,12 @@ class OrgLink:
     def settled(self, nanos: int) -> None:
         self.settled_nanos += max(0, nanos)
 
+    def summary(self) -> dict[str, Any] | None:
+        """For `launch`: where requests go, and whether the gateway still takes the key."""
+        if self.settings is None:
+            return None
+        return {"gateway": self.settings.url, "mode": self.settings.mode, "key_refused": self.key_refused}
+
     def status(self) -> dict[str, Any]:
         settings, identity = self.settings, self.identity
         return {

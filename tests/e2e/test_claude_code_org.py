@@ -1,0 +1,74 @@
+"""The real Claude Code through `ccgate launch` in org proxy mode: sidecar -> gateway -> scripted upstream.
+
+Also the secrets check: the virtual key is nowhere but the secrets store (not in config, logs, ledger, any
+`--json` output, or the arguments of the processes ccgate starts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from gateway_harness import PROVIDER_KEY, running_gateway
+
+from e2e.harness import DUMMY_KEY, E2E
+
+pytestmark = pytest.mark.e2e
+
+
+def _files_holding(root: Path, secret: bytes, *, skip: set[Path]) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_file() and path not in skip and secret in path.read_bytes()]
+
+
+async def test_proxy_mode_with_the_real_claude_code(e2e: E2E, tmp_path: Path) -> None:
+    async with running_gateway(f"sqlite:///{tmp_path / 'gw.db'}", upstream=e2e.upstream) as gateway:
+        key = gateway.keys["ada"]
+        login = await e2e.run("login", gateway.url, "--key", key)
+        assert login.returncode == 0, login.explain()
+        assert "proxy" in login.stderr
+
+        text = await e2e.claude("-p", "say hi", "--output-format", "json")
+        assert text.returncode == 0, text.explain()
+        assert "org gateway" in text.stderr  # launch says once where requests go
+        tool = await e2e.claude(
+            "-p",
+            "Please run echo hello-from-tool with the Bash tool.",
+            "--allowedTools",
+            "Bash(echo:*)",
+            "--output-format",
+            "json",
+        )
+        assert tool.returncode == 0, tool.explain()
+        assert "hello-from-tool" in tool.json()["result"]
+
+        hits = e2e.upstream.messages_requests
+        assert len(hits) >= 3
+        for hit in hits:  # the org's provider key upstream; neither the developer's key nor the virtual key
+            assert hit.headers["x-api-key"] == PROVIDER_KEY
+            seen = repr(hit.headers) + hit.body.decode(errors="replace")
+            assert DUMMY_KEY not in seen and key not in seen
+
+        sidecar_pid = int(e2e.paths.pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{sidecar_pid}/cmdline").read_bytes()
+        assert key.encode() not in cmdline
+
+        outputs = []
+        for args in (("whoami", "--json"), ("sync", "--json"), ("logs", "--json"), ("sidecar", "status", "--json")):
+            result = await e2e.run(*args)
+            assert result.returncode == 0, result.explain()
+            outputs.append(result.stdout + result.stderr)
+        doctor = await e2e.run("doctor", "--json")
+        outputs.append(doctor.stdout + doctor.stderr)
+        assert json.loads(outputs[1]) == {"sent": 0, "known": len(hits), "rejected": 0, "rejections": []}
+        for output in outputs:
+            assert key not in output
+
+        e2e.stop_sidecar()
+        local = [json.loads(line) for line in (await e2e.run("logs", "--json", "-n", "100")).stdout.splitlines()]
+        rows = await gateway.rows("ada")
+        assert sorted(r.record.id for r in rows) == sorted(row["id"] for row in local)
+        assert len(rows) == len(hits)
+
+        secrets_file = e2e.paths.secrets_file
+        assert _files_holding(Path(e2e.env["CCGATE_HOME"]), key.encode(), skip={secrets_file}) == []
+        assert key in secrets_file.read_text() and secrets_file.stat().st_mode & 0o077 == 0
