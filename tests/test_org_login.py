@@ -125,3 +125,23 @@ async def test_bad_urls_refused_before_any_key_is_sent(
     assert code == 1 and said in err and "Traceback" not in err
     assert "sk-cg-secret" not in err + out
     assert _stored(isolated_home) == (None, "")
+
+
+async def test_doctor_checks_the_gateway_and_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_gateway(f"sqlite:///{tmp_path / 'gw.db'}", key_cache_seconds=0) as gateway:
+        code, _, err = await _cli(capsys, monkeypatch, "login", gateway.url, "--key", gateway.keys["ada"])
+        assert code == 0, err
+
+        async def org_checks() -> dict[str, dict[str, str]]:
+            _, out, _ = await _cli(capsys, monkeypatch, "doctor", "--json")
+            assert gateway.keys["ada"] not in out
+            return {c["name"]: c for c in json.loads(out)["checks"] if c["name"] in ("org gateway", "org key")}
+
+        checks = await org_checks()
+        assert checks["org gateway"]["state"] == "ok"
+        assert checks["org key"]["state"] == "ok" and "proxy mode" in checks["org key"]["detail"]
+        await gateway.store.revoke_key("ada")
+        checks = await org_checks()
+        assert checks["org key"]["state"] == "fail" and "ccgate login" in checks["org key"]["fix"]

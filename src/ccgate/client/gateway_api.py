@@ -138,6 +138,8 @@ class GatewayClient:
         self.url = url
         self._key = key
         self._timeout = timeout
+        # the last answer's Date header, for `doctor`'s clock-skew check
+        self.last_date: str | None = None
 
     def health(self) -> dict[str, Any]:
         """`/healthz`, checked to be a ccgate gateway's (a sidecar or any other server is not)."""
@@ -181,6 +183,7 @@ class GatewayClient:
             response = conn.getresponse()
             raw = response.read(MAX_ANSWER_BYTES)
             status = response.status
+            self.last_date = response.getheader("Date")
         except (OSError, http.client.HTTPException) as error:
             raise GatewayUnreachableError(
                 f"cannot reach the gateway at {url.url}: {_describe(error)}",

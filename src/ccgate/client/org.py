@@ -210,3 +210,77 @@ def _refused(answer: dict[str, Any]) -> list[tuple[str, str]]:
         if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"]:
             out.append((item["id"], str(item.get("why") or "refused by the gateway")))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class OrgCheck:
+    """One `doctor` line about the org gateway: ok True, False (failed) or None (a warning)."""
+
+    name: str
+    ok: bool | None
+    detail: str
+    fix: str | None = None
+
+
+MAX_SKEW_S = 120.0
+
+
+def doctor_checks(paths: Paths, config: Config) -> list[OrgCheck]:
+    """Reachable, a ccgate gateway, the key valid (and its mode), the clock, the sync backlog; [] when not
+    logged in."""
+    from email.utils import parsedate_to_datetime
+
+    from ccgate.core.records import utcnow
+    from ccgate.local.secrets import VIRTUAL_KEY_USERNAME, get_secret
+
+    if not config.gateway_url:
+        return []
+    login_fix = f"run `ccgate login {config.gateway_url}`"
+    try:
+        url = parse_gateway_url(config.gateway_url)
+        key = get_secret(VIRTUAL_KEY_USERNAME, paths=paths)
+    except CcgateError as error:
+        return [OrgCheck("org gateway", False, error.message, error.hint or login_fix)]
+    if not key:
+        return [OrgCheck("org gateway", False, f"logged in to {url.url} but no virtual key is stored", login_fix)]
+    client = GatewayClient(url, key, timeout=10.0)
+    checks = []
+    try:
+        health = client.health()
+    except CcgateError as error:
+        return [OrgCheck("org gateway", False, error.message, error.hint)]
+    checks.append(OrgCheck("org gateway", True, f"{url.url} answers (ccgate {health.get('version', '?')})"))
+    if url.in_clear:
+        checks.append(OrgCheck("org gateway", None, "plain http:// to another host: the key travels in clear", None))
+    if client.last_date:
+        try:
+            skew = (parsedate_to_datetime(client.last_date) - utcnow()).total_seconds()
+        except (TypeError, ValueError):
+            skew = 0.0
+        if abs(skew) > MAX_SKEW_S:
+            checks.append(
+                OrgCheck(
+                    "clock",
+                    None,
+                    f"this machine's clock is {abs(skew):.0f} s {'behind' if skew > 0 else 'ahead of'} the gateway's",
+                    "sync the clock (e.g. `timedatectl set-ntp true`): rows with bad times are refused",
+                )
+            )
+    try:
+        identity = identity_from_me(url, client.me())
+        checks.append(OrgCheck("org key", True, f"{identity.key_name}, team {identity.team}, {identity.mode} mode"))
+    except CcgateError as error:
+        checks.append(OrgCheck("org key", False, error.message, error.hint or login_fix))
+    state, backlog = local_status(paths)
+    last = state.last_sync_at if state and state.last_sync_at else "never"
+    detail = f"{backlog.rows} request(s) waiting, last synced {last}"
+    if backlog.rejected:
+        detail += f", {backlog.rejected} refused by the gateway"
+    sync_error = state.last_error if state else None
+    if sync_error:
+        checks.append(
+            OrgCheck("usage sync", None, f"{detail}; last error: {sync_error}", "run `ccgate sync` to see why")
+        )
+    else:
+        checks.append(OrgCheck("usage sync", True if backlog.rows < 1000 else None, detail, "run `ccgate sync`"))
+    return checks
