@@ -12,6 +12,7 @@ from gateway_harness import PROVIDER_KEY, Gateway, running_gateway
 from sidecar_harness import Harness, running_sidecar
 
 from ccgate.client.org import login, sync
+from ccgate.features.statusline import render
 from ccgate.local.config_file import load_config
 from ccgate.local.paths import resolve_paths
 from ccgate.sidecar.app import STATE
@@ -99,7 +100,7 @@ async def test_report_mode_syncs_in_the_background_and_holds_the_org_budget(tmp_
             with pytest.raises(anthropic.APIStatusError) as raised:
                 await client.messages.create(model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "more"}])
             assert raised.value.status_code == 402
-            assert "org budget key" in str(raised.value)
+            assert "org budget 'daily key budget' (key, 1d) is used up" in str(raised.value)
             assert raised.value.response.headers.get("x-should-retry") == "false"
             local = harness.rows()
             for _ in range(200):
@@ -109,3 +110,5 @@ async def test_report_mode_syncs_in_the_background_and_holds_the_org_budget(tmp_
                 await asyncio.sleep(0.1)
             assert sorted(r.record.id for r in rows) == sorted(row["id"] for row in local)
             assert len(harness.upstream.messages_requests) == 1
+            # the status line shows it too, from what the sidecar last heard (it never calls the gateway)
+            await _until(lambda: "org budget used up (daily key budget)" in render("{}"), "the status line")

@@ -25,7 +25,7 @@ class OrgBudget:
 
     @property
     def name(self) -> str:
-        return f"{self.level} {self.label}" if self.label else self.level
+        return self.label or f"{self.level} budget"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +100,7 @@ def org_budget_refusal(budgets: tuple[OrgBudget, ...], unseen_nanos: int) -> Bud
         if spent >= budget.limit_nanos:
             resets = f"; it resets {budget.resets_at}" if budget.resets_at else ""
             return BudgetExceededError(
-                f"org budget {budget.name} ({budget.period}) is used up: {format_usd(spent)} of "
+                f"org budget {budget.name!r} ({budget.level}, {budget.period}) is used up: {format_usd(spent)} of "
                 f"{format_usd(budget.limit_nanos)} spent{resets}",
                 hint="this budget is set by your org on its ccgate gateway; ask your platform team to raise it",
             )

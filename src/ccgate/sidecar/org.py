@@ -248,6 +248,8 @@ class SyncLoop:
         self.link.identity, self.link.me_at = identity, time.time()
         self.link.unseen_nanos = unseen
         self.link.settled_nanos -= settled_before
+        shown = [(b.name, b.limit_nanos, b.spent_nanos) for b in identity.budgets]
+        await asyncio.to_thread(self._with_db, partial(org_sync.save_budgets, budgets=shown))
         if identity.mode != settings.mode:
             await asyncio.to_thread(self._with_db, lambda db: org_sync.set_mode(db, identity.mode))
             log.warning("the org changed this key's mode to %s; it applies from the next sidecar start", identity.mode)

@@ -168,3 +168,37 @@ def set_mode(db: Database, mode: str) -> None:
     """The key's mode as `/v1/me` last said (the org may change it); the sidecar reads it at start."""
     with db.conn:
         db.conn.execute("UPDATE org_sync SET mode = ? WHERE id = 1", (mode,))
+
+
+def save_budgets(db: Database, budgets: Sequence[tuple[str, int, int]]) -> None:
+    """(name, limit, spent) of each org budget as the gateway just said, for the status line."""
+    import json
+
+    data = json.dumps([{"name": n, "limit_nanos": limit, "spent_nanos": spent} for n, limit, spent in budgets])
+    with db.conn:
+        db.conn.execute("UPDATE org_sync SET budgets = ?, budgets_at = ? WHERE id = 1", (data, to_iso(utcnow())))
+
+
+def tightest_budget(conn: sqlite3.Connection) -> tuple[str, int, int] | None:
+    """(name, limit, spent) of the org budget with the least left: the gateway's spent when it was read plus
+    this machine's spend it had not seen then. None without org budgets (or before any were read)."""
+    import json
+
+    try:
+        row = conn.execute("SELECT budgets, budgets_at, cursor FROM org_sync WHERE id = 1").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    if row is None or not row[0]:
+        return None
+    try:
+        budgets = [(str(b["name"]), int(b["limit_nanos"]), int(b["spent_nanos"])) for b in json.loads(row[0])]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not budgets:
+        return None
+    unseen = conn.execute(
+        "SELECT coalesce(sum(cost_nanos), 0) FROM requests WHERE rowid > ? AND status != 'pending' "
+        "AND (synced_at IS NULL OR synced_at > ?)",
+        (row[2], row[1] or ""),
+    ).fetchone()[0]
+    return min(((n, limit, spent + int(unseen)) for n, limit, spent in budgets), key=lambda b: b[1] - b[2])
