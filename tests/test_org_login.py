@@ -145,3 +145,15 @@ async def test_doctor_checks_the_gateway_and_the_key(
         await gateway.store.revoke_key("ada")
         checks = await org_checks()
         assert checks["org key"]["state"] == "fail" and "ccgate login" in checks["org key"]["fix"]
+
+
+async def test_model_commands_say_local_tiers_wait_in_proxy_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_gateway(f"sqlite:///{tmp_path / 'gw.db'}") as gateway:
+        code, _, err = await _cli(capsys, monkeypatch, "login", gateway.url, "--key", gateway.keys["ada"])
+        assert code == 0, err
+    code, _, err = await _cli(capsys, monkeypatch, "model", "list")
+    assert code == 0 and "proxy mode" in err and "not used" in err
+    code, _, err = await _cli(capsys, monkeypatch, "model", "set", "haiku", "anthropic/claude-haiku-4-5")
+    assert code == 0 and "proxy mode" in err
