@@ -112,3 +112,20 @@ async def test_report_mode_syncs_in_the_background_and_holds_the_org_budget(tmp_
             assert len(harness.upstream.messages_requests) == 1
             # the status line shows it too, from what the sidecar last heard (it never calls the gateway)
             await _until(lambda: "org budget used up (daily key budget)" in render("{}"), "the status line")
+
+
+async def test_proxy_mode_with_a_revoked_key_is_one_error_without_retries(tmp_path: Path) -> None:
+    seen: list[tuple[str, str]] = []
+    async with running_gateway(f"sqlite:///{tmp_path / 'gw.db'}", seen=seen, key_cache_seconds=0) as gateway:
+        await _login(gateway, "ada")
+        await gateway.store.revoke_key("ada")
+        async with running_sidecar(environ={"CCGATE_SYNC_INTERVAL_SECONDS": "3600"}) as harness:
+            client = anthropic.AsyncAnthropic(
+                base_url=harness.url, api_key=OWN_KEY, default_headers=harness.headers, max_retries=3
+            )
+            with pytest.raises(anthropic.AuthenticationError) as raised:
+                await client.messages.create(model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+            assert raised.value.response.headers.get("x-should-retry") == "false"
+            assert gateway.keys["ada"] not in str(raised.value)
+            assert [path for _, path in seen if path == "/v1/messages"] == ["/v1/messages"]
+            assert gateway.upstream.messages_requests == []

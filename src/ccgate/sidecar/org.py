@@ -208,9 +208,11 @@ class SyncLoop:
                 except _Refused as refused:
                     self.link.key_refused = str(refused)
                     log.error("the gateway refused the virtual key: %s; run `ccgate login` again", refused)
+                    await self._note(f"the gateway refused the key: {refused}")
                 except Exception as error:  # the loop must survive anything; the next round retries
                     self.failures += 1
                     self.link.last_error = f"{type(error).__name__}: {error}"
+                    await self._note(self.link.last_error)
                     delay = min(MAX_BACKOFF_S, self.interval * 2 ** min(self.failures, 12))
                     delay *= random.uniform(0.5, 1.5)
                     if self.failures in (1, 5) or self.failures % 50 == 0:
@@ -253,6 +255,13 @@ class SyncLoop:
         if identity.mode != settings.mode:
             await asyncio.to_thread(self._with_db, lambda db: org_sync.set_mode(db, identity.mode))
             log.warning("the org changed this key's mode to %s; it applies from the next sidecar start", identity.mode)
+
+    async def _note(self, why: str) -> None:
+        """The last failure, in the ledger for `whoami` and `doctor` (best effort: the ledger may be the problem)."""
+        from ccgate.storage import org_sync
+
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self._with_db, partial(org_sync.failed, why=why))
 
     def _with_db(self, action: Callable[[Any], Any]) -> Any:
         from ccgate.storage.ledger import open_ledger
