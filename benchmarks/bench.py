@@ -318,6 +318,7 @@ class Throughput:
     per_round: dict[str, list[float]]  # the same, round by round (rounds interleave the targets)
     cpu_ms: dict[str, float]  # proxy CPU per request, for targets that have a proxy process
     peak: dict[str, int]  # the sidecar's VmRSS / VmHWM peak, kB
+    peaks: dict[str, dict[str, int]] = field(default_factory=dict)  # the same for every sampled server
 
 
 async def throughput_phase(
@@ -326,11 +327,13 @@ async def throughput_phase(
     settings: Settings,
     proxies: dict[str, int],
     sidecar: str,
+    sampled: Sequence[str] = (),
 ) -> Throughput:
-    """Interleaved rounds at the configured concurrency; samples the sidecar's memory while it is loaded."""
+    """Interleaved rounds at the configured concurrency; samples the memory of the sidecar (and of `sampled`)
+    while it is loaded."""
     totals: dict[str, list[float]] = {t.name: [0.0, 0.0, 0.0] for t in targets}
     per_round: dict[str, list[float]] = {t.name: [] for t in targets}
-    peak: dict[str, int] = {}
+    peaks: dict[str, dict[str, int]] = {name: {} for name in (sidecar, *sampled)}
     for target in targets:  # warm the connection pools at this concurrency
         await throughput_run(session, target, settings.concurrency, 0.3)
     for round_no in range(settings.throughput_rounds):
@@ -338,7 +341,11 @@ async def throughput_phase(
         for target in [*targets[shift:], *targets[:shift]]:
             pid = proxies.get(target.name)
             stop = asyncio.Event()
-            sampler = asyncio.create_task(sample_memory(pid, peak, stop)) if target.name == sidecar and pid else None
+            sampler = (
+                asyncio.create_task(sample_memory(pid, peaks[target.name], stop))
+                if target.name in peaks and pid
+                else None
+            )
             cpu_before = cpu_seconds(pid) if pid else 0.0
             count, elapsed = await throughput_run(session, target, settings.concurrency, settings.throughput_seconds)
             cpu = cpu_seconds(pid) - cpu_before if pid else 0.0
@@ -349,13 +356,15 @@ async def throughput_phase(
             per_round[target.name].append(count / elapsed)
             totals[target.name][1] += elapsed
             totals[target.name][2] += cpu
-    with contextlib.suppress(OSError):
-        peak["VmHWM"] = max(peak.get("VmHWM", 0), memory_kb(proxies[sidecar]).get("VmHWM", 0))
+    for name, peak in peaks.items():
+        with contextlib.suppress(OSError, KeyError):
+            peak["VmHWM"] = max(peak.get("VmHWM", 0), memory_kb(proxies[name]).get("VmHWM", 0))
     return Throughput(
         rates={name: count / elapsed for name, (count, elapsed, _) in totals.items()},
         per_round=per_round,
         cpu_ms={name: 1000 * cpu / count for name, (count, _, cpu) in totals.items() if name in proxies and count},
-        peak=peak,
+        peak=peaks[sidecar],
+        peaks=peaks,
     )
 
 
@@ -408,6 +417,65 @@ def stop_profiler(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
+GATEWAY_KEY_HEADER = "x-api-key"
+
+
+def start_postgres() -> tuple[str | None, Any]:
+    """A PostgreSQL for the gateway: CCGATE_TEST_POSTGRES_URL, else a throwaway cluster (tests/support), else
+    none (the PostgreSQL gateway is then left out and a note says why)."""
+    given = os.environ.get("CCGATE_TEST_POSTGRES_URL")
+    if given:
+        return given, None
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
+    try:
+        from postgres_cluster import start_cluster
+
+        cluster = start_cluster()
+    except (ImportError, RuntimeError) as error:
+        log(f"no PostgreSQL for the gateway: {error}")
+        return None, None
+    return cluster.url, cluster
+
+
+async def fresh_postgres_database(server: str) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute("CREATE DATABASE ccgate_bench")
+    finally:
+        await conn.close()
+    return server.rpartition("/")[0] + "/ccgate_bench"
+
+
+async def gateway_org(db_url: str) -> str:
+    """Migrate, and make what the issue asks the gateway to carry: a key budget, a team budget and a rate limit.
+    Limits no benchmark reaches, so every request is admitted after the full checks. Returns the virtual key."""
+    from ccgate.storage.gateway import GatewayStore
+
+    store = await GatewayStore.open(db_url)
+    try:
+        await store.create_customer("bench")
+        await store.create_team("bench-team", customer="bench")
+        key = (await store.create_key(team="bench-team", name="bench-dev")).plaintext
+        await store.create_budget(level="key", target="bench-dev", limit_nanos=10**18, period="1d")
+        await store.create_budget(level="team", target="bench-team", limit_nanos=10**18, period="1mo")
+        await store.set_rate_limit(level="team", target="bench-team", rpm=10**9, tpm=2 * 10**9)
+        return key
+    finally:
+        await store.close()
+
+
+async def start_gateway(name: str, db_url: str, work: Path, upstream: str) -> tuple[Server, str]:
+    key = await gateway_org(db_url)
+    home = work / name
+    home.mkdir()
+    env = clean_env(home, CCGATE_ANTHROPIC_BASE_URL=upstream, CCGATE_ANTHROPIC_API_KEY="sk-ant-bench-dummy")
+    argv = [PY, "-m", "ccgate.gateway", "--db", db_url, "--port", "0", "--port-file", str(home / "port")]
+    server = Server(name, argv, env, home / "log")
+    return server, key
+
+
 async def proxy_phases(report: Report, settings: Settings, work: Path, profile: Path | None = None) -> None:
     from ccgate.local.paths import resolve_paths
     from ccgate.sidecar.process import TOKEN_HEADER, ensure_token
@@ -415,6 +483,7 @@ async def proxy_phases(report: Report, settings: Settings, work: Path, profile: 
 
     servers: list[Server] = []
     profiler: subprocess.Popen[bytes] | None = None
+    pg_url, cluster = start_postgres()
     try:
         mock_home = work / "mock"
         mock_home.mkdir()
@@ -444,8 +513,20 @@ async def proxy_phases(report: Report, settings: Settings, work: Path, profile: 
         token = ensure_token(paths)
         sidecar = Server("sidecar", [PY, "-m", "ccgate.sidecar", "--port", "0"], side_env, work / "sidecar.log")
         servers.append(sidecar)
+        gateways: list[tuple[Server, str]] = []
+        gateway_dbs = [("gateway-sqlite", f"sqlite://{work / 'gateway.db'}")]
+        if pg_url is not None:
+            gateway_dbs.append(("gateway-postgresql", await fresh_postgres_database(pg_url)))
+        else:
+            report.notes.append("no PostgreSQL found: the gateway ran on SQLite only")
+        for name, db_url in gateway_dbs:
+            gateway, virtual_key = await start_gateway(name, db_url, work, mock.url)
+            servers.append(gateway)
+            gateways.append((gateway, virtual_key))
         passthrough.wait_port(pass_home / "port")
         sidecar.wait_port(paths.port_file, pid_file=paths.pid_file)
+        for gateway, _ in gateways:
+            gateway.wait_port(work / gateway.name / "port")
         log(f"servers up: mock {mock.pid}, passthrough {passthrough.pid}, sidecar {sidecar.pid}")
         profiler = start_profiler(sidecar.pid, profile) if profile is not None else None
 
@@ -467,6 +548,16 @@ async def proxy_phases(report: Report, settings: Settings, work: Path, profile: 
         translated = Target(
             "sidecar-translated", sidecar.url + "/v1/messages", translated_body, headers, b"message_stop"
         )
+        gateway_targets = [
+            Target(
+                gateway.name,
+                gateway.url + "/v1/messages",
+                anthropic_body,
+                {**headers, GATEWAY_KEY_HEADER: virtual_key},
+                b"message_stop",
+            )
+            for gateway, virtual_key in gateways
+        ]
         report.notes.append(
             f"request body {len(anthropic_body) / 1000:.1f} KB; mock reply: 21 Anthropic SSE events, "
             "or 200 OpenAI chunks for the translated route"
@@ -477,16 +568,21 @@ async def proxy_phases(report: Report, settings: Settings, work: Path, profile: 
             idle = memory_kb(sidecar.pid)
             log(f"latency at concurrency 1: {settings.latency_requests} requests per target")
             lat = await latency_phase(
-                session, [direct, through_pass, through_side, openai_direct, translated], settings
+                session, [direct, through_pass, through_side, openai_direct, translated, *gateway_targets], settings
             )
             idle_after = memory_kb(sidecar.pid)
             log(f"throughput at concurrency {settings.concurrency}")
             loaded = await throughput_phase(
                 session,
-                [direct, through_pass, through_side],
+                [direct, through_pass, through_side, *gateway_targets],
                 settings,
-                {"passthrough": passthrough.pid, "sidecar": sidecar.pid},
+                {
+                    "passthrough": passthrough.pid,
+                    "sidecar": sidecar.pid,
+                    **{gateway.name: gateway.pid for gateway, _ in gateways},
+                },
                 "sidecar",
+                sampled=[gateway.name for gateway, _ in gateways],
             )
             rates, peak = loaded.rates, loaded.peak
         if profiler is not None:
@@ -560,11 +656,64 @@ async def proxy_phases(report: Report, settings: Settings, work: Path, profile: 
             (ms("sidecar-translated", 50) - ms("openai-direct", 50)) - (ms("sidecar", 50) - ms("direct", 50)),
             "ms",
         )
+        gateway_metrics(report, settings, lat, loaded, [gateway.name for gateway, _ in gateways])
     finally:
         if profiler is not None:
             stop_profiler(profiler)
         for server in reversed(servers):
             server.stop()
+        if cluster is not None:
+            cluster.stop()
+
+
+def gateway_metrics(
+    report: Report, settings: Settings, lat: dict[str, list[float]], loaded: Throughput, names: Sequence[str]
+) -> None:
+    """Added latency over a direct call, throughput against the sidecar's in the same rounds, and memory."""
+
+    def ms(name: str, pct: float) -> float:
+        return percentile(lat[name], pct) * 1000
+
+    for name in names:
+        short = name.removeprefix("gateway-")
+        report.add(f"latency_{name.replace('-', '_')}_p50_ms", f"latency p50, via {name}", ms(name, 50), "ms")
+        report.add(
+            f"added_{name.replace('-', '_')}_p50_ms",
+            f"added p50, {name}",
+            ms(name, 50) - ms("direct", 50),
+            "ms",
+            at_most=2.0,
+        )
+        report.add(
+            f"added_{name.replace('-', '_')}_p99_ms", f"added p99, {name}", ms(name, 99) - ms("direct", 99), "ms"
+        )
+        report.add(
+            f"throughput_{name.replace('-', '_')}_rps",
+            f"throughput c={settings.concurrency}, {name}",
+            loaded.rates[name],
+            "req/s",
+        )
+        ratios = sorted(
+            100 * gateway / side
+            for gateway, side in zip(loaded.per_round[name], loaded.per_round["sidecar"], strict=True)
+            if side
+        )
+        report.add(
+            f"throughput_{name.replace('-', '_')}_vs_sidecar_pct",
+            f"{name} / sidecar throughput",
+            statistics.median(ratios) if ratios else None,
+            "%",
+            at_least=50 if short == "sqlite" else 40,
+        )
+        report.add(f"cpu_{name.replace('-', '_')}_ms", f"CPU per request, {name}", loaded.cpu_ms.get(name), "ms")
+        peak = loaded.peaks.get(name, {})
+        report.add(
+            f"{name.replace('-', '_')}_rss_peak_mb",
+            f"{name} RSS peak under load",
+            peak.get("VmRSS", 0) / 1024,
+            "MB",
+            at_most=120,
+        )
 
 
 def translation_cpu(report: Report, settings: Settings) -> None:

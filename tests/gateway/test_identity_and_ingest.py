@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -152,3 +153,25 @@ async def test_bad_batches_and_rows_are_refused_with_a_reason_and_nothing_stored
         assert (row.record.id, row.record.project, row.tags) == (odd["id"], odd["project"], odd["tags"])
         status, result = await _post(http, gateway, "sk-cg-wrong", {"rows": [_row()]})
         assert status == 401
+
+
+async def test_raw_rows_past_the_retention_are_rolled_up_and_still_reported(db_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    async with (
+        running_gateway(db_url, keep_days=1, retention_interval_seconds=0.2) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
+        old = _row(id="old-row", started_at=(datetime.now(UTC) - timedelta(days=3)).isoformat())
+        _, result = await _post(http, gateway, gateway.keys["ada"], {"rows": [old, _row(id="new-row")]})
+        assert result["sent"] == 2
+        for _ in range(100):
+            ids = [row.record.id for row in await gateway.rows("ada")]
+            if ids == ["new-row"]:
+                break
+            await asyncio.sleep(0.1)
+        assert ids == ["new-row"]
+        report = await gateway.store.report(
+            since=datetime.now(UTC) - timedelta(days=10), until=datetime.now(UTC) + timedelta(days=1), by="key"
+        )
+        assert report.total.requests == 2

@@ -157,8 +157,12 @@ async def test_a_spent_team_budget_gives_402_naming_it_and_nothing_reaches_the_u
 
 
 async def test_rate_limit_gives_429_with_retry_after_and_count_tokens_is_not_counted(db_url: str) -> None:
-    async with running_gateway(db_url) as gateway:
-        await gateway.store.set_rate_limit(level="key", target="ada", rpm=1, tpm=None)
+    async with running_gateway(db_url, refresh_seconds=0.05) as gateway:
+        limit = await gateway.store.set_rate_limit(level="key", target="ada", rpm=1, tpm=None)
+        for _ in range(100):  # every instance learns within `refresh_seconds` that this key has a limit
+            if limit.target_id in gateway.app[UPSTREAMS].upstreams.rate_limited:
+                break
+            await asyncio.sleep(0.05)
         client = gateway.client(gateway.keys["ada"])
         for _ in range(3):
             counted = await client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "hi"}])
@@ -217,3 +221,40 @@ async def test_provider_keys_stored_encrypted_are_used_and_env_keys_win(db_url: 
         key = (await gateway.store.create_key(team="core", name="cy")).plaintext
         await _ask(gateway, key)
         assert gateway.upstream.messages_requests[-1].headers["x-api-key"] == PROVIDER_KEY
+
+
+async def test_a_body_past_the_limit_gets_413_in_the_envelope(db_url: str) -> None:
+    async with running_gateway(db_url, max_body_mb=1) as gateway, aiohttp.ClientSession() as http:
+        body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x" * 2_000_000}]}
+        headers = {"x-api-key": gateway.keys["ada"]}
+        async with http.post(f"{gateway.url}/v1/messages", json=body, headers=headers) as reply:
+            assert reply.status == 413
+            assert (await reply.json())["error"]["type"] == "request_too_large"
+        assert gateway.upstream.requests == []
+
+
+async def test_a_running_streams_hold_shrinks_to_its_real_input_once_message_start_tells_it(db_url: str) -> None:
+    async with running_gateway(db_url) as gateway:
+        await gateway.store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
+        gateway.upstream.enqueue(TextReply("long", usage=Usage(input_tokens=10), cut_after_events=3, then="hang"))
+        client = gateway.client(gateway.keys["ada"])
+
+        async def stream() -> None:
+            async with client.messages.stream(
+                model=MODEL, max_tokens=1000, messages=[{"role": "user", "content": "x" * 200_000}]
+            ) as events:
+                async for _ in events:
+                    pass
+
+        task = asyncio.create_task(stream())
+        await asyncio.wait_for(gateway.upstream.hanging.wait(), 30)
+        amounts: list[int] = []
+        for _ in range(100):
+            amounts = [int(r[0]) for r in await gateway.store.db.fetch("SELECT amount_nanos FROM reservations")]
+            amounts = [amount for amount in amounts if amount]
+            if amounts and amounts[0] < 100_000_000:  # 200 KB of prompt reserve ~$0.6; 10 tokens and 1,000 out ~$0.015
+                break
+            await asyncio.sleep(0.05)
+        assert amounts and amounts[0] < 100_000_000
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

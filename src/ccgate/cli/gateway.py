@@ -44,6 +44,13 @@ def serve(
     port: int = typer.Option(8788, "--port", help="Port to listen on."),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="Processes sharing the port (PostgreSQL only)."),
     migrate: bool = typer.Option(False, "--migrate", help="Apply pending database migrations before serving."),
+    metrics_per_key: bool = typer.Option(
+        False, "--metrics-per-key", help="Also series per virtual key on /metrics (one per developer)."
+    ),
+    keep_days: int = typer.Option(
+        90, "--keep-days", min=0, help="Days raw request rows are kept (then rolled up); 0 keeps them all."
+    ),
+    max_body_mb: int = typer.Option(64, "--max-body-mb", min=1, max=1024, help="Largest request body accepted."),
 ) -> None:
     """Serve the org gateway: Claude Code and developers' sidecars connect with virtual keys.
 
@@ -72,17 +79,35 @@ def serve(
     if workers == 1:
         from ccgate.gateway.app import GatewaySettings
 
-        settings = GatewaySettings(db_url=url, environ=app_ctx.environ, migrate=migrate)
+        settings = GatewaySettings(
+            db_url=url,
+            environ=app_ctx.environ,
+            migrate=migrate,
+            metrics_per_key=metrics_per_key,
+            keep_days=keep_days,
+            max_body_mb=max_body_mb,
+        )
         raise typer.Exit(run(serve_gateway(settings, host, port)))
-    raise typer.Exit(_run_workers(url, host, port, workers))
+    extra = [*(["--metrics-per-key"] if metrics_per_key else []), "--keep-days", str(keep_days)]
+    extra += ["--max-body-mb", str(max_body_mb)]
+    raise typer.Exit(_run_workers(url, host, port, workers, extra))
 
 
-def _run_workers(url: str, host: str, port: int, workers: int) -> int:
-    """N processes on one port (SO_REUSEPORT); the kernel spreads connections. A signal stops them all."""
+def _run_workers(url: str, host: str, port: int, workers: int, extra: list[str]) -> int:
+    """N processes on one port (SO_REUSEPORT); the kernel spreads connections. A signal stops them all.
+
+    Their metrics go to one shared folder, so any worker's /metrics reports all of them.
+    """
+    import os
     import signal
+    import tempfile
 
-    command = [sys.executable, "-m", "ccgate.gateway", "--db", url, "--host", host, "--port", str(port)]
-    children = [subprocess.Popen([*command, "--reuse-port"]) for _ in range(workers)]
+    from ccgate.gateway.metrics import MULTIPROC_ENV
+
+    metrics_dir = tempfile.TemporaryDirectory(prefix="ccgate-gateway-metrics-")
+    env = {**os.environ, MULTIPROC_ENV: metrics_dir.name}
+    command = [sys.executable, "-m", "ccgate.gateway", "--db", url, "--host", host, "--port", str(port), *extra]
+    children = [subprocess.Popen([*command, "--reuse-port"], env=env) for _ in range(workers)]
 
     def forward(signum: int, _frame: Any) -> None:
         for child in children:
@@ -92,6 +117,7 @@ def _run_workers(url: str, host: str, port: int, workers: int) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     codes = [child.wait() for child in children]
+    metrics_dir.cleanup()
     return max(codes)
 
 

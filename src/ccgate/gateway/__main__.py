@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--migrate", action="store_true", help="apply pending migrations first")
     parser.add_argument("--reservation-ttl", type=float, default=30.0, help="seconds a dead instance's holds last")
     parser.add_argument("--key-cache", type=float, default=2.0, help="seconds a key's state is trusted")
+    parser.add_argument("--max-body-mb", type=int, default=64, help="largest request body accepted")
+    parser.add_argument("--keep-days", type=int, default=90, help="days raw rows are kept; 0 keeps them all")
+    parser.add_argument("--metrics-per-key", action="store_true", help="per-key series on /metrics")
     parser.add_argument("--reuse-port", action="store_true", help="share the port with other workers")
     parser.add_argument("--port-file", default=None, help="write the bound port here once listening (tests)")
     args = parser.parse_args(argv)
@@ -103,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         migrate=args.migrate,
         reservation_ttl_seconds=args.reservation_ttl,
         key_cache_seconds=args.key_cache,
+        metrics_per_key=args.metrics_per_key,
+        keep_days=args.keep_days,
+        max_body_mb=args.max_body_mb,
     )
     try:
         return int(run(serve(settings, args.host, args.port, port_file=args.port_file, reuse_port=args.reuse_port)))

@@ -27,12 +27,23 @@ from ccgate.errors import BudgetExceededError, RateLimitedError, UnpricedModelEr
 from ccgate.proxy.engine import ClientMeta
 from ccgate.storage.gateway import instances
 from ccgate.storage.gateway.db import DatabaseUnavailableError
-from ccgate.storage.gateway.records import Admitted, BudgetView, RateLimited, Refused, Reservation
+from ccgate.storage.gateway.records import (
+    AdmissionResult,
+    Admitted,
+    BudgetView,
+    RateAllowed,
+    RateDecision,
+    RateLimited,
+    Refused,
+    Reservation,
+)
 from ccgate.storage.gateway.store import GatewayStore
 
 log = logging.getLogger("ccgate.gateway")
 
 RAISE_HINT = "ask your gateway admin to raise or override it (`ccgate gateway admin budget ...`)"
+# How long a reply must have been running before its reservation is lowered to its real input (see `shrink`).
+SHRINK_AFTER_S = 0.1
 # Tries (one a second) of a settle or release while the database is away, before the hold is left to lapse.
 DB_RETRIES = 30
 
@@ -68,13 +79,17 @@ class GatewayAdmission:
         wait_timeout: float = 30.0,
         max_wait: float = 600.0,
         provider_ids: Callable[[str], str | None] = lambda name: None,
+        rate_limited: Callable[[], frozenset[str]] | None = None,
     ) -> None:
+        """`rate_limited`: the ids of keys and teams with a rate limit (re-read every few seconds); requests of
+        others skip the check. None: always check."""
         self.store = store
         self.instance_id = instance_id
         self.ttl = ttl
         self.wait_timeout = wait_timeout
         self.max_wait = max(max_wait, wait_timeout)
         self.provider_ids = provider_ids
+        self.rate_limited = rate_limited
         self._holds: set[Hold] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Event()
@@ -87,52 +102,50 @@ class GatewayAdmission:
     async def admit(
         self, meta: ClientMeta, *, reserve_nanos: int | None, model: str, provider: str | None = None
     ) -> Hold:
+        """Rate limits and the first reservation attempt run side by side (two pooled connections on PostgreSQL):
+        a request pays for the slower of the two round trips, not their sum."""
         key_id, team_id, customer_id = ids_of(meta)
-        limited = await self.store.take_request(key_id=key_id, team_id=team_id)
+        provider_id = None if provider is None else self.provider_ids(provider)
+        bound = 0 if reserve_nanos is None else reserve_nanos
+
+        def reserve() -> Coroutine[Any, Any, AdmissionResult]:
+            return self.store.reserve(
+                key_id=key_id,
+                team_id=team_id,
+                customer_id=customer_id,
+                provider_id=provider_id,
+                bound_nanos=bound,
+                instance_id=self.instance_id,
+                ttl=self.ttl,
+            )
+
+        rate = asyncio.ensure_future(self._rate_check(key_id, team_id))
+        try:
+            result = await self._attempt(reserve())
+        except BaseException:
+            rate.cancel()
+            raise
+        try:
+            limited = await rate
+        except BaseException:
+            self._release_result(result)
+            raise
         if isinstance(limited, RateLimited):
+            self._release_result(result)
             level = limited.limit.level.value
             raise RateLimitedError(
                 f"the {level}'s rate limit of {limited.allowed} {limited.kind} a minute is reached",
                 retry_after=limited.retry_after_s,
                 hint=f"retry in {limited.retry_after_s} s, or ask your gateway admin to raise it",
             )
-        provider_id = None if provider is None else self.provider_ids(provider)
-        bound = 0 if reserve_nanos is None else reserve_nanos
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.max_wait
         mark: tuple[int, ...] | None = None
         stall_at = give_up_at
         delay = 0.05
         while True:
-            changed = self._changed
-            attempt = asyncio.ensure_future(
-                self.store.reserve(
-                    key_id=key_id,
-                    team_id=team_id,
-                    customer_id=customer_id,
-                    provider_id=provider_id,
-                    bound_nanos=bound,
-                    instance_id=self.instance_id,
-                    ttl=self.ttl,
-                )
-            )
-            try:
-                result = await asyncio.shield(attempt)
-            except asyncio.CancelledError:
-                # the client left: a hold committed meanwhile would otherwise be renewed for as long as we live
-                attempt.add_done_callback(self._release_orphan)
-                raise
             if isinstance(result, Admitted):
-                budget_ids = tuple(view.budget.id for view in result.budgets)
-                hold = Hold(result.reservation if budget_ids else None, budget_ids)
-                if reserve_nanos is None and budget_ids:
-                    self.release(hold)
-                    raise UnpricedModelError(
-                        f"model {model} has no known price and a budget applies, so its cost cannot be bounded",
-                        hint="ask your gateway admin to route it to a priced model or to set a price for it",
-                    )
-                self._holds.add(hold)
-                return hold
+                return self._admitted(result, reserve_nanos, model)
             if isinstance(result, Refused):
                 raise BudgetExceededError(refused_message(result.blocking))
             state = result.blocking.state
@@ -144,24 +157,63 @@ class GatewayAdmission:
                 raise self._still_reserved(result.blocking, bound, stalled=True)
             if now >= give_up_at:
                 raise self._still_reserved(result.blocking, bound, stalled=False)
+            changed = self._changed
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), min(delay, max(0.0, give_up_at - now)))
             delay = min(delay * 2, 1.0)
+            result = await self._attempt(reserve())
 
-    def _release_orphan(self, attempt: asyncio.Future[Any]) -> None:
-        if attempt.cancelled() or attempt.exception() is not None:
-            return
-        result = attempt.result()
+    async def _rate_check(self, key_id: str, team_id: str | None) -> RateDecision:
+        limited = None if self.rate_limited is None else self.rate_limited()
+        if limited is not None and key_id not in limited and (team_id is None or team_id not in limited):
+            return RateAllowed()
+        return await self.store.take_request(key_id=key_id, team_id=team_id)
+
+    async def _attempt(self, work: Coroutine[Any, Any, AdmissionResult]) -> AdmissionResult:
+        """One reservation attempt; if the client leaves meanwhile, a hold it committed is given back (it would
+        otherwise be renewed for as long as this instance lives)."""
+        attempt = asyncio.ensure_future(work)
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            attempt.add_done_callback(self._release_orphan)
+            raise
+
+    def _admitted(self, result: Admitted, reserve_nanos: int | None, model: str) -> Hold:
+        budget_ids = tuple(view.budget.id for view in result.budgets)
+        hold = Hold(result.reservation if budget_ids else None, budget_ids)
+        if reserve_nanos is None and budget_ids:
+            self.release(hold)
+            raise UnpricedModelError(
+                f"model {model} has no known price and a budget applies, so its cost cannot be bounded",
+                hint="ask your gateway admin to route it to a priced model or to set a price for it",
+            )
+        self._holds.add(hold)
+        return hold
+
+    def _release_result(self, result: AdmissionResult) -> None:
         if isinstance(result, Admitted) and result.budgets:
             self.release(Hold(result.reservation, tuple(view.budget.id for view in result.budgets)))
+
+    def _release_orphan(self, attempt: asyncio.Future[Any]) -> None:
+        if not attempt.cancelled() and attempt.exception() is None:
+            self._release_result(attempt.result())
 
     def watch(self, hold: Hold, progress: Callable[[], int]) -> None:
         hold.progress = progress
 
     def shrink(self, hold: Hold, bound_nanos: int) -> None:
+        """Lowered in the database only if the request is still running `SHRINK_AFTER_S` later: most replies
+        that end sooner settle before anyone could use the room, and each skipped write is a round trip saved."""
         if hold.reservation is None or hold.done:
             return
-        self._spawn(self.store.shrink(hold.reservation, max(0, bound_nanos)), "shrink")
+        reservation = hold.reservation
+
+        def later() -> None:
+            if not hold.done:
+                self._spawn(self.store.shrink(reservation, max(0, bound_nanos)), "shrink")
+
+        asyncio.get_running_loop().call_later(SHRINK_AFTER_S, later)
 
     def settle(self, hold: Hold, actual_nanos: int) -> None:
         self._end(hold)

@@ -23,13 +23,14 @@ import aiohttp
 from aiohttp import web
 
 from ccgate import __version__
-from ccgate.core.records import to_iso
+from ccgate.core.records import RequestRecord, to_iso
 from ccgate.core.routing import Route
 from ccgate.errors import CcgateError, InvalidRequestError, NotFoundError, PermissionDeniedError, RequestTooLargeError
 from ccgate.gateway import keys
 from ccgate.gateway.admission import GatewayAdmission, RequestAdmission
 from ccgate.gateway.auth import KEY_CACHE_SECONDS, KeyCache, presented_key
 from ccgate.gateway.ledger import GatewayLedger, KeyLedger, Owner
+from ccgate.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from ccgate.gateway.routing import KeyRouter
 from ccgate.proxy.engine import ClientMeta, Proxy, ProxyDeps, error_response
 from ccgate.storage.gateway.migrate import MigrationStatus
@@ -38,6 +39,8 @@ from ccgate.storage.gateway.store import GatewayStore
 from ccgate.storage.reports import usd_string
 
 log = logging.getLogger("ccgate.gateway")
+# one line per finished request: ids, names, model, status and cost -- never a key, a token or a body
+access = logging.getLogger("ccgate.gateway.access")
 
 ADMIN_TOKEN_ENV = "CCGATE_GATEWAY_ADMIN_TOKEN"  # noqa: S105 - the name of the variable
 REQUEST_ID_HEADER = "x-ccgate-request-id"
@@ -61,9 +64,15 @@ class GatewaySettings:
     # a request that only reservations keep out waits while they move, up to this long without progress
     budget_wait_seconds: float = 30.0
     max_body_mb: int = 64
-    # how often provider configs and their keys are re-read from the database
-    refresh_seconds: float = 5.0
+    # how often provider configs, their keys and which keys and teams have rate limits are re-read: a new rate
+    # limit or provider key takes effect within this bound
+    refresh_seconds: float = 2.0
     db_connections: int = 10
+    # per-key series on /metrics (one per developer: off unless asked for)
+    metrics_per_key: bool = False
+    # raw request rows older than this many days are rolled up and deleted (roll-ups stay); 0 keeps them all
+    keep_days: int = 90
+    retention_interval_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,8 @@ class Upstreams:
     provider_keys: Mapping[str, str]
     provider_ids: Mapping[str, str]
     pricer: Any
+    # ids of the keys and teams that have a rate limit: requests of the others skip the check's round trip
+    rate_limited: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -100,6 +111,7 @@ ADMISSION = web.AppKey("admission", GatewayAdmission)
 UPSTREAMS = web.AppKey("upstreams", Live)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 ENTRIES = web.AppKey("entries", dict[str, KeyEntry])
+METRICS = web.AppKey("metrics", GatewayMetrics)
 
 
 class _RequestRouter:
@@ -124,6 +136,15 @@ async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Every error in Anthropic's envelope with a message that says what to do; never a bare 500."""
+    response = await _answer(request, handler)
+    route = request.match_info.route.resource
+    request.app[METRICS].response(route.canonical if route is not None else "other", response.status)
+    return response
+
+
+async def _answer(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
@@ -289,6 +310,26 @@ async def usage(request: web.Request) -> web.StreamResponse:
     return web.json_response({"sent": result.sent, "known": result.known, "rejected": rejected})
 
 
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """Prometheus exposition, for an admin token (the environment's, or a named one of any role)."""
+    import hmac
+
+    from ccgate.errors import AuthenticationError
+
+    token = presented_key(request.headers) or ""
+    bootstrap = request.app.get(keys.BOOTSTRAP_ADMIN_TOKEN)
+    allowed = bool(token) and (
+        (bootstrap is not None and hmac.compare_digest(token.encode(), bootstrap.encode()))
+        or await request.app[keys.STORE].authenticate_admin(token) is not None
+    )
+    if not allowed:
+        raise AuthenticationError(
+            "/metrics needs an admin token", hint="send it as Authorization: Bearer (CCGATE_GATEWAY_ADMIN_TOKEN)"
+        )
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
 async def root(request: web.Request) -> web.StreamResponse:
     """Claude Code's `HEAD /` connectivity check: never blocked."""
     return web.Response(text="ccgate gateway\n")
@@ -396,7 +437,8 @@ async def load_upstreams(store: GatewayStore, environ: Mapping[str, str], pricer
             if key:
                 stored_keys[config.name] = key
     provider_keys = {name: environ.get(key_env_var(name)) or stored_keys.get(name, "") for name in providers}
-    return Upstreams(providers, {k: v for k, v in provider_keys.items() if v}, ids, pricer)
+    rate_limited = frozenset(limit.target_id for limit in await store.list_rate_limits())
+    return Upstreams(providers, {k: v for k, v in provider_keys.items() if v}, ids, pricer, rate_limited)
 
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
@@ -439,7 +481,30 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
 
 async def _ledger(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    ledger = GatewayLedger(app[keys.STORE], settings.instance_id)
+    observe = app[METRICS].observe
+
+    def finished(record: RequestRecord, owner: Owner) -> None:
+        observe(record, team=owner.team_name, key=owner.key_name)
+        if access.isEnabledFor(logging.INFO):
+            access.info(
+                "request=%s key=%s team=%s model=%s provider=%s status=%s http=%s cost_nanos=%s ms=%.0f",
+                record.id,
+                json.dumps(owner.key_name),
+                json.dumps(owner.team_name),
+                json.dumps(record.requested_model),
+                record.provider,
+                record.status.value,
+                record.http_status,
+                record.cost.nanos,
+                record.latency_ms or 0,
+            )
+
+    ledger = GatewayLedger(
+        app[keys.STORE],
+        settings.instance_id,
+        on_final=finished,
+        rate_limited=lambda: app[UPSTREAMS].upstreams.rate_limited,
+    )
     ledger.start()
     app[LEDGER] = ledger
     try:
@@ -462,6 +527,7 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
         ttl=ttl,
         wait_timeout=settings.budget_wait_seconds,
         provider_ids=lambda name: app[UPSTREAMS].upstreams.provider_ids.get(name),
+        rate_limited=lambda: app[UPSTREAMS].upstreams.rate_limited,
     )
     await instances.beat(store.db, settings.instance_id, ttl, utcnow())
     recovered = await instances.recover_dead(store.db, utcnow())
@@ -476,6 +542,36 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
         await admission.close()
+
+
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    """Once an hour (and soon after start), roll up and delete raw rows past `keep_days`; any instance may."""
+    from datetime import UTC, datetime
+
+    settings = app[SETTINGS]
+    store = app[keys.STORE]
+
+    async def prune() -> None:
+        await asyncio.sleep(min(60.0, settings.retention_interval_seconds))
+        while True:
+            before = datetime.now(UTC).date() - timedelta(days=settings.keep_days)
+            try:
+                gone = await store.prune_requests(before=before)
+            except CcgateError as error:
+                log.error("raw rows not pruned: %s", error.message)
+            else:
+                if gone:
+                    log.info("rolled up and deleted %d raw request row(s) from before %s", gone, before)
+            await asyncio.sleep(settings.retention_interval_seconds)
+
+    task = asyncio.create_task(prune()) if settings.keep_days > 0 else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def create_runner(app: web.Application) -> web.AppRunner:
@@ -493,11 +589,12 @@ def create_app(settings: GatewaySettings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[ENTRIES] = {}
+    app[METRICS] = GatewayMetrics.create(per_key=settings.metrics_per_key)
     token = settings.environ.get(ADMIN_TOKEN_ENV, "").strip()
     if token:
         app[keys.BOOTSTRAP_ADMIN_TOKEN] = token
     # one cleanup context per resource, so a failed start undoes exactly what started; closed in reverse
-    app.cleanup_ctx.extend([_store, _upstreams, _session, _ledger, _admission])
+    app.cleanup_ctx.extend([_store, _upstreams, _session, _ledger, _admission, _retention])
     app.router.add_route("HEAD", "/", root)
     app.router.add_get("/", root, allow_head=False)
     app.router.add_get("/healthz", healthz)
@@ -506,5 +603,6 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/me", me)
     app.router.add_post("/v1/usage", usage)
+    app.router.add_get("/metrics", metrics)
     app.add_subapp("/admin", create_admin_app())
     return app

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ccgate.core.records import RequestRecord, RequestStatus
@@ -30,17 +31,30 @@ class Owner:
     key_id: str
     team_id: str | None
     customer_id: str | None
+    # for metric labels only
+    key_name: str = ""
+    team_name: str = ""
 
     @classmethod
     def of(cls, identity: KeyIdentity) -> Owner:
-        return cls(identity.key.id, identity.team.id, identity.customer.id if identity.customer else None)
+        customer = identity.customer.id if identity.customer else None
+        return cls(identity.key.id, identity.team.id, customer, identity.key.name, identity.team.name)
 
 
 class GatewayLedger:
     """One per process; `for_key` gives the `LedgerSink` the proxy core writes one key's rows to."""
 
-    def __init__(self, store: GatewayStore, instance_id: str) -> None:
+    def __init__(
+        self,
+        store: GatewayStore,
+        instance_id: str,
+        *,
+        on_final: Callable[[RequestRecord, Owner], None] | None = None,
+        rate_limited: Callable[[], frozenset[str]] | None = None,
+    ) -> None:
         self.store = store
+        self.on_final = on_final
+        self.rate_limited = rate_limited
         self.instance_id = instance_id
         self._queue: dict[tuple[str, str], GatewayRow] = {}
         self._wake = asyncio.Event()
@@ -65,6 +79,8 @@ class GatewayLedger:
         )
         self._idle.clear()
         self._wake.set()
+        if self.on_final is not None and record.status is not RequestStatus.PENDING:
+            self.on_final(record, owner)
 
     @property
     def unsaved(self) -> int:
@@ -97,9 +113,12 @@ class GatewayLedger:
     async def _count_tokens(self, batch: list[GatewayRow]) -> None:
         """Tokens-per-minute limits count a request once it is finished."""
         totals: dict[tuple[str, str | None], int] = {}
+        limited = None if self.rate_limited is None else self.rate_limited()
         for row in batch:
             record = row.record
             if record.status is RequestStatus.PENDING:
+                continue
+            if limited is not None and row.key_id not in limited and row.team_id not in limited:
                 continue
             tokens = record.usage.total_input_tokens + record.usage.output_tokens
             if tokens:
