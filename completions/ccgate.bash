@@ -5,7 +5,7 @@
 __ccgate_node() {
     subs='' opts='' vopts=' ' vararg='' passthrough=''
     case "$1" in
-        '') subs='budget completions config cost doctor import launch logs model price provider sidecar statusline' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
+        '') subs='budget completions config cost doctor gateway import launch login logout logs model price provider sidecar statusline sync whoami' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
         'budget') subs='set show unset' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'budget set') subs='' opts='-p --project --warn-at -h --help' vopts=' -p --project --warn-at ' vararg='' passthrough='' ;;
         'budget show') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
@@ -18,9 +18,15 @@ __ccgate_node() {
         'config show') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
         'cost') subs='' opts='--since --until --by --json --csv -h --help' vopts=' --since --until --by ' vararg='' passthrough='' ;;
         'doctor') subs='' opts='--json --full -h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway') subs='admin migrate serve' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway admin') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway migrate') subs='' opts='--db --check --json -h --help' vopts=' --db ' vararg='' passthrough='' ;;
+        'gateway serve') subs='' opts='--db --host --port --workers --migrate --metrics-per-key --keep-days --max-body-mb -h --help' vopts=' --db --host --port --workers --keep-days --max-body-mb ' vararg='' passthrough='' ;;
         'import') subs='claude-code' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'import claude-code') subs='' opts='--path --json -h --help' vopts=' --path ' vararg='' passthrough='' ;;
         'launch') subs='' opts='' vopts='  ' vararg='' passthrough='1' ;;
+        'login') subs='' opts='--key --allow-http --json -h --help' vopts=' --key ' vararg='' passthrough='' ;;
+        'logout') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'logs') subs='' opts='-n --lines -f --follow --errors --session --json -h --help' vopts=' -n --lines --session ' vararg='' passthrough='' ;;
         'model') subs='list set test unset' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'model list') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
@@ -47,6 +53,8 @@ __ccgate_node() {
         'statusline') subs='install uninstall' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'statusline install') subs='' opts='--settings --force -h --help' vopts=' --settings ' vararg='' passthrough='' ;;
         'statusline uninstall') subs='' opts='--settings -h --help' vopts=' --settings ' vararg='' passthrough='' ;;
+        'sync') subs='' opts='--since --json -h --help' vopts=' --since ' vararg='' passthrough='' ;;
+        'whoami') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
     esac
 }
 
