@@ -72,3 +72,36 @@ async def test_proxy_mode_with_the_real_claude_code(e2e: E2E, tmp_path: Path) ->
         secrets_file = e2e.paths.secrets_file
         assert _files_holding(Path(e2e.env["CCGATE_HOME"]), key.encode(), skip={secrets_file}) == []
         assert key in secrets_file.read_text() and secrets_file.stat().st_mode & 0o077 == 0
+
+
+async def test_report_mode_with_the_real_claude_code(e2e: E2E, tmp_path: Path) -> None:
+    import asyncio
+
+    from ccgate.features.statusline import render
+
+    e2e.env["CCGATE_SYNC_INTERVAL_SECONDS"] = "0.3"
+    async with running_gateway(f"sqlite:///{tmp_path / 'gw.db'}") as gateway:
+        created = await gateway.store.create_key(team="core", name="rita", mode="report")
+        login = await e2e.run("login", gateway.url, "--key", created.plaintext)
+        assert login.returncode == 0, login.explain()
+
+        first = await e2e.claude("-p", "say hi", "--output-format", "json")
+        assert first.returncode == 0, first.explain()
+        assert "reported to the org gateway" in first.stderr
+        hits = e2e.upstream.messages_requests
+        assert hits and all(hit.headers.get("x-api-key") == DUMMY_KEY for hit in hits)  # their own credentials
+        synced = await e2e.run("sync", "--json")
+        assert synced.returncode == 0, synced.explain()
+        rows = await gateway.rows("rita")
+        assert len(rows) == len(hits)
+        assert all(row.source.value == "ingested" for row in rows)
+
+        await gateway.store.create_budget(level="key", target="rita", limit_nanos=1000, period="1d")
+        for _ in range(300):  # the sidecar refreshes the org budgets from /v1/me after each sync round
+            if "org budget used up" in render("{}"):
+                break
+            await asyncio.sleep(0.1)
+        second = await e2e.claude("-p", "say hi again", "--output-format", "json")
+        assert "402" in second.stdout + second.stderr, second.explain()
+        assert "org budget" in second.stdout + second.stderr, second.explain()
+        assert len(e2e.upstream.messages_requests) == len(hits)  # refused before the provider
