@@ -59,6 +59,10 @@ async def test_proxy_mode_with_the_real_claude_code(e2e: E2E, tmp_path: Path) ->
             outputs.append(result.stdout + result.stderr)
         doctor = await e2e.run("doctor", "--json")
         outputs.append(doctor.stdout + doctor.stderr)
+        checks = {check["name"]: check for check in json.loads(doctor.stdout)["checks"]}
+        assert checks["sidecar providers"]["state"] == "ok", checks
+        assert "org proxy mode" in checks["sidecar providers"]["detail"]
+        assert checks["org key"]["state"] == "ok" and checks["org gateway"]["state"] == "ok", checks
         assert json.loads(outputs[1]) == {"sent": 0, "known": len(hits), "rejected": 0, "rejections": []}
         for output in outputs:
             assert key not in output

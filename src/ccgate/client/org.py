@@ -188,19 +188,24 @@ def sync(
             except CcgateError as error:
                 org_sync.failed(db, error.message)
                 raise
-            refused = _refused(answer)
+            sent_ids = {row["id"] for row in batch}
+            refused = [(row_id, why) for row_id, why in _refused(answer) if row_id in sent_ids]  # ours only
             rejected += refused
             refused_ids = {row_id for row_id, _ in refused}
             ids = [row["id"] for row in batch if row["id"] not in refused_ids]
             org_sync.mark(db, ids, refused)
-            sent += int(answer.get("sent", 0))
-            known += int(answer.get("known", 0))
+            sent += _count(answer.get("sent"))
+            known += _count(answer.get("known"))
             done += len(batch)
             if progress:
                 progress(done, max(total, done))
     finally:
         db.close()
     return SyncResult(sent, known, tuple(rejected))
+
+
+def _count(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
 
 
 def _refused(answer: dict[str, Any]) -> list[tuple[str, str]]:

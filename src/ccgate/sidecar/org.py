@@ -232,10 +232,11 @@ class SyncLoop:
         while batch := await asyncio.to_thread(self._with_db, lambda db: org_sync.next_batch(db, BATCH_ROWS)):
             body = await asyncio.to_thread(_compress, batch)
             answer = await _call(self.session, "POST", settings.url + "/v1/usage", settings.key, body)
+            sent_ids = {row["id"] for row in batch}  # a row the gateway names but was not sent is not ours to mark
             refused = [
                 (str(item["id"]), str(item.get("why") or "refused by the gateway"))
                 for item in answer.get("rejected") or []
-                if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"]
+                if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"] in sent_ids
             ]
             refused_ids = {row_id for row_id, _ in refused}
             ids = [row["id"] for row in batch if row["id"] not in refused_ids]
