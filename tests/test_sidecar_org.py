@@ -129,3 +129,27 @@ async def test_proxy_mode_with_a_revoked_key_is_one_error_without_retries(tmp_pa
             assert gateway.keys["ada"] not in str(raised.value)
             assert [path for _, path in seen if path == "/v1/messages"] == ["/v1/messages"]
             assert gateway.upstream.messages_requests == []
+
+
+async def test_a_rotated_key_keeps_working_while_whoami_and_launch_say_to_log_in_again(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from ccgate.client.org import whoami
+    from ccgate.features.launching import org_notices
+
+    async with running_gateway(f"sqlite:///{tmp_path / 'gw.db'}", key_cache_seconds=0) as gateway:
+        await _login(gateway, "ada")
+        await gateway.store.rotate_key("ada", grace=timedelta(hours=1))
+        paths = resolve_paths()
+        identity = await asyncio.to_thread(whoami, paths, load_config(paths.config_file))
+        assert identity.notice is not None and "rotated" in identity.notice and "ccgate login" in identity.notice
+        async with running_sidecar(environ={"CCGATE_SYNC_INTERVAL_SECONDS": "3600"}) as harness:
+            org = harness.app[STATE].org
+            await _until(lambda: org.identity is not None, "the sidecar's first look at /v1/me")
+            summary = org.summary()
+            assert summary is not None
+            assert any(n.startswith("! your org rotated this key") for n in org_notices(summary, own_upstream=None))
+            reply = await _client(harness).messages.create(
+                model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "still works"}]
+            )
+            assert reply.content

@@ -120,6 +120,7 @@ def _identity_json(app_ctx: AppContext, identity: Identity) -> dict[str, Any]:
         "unsynced_cost_usd": usd_string(backlog.cost_nanos),
         "rejected": backlog.rejected,
         "last_synced_at": state.last_sync_at if state else None,
+        "notice": identity.notice,
     }
 
 

@@ -131,8 +131,12 @@ def credentials(paths: Paths, config: Config) -> tuple[GatewayUrl, str]:
 
 
 def whoami(paths: Paths, config: Config) -> Identity:
+    from ccgate.core.org import rotation_notice
+
     url, key = credentials(paths, config)
-    return identity_from_me(url, GatewayClient(url, key).me())
+    identity = identity_from_me(url, GatewayClient(url, key).me())
+    notice = rotation_notice(key, identity)
+    return replace(identity, notice=notice) if notice else identity
 
 
 def _with_ledger(paths: Paths, action: Callable[[Any], Any]) -> Any:

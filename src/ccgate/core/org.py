@@ -105,3 +105,14 @@ def org_budget_refusal(budgets: tuple[OrgBudget, ...], unseen_nanos: int) -> Bud
                 hint="this budget is set by your org on its ccgate gateway; ask your platform team to raise it",
             )
     return None
+
+
+def rotation_notice(key: str, identity: Identity) -> str | None:
+    """The org rotated the key: `/v1/me` names the new key's prefix, which the stored key no longer has. The old
+    key works only through the rotation's grace period."""
+    if identity.key_prefix and not key.startswith(identity.key_prefix):
+        return (
+            f"your org rotated this key: it works only until its grace period ends; "
+            f"run `ccgate login {identity.gateway}` with the new key"
+        )
+    return None

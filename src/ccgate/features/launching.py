@@ -202,6 +202,9 @@ def org_notices(org: Mapping[str, object], *, own_upstream: str | None) -> list[
             notices.append(f"! ANTHROPIC_BASE_URL ({redact_url(own_upstream)}) is not used: the org gateway is")
     else:
         notices.append(f"usage is reported to the org gateway {shown}; org budgets apply (`ccgate whoami`)")
+    notice = org.get("notice")
+    if notice:
+        notices.append(f"! {notice}")
     refused = org.get("key_refused")
     if refused:
         notices.append(f"! the org gateway refused your key ({refused}): run `ccgate login {gateway}` again")

@@ -527,7 +527,7 @@ def _apply_org(state: SidecarState, settings: OrgSettings | None) -> None:
     if settings != org.settings:
         if org.settings is not None and settings is not None and settings.mode != org.settings.mode:
             log.info("org mode is now %s", settings.mode)
-        org.settings, org.identity, org.key_refused = settings, None, None
+        org.settings, org.identity, org.key_refused, org.notice = settings, None, None, None
         org.unseen_nanos = org.settled_nanos = 0
     org.wake.set()
 

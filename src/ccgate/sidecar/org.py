@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from ccgate.core.org import Identity, org_budget_refusal, parse_me
+from ccgate.core.org import Identity, org_budget_refusal, parse_me, rotation_notice
 from ccgate.errors import BudgetExceededError
 
 if TYPE_CHECKING:
@@ -94,6 +94,8 @@ class OrgLink:
     unseen_nanos: int = 0
     settled_nanos: int = 0
     key_refused: str | None = None
+    # the org rotated the key (it works through a grace period): `launch` and `whoami` say to log in again
+    notice: str | None = None
     last_error: str | None = None
     last_sync_at: float | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -124,7 +126,12 @@ class OrgLink:
         """For `launch`: where requests go, and whether the gateway still takes the key."""
         if self.settings is None:
             return None
-        return {"gateway": self.settings.url, "mode": self.settings.mode, "key_refused": self.key_refused}
+        return {
+            "gateway": self.settings.url,
+            "mode": self.settings.mode,
+            "key_refused": self.key_refused,
+            "notice": self.notice,
+        }
 
     def status(self) -> dict[str, Any]:
         settings, identity = self.settings, self.identity
@@ -246,6 +253,10 @@ class SyncLoop:
                 break
         data = await _call(self.session, "GET", settings.url + "/v1/me", settings.key)
         identity = parse_me(settings.url, data)
+        notice = rotation_notice(settings.key, identity)
+        if notice and notice != self.link.notice:
+            log.warning("%s", notice)
+        self.link.notice = notice
         unseen = await asyncio.to_thread(self._with_db, lambda db: org_sync.backlog(db).cost_nanos)
         # what settled while we looked may be in `unseen` too: counting it twice only makes the check stricter
         self.link.identity, self.link.me_at = identity, time.time()
