@@ -154,6 +154,7 @@ async def test_sidecar_killed_mid_sync(env: dict[str, str], tmp_path: Path) -> N
         info = read_info(resolve_paths(env))
         assert info is not None
         await _wait(lambda: _at_gateway(db_file)[0] > 0, "the first batch at the gateway")
+        assert key.encode() not in Path(f"/proc/{info.pid}/cmdline").read_bytes()
         os.kill(info.pid, signal.SIGKILL)
         await _wait(lambda: not pid_alive(info.pid), "the sidecar to die")
         before = _at_gateway(db_file)[0]
@@ -164,4 +165,14 @@ async def test_sidecar_killed_mid_sync(env: dict[str, str], tmp_path: Path) -> N
         assert cost == _expected(records)
         again = _ccgate("sync", "--json", env=env)
         assert '"sent": 0' in again.stdout and '"known": 0' in again.stdout
-        assert 0 < before < len(records)  # killed mid-way: the rest went with `ccgate sync`
+        who = _ccgate("whoami", "--json", env=env)
+        assert who.returncode == 0, who.stderr
+        for output in (login, done, again, who):
+            assert key not in output.stdout + output.stderr
+    # the key is in the 0600 secrets file and nowhere else under CCGATE_HOME: config, ledger, logs, state
+    paths = resolve_paths(env)
+    home = Path(env["CCGATE_HOME"])
+    holding = [p for p in home.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert holding == [paths.secrets_file]
+    assert paths.secrets_file.stat().st_mode & 0o077 == 0
+    assert 0 < before < len(records)  # killed mid-way: the rest went with `ccgate sync`
