@@ -189,3 +189,17 @@ async def test_a_batch_stored_but_its_answer_lost_comes_back_known(
             assert len(rows) == 5 and sum(r.record.cost.nanos or 0 for r in rows) == _price(records)
         finally:
             await runner.cleanup()
+
+
+def test_launch_tags_travel_as_an_object() -> None:
+    """The ledger keeps a row's launch tags as JSON text (once the tags migration is there); the gateway's
+    ingest takes an object, and refuses the row otherwise."""
+    from ccgate.storage.org_sync import _tags_as_object
+
+    row: dict[str, object] = {"id": "r1", "tags": '{"ticket": "ABC-1"}'}
+    _tags_as_object(row)
+    assert row["tags"] == {"ticket": "ABC-1"}
+    for text in ("{}", "not json", '["a"]'):
+        row = {"id": "r2", "tags": text}
+        _tags_as_object(row)
+        assert "tags" not in row

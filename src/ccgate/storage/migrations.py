@@ -248,8 +248,10 @@ def m006_speed(db: Database) -> None:
 
 
 @migration
-def m007_org_sync(db: Database) -> None:
-    """Org mode: where this machine's usage sync to the gateway stands, and the rows the gateway refused.
+def m009_org_sync(db: Database) -> None:
+    """(Numbered 9: main has m007_request_tags and m008_import_files; it goes after them when merged.)
+
+    Org mode: where this machine's usage sync to the gateway stands, and the rows the gateway refused.
 
     `org_sync` has at most one row (one gateway at a time); `budgets` is the key's org budgets as `/v1/me` last
     said (JSON), for the status line, which never goes on the network. `cursor` is a low-water mark of `requests.rowid`:

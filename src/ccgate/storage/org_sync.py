@@ -115,8 +115,24 @@ def next_batch(db: Database, limit: int, since: datetime | None = None) -> list[
     for values in cursor.fetchall():
         row = {name: value for name, value in zip(names, values, strict=True) if value is not None}
         row["stream"] = bool(row.get("stream"))
+        _tags_as_object(row)
         rows.append(row)
     return rows
+
+
+def _tags_as_object(row: dict[str, Any]) -> None:
+    """Launch tags travel with their row: the ledger keeps them as JSON text, the gateway takes an object."""
+    import json
+
+    text = row.pop("tags", None)
+    if not isinstance(text, str):
+        return
+    try:
+        tags = json.loads(text)
+    except ValueError:
+        return
+    if isinstance(tags, dict) and tags:
+        row["tags"] = tags
 
 
 def mark(db: Database, done: Iterable[str], rejected: Sequence[tuple[str, str]]) -> None:
