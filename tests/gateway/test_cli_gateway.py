@@ -112,3 +112,28 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_an_unusable_sqlite_path_is_one_line_and_a_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for command in ("migrate", "serve"):
+        code, _, err = run_main(capsys, monkeypatch, "gateway", command, "--db", f"sqlite://{blocker}/g.db")
+        assert code == 1
+        assert "cannot open the gateway database" in err and "hint:" in err and "Traceback" not in err
+
+
+def test_serve_explains_a_busy_port_and_a_bad_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = f"sqlite://{tmp_path / 'g.db'}"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = str(busy.getsockname()[1])
+        code, _, err = run_main(capsys, monkeypatch, "gateway", "serve", "--db", db, "--port", port, "--migrate")
+    assert code == 1 and "another program uses that port" in err
+    code, _, err = run_main(capsys, monkeypatch, "gateway", "serve", "--db", db, "--host", "256.1.1.1", "--port", "0")
+    assert code == 1 and "check --host" in err and "Traceback" not in err

@@ -44,3 +44,28 @@ async def test_a_hold_committed_as_the_client_leaves_is_released(
             break
     assert held == []
     await admission.close()
+
+
+async def test_a_waiter_keeps_waiting_while_another_instance_renews_its_hold(store: GatewayStore) -> None:
+    await store.create_team("core")
+    key = (await store.create_key(team="core", name="ada")).key
+    await store.create_budget(level="team", target="core", limit_nanos=1_000, period="1d")
+    meta = ClientMeta(extra={"key_id": key.id, "team_id": key.team_id})
+    ttl = timedelta(seconds=0.9)  # renewed every 0.3 s while instance A lives
+    first = GatewayAdmission(store, "instance-a", ttl=ttl, wait_timeout=1.0)
+    second = GatewayAdmission(store, "instance-b", ttl=ttl, wait_timeout=1.0)
+    heartbeat = asyncio.create_task(first.run_heartbeat())
+    try:
+        long_stream = await first.admit(meta, reserve_nanos=900, model="claude-sonnet-4-5")
+        waiting = asyncio.create_task(second.admit(meta, reserve_nanos=900, model="claude-sonnet-4-5"))
+        await asyncio.sleep(2.5)  # well past wait_timeout: only A's renewals show its request is alive
+        assert not waiting.done(), waiting
+        first.settle(long_stream, 100)
+        admitted = await asyncio.wait_for(waiting, 30)
+        assert admitted.reservation is not None
+        second.settle(admitted, 100)
+    finally:
+        heartbeat.cancel()
+        await asyncio.gather(heartbeat, return_exceptions=True)
+        await first.close()
+        await second.close()

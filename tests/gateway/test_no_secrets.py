@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import aiohttp
 import pytest
@@ -52,7 +53,10 @@ async def test_no_secret_reaches_a_response_a_log_line_or_the_database(
         await store.put_provider("openrouter", kind="openai", api_key=STORED_PROVIDER_KEY)
         ada, bob = gateway.keys["ada"], gateway.keys["bob"]
         near_miss = ada[:-4] + "abcd"
-        await store.create_budget(level="key", target="bob", limit_nanos=1, period="1d")
+        hook = "http://127.0.0.1:9/hook?token=hook-secret-0123456789"  # nothing listens: its failure is logged
+        await store.create_budget(
+            level="key", target="bob", limit_nanos=1, period="1d", thresholds=[Decimal("1")], webhook_url=hook
+        )
         await store.set_rate_limit(level="key", target="ada", rpm=3, tpm=None)
         await asyncio.sleep(0.3)  # the gateway re-reads which keys have rate limits
         gateway.upstream.enqueue(
@@ -88,6 +92,8 @@ async def test_no_secret_reaches_a_response_a_log_line_or_the_database(
         stored = await _dump(store)
     logs = "\n".join(record.getMessage() + str(record.exc_info or "") for record in caplog.records)
     responses = "\n".join(seen)
+    assert "alert webhook of budget" in logs  # the alert was tried, and its URL (a secret too) is not logged
+    assert "hook-secret-0123456789" not in logs + responses
     assert "fine" in responses  # the traffic did happen
     for secret in (ada, bob, near_miss, PROVIDER_KEY, STORED_PROVIDER_KEY, ADMIN_TOKEN, secret_key):
         assert secret not in responses

@@ -143,7 +143,9 @@ async def test_a_spent_team_budget_gives_402_naming_it_and_nothing_reaches_the_u
         assert refused.value.response.headers["x-should-retry"] == "false"
         body = refused.value.response.json()
         assert body["error"]["type"] == "billing_error"
-        assert "daily team budget" in body["error"]["message"]
+        message = body["error"]["message"]
+        assert "daily team budget reached" in message and "Ask your gateway admin" in message
+        assert "credit balance" not in message  # Claude Code would replace the message with its own
         assert len(gateway.upstream.messages_requests) == 1
         rows = await gateway.rows("bob")
         assert [(row.record.http_status, row.record.cost.nanos) for row in rows] == [(402, 0)]
@@ -258,3 +260,63 @@ async def test_a_running_streams_hold_shrinks_to_its_real_input_once_message_sta
         assert amounts and amounts[0] < 100_000_000
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_provider_without_a_key_is_the_admins_problem_not_a_401(db_url: str) -> None:
+    async with (
+        running_gateway(db_url, environ={"CCGATE_ANTHROPIC_API_KEY": ""}) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
+        body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+        async with http.post(
+            f"{gateway.url}/v1/messages", json=body, headers={"x-api-key": gateway.keys["ada"]}
+        ) as reply:
+            assert reply.status == 503
+            assert reply.headers["x-should-retry"] == "false"
+            assert "no API key for anthropic" in (await reply.json())["error"]["message"]
+        assert gateway.upstream.requests == []
+
+
+async def test_budget_alerts_fire_once_per_threshold_to_the_webhook(db_url: str) -> None:
+    from decimal import Decimal
+
+    from aiohttp import web
+
+    received: list[dict[str, object]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(text="ok")
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook?token=hook-secret"
+    try:
+        async with running_gateway(db_url) as gateway:
+            gateway.upstream.handler = lambda _: TextReply("ok", usage=Usage(input_tokens=1000, output_tokens=10))
+            await gateway.store.create_budget(
+                level="team",
+                target="core",
+                limit_nanos=10_000_000,  # $0.01: about three requests of $0.00315
+                period="1d",
+                thresholds=[Decimal("0.5"), Decimal("1")],
+                webhook_url=url,
+            )
+            for _ in range(8):
+                try:
+                    await _ask(gateway, gateway.keys["ada"])
+                except anthropic.APIStatusError as error:
+                    assert error.status_code == 402
+            for _ in range(100):
+                if len(received) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+        assert sorted(str(alert["threshold"]) for alert in received) == ["0.5", "1"]
+        assert all(alert["label"] == "daily team budget" for alert in received)
+    finally:
+        await runner.cleanup()

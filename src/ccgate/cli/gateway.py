@@ -41,7 +41,7 @@ def _db_url(app_ctx: AppContext, db: str | None) -> str:
 def serve(
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
-    port: int = typer.Option(8788, "--port", help="Port to listen on."),
+    port: int = typer.Option(8788, "--port", min=0, max=65535, help="Port to listen on."),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="Processes sharing the port (PostgreSQL only)."),
     migrate: bool = typer.Option(False, "--migrate", help="Apply pending database migrations before serving."),
     metrics_per_key: bool = typer.Option(

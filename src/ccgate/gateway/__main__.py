@@ -34,8 +34,14 @@ async def serve(settings: Any, host: str, port: int, *, port_file: str | None = 
         await site.start()
     except OSError as exc:
         await runner.cleanup()
+        import errno
+
+        in_use = exc.errno == errno.EADDRINUSE
         raise CcgateError(
-            f"cannot listen on {host}:{port}: {exc.strerror}", hint="another program uses that port: pick another"
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="another program uses that port: pick another --port"
+            if in_use
+            else "check --host: an address of this machine, 127.0.0.1, or 0.0.0.0 for every interface",
         ) from exc
     # what exists now (the price catalog, aiohttp, ccgate) lives as long as the process: keep it out of the
     # collector's scans, which otherwise pause a request ~25 ms now and then

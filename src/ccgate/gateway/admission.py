@@ -5,8 +5,9 @@ database work runs as tracked tasks (retried while the database is briefly away)
 
 Waiting: a request that only reservations keep out (`Waiting` from the store: spent is below the limit) asks
 again whenever this instance settles, shrinks or releases a hold, and otherwise polls with a growing delay
-(50 ms to 1 s) for other instances' changes. It gives up with 402 only when the blocking budget's spent and
-reserved and this instance's holders' progress stood still for `wait_timeout` seconds, or after `max_wait`.
+(50 ms to 1 s) for other instances' changes. It gives up with 402 only when, for `wait_timeout` seconds,
+nothing moved -- the blocking budget's spent and reserved, the bytes this instance's holders received, the
+renewals of other instances' holds (their streams are alive) -- or after `max_wait`.
 This instance's holds are renewed every third of their TTL while it lives (`run_heartbeat`), so a stream of
 any length keeps its hold and a killed instance's holds lapse after at most one TTL.
 """
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from ccgate.core.budgets import format_budget_message
-from ccgate.core.records import format_usd, utcnow
+from ccgate.core.budgets import format_local
+from ccgate.core.records import format_usd, to_iso, utcnow
 from ccgate.errors import BudgetExceededError, RateLimitedError, UnpricedModelError
 from ccgate.proxy.engine import ClientMeta
 from ccgate.storage.gateway import instances
@@ -38,6 +39,7 @@ from ccgate.storage.gateway.records import (
     Reservation,
 )
 from ccgate.storage.gateway.store import GatewayStore
+from ccgate.storage.reports import usd_string
 
 log = logging.getLogger("ccgate.gateway")
 
@@ -56,6 +58,12 @@ class Hold:
     budget_ids: tuple[str, ...]
     progress: Callable[[], int] | None = None
     done: bool = False
+    # budgets with an alert webhook, looked at once the request is settled; whose request it was
+    alerting: tuple[str, ...] = ()
+    owner: tuple[str, str | None, str | None, str | None] | None = None
+
+
+Webhook = Callable[[str, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 def ids_of(meta: ClientMeta) -> tuple[str, str | None, str | None]:
@@ -64,11 +72,19 @@ def ids_of(meta: ClientMeta) -> tuple[str, str | None, str | None]:
 
 
 def refused_message(view: BudgetView) -> str:
-    return format_budget_message(view.state, RAISE_HINT).replace("Raise it with `" + RAISE_HINT + "`", RAISE_HINT)
+    """The 402 text: which budget, spent of limit, when it resets (in the budget's own timezone), who can help."""
+    from zoneinfo import ZoneInfo
+
+    state = view.state
+    resets = format_local(state.resets_at, ZoneInfo(view.budget.timezone))
+    return (
+        f"{state.label} reached: {format_usd(state.spent_nanos)} spent of {format_usd(state.limit_nanos)} "
+        f"(resets {resets}). {RAISE_HINT[0].upper()}{RAISE_HINT[1:]}"
+    )
 
 
 class GatewayAdmission:
-    """One per process; `for_request` binds it to a request's routed provider."""
+    """One per process; `RequestAdmission` binds it to a request's routed provider."""
 
     def __init__(
         self,
@@ -80,6 +96,7 @@ class GatewayAdmission:
         max_wait: float = 600.0,
         provider_ids: Callable[[str], str | None] = lambda name: None,
         rate_limited: Callable[[], frozenset[str]] | None = None,
+        webhook: Webhook | None = None,
     ) -> None:
         """`rate_limited`: the ids of keys and teams with a rate limit (re-read every few seconds); requests of
         others skip the check. None: always check."""
@@ -90,6 +107,7 @@ class GatewayAdmission:
         self.max_wait = max(max_wait, wait_timeout)
         self.provider_ids = provider_ids
         self.rate_limited = rate_limited
+        self.webhook = webhook
         self._holds: set[Hold] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Event()
@@ -140,17 +158,23 @@ class GatewayAdmission:
             )
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.max_wait
-        mark: tuple[int, ...] | None = None
+        mark: tuple[object, ...] | None = None
         stall_at = give_up_at
         delay = 0.05
         while True:
             if isinstance(result, Admitted):
-                return self._admitted(result, reserve_nanos, model)
+                return self._admitted(result, reserve_nanos, model, (key_id, team_id, customer_id, provider_id))
             if isinstance(result, Refused):
                 raise BudgetExceededError(refused_message(result.blocking))
             state = result.blocking.state
             now = loop.time()
-            moved = (state.spent_nanos, state.reserved_nanos, *self._progress(result.blocking.budget.id))
+            budget_id = result.blocking.budget.id
+            # progress: spend or holds changed, this instance's holders received bytes, or another instance
+            # renewed its holds (its streams are alive; a dead instance's lapse and so change `reserved`)
+            renewed = await instances.holds_renewed_until(
+                self.store.db, budget_id, utcnow(), other_than=self.instance_id
+            )
+            moved = (state.spent_nanos, state.reserved_nanos, renewed, *self._progress(budget_id))
             if moved != mark:
                 mark, stall_at = moved, now + self.wait_timeout
             elif now >= stall_at:
@@ -179,9 +203,18 @@ class GatewayAdmission:
             attempt.add_done_callback(self._release_orphan)
             raise
 
-    def _admitted(self, result: Admitted, reserve_nanos: int | None, model: str) -> Hold:
+    def _admitted(
+        self,
+        result: Admitted,
+        reserve_nanos: int | None,
+        model: str,
+        owner: tuple[str, str | None, str | None, str | None],
+    ) -> Hold:
         budget_ids = tuple(view.budget.id for view in result.budgets)
-        hold = Hold(result.reservation if budget_ids else None, budget_ids)
+        alerting = tuple(
+            view.budget.id for view in result.budgets if view.budget.webhook_url and view.budget.thresholds
+        )
+        hold = Hold(result.reservation if budget_ids else None, budget_ids, alerting=alerting, owner=owner)
         if reserve_nanos is None and budget_ids:
             self.release(hold)
             raise UnpricedModelError(
@@ -219,7 +252,47 @@ class GatewayAdmission:
         self._end(hold)
         if hold.reservation is not None:
             reservation = hold.reservation
-            self._spawn(self._retrying(lambda: self.store.settle(reservation, max(0, actual_nanos))), "settle")
+            settling = self._retrying(lambda: self.store.settle(reservation, max(0, actual_nanos)))
+            if hold.alerting and self.webhook is not None and actual_nanos > 0:
+                self._spawn(self._then_alert(settling, hold), "settle")
+            else:
+                self._spawn(settling, "settle")
+
+    async def _then_alert(self, settling: Coroutine[Any, Any, None], hold: Hold) -> None:
+        await settling
+        await self._alert(hold)
+
+    async def _alert(self, hold: Hold) -> None:
+        """Each threshold of a budget with a webhook fires once per window, across instances (`claim_alert`)."""
+        assert hold.owner is not None and self.webhook is not None
+        key_id, team_id, customer_id, provider_id = hold.owner
+        views = await self.store.budget_views(
+            key_id=key_id, team_id=team_id, customer_id=customer_id, provider_id=provider_id
+        )
+        for view in views:
+            budget, state = view.budget, view.state
+            if budget.id not in hold.alerting or budget.webhook_url is None or state.limit_nanos <= 0:
+                continue
+            for threshold in budget.thresholds:
+                if state.spent_nanos < threshold * state.limit_nanos:
+                    continue
+                if not await self.store.claim_alert(budget.id, view.window_start, threshold):
+                    continue
+                await self.webhook(
+                    budget.webhook_url,
+                    {
+                        "type": "budget_alert",
+                        "budget_id": budget.id,
+                        "level": budget.level.value,
+                        "target_id": budget.target_id,
+                        "label": budget.label,
+                        "threshold": str(threshold),
+                        "limit_usd": usd_string(state.limit_nanos),
+                        "spent_usd": usd_string(state.spent_nanos),
+                        "window_start": to_iso(view.window_start),
+                        "resets_at": to_iso(state.resets_at),
+                    },
+                )
 
     def release(self, hold: Hold) -> None:
         self._end(hold)

@@ -114,18 +114,44 @@ ENTRIES = web.AppKey("entries", dict[str, KeyEntry])
 METRICS = web.AppKey("metrics", GatewayMetrics)
 
 
+class NoProviderKeyError(CcgateError):
+    """Every target of a route is a provider the gateway holds no API key for: the org's setup, not the caller."""
+
+    status = 503
+    error_type = "api_error"
+    should_retry = False
+
+
 class _RequestRouter:
-    """The key's router, remembering the route it gave so admission can find the provider's budgets."""
+    """The key's router, remembering the route it gave so admission can find the provider's budgets. Targets
+    whose provider the gateway has no key for are left out; a route left without any is the admin's to fix."""
 
-    __slots__ = ("inner", "last")
+    __slots__ = ("inner", "last", "upstreams")
 
-    def __init__(self, inner: KeyRouter) -> None:
+    def __init__(self, inner: KeyRouter, upstreams: Upstreams) -> None:
         self.inner = inner
+        self.upstreams = upstreams
         self.last: Route | None = None
 
     def route(self, model: str) -> Route:
-        self.last = self.inner.route(model)
-        return self.last
+        route = self.inner.route(model)
+        keys, providers = self.upstreams.provider_keys, self.upstreams.providers
+        usable = tuple(
+            target
+            for target in route.targets
+            if target.provider in keys or not getattr(providers.get(target.provider), "requires_key", True)
+        )
+        if not usable:
+            names = ", ".join(sorted({target.provider for target in route.targets}))
+            raise NoProviderKeyError(
+                f"the gateway has no API key for {names}, so it cannot serve {model!r}",
+                hint="ask your gateway admin to store one (`ccgate gateway admin provider ...`) "
+                "or set CCGATE_<PROVIDER>_API_KEY where the gateway runs",
+            )
+        if len(usable) != len(route.targets):
+            route = Route(tier=route.tier, targets=usable, overridden=route.overridden)
+        self.last = route
+        return route
 
 
 # ---- middleware and auth ----------------------------------------------------------------------------------------
@@ -205,7 +231,7 @@ def _request_id(request: web.Request) -> str | None:
 def _proxy(request: web.Request, entry: KeyEntry, *, admitted: bool) -> tuple[Proxy, ClientMeta]:
     app = request.app
     upstreams = app[UPSTREAMS].upstreams
-    router = _RequestRouter(entry.router)
+    router = _RequestRouter(entry.router, upstreams)
     deps = ProxyDeps(
         session=app[SESSION],
         providers=upstreams.providers,
@@ -528,6 +554,7 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
         wait_timeout=settings.budget_wait_seconds,
         provider_ids=lambda name: app[UPSTREAMS].upstreams.provider_ids.get(name),
         rate_limited=lambda: app[UPSTREAMS].upstreams.rate_limited,
+        webhook=lambda url, payload: post_webhook(app[SESSION], url, payload),
     )
     await instances.beat(store.db, settings.instance_id, ttl, utcnow())
     recovered = await instances.recover_dead(store.db, utcnow())
@@ -572,6 +599,17 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def post_webhook(session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> None:
+    """A budget alert; its URL (often a secret itself, as Slack's are) is never logged."""
+    budget = payload.get("budget_id")
+    try:
+        async with session.post(url, json=payload, timeout=aiohttp.ClientTimeout(total=10)) as reply:
+            if reply.status >= 400:
+                log.error("the alert webhook of budget %s answered HTTP %d", budget, reply.status)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        log.error("the alert webhook of budget %s failed: %s", budget, type(error).__name__)
 
 
 def create_runner(app: web.Application) -> web.AppRunner:

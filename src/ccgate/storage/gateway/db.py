@@ -180,9 +180,14 @@ class SQLiteDatabase:
             return await asyncio.shield(future)
         except sqlite3.IntegrityError as error:
             raise ConstraintError(f"refused by the database: {error}") from error
-        except (sqlite3.OperationalError, OSError) as error:
+        except sqlite3.OperationalError as error:
             raise DatabaseUnavailableError(
                 f"the gateway database failed: {error}", hint="check the --db file, its disk and its permissions"
+            ) from error
+        except OSError as error:  # its folder cannot be made (read-only, a file in the way, no such mount)
+            raise DatabaseUnavailableError(
+                f"cannot open the gateway database {self.path}: {error.strerror or error}",
+                hint="give --db a sqlite:/// path in a folder you can write to",
             ) from error
 
     def _c(self) -> sqlite3.Connection:

@@ -61,3 +61,14 @@ async def recover_dead(db: Database, now: datetime) -> int:
                 budgets = await load_budgets(conn, _APPLYING, (customer_id, team_id, key_id, provider_id))
                 await charge(conn, db, [budget.id for budget in budgets], int(cost), from_iso(str(started_at)))
     return len(rows)
+
+
+async def holds_renewed_until(db: Database, budget_id: str, now: datetime, *, other_than: str) -> str:
+    """The latest expiry among other instances' live holds on a budget: it moves whenever they renew them, so a
+    request waiting on another instance's long stream sees that stream is alive."""
+    row = await db.fetchone(
+        "SELECT max(r.expires_at) FROM reservations r JOIN reservation_budgets rb ON rb.reservation_id = r.id "
+        "WHERE rb.budget_id = ? AND r.expires_at > ? AND r.instance_id != ?",
+        (budget_id, to_iso(now), other_than),
+    )
+    return "" if row is None or row[0] is None else str(row[0])
