@@ -12,6 +12,7 @@ import pytest
 from gateway_harness import PROVIDER_KEY, running_gateway
 
 from e2e.harness import DUMMY_KEY, E2E
+from gateway.conftest import db_url, postgres_server  # noqa: F401 - fixtures: the gateway on SQLite and PostgreSQL
 
 pytestmark = pytest.mark.e2e
 
@@ -20,8 +21,8 @@ def _files_holding(root: Path, secret: bytes, *, skip: set[Path]) -> list[Path]:
     return [path for path in root.rglob("*") if path.is_file() and path not in skip and secret in path.read_bytes()]
 
 
-async def test_proxy_mode_with_the_real_claude_code(e2e: E2E, tmp_path: Path) -> None:
-    async with running_gateway(f"sqlite:///{tmp_path / 'gw.db'}", upstream=e2e.upstream) as gateway:
+async def test_proxy_mode_with_the_real_claude_code(e2e: E2E, db_url: str) -> None:  # noqa: F811
+    async with running_gateway(db_url, upstream=e2e.upstream) as gateway:
         key = gateway.keys["ada"]
         login = await e2e.run("login", gateway.url, "--key", key)
         assert login.returncode == 0, login.explain()
