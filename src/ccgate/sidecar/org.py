@@ -59,7 +59,15 @@ def read_settings(config: Config, paths: Paths) -> OrgSettings | None:
     """Blocking (keyring, ledger): None when not logged in."""
     if not config.gateway_url:
         return None
+    from ccgate.core.providers import validate_base_url
+    from ccgate.errors import ConfigError
     from ccgate.local.secrets import VIRTUAL_KEY_USERNAME, get_secret
+
+    try:  # a hand-edited config: the key goes nowhere that is not a plain gateway URL
+        url = validate_base_url(config.gateway_url, "gateway.url")
+    except ConfigError as error:
+        log.error("not using the org gateway: %s", error.message)
+        return None
 
     try:
         key = get_secret(VIRTUAL_KEY_USERNAME, paths=paths)
@@ -80,7 +88,7 @@ def read_settings(config: Config, paths: Paths) -> OrgSettings | None:
             mode = state.mode if state else None
         finally:
             db.close()
-    return OrgSettings(config.gateway_url.rstrip("/"), key, mode)
+    return OrgSettings(url, key, mode)
 
 
 @dataclass
