@@ -128,6 +128,8 @@ async def test_sync_with_the_gateway_down_keeps_rows(
     _add(_record(datetime.now(UTC)))
     code, out, err = await _cli(capsys, monkeypatch, "sync")
     assert code == 1 and "cannot reach the gateway" in err and "Traceback" not in err
+    code, out, err = await _cli(capsys, monkeypatch, "whoami")
+    assert code == 1 and "1 request(s) wait here to be synced" in err and "cannot reach the gateway" in err
     async with running_gateway(f"sqlite:///{tmp_path / 'gw.db'}", org=False) as gateway:
         # the same database behind a new port: point the config there
         paths = resolve_paths()

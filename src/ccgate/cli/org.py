@@ -83,8 +83,18 @@ def whoami(
     """Who you are at the org gateway: key, team, mode, org budgets, and requests waiting to be synced."""
     from ccgate.client.org import whoami as do_whoami
 
+    from ccgate.client.gateway_api import GatewayUnreachableError
+    from ccgate.client.org import local_status
+
     app_ctx = ctx()
-    identity = do_whoami(app_ctx.paths, app_ctx.config)
+    try:
+        identity = do_whoami(app_ctx.paths, app_ctx.config)
+    except GatewayUnreachableError:
+        # what this machine knows still helps: nothing is lost while the gateway is away
+        state, backlog = local_status(app_ctx.paths)
+        last = state.last_sync_at if state and state.last_sync_at else "never"
+        app_ctx.info(f"{backlog.rows} request(s) wait here to be synced (last synced {last}); none are lost")
+        raise
     if as_json:
         app_ctx.print_json(_identity_json(app_ctx, identity))
         return
