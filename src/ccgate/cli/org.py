@@ -81,10 +81,9 @@ def whoami(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Who you are at the org gateway: key, team, mode, org budgets, and requests waiting to be synced."""
-    from ccgate.client.org import whoami as do_whoami
-
     from ccgate.client.gateway_api import GatewayUnreachableError
     from ccgate.client.org import local_status
+    from ccgate.client.org import whoami as do_whoami
 
     app_ctx = ctx()
     try:
