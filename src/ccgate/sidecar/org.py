@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ccgate.sidecar.org")
 
 SYNC_INTERVAL_ENV = "CCGATE_SYNC_INTERVAL_SECONDS"
+SYNC_BATCH_ENV = "CCGATE_SYNC_BATCH_ROWS"
 DEFAULT_SYNC_INTERVAL_S = 10.0
 MAX_BACKOFF_S = 300.0
 BATCH_ROWS = 500
@@ -169,6 +170,14 @@ def _interval(environ: Mapping[str, str]) -> float:
     return min(3600.0, max(0.05, value))
 
 
+def _batch_rows(environ: Mapping[str, str]) -> int:
+    """Rows per `POST /v1/usage` (the gateway takes up to 1000)."""
+    try:
+        return min(1000, max(1, int(environ.get(SYNC_BATCH_ENV, BATCH_ROWS))))
+    except ValueError:
+        return BATCH_ROWS
+
+
 async def _call(
     session: aiohttp.ClientSession, method: str, url: str, key: str, body: bytes | None = None
 ) -> dict[str, Any]:
@@ -206,6 +215,7 @@ class SyncLoop:
         self.session = session
         self.ledger_path = ledger_path
         self.interval = _interval(environ)
+        self.batch_rows = _batch_rows(environ)
         self.flush = flush
         self.failures = 0
 
@@ -244,7 +254,7 @@ class SyncLoop:
         # spent) or still unsynced (so in `unseen`); spend settled after it stays in `settled_nanos`
         settled_before = self.link.settled_nanos
         await asyncio.to_thread(self.flush)
-        while batch := await asyncio.to_thread(self._with_db, lambda db: org_sync.next_batch(db, BATCH_ROWS)):
+        while batch := await asyncio.to_thread(self._with_db, lambda db: org_sync.next_batch(db, self.batch_rows)):
             body = await asyncio.to_thread(_compress, batch)
             answer = await _call(self.session, "POST", settings.url + "/v1/usage", settings.key, body)
             sent_ids = {row["id"] for row in batch}  # a row the gateway names but was not sent is not ours to mark
@@ -257,7 +267,7 @@ class SyncLoop:
             ids = [row["id"] for row in batch if row["id"] not in refused_ids]
             await asyncio.to_thread(self._with_db, partial(org_sync.mark, done=ids, rejected=refused))
             self.link.last_sync_at = time.time()
-            if len(batch) < BATCH_ROWS:
+            if len(batch) < self.batch_rows:
                 break
         data = await _call(self.session, "GET", settings.url + "/v1/me", settings.key)
         identity = parse_me(settings.url, data)
