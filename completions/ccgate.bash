@@ -5,7 +5,7 @@
 __ccgate_node() {
     subs='' opts='' vopts=' ' vararg='' passthrough=''
     case "$1" in
-        '') subs='blocks budget completions config cost doctor gateway import install launch logs model price provider report sidecar statusline uninstall' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
+        '') subs='blocks budget completions config cost doctor gateway import install launch login logout logs model price provider report sidecar statusline sync uninstall whoami' opts='--version -h --help' vopts='  ' vararg='' passthrough='' ;;
         'blocks') subs='' opts='--active --token-limit --since --last --json -h --help' vopts=' --token-limit --since --last ' vararg='' passthrough='' ;;
         'budget') subs='set show unset' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'budget set') subs='' opts='-p --project --warn-at -h --help' vopts=' -p --project --warn-at ' vararg='' passthrough='' ;;
@@ -63,6 +63,8 @@ __ccgate_node() {
         'import claude-code') subs='' opts='--path --json -h --help' vopts=' --path ' vararg='' passthrough='' ;;
         'install') subs='' opts='--scope --dry-run -h --help' vopts=' --scope ' vararg='' passthrough='' ;;
         'launch') subs='' opts='--tag' vopts=' --tag ' vararg='' passthrough='1' ;;
+        'login') subs='' opts='--key --allow-http --json -h --help' vopts=' --key ' vararg='' passthrough='' ;;
+        'logout') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'logs') subs='' opts='-n --lines -f --follow --errors --session --tag --json -h --help' vopts=' -n --lines --session --tag ' vararg='' passthrough='' ;;
         'model') subs='list set test unset' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'model list') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
@@ -90,7 +92,9 @@ __ccgate_node() {
         'statusline') subs='install uninstall' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'statusline install') subs='' opts='--settings --force -h --help' vopts=' --settings ' vararg='' passthrough='' ;;
         'statusline uninstall') subs='' opts='--settings -h --help' vopts=' --settings ' vararg='' passthrough='' ;;
+        'sync') subs='' opts='--since --json -h --help' vopts=' --since ' vararg='' passthrough='' ;;
         'uninstall') subs='' opts='--scope -h --help' vopts=' --scope ' vararg='' passthrough='' ;;
+        'whoami') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
     esac
 }
 

@@ -26,6 +26,10 @@ GATEWAY_ADMIN_TOKEN = "CCGATE_GATEWAY_ADMIN_TOKEN"  # noqa: S105 - a variable na
 # Fernet key material that encrypts stored provider keys
 GATEWAY_SECRET_KEY = "CCGATE_GATEWAY_SECRET_KEY"  # noqa: S105 - a variable name
 
+# --- org mode (a developer logged in to a gateway) -------------------------------------------------------------
+SYNC_INTERVAL_SECONDS = "CCGATE_SYNC_INTERVAL_SECONDS"  # how often the sidecar syncs usage to the gateway (10)
+SYNC_BATCH_ROWS = "CCGATE_SYNC_BATCH_ROWS"  # rows per sync batch (500)
+
 # --- Claude Code's files --------------------------------------------------------------------------------------------
 CLAUDE_MANAGED_SETTINGS = "CCGATE_CLAUDE_MANAGED_SETTINGS"  # managed-settings.json paths (os.pathsep-separated)
 

@@ -25,6 +25,7 @@ MODULES: tuple[str, ...] = (
     "ccgate.cli.completions",
     "ccgate.cli.gateway",
     "ccgate.cli.install",
+    "ccgate.cli.org",
 )
 
 

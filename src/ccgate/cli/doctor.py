@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
-from ccgate.cli._app import ctx
+from ccgate.cli._app import AppContext, ctx
+
+if TYPE_CHECKING:
+    from ccgate.features.doctor import Check
 
 
 def doctor(
@@ -22,6 +27,7 @@ def doctor(
 
     app_ctx = ctx()
     checks = run_checks(app_ctx.paths, app_ctx.environ, cwd=Path.cwd(), full=full)
+    checks.extend(_org_checks(app_ctx))
     code = exit_code(checks)
     if as_json:
         app_ctx.print_json({"ok": code == 0, "checks": [check.to_json() for check in checks]})
@@ -36,6 +42,19 @@ def doctor(
     if failed:
         app_ctx.out.print(Text.assemble((f"{failed} problem(s)", "red"), f", {warned} warning(s)"))
     raise typer.Exit(code)
+
+
+def _org_checks(app_ctx: AppContext) -> list[Check]:
+    """The org gateway (only when logged in): reachable, key valid, mode, clock skew, sync backlog."""
+    from ccgate.client.org import doctor_checks
+    from ccgate.errors import CcgateError
+    from ccgate.features.doctor import Check
+
+    try:
+        config = app_ctx.config
+    except CcgateError:
+        return []  # the config check already says what is wrong
+    return [Check(c.name, c.ok, c.detail, c.fix) for c in doctor_checks(app_ctx.paths, config)]
 
 
 def register(app: typer.Typer) -> None:

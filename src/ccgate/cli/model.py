@@ -133,6 +133,22 @@ def model_set(
     shown = chain[0] + "".join(f", then {t}" for t in chain[1:])
     app_ctx.success(f"{key} → {shown}")
     _warn_missing_keys(app_ctx, providers, chain)
+    _proxy_mode_note(app_ctx)
+
+
+def _proxy_mode_note(app_ctx: Any) -> None:
+    """In org proxy mode the gateway routes every request: local tier overrides wait until `ccgate logout`."""
+    config = app_ctx.config
+    if not config.gateway_url:
+        return
+    from ccgate.client.org import local_status
+
+    state, _ = local_status(app_ctx.paths)
+    if state is not None and state.mode == "proxy":
+        app_ctx.warn(
+            f"logged in to {config.gateway_url} in proxy mode: the org's routing applies there, "
+            "so these local tier overrides are not used (they apply again after `ccgate logout`)"
+        )
 
 
 def _warn_missing_keys(app_ctx: Any, providers: Any, chain: list[str]) -> None:
@@ -170,6 +186,7 @@ def model_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
     config = app_ctx.config
     providers = resolved_providers(app_ctx)
     Router(config, providers)  # a broken chain is reported here rather than shown as if it worked
+    _proxy_mode_note(app_ctx)
     catalog = _catalog(app_ctx)
     tiers: list[dict[str, Any]] = []
     for key in (*KNOWN_TIERS, *sorted(k for k in config.tiers if k not in KNOWN_TIERS)):

@@ -38,6 +38,9 @@ class ProviderSpec:
     builtin: bool
     auth: AuthStyle
     requires_key: bool = True
+    # how errors name it ("the org gateway" in the sidecar's proxy mode) and what to do when it is unreachable
+    label: str | None = None
+    unreachable_hint: str | None = None
 
 
 def key_env_var(name: str) -> str:

@@ -154,6 +154,10 @@ def check_sidecar_providers(
         providers = resolve_providers(config, environ)
     except CcgateError as error:
         return [Check("sidecar providers", None, f"not compared: {error.message}", error.hint)]
+    org = status.get("org") if status else None
+    if isinstance(org, dict) and org.get("mode") == "proxy" and isinstance(org.get("gateway"), str):
+        # the environment's provider settings do not apply: the org gateway is the one upstream
+        return [Check("sidecar providers", True, f"org proxy mode: every request goes to {redact_url(org['gateway'])}")]
     theirs = status.get("providers") if status else None
     if not isinstance(theirs, dict):
         return [Check("sidecar providers", None, "not compared: the running sidecar does not report its providers")]

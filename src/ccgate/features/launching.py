@@ -175,13 +175,18 @@ def run_launch(
     # the prefix lets the sidecar refuse this launch's requests should it ever forget where they go
     launch_id = (OWN_UPSTREAM_LAUNCH_PREFIX if upstream else "") + uuid.uuid4().hex
     answer = _register(paths, launch_id, project_of(cwd), upstream, warn=warn, tags=tags or {})
-    if answer is not None:
+    org = answer.get("org") if answer is not None else None
+    proxy_mode = isinstance(org, dict) and org.get("mode") == "proxy"
+    if isinstance(org, dict):
+        for message in org_notices(org, own_upstream=upstream):
+            (warn if message.startswith("!") else info)(message.lstrip("! "))
+    if answer is not None and not proxy_mode:
         providers = answer.get("providers")
         for message in environment_warnings(
             config, environ, token, providers, command=command, own_anthropic_upstream=upstream is not None
         ):
             warn(message)
-    if upstream is not None:
+    if upstream is not None and not proxy_mode:
         info(f"ANTHROPIC_BASE_URL is {redact_url(upstream)}: requests are metered by ccgate and forwarded there")
     home = Path(environ.get("HOME") or Path.home())
     for message in bypass_warnings(
@@ -196,6 +201,26 @@ def run_launch(
     )
     env[env_names.LAUNCH_ID] = launch_id
     return _run_child([executable, *argv[1:]], env)
+
+
+def org_notices(org: Mapping[str, object], *, own_upstream: str | None) -> list[str]:
+    """What `launch` says once about the org: where requests go; a leading "!" marks a warning."""
+    gateway = str(org.get("gateway") or "")
+    shown = redact_url(gateway) if gateway else "your org's gateway"
+    notices = []
+    if org.get("mode") == "proxy":
+        notices.append(f"requests go through the org gateway {shown} with your org key (`ccgate whoami` for budgets)")
+        if own_upstream is not None:
+            notices.append(f"! ANTHROPIC_BASE_URL ({redact_url(own_upstream)}) is not used: the org gateway is")
+    else:
+        notices.append(f"usage is reported to the org gateway {shown}; org budgets apply (`ccgate whoami`)")
+    notice = org.get("notice")
+    if notice:
+        notices.append(f"! {notice}")
+    refused = org.get("key_refused")
+    if refused:
+        notices.append(f"! the org gateway refused your key ({refused}): run `ccgate login {gateway}` again")
+    return notices
 
 
 def users_upstream(previous: str | None, sidecar_url: str) -> str | None:

@@ -129,6 +129,7 @@ class Figures:
     today: Spend
     budget: BudgetLeft | None
     routes: tuple[str, ...] = ()
+    org_budget: BudgetLeft | None = None
     problems: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -206,6 +207,7 @@ def gather(
     session: Spend | None = None
     today = Spend()
     budget: BudgetLeft | None = None
+    org_budget: BudgetLeft | None = None
     project = status.project_dir
     conn = open_ledger_readonly(ledger_file)
     try:
@@ -229,10 +231,26 @@ def gather(
                 if row is not None:
                     project = row[0]
         budget = _tightest_budget(config, conn, now, tz, project, problems)
+        org_budget = _org_budget(conn) if conn is not None and config.gateway_url else None
     finally:
         if conn is not None:
             conn.close()
-    return Figures(session=session, today=today, budget=budget, routes=_routes(config.tiers), problems=tuple(problems))
+    return Figures(
+        session=session,
+        today=today,
+        budget=budget,
+        routes=_routes(config.tiers),
+        problems=tuple(problems),
+        org_budget=org_budget,
+    )
+
+
+def _org_budget(conn: sqlite3.Connection) -> BudgetLeft | None:
+    """The org budget with the least left, from what the sidecar last heard from the gateway (no network here)."""
+    from ccgate.storage.org_sync import tightest_budget
+
+    found = tightest_budget(conn)
+    return None if found is None else BudgetLeft(*found)
 
 
 def _tightest_budget(
@@ -288,6 +306,11 @@ def format_line(status: StatusInput, figures: Figures) -> str:
             parts.append(f"budget used up ({figures.budget.label})")
         else:
             parts.append(f"budget {format_usd(figures.budget.left_nanos)} left ({figures.budget.label})")
+    if figures.org_budget is not None:
+        if figures.org_budget.left_nanos == 0:
+            parts.append(f"org budget used up ({figures.org_budget.label})")
+        else:
+            parts.append(f"org {format_usd(figures.org_budget.left_nanos)} left ({figures.org_budget.label})")
     parts.extend(figures.routes)
     parts.extend(f"ccgate: {problem}" for problem in figures.problems)
     return SEPARATOR.join(parts)

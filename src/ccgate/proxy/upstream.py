@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from ccgate import env
 from ccgate.core.providers import redact_url
 from ccgate.errors import UpstreamError, UpstreamTimeoutError
 
@@ -127,34 +128,38 @@ def upstream_error(
     """
     timed_out = isinstance(exc, TimeoutError)
     name, where = spec.name, redact_url(spec.base_url)
+    label = spec.label or f"upstream {name}"  # the org gateway names itself
     if stage is Stage.CONNECT:
         if timed_out and limit is not None:
             return UpstreamTimeoutError(
-                f"upstream {name} ({where}) sent no response headers within {limit:g} s",
-                hint="check the provider's status, or raise `sidecar.first_byte_timeout_seconds`",
+                f"{label} ({where}) sent no response headers within {limit:g} s",
+                hint=spec.unreachable_hint
+                or "check the provider's status, or raise `sidecar.first_byte_timeout_seconds`",
             )
         if timed_out:
             return UpstreamTimeoutError(
-                f"upstream {name} ({where}) did not answer in time", hint="check the provider's status or your network"
+                f"{label} ({where}) did not answer in time",
+                hint=spec.unreachable_hint or "check the provider's status or your network",
             )
         return UpstreamError(
-            f"cannot reach upstream {name} at {where}: {type(exc).__name__}",
-            hint=f"check the network, or the base URL (CCGATE_{name.upper().replace('-', '_')}_BASE_URL)",
+            f"cannot reach {label} at {where}: {type(exc).__name__}",
+            hint=spec.unreachable_hint or f"check the network, or the base URL ({env.provider_base_url(name)})",
         )
     if stage is Stage.FIRST_EVENT:
         if timed_out:
             return UpstreamSilent(
-                f"upstream {name} ({where}) sent no stream event within {limit or 0:g} s",
-                hint="check the provider's status, or raise `sidecar.first_byte_timeout_seconds`",
+                f"{label} ({where}) sent no stream event within {limit or 0:g} s",
+                hint=spec.unreachable_hint
+                or "check the provider's status, or raise `sidecar.first_byte_timeout_seconds`",
             )
-        return UpstreamBroke(f"upstream {name} ({where}) broke off its reply: {type(exc).__name__}")
+        return UpstreamBroke(f"{label} ({where}) broke off its reply: {type(exc).__name__}")
     if stage is Stage.BODY:
         return UpstreamBroke(
-            f"upstream {name} ({where}) broke off its reply: {type(exc).__name__}", hint="check the provider's status"
+            f"{label} ({where}) broke off its reply: {type(exc).__name__}", hint="check the provider's status"
         )
     if timed_out:
-        return StreamCut(f"upstream {name} sent nothing for {limit or 0:g} s; the stream was ended")
-    return StreamCut(f"upstream {name} broke off the stream: {type(exc).__name__}")
+        return StreamCut(f"{label} sent nothing for {limit or 0:g} s; the stream was ended")
+    return StreamCut(f"{label} broke off the stream: {type(exc).__name__}")
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ from ccgate.proxy.responses import error_response
 from ccgate.proxy.seams import ClientMeta, ProxyDeps
 from ccgate.sidecar.admission import AdmissionRequest, BudgetGuard, Reservation
 from ccgate.sidecar.connections import ConnectionGuard, GuardedRunner
+from ccgate.sidecar.org import OrgLink, OrgSettings
 from ccgate.sidecar.process import (
     CHALLENGE_HEADER,
     LAUNCH_HEADER,
@@ -107,23 +108,34 @@ class SidecarState:
     writer: LedgerWriter | None = None
     # per provider: base URL, key source and key fingerprint (never the key), for `launch`, `doctor`, `provider list`
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # org mode (`ccgate login`): the gateway, the key's mode, org budgets and sync health
+    org: OrgLink = field(default_factory=OrgLink)
 
 
 class ProjectBudgets:
     """The sidecar's budgets: global ones and per-project ones (the project comes from the launch)."""
 
-    def __init__(self, guard: BudgetGuard) -> None:
+    def __init__(self, guard: BudgetGuard, org: OrgLink | None = None) -> None:
         self.guard = guard
+        self.org = org
         self._warned: set[tuple[str, str, str]] = set()
 
     def applies(self, meta: ClientMeta) -> bool:
+        if self.org is not None and self.org.has_budgets():
+            return True
         return any(rule.applies_to(meta.project) for rule in self.guard.rules)
 
     async def admit(self, meta: ClientMeta, *, reserve_nanos: int | None, model: str) -> Reservation:
+        if self.org is not None:  # report mode's org budgets, then the developer's own
+            refusal = self.org.refusal()
+            if refusal is not None:
+                raise refusal
         return await self.guard.admit(AdmissionRequest(project=meta.project, reserve_nanos=reserve_nanos, model=model))
 
     def settle(self, reservation: Reservation, actual_nanos: int) -> None:
         self.guard.settle(reservation, actual_nanos)
+        if self.org is not None:
+            self.org.settled(actual_nanos)
         self._log_warnings()
 
     def _log_warnings(self) -> None:
@@ -290,6 +302,8 @@ def _meta(request: web.Request) -> ClientMeta:
     # `launch` knows best; an installed session's settings still decide where Claude Code's requests were meant to go
     project = launch.project if launch else (session.project if session else None)
     upstream = (launch.anthropic_base_url if launch else None) or (session.anthropic_base_url if session else None)
+    if state.org.proxy_mode:  # everything goes to the org gateway with the virtual key, never the launch's own
+        upstream = None
     tags = launch.tags if launch else None
     meta = state.metas.get((launch_id, project, upstream, tags))
     if meta is None:  # one per launch: frozen, so requests share it
@@ -377,6 +391,7 @@ async def status(request: web.Request) -> web.StreamResponse:
             "budgets": budgets,
             "connections": request.app[CONNECTIONS].stats(),
             "providers": state.providers,
+            "org": state.org.status(),
         }
     )
 
@@ -466,7 +481,12 @@ async def _register(request: web.Request, launch_id: str, payload: dict[str, Any
         await asyncio.to_thread(_save_launches, state.paths, snapshot)
     # echoed, so `launch` can tell a sidecar that kept the upstream from an older one that ignored it; the
     # providers as this sidecar uses them, so `launch` can say when the caller's environment differs
-    answer: dict[str, Any] = {"ok": True, "anthropic_base_url": upstream, "providers": state.providers}
+    answer: dict[str, Any] = {
+        "ok": True,
+        "anthropic_base_url": upstream,
+        "providers": state.providers,
+        "org": state.org.summary(),
+    }
     if tags is not None:  # echoed too: a sidecar older than `--tag` would drop them silently
         answer["tags"] = tags_module.decode(tags)
     return web.json_response(answer)
@@ -546,16 +566,19 @@ class StaticDeps:
     keys: Mapping[str, str]  # provider name -> API key, for the providers that have one
     key_store: str  # where stored keys come from: "keyring" or "file"
     rules: Sequence[BudgetRule]
+    org: OrgSettings | None = None  # logged in to an org gateway: its URL, key and mode
 
 
-def _build_static_deps(config: Config, environ: Mapping[str, str]) -> StaticDeps:
+def _build_static_deps(config: Config, environ: Mapping[str, str], paths: Paths | None = None) -> StaticDeps:
     """Blocking part of (re)configuration: keyring reads happen here, off the event loop."""
     from ccgate.core.pricing import PriceCatalog
     from ccgate.core.providers import resolve_providers
     from ccgate.core.routing import Router
     from ccgate.local.secrets import get_provider_key
     from ccgate.sidecar.admission import rules_from_config
+    from ccgate.sidecar.org import read_settings
 
+    org = read_settings(config, paths) if paths is not None else None
     providers = resolve_providers(config, environ)
     router = Router(config, providers)
     pricer = PriceCatalog(config.prices)
@@ -575,14 +598,49 @@ def _build_static_deps(config: Config, environ: Mapping[str, str]) -> StaticDeps
 
         with contextlib.suppress(Exception):
             stored = "file" if backend_description()[1] else "keyring"
-    return StaticDeps(
+    built = StaticDeps(
         providers=providers,
         router=router,
         pricer=pricer,
         keys=keys,
         key_store=stored,
         rules=rules_from_config(config),
+        org=org,
     )
+    if org is not None and org.mode == "proxy":
+        built = replace(built, **_proxy_mode(config, providers, org))
+    return built
+
+
+def _proxy_mode(config: Config, providers: Mapping[str, Any], org: OrgSettings) -> dict[str, Any]:
+    """Every request to the gateway as the `anthropic` provider, with the virtual key as its key (so the
+    developer's own credentials are dropped); the org's routing applies there, local tier overrides do not."""
+    from ccgate.core.routing import Router
+
+    spec = replace(
+        providers["anthropic"],
+        base_url=org.url,
+        label="the org gateway",
+        unreachable_hint="`ccgate doctor` checks the gateway; if it stays down, tell your platform team",
+    )
+    gateway = {"anthropic": spec}
+    return {
+        "providers": gateway,
+        "router": Router(replace(config, tiers={}, model_rules={}), gateway),
+        "keys": {"anthropic": org.key},
+        "key_store": "keyring",
+    }
+
+
+def _apply_org(state: SidecarState, settings: OrgSettings | None) -> None:
+    """A new login, logout or key: the sync loop looks again at once (and a refused key gets another try)."""
+    org = state.org
+    if settings != org.settings:
+        if org.settings is not None and settings is not None and settings.mode != org.settings.mode:
+            log.info("org mode is now %s", settings.mode)
+        org.settings, org.identity, org.key_refused, org.notice = settings, None, None, None
+        org.unseen_nanos = org.settled_nanos = 0
+    org.wake.set()
 
 
 def _provider_view(built: StaticDeps, state: SidecarState) -> dict[str, dict[str, Any]]:
@@ -606,7 +664,7 @@ async def apply_config(app: web.Application, *, force: bool = False) -> None:
     proxy = app[PROXY]
     try:
         config = await asyncio.to_thread(load_config, path)
-        built = await asyncio.to_thread(_build_static_deps, config, state.environ)
+        built = await asyncio.to_thread(_build_static_deps, config, state.environ, state.paths)
         admission = proxy.deps.admission
         if isinstance(admission, ProjectBudgets):
             admission.guard.update_rules(built.rules)
@@ -616,6 +674,7 @@ async def apply_config(app: web.Application, *, force: bool = False) -> None:
         return
     state.config = config
     state.last_reload_error = None
+    _apply_org(state, built.org)
     guard = app[CONNECTIONS]  # for connections from now on; the keep-alive limit changes at the next start
     guard.header_timeout = config.sidecar.header_timeout_seconds
     guard.max_unauthenticated = config.sidecar.max_unauthenticated_connections
@@ -685,8 +744,9 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
     writer = state.writer
     assert writer is not None  # the ledger writer's context runs first
     state.launches = await asyncio.to_thread(_load_launches, state.paths)
-    built = await asyncio.to_thread(_build_static_deps, state.config, state.environ)
+    built = await asyncio.to_thread(_build_static_deps, state.config, state.environ, state.paths)
     state.providers = _provider_view(built, state)
+    _apply_org(state, built.org)
     try:
         state.config_mtime = state.paths.config_file.stat().st_mtime
     except FileNotFoundError:
@@ -719,7 +779,7 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
             router=built.router,
             pricer=built.pricer,
             ledger=writer,
-            admission=ProjectBudgets(guard),
+            admission=ProjectBudgets(guard, state.org),
             provider_keys=built.keys,
             first_byte_timeout=state.config.sidecar.first_byte_timeout_seconds,
             stream_idle_timeout=state.config.sidecar.stream_idle_timeout_seconds,
@@ -739,9 +799,26 @@ async def _config_watcher(app: web.Application) -> AsyncIterator[None]:
             await watcher
 
 
+async def _org_sync(app: web.Application) -> AsyncIterator[None]:
+    """Org mode's usage sync to the gateway, in the background (it never touches a request's path)."""
+    from ccgate.sidecar.org import SyncLoop
+
+    state = app[STATE]
+    writer = state.writer
+    assert writer is not None  # the ledger writer's context runs first
+    sync = SyncLoop(state.org, app[SESSION], state.paths.ledger_file, state.environ, lambda: writer.flush(timeout=5.0))
+    syncer = asyncio.create_task(sync.run())
+    try:
+        yield
+    finally:
+        syncer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await syncer
+
+
 # One cleanup context per resource, in start order: a failed start stops exactly what had started, and shutdown
 # runs them in reverse (watcher, session, ledger writer), as aiohttp's docs advise.
-RESOURCES = (_ledger_writer, _upstream_session, _proxy, _config_watcher)
+RESOURCES = (_ledger_writer, _upstream_session, _proxy, _org_sync, _config_watcher)
 
 
 def spill_dirs(paths: Paths, environ: Mapping[str, str]) -> list[Path]:

@@ -292,6 +292,43 @@ def m008_import_files(db: Database) -> None:
     )
 
 
+@migration
+def m009_org_sync(db: Database) -> None:
+    """Org mode: where this machine's usage sync to the gateway stands, and the rows the gateway refused.
+
+    `org_sync` has at most one row (one gateway at a time); `budgets` is the key's org budgets as `/v1/me` last
+    said (JSON), for the status line, which never goes on the network. `cursor` is a low-water mark of `requests.rowid`:
+    every row at or below it is synced, refused, or from before login. Rowids, not times: rows imported from
+    transcripts arrive late with old times. `sync_rejections` keeps why the gateway refused a row, for
+    `ccgate sync` and `whoami` to show; such a row is not sent again.
+    """
+    db.execute(
+        """
+        CREATE TABLE org_sync (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            gateway TEXT NOT NULL,
+            key_prefix TEXT,
+            mode TEXT,
+            logged_in_at TEXT NOT NULL,
+            cursor INTEGER NOT NULL DEFAULT 0,
+            last_sync_at TEXT,
+            last_error TEXT,
+            budgets TEXT,
+            budgets_at TEXT
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE sync_rejections (
+            request_id TEXT PRIMARY KEY,
+            why TEXT NOT NULL,
+            at TEXT NOT NULL
+        )
+        """
+    )
+
+
 def applied_migrations(db: Database) -> list[str]:
     if not db["_migrations"].exists():
         return []
