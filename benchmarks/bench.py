@@ -141,6 +141,10 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
     """The caller's environment minus anything ccgate or Anthropic reads, plus an isolated CCGATE_HOME."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CCGATE_", "ANTHROPIC_"))}
     env["CCGATE_HOME"] = str(home)
+    # An installed ccgate runs from cached bytecode; with PYTHONDONTWRITEBYTECODE set (as in some shells and CI)
+    # every CLI run would compile ccgate's sources again (~100 ms of `--help`). The cache goes outside the tree.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.setdefault("PYTHONPYCACHEPREFIX", str(Path(tempfile.gettempdir()) / "ccgate-bench-pycache"))
     env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"  # no D-Bus round trips at start-up
     env["CCGATE_LOG_LEVEL"] = "WARNING"
     env.update(extra)

@@ -354,3 +354,21 @@ def test_text_that_is_not_utf8_makes_a_line_malformed_not_a_crash(
     assert (stats["imported"], stats["malformed"]) == (1, 2)
     (row,) = ledger_rows()
     assert row["upstream_message_id"] == "msg_B" and row["project"] == "/w/\u00e9\U0001f600"
+
+
+def test_the_copy_with_most_output_wins_whatever_the_order(tmp_path: Path) -> None:
+    """Copies of one reply are checked like any line (a bad copy is malformed, not a winner), and the one with
+    the most output tokens is kept: the first of equal ones, even when a later copy has less."""
+    from ccgate.features.importer import ImportStats, read_transcripts
+
+    def copy(output: Any, cwd: str) -> str:
+        return assistant("msg_C", "req_C", "claude-haiku-4-5", {"input_tokens": 7, "output_tokens": output}, cwd=cwd)
+
+    transcript = tmp_path / "copies.jsonl"
+    lines = [copy(5, "/a"), copy(40, "/b"), copy(40, "/c"), copy(-1, "/d"), copy(9000.5, "/e"), copy(12, "/f")]
+    transcript.write_text("\n".join(lines) + "\n")
+    stats = ImportStats()
+    best = read_transcripts([transcript], stats)
+    assert (stats.entries, stats.duplicates, stats.malformed, stats.requests) == (4, 3, 2, 1)
+    (entry,) = best.values()
+    assert (entry.cwd, entry.usage.output_tokens, entry.usage.input_tokens) == ("/b", 40, 7)

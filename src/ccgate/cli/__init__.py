@@ -18,7 +18,9 @@ def build_app() -> typer.Typer:
     if _typer_app is None:
         import typer
 
-        from ccgate.cli import commands
+        from ccgate.cli import _typer_coercion, commands
+
+        _typer_coercion.install()
 
         app = typer.Typer(
             name="ccgate",

@@ -20,6 +20,7 @@ __all__ = [
     "MAX_PLAUSIBLE_INPUT_TOKENS",
     "MAX_PLAUSIBLE_OUTPUT_TOKENS",
     "MAX_TOKENS",
+    "anthropic_output_tokens",
     "anthropic_sides_reported",
     "anthropic_usage_issues",
     "clamped",
@@ -138,8 +139,8 @@ def invalid_anthropic_count(raw: Mapping[str, Any]) -> str | None:
     for path in _ANTHROPIC_COUNT_PATHS:
         holder = raw if len(path) == 1 else _mapping(raw.get(path[0]))
         value = holder.get(path[-1])
-        if value is not None and _count(value) is None:
-            return ".".join(path)
+        if value is not None and (type(value) is not int or value < 0) and _count(value) is None:
+            return ".".join(path)  # (a plain int >= 0 is always usable: the common case skips `_count`)
     return None
 
 
@@ -205,6 +206,12 @@ def anthropic_sides_reported(raw: Mapping[str, Any]) -> set[str]:
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def anthropic_output_tokens(raw: Mapping[str, Any]) -> int:
+    """`usage_from_anthropic(raw).output_tokens` without building the rest (the importer compares copies)."""
+    output = _count(raw.get("output_tokens"))
+    return 0 if output is None else output
 
 
 def usage_from_anthropic(raw: Mapping[str, Any] | None) -> Usage:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ccgate.core.records import RequestRecord, RequestStatus, Usage, from_iso, to_iso
-from ccgate.core.usage import invalid_anthropic_count, usage_from_anthropic
+from ccgate.core.usage import anthropic_output_tokens, invalid_anthropic_count, usage_from_anthropic
 from ccgate.errors import UserInputError
 from ccgate.storage.ledger import storable_text
 
@@ -115,12 +115,25 @@ def _text(value: Any) -> str | None:
     return value
 
 
+# A checked assistant line: (message id, request id, model, usage object, session id, cwd, timestamp, output tokens)
+_Checked = tuple[str, "str | None", str, dict[str, Any], "str | None", "str | None", str, int]
+
+
 def parse_line(line: bytes) -> TranscriptEntry | str | None:
     """A priced assistant entry; "synthetic" for Claude Code's own placeholder replies; None if not billable.
 
     Raises `_Malformed` for a line that is not JSON or an assistant entry missing what a request needs, or whose
     usage holds a count that is not a whole number >= 0 (counts above the ceiling are clamped, not refused).
     """
+    checked = _check_line(line)
+    if checked is None or isinstance(checked, str):
+        return checked
+    return _entry(checked)
+
+
+def _check_line(line: bytes) -> _Checked | str | None:
+    """`parse_line`'s checks without building the entry: most assistant lines are earlier copies of a reply
+    (one per content block) that a later line replaces, so only the lines that win pay for `_entry`."""
     if not line.strip():
         return None
     from ccgate.wire import fastjson
@@ -152,13 +165,27 @@ def parse_line(line: bytes) -> TranscriptEntry | str | None:
         from_iso(timestamp)
     except (ValueError, OverflowError):  # OverflowError: year 1 with a positive offset is before datetime.min
         raise _Malformed from None
+    return (
+        message_id,
+        _text(raw.get("requestId")),
+        model,
+        usage,
+        _text(raw.get("sessionId")),
+        _text(raw.get("cwd")),
+        timestamp,
+        anthropic_output_tokens(usage),
+    )
+
+
+def _entry(checked: _Checked) -> TranscriptEntry:
+    message_id, request_id, model, usage, session_id, cwd, timestamp, _output = checked
     return TranscriptEntry(
         message_id=message_id,
-        request_id=_text(raw.get("requestId")),
+        request_id=request_id,
         model=model,
         usage=usage_from_anthropic(usage),
-        session_id=_text(raw.get("sessionId")),
-        cwd=_text(raw.get("cwd")),
+        session_id=session_id,
+        cwd=cwd,
         timestamp=timestamp,
     )
 
@@ -188,7 +215,7 @@ def read_transcripts(
 
     `read_to_end` collects the files read whole (not growing while read), for the next run to skip.
     """
-    best: dict[tuple[str, str | None], TranscriptEntry] = {}
+    best: dict[tuple[str, str | None], _Checked] = {}
     for path in files:
         try:
             handle = path.open("rb")
@@ -197,38 +224,40 @@ def read_transcripts(
             stats.malformed += 1
             continue
         stats.files += 1
-        consumed = 0
+        consumed = lines = 0
         with handle:
             for line in handle:
-                consumed += len(line)
-                stats.bytes += len(line)
-                stats.lines += 1
+                size = len(line)
+                consumed += size
+                lines += 1
                 if progress is not None:
-                    progress(len(line))
+                    progress(size)
                 if b'"assistant"' not in line and _looks_like_object(line):
                     continue  # only assistant entries cost money: the rest (big tool results) is not parsed
                 try:
-                    entry = parse_line(line)
+                    checked = _check_line(line)
                 except _Malformed:
                     stats.malformed += 1
                     continue
-                if entry is None:
+                if checked is None:
                     continue
-                if isinstance(entry, str):
+                if isinstance(checked, str):
                     stats.synthetic += 1
                     continue
                 stats.entries += 1
-                seen = best.get(entry.key)
-                if seen is None:
-                    best[entry.key] = entry
-                    continue
-                stats.duplicates += 1
-                if entry.usage.output_tokens > seen.usage.output_tokens:
-                    best[entry.key] = entry
+                key = (checked[0], checked[1])
+                seen = best.get(key)
+                if seen is not None:
+                    stats.duplicates += 1
+                    if checked[7] <= seen[7]:
+                        continue  # not more output than the copy kept: the first of equals stays
+                best[key] = checked
+        stats.bytes += consumed
+        stats.lines += lines
         if read_to_end is not None and consumed == before.st_size:
             read_to_end.append(FileMark(str(path), before.st_size, before.st_mtime_ns))
     stats.requests = len(best)
-    return best
+    return {key: _entry(checked) for key, checked in best.items()}  # only the winners become entries
 
 
 def unchanged_files(db: Database, files: list[Path]) -> set[Path]:
