@@ -72,8 +72,9 @@ def serve(
         app_ctx.fail("--workers needs a fixed --port (the workers share it)", hint="give e.g. --port 8788")
     if migrate or workers > 1:
         _check_or_migrate(url, migrate=migrate)
-    from ccgate.gateway.__main__ import configure_logging, run
+    from ccgate.gateway.__main__ import configure_logging
     from ccgate.gateway.__main__ import serve as serve_gateway
+    from ccgate.proxy.serving import run_fast as run
 
     configure_logging()
     if workers == 1:

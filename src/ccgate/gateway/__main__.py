@@ -12,11 +12,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
 from typing import Any
 
 from ccgate import env
 from ccgate.errors import CcgateError
+from ccgate.proxy.serving import run_fast as run
 
 YOUNG_GC_THRESHOLD = 10_000
 DEFAULT_PORT = 8788
@@ -72,15 +72,6 @@ async def serve(settings: Any, host: str, port: int, *, port_file: str | None = 
     finally:
         await runner.cleanup()
     return 0
-
-
-def run(main: Coroutine[Any, Any, int]) -> int:
-    """uvloop where it is installed: less CPU per proxied request."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
 
 
 def configure_logging() -> None:

@@ -33,6 +33,7 @@ from ccgate.gateway.ledger import GatewayLedger, KeyLedger, Owner
 from ccgate.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from ccgate.gateway.routing import KeyRouter
 from ccgate.proxy.engine import ClientMeta, Proxy, ProxyDeps, error_response
+from ccgate.proxy.serving import upstream_session_context
 from ccgate.storage.gateway.migrate import MigrationStatus
 from ccgate.storage.gateway.records import KeyIdentity, KeyMode
 from ccgate.storage.gateway.store import GatewayStore
@@ -494,17 +495,6 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
-async def _session(app: web.Application) -> AsyncIterator[None]:
-    from ccgate.proxy.upstream import create_client_session
-
-    session = create_client_session()
-    app[SESSION] = session
-    try:
-        yield
-    finally:
-        await session.close()
-
-
 async def _ledger(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     observe = app[METRICS].observe
@@ -632,7 +622,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     if token:
         app[keys.BOOTSTRAP_ADMIN_TOKEN] = token
     # one cleanup context per resource, so a failed start undoes exactly what started; closed in reverse
-    app.cleanup_ctx.extend([_store, _upstreams, _session, _ledger, _admission, _retention])
+    app.cleanup_ctx.extend([_store, _upstreams, upstream_session_context(SESSION), _ledger, _admission, _retention])
     app.router.add_route("HEAD", "/", root)
     app.router.add_get("/", root, allow_head=False)
     app.router.add_get("/healthz", healthz)

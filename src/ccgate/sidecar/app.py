@@ -39,6 +39,7 @@ from ccgate.local.paths import Paths
 from ccgate.proxy.engine import Proxy
 from ccgate.proxy.responses import error_response
 from ccgate.proxy.seams import ClientMeta, ProxyDeps
+from ccgate.proxy.serving import upstream_session_context
 from ccgate.sidecar.admission import AdmissionRequest, BudgetGuard, Reservation
 from ccgate.sidecar.connections import ConnectionGuard, GuardedRunner
 from ccgate.sidecar.org import OrgLink, OrgSettings
@@ -721,18 +722,6 @@ async def _ledger_writer(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(_report_stop, writer, dirs)
 
 
-async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
-    """One ClientSession for every upstream request of this sidecar."""
-    from ccgate.proxy.upstream import create_client_session
-
-    session = create_client_session()
-    app[SESSION] = session
-    try:
-        yield
-    finally:
-        await session.close()
-
-
 async def _proxy(app: web.Application) -> AsyncIterator[None]:
     """Launches, providers, keys, prices and budgets from the config, and the Proxy on top of them; holds nothing
     to close. A config that cannot be used (an unknown provider) fails the start here, after the writer and the
@@ -818,7 +807,7 @@ async def _org_sync(app: web.Application) -> AsyncIterator[None]:
 
 # One cleanup context per resource, in start order: a failed start stops exactly what had started, and shutdown
 # runs them in reverse (watcher, session, ledger writer), as aiohttp's docs advise.
-RESOURCES = (_ledger_writer, _upstream_session, _proxy, _org_sync, _config_watcher)
+RESOURCES = (_ledger_writer, upstream_session_context(SESSION), _proxy, _org_sync, _config_watcher)
 
 
 def spill_dirs(paths: Paths, environ: Mapping[str, str]) -> list[Path]:

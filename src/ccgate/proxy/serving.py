@@ -1,0 +1,37 @@
+"""What the sidecar and the gateway both need to serve the proxy: the event loop and the upstream session."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+
+def run_fast(main: Coroutine[Any, Any, int]) -> int:
+    """uvloop where it is installed (a dependency on Linux and macOS): less CPU per proxied request."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def upstream_session_context(
+    key: web.AppKey[aiohttp.ClientSession],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context that opens one ClientSession for every upstream request of the app, under `key`."""
+
+    async def upstream_session(app: web.Application) -> AsyncIterator[None]:
+        from ccgate.proxy.upstream import create_client_session
+
+        session = create_client_session()
+        app[key] = session
+        try:
+            yield
+        finally:
+            await session.close()
+
+    return upstream_session
