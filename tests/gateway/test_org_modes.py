@@ -4,11 +4,16 @@ report-mode rows synced exactly once, count and dollars checked at the gateway."
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
+import aiohttp
 import anthropic
-from gateway_harness import PROVIDER_KEY, Gateway, running_gateway
-from sidecar_harness import running_sidecar
+import pytest
+from cli_runner import run_main
+from gateway_harness import ADMIN_TOKEN, PROVIDER_KEY, Gateway, running_gateway
+from sidecar_harness import Harness, running_sidecar
 
 from ccgate.client.org import login, sync
 from ccgate.core.pricing import PriceCatalog
@@ -80,3 +85,88 @@ async def test_report_mode_rows_arrive_once_with_their_dollars(db_url: str) -> N
         catalog = PriceCatalog()
         expected = sum(catalog.cost(MODEL, r.usage, provider="anthropic", at=r.started_at).nanos or 0 for r in records)
         assert sum(r.record.cost.nanos or 0 for r in rows) == expected
+
+
+async def _register(harness: Harness, launch_id: str, project: str) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{harness.url}/_ccgate/launches",
+            json={"launch_id": launch_id, "project": project},
+            headers=harness.headers,
+        ) as reply,
+    ):
+        assert reply.status == 200, await reply.text()
+
+
+async def test_proxied_rows_carry_project_session_and_launch_into_the_gateway_report(
+    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gateway report --by project` attributes proxy-mode requests as exactly as synced ones: the sidecar tells
+    the gateway each row's project (any Unicode, percent-encoded on the wire), session and launch."""
+    plain, unicode = "/work/plain-project", "/home/zoë/プロジェクト 50%"
+    async with running_gateway(db_url) as gateway:
+        await _login(gateway, gateway.keys["ada"])
+        async with running_sidecar(environ={"CCGATE_SYNC_INTERVAL_SECONDS": "3600"}) as harness:
+            await _register(harness, "launch-plain-1", plain)
+            await _register(harness, "launch-unicode-2", unicode)
+            sends = [("launch-plain-1", "session-a"), ("launch-plain-1", "session-a"), ("launch-unicode-2", "s-b")]
+            for launch_id, session_id in sends:
+                client = anthropic.AsyncAnthropic(
+                    base_url=harness.url,
+                    api_key=OWN_KEY,
+                    default_headers={**harness.launch_headers(launch_id), "x-claude-code-session-id": session_id},
+                    max_retries=0,
+                )
+                await client.messages.create(model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+            for request in gateway.upstream.messages_requests:  # the provider sees only the row id of ccgate's own
+                assert [n for n in request.headers if n.lower().startswith("x-ccgate-")] == ["x-ccgate-request-id"]
+            local = harness.rows()
+            rows = {r.record.id: r.record for r in await gateway.rows("ada")}
+            assert len(rows) == 3
+            for row in local:
+                mine = rows[row["id"]]
+                assert (mine.project, mine.session_id, mine.launch_id) == (
+                    row["project"],
+                    row["session_id"],
+                    row["launch_id"],
+                )
+            assert await _sync() == (0, 3, 0)
+
+        monkeypatch.setenv("CCGATE_GATEWAY_URL", gateway.url)
+        monkeypatch.setenv("CCGATE_GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
+        code, out, err = await asyncio.to_thread(
+            run_main, capsys, monkeypatch, "gateway", "report", "--by", "project", "--json"
+        )
+        assert code == 0, err
+        report = json.loads(out)
+        groups = {group["key"]: group for group in report["groups"]}
+        assert set(groups) == {plain, unicode}
+        assert (groups[plain]["requests"], groups[unicode]["requests"]) == (2, 1)
+        expected = {p: sum(r.cost.nanos or 0 for r in rows.values() if r.project == p) for p in (plain, unicode)}
+        assert {p: Decimal(groups[p]["cost_usd"]) for p in groups} == {
+            p: Decimal(n) / 10**9 for p, n in expected.items()
+        }
+
+
+async def test_a_bad_attribution_header_is_dropped_not_an_error(db_url: str) -> None:
+    """A client talking to the gateway directly may send anything: an unusable value is left off the row."""
+    async with running_gateway(db_url) as gateway:
+        client = gateway.client(
+            gateway.keys["ada"],
+            default_headers={
+                "x-ccgate-project": "%FF%FE",  # not UTF-8
+                "x-ccgate-session": "has space",
+                "x-ccgate-launch": "x" * 500,
+            },
+        )
+        await client.messages.create(model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+        client = gateway.client(
+            gateway.keys["bob"], default_headers={"x-ccgate-project": "a%0Ab", "x-ccgate-session": "sk-ant-oops"}
+        )
+        await client.messages.create(model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+        rows = await gateway.rows()
+        assert len(rows) == 2
+        for row in rows:
+            assert (row.record.project, row.record.launch_id) == (None, None)
+            assert row.record.session_id is None or not row.record.session_id.startswith(("has", "sk-"))

@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from ccgate import __version__, env
+from ccgate.core import attribution
 from ccgate.core.records import RequestRecord, to_iso
 from ccgate.core.routing import Route
 from ccgate.errors import CcgateError, InvalidRequestError, NotFoundError, PermissionDeniedError, RequestTooLargeError
@@ -45,7 +46,7 @@ access = logging.getLogger("ccgate.gateway.access")
 ADMIN_TOKEN_ENV = env.GATEWAY_ADMIN_TOKEN
 REQUEST_ID_HEADER = "x-ccgate-request-id"
 # Headers a developer's sidecar adds for the gateway; never forwarded to a provider.
-PRIVATE_HEADERS = frozenset({REQUEST_ID_HEADER, "x-ccgate-token", "x-ccgate-launch"})
+PRIVATE_HEADERS = frozenset({REQUEST_ID_HEADER, "x-ccgate-token"}) | attribution.HEADERS
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz"})
 
 
@@ -241,7 +242,11 @@ def _proxy(request: web.Request, entry: KeyEntry, *, admitted: bool) -> tuple[Pr
         admission=RequestAdmission(app[ADMISSION], router) if admitted else None,
         provider_keys=upstreams.provider_keys,
     )
+    project, session_id, launch_id = attribution.decode(request.headers)
     meta = ClientMeta(
+        session_id=session_id,
+        project=project,
+        launch_id=launch_id,
         source="gateway",
         forward_client_auth=False,
         private_headers=PRIVATE_HEADERS,
