@@ -9,7 +9,7 @@ from ccgate.core import attribution
 
 _NO_CONTROLS = st.text(
     alphabet=st.characters(
-        blacklist_categories=("Cs",),
+        blacklist_categories=["Cs"],
         blacklist_characters=[chr(c) for c in range(32)] + [chr(c) for c in range(127, 160)],
     ),
     min_size=1,
