@@ -170,3 +170,62 @@ async def test_a_bad_attribution_header_is_dropped_not_an_error(db_url: str) -> 
         for row in rows:
             assert (row.record.project, row.record.launch_id) == (None, None)
             assert row.record.session_id is None or not row.record.session_id.startswith(("has", "sk-"))
+
+
+async def test_the_gateway_records_when_each_key_last_synced_and_shows_it(
+    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`/v1/me` (so `whoami`), the admin's key list and `gateway report --by key` say when each key last synced."""
+    from ccgate.client.org import whoami
+
+    async with running_gateway(db_url) as gateway:
+        created = await gateway.store.create_key(team="core", name="rita", mode="report")
+        await _login(gateway, created.plaintext)
+        paths = resolve_paths()
+        before = await asyncio.to_thread(whoami, paths, load_config(paths.config_file))
+        assert before.last_sync_at is None
+        now = datetime.now(UTC)
+        db = open_ledger(paths.ledger_file)
+        try:
+            insert_records(
+                db,
+                [
+                    RequestRecord(
+                        started_at=now - timedelta(seconds=30),
+                        ended_at=now,
+                        requested_model=MODEL,
+                        provider="anthropic",
+                        routed_model=MODEL,
+                        status=RequestStatus.OK,
+                        http_status=200,
+                        usage=Usage(input_tokens=100, output_tokens=10),
+                    )
+                ],
+            )
+        finally:
+            db.close()
+        assert await _sync() == (1, 0, 0)
+        after = await asyncio.to_thread(whoami, paths, load_config(paths.config_file))
+        assert after.last_sync_at is not None
+        synced = datetime.fromisoformat(after.last_sync_at)
+        assert now - timedelta(minutes=1) <= synced <= datetime.now(UTC)
+
+        monkeypatch.setenv("CCGATE_GATEWAY_URL", gateway.url)
+        monkeypatch.setenv("CCGATE_GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
+
+        def cli(*args: str) -> dict[str, object]:
+            code, out, err = run_main(capsys, monkeypatch, *args)
+            assert code == 0, err
+            data: dict[str, object] = json.loads(out)
+            return data
+
+        keys = await asyncio.to_thread(cli, "gateway", "admin", "key", "list", "--json")
+        listed = {key["name"]: key for key in keys["keys"]}  # type: ignore[attr-defined]
+        assert listed["rita"]["last_sync_at"] == after.last_sync_at
+        assert listed["ada"]["last_sync_at"] is None
+        report = await asyncio.to_thread(cli, "gateway", "report", "--by", "key", "--json")
+        groups = {group["key"]: group for group in report["groups"]}  # type: ignore[attr-defined]
+        assert groups["rita"]["last_sync_at"] == after.last_sync_at
+        assert groups["rita"]["requests"] == 1
+        total = await asyncio.to_thread(cli, "gateway", "report", "--json")  # the `cost --json` shape, unchanged
+        assert set(total) == {"since", "until", "by", "total", "groups"}

@@ -279,9 +279,11 @@ async def me(request: web.Request) -> web.StreamResponse:
     entry = await _entry(request)
     identity = entry.identity
     key = identity.key
-    views = await request.app[keys.STORE].budget_views(
+    store = request.app[keys.STORE]
+    views = await store.budget_views(
         key_id=key.id, team_id=identity.team.id, customer_id=identity.customer.id if identity.customer else None
     )
+    synced = (await store.last_syncs(key.id)).get(key.id)
     budgets = [
         {
             "id": view.budget.id,
@@ -309,6 +311,13 @@ async def me(request: web.Request) -> web.StreamResponse:
             "tier_overrides": identity.tier_overrides,
             "expires_at": None if key.expires_at is None else to_iso(key.expires_at),
             "budgets": budgets,
+            # when the gateway last took a usage batch from this key (None: never)
+            "last_sync_at": None if synced is None else to_iso(synced),
+            # the caller used the key the org rotated out: it works until `grace_until`, then only the new one
+            "rotated": identity.via_previous,
+            "grace_until": to_iso(key.previous_valid_until)
+            if identity.via_previous and key.previous_valid_until
+            else None,
         }
     )
 
