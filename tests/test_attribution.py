@@ -38,6 +38,7 @@ def test_decoding_anything_never_fails_and_keeps_no_control_characters(project: 
 
 def test_unusable_values_are_left_out() -> None:
     assert attribution.encode("a\nb", "has space", "sk-ant-secret") == {}
+    assert attribution.encode("/home/bad-\udcff-bytes", None, None) == {}  # not UTF-8: never a failed request
     assert attribution.encode("x" * (attribution.MAX_PROJECT + 1), None, "y" * 201) == {}
     assert attribution.decode({attribution.PROJECT_HEADER: "%FF", attribution.SESSION_HEADER: "cg-admin-x"}) == (
         None,

@@ -9,6 +9,7 @@ none of it further than a label: a value too long, undecodable or with control c
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
@@ -26,7 +27,9 @@ def encode(project: str | None, session_id: str | None, launch_id: str | None) -
     """The headers for one row; a field that is empty or would not be accepted is left out."""
     headers: dict[str, str] = {}
     if project and len(project) <= MAX_PROJECT and _clean(project):
-        headers[PROJECT_HEADER] = quote(project, safe="/:@-._~")
+        # a path that is not UTF-8 (a lone surrogate from the file system) cannot be sent: it is left out
+        with contextlib.suppress(UnicodeEncodeError):
+            headers[PROJECT_HEADER] = quote(project, safe="/:@-._~")
     if session_id and _plain_id(session_id):
         headers[SESSION_HEADER] = session_id
     if launch_id and _plain_id(launch_id):
