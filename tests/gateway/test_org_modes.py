@@ -176,7 +176,7 @@ async def test_the_gateway_records_when_each_key_last_synced_and_shows_it(
     db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`/v1/me` (so `whoami`), the admin's key list and `gateway report --by key` say when each key last synced."""
-    from ccgate.client.org import whoami
+    from ccgate.client.org import doctor_checks, whoami
 
     async with running_gateway(db_url) as gateway:
         created = await gateway.store.create_key(team="core", name="rita", mode="report")
@@ -209,6 +209,9 @@ async def test_the_gateway_records_when_each_key_last_synced_and_shows_it(
         assert after.last_sync_at is not None
         synced = datetime.fromisoformat(after.last_sync_at)
         assert now - timedelta(minutes=1) <= synced <= datetime.now(UTC)
+        checks = await asyncio.to_thread(doctor_checks, paths, load_config(paths.config_file))
+        sync_check = next(check for check in checks if check.name == "usage sync")
+        assert f"the gateway last took a batch from this key {after.last_sync_at}" in sync_check.detail
 
         monkeypatch.setenv("CCGATE_GATEWAY_URL", gateway.url)
         monkeypatch.setenv("CCGATE_GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
