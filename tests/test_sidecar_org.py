@@ -139,10 +139,13 @@ async def test_a_rotated_key_keeps_working_while_whoami_and_launch_say_to_log_in
 
     async with running_gateway(f"sqlite:///{tmp_path / 'gw.db'}", key_cache_seconds=0) as gateway:
         await _login(gateway, "ada")
-        await gateway.store.rotate_key("ada", grace=timedelta(hours=1))
+        rotated = await gateway.store.rotate_key("ada", grace=timedelta(hours=1))
         paths = resolve_paths()
         identity = await asyncio.to_thread(whoami, paths, load_config(paths.config_file))
         assert identity.notice is not None and "rotated" in identity.notice and "ccgate login" in identity.notice
+        # the gateway's word, not a guess from the key's prefix: the old key in its grace period, until when
+        assert identity.rotated is True and identity.grace_until is not None
+        assert f"until {identity.grace_until}" in identity.notice
         async with running_sidecar(environ={"CCGATE_SYNC_INTERVAL_SECONDS": "3600"}) as harness:
             org = harness.app[STATE].org
             await _until(lambda: org.identity is not None, "the sidecar's first look at /v1/me")
@@ -153,3 +156,6 @@ async def test_a_rotated_key_keeps_working_while_whoami_and_launch_say_to_log_in
                 model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "still works"}]
             )
             assert reply.content
+        await asyncio.to_thread(login, paths, load_config(paths.config_file), gateway.url, rotated.plaintext)
+        identity = await asyncio.to_thread(whoami, paths, load_config(paths.config_file))
+        assert (identity.rotated, identity.grace_until, identity.notice) == (False, None, None)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from gateway_harness import PROVIDER_KEY, running_gateway
+from gateway_harness import ADMIN_TOKEN, PROVIDER_KEY, running_gateway
 
 from e2e.harness import DUMMY_KEY, E2E
 from gateway.conftest import db_url, postgres_server  # noqa: F401 - fixtures: the gateway on SQLite and PostgreSQL
@@ -21,9 +22,24 @@ def _files_holding(root: Path, secret: bytes, *, skip: set[Path]) -> list[Path]:
     return [path for path in root.rglob("*") if path.is_file() and path not in skip and secret in path.read_bytes()]
 
 
+async def _admin(e2e: E2E, url: str, *args: str) -> Any:
+    """`ccgate gateway ARGS --json` as the platform team runs it (URL and admin token in its environment only)."""
+    saved = dict(e2e.env)
+    e2e.env.update({"CCGATE_GATEWAY_URL": url, "CCGATE_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
+    try:
+        result = await e2e.run("gateway", *args, "--json")
+    finally:
+        e2e.env.clear()
+        e2e.env.update(saved)
+    assert result.returncode == 0, result.explain()
+    return json.loads(result.stdout)
+
+
 async def test_proxy_mode_with_the_real_claude_code(e2e: E2E, db_url: str) -> None:  # noqa: F811
     async with running_gateway(db_url, upstream=e2e.upstream) as gateway:
-        key = gateway.keys["ada"]
+        created = await _admin(e2e, gateway.url, "admin", "key", "create", "--team", "core", "--name", "eve")
+        assert created["mode"] == "proxy"
+        key = created["key"]
         login = await e2e.run("login", gateway.url, "--key", key)
         assert login.returncode == 0, login.explain()
         assert "proxy" in login.stderr
@@ -70,9 +86,18 @@ async def test_proxy_mode_with_the_real_claude_code(e2e: E2E, db_url: str) -> No
 
         e2e.stop_sidecar()
         local = [json.loads(line) for line in (await e2e.run("logs", "--json", "-n", "100")).stdout.splitlines()]
-        rows = await gateway.rows("ada")
+        rows = await gateway.rows("eve")
         assert sorted(r.record.id for r in rows) == sorted(row["id"] for row in local)
         assert len(rows) == len(hits)
+        # the org's report attributes every proxied request to the key and to the launch's project
+        by_key = await _admin(e2e, gateway.url, "report", "--by", "key")
+        assert [(g["key"], g["requests"]) for g in by_key["groups"]] == [("eve", len(hits))]
+        assert by_key["groups"][0]["last_sync_at"] is not None  # the `sync` above reached the gateway
+        projects = {row["project"] for row in local}
+        assert len(projects) == 1 and None not in projects
+        by_project = await _admin(e2e, gateway.url, "report", "--by", "project")
+        assert [(g["key"], g["requests"]) for g in by_project["groups"]] == [(projects.pop(), len(hits))]
+        assert by_key["total"] == by_project["total"]
 
         secrets_file = e2e.paths.secrets_file
         assert _files_holding(Path(e2e.env["CCGATE_HOME"]), key.encode(), skip={secrets_file}) == []

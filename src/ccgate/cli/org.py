@@ -129,6 +129,10 @@ def _identity_json(app_ctx: AppContext, identity: Identity) -> dict[str, Any]:
         "unsynced_cost_usd": usd_string(backlog.cost_nanos),
         "rejected": backlog.rejected,
         "last_synced_at": state.last_sync_at if state else None,
+        # the gateway's word: when it last took a batch from this key, from this machine or another
+        "gateway_last_sync_at": identity.last_sync_at,
+        "rotated": identity.rotated,
+        "grace_until": identity.grace_until,
         "notice": identity.notice,
     }
 
@@ -163,6 +167,7 @@ def _print_identity(app_ctx: AppContext, identity: Identity, *, out: bool = Fals
     state, backlog = local_status(app_ctx.paths)
     last = state.last_sync_at if state and state.last_sync_at else "never"
     say(f"sync:    {backlog.rows} request(s) waiting, last synced {last}")
+    say(f"         the gateway last took a batch from this key: {identity.last_sync_at or 'never'}")
     if backlog.rejected:
         say(f"         {backlog.rejected} request(s) refused by the gateway (`ccgate sync` shows why)")
     if identity.notice:

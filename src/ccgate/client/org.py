@@ -275,14 +275,18 @@ def doctor_checks(paths: Paths, config: Config) -> list[OrgCheck]:
                     "sync the clock (e.g. `timedatectl set-ntp true`): rows with bad times are refused",
                 )
             )
+    gateway_last = None
     try:
         identity = identity_from_me(url, client.me())
+        gateway_last = identity.last_sync_at
         checks.append(OrgCheck("org key", True, f"{identity.key_name}, team {identity.team}, {identity.mode} mode"))
     except CcgateError as error:
         checks.append(OrgCheck("org key", False, error.message, error.hint or login_fix))
     state, backlog = local_status(paths)
     last = state.last_sync_at if state and state.last_sync_at else "never"
     detail = f"{backlog.rows} request(s) waiting, last synced {last}"
+    if gateway_last:
+        detail += f" (the gateway last took a batch from this key {gateway_last})"
     if backlog.rejected:
         detail += f", {backlog.rejected} refused by the gateway"
     sync_error = state.last_error if state else None

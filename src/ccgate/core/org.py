@@ -41,6 +41,11 @@ class Identity:
     budgets: tuple[OrgBudget, ...]
     expires_at: str | None = None
     notice: str | None = None
+    # when the gateway last took a usage batch from this key (from any machine); None: never, or not said
+    last_sync_at: str | None = None
+    # the gateway's word that the key presented is the one it rotated out (None: an older gateway said nothing)
+    rotated: bool | None = None
+    grace_until: str | None = None
 
 
 def _nanos(value: Any) -> int:
@@ -89,6 +94,9 @@ def parse_me(gateway: str, data: Any) -> Identity:
         budgets=budgets,
         expires_at=_text(data.get("expires_at")),
         notice=_text(data.get("notice")),
+        last_sync_at=_text(data.get("last_sync_at")),
+        rotated=rotated if isinstance(rotated := data.get("rotated"), bool) else None,
+        grace_until=_text(data.get("grace_until")),
     )
 
 
@@ -108,11 +116,13 @@ def org_budget_refusal(budgets: tuple[OrgBudget, ...], unseen_nanos: int) -> Bud
 
 
 def rotation_notice(key: str, identity: Identity) -> str | None:
-    """The org rotated the key: `/v1/me` names the new key's prefix, which the stored key no longer has. The old
-    key works only through the rotation's grace period."""
-    if identity.key_prefix and not key.startswith(identity.key_prefix):
-        return (
-            f"your org rotated this key: it works only until its grace period ends; "
-            f"run `ccgate login {identity.gateway}` with the new key"
-        )
-    return None
+    """The org rotated the key: the old one works only through the rotation's grace period. The gateway says so
+    (`rotated`, `grace_until`); only a gateway that does not is judged by the new key's prefix in `/v1/me`."""
+    if identity.rotated is None:
+        rotated = bool(identity.key_prefix) and not key.startswith(identity.key_prefix or "")
+    else:
+        rotated = identity.rotated
+    if not rotated:
+        return None
+    until = f"until {identity.grace_until}" if identity.grace_until else "only until its grace period ends"
+    return f"your org rotated this key: it works {until}; run `ccgate login {identity.gateway}` with the new key"

@@ -41,6 +41,9 @@ class ProviderSpec:
     # how errors name it ("the org gateway" in the sidecar's proxy mode) and what to do when it is unreachable
     label: str | None = None
     unreachable_hint: str | None = None
+    # the org's ccgate gateway (the sidecar's proxy mode): each request carries its row's project, session and
+    # launch in `x-ccgate-*` headers (core/attribution.py); never set for a provider
+    ccgate_gateway: bool = False
 
 
 def key_env_var(name: str) -> str:

@@ -171,8 +171,18 @@ async def _team_names(store: GatewayStore) -> dict[str, str]:
     return {team.id: team.name for team in await store.list_teams()}
 
 
-def _key_json(key: VirtualKey, team_names: Mapping[str, str]) -> dict[str, Any]:
-    return {**public_dict(key), "team": team_names.get(key.team_id)}
+def _key_json(
+    key: VirtualKey, team_names: Mapping[str, str], synced: Mapping[str, datetime] | None = None
+) -> dict[str, Any]:
+    """`synced` (key id -> last usage batch) given: the key's `last_sync_at` too (None: never synced)."""
+    data = {**public_dict(key), "team": team_names.get(key.team_id)}
+    if synced is not None:
+        data["last_sync_at"] = _iso(synced.get(key.id))
+    return data
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else to_iso(moment)
 
 
 async def _target_names(store: GatewayStore) -> dict[str, str]:
@@ -323,7 +333,8 @@ async def list_keys(request: web.Request) -> web.Response:
         team = own.id
     found = await store.list_keys(team=team, include_revoked=query.get("include_revoked", False))
     names = await _team_names(store)
-    return _json({"keys": [_key_json(key, names) for key in found]})
+    synced = await store.last_syncs()
+    return _json({"keys": [_key_json(key, names, synced) for key in found]})
 
 
 async def create_key(request: web.Request) -> web.Response:
@@ -346,7 +357,8 @@ async def _own_key(request: web.Request, who: Principal) -> VirtualKey:
 async def get_key(request: web.Request) -> web.Response:
     who = _who(request, write=False, team_scoped=True)
     key = await _own_key(request, who)
-    return _json(_key_json(key, await _team_names(_store(request))))
+    store = _store(request)
+    return _json(_key_json(key, await _team_names(store), await store.last_syncs(key.id)))
 
 
 async def update_key(request: web.Request) -> web.Response:
@@ -648,7 +660,23 @@ async def report(request: web.Request) -> web.Response:
         tz=query.get("tz", UTC),
         team_id=who.team_id if who.role is AdminRole.TEAM_ADMIN else None,
     )
-    return _json(report_to_json(result))
+    data = report_to_json(result)
+    if result.by == "key":  # when each key last synced, beside what it spent
+        await _add_last_syncs(_store(request), data["groups"])
+    return _json(data)
+
+
+async def _add_last_syncs(store: GatewayStore, groups: list[dict[str, Any]]) -> None:
+    """Groups are key names (a key id where the key is gone); a name reused after a revoke: its latest sync."""
+    synced = await store.last_syncs()
+    by_name: dict[str, datetime] = {}
+    for key in await store.list_keys(include_revoked=True):
+        moment = synced.get(key.id)
+        if moment is not None and (key.name not in by_name or moment > by_name[key.name]):
+            by_name[key.name] = moment
+    for group in groups:
+        name = group["key"]
+        group["last_sync_at"] = _iso(by_name.get(name) or synced.get(name)) if isinstance(name, str) else None
 
 
 async def no_route(request: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from ccgate import __version__, env
+from ccgate.core import attribution
 from ccgate.core.records import RequestRecord, to_iso
 from ccgate.core.routing import Route
 from ccgate.errors import CcgateError, InvalidRequestError, NotFoundError, PermissionDeniedError, RequestTooLargeError
@@ -46,7 +47,7 @@ access = logging.getLogger("ccgate.gateway.access")
 ADMIN_TOKEN_ENV = env.GATEWAY_ADMIN_TOKEN
 REQUEST_ID_HEADER = "x-ccgate-request-id"
 # Headers a developer's sidecar adds for the gateway; never forwarded to a provider.
-PRIVATE_HEADERS = frozenset({REQUEST_ID_HEADER, "x-ccgate-token", "x-ccgate-launch"})
+PRIVATE_HEADERS = frozenset({REQUEST_ID_HEADER, "x-ccgate-token"}) | attribution.HEADERS
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz"})
 
 
@@ -242,7 +243,11 @@ def _proxy(request: web.Request, entry: KeyEntry, *, admitted: bool) -> tuple[Pr
         admission=RequestAdmission(app[ADMISSION], router) if admitted else None,
         provider_keys=upstreams.provider_keys,
     )
+    project, session_id, launch_id = attribution.decode(request.headers)
     meta = ClientMeta(
+        session_id=session_id,
+        project=project,
+        launch_id=launch_id,
         source="gateway",
         forward_client_auth=False,
         private_headers=PRIVATE_HEADERS,
@@ -275,9 +280,11 @@ async def me(request: web.Request) -> web.StreamResponse:
     entry = await _entry(request)
     identity = entry.identity
     key = identity.key
-    views = await request.app[keys.STORE].budget_views(
+    store = request.app[keys.STORE]
+    views = await store.budget_views(
         key_id=key.id, team_id=identity.team.id, customer_id=identity.customer.id if identity.customer else None
     )
+    synced = (await store.last_syncs(key.id)).get(key.id)
     budgets = [
         {
             "id": view.budget.id,
@@ -305,6 +312,13 @@ async def me(request: web.Request) -> web.StreamResponse:
             "tier_overrides": identity.tier_overrides,
             "expires_at": None if key.expires_at is None else to_iso(key.expires_at),
             "budgets": budgets,
+            # when the gateway last took a usage batch from this key (None: never)
+            "last_sync_at": None if synced is None else to_iso(synced),
+            # the caller used the key the org rotated out: it works until `grace_until`, then only the new one
+            "rotated": identity.via_previous,
+            "grace_until": to_iso(key.previous_valid_until)
+            if identity.via_previous and key.previous_valid_until
+            else None,
         }
     )
 

@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from ccgate.core import attribution
 from ccgate.core.providers import redact_url
 from ccgate.core.records import Attempt, Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
 from ccgate.core.usage import MAX_PLAUSIBLE_INPUT_TOKENS, MAX_PLAUSIBLE_OUTPUT_TOKENS, implausible_usage
@@ -305,7 +306,7 @@ class Proxy:
         else:
             payload = _reencoded({**parse_messages_body(raw, exact=True), "model": target.model})
         url = self._anthropic_url(spec, "/v1/messages/count_tokens", request.rel_url.raw_query_string)
-        headers = self._anthropic_headers(deps, meta, request.headers, spec, request_id=None)
+        headers = self._anthropic_headers(deps, meta, request.headers, spec, record=None)
         with upstream_errors(spec, Stage.CONNECT):
             async with deps.session.post(url, data=payload, headers=headers, allow_redirects=False) as upstream:
                 data = await upstream.read()
@@ -438,7 +439,7 @@ class Proxy:
             data = _reencoded(payload_obj)
         else:
             url = self._anthropic_url(spec, "/v1/messages", ctx.query)
-            headers = self._anthropic_headers(deps, ctx.meta, ctx.headers, spec, request_id=ctx.record.id)
+            headers = self._anthropic_headers(deps, ctx.meta, ctx.headers, spec, record=ctx.record)
             if target.model == ctx.body["model"]:
                 data = ctx.raw
             else:
@@ -884,9 +885,10 @@ class Proxy:
         incoming: Mapping[str, str],
         spec: ProviderSpec,
         *,
-        request_id: str | None,
+        record: RequestRecord | None,
     ) -> dict[str, str]:
-        """Client headers verbatim, minus hop-by-hop and ccgate's own; credentials only where they belong."""
+        """Client headers verbatim, minus hop-by-hop and ccgate's own; credentials only where they belong. To the
+        org gateway, the row's project, session and launch go along (and no client's `x-ccgate-*` header)."""
         # the key stored for Anthropic is not for the developer's own gateway: that one gets their credentials
         key = None if _own_upstream(meta, spec) else deps.provider_keys.get(spec.name)
         keep_client_auth = key is None and meta.forward_client_auth and spec.name in CLIENT_AUTH_PROVIDERS
@@ -896,10 +898,13 @@ class Proxy:
             if (lower := name.lower()) not in HOP_BY_HOP
             and lower not in meta.private_headers
             and (keep_client_auth or lower not in CLIENT_AUTH_HEADERS)
+            and not (spec.ccgate_gateway and lower.startswith("x-ccgate-"))
         }
         headers["Accept-Encoding"] = "identity"
-        if request_id:
-            headers["x-ccgate-request-id"] = request_id
+        if record is not None:
+            headers["x-ccgate-request-id"] = record.id
+            if spec.ccgate_gateway:
+                headers.update(attribution.encode(record.project, record.session_id, record.launch_id))
         headers.update(_provider_auth(spec, key, client_auth=keep_client_auth))
         return headers
 

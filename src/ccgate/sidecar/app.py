@@ -622,6 +622,7 @@ def _proxy_mode(config: Config, providers: Mapping[str, Any], org: OrgSettings) 
         providers["anthropic"],
         base_url=org.url,
         label="the org gateway",
+        ccgate_gateway=True,
         unreachable_hint="`ccgate doctor` checks the gateway; if it stays down, tell your platform team",
     )
     gateway = {"anthropic": spec}

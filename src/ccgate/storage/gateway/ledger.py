@@ -123,6 +123,21 @@ def validate_tags(tags: object) -> str | None:
     return None
 
 
+async def _synced(conn: Connection, key_id: str, now: datetime) -> None:
+    """A batch from this key arrived (whatever it held): when each key last synced, for whoami and the admin."""
+    await conn.execute("UPDATE virtual_keys SET last_sync_at = ? WHERE id = ?", (to_iso(now), key_id))
+
+
+async def last_syncs(db: Database, key_id: str | None = None) -> dict[str, datetime]:
+    """Key id -> when the gateway last took a usage batch from it (keys that never synced are absent)."""
+    where = " AND id = ?" if key_id is not None else ""
+    rows = await db.fetch(
+        f"SELECT id, last_sync_at FROM virtual_keys WHERE last_sync_at IS NOT NULL{where}",
+        [key_id] if key_id is not None else [],
+    )
+    return {str(row[0]): from_iso(str(row[1])) for row in rows}
+
+
 async def ingest(
     db: Database,
     *,
@@ -152,9 +167,12 @@ async def ingest(
             continue
         seen.add(record.id)
         rows.append(GatewayRow(record, key_id, team_id, customer_id, RowSource.INGESTED, dict(tags)))
+    now = utcnow()
+    # its own short transaction, never inside one that holds budget rows: no lock order to keep
+    async with db.transaction() as conn:
+        await _synced(conn, key_id, now)
     if not rows:
         return IngestResult(sent=0, known=repeated, rejected=len(rejected), rejected_ids=tuple(rejected))
-    now = utcnow()
     new_ids: set[str] = set()
     async with db.transaction() as conn:
         budgets = await load_budgets(

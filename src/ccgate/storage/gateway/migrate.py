@@ -57,14 +57,19 @@ class MigrationStatus:
 
 
 def load_migrations() -> list[Migration]:
-    """The packaged migration files in order; names must be `NNNN_lowercase.sql` and numbered 1, 2, 3, ..."""
+    """The packaged migration files in order; names must be `NNNN_lowercase.sql`, the first 0001, no number
+    twice. A number may be missing (branches reserve theirs); each migration stands on its own, so one that
+    arrives later than a higher number still applies as pending."""
     folder = resources.files("ccgate.storage.gateway") / "migrations"
     found = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
     migrations: list[Migration] = []
-    for index, file_name in enumerate(found, start=1):
+    previous = 0
+    for file_name in found:
         match = _NAME.match(file_name)
-        if match is None or int(match.group(1)) != index:
+        number = int(match.group(1)) if match else 0
+        if match is None or number <= previous or (previous == 0 and number != 1):
             raise MigrationError(f"migration file {file_name!r} is misnamed or out of sequence")
+        previous = number
         migrations.append(Migration(file_name[:-4], (folder / file_name).read_text(encoding="utf-8")))
     return migrations
 

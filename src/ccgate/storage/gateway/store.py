@@ -1019,6 +1019,10 @@ class GatewayStore:
         """Idempotent per (key id, row id); see `ledger.ingest`."""
         return await ledger.ingest(self.db, key_id=key_id, team_id=team_id, customer_id=customer_id, records=records)
 
+    async def last_syncs(self, key_id: str | None = None) -> dict[str, datetime]:
+        """Key id -> when the gateway last took a usage batch from it; one key's, or every key's."""
+        return await ledger.last_syncs(self.db, key_id)
+
     async def get_request(self, key_id: str, row_id: str) -> GatewayRow | None:
         return await ledger.get_request(self.db, key_id, row_id)
 
