@@ -24,6 +24,7 @@ from ccgate.storage.gateway import admission, ledger, migrate
 from ccgate.storage.gateway.crypto import KeyCipher, require_cipher
 from ccgate.storage.gateway.db import Connection, Database, connect
 from ccgate.storage.gateway.records import (
+    MAX_RATE_LIMIT,
     AdminRole,
     AdminToken,
     AdmissionResult,
@@ -897,8 +898,10 @@ class GatewayStore:
     ) -> RateLimit:
         """Create or replace the rate limit of a team or key (None: no limit of that kind)."""
         rate_level = _choice(RateLevel, level, "rate limit level")
-        if any(v is not None and not 0 <= v <= 10**12 for v in (rpm, tpm)):
-            raise UserInputError("rate limits are whole numbers from 0", hint="e.g. --rpm 60 --tpm 200000")
+        if any(v is not None and (type(v) is not int or not 0 <= v <= MAX_RATE_LIMIT) for v in (rpm, tpm)):
+            raise UserInputError(
+                f"rate limits are whole numbers from 0 to {MAX_RATE_LIMIT}", hint="e.g. --rpm 60 --tpm 200000"
+            )
         target_id = await self._target_id(rate_level, target)
         now = to_iso(utcnow())
         async with self.db.transaction() as conn:
