@@ -61,6 +61,8 @@ class Hold:
     # budgets with an alert webhook, looked at once the request is settled; whose request it was
     alerting: tuple[str, ...] = ()
     owner: tuple[str, str | None, str | None, str | None] | None = None
+    # (key id, row id) of the request's ledger row: its cost goes into the budgets once (`claim_charge`)
+    row: tuple[str, str] | None = None
 
 
 Webhook = Callable[[str, dict[str, Any]], Coroutine[Any, Any, None]]
@@ -163,7 +165,10 @@ class GatewayAdmission:
         delay = 0.05
         while True:
             if isinstance(result, Admitted):
-                return self._admitted(result, reserve_nanos, model, (key_id, team_id, customer_id, provider_id))
+                hold = self._admitted(result, reserve_nanos, model, (key_id, team_id, customer_id, provider_id))
+                if meta.request_id is not None:
+                    hold.row = (key_id, meta.request_id)
+                return hold
             if isinstance(result, Refused):
                 raise BudgetExceededError(refused_message(result.blocking))
             state = result.blocking.state
@@ -252,7 +257,7 @@ class GatewayAdmission:
         self._end(hold)
         if hold.reservation is not None:
             reservation = hold.reservation
-            settling = self._retrying(lambda: self.store.settle(reservation, max(0, actual_nanos)))
+            settling = self._retrying(lambda: self.store.settle(reservation, max(0, actual_nanos), row=hold.row))
             if hold.alerting and self.webhook is not None and actual_nanos > 0:
                 self._spawn(self._then_alert(settling, hold), "settle")
             else:

@@ -854,10 +854,18 @@ class GatewayStore:
         self._wake_waiters()
         return changed
 
-    async def settle(self, reservation: Reservation, actual_nanos: int, *, now: datetime | None = None) -> bool:
-        """Delete the hold and add the real cost to every budget it held, atomically; False if it had lapsed."""
+    async def settle(
+        self,
+        reservation: Reservation,
+        actual_nanos: int,
+        *,
+        now: datetime | None = None,
+        row: tuple[str, str] | None = None,
+    ) -> bool:
+        """Delete the hold and add the real cost to every budget it held, atomically; False if it had lapsed.
+        With `row` (key id, row id) a row's cost goes into the budgets once (see `admission.claim_charge`)."""
         try:
-            return await admission.settle(self.db, reservation, actual_nanos, now or utcnow())
+            return await admission.settle(self.db, reservation, actual_nanos, now or utcnow(), row)
         finally:
             self._wake_waiters()
 
@@ -1007,9 +1015,10 @@ class GatewayStore:
 
     # --- the ledger --------------------------------------------------------------------------------------------
 
-    async def write_requests(self, rows: Sequence[GatewayRow]) -> None:
-        """Upsert by (key id, row id): the ledger sink writes each row pending, then final, in batches."""
-        await ledger.write_requests(self.db, rows)
+    async def write_requests(self, rows: Sequence[GatewayRow]) -> list[GatewayRow]:
+        """Insert, or update while pending, by (key id, row id); returns the rows whose id a finished row of another
+        request already has (see `ledger.write_requests`)."""
+        return await ledger.write_requests(self.db, rows)
 
     async def ingest(
         self,
