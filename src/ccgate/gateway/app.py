@@ -30,11 +30,11 @@ from ccgate.gateway import keys
 from ccgate.gateway.admission import GatewayAdmission, RequestAdmission
 from ccgate.gateway.auth import KEY_CACHE_SECONDS, KeyCache, presented_key
 from ccgate.gateway.ledger import GatewayLedger, KeyLedger, Owner
-from ccgate.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from ccgate.gateway.metrics import CONTENT_TYPE, GatewayMetrics, budget_exposition
 from ccgate.gateway.routing import KeyRouter
 from ccgate.proxy.engine import ClientMeta, Proxy, ProxyDeps, error_response
 from ccgate.storage.gateway.migrate import MigrationStatus
-from ccgate.storage.gateway.records import KeyIdentity, KeyMode
+from ccgate.storage.gateway.records import BudgetLevel, KeyIdentity, KeyMode
 from ccgate.storage.gateway.store import GatewayStore
 from ccgate.storage.reports import usd_string
 
@@ -352,8 +352,25 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         raise AuthenticationError(
             "/metrics needs an admin token", hint="send it as Authorization: Bearer (CCGATE_GATEWAY_ADMIN_TOKEN)"
         )
-    body = request.app[METRICS].exposition()
+    body = request.app[METRICS].exposition() + await _budget_gauges(request.app)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _budget_gauges(app: web.Application) -> bytes:
+    """Budget left per budget, read from the database now (a few reads per scrape, none per request)."""
+    store = app[keys.STORE]
+    per_key = app[SETTINGS].metrics_per_key
+    budgets = await store.list_budgets()
+    if not per_key:
+        budgets = [b for b in budgets if b.level is not BudgetLevel.KEY]
+    if not budgets:
+        return b""
+    names: dict[str, str] = {c.id: c.name for c in await store.list_customers()}
+    names.update((t.id, t.name) for t in await store.list_teams())
+    names.update((p.id, p.name) for p in await store.list_providers())
+    if per_key:
+        names.update((k.id, k.name) for k in await store.list_keys(include_revoked=True))
+    return budget_exposition(await store.budget_states(budgets), names, per_key=per_key)
 
 
 async def root(request: web.Request) -> web.StreamResponse:
