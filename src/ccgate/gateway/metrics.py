@@ -157,5 +157,5 @@ def budget_exposition(views: Sequence[BudgetView], names: Mapping[str, str], *, 
         values = (budget.level.value, names.get(budget.target_id, budget.target_id), period, budget.id)
         samples.append((values, view.state.left_nanos, view.state.limit_nanos))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_BudgetGauges(samples))  # type: ignore[arg-type]
+    registry.register(_BudgetGauges(samples))
     return bytes(generate_latest(registry))
