@@ -28,7 +28,7 @@ from ccgate.core.routing import Route
 from ccgate.errors import CcgateError, InvalidRequestError, NotFoundError, PermissionDeniedError, RequestTooLargeError
 from ccgate.gateway import keys
 from ccgate.gateway.admission import GatewayAdmission, RequestAdmission
-from ccgate.gateway.auth import KEY_CACHE_SECONDS, KeyCache, presented_key
+from ccgate.gateway.auth import KEY_CACHE_SECONDS, UNKNOWN_LOOKUPS_PER_SECOND, KeyCache, presented_key
 from ccgate.gateway.ledger import GatewayLedger, KeyLedger, Owner
 from ccgate.gateway.metrics import CONTENT_TYPE, GatewayMetrics, budget_exposition
 from ccgate.gateway.routing import KeyRouter
@@ -59,6 +59,8 @@ class GatewaySettings:
     # apply pending migrations at start; otherwise a database that needs them is refused
     migrate: bool = False
     key_cache_seconds: float = KEY_CACHE_SECONDS
+    # database look-ups of unknown keys per client address and second (past it: 429)
+    unknown_keys_per_second: float = UNKNOWN_LOOKUPS_PER_SECOND
     # a budget hold lapses this long after its instance stops renewing it (renewed every third of it)
     reservation_ttl_seconds: float = 30.0
     # a request that only reservations keep out waits while they move, up to this long without progress
@@ -194,7 +196,7 @@ async def _answer(
 async def _entry(request: web.Request) -> KeyEntry:
     """The caller's key (401 otherwise), with its router and ledger sink."""
     app = request.app
-    identity = await app[KEYS].authenticate(presented_key(request.headers))
+    identity = await app[KEYS].authenticate(presented_key(request.headers), request.remote)
     entries: dict[str, KeyEntry] = app[ENTRIES]
     entry = entries.get(identity.key.id)
     if entry is None or entry.identity is not identity:
@@ -402,7 +404,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     cipher = KeyCipher.from_env(dict(settings.environ))
     store = await open_checked_store(settings, cipher)
     app[keys.STORE] = store
-    app[KEYS] = KeyCache(store, ttl=settings.key_cache_seconds)
+    app[KEYS] = KeyCache(store, ttl=settings.key_cache_seconds, unknown_per_second=settings.unknown_keys_per_second)
     try:
         yield
     finally:
