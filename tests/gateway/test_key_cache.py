@@ -1,17 +1,20 @@
-"""The key cache: unknown keys answered from a negative cache, and their database reads capped per address."""
+"""The per-request shortcuts: unknown keys from a negative cache (reads capped per address); no budget, no hold."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import aiohttp
 import pytest
 from gateway_harness import running_gateway
 
 from ccgate.errors import AuthenticationError, RateLimitedError
+from ccgate.gateway.admission import GatewayAdmission
 from ccgate.gateway.auth import KeyCache
+from ccgate.proxy.seams import ClientMeta
 from ccgate.storage.gateway import GatewayStore
-from ccgate.storage.gateway.records import KeyIdentity
+from ccgate.storage.gateway.records import AdmissionResult, KeyIdentity
 
 
 class CountingStore(GatewayStore):
@@ -62,3 +65,29 @@ async def test_a_key_scanner_gets_429_with_retry_after(db_url: str) -> None:
                     assert body["error"]["type"] == "rate_limit_error"
                     break
         assert statuses == [401, 429]  # one look-up of an unknown key allowed, the next refused before any read
+
+
+class CountingReserves(GatewayStore):
+    reserves = 0
+
+    async def reserve(self, **kwargs: Any) -> AdmissionResult:
+        self.reserves += 1
+        return await super().reserve(**kwargs)
+
+
+async def test_requests_of_keys_without_any_budget_skip_the_reservation(store: GatewayStore) -> None:
+    counting = CountingReserves(store.db)
+    await counting.create_customer("acme")
+    team = await counting.create_team("core", customer="acme")
+    key = (await counting.create_key(team="core", name="ada")).key
+    budgeted: frozenset[str] = frozenset()
+    admission = GatewayAdmission(counting, "gw-1", ttl=timedelta(seconds=30), budgeted=lambda: budgeted)
+    meta = ClientMeta(extra={"key_id": key.id, "team_id": team.id, "customer_id": team.customer_id or ""})
+    hold = await admission.admit(meta, reserve_nanos=10, model="m")
+    assert hold.reservation is None and counting.reserves == 0
+    await counting.create_budget(level="customer", target="acme", limit_nanos=10**9, period="1d")
+    budgeted = frozenset({team.customer_id or ""})
+    hold = await admission.admit(meta, reserve_nanos=10, model="m")
+    assert hold.reservation is not None and counting.reserves == 1
+    admission.release(hold)
+    await admission.close()

@@ -98,6 +98,7 @@ class GatewayAdmission:
         max_wait: float = 600.0,
         provider_ids: Callable[[str], str | None] = lambda name: None,
         rate_limited: Callable[[], frozenset[str]] | None = None,
+        budgeted: Callable[[], frozenset[str] | None] | None = None,
         webhook: Webhook | None = None,
     ) -> None:
         """`rate_limited`: the ids of keys and teams with a rate limit (re-read every few seconds); requests of
@@ -109,6 +110,7 @@ class GatewayAdmission:
         self.max_wait = max(max_wait, wait_timeout)
         self.provider_ids = provider_ids
         self.rate_limited = rate_limited
+        self.budgeted = budgeted
         self.webhook = webhook
         self._holds: set[Hold] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -139,6 +141,11 @@ class GatewayAdmission:
                 ttl=self.ttl,
             )
 
+        budgeted = None if self.budgeted is None else self.budgeted()
+        if budgeted is not None and not any(i in budgeted for i in (key_id, team_id, customer_id, provider_id) if i):
+            # no budget at any level: nothing to reserve, and no round trip for it
+            self._raise_if_limited(await self._rate_check(key_id, team_id))
+            return Hold(None, ())
         rate = asyncio.ensure_future(self._rate_check(key_id, team_id))
         try:
             result = await self._attempt(reserve())
@@ -152,12 +159,7 @@ class GatewayAdmission:
             raise
         if isinstance(limited, RateLimited):
             self._release_result(result)
-            level = limited.limit.level.value
-            raise RateLimitedError(
-                f"the {level}'s rate limit of {limited.allowed} {limited.kind} a minute is reached",
-                retry_after=limited.retry_after_s,
-                hint=f"retry in {limited.retry_after_s} s, or ask your gateway admin to raise it",
-            )
+            self._raise_if_limited(limited)
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.max_wait
         mark: tuple[object, ...] | None = None
@@ -191,6 +193,16 @@ class GatewayAdmission:
                 await asyncio.wait_for(changed.wait(), min(delay, max(0.0, give_up_at - now)))
             delay = min(delay * 2, 1.0)
             result = await self._attempt(reserve())
+
+    @staticmethod
+    def _raise_if_limited(limited: RateDecision) -> None:
+        if isinstance(limited, RateLimited):
+            level = limited.limit.level.value
+            raise RateLimitedError(
+                f"the {level}'s rate limit of {limited.allowed} {limited.kind} a minute is reached",
+                retry_after=limited.retry_after_s,
+                hint=f"retry in {limited.retry_after_s} s, or ask your gateway admin to raise it",
+            )
 
     async def _rate_check(self, key_id: str, team_id: str | None) -> RateDecision:
         limited = None if self.rate_limited is None else self.rate_limited()

@@ -87,6 +87,10 @@ class Upstreams:
     pricer: Any
     # ids of the keys and teams that have a rate limit: requests of the others skip the check's round trip
     rate_limited: frozenset[str] = frozenset()
+    # ids of the customers, teams, keys and providers that have a budget, as of `budget_generation` of this
+    # process's store: requests of the others skip the reservation's round trips (None: not known)
+    budgeted: frozenset[str] | None = None
+    budget_generation: int = -1
 
 
 @dataclass
@@ -483,7 +487,18 @@ async def load_upstreams(store: GatewayStore, environ: Mapping[str, str], pricer
                 stored_keys[config.name] = key
     provider_keys = {name: environ.get(key_env_var(name)) or stored_keys.get(name, "") for name in providers}
     rate_limited = frozenset(limit.target_id for limit in await store.list_rate_limits())
-    return Upstreams(providers, {k: v for k, v in provider_keys.items() if v}, ids, pricer, rate_limited)
+    generation = store.budget_generation  # read first: a budget created meanwhile makes this snapshot stale
+    budgeted = frozenset(budget.target_id for budget in await store.list_budgets())
+    return Upstreams(
+        providers, {k: v for k, v in provider_keys.items() if v}, ids, pricer, rate_limited, budgeted, generation
+    )
+
+
+def _budgeted(app: web.Application) -> frozenset[str] | None:
+    """Who has a budget, if the snapshot is current for this process (another instance's new budget applies
+    here within `refresh_seconds`, like a rate limit)."""
+    upstreams = app[UPSTREAMS].upstreams
+    return upstreams.budgeted if upstreams.budget_generation == app[keys.STORE].budget_generation else None
 
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
@@ -573,6 +588,7 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
         wait_timeout=settings.budget_wait_seconds,
         provider_ids=lambda name: app[UPSTREAMS].upstreams.provider_ids.get(name),
         rate_limited=lambda: app[UPSTREAMS].upstreams.rate_limited,
+        budgeted=lambda: _budgeted(app),
         webhook=lambda url, payload: post_webhook(app[SESSION], url, payload),
     )
     await instances.beat(store.db, settings.instance_id, ttl, utcnow())

@@ -217,6 +217,8 @@ class GatewayStore:
     """Everything the gateway server keeps: one instance per process (its own pool or SQLite thread)."""
 
     def __init__(self, db: Database, *, cipher: KeyCipher | None = None) -> None:
+        # bumped when this process creates a budget: a cached "who has budgets" set is stale from then on
+        self.budget_generation = 0
         self.db = db
         self.cipher = cipher
         self._holds_changed = asyncio.Event()
@@ -692,6 +694,35 @@ class GatewayStore:
         It starts from what the ledger already holds for its target in the current window: a monthly team
         budget set on the 20th counts the month so far.
         """
+        self.budget_generation += 1
+        try:
+            return await self._create_budget(
+                level=level,
+                target=target,
+                limit_nanos=limit_nanos,
+                period=period,
+                calendar=calendar,
+                timezone=timezone,
+                thresholds=thresholds,
+                webhook_url=webhook_url,
+                actor=actor,
+            )
+        finally:
+            self.budget_generation += 1  # a snapshot read while it was being created is stale too
+
+    async def _create_budget(
+        self,
+        *,
+        level: BudgetLevel | str,
+        target: str,
+        limit_nanos: int,
+        period: str,
+        calendar: bool,
+        timezone: str,
+        thresholds: Sequence[Decimal],
+        webhook_url: str | None,
+        actor: str | None,
+    ) -> Budget:
         budget_level = _choice(BudgetLevel, level, "budget level")
         target_id = await self._target_id(budget_level, target)
         if not 0 <= limit_nanos <= admission.MAX_NANOS:
