@@ -90,7 +90,8 @@ class KeyCache:
         elif now - self._unknown.get(digest, -self.ttl) < self.ttl:
             identity = None  # a negative answer cached: no database read, nothing counted
         else:
-            self._check_misses(client, now)
+            if entry is None:  # a key this instance knew is re-read whatever its address did (a shared proxy's)
+                self._check_misses(client, now)
             identity = await self._load(digest, plaintext)
             if identity is None:
                 self._missed(client, now)
