@@ -552,3 +552,11 @@ async def test_an_admin_token_of_bytes_that_are_not_utf8_is_a_401_not_a_500(api:
         writer.close()
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
     assert b"authentication_error" in answer
+
+
+async def test_a_rate_limit_too_big_for_its_column_is_a_400(api: AdminCaller, store: GatewayStore) -> None:
+    await _org(api)
+    status, body = await api("PUT", "/ratelimits/team/core", {"rpm": 10**12, "tpm": None})
+    assert status == 400
+    assert "2147483647" in error_of(body)
+    assert await store.list_rate_limits() == []

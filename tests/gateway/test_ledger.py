@@ -6,8 +6,10 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
+from ccgate.gateway.ledger import GatewayLedger, Owner
 from ccgate.storage.gateway import GatewayRow, GatewayStore, RateAllowed, RateLimited, RowSource
-from ccgate.storage.gateway.records import KeyIdentity
+from ccgate.storage.gateway.instances import recover_dead
+from ccgate.storage.gateway.records import Admitted, KeyIdentity, Reservation
 from ccgate.storage.reports import report_to_json
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
@@ -253,3 +255,102 @@ async def test_a_budget_set_mid_window_counts_the_window_so_far(store: GatewaySt
     assert spent["team"] == 1_050
     assert spent["key"] >= 350  # the last hour (its oldest bucket may reach a little further back)
     assert spent["provider"] == 1_000  # proxied rows only
+
+
+async def test_a_finished_row_is_never_overwritten_by_a_reused_id(store: GatewayStore) -> None:
+    who = await _key(store)
+    first = GatewayRow(_record("dup", nanos=7_000), who.key.id, who.team.id, None, instance_id="gw-1")
+    assert await store.write_requests([first]) == []
+    # the same request's final again (a retry after a broken commit): dropped, not "reused"
+    assert await store.write_requests([first]) == []
+    other = GatewayRow(
+        _record("dup", at=T0 + timedelta(minutes=1), nanos=1, status=RequestStatus.ERROR),
+        who.key.id,
+        who.team.id,
+        None,
+        instance_id="gw-2",
+    )
+    assert await store.write_requests([other]) == [other]
+    stored = await store.get_request(who.key.id, "dup")
+    assert stored is not None
+    assert (stored.record.status, stored.record.cost.nanos, stored.instance_id) == (RequestStatus.OK, 7_000, "gw-1")
+
+
+async def test_the_ledger_stores_a_request_with_a_reused_id_under_a_fresh_id(store: GatewayStore) -> None:
+    who = await _key(store)
+    await store.write_requests([GatewayRow(_record("dup", nanos=7_000), who.key.id, who.team.id, None)])
+    sink = GatewayLedger(store, "gw-1")
+    sink.start()
+    owner = Owner(who.key.id, who.team.id, None)
+    again = _record("dup", at=T0 + timedelta(minutes=5), nanos=None, status=RequestStatus.PENDING)
+    sink.enqueue(owner, again)
+    assert await sink.flush()
+    again.status, again.cost = RequestStatus.OK, Cost(3_000, PriceQuality.PRICED)
+    sink.enqueue(owner, again)
+    assert await sink.flush()
+    await sink.close()
+    rows = await store.db.fetch("SELECT id, status, cost_nanos FROM requests ORDER BY cost_nanos")
+    assert [(str(r[1]), int(r[2])) for r in rows] == [("ok", 3_000), ("ok", 7_000)]
+    assert str(rows[1][0]) == "dup" and str(rows[0][0]) != "dup"
+
+
+async def _spent(store: GatewayStore, who: KeyIdentity) -> int:
+    (view,) = await store.budget_views(key_id=who.key.id, team_id=who.team.id, customer_id=who.team.customer_id)
+    return view.state.spent_nanos
+
+
+async def _hold(store: GatewayStore, who: KeyIdentity, instance: str, ttl_s: float = 60.0) -> Reservation:
+    result = await store.reserve(
+        key_id=who.key.id,
+        team_id=who.team.id,
+        customer_id=who.team.customer_id,
+        provider_id=None,
+        bound_nanos=10_000,
+        instance_id=instance,
+        ttl=timedelta(seconds=ttl_s),
+    )
+    assert isinstance(result, Admitted)
+    return result.reservation
+
+
+async def test_a_row_synced_first_and_proxied_afterwards_is_charged_once(store: GatewayStore) -> None:
+    who = await _key(store)
+    await store.create_budget(level="key", target="dev", limit_nanos=10**9, period="1y")
+    hold = await _hold(store, who, "gw-1")
+    synced = _record("shared", at=datetime.now(UTC), nanos=4_000)
+    result = await store.ingest(
+        key_id=who.key.id, team_id=who.team.id, customer_id=who.team.customer_id, records=[(synced, {})]
+    )
+    assert result.sent == 1
+    await store.settle(hold, 5_000, row=(who.key.id, "shared"))
+    assert await _spent(store, who) == 5_000  # the request's cost once, not 4,000 + 5,000
+
+
+async def test_a_recovered_row_settled_later_by_its_own_instance_is_charged_once(store: GatewayStore) -> None:
+    """An instance lost the database longer than the hold TTL mid-stream: another instance recovered its row
+    (charging the cost so far), then the first one came back and settled the whole cost."""
+    who = await _key(store)
+    await store.create_budget(level="key", target="dev", limit_nanos=10**9, period="1y")
+    hold = await _hold(store, who, "gw-1", ttl_s=0.001)
+    started = datetime.now(UTC)
+    partial = _record("long", at=started, nanos=2_000, status=RequestStatus.PENDING)
+    await store.write_requests([GatewayRow(partial, who.key.id, who.team.id, None, instance_id="gw-1")])
+    assert await recover_dead(store.db, datetime.now(UTC) + timedelta(seconds=1)) == 1
+    assert await _spent(store, who) == 2_000
+    await store.settle(hold, 6_000, row=(who.key.id, "long"))
+    assert await _spent(store, who) == 6_000  # not 2,000 + 6,000
+    final = _record("long", at=started, nanos=6_000)  # its own final replaces the recovered row
+    await store.write_requests([GatewayRow(final, who.key.id, who.team.id, None, instance_id="gw-1")])
+    stored = await store.get_request(who.key.id, "long")
+    assert stored is not None and stored.record.status is RequestStatus.OK and stored.record.cost.nanos == 6_000
+
+
+async def test_reusing_a_request_id_does_not_make_requests_free(store: GatewayStore) -> None:
+    who = await _key(store)
+    await store.create_budget(level="key", target="dev", limit_nanos=10**9, period="1y")
+    hold = await _hold(store, who, "gw-1")
+    await store.settle(hold, 5_000, row=(who.key.id, "same"))
+    await store.write_requests([GatewayRow(_record("same", nanos=5_000), who.key.id, who.team.id, None)])
+    for _ in range(2):
+        await store.settle(await _hold(store, who, "gw-1"), 3_000, row=(who.key.id, "same"))
+    assert await _spent(store, who) == 11_000

@@ -107,3 +107,29 @@ async def test_workers_share_one_port_and_their_metrics_add_up(db_url: str, tmp_
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+async def test_budget_left_is_read_from_the_database_at_scrape_time(db_url: str) -> None:
+    async with running_gateway(db_url) as gateway, aiohttp.ClientSession() as http:
+        store = gateway.store
+        await store.create_budget(level="team", target="core", limit_nanos=5 * 10**9, period="1d")
+        await store.create_budget(level="key", target="ada", limit_nanos=10**9, period="1d")
+        _, text = await _scrape(http, gateway.url)
+        team = [line for line in text.splitlines() if line.startswith("ccgate_gateway_budget_left_usd{")]
+        assert len(team) == 1 and 'level="team"' in team[0] and 'target="core"' in team[0]
+        assert team[0].endswith(" 5.0")
+        assert "ada" not in text  # key budgets only with per-key series on
+        gateway.upstream.handler = lambda _: TextReply("ok", usage=Usage(input_tokens=1000, output_tokens=10))
+        client = gateway.client(gateway.keys["ada"])
+        await client.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "x"}])
+        await gateway.flush()
+        for _ in range(100):  # the settle runs after the reply
+            _, text = await _scrape(http, gateway.url)
+            (line,) = [x for x in text.splitlines() if x.startswith("ccgate_gateway_budget_left_usd{")]
+            if not line.endswith(" 5.0"):
+                break
+            await asyncio.sleep(0.05)
+        assert float(line.rsplit(" ", 1)[1]) < 5.0
+    async with running_gateway(db_url, org=False, metrics_per_key=True) as gateway, aiohttp.ClientSession() as http:
+        _, text = await _scrape(http, gateway.url)
+        assert any('level="key"' in x and 'target="ada"' in x for x in text.splitlines())

@@ -59,3 +59,14 @@ async def test_unknown_choices_are_user_errors(store: GatewayStore) -> None:
         await store.create_budget(level="org", target="core", limit_nanos=1, period="1d")
     with pytest.raises(UserInputError):
         await store.set_rate_limit(level="customer", target="core", rpm=1, tpm=None)
+
+
+async def test_a_rate_limit_past_the_32_bit_columns_is_a_user_error_not_a_driver_error(store: GatewayStore) -> None:
+    """rpm/tpm are INTEGER columns (32-bit on PostgreSQL): the store refuses what they cannot hold, clearly."""
+    await store.create_team("core")
+    for rpm, tpm in ((2**31, None), (None, 10**12)):
+        with pytest.raises(UserInputError, match="2147483647"):
+            await store.set_rate_limit(level="team", target="core", rpm=rpm, tpm=tpm)
+    assert await store.list_rate_limits() == []
+    limit = await store.set_rate_limit(level="team", target="core", rpm=2**31 - 1, tpm=2**31 - 1)
+    assert (limit.rpm, limit.tpm) == (2**31 - 1, 2**31 - 1)

@@ -21,7 +21,7 @@ from ccgate.core.budgets import parse_period
 from ccgate.core.records import to_iso, usd_to_nanos, utcnow
 from ccgate.core.routing import TIER_WORDS
 from ccgate.errors import InvalidRequestError, RequestTooLargeError
-from ccgate.storage.gateway.records import AdminRole
+from ccgate.storage.gateway.records import MAX_RATE_LIMIT, AdminRole
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_USD = Decimal(1_000_000_000)  # a billion dollars: beyond it an amount is a typo, and nanos stay in BIGINT
@@ -84,8 +84,8 @@ def boolean(field: str, value: Any) -> bool:
 def count(field: str, value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**12:
-        raise bad(field, "a whole number from 0 to 10^12, or null")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RATE_LIMIT:
+        raise bad(field, f"a whole number from 0 to {MAX_RATE_LIMIT}, or null")
     return value
 
 

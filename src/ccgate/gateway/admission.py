@@ -61,6 +61,8 @@ class Hold:
     # budgets with an alert webhook, looked at once the request is settled; whose request it was
     alerting: tuple[str, ...] = ()
     owner: tuple[str, str | None, str | None, str | None] | None = None
+    # (key id, row id) of the request's ledger row: its cost goes into the budgets once (`claim_charge`)
+    row: tuple[str, str] | None = None
 
 
 Webhook = Callable[[str, dict[str, Any]], Coroutine[Any, Any, None]]
@@ -96,6 +98,7 @@ class GatewayAdmission:
         max_wait: float = 600.0,
         provider_ids: Callable[[str], str | None] = lambda name: None,
         rate_limited: Callable[[], frozenset[str]] | None = None,
+        budgeted: Callable[[], frozenset[str] | None] | None = None,
         webhook: Webhook | None = None,
     ) -> None:
         """`rate_limited`: the ids of keys and teams with a rate limit (re-read every few seconds); requests of
@@ -107,6 +110,7 @@ class GatewayAdmission:
         self.max_wait = max(max_wait, wait_timeout)
         self.provider_ids = provider_ids
         self.rate_limited = rate_limited
+        self.budgeted = budgeted
         self.webhook = webhook
         self._holds: set[Hold] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -137,6 +141,11 @@ class GatewayAdmission:
                 ttl=self.ttl,
             )
 
+        budgeted = None if self.budgeted is None else self.budgeted()
+        if budgeted is not None and not any(i in budgeted for i in (key_id, team_id, customer_id, provider_id) if i):
+            # no budget at any level: nothing to reserve, and no round trip for it
+            self._raise_if_limited(await self._rate_check(key_id, team_id))
+            return Hold(None, ())
         rate = asyncio.ensure_future(self._rate_check(key_id, team_id))
         try:
             result = await self._attempt(reserve())
@@ -150,12 +159,7 @@ class GatewayAdmission:
             raise
         if isinstance(limited, RateLimited):
             self._release_result(result)
-            level = limited.limit.level.value
-            raise RateLimitedError(
-                f"the {level}'s rate limit of {limited.allowed} {limited.kind} a minute is reached",
-                retry_after=limited.retry_after_s,
-                hint=f"retry in {limited.retry_after_s} s, or ask your gateway admin to raise it",
-            )
+            self._raise_if_limited(limited)
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.max_wait
         mark: tuple[object, ...] | None = None
@@ -163,7 +167,10 @@ class GatewayAdmission:
         delay = 0.05
         while True:
             if isinstance(result, Admitted):
-                return self._admitted(result, reserve_nanos, model, (key_id, team_id, customer_id, provider_id))
+                hold = self._admitted(result, reserve_nanos, model, (key_id, team_id, customer_id, provider_id))
+                if meta.request_id is not None:
+                    hold.row = (key_id, meta.request_id)
+                return hold
             if isinstance(result, Refused):
                 raise BudgetExceededError(refused_message(result.blocking))
             state = result.blocking.state
@@ -186,6 +193,16 @@ class GatewayAdmission:
                 await asyncio.wait_for(changed.wait(), min(delay, max(0.0, give_up_at - now)))
             delay = min(delay * 2, 1.0)
             result = await self._attempt(reserve())
+
+    @staticmethod
+    def _raise_if_limited(limited: RateDecision) -> None:
+        if isinstance(limited, RateLimited):
+            level = limited.limit.level.value
+            raise RateLimitedError(
+                f"the {level}'s rate limit of {limited.allowed} {limited.kind} a minute is reached",
+                retry_after=limited.retry_after_s,
+                hint=f"retry in {limited.retry_after_s} s, or ask your gateway admin to raise it",
+            )
 
     async def _rate_check(self, key_id: str, team_id: str | None) -> RateDecision:
         limited = None if self.rate_limited is None else self.rate_limited()
@@ -252,7 +269,7 @@ class GatewayAdmission:
         self._end(hold)
         if hold.reservation is not None:
             reservation = hold.reservation
-            settling = self._retrying(lambda: self.store.settle(reservation, max(0, actual_nanos)))
+            settling = self._retrying(lambda: self.store.settle(reservation, max(0, actual_nanos), row=hold.row))
             if hold.alerting and self.webhook is not None and actual_nanos > 0:
                 self._spawn(self._then_alert(settling, hold), "settle")
             else:

@@ -29,14 +29,14 @@ from ccgate.core.routing import Route
 from ccgate.errors import CcgateError, InvalidRequestError, NotFoundError, PermissionDeniedError, RequestTooLargeError
 from ccgate.gateway import keys
 from ccgate.gateway.admission import GatewayAdmission, RequestAdmission
-from ccgate.gateway.auth import KEY_CACHE_SECONDS, KeyCache, presented_key
+from ccgate.gateway.auth import KEY_CACHE_SECONDS, UNKNOWN_LOOKUPS_PER_SECOND, KeyCache, presented_key
 from ccgate.gateway.ledger import GatewayLedger, KeyLedger, Owner
-from ccgate.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from ccgate.gateway.metrics import CONTENT_TYPE, GatewayMetrics, budget_exposition
 from ccgate.gateway.routing import KeyRouter
 from ccgate.proxy.engine import ClientMeta, Proxy, ProxyDeps, error_response
 from ccgate.proxy.serving import upstream_session_context
 from ccgate.storage.gateway.migrate import MigrationStatus
-from ccgate.storage.gateway.records import KeyIdentity, KeyMode
+from ccgate.storage.gateway.records import BudgetLevel, KeyIdentity, KeyMode
 from ccgate.storage.gateway.store import GatewayStore
 from ccgate.storage.reports import usd_string
 
@@ -61,6 +61,8 @@ class GatewaySettings:
     # apply pending migrations at start; otherwise a database that needs them is refused
     migrate: bool = False
     key_cache_seconds: float = KEY_CACHE_SECONDS
+    # database look-ups of unknown keys per client address and second (past it: 429)
+    unknown_keys_per_second: float = UNKNOWN_LOOKUPS_PER_SECOND
     # a budget hold lapses this long after its instance stops renewing it (renewed every third of it)
     reservation_ttl_seconds: float = 30.0
     # a request that only reservations keep out waits while they move, up to this long without progress
@@ -87,6 +89,10 @@ class Upstreams:
     pricer: Any
     # ids of the keys and teams that have a rate limit: requests of the others skip the check's round trip
     rate_limited: frozenset[str] = frozenset()
+    # ids of the customers, teams, keys and providers that have a budget, as of `budget_generation` of this
+    # process's store: requests of the others skip the reservation's round trips (None: not known)
+    budgeted: frozenset[str] | None = None
+    budget_generation: int = -1
 
 
 @dataclass
@@ -196,7 +202,7 @@ async def _answer(
 async def _entry(request: web.Request) -> KeyEntry:
     """The caller's key (401 otherwise), with its router and ledger sink."""
     app = request.app
-    identity = await app[KEYS].authenticate(presented_key(request.headers))
+    identity = await app[KEYS].authenticate(presented_key(request.headers), request.remote)
     entries: dict[str, KeyEntry] = app[ENTRIES]
     entry = entries.get(identity.key.id)
     if entry is None or entry.identity is not identity:
@@ -367,8 +373,25 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         raise AuthenticationError(
             "/metrics needs an admin token", hint="send it as Authorization: Bearer (CCGATE_GATEWAY_ADMIN_TOKEN)"
         )
-    body = request.app[METRICS].exposition()
+    body = request.app[METRICS].exposition() + await _budget_gauges(request.app)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _budget_gauges(app: web.Application) -> bytes:
+    """Budget left per budget, read from the database now (a few reads per scrape, none per request)."""
+    store = app[keys.STORE]
+    per_key = app[SETTINGS].metrics_per_key
+    budgets = await store.list_budgets()
+    if not per_key:
+        budgets = [b for b in budgets if b.level is not BudgetLevel.KEY]
+    if not budgets:
+        return b""
+    names: dict[str, str] = {c.id: c.name for c in await store.list_customers()}
+    names.update((t.id, t.name) for t in await store.list_teams())
+    names.update((p.id, p.name) for p in await store.list_providers())
+    if per_key:
+        names.update((k.id, k.name) for k in await store.list_keys(include_revoked=True))
+    return budget_exposition(await store.budget_states(budgets), names, per_key=per_key)
 
 
 async def root(request: web.Request) -> web.StreamResponse:
@@ -400,7 +423,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     cipher = KeyCipher.from_env(dict(settings.environ))
     store = await open_checked_store(settings, cipher)
     app[keys.STORE] = store
-    app[KEYS] = KeyCache(store, ttl=settings.key_cache_seconds)
+    app[KEYS] = KeyCache(store, ttl=settings.key_cache_seconds, unknown_per_second=settings.unknown_keys_per_second)
     try:
         yield
     finally:
@@ -479,7 +502,18 @@ async def load_upstreams(store: GatewayStore, environ: Mapping[str, str], pricer
                 stored_keys[config.name] = key
     provider_keys = {name: environ.get(key_env_var(name)) or stored_keys.get(name, "") for name in providers}
     rate_limited = frozenset(limit.target_id for limit in await store.list_rate_limits())
-    return Upstreams(providers, {k: v for k, v in provider_keys.items() if v}, ids, pricer, rate_limited)
+    generation = store.budget_generation  # read first: a budget created meanwhile makes this snapshot stale
+    budgeted = frozenset(budget.target_id for budget in await store.list_budgets())
+    return Upstreams(
+        providers, {k: v for k, v in provider_keys.items() if v}, ids, pricer, rate_limited, budgeted, generation
+    )
+
+
+def _budgeted(app: web.Application) -> frozenset[str] | None:
+    """Who has a budget, if the snapshot is current for this process (another instance's new budget applies
+    here within `refresh_seconds`, like a rate limit)."""
+    upstreams = app[UPSTREAMS].upstreams
+    return upstreams.budgeted if upstreams.budget_generation == app[keys.STORE].budget_generation else None
 
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
@@ -558,6 +592,7 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
         wait_timeout=settings.budget_wait_seconds,
         provider_ids=lambda name: app[UPSTREAMS].upstreams.provider_ids.get(name),
         rate_limited=lambda: app[UPSTREAMS].upstreams.rate_limited,
+        budgeted=lambda: _budgeted(app),
         webhook=lambda url, payload: post_webhook(app[SESSION], url, payload),
     )
     await instances.beat(store.db, settings.instance_id, ttl, utcnow())

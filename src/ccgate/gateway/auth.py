@@ -8,12 +8,14 @@ cache is keyed by the key's hash, never by the key itself.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from ccgate.core.records import utcnow
-from ccgate.errors import AuthenticationError
+from ccgate.errors import AuthenticationError, RateLimitedError
 from ccgate.storage.gateway.records import KeyIdentity
 from ccgate.storage.gateway.store import KEY_PREFIX, GatewayStore, hash_secret
 
@@ -21,6 +23,10 @@ from ccgate.storage.gateway.store import KEY_PREFIX, GatewayStore, hash_secret
 KEY_CACHE_SECONDS = 2.0
 MAX_CACHED_KEYS = 10_000
 MAX_KEY_CHARS = 256
+# Database look-ups that found no key, allowed per client address and second (a bucket of this size refilled at
+# this rate): a scanner trying keys costs a read each, so past it the address gets 429 before any read.
+UNKNOWN_LOOKUPS_PER_SECOND = 10
+MAX_TRACKED_ADDRESSES = 10_000
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -53,13 +59,25 @@ def still_valid(identity: KeyIdentity, now: datetime) -> bool:
 class KeyCache:
     """`authenticate(plaintext)` -> KeyIdentity, from the database at most every `ttl` seconds per key."""
 
-    def __init__(self, store: GatewayStore, *, ttl: float = KEY_CACHE_SECONDS) -> None:
+    def __init__(
+        self,
+        store: GatewayStore,
+        *,
+        ttl: float = KEY_CACHE_SECONDS,
+        unknown_per_second: float = UNKNOWN_LOOKUPS_PER_SECOND,
+    ) -> None:
         self.store = store
         self.ttl = ttl
         self._entries: dict[str, tuple[float, KeyIdentity | None]] = {}
+        # negative answers apart, so a scanner's random keys never push real keys out of the cache
+        self._unknown: dict[str, float] = {}
         self._loading: dict[str, asyncio.Future[KeyIdentity | None]] = {}
+        # client address -> (look-ups of unknown keys it has left, when that was counted)
+        self._misses: dict[str, tuple[float, float]] = {}
+        self.unknown_per_second = unknown_per_second
 
-    async def authenticate(self, plaintext: str | None) -> KeyIdentity:
+    async def authenticate(self, plaintext: str | None, client: str | None = None) -> KeyIdentity:
+        """The key's identity; `client` (the peer address) caps the database reads its unknown keys cost."""
         if not plaintext:
             raise unauthenticated("no virtual key: send it as x-api-key or Authorization: Bearer")
         if not plaintext.startswith(KEY_PREFIX) or len(plaintext) > MAX_KEY_CHARS or not plaintext.isascii():
@@ -67,13 +85,45 @@ class KeyCache:
         digest = hash_secret(plaintext)
         now = time.monotonic()
         entry = self._entries.get(digest)
-        if entry is None or now - entry[0] >= self.ttl:
-            identity = await self._load(digest, plaintext)
-        else:
+        if entry is not None and now - entry[0] < self.ttl:
             identity = entry[1]
+        elif now - self._unknown.get(digest, -self.ttl) < self.ttl:
+            identity = None  # a negative answer cached: no database read, nothing counted
+        else:
+            if entry is None:  # a key this instance knew is re-read whatever its address did (a shared proxy's)
+                self._check_misses(client, now)
+            identity = await self._load(digest, plaintext)
+            if identity is None:
+                self._missed(client, now)
         if identity is None or not still_valid(identity, utcnow()):
             raise unauthenticated("unknown, revoked or expired virtual key")
         return identity
+
+    def _allowance(self, client: str, now: float) -> float:
+        """The client's unknown-key look-ups left: a bucket of `unknown_per_second`, refilled at that rate."""
+        size = max(1.0, self.unknown_per_second)
+        tokens, at = self._misses.get(client, (size, now))
+        return min(size, tokens + (now - at) * self.unknown_per_second)
+
+    def _check_misses(self, client: str | None, now: float) -> None:
+        if client is None:
+            return
+        tokens = self._allowance(client, now)
+        if tokens < 1:
+            wait = math.ceil((1 - tokens) / self.unknown_per_second)
+            raise RateLimitedError(
+                "too many unknown virtual keys from this address",
+                retry_after=max(1, wait),
+                hint="check the key you set (ANTHROPIC_API_KEY), then retry in a second",
+            )
+
+    def _missed(self, client: str | None, now: float) -> None:
+        if client is None:
+            return
+        tokens = self._allowance(client, now)
+        if client not in self._misses and len(self._misses) >= MAX_TRACKED_ADDRESSES:
+            self._misses.clear()
+        self._misses[client] = (tokens - 1, now)
 
     async def _load(self, digest: str, plaintext: str) -> KeyIdentity | None:
         """One database read per key at a time: concurrent requests with the same key share it."""
@@ -95,7 +145,13 @@ class KeyCache:
             future.set_result(identity)
         finally:
             del self._loading[digest]
-        if len(self._entries) >= MAX_CACHED_KEYS:
-            self._entries.clear()  # random keys from a scanner must not grow the cache without bound
-        self._entries[digest] = (time.monotonic(), identity)
+        cache: dict[str, Any] = self._entries if identity is not None else self._unknown
+        if len(cache) >= MAX_CACHED_KEYS:
+            cache.clear()  # random keys from a scanner must not grow the cache without bound
+        if identity is None:
+            self._entries.pop(digest, None)  # a key revoked since: forget its identity
+            self._unknown[digest] = time.monotonic()
+        else:
+            self._unknown.pop(digest, None)
+            self._entries[digest] = (time.monotonic(), identity)
         return identity

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ccgate.core.records import RequestRecord, RequestStatus
+from ccgate.core.records import RequestRecord, RequestStatus, new_request_id
 from ccgate.storage.gateway.db import DatabaseUnavailableError
 from ccgate.storage.gateway.records import GatewayRow, KeyIdentity
 from ccgate.storage.gateway.store import GatewayStore
@@ -57,6 +57,8 @@ class GatewayLedger:
         self.rate_limited = rate_limited
         self.instance_id = instance_id
         self._queue: dict[tuple[str, str], GatewayRow] = {}
+        # (key id, client's row id) -> the fresh id a request got because a finished row already had that id
+        self._renamed: dict[tuple[str, str], str] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -73,10 +75,15 @@ class GatewayLedger:
             del self._queue[oldest]
             self.dropped += 1
         slot = (owner.key_id, record.id)
+        row = GatewayRow(record.copy(), owner.key_id, owner.team_id, owner.customer_id, instance_id=self.instance_id)
+        renamed = self._renamed.get(slot)
+        if renamed is not None:  # a reused request id: this request's rows go under its fresh id
+            row.record.id = renamed
+            if record.status is not RequestStatus.PENDING:
+                del self._renamed[slot]
+            slot = (owner.key_id, renamed)
         self._queue.pop(slot, None)  # re-inserted at the end: rows are written in the order they last changed
-        self._queue[slot] = GatewayRow(
-            record.copy(), owner.key_id, owner.team_id, owner.customer_id, instance_id=self.instance_id
-        )
+        self._queue[slot] = row
         self._idle.clear()
         self._wake.set()
         if self.on_final is not None and record.status is not RequestStatus.PENDING:
@@ -98,7 +105,7 @@ class GatewayLedger:
             slots = list(self._queue)[:BATCH_ROWS]
             batch = [self._queue[slot] for slot in slots]
             try:
-                await self.store.write_requests(batch)
+                reused = await self.store.write_requests(batch)
             except DatabaseUnavailableError as error:
                 self.last_error = error.message
                 log.error("cannot write %d request row(s) yet: %s", len(batch), error.message)
@@ -108,7 +115,28 @@ class GatewayLedger:
             for slot, row in zip(slots, batch, strict=True):
                 if self._queue.get(slot) is row:  # not changed again meanwhile
                     del self._queue[slot]
+            for row in reused:
+                self._rename(row)
             await self._count_tokens(batch)
+
+    def _rename(self, row: GatewayRow) -> None:
+        """A client reused the id of a finished request: this request is stored under a fresh id rather than
+        overwrite that row (a sidecar retrying a failed attempt sends the same id again; refusing with 409 would
+        break its retry). Its later rows follow the new id."""
+        slot = (row.key_id, row.record.id)
+        fresh = new_request_id()
+        log.warning("request id reused by key %s: stored under a fresh id", row.key_id)
+        newer = self._queue.pop(slot, None)  # this request's final, queued while its pending row was written
+        source = newer if newer is not None else row
+        if source.record.status is RequestStatus.PENDING:
+            self._renamed[slot] = fresh
+        moved = GatewayRow(
+            source.record.copy(), source.key_id, source.team_id, source.customer_id, instance_id=self.instance_id
+        )
+        moved.record.id = fresh
+        self._queue[(row.key_id, fresh)] = moved
+        self._idle.clear()
+        self._wake.set()
 
     async def _count_tokens(self, batch: list[GatewayRow]) -> None:
         """Tokens-per-minute limits count a request once it is finished."""

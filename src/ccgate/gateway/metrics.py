@@ -9,10 +9,12 @@ and any worker's /metrics reports the sum over all of them.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ccgate.core.records import PriceQuality, RequestRecord, RequestStatus
+from ccgate.storage.gateway.records import BudgetLevel, BudgetView
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -115,3 +117,45 @@ class GatewayMetrics:
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return bytes(generate_latest(registry))
         return bytes(generate_latest(self.registry))
+
+
+class _BudgetGauges:
+    """A one-scrape collector: metric families, not registry gauges, so multiprocess mode keeps no files of them."""
+
+    def __init__(self, samples: list[tuple[tuple[str, str, str, str], int, int]]) -> None:
+        self.samples = samples
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        labels = ("level", "target", "period", "budget")
+        left = GaugeMetricFamily(
+            "ccgate_gateway_budget_left_usd", "A budget's room this window: limit - spent - reserved", labels=labels
+        )
+        limit = GaugeMetricFamily("ccgate_gateway_budget_limit_usd", "A budget's limit in force", labels=labels)
+        for values, left_nanos, limit_nanos in self.samples:
+            left.add_metric(values, left_nanos / 1e9)  # a metric, not money: the exact amount is in the database
+            limit.add_metric(values, limit_nanos / 1e9)
+        yield left
+        yield limit
+
+
+def budget_exposition(views: Sequence[BudgetView], names: Mapping[str, str], *, per_key: bool) -> bytes:
+    """The budget gauges, read from the database at scrape time (so every instance and worker agrees).
+
+    Labels stay bounded: the level, the target's name (team, customer or provider; a key only with per-key
+    series on), the period and the budget's id -- one series per budget an admin created.
+    """
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    samples = []
+    for view in views:
+        budget = view.budget
+        if budget.level is BudgetLevel.KEY and not per_key:
+            continue
+        period = ("rolling " if not budget.calendar else "") + budget.period.name
+        values = (budget.level.value, names.get(budget.target_id, budget.target_id), period, budget.id)
+        samples.append((values, view.state.left_nanos, view.state.limit_nanos))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_BudgetGauges(samples))
+    return bytes(generate_latest(registry))

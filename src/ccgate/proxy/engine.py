@@ -265,8 +265,11 @@ class Proxy:
         try:
             if deps.admission is not None and deps.admission.applies(meta):
                 try:
+                    # the admission sees the row id (a fresh one, or the sidecar's), so it can charge per row
                     ctx.reservation = await deps.admission.admit(
-                        meta, reserve_nanos=self._reserve_nanos(ctx, route), model=primary.model
+                        meta if meta.request_id == record.id else replace(meta, request_id=record.id),
+                        reserve_nanos=self._reserve_nanos(ctx, route),
+                        model=primary.model,
                     )
                     deps.admission.watch(ctx.reservation, ctx.progress)
                 except CcgateError as refusal:

@@ -141,7 +141,8 @@ class ClientMeta:
     # the launch's tags as the ledger stores them (`tags.encode`), None without any
     tags: str | None = None
     # Gateway only: the row id a developer's sidecar sent (`x-ccgate-request-id`), kept as this request's own
-    # row id so a later sync of the same row is recognised. None: a fresh id.
+    # row id so a later sync of the same row is recognised. None: a fresh id. `Admission.admit` always gets
+    # the request's row id here (the core fills it in), so a gateway can charge budgets once per row.
     request_id: str | None = None
 
 

@@ -254,15 +254,65 @@ async def _add_spend(conn: Connection, budgets: Sequence[Budget], nanos: int, at
         await conn.executemany(_SPEND_UPSERT, [(b.id, to_iso(current_window(b, at)[2]), nanos) for b in budgets])
 
 
-async def settle(db: Database, reservation: Reservation, actual_nanos: int, now: datetime) -> bool:
+async def claim_charge(
+    conn: Connection, db: Database, key_id: str, row_id: str, nanos: int, instance_id: str, now: datetime
+) -> int:
+    """How much of a proxied request's real cost `nanos` still has to go into the budgets, marking its row.
+
+    Charging is idempotent per row (`requests.charged_nanos`): the row's usual state is pending and uncharged
+    (all of it). A row another instance recovered while this one had lost the database (`charged_by`
+    'recovery', same instance), or a sidecar's sync of this very request that arrived first ('ingest'), has
+    part of it already: only the rest. A finished row charged by an earlier request that reused the id is
+    another request: all of it, the old row untouched. No row yet (the ledger writer is behind): a pending
+    placeholder carries the mark, so a sync arriving before the real row is written finds it.
+    """
+    changed = await conn.execute(
+        "UPDATE requests SET charged_nanos = ?, charged_by = 'settle' "
+        "WHERE key_id = ? AND id = ? AND status = 'pending' AND charged_nanos IS NULL",
+        (nanos, key_id, row_id),
+    )
+    if changed:
+        return nanos
+    row = await conn.fetchone(
+        f"SELECT source, charged_nanos, charged_by, instance_id FROM requests WHERE key_id = ? AND id = ?"
+        f"{db.for_update}",
+        (key_id, row_id),
+    )
+    if row is None:
+        await conn.execute(
+            "INSERT INTO requests (key_id, id, source, status, started_at, received_at, instance_id, charged_nanos, "
+            "charged_by) VALUES (?, ?, 'proxied', 'pending', ?, ?, ?, ?, 'settle') ON CONFLICT (key_id, id) DO NOTHING",
+            (key_id, row_id, to_iso(now), to_iso(now), instance_id, nanos),
+        )
+        return nanos
+    source, charged, charged_by, row_instance = row
+    same_request = (source == "ingested" and charged_by == "ingest") or (
+        charged_by == "recovery" and row_instance == instance_id
+    )
+    if not same_request:
+        return nanos
+    already = int(charged or 0)
+    await conn.execute(
+        "UPDATE requests SET charged_nanos = ?, charged_by = 'settle' WHERE key_id = ? AND id = ?",
+        (max(already, nanos), key_id, row_id),
+    )
+    return max(0, nanos - already)
+
+
+async def settle(
+    db: Database, reservation: Reservation, actual_nanos: int, now: datetime, row: tuple[str, str] | None = None
+) -> bool:
     """Replace the reservation by the real cost in one transaction: delete it, add spend to every budget.
 
     Spend is added even if the reservation had lapsed (the provider billed it all the same); returns whether
-    the reservation was still there.
+    the reservation was still there. With `row` (key id, row id) the charge is idempotent per row
+    (`claim_charge`), taken before the budget rows as `instances.recover_dead` does (one lock order).
     """
     if not 0 <= actual_nanos <= MAX_NANOS:
         raise ValueError("actual_nanos must be between 0 and MAX_NANOS")
     async with db.transaction() as conn:
+        if row is not None and actual_nanos:
+            actual_nanos = await claim_charge(conn, db, row[0], row[1], actual_nanos, reservation.instance_id, now)
         budgets: list[Budget] = []
         if reservation.budget_ids:
             marks = ", ".join("?" for _ in reservation.budget_ids)

@@ -45,21 +45,26 @@ async def recover_dead(db: Database, now: datetime) -> int:
     lock = " FOR UPDATE OF r" if db.backend == "postgresql" else ""
     async with db.transaction() as conn:
         rows = await conn.fetch(
-            "SELECT r.key_id, r.id, r.team_id, r.customer_id, r.cost_nanos, r.started_at, p.id FROM requests r "
+            "SELECT r.key_id, r.id, r.team_id, r.customer_id, r.cost_nanos, r.started_at, p.id, r.charged_nanos "
+            "FROM requests r "
             "LEFT JOIN provider_configs p ON p.name = r.provider "
             "WHERE r.status = 'pending' AND r.instance_id IS NOT NULL AND r.instance_id NOT IN "
             f"(SELECT instance_id FROM reservations WHERE expires_at > ?) ORDER BY r.key_id, r.id{lock}",
             (to_iso(now),),
         )
-        for key_id, row_id, team_id, customer_id, cost, started_at, provider_id in rows:
+        for key_id, row_id, team_id, customer_id, cost, started_at, provider_id, charged in rows:
+            # only what is not in the budgets yet (its instance may have settled before it lost the database);
+            # the mark lets that instance, if it comes back, settle just the rest (`admission.claim_charge`)
+            already = int(charged or 0)
+            owed = max(0, int(cost or 0) - already)
             changed = await conn.execute(
-                "UPDATE requests SET status = 'interrupted', ended_at = coalesce(ended_at, ?) "
-                "WHERE key_id = ? AND id = ? AND status = 'pending'",
-                (to_iso(now), key_id, row_id),
+                "UPDATE requests SET status = 'interrupted', ended_at = coalesce(ended_at, ?), charged_nanos = ?, "
+                "charged_by = 'recovery' WHERE key_id = ? AND id = ? AND status = 'pending'",
+                (to_iso(now), already + owed, key_id, row_id),
             )
-            if changed and cost:
+            if changed and owed:
                 budgets = await load_budgets(conn, _APPLYING, (customer_id, team_id, key_id, provider_id))
-                await charge(conn, db, [budget.id for budget in budgets], int(cost), from_iso(str(started_at)))
+                await charge(conn, db, [budget.id for budget in budgets], owed, from_iso(str(started_at)))
     return len(rows)
 
 

@@ -46,11 +46,14 @@ COLUMNS: tuple[str, ...] = (
 _UPDATABLE = [c for c in COLUMNS if c not in ("key_id", "id", "received_at")]
 _INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "
 _ROW_MARKS = "(" + ", ".join("?" for _ in COLUMNS) + ")"
-_UPSERT = (
-    _INSERT
-    + _ROW_MARKS
-    + " ON CONFLICT (key_id, id) DO UPDATE SET "
+# A row is updated only while it is pending -- or, when another instance recovered it as `interrupted` while
+# this one had lost the database, by this same request's final. A finished row is never overwritten.
+_UPSERT_TAIL = (
+    " ON CONFLICT (key_id, id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _UPDATABLE)
+    + " WHERE requests.status = 'pending' OR (requests.status = 'interrupted'"
+    " AND requests.instance_id = excluded.instance_id AND requests.started_at = excluded.started_at)"
+    " RETURNING key_id, id"
 )
 _TOKEN_COLUMNS = (
     "input_tokens",
@@ -88,12 +91,39 @@ def row_values(row: GatewayRow, received_at: datetime) -> tuple[Any, ...]:
     return tuple(_clean_text(v) for v in (*head, *values))
 
 
-async def write_requests(db: Database, rows: Sequence[GatewayRow]) -> None:
-    """Insert or replace rows by (key id, row id): the ledger sink writes each pending, then final, in batches."""
+async def write_requests(db: Database, rows: Sequence[GatewayRow]) -> list[GatewayRow]:
+    """Insert rows, or update them by (key id, row id) while pending: the ledger sink writes each pending, then
+    final, in batches.
+
+    A row whose (key id, row id) is already a finished row is not written. Returned are those of them that are
+    another request: a client reused a finished request's `x-ccgate-request-id` (the caller stores them under a
+    fresh id). Not returned, and dropped: a finished row of the same request (this instance's own write, retried
+    after a connection broke mid-commit) and an ingested row (the sidecar synced this request first: its row
+    stands, and budgets were charged once, see `admission.claim_charge`).
+    """
     if not rows:
-        return
+        return []
     now = utcnow()
-    await db.executemany(_UPSERT, [row_values(row, now) for row in rows])
+    written: set[tuple[str, str]] = set()
+    reused: list[GatewayRow] = []
+    async with db.transaction() as conn:
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            sql = _INSERT + ", ".join(_ROW_MARKS for _ in chunk) + _UPSERT_TAIL
+            params = [value for row in chunk for value in row_values(row, now)]
+            written.update((str(r[0]), str(r[1])) for r in await conn.fetch(sql, params))
+        for row in rows:
+            if (row.key_id, row.record.id) in written:
+                continue
+            found = await conn.fetchone(
+                "SELECT source, instance_id, started_at FROM requests WHERE key_id = ? AND id = ?",
+                (row.key_id, row.record.id),
+            )
+            if found is None or found[0] == RowSource.INGESTED.value:
+                continue
+            if (found[1], found[2]) != (row.instance_id, to_iso(row.record.started_at)):
+                reused.append(row)
+    return reused
 
 
 def validate_record(record: RequestRecord) -> str | None:
@@ -186,7 +216,14 @@ async def ingest(
             chunk = rows[start : start + _CHUNK]
             sql = _INSERT + ", ".join(_ROW_MARKS for _ in chunk) + " ON CONFLICT (key_id, id) DO NOTHING RETURNING id"
             params = [value for row in chunk for value in row_values(row, now)]
-            new_ids.update(str(r[0]) for r in await conn.fetch(sql, params))
+            inserted = [str(r[0]) for r in await conn.fetch(sql, params)]
+            new_ids.update(inserted)
+            if inserted:  # charged here, once: a later settle of the same request adds only the rest
+                await conn.execute(
+                    "UPDATE requests SET charged_nanos = coalesce(cost_nanos, 0), charged_by = 'ingest' "
+                    f"WHERE key_id = ? AND id IN ({', '.join('?' for _ in inserted)})",
+                    [key_id, *inserted],
+                )
         await _charge_rows(conn, db, budgets, [row for row in rows if row.record.id in new_ids])
     return IngestResult(
         sent=len(new_ids),

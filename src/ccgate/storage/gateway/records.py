@@ -174,6 +174,10 @@ class BudgetView:
     window_start: datetime
 
 
+# rpm and tpm are INTEGER columns (32-bit on PostgreSQL): a limit above this is refused before any SQL runs
+MAX_RATE_LIMIT = 2**31 - 1
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimit:
     id: str

@@ -24,6 +24,7 @@ from ccgate.storage.gateway import admission, ledger, migrate
 from ccgate.storage.gateway.crypto import KeyCipher, require_cipher
 from ccgate.storage.gateway.db import Connection, Database, connect
 from ccgate.storage.gateway.records import (
+    MAX_RATE_LIMIT,
     AdminRole,
     AdminToken,
     AdmissionResult,
@@ -216,6 +217,8 @@ class GatewayStore:
     """Everything the gateway server keeps: one instance per process (its own pool or SQLite thread)."""
 
     def __init__(self, db: Database, *, cipher: KeyCipher | None = None) -> None:
+        # bumped when this process creates a budget: a cached "who has budgets" set is stale from then on
+        self.budget_generation = 0
         self.db = db
         self.cipher = cipher
         self._holds_changed = asyncio.Event()
@@ -691,6 +694,35 @@ class GatewayStore:
         It starts from what the ledger already holds for its target in the current window: a monthly team
         budget set on the 20th counts the month so far.
         """
+        self.budget_generation += 1
+        try:
+            return await self._create_budget(
+                level=level,
+                target=target,
+                limit_nanos=limit_nanos,
+                period=period,
+                calendar=calendar,
+                timezone=timezone,
+                thresholds=thresholds,
+                webhook_url=webhook_url,
+                actor=actor,
+            )
+        finally:
+            self.budget_generation += 1  # a snapshot read while it was being created is stale too
+
+    async def _create_budget(
+        self,
+        *,
+        level: BudgetLevel | str,
+        target: str,
+        limit_nanos: int,
+        period: str,
+        calendar: bool,
+        timezone: str,
+        thresholds: Sequence[Decimal],
+        webhook_url: str | None,
+        actor: str | None,
+    ) -> Budget:
         budget_level = _choice(BudgetLevel, level, "budget level")
         target_id = await self._target_id(budget_level, target)
         if not 0 <= limit_nanos <= admission.MAX_NANOS:
@@ -853,10 +885,18 @@ class GatewayStore:
         self._wake_waiters()
         return changed
 
-    async def settle(self, reservation: Reservation, actual_nanos: int, *, now: datetime | None = None) -> bool:
-        """Delete the hold and add the real cost to every budget it held, atomically; False if it had lapsed."""
+    async def settle(
+        self,
+        reservation: Reservation,
+        actual_nanos: int,
+        *,
+        now: datetime | None = None,
+        row: tuple[str, str] | None = None,
+    ) -> bool:
+        """Delete the hold and add the real cost to every budget it held, atomically; False if it had lapsed.
+        With `row` (key id, row id) a row's cost goes into the budgets once (see `admission.claim_charge`)."""
         try:
-            return await admission.settle(self.db, reservation, actual_nanos, now or utcnow())
+            return await admission.settle(self.db, reservation, actual_nanos, now or utcnow(), row)
         finally:
             self._wake_waiters()
 
@@ -897,8 +937,10 @@ class GatewayStore:
     ) -> RateLimit:
         """Create or replace the rate limit of a team or key (None: no limit of that kind)."""
         rate_level = _choice(RateLevel, level, "rate limit level")
-        if any(v is not None and not 0 <= v <= 10**12 for v in (rpm, tpm)):
-            raise UserInputError("rate limits are whole numbers from 0", hint="e.g. --rpm 60 --tpm 200000")
+        if any(v is not None and (type(v) is not int or not 0 <= v <= MAX_RATE_LIMIT) for v in (rpm, tpm)):
+            raise UserInputError(
+                f"rate limits are whole numbers from 0 to {MAX_RATE_LIMIT}", hint="e.g. --rpm 60 --tpm 200000"
+            )
         target_id = await self._target_id(rate_level, target)
         now = to_iso(utcnow())
         async with self.db.transaction() as conn:
@@ -1004,9 +1046,10 @@ class GatewayStore:
 
     # --- the ledger --------------------------------------------------------------------------------------------
 
-    async def write_requests(self, rows: Sequence[GatewayRow]) -> None:
-        """Upsert by (key id, row id): the ledger sink writes each row pending, then final, in batches."""
-        await ledger.write_requests(self.db, rows)
+    async def write_requests(self, rows: Sequence[GatewayRow]) -> list[GatewayRow]:
+        """Insert, or update while pending, by (key id, row id); returns the rows whose id a finished row of another
+        request already has (see `ledger.write_requests`)."""
+        return await ledger.write_requests(self.db, rows)
 
     async def ingest(
         self,
