@@ -54,3 +54,17 @@ async def test_a_commit_cancelled_before_it_ran_still_ends_the_transaction(tmp_p
     finally:
         gate.set()
         await db.close()
+
+
+async def test_postgresql_without_its_driver_is_one_line_with_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`pip install .` leaves out asyncpg (the `postgres` extra): say how to get it instead of an ImportError."""
+    import sys
+
+    from ccgate.errors import UserInputError
+
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # what an absent package looks like to `import`
+    with pytest.raises(UserInputError, match="asyncpg") as caught:
+        await connect("postgresql://nobody@127.0.0.1:1/none")
+    assert "ccgate[postgres]" in (caught.value.hint or "")

@@ -363,7 +363,13 @@ class PostgresDatabase:
         self._pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
-        import asyncpg
+        try:
+            import asyncpg
+        except ImportError:
+            raise UserInputError(
+                "a postgresql:// database needs the asyncpg driver, which is not installed",
+                hint="pip install 'ccgate[postgres]' (or use the SQLite default)",
+            ) from None
 
         try:
             self._pool = await asyncpg.create_pool(
