@@ -9,7 +9,6 @@ forwards no client credentials here) and the client never sees a provider key.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from ccgate.gateway.ledger import GatewayLedger, KeyLedger, Owner
 from ccgate.gateway.metrics import CONTENT_TYPE, GatewayMetrics, budget_exposition
 from ccgate.gateway.routing import KeyRouter
 from ccgate.proxy.engine import ClientMeta, Proxy, ProxyDeps, error_response
-from ccgate.proxy.serving import upstream_session_context
+from ccgate.proxy.serving import background, upstream_session_context
 from ccgate.storage.gateway.migrate import MigrationStatus
 from ccgate.storage.gateway.records import BudgetLevel, KeyIdentity, KeyMode
 from ccgate.storage.gateway.store import GatewayStore
@@ -534,13 +533,8 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
             except CcgateError as error:
                 log.error("provider configs not reloaded, keeping the previous ones: %s", error.message)
 
-    task = asyncio.create_task(refresh())
-    try:
+    async with background(refresh()):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _ledger(app: web.Application) -> AsyncIterator[None]:
@@ -600,13 +594,10 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
     if recovered:
         log.warning("marked %d request(s) left pending by a stopped instance as interrupted", recovered)
     app[ADMISSION] = admission
-    heartbeat = asyncio.create_task(admission.run_heartbeat())
     try:
-        yield
+        async with background(admission.run_heartbeat()):
+            yield
     finally:
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
         await admission.close()
 
 
@@ -630,14 +621,8 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
                     log.info("rolled up and deleted %d raw request row(s) from before %s", gone, before)
             await asyncio.sleep(settings.retention_interval_seconds)
 
-    task = asyncio.create_task(prune()) if settings.keep_days > 0 else None
-    try:
+    async with background(prune() if settings.keep_days > 0 else None):
         yield
-    finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 async def post_webhook(session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -35,3 +36,18 @@ def upstream_session_context(
             await session.close()
 
     return upstream_session
+
+
+@contextlib.asynccontextmanager
+async def background(job: Coroutine[Any, Any, None] | None) -> AsyncIterator[None]:
+    """Run `job` as a task while the block runs (a server's cleanup context), then cancel it and wait for it to end.
+
+    None runs nothing, for a job a setting turned off."""
+    task = asyncio.create_task(job) if job is not None else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

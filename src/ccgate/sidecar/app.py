@@ -39,7 +39,7 @@ from ccgate.local.paths import Paths
 from ccgate.proxy.engine import Proxy
 from ccgate.proxy.responses import error_response
 from ccgate.proxy.seams import ClientMeta, ProxyDeps
-from ccgate.proxy.serving import upstream_session_context
+from ccgate.proxy.serving import background, upstream_session_context
 from ccgate.sidecar.admission import AdmissionRequest, BudgetGuard, Reservation
 from ccgate.sidecar.connections import ConnectionGuard, GuardedRunner
 from ccgate.sidecar.org import OrgLink, OrgSettings
@@ -780,13 +780,8 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
 
 async def _config_watcher(app: web.Application) -> AsyncIterator[None]:
     """Re-reads config.toml once a second; cancelled first on shutdown."""
-    watcher = asyncio.create_task(_watch_config(app))
-    try:
+    async with background(_watch_config(app)):
         yield
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
 
 
 async def _org_sync(app: web.Application) -> AsyncIterator[None]:
@@ -797,13 +792,8 @@ async def _org_sync(app: web.Application) -> AsyncIterator[None]:
     writer = state.writer
     assert writer is not None  # the ledger writer's context runs first
     sync = SyncLoop(state.org, app[SESSION], state.paths.ledger_file, state.environ, lambda: writer.flush(timeout=5.0))
-    syncer = asyncio.create_task(sync.run())
-    try:
+    async with background(sync.run()):
         yield
-    finally:
-        syncer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await syncer
 
 
 # One cleanup context per resource, in start order: a failed start stops exactly what had started, and shutdown
