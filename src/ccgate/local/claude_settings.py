@@ -84,24 +84,15 @@ def render(data: dict[str, Any]) -> str:
 
 
 def write_atomic(path: Path, content: bytes, *, mode: int) -> None:
-    """Replace the file in one step (readers see the old or the new file, never half of one), with `mode`.
+    """Replace the file in one step (readers see the old or the new file, never half of one), with `mode`,
+    through a symlink rather than over it; a failure is one line and leaves the file as it was."""
+    from ccgate.local import atomic
 
-    The temporary file is created with `mode` already, so a private file is never readable by others, not even
-    for a moment.
-    """
     target = real_path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.ccgate-{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)  # the umask may have taken bits away
-        os.replace(tmp, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_atomic(target, content, mode=mode)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise UserInputError(
             f"cannot write {path}: {exc.strerror}; it was left as it was",
             hint="check free disk space and the folder's permissions",
