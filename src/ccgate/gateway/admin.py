@@ -80,16 +80,22 @@ async def _authenticate(request: web.Request) -> Principal:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationError("an admin token is required", hint=TOKEN_HINT)
-    if not token.isascii():  # tokens are ASCII; other bytes arrive as surrogates that cannot be encoded (a 500)
+    principal = await principal_for(request, token)
+    if principal is None:
         raise AuthenticationError("the admin token is wrong or revoked", hint=TOKEN_HINT)
+    return principal
+
+
+async def principal_for(request: web.Request, token: str) -> Principal | None:
+    """Whose admin token this is (the environment's bootstrap one, or a named one), or None: also for /metrics."""
+    if not token.isascii():  # tokens are ASCII; other bytes arrive as surrogates that cannot be encoded (a 500)
+        return None
     bootstrap = request.config_dict.get(keys.BOOTSTRAP_ADMIN_TOKEN)
     if bootstrap and hmac.compare_digest(token.encode("utf-8"), bootstrap.encode("utf-8")):
         return Principal(BOOTSTRAP_ACTOR, AdminRole.ADMIN, None)
     # named tokens are looked up by SHA-256 hash: the comparison never runs over the secret itself
     found = await _store(request).authenticate_admin(token)
-    if found is None:
-        raise AuthenticationError("the admin token is wrong or revoked", hint=TOKEN_HINT)
-    return Principal(found.name, found.role, found.team_id)
+    return None if found is None else Principal(found.name, found.role, found.team_id)
 
 
 @web.middleware

@@ -358,16 +358,11 @@ async def usage(request: web.Request) -> web.StreamResponse:
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     """Prometheus exposition, for an admin token (the environment's, or a named one of any role)."""
-    import hmac
-
     from ccgate.errors import AuthenticationError
+    from ccgate.gateway.admin import principal_for
 
     token = presented_key(request.headers) or ""
-    bootstrap = request.app.get(keys.BOOTSTRAP_ADMIN_TOKEN)
-    allowed = bool(token) and (
-        (bootstrap is not None and hmac.compare_digest(token.encode(), bootstrap.encode()))
-        or await request.app[keys.STORE].authenticate_admin(token) is not None
-    )
+    allowed = bool(token) and await principal_for(request, token) is not None
     if not allowed:
         raise AuthenticationError(
             "/metrics needs an admin token", hint="send it as Authorization: Bearer (CCGATE_GATEWAY_ADMIN_TOKEN)"
