@@ -120,8 +120,8 @@ async def test_proxied_rows_carry_project_session_and_launch_into_the_gateway_re
                     max_retries=0,
                 )
                 await client.messages.create(model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "hi"}])
-            for request in gateway.upstream.messages_requests:  # the provider sees only the row id of ccgate's own
-                assert [n for n in request.headers if n.lower().startswith("x-ccgate-")] == ["x-ccgate-request-id"]
+            for request in gateway.upstream.messages_requests:  # the provider sees none of ccgate's headers
+                assert [n for n in request.headers if n.lower().startswith("x-ccgate-")] == []
             local = harness.rows()
             rows = {r.record.id: r.record for r in await gateway.rows("ada")}
             assert len(rows) == 3

@@ -61,6 +61,9 @@ SSE_CONTENT_TYPE = "text/event-stream"
 # Only Anthropic itself gets the client's own API key or OAuth token; every other provider gets its own key.
 CLIENT_AUTH_PROVIDERS = frozenset({"anthropic"})
 CLIENT_AUTH_HEADERS = frozenset({"x-api-key", "authorization"})
+# ccgate's own headers (local token, launch, row id, attribution): they reach the org's ccgate gateway only, and
+# only as the core sets them, never as a client sent them
+CCGATE_HEADER_PREFIX = "x-ccgate-"
 # Budget reservations: the output bound when a request names no usable `max_tokens`, and the most any model
 # produces in one reply (today's largest limits are 64K-128K), so an absurd `max_tokens` cannot reserve more.
 DEFAULT_MAX_OUTPUT_TOKENS = 64_000
@@ -436,7 +439,6 @@ class Proxy:
             headers = {
                 "content-type": "application/json",
                 "accept-encoding": "identity",
-                "x-ccgate-request-id": ctx.record.id,
                 **_provider_auth(spec, deps.provider_keys.get(spec.name)),
             }
             data = _reencoded(payload_obj)
@@ -890,8 +892,9 @@ class Proxy:
         *,
         record: RequestRecord | None,
     ) -> dict[str, str]:
-        """Client headers verbatim, minus hop-by-hop and ccgate's own; credentials only where they belong. To the
-        org gateway, the row's project, session and launch go along (and no client's `x-ccgate-*` header)."""
+        """Client headers verbatim, minus hop-by-hop and every `x-ccgate-*` one; credentials only where they belong.
+        Only the org's ccgate gateway gets ccgate's own headers (the row id, its project, session and launch): a
+        provider has no use for them, and they would tell it which developer, project and launch each request is."""
         # the key stored for Anthropic is not for the developer's own gateway: that one gets their credentials
         key = None if _own_upstream(meta, spec) else deps.provider_keys.get(spec.name)
         keep_client_auth = key is None and meta.forward_client_auth and spec.name in CLIENT_AUTH_PROVIDERS
@@ -901,13 +904,12 @@ class Proxy:
             if (lower := name.lower()) not in HOP_BY_HOP
             and lower not in meta.private_headers
             and (keep_client_auth or lower not in CLIENT_AUTH_HEADERS)
-            and not (spec.ccgate_gateway and lower.startswith("x-ccgate-"))
+            and not lower.startswith(CCGATE_HEADER_PREFIX)
         }
         headers["Accept-Encoding"] = "identity"
-        if record is not None:
+        if record is not None and spec.ccgate_gateway:
             headers["x-ccgate-request-id"] = record.id
-            if spec.ccgate_gateway:
-                headers.update(attribution.encode(record.project, record.session_id, record.launch_id))
+            headers.update(attribution.encode(record.project, record.session_id, record.launch_id))
         headers.update(_provider_auth(spec, key, client_auth=keep_client_auth))
         return headers
 
