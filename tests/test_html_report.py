@@ -169,4 +169,26 @@ def test_an_unwritable_target_is_one_line_and_a_hint(
     assert code == 1 and err.startswith("ccgate: error: cannot write") and "hint:" in err
     (tmp_path / "dir.html").mkdir()
     code, _, err = run_main(capsys, monkeypatch, "report", "--html", str(tmp_path / "dir.html"))
-    assert code == 1 and "cannot write" in err and not list(tmp_path.glob(".ccgate-report-*"))
+    assert code == 1 and "cannot write" in err and not list(tmp_path.glob(".*"))
+
+
+def test_the_page_replaces_a_report_atomically_keeping_its_permissions(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A report the user made private (0600) stays private when it is written again; a new one is 0644 less the
+    umask, like any file the user creates; no temporary file is left behind."""
+    private = tmp_path / "private.html"
+    private.write_text("old")
+    private.chmod(0o600)
+    code, _, err = run_main(capsys, monkeypatch, "report", "--html", str(private))
+    assert code == 0, err
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert private.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    old_mask = os.umask(0o027)
+    try:
+        code, _, err = run_main(capsys, monkeypatch, "report", "--html", str(tmp_path / "new.html"))
+    finally:
+        os.umask(old_mask)
+    assert code == 0, err
+    assert (tmp_path / "new.html").stat().st_mode & 0o777 == 0o640
+    assert not list(tmp_path.glob(".*"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,24 +69,18 @@ def report(
 
 
 def _write(path: Path, text: str) -> None:
-    """Whole or not at all: a temporary file next to the target, then renamed over it."""
+    """Whole or not at all (`local.atomic`). A page replacing one keeps that file's permissions (a report made
+    private stays private); a new one gets what any file the user creates gets (0644 less the umask)."""
+    from ccgate.local import atomic
+
     target = path.expanduser()
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".ccgate-report-", suffix=".html", dir=target.parent)
+        mode = None if target.exists() else 0o644 & ~_umask()
+        atomic.write_atomic(target, text, mode=mode)
     except OSError as error:
-        raise UserInputError(
-            f"cannot write {target}: {error.strerror or error}", hint="choose a file in a directory you can write to"
-        ) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644 & ~_umask())
-        os.replace(tmp, target)
-    except OSError as error:
-        Path(tmp).unlink(missing_ok=True)
         raise UserInputError(
             f"cannot write {target}: {error.strerror or error}",
-            hint="check the free space and that the path is not a directory",
+            hint="choose a file in a directory you can write to, not a directory itself",
         ) from None
 
 
