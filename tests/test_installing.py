@@ -246,3 +246,18 @@ def test_the_hook_explains_itself_when_it_cannot_do_its_job(monkeypatch: Patch, 
         event = json.dumps({"session_id": "abcdef12-3456", "cwd": "/", "hook_event_name": "UserPromptSubmit"})
         assert hook_main([], io.StringIO(event), stderr, dict(os.environ)) == 2
         assert f"port {port} is used by another program" in stderr.getvalue()
+
+
+def test_install_backups_are_private_even_of_a_world_readable_file(
+    capsys: Capsys, monkeypatch: Patch, port: int
+) -> None:
+    """Settings may hold API keys: a backup is 0600 (or stricter, like the original), whatever the file's mode."""
+    path = user_settings()
+    path.parent.mkdir()
+    path.write_bytes(EXISTING)
+    path.chmod(0o644)
+    code, _, err = run(capsys, monkeypatch, "install")
+    assert code == 0, err
+    assert path.stat().st_mode & 0o777 == 0o644  # the file itself keeps its mode
+    [saved] = backups(path)
+    assert saved.read_bytes() == EXISTING and saved.stat().st_mode & 0o777 == 0o600

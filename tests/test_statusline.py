@@ -339,3 +339,26 @@ def test_install_refuses_to_touch_a_file_that_is_not_utf8(
     assert code == 1 and "Traceback" not in err
     assert err.startswith(f"ccgate: error: {path} is not UTF-8 text") and "hint:" in err
     assert path.read_bytes() == original
+
+
+@pytest.mark.parametrize(("original_mode", "backup_mode"), [(0o600, 0o600), (0o644, 0o600), (0o400, 0o400)])
+def test_statusline_backups_are_private_whatever_the_umask(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, original_mode: int, backup_mode: int
+) -> None:
+    """Settings may hold API keys: a backup is 0600 (or the original's bits if stricter), never the umask's 0644."""
+    path = settings_file()
+    path.parent.mkdir()
+    path.write_text(json.dumps({"env": {"ANTHROPIC_API_KEY": "sk-ant-secret"}}))
+    path.chmod(original_mode)
+    old_mask = os.umask(0o022)
+    try:
+        code, _, err = run(capsys, monkeypatch, "statusline", "install")
+        assert code == 0, err
+        [installed] = path.parent.glob("settings.json.ccgate-backup-*")
+        code, _, err = run(capsys, monkeypatch, "statusline", "uninstall")
+        assert code == 0, err
+    finally:
+        os.umask(old_mask)
+    saved = sorted(path.parent.glob("settings.json.ccgate-backup-*"))
+    assert len(saved) == 2 and installed in saved
+    assert [p.stat().st_mode & 0o777 for p in saved] == [backup_mode, backup_mode]

@@ -14,10 +14,11 @@ import json
 import os
 import shlex
 import sqlite3
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -408,14 +409,13 @@ def _read_settings(path: Path) -> dict[str, Any] | None:
 
 
 def _backup(path: Path, now: datetime) -> Path:
-    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
-    backup = path.with_name(f"{path.name}.ccgate-backup-{stamp}")
-    counter = 1
-    while backup.exists():
-        counter += 1
-        backup = path.with_name(f"{path.name}.ccgate-backup-{stamp}-{counter}")
-    backup.write_bytes(path.read_bytes())
-    return backup
+    """Private like the install backups (`claude_settings.write_backup`): settings may hold API keys."""
+    from ccgate.local.claude_settings import write_backup
+
+    try:
+        return write_backup(path, path.read_bytes(), stat.S_IMODE(path.stat().st_mode), now)
+    except OSError as exc:
+        raise UserInputError(f"cannot back up {path}: {exc.strerror}; nothing was changed") from exc
 
 
 def _write_settings(path: Path, data: Mapping[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 Nothing here decides what goes into the file (see `installing`); this module only guarantees that a user's settings
 are never lost: a file that is not a JSON object is refused untouched, every write replaces the file in one step
-and keeps its permissions, and a backup with the same permissions is taken first.
+and keeps its permissions, and a private backup (0600, or stricter like the original) is taken first.
 """
 
 from __future__ import annotations
@@ -100,31 +100,44 @@ def write_atomic(path: Path, content: bytes, *, mode: int) -> None:
 
 
 def backup(settings: SettingsFile, now: datetime) -> Path | None:
-    """A copy of the file as it was, next to it and with its permissions; None when there was no file."""
+    """A copy of the file as it was, next to it; None when there was no file."""
     if settings.raw is None:
         return None
-    target = real_path(settings.path)
+    try:
+        return write_backup(real_path(settings.path), settings.raw, settings.mode, now)
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot back up {settings.path}: {exc.strerror}; nothing was changed",
+            hint="check free disk space and the folder's permissions",
+        ) from None
+
+
+def backup_mode(mode: int | None) -> int:
+    """0600, or the original's bits if stricter: settings may hold API keys, and a backup lives on after the user
+    tightens (or ccgate rewrites) the original, so it is never readable by others, whatever the umask."""
+    return 0o600 if mode is None else mode & 0o600
+
+
+def write_backup(target: Path, raw: bytes, mode: int | None, now: datetime) -> Path:
+    """`raw` in a new file `<name>.ccgate-backup-<UTC time>[-N]` next to `target`, with `backup_mode(mode)`.
+    Never overwrites nor follows an existing name (O_EXCL); raises OSError, leaving no partial backup."""
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
     candidate = target.with_name(f"{target.name}.ccgate-backup-{stamp}")
     counter = 1
     while True:
         try:
-            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, settings.mode or 0o600)
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
             break
         except FileExistsError:
             counter += 1
             candidate = target.with_name(f"{target.name}.ccgate-backup-{stamp}-{counter}")
-        except OSError as exc:
-            raise UserInputError(
-                f"cannot back up {settings.path}: {exc.strerror}; nothing was changed",
-                hint="check free disk space and the folder's permissions",
-            ) from None
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(settings.raw)
-    except OSError as exc:
+            os.fchmod(handle.fileno(), backup_mode(mode))
+            handle.write(raw)
+    except OSError:
         candidate.unlink(missing_ok=True)
-        raise UserInputError(f"cannot back up {settings.path}: {exc.strerror}; nothing was changed") from None
+        raise
     return candidate
 
 
