@@ -261,3 +261,64 @@ def test_install_backups_are_private_even_of_a_world_readable_file(
     assert path.stat().st_mode & 0o777 == 0o644  # the file itself keeps its mode
     [saved] = backups(path)
     assert saved.read_bytes() == EXISTING and saved.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("linked", ["file", "folder"])
+def test_project_scope_refuses_a_committed_link_that_leaves_the_project(
+    capsys: Capsys, monkeypatch: Patch, port: int, tmp_path: Path, linked: str
+) -> None:
+    """A repository can commit `.claude/settings.local.json` (or `.claude`) as a link to any file: install must not
+    write, back up or delete through it. A link that stays inside the project is fine."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    victim_dir = tmp_path / "elsewhere"
+    victim_dir.mkdir()
+    victim = victim_dir / "settings.local.json"
+    victim.write_bytes(b'{"model": "opus"}\n')
+    if linked == "file":
+        (project / ".claude").mkdir()
+        (project / ".claude" / "settings.local.json").symlink_to(victim)
+    else:
+        (project / ".claude").symlink_to(victim_dir)
+    monkeypatch.chdir(project)
+    for command in ("install", "uninstall"):
+        code, out, err = run(capsys, monkeypatch, command, "--scope", "project")
+        assert code == 1 and out == ""
+        assert err.startswith("ccgate: error: ") and "outside the project; nothing was changed" in err
+        assert "Traceback" not in err
+    assert victim.read_bytes() == b'{"model": "opus"}\n'
+    assert sorted(p.name for p in victim_dir.iterdir()) == ["settings.local.json"]  # no backup there either
+
+
+def test_project_scope_follows_a_link_that_stays_inside_the_project(
+    capsys: Capsys, monkeypatch: Patch, port: int, tmp_path: Path
+) -> None:
+    project = tmp_path / "proj"
+    (project / "config").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    inside = project / "config" / "claude.json"
+    inside.write_bytes(b'{"model": "opus"}\n')
+    (project / ".claude").mkdir()
+    (project / ".claude" / "settings.local.json").symlink_to(Path("..") / "config" / "claude.json")
+    monkeypatch.chdir(project)
+    code, _, err = run(capsys, monkeypatch, "install", "--scope", "project")
+    assert code == 0, err
+    assert "ANTHROPIC_BASE_URL" in inside.read_text()
+    assert run(capsys, monkeypatch, "uninstall", "--scope", "project")[0] == 0
+    assert inside.read_bytes() == b'{"model": "opus"}\n'
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give a file away")
+def test_project_scope_refuses_another_users_settings_file(
+    capsys: Capsys, monkeypatch: Patch, port: int, tmp_path: Path
+) -> None:
+    project = tmp_path / "proj"
+    (project / ".claude").mkdir(parents=True)
+    theirs = project / ".claude" / "settings.local.json"
+    theirs.write_bytes(b"{}\n")
+    os.chown(theirs, 65534, 65534)
+    monkeypatch.chdir(project)
+    code, _, err = run(capsys, monkeypatch, "install", "--scope", "project")
+    assert code == 1 and "belongs to another user (uid 65534)" in err
+    assert theirs.read_bytes() == b"{}\n"

@@ -104,6 +104,30 @@ def settings_path(scope: str, environ: Mapping[str, str], cwd: Path) -> Path:
     raise UserInputError(f"unknown scope {scope!r}", hint="use --scope user or --scope project")
 
 
+def check_project_file(path: Path) -> None:
+    """A project's `.claude/settings.local.json` (or `.claude` itself) may be a link committed by someone else:
+    install must not write, back up or delete through it to a file outside the project (another project's
+    settings, the user's own, another user's file), nor write a file another user owns."""
+    top = path.parent.parent
+    target = real_path(path)
+    if not target.is_relative_to(top.resolve()):
+        raise UserInputError(
+            f"{path} is a symbolic link to {target}, outside the project; nothing was changed",
+            hint="remove the link (settings.local.json is personal: no repository needs it), then run this again",
+        )
+    try:
+        owner = target.stat().st_uid
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UserInputError(f"cannot read {path}: {exc.strerror}", hint="check its permissions") from None
+    if hasattr(os, "geteuid") and owner != os.geteuid():
+        raise UserInputError(
+            f"{path} belongs to another user (uid {owner}); nothing was changed",
+            hint="install in a project you own, or use --scope user",
+        )
+
+
 def sidecar_base_url(port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
@@ -282,6 +306,8 @@ def install(
             hint="set `sidecar.port` in config.toml or CCGATE_SIDECAR_PORT to a port number",
         )
     path = settings_path(scope, environ, cwd)
+    if scope == "project":
+        check_project_file(path)
     settings = read_settings(path)
     base_url = sidecar_base_url(port)
     upstream = _upstream(settings, environ, base_url, port)
@@ -379,6 +405,8 @@ def uninstall(
 ) -> UninstallResult:
     """Put the settings file back as it was before install; if the user changed it since, remove only ccgate's part."""
     path = settings_path(scope, environ, cwd)
+    if scope == "project":
+        check_project_file(path)
     key = str(real_path(path))
     records = load_records(paths)
     record = records.get(key)
