@@ -17,6 +17,8 @@ from ccgate.errors import ConfigError
 
 DEFAULT_PORT = 8787
 DEFAULT_MAX_BODY_MB = 64
+# a whole (non-streamed) reply from a provider; past this it is dropped, not buffered (streams are never buffered)
+DEFAULT_MAX_REPLY_MB = 64
 MAX_BUDGET_WAIT_SECONDS = 3600
 KNOWN_TIERS = ("opus", "sonnet", "haiku")
 
@@ -26,6 +28,7 @@ class SidecarSettings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     max_body_mb: int = DEFAULT_MAX_BODY_MB
+    max_reply_mb: int = DEFAULT_MAX_REPLY_MB
     budget_wait_seconds: float = 30.0
     # An upstream stream must send its response headers and first event within this (a long thinking request
     # still gets message_start in seconds); past it, the next target of the route is tried.
@@ -225,6 +228,9 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     max_body = side.get("max_body_mb", DEFAULT_MAX_BODY_MB)
     if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 1:
         raise ConfigError(f"sidecar.max_body_mb must be a positive integer, got {max_body!r}")
+    max_reply = side.get("max_reply_mb", DEFAULT_MAX_REPLY_MB)
+    if not isinstance(max_reply, int) or isinstance(max_reply, bool) or not 1 <= max_reply <= 4096:
+        raise ConfigError(f"sidecar.max_reply_mb must be an integer from 1 to 4096, got {max_reply!r}")
     host = side.get("host", "127.0.0.1")
     if host not in LOOPBACK_NAMES:
         raise ConfigError(f"sidecar.host must be a loopback address, got {host!r}", hint="use 127.0.0.1")
@@ -235,7 +241,12 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         high=Decimal(MAX_BUDGET_WAIT_SECONDS),
     )
     sidecar = SidecarSettings(
-        host=host, port=port, max_body_mb=max_body, budget_wait_seconds=float(wait), **_connection_settings(side)
+        host=host,
+        port=port,
+        max_body_mb=max_body,
+        max_reply_mb=max_reply,
+        budget_wait_seconds=float(wait),
+        **_connection_settings(side),
     )
 
     providers: dict[str, ProviderSettings] = {}

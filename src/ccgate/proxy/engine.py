@@ -40,8 +40,10 @@ from ccgate.proxy.upstream import (
     FAILURES,
     HOP_BY_HOP,
     RESPONSE_DROP,
+    ReplyTooLarge,
     Stage,
     UpstreamBroke,
+    read_reply,
     upstream_error,
     upstream_errors,
     with_read_timeout,
@@ -315,7 +317,11 @@ class Proxy:
         headers = self._anthropic_headers(deps, meta, request.headers, spec, record=None)
         with upstream_errors(spec, Stage.CONNECT):
             async with deps.session.post(url, data=payload, headers=headers, allow_redirects=False) as upstream:
-                data = await upstream.read()
+                try:
+                    data = await read_reply(upstream, spec, deps.max_reply_bytes)
+                except ReplyTooLarge as error:
+                    upstream.close()
+                    return error_response(error)
                 return web.Response(body=data, status=upstream.status, headers=self._response_headers(upstream))
 
     # ---- chain and attempts -------------------------------------------------------------------
@@ -384,8 +390,11 @@ class Proxy:
                 ctx.upstream = upstream  # for `progress`
                 try:
                     if upstream.status in RETRYABLE_STATUSES and not is_last:
-                        error_type, _ = error_type_of(await self._read(upstream, spec))
-                        upstream.release()
+                        try:
+                            error_type, _ = error_type_of(await self._read(ctx, upstream, spec))
+                        except ReplyTooLarge:  # an error page that big says nothing: on to the next target
+                            error_type = None
+                        upstream.release()  # closes the connection when the body was not read to its end
                         attempts[-1] = Attempt(target.provider, target.model, upstream.status, error_type)
                         log.warning("failover: %s answered %s, trying next target", target.provider, upstream.status)
                         continue
@@ -399,6 +408,11 @@ class Proxy:
                     attempts[-1] = Attempt(target.provider, target.model, upstream.status, error.message)
                     last_error = error
                     continue
+                except ReplyTooLarge as error:
+                    upstream.close()
+                    attempts[-1] = Attempt(target.provider, target.model, upstream.status, error.message)
+                    record.attempts = tuple(attempts)
+                    return self._too_large(ctx, error, billed=upstream.status < 400)
                 except BaseException:
                     upstream.close()  # a half-read stream cannot go back to the pool
                     raise
@@ -475,10 +489,23 @@ class Proxy:
             )
         return first
 
-    async def _read(self, upstream: aiohttp.ClientResponse, spec: ProviderSpec) -> bytes:
-        """A whole (non-streamed) body; a broken one is a failover-able error, not a 500."""
-        with upstream_errors(spec, Stage.BODY):
-            return await upstream.read()
+    async def _read(self, ctx: _Ctx, upstream: aiohttp.ClientResponse, spec: ProviderSpec) -> bytes:
+        """A whole (non-streamed) body; a broken one is a failover-able error, not a 500; one past
+        `max_reply_bytes` is `ReplyTooLarge` (see `_too_large`)."""
+        return await read_reply(upstream, spec, ctx.deps.max_reply_bytes)
+
+    def _too_large(self, ctx: _Ctx, error: ReplyTooLarge, *, billed: bool) -> web.Response:
+        """A reply too large to read: the client gets a 502 in Anthropic's envelope, and the row the usage seen.
+        A successful reply was generated, so billed: its tokens are estimated from the body and the bytes read,
+        output within `max_tokens`; an error reply cost nothing."""
+        if billed:
+            estimate = self._estimated_usage(ctx, error.seen * 2)
+            ctx.record.usage = replace(estimate, output_tokens=min(estimate.output_tokens, _output_bound(ctx.body)))
+            ctx.usage_note = "tokens estimated: the reply was too large to read"
+        self._finish(
+            ctx, RequestStatus.ERROR, http_status=error.status, error_type=error.error_type, error_message=error.message
+        )
+        return error_response(error)
 
     # ---- relays -------------------------------------------------------------------------------
 
@@ -492,7 +519,7 @@ class Proxy:
         record.upstream_request_id = upstream.headers.get("request-id")
         headers = self._response_headers(upstream)
         if upstream.status >= 400 or upstream.content_type != SSE_CONTENT_TYPE:
-            data = await self._read(upstream, spec)
+            data = await self._read(ctx, upstream, spec)
             ctx.mark_first_byte()
             if upstream.status >= 400:
                 error_type, message = error_type_of(data)
@@ -584,7 +611,7 @@ class Proxy:
         record = ctx.record
         requested = ctx.body["model"]
         if upstream.status >= 400:
-            data = await self._read(upstream, spec)
+            data = await self._read(ctx, upstream, spec)
             ctx.mark_first_byte()
             status, envelope = openai_error_to_anthropic(upstream.status, data)
             error = envelope.get("error", {})
@@ -600,7 +627,7 @@ class Proxy:
                 headers["retry-after"] = upstream.headers["retry-after"]
             return web.json_response(envelope, status=status, headers=headers)
         if not record.stream:
-            data = await self._read(upstream, spec)
+            data = await self._read(ctx, upstream, spec)
             ctx.mark_first_byte()
             try:
                 reply = json.loads(data)

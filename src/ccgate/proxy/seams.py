@@ -162,3 +162,5 @@ class ProxyDeps:
     # the next target is tried), then no more than `stream_idle_timeout` of silence between events.
     first_byte_timeout: float = 60.0
     stream_idle_timeout: float = 120.0
+    # the most of a whole (non-streamed or error) reply read into memory; a larger one is a 502, not buffered
+    max_reply_bytes: int = 64 * 1024 * 1024

@@ -120,6 +120,47 @@ class StreamCut(UpstreamError):
     Too late to fail over or to change the status; the core ends the stream with an error event."""
 
 
+class ReplyTooLarge(UpstreamError):
+    """A whole (non-streamed or error) reply larger than the limit: read no further, the connection dropped.
+    A broken or hostile upstream must not make the sidecar (or the gateway) buffer gigabytes."""
+
+    def __init__(self, message: str, *, seen: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.seen = seen  # bytes of the reply read (or announced) before it was dropped
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:g} MiB"
+
+
+async def read_reply(upstream: aiohttp.ClientResponse, spec: ProviderSpec, limit: int) -> bytes:
+    """A whole reply of at most `limit` bytes (after decompression, should a provider compress anyway); a broken
+    one is `UpstreamBroke` (failover-able), a larger one `ReplyTooLarge`: told by its content-length when that
+    already says so, else once the bytes read pass the limit."""
+    label = spec.label or f"upstream {spec.name}"
+    where = redact_url(spec.base_url)
+
+    def too_large(seen: int) -> ReplyTooLarge:
+        return ReplyTooLarge(
+            f"{label} ({where}) sent a reply larger than {_mib(limit)} (HTTP {upstream.status}); ccgate dropped it",
+            seen=seen,
+            hint="check the provider's status; if such replies are real, raise `sidecar.max_reply_mb`",
+        )
+
+    declared = upstream.content_length
+    if declared is not None and declared > limit:
+        raise too_large(declared)
+    parts: list[bytes] = []
+    size = 0
+    with upstream_errors(spec, Stage.BODY):
+        async for chunk in upstream.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(size)
+            parts.append(chunk)
+    return b"".join(parts)
+
+
 def upstream_error(
     exc: BaseException, stage: Stage, spec: ProviderSpec, *, limit: float | None = None
 ) -> UpstreamError:

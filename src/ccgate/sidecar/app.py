@@ -690,6 +690,7 @@ async def apply_config(app: web.Application, *, force: bool = False) -> None:
         provider_keys=built.keys,
         first_byte_timeout=config.sidecar.first_byte_timeout_seconds,
         stream_idle_timeout=config.sidecar.stream_idle_timeout_seconds,
+        max_reply_bytes=config.sidecar.max_reply_mb * 1024 * 1024,
     )
     log.info("config reloaded from %s", path)
 
@@ -773,6 +774,7 @@ async def _proxy(app: web.Application) -> AsyncIterator[None]:
             provider_keys=built.keys,
             first_byte_timeout=state.config.sidecar.first_byte_timeout_seconds,
             stream_idle_timeout=state.config.sidecar.stream_idle_timeout_seconds,
+            max_reply_bytes=state.config.sidecar.max_reply_mb * 1024 * 1024,
         )
     )
     yield
