@@ -322,3 +322,51 @@ def test_project_scope_refuses_another_users_settings_file(
     code, _, err = run(capsys, monkeypatch, "install", "--scope", "project")
     assert code == 1 and "belongs to another user (uid 65534)" in err
     assert theirs.read_bytes() == b"{}\n"
+
+
+def test_install_socket_points_claude_code_at_the_sidecars_private_socket(
+    capsys: Capsys, monkeypatch: Patch, port: int
+) -> None:
+    """`--socket` adds ANTHROPIC_UNIX_SOCKET (the sidecar's socket in the private runtime folder); installing without
+    it takes that out again; uninstall gives the file back; a socket of the user's own is not overwritten."""
+    from ccgate.local.paths import resolve_paths
+
+    ours = str(resolve_paths(dict(os.environ)).socket_file)
+    path = user_settings()
+    path.parent.mkdir()
+    path.write_bytes(EXISTING)
+    code, out, err = run(capsys, monkeypatch, "install", "--socket")
+    assert code == 0, err
+    assert "only you can open" in out + err
+    env = json.loads(path.read_text())["env"]
+    assert env["ANTHROPIC_UNIX_SOCKET"] == ours and env["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{port}"
+    assert run(capsys, monkeypatch, "install")[0] == 0  # without --socket: back on the TCP port
+    assert "ANTHROPIC_UNIX_SOCKET" not in json.loads(path.read_text())["env"]
+    assert run(capsys, monkeypatch, "install", "--socket")[0] == 0
+    data = json.loads(path.read_text())
+    data["model"] = "sonnet"  # edited since: uninstall takes out only ccgate's entries, the socket included
+    path.write_text(json.dumps(data))
+    assert run(capsys, monkeypatch, "uninstall")[0] == 0
+    env = json.loads(path.read_text())["env"]
+    assert env == {"MY_VAR": "1", "ANTHROPIC_API_KEY": "sk-ant-secret"}
+
+    path.write_text(json.dumps({"env": {"ANTHROPIC_UNIX_SOCKET": "/run/user/elsewhere.sock"}}))
+    code, _, err = run(capsys, monkeypatch, "install", "--socket")
+    assert code == 1 and "already sends Claude Code to the unix socket" in err
+    assert json.loads(path.read_text()) == {"env": {"ANTHROPIC_UNIX_SOCKET": "/run/user/elsewhere.sock"}}
+
+
+def test_the_hook_stops_the_prompt_when_the_sidecar_has_no_socket(monkeypatch: Patch, port: int) -> None:
+    """A sidecar started by an older ccgate has no socket: Claude Code would only show connection errors."""
+    from ccgate.errors import UserInputError
+    from ccgate.features import installing
+    from ccgate.local.paths import resolve_paths
+
+    ours = resolve_paths(dict(os.environ)).socket_file
+    with pytest.raises(UserInputError, match="does not listen on"):
+        installing._check_socket({"ANTHROPIC_UNIX_SOCKET": str(ours)}, ours)
+    installing._check_socket({}, ours)  # not a socket install: nothing to check
+    ours.parent.mkdir(parents=True, exist_ok=True)
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(ours))
+        installing._check_socket({"ANTHROPIC_UNIX_SOCKET": str(ours)}, ours)
