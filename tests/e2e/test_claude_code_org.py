@@ -36,6 +36,8 @@ async def _admin(e2e: E2E, url: str, *args: str) -> Any:
 
 
 async def test_proxy_mode_with_the_real_claude_code(e2e: E2E, db_url: str) -> None:  # noqa: F811
+    # the `sync` below must find the rows unsynced: on a busy machine the run outlasts the 10 s background sync
+    e2e.env["CCGATE_SYNC_INTERVAL_SECONDS"] = "3600"
     async with running_gateway(db_url, upstream=e2e.upstream) as gateway:
         created = await _admin(e2e, gateway.url, "admin", "key", "create", "--team", "core", "--name", "eve")
         assert created["mode"] == "proxy"
