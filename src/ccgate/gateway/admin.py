@@ -16,10 +16,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from ccgate.core.records import nanos_to_usd, to_iso, utcnow
+from ccgate.core.webhooks import redact_webhook_url, refused_host
 from ccgate.errors import (
     AuthenticationError,
     CcgateError,
@@ -211,7 +213,7 @@ def _budget_json(view: BudgetView, names: Mapping[str, str]) -> dict[str, Any]:
         "rolling": not budget.calendar,
         "timezone": budget.timezone,
         "thresholds": [str(t) for t in budget.thresholds],
-        "webhook_url": budget.webhook_url,
+        "webhook_url": redact_webhook_url(budget.webhook_url),
         "override_amount_usd": _usd(budget.override_limit_nanos),
         "override_until": None if budget.override_until is None else to_iso(budget.override_until),
         "limit_usd": _usd(state.limit_nanos),
@@ -413,6 +415,21 @@ async def _check_target(request: web.Request, who: Principal, level: str, target
         _check_team(who, None)
 
 
+def _check_webhook(request: web.Request, url: str | bool | None) -> None:
+    """A private or loopback host written into the URL is refused now; names are checked again at each send."""
+    if not isinstance(url, str) or request.config_dict.get(keys.ALLOW_PRIVATE_WEBHOOKS, False):
+        return
+    try:
+        why = refused_host(urlsplit(url).hostname or "")
+    except ValueError:
+        why = "the URL cannot be parsed"
+    if why is not None:
+        raise InvalidRequestError(
+            f"the webhook URL is refused: {why}",
+            hint="give a public https:// URL, or serve the gateway with --allow-private-webhooks",
+        )
+
+
 async def _budget_in_reach(request: web.Request, who: Principal) -> Budget:
     store = _store(request)
     budget = await store.get_budget(request.match_info["id"])
@@ -454,6 +471,7 @@ async def create_budget(request: web.Request) -> web.Response:
         "webhook_url": check.url,
     }
     data = await check.read_body(request, spec, ("level", "target", "amount_usd", "period"))
+    _check_webhook(request, data.get("webhook_url"))
     await _check_target(request, who, data["level"], data["target"])
     budget = await _store(request).create_budget(
         level=data["level"],
@@ -479,6 +497,7 @@ async def update_budget(request: web.Request) -> web.Response:
     data = await check.read_body(
         request, {"amount_usd": check.usd_nanos, "thresholds": check.thresholds, "webhook_url": check.url}
     )
+    _check_webhook(request, data.get("webhook_url"))
     budget = await _budget_in_reach(request, who)
     after = await _store(request).update_budget(
         budget.id,

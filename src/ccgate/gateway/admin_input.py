@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from aiohttp import web
 from ccgate.core.budgets import parse_period
 from ccgate.core.records import to_iso, usd_to_nanos, utcnow
 from ccgate.core.routing import TIER_WORDS
+from ccgate.core.webhooks import looks_redacted
 from ccgate.errors import InvalidRequestError, RequestTooLargeError
 from ccgate.storage.gateway.records import MAX_RATE_LIMIT, AdminRole
 
@@ -63,6 +65,12 @@ def url(field: str, value: Any) -> str | None:
     given = text(field, value)
     if not re.match(r"^https?://[^\s/?#]+", given) or any(ord(c) < 33 for c in given):
         raise bad(field, "an http:// or https:// URL")
+    if looks_redacted(given):
+        raise bad(field, "the whole URL (what the API shows is redacted: `…` stands for what it leaves out)")
+    try:
+        urlsplit(given).port  # noqa: B018 - raises for a port that is not a number in range
+    except ValueError:
+        raise bad(field, "an http:// or https:// URL with a valid port") from None
     return given
 
 

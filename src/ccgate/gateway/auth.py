@@ -3,14 +3,20 @@
 Every instance asks the database again once an answer is older than the bound, so a key revoked (or a
 budget, model list or tier override changed) through any instance takes effect everywhere within it. The
 cache is keyed by the key's hash, never by the key itself.
+
+Database reads for keys that turn out unknown are capped per client and for the whole instance. The client is
+the peer address, or, when the peer is a proxy the gateway was told to trust (`--trusted-proxy CIDR`), the
+nearest address in X-Forwarded-For that is not such a proxy; IPv6 clients count per /64 (one host holds a
+whole /64). The instance-wide cap holds whatever the clients claim to be.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +32,15 @@ MAX_KEY_CHARS = 256
 # Database look-ups that found no key, allowed per client address and second (a bucket of this size refilled at
 # this rate): a scanner trying keys costs a read each, so past it the address gets 429 before any read.
 UNKNOWN_LOOKUPS_PER_SECOND = 10
+# The same for all clients together: random keys from many addresses (or forged ones) cannot flood the database.
+UNKNOWN_LOOKUPS_PER_SECOND_TOTAL = 100
 MAX_TRACKED_ADDRESSES = 10_000
+MAX_FORWARDED_HOPS = 32
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+_TOTAL = "*"  # the instance-wide bucket's name among the clients' (no address is spelled so)
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -40,6 +54,51 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
+
+
+def parse_trusted_proxies(given: Iterable[str]) -> tuple[Network, ...]:
+    """`--trusted-proxy` values as networks; ValueError names the one that is not a CIDR (or address)."""
+    networks = []
+    for text in given:
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"--trusted-proxy {text!r} is not an address or CIDR") from None
+    return tuple(networks)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An X-Forwarded-For entry (`1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:5678`) as an address, or None."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1 : text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def _bucket(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+    return str(address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else address)
+
+
+def client_of(peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[Network]) -> str | None:
+    """Whom to count unknown-key look-ups against: the peer, or behind trusted proxies the client they name."""
+    address = None if peer is None else _address(peer)
+    if address is None:
+        return peer
+    if trusted and forwarded_for:
+        hops = [hop for header in forwarded_for for hop in header.split(",")][-MAX_FORWARDED_HOPS:]
+        while any(address in network for network in trusted if network.version == address.version) and hops:
+            named = _address(hops.pop())
+            if named is None:
+                break  # a proxy that writes something else: count against the last proxy
+            address = named
+    return _bucket(address)
 
 
 def unauthenticated(reason: str) -> AuthenticationError:
@@ -65,6 +124,7 @@ class KeyCache:
         *,
         ttl: float = KEY_CACHE_SECONDS,
         unknown_per_second: float = UNKNOWN_LOOKUPS_PER_SECOND,
+        unknown_total_per_second: float = UNKNOWN_LOOKUPS_PER_SECOND_TOTAL,
     ) -> None:
         self.store = store
         self.ttl = ttl
@@ -75,9 +135,10 @@ class KeyCache:
         # client address -> (look-ups of unknown keys it has left, when that was counted)
         self._misses: dict[str, tuple[float, float]] = {}
         self.unknown_per_second = unknown_per_second
+        self.unknown_total_per_second = unknown_total_per_second
 
     async def authenticate(self, plaintext: str | None, client: str | None = None) -> KeyIdentity:
-        """The key's identity; `client` (the peer address) caps the database reads its unknown keys cost."""
+        """The key's identity; `client` (see `client_of`) caps the database reads its unknown keys cost."""
         if not plaintext:
             raise unauthenticated("no virtual key: send it as x-api-key or Authorization: Bearer")
         if not plaintext.startswith(KEY_PREFIX) or len(plaintext) > MAX_KEY_CHARS or not plaintext.isascii():
@@ -100,30 +161,35 @@ class KeyCache:
         return identity
 
     def _allowance(self, client: str, now: float) -> float:
-        """The client's unknown-key look-ups left: a bucket of `unknown_per_second`, refilled at that rate."""
-        size = max(1.0, self.unknown_per_second)
+        """Unknown-key look-ups left: a bucket of its rate, refilled at that rate (`_TOTAL`: all clients')."""
+        rate = self.unknown_total_per_second if client == _TOTAL else self.unknown_per_second
+        size = max(1.0, rate)
         tokens, at = self._misses.get(client, (size, now))
-        return min(size, tokens + (now - at) * self.unknown_per_second)
+        return min(size, tokens + (now - at) * rate)
 
     def _check_misses(self, client: str | None, now: float) -> None:
-        if client is None:
-            return
-        tokens = self._allowance(client, now)
-        if tokens < 1:
-            wait = math.ceil((1 - tokens) / self.unknown_per_second)
-            raise RateLimitedError(
-                "too many unknown virtual keys from this address",
-                retry_after=max(1, wait),
-                hint="check the key you set (ANTHROPIC_API_KEY), then retry in a second",
-            )
+        for who in (_TOTAL, client):
+            if who is None:
+                continue
+            tokens = self._allowance(who, now)
+            if tokens < 1:
+                rate = self.unknown_total_per_second if who == _TOTAL else self.unknown_per_second
+                raise RateLimitedError(
+                    "too many unknown virtual keys " + ("at this gateway" if who == _TOTAL else "from this address"),
+                    retry_after=max(1, math.ceil((1 - tokens) / rate)),
+                    hint="check the key you set (ANTHROPIC_API_KEY), then retry in a second",
+                )
 
     def _missed(self, client: str | None, now: float) -> None:
-        if client is None:
-            return
-        tokens = self._allowance(client, now)
-        if client not in self._misses and len(self._misses) >= MAX_TRACKED_ADDRESSES:
-            self._misses.clear()
-        self._misses[client] = (tokens - 1, now)
+        if client is not None:
+            tokens = self._allowance(client, now)
+            if client not in self._misses and len(self._misses) >= MAX_TRACKED_ADDRESSES:
+                total = self._misses.get(_TOTAL)
+                self._misses.clear()  # the instance-wide bucket survives: clearing must not refill it
+                if total is not None:
+                    self._misses[_TOTAL] = total
+            self._misses[client] = (tokens - 1, now)
+        self._misses[_TOTAL] = (self._allowance(_TOTAL, now) - 1, now)
 
     async def _load(self, digest: str, plaintext: str) -> KeyIdentity | None:
         """One database read per key at a time: concurrent requests with the same key share it."""

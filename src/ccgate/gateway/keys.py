@@ -11,3 +11,5 @@ from ccgate.storage.gateway.store import GatewayStore
 STORE = web.AppKey("store", GatewayStore)
 # The admin token from CCGATE_GATEWAY_ADMIN_TOKEN (the first admin, before any named token exists), or None.
 BOOTSTRAP_ADMIN_TOKEN = web.AppKey("bootstrap_admin_token", str)
+# `gateway serve --allow-private-webhooks`: alert webhooks may name loopback and private hosts (absent: refused).
+ALLOW_PRIVATE_WEBHOOKS = web.AppKey("allow_private_webhooks", bool)
