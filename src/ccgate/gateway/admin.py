@@ -164,6 +164,44 @@ def _check_team(who: Principal, team_id: str | None) -> None:
         )
 
 
+TIGHTEN_HINT = "a team admin may only add or tighten limits; ask an admin to raise or remove one"
+
+
+def _tighten_only(who: Principal, loosens: bool, what: str) -> None:
+    """The team_admin rule: within its team it may add limits and tighten them, never raise or remove one."""
+    if who.role is AdminRole.TEAM_ADMIN and loosens:
+        raise PermissionDeniedError(f"the admin token {who.name!r} (team_admin) may not {what}", hint=TIGHTEN_HINT)
+
+
+def _widens(before: tuple[str, ...] | None, after: Any) -> bool:
+    """A new allowed list lets through something the old one did not (None: everything)."""
+    if after is False or before is None:
+        return False
+    return after is None or not set(after) <= set(before)
+
+
+def _loosens_key(key: VirtualKey, changes: Mapping[str, Any], mode: str | None) -> str | None:
+    """What a key change would lift, or None: more models or providers, a later (or no) expiry, report mode (whose
+    budgets only the developer's sidecar enforces)."""
+    if _widens(key.allowed_models, changes.get("allowed_models", False)):
+        return "allow a key more models"
+    if _widens(key.allowed_providers, changes.get("allowed_providers", False)):
+        return "allow a key more providers"
+    expiry = changes.get("expires_at", False)
+    if expiry is not False and key.expires_at is not None and (expiry is None or expiry > key.expires_at):
+        return "extend or remove a key's expiry"
+    if mode == "report" and key.mode.value != "report":
+        return "switch a key to report mode"
+    return None
+
+
+def _loosens_rate(before: RateLimit | None, rpm: int | None, tpm: int | None) -> bool:
+    """A limit that was set becomes higher or none (None is no limit)."""
+    if before is None:
+        return False
+    return any(old is not None and (new is None or new > old) for old, new in ((before.rpm, rpm), (before.tpm, tpm)))
+
+
 # --- rendering -------------------------------------------------------------------------------------------------
 
 
@@ -377,6 +415,8 @@ async def update_key(request: web.Request) -> web.Response:
     store = _store(request)
     # absent fields stay as they are; null clears a list (= every model/provider) or the expiry
     changes: dict[str, Any] = {name: value for name, value in data.items() if name != "mode"}
+    lifted = _loosens_key(key, changes, data.get("mode"))
+    _tighten_only(who, lifted is not None, lifted or "")
     after = await store.update_key(key.id, mode=data.get("mode"), actor=who.name, **changes)
     return _json(_key_json(after, await _team_names(store)))
 
@@ -499,6 +539,8 @@ async def update_budget(request: web.Request) -> web.Response:
     )
     _check_webhook(request, data.get("webhook_url"))
     budget = await _budget_in_reach(request, who)
+    _tighten_only(who, data.get("amount_usd", 0) > budget.limit_nanos, "raise a budget's amount")
+    _tighten_only(who, "thresholds" in data or "webhook_url" in data, "change a budget's alerts")
     after = await _store(request).update_budget(
         budget.id,
         limit_nanos=data.get("amount_usd"),
@@ -513,6 +555,12 @@ async def override_budget(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
     data = await check.read_body(request, {"amount_usd": check.opt_usd}, ("amount_usd",))
     budget = await _budget_in_reach(request, who)
+    if who.role is AdminRole.TEAM_ADMIN:
+        in_force = budget.effective_limit(utcnow())
+        amount = data["amount_usd"]
+        # clearing an override tightens only when it had raised the limit
+        lifted = budget.limit_nanos > in_force if amount is None else amount > in_force
+        _tighten_only(who, lifted, "raise a budget's limit in force, or clear an override that lowered it")
     after = await _store(request).override_budget(budget.id, limit_nanos=data["amount_usd"], actor=who.name)
     return await _budget_response(request, [after])
 
@@ -521,6 +569,7 @@ async def reset_budget(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
     await check.read_body(request, {})
     budget = await _budget_in_reach(request, who)
+    _tighten_only(who, True, "reset a budget (it forgets the window's spend)")
     await _store(request).reset_budget(budget.id, actor=who.name)
     return await _budget_response(request, [budget])
 
@@ -528,6 +577,7 @@ async def reset_budget(request: web.Request) -> web.Response:
 async def delete_budget(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
     budget = await _budget_in_reach(request, who)
+    _tighten_only(who, True, "delete a budget")
     await _store(request).delete_budget(budget.id, actor=who.name)
     return _json({"deleted": budget.id})
 
@@ -540,6 +590,11 @@ def _rate_level(request: web.Request) -> str:
     if level not in tuple(RateLevel):
         raise NotFoundError(f"no rate limit level {level!r}", hint="use team or key")
     return level
+
+
+async def _rate_limit_of(store: GatewayStore, level: str, target: str) -> RateLimit | None:
+    target_id = (await store.get_team(target)).id if level == "team" else (await store.get_key(target)).id
+    return next((r for r in await store.list_rate_limits() if r.level == level and r.target_id == target_id), None)
 
 
 async def list_rate_limits(request: web.Request) -> web.Response:
@@ -560,6 +615,9 @@ async def set_rate_limit(request: web.Request) -> web.Response:
     target = request.match_info["target"]
     await _check_target(request, who, level, target)
     store = _store(request)
+    if who.role is AdminRole.TEAM_ADMIN:
+        before = await _rate_limit_of(store, level, target)
+        _tighten_only(who, _loosens_rate(before, data["rpm"], data["tpm"]), "raise or remove a rate limit")
     limit = await store.set_rate_limit(level=level, target=target, rpm=data["rpm"], tpm=data["tpm"], actor=who.name)
     return _json(_rate_json(limit, await _target_names(store)))
 
@@ -569,6 +627,9 @@ async def delete_rate_limit(request: web.Request) -> web.Response:
     level = _rate_level(request)
     target = request.match_info["target"]
     await _check_target(request, who, level, target)
+    if who.role is AdminRole.TEAM_ADMIN:
+        before = await _rate_limit_of(_store(request), level, target)
+        _tighten_only(who, _loosens_rate(before, None, None), "remove a rate limit")
     await _store(request).delete_rate_limit(level=level, target=target, actor=who.name)
     return _json({"deleted": f"{level}:{target}"})
 
