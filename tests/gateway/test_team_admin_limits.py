@@ -20,7 +20,9 @@ async def _setup(api: AdminCaller, store: GatewayStore) -> tuple[str, str]:
     assert (await api("POST", "/teams", {"name": "core"}))[0] == 201
     key = {"team": "core", "name": "ada", "allowed_models": ["m1", "m2"], "expires_at": "2099-01-01"}
     assert (await api("POST", "/keys", key))[0] == 201
-    status, body = await api("POST", "/budgets", {"level": "team", "target": "core", "amount_usd": "10", "period": "1d"})
+    status, body = await api(
+        "POST", "/budgets", {"level": "team", "target": "core", "amount_usd": "10", "period": "1d"}
+    )
     assert status == 201
     assert (await api("PUT", "/ratelimits/team/core", {"rpm": 60, "tpm": 1000}))[0] == 200
     lead = await store.create_admin_token("lead", role="team_admin", team="core")

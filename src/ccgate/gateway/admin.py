@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +31,7 @@ from ccgate.errors import (
 )
 from ccgate.gateway import admin_input as check
 from ccgate.gateway import keys
+from ccgate.storage.gateway.db import ConstraintError
 from ccgate.storage.gateway.records import (
     AdminRole,
     AuditEntry,
@@ -202,6 +203,18 @@ def _loosens_rate(before: RateLimit | None, rpm: int | None, tpm: int | None) ->
     return any(old is not None and (new is None or new > old) for old, new in ((before.rpm, rpm), (before.tpm, tpm)))
 
 
+def _fresh_name(kind: str, name: str, existing: Iterable[str]) -> None:
+    """Refuse a name people would take for an existing one (`Core` beside `core`, `ｃｏｒｅ`, a decomposed `é`):
+    reports, the audit log and `--team NAME` would otherwise show two things as one."""
+    wanted = check.folded(name)
+    for other in existing:
+        if other != name and check.folded(other) == wanted:
+            raise ConstraintError(
+                f"the {kind} name {name!r} is too like the existing {other!r}",
+                hint=f"names differing only in case or Unicode form are one name: pick another, or use {other!r}",
+            )
+
+
 # --- rendering -------------------------------------------------------------------------------------------------
 
 
@@ -287,7 +300,8 @@ async def list_customers(request: web.Request) -> web.Response:
 
 async def create_customer(request: web.Request) -> web.Response:
     who = _who(request, write=True)
-    data = await check.read_body(request, {"name": check.text}, ("name",))
+    data = await check.read_body(request, {"name": check.name}, ("name",))
+    _fresh_name("customer", data["name"], [c.name for c in await _store(request).list_customers()])
     return _json(public_dict(await _store(request).create_customer(data["name"], actor=who.name)), 201)
 
 
@@ -320,9 +334,10 @@ async def list_teams(request: web.Request) -> web.Response:
 async def create_team(request: web.Request) -> web.Response:
     who = _who(request, write=True)
     data = await check.read_body(
-        request, {"name": check.text, "customer": check.opt_text, "tier_overrides": check.overrides}, ("name",)
+        request, {"name": check.name, "customer": check.opt_text, "tier_overrides": check.overrides}, ("name",)
     )
     store = _store(request)
+    _fresh_name("team", data["name"], [team.name for team in await store.list_teams()])
     team = await store.create_team(
         data["name"], customer=data.get("customer"), tier_overrides=data.get("tier_overrides"), actor=who.name
     )
@@ -385,9 +400,10 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def create_key(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
-    data = await check.read_body(request, {"team": check.text, "name": check.text, **_KEY_FIELDS}, ("team", "name"))
+    data = await check.read_body(request, {"team": check.text, "name": check.name, **_KEY_FIELDS}, ("team", "name"))
     check.not_past(data.get("expires_at"))
     store = _store(request)
+    _fresh_name("key", data["name"], [key.name for key in await store.list_keys()])
     team = await store.get_team(data.pop("team"))
     _check_team(who, team.id)
     created = await store.create_key(team=team.id, actor=who.name, **data)
@@ -506,7 +522,7 @@ async def create_budget(request: web.Request) -> web.Response:
         "amount_usd": check.usd_nanos,
         "period": check.text,
         "rolling": check.boolean,
-        "timezone": check.text,
+        "timezone": check.zone_name,
         "thresholds": check.thresholds,
         "webhook_url": check.url,
     }
@@ -656,7 +672,10 @@ async def put_provider(request: web.Request) -> web.Response:
         "api_key": check.api_key,
     }
     data = await check.read_body(request, spec, ("kind",))
-    provider = await _store(request).put_provider(request.match_info["name"], actor=who.name, **data)
+    name = check.name("name", request.match_info["name"])
+    store = _store(request)
+    _fresh_name("provider", name, [provider.name for provider in await store.list_providers()])
+    provider = await store.put_provider(name, actor=who.name, **data)
     return _json(public_dict(provider))
 
 
@@ -683,14 +702,15 @@ async def list_tokens(request: web.Request) -> web.Response:
 async def create_token(request: web.Request) -> web.Response:
     who = _who(request, write=True)
     data = await check.read_body(
-        request, {"name": check.text, "role": check.role, "team": check.opt_text}, ("name", "role")
+        request, {"name": check.name, "role": check.role, "team": check.opt_text}, ("name", "role")
     )
-    if data["name"] == BOOTSTRAP_ACTOR:
+    if check.folded(data["name"]) == BOOTSTRAP_ACTOR:
         raise InvalidRequestError(
             f"the name {BOOTSTRAP_ACTOR!r} is reserved for the CCGATE_GATEWAY_ADMIN_TOKEN admin",
             hint="give the token another name (the audit log tells actors apart by name)",
         )
     store = _store(request)
+    _fresh_name("admin token", data["name"], [token.name for token in await store.list_admin_tokens()])
     created = await store.create_admin_token(data["name"], role=data["role"], team=data.get("team"), actor=who.name)
     teams = await _team_names(store)
     return _json({**_token_json(created.token, teams), "token": created.plaintext}, 201)

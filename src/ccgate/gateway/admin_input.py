@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -53,6 +54,28 @@ def text(field: str, value: Any) -> str:
     if not clean(value):
         raise bad(field, "text without control characters")
     return value
+
+
+# Unicode categories a name must not hold: controls, format characters (bidi overrides, zero-width joiners: a name
+# that renders as another), line and paragraph separators, surrogates, private use and unassigned code points.
+_NAME_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+MAX_NAME = 200
+
+
+def name(field: str, value: Any) -> str:
+    """A name people read (customer, team, key, token, provider): visible characters, no spaces at either end,
+    stored in Unicode's composed form (NFC), so `café` typed on two systems is one name."""
+    given = text(field, value)
+    if len(given) > MAX_NAME or any(unicodedata.category(c) in _NAME_CATEGORIES for c in given):
+        raise bad(field, f"a name of at most {MAX_NAME} visible characters (no control or invisible characters)")
+    if given != given.strip():
+        raise bad(field, "a name without spaces at its start or end")
+    return unicodedata.normalize("NFC", given)
+
+
+def folded(value: str) -> str:
+    """What two names that people would take for one have in common: compatibility form, case folded."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold()).strip()
 
 
 def opt_text(field: str, value: Any) -> str | None:
@@ -125,7 +148,7 @@ def thresholds(field: str, value: Any) -> list[Decimal]:
             number = Decimal(item) if isinstance(item, str | int | Decimal) and not isinstance(item, bool) else None
         except InvalidOperation:
             number = None
-        if number is None or not number.is_finite() or not 0 < number <= 10:
+        if number is None or not number.is_finite() or not 0 < number <= 10 or number != round(number, 6):
             raise bad(field, 'a list of fractions of the limit above 0 and at most 10, e.g. ["0.8", "1"]')
         out.append(number)
     return out
@@ -228,16 +251,25 @@ def flag(field: str, value: Any) -> bool:
 
 
 def limit(field: str, value: Any) -> int:
-    if not (isinstance(value, str) and value.isdigit() and 1 <= int(value) <= 1000):
+    # ASCII digits only: "²" is a digit to `isdigit` but not to `int`, and "١٠" would be read as 10
+    if not (isinstance(value, str) and value.isascii() and value.isdigit() and 1 <= int(value) <= 1000):
         raise bad(field, "a number from 1 to 1000")
     return int(value)
 
 
 def zone(field: str, value: Any) -> ZoneInfo:
+    given = text(field, value)
     try:
-        return ZoneInfo(text(field, value))
-    except (ZoneInfoNotFoundError, ValueError):
+        if len(given) > 64:  # the longest IANA name is 32; a long one only makes the file system complain
+            raise ValueError(given)
+        return ZoneInfo(given)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory such as "America"
         raise bad(field, "an IANA time zone such as Europe/Berlin") from None
+
+
+def zone_name(field: str, value: Any) -> str:
+    """`zone`, kept as its name (a budget stores the name)."""
+    return zone(field, value).key
 
 
 def not_past(expiry: datetime | None) -> None:
