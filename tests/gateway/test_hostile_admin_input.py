@@ -147,3 +147,22 @@ async def test_ingested_rows_with_lone_surrogates_or_controls_are_rejected_and_r
             ) as reply:
                 assert reply.status == 200, await reply.text()
                 assert (await reply.json())["total"]["requests"] == 1
+
+
+async def test_a_usage_batch_of_megabytes_is_read_whole(db_url: str) -> None:
+    """One read of the body returns only what has arrived: a batch over a few hundred KB used to be 'not JSON'."""
+    rows = [_row(project="p" * 4000) for _ in range(300)]
+    raw = json.dumps({"rows": rows}).encode()
+    assert len(raw) > 1_000_000
+    async with running_gateway(db_url) as gateway, aiohttp.ClientSession() as http:
+        headers = {"x-api-key": gateway.keys["ada"], "content-type": "application/json"}
+        async with http.post(f"{gateway.url}/v1/usage", data=raw, headers=headers) as reply:
+            assert reply.status == 200, await reply.text()
+            assert (await reply.json())["sent"] == len(rows)
+
+        async def chunks() -> Any:  # no Content-Length: the cap holds while reading
+            for _ in range(9):
+                yield b"x" * (1024 * 1024)
+
+        async with http.post(f"{gateway.url}/v1/usage", data=chunks(), headers=headers) as reply:
+            assert reply.status == 413

@@ -220,11 +220,8 @@ def fields(data: Mapping[str, Any], spec: Mapping[str, Field], required: tuple[s
 
 
 async def read_body(request: web.Request, spec: Mapping[str, Field], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raw = b"x" * (MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
+    raw = await read_capped(request, MAX_BODY_BYTES)
+    if raw is None:
         raise RequestTooLargeError(f"the request body is over {MAX_BODY_BYTES} bytes", hint="send a smaller body")
     try:
         data = json.loads(raw or b"{}", parse_float=Decimal, parse_constant=_no_constant)
@@ -233,6 +230,23 @@ async def read_body(request: web.Request, spec: Mapping[str, Field], required: t
     if not isinstance(data, dict):
         raise InvalidRequestError("the body must be a JSON object", hint="send a JSON object")
     return fields(data, spec, required)
+
+
+async def read_capped(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None past `limit` bytes (never more than that in memory: the gateway's own body limit,
+    for Claude Code's requests, is 64 MB). One `read(n)` returns only what has arrived, so read until the end."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
 
 
 def _no_constant(name: str) -> Any:

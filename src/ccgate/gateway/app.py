@@ -351,15 +351,12 @@ async def me(request: web.Request) -> web.StreamResponse:
 
 async def usage(request: web.Request) -> web.StreamResponse:
     """A sidecar's batch of finished rows: stored once per (key, row id), attributed to the caller's key."""
+    from ccgate.gateway.admin_input import read_capped
     from ccgate.gateway.ingest import MAX_BODY_BYTES, parse_batch
 
     entry = await _entry(request)
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise RequestTooLargeError(
-            f"a usage batch is at most {MAX_BODY_BYTES // (1024 * 1024)} MB", hint="send it in smaller batches"
-        )
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
+    raw = await read_capped(request, MAX_BODY_BYTES)
+    if raw is None:
         raise RequestTooLargeError(
             f"a usage batch is at most {MAX_BODY_BYTES // (1024 * 1024)} MB", hint="send it in smaller batches"
         )
