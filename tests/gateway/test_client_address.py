@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import aiohttp
 import pytest
+from admin_testing import AdminCaller, admin_parent_app, error_of
 from gateway_harness import running_gateway
 
 from ccgate.errors import AuthenticationError, RateLimitedError
-from ccgate.gateway.auth import KeyCache, client_of, parse_trusted_proxies
+from ccgate.gateway import keys
+from ccgate.gateway.auth import KeyCache, admin_token_limiter, client_of, parse_trusted_proxies
 from ccgate.storage.gateway import GatewayStore
 
 LB = parse_trusted_proxies(["10.0.0.0/8"])
@@ -72,3 +75,13 @@ async def test_clients_behind_a_trusted_balancer_have_their_own_allowance(db_url
         # without --trusted-proxy the header is anyone's to write: everyone shares the peer's allowance
         assert await statuses(gateway.url, "198.51.100.3") == [401, 429]
         assert await statuses(gateway.url, "198.51.100.4") == [429, 429]
+
+
+async def test_guessed_admin_tokens_are_capped_like_unknown_keys(store: GatewayStore, aiohttp_client: Any) -> None:
+    app = admin_parent_app(store)
+    app[keys.ADMIN_MISSES] = admin_token_limiter(0.001, 1000)  # one wrong guess per client, then 429
+    api = AdminCaller(await aiohttp_client(app))
+    assert (await api("GET", "/customers", token="cg-admin-guess-1"))[0] == 401
+    status, body = await api("GET", "/customers", token="cg-admin-guess-2")
+    assert status == 429 and "unknown admin tokens" in error_of(body)
+    assert (await api("GET", "/customers"))[0] == 200  # the bootstrap token is no database read: never capped

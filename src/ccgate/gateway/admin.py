@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ from ccgate.errors import (
 )
 from ccgate.gateway import admin_input as check
 from ccgate.gateway import keys
+from ccgate.gateway.auth import client_address
 from ccgate.storage.gateway.db import ConstraintError
 from ccgate.storage.gateway.records import (
     AdminRole,
@@ -96,9 +98,19 @@ async def principal_for(request: web.Request, token: str) -> Principal | None:
     bootstrap = request.config_dict.get(keys.BOOTSTRAP_ADMIN_TOKEN)
     if bootstrap and hmac.compare_digest(token.encode("utf-8"), bootstrap.encode("utf-8")):
         return Principal(BOOTSTRAP_ACTOR, AdminRole.ADMIN, None)
-    # named tokens are looked up by SHA-256 hash: the comparison never runs over the secret itself
+    # named tokens are looked up by SHA-256 hash: the comparison never runs over the secret itself; guesses are
+    # capped per client and for the instance, as unknown virtual keys are (a 429 before any read)
+    limiter = request.config_dict.get(keys.ADMIN_MISSES)
+    client = client_address(request)
+    now = time.monotonic()
+    if limiter is not None:
+        limiter.check(client, now)
     found = await _store(request).authenticate_admin(token)
-    return None if found is None else Principal(found.name, found.role, found.team_id)
+    if found is None:
+        if limiter is not None:
+            limiter.missed(client, now)
+        return None
+    return Principal(found.name, found.role, found.team_id)
 
 
 @web.middleware

@@ -33,7 +33,8 @@ from ccgate.gateway.auth import (
     UNKNOWN_LOOKUPS_PER_SECOND,
     UNKNOWN_LOOKUPS_PER_SECOND_TOTAL,
     KeyCache,
-    client_of,
+    admin_token_limiter,
+    client_address,
     parse_trusted_proxies,
     presented_key,
 )
@@ -136,7 +137,6 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 ENTRIES = web.AppKey("entries", dict[str, KeyEntry])
 METRICS = web.AppKey("metrics", GatewayMetrics)
 WEBHOOKS = web.AppKey("webhooks", Webhooks)
-TRUSTED_PROXIES = web.AppKey("trusted_proxies", tuple[Any, ...])
 
 
 class NoProviderKeyError(CcgateError):
@@ -219,10 +219,7 @@ async def _answer(
 async def _entry(request: web.Request) -> KeyEntry:
     """The caller's key (401 otherwise), with its router and ledger sink."""
     app = request.app
-    trusted = app[TRUSTED_PROXIES]
-    forwarded = request.headers.getall("X-Forwarded-For", []) if trusted else ()
-    client = client_of(request.remote, forwarded, trusted)
-    identity = await app[KEYS].authenticate(presented_key(request.headers), client)
+    identity = await app[KEYS].authenticate(presented_key(request.headers), client_address(request))
     entries: dict[str, KeyEntry] = app[ENTRIES]
     entry = entries.get(identity.key.id)
     if entry is None or entry.identity is not identity:
@@ -678,7 +675,10 @@ def create_app(settings: GatewaySettings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[ENTRIES] = {}
-    app[TRUSTED_PROXIES] = parse_trusted_proxies(settings.trusted_proxies)
+    app[keys.TRUSTED_PROXIES] = parse_trusted_proxies(settings.trusted_proxies)
+    app[keys.ADMIN_MISSES] = admin_token_limiter(
+        settings.unknown_keys_per_second, settings.unknown_keys_total_per_second
+    )
     app[keys.ALLOW_PRIVATE_WEBHOOKS] = settings.allow_private_webhooks
     app[METRICS] = GatewayMetrics.create(per_key=settings.metrics_per_key)
     token = settings.environ.get(ADMIN_TOKEN_ENV, "").strip()

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from aiohttp import web
+
 from ccgate.core.records import utcnow
 from ccgate.errors import AuthenticationError, RateLimitedError
 from ccgate.storage.gateway.records import KeyIdentity
@@ -115,6 +117,68 @@ def still_valid(identity: KeyIdentity, now: datetime) -> bool:
     return not (identity.via_previous and (key.previous_valid_until is None or now >= key.previous_valid_until))
 
 
+KEY_HINT = "check the key you set (ANTHROPIC_API_KEY), then retry in a second"
+
+
+def client_address(request: web.Request) -> str | None:
+    """`client_of` for a request, with the app's `--trusted-proxy` networks (none: the peer)."""
+    from ccgate.gateway import keys
+
+    trusted = request.config_dict.get(keys.TRUSTED_PROXIES, ())
+    forwarded = request.headers.getall("X-Forwarded-For", []) if trusted else ()
+    return client_of(request.remote, forwarded, trusted)
+
+
+def admin_token_limiter(per_client: float, total: float) -> MissLimiter:
+    """Named admin tokens are looked up in the database by hash: guesses are capped like unknown virtual keys."""
+    return MissLimiter(per_client, total, "admin tokens", "check the admin token you send, then retry in a second")
+
+
+class MissLimiter:
+    """Database look-ups of secrets that turned out unknown, per client and for the whole instance: a bucket of
+    `per_client` (and one of `total`) look-ups, refilled at that rate a second. Past it: 429 before any read."""
+
+    def __init__(self, per_client: float, total: float, what: str, hint: str) -> None:
+        self.per_client = per_client
+        self.total = total
+        self.what = what
+        self.hint = hint
+        # client -> (look-ups it has left, when that was counted); `_TOTAL` is everyone's
+        self._left: dict[str, tuple[float, float]] = {}
+
+    def _allowance(self, client: str, now: float) -> float:
+        rate = self.total if client == _TOTAL else self.per_client
+        size = max(1.0, rate)
+        tokens, at = self._left.get(client, (size, now))
+        return min(size, tokens + (now - at) * rate)
+
+    def check(self, client: str | None, now: float) -> None:
+        """Raise RateLimitedError if the client, or all clients together, used up their look-ups."""
+        for who in (_TOTAL, client):
+            if who is None:
+                continue
+            tokens = self._allowance(who, now)
+            if tokens < 1:
+                rate = self.total if who == _TOTAL else self.per_client
+                raise RateLimitedError(
+                    f"too many unknown {self.what} " + ("at this gateway" if who == _TOTAL else "from this address"),
+                    retry_after=max(1, math.ceil((1 - tokens) / rate)),
+                    hint=self.hint,
+                )
+
+    def missed(self, client: str | None, now: float) -> None:
+        """Count a look-up that found nothing."""
+        if client is not None:
+            tokens = self._allowance(client, now)
+            if client not in self._left and len(self._left) >= MAX_TRACKED_ADDRESSES:
+                total = self._left.get(_TOTAL)
+                self._left.clear()  # the instance-wide bucket survives: clearing must not refill it
+                if total is not None:
+                    self._left[_TOTAL] = total
+            self._left[client] = (tokens - 1, now)
+        self._left[_TOTAL] = (self._allowance(_TOTAL, now) - 1, now)
+
+
 class KeyCache:
     """`authenticate(plaintext)` -> KeyIdentity, from the database at most every `ttl` seconds per key."""
 
@@ -132,10 +196,7 @@ class KeyCache:
         # negative answers apart, so a scanner's random keys never push real keys out of the cache
         self._unknown: dict[str, float] = {}
         self._loading: dict[str, asyncio.Future[KeyIdentity | None]] = {}
-        # client address -> (look-ups of unknown keys it has left, when that was counted)
-        self._misses: dict[str, tuple[float, float]] = {}
-        self.unknown_per_second = unknown_per_second
-        self.unknown_total_per_second = unknown_total_per_second
+        self.misses = MissLimiter(unknown_per_second, unknown_total_per_second, "virtual keys", KEY_HINT)
 
     async def authenticate(self, plaintext: str | None, client: str | None = None) -> KeyIdentity:
         """The key's identity; `client` (see `client_of`) caps the database reads its unknown keys cost."""
@@ -152,44 +213,13 @@ class KeyCache:
             identity = None  # a negative answer cached: no database read, nothing counted
         else:
             if entry is None:  # a key this instance knew is re-read whatever its address did (a shared proxy's)
-                self._check_misses(client, now)
+                self.misses.check(client, now)
             identity = await self._load(digest, plaintext)
             if identity is None:
-                self._missed(client, now)
+                self.misses.missed(client, now)
         if identity is None or not still_valid(identity, utcnow()):
             raise unauthenticated("unknown, revoked or expired virtual key")
         return identity
-
-    def _allowance(self, client: str, now: float) -> float:
-        """Unknown-key look-ups left: a bucket of its rate, refilled at that rate (`_TOTAL`: all clients')."""
-        rate = self.unknown_total_per_second if client == _TOTAL else self.unknown_per_second
-        size = max(1.0, rate)
-        tokens, at = self._misses.get(client, (size, now))
-        return min(size, tokens + (now - at) * rate)
-
-    def _check_misses(self, client: str | None, now: float) -> None:
-        for who in (_TOTAL, client):
-            if who is None:
-                continue
-            tokens = self._allowance(who, now)
-            if tokens < 1:
-                rate = self.unknown_total_per_second if who == _TOTAL else self.unknown_per_second
-                raise RateLimitedError(
-                    "too many unknown virtual keys " + ("at this gateway" if who == _TOTAL else "from this address"),
-                    retry_after=max(1, math.ceil((1 - tokens) / rate)),
-                    hint="check the key you set (ANTHROPIC_API_KEY), then retry in a second",
-                )
-
-    def _missed(self, client: str | None, now: float) -> None:
-        if client is not None:
-            tokens = self._allowance(client, now)
-            if client not in self._misses and len(self._misses) >= MAX_TRACKED_ADDRESSES:
-                total = self._misses.get(_TOTAL)
-                self._misses.clear()  # the instance-wide bucket survives: clearing must not refill it
-                if total is not None:
-                    self._misses[_TOTAL] = total
-            self._misses[client] = (tokens - 1, now)
-        self._misses[_TOTAL] = (self._allowance(_TOTAL, now) - 1, now)
 
     async def _load(self, digest: str, plaintext: str) -> KeyIdentity | None:
         """One database read per key at a time: concurrent requests with the same key share it."""
