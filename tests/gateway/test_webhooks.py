@@ -100,7 +100,8 @@ async def test_spend_ingested_through_v1_usage_fires_the_alerts_once_per_window(
             thresholds=[Decimal("0.8"), Decimal("1")],
             webhook_url=f"{base}/hook",
         )
-        headers = {"x-api-key": gateway.keys["ada"]}
+        reporter = await gateway.store.create_key(team="core", name="rae", mode="report")  # her own credentials
+        headers = {"x-api-key": reporter.plaintext}
         for batch in ([_row(), _row()], [_row()], [_row(), _row()]):
             async with http.post(f"{gateway.url}/v1/usage", json={"rows": batch}, headers=headers) as reply:
                 assert reply.status == 200
