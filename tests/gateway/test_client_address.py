@@ -10,7 +10,7 @@ import pytest
 from admin_testing import AdminCaller, admin_parent_app, error_of
 from gateway_harness import running_gateway
 
-from ccgate.errors import AuthenticationError, RateLimitedError
+from ccgate.errors import AuthenticationError, RateLimitedError, UserInputError
 from ccgate.gateway import keys
 from ccgate.gateway.auth import KeyCache, admin_token_limiter, client_of, parse_trusted_proxies
 from ccgate.storage.gateway import GatewayStore
@@ -37,7 +37,7 @@ def test_a_trusted_proxy_must_be_a_cidr() -> None:
         ipaddress.ip_network("10.0.0.1/32"),
         ipaddress.ip_network("fd00::/8"),
     )
-    with pytest.raises(ValueError, match="not an address or CIDR"):
+    with pytest.raises(UserInputError, match="not an address or CIDR"):
         parse_trusted_proxies(["10.0.0.0/33"])
 
 

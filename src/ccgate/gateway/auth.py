@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from ccgate.core.records import utcnow
-from ccgate.errors import AuthenticationError, RateLimitedError
+from ccgate.errors import AuthenticationError, RateLimitedError, UserInputError
 from ccgate.storage.gateway.records import KeyIdentity
 from ccgate.storage.gateway.store import KEY_PREFIX, GatewayStore, hash_secret
 
@@ -59,13 +59,16 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 
 
 def parse_trusted_proxies(given: Iterable[str]) -> tuple[Network, ...]:
-    """`--trusted-proxy` values as networks; ValueError names the one that is not a CIDR (or address)."""
+    """`--trusted-proxy` values as networks; UserInputError names the one that is not a CIDR (or address)."""
     networks = []
     for text in given:
         try:
             networks.append(ipaddress.ip_network(text.strip(), strict=False))
         except ValueError:
-            raise ValueError(f"--trusted-proxy {text!r} is not an address or CIDR") from None
+            raise UserInputError(
+                f"--trusted-proxy {text!r} is not an address or CIDR",
+                hint="give the load balancer's network, such as 10.0.0.0/8 or 127.0.0.1/32",
+            ) from None
     return tuple(networks)
 
 
