@@ -166,3 +166,17 @@ async def test_a_usage_batch_of_megabytes_is_read_whole(db_url: str) -> None:
 
         async with http.post(f"{gateway.url}/v1/usage", data=chunks(), headers=headers) as reply:
             assert reply.status == 413
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"since": "0001-01-01", "tz": "Etc/GMT+12", "by": "day"},
+        {"since": "9999-12-31", "until": "9999-12-31T23:59:59", "tz": "Etc/GMT-14", "by": "day"},
+    ],
+)
+async def test_a_report_at_the_edges_of_time_is_an_answer_not_a_500(api: AdminCaller, params: dict[str, str]) -> None:
+    status, body = await api("GET", "/report", params=params)
+    assert status in (200, 400), body
+    if status == 200:
+        assert body["total"]["requests"] == 0

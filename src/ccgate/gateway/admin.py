@@ -761,14 +761,19 @@ async def list_audit(request: web.Request) -> web.Response:
     return _json({"entries": [_audit_json(e) for e in entries], "next": after})
 
 
+REPORT_START = datetime(1970, 1, 1, tzinfo=UTC)
+REPORT_END = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 async def report(request: web.Request) -> web.Response:
     """Spend as `cost --json` prints it; all time by default; a team_admin sees only its team's rows."""
     who = _who(request, write=False, team_scoped=True)
     query = check.read_query(
         request, {"by": check.text, "since": check.moment, "until": check.moment, "tz": check.zone}
     )
-    since = query.get("since") or datetime(1970, 1, 1, tzinfo=UTC)
-    until = query.get("until") or utcnow()
+    # clamped to years that hold rows: at the edges of `datetime`, a day in the report's zone cannot be spelled (a 500)
+    since = max(query.get("since") or REPORT_START, REPORT_START)
+    until = min(query.get("until") or utcnow(), REPORT_END)
     if since >= until:
         raise InvalidRequestError("the range is empty: since is not before until", hint="swap or widen them")
     result = await _store(request).report(
