@@ -19,6 +19,8 @@ import pytest
 from admin_testing import AdminCaller, admin_parent_app
 from aiohttp import web
 from gateway_harness import ADMIN_TOKEN, running_gateway
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scripted_upstream import TextReply, Usage
 
 from ccgate.core.records import new_request_id
@@ -192,13 +194,14 @@ def test_hosts_refused_before_resolving() -> None:
     assert refused_host("hooks.example.com") is None and refused_host("8.8.8.8") is None
 
 
-def test_redacted_urls_keep_scheme_host_and_a_plain_first_segment() -> None:
+def test_redacted_urls_keep_scheme_host_and_a_common_first_segment() -> None:
     assert redact_webhook_url(SECRET_URL) == "https://hooks.example.com/services/…"
     assert redact_webhook_url("https://discord.com/api/webhooks/1/abc") == "https://discord.com/api/…"
     assert redact_webhook_url("https://h.example/abc123token") == "https://h.example/…"
     assert redact_webhook_url("https://h.example:8443/alerts") == "https://h.example:8443/alerts"
+    assert redact_webhook_url("https://h.example/abcdefghijklmnop") == "https://h.example/…"
     assert redact_webhook_url("https://h.example/alerts?key=1") == "https://h.example/alerts/…"
-    assert redact_webhook_url("http://[::1]:9/x") == "http://[::1]:9/x"
+    assert redact_webhook_url("http://[::1]:9/x") == "http://[::1]:9/…"
     assert redact_webhook_url(None) is None
 
 
@@ -243,3 +246,28 @@ async def test_the_gateway_admin_api_accepts_private_webhooks_when_allowed(db_ur
         http.post(f"{gateway.url}/admin/v1/budgets", json=body, headers=headers) as reply,
     ):
         assert reply.status == 201, await reply.text()
+
+
+_SECRET = st.one_of(
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=12, max_size=30),  # letters only: still a token
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=12, max_size=30),
+)
+
+
+@given(
+    secret=_SECRET,
+    where=st.sampled_from(["user", "password", "query", "fragment", "path", "first"]),
+    host=st.sampled_from(["hooks.example.com", "10.0.0.1", "[2001:db8::1]", "h.example:8443"]),
+)
+@settings(deadline=None, max_examples=200)
+def test_a_redacted_url_never_holds_a_secret_wherever_it_sits(secret: str, where: str, host: str) -> None:
+    url = {
+        "user": f"https://{secret}@{host}/hook",
+        "password": f"https://u:{secret}@{host}/hook",
+        "query": f"https://{host}/hook?token={secret}",
+        "fragment": f"https://{host}/hook#{secret}",
+        "path": f"https://{host}/services/T1/{secret}",
+        "first": f"https://{host}/{secret}/x",
+    }[where]
+    shown = redact_webhook_url(url)
+    assert shown is not None and secret not in shown and shown.startswith("https://")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -12,8 +11,11 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # to that IPv4 address, so it is the embedded one that counts.
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
-# A first path segment shown in the clear: a plain word such as Slack's `services` or Discord's `api`.
-_PLAIN_SEGMENT = re.compile(r"[A-Za-z_-]{1,32}")
+# First path segments shown in the clear: common words (Slack's `services`, Discord's `api`), never a segment
+# that could be a token (one made of letters only is still a token).
+_PLAIN_SEGMENTS = frozenset(
+    {"api", "services", "hooks", "hook", "webhook", "webhooks", "alerts", "alert", "notify", "events", "v1", "v2"}
+)
 
 
 def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
@@ -61,7 +63,8 @@ def refused_host(host: str) -> str | None:
 
 
 def redact_webhook_url(url: str | None) -> str | None:
-    """What may be shown of a webhook URL: scheme, host, port and a plain first path segment, then `…`.
+    """What may be shown of a webhook URL: scheme, host, port and a first path segment that is a common word
+    (`services`, `api`, `hooks`...), then `…`.
 
     Webhook URLs often are the secret (a token in the query, userinfo or the path, as Slack's and Discord's
     are), so everything else is left out; the URL is stored and used as given.
@@ -77,7 +80,7 @@ def redact_webhook_url(url: str | None) -> str | None:
     host = f"[{host}]" if ":" in host else host
     shown = f"{parts.scheme}://{host}{f':{port}' if port else ''}"
     segments = [s for s in parts.path.split("/") if s]
-    if segments and _PLAIN_SEGMENT.fullmatch(segments[0]):
+    if segments and segments[0].lower() in _PLAIN_SEGMENTS:
         shown += f"/{segments[0]}"
         segments = segments[1:]
     hidden = bool(segments or parts.query or parts.fragment or parts.username or parts.password)
