@@ -58,7 +58,7 @@ __ccgate_node() {
         'gateway admin whoami') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
         'gateway migrate') subs='' opts='--db --check --json -h --help' vopts=' --db ' vararg='' passthrough='' ;;
         'gateway report') subs='' opts='--url --token-file --by --since --until --tz --json --csv -h --help' vopts=' --url --token-file --by --since --until --tz ' vararg='' passthrough='' ;;
-        'gateway serve') subs='' opts='--db --host --port --workers --migrate --metrics-per-key --keep-days --max-body-mb -h --help' vopts=' --db --host --port --workers --keep-days --max-body-mb ' vararg='' passthrough='' ;;
+        'gateway serve') subs='' opts='--db --host --port --workers --migrate --metrics-per-key --keep-days --max-body-mb --allow-private-webhooks --trusted-proxy -h --help' vopts=' --db --host --port --workers --keep-days --max-body-mb --trusted-proxy ' vararg='' passthrough='' ;;
         'import') subs='claude-code' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'import claude-code') subs='' opts='--path --json -h --help' vopts=' --path ' vararg='' passthrough='' ;;
         'install') subs='' opts='--scope --dry-run -h --help' vopts=' --scope ' vararg='' passthrough='' ;;

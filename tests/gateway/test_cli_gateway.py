@@ -137,3 +137,17 @@ def test_serve_explains_a_busy_port_and_a_bad_host(
     assert code == 1 and "another program uses that port" in err
     code, _, err = run_main(capsys, monkeypatch, "gateway", "serve", "--db", db, "--host", "256.1.1.1", "--port", "0")
     assert code == 1 and "check --host" in err and "Traceback" not in err
+
+
+def test_serve_refuses_a_trusted_proxy_that_is_not_a_cidr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = f"sqlite://{tmp_path / 'g.db'}"
+    code, _, err = run_main(capsys, monkeypatch, "gateway", "serve", "--db", db, "--trusted-proxy", "10.0.0.0/33")
+    assert code == 1
+    assert "not an address or CIDR" in err and "hint:" in err and "Traceback" not in err
+    from ccgate.gateway import __main__ as module
+
+    monkeypatch.setattr(module, "configure_logging", lambda: None)  # the test's logging stays as it is
+    assert module.main(["--db", db, "--port", "0", "--trusted-proxy", "lb.example"]) == 1
+    assert "not an address or CIDR" in capsys.readouterr().err

@@ -296,7 +296,7 @@ async def test_budget_alerts_fire_once_per_threshold_to_the_webhook(db_url: str)
     await site.start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook?token=hook-secret"
     try:
-        async with running_gateway(db_url) as gateway:
+        async with running_gateway(db_url, allow_private_webhooks=True) as gateway:  # the receiver is on loopback
             gateway.upstream.handler = lambda _: TextReply("ok", usage=Usage(input_tokens=1000, output_tokens=10))
             await gateway.store.create_budget(
                 level="team",

@@ -18,6 +18,11 @@ gateway_app = typer.Typer(
     help="The org gateway: serve it, upgrade its database, administer it, report on it.", no_args_is_help=True
 )
 
+_TRUSTED_PROXY_OPTION = typer.Option(
+    None,
+    "--trusted-proxy",
+    help="CIDR of a load balancer in front of the gateway (repeat): X-Forwarded-For from it names the client.",
+)
 DB_HELP = "sqlite:///FILE (default: gateway.db in ccgate's data dir) or postgresql://USER[:PASSWORD]@HOST/DB"
 
 
@@ -51,6 +56,12 @@ def serve(
         90, "--keep-days", min=0, help="Days raw request rows are kept (then rolled up); 0 keeps them all."
     ),
     max_body_mb: int = typer.Option(64, "--max-body-mb", min=1, max=1024, help="Largest request body accepted."),
+    allow_private_webhooks: bool = typer.Option(
+        False,
+        "--allow-private-webhooks",
+        help="Let budget-alert webhooks post to loopback, private and link-local addresses (refused by default).",
+    ),
+    trusted_proxy: list[str] | None = _TRUSTED_PROXY_OPTION,
 ) -> None:
     """Serve the org gateway: Claude Code and developers' sidecars connect with virtual keys.
 
@@ -63,6 +74,7 @@ def serve(
     """
     app_ctx = ctx()
     url = _db_url(app_ctx, db)
+    proxies = _trusted_proxies(trusted_proxy or [])
     if url.startswith("sqlite:") and workers > 1:
         app_ctx.fail(
             "--workers above 1 needs PostgreSQL: SQLite has one writer, and each worker keeps its own connection",
@@ -87,11 +99,21 @@ def serve(
             metrics_per_key=metrics_per_key,
             keep_days=keep_days,
             max_body_mb=max_body_mb,
+            allow_private_webhooks=allow_private_webhooks,
+            trusted_proxies=proxies,
         )
         raise typer.Exit(run(serve_gateway(settings, host, port)))
     extra = [*(["--metrics-per-key"] if metrics_per_key else []), "--keep-days", str(keep_days)]
     extra += ["--max-body-mb", str(max_body_mb)]
+    extra += ["--allow-private-webhooks"] if allow_private_webhooks else []
+    extra += [arg for cidr in proxies for arg in ("--trusted-proxy", cidr)]
     raise typer.Exit(_run_workers(url, host, port, workers, extra))
+
+
+def _trusted_proxies(given: list[str]) -> tuple[str, ...]:
+    from ccgate.gateway.auth import parse_trusted_proxies
+
+    return tuple(str(network) for network in parse_trusted_proxies(given))
 
 
 def _run_workers(url: str, host: str, port: int, workers: int, extra: list[str]) -> int:

@@ -81,7 +81,7 @@ _ALIASES: dict[str, tuple[int, PeriodUnit]] = {
     "yearly": (1, PeriodUnit.YEAR),
 }
 _NAMES = {value: name for name, value in _ALIASES.items()}
-_PERIOD_RE = re.compile(r"^(\d{1,6})\s*(min|h|d|w|mo|y)$")
+_PERIOD_RE = re.compile(r"^(\d{1,6})\s*(min|h|d|w|mo|y)$", re.ASCII)  # "１d" or "1١d" (= 11d) are not periods
 # Keeps every window inside datetime's range (years 1..9999) and away from nonsense.
 _MAX_COUNT = {
     PeriodUnit.MINUTE: 525_600,

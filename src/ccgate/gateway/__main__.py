@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-body-mb", type=int, default=64, help="largest request body accepted")
     parser.add_argument("--keep-days", type=int, default=90, help="days raw rows are kept; 0 keeps them all")
     parser.add_argument("--metrics-per-key", action="store_true", help="per-key series on /metrics")
+    parser.add_argument("--allow-private-webhooks", action="store_true", help="webhooks may post to private hosts")
+    parser.add_argument("--trusted-proxy", action="append", default=[], help="CIDR whose X-Forwarded-For is trusted")
     parser.add_argument("--reuse-port", action="store_true", help="share the port with other workers")
     parser.add_argument("--port-file", default=None, help="write the bound port here once listening (tests)")
     args = parser.parse_args(argv)
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics_per_key=args.metrics_per_key,
         keep_days=args.keep_days,
         max_body_mb=args.max_body_mb,
+        allow_private_webhooks=args.allow_private_webhooks,
+        trusted_proxies=tuple(args.trusted_proxy),
     )
     try:
         return int(run(serve(settings, args.host, args.port, port_file=args.port_file, reuse_port=args.reuse_port)))

@@ -12,14 +12,17 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from ccgate.core.records import nanos_to_usd, to_iso, utcnow
+from ccgate.core.webhooks import redact_webhook_url, refused_host
 from ccgate.errors import (
     AuthenticationError,
     CcgateError,
@@ -29,6 +32,8 @@ from ccgate.errors import (
 )
 from ccgate.gateway import admin_input as check
 from ccgate.gateway import keys
+from ccgate.gateway.auth import client_address
+from ccgate.storage.gateway.db import ConstraintError
 from ccgate.storage.gateway.records import (
     AdminRole,
     AuditEntry,
@@ -93,9 +98,19 @@ async def principal_for(request: web.Request, token: str) -> Principal | None:
     bootstrap = request.config_dict.get(keys.BOOTSTRAP_ADMIN_TOKEN)
     if bootstrap and hmac.compare_digest(token.encode("utf-8"), bootstrap.encode("utf-8")):
         return Principal(BOOTSTRAP_ACTOR, AdminRole.ADMIN, None)
-    # named tokens are looked up by SHA-256 hash: the comparison never runs over the secret itself
+    # named tokens are looked up by SHA-256 hash: the comparison never runs over the secret itself; guesses are
+    # capped per client and for the instance, as unknown virtual keys are (a 429 before any read)
+    limiter = request.config_dict.get(keys.ADMIN_MISSES)
+    client = client_address(request)
+    now = time.monotonic()
+    if limiter is not None:
+        limiter.check(client, now)
     found = await _store(request).authenticate_admin(token)
-    return None if found is None else Principal(found.name, found.role, found.team_id)
+    if found is None:
+        if limiter is not None:
+            limiter.missed(client, now)
+        return None
+    return Principal(found.name, found.role, found.team_id)
 
 
 @web.middleware
@@ -162,6 +177,56 @@ def _check_team(who: Principal, team_id: str | None) -> None:
         )
 
 
+TIGHTEN_HINT = "a team admin may only add or tighten limits; ask an admin to raise or remove one"
+
+
+def _tighten_only(who: Principal, loosens: bool, what: str) -> None:
+    """The team_admin rule: within its team it may add limits and tighten them, never raise or remove one."""
+    if who.role is AdminRole.TEAM_ADMIN and loosens:
+        raise PermissionDeniedError(f"the admin token {who.name!r} (team_admin) may not {what}", hint=TIGHTEN_HINT)
+
+
+def _widens(before: tuple[str, ...] | None, after: Any) -> bool:
+    """A new allowed list lets through something the old one did not (None: everything)."""
+    if after is False or before is None:
+        return False
+    return after is None or not set(after) <= set(before)
+
+
+def _loosens_key(key: VirtualKey, changes: Mapping[str, Any], mode: str | None) -> str | None:
+    """What a key change would lift, or None: more models or providers, a later (or no) expiry, report mode (whose
+    budgets only the developer's sidecar enforces)."""
+    if _widens(key.allowed_models, changes.get("allowed_models", False)):
+        return "allow a key more models"
+    if _widens(key.allowed_providers, changes.get("allowed_providers", False)):
+        return "allow a key more providers"
+    expiry = changes.get("expires_at", False)
+    if expiry is not False and key.expires_at is not None and (expiry is None or expiry > key.expires_at):
+        return "extend or remove a key's expiry"
+    if mode == "report" and key.mode.value != "report":
+        return "switch a key to report mode"
+    return None
+
+
+def _loosens_rate(before: RateLimit | None, rpm: int | None, tpm: int | None) -> bool:
+    """A limit that was set becomes higher or none (None is no limit)."""
+    if before is None:
+        return False
+    return any(old is not None and (new is None or new > old) for old, new in ((before.rpm, rpm), (before.tpm, tpm)))
+
+
+def _fresh_name(kind: str, name: str, existing: Iterable[str]) -> None:
+    """Refuse a name people would take for an existing one (`Core` beside `core`, `ｃｏｒｅ`, a decomposed `é`):
+    reports, the audit log and `--team NAME` would otherwise show two things as one."""
+    wanted = check.folded(name)
+    for other in existing:
+        if other != name and check.folded(other) == wanted:
+            raise ConstraintError(
+                f"the {kind} name {name!r} is too like the existing {other!r}",
+                hint=f"names differing only in case or Unicode form are one name: pick another, or use {other!r}",
+            )
+
+
 # --- rendering -------------------------------------------------------------------------------------------------
 
 
@@ -211,7 +276,7 @@ def _budget_json(view: BudgetView, names: Mapping[str, str]) -> dict[str, Any]:
         "rolling": not budget.calendar,
         "timezone": budget.timezone,
         "thresholds": [str(t) for t in budget.thresholds],
-        "webhook_url": budget.webhook_url,
+        "webhook_url": redact_webhook_url(budget.webhook_url),
         "override_amount_usd": _usd(budget.override_limit_nanos),
         "override_until": None if budget.override_until is None else to_iso(budget.override_until),
         "limit_usd": _usd(state.limit_nanos),
@@ -247,7 +312,8 @@ async def list_customers(request: web.Request) -> web.Response:
 
 async def create_customer(request: web.Request) -> web.Response:
     who = _who(request, write=True)
-    data = await check.read_body(request, {"name": check.text}, ("name",))
+    data = await check.read_body(request, {"name": check.name}, ("name",))
+    _fresh_name("customer", data["name"], [c.name for c in await _store(request).list_customers()])
     return _json(public_dict(await _store(request).create_customer(data["name"], actor=who.name)), 201)
 
 
@@ -280,9 +346,10 @@ async def list_teams(request: web.Request) -> web.Response:
 async def create_team(request: web.Request) -> web.Response:
     who = _who(request, write=True)
     data = await check.read_body(
-        request, {"name": check.text, "customer": check.opt_text, "tier_overrides": check.overrides}, ("name",)
+        request, {"name": check.name, "customer": check.opt_text, "tier_overrides": check.overrides}, ("name",)
     )
     store = _store(request)
+    _fresh_name("team", data["name"], [team.name for team in await store.list_teams()])
     team = await store.create_team(
         data["name"], customer=data.get("customer"), tier_overrides=data.get("tier_overrides"), actor=who.name
     )
@@ -345,9 +412,10 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def create_key(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
-    data = await check.read_body(request, {"team": check.text, "name": check.text, **_KEY_FIELDS}, ("team", "name"))
+    data = await check.read_body(request, {"team": check.text, "name": check.name, **_KEY_FIELDS}, ("team", "name"))
     check.not_past(data.get("expires_at"))
     store = _store(request)
+    _fresh_name("key", data["name"], [key.name for key in await store.list_keys()])
     team = await store.get_team(data.pop("team"))
     _check_team(who, team.id)
     created = await store.create_key(team=team.id, actor=who.name, **data)
@@ -375,6 +443,8 @@ async def update_key(request: web.Request) -> web.Response:
     store = _store(request)
     # absent fields stay as they are; null clears a list (= every model/provider) or the expiry
     changes: dict[str, Any] = {name: value for name, value in data.items() if name != "mode"}
+    lifted = _loosens_key(key, changes, data.get("mode"))
+    _tighten_only(who, lifted is not None, lifted or "")
     after = await store.update_key(key.id, mode=data.get("mode"), actor=who.name, **changes)
     return _json(_key_json(after, await _team_names(store)))
 
@@ -413,6 +483,21 @@ async def _check_target(request: web.Request, who: Principal, level: str, target
         _check_team(who, None)
 
 
+def _check_webhook(request: web.Request, url: str | bool | None) -> None:
+    """A private or loopback host written into the URL is refused now; names are checked again at each send."""
+    if not isinstance(url, str) or request.config_dict.get(keys.ALLOW_PRIVATE_WEBHOOKS, False):
+        return
+    try:
+        why = refused_host(urlsplit(url).hostname or "")
+    except ValueError:
+        why = "the URL cannot be parsed"
+    if why is not None:
+        raise InvalidRequestError(
+            f"the webhook URL is refused: {why}",
+            hint="give a public https:// URL, or serve the gateway with --allow-private-webhooks",
+        )
+
+
 async def _budget_in_reach(request: web.Request, who: Principal) -> Budget:
     store = _store(request)
     budget = await store.get_budget(request.match_info["id"])
@@ -449,11 +534,12 @@ async def create_budget(request: web.Request) -> web.Response:
         "amount_usd": check.usd_nanos,
         "period": check.text,
         "rolling": check.boolean,
-        "timezone": check.text,
+        "timezone": check.zone_name,
         "thresholds": check.thresholds,
         "webhook_url": check.url,
     }
     data = await check.read_body(request, spec, ("level", "target", "amount_usd", "period"))
+    _check_webhook(request, data.get("webhook_url"))
     await _check_target(request, who, data["level"], data["target"])
     budget = await _store(request).create_budget(
         level=data["level"],
@@ -479,7 +565,10 @@ async def update_budget(request: web.Request) -> web.Response:
     data = await check.read_body(
         request, {"amount_usd": check.usd_nanos, "thresholds": check.thresholds, "webhook_url": check.url}
     )
+    _check_webhook(request, data.get("webhook_url"))
     budget = await _budget_in_reach(request, who)
+    _tighten_only(who, data.get("amount_usd", 0) > budget.limit_nanos, "raise a budget's amount")
+    _tighten_only(who, "thresholds" in data or "webhook_url" in data, "change a budget's alerts")
     after = await _store(request).update_budget(
         budget.id,
         limit_nanos=data.get("amount_usd"),
@@ -494,6 +583,12 @@ async def override_budget(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
     data = await check.read_body(request, {"amount_usd": check.opt_usd}, ("amount_usd",))
     budget = await _budget_in_reach(request, who)
+    if who.role is AdminRole.TEAM_ADMIN:
+        in_force = budget.effective_limit(utcnow())
+        amount = data["amount_usd"]
+        # clearing an override tightens only when it had raised the limit
+        lifted = budget.limit_nanos > in_force if amount is None else amount > in_force
+        _tighten_only(who, lifted, "raise a budget's limit in force, or clear an override that lowered it")
     after = await _store(request).override_budget(budget.id, limit_nanos=data["amount_usd"], actor=who.name)
     return await _budget_response(request, [after])
 
@@ -502,6 +597,7 @@ async def reset_budget(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
     await check.read_body(request, {})
     budget = await _budget_in_reach(request, who)
+    _tighten_only(who, True, "reset a budget (it forgets the window's spend)")
     await _store(request).reset_budget(budget.id, actor=who.name)
     return await _budget_response(request, [budget])
 
@@ -509,6 +605,7 @@ async def reset_budget(request: web.Request) -> web.Response:
 async def delete_budget(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
     budget = await _budget_in_reach(request, who)
+    _tighten_only(who, True, "delete a budget")
     await _store(request).delete_budget(budget.id, actor=who.name)
     return _json({"deleted": budget.id})
 
@@ -521,6 +618,11 @@ def _rate_level(request: web.Request) -> str:
     if level not in tuple(RateLevel):
         raise NotFoundError(f"no rate limit level {level!r}", hint="use team or key")
     return level
+
+
+async def _rate_limit_of(store: GatewayStore, level: str, target: str) -> RateLimit | None:
+    target_id = (await store.get_team(target)).id if level == "team" else (await store.get_key(target)).id
+    return next((r for r in await store.list_rate_limits() if r.level == level and r.target_id == target_id), None)
 
 
 async def list_rate_limits(request: web.Request) -> web.Response:
@@ -541,6 +643,9 @@ async def set_rate_limit(request: web.Request) -> web.Response:
     target = request.match_info["target"]
     await _check_target(request, who, level, target)
     store = _store(request)
+    if who.role is AdminRole.TEAM_ADMIN:
+        before = await _rate_limit_of(store, level, target)
+        _tighten_only(who, _loosens_rate(before, data["rpm"], data["tpm"]), "raise or remove a rate limit")
     limit = await store.set_rate_limit(level=level, target=target, rpm=data["rpm"], tpm=data["tpm"], actor=who.name)
     return _json(_rate_json(limit, await _target_names(store)))
 
@@ -550,6 +655,9 @@ async def delete_rate_limit(request: web.Request) -> web.Response:
     level = _rate_level(request)
     target = request.match_info["target"]
     await _check_target(request, who, level, target)
+    if who.role is AdminRole.TEAM_ADMIN:
+        before = await _rate_limit_of(_store(request), level, target)
+        _tighten_only(who, _loosens_rate(before, None, None), "remove a rate limit")
     await _store(request).delete_rate_limit(level=level, target=target, actor=who.name)
     return _json({"deleted": f"{level}:{target}"})
 
@@ -576,7 +684,10 @@ async def put_provider(request: web.Request) -> web.Response:
         "api_key": check.api_key,
     }
     data = await check.read_body(request, spec, ("kind",))
-    provider = await _store(request).put_provider(request.match_info["name"], actor=who.name, **data)
+    name = check.name("name", request.match_info["name"])
+    store = _store(request)
+    _fresh_name("provider", name, [provider.name for provider in await store.list_providers()])
+    provider = await store.put_provider(name, actor=who.name, **data)
     return _json(public_dict(provider))
 
 
@@ -603,14 +714,15 @@ async def list_tokens(request: web.Request) -> web.Response:
 async def create_token(request: web.Request) -> web.Response:
     who = _who(request, write=True)
     data = await check.read_body(
-        request, {"name": check.text, "role": check.role, "team": check.opt_text}, ("name", "role")
+        request, {"name": check.name, "role": check.role, "team": check.opt_text}, ("name", "role")
     )
-    if data["name"] == BOOTSTRAP_ACTOR:
+    if check.folded(data["name"]) == BOOTSTRAP_ACTOR:
         raise InvalidRequestError(
             f"the name {BOOTSTRAP_ACTOR!r} is reserved for the CCGATE_GATEWAY_ADMIN_TOKEN admin",
             hint="give the token another name (the audit log tells actors apart by name)",
         )
     store = _store(request)
+    _fresh_name("admin token", data["name"], [token.name for token in await store.list_admin_tokens()])
     created = await store.create_admin_token(data["name"], role=data["role"], team=data.get("team"), actor=who.name)
     teams = await _team_names(store)
     return _json({**_token_json(created.token, teams), "token": created.plaintext}, 201)
@@ -649,14 +761,19 @@ async def list_audit(request: web.Request) -> web.Response:
     return _json({"entries": [_audit_json(e) for e in entries], "next": after})
 
 
+REPORT_START = datetime(1970, 1, 1, tzinfo=UTC)
+REPORT_END = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 async def report(request: web.Request) -> web.Response:
     """Spend as `cost --json` prints it; all time by default; a team_admin sees only its team's rows."""
     who = _who(request, write=False, team_scoped=True)
     query = check.read_query(
         request, {"by": check.text, "since": check.moment, "until": check.moment, "tz": check.zone}
     )
-    since = query.get("since") or datetime(1970, 1, 1, tzinfo=UTC)
-    until = query.get("until") or utcnow()
+    # clamped to years that hold rows: at the edges of `datetime`, a day in the report's zone cannot be spelled (a 500)
+    since = max(query.get("since") or REPORT_START, REPORT_START)
+    until = min(query.get("until") or utcnow(), REPORT_END)
     if since >= until:
         raise InvalidRequestError("the range is empty: since is not before until", hint="swap or widen them")
     result = await _store(request).report(

@@ -7,12 +7,16 @@ would break the database driver).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import unicodedata
+import zoneinfo
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
@@ -20,6 +24,7 @@ from aiohttp import web
 from ccgate.core.budgets import parse_period
 from ccgate.core.records import to_iso, usd_to_nanos, utcnow
 from ccgate.core.routing import TIER_WORDS
+from ccgate.core.webhooks import looks_redacted
 from ccgate.errors import InvalidRequestError, RequestTooLargeError
 from ccgate.storage.gateway.records import MAX_RATE_LIMIT, AdminRole
 
@@ -53,6 +58,28 @@ def text(field: str, value: Any) -> str:
     return value
 
 
+# Unicode categories a name must not hold: controls, format characters (bidi overrides, zero-width joiners: a name
+# that renders as another), line and paragraph separators, surrogates, private use and unassigned code points.
+_NAME_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+MAX_NAME = 200
+
+
+def name(field: str, value: Any) -> str:
+    """A name people read (customer, team, key, token, provider): visible characters, no spaces at either end,
+    stored in Unicode's composed form (NFC), so `café` typed on two systems is one name."""
+    given = text(field, value)
+    if len(given) > MAX_NAME or any(unicodedata.category(c) in _NAME_CATEGORIES for c in given):
+        raise bad(field, f"a name of at most {MAX_NAME} visible characters (no control or invisible characters)")
+    if given != given.strip():
+        raise bad(field, "a name without spaces at its start or end")
+    return unicodedata.normalize("NFC", given)
+
+
+def folded(value: str) -> str:
+    """What two names that people would take for one have in common: compatibility form, case folded."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold()).strip()
+
+
 def opt_text(field: str, value: Any) -> str | None:
     return None if value is None else text(field, value)
 
@@ -63,6 +90,12 @@ def url(field: str, value: Any) -> str | None:
     given = text(field, value)
     if not re.match(r"^https?://[^\s/?#]+", given) or any(ord(c) < 33 for c in given):
         raise bad(field, "an http:// or https:// URL")
+    if looks_redacted(given):
+        raise bad(field, "the whole URL (what the API shows is redacted: `…` stands for what it leaves out)")
+    try:
+        urlsplit(given).port  # noqa: B018 - raises for a port that is not a number in range
+    except ValueError:
+        raise bad(field, "an http:// or https:// URL with a valid port") from None
     return given
 
 
@@ -117,7 +150,7 @@ def thresholds(field: str, value: Any) -> list[Decimal]:
             number = Decimal(item) if isinstance(item, str | int | Decimal) and not isinstance(item, bool) else None
         except InvalidOperation:
             number = None
-        if number is None or not number.is_finite() or not 0 < number <= 10:
+        if number is None or not number.is_finite() or not 0 < number <= 10 or number != round(number, 6):
             raise bad(field, 'a list of fractions of the limit above 0 and at most 10, e.g. ["0.8", "1"]')
         out.append(number)
     return out
@@ -187,11 +220,8 @@ def fields(data: Mapping[str, Any], spec: Mapping[str, Field], required: tuple[s
 
 
 async def read_body(request: web.Request, spec: Mapping[str, Field], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raw = b"x" * (MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
+    raw = await read_capped(request, MAX_BODY_BYTES)
+    if raw is None:
         raise RequestTooLargeError(f"the request body is over {MAX_BODY_BYTES} bytes", hint="send a smaller body")
     try:
         data = json.loads(raw or b"{}", parse_float=Decimal, parse_constant=_no_constant)
@@ -200,6 +230,23 @@ async def read_body(request: web.Request, spec: Mapping[str, Field], required: t
     if not isinstance(data, dict):
         raise InvalidRequestError("the body must be a JSON object", hint="send a JSON object")
     return fields(data, spec, required)
+
+
+async def read_capped(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None past `limit` bytes (never more than that in memory: the gateway's own body limit,
+    for Claude Code's requests, is 64 MB). One `read(n)` returns only what has arrived, so read until the end."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
 
 
 def _no_constant(name: str) -> Any:
@@ -220,16 +267,32 @@ def flag(field: str, value: Any) -> bool:
 
 
 def limit(field: str, value: Any) -> int:
-    if not (isinstance(value, str) and value.isdigit() and 1 <= int(value) <= 1000):
+    # ASCII digits only: "²" is a digit to `isdigit` but not to `int`, and "١٠" would be read as 10
+    if not (isinstance(value, str) and value.isascii() and value.isdigit() and 1 <= int(value) <= 1000):
         raise bad(field, "a number from 1 to 1000")
     return int(value)
 
 
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    """The IANA names this machine knows, without `localtime` (the host's own zone: gateway instances on different
+    hosts would cut one budget's windows differently) and the `right/` and `posix/` copies."""
+    return frozenset(zoneinfo.available_timezones()) - {"localtime"}
+
+
 def zone(field: str, value: Any) -> ZoneInfo:
+    given = text(field, value)
     try:
-        return ZoneInfo(text(field, value))
-    except (ZoneInfoNotFoundError, ValueError):
+        if given not in _zone_names():  # also keeps directories ("America") and file-system paths out
+            raise ValueError(given)
+        return ZoneInfo(given)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise bad(field, "an IANA time zone such as Europe/Berlin") from None
+
+
+def zone_name(field: str, value: Any) -> str:
+    """`zone`, kept as its name (a budget stores the name)."""
+    return zone(field, value).key
 
 
 def not_past(expiry: datetime | None) -> None:

@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 from ccgate.core.budgets import format_local
-from ccgate.core.records import format_usd, to_iso, utcnow
+from ccgate.core.records import format_usd, utcnow
 from ccgate.errors import BudgetExceededError, RateLimitedError, UnpricedModelError
 from ccgate.proxy.engine import ClientMeta
 from ccgate.storage.gateway import instances
@@ -39,7 +39,6 @@ from ccgate.storage.gateway.records import (
     Reservation,
 )
 from ccgate.storage.gateway.store import GatewayStore
-from ccgate.storage.reports import usd_string
 
 log = logging.getLogger("ccgate.gateway")
 
@@ -281,35 +280,19 @@ class GatewayAdmission:
 
     async def _alert(self, hold: Hold) -> None:
         """Each threshold of a budget with a webhook fires once per window, across instances (`claim_alert`)."""
+        from ccgate.gateway.webhooks import check_alerts
+
         assert hold.owner is not None and self.webhook is not None
         key_id, team_id, customer_id, provider_id = hold.owner
-        views = await self.store.budget_views(
-            key_id=key_id, team_id=team_id, customer_id=customer_id, provider_id=provider_id
+        await check_alerts(
+            self.store,
+            self.webhook,
+            key_id=key_id,
+            team_id=team_id,
+            customer_id=customer_id,
+            provider_id=provider_id,
+            only=hold.alerting,
         )
-        for view in views:
-            budget, state = view.budget, view.state
-            if budget.id not in hold.alerting or budget.webhook_url is None or state.limit_nanos <= 0:
-                continue
-            for threshold in budget.thresholds:
-                if state.spent_nanos < threshold * state.limit_nanos:
-                    continue
-                if not await self.store.claim_alert(budget.id, view.window_start, threshold):
-                    continue
-                await self.webhook(
-                    budget.webhook_url,
-                    {
-                        "type": "budget_alert",
-                        "budget_id": budget.id,
-                        "level": budget.level.value,
-                        "target_id": budget.target_id,
-                        "label": budget.label,
-                        "threshold": str(threshold),
-                        "limit_usd": usd_string(state.limit_nanos),
-                        "spent_usd": usd_string(state.spent_nanos),
-                        "window_start": to_iso(view.window_start),
-                        "resets_at": to_iso(state.resets_at),
-                    },
-                )
 
     def release(self, hold: Hold) -> None:
         self._end(hold)

@@ -28,10 +28,20 @@ from ccgate.core.routing import Route
 from ccgate.errors import CcgateError, InvalidRequestError, NotFoundError, PermissionDeniedError, RequestTooLargeError
 from ccgate.gateway import keys
 from ccgate.gateway.admission import GatewayAdmission, RequestAdmission
-from ccgate.gateway.auth import KEY_CACHE_SECONDS, UNKNOWN_LOOKUPS_PER_SECOND, KeyCache, presented_key
+from ccgate.gateway.auth import (
+    KEY_CACHE_SECONDS,
+    UNKNOWN_LOOKUPS_PER_SECOND,
+    UNKNOWN_LOOKUPS_PER_SECOND_TOTAL,
+    KeyCache,
+    admin_token_limiter,
+    client_address,
+    parse_trusted_proxies,
+    presented_key,
+)
 from ccgate.gateway.ledger import GatewayLedger, KeyLedger, Owner
 from ccgate.gateway.metrics import CONTENT_TYPE, GatewayMetrics, budget_exposition
 from ccgate.gateway.routing import KeyRouter
+from ccgate.gateway.webhooks import Webhooks, check_alerts
 from ccgate.proxy.engine import ClientMeta, Proxy, ProxyDeps, error_response
 from ccgate.proxy.serving import background, upstream_session_context
 from ccgate.storage.gateway.migrate import MigrationStatus
@@ -62,6 +72,10 @@ class GatewaySettings:
     key_cache_seconds: float = KEY_CACHE_SECONDS
     # database look-ups of unknown keys per client address and second (past it: 429)
     unknown_keys_per_second: float = UNKNOWN_LOOKUPS_PER_SECOND
+    # the same for all clients together
+    unknown_keys_total_per_second: float = UNKNOWN_LOOKUPS_PER_SECOND_TOTAL
+    # CIDRs of load balancers in front of the gateway: behind them, X-Forwarded-For names the client
+    trusted_proxies: tuple[str, ...] = ()
     # a budget hold lapses this long after its instance stops renewing it (renewed every third of it)
     reservation_ttl_seconds: float = 30.0
     # a request that only reservations keep out waits while they move, up to this long without progress
@@ -76,6 +90,9 @@ class GatewaySettings:
     # raw request rows older than this many days are rolled up and deleted (roll-ups stay); 0 keeps them all
     keep_days: int = 90
     retention_interval_seconds: float = 3600.0
+    # budget-alert webhooks may post to loopback, private and link-local addresses (off: an admin's URL must not
+    # reach what only the gateway can reach)
+    allow_private_webhooks: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,6 +136,7 @@ UPSTREAMS = web.AppKey("upstreams", Live)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 ENTRIES = web.AppKey("entries", dict[str, KeyEntry])
 METRICS = web.AppKey("metrics", GatewayMetrics)
+WEBHOOKS = web.AppKey("webhooks", Webhooks)
 
 
 class NoProviderKeyError(CcgateError):
@@ -201,7 +219,7 @@ async def _answer(
 async def _entry(request: web.Request) -> KeyEntry:
     """The caller's key (401 otherwise), with its router and ledger sink."""
     app = request.app
-    identity = await app[KEYS].authenticate(presented_key(request.headers), request.remote)
+    identity = await app[KEYS].authenticate(presented_key(request.headers), client_address(request))
     entries: dict[str, KeyEntry] = app[ENTRIES]
     entry = entries.get(identity.key.id)
     if entry is None or entry.identity is not identity:
@@ -330,15 +348,12 @@ async def me(request: web.Request) -> web.StreamResponse:
 
 async def usage(request: web.Request) -> web.StreamResponse:
     """A sidecar's batch of finished rows: stored once per (key, row id), attributed to the caller's key."""
+    from ccgate.gateway.admin_input import read_capped
     from ccgate.gateway.ingest import MAX_BODY_BYTES, parse_batch
 
     entry = await _entry(request)
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise RequestTooLargeError(
-            f"a usage batch is at most {MAX_BODY_BYTES // (1024 * 1024)} MB", hint="send it in smaller batches"
-        )
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
+    raw = await read_capped(request, MAX_BODY_BYTES)
+    if raw is None:
         raise RequestTooLargeError(
             f"a usage batch is at most {MAX_BODY_BYTES // (1024 * 1024)} MB", hint="send it in smaller batches"
         )
@@ -351,6 +366,17 @@ async def usage(request: web.Request) -> web.StreamResponse:
     result = await request.app[keys.STORE].ingest(
         key_id=owner.key_id, team_id=owner.team_id, customer_id=owner.customer_id, records=parsed.rows
     )
+    if result.sent:  # ingested spend crosses alert thresholds too
+        webhooks = request.app[WEBHOOKS]
+        webhooks.spawn(
+            check_alerts(
+                request.app[keys.STORE],
+                webhooks.post,
+                key_id=owner.key_id,
+                team_id=owner.team_id,
+                customer_id=owner.customer_id,
+            )
+        )
     rejected = [{"id": row_id, "why": why} for row_id, why in parsed.rejected]
     rejected += [{"id": row_id, "why": "refused by the store"} for row_id in result.rejected_ids]
     return web.json_response({"sent": result.sent, "known": result.known, "rejected": rejected})
@@ -417,7 +443,12 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     cipher = KeyCipher.from_env(dict(settings.environ))
     store = await open_checked_store(settings, cipher)
     app[keys.STORE] = store
-    app[KEYS] = KeyCache(store, ttl=settings.key_cache_seconds, unknown_per_second=settings.unknown_keys_per_second)
+    app[KEYS] = KeyCache(
+        store,
+        ttl=settings.key_cache_seconds,
+        unknown_per_second=settings.unknown_keys_per_second,
+        unknown_total_per_second=settings.unknown_keys_total_per_second,
+    )
     try:
         yield
     finally:
@@ -582,7 +613,7 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
         provider_ids=lambda name: app[UPSTREAMS].upstreams.provider_ids.get(name),
         rate_limited=lambda: app[UPSTREAMS].upstreams.rate_limited,
         budgeted=lambda: _budgeted(app),
-        webhook=lambda url, payload: post_webhook(app[SESSION], url, payload),
+        webhook=app[WEBHOOKS].post,
     )
     await instances.beat(store.db, settings.instance_id, ttl, utcnow())
     recovered = await instances.recover_dead(store.db, utcnow())
@@ -620,15 +651,13 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def post_webhook(session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> None:
-    """A budget alert; its URL (often a secret itself, as Slack's are) is never logged."""
-    budget = payload.get("budget_id")
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    """The guarded session budget alerts are posted with; closed after the alert checks still running."""
+    webhooks = app[WEBHOOKS] = Webhooks(allow_private=app[SETTINGS].allow_private_webhooks)
     try:
-        async with session.post(url, json=payload, timeout=aiohttp.ClientTimeout(total=10)) as reply:
-            if reply.status >= 400:
-                log.error("the alert webhook of budget %s answered HTTP %d", budget, reply.status)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-        log.error("the alert webhook of budget %s failed: %s", budget, type(error).__name__)
+        yield
+    finally:
+        await webhooks.close()
 
 
 def create_runner(app: web.Application) -> web.AppRunner:
@@ -646,12 +675,19 @@ def create_app(settings: GatewaySettings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[ENTRIES] = {}
+    app[keys.TRUSTED_PROXIES] = parse_trusted_proxies(settings.trusted_proxies)
+    app[keys.ADMIN_MISSES] = admin_token_limiter(
+        settings.unknown_keys_per_second, settings.unknown_keys_total_per_second
+    )
+    app[keys.ALLOW_PRIVATE_WEBHOOKS] = settings.allow_private_webhooks
     app[METRICS] = GatewayMetrics.create(per_key=settings.metrics_per_key)
     token = settings.environ.get(ADMIN_TOKEN_ENV, "").strip()
     if token:
         app[keys.BOOTSTRAP_ADMIN_TOKEN] = token
     # one cleanup context per resource, so a failed start undoes exactly what started; closed in reverse
-    app.cleanup_ctx.extend([_store, _upstreams, upstream_session_context(SESSION), _ledger, _admission, _retention])
+    app.cleanup_ctx.extend(
+        [_store, _upstreams, upstream_session_context(SESSION), _webhooks, _ledger, _admission, _retention]
+    )
     app.router.add_route("HEAD", "/", root)
     app.router.add_get("/", root, allow_head=False)
     app.router.add_get("/healthz", healthz)

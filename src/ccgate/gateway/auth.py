@@ -3,19 +3,27 @@
 Every instance asks the database again once an answer is older than the bound, so a key revoked (or a
 budget, model list or tier override changed) through any instance takes effect everywhere within it. The
 cache is keyed by the key's hash, never by the key itself.
+
+Database reads for keys that turn out unknown are capped per client and for the whole instance. The client is
+the peer address, or, when the peer is a proxy the gateway was told to trust (`--trusted-proxy CIDR`), the
+nearest address in X-Forwarded-For that is not such a proxy; IPv6 clients count per /64 (one host holds a
+whole /64). The instance-wide cap holds whatever the clients claim to be.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from aiohttp import web
+
 from ccgate.core.records import utcnow
-from ccgate.errors import AuthenticationError, RateLimitedError
+from ccgate.errors import AuthenticationError, RateLimitedError, UserInputError
 from ccgate.storage.gateway.records import KeyIdentity
 from ccgate.storage.gateway.store import KEY_PREFIX, GatewayStore, hash_secret
 
@@ -26,7 +34,15 @@ MAX_KEY_CHARS = 256
 # Database look-ups that found no key, allowed per client address and second (a bucket of this size refilled at
 # this rate): a scanner trying keys costs a read each, so past it the address gets 429 before any read.
 UNKNOWN_LOOKUPS_PER_SECOND = 10
+# The same for all clients together: random keys from many addresses (or forged ones) cannot flood the database.
+UNKNOWN_LOOKUPS_PER_SECOND_TOTAL = 100
 MAX_TRACKED_ADDRESSES = 10_000
+MAX_FORWARDED_HOPS = 32
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+_TOTAL = "*"  # the instance-wide bucket's name among the clients' (no address is spelled so)
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -40,6 +56,54 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
+
+
+def parse_trusted_proxies(given: Iterable[str]) -> tuple[Network, ...]:
+    """`--trusted-proxy` values as networks; UserInputError names the one that is not a CIDR (or address)."""
+    networks = []
+    for text in given:
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise UserInputError(
+                f"--trusted-proxy {text!r} is not an address or CIDR",
+                hint="give the load balancer's network, such as 10.0.0.0/8 or 127.0.0.1/32",
+            ) from None
+    return tuple(networks)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An X-Forwarded-For entry (`1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:5678`) as an address, or None."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1 : text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def _bucket(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+    return str(address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else address)
+
+
+def client_of(peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[Network]) -> str | None:
+    """Whom to count unknown-key look-ups against: the peer, or behind trusted proxies the client they name."""
+    address = None if peer is None else _address(peer)
+    if address is None:
+        return peer
+    if trusted and forwarded_for:
+        hops = [hop for header in forwarded_for for hop in header.split(",")][-MAX_FORWARDED_HOPS:]
+        while any(address in network for network in trusted if network.version == address.version) and hops:
+            named = _address(hops.pop())
+            if named is None:
+                break  # a proxy that writes something else: count against the last proxy
+            address = named
+    return _bucket(address)
 
 
 def unauthenticated(reason: str) -> AuthenticationError:
@@ -56,6 +120,68 @@ def still_valid(identity: KeyIdentity, now: datetime) -> bool:
     return not (identity.via_previous and (key.previous_valid_until is None or now >= key.previous_valid_until))
 
 
+KEY_HINT = "check the key you set (ANTHROPIC_API_KEY), then retry in a second"
+
+
+def client_address(request: web.Request) -> str | None:
+    """`client_of` for a request, with the app's `--trusted-proxy` networks (none: the peer)."""
+    from ccgate.gateway import keys
+
+    trusted = request.config_dict.get(keys.TRUSTED_PROXIES, ())
+    forwarded = request.headers.getall("X-Forwarded-For", []) if trusted else ()
+    return client_of(request.remote, forwarded, trusted)
+
+
+def admin_token_limiter(per_client: float, total: float) -> MissLimiter:
+    """Named admin tokens are looked up in the database by hash: guesses are capped like unknown virtual keys."""
+    return MissLimiter(per_client, total, "admin tokens", "check the admin token you send, then retry in a second")
+
+
+class MissLimiter:
+    """Database look-ups of secrets that turned out unknown, per client and for the whole instance: a bucket of
+    `per_client` (and one of `total`) look-ups, refilled at that rate a second. Past it: 429 before any read."""
+
+    def __init__(self, per_client: float, total: float, what: str, hint: str) -> None:
+        self.per_client = per_client
+        self.total = total
+        self.what = what
+        self.hint = hint
+        # client -> (look-ups it has left, when that was counted); `_TOTAL` is everyone's
+        self._left: dict[str, tuple[float, float]] = {}
+
+    def _allowance(self, client: str, now: float) -> float:
+        rate = self.total if client == _TOTAL else self.per_client
+        size = max(1.0, rate)
+        tokens, at = self._left.get(client, (size, now))
+        return min(size, tokens + (now - at) * rate)
+
+    def check(self, client: str | None, now: float) -> None:
+        """Raise RateLimitedError if the client, or all clients together, used up their look-ups."""
+        for who in (_TOTAL, client):
+            if who is None:
+                continue
+            tokens = self._allowance(who, now)
+            if tokens < 1:
+                rate = self.total if who == _TOTAL else self.per_client
+                raise RateLimitedError(
+                    f"too many unknown {self.what} " + ("at this gateway" if who == _TOTAL else "from this address"),
+                    retry_after=max(1, math.ceil((1 - tokens) / rate)),
+                    hint=self.hint,
+                )
+
+    def missed(self, client: str | None, now: float) -> None:
+        """Count a look-up that found nothing."""
+        if client is not None:
+            tokens = self._allowance(client, now)
+            if client not in self._left and len(self._left) >= MAX_TRACKED_ADDRESSES:
+                total = self._left.get(_TOTAL)
+                self._left.clear()  # the instance-wide bucket survives: clearing must not refill it
+                if total is not None:
+                    self._left[_TOTAL] = total
+            self._left[client] = (tokens - 1, now)
+        self._left[_TOTAL] = (self._allowance(_TOTAL, now) - 1, now)
+
+
 class KeyCache:
     """`authenticate(plaintext)` -> KeyIdentity, from the database at most every `ttl` seconds per key."""
 
@@ -65,6 +191,7 @@ class KeyCache:
         *,
         ttl: float = KEY_CACHE_SECONDS,
         unknown_per_second: float = UNKNOWN_LOOKUPS_PER_SECOND,
+        unknown_total_per_second: float = UNKNOWN_LOOKUPS_PER_SECOND_TOTAL,
     ) -> None:
         self.store = store
         self.ttl = ttl
@@ -72,12 +199,10 @@ class KeyCache:
         # negative answers apart, so a scanner's random keys never push real keys out of the cache
         self._unknown: dict[str, float] = {}
         self._loading: dict[str, asyncio.Future[KeyIdentity | None]] = {}
-        # client address -> (look-ups of unknown keys it has left, when that was counted)
-        self._misses: dict[str, tuple[float, float]] = {}
-        self.unknown_per_second = unknown_per_second
+        self.misses = MissLimiter(unknown_per_second, unknown_total_per_second, "virtual keys", KEY_HINT)
 
     async def authenticate(self, plaintext: str | None, client: str | None = None) -> KeyIdentity:
-        """The key's identity; `client` (the peer address) caps the database reads its unknown keys cost."""
+        """The key's identity; `client` (see `client_of`) caps the database reads its unknown keys cost."""
         if not plaintext:
             raise unauthenticated("no virtual key: send it as x-api-key or Authorization: Bearer")
         if not plaintext.startswith(KEY_PREFIX) or len(plaintext) > MAX_KEY_CHARS or not plaintext.isascii():
@@ -91,39 +216,13 @@ class KeyCache:
             identity = None  # a negative answer cached: no database read, nothing counted
         else:
             if entry is None:  # a key this instance knew is re-read whatever its address did (a shared proxy's)
-                self._check_misses(client, now)
+                self.misses.check(client, now)
             identity = await self._load(digest, plaintext)
             if identity is None:
-                self._missed(client, now)
+                self.misses.missed(client, now)
         if identity is None or not still_valid(identity, utcnow()):
             raise unauthenticated("unknown, revoked or expired virtual key")
         return identity
-
-    def _allowance(self, client: str, now: float) -> float:
-        """The client's unknown-key look-ups left: a bucket of `unknown_per_second`, refilled at that rate."""
-        size = max(1.0, self.unknown_per_second)
-        tokens, at = self._misses.get(client, (size, now))
-        return min(size, tokens + (now - at) * self.unknown_per_second)
-
-    def _check_misses(self, client: str | None, now: float) -> None:
-        if client is None:
-            return
-        tokens = self._allowance(client, now)
-        if tokens < 1:
-            wait = math.ceil((1 - tokens) / self.unknown_per_second)
-            raise RateLimitedError(
-                "too many unknown virtual keys from this address",
-                retry_after=max(1, wait),
-                hint="check the key you set (ANTHROPIC_API_KEY), then retry in a second",
-            )
-
-    def _missed(self, client: str | None, now: float) -> None:
-        if client is None:
-            return
-        tokens = self._allowance(client, now)
-        if client not in self._misses and len(self._misses) >= MAX_TRACKED_ADDRESSES:
-            self._misses.clear()
-        self._misses[client] = (tokens - 1, now)
 
     async def _load(self, digest: str, plaintext: str) -> KeyIdentity | None:
         """One database read per key at a time: concurrent requests with the same key share it."""

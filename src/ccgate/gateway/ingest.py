@@ -29,6 +29,10 @@ MAX_TAG_TEXT = 200
 # budget window that is long closed, or charge one that has not begun.
 MAX_AGE = timedelta(days=400)
 MAX_SKEW = timedelta(minutes=10)
+# No single request costs this much (a million input tokens and a full reply on the dearest model is tens of
+# dollars): a row priced above it is refused, so forged token counts cannot push a budget's spent toward the
+# database's integer limit.
+MAX_ROW_COST_NANOS = 10_000 * 10**9
 
 _TOKENS = (
     "input_tokens",
@@ -103,7 +107,11 @@ def parse_batch(payload: Any, pricer: Pricer, *, now: datetime | None = None) ->
         except RowRejected as why:
             parsed.rejected.append((shown, str(why)))
             continue
-        parsed.rows.append((price(record, pricer), tags))
+        priced = price(record, pricer)
+        if (priced.cost.nanos or 0) > MAX_ROW_COST_NANOS:
+            parsed.rejected.append((shown, "its tokens cost more than any single request can"))
+            continue
+        parsed.rows.append((priced, tags))
     return parsed
 
 
@@ -210,9 +218,22 @@ def _text(raw: Mapping[str, Any], name: str, limit: int) -> str | None:
     value = raw.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
-        raise RowRejected(f"{name} must be text of at most {limit} characters")
+    if not isinstance(value, str) or len(value) > limit or not _storable(value, multiline=name == "error_message"):
+        raise RowRejected(f"{name} must be text of at most {limit} characters, without control characters")
     return value
+
+
+def _storable(text: str, *, multiline: bool = False) -> bool:
+    """Valid Unicode without control characters: a lone surrogate (JSON can spell one, `\\ud800`) is stored but
+    cannot be encoded again, so every report that holds it would fail; escape sequences would reach terminals."""
+    allowed = "\t\n\r" if multiline else ""
+    if any((ord(c) < 32 or 127 <= ord(c) < 160) and c not in allowed for c in text):
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _tags(value: Any) -> dict[str, str]:
@@ -223,6 +244,6 @@ def _tags(value: Any) -> dict[str, str]:
     for key, item in value.items():
         if not isinstance(item, str) or not 0 < len(key) <= MAX_TAG_TEXT or len(item) > MAX_TAG_TEXT:
             raise RowRejected(f"tags must map names to text of at most {MAX_TAG_TEXT} characters")
-        if "\x00" in key or "\x00" in item:
-            raise RowRejected("tags must not contain NUL characters")
+        if not _storable(key) or not _storable(item):
+            raise RowRejected("tags must be text without control characters")
     return dict(value)

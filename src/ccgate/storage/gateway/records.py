@@ -11,6 +11,7 @@ from typing import Any
 
 from ccgate.core.budgets import BudgetState, Period
 from ccgate.core.records import RequestRecord, to_iso
+from ccgate.core.webhooks import redact_webhook_url
 
 
 class KeyMode(StrEnum):
@@ -285,5 +286,7 @@ def public_dict(value: Any) -> dict[str, Any]:
             item = [str(x) if isinstance(x, Decimal) else x for x in item]
         elif isinstance(item, StrEnum):
             item = item.value
+        if name == "webhook_url":  # it may carry a token: shown and audited redacted, stored as given
+            item = redact_webhook_url(item)
         out[name] = item
     return json.loads(json.dumps(out))  # type: ignore[no-any-return]
