@@ -258,7 +258,7 @@ def _check_fast(line: bytes) -> _Checked | str | None:
 _NEEDLE = b'"assistant"'
 # Bytes read at a time; a transcript's lines are whole within what is scanned at once.
 CHUNK_BYTES = 16 * 1024 * 1024
-# Bytes before `resume_at` whose digest tells a transcript that grew from one rewritten.
+# Bytes at the start and before `resume_at` whose digest tells a transcript that grew from one rewritten.
 TAIL_BYTES = 4096
 
 
@@ -339,8 +339,11 @@ class FileScan:
 
 
 def _tail_hash_at(fd: int, offset: int) -> bytes:
+    """A digest of the first and the last `TAIL_BYTES` before `offset`: a file rewritten (not appended to) under
+    the same inode differs there (Claude Code only appends; an editor or a tool rewriting it changes its head)."""
+    head = os.pread(fd, min(TAIL_BYTES, offset), 0)
     start = max(0, offset - TAIL_BYTES)
-    return _tail_hash(os.pread(fd, offset - start, start))
+    return _tail_hash(head + os.pread(fd, offset - start, start))
 
 
 def _resume_at(fd: int, status: os.stat_result, mark: FileMark | None) -> int:

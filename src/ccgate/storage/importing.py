@@ -103,9 +103,9 @@ def _trigger_sql() -> str:
 
 @dataclass(frozen=True, slots=True)
 class FileMark:
-    """How far `import` read a transcript: `resume_at` is the end of the last whole line read, `tail_hash` a digest
-    of the bytes just before it (to tell a file that grew from one rewritten). `inode`, `resume_at` and
-    `tail_hash` are None for marks written before they were kept."""
+    """How far `import` read a transcript: `resume_at` is the end of the last whole line read, `tail_hash` a
+    digest of its first bytes and of those just before `resume_at` (to tell a file that grew from one rewritten).
+    `inode`, `resume_at` and `tail_hash` are None for marks written before they were kept."""
 
     path: str
     size: int
