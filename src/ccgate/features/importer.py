@@ -268,9 +268,9 @@ def _tail_hash(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def _only_objects(buf: bytes) -> bool:
-    """Every line of `buf` is `{...}` with nothing around it: then a line without `"assistant"` needs no look."""
-    lines = buf.count(b"\n")
+def _only_objects(buf: bytes, lines: int) -> bool:
+    """Every line of `buf` (`lines` newlines) is `{...}` with nothing around it: then a line without `"assistant"`
+    needs no look."""
     if buf.endswith(b"\n"):
         return buf.startswith(b"{") and buf.endswith(b"}\n") and buf.count(b"}\n{") == lines - 1
     return buf.startswith(b"{") and buf.endswith(b"}") and buf.count(b"}\n{") == lines
@@ -300,8 +300,9 @@ class FileScan:
         """Count the lines of `buf` (whole lines, the last one possibly unterminated) and keep each reply's best."""
         stats = self.stats
         stats.bytes += len(buf)
-        stats.lines += buf.count(b"\n") + (0 if buf.endswith(b"\n") or not buf else 1)
-        if _utf8(buf) and _only_objects(buf):
+        newlines = buf.count(b"\n")
+        stats.lines += newlines + (0 if buf.endswith(b"\n") or not buf else 1)
+        if _utf8(buf) and _only_objects(buf, newlines):
             position = buf.find(_NEEDLE)
             while position >= 0:
                 start = buf.rfind(b"\n", 0, position) + 1
@@ -514,6 +515,7 @@ def scan_files(
         return
     import multiprocessing
 
+    catalog.rates("claude-sonnet-4-5", provider=PROVIDER)  # load the price catalog once, not once per worker
     _WORKER["catalog"] = catalog
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
