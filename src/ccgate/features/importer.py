@@ -727,6 +727,19 @@ class Importer:
     def run(self, files: list[Path], progress: Progress | None = None, *, skip_unchanged: bool = True) -> ImportStats:
         """Import `files`: those an earlier run read up to their present size are skipped, those that only grew
         since are read from where it stopped."""
+        import gc
+
+        # hundreds of thousands of tuples and no cycles among them: the collector would only walk them, again and
+        # again (a tenth of the time); worker processes inherit this
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(files, progress, skip_unchanged=skip_unchanged)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _run(self, files: list[Path], progress: Progress | None, *, skip_unchanged: bool) -> ImportStats:
         from ccgate.storage.importing import insert_import_rows, load_marks
 
         stats = self.stats
