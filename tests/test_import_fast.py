@@ -563,3 +563,23 @@ def test_a_rerun_with_nothing_changed_loads_neither_sqlite_utils_nor_prices(
     out = done.stdout.decode().splitlines()
     assert json.loads(out[0])["unchanged_files"] == 2
     assert out[1] == "[]"
+
+
+@pytest.mark.parametrize("chunk", [7, 100, 4096])
+def test_reading_in_small_chunks_gives_what_one_read_gives(
+    chunk: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines cut between chunks are carried over whole, also a line longer than a chunk and a last line without
+    its newline; progress adds up to what was read."""
+    root = corpus(tmp_path / "projects", files=2, replies=8)
+    files = sorted(root.glob("*.jsonl"))
+    with files[1].open("a") as handle:
+        handle.write("{not json}\n" + line(500))
+    whole_stats = ImportStats()
+    whole = read_transcripts(files, whole_stats)
+    monkeypatch.setattr(importer, "CHUNK_BYTES", chunk)
+    stats, seen = ImportStats(), []
+    marks: list[importing.FileMark] = []
+    assert read_transcripts(files, stats, seen.append, marks) == whole
+    assert stats == whole_stats and sum(seen) == stats.bytes == sum(path.stat().st_size for path in files)
+    assert [mark.resume_at for mark in marks] == [files[0].stat().st_size, files[1].stat().st_size - len(line(500))]
