@@ -578,7 +578,7 @@ def test_reading_in_small_chunks_gives_what_one_read_gives(
     whole_stats = ImportStats()
     whole = read_transcripts(files, whole_stats)
     monkeypatch.setattr(importer, "CHUNK_BYTES", chunk)
-    stats, seen = ImportStats(), []
+    stats, seen = ImportStats(), list[int]()
     marks: list[importing.FileMark] = []
     assert read_transcripts(files, stats, seen.append, marks) == whole
     assert stats == whole_stats and sum(seen) == stats.bytes == sum(path.stat().st_size for path in files)

@@ -5,6 +5,10 @@ Each assistant line of `~/.claude/projects/**/*.jsonl` carries `message.id`, `me
 same (message id, request id) appears on several lines: it is one request, and the line with the most output
 tokens wins. Requests the sidecar already metered (same upstream message id) are skipped, and imported rows
 get deterministic ids, so running the import again adds nothing.
+
+Speed (200,000 lines, 230 MB, on the first run): only lines holding `"assistant"` are parsed, with msgspec reading
+just the billed fields; files are read and priced in forked worker processes; the rows go in through
+`storage.importing` in bulk. A re-run opens only the files that changed, and a grown one from where it stopped.
 """
 
 from __future__ import annotations
@@ -86,15 +90,15 @@ def import_id(message_id: str, request_id: str | None) -> str:
     return str(uuid.uuid5(IMPORT_NAMESPACE, f"{message_id}\n{request_id or ''}"))
 
 
+_NAMESPACE_BYTES = IMPORT_NAMESPACE.bytes
+
+
 def _fast_import_id(message_id: str, request_id: str | None) -> str:
     """`import_id` without building `UUID` objects (a third of the time per imported row went there)."""
-    import hashlib
+    from hashlib import sha1
 
-    digest = bytearray(
-        hashlib.sha1(
-            IMPORT_NAMESPACE.bytes + f"{message_id}\n{request_id or ''}".encode(), usedforsecurity=False
-        ).digest()
-    )
+    name = f"{message_id}\n{request_id or ''}".encode()
+    digest = bytearray(sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest())
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     text = digest[:16].hex()
