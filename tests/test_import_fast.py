@@ -556,7 +556,7 @@ def test_a_rerun_with_nothing_changed_loads_neither_sqlite_utils_nor_prices(
         "from ccgate.cli import main\n"
         f"sys.argv = ['ccgate', 'import', 'claude-code', '--path', {str(root)!r}, '--json']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in ('sqlite_utils', 'genai_prices', 'rich', 'msgspec') if m in sys.modules))\n"
+        "print(sorted(m for m in ('sqlite_utils', 'genai_prices', 'rich', 'msgspec', 'asyncio') if m in sys.modules))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=60, check=True)
