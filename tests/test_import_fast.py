@@ -191,6 +191,10 @@ def odd_lines(draw: st.DrawFn) -> bytes:
         "timestamp": draw(st.sampled_from(["2026-03-01T10:00:00Z", "0001-01-01T00:00+01:00", "", "now", 5])),
         "content": draw(st.sampled_from(["plain", "assistant", "\ud800", "é"])),
     }
+    if draw(st.booleans()):  # a line that is fine but for what the mutation below does
+        usage = {"input_tokens": draw(st.integers(0, 9)), "output_tokens": draw(st.integers(0, 9))}
+        message = {"id": draw(st.sampled_from(["msg_same", "msg_other"])), "model": "claude-haiku-4-5", "usage": usage}
+        raw.update(type="assistant", message=message, timestamp="2026-03-01T10:00:00Z")
     data = json.dumps(raw, allow_nan=True).encode()
     mutation = draw(st.sampled_from(["none", "none", "bad-utf8", "raw-surrogate", "truncate", "crlf", "array"]))
     if mutation == "bad-utf8":
