@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from sqlite_utils import Database
 
     from ccgate.core.pricing import PriceCatalog
-    from ccgate.wire.fastjson import TranscriptUsage
+    from ccgate.wire.fastjson import TranscriptLine, TranscriptUsage
 
 SOURCE = "import"
 PROVIDER = "anthropic"
@@ -222,13 +223,11 @@ def _looks_like_object(line: bytes) -> bool:
     return not stripped or (stripped[:1] == b"{" and stripped[-1:] == b"}")
 
 
-def _check_fast(line: bytes) -> _Checked | str | None:
-    """`_check_line` for a line of UTF-8 bytes, reading only the fields it needs (msgspec); a line msgspec refuses
-    (a float count, a field of an unexpected type, ...) goes to `_check_line`, which decides as always."""
-    from ccgate.wire.fastjson import read_transcript_line
-
+def _check_fast(line: bytes, read: Callable[[bytes], TranscriptLine]) -> _Checked | str | None:
+    """`_check_line` for a line of UTF-8 bytes, reading only the fields it needs (`read`: msgspec); a line msgspec
+    refuses (a float count, a field of an unexpected type, ...) goes to `_check_line`, which decides as always."""
     try:
-        head = read_transcript_line(line)
+        head = read(line)
     except ValueError:
         return _check_line(line)
     if head.type != "assistant":
@@ -307,13 +306,16 @@ class FileScan:
         newlines = buf.count(b"\n")
         stats.lines += newlines + (0 if buf.endswith(b"\n") or not buf else 1)
         if _utf8(buf) and _only_objects(buf, newlines):
+            from ccgate.wire.fastjson import read_transcript_line
+
+            check = partial(_check_fast, read=read_transcript_line)
             position = buf.find(_NEEDLE)
             while position >= 0:
                 start = buf.rfind(b"\n", 0, position) + 1
                 end = buf.find(b"\n", position)
                 if end < 0:
                     end = len(buf)
-                self._take(buf[start:end], _check_fast)
+                self._take(buf[start:end], check)
                 position = buf.find(_NEEDLE, end)
             return
         for line in buf.split(b"\n"):
