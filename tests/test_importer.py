@@ -200,7 +200,7 @@ def test_import_counts_costs_and_rerun(
     assert (again["imported"], again["unchanged_files"], again["files"], again["lines"]) == (0, 2, 0, 0)
     assert again["cost_nanos"] == 0
     assert len(ledger_rows()) == 3
-    # a file that grew is read again, whole: its new request is imported, the old ones are known
+    # a file that grew is read from where the last run stopped: only its new request is read, and imported
     main = transcripts / "-work-my-app-src" / f"{SESSION}.jsonl"
     assert main.exists()
     with main.open("a") as handle:
@@ -208,7 +208,11 @@ def test_import_counts_costs_and_rerun(
         handle.write("\n" + assistant("msg_F", "req_F", "claude-haiku-4-5", usage, cwd=str(tmp_path)))
     code, out, err = run(capsys, monkeypatch, "import", "claude-code", "--path", str(transcripts), "--json")
     third = json.loads(out)
-    assert (third["imported"], third["already_imported"], third["unchanged_files"], third["files"]) == (1, 2, 1, 1)
+    assert (third["imported"], third["already_imported"], third["unchanged_files"], third["files"]) == (1, 0, 1, 1)
+    assert (third["entries"], third["bytes"]) == (
+        1,
+        len(assistant("msg_F", "req_F", "claude-haiku-4-5", usage, cwd=str(tmp_path))) + 1,
+    )
     assert len(ledger_rows()) == 4
 
     # `cost` counts the imported requests and says so

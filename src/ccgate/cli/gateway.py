@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
@@ -159,6 +158,8 @@ def _check_or_migrate(url: str, *, migrate: bool) -> MigrationStatus:
         finally:
             await store.close()
 
+    import asyncio  # here, not at the top: every ccgate command imports this module
+
     status = asyncio.run(check())
     problem = migration_problem(status)
     if problem is not None:
@@ -186,6 +187,8 @@ def migrate_cmd(
             return applied, await store.check_migrations()
         finally:
             await store.close()
+
+    import asyncio
 
     applied, status = asyncio.run(work())
     problem = migration_problem(status)

@@ -329,6 +329,16 @@ def m009_org_sync(db: Database) -> None:
     )
 
 
+@migration
+def m010_import_file_offsets(db: Database) -> None:
+    """Where `import claude-code` stopped in each transcript: a file that only grew is read from there on, and
+    one replaced under the same name (another inode) or rewritten (other bytes before that point) from the start.
+    """
+    db.execute("ALTER TABLE import_files ADD COLUMN inode INTEGER")
+    db.execute("ALTER TABLE import_files ADD COLUMN resume_at INTEGER")
+    db.execute("ALTER TABLE import_files ADD COLUMN tail_hash BLOB")
+
+
 def applied_migrations(db: Database) -> list[str]:
     if not db["_migrations"].exists():
         return []

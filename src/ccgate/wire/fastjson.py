@@ -9,12 +9,12 @@ building it: a Claude Code body is mostly conversation the proxy forwards untouc
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import orjson
 
-__all__ = ["NestedTooDeep", "dumps", "loads", "read_head"]
+__all__ = ["NestedTooDeep", "TranscriptLine", "TranscriptUsage", "dumps", "loads", "read_head", "read_transcript_line"]
 
 
 class NestedTooDeep(ValueError):
@@ -64,6 +64,84 @@ def read_head(data: bytes) -> dict[str, Any]:
 def _raw_or_none(raw: msgspec.Raw) -> bytes | None:
     text = bytes(raw)
     return None if not text or text == b"null" else text
+
+
+# A token count as the importer accepts it without further checks: a whole number >= 0 (null reads as absent).
+# Anything else (a float, a bool, -5, "abc") makes msgspec refuse the line and the caller's full reading decide.
+_Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _CacheCreation(msgspec.Struct):
+    ephemeral_5m_input_tokens: _Count | None = None
+    ephemeral_1h_input_tokens: _Count | None = None
+
+
+class _ServerToolUse(msgspec.Struct):
+    web_search_requests: _Count | None = None
+
+
+class TranscriptUsage(msgspec.Struct):
+    """An Anthropic `usage` object whose counts are all usable (None where absent or null)."""
+
+    input_tokens: _Count | None = None
+    output_tokens: _Count | None = None
+    cache_read_input_tokens: _Count | None = None
+    cache_creation_input_tokens: _Count | None = None
+    cache_creation: _CacheCreation | None = None
+    server_tool_use: _ServerToolUse | None = None
+    speed: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The object as `usage_from_anthropic` reads it (a null count and an absent one read the same)."""
+        creation, server = self.cache_creation, self.server_tool_use
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_creation": None
+            if creation is None
+            else {
+                "ephemeral_5m_input_tokens": creation.ephemeral_5m_input_tokens,
+                "ephemeral_1h_input_tokens": creation.ephemeral_1h_input_tokens,
+            },
+            "server_tool_use": None if server is None else {"web_search_requests": server.web_search_requests},
+            "speed": self.speed,
+        }
+
+
+class _TranscriptMessage(msgspec.Struct):
+    id: str | None = None
+    model: str | None = None
+    usage: TranscriptUsage | None = None
+
+
+class TranscriptLine(msgspec.Struct, rename="camel"):
+    """The fields of a Claude Code transcript line that `import` reads; the rest (the content: most of the bytes)
+    is checked as JSON and skipped, never built."""
+
+    type: Any = None
+    message: _TranscriptMessage | None = None
+    request_id: str | None = None
+    session_id: str | None = None
+    cwd: str | None = None
+    timestamp: str | None = None
+
+
+_TRANSCRIPT_DECODER = msgspec.json.Decoder(TranscriptLine)
+
+
+def read_transcript_line(line: bytes) -> TranscriptLine:
+    """The line's fields, typed; ValueError when msgspec refuses it, then the caller reads it fully with `loads`.
+
+    msgspec refuses more than `loads` (a float or negative count, a field of another type, NaN, lone surrogate
+    escapes, deep nesting), never less, except that it does not check UTF-8 in strings it skips: callers
+    check the bytes are UTF-8 first.
+    """
+    try:
+        return _TRANSCRIPT_DECODER.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def loads(data: bytes | str) -> Any:
