@@ -71,7 +71,7 @@ def _row(
 
 async def _hourly(store: GatewayStore) -> dict[tuple[str, ...], tuple[int, ...]]:
     rows = await store.db.fetch(
-        f"SELECT hour, key_id, team_id, customer_id, project, model, provider, {SUM_COLUMNS} FROM request_hourly"
+        f"SELECT hour, key_id, team_id, customer_id, project, model, provider, {SUM_COLUMNS} FROM request_hourly"  # noqa: S608
     )
     return {tuple(str(v) for v in row[:7]): tuple(int(v) for v in row[7:]) for row in rows}
 
@@ -253,7 +253,8 @@ async def test_migration_backfills_from_raw_rows_and_pruned_days(db_url: str) ->
             "0, 0, 0)"
         )
         await apply(db)
-        rows = await db.fetch(f"SELECT hour, team_id, provider, {SUM_COLUMNS} FROM request_hourly ORDER BY hour")
+        sql = f"SELECT hour, team_id, provider, {SUM_COLUMNS} FROM request_hourly ORDER BY hour"  # noqa: S608
+        rows = await db.fetch(sql)
         assert [tuple(str(v) if i < 3 else int(v) for i, v in enumerate(r)) for r in rows] == [
             ("2026-12-01T00", "", "anthropic", 4, 1, 2, 3, 4, 40, 0, 0, 0),
             ("2026-12-01T09", "", "anthropic", 1, 3, 0, 0, 3, 5, 0, 0, 0),
@@ -462,3 +463,31 @@ def test_whole_hour_zones(zone: str, whole: bool) -> None:
     from ccgate.storage.gateway.ledger import whole_hour_zone
 
     assert whole_hour_zone(ZoneInfo(zone), datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)) is whole
+
+
+async def test_a_second_request_under_an_id_in_flight_on_this_instance_gets_its_own_row(db_url: str) -> None:
+    import aiohttp
+    from gateway_harness import running_gateway
+    from scripted_upstream import TextReply
+
+    async with running_gateway(db_url) as gateway, aiohttp.ClientSession() as http:
+        gateway.upstream.enqueue(TextReply(cut_after_events=2, then="hang"), TextReply())
+        headers = {"x-api-key": gateway.keys["ada"], "x-ccgate-request-id": "dup-1", "anthropic-version": "2023-06-01"}
+        body = {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 5,
+            "stream": True,
+            "messages": [{"role": "user", "content": "x"}],
+        }
+        async with http.post(f"{gateway.url}/v1/messages", json=body, headers=headers) as first:
+            assert first.status == 200
+            await gateway.upstream.wait_for_requests(1)
+            client = gateway.client(gateway.keys["ada"], default_headers={"x-ccgate-request-id": "dup-1"})
+            await client.messages.create(
+                model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "y"}]
+            )
+            rows = {row.record.id: row.record.status for row in await gateway.rows("ada")}
+            assert rows.pop("dup-1") is RequestStatus.PENDING  # the first, still streaming, kept its id
+            assert list(rows.values()) == [RequestStatus.OK]  # the second: its own row under a fresh id
+            sent = [r.headers["x-ccgate-request-id"] for r in gateway.upstream.messages_requests]
+            assert sent[0] == "dup-1" and sent[1] != "dup-1"
