@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage, from_iso
+from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage, from_iso, to_iso
 from ccgate.gateway.ledger import GatewayLedger, Owner
 from ccgate.storage.gateway import GatewayRow, GatewayStore, RowSource, connect
 from ccgate.storage.gateway.instances import recover_dead
@@ -491,3 +491,34 @@ async def test_a_second_request_under_an_id_in_flight_on_this_instance_gets_its_
             assert list(rows.values()) == [RequestStatus.OK]  # the second: its own row under a fresh id
             sent = [r.headers["x-ccgate-request-id"] for r in gateway.upstream.messages_requests]
             assert sent[0] == "dup-1" and sent[1] != "dup-1"
+
+
+async def test_the_benchmark_database_has_its_hourly_roll_ups_and_budget_spend_current(db_url: str) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from make_gateway_db import _build
+
+    await _build(db_url, 3_000, days=10, seed=3)
+    store = await GatewayStore.open(db_url)
+    try:
+        assert len(await store.list_keys()) == 200 and len(await store.list_teams()) == 20
+        assert len(await store.db.fetch("SELECT id FROM requests")) == 3_000
+        await _assert_hourly_current(store)
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        for budget in await store.list_budgets():  # what admission would have charged in the current window
+            (view,) = await store.budget_states([budget])
+            start = today if budget.period.text == "1d" else today.replace(day=1)
+            if budget.level.value == "provider":
+                where, target = "provider = 'anthropic' AND source = 'proxied'", []
+            else:
+                where, target = f"{budget.level.value}_id = ?", [budget.target_id]
+            (row,) = await store.db.fetch(
+                f"SELECT coalesce(sum(cost_nanos), 0) FROM requests WHERE {where} AND started_at >= ?",  # noqa: S608
+                [*target, to_iso(start)],
+            )
+            assert view.state.spent_nanos == int(row[0]), (budget.level, budget.period.text)
+        assert await store.list_audit(limit=5)
+    finally:
+        await store.close()

@@ -213,15 +213,17 @@ async def write_requests(db: Database, rows: Sequence[GatewayRow]) -> list[Gatew
 
 async def _finished_rows(conn: Connection, db: Database, rows: Sequence[GatewayRow]) -> dict[tuple[str, str], Row]:
     """The batch's rows that exist and are finished, as hourly contributions; every existing one locked in (key
-    id, row id) order, the order `instances.recover_dead` locks them in."""
+    id, row id) order, the order `instances.recover_dead` locks them in. (A join on a VALUES list: SQLite scans
+    the whole table for a row-value `IN (VALUES ...)`.)"""
     found: dict[tuple[str, str], Row] = {}
     slots = sorted({(row.key_id, row.record.id) for row in rows})
+    lock = " FOR UPDATE OF r" if db.backend == "postgresql" else ""
     for start in range(0, len(slots), _CHUNK):
         chunk = slots[start : start + _CHUNK]
         marks = ", ".join("(?, ?)" for _ in chunk)
         for row in await conn.fetch(
-            f"SELECT key_id, id, status, {_CONTRIBUTION} FROM requests WHERE (key_id, id) IN (VALUES {marks}) "
-            f"ORDER BY key_id, id{db.for_update}",
+            f"WITH wanted (k, i) AS (VALUES {marks}) SELECT r.key_id, r.id, r.status, {_CONTRIBUTION} FROM wanted "
+            f"JOIN requests r ON r.key_id = wanted.k AND r.id = wanted.i ORDER BY r.key_id, r.id{lock}",
             [value for slot in chunk for value in slot],
         ):
             if row[2] != RequestStatus.PENDING.value:
@@ -547,6 +549,8 @@ _ROLLUP_KEYS = {
     "model": "r.model",
     "provider": "r.provider",
 }
+# groupings whose key is a name: (id column, table holding the names)
+_NAMED = {"key": ("key_id", "virtual_keys"), "team": ("team_id", "teams"), "customer": ("customer_id", "customers")}
 _JOINS = (
     " LEFT JOIN virtual_keys k ON k.id = r.key_id LEFT JOIN teams t ON t.id = r.team_id"
     " LEFT JOIN customers c ON c.id = r.customer_id"
@@ -712,8 +716,22 @@ async def _hourly_groups(
         for row in await conn.fetch(sql, params):
             add(from_iso(f"{row[0]}:00:00Z").astimezone(tz).date().isoformat(), row[1:])
         return
+    if by in _NAMED:  # grouped by id, then named: a join per group, not per hourly row
+        column, table = _NAMED[by]
+        sql = f"SELECT r.{column}, {_ROLLUP_SUMS} FROM request_hourly r{where} GROUP BY r.{column}"
+        groups = await conn.fetch(sql, params)
+        ids = sorted({str(row[0]) for row in groups if row[0]})
+        names: dict[str, str] = {}
+        for start in range(0, len(ids), _CHUNK):
+            part = ids[start : start + _CHUNK]
+            marks = ", ".join("?" for _ in part)
+            found = await conn.fetch(f"SELECT id, name FROM {table} WHERE id IN ({marks})", part)
+            names.update((str(i), str(n)) for i, n in found)
+        for row in groups:
+            add(names.get(str(row[0]), str(row[0])), row[1:])
+        return
     key = _ROLLUP_KEYS[by]
-    sql = f"SELECT {key}, {_ROLLUP_SUMS} FROM request_hourly r{_JOINS}{where} GROUP BY {key}"
+    sql = f"SELECT {key}, {_ROLLUP_SUMS} FROM request_hourly r{where} GROUP BY {key}"
     for row in await conn.fetch(sql, params):
         add(str(row[0]), row[1:])
 
