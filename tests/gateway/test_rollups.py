@@ -522,3 +522,34 @@ async def test_the_benchmark_database_has_its_hourly_roll_ups_and_budget_spend_c
         assert await store.list_audit(limit=5)
     finally:
         await store.close()
+
+
+def test_rollups_rebuild_command(
+    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from cli_runner import run_main
+
+    code, _, err = run_main(capsys, monkeypatch, "gateway", "rollups", "rebuild", "--db", db_url)
+    assert code == 1 and "pending migration" in err and "Traceback" not in err  # a database not made yet
+
+    async def seed() -> None:
+        store = await GatewayStore.open(db_url)
+        try:
+            who = await _key(store, "dev", "core")
+            await store.write_requests([_row(who, f"r{i}", at=T0 + timedelta(hours=i)) for i in range(3)])
+            await store.db.execute("DELETE FROM request_hourly")
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    code, out, err = run_main(
+        capsys, monkeypatch, "gateway", "rollups", "rebuild", "--db", db_url, "--since", "2026-12-01", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out) == {"since": "2026-12-01T00:00:00.000000Z", "hourly_rows": 3}
+    code, _, err = run_main(capsys, monkeypatch, "gateway", "rollups", "rebuild", "--db", db_url, "--since", "soon")
+    assert code == 1 and "--since" in err and "hint:" in err and "Traceback" not in err
+    code, _, err = run_main(capsys, monkeypatch, "gateway", "rollups", "rebuild", "--db", db_url)
+    assert code == 0 and "rebuilt the hourly roll-ups for all hours: 3 row(s)" in err
