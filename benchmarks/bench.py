@@ -847,6 +847,19 @@ def cost_phase(report: Report, settings: Settings, rows: int, cache_dir: Path) -
         report.add(key, f"{label}, {rows:,}-row ledger (median)", value, "ms", at_most=500)
 
 
+def gateway_reports_phase(report: Report, settings: Settings, rows: int, cache_dir: Path) -> None:
+    """`gateway report --by team|model|day|key` over 30 days of a `rows`-request gateway database (issue 17's
+    dashboard reads the same roll-ups), on SQLite and PostgreSQL: see gateway_reports.py."""
+    import gateway_reports
+
+    pg_url, cluster = start_postgres()
+    try:
+        gateway_reports.phase(report.add, report.notes.append, rows, cache_dir, settings.cost_runs, pg_url)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
 def import_phase(report: Report, settings: Settings, work: Path, cache_dir: Path) -> None:
     """`import claude-code` on a generated corpus (200,000 lines, ~230 MB): a first import into an empty
     ledger, and a re-run with nothing changed (every file skipped unread)."""
@@ -944,6 +957,7 @@ def main(argv: list[str] | None = None) -> int:
         ("translation CPU", lambda work: translation_cpu(report, settings)),
         ("CLI start-up", lambda work: cli_phase(report, settings, work)),
         ("cost", lambda work: cost_phase(report, settings, rows, args.cache_dir)),
+        ("gateway reports", lambda work: gateway_reports_phase(report, settings, rows, args.cache_dir)),
         ("import", lambda work: import_phase(report, settings, work, args.cache_dir)),
     ]
     with tempfile.TemporaryDirectory(prefix="ccgate-bench-") as tmp:

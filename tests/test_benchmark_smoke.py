@@ -64,6 +64,11 @@ def _gateway_keys(name: str) -> tuple[set[str], set[str]]:
     return every, {f"added_{name}_p50_ms", f"throughput_{name}_vs_sidecar_pct", f"{name}_rss_peak_mb"}
 
 
+def _report_keys(backend: str) -> set[str]:
+    """The gateway report timings on one backend's generated database (all judged)."""
+    return {f"gateway_report_{by}_{backend}_ms" for by in ("team", "model", "day", "key")}
+
+
 # the benchmark runs the PostgreSQL gateway when it finds a PostgreSQL, as the gateway tests do
 _HAS_POSTGRES = bool(os.environ.get(URL_ENV)) or find_tool("initdb") is not None
 
@@ -92,6 +97,9 @@ def test_quick_benchmark_reports_every_metric(tmp_path: Path) -> None:
     gateways = ["gateway_sqlite", *(["gateway_postgresql"] if _HAS_POSTGRES else [])]
     gateway_every = set().union(*(_gateway_keys(name)[0] for name in gateways))
     gateway_judged = set().union(*(_gateway_keys(name)[1] for name in gateways))
+    reports = set().union(*(_report_keys(b) for b in ["sqlite", *(["postgresql"] if _HAS_POSTGRES else [])]))
+    gateway_every |= reports
+    gateway_judged |= reports
     assert set(metrics) == EXPECTED | gateway_every
     for key, metric in metrics.items():
         assert isinstance(metric["value"], int | float), key

@@ -214,6 +214,52 @@ def migrate_cmd(
         raise typer.Exit(1)
 
 
+rollups_app = typer.Typer(help="The gateway's hourly roll-ups that reports read.", no_args_is_help=True)
+gateway_app.add_typer(rollups_app, name="rollups")
+
+
+@rollups_app.command("rebuild")
+def rollups_rebuild(
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    since: str | None = typer.Option(
+        None, "--since", help="First UTC day or time to recompute (YYYY-MM-DD or ISO-8601; default: all)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Recompute the hourly roll-ups from the raw request rows (e.g. after an older release wrote rows beside
+    this one). Needs the database itself (whoever can run it administers the gateway); audited."""
+    import getpass
+    from datetime import UTC, datetime
+
+    from ccgate.core.records import to_iso
+    from ccgate.storage.gateway.store import GatewayStore
+
+    app_ctx = ctx()
+    url = _db_url(app_ctx, db)
+    start: datetime | None = None
+    if since is not None:
+        try:
+            start = datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError:
+            app_ctx.fail(f"--since {since!r} is not a date or time", hint="use YYYY-MM-DD or 2026-12-01T10:00Z")
+        start = start if start.tzinfo else start.replace(tzinfo=UTC)
+    _check_or_migrate(url, migrate=False)
+
+    async def work() -> tuple[datetime | None, int]:
+        store = await GatewayStore.open(url, migrate_now=False, max_connections=1)
+        try:
+            return await store.rebuild_rollups(since=start, actor=f"cli:{getpass.getuser()}")
+        finally:
+            await store.close()
+
+    first, count = asyncio.run(work())
+    if as_json:
+        app_ctx.print_json({"since": None if first is None else to_iso(first), "hourly_rows": count})
+    else:
+        where = "all hours" if first is None else f"hours from {to_iso(first)}"
+        app_ctx.success(f"rebuilt the hourly roll-ups for {where}: {count} row(s)")
+
+
 def register(app: typer.Typer) -> None:
     from ccgate.cli import gateway_admin
 

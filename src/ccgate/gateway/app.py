@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -287,7 +287,15 @@ async def messages(request: web.Request) -> web.StreamResponse:
     entry = await _entry(request)
     _proxy_mode(entry)
     proxy, meta = _proxy(request, entry, admitted=True)
-    return await proxy.messages(request, meta)
+    if meta.request_id is None:
+        return await proxy.messages(request, meta)
+    ledger, key_id = request.app[LEDGER], entry.identity.key.id
+    if not ledger.claim_id(key_id, meta.request_id):  # the same id in flight twice: this one gets a fresh id
+        return await proxy.messages(request, replace(meta, request_id=None))
+    try:
+        return await proxy.messages(request, meta)
+    finally:
+        ledger.release_id(key_id, meta.request_id)
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:

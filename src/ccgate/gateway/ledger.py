@@ -59,6 +59,8 @@ class GatewayLedger:
         self._queue: dict[tuple[str, str], GatewayRow] = {}
         # (key id, client's row id) -> the fresh id a request got because a finished row already had that id
         self._renamed: dict[tuple[str, str], str] = {}
+        # (key id, client's row id) of this process's requests in flight under a client's id: one at a time
+        self._in_flight: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -77,10 +79,17 @@ class GatewayLedger:
         slot = (owner.key_id, record.id)
         row = GatewayRow(record.copy(), owner.key_id, owner.team_id, owner.customer_id, instance_id=self.instance_id)
         renamed = self._renamed.get(slot)
+        queued = self._queue.get(slot)
+        if renamed is None and queued is not None and queued.record.started_at != record.started_at:
+            # the id's previous request is still queued (not written yet): never coalesce two requests' rows
+            renamed = new_request_id()
+            log.warning("request id reused by key %s: stored under a fresh id", owner.key_id)
+            if record.status is RequestStatus.PENDING:
+                self._renamed[slot] = renamed
         if renamed is not None:  # a reused request id: this request's rows go under its fresh id
             row.record.id = renamed
             if record.status is not RequestStatus.PENDING:
-                del self._renamed[slot]
+                self._renamed.pop(slot, None)
             slot = (owner.key_id, renamed)
         self._queue.pop(slot, None)  # re-inserted at the end: rows are written in the order they last changed
         self._queue[slot] = row
@@ -88,6 +97,19 @@ class GatewayLedger:
         self._wake.set()
         if self.on_final is not None and record.status is not RequestStatus.PENDING:
             self.on_final(record, owner)
+
+    def claim_id(self, key_id: str, row_id: str) -> bool:
+        """Whether a request may use a client's row id: not while another request of this key is in flight
+        under it here (their rows would be one row). Another instance's holder is caught when the row is
+        written (`ledger.write_requests`). A True claim is given back with `release_id`."""
+        slot = (key_id, row_id)
+        if slot in self._in_flight:
+            return False
+        self._in_flight.add(slot)
+        return True
+
+    def release_id(self, key_id: str, row_id: str) -> None:
+        self._in_flight.discard((key_id, row_id))
 
     @property
     def unsaved(self) -> int:

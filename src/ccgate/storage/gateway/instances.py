@@ -11,7 +11,8 @@ from datetime import datetime, timedelta
 
 from ccgate.core.records import from_iso, new_request_id, to_iso
 from ccgate.storage.gateway.admission import _APPLYING, charge, load_budgets
-from ccgate.storage.gateway.db import Database
+from ccgate.storage.gateway.db import Database, Row
+from ccgate.storage.gateway.ledger import add_hourly, hourly_contribution
 
 
 async def beat(db: Database, instance_id: str, ttl: timedelta, now: datetime) -> None:
@@ -52,19 +53,23 @@ async def recover_dead(db: Database, now: datetime) -> int:
             f"(SELECT instance_id FROM reservations WHERE expires_at > ?) ORDER BY r.key_id, r.id{lock}",
             (to_iso(now),),
         )
+        finished: list[Row] = []
         for key_id, row_id, team_id, customer_id, cost, started_at, provider_id, charged in rows:
             # only what is not in the budgets yet (its instance may have settled before it lost the database);
             # the mark lets that instance, if it comes back, settle just the rest (`admission.claim_charge`)
             already = int(charged or 0)
             owed = max(0, int(cost or 0) - already)
-            changed = await conn.execute(
+            changed = await conn.fetch(
                 "UPDATE requests SET status = 'interrupted', ended_at = coalesce(ended_at, ?), charged_nanos = ?, "
-                "charged_by = 'recovery' WHERE key_id = ? AND id = ? AND status = 'pending'",
+                "charged_by = 'recovery' WHERE key_id = ? AND id = ? AND status = 'pending' "
+                f"RETURNING {hourly_contribution()}",
                 (to_iso(now), already + owed, key_id, row_id),
             )
+            finished.extend(changed)
             if changed and owed:
                 budgets = await load_budgets(conn, _APPLYING, (customer_id, team_id, key_id, provider_id))
                 await charge(conn, db, [budget.id for budget in budgets], owed, from_iso(str(started_at)))
+        await add_hourly(conn, finished)  # last: the hourly rows are the last locks any transaction takes
     return len(rows)
 
 

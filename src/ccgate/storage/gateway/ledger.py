@@ -17,7 +17,7 @@ from ccgate.core.records import RequestRecord, RequestStatus, from_iso, to_iso, 
 from ccgate.core.usage import MAX_TOKENS
 from ccgate.errors import UserInputError
 from ccgate.storage.gateway.admission import charge, current_window, load_budgets
-from ccgate.storage.gateway.db import Connection, Database
+from ccgate.storage.gateway.db import Connection, Database, Row
 from ccgate.storage.gateway.records import GatewayRow, IngestResult, RowSource
 from ccgate.storage.ledger import COLUMNS as SIDECAR_COLUMNS
 from ccgate.storage.ledger import record_to_values, row_to_record, storable_text
@@ -46,14 +46,46 @@ COLUMNS: tuple[str, ...] = (
 _UPDATABLE = [c for c in COLUMNS if c not in ("key_id", "id", "received_at")]
 _INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "
 _ROW_MARKS = "(" + ", ".join("?" for _ in COLUMNS) + ")"
-# A row is updated only while it is pending -- or, when another instance recovered it as `interrupted` while
+# What a finished row adds to its `request_hourly` group: the seven dimensions, then the sums after `requests`.
+_HOURLY_DIMENSIONS = ("hour", "key_id", "team_id", "customer_id", "project", "model", "provider")
+_HOURLY_SUMS = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_nanos",
+    "unpriced_requests",
+    "estimated_requests",
+    "imported_requests",
+)
+# No `IS NULL` here: SQLite 3.40 answers `col IS NULL` wrongly in an INSERT's RETURNING (a cost is never negative).
+_CONTRIBUTION = (
+    "substr(started_at, 1, 13), key_id, coalesce(team_id, ''), coalesce(customer_id, ''), coalesce(project, ''), "
+    "coalesce(requested_model, ''), coalesce(provider, ''), input_tokens, output_tokens, cache_read_tokens, "
+    "cache_write_5m_tokens + cache_write_1h_tokens, coalesce(cost_nanos, 0), "
+    "CASE WHEN coalesce(cost_nanos, -1) < 0 THEN 1 ELSE 0 END, "
+    "CASE WHEN coalesce(cost_nanos, -1) >= 0 AND price_quality = 'estimated' THEN 1 ELSE 0 END, "
+    "CASE WHEN coalesce(origin, 'gateway') NOT IN ('sidecar', 'gateway') THEN 1 ELSE 0 END"
+)
+_HOURLY_COLUMNS = (*_HOURLY_DIMENSIONS, *_HOURLY_SUMS)
+_HOURLY_INSERT = f"INSERT INTO request_hourly ({', '.join(_HOURLY_COLUMNS)}) VALUES "
+_HOURLY_MARKS = "(" + ", ".join("?" for _ in _HOURLY_COLUMNS) + ")"
+_HOURLY_TAIL = f" ON CONFLICT ({', '.join(_HOURLY_DIMENSIONS)}) DO UPDATE SET " + ", ".join(
+    f"{c} = request_hourly.{c} + excluded.{c}" for c in _HOURLY_SUMS
+)
+_HOURLY_CHUNK = 1000  # groups per statement: a sink batch (500 rows) is one statement
+# A row is updated only while it is pending and this instance's (another instance's pending row of the same id is
+# another request in flight: it is never merged into) -- or, when another instance recovered it as `interrupted` while
 # this one had lost the database, by this same request's final. A finished row is never overwritten.
 _UPSERT_TAIL = (
     " ON CONFLICT (key_id, id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _UPDATABLE)
-    + " WHERE requests.status = 'pending' OR (requests.status = 'interrupted'"
+    + " WHERE (requests.status = 'pending'"
+    " AND coalesce(requests.instance_id, '') = coalesce(excluded.instance_id, ''))"
+    " OR (requests.status = 'interrupted'"
     " AND requests.instance_id = excluded.instance_id AND requests.started_at = excluded.started_at)"
-    " RETURNING key_id, id"
+    " RETURNING key_id, id, status, " + _CONTRIBUTION
 )
 _TOKEN_COLUMNS = (
     "input_tokens",
@@ -63,6 +95,45 @@ _TOKEN_COLUMNS = (
     "cache_write_1h_tokens",
     "web_searches",
 )
+
+
+class _Hourly:
+    """A transaction's changes to `request_hourly`, summed per group in Python and written in one statement."""
+
+    __slots__ = ("groups",)
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, ...], list[int]] = {}
+
+    def add(self, contribution: Row, sign: int) -> None:
+        """Add (sign 1) or take out (-1) one row, given as `_CONTRIBUTION` selects it."""
+        dims = tuple(str(value) for value in contribution[:7])
+        sums = self.groups.get(dims)
+        if sums is None:
+            sums = self.groups[dims] = [0] * len(_HOURLY_SUMS)
+        sums[0] += sign
+        for index, value in enumerate(contribution[7:], 1):
+            sums[index] += sign * int(value)
+
+    async def write(self, conn: Connection) -> None:
+        # in primary-key order, so two transactions touching the same groups lock them in one order
+        changes = sorted((dims, sums) for dims, sums in self.groups.items() if any(sums))
+        for start in range(0, len(changes), _HOURLY_CHUNK):
+            chunk = changes[start : start + _HOURLY_CHUNK]
+            await conn.execute(
+                _HOURLY_INSERT + ", ".join(_HOURLY_MARKS for _ in chunk) + _HOURLY_TAIL,
+                [value for dims, sums in chunk for value in (*dims, *sums)],
+            )
+        emptied = [dims for dims, sums in changes if sums[0] < 0]
+        for start in range(0, len(emptied), _CHUNK):  # a group a row left (e.g. for another provider) may be empty
+            part = emptied[start : start + _CHUNK]
+            marks = ", ".join("(" + ", ".join("?" for _ in _HOURLY_DIMENSIONS) + ")" for _ in part)
+            await conn.execute(
+                f"DELETE FROM request_hourly WHERE requests = 0 AND ({', '.join(_HOURLY_DIMENSIONS)}) "
+                f"IN (VALUES {marks})",
+                [value for dims in part for value in dims],
+            )
+        self.groups.clear()
 
 
 def _clean_text(value: Any) -> Any:
@@ -93,13 +164,14 @@ def row_values(row: GatewayRow, received_at: datetime) -> tuple[Any, ...]:
 
 async def write_requests(db: Database, rows: Sequence[GatewayRow]) -> list[GatewayRow]:
     """Insert rows, or update them by (key id, row id) while pending: the ledger sink writes each pending, then
-    final, in batches.
+    final, in batches. `request_hourly` takes each row that becomes final in the same transaction.
 
-    A row whose (key id, row id) is already a finished row is not written. Returned are those of them that are
-    another request: a client reused a finished request's `x-ccgate-request-id` (the caller stores them under a
-    fresh id). Not returned, and dropped: a finished row of the same request (this instance's own write, retried
-    after a connection broke mid-commit) and an ingested row (the sidecar synced this request first: its row
-    stands, and budgets were charged once, see `admission.claim_charge`).
+    A row whose (key id, row id) is already a finished row is not written, nor a pending row of another instance
+    (two requests with one id in flight at once). Returned are those of them that are another request: a client
+    reused a finished or in-flight request's `x-ccgate-request-id` (the caller stores them under a fresh id). Not
+    returned, and dropped: a finished row of the same request (this instance's own write, retried after a
+    connection broke mid-commit) and an ingested row (the sidecar synced this request first: its row stands, and
+    budgets were charged once, see `admission.claim_charge`).
     """
     if not rows:
         return []
@@ -107,11 +179,24 @@ async def write_requests(db: Database, rows: Sequence[GatewayRow]) -> list[Gatew
     written: set[tuple[str, str]] = set()
     reused: list[GatewayRow] = []
     async with db.transaction() as conn:
+        # the rows this batch may overwrite, locked (a recovery elsewhere cannot finish them meanwhile): an
+        # interrupted row the same request now finishes leaves the hourly sums before its final enters them
+        finished = await _finished_rows(conn, db, rows)
+        hourly = _Hourly()
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             sql = _INSERT + ", ".join(_ROW_MARKS for _ in chunk) + _UPSERT_TAIL
             params = [value for row in chunk for value in row_values(row, now)]
-            written.update((str(r[0]), str(r[1])) for r in await conn.fetch(sql, params))
+            for returned in await conn.fetch(sql, params):
+                slot = (str(returned[0]), str(returned[1]))
+                written.add(slot)
+                before = finished.pop(slot, None)
+                if before is not None:
+                    hourly.add(before, -1)
+                if returned[2] != RequestStatus.PENDING.value:
+                    finished[slot] = returned[3:]
+                    hourly.add(returned[3:], 1)
+        await hourly.write(conn)
         for row in rows:
             if (row.key_id, row.record.id) in written:
                 continue
@@ -124,6 +209,26 @@ async def write_requests(db: Database, rows: Sequence[GatewayRow]) -> list[Gatew
             if (found[1], found[2]) != (row.instance_id, to_iso(row.record.started_at)):
                 reused.append(row)
     return reused
+
+
+async def _finished_rows(conn: Connection, db: Database, rows: Sequence[GatewayRow]) -> dict[tuple[str, str], Row]:
+    """The batch's rows that exist and are finished, as hourly contributions; every existing one locked in (key
+    id, row id) order, the order `instances.recover_dead` locks them in. (A join on a VALUES list: SQLite scans
+    the whole table for a row-value `IN (VALUES ...)`.)"""
+    found: dict[tuple[str, str], Row] = {}
+    slots = sorted({(row.key_id, row.record.id) for row in rows})
+    lock = " FOR UPDATE OF r" if db.backend == "postgresql" else ""
+    for start in range(0, len(slots), _CHUNK):
+        chunk = slots[start : start + _CHUNK]
+        marks = ", ".join("(?, ?)" for _ in chunk)
+        for row in await conn.fetch(
+            f"WITH wanted (k, i) AS (VALUES {marks}) SELECT r.key_id, r.id, r.status, {_CONTRIBUTION} FROM wanted "
+            f"JOIN requests r ON r.key_id = wanted.k AND r.id = wanted.i ORDER BY r.key_id, r.id{lock}",
+            [value for slot in chunk for value in slot],
+        ):
+            if row[2] != RequestStatus.PENDING.value:
+                found[(str(row[0]), str(row[1]))] = row[3:]
+    return found
 
 
 def validate_record(record: RequestRecord) -> str | None:
@@ -204,6 +309,7 @@ async def ingest(
     if not rows:
         return IngestResult(sent=0, known=repeated, rejected=len(rejected), rejected_ids=tuple(rejected))
     new_ids: set[str] = set()
+    hourly = _Hourly()
     async with db.transaction() as conn:
         budgets = await load_budgets(
             conn,
@@ -214,9 +320,16 @@ async def ingest(
         )
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
-            sql = _INSERT + ", ".join(_ROW_MARKS for _ in chunk) + " ON CONFLICT (key_id, id) DO NOTHING RETURNING id"
+            sql = (
+                _INSERT
+                + ", ".join(_ROW_MARKS for _ in chunk)
+                + f" ON CONFLICT (key_id, id) DO NOTHING RETURNING id, {_CONTRIBUTION}"
+            )
             params = [value for row in chunk for value in row_values(row, now)]
-            inserted = [str(r[0]) for r in await conn.fetch(sql, params)]
+            returned = await conn.fetch(sql, params)
+            inserted = [str(r[0]) for r in returned]
+            for r in returned:  # never pending: `validate_record` refuses those
+                hourly.add(r[1:], 1)
             new_ids.update(inserted)
             if inserted:  # charged here, once: a later settle of the same request adds only the rest
                 await conn.execute(
@@ -225,6 +338,7 @@ async def ingest(
                     [key_id, *inserted],
                 )
         await _charge_rows(conn, db, budgets, [row for row in rows if row.record.id in new_ids])
+        await hourly.write(conn)
     return IngestResult(
         sent=len(new_ids),
         known=len(rows) - len(new_ids) + repeated,
@@ -281,10 +395,28 @@ async def recover_pending(
     if started_before is not None:
         where.append("started_at < ?")
         params.append(to_iso(started_before))
-    return await db.execute(
-        f"UPDATE requests SET status = 'interrupted', ended_at = coalesce(ended_at, ?) WHERE {' AND '.join(where)}",
-        params,
-    )
+    async with db.transaction() as conn:
+        recovered = await conn.fetch(
+            f"UPDATE requests SET status = 'interrupted', ended_at = coalesce(ended_at, ?) WHERE {' AND '.join(where)}"
+            f" RETURNING {_CONTRIBUTION}",
+            params,
+        )
+        await add_hourly(conn, recovered)
+    return len(recovered)
+
+
+async def add_hourly(conn: Connection, contributions: Sequence[Row]) -> None:
+    """Rows that just became final (selected as `hourly_contribution()`) enter `request_hourly`, in `conn`'s
+    transaction: whoever finishes a row adds it, once."""
+    hourly = _Hourly()
+    for contribution in contributions:
+        hourly.add(contribution, 1)
+    await hourly.write(conn)
+
+
+def hourly_contribution() -> str:
+    """The select list `add_hourly` takes, over the columns of `requests`."""
+    return _CONTRIBUTION
 
 
 # --- roll-ups and retention --------------------------------------------------------------------------------------
@@ -331,18 +463,67 @@ async def _refresh(conn: Connection, since: date, until: date) -> None:
 
 
 async def prune_requests(db: Database, *, before: date) -> int:
-    """Keep roll-ups for ever, raw rows from `before` (a UTC day) on: roll up the older days, then delete them."""
+    """Keep roll-ups for ever, raw rows from `before` (a UTC day) on: delete the older finished rows.
+
+    `request_hourly` already holds them. The per-day `request_rollups` (what the previous release reads) takes
+    their sums added to what it has, never recomputed from the raw rows left: a row synced late for an already
+    pruned day must not wipe that day's earlier sums.
+    """
+    cut = _day_iso(before)
     async with db.transaction() as conn:
-        row = await conn.fetchone("SELECT min(started_at) FROM requests WHERE started_at < ?", (_day_iso(before),))
-        if row is None or row[0] is None:
+        if await conn.fetchone("SELECT 1 FROM requests WHERE started_at < ? LIMIT 1", (cut,)) is None:
             return 0
-        await _refresh(conn, from_iso(str(row[0])).date(), before)
-        gone = await conn.execute(
-            "DELETE FROM requests WHERE started_at < ? AND status != 'pending'", (_day_iso(before),)
+        await conn.execute(
+            "INSERT INTO request_rollups (day, key_id, team_id, customer_id, project, model, provider, requests, "
+            "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_nanos, unpriced_requests, "
+            "estimated_requests, imported_requests) "
+            f"SELECT substr(started_at, 1, 10), key_id, coalesce(team_id, ''), coalesce(customer_id, ''), "
+            f"coalesce(project, ''), coalesce(requested_model, ''), coalesce(provider, ''), {_SUMS} FROM requests "
+            "WHERE started_at < ? AND status != 'pending' "
+            "GROUP BY substr(started_at, 1, 10), key_id, coalesce(team_id, ''), coalesce(customer_id, ''), "
+            "coalesce(project, ''), coalesce(requested_model, ''), coalesce(provider, '') "
+            "ON CONFLICT (day, key_id, team_id, customer_id, project, model, provider) DO UPDATE SET "
+            + ", ".join(f"{c} = request_rollups.{c} + excluded.{c}" for c in _HOURLY_SUMS),
+            (cut,),
         )
-        await conn.execute("DELETE FROM gateway_meta WHERE name = 'raw_since'")
-        await conn.execute("INSERT INTO gateway_meta (name, value) VALUES ('raw_since', ?)", (_day_iso(before),))
+        gone = await conn.execute("DELETE FROM requests WHERE started_at < ? AND status != 'pending'", (cut,))
+        previous = await _raw_since(conn)
+        if previous is None or previous < from_iso(cut):
+            await conn.execute("DELETE FROM gateway_meta WHERE name = 'raw_since'")
+            await conn.execute("INSERT INTO gateway_meta (name, value) VALUES ('raw_since', ?)", (cut,))
     return gone
+
+
+async def rebuild_hourly(db: Database, *, since: datetime | None = None) -> tuple[datetime | None, int]:
+    """Recompute `request_hourly` from the raw rows for the hours from `since` (all by default) on.
+
+    Hours before the raw rows' retention are kept as they are (their rows are gone). Returns the first hour
+    rebuilt (None: all) and how many hourly rows it now holds from there.
+    """
+    async with db.transaction() as conn:
+        raw_since = await _raw_since(conn)
+        low = None if since is None else _floor_hour(since)
+        if raw_since is not None and (low is None or low < raw_since):
+            low = raw_since
+        where, params = ("", []) if low is None else (" AND started_at >= ?", [to_iso(low)])
+        if low is None:
+            await conn.execute("DELETE FROM request_hourly")
+        else:
+            await conn.execute("DELETE FROM request_hourly WHERE hour >= ?", (_hour_text(low),))
+        await conn.execute(
+            f"INSERT INTO request_hourly ({', '.join(_HOURLY_COLUMNS)}) "
+            f"SELECT substr(started_at, 1, 13), key_id, coalesce(team_id, ''), coalesce(customer_id, ''), "
+            f"coalesce(project, ''), coalesce(requested_model, ''), coalesce(provider, ''), {_SUMS} FROM requests "
+            f"WHERE status != 'pending'{where} "
+            "GROUP BY substr(started_at, 1, 13), key_id, coalesce(team_id, ''), coalesce(customer_id, ''), "
+            "coalesce(project, ''), coalesce(requested_model, ''), coalesce(provider, '')",
+            params,
+        )
+        count = await conn.fetchone(
+            "SELECT count(*) FROM request_hourly" + ("" if low is None else " WHERE hour >= ?"),
+            [] if low is None else [_hour_text(low)],
+        )
+    return low, int(count[0]) if count else 0
 
 
 def _day_iso(day: date) -> str:
@@ -368,6 +549,8 @@ _ROLLUP_KEYS = {
     "model": "r.model",
     "provider": "r.provider",
 }
+# groupings whose key is a name: (id column, table holding the names)
+_NAMED = {"key": ("key_id", "virtual_keys"), "team": ("team_id", "teams"), "customer": ("customer_id", "customers")}
 _JOINS = (
     " LEFT JOIN virtual_keys k ON k.id = r.key_id LEFT JOIN teams t ON t.id = r.team_id"
     " LEFT JOIN customers c ON c.id = r.customer_id"
@@ -389,6 +572,32 @@ def _slot_length(tz: tzinfo, since: datetime, until: datetime) -> int:
     return 13
 
 
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(moment: datetime) -> datetime:
+    floor = _floor_hour(moment)
+    return floor if floor == moment else floor + timedelta(hours=1)
+
+
+def _hour_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H")
+
+
+def whole_hour_zone(tz: tzinfo, since: datetime, until: datetime) -> bool:
+    """Whether every UTC hour in [since, until) falls within one local day in `tz`: its offset is whole hours at
+    both ends and at each UTC midnight between (zones change offset a few times a year at most)."""
+    moment = since
+    while True:
+        offset = moment.astimezone(tz).utcoffset() or timedelta(0)
+        if offset % timedelta(hours=1):
+            return False
+        if moment >= until:
+            return True
+        moment = min(until, _floor_hour(moment).replace(hour=0) + timedelta(days=1))
+
+
 async def report(
     db: Database,
     *,
@@ -398,22 +607,42 @@ async def report(
     tz: tzinfo = UTC,
     team_id: str | None = None,
 ) -> CostReport:
-    """Spend in [since, until), grouped; `tz` (the org's zone) makes `day`. `team_id` limits it to one team."""
+    """Spend in [since, until), grouped; `tz` (the org's zone) makes `day`. `team_id` limits it to one team.
+
+    Whole hours come from `request_hourly` plus the pending rows there (through their partial index); the
+    partial hours at either end, and groupings the hours lack (session, tag; day in a zone off the hour), from
+    raw rows. Before the raw rows' retention only hours exist: the range is taken to whole hours there, and a
+    session or tag is ''.
+    """
     check_grouping(by)
     sums: dict[str, Totals] = {}
 
     def add(key: str, row: Sequence[Any]) -> None:
         sums[key] = sums.get(key, Totals()) + Totals.from_row(row)
 
+    team_filter = " AND r.team_id = ?" if team_id else ""
+    extra = [team_id] if team_id else []
     async with db.transaction() as conn:
+        if db.backend == "postgresql":  # one snapshot for the hours and the raw rows
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         raw_since = await _raw_since(conn)
-        raw_low = max(since, raw_since) if raw_since else since
-        team_filter = " AND r.team_id = ?" if team_id else ""
-        extra = [team_id] if team_id else []
-        if raw_low < until:
-            await _raw_groups(conn, by, raw_low, until, tz, team_filter, extra, add)
-        if raw_since and since < raw_since:
-            await _rollup_groups(conn, by, since, min(until, raw_since), team_filter, extra, add)
+        low = max(since, raw_since) if raw_since else since
+        if raw_since and since < raw_since:  # pruned: only hours exist
+            edge = min(until, raw_since)
+            await _hourly_groups(conn, by, _floor_hour(since), _ceil_hour(edge), tz, team_filter, extra, add)
+        hours_usable = by is None or by in _ROLLUP_KEYS or (by == "day" and whole_hour_zone(tz, low, until))
+        first, last = _ceil_hour(low), _floor_hour(until)
+        if not hours_usable or first >= last:
+            if low < until:
+                await _raw_groups(conn, by, low, until, tz, team_filter, extra, add)
+        else:
+            if low < first:
+                await _raw_groups(conn, by, low, first, tz, team_filter, extra, add)
+            await _hourly_groups(conn, by, first, last, tz, team_filter, extra, add)
+            pending = f" AND r.status = 'pending'{team_filter}"
+            await _raw_groups(conn, by, first, last, tz, pending, extra, add)
+            if last < until:
+                await _raw_groups(conn, by, last, until, tz, team_filter, extra, add)
     groups: list[tuple[GroupKey, Totals]] = [(key or NONE_KEY, totals) for key, totals in sums.items()]
     if by == "day":
         groups.sort(key=lambda group: str(group[0]))
@@ -465,24 +694,44 @@ async def _raw_groups(
         add("" if value is None else str(value), row[1:])
 
 
-async def _rollup_groups(
-    conn: Connection, by: str | None, low: datetime, high: datetime, team_filter: str, extra: list[Any], add: Any
+async def _hourly_groups(
+    conn: Connection,
+    by: str | None,
+    low: datetime,
+    high: datetime,
+    tz: tzinfo,
+    team_filter: str,
+    extra: list[Any],
+    add: Any,
 ) -> None:
-    """Days before the raw rows' retention: whole UTC days from the roll-ups (no session or tag there)."""
-    first = low.astimezone(UTC).date()
-    last = high.astimezone(UTC).date()
-    where = f" WHERE r.day >= ? AND r.day < ?{team_filter}"
-    params = [
-        first.isoformat(),
-        (last + timedelta(days=1)).isoformat() if high.astimezone(UTC).time() else last.isoformat(),
-        *extra,
-    ]
+    """The finished rows of whole UTC hours [low, high) from `request_hourly` (no session or tag there: '')."""
+    where = f" WHERE r.hour >= ? AND r.hour < ?{team_filter}"
+    params = [_hour_text(low), _hour_text(high), *extra]
     if by is None or by.startswith("tag:") or by == "session":
-        for row in await conn.fetch(f"SELECT {_ROLLUP_SUMS} FROM request_rollups r{where}", params):
+        for row in await conn.fetch(f"SELECT {_ROLLUP_SUMS} FROM request_hourly r{where}", params):
             add("", row)
         return
-    key = "r.day" if by == "day" else _ROLLUP_KEYS[by]
-    sql = f"SELECT {key}, {_ROLLUP_SUMS} FROM request_rollups r{_JOINS}{where} GROUP BY {key}"
+    if by == "day":
+        sql = f"SELECT r.hour, {_ROLLUP_SUMS} FROM request_hourly r{where} GROUP BY r.hour"
+        for row in await conn.fetch(sql, params):
+            add(from_iso(f"{row[0]}:00:00Z").astimezone(tz).date().isoformat(), row[1:])
+        return
+    if by in _NAMED:  # grouped by id, then named: a join per group, not per hourly row
+        column, table = _NAMED[by]
+        sql = f"SELECT r.{column}, {_ROLLUP_SUMS} FROM request_hourly r{where} GROUP BY r.{column}"
+        groups = await conn.fetch(sql, params)
+        ids = sorted({str(row[0]) for row in groups if row[0]})
+        names: dict[str, str] = {}
+        for start in range(0, len(ids), _CHUNK):
+            part = ids[start : start + _CHUNK]
+            marks = ", ".join("?" for _ in part)
+            found = await conn.fetch(f"SELECT id, name FROM {table} WHERE id IN ({marks})", part)
+            names.update((str(i), str(n)) for i, n in found)
+        for row in groups:
+            add(names.get(str(row[0]), str(row[0])), row[1:])
+        return
+    key = _ROLLUP_KEYS[by]
+    sql = f"SELECT {key}, {_ROLLUP_SUMS} FROM request_hourly r{where} GROUP BY {key}"
     for row in await conn.fetch(sql, params):
         add(str(row[0]), row[1:])
 

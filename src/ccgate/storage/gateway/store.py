@@ -1082,8 +1082,17 @@ class GatewayStore:
         await ledger.refresh_rollups(self.db, since=since, until=until)
 
     async def prune_requests(self, *, before: date) -> int:
-        """Roll up and delete raw rows before `before` (UTC day); roll-ups are kept for ever."""
+        """Delete raw rows before `before` (UTC day); roll-ups are kept for ever."""
         return await ledger.prune_requests(self.db, before=before)
+
+    async def rebuild_rollups(self, *, since: datetime | None = None, actor: str) -> tuple[datetime | None, int]:
+        """Recompute the hourly roll-ups from the raw rows (from `since` on), audited: the repair after the
+        previous release wrote rows beside this one. Returns the first hour rebuilt and its hourly rows."""
+        first, count = await ledger.rebuild_hourly(self.db, since=since)
+        after = {"since": None if first is None else to_iso(first), "hourly_rows": count}
+        async with self.db.transaction() as conn:
+            await _audit(conn, actor, "rollups.rebuild", "request_hourly", None, after)
+        return first, count
 
 
 def _tuple_or_none(value: Sequence[str] | bool | None) -> tuple[str, ...] | None:
