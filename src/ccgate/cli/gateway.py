@@ -228,6 +228,7 @@ def rollups_rebuild(
 ) -> None:
     """Recompute the hourly roll-ups from the raw request rows (e.g. after an older release wrote rows beside
     this one). Needs the database itself (whoever can run it administers the gateway); audited."""
+    import asyncio
     import getpass
     from datetime import UTC, datetime
 
