@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import aiohttp
+
+from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
+from ccgate.storage.gateway import GatewayRow, GatewayStore
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -60,3 +65,42 @@ class UiClient:
             allow_redirects=False,
         )
         return response, await response.text()
+
+
+async def seed_rows(
+    store: GatewayStore,
+    key_name: str,
+    moments: Sequence[datetime],
+    *,
+    model: str = "claude-sonnet-4-5",
+    project: str | None = "/work/api",
+    nanos: int | None = 1_234_567,
+    status: RequestStatus = RequestStatus.OK,
+) -> list[GatewayRow]:
+    """Finished rows of one key at the given moments, written as the gateway's ledger writes them."""
+    key = await store.get_key(key_name)
+    team = await store.get_team(key.team_id)
+    quality = PriceQuality.PRICED if nanos is not None else PriceQuality.UNPRICED
+    rows = [
+        GatewayRow(
+            record=RequestRecord(
+                started_at=moment,
+                ended_at=moment,
+                source="gateway",
+                project=project,
+                requested_model=model,
+                provider="anthropic",
+                routed_model=model,
+                status=status,
+                http_status=200,
+                usage=Usage(input_tokens=100 + index, output_tokens=10, cache_read_tokens=1000),
+                cost=Cost(nanos=nanos, quality=quality),
+            ),
+            key_id=key.id,
+            team_id=team.id,
+            customer_id=team.customer_id,
+        )
+        for index, moment in enumerate(moments)
+    ]
+    await store.write_requests(rows)
+    return rows

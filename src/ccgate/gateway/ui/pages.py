@@ -38,7 +38,7 @@ TOTAL_FIELDS = (
     "estimated_requests",
     "imported_requests",
 )
-STATUSES = ("ok", "error", "pending", "interrupted", "refused")
+STATUSES = ("ok", "error", "pending", "interrupted")
 PAGE_ROWS = 50
 EXPORT_ROWS = 10_000
 
