@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from gateway_harness import ADMIN_TOKEN, Gateway, running_gateway
 from hourly_rollup import refresh_hourly_for_tests
-from ui_testing import UiClient, seed_rows
+from ui_testing import UiClient, seed_dashboard, seed_rows
 from yarl import URL
 
 from ccgate.core.records import utcnow
@@ -27,16 +27,7 @@ PAGES = ("/ui/", "/ui/teams", "/ui/teams/core", "/ui/keys", "/ui/requests", "/ui
 @pytest.fixture
 async def gateway(db_url: str) -> AsyncIterator[Gateway]:
     async with running_gateway(db_url) as served:
-        now = utcnow().replace(minute=0, second=0, microsecond=0)
-        await served.store.create_team("web")
-        await served.store.create_key(team="web", name="cy")
-        await seed_rows(served.store, "ada", [now - timedelta(hours=h) for h in range(0, 60, 3)])
-        await seed_rows(
-            served.store, "bob", [now - timedelta(days=d) for d in range(0, 40, 2)], model="claude-haiku-4-5"
-        )
-        await seed_rows(served.store, "cy", [now - timedelta(minutes=5)], project=None, nanos=None)
-        await served.store.create_budget(level="team", target="core", limit_nanos=50_000_000, period="1mo")
-        await refresh_hourly_for_tests(served.store.db)
+        await seed_dashboard(served.store)
         yield served
 
 

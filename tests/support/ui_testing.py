@@ -104,3 +104,21 @@ async def seed_rows(
     ]
     await store.write_requests(rows)
     return rows
+
+
+async def seed_dashboard(store: GatewayStore) -> None:
+    """A second team and key, rows over the last 40 days (one unpriced), a team budget, and the roll-up."""
+    from datetime import timedelta
+
+    from hourly_rollup import refresh_hourly_for_tests
+
+    from ccgate.core.records import utcnow
+
+    now = utcnow().replace(minute=0, second=0, microsecond=0)
+    await store.create_team("web")
+    await store.create_key(team="web", name="cy")
+    await seed_rows(store, "ada", [now - timedelta(hours=h) for h in range(0, 60, 3)])
+    await seed_rows(store, "bob", [now - timedelta(days=d) for d in range(0, 40, 2)], model="claude-haiku-4-5")
+    await seed_rows(store, "cy", [now - timedelta(minutes=5)], project=None, nanos=None)
+    await store.create_budget(level="team", target="core", limit_nanos=50_000_000, period="1mo")
+    await refresh_hourly_for_tests(store.db)

@@ -40,7 +40,8 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # not no-referrer: under it a browser sends `Origin: null` with a form, which the origin check refuses
+    "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
@@ -50,7 +51,8 @@ NO_STORE = "no-store"
 UI_SESSION = web.RequestKey("ui_session", UiSession)
 FORM = web.RequestKey("ui_form", dict)
 # paths that work without a session
-_OPEN = frozenset({"/ui/login", "/ui/static/ui.css"})
+_STATIC = {"ui.css": "text/css", "favicon.svg": "image/svg+xml"}
+_OPEN = frozenset({"/ui/login", *(f"/ui/static/{name}" for name in _STATIC)})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -249,10 +251,14 @@ async def logout(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def stylesheet(request: web.Request) -> web.StreamResponse:
-    css = resources.files("ccgate.gateway.ui").joinpath("static/ui.css").read_bytes()
+async def static(request: web.Request) -> web.StreamResponse:
+    """The stylesheet and the icon, shipped in the package (nothing is fetched from elsewhere)."""
+    name = request.match_info["name"]
+    if name not in _STATIC:
+        raise web.HTTPNotFound(reason="no such file")
+    body = resources.files("ccgate.gateway.ui").joinpath("static", name).read_bytes()
     return web.Response(
-        body=css, content_type="text/css", charset="utf-8", headers={"Cache-Control": "public, max-age=300"}
+        body=body, content_type=_STATIC[name], charset="utf-8", headers={"Cache-Control": "public, max-age=300"}
     )
 
 
@@ -273,7 +279,7 @@ def create_ui_app() -> web.Application:
     r.add_get("/login", login_form)
     r.add_post("/login", login)
     r.add_post("/logout", logout)
-    r.add_get("/static/ui.css", stylesheet)
+    r.add_get("/static/{name}", static)
     r.add_get("/", pages.overview)
     r.add_get("/teams", pages.teams)
     r.add_get("/teams/{name}", pages.team)

@@ -5,9 +5,10 @@ Only numbers leave this module; the templates draw them and escape every label.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
+from decimal import Decimal
 
 # a colour-blind-safe palette (Okabe-Ito), then grey for everything past it
 PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#000000")
@@ -124,7 +125,7 @@ def stacked_days(
                     f"{day} {label}: {fmt(nanos)}",
                 )
             )
-    ticks = tuple(Tick(round(TOP + plot_h - plot_h * i / 4, 2), str(fmt(top * i // 4))) for i in range(5))
+    ticks = tuple(Tick(round(TOP + plot_h - plot_h * i / 4, 2), tick_label(top * i // 4, top)) for i in range(5))
     every = max(1, days // 10)
     labels = tuple(
         XLabel(round(LEFT + i * slot + slot / 2, 2), day[5:]) for i, day in enumerate(day_list) if i % every == 0
@@ -134,6 +135,15 @@ def stacked_days(
     if rest > 0:
         legend.append(LegendItem(OTHER_COLOUR, OTHER, rest))
     return StackedChart(WIDTH, HEIGHT, tuple(segments), ticks, labels, tuple(legend), not segments)
+
+
+def tick_label(nanos: int, top: int) -> str:
+    """An axis label with as many decimals as a quarter of the axis needs ($0.0025, $0.005, ... on a cent scale)."""
+    step = max(top // 4, 1)
+    places = 2
+    while places < 9 and step % 10 ** (9 - places):
+        places += 1
+    return f"${Decimal(nanos) / 10**9:,.{places}f}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +162,3 @@ def budget_bar(limit_nanos: int, spent_nanos: int, reserved_nanos: int, *, warn_
     reserved = min(1.0 - spent, reserved_nanos / limit_nanos)
     level = "over" if spent_nanos >= limit_nanos else "warn" if spent >= warn_at else "ok"
     return Bar(round(spent, 4), round(max(reserved, 0.0), 4), level)
-
-
-def scale(values: Sequence[float], width: float) -> list[float]:
-    return [round(v * width, 2) for v in values]
