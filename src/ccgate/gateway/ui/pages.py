@@ -194,19 +194,44 @@ def chart_choice(request: web.Request) -> tuple[int, str]:
     return days, stack
 
 
+def chart_start(now: datetime, days: int) -> datetime:
+    first = now.date() - timedelta(days=days - 1)
+    return datetime(first.year, first.month, first.day, tzinfo=UTC)
+
+
+def fold_chart(
+    hours: Sequence[dashboard.HourCost], *, now: datetime, days: int, labels: Mapping[str, str]
+) -> charts.StackedChart:
+    """Spend per UTC day over the last `days` days (today included), stacked by team or model."""
+    from ccgate.gateway.ui.render import usd
+
+    first = chart_start(now, days)
+    low = dashboard.hour_floor(first)
+    cells: dict[tuple[str, str], int] = {}
+    for cell in hours:
+        if cell.hour >= low:
+            key = (cell.hour[:10], cell.group)
+            cells[key] = cells.get(key, 0) + cell.cost_nanos
+    return charts.stacked_days(cells, first=first.date(), days=days, names=labels, usd=usd)
+
+
+def fold_period(hours: Sequence[dashboard.HourCost], since: datetime, until: datetime) -> Totals:
+    """Requests, spend and unpriced requests of [since, until) in whole hours (the cards show only these)."""
+    low, high = dashboard.hour_floor(since), dashboard.hour_ceiling(until)
+    requests = cost = unpriced = 0
+    for cell in hours:
+        if low <= cell.hour < high:
+            requests += cell.requests
+            cost += cell.cost_nanos
+            unpriced += cell.unpriced_requests
+    return Totals(requests=requests, cost_nanos=cost, unpriced_requests=unpriced)
+
+
 async def spend_chart(
     s: GatewayStore, *, now: datetime, days: int, stack: str, scope: Scope, labels: Mapping[str, str]
 ) -> charts.StackedChart:
-    """Spend per UTC day over the last `days` days (today included), stacked by team or model."""
-    first = now.date() - timedelta(days=days - 1)
-    since = datetime(first.year, first.month, first.day, tzinfo=UTC)
-    cells = {
-        (cell.day, cell.group): cell.cost_nanos
-        for cell in await dashboard.daily(s.db, since=since, until=now, stack=stack, scope=scope)
-    }
-    from ccgate.gateway.ui.render import usd
-
-    return charts.stacked_days(cells, first=first, days=days, names=labels, usd=usd)
+    hours = await dashboard.hourly_costs(s.db, since=chart_start(now, days), until=now, stack=stack, scope=scope)
+    return fold_chart(hours, now=now, days=days, labels=labels)
 
 
 # --- overview ------------------------------------------------------------------------------------------------------
@@ -219,31 +244,36 @@ async def overview(request: web.Request) -> web.StreamResponse:
     scope = scope_of(session)
     export = export_of(request, ("periods", "keys", "projects", "models", "budgets"))
     spans = periods(now)
-    flat = [span for p in spans for span in ((p.since, p.until), (p.previous_since, p.previous_until))]
-    sums = await dashboard.period_totals(s.db, flat, scope=scope)
-    cards = [(p, sums[2 * i], sums[2 * i + 1]) for i, p in enumerate(spans)]
-    month = spans[2]
     n = await names(s)
-    tops = {
-        by: await dashboard.groups(s.db, by=by, since=month.since, until=now, scope=scope, limit=10)
-        for by in ("key", "project", "model")
-    }
-    lines = await _budget_lines(s, session, n, now)
-    lines.sort(key=lambda line: -line.used)
-    if export == "periods":
+    if export == "periods":  # every token count too: a sum per range (the page itself shows spend and requests)
+        flat = [span for p in spans for span in ((p.since, p.until), (p.previous_since, p.previous_until))]
+        sums = await dashboard.period_totals(s.db, flat, scope=scope)
         return csv_response(
             "periods",
             ["period", "since", "until", *TOTAL_FIELDS],
-            ([p.name, p.since.isoformat(), p.until.isoformat(), *totals_row(t)] for p, t, _ in cards),
+            ([p.name, p.since.isoformat(), p.until.isoformat(), *totals_row(sums[2 * i])] for i, p in enumerate(spans)),
         )
+    month = spans[2]
+    tops = {
+        by: await dashboard.groups(s.db, by=by, since=month.since, until=now, scope=scope, limit=10)
+        for by in ("key", "project", "model")
+        if export in (None, by + "s")
+    }
     if export in ("keys", "projects", "models"):
         by = export[:-1]
         return group_csv(export, by, [(_label(by, g.id, n), g.totals) for g in tops[by]])
+    lines = await _budget_lines(s, session, n, now)
+    lines.sort(key=lambda line: -line.used)
     if export == "budgets":
         return budget_csv("budgets", lines)
     days, stack = chart_choice(request)
-    labels = n.teams if stack == "team" else {}
-    chart = await spend_chart(s, now=now, days=days, stack=stack, scope=scope, labels=labels)
+    # one read of the roll-up serves the cards (back to the previous month's start) and the chart
+    low = min(spans[2].previous_since, chart_start(now, days))
+    hours = await dashboard.hourly_costs(s.db, since=low, until=now, stack=stack, scope=scope)
+    cards = [
+        (p, fold_period(hours, p.since, p.until), fold_period(hours, p.previous_since, p.previous_until)) for p in spans
+    ]
+    chart = fold_chart(hours, now=now, days=days, labels=n.teams if stack == "team" else {})
     return page(
         request,
         "overview.html",

@@ -250,23 +250,28 @@ async def groups(
 
 
 @dataclass(frozen=True, slots=True)
-class DayCost:
-    day: str  # UTC day, YYYY-MM-DD
-    group: str  # the stacked dimension's id ('' for none)
+class HourCost:
+    hour: str  # the roll-up's UTC hour, YYYY-MM-DDTHH
+    group: str  # the team's or model's id ('' for none)
     cost_nanos: int
     requests: int
+    unpriced_requests: int
 
 
-async def daily(db: Database, *, since: datetime, until: datetime, stack: str, scope: Scope = Scope()) -> list[DayCost]:
-    """Spend per UTC day and team or model, for the stacked chart."""
+async def hourly_costs(
+    db: Database, *, since: datetime, until: datetime, stack: str, scope: Scope = Scope()
+) -> list[HourCost]:
+    """Spend, requests and unpriced requests per UTC hour and team or model: the overview's cards and chart in one
+    read. Grouped by hour first, so the covering index `(hour, team_id|model, ...)` (migration 0005) streams the
+    groups in order without a sort; days are folded by the caller."""
     column = GROUP_COLUMNS[stack]
     where, params = scope.where(since, until)
     rows = await db.fetch(
-        f"SELECT substr(r.hour, 1, 10), {column}, coalesce(sum(r.cost_nanos), 0), coalesce(sum(r.requests), 0) "
-        f"FROM request_hourly r{where} GROUP BY substr(r.hour, 1, 10), {column}",
+        f"SELECT r.hour, {column}, coalesce(sum(r.cost_nanos), 0), coalesce(sum(r.requests), 0), "
+        f"coalesce(sum(r.unpriced_requests), 0) FROM request_hourly r{where} GROUP BY r.hour, {column}",
         params,
     )
-    return [DayCost(str(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in rows]
+    return [HourCost(str(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
 
 
 # --- the request list ------------------------------------------------------------------------------------------------
