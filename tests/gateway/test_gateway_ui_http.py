@@ -246,6 +246,7 @@ async def test_malformed_requests_get_error_pages_not_tracebacks(gateway: Gatewa
             ("/ui/requests?after=garbage", 400),
             ("/ui/requests?status=<b>", 400),
             ("/ui/requests?since=yesterday", 400),
+            ("/ui/requests?until=0001-01-01T00:00:00%2B05:00", 400),
             ("/ui/requests?project=%00", 400),
             ("/ui/?export=secrets", 404),
             ("/ui/keys/no-such-key", 404),
@@ -278,13 +279,17 @@ async def test_malformed_requests_get_error_pages_not_tracebacks(gateway: Gatewa
 async def test_names_are_escaped_everywhere(gateway: Gateway) -> None:
     evil = "<img src=x onerror=alert(1)>\"'"
     await gateway.store.create_team("t-evil")
+    await gateway.store.create_team("a/b c")
     await gateway.store.create_key(team="t-evil", name=evil)
     await seed_rows(gateway.store, evil, [utcnow()], project=evil, model=evil)
     await refresh_hourly_for_tests(gateway.store.db)
     async with await _signed_in(gateway) as ui:
-        for path in (*PAGES, "/ui/?stack=model", "/ui/teams/t-evil"):
-            _, text = await ui.get(path)
+        for path in (*PAGES, "/ui/?stack=model", "/ui/teams/t-evil", "/ui/teams/a%2Fb%20c"):
+            response, text = await ui.get(path)
+            assert response.status == 200, path
             assert "<img src=x" not in text, path
+        _, text = await ui.get("/ui/teams")
+        assert 'href="/ui/teams/a%2Fb%20c"' in text  # a name with a slash is one path segment
         _, text = await ui.get("/ui/keys?export=keys")
         # CSV keeps the exact value (it cannot start a formula)
         assert evil in [row["key"] for row in csv.DictReader(io.StringIO(text))]

@@ -493,11 +493,11 @@ def _day(value: str | None, field: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise InvalidRequestError(
             f"{field} must be a date or time such as 2026-12-01", hint="pick it from the date field"
         ) from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def _request_filter(request: web.Request, session: UiSession) -> RequestFilter:

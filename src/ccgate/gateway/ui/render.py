@@ -28,7 +28,9 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(usd=usd, exact_usd=exact_usd, tokens=tokens, when=when, iso=iso, percent=percent)
+    env.filters.update(
+        usd=usd, exact_usd=exact_usd, tokens=tokens, when=when, iso=iso, percent=percent, segment=segment
+    )
     return env
 
 
@@ -49,6 +51,13 @@ def usd(nanos: int | None) -> str:
 def exact_usd(nanos: int | None) -> str:
     """The exact amount as `gateway report --json` writes it (nine places), for `data-usd` and CSV."""
     return "" if nanos is None else usd_string(nanos)
+
+
+def segment(value: str) -> str:
+    """One path segment: everything but unreserved characters percent-encoded, `/` too (a team may be `a/b`)."""
+    from urllib.parse import quote
+
+    return quote(str(value), safe="")
 
 
 def tokens(count: int | None) -> str:
