@@ -341,6 +341,9 @@ async def test_the_request_list_pages_with_a_cursor_and_filters(gateway: Gateway
             pages += 1
         assert pages == 3
         assert sorted(seen) == sorted(row.record.id for row in rows) and len(set(seen)) == 130
+        today, yesterday = now.date().isoformat(), (now - timedelta(days=1)).date().isoformat()
+        _, text = await ui.get(f"/ui/requests?model=m-x&since={yesterday}&until={today}")
+        assert 'id="next-page"' in text  # a date as `until` includes that day
         _, text = await ui.get(f"/ui/requests?key={key.id}&status=error")
         assert "No request matches." in text
         _, body = await ui.get("/ui/requests?model=m-x&export=requests")

@@ -521,8 +521,16 @@ def _request_filter(request: web.Request, session: UiSession) -> RequestFilter:
         model=q.get("model") or None,
         status=status,
         since=_day(q.get("since"), "since"),
-        until=_day(q.get("until"), "until"),
+        until=_until(q.get("until")),
     )
+
+
+def _until(value: str | None) -> datetime | None:
+    """A date includes that whole day (as `gateway report --until` does)."""
+    moment = _day(value, "until")
+    if moment is not None and value is not None and len(value.strip()) == 10:
+        moment += timedelta(days=1)
+    return moment
 
 
 async def requests_page(request: web.Request) -> web.StreamResponse:
