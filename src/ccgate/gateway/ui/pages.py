@@ -40,6 +40,7 @@ TOTAL_FIELDS = (
 )
 STATUSES = ("ok", "error", "pending", "interrupted")
 PAGE_ROWS = 50
+TOPS = ("key", "project", "model")
 EXPORT_ROWS = 10_000
 
 
@@ -254,22 +255,21 @@ async def overview(request: web.Request) -> web.StreamResponse:
             ([p.name, p.since.isoformat(), p.until.isoformat(), *totals_row(sums[2 * i])] for i, p in enumerate(spans)),
         )
     month = spans[2]
-    tops = {
-        by: await dashboard.groups(s.db, by=by, since=month.since, until=now, scope=scope, limit=10)
-        for by in ("key", "project", "model")
-        if export in (None, by + "s")
-    }
     if export in ("keys", "projects", "models"):
         by = export[:-1]
-        return group_csv(export, by, [(_label(by, g.id, n), g.totals) for g in tops[by]])
-    lines = await _budget_lines(s, session, n, now)
-    lines.sort(key=lambda line: -line.used)
+        found = await dashboard.groups(s.db, by=by, since=month.since, until=now, scope=scope, limit=10)
+        return group_csv(export, by, [(_label(by, g.id, n), g.totals) for g in found])
     if export == "budgets":
-        return budget_csv("budgets", lines)
+        return budget_csv("budgets", sorted(await _budget_lines(s, session, n, now), key=lambda line: -line.used))
     days, stack = chart_choice(request)
-    # one read of the roll-up serves the cards (back to the previous month's start) and the chart
+    # one read of the roll-up serves the cards (back to the previous month's start) and the chart. The reads run
+    # one after the other: on PostgreSQL side by side they would take several of the pool's connections from the
+    # data plane's admissions while a page renders.
     low = min(spans[2].previous_since, chart_start(now, days))
     hours = await dashboard.hourly_costs(s.db, since=low, until=now, stack=stack, scope=scope)
+    lines = await _budget_lines(s, session, n, now)
+    tops = {by: await dashboard.groups(s.db, by=by, since=month.since, until=now, scope=scope, limit=10) for by in TOPS}
+    lines.sort(key=lambda line: -line.used)
     cards = [
         (p, fold_period(hours, p.since, p.until), fold_period(hours, p.previous_since, p.previous_until)) for p in spans
     ]
