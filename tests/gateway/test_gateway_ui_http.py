@@ -177,7 +177,17 @@ async def test_a_team_admin_sees_and_changes_only_its_team(gateway: Gateway) -> 
     token = await gateway.store.create_admin_token("core-lead", role="team_admin", team="core")
     other = await gateway.store.get_key("cy")
     own = await gateway.store.get_key("ada")
+    now = utcnow()
+    month = datetime(now.year, now.month, 1, tzinfo=UTC)
+    core = await gateway.store.get_team("core")
+    own_total = report_to_json(await gateway.store.report(since=month, until=now, by=None, team_id=core.id))["total"]
     async with await _signed_in(gateway, token.plaintext) as ui:
+        _, text = await ui.get("/ui/")
+        card = re.search(r'id="card-3"[^>]*data-requests="(\d+)".*?data-usd="([0-9.]+)"', text, re.S)
+        assert card is not None and (int(card.group(1)), card.group(2)) == (
+            own_total["requests"],
+            own_total["cost_usd"],
+        )
         _, text = await ui.get("/ui/keys")
         assert "ada" in text and ">cy<" not in text
         for path in ("/ui/teams/web", f"/ui/keys/{other.id}", "/ui/audit"):
