@@ -77,6 +77,27 @@ async def test_over_https_the_session_cookie_is_secure(tmp_path: Path) -> None:
         await runner.cleanup()
 
 
+async def test_behind_a_tls_proxy_forms_work_and_the_cookie_is_secure(db_url: str) -> None:
+    """The proxy speaks http to the gateway and passes the Host header on; the browser's origin is https."""
+    async with running_gateway(db_url) as gateway, aiohttp.ClientSession() as http:
+        host = gateway.url.removeprefix("http://")
+        reply = await http.post(
+            gateway.url + "/ui/login",
+            data={"token": ADMIN_TOKEN},
+            headers={"Origin": f"https://{host}", "Sec-Fetch-Site": "same-origin"},
+            allow_redirects=False,
+        )
+        assert reply.status == 303 and "Secure" in reply.headers["Set-Cookie"]
+        for origin in (f"https://{host}.evil.example", "https://evil.example", f"ftp://{host}", f"https://{host}/x"):
+            refused = await http.post(
+                gateway.url + "/ui/login",
+                data={"token": ADMIN_TOKEN},
+                headers={"Origin": origin},
+                allow_redirects=False,
+            )
+            assert refused.status == 403, origin
+
+
 async def test_an_expired_session_is_refused(db_url: str) -> None:
     from ui_testing import UiClient
 

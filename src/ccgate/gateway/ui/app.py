@@ -144,10 +144,25 @@ def check_origin(request: web.Request) -> None:
             f"a form posted from another site ({site}) is refused", hint="use the dashboard's own pages"
         )
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
+    if origin is not None and _origin_host(origin) != request.host.lower():
         raise PermissionDeniedError(
-            "a form posted from another origin is refused", hint="use the dashboard's own pages"
+            "a form posted from another origin is refused",
+            hint="use the dashboard's own pages (behind a proxy, it must pass the Host header on)",
         )
+
+
+def _origin_host(origin: str) -> str | None:
+    """`https://gw.example` -> `gw.example`. The host (and port) only: behind a TLS-terminating proxy the gateway
+    sees http while the browser's origin is https; the CSRF token and SameSite hold either way."""
+    scheme, sep, host = origin.partition("://")
+    if not sep or scheme not in ("http", "https") or not host or "/" in host:
+        return None
+    return host.lower()
+
+
+def over_https(request: web.Request) -> bool:
+    """The browser is on https: the connection is TLS, or its form came from an https origin (a TLS proxy)."""
+    return request.secure or request.headers.get("Origin", "").startswith("https://")
 
 
 async def read_form(request: web.Request) -> dict[str, str]:
@@ -237,7 +252,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         path="/ui",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=over_https(request),
         max_age=int(SESSION_TTL.total_seconds()),
     )
     return response
