@@ -9,6 +9,7 @@ import io
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import aiohttp
 import pytest
@@ -330,6 +331,12 @@ async def test_the_numbers_equal_gateway_report(gateway: Gateway) -> None:
         keys = {row["key"]: row for row in csv.DictReader(io.StringIO(body))}
         for group in by_key:
             assert keys[group["key"]]["cost_usd"] == group["cost_usd"]
+        ada = await store.get_key("ada")
+        _, body = await ui.get(f"/ui/keys/{ada.id}?export=models")
+        ada_group = next(g for g in by_key if g["key"] == "ada")
+        rows = list(csv.DictReader(io.StringIO(body)))
+        assert sum(Decimal(row["cost_usd"]) for row in rows) == Decimal(ada_group["cost_usd"])
+        assert sum(int(row["requests"]) for row in rows) == ada_group["requests"]
         _, body = await ui.get("/ui/?export=keys")
         assert next(iter(csv.reader(io.StringIO(body))))[:2] == ["key", "requests"]
 

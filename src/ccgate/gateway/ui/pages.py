@@ -466,8 +466,11 @@ async def key(request: web.Request) -> web.StreamResponse:
     per_model = await dashboard.groups(s.db, by="model", since=month.since, until=now, scope=scope, limit=20)
     lines = await _budget_lines(s, session, n, now, await s.list_budgets(level=BudgetLevel.KEY, target=found.id))
     limits: list[RateLimit] = [r for r in await s.list_rate_limits() if r.target_id == found.id]
-    if export_of(request, ("budgets",)):
+    export = export_of(request, ("budgets", "models"))
+    if export == "budgets":
         return budget_csv(f"key-{found.name}-budgets", lines)
+    if export == "models":
+        return group_csv(f"key-{found.name}-models", "model", [(g.id, g.totals) for g in per_model])
     return page(
         request,
         "key.html",
