@@ -141,79 +141,105 @@ async def make_database(url: str, rows: int, *, teams: int = 8, keys_per_team: i
             await store.create_budget(level="team", target=team.id, limit_nanos=500 * 10**9, period="1mo")
     finally:
         await store.close()
-    path = url.removeprefix("sqlite://")
-    _fill(path, rows, key_ids, days)
+    if url.startswith("sqlite://"):
+        _fill(url.removeprefix("sqlite://"), rows, key_ids, days)
+    else:
+        await _fill_postgres(url, rows, key_ids, days)
 
 
-def _fill(path: str, rows: int, key_ids: list[tuple[str, str, str]], days: int) -> None:
+def _rows(rows: int, key_ids: list[tuple[str, str, str]], days: int) -> Any:
     rng = random.Random(17)
     now = datetime.now(UTC)
     span = days * 86400
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=OFF")
-    sql = (
-        "INSERT INTO requests (key_id, id, team_id, customer_id, source, origin, started_at, ended_at, project, "
-        "requested_model, provider, routed_model, status, http_status, input_tokens, output_tokens, "
-        "cache_read_tokens, cost_nanos, price_quality, latency_ms, received_at) "
-        "VALUES (?, ?, ?, ?, 'proxied', 'gateway', ?, ?, ?, ?, 'anthropic', ?, ?, 200, ?, ?, ?, ?, 'priced', ?, ?)"
-    )
-    batch: list[tuple[Any, ...]] = []
     for index in range(rows):
         key_id, team_id, customer_id = key_ids[rng.randrange(len(key_ids))]
         started = _iso(now - timedelta(seconds=rng.random() * span))
         model = MODELS[rng.randrange(len(MODELS))]
-        batch.append(
-            (
-                key_id,
-                f"r{index:09d}",
-                team_id,
-                customer_id,
-                started,
-                started,
-                f"/work/project-{rng.randrange(30)}",
-                model,
-                model,
-                STATUSES[rng.randrange(len(STATUSES))],
-                rng.randrange(50_000),
-                rng.randrange(4_000),
-                rng.randrange(200_000),
-                rng.randrange(1, 400_000_000),
-                rng.random() * 20_000,
-                started,
-            )
+        yield (
+            key_id,
+            f"r{index:09d}",
+            team_id,
+            customer_id,
+            "proxied",
+            "gateway",
+            started,
+            started,
+            f"/work/project-{rng.randrange(30)}",
+            model,
+            "anthropic",
+            model,
+            STATUSES[rng.randrange(len(STATUSES))],
+            200,
+            rng.randrange(50_000),
+            rng.randrange(4_000),
+            rng.randrange(200_000),
+            rng.randrange(1, 400_000_000),
+            "priced",
+            rng.random() * 20_000,
+            started,
         )
+
+
+COLUMNS = (
+    "key_id", "id", "team_id", "customer_id", "source", "origin", "started_at", "ended_at", "project",
+    "requested_model", "provider", "routed_model", "status", "http_status", "input_tokens", "output_tokens",
+    "cache_read_tokens", "cost_nanos", "price_quality", "latency_ms", "received_at",
+)  # fmt: skip
+_DIMS = (
+    "substr(started_at, 1, 13), key_id, coalesce(team_id, ''), coalesce(customer_id, ''), coalesce(project, ''), "
+    "coalesce(requested_model, ''), coalesce(provider, '')"
+)
+HOURLY_FILL = (
+    "INSERT INTO request_hourly (hour, key_id, team_id, customer_id, project, model, provider, requests, "  # noqa: S608
+    "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_nanos, unpriced_requests, "
+    "estimated_requests, imported_requests) "
+    f"SELECT {_DIMS}, count(*), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), "
+    "sum(cache_write_5m_tokens + cache_write_1h_tokens), coalesce(sum(cost_nanos), 0), "
+    f"sum(CASE WHEN cost_nanos IS NULL THEN 1 ELSE 0 END), 0, 0 FROM requests GROUP BY {_DIMS}"
+)
+
+
+def _fill(path: str, rows: int, key_ids: list[tuple[str, str, str]], days: int) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    sql = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"  # noqa: S608
+    batch: list[tuple[Any, ...]] = []
+    for row in _rows(rows, key_ids, days):
+        batch.append(row)
         if len(batch) == 50_000:
             conn.executemany(sql, batch)
             batch.clear()
     conn.executemany(sql, batch)
-    dims = (
-        "substr(started_at, 1, 13), key_id, coalesce(team_id, ''), coalesce(customer_id, ''), coalesce(project, ''), "
-        "coalesce(requested_model, ''), coalesce(provider, '')"
-    )
-    conn.execute(
-        "INSERT INTO request_hourly (hour, key_id, team_id, customer_id, project, model, provider, requests, "  # noqa: S608
-        "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_nanos, unpriced_requests, "
-        "estimated_requests, imported_requests) "
-        f"SELECT {dims}, count(*), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), "
-        "sum(cache_write_5m_tokens + cache_write_1h_tokens), coalesce(sum(cost_nanos), 0), "
-        "sum(CASE WHEN cost_nanos IS NULL THEN 1 ELSE 0 END), 0, 0 FROM requests GROUP BY " + dims
-    )
+    conn.execute(HOURLY_FILL)
     conn.commit()
     conn.execute("ANALYZE")
     conn.close()
+
+
+async def _fill_postgres(url: str, rows: int, key_ids: list[tuple[str, str, str]], days: int) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.copy_records_to_table("requests", records=_rows(rows, key_ids, days), columns=COLUMNS)
+        await conn.execute(HOURLY_FILL)
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", help="a gateway database URL (default: build a synthetic SQLite one)")
     parser.add_argument("--rows", type=int, default=1_000_000, help="requests in the synthetic database")
+    parser.add_argument("--fill", action="store_true", help="fill the empty --db with synthetic requests first")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     with tempfile.TemporaryDirectory(prefix="ccgate-dashboard-bench-") as folder:
         url = args.db
-        if url is None:
-            url = f"sqlite://{Path(folder) / 'gateway.db'}"
+        if url is None or args.fill:
+            url = url or f"sqlite://{Path(folder) / 'gateway.db'}"
             started = time.perf_counter()
             asyncio.run(make_database(url, args.rows))
             print(f"built {args.rows:,} requests in {time.perf_counter() - started:.0f} s", file=sys.stderr)
