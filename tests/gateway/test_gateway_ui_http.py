@@ -291,6 +291,7 @@ async def test_names_are_escaped_everywhere(gateway: Gateway) -> None:
     evil = "<img src=x onerror=alert(1)>\"'"
     await gateway.store.create_team("t-evil")
     await gateway.store.create_team("a/b c")
+    await gateway.store.create_team('über"')
     await gateway.store.create_key(team="t-evil", name=evil)
     await seed_rows(gateway.store, evil, [utcnow()], project=evil, model=evil)
     await refresh_hourly_for_tests(gateway.store.db)
@@ -301,6 +302,15 @@ async def test_names_are_escaped_everywhere(gateway: Gateway) -> None:
             assert "<img src=x" not in text, path
         _, text = await ui.get("/ui/teams")
         assert 'href="/ui/teams/a%2Fb%20c"' in text  # a name with a slash is one path segment
+        evil_key = await gateway.store.get_key(evil)
+        response, _ = await ui.get(f"/ui/keys/{evil_key.id}?export=models")
+        assert response.status == 200
+        assert (
+            response.headers["Content-Disposition"]
+            == 'attachment; filename="ccgate-key-_img_src_x_onerror_alert_1____-models.csv"'
+        )
+        response, _ = await ui.get("/ui/teams/%C3%BCber%22?export=keys")
+        assert response.status == 200 and response.headers["Content-Disposition"].endswith('team-_ber_-keys.csv"')
         _, text = await ui.get("/ui/keys?export=keys")
         # CSV keeps the exact value (it cannot start a formula)
         assert evil in [row["key"] for row in csv.DictReader(io.StringIO(text))]

@@ -22,7 +22,7 @@ from ccgate.gateway.ui import charts
 from ccgate.gateway.ui.app import page, session_of, store
 from ccgate.gateway.ui.render import exact_usd
 from ccgate.storage.gateway import dashboard
-from ccgate.storage.gateway.dashboard import Cursor, Group, RequestFilter, Scope, UiSession
+from ccgate.storage.gateway.dashboard import Cursor, RequestFilter, Scope, UiSession
 from ccgate.storage.gateway.records import Budget, BudgetLevel, BudgetView, RateLimit, VirtualKey
 from ccgate.storage.gateway.store import GatewayStore
 from ccgate.storage.reports import Totals, totals_to_json
@@ -111,8 +111,13 @@ def csv_response(name: str, header: Sequence[str], rows: Iterable[Sequence[objec
         text=out.getvalue(),
         content_type="text/csv",
         charset="utf-8",
-        headers={"Content-Disposition": f'attachment; filename="ccgate-{name}.csv"'},
+        headers={"Content-Disposition": f'attachment; filename="ccgate-{_file_part(name)}.csv"'},
     )
+
+
+def _file_part(name: str) -> str:
+    """A header-safe file name: names may hold quotes, slashes or any script."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name)[:120]
 
 
 def totals_row(totals: Totals) -> list[object]:
@@ -120,7 +125,7 @@ def totals_row(totals: Totals) -> list[object]:
     return [data[name] for name in TOTAL_FIELDS]
 
 
-def group_csv(name: str, label: str, rows: Sequence[tuple[str, Totals]]) -> web.Response:
+def group_csv(name: str, rows: Sequence[tuple[str, Totals]]) -> web.Response:
     return csv_response(name, ["key", *TOTAL_FIELDS], ([key, *totals_row(t)] for key, t in rows))
 
 
@@ -258,7 +263,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
     if export in ("keys", "projects", "models"):
         by = export[:-1]
         found = await dashboard.groups(s.db, by=by, since=month.since, until=now, scope=scope, limit=10)
-        return group_csv(export, by, [(_label(by, g.id, n), g.totals) for g in found])
+        return group_csv(export, [(_label(by, g.id, n), g.totals) for g in found])
     if export == "budgets":
         return budget_csv("budgets", sorted(await _budget_lines(s, session, n, now), key=lambda line: -line.used))
     days, stack = chart_choice(request)
@@ -470,7 +475,7 @@ async def key(request: web.Request) -> web.StreamResponse:
     if export == "budgets":
         return budget_csv(f"key-{found.name}-budgets", lines)
     if export == "models":
-        return group_csv(f"key-{found.name}-models", "model", [(g.id, g.totals) for g in per_model])
+        return group_csv(f"key-{found.name}-models", [(g.id, g.totals) for g in per_model])
     return page(
         request,
         "key.html",
@@ -694,16 +699,3 @@ def _audit_text(data: Mapping[str, Any] | None) -> str:
 
         shown["webhook_url"] = f"{urlsplit(hook).scheme}://{urlsplit(hook).hostname}/…"
     return json.dumps(shown, sort_keys=True, ensure_ascii=False, default=str)
-
-
-__all__ = [
-    "Group",
-    "audit",
-    "key",
-    "keys_page",
-    "overview",
-    "request_detail",
-    "requests_page",
-    "team",
-    "teams",
-]

@@ -403,16 +403,3 @@ def _line(row: Sequence[Any]) -> RequestLine:
         None if row[16] is None else float(row[16]),
         str(row[17]),
     )
-
-
-async def distinct_values(db: Database, column: str, *, scope: Scope = Scope(), days: int = 90) -> list[str]:
-    """Projects or models seen in the roll-up's last `days` days, for the request filters' choices."""
-    if column not in ("project", "model"):
-        raise ValueError(column)
-    until = datetime.now(UTC)
-    where, params = scope.where(until - timedelta(days=days), until)
-    rows = await db.fetch(
-        f"SELECT DISTINCT r.{column} FROM request_hourly r{where} AND r.{column} != '' ORDER BY r.{column} LIMIT 500",
-        params,
-    )
-    return [str(row[0]) for row in rows]
