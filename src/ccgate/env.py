@@ -36,6 +36,7 @@ CLAUDE_MANAGED_SETTINGS = "CCGATE_CLAUDE_MANAGED_SETTINGS"  # managed-settings.j
 # --- read by the test suite and CI only ---------------------------------------------------------------------------
 REQUIRE_E2E = "CCGATE_REQUIRE_E2E"  # "1": the end-to-end tests fail instead of skipping without Claude Code
 TEST_REAL_KEYRING = "CCGATE_TEST_REAL_KEYRING"  # "1": run the test that uses the OS keyring
+TEST_ARTIFACTS = "CCGATE_TEST_ARTIFACTS"  # where browser tests keep their screenshots (default test-artifacts/)
 
 
 # --- per provider -------------------------------------------------------------------------------------------------

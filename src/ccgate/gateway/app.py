@@ -675,6 +675,7 @@ def create_runner(app: web.Application) -> web.AppRunner:
 
 def create_app(settings: GatewaySettings) -> web.Application:
     from ccgate.gateway.admin import create_admin_app
+    from ccgate.gateway.ui.app import create_ui_app, to_overview
 
     app = web.Application(
         client_max_size=settings.max_body_mb * 1024 * 1024,
@@ -706,4 +707,6 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_post("/v1/usage", usage)
     app.router.add_get("/metrics", metrics)
     app.add_subapp("/admin", create_admin_app())
+    app.router.add_get("/ui", to_overview)
+    app.add_subapp("/ui", create_ui_app())
     return app
