@@ -456,12 +456,10 @@ def _add_sessions(document: dict[str, Any], sessions: dict[str, SessionInfo], tz
 
 
 def _what_if(app_ctx: AppContext, db: Database, report: CostReport, texts: list[str], tz: tzinfo) -> WhatIfReport:
-    from ccgate.core.pricing import PriceCatalog
-    from ccgate.storage.what_if import check_scenarios, parse_scenario, what_if
+    from ccgate.storage.what_if import resolve_scenarios, what_if
 
-    catalog = PriceCatalog(app_ctx.config.prices)
-    scenarios = [parse_scenario(text, catalog, info=app_ctx.info) for text in texts]
-    check_scenarios(scenarios)
+    cache_file = app_ctx.paths.state_dir / "price-cache.json"
+    scenarios = resolve_scenarios(texts, app_ctx.config.prices, cache_file=cache_file, info=app_ctx.info)
     return what_if(db, report, scenarios, tz=tz)
 
 

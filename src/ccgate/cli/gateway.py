@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +99,7 @@ def _run_workers(url: str, host: str, port: int, workers: int, extra: list[str])
     """
     import os
     import signal
+    import subprocess
     import tempfile
 
     from ccgate.gateway.metrics import MULTIPROC_ENV
@@ -137,6 +136,8 @@ def _check_or_migrate(url: str, *, migrate: bool) -> MigrationStatus:
         finally:
             await store.close()
 
+    import asyncio  # here, not at the top: every command (and --help) loads this module
+
     status = asyncio.run(check())
     problem = migration_problem(status)
     if problem is not None:
@@ -164,6 +165,8 @@ def migrate_cmd(
             return applied, await store.check_migrations()
         finally:
             await store.close()
+
+    import asyncio
 
     applied, status = asyncio.run(work())
     problem = migration_problem(status)
