@@ -386,8 +386,7 @@ def cost(
     Periods are calendar-aligned in local time (weeks start on Monday). Requests still in flight count
     with the usage seen so far: the provider bills them even if they never finish.
     """
-    from ccgate.storage.ledger import open_ledger
-    from ccgate.storage.reports import check_grouping, report_to_json
+    from ccgate.storage.reports import check_grouping, open_for_reports, report_to_json
 
     chosen = [name for name, on in (("--json", as_json), ("--csv", as_csv), ("--chart", chart)) if on]
     if len(chosen) > 1:
@@ -397,7 +396,7 @@ def cost(
     tz = resolve_timezone(app_ctx)
     window = resolve_window(period, since, until, tz)
     replay_spills(app_ctx)
-    db = open_ledger(app_ctx.paths.ledger_file)
+    db = open_for_reports(app_ctx.paths.ledger_file)
     try:
         # Table, JSON and CSV break spend down the same way: by model unless --by says otherwise.
         report, sessions = _report(app_ctx, db, window, by or "model", last, tz)

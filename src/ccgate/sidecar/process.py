@@ -31,7 +31,7 @@ from typing import Any
 
 from ccgate import env
 from ccgate.errors import SidecarError
-from ccgate.local.paths import Paths
+from ccgate.local.paths import Paths, home_id  # home_id: here too, where it was first
 
 SERVICE_NAME = "ccgate-sidecar"
 TOKEN_HEADER = "x-ccgate-token"  # noqa: S105 - a header name, not a secret
@@ -62,11 +62,6 @@ class SidecarInfo:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-
-def home_id(paths: Paths) -> str:
-    """Identifies which ccgate home a sidecar serves, so a sidecar of another home is never reused."""
-    return hashlib.sha256(str(paths.data_dir.resolve()).encode()).hexdigest()[:16]
 
 
 def ensure_token(paths: Paths) -> str:
