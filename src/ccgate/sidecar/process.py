@@ -31,7 +31,8 @@ from typing import Any
 
 from ccgate import env
 from ccgate.errors import SidecarError
-from ccgate.local.paths import Paths, home_id  # home_id: here too, where it was first
+from ccgate.local.paths import Paths
+from ccgate.local.paths import home_id as home_id  # re-exported: its home before local.paths
 
 SERVICE_NAME = "ccgate-sidecar"
 TOKEN_HEADER = "x-ccgate-token"  # noqa: S105 - a header name, not a secret
