@@ -276,3 +276,17 @@ def test_the_what_if_sums_and_the_estimate_footnote_read_covering_indexes_not_ro
         index = "requests_estimated" if "cost_note LIKE" in sql else "COVERING INDEX requests_usage"
         assert index in plan, (sql, plan)
     db.close()
+
+
+def test_a_price_cache_others_can_write_is_not_believed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _json(capsys, monkeypatch, "--what-if", GROQ)
+    cache = resolve_paths().state_dir / "price-cache.json"
+    entries = json.loads(cache.read_text())
+    for entry in entries.values():  # a well-formed entry making every token free
+        entry["rates"].update({name: "0" for name, value in entry["rates"].items() if value == "0.59"})
+        entry["rates"].update({"output": "0", "max_output": "0"})
+    cache.write_text(json.dumps(entries))
+    cache.chmod(0o666)
+    assert _json(capsys, monkeypatch, "--what-if", GROQ) == first

@@ -57,9 +57,17 @@ def store(path: Path, key: str, value: Any) -> None:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    """The entries, or {} for a file that is missing, damaged, or that another user could have written (a price
+    from it would be believed: only the owner's own, private file counts)."""
+    import os
+    import stat
+
     try:
         with path.open("rb") as handle:
+            info = os.fstat(handle.fileno())
+            if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                return {}
             data = json.loads(handle.read(1 << 20))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
