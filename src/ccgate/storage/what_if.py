@@ -305,6 +305,21 @@ def _tier_sums(
     # the prompt-size comparison only where a target has a long-context tier; a constant otherwise
     over = f"CASE row_tier {' '.join(cases)} ELSE 0 END" if cases else "0"
     marks = ", ".join("?" for _ in tiers)
+    picked = f"tier IN ({marks}) OR (tier IS NULL AND {TIER_SQL} IN ({marks}))"
+    # Grouping sorts every picked row (most of the time here): no join and no constant column when one span will do
+    group_by = "GROUP BY 1, 2, 3, 4" if cases else "GROUP BY 1, 2, 3"
+    sums = (
+        "count(*), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), sum(cache_write_5m_tokens), "
+        "sum(cache_write_1h_tokens), sum(web_searches), coalesce(sum(cost_nanos), 0), sum(cost_nanos IS NULL)"
+    )
+    if len(spans) == 1:
+        label, lo, hi = spans[0]
+        sql = (
+            f"SELECT label, {raw_key}, row_tier, {over}, {sums} FROM (SELECT requests.*, ? AS label, "  # noqa: S608
+            f"{TIER_SQL} AS row_tier FROM requests WHERE started_at >= ? AND started_at < ? AND ({picked})) "
+            f"{group_by}"
+        )
+        return list(db.execute(sql, [*over_params, label, to_iso(lo), to_iso(hi), *tiers, *tiers]).fetchall())
     result: list[Sequence[Any]] = []
     chunk = 300
     for offset in range(0, len(spans), chunk):
@@ -314,12 +329,8 @@ def _tier_sums(
         sql = (
             f"WITH spans(label, lo, hi) AS (VALUES {values}), "  # noqa: S608 - fixed text and ? marks only
             f"picked AS (SELECT requests.*, spans.label AS label, {TIER_SQL} AS row_tier FROM spans JOIN requests "
-            "ON requests.started_at >= spans.lo AND requests.started_at < spans.hi "
-            f"WHERE tier IN ({marks}) OR (tier IS NULL AND {TIER_SQL} IN ({marks}))) "
-            f"SELECT label, {raw_key}, row_tier, {over}, "
-            "count(*), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), sum(cache_write_5m_tokens), "
-            "sum(cache_write_1h_tokens), sum(web_searches), coalesce(sum(cost_nanos), 0), sum(cost_nanos IS NULL) "
-            "FROM picked GROUP BY 1, 2, 3, 4"
+            f"ON requests.started_at >= spans.lo AND requests.started_at < spans.hi WHERE {picked}) "
+            f"SELECT label, {raw_key}, row_tier, {over}, {sums} FROM picked {group_by}"
         )
         result.extend(db.execute(sql, [*params, *tiers, *tiers, *over_params]).fetchall())
     return result
