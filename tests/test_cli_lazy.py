@@ -55,3 +55,18 @@ def test_help_builds_no_command_and_a_command_builds_only_its_module(
     assert built == ["ccgate.cli.cost"]
     code, _, err = run_main(capsys, monkeypatch, "cots")
     assert code == 2 and "No such command 'cots'" in err and "cost" in err  # typer's suggestion still comes
+
+
+def test_each_module_registers_once_per_process(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gateway`'s register adds `admin` to its module-level app: a second call nested it again, and every further
+    command of the process (tests run hundreds) built a tree twice the size of the one before."""
+    for _ in range(3):
+        code, out, _ = run_main(capsys, monkeypatch, "gateway", "--help")
+        assert code == 0 and [line.split()[0] for line in out.splitlines() if line.startswith("  admin ")] == ["admin"]
+        run_main(capsys, monkeypatch, "--help")
+    from ccgate.cli.gateway import gateway_app
+
+    names = [group.name for group in gateway_app.registered_groups]
+    assert len(names) == len(set(names)), names

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -48,15 +49,20 @@ COMMANDS: dict[str, str] = {
 MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 
 
+@cache
 def registered(module_name: str) -> typer.Typer:
-    """A throwaway typer app holding what `module_name` registers (cheap: nothing is built yet)."""
+    """A typer app holding what `module_name` registers (cheap: nothing is built yet).
+
+    Once per process: a module's `register` may add to its own module-level sub-app (`gateway` adds `admin`),
+    which a second call would add again.
+    """
     app = typer.Typer(rich_markup_mode=None)
     importlib.import_module(module_name).register(app)
     return app
 
 
 def build_module(module_name: str) -> dict[str, Command]:
-    """The click commands of one module, built."""
+    """The click commands of one module, built (again on each call, as typer builds them on each invocation)."""
     group = typer.main.get_group(registered(module_name))
     return dict(group.commands)
 
