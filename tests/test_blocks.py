@@ -9,10 +9,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from cli_runner import run_main
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage, utcnow
 from ccgate.local.paths import resolve_paths
-from ccgate.storage.blocks import blocks_to_json, load_blocks
+from ccgate.storage.blocks import active_block, blocks_to_json, load_blocks
 from ccgate.storage.ledger import insert_records, open_ledger
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -143,3 +145,44 @@ def test_no_requests_says_how_to_start(capsys: pytest.CaptureFixture[str], monke
     assert code == 0 and "No requests recorded yet" in out
     code, out, _ = run_main(capsys, monkeypatch, "blocks", "--json")
     assert json.loads(out) == {"token_limit": None, "blocks": []}
+
+
+START = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    minutes=st.lists(st.integers(min_value=0, max_value=60 * 80), max_size=40),
+    pending=st.sets(st.integers(min_value=0, max_value=39), max_size=3),
+    now_minutes=st.integers(min_value=0, max_value=60 * 90),
+)
+def test_the_active_window_from_the_last_day_is_the_one_every_hour_gives(
+    tmp_path_factory: pytest.TempPathFactory, minutes: list[int], pending: set[int], now_minutes: int
+) -> None:
+    """The status line's short read (`active_block`) against `load_blocks` over every hour: the same window, the
+    same sums, whether the last day holds a 5-hour gap (the chain restarts) or not (every hour is read)."""
+    path = tmp_path_factory.mktemp("ledger") / "ledger.db"
+    db = open_ledger(path)
+    rows = [
+        _row(
+            START + timedelta(minutes=m),
+            nanos=1_000_000 + index,
+            status=RequestStatus.PENDING if index in pending else RequestStatus.OK,
+        )
+        for index, m in enumerate(minutes)
+    ]
+    insert_records(db, rows)
+    now = START + timedelta(minutes=now_minutes, seconds=30)
+    expected = [block for block in load_blocks(db) if block.active(now)]
+    found = active_block(db, now)
+    db.close()
+    if not expected:
+        assert found is None
+        return
+    assert found is not None
+    assert (found.start, found.totals, found.first, found.last) == (
+        expected[0].start,
+        expected[0].totals,
+        expected[0].first,
+        expected[0].last,
+    )

@@ -184,6 +184,7 @@ def test_every_key_ccgate_writes_is_one_it_reads(config_file: Path) -> None:
         PRICE_KEYS,
         PROVIDER_KEYS,
         SIDECAR_KEYS,
+        STATUSLINE_KEYS,
         TIER_KEYS,
         TOP_KEYS,
         ProviderSettings,
@@ -209,6 +210,7 @@ def test_every_key_ccgate_writes_is_one_it_reads(config_file: Path) -> None:
         timezone="Europe/Berlin",
         gateway_url="https://gw.example",
         week_start="sunday",
+        statusline_block=True,
     )
     save_config(config_file, everything)
     raw = tomllib.loads(config_file.read_text())
@@ -216,6 +218,7 @@ def test_every_key_ccgate_writes_is_one_it_reads(config_file: Path) -> None:
     assert set(raw["sidecar"]) == set(SIDECAR_KEYS) and set(raw["gateway"]) == set(GATEWAY_KEYS)
     assert set(raw["providers"]["lab"]) == set(PROVIDER_KEYS) and set(raw["tiers"]["haiku"]) == set(TIER_KEYS)
     assert set(raw["prices"]["m"]) == set(PRICE_KEYS) and set(raw["budgets"][0]) == set(BUDGET_KEYS)
+    assert set(raw["statusline"]) == set(STATUSLINE_KEYS)
     assert load_config(config_file) == everything
 
 

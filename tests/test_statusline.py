@@ -223,10 +223,44 @@ def test_an_older_ledger_is_not_read_until_migrated(isolated_home: Path) -> None
     assert render(claude_code_json(), now=NOW) == "Opus 4.8 · session $0.42 · today $0.42"
 
 
+BLOCK_CONFIG = 'timezone = "UTC"\n\n[statusline]\nblock = true\n'
+
+
+def test_the_5_hour_window_in_progress_with_time_left_and_its_spend(isolated_home: Path) -> None:
+    write_config(isolated_home, BLOCK_CONFIG)
+    fill_ledger(
+        record("1.00", at=NOW - timedelta(hours=9)),  # 03:00: an earlier window (03:00-08:00)
+        record("0.50", at=NOW - timedelta(hours=2, minutes=13)),  # 09:47 opens the window 09:00-14:00
+        record(None, at=NOW - timedelta(minutes=50)),
+        record("0.25", at=NOW - timedelta(minutes=5)),
+    )
+    later = NOW + timedelta(minutes=47)  # 12:47: 1h13m left
+    assert render(claude_code_json(), now=later) == (
+        "Opus 4.8 · session ~$0.50 unmetered · today $1.75 +1 unpriced · block 1h13m left · $0.75 +1 unpriced"
+    )
+    assert render(claude_code_json(), now=NOW + timedelta(hours=1, minutes=51)).endswith(
+        "· block 9m left · $0.75 +1 unpriced"
+    )
+    # the window closed at 14:00 and nothing opened another
+    assert render(claude_code_json(), now=NOW + timedelta(hours=3)).endswith(
+        "· today $1.75 +1 unpriced · no active block"
+    )
+    write_config(isolated_home, 'timezone = "UTC"\n')  # off by default
+    assert "block" not in render(claude_code_json(), now=later)
+
+
+def test_the_block_option_must_be_true_or_false(isolated_home: Path) -> None:
+    write_config(isolated_home, '[statusline]\nblock = "yes"\n')
+    assert "ccgate: config error" in render(claude_code_json(), now=NOW)
+    write_config(isolated_home, "[statusline]\nblok = true\n")
+    assert "ccgate: config error" in render(claude_code_json(), now=NOW)
+
+
 @pytest.mark.parametrize("with_ledger", [False, True])
 def test_fast_path_loads_no_heavy_modules(isolated_home: Path, with_ledger: bool) -> None:
     if with_ledger:  # the status line then reads it: still without the ledger writer (threads, spills)
         fill_ledger(record("0.25", at=NOW, session=SESSION))
+        write_config(isolated_home, BLOCK_CONFIG)  # the 5-hour window too
     code = (
         "import io, sys\n"
         "sys.argv = ['ccgate', 'statusline']\n"

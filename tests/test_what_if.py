@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -198,3 +200,93 @@ def test_what_if_with_last_covers_only_the_groups_shown(
     assert [group["key"] for group in data["groups"]] == ["2025-03-07", "2025-03-08"]  # sonnet only: untouched
     assert data["total"]["what_if_cost_usd"] == data["total"]["cost_usd"] == "0.001000000"
     assert data["total"]["what_if_unpriced_requests"] == 1
+
+
+ALL_THREE = ("--what-if", GROQ, "--what-if", SONNET, "--what-if", NO_PRICE)
+
+
+def test_a_second_run_answers_from_the_price_cache_without_importing_genai_prices(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _json(capsys, monkeypatch, *ALL_THREE)
+    script = (
+        "import sys\n"
+        f"sys.argv = ['ccgate', 'cost', *{MONTH!r}, '--json', *{ALL_THREE!r}]\n"
+        "from ccgate.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "sys.stderr.write(repr(sorted(m for m in sys.modules if m.startswith('genai_prices'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == first  # the unpriced target stays unpriced: never $0 from the cache
+    assert done.stderr.endswith("[]")
+
+
+def test_a_price_set_after_a_cached_run_is_what_the_next_run_uses(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _json(capsys, monkeypatch, "--what-if", GROQ)["groups"][1]["what_if_cost_usd"] == HAIKU_WHAT_IF
+    config = resolve_paths().config_file
+    config.write_text('[prices."llama-3.3-70b-versatile"]\ninput = "1"\noutput = "1"\n', encoding="utf-8")
+    # every token at $1/MTok now (cache rates follow the override's input rate): 4500 + 200 + 2000 + 100
+    haiku = _json(capsys, monkeypatch, "--what-if", GROQ)["groups"][1]
+    assert (haiku["key"], haiku["what_if_cost_usd"]) == ("claude-haiku-4-5", "0.006800000")
+
+
+def test_a_damaged_price_cache_is_ignored(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _json(capsys, monkeypatch, *ALL_THREE)
+    cache = resolve_paths().state_dir / "price-cache.json"
+    entries = json.loads(cache.read_text())
+    assert len(entries) == 3
+    for number, entry in enumerate(entries.values()):  # each damaged its own way
+        if number == 0:
+            entry["rates"] = {"input": "NaN"}
+        elif number == 1:
+            entry["rates"]["output"] = "NaN" if entry["rates"] else "1"
+        else:
+            entry["rates"] = {**(entry["rates"] or {}), "tier_threshold": "200000"}
+    cache.write_text(json.dumps(entries))
+    assert _json(capsys, monkeypatch, *ALL_THREE) == first
+    cache.write_text("{not json")
+    assert _json(capsys, monkeypatch, *ALL_THREE) == first
+    assert len(json.loads(cache.read_text())) == 3  # rewritten
+
+
+def test_the_what_if_sums_and_the_estimate_footnote_read_covering_indexes_not_rows() -> None:
+    """On a million-row ledger reading whole rows (~600 bytes) made `--what-if` and the `~` footnote slow (m011)."""
+    from ccgate.storage.reports import cost_report, estimate_reasons
+    from ccgate.storage.what_if import what_if
+
+    db = open_ledger(resolve_paths().ledger_file)
+    since, until = datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 4, 1, tzinfo=UTC)
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    for by in ("model", "day,model", "provider"):
+        report = cost_report(db, since=since, until=until, by=by, tz=UTC)
+        what_if(db, report, [parse_scenario(GROQ, PriceCatalog()), parse_scenario(SONNET, PriceCatalog())], tz=UTC)
+    estimate_reasons(db, since=since, until=until)
+    db.conn.set_trace_callback(None)
+    plans = {
+        sql: str(db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall())
+        for sql in statements
+        if "sum(web_searches)" in sql or "cost_note LIKE" in sql
+    }
+    assert len(plans) == 4
+    for sql, plan in plans.items():
+        index = "requests_estimated" if "cost_note LIKE" in sql else "COVERING INDEX requests_usage"
+        assert index in plan, (sql, plan)
+    db.close()
+
+
+def test_a_price_cache_others_can_write_is_not_believed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _json(capsys, monkeypatch, "--what-if", GROQ)
+    cache = resolve_paths().state_dir / "price-cache.json"
+    entries = json.loads(cache.read_text())
+    for entry in entries.values():  # a well-formed entry making every token free
+        entry["rates"].update({name: "0" for name, value in entry["rates"].items() if value == "0.59"})
+        entry["rates"].update({"output": "0", "max_output": "0"})
+    cache.write_text(json.dumps(entries))
+    cache.chmod(0o666)
+    assert _json(capsys, monkeypatch, "--what-if", GROQ) == first

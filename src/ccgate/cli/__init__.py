@@ -18,12 +18,14 @@ def build_app() -> typer.Typer:
     if _typer_app is None:
         import typer
 
-        from ccgate.cli import _typer_coercion, commands
+        from ccgate.cli import _typer_coercion
+        from ccgate.cli.commands import LazyGroup
 
         _typer_coercion.install()
 
         app = typer.Typer(
             name="ccgate",
+            cls=LazyGroup,  # each command is imported and built when it runs, not all of them every time
             help="A cost gate for Claude Code: meter, budget and route every request.",
             no_args_is_help=True,
             add_completion=False,  # one way to get completions: `ccgate completions` (static scripts)
@@ -43,8 +45,6 @@ def build_app() -> typer.Typer:
 
             current_click_context().obj = AppContext()
 
-        # Each command group lives in its own module; importing them is cheap (heavy imports are lazy).
-        commands.register(app)
         _typer_app = app
     return _typer_app
 

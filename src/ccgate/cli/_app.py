@@ -106,7 +106,7 @@ def replay_spills(app_ctx: AppContext) -> None:
     Holds the sidecar's instance lock meanwhile, so no sidecar starts beside this and nothing else marks rows."""
     import fcntl
 
-    from ccgate.sidecar.process import home_id
+    from ccgate.local.paths import home_id
     from ccgate.storage import spill
 
     paths = app_ctx.paths

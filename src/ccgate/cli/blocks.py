@@ -30,14 +30,13 @@ def blocks(
     """
     from ccgate.core.records import utcnow
     from ccgate.storage.blocks import blocks_to_json, load_blocks, parse_token_limit
-    from ccgate.storage.ledger import open_ledger
-    from ccgate.storage.reports import parse_moment
+    from ccgate.storage.reports import open_for_reports, parse_moment
 
     app_ctx = ctx()
     tz = resolve_timezone(app_ctx)
     start = parse_moment(since, tz=tz) if since is not None else None
     now = utcnow()
-    db = open_ledger(app_ctx.paths.ledger_file)
+    db = open_for_reports(app_ctx.paths.ledger_file)
     try:
         found = load_blocks(db, since=start)
     finally:

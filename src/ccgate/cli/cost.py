@@ -386,8 +386,7 @@ def cost(
     Periods are calendar-aligned in local time (weeks start on Monday). Requests still in flight count
     with the usage seen so far: the provider bills them even if they never finish.
     """
-    from ccgate.storage.ledger import open_ledger
-    from ccgate.storage.reports import check_grouping, report_to_json
+    from ccgate.storage.reports import check_grouping, open_for_reports, report_to_json
 
     chosen = [name for name, on in (("--json", as_json), ("--csv", as_csv), ("--chart", chart)) if on]
     if len(chosen) > 1:
@@ -397,7 +396,7 @@ def cost(
     tz = resolve_timezone(app_ctx)
     window = resolve_window(period, since, until, tz)
     replay_spills(app_ctx)
-    db = open_ledger(app_ctx.paths.ledger_file)
+    db = open_for_reports(app_ctx.paths.ledger_file)
     try:
         # Table, JSON and CSV break spend down the same way: by model unless --by says otherwise.
         report, sessions = _report(app_ctx, db, window, by or "model", last, tz)
@@ -456,12 +455,10 @@ def _add_sessions(document: dict[str, Any], sessions: dict[str, SessionInfo], tz
 
 
 def _what_if(app_ctx: AppContext, db: Database, report: CostReport, texts: list[str], tz: tzinfo) -> WhatIfReport:
-    from ccgate.core.pricing import PriceCatalog
-    from ccgate.storage.what_if import check_scenarios, parse_scenario, what_if
+    from ccgate.storage.what_if import resolve_scenarios, what_if
 
-    catalog = PriceCatalog(app_ctx.config.prices)
-    scenarios = [parse_scenario(text, catalog, info=app_ctx.info) for text in texts]
-    check_scenarios(scenarios)
+    cache_file = app_ctx.paths.state_dir / "price-cache.json"
+    scenarios = resolve_scenarios(texts, app_ctx.config.prices, cache_file=cache_file, info=app_ctx.info)
     return what_if(db, report, scenarios, tz=tz)
 
 

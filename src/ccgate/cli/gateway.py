@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +121,7 @@ def _run_workers(url: str, host: str, port: int, workers: int, extra: list[str])
     """
     import os
     import signal
+    import subprocess
     import tempfile
 
     from ccgate.gateway.metrics import MULTIPROC_ENV
@@ -158,7 +158,7 @@ def _check_or_migrate(url: str, *, migrate: bool) -> MigrationStatus:
         finally:
             await store.close()
 
-    import asyncio  # here, not at the top: every ccgate command imports this module
+    import asyncio  # here, not at the top: every command (and --help) loads this module
 
     status = asyncio.run(check())
     problem = migration_problem(status)

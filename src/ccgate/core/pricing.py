@@ -396,6 +396,16 @@ class PriceCatalog:
             return None
         return self._rates_from(resolution, model, provider, at, None if speed == STANDARD_SPEED else speed)
 
+    def timeless(self, model: str, *, provider: str | None = None) -> bool:
+        """Whether `rates(model)` is the same at every moment (no dated or time-of-day price in the catalog entry
+        it comes from), so a caller may keep them across runs."""
+        resolution = self._resolve(model, provider)
+        if resolution.entry is None:
+            return True
+        from genai_prices.types import ModelPrice
+
+        return isinstance(resolution.entry[1].prices, ModelPrice)
+
     def max_cost_nanos(
         self,
         model: str,

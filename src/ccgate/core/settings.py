@@ -92,6 +92,8 @@ class Config:
     gateway_url: str | None = None
     # the first day of a week in `cost --by week` ("monday" .. "sunday"); None: Monday
     week_start: str | None = None
+    # `[statusline] block = true`: the status line also shows the 5-hour window in progress
+    statusline_block: bool = False
 
 
 def named_zone(name: str) -> tzinfo:
@@ -149,7 +151,18 @@ def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
 
 # The keys the loader reads, table by table (tables of names -- providers, tiers, prices, model_rules -- take any
 # name; their entries hold these keys). Where each key is its dataclass field's name, the fields give the list.
-TOP_KEYS = ("sidecar", "providers", "tiers", "model_rules", "prices", "budgets", "timezone", "gateway", "week_start")
+TOP_KEYS = (
+    "sidecar",
+    "providers",
+    "tiers",
+    "model_rules",
+    "prices",
+    "budgets",
+    "timezone",
+    "gateway",
+    "week_start",
+    "statusline",
+)
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 SIDECAR_KEYS = tuple(f.name for f in fields(SidecarSettings))
 PROVIDER_KEYS = tuple(f.name for f in fields(ProviderSettings) if f.name != "name")
@@ -157,6 +170,7 @@ TIER_KEYS = ("targets",)
 PRICE_KEYS = tuple(f.name for f in fields(PriceOverride))
 BUDGET_KEYS = ("period", "limit", "project", "warn_at")
 GATEWAY_KEYS = ("url",)
+STATUSLINE_KEYS = ("block",)
 
 
 def _check_spelling(table: Any, known: tuple[str, ...], where: str) -> None:
@@ -340,6 +354,11 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         week_start = _str(week_start, "week_start", "a weekday name such as 'monday' or 'sunday'").lower()
         if week_start not in WEEKDAYS:
             raise ConfigError(f"week_start {week_start!r} is not a weekday", hint=f"use one of: {', '.join(WEEKDAYS)}")
+    statusline = _table(raw, "statusline")
+    _check_spelling(statusline, STATUSLINE_KEYS, "statusline.")
+    block = statusline.get("block", False)
+    if not isinstance(block, bool):
+        raise ConfigError(f"statusline.block must be true or false, got {block!r}")
     return Config(
         sidecar=sidecar,
         providers=providers,
@@ -350,6 +369,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         timezone=timezone,
         gateway_url=_optional_str(gateway, "url", "gateway", "a URL string"),
         week_start=week_start,
+        statusline_block=block,
     )
 
 
@@ -398,4 +418,6 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         ]
     if config.gateway_url:
         out["gateway"] = {"url": config.gateway_url}
+    if config.statusline_block:
+        out["statusline"] = {"block": True}
     return out

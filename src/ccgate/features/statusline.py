@@ -132,6 +132,19 @@ class Figures:
     routes: tuple[str, ...] = ()
     org_budget: BudgetLeft | None = None
     problems: tuple[str, ...] = field(default_factory=tuple)
+    # with `[statusline] block = true`: the 5-hour window in progress, or NO_BLOCK when none is open
+    block: ActiveBlock | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveBlock:
+    """The 5-hour window in progress: minutes left and what it cost so far (`minutes_left` None: none open)."""
+
+    minutes_left: int | None
+    spend: Spend = field(default_factory=Spend)
+
+
+NO_BLOCK = ActiveBlock(minutes_left=None)
 
 
 def open_ledger_readonly(path: Path) -> sqlite3.Connection | None:
@@ -209,6 +222,7 @@ def gather(
     today = Spend()
     budget: BudgetLeft | None = None
     org_budget: BudgetLeft | None = None
+    block = NO_BLOCK if config.statusline_block else None
     project = status.project_dir
     conn = open_ledger_readonly(ledger_file)
     try:
@@ -231,6 +245,8 @@ def gather(
                 ).fetchone()
                 if row is not None:
                     project = row[0]
+            if config.statusline_block:
+                block = _active_block(conn, now)
         budget = _tightest_budget(config, conn, now, tz, project, problems)
         org_budget = _org_budget(conn) if conn is not None and config.gateway_url else None
     finally:
@@ -243,7 +259,20 @@ def gather(
         routes=_routes(config.tiers),
         problems=tuple(problems),
         org_budget=org_budget,
+        block=block,
     )
+
+
+def _active_block(conn: sqlite3.Connection, now: datetime) -> ActiveBlock:
+    """The window in progress from the last day's hourly roll-ups (`blocks.active_block`), never the whole ledger."""
+    from ccgate.storage.blocks import active_block
+
+    found = active_block(_as_db(conn), now)
+    if found is None:
+        return NO_BLOCK
+    totals = found.totals
+    spend = Spend(totals.cost_nanos, totals.unpriced_requests, totals.requests, totals.estimated_requests)
+    return ActiveBlock(minutes_left=int((found.end - now).total_seconds() // 60), spend=spend)
 
 
 def _org_budget(conn: sqlite3.Connection) -> BudgetLeft | None:
@@ -312,9 +341,20 @@ def format_line(status: StatusInput, figures: Figures) -> str:
             parts.append(f"org budget used up ({figures.org_budget.label})")
         else:
             parts.append(f"org {format_usd(figures.org_budget.left_nanos)} left ({figures.org_budget.label})")
+    if figures.block is not None:
+        parts.extend(_block_parts(figures.block))
     parts.extend(figures.routes)
     parts.extend(f"ccgate: {problem}" for problem in figures.problems)
     return SEPARATOR.join(parts)
+
+
+def _block_parts(block: ActiveBlock) -> list[str]:
+    """`block 2h13m left`, `$4.20`: time left in the 5-hour window and its spend so far."""
+    if block.minutes_left is None:
+        return ["no active block"]
+    hours, minutes = divmod(max(block.minutes_left, 0), 60)
+    left = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
+    return [f"block {left} left", _money(block.spend)]
 
 
 def render(text: str, *, environ: Mapping[str, str] | None = None, now: datetime | None = None) -> str:

@@ -126,3 +126,13 @@ def resolve_paths(environ: dict[str, str] | None = None) -> Paths:
         state_dir = Path(env[env_names.STATE_DIR]).expanduser()
         runtime_dir = state_dir / "run"
     return Paths(config_file=config_file, data_dir=data_dir, state_dir=state_dir, runtime_dir=runtime_dir)
+
+
+def home_id(paths: Paths) -> str:
+    """Identifies which ccgate home a sidecar serves, so a sidecar of another home is never reused.
+
+    Here rather than in `sidecar.process`, so a command checking for spilled rows need not import that module.
+    """
+    import hashlib
+
+    return hashlib.sha256(str(paths.data_dir.resolve()).encode()).hexdigest()[:16]

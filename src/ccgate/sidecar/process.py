@@ -32,6 +32,7 @@ from typing import Any
 from ccgate import env
 from ccgate.errors import SidecarError
 from ccgate.local.paths import Paths
+from ccgate.local.paths import home_id as home_id  # re-exported: its home before local.paths
 
 SERVICE_NAME = "ccgate-sidecar"
 TOKEN_HEADER = "x-ccgate-token"  # noqa: S105 - a header name, not a secret
@@ -62,11 +63,6 @@ class SidecarInfo:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-
-def home_id(paths: Paths) -> str:
-    """Identifies which ccgate home a sidecar serves, so a sidecar of another home is never reused."""
-    return hashlib.sha256(str(paths.data_dir.resolve()).encode()).hexdigest()[:16]
 
 
 def ensure_token(paths: Paths) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -72,30 +72,70 @@ def group_hours(hours: Sequence[tuple[datetime, Totals]]) -> list[Block]:
 def load_blocks(db: Database, *, since: datetime | None = None, until: datetime | None = None) -> list[Block]:
     """Every window with a request in it (optionally those reaching past `since`, starting before `until`),
     oldest first. Windows chain from the first request ever, so the hours are always read from the start."""
-    lo, hi = "", to_iso(until) if until else "9999"
-    sums: dict[str, Totals] = {}
     with one_snapshot(db):
-        rows = db.execute(
-            f"SELECT bucket, {_ROLLUP_SUMS} FROM request_rollups "  # noqa: S608 - fixed text
-            "WHERE bucket >= ? AND bucket < ? GROUP BY bucket",
-            (lo, hi),
-        ).fetchall()
-        pending = db.execute(
-            f"SELECT substr(started_at, 1, 13) || ':00:00.000000Z', {_RAW_SUMS} FROM requests "  # noqa: S608
-            "WHERE status = 'pending' AND +started_at >= ? AND +started_at < ? GROUP BY 1",
-            (lo, hi),
-        ).fetchall()
-        for row in [*rows, *pending]:
-            totals = Totals.from_row(row[1:])
-            if totals.requests:
-                key = str(row[0])
-                sums[key] = sums[key] + totals if key in sums else totals
-        blocks = group_hours([(from_iso(key), sums[key]) for key in sorted(sums)])
+        blocks = group_hours(_busy_hours(db, "", to_iso(until) if until else "9999"))
         if since is not None:
             blocks = [block for block in blocks if block.end > since]
         for block in blocks:
             _first_and_last(db, block)
     return blocks
+
+
+def _busy_hours(db: Database, lo: str, hi: str) -> list[tuple[datetime, Totals]]:
+    """(UTC hour, sums) of every hour in [lo, hi) with a request, ascending: roll-ups plus rows in flight."""
+    sums: dict[str, Totals] = {}
+    rows = db.execute(
+        f"SELECT bucket, {_ROLLUP_SUMS} FROM request_rollups "  # noqa: S608 - fixed text
+        "WHERE bucket >= ? AND bucket < ? GROUP BY bucket",
+        (lo, hi),
+    ).fetchall()
+    pending = db.execute(
+        f"SELECT substr(started_at, 1, 13) || ':00:00.000000Z', {_RAW_SUMS} FROM requests "  # noqa: S608
+        "WHERE status = 'pending' AND +started_at >= ? AND +started_at < ? GROUP BY 1",
+        (lo, hi),
+    ).fetchall()
+    for row in [*rows, *pending]:
+        totals = Totals.from_row(row[1:])
+        if totals.requests:
+            key = str(row[0])
+            sums[key] = sums[key] + totals if key in sums else totals
+    return [(from_iso(key), sums[key]) for key in sorted(sums)]
+
+
+LOOKBACK = timedelta(hours=24)
+
+
+def active_block(db: Database, now: datetime) -> Block | None:
+    """The window in progress at `now` (None when there is none), as `load_blocks` would find it, from the last
+    day's hours only (the status line shows it on every render).
+
+    Windows chain from the first request ever, but a busy hour five hours or more after the previous one always
+    opens a window: the chain restarts there. When the last day holds such a restart whose gap lies inside it,
+    the windows from it on are exact; otherwise (busy around the clock) every hour is read, as `blocks` does.
+    """
+    floor = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    lookback = floor - LOOKBACK
+    with one_snapshot(db):
+        hours = _busy_hours(db, to_iso(lookback), "9999")  # rows stamped after `now` too, as `blocks` counts them
+        restart = next(
+            (
+                index
+                for index, (hour, _) in enumerate(hours)
+                if hour - BLOCK >= lookback and (index == 0 or hour - hours[index - 1][0] >= BLOCK)
+            ),
+            None,
+        )
+        if restart is not None:
+            blocks = group_hours(hours[restart:])
+        elif not hours or hours[-1][0] <= now - BLOCK:
+            return None  # no request in the last five hours: no window is open, whatever came before
+        else:
+            blocks = group_hours(_busy_hours(db, "", "9999"))
+        block = next((block for block in reversed(blocks) if block.active(now)), None)
+        if block is None:
+            return None
+        _first_and_last(db, block)
+    return block
 
 
 def _first_and_last(db: Database, block: Block) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ccgate.core.records import RequestRecord, RequestStatus, from_iso, nanos_to_usd, to_iso, utcnow
@@ -311,6 +312,30 @@ def spent_nanos(db: Database, *, since: datetime, until: datetime, project: str 
     with one_snapshot(db):
         sums = _aggregate(db, [("", since, until)], None, project=project)
     return sum(totals.cost_nanos for totals in sums.values())
+
+
+def open_for_reports(path: Path) -> Database:
+    """The ledger for commands that only read it: a plain connection when it is already at the latest schema
+    (importing sqlite-utils costs ~50 ms of a `cost` run), else `open_ledger`, which creates and migrates it.
+
+    The report queries only call `execute(sql, params)` (and `one_snapshot` the connection), which a plain
+    connection has too; `close()` as well.
+    """
+    from ccgate.storage.ledger import BUSY_TIMEOUT_S, open_ledger
+    from ccgate.storage.migrations import schema_is_current
+
+    if path.exists():
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            if schema_is_current(conn) and conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return cast("Database", conn)
+        except sqlite3.Error:
+            pass  # open_ledger says what is wrong, with a hint
+        if conn is not None:
+            conn.close()
+    return open_ledger(path)
 
 
 @contextmanager
