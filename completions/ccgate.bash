@@ -19,7 +19,7 @@ __ccgate_node() {
         'config show') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
         'cost') subs='' opts='--since --until --by --last --chart --json --csv --what-if -h --help' vopts=' --since --until --by --last --what-if ' vararg='' passthrough='' ;;
         'doctor') subs='' opts='--json --full -h --help' vopts='  ' vararg='' passthrough='' ;;
-        'gateway') subs='admin migrate report serve' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway') subs='admin migrate report rollups serve' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'gateway admin') subs='audit budget customer key provider ratelimit team token whoami' opts='--url --token-file -h --help' vopts=' --url --token-file ' vararg='' passthrough='' ;;
         'gateway admin audit') subs='' opts='--since --actor --action --limit --before --json -h --help' vopts=' --since --actor --action --limit --before ' vararg='' passthrough='' ;;
         'gateway admin budget') subs='delete list override reset set' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
@@ -58,10 +58,12 @@ __ccgate_node() {
         'gateway admin whoami') subs='' opts='--json -h --help' vopts='  ' vararg='' passthrough='' ;;
         'gateway migrate') subs='' opts='--db --check --json -h --help' vopts=' --db ' vararg='' passthrough='' ;;
         'gateway report') subs='' opts='--url --token-file --by --since --until --tz --json --csv -h --help' vopts=' --url --token-file --by --since --until --tz ' vararg='' passthrough='' ;;
+        'gateway rollups') subs='rebuild' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
+        'gateway rollups rebuild') subs='' opts='--db --since --json -h --help' vopts=' --db --since ' vararg='' passthrough='' ;;
         'gateway serve') subs='' opts='--db --host --port --workers --migrate --metrics-per-key --keep-days --max-body-mb --allow-private-webhooks --trusted-proxy -h --help' vopts=' --db --host --port --workers --keep-days --max-body-mb --trusted-proxy ' vararg='' passthrough='' ;;
         'import') subs='claude-code' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'import claude-code') subs='' opts='--path --json -h --help' vopts=' --path ' vararg='' passthrough='' ;;
-        'install') subs='' opts='--scope --dry-run -h --help' vopts=' --scope ' vararg='' passthrough='' ;;
+        'install') subs='' opts='--scope --dry-run --socket -h --help' vopts=' --scope ' vararg='' passthrough='' ;;
         'launch') subs='' opts='--tag' vopts=' --tag ' vararg='' passthrough='1' ;;
         'login') subs='' opts='--key --allow-http --json -h --help' vopts=' --key ' vararg='' passthrough='' ;;
         'logout') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
