@@ -236,3 +236,26 @@ def test_a_dollar_quoted_function_is_one_statement_and_runs_only_where_marked() 
 def test_ask_lists_the_levels_in_the_applying_order() -> None:
     ask = Ask("k", "t", "c", "p", 1, "i", TTL, utcnow())
     assert ask.applying == ("c", "t", "k", "p")
+
+
+async def test_a_pooled_postgresql_connection_goes_back_without_a_reset_round_trip(db_url: str) -> None:
+    """asyncpg's default reset query on every release would double the round trips of a one-statement call."""
+    if not db_url.startswith("postgresql"):
+        return
+    import asyncpg
+
+    store = await GatewayStore.open(db_url)
+    watcher = await asyncpg.connect(db_url)
+    try:
+        assert await store.db.fetch("SELECT 4242") == [(4242,)]
+        queries = [
+            str(row["query"])
+            for row in await watcher.fetch(
+                "SELECT query FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ]
+        assert "SELECT 4242" in queries, queries
+        assert not any("RESET ALL" in query for query in queries), queries
+    finally:
+        await watcher.close()
+        await store.close()

@@ -422,8 +422,16 @@ class _PGConnection:
                 await self.conn.executemany(to_numbered(sql), [tuple(r) for r in rows])
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release, minus asyncpg's default reset query (``SELECT pg_advisory_unlock_all();
+    CLOSE ALL; UNLISTEN *; RESET ALL``), which costs a round trip on every release, i.e. on every statement
+    outside a transaction. The store keeps no session state (no SET, LISTEN, cursor or session advisory lock;
+    the migration lock is transaction-scoped); asyncpg still rolls back a transaction left open."""
+
+
 class PostgresDatabase:
-    """An asyncpg pool; each `transaction()` holds one pooled connection for its duration."""
+    """An asyncpg pool; each `transaction()` holds one pooled connection for its duration. Nothing in the
+    store may leave session state on a connection (see `_no_reset`)."""
 
     backend = "postgresql"
     for_update = " FOR UPDATE"
@@ -445,7 +453,7 @@ class PostgresDatabase:
 
         try:
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=self._min_size, max_size=self._max_size, command_timeout=60
+                self._dsn, min_size=self._min_size, max_size=self._max_size, command_timeout=60, reset=_no_reset
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as error:
             raise DatabaseUnavailableError(
