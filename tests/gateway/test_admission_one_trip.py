@@ -259,3 +259,32 @@ async def test_a_pooled_postgresql_connection_goes_back_without_a_reset_round_tr
     finally:
         await watcher.close()
         await store.close()
+
+
+async def test_requests_and_tokens_are_counted_exactly_while_admissions_and_token_counts_interleave(
+    open_store: StoreFactory,
+) -> None:
+    """Admissions (which count requests) and finished requests' token counts hit the same counter rows from two
+    instances at once: every request and every token is counted, and neither waits on the other in a cycle."""
+    first = await open_store()
+    second = await open_store(migrate_now=False)
+    who = await _org(first)
+    await first.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
+    await first.set_rate_limit(level="key", target="dev", rpm=10_000, tpm=10**9)
+    await first.set_rate_limit(level="team", target="core", rpm=10_000, tpm=10**9)
+
+    async def request(store: GatewayStore) -> None:
+        rate, result = await _admit(store, who, 10)
+        assert isinstance(rate, RateAllowed) and isinstance(result, Admitted)
+        await store.settle(result.reservation, 10)
+
+    async def tokens(store: GatewayStore) -> None:
+        await store.add_tokens(key_id=who.key.id, team_id=who.team.id, tokens=100)
+
+    work = [request(first if i % 2 else second) for i in range(30)]
+    work += [tokens(second if i % 2 else first) for i in range(30)]
+    random.shuffle(work)
+    await asyncio.gather(*work)
+    counted = await first.db.fetch("SELECT requests, tokens FROM rate_counters ORDER BY rate_limit_id")
+    # both limits' counters, unless the minute turned during the test (then split over two rows each)
+    assert sum(int(r[0]) for r in counted) == 60 and sum(int(r[1]) for r in counted) == 6_000

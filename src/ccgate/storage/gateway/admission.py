@@ -754,9 +754,14 @@ async def add_tokens(db: Database, key_id: str, team_id: str | None, tokens: int
     if isinstance(db, SQLiteDatabase):
         await db.run_transaction(lambda conn: _add_tokens_sync(conn, key_id, team_id, tokens, now))
         return
-    async with db.transaction() as conn:
-        limits = await _locked_limits(conn, db, key_id, team_id)
-        await conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(_minute(now)), 0, tokens) for limit in limits])
+    # one statement, no transaction: the upsert locks each counter row (in the order the reserve function takes
+    # them); the rate_limits rows need no lock, as only a request's admission checks them against the counters
+    await db.execute(
+        "INSERT INTO rate_counters (rate_limit_id, minute, requests, tokens) SELECT id, ?, 0, ? FROM rate_limits "
+        "WHERE (level = 'key' AND target_id = ?) OR (level = 'team' AND target_id = ?) ORDER BY level, id "
+        "ON CONFLICT (rate_limit_id, minute) DO UPDATE SET tokens = rate_counters.tokens + excluded.tokens",
+        (to_iso(_minute(now)), tokens, key_id, team_id),
+    )
 
 
 def _add_tokens_sync(conn: SyncConnection, key_id: str, team_id: str | None, tokens: int, now: datetime) -> None:

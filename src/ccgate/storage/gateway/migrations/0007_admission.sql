@@ -54,9 +54,11 @@ BEGIN
             RETURN NEXT;
             RETURN;
         END IF;
+        -- counter rows in the order add_tokens takes them (level, id), so the two never wait on each other in a cycle
         INSERT INTO rate_counters (rate_limit_id, minute, requests, tokens)
         SELECT l.id, p_minute, 1, 0 FROM rate_limits l
         WHERE (l.level = 'key' AND l.target_id = p_key) OR (l.level = 'team' AND l.target_id = p_team)
+        ORDER BY l.level, l.id
         ON CONFLICT (rate_limit_id, minute) DO UPDATE SET requests = rate_counters.requests + 1;
     END IF;
 
