@@ -948,6 +948,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="record the sidecar with py-spy (pip install py-spy into the venv) into this collapsed-stack file",
     )
+    parser.add_argument(
+        "--phases",
+        default=None,
+        help="comma-separated subset to run (proxy, translation, cli, cost, import); default all. The gateway "
+        "runs in the proxy phase, beside the sidecar it is compared with",
+    )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     rows = args.ledger_rows if args.ledger_rows is not None else settings.ledger_rows
@@ -960,6 +966,13 @@ def main(argv: list[str] | None = None) -> int:
         ("gateway reports", lambda work: gateway_reports_phase(report, settings, rows, args.cache_dir)),
         ("import", lambda work: import_phase(report, settings, work, args.cache_dir)),
     ]
+    if args.phases is not None:
+        # a phase's short name is its first word, lower-cased: proxy, translation, cli, cost, import
+        short = {name.split(" ")[0].lower(): name for name, _ in phases}
+        wanted = {part.strip() for part in args.phases.split(",") if part.strip()}
+        if wanted - short.keys():
+            parser.error(f"unknown phase(s) {', '.join(sorted(wanted - short.keys()))}; choose from {', '.join(short)}")
+        phases = [(name, phase) for name, phase in phases if name.split(" ")[0].lower() in wanted]
     with tempfile.TemporaryDirectory(prefix="ccgate-bench-") as tmp:
         for name, phase in phases:
             log(f"phase: {name}")

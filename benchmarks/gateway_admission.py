@@ -5,7 +5,8 @@
 Every request of a team locks the team's (and customer's) budget rows, so admissions of one team run one at a
 time in the database whatever the number of instances. This measures that ceiling directly on the store:
 N concurrent loops (each an "instance" connection), each doing what a request does to its budgets -- the rate
-check, reserve, shrink, settle -- against one key, team and customer budget and a team rate limit.
+check with the reservation (one round trip), shrink, settle (one round trip) -- against one key, team and
+customer budget and a team rate limit.
 Without --db it starts a throwaway PostgreSQL (tests/support/postgres_cluster.py) and also runs SQLite.
 """
 
@@ -49,8 +50,7 @@ async def run(url: str, concurrency: int, seconds: float) -> float:
     async def loop() -> None:
         nonlocal done
         while time.perf_counter() < deadline:
-            await store.take_request(key_id=key_id, team_id=team_id)
-            result = await store.reserve(
+            _, result = await store.admit(
                 key_id=key_id,
                 team_id=team_id,
                 customer_id=customer_id,

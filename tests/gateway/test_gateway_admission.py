@@ -20,15 +20,15 @@ async def test_a_hold_committed_as_the_client_leaves_is_released(
     key = (await store.create_key(team="core", name="ada")).key
     await store.create_budget(level="team", target="core", limit_nanos=10**9, period="1d")
     committed = asyncio.Event()
-    real_reserve = store.reserve
+    real_admit = store.admit
 
-    async def slow_reserve(**kwargs: Any) -> Any:
-        result = await real_reserve(**kwargs)  # committed in the database ...
+    async def slow_admit(**kwargs: Any) -> Any:
+        result = await real_admit(**kwargs)  # rate counted and hold committed in the database ...
         committed.set()
         await asyncio.sleep(0.5)  # ... but the answer is still on its way when the client goes away
         return result
 
-    monkeypatch.setattr(store, "reserve", slow_reserve)
+    monkeypatch.setattr(store, "admit", slow_admit)
     admission = GatewayAdmission(store, "instance-1", ttl=timedelta(minutes=5))
     meta = ClientMeta(extra={"key_id": key.id, "team_id": key.team_id})
     admitting = asyncio.create_task(admission.admit(meta, reserve_nanos=1_000, model="claude-sonnet-4-5"))

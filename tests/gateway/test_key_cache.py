@@ -14,7 +14,7 @@ from ccgate.gateway.admission import GatewayAdmission
 from ccgate.gateway.auth import KeyCache
 from ccgate.proxy.seams import ClientMeta
 from ccgate.storage.gateway import GatewayStore
-from ccgate.storage.gateway.records import AdmissionResult, KeyIdentity
+from ccgate.storage.gateway.records import AdmissionResult, KeyIdentity, RateDecision
 
 
 class CountingStore(GatewayStore):
@@ -77,6 +77,11 @@ class CountingReserves(GatewayStore):
     async def reserve(self, **kwargs: Any) -> AdmissionResult:
         self.reserves += 1
         return await super().reserve(**kwargs)
+
+    async def admit(self, **kwargs: Any) -> tuple[RateDecision, AdmissionResult | None]:
+        """The first attempt: rate limits and reservation in one round trip."""
+        self.reserves += 1
+        return await super().admit(**kwargs)
 
 
 async def test_requests_of_keys_without_any_budget_skip_the_reservation(store: GatewayStore) -> None:

@@ -32,7 +32,6 @@ from ccgate.storage.gateway.records import (
     AdmissionResult,
     Admitted,
     BudgetView,
-    RateAllowed,
     RateDecision,
     RateLimited,
     Refused,
@@ -123,8 +122,8 @@ class GatewayAdmission:
     async def admit(
         self, meta: ClientMeta, *, reserve_nanos: int | None, model: str, provider: str | None = None
     ) -> Hold:
-        """Rate limits and the first reservation attempt run side by side (two pooled connections on PostgreSQL):
-        a request pays for the slower of the two round trips, not their sum."""
+        """Rate limits and the first reservation attempt in one round trip (`GatewayStore.admit`): a rate
+        limited request holds nothing; later attempts of a waiting request reserve only."""
         key_id, team_id, customer_id = ids_of(meta)
         provider_id = None if provider is None else self.provider_ids(provider)
         bound = 0 if reserve_nanos is None else reserve_nanos
@@ -141,24 +140,27 @@ class GatewayAdmission:
             )
 
         budgeted = None if self.budgeted is None else self.budgeted()
+        take_rate = self._has_rate_limit(key_id, team_id)
         if budgeted is not None and not any(i in budgeted for i in (key_id, team_id, customer_id, provider_id) if i):
             # no budget at any level: nothing to reserve, and no round trip for it
-            self._raise_if_limited(await self._rate_check(key_id, team_id))
+            if take_rate:
+                self._raise_if_limited(await self.store.take_request(key_id=key_id, team_id=team_id))
             return Hold(None, ())
-        rate = asyncio.ensure_future(self._rate_check(key_id, team_id))
-        try:
-            result = await self._attempt(reserve())
-        except BaseException:
-            rate.cancel()
-            raise
-        try:
-            limited = await rate
-        except BaseException:
-            self._release_result(result)
-            raise
-        if isinstance(limited, RateLimited):
-            self._release_result(result)
-            self._raise_if_limited(limited)
+        limited, first = await self._attempt_first(
+            self.store.admit(
+                key_id=key_id,
+                team_id=team_id,
+                customer_id=customer_id,
+                provider_id=provider_id,
+                bound_nanos=bound,
+                instance_id=self.instance_id,
+                ttl=self.ttl,
+                take_rate=take_rate,
+            )
+        )
+        self._raise_if_limited(limited)
+        assert first is not None  # only a rate limit answers None
+        result: AdmissionResult = first
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.max_wait
         mark: tuple[object, ...] | None = None
@@ -203,11 +205,21 @@ class GatewayAdmission:
                 hint=f"retry in {limited.retry_after_s} s, or ask your gateway admin to raise it",
             )
 
-    async def _rate_check(self, key_id: str, team_id: str | None) -> RateDecision:
+    def _has_rate_limit(self, key_id: str, team_id: str | None) -> bool:
+        """Whether the key or its team may have a rate limit (requests of others skip counting)."""
         limited = None if self.rate_limited is None else self.rate_limited()
-        if limited is not None and key_id not in limited and (team_id is None or team_id not in limited):
-            return RateAllowed()
-        return await self.store.take_request(key_id=key_id, team_id=team_id)
+        return limited is None or key_id in limited or (team_id is not None and team_id in limited)
+
+    async def _attempt_first(
+        self, work: Coroutine[Any, Any, tuple[RateDecision, AdmissionResult | None]]
+    ) -> tuple[RateDecision, AdmissionResult | None]:
+        """`_attempt` for the first attempt, which also takes the rate limits."""
+        attempt = asyncio.ensure_future(work)
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            attempt.add_done_callback(self._release_orphan_first)
+            raise
 
     async def _attempt(self, work: Coroutine[Any, Any, AdmissionResult]) -> AdmissionResult:
         """One reservation attempt; if the client leaves meanwhile, a hold it committed is given back (it would
@@ -243,6 +255,12 @@ class GatewayAdmission:
     def _release_result(self, result: AdmissionResult) -> None:
         if isinstance(result, Admitted) and result.budgets:
             self.release(Hold(result.reservation, tuple(view.budget.id for view in result.budgets)))
+
+    def _release_orphan_first(self, attempt: asyncio.Future[Any]) -> None:
+        if not attempt.cancelled() and attempt.exception() is None:
+            _, result = attempt.result()
+            if result is not None:
+                self._release_result(result)
 
     def _release_orphan(self, attempt: asyncio.Future[Any]) -> None:
         if not attempt.cancelled() and attempt.exception() is None:

@@ -11,7 +11,8 @@ even before `expire` deletes it, so a killed instance's holds lapse by themselve
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,7 +21,7 @@ from zoneinfo import ZoneInfo
 from ccgate.core.budgets import Admit, BudgetState, Reject, bucket_size, decide, parse_period, rolling_buckets, window
 from ccgate.core.records import from_iso, new_request_id, to_iso
 from ccgate.errors import NotFoundError, UserInputError
-from ccgate.storage.gateway.db import Connection, Database
+from ccgate.storage.gateway.db import Connection, Database, Row, SyncConnection
 from ccgate.storage.gateway.records import (
     AdmissionResult,
     Admitted,
@@ -94,24 +95,28 @@ def current_window(budget: Budget, now: datetime) -> tuple[datetime, datetime, d
     return buckets[0], buckets[0] + size + budget.period.approx_duration(), buckets[-1]
 
 
-async def _views(conn: Connection, budgets: Sequence[Budget], now: datetime) -> list[BudgetView]:
-    if not budgets:
-        return []
+Windows = dict[str, tuple[datetime, datetime, datetime]]
+
+
+def _views_query(budgets: Sequence[Budget], now: datetime) -> tuple[str, list[Any], Windows]:
+    """One round trip: the spend buckets, then (bucket '') the live reservations' sum per budget."""
     ids = [b.id for b in budgets]
     marks = ", ".join("?" for _ in ids)
     windows = {b.id: current_window(b, now) for b in budgets}
     oldest = min(w[0] for w in windows.values())
-    spent: dict[str, int] = dict.fromkeys(ids, 0)
-    reserved = dict.fromkeys(ids, 0)
-    # one round trip: the spend buckets, then (bucket '') the live reservations' sum per budget
-    rows = await conn.fetch(
+    sql = (
         f"SELECT budget_id, bucket_start, spent_nanos FROM budget_spend "
         f"WHERE budget_id IN ({marks}) AND bucket_start >= ? "
         "UNION ALL SELECT rb.budget_id, '', sum(r.amount_nanos) FROM reservation_budgets rb "
         f"JOIN reservations r ON r.id = rb.reservation_id WHERE rb.budget_id IN ({marks}) AND r.expires_at > ? "
-        "GROUP BY rb.budget_id",
-        [*ids, to_iso(oldest), *ids, to_iso(now)],
+        "GROUP BY rb.budget_id"
     )
+    return sql, [*ids, to_iso(oldest), *ids, to_iso(now)], windows
+
+
+def _views_from(budgets: Sequence[Budget], rows: Sequence[Row], windows: Windows, now: datetime) -> list[BudgetView]:
+    spent: dict[str, int] = {b.id: 0 for b in budgets}
+    reserved = dict.fromkeys(spent, 0)
     by_id = {b.id: b for b in budgets}
     for budget_id, bucket, nanos in rows:
         first, _, last = windows[budget_id]
@@ -122,21 +127,28 @@ async def _views(conn: Connection, budgets: Sequence[Budget], now: datetime) -> 
                 spent[budget_id] += int(nanos)
         elif to_iso(first) <= bucket <= to_iso(last):
             spent[budget_id] += int(nanos)
-    return [
-        BudgetView(
-            budget=b,
-            state=BudgetState(
-                key=f"{b.level.rank}:{b.id}",
-                label=b.label,
-                limit_nanos=b.effective_limit(now),
-                spent_nanos=spent[b.id],
-                reserved_nanos=reserved[b.id],
-                resets_at=windows[b.id][1],
-            ),
-            window_start=windows[b.id][0],
-        )
-        for b in budgets
-    ]
+    return [_view(b, windows[b.id], b.effective_limit(now), spent[b.id], reserved[b.id]) for b in budgets]
+
+
+def _view(
+    budget: Budget, window: tuple[datetime, datetime, datetime], limit: int, spent: int, reserved: int
+) -> BudgetView:
+    state = BudgetState(
+        key=f"{budget.level.rank}:{budget.id}",
+        label=budget.label,
+        limit_nanos=limit,
+        spent_nanos=spent,
+        reserved_nanos=reserved,
+        resets_at=window[1],
+    )
+    return BudgetView(budget=budget, state=state, window_start=window[0])
+
+
+async def _views(conn: Connection, budgets: Sequence[Budget], now: datetime) -> list[BudgetView]:
+    if not budgets:
+        return []
+    sql, params, windows = _views_query(budgets, now)
+    return _views_from(budgets, await conn.fetch(sql, params), windows, now)
 
 
 async def views(
@@ -162,41 +174,242 @@ async def reserve(
     instance_id: str,
     ttl: timedelta,
     now: datetime,
+    definitions: BudgetDefinitions | None = None,
 ) -> AdmissionResult:
     """One transaction: lock the applying budgets in order, apply `decide`, and hold `bound_nanos` if admitted.
 
     Admitted when spent + reserved + bound <= limit at every level, or when nothing is in flight there and
     spent < limit (the lone request); otherwise `Waiting` (live reservations fill the budget, spent < limit)
-    or `Refused` (spent >= limit). Refused and waiting requests hold nothing.
+    or `Refused` (spent >= limit). Refused and waiting requests hold nothing. One round trip (see `admit`).
     """
-    if not 0 <= bound_nanos <= MAX_NANOS:
+    ask = Ask(key_id, team_id, customer_id, provider_id, bound_nanos, instance_id, ttl, now)
+    _, result = await admit(db, ask, take_rate=False, definitions=definitions)
+    assert result is not None  # only a rate limit answers None
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What one admission asks for: whose request, how much to hold, by which instance, for how long."""
+
+    key_id: str
+    team_id: str | None
+    customer_id: str | None
+    provider_id: str | None
+    bound_nanos: int
+    instance_id: str
+    ttl: timedelta
+    now: datetime
+
+    @property
+    def applying(self) -> tuple[str | None, str | None, str | None, str | None]:
+        """The `_APPLYING` parameters (customer, team, key, provider)."""
+        return (self.customer_id, self.team_id, self.key_id, self.provider_id)
+
+
+async def admit(
+    db: Database, ask: Ask, *, take_rate: bool, definitions: BudgetDefinitions | None = None
+) -> tuple[RateDecision, AdmissionResult | None]:
+    """The request's rate limits (with `take_rate`: counted unless one is reached), then its budgets, in one
+    round trip: on SQLite one job on the database thread inside BEGIN IMMEDIATE, on PostgreSQL one call of
+    ``ccgate_reserve_v1`` (migration 0007). Rate limited: (RateLimited, None), nothing reserved."""
+    if not 0 <= ask.bound_nanos <= MAX_NANOS:
         raise ValueError("bound_nanos must be between 0 and MAX_NANOS")
-    async with db.transaction() as conn:
-        budgets = await load_budgets(conn, _APPLYING, (customer_id, team_id, key_id, provider_id), lock=db.for_update)
-        budget_views = await _views(conn, budgets, now)
-        decision = decide([v.state for v in budget_views], bound_nanos)
-        if not isinstance(decision, Admit):
-            blocking = next(v for v in budget_views if v.state.key == decision.blocking.key)
-            return Refused(blocking) if isinstance(decision, Reject) else Waiting(blocking)
-        reservation = Reservation(
-            id=new_request_id(),
-            budget_ids=tuple(b.id for b in budgets),
-            amount_nanos=bound_nanos,
-            instance_id=instance_id,
-            expires_at=now + ttl,
+    from ccgate.storage.gateway.db import SQLiteDatabase
+
+    if isinstance(db, SQLiteDatabase):
+        return await db.run_transaction(lambda conn: _admit_sync(conn, ask, take_rate))
+    return await _admit_postgres(db, ask, take_rate, definitions or BudgetDefinitions())
+
+
+def _admit_sync(conn: SyncConnection, ask: Ask, take_rate: bool) -> tuple[RateDecision, AdmissionResult | None]:
+    """SQLite: the whole admission on the database thread, its write lock held (BEGIN IMMEDIATE)."""
+    if take_rate:
+        rate = _take_sync(conn, ask.key_id, ask.team_id, ask.now)
+        if isinstance(rate, RateLimited):
+            return rate, None
+    budgets = [
+        _budget(row)
+        for row in conn.fetch(
+            f"SELECT {_BUDGET_COLS} FROM budgets WHERE {_APPLYING} ORDER BY lock_rank, id", ask.applying
         )
-        if budgets:
-            await conn.execute(
-                "INSERT INTO reservations (id, amount_nanos, instance_id, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (reservation.id, bound_nanos, instance_id, to_iso(now), to_iso(reservation.expires_at)),
+    ]
+    budget_views: list[BudgetView] = []
+    if budgets:
+        sql, params, windows = _views_query(budgets, ask.now)
+        budget_views = _views_from(budgets, conn.fetch(sql, params), windows, ask.now)
+    result = _outcome(budget_views, ask)
+    if isinstance(result, Admitted) and budgets:
+        for sql, params in _hold_statements(result.reservation, ask.now):
+            conn.execute(sql, params)
+    return RateAllowed(), result
+
+
+def _outcome(budget_views: Sequence[BudgetView], ask: Ask) -> AdmissionResult:
+    """`decide` over the budgets' states: the reservation to hold, or which budget refuses or makes it wait."""
+    decision = decide([v.state for v in budget_views], ask.bound_nanos)
+    if not isinstance(decision, Admit):
+        blocking = next(v for v in budget_views if v.state.key == decision.blocking.key)
+        return Refused(blocking) if isinstance(decision, Reject) else Waiting(blocking)
+    reservation = Reservation(
+        id=new_request_id(),
+        budget_ids=tuple(v.budget.id for v in budget_views),
+        amount_nanos=ask.bound_nanos,
+        instance_id=ask.instance_id,
+        expires_at=ask.now + ask.ttl,
+    )
+    return Admitted(reservation, tuple(budget_views))
+
+
+def _hold_statements(reservation: Reservation, now: datetime) -> list[tuple[str, list[Any]]]:
+    return [
+        (
+            "INSERT INTO reservations (id, amount_nanos, instance_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+            [
+                reservation.id,
+                reservation.amount_nanos,
+                reservation.instance_id,
+                to_iso(now),
+                to_iso(reservation.expires_at),
+            ],
+        ),
+        (
+            "INSERT INTO reservation_budgets (budget_id, reservation_id) VALUES "
+            + ", ".join("(?, ?)" for _ in reservation.budget_ids),
+            [value for budget_id in reservation.budget_ids for value in (budget_id, reservation.id)],
+        ),
+    ]
+
+
+_RESERVE_CALL = "SELECT kind, item, note, a, b, c, d FROM ccgate_reserve_v1(" + ", ".join("?" * 15) + ")"
+# A budget changed between reading the definitions and the call more often than this in a row: take the slow path
+# (one transaction of several statements), which reads them under the lock.
+_STALE_TRIES = 3
+
+
+async def _admit_postgres(
+    db: Database, ask: Ask, take_rate: bool, definitions: BudgetDefinitions
+) -> tuple[RateDecision, AdmissionResult | None]:
+    cached = definitions.applying(ask.applying)
+    for _ in range(_STALE_TRIES):
+        if cached is None:
+            cached = await definitions.load(db, ask.applying)
+        budgets = [budget for budget, _ in cached]
+        windows = {b.id: current_window(b, ask.now) for b in budgets}
+        reservation_id = new_request_id()
+        rows = await db.fetch(
+            _RESERVE_CALL,
+            (
+                *ask.applying,
+                [b.id for b in budgets],
+                [updated for _, updated in cached],
+                [to_iso(windows[b.id][0]) for b in budgets],
+                [to_iso(windows[b.id][2]) for b in budgets],
+                ask.bound_nanos,
+                to_iso(ask.now),
+                reservation_id,
+                ask.instance_id,
+                to_iso(ask.now + ask.ttl),
+                take_rate,
+                to_iso(_minute(ask.now)),
+            ),
+        )
+        verdict = str(rows[-1][1])
+        if take_rate:
+            limits = [
+                RateLimit(
+                    str(item),
+                    RateLevel(note),
+                    ask.key_id if note == "key" else str(ask.team_id),
+                    _int_or_none(a),
+                    _int_or_none(b),
+                    ask.now,
+                    ask.now,
+                )
+                for kind, item, note, a, b, _, _ in rows
+                if kind == "rate"
+            ]
+            counts = {str(row[1]): (int(row[5]), int(row[6])) for row in rows if row[0] == "rate"}
+            rate = _rate_verdict(limits, counts, ask.now)
+            if verdict == "rate":
+                assert isinstance(rate, RateLimited)
+                return rate, None
+            take_rate = False  # counted: a retry after 'stale' must not count the request again
+        if verdict == "stale":
+            cached = None
+            continue
+        budget_views = [
+            _view(by_id, windows[by_id.id], int(a), int(b), int(c))
+            for (kind, _, _, a, b, c, _), by_id in zip((r for r in rows if r[0] == "budget"), budgets, strict=True)
+        ]
+        if verdict == "admitted":
+            reservation = Reservation(
+                reservation_id, tuple(b.id for b in budgets), ask.bound_nanos, ask.instance_id, ask.now + ask.ttl
             )
-            await conn.execute(
-                "INSERT INTO reservation_budgets (budget_id, reservation_id) VALUES "
-                + ", ".join("(?, ?)" for _ in budgets),
-                [value for b in budgets for value in (b.id, reservation.id)],
-            )
-        return Admitted(reservation, tuple(budget_views))
+            return RateAllowed(), Admitted(reservation, tuple(budget_views))
+        result = _outcome(budget_views, ask)
+        if isinstance(result, Admitted):  # the function and `decide` disagree: a defect, never a silent admit
+            raise RuntimeError("ccgate_reserve_v1 refused what ccgate.core.budgets.decide admits")
+        return RateAllowed(), result
+    # the definitions keep changing under us: read them under the lock, the slow way
+    return RateAllowed(), await _reserve_in_transaction(db, ask)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+async def _reserve_in_transaction(db: Database, ask: Ask) -> AdmissionResult:
+    """`reserve` in several statements of one transaction: the budget rows locked, read, decided, held."""
+    async with db.transaction() as conn:
+        budgets = await load_budgets(conn, _APPLYING, ask.applying, lock=db.for_update)
+        result = _outcome(await _views(conn, budgets, ask.now), ask)
+        if isinstance(result, Admitted) and budgets:
+            for sql, params in _hold_statements(result.reservation, ask.now):
+                await conn.execute(sql, params)
+        return result
+
+
+class BudgetDefinitions:
+    """This process's copy of budget definitions: which budgets apply to a (customer, team, key, provider), with
+    the ``updated_at`` each was read at, and every budget seen by id (for the bucket a settle charges).
+
+    Never trusted where it matters, so it needs no expiry: PostgreSQL's ``ccgate_reserve_v1`` compares the ids
+    and ``updated_at`` of the budgets it locks with these and answers 'stale' (nothing held) on any difference,
+    and reads limits and overrides itself. A settle uses only a budget's period, calendar flag and timezone,
+    which never change once it is created (ids are never reused). Bounded: cleared when full.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self) -> None:
+        self._applying: dict[tuple[str | None, ...], tuple[tuple[Budget, str], ...]] = {}
+        self.by_id: dict[str, Budget] = {}
+
+    def applying(self, who: tuple[str | None, ...]) -> tuple[tuple[Budget, str], ...] | None:
+        return self._applying.get(who)
+
+    async def load(self, db: Database, who: tuple[str | None, ...]) -> tuple[tuple[Budget, str], ...]:
+        rows = await db.fetch(f"SELECT {_BUDGET_COLS} FROM budgets WHERE {_APPLYING} ORDER BY lock_rank, id", who)
+        found = tuple((_budget(row), str(row[12])) for row in rows)
+        if len(self._applying) >= self.MAX_ENTRIES:
+            self._applying.clear()
+        self._applying[who] = found
+        self.remember(budget for budget, _ in found)
+        return found
+
+    def remember(self, budgets: Iterable[Budget]) -> None:
+        if len(self.by_id) >= self.MAX_ENTRIES:
+            self.by_id.clear()
+        self.by_id.update((budget.id, budget) for budget in budgets)
+
+    async def by_ids(self, db: Database, ids: Sequence[str]) -> dict[str, Budget]:
+        """The budgets of `ids` that exist (a deleted one is left out)."""
+        missing = [budget_id for budget_id in ids if budget_id not in self.by_id]
+        if missing:
+            marks = ", ".join("?" for _ in missing)
+            self.remember(await load_budgets(db, f"id IN ({marks})", missing))
+        return {budget_id: self.by_id[budget_id] for budget_id in ids if budget_id in self.by_id}
 
 
 _LEVEL_COLUMNS = {BudgetLevel.CUSTOMER: "customer_id", BudgetLevel.TEAM: "team_id", BudgetLevel.KEY: "key_id"}
@@ -254,6 +467,30 @@ async def _add_spend(conn: Connection, budgets: Sequence[Budget], nanos: int, at
         await conn.executemany(_SPEND_UPSERT, [(b.id, to_iso(current_window(b, at)[2]), nanos) for b in budgets])
 
 
+_CLAIM_UPDATE = (
+    "UPDATE requests SET charged_nanos = ?, charged_by = 'settle' "
+    "WHERE key_id = ? AND id = ? AND status = 'pending' AND charged_nanos IS NULL"
+)
+_CLAIM_SELECT = "SELECT source, charged_nanos, charged_by, instance_id FROM requests WHERE key_id = ? AND id = ?"
+_CLAIM_PLACEHOLDER = (
+    "INSERT INTO requests (key_id, id, source, status, started_at, received_at, instance_id, charged_nanos, "
+    "charged_by) VALUES (?, ?, 'proxied', 'pending', ?, ?, ?, ?, 'settle') ON CONFLICT (key_id, id) DO NOTHING"
+)
+_CLAIM_SETTLE = "UPDATE requests SET charged_nanos = ?, charged_by = 'settle' WHERE key_id = ? AND id = ?"
+
+
+def _claim_rest(found: Row, nanos: int, instance_id: str) -> tuple[int, int | None]:
+    """For a row that was not pending and uncharged: (what is still owed, the new charged_nanos or None)."""
+    source, charged, charged_by, row_instance = found
+    same_request = (source == "ingested" and charged_by == "ingest") or (
+        charged_by == "recovery" and row_instance == instance_id
+    )
+    if not same_request:
+        return nanos, None
+    already = int(charged or 0)
+    return max(0, nanos - already), max(already, nanos)
+
+
 async def claim_charge(
     conn: Connection, db: Database, key_id: str, row_id: str, nanos: int, instance_id: str, now: datetime
 ) -> int:
@@ -265,61 +502,93 @@ async def claim_charge(
     part of it already: only the rest. A finished row charged by an earlier request that reused the id is
     another request: all of it, the old row untouched. No row yet (the ledger writer is behind): a pending
     placeholder carries the mark, so a sync arriving before the real row is written finds it.
+    (``ccgate_settle_v1`` in migration 0007 applies the same rules on PostgreSQL.)
     """
-    changed = await conn.execute(
-        "UPDATE requests SET charged_nanos = ?, charged_by = 'settle' "
-        "WHERE key_id = ? AND id = ? AND status = 'pending' AND charged_nanos IS NULL",
-        (nanos, key_id, row_id),
-    )
-    if changed:
+    if await conn.execute(_CLAIM_UPDATE, (nanos, key_id, row_id)):
         return nanos
-    row = await conn.fetchone(
-        f"SELECT source, charged_nanos, charged_by, instance_id FROM requests WHERE key_id = ? AND id = ?"
-        f"{db.for_update}",
-        (key_id, row_id),
-    )
-    if row is None:
-        await conn.execute(
-            "INSERT INTO requests (key_id, id, source, status, started_at, received_at, instance_id, charged_nanos, "
-            "charged_by) VALUES (?, ?, 'proxied', 'pending', ?, ?, ?, ?, 'settle') ON CONFLICT (key_id, id) DO NOTHING",
-            (key_id, row_id, to_iso(now), to_iso(now), instance_id, nanos),
-        )
+    found = await conn.fetchone(_CLAIM_SELECT + db.for_update, (key_id, row_id))
+    if found is None:
+        await conn.execute(_CLAIM_PLACEHOLDER, (key_id, row_id, to_iso(now), to_iso(now), instance_id, nanos))
         return nanos
-    source, charged, charged_by, row_instance = row
-    same_request = (source == "ingested" and charged_by == "ingest") or (
-        charged_by == "recovery" and row_instance == instance_id
-    )
-    if not same_request:
-        return nanos
-    already = int(charged or 0)
-    await conn.execute(
-        "UPDATE requests SET charged_nanos = ?, charged_by = 'settle' WHERE key_id = ? AND id = ?",
-        (max(already, nanos), key_id, row_id),
-    )
-    return max(0, nanos - already)
+    owed, update = _claim_rest(found, nanos, instance_id)
+    if update is not None:
+        await conn.execute(_CLAIM_SETTLE, (update, key_id, row_id))
+    return owed
 
 
 async def settle(
-    db: Database, reservation: Reservation, actual_nanos: int, now: datetime, row: tuple[str, str] | None = None
+    db: Database,
+    reservation: Reservation,
+    actual_nanos: int,
+    now: datetime,
+    row: tuple[str, str] | None = None,
+    definitions: BudgetDefinitions | None = None,
 ) -> bool:
     """Replace the reservation by the real cost in one transaction: delete it, add spend to every budget.
 
     Spend is added even if the reservation had lapsed (the provider billed it all the same); returns whether
     the reservation was still there. With `row` (key id, row id) the charge is idempotent per row
     (`claim_charge`), taken before the budget rows as `instances.recover_dead` does (one lock order).
+    One round trip: one job on the SQLite thread, or one call of ``ccgate_settle_v1`` on PostgreSQL.
     """
     if not 0 <= actual_nanos <= MAX_NANOS:
         raise ValueError("actual_nanos must be between 0 and MAX_NANOS")
-    async with db.transaction() as conn:
-        if row is not None and actual_nanos:
-            actual_nanos = await claim_charge(conn, db, row[0], row[1], actual_nanos, reservation.instance_id, now)
-        budgets: list[Budget] = []
-        if reservation.budget_ids:
-            marks = ", ".join("?" for _ in reservation.budget_ids)
-            budgets = await load_budgets(conn, f"id IN ({marks})", list(reservation.budget_ids), lock=db.for_update)
-        found = await conn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
-        await _add_spend(conn, budgets, actual_nanos, now)
+    from ccgate.storage.gateway.db import SQLiteDatabase
+
+    if isinstance(db, SQLiteDatabase):
+        return await db.run_transaction(lambda conn: _settle_sync(conn, reservation, actual_nanos, now, row))
+    budgets = await (definitions or BudgetDefinitions()).by_ids(db, reservation.budget_ids)
+    ids = [budget_id for budget_id in reservation.budget_ids if budget_id in budgets]
+    found = await db.fetchone(
+        "SELECT ccgate_settle_v1(?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            None if row is None else row[0],
+            None if row is None else row[1],
+            actual_nanos,
+            reservation.instance_id,
+            to_iso(now),
+            reservation.id,
+            ids,
+            [to_iso(current_window(budgets[budget_id], now)[2]) for budget_id in ids],
+        ),
+    )
+    return bool(found is not None and found[0])
+
+
+def _settle_sync(
+    conn: SyncConnection, reservation: Reservation, actual_nanos: int, now: datetime, row: tuple[str, str] | None
+) -> bool:
+    """SQLite: `settle` on the database thread, its write lock held."""
+    if row is not None and actual_nanos:
+        actual_nanos = _claim_sync(conn, row[0], row[1], actual_nanos, reservation.instance_id, now)
+    budgets: list[Budget] = []
+    if reservation.budget_ids:
+        marks = ", ".join("?" for _ in reservation.budget_ids)
+        budgets = [
+            _budget(r)
+            for r in conn.fetch(
+                f"SELECT {_BUDGET_COLS} FROM budgets WHERE id IN ({marks}) ORDER BY lock_rank, id",
+                reservation.budget_ids,
+            )
+        ]
+    found = conn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
+    if budgets and actual_nanos:
+        conn.executemany(_SPEND_UPSERT, [(b.id, to_iso(current_window(b, now)[2]), actual_nanos) for b in budgets])
     return found > 0
+
+
+def _claim_sync(conn: SyncConnection, key_id: str, row_id: str, nanos: int, instance_id: str, now: datetime) -> int:
+    """`claim_charge` for a job on the SQLite thread (same rules, same statements)."""
+    if conn.execute(_CLAIM_UPDATE, (nanos, key_id, row_id)):
+        return nanos
+    found = conn.fetch(_CLAIM_SELECT, (key_id, row_id))
+    if not found:
+        conn.execute(_CLAIM_PLACEHOLDER, (key_id, row_id, to_iso(now), to_iso(now), instance_id, nanos))
+        return nanos
+    owed, update = _claim_rest(found[0], nanos, instance_id)
+    if update is not None:
+        conn.execute(_CLAIM_SETTLE, (update, key_id, row_id))
+    return owed
 
 
 async def release(db: Database, reservation_id: str) -> bool:
@@ -403,56 +672,98 @@ _COUNTER_UPSERT = (
 )
 
 
-async def _locked_limits(conn: Connection, db: Database, key_id: str, team_id: str | None) -> list[RateLimit]:
-    rows = await conn.fetch(
-        f"SELECT {_RATE_COLS} FROM rate_limits WHERE (level = 'key' AND target_id = ?) "
-        f"OR (level = 'team' AND target_id = ?) ORDER BY level, id{db.for_update}",
-        (key_id, team_id),
+def _rate_limit(r: Row) -> RateLimit:
+    return RateLimit(
+        str(r[0]),
+        RateLevel(r[1]),
+        str(r[2]),
+        None if r[3] is None else int(r[3]),
+        None if r[4] is None else int(r[4]),
+        from_iso(r[5]),
+        from_iso(r[6]),
     )
-    return [
-        RateLimit(
-            str(r[0]),
-            RateLevel(r[1]),
-            str(r[2]),
-            None if r[3] is None else int(r[3]),
-            None if r[4] is None else int(r[4]),
-            from_iso(r[5]),
-            from_iso(r[6]),
-        )
-        for r in rows
-    ]
+
+
+_LIMITS_SQL = (
+    f"SELECT {_RATE_COLS} FROM rate_limits WHERE (level = 'key' AND target_id = ?) "
+    "OR (level = 'team' AND target_id = ?) ORDER BY level, id"
+)
+
+
+def _counts_query(limits: Sequence[RateLimit], now: datetime) -> tuple[str, list[Any]]:
+    marks = ", ".join("?" for _ in limits)
+    return (
+        f"SELECT rate_limit_id, requests, tokens FROM rate_counters WHERE rate_limit_id IN ({marks}) AND minute = ?",
+        [*(limit.id for limit in limits), to_iso(_minute(now))],
+    )
+
+
+def _rate_verdict(limits: Sequence[RateLimit], counts: dict[str, tuple[int, int]], now: datetime) -> RateDecision:
+    """Refused when this minute's requests or tokens reached a limit: the key's first, then the team's."""
+    minute = _minute(now)
+    retry_after = max(1, int((minute + timedelta(minutes=1) - now).total_seconds() + 0.999))
+    for limit in sorted(limits, key=lambda item: (item.level != RateLevel.KEY, item.id)):
+        used_requests, used_tokens = counts.get(limit.id, (0, 0))
+        if limit.rpm is not None and used_requests >= limit.rpm:
+            return RateLimited(limit, "requests", used_requests, limit.rpm, retry_after)
+        if limit.tpm is not None and used_tokens >= limit.tpm:
+            return RateLimited(limit, "tokens", used_tokens, limit.tpm, retry_after)
+    return RateAllowed()
+
+
+def _take_sync(conn: SyncConnection, key_id: str, team_id: str | None, now: datetime) -> RateDecision:
+    """`take_request` inside a job on the SQLite thread (the write lock is held)."""
+    limits = [_rate_limit(r) for r in conn.fetch(_LIMITS_SQL, (key_id, team_id))]
+    if not limits:
+        return RateAllowed()
+    sql, params = _counts_query(limits, now)
+    counts = {str(r[0]): (int(r[1]), int(r[2])) for r in conn.fetch(sql, params)}
+    decision = _rate_verdict(limits, counts, now)
+    if isinstance(decision, RateAllowed):
+        conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(_minute(now)), 1, 0) for limit in limits])
+    return decision
+
+
+async def _locked_limits(conn: Connection, db: Database, key_id: str, team_id: str | None) -> list[RateLimit]:
+    return [_rate_limit(r) for r in await conn.fetch(_LIMITS_SQL + db.for_update, (key_id, team_id))]
 
 
 async def take_request(db: Database, key_id: str, team_id: str | None, now: datetime) -> RateDecision:
     """Fixed one-minute windows (UTC minutes): refuse when the requests or the tokens of this minute reached a limit."""
-    minute = _minute(now)
+    from ccgate.storage.gateway.db import SQLiteDatabase
+
+    if isinstance(db, SQLiteDatabase):
+        return await db.run_transaction(lambda conn: _take_sync(conn, key_id, team_id, now))
     async with db.transaction() as conn:
         limits = await _locked_limits(conn, db, key_id, team_id)
         if not limits:
             return RateAllowed()
-        marks = ", ".join("?" for _ in limits)
-        counts = {
-            str(r[0]): (int(r[1]), int(r[2]))
-            for r in await conn.fetch(
-                f"SELECT rate_limit_id, requests, tokens FROM rate_counters "
-                f"WHERE rate_limit_id IN ({marks}) AND minute = ?",
-                [*(limit.id for limit in limits), to_iso(minute)],
-            )
-        }
-        retry_after = max(1, int((minute + timedelta(minutes=1) - now).total_seconds() + 0.999))
-        for limit in sorted(limits, key=lambda item: (item.level != RateLevel.KEY, item.id)):
-            used_requests, used_tokens = counts.get(limit.id, (0, 0))
-            if limit.rpm is not None and used_requests >= limit.rpm:
-                return RateLimited(limit, "requests", used_requests, limit.rpm, retry_after)
-            if limit.tpm is not None and used_tokens >= limit.tpm:
-                return RateLimited(limit, "tokens", used_tokens, limit.tpm, retry_after)
-        await conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(minute), 1, 0) for limit in limits])
-    return RateAllowed()
+        sql, params = _counts_query(limits, now)
+        counts = {str(r[0]): (int(r[1]), int(r[2])) for r in await conn.fetch(sql, params)}
+        decision = _rate_verdict(limits, counts, now)
+        if isinstance(decision, RateAllowed):
+            await conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(_minute(now)), 1, 0) for limit in limits])
+        return decision
 
 
 async def add_tokens(db: Database, key_id: str, team_id: str | None, tokens: int, now: datetime) -> None:
     if tokens <= 0:
         return
-    async with db.transaction() as conn:
-        limits = await _locked_limits(conn, db, key_id, team_id)
-        await conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(_minute(now)), 0, tokens) for limit in limits])
+    from ccgate.storage.gateway.db import SQLiteDatabase
+
+    if isinstance(db, SQLiteDatabase):
+        await db.run_transaction(lambda conn: _add_tokens_sync(conn, key_id, team_id, tokens, now))
+        return
+    # one statement, no transaction: the upsert locks each counter row (in the order the reserve function takes
+    # them); the rate_limits rows need no lock, as only a request's admission checks them against the counters
+    await db.execute(
+        "INSERT INTO rate_counters (rate_limit_id, minute, requests, tokens) SELECT id, ?, 0, ? FROM rate_limits "
+        "WHERE (level = 'key' AND target_id = ?) OR (level = 'team' AND target_id = ?) ORDER BY level, id "
+        "ON CONFLICT (rate_limit_id, minute) DO UPDATE SET tokens = rate_counters.tokens + excluded.tokens",
+        (to_iso(_minute(now)), tokens, key_id, team_id),
+    )
+
+
+def _add_tokens_sync(conn: SyncConnection, key_id: str, team_id: str | None, tokens: int, now: datetime) -> None:
+    limits = [_rate_limit(r) for r in conn.fetch(_LIMITS_SQL, (key_id, team_id))]
+    conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(_minute(now)), 0, tokens) for limit in limits])

@@ -11,6 +11,12 @@ Contract (what the store relies on, whichever backend):
   processes); on PostgreSQL READ COMMITTED, where the caller takes row locks with ``FOR UPDATE`` (see
   `for_update`) in one fixed order. Leaving the block commits; an exception rolls back.
 * ``lock_migrations(conn)`` serialises schema changes inside a transaction (advisory lock / the write lock).
+* Hot paths that need several statements in one transaction use one round trip each: on SQLite
+  ``SQLiteDatabase.run_transaction(job)`` runs a whole synchronous job inside ``BEGIN IMMEDIATE`` as ONE task on
+  the database thread (not one hop per statement); on PostgreSQL a server-side function (a migration creates
+  it) does the work in one call.
+* A migration statement preceded by the comment line ``-- ccgate: postgresql only`` (or ``sqlite only``) runs
+  only on that backend: a PL/pgSQL function has no SQLite counterpart. ``$$``-quoted bodies stay one statement.
 * Nothing blocks the event loop: sqlite3 runs in one dedicated thread per `Database`; asyncpg is async.
 
 asyncpg is the PostgreSQL driver's one home module here.
@@ -72,6 +78,16 @@ class Connection(Protocol):
     async def executemany(self, sql: str, rows: Sequence[Params]) -> None: ...
 
 
+class SyncConnection(Protocol):
+    """`Connection` for a job that runs whole on the SQLite thread (`SQLiteDatabase.run_transaction`)."""
+
+    def fetch(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+    def execute(self, sql: str, params: Params = ()) -> int: ...
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> None: ...
+
+
 class Database(Connection, Protocol):
     """A pool (PostgreSQL) or a dedicated thread with one connection (SQLite)."""
 
@@ -122,7 +138,8 @@ def split_script(script: str) -> list[str]:
     for line in script.splitlines(keepends=True):
         current.append(line)
         text = "".join(current)
-        if sqlite3.complete_statement(text):
+        # a `$$ ... $$` body (a PL/pgSQL function) holds semicolons of its own: complete once the quote closes
+        if sqlite3.complete_statement(text) and text.count("$$") % 2 == 0:
             if text.strip().strip(";").strip() and not _only_comments(text):
                 statements.append(text)
             current = []
@@ -130,6 +147,24 @@ def split_script(script: str) -> list[str]:
     if rest.strip() and not _only_comments(rest):
         statements.append(rest)
     return statements
+
+
+BACKEND_MARK = "-- ccgate: "
+
+
+def for_backend(statements: Sequence[str], backend: str) -> list[str]:
+    """The statements that run on `backend`: one whose leading comments say ``-- ccgate: OTHER only`` is left out."""
+    kept: list[str] = []
+    for statement in statements:
+        marks = [
+            line.strip()[len(BACKEND_MARK) :].strip()
+            for line in statement.splitlines()
+            if line.strip().startswith(BACKEND_MARK)
+        ]
+        only = [mark.removesuffix(" only").strip() for mark in marks if mark.endswith(" only")]
+        if not only or backend in only:
+            kept.append(statement)
+    return kept
 
 
 def _only_comments(text: str) -> bool:
@@ -230,8 +265,26 @@ class SQLiteDatabase:
         """BEGIN IMMEDIATE already holds SQLite's single write lock."""
 
     async def run_script(self, conn: Connection, script: str) -> None:
-        for statement in split_script(script):
+        for statement in for_backend(split_script(script), self.backend):
             await conn.execute(statement)
+
+    async def run_transaction(self, job: Callable[[SyncConnection], T]) -> T:
+        """`job` inside BEGIN IMMEDIATE ... COMMIT as one task on the database thread: one hop, however many
+        statements (an exception rolls back). The job must not block on anything but the database."""
+        async with self._lock:
+            return await self._call(lambda: self._transact(job))
+
+    def _transact(self, job: Callable[[SyncConnection], T]) -> T:
+        conn = self._c()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = job(_SyncSQLite(conn))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
 
     async def close(self) -> None:
         async with self._lock:
@@ -239,6 +292,25 @@ class SQLiteDatabase:
                 conn, self._conn = self._conn, None
                 await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
         self._executor.shutdown(wait=False)
+
+
+class _SyncSQLite:
+    """The `SyncConnection` a `run_transaction` job gets (on the database thread, inside the transaction)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def fetch(self, sql: str, params: Params = ()) -> list[Row]:
+        return self.conn.execute(sql, tuple(params)).fetchall()
+
+    def execute(self, sql: str, params: Params = ()) -> int:
+        return self.conn.execute(sql, tuple(params)).rowcount
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        if rows:
+            self.conn.executemany(sql, [tuple(r) for r in rows])
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -350,8 +422,16 @@ class _PGConnection:
                 await self.conn.executemany(to_numbered(sql), [tuple(r) for r in rows])
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release, minus asyncpg's default reset query (``SELECT pg_advisory_unlock_all();
+    CLOSE ALL; UNLISTEN *; RESET ALL``), which costs a round trip on every release, i.e. on every statement
+    outside a transaction. The store keeps no session state (no SET, LISTEN, cursor or session advisory lock;
+    the migration lock is transaction-scoped); asyncpg still rolls back a transaction left open."""
+
+
 class PostgresDatabase:
-    """An asyncpg pool; each `transaction()` holds one pooled connection for its duration."""
+    """An asyncpg pool; each `transaction()` holds one pooled connection for its duration. Nothing in the
+    store may leave session state on a connection (see `_no_reset`)."""
 
     backend = "postgresql"
     for_update = " FOR UPDATE"
@@ -373,7 +453,7 @@ class PostgresDatabase:
 
         try:
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=self._min_size, max_size=self._max_size, command_timeout=60
+                self._dsn, min_size=self._min_size, max_size=self._max_size, command_timeout=60, reset=_no_reset
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as error:
             raise DatabaseUnavailableError(
@@ -416,7 +496,7 @@ class PostgresDatabase:
         await conn.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
 
     async def run_script(self, conn: Connection, script: str) -> None:
-        for statement in split_script(script):
+        for statement in for_backend(split_script(script), self.backend):
             await conn.execute(statement)
 
     async def close(self) -> None:

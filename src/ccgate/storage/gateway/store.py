@@ -222,6 +222,8 @@ class GatewayStore:
         self.db = db
         self.cipher = cipher
         self._holds_changed = asyncio.Event()
+        # budget definitions by whom they apply to: checked against the database on every use (see the class)
+        self.budget_definitions = admission.BudgetDefinitions()
 
     @classmethod
     async def open(
@@ -876,8 +878,35 @@ class GatewayStore:
     ) -> AdmissionResult:
         """Admit and hold `bound_nanos` on every applying budget, or say why not (see `admission.reserve`)."""
         return await admission.reserve(
-            self.db, key_id, team_id, customer_id, provider_id, bound_nanos, instance_id, ttl, now or utcnow()
+            self.db,
+            key_id,
+            team_id,
+            customer_id,
+            provider_id,
+            bound_nanos,
+            instance_id,
+            ttl,
+            now or utcnow(),
+            self.budget_definitions,
         )
+
+    async def admit(
+        self,
+        *,
+        key_id: str,
+        team_id: str | None,
+        customer_id: str | None,
+        provider_id: str | None,
+        bound_nanos: int,
+        instance_id: str,
+        ttl: timedelta,
+        take_rate: bool = True,
+        now: datetime | None = None,
+    ) -> tuple[RateDecision, AdmissionResult | None]:
+        """`take_request` and then `reserve` in one round trip (one transaction); rate limited: nothing reserved
+        and (RateLimited, None). Without `take_rate` the rate limits are not looked at."""
+        ask = admission.Ask(key_id, team_id, customer_id, provider_id, bound_nanos, instance_id, ttl, now or utcnow())
+        return await admission.admit(self.db, ask, take_rate=take_rate, definitions=self.budget_definitions)
 
     async def shrink(self, reservation: Reservation, new_bound_nanos: int) -> bool:
         """Lower the hold (never raises it); False if it was already that low or is gone."""
@@ -896,7 +925,9 @@ class GatewayStore:
         """Delete the hold and add the real cost to every budget it held, atomically; False if it had lapsed.
         With `row` (key id, row id) a row's cost goes into the budgets once (see `admission.claim_charge`)."""
         try:
-            return await admission.settle(self.db, reservation, actual_nanos, now or utcnow(), row)
+            return await admission.settle(
+                self.db, reservation, actual_nanos, now or utcnow(), row, self.budget_definitions
+            )
         finally:
             self._wake_waiters()
 

@@ -1,0 +1,290 @@
+"""Admission and settle in one round trip (a job on the SQLite thread, a PL/pgSQL function on PostgreSQL):
+exact under concurrency, the same arithmetic as `ccgate.core.budgets.decide`, never fooled by cached budget
+definitions, and rate limits counted in the same trip."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import timedelta
+
+from gateway_testing import StoreFactory
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ccgate.core.budgets import Admit, BudgetState, Reject, decide
+from ccgate.core.records import new_request_id, to_iso, utcnow
+from ccgate.storage.gateway import Admitted, GatewayStore, Refused, Waiting
+from ccgate.storage.gateway.admission import Ask, current_window
+from ccgate.storage.gateway.db import for_backend, split_script
+from ccgate.storage.gateway.records import KeyIdentity, RateAllowed, RateLimited
+
+TTL = timedelta(minutes=5)
+
+
+async def _org(store: GatewayStore) -> KeyIdentity:
+    await store.create_customer("acme")
+    await store.create_team("core", customer="acme")
+    created = await store.create_key(team="core", name="dev")
+    identity = await store.authenticate_key(created.plaintext)
+    assert identity is not None
+    return identity
+
+
+async def _admit(
+    store: GatewayStore, who: KeyIdentity, bound: int, *, take_rate: bool = True, instance: str = "i1"
+) -> tuple[object, Admitted | Waiting | Refused | None]:
+    return await store.admit(
+        key_id=who.key.id,
+        team_id=who.team.id,
+        customer_id=who.customer.id if who.customer else None,
+        provider_id=None,
+        bound_nanos=bound,
+        instance_id=instance,
+        ttl=TTL,
+        take_rate=take_rate,
+    )
+
+
+async def test_fifty_concurrent_admissions_with_rate_limits_overshoot_by_at_most_one(open_store: StoreFactory) -> None:
+    """Two instances, budgets at customer, team and key level and a team rate limit: rate limit and first
+    reservation in one trip, retries reserve only. Spend stays within one request of the tightest limit, every
+    request is counted once by the rate limit, and nothing stays reserved."""
+    first = await open_store()
+    second = await open_store(migrate_now=False)
+    who = await _org(first)
+    cost = bound = 4_000
+    limit = 13_000  # the team's room for about three requests; the others are wider
+    await first.create_budget(level="customer", target="acme", limit_nanos=10 * limit, period="1mo")
+    await first.create_budget(level="team", target="core", limit_nanos=limit, period="1d")
+    await first.create_budget(level="key", target="dev", limit_nanos=5 * limit, period="1d", calendar=False)
+    await first.set_rate_limit(level="team", target="core", rpm=1_000, tpm=None)
+    admitted: list[str] = []
+    refused: list[Refused] = []
+
+    async def one(store: GatewayStore, index: int) -> None:
+        rate, result = await _admit(store, who, bound, instance=f"instance-{id(store)}")
+        assert isinstance(rate, RateAllowed)
+        for _ in range(2_000):
+            if isinstance(result, Admitted):
+                admitted.append(result.reservation.id)
+                await asyncio.sleep(random.random() / 100)
+                assert await store.settle(result.reservation, cost)
+                return
+            if isinstance(result, Refused):
+                refused.append(result)
+                return
+            await asyncio.sleep(0.005)
+            _, result = await _admit(store, who, bound, take_rate=False, instance=f"instance-{id(store)}")
+        raise AssertionError(f"request {index} waited for ever")
+
+    await asyncio.gather(*(one(first if i % 2 else second, i) for i in range(50)))
+    assert who.customer is not None
+    views = await first.budget_views(key_id=who.key.id, team_id=who.team.id, customer_id=who.customer.id)
+    assert [v.budget.level.value for v in views] == ["customer", "team", "key"]
+    for view in views:  # every level got exactly the admitted requests' cost, nothing is held
+        assert view.state.spent_nanos == cost * len(admitted)
+        assert view.state.reserved_nanos == 0
+    assert cost * len(admitted) <= limit + cost
+    assert len(admitted) >= 3
+    assert len(admitted) + len(refused) == 50
+    assert all(r.blocking.budget.level.value == "team" and r.blocking.state.spent_nanos >= limit for r in refused)
+    assert await first.db.fetch("SELECT id FROM reservations") == []
+    # each request counted once against the team's rate limit, whichever instance and however often it retried
+    assert await first.db.fetch("SELECT sum(requests) FROM rate_counters") in ([(50,)], [(50.0,)])
+
+
+async def test_a_rate_limited_request_holds_nothing_and_is_not_counted(store: GatewayStore) -> None:
+    who = await _org(store)
+    await store.create_budget(level="team", target="core", limit_nanos=10**9, period="1d")
+    await store.set_rate_limit(level="key", target="dev", rpm=2, tpm=None)
+    for _ in range(2):
+        rate, result = await _admit(store, who, 1_000)
+        assert isinstance(rate, RateAllowed) and isinstance(result, Admitted)
+        await store.settle(result.reservation, 1_000)
+    rate, result = await _admit(store, who, 1_000)
+    assert isinstance(rate, RateLimited) and result is None
+    assert (rate.kind, rate.used, rate.allowed, rate.limit.level.value) == ("requests", 2, 2, "key")
+    assert await store.db.fetch("SELECT id FROM reservations") == []
+    assert await store.db.fetch("SELECT requests FROM rate_counters") == [(2,)]
+    # without take_rate the limit is not looked at (a waiting request's later attempts)
+    _, again = await _admit(store, who, 1_000, take_rate=False)
+    assert isinstance(again, Admitted)
+
+
+async def test_budgets_changed_through_another_instance_apply_at_the_next_admission(
+    open_store: StoreFactory,
+) -> None:
+    """This instance's copy of the budget definitions is checked on every admission: a budget created, lowered
+    or deleted elsewhere applies to the very next request here, with no refresh interval."""
+    here = await open_store()
+    there = await open_store(migrate_now=False)
+    who = await _org(here)
+    team = await here.create_budget(level="team", target="core", limit_nanos=10_000, period="1d")
+    _, result = await _admit(here, who, 1_000)  # reads and keeps the definitions
+    assert isinstance(result, Admitted)
+    await here.settle(result.reservation, 1_000)
+
+    key_budget = await there.create_budget(level="key", target="dev", limit_nanos=1_500, period="1d")
+    _, result = await _admit(here, who, 1_000)
+    assert isinstance(result, Admitted)
+    assert {v.budget.id for v in result.budgets} == {team.id, key_budget.id}
+    await here.settle(result.reservation, 1_000)
+    assert (await here.budget_views(key_id=who.key.id, team_id=who.team.id, customer_id=None))[1].state.spent_nanos
+
+    await there.update_budget(team.id, limit_nanos=2_000)  # spent 2,000 of it now
+    _, refused = await _admit(here, who, 1_000)
+    assert isinstance(refused, Refused) and refused.blocking.budget.id == team.id
+    assert refused.blocking.state.limit_nanos == 2_000
+
+    await there.delete_budget(team.id)
+    await there.delete_budget(key_budget.id)
+    _, result = await _admit(here, who, 1_000)
+    assert isinstance(result, Admitted) and result.budgets == ()
+    assert await here.db.fetch("SELECT id FROM reservations") == []
+
+
+async def test_settle_charges_the_bucket_of_each_budget_that_still_exists(open_store: StoreFactory) -> None:
+    here = await open_store()
+    there = await open_store(migrate_now=False)
+    who = await _org(here)
+    team = await here.create_budget(level="team", target="core", limit_nanos=10_000, period="1d")
+    rolling = await here.create_budget(level="key", target="dev", limit_nanos=10_000, period="1h", calendar=False)
+    _, result = await _admit(here, who, 1_000)
+    assert isinstance(result, Admitted)
+    await there.delete_budget(team.id)
+    assert await here.settle(result.reservation, 700)
+    now = utcnow()
+    rows = await here.db.fetch("SELECT budget_id, bucket_start, spent_nanos FROM budget_spend")
+    assert rows == [(rolling.id, to_iso(current_window(rolling, now)[2]), 700)]
+    assert not await here.settle(result.reservation, 0)  # gone already: False, nothing added
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    levels=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=10_000),  # limit
+            st.integers(min_value=0, max_value=12_000),  # spent
+            st.integers(min_value=0, max_value=6_000),  # reserved
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    bound=st.integers(min_value=0, max_value=8_000),
+)
+async def test_the_database_decides_as_core_budgets_decide(
+    store: GatewayStore, levels: list[tuple[int, int, int]], bound: int
+) -> None:
+    """Whatever spent, reserved and limit each level has, the database's answer is `decide`'s."""
+    await store.db.execute("DELETE FROM reservation_budgets")
+    await store.db.execute("DELETE FROM reservations")
+    await store.db.execute("DELETE FROM budget_spend")
+    await store.db.execute("DELETE FROM budgets")
+    if not await store.list_customers():
+        await _org(store)
+    who = await store.authenticate_key_hash(
+        str((await store.db.fetchone("SELECT key_hash FROM virtual_keys"))[0])  # type: ignore[index]
+    )
+    assert who is not None
+    now = utcnow()
+    states = []
+    for (limit, spent, reserved), (level, target) in zip(
+        levels, [("customer", "acme"), ("team", "core"), ("key", "dev")], strict=False
+    ):
+        budget = await store.create_budget(level=level, target=target, limit_nanos=limit, period="1d")
+        if spent:
+            await store.db.execute(
+                "INSERT INTO budget_spend (budget_id, bucket_start, spent_nanos) VALUES (?, ?, ?)",
+                (budget.id, to_iso(current_window(budget, now)[2]), spent),
+            )
+        if reserved:
+            hold = new_request_id()
+            await store.db.execute(
+                "INSERT INTO reservations (id, amount_nanos, instance_id, created_at, expires_at) "
+                "VALUES (?, ?, 'other', ?, ?)",
+                (hold, reserved, to_iso(now), to_iso(now + TTL)),
+            )
+            await store.db.execute(
+                "INSERT INTO reservation_budgets (budget_id, reservation_id) VALUES (?, ?)", (budget.id, hold)
+            )
+        states.append(BudgetState(f"{budget.level.rank}:{budget.id}", "b", limit, spent, reserved, now))
+    expected = decide(states, bound)
+    _, result = await _admit(store, who, bound)
+    if isinstance(expected, Admit):
+        assert isinstance(result, Admitted)
+        assert [v.state.spent_nanos for v in result.budgets] == [s.spent_nanos for s in states]
+    else:
+        assert isinstance(result, Refused if isinstance(expected, Reject) else Waiting)
+        assert result.blocking.state.key == expected.blocking.key
+
+
+def test_a_dollar_quoted_function_is_one_statement_and_runs_only_where_marked() -> None:
+    script = (
+        "-- header\nCREATE TABLE t (a TEXT);\n\n"
+        "-- ccgate: postgresql only\n-- what it does\nCREATE FUNCTION f() RETURNS INTEGER LANGUAGE plpgsql AS $$\n"
+        "BEGIN\n    PERFORM 1;\n    RETURN 1;\nEND\n$$;\n\n"
+        "-- ccgate: sqlite only\nCREATE INDEX t_a ON t (a);\n"
+    )
+    statements = split_script(script)
+    assert len(statements) == 3
+    assert "RETURN 1;" in statements[1] and statements[1].rstrip().endswith("$$;")
+    assert for_backend(statements, "sqlite") == [statements[0], statements[2]]
+    assert for_backend(statements, "postgresql") == [statements[0], statements[1]]
+
+
+def test_ask_lists_the_levels_in_the_applying_order() -> None:
+    ask = Ask("k", "t", "c", "p", 1, "i", TTL, utcnow())
+    assert ask.applying == ("c", "t", "k", "p")
+
+
+async def test_a_pooled_postgresql_connection_goes_back_without_a_reset_round_trip(db_url: str) -> None:
+    """asyncpg's default reset query on every release would double the round trips of a one-statement call."""
+    if not db_url.startswith("postgresql"):
+        return
+    import asyncpg
+
+    store = await GatewayStore.open(db_url)
+    watcher = await asyncpg.connect(db_url)
+    try:
+        assert await store.db.fetch("SELECT 4242") == [(4242,)]
+        queries = [
+            str(row["query"])
+            for row in await watcher.fetch(
+                "SELECT query FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ]
+        assert "SELECT 4242" in queries, queries
+        assert not any("RESET ALL" in query for query in queries), queries
+    finally:
+        await watcher.close()
+        await store.close()
+
+
+async def test_requests_and_tokens_are_counted_exactly_while_admissions_and_token_counts_interleave(
+    open_store: StoreFactory,
+) -> None:
+    """Admissions (which count requests) and finished requests' token counts hit the same counter rows from two
+    instances at once: every request and every token is counted, and neither waits on the other in a cycle."""
+    first = await open_store()
+    second = await open_store(migrate_now=False)
+    who = await _org(first)
+    await first.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
+    await first.set_rate_limit(level="key", target="dev", rpm=10_000, tpm=10**9)
+    await first.set_rate_limit(level="team", target="core", rpm=10_000, tpm=10**9)
+
+    async def request(store: GatewayStore) -> None:
+        rate, result = await _admit(store, who, 10)
+        assert isinstance(rate, RateAllowed) and isinstance(result, Admitted)
+        await store.settle(result.reservation, 10)
+
+    async def tokens(store: GatewayStore) -> None:
+        await store.add_tokens(key_id=who.key.id, team_id=who.team.id, tokens=100)
+
+    work = [request(first if i % 2 else second) for i in range(30)]
+    work += [tokens(second if i % 2 else first) for i in range(30)]
+    random.shuffle(work)
+    await asyncio.gather(*work)
+    counted = await first.db.fetch("SELECT requests, tokens FROM rate_counters ORDER BY rate_limit_id")
+    # both limits' counters, unless the minute turned during the test (then split over two rows each)
+    assert sum(int(r[0]) for r in counted) == 60 and sum(int(r[1]) for r in counted) == 6_000
