@@ -212,7 +212,7 @@ async def admit(
 ) -> tuple[RateDecision, AdmissionResult | None]:
     """The request's rate limits (with `take_rate`: counted unless one is reached), then its budgets, in one
     round trip: on SQLite one job on the database thread inside BEGIN IMMEDIATE, on PostgreSQL one call of
-    ``ccgate_reserve_v1`` (migration 0007). Rate limited: (RateLimited, None), nothing reserved."""
+    ``ccgate_reserve_v1`` (migration 0006). Rate limited: (RateLimited, None), nothing reserved."""
     if not 0 <= ask.bound_nanos <= MAX_NANOS:
         raise ValueError("bound_nanos must be between 0 and MAX_NANOS")
     from ccgate.storage.gateway.db import SQLiteDatabase
@@ -502,7 +502,7 @@ async def claim_charge(
     part of it already: only the rest. A finished row charged by an earlier request that reused the id is
     another request: all of it, the old row untouched. No row yet (the ledger writer is behind): a pending
     placeholder carries the mark, so a sync arriving before the real row is written finds it.
-    (``ccgate_settle_v1`` in migration 0007 applies the same rules on PostgreSQL.)
+    (``ccgate_settle_v1`` in migration 0006 applies the same rules on PostgreSQL.)
     """
     if await conn.execute(_CLAIM_UPDATE, (nanos, key_id, row_id)):
         return nanos
