@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     _Entry = tuple[Provider, ModelInfo]
 
-__all__ = ["MAX_COST_NANOS", "ModelRates", "PriceCatalog", "RateSource", "genai_provider_id"]
+__all__ = ["MAX_COST_NANOS", "CountPricer", "ModelRates", "PriceCatalog", "RateSource", "genai_provider_id"]
 
 RateSource = Literal["catalog", "override", "estimated"]
 
@@ -104,6 +104,71 @@ class ModelRates:
     def output_rate(self, prompt_tokens: int) -> Decimal:
         tiered = self.tier_threshold is not None and prompt_tokens > self.tier_threshold
         return self.max_output if tiered else self.output
+
+
+@dataclass(frozen=True, slots=True)
+class CountPricer:
+    """One model's rates as integers, so that pricing tens of thousands of requests (`import`) is integer arithmetic:
+    `nanos` equals what `PriceCatalog.cost` gives for the same counts, to the nano-dollar (tests hold the two equal),
+    and is None where `cost` must decide (a count at the token ceiling, a cost past the cost ceiling)."""
+
+    quality: PriceQuality
+    priced_model: str | None
+    note: str | None
+    # (input, output, cache read, 5m write, 1h write) per MTok, times `scale`; `top` above `threshold`
+    base: tuple[int, int, int, int, int]
+    top: tuple[int, int, int, int, int]
+    threshold: int | None
+    web_per_k: int
+    scale: int
+
+    def nanos(self, inp: int, out: int, read: int, write_5m: int, write_1h: int, searches: int) -> int | None:
+        prompt = inp + read + write_5m + write_1h
+        if MAX_TOKENS in (inp, out, read, write_5m, write_1h, searches, prompt):
+            return None
+        rates = self.top if self.threshold is not None and prompt > self.threshold else self.base
+        scaled = (
+            1000 * (inp * rates[0] + out * rates[1] + read * rates[2] + write_5m * rates[3] + write_1h * rates[4])
+            + 1_000_000 * searches * self.web_per_k
+        )
+        whole, rest = divmod(scaled, self.scale)
+        if 2 * rest > self.scale or (2 * rest == self.scale and whole & 1):
+            whole += 1  # half to even, as `usd_to_nanos`
+        return whole if whole <= MAX_COST_NANOS else None
+
+
+# Rates with more decimal places than this, or larger, stay with Decimal arithmetic (its 28 digits stay exact)
+_PRICER_PLACES = 12
+_PRICER_MAX_SCALED = 10**14
+
+
+def _count_pricer(rates: ModelRates, quality: PriceQuality, note: str | None) -> CountPricer | None:
+    values = (
+        rates.input, rates.output, rates.cache_read, rates.cache_write_5m, rates.cache_write_1h,
+        rates.max_input, rates.max_output, rates.max_cache_read, rates.max_cache_write_5m, rates.max_cache_write_1h,
+        rates.web_searches_per_k,
+    )  # fmt: skip
+    if not all(value.is_finite() for value in values):
+        return None
+    places = max(0, *(-int(value.as_tuple().exponent) for value in values))
+    if places > _PRICER_PLACES:
+        return None
+    scale = 10**places
+    scaled = [int(value * scale) for value in values]
+    if any(value != Decimal(number) / scale for value, number in zip(values, scaled, strict=True)):
+        return None
+    if any(abs(number) >= _PRICER_MAX_SCALED for number in scaled):
+        return None
+    return CountPricer(
+        quality=quality,
+        priced_model=rates.priced_model,
+        note=note,
+        base=(scaled[0], scaled[1], scaled[2], scaled[3], scaled[4]),
+        top=(scaled[5], scaled[6], scaled[7], scaled[8], scaled[9]),
+        threshold=rates.tier_threshold,
+        web_per_k=scaled[10],
+        scale=scale,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +284,7 @@ class PriceCatalog:
         self._resolved: dict[tuple[str, str | None], _Resolution] = {}
         # (the catalog price variant in effect, the rates built from it): most requests reuse the last one
         self._rates: dict[tuple[str, str | None, str | None], tuple[object, ModelRates]] = {}
+        self._pricers: dict[tuple[str, str | None], tuple[ModelRates, CountPricer | None]] = {}
 
     # ----------------------------------------------------------------- resolution
 
@@ -385,6 +451,21 @@ class PriceCatalog:
             priced_model=str(gp_model.id),
             note=resolution.note,
         )
+
+    def count_pricer(self, model: str, *, provider: str | None, at: datetime) -> CountPricer | None:
+        """Integer rates for standard-speed requests at `at`, when `cost` prices them from plain rates; None when
+        it does not (unpriced, several tiers, ...): then ask `cost` for each request."""
+        resolution = self._resolve(model, provider)
+        if resolution.override is None and (resolution.entry is None or not resolution.simple):
+            return None
+        rates = self._rates_from(resolution, model, provider, at)
+        key = (model, provider)
+        cached = self._pricers.get(key)
+        if cached is not None and cached[0] is rates:
+            return cached[1]
+        pricer = _count_pricer(rates, resolution.quality, resolution.note)
+        self._pricers[key] = (rates, pricer)
+        return pricer
 
     def rates(
         self, model: str, *, provider: str | None = None, at: datetime | None = None, speed: str | None = None

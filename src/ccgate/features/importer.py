@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,7 +34,7 @@ from ccgate.storage.ledger import storable_text
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-    from ccgate.core.pricing import PriceCatalog
+    from ccgate.core.pricing import CountPricer, PriceCatalog
     from ccgate.wire.fastjson import TranscriptLine, TranscriptUsage
 
 SOURCE = "import"
@@ -94,16 +95,17 @@ def import_id(message_id: str, request_id: str | None) -> str:
 _NAMESPACE_BYTES = IMPORT_NAMESPACE.bytes
 
 
+# the hex digit of a UUID's variant nibble (RFC 4122: 10xx) for each hex digit of the digest there
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
 def _fast_import_id(message_id: str, request_id: str | None) -> str:
     """`import_id` without building `UUID` objects (a third of the time per imported row went there)."""
     from hashlib import sha1
 
     name = f"{message_id}\n{request_id or ''}".encode()
-    digest = bytearray(sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest())
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    text = digest[:16].hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    text = sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).hexdigest()
+    return f"{text[:8]}-{text[8:12]}-5{text[13:16]}-{_VARIANT[text[16]]}{text[17:20]}-{text[20:32]}"
 
 
 def default_projects_dir(environ: Mapping[str, str]) -> Path:
@@ -232,6 +234,11 @@ def _check_fast(line: bytes, read: Callable[[bytes], TranscriptLine]) -> _Checke
         return _check_line(line)
     if head.type != "assistant":
         return None
+    return _check_head(head)
+
+
+def _check_head(head: TranscriptLine) -> _Checked | str:
+    """`_check_line`'s checks of an assistant line msgspec read."""
     message = head.message
     if message is None:
         raise _Malformed
@@ -271,12 +278,23 @@ def _tail_hash(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def _only_objects(buf: bytes, lines: int) -> bool:
-    """Every line of `buf` (`lines` newlines) is `{...}` with nothing around it: then a line without `"assistant"`
-    needs no look."""
-    if buf.endswith(b"\n"):
-        return buf.startswith(b"{") and buf.endswith(b"}\n") and buf.count(b"}\n{") == lines - 1
-    return buf.startswith(b"{") and buf.endswith(b"}") and buf.count(b"}\n{") == lines
+def _line_starts(buf: bytes) -> list[int] | None:
+    """Where each line of `buf` starts (and, last, where the buffer ends past its last newline), when every line is
+    `{...}` with nothing around it; None otherwise. One pass of `find`: cheaper than counting `}\\n{`."""
+    find = buf.find
+    starts = [0]
+    start, end = 0, find(b"\n")
+    while end >= 0:
+        if end == start or buf[start] != 0x7B or buf[end - 1] != 0x7D:
+            return None
+        start = end + 1
+        starts.append(start)
+        end = find(b"\n", start)
+    if start < len(buf):
+        if buf[start] != 0x7B or buf[-1] != 0x7D:
+            return None
+        starts.append(len(buf) + 1)
+    return starts
 
 
 def _utf8(buf: bytes) -> bool:
@@ -303,25 +321,64 @@ class FileScan:
         """Count the lines of `buf` (whole lines, the last one possibly unterminated) and keep each reply's best."""
         stats = self.stats
         stats.bytes += len(buf)
-        newlines = buf.count(b"\n")
-        stats.lines += newlines + (0 if buf.endswith(b"\n") or not buf else 1)
-        if _utf8(buf) and _only_objects(buf, newlines):
-            from ccgate.wire.fastjson import read_transcript_line
-
-            check = partial(_check_fast, read=read_transcript_line)
-            position = buf.find(_NEEDLE)
-            while position >= 0:
-                start = buf.rfind(b"\n", 0, position) + 1
-                end = buf.find(b"\n", position)
-                if end < 0:
-                    end = len(buf)
-                self._take(buf[start:end], check)
-                position = buf.find(_NEEDLE, end)
+        starts = _line_starts(buf)
+        if starts is None:
+            stats.lines += buf.count(b"\n") + (0 if buf.endswith(b"\n") or not buf else 1)
+            for line in buf.split(b"\n"):
+                if _NEEDLE not in line and _looks_like_object(line):
+                    continue  # only assistant entries cost money: the rest (big tool results) is not parsed
+                self._take(line, _check_line)
             return
-        for line in buf.split(b"\n"):
-            if _NEEDLE not in line and _looks_like_object(line):
-                continue  # only assistant entries cost money: the rest (big tool results) is not parsed
-            self._take(line, _check_line)
+        lines = len(starts) - 1
+        stats.lines += lines
+        if not _utf8(buf):
+            for index in range(lines):
+                line = buf[starts[index] : starts[index + 1] - 1]
+                if _NEEDLE in line:
+                    self._take(line, _check_line)
+            return
+        from ccgate.wire.fastjson import read_transcript_line, read_transcript_lines
+
+        try:
+            heads = read_transcript_lines(buf)
+        except ValueError:
+            heads = []
+        if len(heads) == lines:
+            # every line is `{...}`, so no value spans two lines: one value per line, in order
+            self._take_heads(buf, heads, starts)
+            return
+        check = partial(_check_fast, read=read_transcript_line)
+        position = buf.find(_NEEDLE)
+        while position >= 0:
+            start = buf.rfind(b"\n", 0, position) + 1
+            end = buf.find(b"\n", position)
+            if end < 0:
+                end = len(buf)
+            self._take(buf[start:end], check)
+            position = buf.find(_NEEDLE, end)
+
+    def _take_heads(self, buf: bytes, heads: list[TranscriptLine], starts: list[int]) -> None:
+        """`_take` for lines msgspec read all at once; as line by line, only lines holding `"assistant"` count."""
+        stats, best, find = self.stats, self.best, buf.find
+        for index, head in enumerate(heads):
+            if head.type != "assistant" or find(_NEEDLE, starts[index], starts[index + 1]) < 0:
+                continue
+            try:
+                checked = _check_head(head)
+            except _Malformed:
+                stats.malformed += 1
+                continue
+            if type(checked) is str:
+                stats.synthetic += 1
+                continue
+            stats.entries += 1
+            key = (checked[0], checked[1])
+            seen = best.get(key)
+            if seen is not None:
+                stats.duplicates += 1
+                if checked[7] <= seen[7]:
+                    continue
+            best[key] = checked  # type: ignore[assignment]
 
     def _take(self, line: bytes, check: Callable[[bytes], _Checked | str | None]) -> None:
         stats = self.stats
@@ -466,27 +523,23 @@ _WORKER: dict[str, Any] = {}
 def scan_to_rows(
     path: Path,
     mark: FileMark | None,
-    pricing: tuple[PriceCatalog, ProjectResolver, dict[str, str | None]],
+    rows: RowMaker,
     progress: Progress | None = None,
 ) -> FileScan | None:
     """`scan_file`, then the file's winners as ledger rows (in a worker process: pricing is most of the work)."""
     scan = scan_file(path, mark, progress)
     if scan is None:
         return None
-    catalog, projects, tiers = pricing
-    scan.rows = {
-        key: (checked[6], import_row(checked, catalog, projects, tiers), checked[7])
-        for key, checked in scan.best.items()
-    }
+    scan.rows = {key: (checked[6], rows(checked), checked[7]) for key, checked in scan.best.items()}
     scan.best = {}
     return scan
 
 
 def _worker_scan(job: tuple[Path, FileMark | None]) -> FileScan | None:
-    pricing = _WORKER.get("pricing")
-    if pricing is None:  # first job of this worker process: its own project cache
-        pricing = _WORKER["pricing"] = (_WORKER["catalog"], ProjectResolver(), {})
-    return scan_to_rows(job[0], job[1], pricing)
+    rows = _WORKER.get("rows")
+    if rows is None:  # first job of this worker process: its own caches
+        rows = _WORKER["rows"] = RowMaker(_WORKER["catalog"])
+    return scan_to_rows(job[0], job[1], rows)
 
 
 # Below this many bytes to read, starting processes costs more than it saves.
@@ -515,9 +568,9 @@ def scan_files(
     enough to read. The caller must run no other thread (a fork copies only this one)."""
     workers = min(workers, len(jobs))
     if workers <= 1 or sum(size for _path, _mark, size in jobs) < PARALLEL_MIN_BYTES:
-        pricing: tuple[PriceCatalog, ProjectResolver, dict[str, str | None]] = (catalog, ProjectResolver(), {})
+        rows = RowMaker(catalog)
         for path, mark, _size in jobs:
-            yield scan_to_rows(path, mark, pricing, progress)
+            yield scan_to_rows(path, mark, rows, progress)
         return
     import multiprocessing
 
@@ -685,36 +738,130 @@ def import_row(
 ) -> tuple[Any, ...]:
     """The ledger row (`storage.importing.IMPORT_ROW`) of a winning line: what `to_record` and `record_to_values`
     make of it, without the objects in between (tests hold the two equal)."""
-    message_id, request_id, model, raw, session_id, cwd, timestamp, _output = checked
-    usage = _usage(raw)
-    started = from_iso(timestamp)
-    cost = catalog.cost(model, usage, provider=PROVIDER, at=started)
-    tier = tiers.get(model, _UNSET)
-    if tier is _UNSET:
-        from ccgate.core.routing import tier_of
+    return RowMaker(catalog, projects, tiers)(checked)
 
-        tier = tiers[model] = tier_of(model, {})
+
+def _clamp(count: int | None) -> int | None:
+    return count if count is None or count <= MAX_TOKENS else MAX_TOKENS
+
+
+def usage_counts(raw: TranscriptUsage) -> tuple[int, int, int, int, int, int, str | None]:
+    """`usage_from_anthropic(raw.to_dict())` as a tuple, for a usage msgspec read (every count a whole number >= 0
+    or None), without the dict and the dataclass in between (tests hold the two equal)."""
+    creation, server = raw.cache_creation, raw.server_tool_use
+    split_5m = None if creation is None else _clamp(creation.ephemeral_5m_input_tokens)
+    split_1h = None if creation is None else _clamp(creation.ephemeral_1h_input_tokens)
+    write_5m = split_5m or 0
+    write_1h = split_1h or 0
+    total = _clamp(raw.cache_creation_input_tokens)
+    if total is not None:
+        if split_1h is None:
+            write_1h = 0  # what is not known to be 1h counts as 5m
+        write_5m = max(write_5m, total - write_1h)
+    searches = None if server is None else _clamp(server.web_search_requests)
+    speed = raw.speed
     return (
-        _fast_import_id(message_id, request_id),
-        to_iso(started),
-        session_id,
-        projects(cwd),
-        tier,
-        model,
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cache_read_tokens,
-        usage.cache_write_5m_tokens,
-        usage.cache_write_1h_tokens,
-        usage.web_searches,
-        cost.nanos,
-        cost.quality.value,
-        cost.priced_model,
-        cost.note,
-        message_id,
-        request_id,
-        usage.speed,
+        _clamp(raw.input_tokens) or 0,
+        _clamp(raw.output_tokens) or 0,
+        _clamp(raw.cache_read_input_tokens) or 0,
+        write_5m,
+        write_1h,
+        searches or 0,
+        speed if type(speed) is str and 0 < len(speed) <= _MAX_SPEED else None,
     )
+
+
+_MAX_SPEED = 32
+_CANONICAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
+
+
+def stored_time(timestamp: str) -> str:
+    """`to_iso(from_iso(timestamp))` of a timestamp already checked; Claude Code's own form without parsing it."""
+    if len(timestamp) == 24 and _CANONICAL_TIME.fullmatch(timestamp):
+        return timestamp[:23] + "000Z"
+    return to_iso(from_iso(timestamp))
+
+
+class RowMaker:
+    """Ledger rows of winning lines, priced with integer arithmetic per model (`PriceCatalog.count_pricer`) and by
+    `PriceCatalog.cost` where that cannot (unpriced, fast mode, counts at the ceiling, usage read in full)."""
+
+    def __init__(
+        self,
+        catalog: PriceCatalog,
+        projects: ProjectResolver | None = None,
+        tiers: dict[str, str | None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.projects = projects or ProjectResolver()
+        self.tiers = {} if tiers is None else tiers
+        # a model priced the same at every moment: its pricer (None: ask `cost`); others are looked up per row
+        self._timeless: dict[str, CountPricer | None] = {}
+
+    def _tier(self, model: str) -> str | None:
+        tier = self.tiers.get(model, _UNSET)
+        if tier is _UNSET:
+            from ccgate.core.routing import tier_of
+
+            tier = self.tiers[model] = tier_of(model, {})
+        return tier  # type: ignore[no-any-return]
+
+    def _pricer(self, model: str, timestamp: str) -> CountPricer | None:
+        pricer = self._timeless.get(model, _UNSET)
+        if pricer is not _UNSET:
+            return pricer  # type: ignore[no-any-return]
+        found = self.catalog.count_pricer(model, provider=PROVIDER, at=from_iso(timestamp))
+        if self.catalog.timeless(model, provider=PROVIDER):
+            self._timeless[model] = found
+        return found
+
+    def __call__(self, checked: _Checked) -> tuple[Any, ...]:
+        message_id, request_id, model, raw, session_id, cwd, timestamp, _output = checked
+        if type(raw) is dict:
+            usage = _usage(raw)
+            counts = (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_read_tokens,
+                usage.cache_write_5m_tokens,
+                usage.cache_write_1h_tokens,
+                usage.web_searches,
+                usage.speed,
+            )
+        else:
+            counts = usage_counts(raw)  # type: ignore[arg-type]
+        inp, out, read, write_5m, write_1h, searches, speed = counts
+        nanos: int | None = None
+        pricer = self._pricer(model, timestamp) if speed is None or speed == "standard" else None
+        if pricer is not None:
+            nanos = pricer.nanos(inp, out, read, write_5m, write_1h, searches)
+        if pricer is not None and nanos is not None:
+            quality, priced_model, note = pricer.quality.value, pricer.priced_model, pricer.note
+        else:
+            usage = Usage(inp, out, read, write_5m, write_1h, searches, speed)
+            cost = self.catalog.cost(model, usage, provider=PROVIDER, at=from_iso(timestamp))
+            nanos, quality, priced_model, note = cost.nanos, cost.quality.value, cost.priced_model, cost.note
+        return (
+            _fast_import_id(message_id, request_id),
+            stored_time(timestamp),
+            session_id,
+            self.projects(cwd),
+            self._tier(model),
+            model,
+            inp,
+            out,
+            read,
+            write_5m,
+            write_1h,
+            searches,
+            nanos,
+            quality,
+            priced_model,
+            note,
+            message_id,
+            request_id,
+            speed,
+        )
 
 
 _UNSET: Any = object()

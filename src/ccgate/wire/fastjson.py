@@ -14,7 +14,16 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
-__all__ = ["NestedTooDeep", "TranscriptLine", "TranscriptUsage", "dumps", "loads", "read_head", "read_transcript_line"]
+__all__ = [
+    "NestedTooDeep",
+    "TranscriptLine",
+    "TranscriptUsage",
+    "dumps",
+    "loads",
+    "read_head",
+    "read_transcript_line",
+    "read_transcript_lines",
+]
 
 
 class NestedTooDeep(ValueError):
@@ -140,6 +149,16 @@ def read_transcript_line(line: bytes) -> TranscriptLine:
     """
     try:
         return _TRANSCRIPT_DECODER.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def read_transcript_lines(data: bytes) -> list[TranscriptLine]:
+    """`read_transcript_line` for every JSON value in `data` at once (one call instead of one per line); ValueError
+    when msgspec refuses any of them. Values are separated by any whitespace, newlines included, and blank lines
+    yield nothing: the caller checks that each line is one object before relying on one value per line."""
+    try:
+        return _TRANSCRIPT_DECODER.decode_lines(data)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise ValueError(str(exc)) from exc
 
