@@ -11,6 +11,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ccgate.core.pricing import PriceCatalog
+from ccgate.core.records import Usage
+from ccgate.core.settings import PriceOverride
+from ccgate.core.usage import MAX_TOKENS
 from ccgate.features import importer
 from ccgate.features.importer import (
     Importer,
@@ -287,9 +292,7 @@ def test_rows_and_rollups_equal_the_record_path(
 def test_bulk_insert_adds_into_existing_rollups_and_puts_trigger_and_indexes_back(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from datetime import UTC, datetime
-
-    from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
+    from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus
 
     ledger = resolve_paths().ledger_file
     db = open_ledger(ledger)
@@ -587,3 +590,154 @@ def test_reading_in_small_chunks_gives_what_one_read_gives(
     assert read_transcripts(files, stats, seen.append, marks) == whole
     assert stats == whole_stats and sum(seen) == stats.bytes == sum(path.stat().st_size for path in files)
     assert [mark.resume_at for mark in marks] == [files[0].stat().st_size, files[1].stat().st_size - len(line(500))]
+
+
+# ------------------------------------------------------------------------------------------- integer pricing
+
+
+def test_todays_claude_models_have_integer_rates() -> None:
+    catalog = PriceCatalog({})
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    for model in ("claude-sonnet-4-5", "claude-opus-4-6", "claude-haiku-4-5", "claude-opus-4-9"):
+        assert catalog.count_pricer(model, provider="anthropic", at=at) is not None, model
+    assert catalog.count_pricer("no-such-model-x", provider="anthropic", at=at) is None
+
+
+def _catalog_models() -> list[str]:
+    from ccgate.core.pricing import _find_gp_provider
+
+    provider = _find_gp_provider("anthropic")
+    assert provider is not None
+    return [*sorted(str(model.id) for model in provider.models), "claude-opus-4-9", "no-such-model-x"]
+
+
+_token = st.one_of(st.integers(0, 300_000), st.integers(0, MAX_TOKENS), st.just(MAX_TOKENS))
+
+
+@settings(deadline=None, max_examples=400)
+@given(
+    model=st.sampled_from(_catalog_models()),
+    counts=st.tuples(_token, _token, _token, _token, _token, st.integers(0, 60)),
+    day=st.dates(min_value=date(2024, 1, 1), max_value=date(2027, 12, 31)),
+    override=st.sampled_from([None, "1.5", "0.000000000007", "123456.789", "0"]),
+)
+def test_integer_pricing_equals_decimal_pricing(
+    model: str, counts: tuple[int, int, int, int, int, int], day: date, override: str | None
+) -> None:
+    """Every catalog Claude model (tiered ones and those whose price changed on a date included), a stand-in
+    estimate, an unpriced model and config overrides: the integer rates give `cost`'s nano-dollars and labels."""
+    overrides = {} if override is None else {model: PriceOverride(input=Decimal(override), output=Decimal("3.25"))}
+    catalog = PriceCatalog(overrides)
+    at = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+    expected = catalog.cost(model, Usage(*counts), provider="anthropic", at=at)
+    pricer = catalog.count_pricer(model, provider="anthropic", at=at)
+    if pricer is None:  # `cost` prices each request: unpriced, several tiers, rates past 12 decimal places
+        assert override is None or override == "0.000000000007"
+        return
+    nanos = pricer.nanos(*counts)
+    if nanos is None:  # at a ceiling: `cost` decides (and says so)
+        assert "capped" in (expected.note or "") or "counted as" in (expected.note or "")
+        return
+    assert (nanos, pricer.quality, pricer.priced_model, pricer.note) == (
+        expected.nanos,
+        expected.quality,
+        expected.priced_model,
+        expected.note,
+    )
+
+
+_usage_count = st.one_of(st.none(), st.integers(0, 10**6), st.integers(MAX_TOKENS - 1, 2**63))
+
+
+@settings(deadline=None, max_examples=400)
+@given(
+    counts=st.fixed_dictionaries(
+        {},
+        optional={
+            "input_tokens": _usage_count,
+            "output_tokens": _usage_count,
+            "cache_read_input_tokens": _usage_count,
+            "cache_creation_input_tokens": _usage_count,
+            "cache_creation": st.one_of(
+                st.none(),
+                st.fixed_dictionaries(
+                    {},
+                    optional={"ephemeral_5m_input_tokens": _usage_count, "ephemeral_1h_input_tokens": _usage_count},
+                ),
+            ),
+            "server_tool_use": st.one_of(
+                st.none(), st.fixed_dictionaries({}, optional={"web_search_requests": _usage_count})
+            ),
+            "speed": st.sampled_from([None, "fast", "standard", "", "x" * 33, 3]),
+        },
+    )
+)
+def test_usage_counts_equal_the_one_usage_reading(counts: dict[str, Any]) -> None:
+    from ccgate.core.usage import usage_from_anthropic
+    from ccgate.wire.fastjson import read_transcript_line
+
+    head = read_transcript_line(
+        json.dumps({"type": "assistant", "message": {"id": "m", "model": "x", "usage": counts}}).encode()
+    )
+    assert head.message is not None and head.message.usage is not None
+    usage = usage_from_anthropic(counts)
+    assert importer.usage_counts(head.message.usage) == (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_5m_tokens,
+        usage.cache_write_1h_tokens,
+        usage.web_searches,
+        usage.speed,
+    )
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    moment=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    form=st.sampled_from(["ms", "us", "s", "offset", "lower"]),
+)
+def test_stored_time_equals_parsing_and_formatting(moment: datetime, form: str) -> None:
+    from ccgate.core.records import from_iso, to_iso
+
+    text = {
+        "ms": moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z",
+        "us": moment.isoformat(timespec="microseconds") + "Z",
+        "s": moment.isoformat(timespec="seconds") + "Z",
+        "offset": moment.isoformat() + "+05:30",
+        "lower": moment.isoformat(timespec="milliseconds") + "+00:00",
+    }[form]
+    if len(text.split("-")[0]) != 4:
+        return
+    try:
+        expected = to_iso(from_iso(text))
+    except (ValueError, OverflowError):
+        return
+    assert importer.stored_time(text) == expected
+
+
+# ------------------------------------------------------------------------------------------- one read per buffer
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        b'{"type":"user","a":1}{"type":"user","b":2}',  # two values on one line
+        b'{"type":"\\u0061ssistant","message":{"id":"m9","model":"claude-haiku-4-5","usage":{}},"timestamp":"2026-03-01T10:00:00Z"}',
+        b'{"type":"user","message":"not an object"}',  # refused by the narrow reading: the whole buffer falls back
+        b"{not json}",
+    ],
+)
+def test_reading_a_buffer_at_once_gives_what_reading_line_by_line_gives(odd: bytes, tmp_path: Path) -> None:
+    """With every other line fine, a line that would let the values of a buffer read at once slip against its
+    lines (two on one line, an `assistant` spelled with an escape, a field of another type) changes nothing."""
+    data = b"\n".join([line(1).encode(), odd, line(2).encode(), user_line(5).encode(), line(1, output=99).encode()])
+    transcript = tmp_path / "odd.jsonl"
+    transcript.write_bytes(data + b"\n")
+    counts, best = reference_read(data)
+    stats = ImportStats()
+    entries = read_transcripts([transcript], stats)
+    assert {name: getattr(stats, name) for name in counts} == counts
+    assert list(entries) == list(best) and stats.lines == 5
+    for key, entry in entries.items():
+        assert entry == importer._entry(best[key])

@@ -368,7 +368,7 @@ class FileScan:
             except _Malformed:
                 stats.malformed += 1
                 continue
-            if type(checked) is str:
+            if isinstance(checked, str):
                 stats.synthetic += 1
                 continue
             stats.entries += 1
@@ -378,7 +378,7 @@ class FileScan:
                 stats.duplicates += 1
                 if checked[7] <= seen[7]:
                     continue
-            best[key] = checked  # type: ignore[assignment]
+            best[key] = checked
 
     def _take(self, line: bytes, check: Callable[[bytes], _Checked | str | None]) -> None:
         stats = self.stats
@@ -752,12 +752,10 @@ def usage_counts(raw: TranscriptUsage) -> tuple[int, int, int, int, int, int, st
     split_5m = None if creation is None else _clamp(creation.ephemeral_5m_input_tokens)
     split_1h = None if creation is None else _clamp(creation.ephemeral_1h_input_tokens)
     write_5m = split_5m or 0
-    write_1h = split_1h or 0
+    write_1h = split_1h or 0  # what is not known to be 1h counts as 5m
     total = _clamp(raw.cache_creation_input_tokens)
     if total is not None:
-        if split_1h is None:
-            write_1h = 0  # what is not known to be 1h counts as 5m
-        write_5m = max(write_5m, total - write_1h)
+        write_5m = max(write_5m, total - write_1h)  # the total wins unless the breakdown claims more
     searches = None if server is None else _clamp(server.web_search_requests)
     speed = raw.speed
     return (
@@ -772,13 +770,14 @@ def usage_counts(raw: TranscriptUsage) -> tuple[int, int, int, int, int, int, st
 
 
 _MAX_SPEED = 32
-_CANONICAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
+# UTC with milliseconds (Claude Code's form) or microseconds (the stored form)
+_CANONICAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}(?:[0-9]{3})?Z")
 
 
 def stored_time(timestamp: str) -> str:
     """`to_iso(from_iso(timestamp))` of a timestamp already checked; Claude Code's own form without parsing it."""
-    if len(timestamp) == 24 and _CANONICAL_TIME.fullmatch(timestamp):
-        return timestamp[:23] + "000Z"
+    if _CANONICAL_TIME.fullmatch(timestamp):
+        return timestamp if len(timestamp) == 27 else timestamp[:23] + "000Z"
     return to_iso(from_iso(timestamp))
 
 
