@@ -46,6 +46,7 @@ EXPECTED = {
     "blocks_ms",
     "cost_what_if_ms",
     "import_first_ms",
+    "import_first_cpu_ms",
     "import_rerun_ms",
 }
 
