@@ -581,7 +581,12 @@ def scan_files(
         return
     import multiprocessing
 
-    catalog.rates("claude-sonnet-4-5", provider=PROVIDER)  # load the price catalog once, not once per worker
+    # what every worker needs, loaded once before the fork rather than once per worker: the price catalog, the
+    # JSON readers, the seeded id digest
+    catalog.rates("claude-sonnet-4-5", provider=PROVIDER)
+    import ccgate.wire.fastjson  # noqa: F401
+
+    _fast_import_id("", None)
     _WORKER["catalog"] = catalog
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
