@@ -713,7 +713,33 @@ def test_stored_time_equals_parsing_and_formatting(moment: datetime, form: str) 
         expected = to_iso(from_iso(text))
     except (ValueError, OverflowError):
         return
+    assert importer.valid_time(text)
     assert importer.stored_time(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-02-29T10:00:00.000Z",
+        "2026-13-01T10:00:00.000Z",
+        "2026-01-01T24:00:00.000Z",
+        "2026-01-01T23:59:60.000Z",
+        "0001-01-01T00:00:00.000Z",
+        "2024-02-29T23:59:59.999999Z",
+        "0001-01-01T00:00+01:00",
+        "now",
+        "",
+    ],
+)
+def test_valid_time_agrees_with_parsing(text: str) -> None:
+    from ccgate.core.records import from_iso
+
+    try:
+        from_iso(text)
+    except (ValueError, OverflowError):
+        assert not importer.valid_time(text)
+    else:
+        assert importer.valid_time(text)
 
 
 # ------------------------------------------------------------------------------------------- one read per buffer

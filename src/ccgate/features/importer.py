@@ -253,12 +253,8 @@ def _check_head(head: TranscriptLine) -> _Checked | str:
     if model == SYNTHETIC_MODEL:
         return "synthetic"
     usage, message_id, timestamp = message.usage, message.id or None, head.timestamp or None
-    if model is None or usage is None or message_id is None or timestamp is None:
+    if model is None or usage is None or message_id is None or timestamp is None or not valid_time(timestamp):
         raise _Malformed
-    try:
-        from_iso(timestamp)
-    except (ValueError, OverflowError):
-        raise _Malformed from None
     output = usage.output_tokens
     return (
         message_id,
@@ -786,6 +782,18 @@ def usage_counts(raw: TranscriptUsage) -> tuple[int, int, int, int, int, int, st
 _MAX_SPEED = 32
 # UTC with milliseconds (Claude Code's form) or microseconds (the stored form)
 _CANONICAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}(?:[0-9]{3})?Z")
+
+
+def valid_time(timestamp: str) -> bool:
+    """Whether `from_iso` reads `timestamp`; Claude Code's own form is parsed as it is (no copy with "+00:00")."""
+    try:
+        if _CANONICAL_TIME.fullmatch(timestamp):
+            datetime.fromisoformat(timestamp)  # "Z" reads as UTC, as "+00:00" does
+        else:
+            from_iso(timestamp)
+    except (ValueError, OverflowError):  # OverflowError: year 1 with a positive offset is before datetime.min
+        return False
+    return True
 
 
 def stored_time(timestamp: str) -> str:
