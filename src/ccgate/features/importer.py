@@ -6,9 +6,11 @@ same (message id, request id) appears on several lines: it is one request, and t
 tokens wins. Requests the sidecar already metered (same upstream message id) are skipped, and imported rows
 get deterministic ids, so running the import again adds nothing.
 
-Speed (200,000 lines, 230 MB, on the first run): only lines holding `"assistant"` are parsed, with msgspec reading
-just the billed fields; files are read and priced in forked worker processes; the rows go in through
-`storage.importing` in bulk. A re-run opens only the files that changed, and a grown one from where it stopped.
+Speed (200,000 lines, 230 MB, on the first run): a buffer whose lines are all `{...}` is read by msgspec in one call
+(just the billed fields; only lines holding `"assistant"` count, as when lines are read one by one, which is the
+fallback); winners are priced with integer rates per model (`PriceCatalog.count_pricer`); files are read and
+priced in forked worker processes; the rows go in through `storage.importing` in bulk. A re-run opens only the
+files that changed, and a grown one from where it stopped.
 """
 
 from __future__ import annotations
