@@ -252,14 +252,20 @@ def test_narrow_reading_agrees_with_reading_every_line_in_full(
     transcript = tmp_path / "odd.jsonl"
     transcript.write_bytes(data)
     counts, best = reference_read(data)
-    stats = ImportStats()
-    entries = read_transcripts([transcript], stats)
-    assert {name: getattr(stats, name) for name in counts} == counts
-    assert stats.lines == len(data.split(b"\n")) - (1 if trailing_newline else 0)
-    assert list(entries) == list(best)
-    for key, entry in entries.items():
-        expected = importer._entry(best[key])
-        assert entry == expected
+    default = importer.MIN_AVERAGE_LINE
+    try:
+        for shortest in (1, default, 10**9):  # read at once whenever possible; as by default; always line by line
+            importer.MIN_AVERAGE_LINE = shortest
+            stats = ImportStats()
+            entries = read_transcripts([transcript], stats)
+            assert {name: getattr(stats, name) for name in counts} == counts
+            assert stats.lines == len(data.split(b"\n")) - (1 if trailing_newline else 0)
+            assert list(entries) == list(best)
+            for key, entry in entries.items():
+                expected = importer._entry(best[key])
+                assert entry == expected
+    finally:
+        importer.MIN_AVERAGE_LINE = default
 
 
 def test_fast_ids_are_uuid5_ids() -> None:
@@ -754,16 +760,36 @@ def test_valid_time_agrees_with_parsing(text: str) -> None:
         b"{not json}",
     ],
 )
-def test_reading_a_buffer_at_once_gives_what_reading_line_by_line_gives(odd: bytes, tmp_path: Path) -> None:
+def test_reading_a_buffer_at_once_gives_what_reading_line_by_line_gives(
+    odd: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With every other line fine, a line that would let the values of a buffer read at once slip against its
     lines (two on one line, an `assistant` spelled with an escape, a field of another type) changes nothing."""
     data = b"\n".join([line(1).encode(), odd, line(2).encode(), user_line(5).encode(), line(1, output=99).encode()])
     transcript = tmp_path / "odd.jsonl"
     transcript.write_bytes(data + b"\n")
     counts, best = reference_read(data)
+    monkeypatch.setattr(importer, "MIN_AVERAGE_LINE", 1)  # short lines too: this is about reading at once
     stats = ImportStats()
     entries = read_transcripts([transcript], stats)
     assert {name: getattr(stats, name) for name in counts} == counts
     assert list(entries) == list(best) and stats.lines == 5
     for key, entry in entries.items():
         assert entry == importer._entry(best[key])
+
+
+def test_a_buffer_of_many_tiny_lines_is_read_line_by_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading at once builds an object per line: not for a buffer of millions of `{}` lines."""
+    transcript = tmp_path / "tiny.jsonl"
+    transcript.write_bytes(b"{}\n" * 200_000 + line(1).encode() + b"\n")
+    at_once: list[int] = []
+    real = importer.FileScan._take_heads
+
+    def take_heads(self: importer.FileScan, buf: bytes, heads: list[Any], starts: list[int]) -> None:
+        at_once.append(len(heads))
+        real(self, buf, heads, starts)
+
+    monkeypatch.setattr(importer.FileScan, "_take_heads", take_heads)
+    stats = ImportStats()
+    assert list(read_transcripts([transcript], stats)) == [("msg_1", "req_1")]
+    assert stats.lines == 200_001 and at_once == []

@@ -283,14 +283,21 @@ def _tail_hash(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
+# Buffers of shorter lines on average are read line by line: reading them all at once would build an object per
+# line (a 16 MB buffer of `{}` lines: millions), for lines that are no transcript's
+MIN_AVERAGE_LINE = 128
+
+
 def _line_starts(buf: bytes) -> list[int] | None:
     """Where each line of `buf` starts (and, last, where the buffer ends past its last newline), when every line is
-    `{...}` with nothing around it; None otherwise. One pass of `find`: cheaper than counting `}\\n{`."""
+    `{...}` with nothing around it and lines are not tiny; None otherwise. One pass of `find`: cheaper than counting
+    `}\\n{`."""
     find = buf.find
     starts = [0]
+    most = len(buf) // MIN_AVERAGE_LINE + 1
     start, end = 0, find(b"\n")
     while end >= 0:
-        if end == start or buf[start] != 0x7B or buf[end - 1] != 0x7D:
+        if end == start or buf[start] != 0x7B or buf[end - 1] != 0x7D or len(starts) > most:
             return None
         start = end + 1
         starts.append(start)
@@ -300,6 +307,14 @@ def _line_starts(buf: bytes) -> list[int] | None:
             return None
         starts.append(len(buf) + 1)
     return starts
+
+
+def _only_objects(buf: bytes, lines: int) -> bool:
+    """Every line of `buf` (`lines` newlines) is `{...}` with nothing around it: then a line without `"assistant"`
+    needs no look."""
+    if buf.endswith(b"\n"):
+        return buf.startswith(b"{") and buf.endswith(b"}\n") and buf.count(b"}\n{") == lines - 1
+    return buf.startswith(b"{") and buf.endswith(b"}") and buf.count(b"}\n{") == lines
 
 
 def _utf8(buf: bytes) -> bool:
@@ -328,11 +343,7 @@ class FileScan:
         stats.bytes += len(buf)
         starts = _line_starts(buf)
         if starts is None:
-            stats.lines += buf.count(b"\n") + (0 if buf.endswith(b"\n") or not buf else 1)
-            for line in buf.split(b"\n"):
-                if _NEEDLE not in line and _looks_like_object(line):
-                    continue  # only assistant entries cost money: the rest (big tool results) is not parsed
-                self._take(line, _check_line)
+            self._scan_lines(buf)
             return
         lines = len(starts) - 1
         stats.lines += lines
@@ -342,7 +353,7 @@ class FileScan:
                 if _NEEDLE in line:
                     self._take(line, _check_line)
             return
-        from ccgate.wire.fastjson import read_transcript_line, read_transcript_lines
+        from ccgate.wire.fastjson import read_transcript_lines
 
         try:
             heads = read_transcript_lines(buf)
@@ -352,6 +363,24 @@ class FileScan:
             # every line is `{...}`, so no value spans two lines: one value per line, in order
             self._take_heads(buf, heads, starts)
             return
+        self._scan_needles(buf)
+
+    def _scan_lines(self, buf: bytes) -> None:
+        """`scan` line by line: a buffer with lines that are not `{...}`, or very many short ones."""
+        newlines = buf.count(b"\n")
+        self.stats.lines += newlines + (0 if buf.endswith(b"\n") or not buf else 1)
+        if _utf8(buf) and _only_objects(buf, newlines):
+            self._scan_needles(buf)
+            return
+        for line in buf.split(b"\n"):
+            if _NEEDLE not in line and _looks_like_object(line):
+                continue  # only assistant entries cost money: the rest (big tool results) is not parsed
+            self._take(line, _check_line)
+
+    def _scan_needles(self, buf: bytes) -> None:
+        """Each line of `buf` (UTF-8, every line `{...}`) holding `"assistant"`, read by msgspec one by one."""
+        from ccgate.wire.fastjson import read_transcript_line
+
         check = partial(_check_fast, read=read_transcript_line)
         position = buf.find(_NEEDLE)
         while position >= 0:
