@@ -971,10 +971,12 @@ class Importer:
         read_to: list[FileMark] = []
         scans = scan_files(jobs, self.catalog, progress, self.workers)
         best = merge_scans(scans, lambda scan: scan.rows, stats, read_to)
-        metered = metered_message_ids(self.db, ((key[0], winner[0]) for key, winner in best.items()))
+        # a first import into an empty ledger has nothing to look up (44,000 timestamps parsed, 90 queries)
+        empty = not self.db.execute("SELECT EXISTS (SELECT 1 FROM requests)").fetchone()[0]
+        metered = set() if empty else metered_message_ids(self.db, ((k[0], w[0]) for k, w in best.items()))
         rows = [winner[1] for key, winner in best.items() if key[0] not in metered]
         stats.already_metered = len(best) - len(rows)
-        done = existing_ids(self.db, (row[0] for row in rows))
+        done = set() if empty else existing_ids(self.db, (row[0] for row in rows))
         fresh = [row for row in rows if row[0] not in done]
         stats.already_imported = len(rows) - len(fresh)
         # the marks go in with the rows: a kill in between only means reading those files again
