@@ -16,8 +16,6 @@ genai-prices is slow to import (~0.3 s), so it is imported on first use only.
 from __future__ import annotations
 
 import re
-import sys
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -198,43 +196,8 @@ def genai_provider_id(provider: str | None) -> str | None:
     return None if gp_provider is None else str(gp_provider.id)
 
 
-_PACKAGE_LOCK = threading.Lock()
-
-
-def _without_update_client() -> None:
-    """Make `genai_prices.*` importable without running the package's `__init__`, which imports its price-update
-    client (an HTTP library, asyncio: ~0.15 s of CPU) that ccgate never uses. The package module stands in until a
-    name is asked of it (`from genai_prices import calc_price`): then its `__init__` runs, as a plain import's would.
-    """
-    with _PACKAGE_LOCK:
-        if "genai_prices" in sys.modules:
-            return
-        from importlib.util import find_spec, module_from_spec
-        from pathlib import Path
-
-        spec = find_spec("genai_prices")
-        if spec is None or spec.loader is None:
-            return  # the import itself says what is missing
-        package = module_from_spec(spec)
-        loader = spec.loader
-        folders = list(spec.submodule_search_locations or ())
-
-        def complete(name: str) -> Any:
-            if any((Path(folder) / f"{name}.py").is_file() for folder in folders):
-                # `from . import types` asks first: a submodule is imported as usual, without the `__init__`
-                raise AttributeError(name)
-            with _PACKAGE_LOCK:
-                if package.__dict__.pop("__getattr__", None) is not None:
-                    loader.exec_module(package)
-            return getattr(package, name)
-
-        package.__getattr__ = complete  # type: ignore[method-assign]
-        sys.modules["genai_prices"] = package
-
-
 @lru_cache(maxsize=256)
 def _find_gp_provider(provider_id: str) -> Provider | None:
-    _without_update_client()
     from genai_prices.data_snapshot import find_provider_by_id, get_snapshot
 
     return find_provider_by_id(get_snapshot().providers, provider_id)
@@ -243,7 +206,6 @@ def _find_gp_provider(provider_id: str) -> Provider | None:
 @lru_cache(maxsize=4096)
 def _catalog_lookup(model: str, gp_provider: str | None) -> _Entry | None:
     """genai-prices' (Provider, ModelInfo) for a model, or None where it raises 'Unable to find ...'."""
-    _without_update_client()
     from genai_prices.data_snapshot import get_snapshot
 
     try:
@@ -466,7 +428,7 @@ class PriceCatalog:
     ) -> Cost:
         """genai-prices' own calculation, for prices ModelRates cannot express (several tiers, other units)."""
         assert resolution.entry is not None
-        from genai_prices.types import Usage as GPUsage
+        from genai_prices import Usage as GPUsage
 
         gp_provider, gp_model = resolution.entry
         try:
