@@ -127,7 +127,8 @@ class GatewayLedger:
             slots = list(self._queue)[:BATCH_ROWS]
             batch = [self._queue[slot] for slot in slots]
             try:
-                reused = await self.store.write_requests(batch)
+                # finished rows' tokens count toward tokens-per-minute limits in the same trip
+                reused = await self.store.write_requests(batch, self._tokens(batch))
             except DatabaseUnavailableError as error:
                 self.last_error = error.message
                 log.error("cannot write %d request row(s) yet: %s", len(batch), error.message)
@@ -139,7 +140,6 @@ class GatewayLedger:
                     del self._queue[slot]
             for row in reused:
                 self._rename(row)
-            await self._count_tokens(batch)
 
     def _rename(self, row: GatewayRow) -> None:
         """A client reused the id of a finished request: this request is stored under a fresh id rather than
@@ -160,8 +160,8 @@ class GatewayLedger:
         self._idle.clear()
         self._wake.set()
 
-    async def _count_tokens(self, batch: list[GatewayRow]) -> None:
-        """Tokens-per-minute limits count a request once it is finished."""
+    def _tokens(self, batch: list[GatewayRow]) -> dict[tuple[str, str | None], int]:
+        """Tokens-per-minute limits count a request once it is finished (of keys and teams that have one)."""
         totals: dict[tuple[str, str | None], int] = {}
         limited = None if self.rate_limited is None else self.rate_limited()
         for row in batch:
@@ -174,11 +174,7 @@ class GatewayLedger:
             if tokens:
                 owner = (row.key_id, row.team_id)
                 totals[owner] = totals.get(owner, 0) + tokens
-        for (key_id, team_id), tokens in totals.items():
-            try:
-                await self.store.add_tokens(key_id=key_id, team_id=team_id, tokens=tokens)
-            except DatabaseUnavailableError as error:
-                log.error("cannot count %d tokens toward rate limits: %s", tokens, error.message)
+        return totals
 
     async def flush(self, wait_s: float = 10.0) -> bool:
         """Wait until every queued row is written (True), or `wait_s` seconds (False)."""

@@ -767,3 +767,13 @@ async def add_tokens(db: Database, key_id: str, team_id: str | None, tokens: int
 def _add_tokens_sync(conn: SyncConnection, key_id: str, team_id: str | None, tokens: int, now: datetime) -> None:
     limits = [_rate_limit(r) for r in conn.fetch(_LIMITS_SQL, (key_id, team_id))]
     conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(_minute(now)), 0, tokens) for limit in limits])
+
+
+async def add_tokens_sqlite(conn: Connection, key_id: str, team_id: str | None, tokens: int, now: datetime) -> None:
+    """`add_tokens` inside a caller's SQLite transaction (the ledger's one-trip batch: SQLite's one write lock
+    orders everything, so no lock order to keep). Not for PostgreSQL, where it is its own statement."""
+    if tokens <= 0:
+        return
+    limits = [_rate_limit(r) for r in await conn.fetch(_LIMITS_SQL, (key_id, team_id))]
+    if limits:
+        await conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(_minute(now)), 0, tokens) for limit in limits])
