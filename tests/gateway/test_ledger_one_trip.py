@@ -71,7 +71,7 @@ async def test_a_sink_batch_is_one_hop_to_the_sqlite_thread(store: GatewayStore)
     assert tuple(rows[0]) == (5, 5_000)
     (hourly,) = await store.db.fetch("SELECT sum(requests), sum(cost_nanos) FROM request_hourly")
     assert tuple(hourly) == (5, 5_000)
-    ids = {"key_id": who.key.id, "team_id": who.team.id}
+    ids: dict[str, Any] = {"key_id": who.key.id, "team_id": who.team.id}
     assert isinstance(await store.take_request(**ids), RateAllowed)
     await store.add_tokens(**ids, tokens=8_000)
     assert isinstance(await store.take_request(**ids), RateLimited)  # 2,000 + 8,000 reach the 10,000
@@ -85,7 +85,7 @@ async def test_the_sink_counts_finished_tokens_once_and_pending_rows_never(store
     sink = GatewayLedger(store, "gw-1", rate_limited=lambda: team_limited)
     sink.start()
     owner = Owner(who.key.id, who.team.id, None)
-    ids = {"key_id": who.key.id, "team_id": who.team.id}
+    ids: dict[str, Any] = {"key_id": who.key.id, "team_id": who.team.id}
     try:
         for index in range(2):
             record = _record(f"t{index}", RequestStatus.PENDING, tokens=499)
@@ -116,3 +116,43 @@ async def test_a_one_trip_body_that_awaits_anything_else_is_rolled_back(store: G
     with pytest.raises(RuntimeError, match="awaited something other"):
         await store.db.one_trip(body)
     assert [c.name for c in await store.list_customers()] == ["acme"]
+
+
+async def test_a_short_request_is_one_write_after_its_reply(store: GatewayStore) -> None:
+    """The sink holds a batch of only pending rows until a final comes (or the delay passes): a request that
+    ends meanwhile is written once, final; one that runs longer has its pending row written (a kill then
+    leaves it to be recovered as interrupted)."""
+    who = await _key(store)
+    owner = Owner(who.key.id, who.team.id, None)
+    written: list[list[str]] = []
+    write = store.write_requests
+
+    async def recording(rows: Any, tokens: Any = None) -> list[GatewayRow]:
+        written.append([row.record.status.value for row in rows])
+        return await write(rows, tokens)
+
+    store.write_requests = recording  # type: ignore[method-assign]
+    sink = GatewayLedger(store, "gw-1", pending_delay_s=3600.0)
+    sink.start()
+    try:
+        record = _record("short", RequestStatus.PENDING)
+        sink.enqueue(owner, record)
+        for _ in range(5):  # the writer wakes and waits for a final
+            await asyncio.sleep(0)
+        assert written == []
+        record.status = RequestStatus.OK
+        sink.enqueue(owner, record)
+        assert await sink.flush()
+        assert written == [["ok"]]
+    finally:
+        await sink.close()
+    sink = GatewayLedger(store, "gw-1", pending_delay_s=0.001)
+    sink.start()
+    try:
+        sink.enqueue(owner, _record("long", RequestStatus.PENDING))
+        assert await sink.flush()
+        assert written[1:] == [["pending"]]
+        stored = await store.get_request(who.key.id, "long")
+        assert stored is not None and stored.record.status is RequestStatus.PENDING
+    finally:
+        await sink.close()
