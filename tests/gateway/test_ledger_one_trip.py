@@ -156,3 +156,19 @@ async def test_a_short_request_is_one_write_after_its_reply(store: GatewayStore)
         assert stored is not None and stored.record.status is RequestStatus.PENDING
     finally:
         await sink.close()
+
+
+async def test_metrics_and_the_access_line_come_after_the_reply(store: GatewayStore) -> None:
+    """The proxy enqueues a request's final row just before it writes the reply's last byte: what the sink does
+    for a final row beyond queueing it (metrics, the access line) runs on a later turn of the loop."""
+    who = await _key(store)
+    seen: list[str] = []
+    sink = GatewayLedger(store, "gw-1", on_final=lambda record, owner: seen.append(record.id))
+    sink.start()
+    try:
+        sink.enqueue(Owner(who.key.id, who.team.id, None), _record("done"))
+        assert seen == []
+        await asyncio.sleep(0)
+        assert seen == ["done"]
+    finally:
+        await sink.close()

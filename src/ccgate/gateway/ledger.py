@@ -106,7 +106,9 @@ class GatewayLedger:
         if record.status is not RequestStatus.PENDING:
             self._final.set()
             if self.on_final is not None:
-                self.on_final(record, owner)
+                # metrics and the access line after the reply's last byte (the proxy enqueues the final row just
+                # before it), not on the request's critical path
+                asyncio.get_running_loop().call_soon(self.on_final, record, owner)
 
     def claim_id(self, key_id: str, row_id: str) -> bool:
         """Whether a request may use a client's row id: not while another request of this key is in flight
