@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
+from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage, to_iso
 from ccgate.gateway.ledger import GatewayLedger, Owner
 from ccgate.storage.gateway import GatewayRow, GatewayStore, RateAllowed, RateLimited
 from ccgate.storage.gateway.db import Connection, SQLiteDatabase
@@ -172,3 +172,19 @@ async def test_metrics_and_the_access_line_come_after_the_reply(store: GatewaySt
         assert seen == ["done"]
     finally:
         await sink.close()
+
+
+async def test_a_budget_definition_is_parsed_once_and_a_changed_one_again(store: GatewayStore) -> None:
+    """Admission reads the budget rows on every request; an unchanged definition is the same parsed `Budget`
+    (no period, threshold or timestamp parsing per request), a changed one is read anew."""
+    await _key(store)
+    await store.create_budget(level="team", target="core", limit_nanos=5_000, period="1d")
+    (first,) = await store.list_budgets()
+    (again,) = await store.list_budgets()
+    assert again is first
+    await store.db.execute(
+        "UPDATE budgets SET limit_nanos = 7000, updated_at = ? WHERE id = ?",
+        (to_iso(NOW + timedelta(days=1)), first.id),
+    )
+    (changed,) = await store.list_budgets()
+    assert (changed.limit_nanos, first.limit_nanos) == (7_000, 5_000)

@@ -10,6 +10,7 @@ even before `expire` deletes it, so a killed instance's holds lapse by themselve
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,13 @@ AuditFn = Callable[[Connection, str | None, str, str | None, Any, Any], Awaitabl
 
 
 def _budget(row: Sequence[Any]) -> Budget:
+    """The budget a row's first 13 columns describe; the same definition (its `updated_at` included) is parsed
+    once, not on every admission (period, thresholds and three timestamps were parsed per budget per request)."""
+    return _parsed_budget(tuple(row[:13]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_budget(row: tuple[Any, ...]) -> Budget:
     return Budget(
         id=str(row[0]),
         level=BudgetLevel(row[1]),
