@@ -9,6 +9,7 @@ forwards no client credentials here) and the client never sees a provider key.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -581,9 +582,9 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
             access.info(
                 "request=%s key=%s team=%s model=%s provider=%s status=%s http=%s cost_nanos=%s ms=%.0f",
                 record.id,
-                json.dumps(owner.key_name),
-                json.dumps(owner.team_name),
-                json.dumps(record.requested_model),
+                _quoted(owner.key_name),
+                _quoted(owner.team_name),
+                _quoted(record.requested_model),
                 record.provider,
                 record.status.value,
                 record.http_status,
@@ -603,6 +604,12 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await ledger.close()
+
+
+@functools.lru_cache(maxsize=4096)
+def _quoted(name: str | None) -> str:
+    """A name as the access line shows it (JSON-quoted: a name can hold spaces and quotes); names repeat."""
+    return json.dumps(name)
 
 
 async def _admission(app: web.Application) -> AsyncIterator[None]:

@@ -2,8 +2,9 @@
 
 The proxy's calls only enqueue (the event loop never waits on the database for a request). Rows of the same
 request coalesce: when the writer gets to it, a request's pending row that already has its final state is
-written once, final. A batch the database refuses stays queued and is tried again; finished rows' tokens are
-counted toward tokens-per-minute limits by the same task.
+written once, final -- and a batch of only pending rows waits a moment (`PENDING_DELAY_S`) for finals, so a short
+request costs one write, after its reply. A batch the database refuses stays queued and is tried again; finished
+rows' tokens are counted toward tokens-per-minute limits in the same write.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from ccgate.storage.gateway.store import GatewayStore
 log = logging.getLogger("ccgate.gateway")
 
 BATCH_ROWS = 500
+# How long a batch of only pending rows waits for a final row: a request that ends sooner is written once, final,
+# after its reply (not while it runs, where the write competes with it for the CPU). A kill in that window leaves
+# no row of such a request (its budget hold still lapses); one running longer has its pending row written then.
+PENDING_DELAY_S = 0.025
 # Rows kept in memory while the database is away; past it the oldest pending rows are dropped (and counted).
 MAX_QUEUED = 100_000
 
@@ -51,8 +56,10 @@ class GatewayLedger:
         *,
         on_final: Callable[[RequestRecord, Owner], None] | None = None,
         rate_limited: Callable[[], frozenset[str]] | None = None,
+        pending_delay_s: float = PENDING_DELAY_S,
     ) -> None:
         self.store = store
+        self.pending_delay_s = pending_delay_s
         self.on_final = on_final
         self.rate_limited = rate_limited
         self.instance_id = instance_id
@@ -62,6 +69,7 @@ class GatewayLedger:
         # (key id, client's row id) of this process's requests in flight under a client's id: one at a time
         self._in_flight: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
+        self._final = asyncio.Event()  # a finished row was queued since the last batch was taken
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
@@ -95,8 +103,12 @@ class GatewayLedger:
         self._queue[slot] = row
         self._idle.clear()
         self._wake.set()
-        if self.on_final is not None and record.status is not RequestStatus.PENDING:
-            self.on_final(record, owner)
+        if record.status is not RequestStatus.PENDING:
+            self._final.set()
+            if self.on_final is not None:
+                # metrics and the access line after the reply's last byte (the proxy enqueues the final row just
+                # before it), not on the request's critical path
+                asyncio.get_running_loop().call_soon(self.on_final, record, owner)
 
     def claim_id(self, key_id: str, row_id: str) -> bool:
         """Whether a request may use a client's row id: not while another request of this key is in flight
@@ -124,10 +136,15 @@ class GatewayLedger:
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
+            if not self._final.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._final.wait(), self.pending_delay_s)
+            self._final.clear()
             slots = list(self._queue)[:BATCH_ROWS]
             batch = [self._queue[slot] for slot in slots]
             try:
-                reused = await self.store.write_requests(batch)
+                # finished rows' tokens count toward tokens-per-minute limits in the same trip
+                reused = await self.store.write_requests(batch, self._tokens(batch))
             except DatabaseUnavailableError as error:
                 self.last_error = error.message
                 log.error("cannot write %d request row(s) yet: %s", len(batch), error.message)
@@ -139,7 +156,6 @@ class GatewayLedger:
                     del self._queue[slot]
             for row in reused:
                 self._rename(row)
-            await self._count_tokens(batch)
 
     def _rename(self, row: GatewayRow) -> None:
         """A client reused the id of a finished request: this request is stored under a fresh id rather than
@@ -157,11 +173,13 @@ class GatewayLedger:
         )
         moved.record.id = fresh
         self._queue[(row.key_id, fresh)] = moved
+        if moved.record.status is not RequestStatus.PENDING:
+            self._final.set()
         self._idle.clear()
         self._wake.set()
 
-    async def _count_tokens(self, batch: list[GatewayRow]) -> None:
-        """Tokens-per-minute limits count a request once it is finished."""
+    def _tokens(self, batch: list[GatewayRow]) -> dict[tuple[str, str | None], int]:
+        """Tokens-per-minute limits count a request once it is finished (of keys and teams that have one)."""
         totals: dict[tuple[str, str | None], int] = {}
         limited = None if self.rate_limited is None else self.rate_limited()
         for row in batch:
@@ -174,11 +192,7 @@ class GatewayLedger:
             if tokens:
                 owner = (row.key_id, row.team_id)
                 totals[owner] = totals.get(owner, 0) + tokens
-        for (key_id, team_id), tokens in totals.items():
-            try:
-                await self.store.add_tokens(key_id=key_id, team_id=team_id, tokens=tokens)
-            except DatabaseUnavailableError as error:
-                log.error("cannot count %d tokens toward rate limits: %s", tokens, error.message)
+        return totals
 
     async def flush(self, wait_s: float = 10.0) -> bool:
         """Wait until every queued row is written (True), or `wait_s` seconds (False)."""

@@ -10,6 +10,7 @@ even before `expire` deletes it, so a killed instance's holds lapse by themselve
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,13 @@ AuditFn = Callable[[Connection, str | None, str, str | None, Any, Any], Awaitabl
 
 
 def _budget(row: Sequence[Any]) -> Budget:
+    """The budget a row's first 13 columns describe; the same definition (its `updated_at` included) is parsed
+    once, not on every admission (period, thresholds and three timestamps were parsed per budget per request)."""
+    return _parsed_budget(tuple(row[:13]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_budget(row: tuple[Any, ...]) -> Budget:
     return Budget(
         id=str(row[0]),
         level=BudgetLevel(row[1]),
@@ -767,3 +775,13 @@ async def add_tokens(db: Database, key_id: str, team_id: str | None, tokens: int
 def _add_tokens_sync(conn: SyncConnection, key_id: str, team_id: str | None, tokens: int, now: datetime) -> None:
     limits = [_rate_limit(r) for r in conn.fetch(_LIMITS_SQL, (key_id, team_id))]
     conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(_minute(now)), 0, tokens) for limit in limits])
+
+
+async def add_tokens_sqlite(conn: Connection, key_id: str, team_id: str | None, tokens: int, now: datetime) -> None:
+    """`add_tokens` inside a caller's SQLite transaction (the ledger's one-trip batch: SQLite's one write lock
+    orders everything, so no lock order to keep). Not for PostgreSQL, where it is its own statement."""
+    if tokens <= 0:
+        return
+    limits = [_rate_limit(r) for r in await conn.fetch(_LIMITS_SQL, (key_id, team_id))]
+    if limits:
+        await conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(_minute(now)), 0, tokens) for limit in limits])

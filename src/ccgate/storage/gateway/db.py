@@ -14,7 +14,9 @@ Contract (what the store relies on, whichever backend):
 * Hot paths that need several statements in one transaction use one round trip each: on SQLite
   ``SQLiteDatabase.run_transaction(job)`` runs a whole synchronous job inside ``BEGIN IMMEDIATE`` as ONE task on
   the database thread (not one hop per statement); on PostgreSQL a server-side function (a migration creates
-  it) does the work in one call.
+  it) does the work in one call. ``one_trip(body)`` runs an async transaction body written once for both: on
+  SQLite the whole body is one job on the database thread (its awaits on the connection never suspend), on
+  PostgreSQL it is an ordinary transaction.
 * A migration statement preceded by the comment line ``-- ccgate: postgresql only`` (or ``sqlite only``) runs
   only on that backend: a PL/pgSQL function has no SQLite counterpart. ``$$``-quoted bodies stay one statement.
 * Nothing blocks the event loop: sqlite3 runs in one dedicated thread per `Database`; asyncpg is async.
@@ -27,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -106,6 +108,11 @@ class Database(Connection, Protocol):
 
     async def run_script(self, conn: Connection, script: str) -> None:
         """Run a multi-statement SQL file inside the caller's transaction."""
+        ...
+
+    async def one_trip(self, body: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
+        """`body` in one write transaction, one hop to the database where the backend allows it: on SQLite the
+        body runs whole on the database thread, so it must await nothing but `conn` (anything else raises)."""
         ...
 
     async def close(self) -> None: ...
@@ -274,6 +281,9 @@ class SQLiteDatabase:
         async with self._lock:
             return await self._call(lambda: self._transact(job))
 
+    async def one_trip(self, body: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
+        return await self.run_transaction(lambda conn: _drive(body(_AsyncOverSync(conn))))
+
     def _transact(self, job: Callable[[SyncConnection], T]) -> T:
         conn = self._c()
         conn.execute("BEGIN IMMEDIATE")
@@ -311,6 +321,39 @@ class _SyncSQLite:
     def executemany(self, sql: str, rows: Sequence[Params]) -> None:
         if rows:
             self.conn.executemany(sql, [tuple(r) for r in rows])
+
+
+class _AsyncOverSync:
+    """The `Connection` a `one_trip` body gets on SQLite: each call runs at once on the database thread, so the
+    body's awaits on it complete without suspending."""
+
+    __slots__ = ("sync",)
+
+    def __init__(self, sync: SyncConnection) -> None:
+        self.sync = sync
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
+        return self.sync.fetch(sql, params)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        rows = self.sync.fetch(sql, params)
+        return rows[0] if rows else None
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return self.sync.execute(sql, params)
+
+    async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        self.sync.executemany(sql, rows)
+
+
+def _drive(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends to its end, on this thread (no event loop here)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("a one-trip transaction body awaited something other than its connection")
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -491,6 +534,10 @@ class PostgresDatabase:
     async def transaction(self) -> AsyncIterator[Connection]:
         async with _pg_errors(), self._p().acquire() as conn, conn.transaction():
             yield _PGConnection(conn)
+
+    async def one_trip(self, body: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
+        async with self.transaction() as conn:
+            return await body(conn)
 
     async def lock_migrations(self, conn: Connection) -> None:
         await conn.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")

@@ -8,7 +8,8 @@ row. Reports return the `CostReport` of `ccgate.storage.reports`, so `report_to_
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -16,12 +17,14 @@ from ccgate.core.budgets import local_midnight
 from ccgate.core.records import RequestRecord, RequestStatus, from_iso, to_iso, utcnow
 from ccgate.core.usage import MAX_TOKENS
 from ccgate.errors import UserInputError
-from ccgate.storage.gateway.admission import charge, current_window, load_budgets
-from ccgate.storage.gateway.db import Connection, Database, Row
+from ccgate.storage.gateway.admission import add_tokens, add_tokens_sqlite, charge, current_window, load_budgets
+from ccgate.storage.gateway.db import Connection, Database, DatabaseUnavailableError, Row
 from ccgate.storage.gateway.records import GatewayRow, IngestResult, RowSource
 from ccgate.storage.ledger import COLUMNS as SIDECAR_COLUMNS
 from ccgate.storage.ledger import record_to_values, row_to_record, storable_text
 from ccgate.storage.reports import NONE_KEY, CostReport, GroupKey, Totals
+
+log = logging.getLogger("ccgate.gateway")
 
 GROUPINGS: tuple[str, ...] = ("key", "team", "customer", "project", "model", "provider", "day", "session")
 MAX_ROW_ID = 128
@@ -162,7 +165,9 @@ def row_values(row: GatewayRow, received_at: datetime) -> tuple[Any, ...]:
     return tuple(_clean_text(v) for v in (*head, *values))
 
 
-async def write_requests(db: Database, rows: Sequence[GatewayRow]) -> list[GatewayRow]:
+async def write_requests(
+    db: Database, rows: Sequence[GatewayRow], tokens: Mapping[tuple[str, str | None], int] | None = None
+) -> list[GatewayRow]:
     """Insert rows, or update them by (key id, row id) while pending: the ledger sink writes each pending, then
     final, in batches. `request_hourly` takes each row that becomes final in the same transaction.
 
@@ -172,13 +177,20 @@ async def write_requests(db: Database, rows: Sequence[GatewayRow]) -> list[Gatew
     returned, and dropped: a finished row of the same request (this instance's own write, retried after a
     connection broke mid-commit) and an ingested row (the sidecar synced this request first: its row stands, and
     budgets were charged once, see `admission.claim_charge`).
+
+    `tokens` ((key id, team id) -> finished requests' tokens) count toward tokens-per-minute limits: on SQLite in
+    the same transaction (the batch is one job on the database thread), on PostgreSQL one statement each after it
+    (its own row-lock order, see `admission.add_tokens`; one that fails is logged and lost, never counted twice).
     """
     if not rows:
         return []
     now = utcnow()
-    written: set[tuple[str, str]] = set()
-    reused: list[GatewayRow] = []
-    async with db.transaction() as conn:
+    sqlite = db.backend == "sqlite"
+
+    async def job(conn: Connection) -> list[GatewayRow]:
+        # one job on SQLite's database thread (one hop per batch, not one per statement)
+        written: set[tuple[str, str]] = set()
+        reused: list[GatewayRow] = []
         # the rows this batch may overwrite, locked (a recovery elsewhere cannot finish them meanwhile): an
         # interrupted row the same request now finishes leaves the hourly sums before its final enters them
         finished = await _finished_rows(conn, db, rows)
@@ -208,6 +220,18 @@ async def write_requests(db: Database, rows: Sequence[GatewayRow]) -> list[Gatew
                 continue
             if (found[1], found[2]) != (row.instance_id, to_iso(row.record.started_at)):
                 reused.append(row)
+        if sqlite and tokens:
+            for (key_id, team_id), count in tokens.items():
+                await add_tokens_sqlite(conn, key_id, team_id, count, now)
+        return reused
+
+    reused = await db.one_trip(job)
+    if not sqlite and tokens:
+        for (key_id, team_id), count in tokens.items():
+            try:
+                await add_tokens(db, key_id, team_id, count, now)
+            except DatabaseUnavailableError as error:  # the rows are written: never count their tokens twice
+                log.error("cannot count %d tokens toward rate limits: %s", count, error.message)
     return reused
 
 

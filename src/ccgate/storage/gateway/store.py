@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from enum import StrEnum
@@ -1077,10 +1077,13 @@ class GatewayStore:
 
     # --- the ledger --------------------------------------------------------------------------------------------
 
-    async def write_requests(self, rows: Sequence[GatewayRow]) -> list[GatewayRow]:
-        """Insert, or update while pending, by (key id, row id); returns the rows whose id a finished row of another
-        request already has (see `ledger.write_requests`)."""
-        return await ledger.write_requests(self.db, rows)
+    async def write_requests(
+        self, rows: Sequence[GatewayRow], tokens: Mapping[tuple[str, str | None], int] | None = None
+    ) -> list[GatewayRow]:
+        """Insert, or update while pending, by (key id, row id), and count `tokens` toward tokens-per-minute
+        limits; returns the rows whose id a finished row of another request already has (see
+        `ledger.write_requests`)."""
+        return await ledger.write_requests(self.db, rows, tokens)
 
     async def ingest(
         self,
