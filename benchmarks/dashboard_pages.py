@@ -198,6 +198,16 @@ HOURLY_FILL = (
     f"sum(CASE WHEN cost_nanos IS NULL THEN 1 ELSE 0 END), 0, 0 FROM requests GROUP BY {_DIMS}"
 )
 
+# request_daily from the hours, as migration 0006 backfills it
+DAILY_FILL = (
+    "INSERT INTO request_daily (day, key_id, team_id, customer_id, project, model, provider, requests, input_tokens, "
+    "output_tokens, cache_read_tokens, cache_write_tokens, cost_nanos, unpriced_requests, estimated_requests, "
+    "imported_requests) SELECT substr(hour, 1, 10), key_id, team_id, customer_id, project, model, provider, "
+    "sum(requests), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), sum(cache_write_tokens), "
+    "sum(cost_nanos), sum(unpriced_requests), sum(estimated_requests), sum(imported_requests) FROM request_hourly "
+    "GROUP BY substr(hour, 1, 10), key_id, team_id, customer_id, project, model, provider"
+)
+
 
 def _fill(path: str, rows: int, key_ids: list[tuple[str, str, str]], days: int) -> None:
     conn = sqlite3.connect(path)
@@ -212,6 +222,7 @@ def _fill(path: str, rows: int, key_ids: list[tuple[str, str, str]], days: int) 
             batch.clear()
     conn.executemany(sql, batch)
     conn.execute(HOURLY_FILL)
+    conn.execute(DAILY_FILL)
     conn.commit()
     conn.execute("ANALYZE")
     conn.close()
@@ -224,6 +235,7 @@ async def _fill_postgres(url: str, rows: int, key_ids: list[tuple[str, str, str]
     try:
         await conn.copy_records_to_table("requests", records=_rows(rows, key_ids, days), columns=COLUMNS)
         await conn.execute(HOURLY_FILL)
+        await conn.execute(DAILY_FILL)
         await conn.execute("ANALYZE")
     finally:
         await conn.close()

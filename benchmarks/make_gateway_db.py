@@ -7,8 +7,8 @@ An org of 5 customers, 20 teams and 200 developers' keys, with budgets at every 
 provider), rate limits and the audit trail their creation leaves; then `rows` finished request rows over
 `days` days ending now -- working hours heavier than nights, weekdays than weekends, each developer with
 their own projects, models and sessions -- written in bulk (one transaction of multi-row INSERTs on SQLite,
-COPY on PostgreSQL), and `request_hourly` computed from them. Deterministic for a given --seed (the times
-follow the clock). `gateway_db(...)` caches a SQLite file per day under the benchmark cache dir.
+COPY on PostgreSQL), and `request_hourly` and `request_daily` computed from them. Deterministic for a given
+--seed (the times follow the clock). `gateway_db(...)` caches a SQLite file per day under the benchmark cache dir.
 """
 
 from __future__ import annotations
@@ -275,6 +275,15 @@ _HOURLY_COLUMNS = (
     "hour, key_id, team_id, customer_id, project, model, provider, requests, input_tokens, output_tokens, "
     "cache_read_tokens, cache_write_tokens, cost_nanos, unpriced_requests, estimated_requests, imported_requests"
 )
+# request_daily from the hours, as migration 0006 backfills it
+DAILY_FILL = (
+    "INSERT INTO request_daily (day, key_id, team_id, customer_id, project, model, provider, requests, input_tokens, "
+    "output_tokens, cache_read_tokens, cache_write_tokens, cost_nanos, unpriced_requests, estimated_requests, "
+    "imported_requests) SELECT substr(hour, 1, 10), key_id, team_id, customer_id, project, model, provider, "
+    "sum(requests), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), sum(cache_write_tokens), "
+    "sum(cost_nanos), sum(unpriced_requests), sum(estimated_requests), sum(imported_requests) FROM request_hourly "
+    "GROUP BY substr(hour, 1, 10), key_id, team_id, customer_id, project, model, provider"
+)
 _CHUNK_ROWS = 30  # rows per SQLite statement: 30 x 29 values, under SQLite's variable limit
 _BATCH = 30 * 1000  # rows handed from the generating thread to the writer at a time
 _DONE: list[tuple[Any, ...]] = []
@@ -327,6 +336,7 @@ def _insert_sqlite(path: str, rows: Iterator[tuple[Any, ...]], hourly: dict[tupl
             f"INSERT INTO request_hourly ({_HOURLY_COLUMNS}) VALUES ({', '.join('?' * 16)})",  # noqa: S608
             _hourly_rows(hourly),
         )
+        conn.execute(DAILY_FILL)
         conn.execute("COMMIT")
         conn.execute("ANALYZE")
         conn.execute("PRAGMA journal_mode=WAL")
@@ -346,6 +356,7 @@ async def _insert_postgres(url: str, rows: Iterator[tuple[Any, ...]], hourly: di
         await conn.copy_records_to_table(
             "request_hourly", records=_hourly_rows(hourly), columns=[c.strip() for c in _HOURLY_COLUMNS.split(",")]
         )
+        await conn.execute(DAILY_FILL)
         await conn.execute("ANALYZE")
     finally:
         await conn.close()

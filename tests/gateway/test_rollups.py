@@ -1,5 +1,5 @@
-"""Hourly roll-ups: every path that finishes a row adds it to `request_hourly` once, and reports read from them
-give what a scan of the raw rows gives, to the nano-dollar."""
+"""Hourly and daily roll-ups: every path that finishes a row adds it to `request_hourly` and `request_daily` once,
+and reports read from them give what a scan of the raw rows gives, to the nano-dollar."""
 
 from __future__ import annotations
 
@@ -104,8 +104,28 @@ async def _hourly_from_raw(store: GatewayStore) -> dict[tuple[str, ...], tuple[i
     return {dims: tuple(values) for dims, values in sums.items()}
 
 
+async def _daily(store: GatewayStore) -> dict[tuple[str, ...], tuple[int, ...]]:
+    rows = await store.db.fetch(
+        f"SELECT day, key_id, team_id, customer_id, project, model, provider, {SUM_COLUMNS} FROM request_daily"  # noqa: S608
+    )
+    return {tuple(str(v) for v in row[:7]): tuple(int(v) for v in row[7:]) for row in rows}
+
+
+def _by_day(hourly: dict[tuple[str, ...], tuple[int, ...]]) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """What `request_daily` must hold: the hours summed per UTC day (no group left at zero requests)."""
+    sums: dict[tuple[str, ...], list[int]] = {}
+    for dims, values in hourly.items():
+        total = sums.setdefault((dims[0][:10], *dims[1:]), [0] * 9)
+        for index, value in enumerate(values):
+            total[index] += value
+    return {dims: tuple(values) for dims, values in sums.items() if values[0]}
+
+
 async def _assert_hourly_current(store: GatewayStore) -> None:
-    assert await _hourly(store) == await _hourly_from_raw(store)
+    """Both roll-ups hold exactly the finished raw rows: the hours, and the UTC days."""
+    raw = await _hourly_from_raw(store)
+    assert await _hourly(store) == raw
+    assert await _daily(store) == _by_day(raw)
 
 
 # --- each path that finishes a row ------------------------------------------------------------------------------
@@ -230,7 +250,7 @@ async def test_pruning_deletes_raw_rows_only_and_reports_stay(store: GatewayStor
     assert total.total.requests == 5 and total.total.cost_nanos == 4_050
 
 
-async def test_migration_backfills_from_raw_rows_and_pruned_days(db_url: str) -> None:
+async def test_migrations_backfill_hours_from_raw_rows_and_pruned_days_then_days_from_hours(db_url: str) -> None:
     db = await connect(db_url)
     try:
         older = [m for m in load_migrations() if m.name < "0004"]
@@ -261,6 +281,13 @@ async def test_migration_backfills_from_raw_rows_and_pruned_days(db_url: str) ->
             ("2026-12-05T10", "t", "anthropic", 2, 6, 0, 0, 6, 150, 0, 1, 1),
             ("2026-12-05T11", "t", "anthropic", 1, 3, 0, 0, 3, 0, 1, 0, 0),
         ]
+        # 0006 then sums the hours per UTC day
+        sql = f"SELECT day, team_id, provider, {SUM_COLUMNS} FROM request_daily ORDER BY day"  # noqa: S608
+        rows = await db.fetch(sql)
+        assert [tuple(str(v) if i < 3 else int(v) for i, v in enumerate(r)) for r in rows] == [
+            ("2026-12-01", "", "anthropic", 5, 4, 2, 3, 7, 45, 0, 0, 0),
+            ("2026-12-05", "t", "anthropic", 3, 9, 0, 0, 9, 150, 1, 1, 1),
+        ]
     finally:
         await db.close()
 
@@ -278,8 +305,11 @@ async def test_rebuild_recomputes_hours_from_raw_rows_and_is_audited(store: Gate
         k: v for k, v in expected.items() if k[0] >= "2026-12-01T12"
     }
     assert {v[0] for k, v in hourly.items() if k[0] < "2026-12-01T12"} == {9}  # hours before --since untouched
+    assert await _daily(store) == _by_day(hourly)  # the days follow the hours, from the day of --since
+    await store.db.execute("DELETE FROM request_daily")  # days a release that knows none left out
     await store.rebuild_rollups(actor="cli:ops")
     assert await _hourly(store) == expected
+    await _assert_hourly_current(store)
     audit = await store.db.fetch("SELECT actor, action, after_json FROM audit_log WHERE action = 'rollups.rebuild'")
     assert [(a, b) for a, b, _ in audit] == [("cli:ops", "rollups.rebuild")] * 2
     assert json.loads(audit[0][2]) == {"since": "2026-12-01T12:00:00.000000Z", "hourly_rows": 3}
@@ -371,7 +401,14 @@ planned_rows = st.lists(
     ),
     max_size=40,
 )
-ZONES = (UTC, ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York"), ZoneInfo("Asia/Kolkata"))
+# London: UTC's days in winter (the daily roll-up serves `day`), not in summer (hours only)
+ZONES = (
+    UTC,
+    ZoneInfo("Europe/Berlin"),
+    ZoneInfo("America/New_York"),
+    ZoneInfo("Asia/Kolkata"),
+    ZoneInfo("Europe/London"),
+)
 GROUPINGS = (None, "key", "team", "customer", "project", "model", "provider", "day", "session", "tag:ticket")
 _eras = itertools.count()
 
@@ -453,6 +490,7 @@ async def test_reports_from_hours_equal_a_raw_scan(store: GatewayStore, plan: li
         for key in keys:
             await store.db.execute("DELETE FROM requests WHERE key_id = ?", (key.key.id,))
             await store.db.execute("DELETE FROM request_hourly WHERE key_id = ?", (key.key.id,))
+            await store.db.execute("DELETE FROM request_daily WHERE key_id = ?", (key.key.id,))
 
 
 @pytest.mark.parametrize(
@@ -463,6 +501,27 @@ def test_whole_hour_zones(zone: str, whole: bool) -> None:
     from ccgate.storage.gateway.ledger import whole_hour_zone
 
     assert whole_hour_zone(ZoneInfo(zone), datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)) is whole
+
+
+@pytest.mark.parametrize(
+    ("zone", "first", "last", "utc_days"),
+    [
+        ("UTC", "2026-01-01", "2027-01-01", True),
+        ("Europe/London", "2026-01-01", "2026-03-29", True),  # BST starts at 01:00 UTC on the 29th
+        ("Europe/London", "2026-01-01", "2026-03-30", False),
+        ("Europe/London", "2026-10-26", "2026-12-01", True),
+        ("Africa/Abidjan", "2026-01-01", "2027-01-01", True),
+        ("Europe/Berlin", "2026-01-01", "2026-01-02", False),
+        ("America/New_York", "2026-01-01", "2026-01-02", False),
+    ],
+)
+def test_utc_days_zones(zone: str, first: str, last: str, utc_days: bool) -> None:
+    from ccgate.storage.gateway.ledger import utc_days_zone
+
+    def midnight(day: str) -> datetime:
+        return datetime.fromisoformat(day).replace(tzinfo=UTC)
+
+    assert utc_days_zone(ZoneInfo(zone), midnight(first), midnight(last)) is utc_days
 
 
 async def test_a_second_request_under_an_id_in_flight_on_this_instance_gets_its_own_row(db_url: str) -> None:

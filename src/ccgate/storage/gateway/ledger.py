@@ -69,11 +69,24 @@ _CONTRIBUTION = (
     "CASE WHEN coalesce(origin, 'gateway') NOT IN ('sidecar', 'gateway') THEN 1 ELSE 0 END"
 )
 _HOURLY_COLUMNS = (*_HOURLY_DIMENSIONS, *_HOURLY_SUMS)
-_HOURLY_INSERT = f"INSERT INTO request_hourly ({', '.join(_HOURLY_COLUMNS)}) VALUES "
-_HOURLY_MARKS = "(" + ", ".join("?" for _ in _HOURLY_COLUMNS) + ")"
-_HOURLY_TAIL = f" ON CONFLICT ({', '.join(_HOURLY_DIMENSIONS)}) DO UPDATE SET " + ", ".join(
-    f"{c} = request_hourly.{c} + excluded.{c}" for c in _HOURLY_SUMS
+
+
+def _rollup_upsert(table: str, slot: str) -> tuple[str, str, tuple[str, ...]]:
+    """The head and tail of a multi-row upsert adding sums into `table` (slot column `slot`), and its dimensions."""
+    dimensions = (slot, *_HOURLY_DIMENSIONS[1:])
+    head = f"INSERT INTO {table} ({', '.join((*dimensions, *_HOURLY_SUMS))}) VALUES "
+    tail = f" ON CONFLICT ({', '.join(dimensions)}) DO UPDATE SET " + ", ".join(
+        f"{c} = {table}.{c} + excluded.{c}" for c in _HOURLY_SUMS
+    )
+    return head, tail, dimensions
+
+
+# the hours, then the days their rows fall in: every transaction takes them in this order
+_ROLLUPS = (
+    ("request_hourly", *_rollup_upsert("request_hourly", "hour")),
+    ("request_daily", *_rollup_upsert("request_daily", "day")),
 )
+_HOURLY_MARKS = "(" + ", ".join("?" for _ in _HOURLY_COLUMNS) + ")"
 _HOURLY_CHUNK = 1000  # groups per statement: a sink batch (500 rows) is one statement
 # A row is updated only while it is pending and this instance's (another instance's pending row of the same id is
 # another request in flight: it is never merged into) -- or, when another instance recovered it as `interrupted` while
@@ -98,7 +111,8 @@ _TOKEN_COLUMNS = (
 
 
 class _Hourly:
-    """A transaction's changes to `request_hourly`, summed per group in Python and written in one statement."""
+    """A transaction's changes to `request_hourly` and `request_daily`, summed per group in Python and written in
+    one statement per table (per 1000 groups): the day's sums move exactly as its hours' do."""
 
     __slots__ = ("groups",)
 
@@ -116,24 +130,40 @@ class _Hourly:
             sums[index] += sign * int(value)
 
     async def write(self, conn: Connection) -> None:
-        # in primary-key order, so two transactions touching the same groups lock them in one order
-        changes = sorted((dims, sums) for dims, sums in self.groups.items() if any(sums))
-        for start in range(0, len(changes), _HOURLY_CHUNK):
-            chunk = changes[start : start + _HOURLY_CHUNK]
-            await conn.execute(
-                _HOURLY_INSERT + ", ".join(_HOURLY_MARKS for _ in chunk) + _HOURLY_TAIL,
-                [value for dims, sums in chunk for value in (*dims, *sums)],
-            )
-        emptied = [dims for dims, sums in changes if sums[0] < 0]
-        for start in range(0, len(emptied), _CHUNK):  # a group a row left (e.g. for another provider) may be empty
-            part = emptied[start : start + _CHUNK]
-            marks = ", ".join("(" + ", ".join("?" for _ in _HOURLY_DIMENSIONS) + ")" for _ in part)
-            await conn.execute(
-                f"DELETE FROM request_hourly WHERE requests = 0 AND ({', '.join(_HOURLY_DIMENSIONS)}) "
-                f"IN (VALUES {marks})",
-                [value for dims in part for value in dims],
-            )
+        days: dict[tuple[str, ...], list[int]] = {}
+        for dims, sums in self.groups.items():
+            day = days.setdefault((dims[0][:10], *dims[1:]), [0] * len(_HOURLY_SUMS))
+            for index, value in enumerate(sums):
+                day[index] += value
+        for (table, head, tail, dimensions), groups in zip(_ROLLUPS, (self.groups, days), strict=True):
+            await _write_rollup(conn, table, head, tail, dimensions, groups)
         self.groups.clear()
+
+
+async def _write_rollup(
+    conn: Connection,
+    table: str,
+    head: str,
+    tail: str,
+    dimensions: tuple[str, ...],
+    groups: dict[tuple[str, ...], list[int]],
+) -> None:
+    # in primary-key order, so two transactions touching the same groups lock them in one order
+    changes = sorted((dims, sums) for dims, sums in groups.items() if any(sums))
+    for start in range(0, len(changes), _HOURLY_CHUNK):
+        chunk = changes[start : start + _HOURLY_CHUNK]
+        await conn.execute(
+            head + ", ".join(_HOURLY_MARKS for _ in chunk) + tail,
+            [value for dims, sums in chunk for value in (*dims, *sums)],
+        )
+    emptied = [dims for dims, sums in changes if sums[0] < 0]
+    for start in range(0, len(emptied), _CHUNK):  # a group a row left (e.g. for another provider) may be empty
+        part = emptied[start : start + _CHUNK]
+        marks = ", ".join("(" + ", ".join("?" for _ in dimensions) + ")" for _ in part)
+        await conn.execute(
+            f"DELETE FROM {table} WHERE requests = 0 AND ({', '.join(dimensions)}) IN (VALUES {marks})",
+            [value for dims in part for value in dims],
+        )
 
 
 def _clean_text(value: Any) -> Any:
@@ -495,7 +525,9 @@ async def prune_requests(db: Database, *, before: date) -> int:
 
 
 async def rebuild_hourly(db: Database, *, since: datetime | None = None) -> tuple[datetime | None, int]:
-    """Recompute `request_hourly` from the raw rows for the hours from `since` (all by default) on.
+    """Recompute `request_hourly` from the raw rows for the hours from `since` (all by default) on, then
+    `request_daily` from the hours: from the day of `since`, or all of it (the days a release that knows no days
+    missed may lie before the raw rows' retention).
 
     Hours before the raw rows' retention are kept as they are (their rows are gone). Returns the first hour
     rebuilt (None: all) and how many hourly rows it now holds from there.
@@ -519,11 +551,28 @@ async def rebuild_hourly(db: Database, *, since: datetime | None = None) -> tupl
             "coalesce(project, ''), coalesce(requested_model, ''), coalesce(provider, '')",
             params,
         )
+        await _rebuild_daily(conn, None if since is None else _floor_hour(since).strftime("%Y-%m-%d"))
         count = await conn.fetchone(
             "SELECT count(*) FROM request_hourly" + ("" if low is None else " WHERE hour >= ?"),
             [] if low is None else [_hour_text(low)],
         )
     return low, int(count[0]) if count else 0
+
+
+async def _rebuild_daily(conn: Connection, first_day: str | None) -> None:
+    """`request_daily` from `request_hourly`, for the days from `first_day` (None: all)."""
+    dims = ", ".join(_HOURLY_DIMENSIONS[1:])
+    if first_day is None:
+        await conn.execute("DELETE FROM request_daily")
+    else:
+        await conn.execute("DELETE FROM request_daily WHERE day >= ?", (first_day,))
+    await conn.execute(
+        f"INSERT INTO request_daily (day, {dims}, {', '.join(_HOURLY_SUMS)}) "
+        f"SELECT substr(hour, 1, 10), {dims}, {', '.join(f'sum({c})' for c in _HOURLY_SUMS)} FROM request_hourly"
+        + ("" if first_day is None else " WHERE hour >= ?")
+        + f" GROUP BY substr(hour, 1, 10), {dims}",
+        [] if first_day is None else [first_day + "T00"],
+    )
 
 
 def _day_iso(day: date) -> str:
@@ -609,7 +658,8 @@ async def report(
 ) -> CostReport:
     """Spend in [since, until), grouped; `tz` (the org's zone) makes `day`. `team_id` limits it to one team.
 
-    Whole hours come from `request_hourly` plus the pending rows there (through their partial index); the
+    Whole UTC days come from `request_daily`, the whole hours around them from `request_hourly` (by local day in a
+    zone other than UTC: hours only), plus the pending rows there (through their partial index); the
     partial hours at either end, and groupings the hours lack (session, tag; day in a zone off the hour), from
     raw rows. Before the raw rows' retention only hours exist: the range is taken to whole hours there, and a
     session or tag is ''.
@@ -629,7 +679,7 @@ async def report(
         low = max(since, raw_since) if raw_since else since
         if raw_since and since < raw_since:  # pruned: only hours exist
             edge = min(until, raw_since)
-            await _hourly_groups(conn, by, _floor_hour(since), _ceil_hour(edge), tz, team_filter, extra, add)
+            await _rollup_groups(conn, by, _floor_hour(since), _ceil_hour(edge), tz, team_filter, extra, add)
         hours_usable = by is None or by in _ROLLUP_KEYS or (by == "day" and whole_hour_zone(tz, low, until))
         first, last = _ceil_hour(low), _floor_hour(until)
         if not hours_usable or first >= last:
@@ -638,7 +688,7 @@ async def report(
         else:
             if low < first:
                 await _raw_groups(conn, by, low, first, tz, team_filter, extra, add)
-            await _hourly_groups(conn, by, first, last, tz, team_filter, extra, add)
+            await _rollup_groups(conn, by, first, last, tz, team_filter, extra, add)
             pending = f" AND r.status = 'pending'{team_filter}"
             await _raw_groups(conn, by, first, last, tz, pending, extra, add)
             if last < until:
@@ -694,7 +744,23 @@ async def _raw_groups(
         add("" if value is None else str(value), row[1:])
 
 
-async def _hourly_groups(
+def _ceil_day(moment: datetime) -> datetime:
+    floor = _floor_hour(moment).replace(hour=0)
+    return floor if floor == moment else floor + timedelta(days=1)
+
+
+def utc_days_zone(tz: tzinfo, first: datetime, last: datetime) -> bool:
+    """Whether each UTC day from `first` to `last` (UTC midnights) is one local day in `tz`: its offset is 0 at
+    every UTC midnight between (zones change offset a few times a year at most, never twice within a day)."""
+    moment = first
+    while moment <= last:
+        if moment.astimezone(tz).utcoffset():
+            return False
+        moment += timedelta(days=1)
+    return True
+
+
+async def _rollup_groups(
     conn: Connection,
     by: str | None,
     low: datetime,
@@ -704,34 +770,65 @@ async def _hourly_groups(
     extra: list[Any],
     add: Any,
 ) -> None:
-    """The finished rows of whole UTC hours [low, high) from `request_hourly` (no session or tag there: '')."""
-    where = f" WHERE r.hour >= ? AND r.hour < ?{team_filter}"
-    params = [_hour_text(low), _hour_text(high), *extra]
+    """The finished rows of whole UTC hours [low, high): the whole UTC days within from `request_daily`, the hours
+    at either end from `request_hourly`. Grouped by local day, days serve only where they are the zone's days."""
+    first_day, last_day = _ceil_day(low), _floor_hour(high).replace(hour=0)
+    if first_day >= last_day or (by == "day" and not utc_days_zone(tz, first_day, last_day)):
+        await _slot_groups(conn, "hour", by, low, high, tz, team_filter, extra, add)
+        return
+    if low < first_day:
+        await _slot_groups(conn, "hour", by, low, first_day, tz, team_filter, extra, add)
+    await _slot_groups(conn, "day", by, first_day, last_day, tz, team_filter, extra, add)
+    if last_day < high:
+        await _slot_groups(conn, "hour", by, last_day, high, tz, team_filter, extra, add)
+
+
+def _slot_text(slot: str, moment: datetime) -> str:
+    return _hour_text(moment) if slot == "hour" else _hour_text(moment)[:10]
+
+
+async def _slot_groups(
+    conn: Connection,
+    slot: str,
+    by: str | None,
+    low: datetime,
+    high: datetime,
+    tz: tzinfo,
+    team_filter: str,
+    extra: list[Any],
+    add: Any,
+) -> None:
+    """The finished rows of [low, high) from `request_hourly` (slot `hour`: whole hours) or `request_daily` (slot
+    `day`: whole UTC days; by day only where those are local days). No session or tag there: ''."""
+    table = "request_hourly" if slot == "hour" else "request_daily"
+    where = f" WHERE r.{slot} >= ? AND r.{slot} < ?{team_filter}"
+    params = [_slot_text(slot, low), _slot_text(slot, high), *extra]
     if by is None or by.startswith("tag:") or by == "session":
-        for row in await conn.fetch(f"SELECT {_ROLLUP_SUMS} FROM request_hourly r{where}", params):
+        for row in await conn.fetch(f"SELECT {_ROLLUP_SUMS} FROM {table} r{where}", params):
             add("", row)
         return
     if by == "day":
-        sql = f"SELECT r.hour, {_ROLLUP_SUMS} FROM request_hourly r{where} GROUP BY r.hour"
+        sql = f"SELECT r.{slot}, {_ROLLUP_SUMS} FROM {table} r{where} GROUP BY r.{slot}"
         for row in await conn.fetch(sql, params):
-            add(from_iso(f"{row[0]}:00:00Z").astimezone(tz).date().isoformat(), row[1:])
+            local = str(row[0]) if slot == "day" else from_iso(f"{row[0]}:00:00Z").astimezone(tz).date().isoformat()
+            add(local, row[1:])
         return
-    if by in _NAMED:  # grouped by id, then named: a join per group, not per hourly row
-        column, table = _NAMED[by]
-        sql = f"SELECT r.{column}, {_ROLLUP_SUMS} FROM request_hourly r{where} GROUP BY r.{column}"
+    if by in _NAMED:  # grouped by id, then named: a join per group, not per roll-up row
+        column, names_table = _NAMED[by]
+        sql = f"SELECT r.{column}, {_ROLLUP_SUMS} FROM {table} r{where} GROUP BY r.{column}"
         groups = await conn.fetch(sql, params)
         ids = sorted({str(row[0]) for row in groups if row[0]})
         names: dict[str, str] = {}
         for start in range(0, len(ids), _CHUNK):
             part = ids[start : start + _CHUNK]
             marks = ", ".join("?" for _ in part)
-            found = await conn.fetch(f"SELECT id, name FROM {table} WHERE id IN ({marks})", part)
+            found = await conn.fetch(f"SELECT id, name FROM {names_table} WHERE id IN ({marks})", part)
             names.update((str(i), str(n)) for i, n in found)
         for row in groups:
             add(names.get(str(row[0]), str(row[0])), row[1:])
         return
     key = _ROLLUP_KEYS[by]
-    sql = f"SELECT {key}, {_ROLLUP_SUMS} FROM request_hourly r{where} GROUP BY {key}"
+    sql = f"SELECT {key}, {_ROLLUP_SUMS} FROM {table} r{where} GROUP BY {key}"
     for row in await conn.fetch(sql, params):
         add(str(row[0]), row[1:])
 
