@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,20 @@ async def time_pages(db_url: str) -> dict[str, float]:
             return {name: await _time(http, base + path) for name, path in pages.items()}
     finally:
         await runner.cleanup()
+
+
+def phase(add: Callable[..., None], rows: int, found: list[tuple[str, str]]) -> None:
+    """`bench.py`'s dashboard phase: every page's server time on each (backend, URL) of the `rows`-request
+    gateway database (`gateway_reports.databases`)."""
+    for backend, url in found:
+        for page, value in asyncio.run(time_pages(url)).items():
+            add(
+                f"dashboard_{page}_{backend}_ms",
+                f"dashboard {page}, {rows:,}-row DB, {backend} (server, median)",
+                value,
+                "ms",
+                at_most=TARGET_MS,
+            )
 
 
 async def _time(http: Any, url: str) -> float:
@@ -198,15 +213,12 @@ HOURLY_FILL = (
     f"sum(CASE WHEN cost_nanos IS NULL THEN 1 ELSE 0 END), 0, 0 FROM requests GROUP BY {_DIMS}"
 )
 
-# request_daily from the hours, as migration 0006 backfills it
-DAILY_FILL = (
-    "INSERT INTO request_daily (day, key_id, team_id, customer_id, project, model, provider, requests, input_tokens, "
-    "output_tokens, cache_read_tokens, cache_write_tokens, cost_nanos, unpriced_requests, estimated_requests, "
-    "imported_requests) SELECT substr(hour, 1, 10), key_id, team_id, customer_id, project, model, provider, "
-    "sum(requests), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), sum(cache_write_tokens), "
-    "sum(cost_nanos), sum(unpriced_requests), sum(estimated_requests), sum(imported_requests) FROM request_hourly "
-    "GROUP BY substr(hour, 1, 10), key_id, team_id, customer_id, project, model, provider"
-)
+
+def _daily_fills() -> tuple[str, ...]:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from make_gateway_db import DAILY_FILLS
+
+    return DAILY_FILLS
 
 
 def _fill(path: str, rows: int, key_ids: list[tuple[str, str, str]], days: int) -> None:
@@ -222,7 +234,8 @@ def _fill(path: str, rows: int, key_ids: list[tuple[str, str, str]], days: int) 
             batch.clear()
     conn.executemany(sql, batch)
     conn.execute(HOURLY_FILL)
-    conn.execute(DAILY_FILL)
+    for fill in _daily_fills():
+        conn.execute(fill)
     conn.commit()
     conn.execute("ANALYZE")
     conn.close()
@@ -235,7 +248,8 @@ async def _fill_postgres(url: str, rows: int, key_ids: list[tuple[str, str, str]
     try:
         await conn.copy_records_to_table("requests", records=_rows(rows, key_ids, days), columns=COLUMNS)
         await conn.execute(HOURLY_FILL)
-        await conn.execute(DAILY_FILL)
+        for fill in _daily_fills():
+            await conn.execute(fill)
         await conn.execute("ANALYZE")
     finally:
         await conn.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -71,22 +72,37 @@ _CONTRIBUTION = (
 _HOURLY_COLUMNS = (*_HOURLY_DIMENSIONS, *_HOURLY_SUMS)
 
 
-def _rollup_upsert(table: str, slot: str) -> tuple[str, str, tuple[str, ...]]:
-    """The head and tail of a multi-row upsert adding sums into `table` (slot column `slot`), and its dimensions."""
-    dimensions = (slot, *_HOURLY_DIMENSIONS[1:])
-    head = f"INSERT INTO {table} ({', '.join((*dimensions, *_HOURLY_SUMS))}) VALUES "
-    tail = f" ON CONFLICT ({', '.join(dimensions)}) DO UPDATE SET " + ", ".join(
-        f"{c} = {table}.{c} + excluded.{c}" for c in _HOURLY_SUMS
-    )
-    return head, tail, dimensions
+@dataclass(frozen=True, slots=True)
+class _Rollup:
+    """One roll-up table: its dimensions, and which of an hourly group's dimensions make its own (the slot first,
+    cut to `slot_length` characters: 13 an hour, 10 a UTC day)."""
+
+    table: str
+    dimensions: tuple[str, ...]
+    picks: tuple[int, ...]  # indexes into `_HOURLY_DIMENSIONS`, the slot (0) first
+    slot_length: int
+
+    def project(self, dims: tuple[str, ...]) -> tuple[str, ...]:
+        return (dims[0][: self.slot_length], *(dims[i] for i in self.picks[1:]))
+
+    def upsert(self, groups: int) -> str:
+        """A multi-row upsert of `groups` groups adding their sums to what the table holds."""
+        marks = "(" + ", ".join("?" for _ in (*self.dimensions, *_HOURLY_SUMS)) + ")"
+        return (
+            f"INSERT INTO {self.table} ({', '.join((*self.dimensions, *_HOURLY_SUMS))}) VALUES "
+            + ", ".join(marks for _ in range(groups))
+            + f" ON CONFLICT ({', '.join(self.dimensions)}) DO UPDATE SET "
+            + ", ".join(f"{c} = {self.table}.{c} + excluded.{c}" for c in _HOURLY_SUMS)
+        )
 
 
-# the hours, then the days their rows fall in: every transaction takes them in this order
+# the hours, then the days their rows fall in, then those days per team and model: every transaction takes them
+# in this order (and each table's groups in primary-key order)
 _ROLLUPS = (
-    ("request_hourly", *_rollup_upsert("request_hourly", "hour")),
-    ("request_daily", *_rollup_upsert("request_daily", "day")),
+    _Rollup("request_hourly", _HOURLY_DIMENSIONS, tuple(range(7)), 13),
+    _Rollup("request_daily", ("day", *_HOURLY_DIMENSIONS[1:]), tuple(range(7)), 10),
+    _Rollup("request_daily_team_model", ("day", "team_id", "model"), (0, 2, 5), 10),
 )
-_HOURLY_MARKS = "(" + ", ".join("?" for _ in _HOURLY_COLUMNS) + ")"
 _HOURLY_CHUNK = 1000  # groups per statement: a sink batch (500 rows) is one statement
 # A row is updated only while it is pending and this instance's (another instance's pending row of the same id is
 # another request in flight: it is never merged into) -- or, when another instance recovered it as `interrupted` while
@@ -111,8 +127,8 @@ _TOKEN_COLUMNS = (
 
 
 class _Hourly:
-    """A transaction's changes to `request_hourly` and `request_daily`, summed per group in Python and written in
-    one statement per table (per 1000 groups): the day's sums move exactly as its hours' do."""
+    """A transaction's changes to the roll-ups (`_ROLLUPS`), summed per group in Python and written in one statement
+    per table (per 1000 groups): a day's sums move exactly as its hours' do."""
 
     __slots__ = ("groups",)
 
@@ -130,38 +146,28 @@ class _Hourly:
             sums[index] += sign * int(value)
 
     async def write(self, conn: Connection) -> None:
-        days: dict[tuple[str, ...], list[int]] = {}
-        for dims, sums in self.groups.items():
-            day = days.setdefault((dims[0][:10], *dims[1:]), [0] * len(_HOURLY_SUMS))
-            for index, value in enumerate(sums):
-                day[index] += value
-        for (table, head, tail, dimensions), groups in zip(_ROLLUPS, (self.groups, days), strict=True):
-            await _write_rollup(conn, table, head, tail, dimensions, groups)
+        for rollup in _ROLLUPS:
+            groups: dict[tuple[str, ...], list[int]] = {}
+            for dims, sums in self.groups.items():
+                total = groups.setdefault(rollup.project(dims), [0] * len(_HOURLY_SUMS))
+                for index, value in enumerate(sums):
+                    total[index] += value
+            await _write_rollup(conn, rollup, groups)
         self.groups.clear()
 
 
-async def _write_rollup(
-    conn: Connection,
-    table: str,
-    head: str,
-    tail: str,
-    dimensions: tuple[str, ...],
-    groups: dict[tuple[str, ...], list[int]],
-) -> None:
+async def _write_rollup(conn: Connection, rollup: _Rollup, groups: dict[tuple[str, ...], list[int]]) -> None:
     # in primary-key order, so two transactions touching the same groups lock them in one order
     changes = sorted((dims, sums) for dims, sums in groups.items() if any(sums))
     for start in range(0, len(changes), _HOURLY_CHUNK):
         chunk = changes[start : start + _HOURLY_CHUNK]
-        await conn.execute(
-            head + ", ".join(_HOURLY_MARKS for _ in chunk) + tail,
-            [value for dims, sums in chunk for value in (*dims, *sums)],
-        )
+        await conn.execute(rollup.upsert(len(chunk)), [value for dims, sums in chunk for value in (*dims, *sums)])
     emptied = [dims for dims, sums in changes if sums[0] < 0]
     for start in range(0, len(emptied), _CHUNK):  # a group a row left (e.g. for another provider) may be empty
         part = emptied[start : start + _CHUNK]
-        marks = ", ".join("(" + ", ".join("?" for _ in dimensions) + ")" for _ in part)
+        marks = ", ".join("(" + ", ".join("?" for _ in rollup.dimensions) + ")" for _ in part)
         await conn.execute(
-            f"DELETE FROM {table} WHERE requests = 0 AND ({', '.join(dimensions)}) IN (VALUES {marks})",
+            f"DELETE FROM {rollup.table} WHERE requests = 0 AND ({', '.join(rollup.dimensions)}) IN (VALUES {marks})",
             [value for dims in part for value in dims],
         )
 
@@ -560,19 +566,20 @@ async def rebuild_hourly(db: Database, *, since: datetime | None = None) -> tupl
 
 
 async def _rebuild_daily(conn: Connection, first_day: str | None) -> None:
-    """`request_daily` from `request_hourly`, for the days from `first_day` (None: all)."""
-    dims = ", ".join(_HOURLY_DIMENSIONS[1:])
-    if first_day is None:
-        await conn.execute("DELETE FROM request_daily")
-    else:
-        await conn.execute("DELETE FROM request_daily WHERE day >= ?", (first_day,))
-    await conn.execute(
-        f"INSERT INTO request_daily (day, {dims}, {', '.join(_HOURLY_SUMS)}) "
-        f"SELECT substr(hour, 1, 10), {dims}, {', '.join(f'sum({c})' for c in _HOURLY_SUMS)} FROM request_hourly"
-        + ("" if first_day is None else " WHERE hour >= ?")
-        + f" GROUP BY substr(hour, 1, 10), {dims}",
-        [] if first_day is None else [first_day + "T00"],
-    )
+    """The day roll-ups from `request_hourly`, for the days from `first_day` (None: all)."""
+    for rollup in _ROLLUPS[1:]:
+        if first_day is None:
+            await conn.execute(f"DELETE FROM {rollup.table}")
+        else:
+            await conn.execute(f"DELETE FROM {rollup.table} WHERE day >= ?", (first_day,))
+        dims = ", ".join(_HOURLY_DIMENSIONS[i] for i in rollup.picks[1:])
+        await conn.execute(
+            f"INSERT INTO {rollup.table} ({', '.join((*rollup.dimensions, *_HOURLY_SUMS))}) "
+            f"SELECT substr(hour, 1, 10), {dims}, {', '.join(f'sum({c})' for c in _HOURLY_SUMS)} FROM request_hourly"
+            + ("" if first_day is None else " WHERE hour >= ?")
+            + f" GROUP BY substr(hour, 1, 10), {dims}",
+            [] if first_day is None else [first_day + "T00"],
+        )
 
 
 def _day_iso(day: date) -> str:
@@ -658,11 +665,11 @@ async def report(
 ) -> CostReport:
     """Spend in [since, until), grouped; `tz` (the org's zone) makes `day`. `team_id` limits it to one team.
 
-    Whole UTC days come from `request_daily`, the whole hours around them from `request_hourly` (by local day in a
-    zone other than UTC: hours only), plus the pending rows there (through their partial index); the
-    partial hours at either end, and groupings the hours lack (session, tag; day in a zone off the hour), from
-    raw rows. Before the raw rows' retention only hours exist: the range is taken to whole hours there, and a
-    session or tag is ''.
+    Whole UTC days come from `request_daily` (or its per-team-and-model sums), the whole hours around them from
+    `request_hourly` (by local day in a zone other than UTC: hours only), plus the pending rows there (through
+    their partial index); the partial hours at either end, and groupings the hours lack (session, tag; day in a
+    zone off the hour), from raw rows. Before the raw rows' retention only roll-ups exist: the range is taken to
+    whole hours there, and a session or tag is ''.
     """
     check_grouping(by)
     sums: dict[str, Totals] = {}
@@ -783,6 +790,13 @@ async def _rollup_groups(
         await _slot_groups(conn, "hour", by, last_day, high, tz, team_filter, extra, add)
 
 
+def _day_table(by: str | None) -> str:
+    """The narrow per-team-and-model days where they have what `by` needs (sums only, or one of those)."""
+    if by is None or by in ("team", "model", "day", "session") or by.startswith("tag:"):
+        return "request_daily_team_model"
+    return "request_daily"
+
+
 def _slot_text(slot: str, moment: datetime) -> str:
     return _hour_text(moment) if slot == "hour" else _hour_text(moment)[:10]
 
@@ -798,9 +812,9 @@ async def _slot_groups(
     extra: list[Any],
     add: Any,
 ) -> None:
-    """The finished rows of [low, high) from `request_hourly` (slot `hour`: whole hours) or `request_daily` (slot
+    """The finished rows of [low, high) from `request_hourly` (slot `hour`: whole hours) or a day roll-up (slot
     `day`: whole UTC days; by day only where those are local days). No session or tag there: ''."""
-    table = "request_hourly" if slot == "hour" else "request_daily"
+    table = "request_hourly" if slot == "hour" else _day_table(by)
     where = f" WHERE r.{slot} >= ? AND r.{slot} < ?{team_filter}"
     params = [_slot_text(slot, low), _slot_text(slot, high), *extra]
     if by is None or by.startswith("tag:") or by == "session":
