@@ -531,8 +531,8 @@ async def prune_requests(db: Database, *, before: date) -> int:
 
 
 async def rebuild_hourly(db: Database, *, since: datetime | None = None) -> tuple[datetime | None, int]:
-    """Recompute `request_hourly` from the raw rows for the hours from `since` (all by default) on, then
-    `request_daily` from the hours: from the day of `since`, or all of it (the days a release that knows no days
+    """Recompute `request_hourly` from the raw rows for the hours from `since` (all by default) on, then the day
+    roll-ups from the hours: from the day of `since`, or all of them (the days a release that knows no days
     missed may lie before the raw rows' retention).
 
     Hours before the raw rows' retention are kept as they are (their rows are gone). Returns the first hour
@@ -759,6 +759,8 @@ def _ceil_day(moment: datetime) -> datetime:
 def utc_days_zone(tz: tzinfo, first: datetime, last: datetime) -> bool:
     """Whether each UTC day from `first` to `last` (UTC midnights) is one local day in `tz`: its offset is 0 at
     every UTC midnight between (zones change offset a few times a year at most, never twice within a day)."""
+    if tz is UTC:  # an all-time report starts in 1970: no walk through every day for the common case
+        return True
     moment = first
     while moment <= last:
         if moment.astimezone(tz).utcoffset():
@@ -777,7 +779,7 @@ async def _rollup_groups(
     extra: list[Any],
     add: Any,
 ) -> None:
-    """The finished rows of whole UTC hours [low, high): the whole UTC days within from `request_daily`, the hours
+    """The finished rows of whole UTC hours [low, high): the whole UTC days within from a day roll-up, the hours
     at either end from `request_hourly`. Grouped by local day, days serve only where they are the zone's days."""
     first_day, last_day = _ceil_day(low), _floor_hour(high).replace(hour=0)
     if first_day >= last_day or (by == "day" and not utc_days_zone(tz, first_day, last_day)):
