@@ -156,8 +156,9 @@ def budget_lines(views: Sequence[BudgetView], target_names: Mapping[str, str], n
         runs_out = None
         elapsed = (now - view.window_start).total_seconds()
         if spent > 0 and elapsed > 0 and spent < limit:
-            moment = now + timedelta(seconds=(limit - spent) * elapsed / spent)
-            runs_out = moment if moment < state.resets_at else None
+            # compared in seconds first: at a tiny pace the moment lies past any date a datetime can hold
+            needed = (limit - spent) * elapsed / spent
+            runs_out = now + timedelta(seconds=needed) if needed < (state.resets_at - now).total_seconds() else None
         elif spent >= limit:
             runs_out = now
         lines.append(
