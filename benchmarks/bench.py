@@ -860,13 +860,17 @@ def cost_phase(report: Report, settings: Settings, rows: int, cache_dir: Path) -
 
 
 def gateway_reports_phase(report: Report, settings: Settings, rows: int, cache_dir: Path) -> None:
-    """`gateway report --by team|model|day|key` over 30 days of a `rows`-request gateway database (issue 17's
-    dashboard reads the same roll-ups), on SQLite and PostgreSQL: see gateway_reports.py."""
+    """`gateway report --by team|model|day|key` over 30 days of a `rows`-request gateway database, and every
+    dashboard page's server time on it (issue 17), on SQLite (cached) and PostgreSQL (built once for both): see
+    gateway_reports.py and dashboard_pages.py."""
+    import dashboard_pages
     import gateway_reports
 
     pg_url, cluster = start_postgres()
     try:
-        gateway_reports.phase(report.add, report.notes.append, rows, cache_dir, settings.cost_runs, pg_url)
+        found = gateway_reports.databases(report.notes.append, rows, cache_dir, pg_url)
+        gateway_reports.phase(report.add, rows, settings.cost_runs, found)
+        dashboard_pages.phase(report.add, rows, found)
     finally:
         if cluster is not None:
             cluster.stop()
@@ -983,7 +987,7 @@ def main(argv: list[str] | None = None) -> int:
         ("translation CPU", lambda work: translation_cpu(report, settings)),
         ("CLI start-up", lambda work: cli_phase(report, settings, work)),
         ("cost", lambda work: cost_phase(report, settings, rows, args.cache_dir)),
-        ("gateway reports", lambda work: gateway_reports_phase(report, settings, rows, args.cache_dir)),
+        ("gateway reports and dashboard", lambda work: gateway_reports_phase(report, settings, rows, args.cache_dir)),
         ("import", lambda work: import_phase(report, settings, work, args.cache_dir)),
     ]
     if args.phases is not None:

@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,20 @@ async def time_pages(db_url: str) -> dict[str, float]:
             return {name: await _time(http, base + path) for name, path in pages.items()}
     finally:
         await runner.cleanup()
+
+
+def phase(add: Callable[..., None], rows: int, found: list[tuple[str, str]]) -> None:
+    """`bench.py`'s dashboard phase: every page's server time on each (backend, URL) of the `rows`-request
+    gateway database (`gateway_reports.databases`)."""
+    for backend, url in found:
+        for page, value in asyncio.run(time_pages(url)).items():
+            add(
+                f"dashboard_{page}_{backend}_ms",
+                f"dashboard {page}, {rows:,}-row DB, {backend} (server, median)",
+                value,
+                "ms",
+                at_most=TARGET_MS,
+            )
 
 
 async def _time(http: Any, url: str) -> float:
@@ -199,6 +214,13 @@ HOURLY_FILL = (
 )
 
 
+def _daily_fills() -> tuple[str, ...]:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from make_gateway_db import DAILY_FILLS
+
+    return DAILY_FILLS
+
+
 def _fill(path: str, rows: int, key_ids: list[tuple[str, str, str]], days: int) -> None:
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -212,6 +234,8 @@ def _fill(path: str, rows: int, key_ids: list[tuple[str, str, str]], days: int) 
             batch.clear()
     conn.executemany(sql, batch)
     conn.execute(HOURLY_FILL)
+    for fill in _daily_fills():
+        conn.execute(fill)
     conn.commit()
     conn.execute("ANALYZE")
     conn.close()
@@ -224,6 +248,8 @@ async def _fill_postgres(url: str, rows: int, key_ids: list[tuple[str, str, str]
     try:
         await conn.copy_records_to_table("requests", records=_rows(rows, key_ids, days), columns=COLUMNS)
         await conn.execute(HOURLY_FILL)
+        for fill in _daily_fills():
+            await conn.execute(fill)
         await conn.execute("ANALYZE")
     finally:
         await conn.close()

@@ -49,25 +49,29 @@ async def time_reports(db_url: str, runs: int) -> dict[str, float]:
         await store.close()
 
 
-def phase(
-    add: Callable[..., None], note: Callable[[str], None], rows: int, cache_dir: Path, runs: int, pg_url: str | None
-) -> None:
-    """Build (SQLite: cached per day) and time; `pg_url` is a PostgreSQL server's URL, None to leave it out."""
+def databases(note: Callable[[str], None], rows: int, cache_dir: Path, pg_url: str | None) -> list[tuple[str, str]]:
+    """The `rows`-request gateway database as (backend, URL): SQLite (cached per day and schema), and on
+    PostgreSQL (built afresh) when `pg_url` names a server."""
     sys.path.insert(0, str(HERE))
     from make_gateway_db import build, gateway_db
 
     began = time.perf_counter()
-    databases = [("sqlite", gateway_db(rows, cache_dir))]
+    found = [("sqlite", gateway_db(rows, cache_dir))]
     note(f"gateway database, {rows:,} rows (SQLite, cached per day): ready in {time.perf_counter() - began:.1f} s")
     if pg_url is not None:
         began = time.perf_counter()
         url = asyncio.run(_fresh_database(pg_url))
         build(url, rows)
         note(f"gateway database, {rows:,} rows on PostgreSQL: built in {time.perf_counter() - began:.1f} s (COPY)")
-        databases.append(("postgresql", url))
+        found.append(("postgresql", url))
     else:
-        note("gateway reports on PostgreSQL left out: no PostgreSQL server")
-    for backend, url in databases:
+        note("gateway reports and dashboard on PostgreSQL left out: no PostgreSQL server")
+    return found
+
+
+def phase(add: Callable[..., None], rows: int, runs: int, found: list[tuple[str, str]]) -> None:
+    """Time the reports on each of `databases(...)` (of `rows` requests)."""
+    for backend, url in found:
         for by, value in asyncio.run(time_reports(url, runs)).items():
             add(
                 f"gateway_report_{by}_{backend}_ms",
@@ -119,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as error:
             print(f"no PostgreSQL: {error}", file=sys.stderr)
     try:
-        phase(add, lambda text: print(text, file=sys.stderr), args.rows, args.cache_dir, args.runs, pg_url)
+        found = databases(lambda text: print(text, file=sys.stderr), args.rows, args.cache_dir, pg_url)
+        phase(add, args.rows, args.runs, found)
     finally:
         if cluster is not None:
             cluster.stop()

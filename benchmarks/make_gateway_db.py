@@ -7,8 +7,8 @@ An org of 5 customers, 20 teams and 200 developers' keys, with budgets at every 
 provider), rate limits and the audit trail their creation leaves; then `rows` finished request rows over
 `days` days ending now -- working hours heavier than nights, weekdays than weekends, each developer with
 their own projects, models and sessions -- written in bulk (one transaction of multi-row INSERTs on SQLite,
-COPY on PostgreSQL), and `request_hourly` computed from them. Deterministic for a given --seed (the times
-follow the clock). `gateway_db(...)` caches a SQLite file per day under the benchmark cache dir.
+COPY on PostgreSQL), and `request_hourly` and `request_daily` computed from them. Deterministic for a given
+--seed (the times follow the clock). `gateway_db(...)` caches a SQLite file per day under the benchmark cache dir.
 """
 
 from __future__ import annotations
@@ -275,6 +275,20 @@ _HOURLY_COLUMNS = (
     "hour, key_id, team_id, customer_id, project, model, provider, requests, input_tokens, output_tokens, "
     "cache_read_tokens, cache_write_tokens, cost_nanos, unpriced_requests, estimated_requests, imported_requests"
 )
+# the day roll-ups from the hours, as migration 0007 backfills them
+_SUMS = (
+    "sum(requests), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), sum(cache_write_tokens), "
+    "sum(cost_nanos), sum(unpriced_requests), sum(estimated_requests), sum(imported_requests)"
+)
+_SUM_NAMES = _HOURLY_COLUMNS.split("provider, ")[1]
+DAILY_FILLS = (
+    f"INSERT INTO request_daily (day, key_id, team_id, customer_id, project, model, provider, {_SUM_NAMES}) "  # noqa: S608
+    f"SELECT substr(hour, 1, 10), key_id, team_id, customer_id, project, model, provider, {_SUMS} "
+    "FROM request_hourly GROUP BY substr(hour, 1, 10), key_id, team_id, customer_id, project, model, provider",
+    f"INSERT INTO request_daily_team_model (day, team_id, model, {_SUM_NAMES}) "  # noqa: S608
+    f"SELECT substr(hour, 1, 10), team_id, model, {_SUMS} FROM request_hourly "
+    "GROUP BY substr(hour, 1, 10), team_id, model",
+)
 _CHUNK_ROWS = 30  # rows per SQLite statement: 30 x 29 values, under SQLite's variable limit
 _BATCH = 30 * 1000  # rows handed from the generating thread to the writer at a time
 _DONE: list[tuple[Any, ...]] = []
@@ -327,6 +341,8 @@ def _insert_sqlite(path: str, rows: Iterator[tuple[Any, ...]], hourly: dict[tupl
             f"INSERT INTO request_hourly ({_HOURLY_COLUMNS}) VALUES ({', '.join('?' * 16)})",  # noqa: S608
             _hourly_rows(hourly),
         )
+        for fill in DAILY_FILLS:
+            conn.execute(fill)
         conn.execute("COMMIT")
         conn.execute("ANALYZE")
         conn.execute("PRAGMA journal_mode=WAL")
@@ -346,6 +362,8 @@ async def _insert_postgres(url: str, rows: Iterator[tuple[Any, ...]], hourly: di
         await conn.copy_records_to_table(
             "request_hourly", records=_hourly_rows(hourly), columns=[c.strip() for c in _HOURLY_COLUMNS.split(",")]
         )
+        for fill in DAILY_FILLS:
+            await conn.execute(fill)
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
@@ -410,9 +428,13 @@ def build(db_url: str, rows: int, *, days: int = 90, seed: int = 0) -> None:
 
 
 def gateway_db(rows: int, cache_dir: Path, *, days: int = 90) -> str:
-    """A `sqlite://` URL of a `rows`-row gateway database ending today: built once per day under `cache_dir`."""
+    """A `sqlite://` URL of a `rows`-row gateway database ending today: built once per day and schema (its newest
+    migration) under `cache_dir`."""
+    from ccgate.storage.gateway.migrate import load_migrations
+
     today = datetime.now(UTC).strftime("%Y%m%d")
-    home = cache_dir / f"gateway-{rows}-{days}d-{today}"
+    schema = load_migrations()[-1].name[:4]
+    home = cache_dir / f"gateway-{rows}-{days}d-{today}-m{schema}"
     if (home / "complete").exists():
         return f"sqlite://{home / 'gateway.db'}"
     cache_dir.mkdir(parents=True, exist_ok=True)

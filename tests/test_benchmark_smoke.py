@@ -70,6 +70,29 @@ def _report_keys(backend: str) -> set[str]:
     return {f"gateway_report_{by}_{backend}_ms" for by in ("team", "model", "day", "key")}
 
 
+DASHBOARD_PAGES = (
+    "overview",
+    "overview_90d_by_model",
+    "teams",
+    "team",
+    "keys",
+    "key",
+    "requests",
+    "requests_older",
+    "requests_by_key",
+    "requests_by_status",
+    "requests_by_model",
+    "request",
+    "audit",
+    "overview_csv",
+)
+
+
+def _dashboard_keys(backend: str) -> set[str]:
+    """Every dashboard page's server time on one backend's generated database (all judged)."""
+    return {f"dashboard_{page}_{backend}_ms" for page in DASHBOARD_PAGES}
+
+
 # the benchmark runs the PostgreSQL gateway when it finds a PostgreSQL, as the gateway tests do
 _HAS_POSTGRES = bool(os.environ.get(URL_ENV)) or find_tool("initdb") is not None
 
@@ -98,7 +121,8 @@ def test_quick_benchmark_reports_every_metric(tmp_path: Path) -> None:
     gateways = ["gateway_sqlite", *(["gateway_postgresql"] if _HAS_POSTGRES else [])]
     gateway_every = set().union(*(_gateway_keys(name)[0] for name in gateways))
     gateway_judged = set().union(*(_gateway_keys(name)[1] for name in gateways))
-    reports = set().union(*(_report_keys(b) for b in ["sqlite", *(["postgresql"] if _HAS_POSTGRES else [])]))
+    backends = ["sqlite", *(["postgresql"] if _HAS_POSTGRES else [])]
+    reports = set().union(*(_report_keys(b) | _dashboard_keys(b) for b in backends))
     gateway_every |= reports
     gateway_judged |= reports
     assert set(metrics) == EXPECTED | gateway_every

@@ -136,8 +136,8 @@ def test_budget_bars_and_when_a_budget_runs_out() -> None:
     start = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
     budget = Budget("b", BudgetLevel.TEAM, "t", 100, parse_period("1mo"), True, "UTC", (), None, None, None, now, now)
 
-    def view(spent: int, reserved: int = 0) -> BudgetView:
-        state = BudgetState(key="b", label="team", limit_nanos=100, spent_nanos=spent, reserved_nanos=reserved,
+    def view(spent: int, reserved: int = 0, limit: int = 100) -> BudgetView:
+        state = BudgetState(key="b", label="team", limit_nanos=limit, spent_nanos=spent, reserved_nanos=reserved,
                             resets_at=dt.datetime(2027, 1, 1, tzinfo=dt.UTC))  # fmt: skip
         return BudgetView(budget, state, start)
 
@@ -147,6 +147,9 @@ def test_budget_bars_and_when_a_budget_runs_out() -> None:
     assert half.runs_out == dt.datetime(2026, 12, 21, tzinfo=dt.UTC)  # 50 in 10 days: 50 more in 10 more
     assert slow.runs_out is None  # 10 in 10 days lasts past the reset
     assert over.runs_out == now and over.bar.level == "over" and over.bar.spent == 1.0
+    # a nano-dollar spent against a huge limit: the pace says "in a billion years", past any date -- not a 500
+    (tiny,) = budget_lines([view(1, limit=10**18)], {}, now)
+    assert tiny.runs_out is None
 
 
 async def test_the_page_timing_benchmark_runs_on_a_small_database(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Hourly roll-ups: every path that finishes a row adds it to `request_hourly` once, and reports read from them
-give what a scan of the raw rows gives, to the nano-dollar."""
+"""Hourly and daily roll-ups: every path that finishes a row adds it to `request_hourly` and `request_daily` once,
+and reports read from them give what a scan of the raw rows gives, to the nano-dollar."""
 
 from __future__ import annotations
 
@@ -104,8 +104,43 @@ async def _hourly_from_raw(store: GatewayStore) -> dict[tuple[str, ...], tuple[i
     return {dims: tuple(values) for dims, values in sums.items()}
 
 
+async def _daily(store: GatewayStore) -> dict[tuple[str, ...], tuple[int, ...]]:
+    rows = await store.db.fetch(
+        f"SELECT day, key_id, team_id, customer_id, project, model, provider, {SUM_COLUMNS} FROM request_daily"  # noqa: S608
+    )
+    return {tuple(str(v) for v in row[:7]): tuple(int(v) for v in row[7:]) for row in rows}
+
+
+def _by_day(hourly: dict[tuple[str, ...], tuple[int, ...]]) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """What `request_daily` must hold: the hours summed per UTC day (no group left at zero requests)."""
+    sums: dict[tuple[str, ...], list[int]] = {}
+    for dims, values in hourly.items():
+        total = sums.setdefault((dims[0][:10], *dims[1:]), [0] * 9)
+        for index, value in enumerate(values):
+            total[index] += value
+    return {dims: tuple(values) for dims, values in sums.items() if values[0]}
+
+
+async def _team_model_days(store: GatewayStore) -> dict[tuple[str, ...], tuple[int, ...]]:
+    rows = await store.db.fetch(f"SELECT day, team_id, model, {SUM_COLUMNS} FROM request_daily_team_model")  # noqa: S608
+    return {tuple(str(v) for v in row[:3]): tuple(int(v) for v in row[3:]) for row in rows}
+
+
+def _by_team_model(days: dict[tuple[str, ...], tuple[int, ...]]) -> dict[tuple[str, ...], tuple[int, ...]]:
+    sums: dict[tuple[str, ...], list[int]] = {}
+    for dims, values in days.items():
+        total = sums.setdefault((dims[0], dims[2], dims[5]), [0] * 9)
+        for index, value in enumerate(values):
+            total[index] += value
+    return {dims: tuple(values) for dims, values in sums.items() if values[0]}
+
+
 async def _assert_hourly_current(store: GatewayStore) -> None:
-    assert await _hourly(store) == await _hourly_from_raw(store)
+    """Every roll-up holds exactly the finished raw rows: the hours, the UTC days, those days per team and model."""
+    raw = await _hourly_from_raw(store)
+    assert await _hourly(store) == raw
+    assert await _daily(store) == _by_day(raw)
+    assert await _team_model_days(store) == _by_team_model(_by_day(raw))
 
 
 # --- each path that finishes a row ------------------------------------------------------------------------------
@@ -230,7 +265,7 @@ async def test_pruning_deletes_raw_rows_only_and_reports_stay(store: GatewayStor
     assert total.total.requests == 5 and total.total.cost_nanos == 4_050
 
 
-async def test_migration_backfills_from_raw_rows_and_pruned_days(db_url: str) -> None:
+async def test_migrations_backfill_hours_from_raw_rows_and_pruned_days_then_days_from_hours(db_url: str) -> None:
     db = await connect(db_url)
     try:
         older = [m for m in load_migrations() if m.name < "0004"]
@@ -261,6 +296,19 @@ async def test_migration_backfills_from_raw_rows_and_pruned_days(db_url: str) ->
             ("2026-12-05T10", "t", "anthropic", 2, 6, 0, 0, 6, 150, 0, 1, 1),
             ("2026-12-05T11", "t", "anthropic", 1, 3, 0, 0, 3, 0, 1, 0, 0),
         ]
+        # 0007 then sums the hours per UTC day
+        sql = f"SELECT day, team_id, provider, {SUM_COLUMNS} FROM request_daily ORDER BY day"  # noqa: S608
+        rows = await db.fetch(sql)
+        assert [tuple(str(v) if i < 3 else int(v) for i, v in enumerate(r)) for r in rows] == [
+            ("2026-12-01", "", "anthropic", 5, 4, 2, 3, 7, 45, 0, 0, 0),
+            ("2026-12-05", "t", "anthropic", 3, 9, 0, 0, 9, 150, 1, 1, 1),
+        ]
+        sql = f"SELECT day, team_id, model, {SUM_COLUMNS} FROM request_daily_team_model ORDER BY day"  # noqa: S608
+        rows = await db.fetch(sql)
+        assert [tuple(str(v) if i < 3 else int(v) for i, v in enumerate(r)) for r in rows] == [
+            ("2026-12-01", "", "", 5, 4, 2, 3, 7, 45, 0, 0, 0),
+            ("2026-12-05", "t", "", 3, 9, 0, 0, 9, 150, 1, 1, 1),
+        ]
     finally:
         await db.close()
 
@@ -278,8 +326,12 @@ async def test_rebuild_recomputes_hours_from_raw_rows_and_is_audited(store: Gate
         k: v for k, v in expected.items() if k[0] >= "2026-12-01T12"
     }
     assert {v[0] for k, v in hourly.items() if k[0] < "2026-12-01T12"} == {9}  # hours before --since untouched
+    assert await _daily(store) == _by_day(hourly)  # the days follow the hours, from the day of --since
+    await store.db.execute("DELETE FROM request_daily")  # days a release that knows none left out
+    await store.db.execute("DELETE FROM request_daily_team_model")
     await store.rebuild_rollups(actor="cli:ops")
     assert await _hourly(store) == expected
+    await _assert_hourly_current(store)
     audit = await store.db.fetch("SELECT actor, action, after_json FROM audit_log WHERE action = 'rollups.rebuild'")
     assert [(a, b) for a, b, _ in audit] == [("cli:ops", "rollups.rebuild")] * 2
     assert json.loads(audit[0][2]) == {"since": "2026-12-01T12:00:00.000000Z", "hourly_rows": 3}
@@ -371,7 +423,14 @@ planned_rows = st.lists(
     ),
     max_size=40,
 )
-ZONES = (UTC, ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York"), ZoneInfo("Asia/Kolkata"))
+# London: UTC's days in winter (the daily roll-up serves `day`), not in summer (hours only)
+ZONES = (
+    UTC,
+    ZoneInfo("Europe/Berlin"),
+    ZoneInfo("America/New_York"),
+    ZoneInfo("Asia/Kolkata"),
+    ZoneInfo("Europe/London"),
+)
 GROUPINGS = (None, "key", "team", "customer", "project", "model", "provider", "day", "session", "tag:ticket")
 _eras = itertools.count()
 
@@ -450,9 +509,105 @@ async def test_reports_from_hours_equal_a_raw_scan(store: GatewayStore, plan: li
             want = await _raw_report(store, since, until, by, tz, team)
             assert (got.total, got.groups) == (want.total, want.groups)
     finally:  # the next example sees its own keys' rows only
+        team_ids = tuple(key.team.id for key in keys)
         for key in keys:
             await store.db.execute("DELETE FROM requests WHERE key_id = ?", (key.key.id,))
             await store.db.execute("DELETE FROM request_hourly WHERE key_id = ?", (key.key.id,))
+            await store.db.execute("DELETE FROM request_daily WHERE key_id = ?", (key.key.id,))
+            await store.db.execute("DELETE FROM request_daily_team_model WHERE team_id IN (?, ?, ?)", team_ids)
+
+
+async def _finished_sums(
+    store: GatewayStore, low: str, high: str, column: str | None, where: tuple[str, str] | None
+) -> dict[str, Totals]:
+    """The finished raw rows whose UTC hour is in [low, high), summed per `column` in Python (what the dashboard's
+    roll-up reads must give)."""
+    rows = await store.db.fetch(
+        "SELECT started_at, key_id, team_id, customer_id, project, requested_model, provider, input_tokens, "
+        "output_tokens, cache_read_tokens, cache_write_5m_tokens + cache_write_1h_tokens, cost_nanos, price_quality, "
+        "origin FROM requests WHERE status != 'pending'"
+    )
+    names = ("key_id", "team_id", "customer_id", "project", "model", "provider")
+    sums: dict[str, Totals] = {}
+    for row in rows:
+        if not low <= str(row[0])[:13] < high:
+            continue
+        if where is not None and row[1 + names.index(where[0])] != where[1]:
+            continue
+        group = "" if column is None else str(row[1 + names.index(column)] or "")
+        cost = row[11]
+        add = Totals(
+            1,
+            int(row[7]),
+            int(row[8]),
+            int(row[9]),
+            int(row[10]),
+            int(cost or 0),
+            int(cost is None),
+            int(cost is not None and row[12] == "estimated"),
+            int((row[13] or "gateway") not in ("sidecar", "gateway")),
+        )
+        sums[group] = sums.get(group, Totals()) + add
+    return sums
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(plan=planned_rows, data=st.data())
+async def test_dashboard_reads_from_days_and_hours_equal_a_raw_scan(
+    store: GatewayStore, plan: list[Planned], data: Any
+) -> None:
+    """The dashboard's totals, groups and per-slot cells (whole UTC days from the day roll-ups, hours at the
+    edges) over any range, unscoped, for a team and for a key."""
+    from ccgate.storage.gateway import dashboard
+    from ccgate.storage.gateway.dashboard import Scope
+
+    era = next(_eras)
+    keys = [await _key(store, f"{name}-{era}", team) for name, team in (("a", "core"), ("b", "web"), ("c", "solo"))]
+    base = datetime(2027, 1, 1, tzinfo=UTC) + timedelta(days=10 * era)
+    try:
+        await _plant(store, keys, base, plan)
+        for _ in range(4):
+            low = data.draw(st.integers(-90, WINDOW_MINUTES + 90), label="since minute")
+            since = base + timedelta(minutes=low)
+            until = since + timedelta(minutes=data.draw(st.integers(0, WINDOW_MINUTES + 180), label="minutes"))
+            scope, where = data.draw(
+                st.sampled_from(
+                    [
+                        (Scope(), None),
+                        (Scope(team_id=keys[0].team.id), ("team_id", keys[0].team.id)),
+                        (Scope(key_id=keys[1].key.id), ("key_id", keys[1].key.id)),
+                    ]
+                ),
+                label="scope",
+            )
+            high_hour = dashboard.hour_ceiling(until)
+            want = await _finished_sums(store, dashboard.hour_floor(since), high_hour, None, where)
+            got = await dashboard.totals(store.db, since=since, until=until, scope=scope)
+            assert got == want.get("", Totals())
+            by = data.draw(st.sampled_from(sorted(dashboard.GROUP_COLUMNS)), label="by")
+            column = dashboard.GROUP_COLUMNS[by].removeprefix("r.")
+            wanted = await _finished_sums(store, dashboard.hour_floor(since), high_hour, column, where)
+            groups = await dashboard.groups(store.db, by=by, since=since, until=until, scope=scope)
+            assert {g.id: g.totals for g in groups} == wanted
+            stack = data.draw(st.sampled_from(["team", "model"]), label="stack")
+            cells = await dashboard.spend_cells(store.db, since=since, until=until, stack=stack, scope=scope)
+            folded: dict[str, int] = {}
+            for cell in cells:
+                folded[cell.group] = folded.get(cell.group, 0) + cell.cost_nanos
+            column = dashboard.GROUP_COLUMNS[stack].removeprefix("r.")
+            wanted = await _finished_sums(store, dashboard.hour_floor(since), high_hour, column, where)
+            assert folded == {k: t.cost_nanos for k, t in wanted.items()}
+    finally:
+        team_ids = tuple(key.team.id for key in keys)
+        for key in keys:
+            await store.db.execute("DELETE FROM requests WHERE key_id = ?", (key.key.id,))
+            await store.db.execute("DELETE FROM request_hourly WHERE key_id = ?", (key.key.id,))
+            await store.db.execute("DELETE FROM request_daily WHERE key_id = ?", (key.key.id,))
+            await store.db.execute("DELETE FROM request_daily_team_model WHERE team_id IN (?, ?, ?)", team_ids)
 
 
 @pytest.mark.parametrize(
@@ -463,6 +618,27 @@ def test_whole_hour_zones(zone: str, whole: bool) -> None:
     from ccgate.storage.gateway.ledger import whole_hour_zone
 
     assert whole_hour_zone(ZoneInfo(zone), datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)) is whole
+
+
+@pytest.mark.parametrize(
+    ("zone", "first", "last", "utc_days"),
+    [
+        ("UTC", "2026-01-01", "2027-01-01", True),
+        ("Europe/London", "2026-01-01", "2026-03-29", True),  # BST starts at 01:00 UTC on the 29th
+        ("Europe/London", "2026-01-01", "2026-03-30", False),
+        ("Europe/London", "2026-10-26", "2026-12-01", True),
+        ("Africa/Abidjan", "2026-01-01", "2027-01-01", True),
+        ("Europe/Berlin", "2026-01-01", "2026-01-02", False),
+        ("America/New_York", "2026-01-01", "2026-01-02", False),
+    ],
+)
+def test_utc_days_zones(zone: str, first: str, last: str, utc_days: bool) -> None:
+    from ccgate.storage.gateway.ledger import utc_days_zone
+
+    def midnight(day: str) -> datetime:
+        return datetime.fromisoformat(day).replace(tzinfo=UTC)
+
+    assert utc_days_zone(ZoneInfo(zone), midnight(first), midnight(last)) is utc_days
 
 
 async def test_a_second_request_under_an_id_in_flight_on_this_instance_gets_its_own_row(db_url: str) -> None:
@@ -553,3 +729,25 @@ def test_rollups_rebuild_command(
     assert code == 1 and "--since" in err and "hint:" in err and "Traceback" not in err
     code, _, err = run_main(capsys, monkeypatch, "gateway", "rollups", "rebuild", "--db", db_url)
     assert code == 0 and "rebuilt the hourly roll-ups for all hours: 3 row(s)" in err
+
+
+def test_a_range_splits_into_whole_utc_days_and_the_hours_at_its_edges() -> None:
+    from ccgate.storage.gateway.dashboard import SpendCell, roll_up_parts
+
+    def at(text: str) -> datetime:
+        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+    assert roll_up_parts(at("2026-12-01T10:30"), at("2026-12-04T02:00")) == [
+        ("hour", "2026-12-01T10", "2026-12-02T00"),
+        ("day", "2026-12-02", "2026-12-04"),
+        ("hour", "2026-12-04T00", "2026-12-04T02"),
+    ]
+    assert roll_up_parts(at("2026-12-01T00:00"), at("2026-12-03T00:00")) == [("day", "2026-12-01", "2026-12-03")]
+    assert roll_up_parts(at("2026-12-01T05:00"), at("2026-12-02T05:00")) == [("hour", "2026-12-01T05", "2026-12-02T05")]
+    assert roll_up_parts(at("2026-12-01T05:10"), at("2026-12-01T05:20")) == [("hour", "2026-12-01T05", "2026-12-01T06")]
+    assert roll_up_parts(at("2026-12-01T05:00"), at("2026-12-01T05:00")) == []
+    day = SpendCell("2026-12-02", "t", 5, 1, 0)
+    assert day.within("2026-12-02T00", "2026-12-03T00") and day.within("2026-12-01T00", "2026-12-07T13")
+    assert not day.within("2026-12-02T01", "2026-12-07T00") and not day.within("2026-12-01T00", "2026-12-02T23")
+    hour = SpendCell("2026-12-02T23", "t", 5, 1, 0)
+    assert hour.within("2026-12-02T23", "2026-12-03T00") and not hour.within("2026-12-03T00", "2026-12-04T00")

@@ -1,6 +1,6 @@
 """The dashboard's pages (GET): overview, teams, keys, requests, audit log; each table also as CSV (`?export=`).
 
-Spend comes from the hourly roll-up (`storage.gateway.dashboard`), budgets and names from the store's own
+Spend comes from the daily and hourly roll-ups (`storage.gateway.dashboard`), budgets and names from the store's own
 methods. A team admin sees its team only; the audit log is for admins and viewers, as in the admin API.
 """
 
@@ -156,8 +156,9 @@ def budget_lines(views: Sequence[BudgetView], target_names: Mapping[str, str], n
         runs_out = None
         elapsed = (now - view.window_start).total_seconds()
         if spent > 0 and elapsed > 0 and spent < limit:
-            moment = now + timedelta(seconds=(limit - spent) * elapsed / spent)
-            runs_out = moment if moment < state.resets_at else None
+            # compared in seconds first: at a tiny pace the moment lies past any date a datetime can hold
+            needed = (limit - spent) * elapsed / spent
+            runs_out = now + timedelta(seconds=needed) if needed < (state.resets_at - now).total_seconds() else None
         elif spent >= limit:
             runs_out = now
         lines.append(
@@ -206,27 +207,28 @@ def chart_start(now: datetime, days: int) -> datetime:
 
 
 def fold_chart(
-    hours: Sequence[dashboard.HourCost], *, now: datetime, days: int, labels: Mapping[str, str]
+    cells: Sequence[dashboard.SpendCell], *, now: datetime, days: int, labels: Mapping[str, str]
 ) -> charts.StackedChart:
     """Spend per UTC day over the last `days` days (today included), stacked by team or model."""
     from ccgate.gateway.ui.render import usd
 
     first = chart_start(now, days)
-    low = dashboard.hour_floor(first)
-    cells: dict[tuple[str, str], int] = {}
-    for cell in hours:
-        if cell.hour >= low:
-            key = (cell.hour[:10], cell.group)
-            cells[key] = cells.get(key, 0) + cell.cost_nanos
-    return charts.stacked_days(cells, first=first.date(), days=days, names=labels, usd=usd)
+    low = first.date().isoformat()
+    sums: dict[tuple[str, str], int] = {}
+    for cell in cells:
+        if cell.day >= low:
+            key = (cell.day, cell.group)
+            sums[key] = sums.get(key, 0) + cell.cost_nanos
+    return charts.stacked_days(sums, first=first.date(), days=days, names=labels, usd=usd)
 
 
-def fold_period(hours: Sequence[dashboard.HourCost], since: datetime, until: datetime) -> Totals:
-    """Requests, spend and unpriced requests of [since, until) in whole hours (the cards show only these)."""
+def fold_period(cells: Sequence[dashboard.SpendCell], since: datetime, until: datetime) -> Totals:
+    """Requests, spend and unpriced requests of [since, until) in whole hours (the cards show only these). The
+    cells' days start at UTC midnights, as the periods do, so a day is wholly in a period or wholly out."""
     low, high = dashboard.hour_floor(since), dashboard.hour_ceiling(until)
     requests = cost = unpriced = 0
-    for cell in hours:
-        if low <= cell.hour < high:
+    for cell in cells:
+        if cell.within(low, high):
             requests += cell.requests
             cost += cell.cost_nanos
             unpriced += cell.unpriced_requests
@@ -236,8 +238,8 @@ def fold_period(hours: Sequence[dashboard.HourCost], since: datetime, until: dat
 async def spend_chart(
     s: GatewayStore, *, now: datetime, days: int, stack: str, scope: Scope, labels: Mapping[str, str]
 ) -> charts.StackedChart:
-    hours = await dashboard.hourly_costs(s.db, since=chart_start(now, days), until=now, stack=stack, scope=scope)
-    return fold_chart(hours, now=now, days=days, labels=labels)
+    cells = await dashboard.spend_cells(s.db, since=chart_start(now, days), until=now, stack=stack, scope=scope)
+    return fold_chart(cells, now=now, days=days, labels=labels)
 
 
 # --- overview ------------------------------------------------------------------------------------------------------
@@ -271,14 +273,14 @@ async def overview(request: web.Request) -> web.StreamResponse:
     # one after the other: on PostgreSQL side by side they would take several of the pool's connections from the
     # data plane's admissions while a page renders.
     low = min(spans[2].previous_since, chart_start(now, days))
-    hours = await dashboard.hourly_costs(s.db, since=low, until=now, stack=stack, scope=scope)
+    cells = await dashboard.spend_cells(s.db, since=low, until=now, stack=stack, scope=scope)
     lines = await _budget_lines(s, session, n, now)
     tops = {by: await dashboard.groups(s.db, by=by, since=month.since, until=now, scope=scope, limit=10) for by in TOPS}
     lines.sort(key=lambda line: -line.used)
     cards = [
-        (p, fold_period(hours, p.since, p.until), fold_period(hours, p.previous_since, p.previous_until)) for p in spans
+        (p, fold_period(cells, p.since, p.until), fold_period(cells, p.previous_since, p.previous_until)) for p in spans
     ]
-    chart = fold_chart(hours, now=now, days=days, labels=n.teams if stack == "team" else {})
+    chart = fold_chart(cells, now=now, days=days, labels=n.teams if stack == "team" else {})
     return page(
         request,
         "overview.html",

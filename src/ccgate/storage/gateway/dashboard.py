@@ -1,9 +1,11 @@
-"""The dashboard's queries: its sessions, spend from the hourly roll-up, and the request list's keyset pages.
+"""The dashboard's queries: its sessions, spend from the roll-ups, and the request list's keyset pages.
 
-Spend always comes from `request_hourly` (one row per UTC hour and key, team, customer, project, model and
-provider), never from a scan of `requests`: a page on a million-request ledger sums a few thousand roll-up rows.
-Ranges are therefore whole UTC hours. The request list is the one reader of raw rows: newest first, one page at a
-time from an index (migration 0005), resumed after the last row shown (never OFFSET).
+Spend always comes from the roll-ups, never from a scan of `requests`: whole UTC days from `request_daily` (one row
+per UTC day and key, team, customer, project, model and provider) or, where a page needs no more than team and
+model, `request_daily_team_model`; the hours at either end from `request_hourly`. A 90-day chart on a
+million-request ledger so sums a few thousand rows. Ranges are whole UTC hours.
+The request list is the one reader of raw rows: newest first, one page at a time from an index (migration 0005),
+resumed after the last row shown (never OFFSET).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from ccgate.core.records import from_iso, to_iso
@@ -139,7 +141,7 @@ async def delete_expired_sessions(db: Database, *, now: datetime) -> int:
     return await db.execute("DELETE FROM ui_sessions WHERE expires_at <= ?", (to_iso(now),))
 
 
-# --- spend from the hourly roll-up -----------------------------------------------------------------------------------
+# --- spend from the daily and hourly roll-ups --------------------------------------------------------------------
 
 
 def hour_floor(moment: datetime) -> str:
@@ -155,6 +157,42 @@ def hour_ceiling(moment: datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H")
 
 
+def _next_day(day: str) -> str:
+    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+
+
+def roll_up_parts(since: datetime, until: datetime) -> list[tuple[str, str, str]]:
+    """[since, until) in whole UTC hours, as (slot column, low, high) ranges: the whole UTC days within from
+    `request_daily` (`day`), the hours at either end from `request_hourly` (`hour`)."""
+    low, high = hour_floor(since), hour_ceiling(until)
+    if low >= high:
+        return []
+    first_day = low[:10] if low.endswith("T00") else _next_day(low[:10])
+    last_day = high[:10]
+    if first_day >= last_day:
+        return [("hour", low, high)]
+    parts = [("day", first_day, last_day)]
+    if low < first_day + "T00":
+        parts.insert(0, ("hour", low, first_day + "T00"))
+    if last_day + "T00" < high:
+        parts.append(("hour", last_day + "T00", high))
+    return parts
+
+
+_SUM_COLUMNS = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_nanos",
+    "unpriced_requests",
+    "estimated_requests",
+    "imported_requests",
+)
+_NARROW_COLUMNS = frozenset(("team_id", "model", *_SUM_COLUMNS))
+
+
 @dataclass(frozen=True, slots=True)
 class Scope:
     """Which roll-up rows a page sums: all, one team's (a team admin's view, a team page) or one key's."""
@@ -162,61 +200,45 @@ class Scope:
     team_id: str | None = None
     key_id: str | None = None
 
-    def where(self, since: datetime, until: datetime) -> tuple[str, list[Any]]:
-        clauses = ["r.hour >= ?", "r.hour < ?"]
-        params: list[Any] = [hour_floor(since), hour_ceiling(until)]
-        if self.team_id is not None:
-            clauses.append("r.team_id = ?")
-            params.append(self.team_id)
-        if self.key_id is not None:
-            clauses.append("r.key_id = ?")
-            params.append(self.key_id)
-        return " WHERE " + " AND ".join(clauses), params
+    def _day_table(self, columns: Sequence[str]) -> str:
+        """The per-team-and-model days (a few rows a day) when they hold the columns and the scope needs no key."""
+        if self.key_id is None and all(c in _NARROW_COLUMNS for c in columns):
+            return "request_daily_team_model"
+        return "request_daily"
+
+    def source(self, since: datetime, until: datetime, columns: Sequence[str]) -> tuple[str, list[Any]]:
+        """`FROM` text naming `r`: the roll-up rows of [since, until) in scope, with `slot` (a day or an hour) and
+        `columns`; each part filtered on its own table's key, so its indexes serve."""
+        selects: list[str] = []
+        params: list[Any] = []
+        for slot, low, high in roll_up_parts(since, until):
+            clauses = [f"{slot} >= ?", f"{slot} < ?"]
+            params += [low, high]
+            if self.team_id is not None:
+                clauses.append("team_id = ?")
+                params.append(self.team_id)
+            if self.key_id is not None:
+                clauses.append("key_id = ?")
+                params.append(self.key_id)
+            table = "request_hourly" if slot == "hour" else self._day_table(columns)
+            selects.append(f"SELECT {slot} AS slot, {', '.join(columns)} FROM {table} WHERE {' AND '.join(clauses)}")
+        if not selects:  # an empty range: no rows, same columns
+            selects.append(f"SELECT hour AS slot, {', '.join(columns)} FROM request_hourly WHERE 1 = 0")
+        return f" FROM ({' UNION ALL '.join(selects)}) r", params
 
 
 async def totals(db: Database, *, since: datetime, until: datetime, scope: Scope = Scope()) -> Totals:
     """Sums over [since, until) in whole UTC hours."""
-    where, params = scope.where(since, until)
-    row = await db.fetchone(f"SELECT {_HOURLY_SUMS} FROM request_hourly r{where}", params)
+    source, params = scope.source(since, until, _SUM_COLUMNS)
+    row = await db.fetchone(f"SELECT {_HOURLY_SUMS}{source}", params)
     return Totals() if row is None else Totals.from_row(row)
 
 
 async def period_totals(
     db: Database, spans: Sequence[tuple[datetime, datetime]], *, scope: Scope = Scope()
 ) -> list[Totals]:
-    """Several ranges' sums in one statement (a CASE per range) over the hours they cover together."""
-    if not spans:
-        return []
-    low = min(since for since, _ in spans)
-    high = max(until for _, until in spans)
-    where, params = scope.where(low, high)
-    cases: list[str] = []
-    case_params: list[Any] = []
-    for since, until in spans:
-        cases.append("CASE WHEN r.hour >= ? AND r.hour < ? THEN 1 ELSE 0 END")
-        case_params += [hour_floor(since), hour_ceiling(until)]
-    columns = ", ".join(
-        f"coalesce(sum(({case}) * r.{name}), 0)"
-        for case in cases
-        for name in (
-            "requests",
-            "input_tokens",
-            "output_tokens",
-            "cache_read_tokens",
-            "cache_write_tokens",
-            "cost_nanos",
-            "unpriced_requests",
-            "estimated_requests",
-            "imported_requests",
-        )
-    )
-    # each CASE is repeated once per summed column: its parameters are too
-    expanded: list[Any] = []
-    for index in range(len(spans)):
-        expanded += case_params[2 * index : 2 * index + 2] * 9
-    row = await db.fetchone(f"SELECT {columns} FROM request_hourly r{where}", [*expanded, *params])
-    values = [int(v) for v in row] if row is not None else [0] * 9 * len(spans)
-    return [Totals(*values[9 * i : 9 * i + 9]) for i in range(len(spans))]
+    """Several ranges' sums, one statement each (each range its own days and hours)."""
+    return [await totals(db, since=since, until=until, scope=scope) for since, until in spans]
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,9 +260,9 @@ async def groups(
 ) -> list[Group]:
     """Sums per key|team|customer|project|model|provider, most spent first."""
     column = GROUP_COLUMNS[by]
-    where, params = scope.where(since, until)
+    source, params = scope.source(since, until, (column.removeprefix("r."), *_SUM_COLUMNS))
     sql = (
-        f"SELECT {column}, {_HOURLY_SUMS} FROM request_hourly r{where} GROUP BY {column} "
+        f"SELECT {column}, {_HOURLY_SUMS}{source} GROUP BY {column} "
         f"ORDER BY coalesce(sum(r.cost_nanos), 0) DESC, coalesce(sum(r.requests), 0) DESC, {column}"
     )
     if limit is not None:
@@ -250,28 +272,43 @@ async def groups(
 
 
 @dataclass(frozen=True, slots=True)
-class HourCost:
-    hour: str  # the roll-up's UTC hour, YYYY-MM-DDTHH
+class SpendCell:
+    """Spend in one roll-up slot and team or model: a whole UTC day (`slot` YYYY-MM-DD) or an hour
+    (YYYY-MM-DDTHH)."""
+
+    slot: str
     group: str  # the team's or model's id ('' for none)
     cost_nanos: int
     requests: int
     unpriced_requests: int
 
+    @property
+    def day(self) -> str:
+        return self.slot[:10]
 
-async def hourly_costs(
+    def within(self, low_hour: str, high_hour: str) -> bool:
+        """Whether the slot lies in the hours [low_hour, high_hour) (a day: all its hours)."""
+        if len(self.slot) == 10:
+            return low_hour <= self.slot + "T00" and _next_day(self.slot) + "T00" <= high_hour
+        return low_hour <= self.slot < high_hour
+
+
+async def spend_cells(
     db: Database, *, since: datetime, until: datetime, stack: str, scope: Scope = Scope()
-) -> list[HourCost]:
-    """Spend, requests and unpriced requests per UTC hour and team or model: the overview's cards and chart in one
-    read. Grouped by hour first, so the covering index `(hour, team_id|model, ...)` (migration 0005) streams the
-    groups in order without a sort; days are folded by the caller."""
+) -> list[SpendCell]:
+    """Spend, requests and unpriced requests per roll-up slot (whole UTC days, hours at the edges) and team or
+    model: the overview's cards and chart in one read. A range from a UTC midnight reads a row per day and group
+    for all but the current day; periods that start at UTC midnights fold from it exactly."""
     column = GROUP_COLUMNS[stack]
-    where, params = scope.where(since, until)
+    source, params = scope.source(
+        since, until, (column.removeprefix("r."), "cost_nanos", "requests", "unpriced_requests")
+    )
     rows = await db.fetch(
-        f"SELECT r.hour, {column}, coalesce(sum(r.cost_nanos), 0), coalesce(sum(r.requests), 0), "
-        f"coalesce(sum(r.unpriced_requests), 0) FROM request_hourly r{where} GROUP BY r.hour, {column}",
+        f"SELECT r.slot, {column}, coalesce(sum(r.cost_nanos), 0), coalesce(sum(r.requests), 0), "
+        f"coalesce(sum(r.unpriced_requests), 0){source} GROUP BY r.slot, {column}",
         params,
     )
-    return [HourCost(str(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
+    return [SpendCell(str(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
 
 
 # --- the request list ------------------------------------------------------------------------------------------------

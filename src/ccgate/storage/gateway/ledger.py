@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -72,10 +73,38 @@ _CONTRIBUTION = (
     "CASE WHEN coalesce(origin, 'gateway') NOT IN ('sidecar', 'gateway') THEN 1 ELSE 0 END"
 )
 _HOURLY_COLUMNS = (*_HOURLY_DIMENSIONS, *_HOURLY_SUMS)
-_HOURLY_INSERT = f"INSERT INTO request_hourly ({', '.join(_HOURLY_COLUMNS)}) VALUES "
-_HOURLY_MARKS = "(" + ", ".join("?" for _ in _HOURLY_COLUMNS) + ")"
-_HOURLY_TAIL = f" ON CONFLICT ({', '.join(_HOURLY_DIMENSIONS)}) DO UPDATE SET " + ", ".join(
-    f"{c} = request_hourly.{c} + excluded.{c}" for c in _HOURLY_SUMS
+
+
+@dataclass(frozen=True, slots=True)
+class _Rollup:
+    """One roll-up table: its dimensions, and which of an hourly group's dimensions make its own (the slot first,
+    cut to `slot_length` characters: 13 an hour, 10 a UTC day)."""
+
+    table: str
+    dimensions: tuple[str, ...]
+    picks: tuple[int, ...]  # indexes into `_HOURLY_DIMENSIONS`, the slot (0) first
+    slot_length: int
+
+    def project(self, dims: tuple[str, ...]) -> tuple[str, ...]:
+        return (dims[0][: self.slot_length], *(dims[i] for i in self.picks[1:]))
+
+    def upsert(self, groups: int) -> str:
+        """A multi-row upsert of `groups` groups adding their sums to what the table holds."""
+        marks = "(" + ", ".join("?" for _ in (*self.dimensions, *_HOURLY_SUMS)) + ")"
+        return (
+            f"INSERT INTO {self.table} ({', '.join((*self.dimensions, *_HOURLY_SUMS))}) VALUES "
+            + ", ".join(marks for _ in range(groups))
+            + f" ON CONFLICT ({', '.join(self.dimensions)}) DO UPDATE SET "
+            + ", ".join(f"{c} = {self.table}.{c} + excluded.{c}" for c in _HOURLY_SUMS)
+        )
+
+
+# the hours, then the days their rows fall in, then those days per team and model: every transaction takes them
+# in this order (and each table's groups in primary-key order)
+_ROLLUPS = (
+    _Rollup("request_hourly", _HOURLY_DIMENSIONS, tuple(range(7)), 13),
+    _Rollup("request_daily", ("day", *_HOURLY_DIMENSIONS[1:]), tuple(range(7)), 10),
+    _Rollup("request_daily_team_model", ("day", "team_id", "model"), (0, 2, 5), 10),
 )
 _HOURLY_CHUNK = 1000  # groups per statement: a sink batch (500 rows) is one statement
 # A row is updated only while it is pending and this instance's (another instance's pending row of the same id is
@@ -101,7 +130,8 @@ _TOKEN_COLUMNS = (
 
 
 class _Hourly:
-    """A transaction's changes to `request_hourly`, summed per group in Python and written in one statement."""
+    """A transaction's changes to the roll-ups (`_ROLLUPS`), summed per group in Python and written in one statement
+    per table (per 1000 groups): a day's sums move exactly as its hours' do."""
 
     __slots__ = ("groups",)
 
@@ -119,24 +149,30 @@ class _Hourly:
             sums[index] += sign * int(value)
 
     async def write(self, conn: Connection) -> None:
-        # in primary-key order, so two transactions touching the same groups lock them in one order
-        changes = sorted((dims, sums) for dims, sums in self.groups.items() if any(sums))
-        for start in range(0, len(changes), _HOURLY_CHUNK):
-            chunk = changes[start : start + _HOURLY_CHUNK]
-            await conn.execute(
-                _HOURLY_INSERT + ", ".join(_HOURLY_MARKS for _ in chunk) + _HOURLY_TAIL,
-                [value for dims, sums in chunk for value in (*dims, *sums)],
-            )
-        emptied = [dims for dims, sums in changes if sums[0] < 0]
-        for start in range(0, len(emptied), _CHUNK):  # a group a row left (e.g. for another provider) may be empty
-            part = emptied[start : start + _CHUNK]
-            marks = ", ".join("(" + ", ".join("?" for _ in _HOURLY_DIMENSIONS) + ")" for _ in part)
-            await conn.execute(
-                f"DELETE FROM request_hourly WHERE requests = 0 AND ({', '.join(_HOURLY_DIMENSIONS)}) "
-                f"IN (VALUES {marks})",
-                [value for dims in part for value in dims],
-            )
+        for rollup in _ROLLUPS:
+            groups: dict[tuple[str, ...], list[int]] = {}
+            for dims, sums in self.groups.items():
+                total = groups.setdefault(rollup.project(dims), [0] * len(_HOURLY_SUMS))
+                for index, value in enumerate(sums):
+                    total[index] += value
+            await _write_rollup(conn, rollup, groups)
         self.groups.clear()
+
+
+async def _write_rollup(conn: Connection, rollup: _Rollup, groups: dict[tuple[str, ...], list[int]]) -> None:
+    # in primary-key order, so two transactions touching the same groups lock them in one order
+    changes = sorted((dims, sums) for dims, sums in groups.items() if any(sums))
+    for start in range(0, len(changes), _HOURLY_CHUNK):
+        chunk = changes[start : start + _HOURLY_CHUNK]
+        await conn.execute(rollup.upsert(len(chunk)), [value for dims, sums in chunk for value in (*dims, *sums)])
+    emptied = [dims for dims, sums in changes if sums[0] < 0]
+    for start in range(0, len(emptied), _CHUNK):  # a group a row left (e.g. for another provider) may be empty
+        part = emptied[start : start + _CHUNK]
+        marks = ", ".join("(" + ", ".join("?" for _ in rollup.dimensions) + ")" for _ in part)
+        await conn.execute(
+            f"DELETE FROM {rollup.table} WHERE requests = 0 AND ({', '.join(rollup.dimensions)}) IN (VALUES {marks})",
+            [value for dims in part for value in dims],
+        )
 
 
 def _clean_text(value: Any) -> Any:
@@ -519,7 +555,9 @@ async def prune_requests(db: Database, *, before: date) -> int:
 
 
 async def rebuild_hourly(db: Database, *, since: datetime | None = None) -> tuple[datetime | None, int]:
-    """Recompute `request_hourly` from the raw rows for the hours from `since` (all by default) on.
+    """Recompute `request_hourly` from the raw rows for the hours from `since` (all by default) on, then the day
+    roll-ups from the hours: from the day of `since`, or all of them (the days a release that knows no days
+    missed may lie before the raw rows' retention).
 
     Hours before the raw rows' retention are kept as they are (their rows are gone). Returns the first hour
     rebuilt (None: all) and how many hourly rows it now holds from there.
@@ -543,11 +581,29 @@ async def rebuild_hourly(db: Database, *, since: datetime | None = None) -> tupl
             "coalesce(project, ''), coalesce(requested_model, ''), coalesce(provider, '')",
             params,
         )
+        await _rebuild_daily(conn, None if since is None else _floor_hour(since).strftime("%Y-%m-%d"))
         count = await conn.fetchone(
             "SELECT count(*) FROM request_hourly" + ("" if low is None else " WHERE hour >= ?"),
             [] if low is None else [_hour_text(low)],
         )
     return low, int(count[0]) if count else 0
+
+
+async def _rebuild_daily(conn: Connection, first_day: str | None) -> None:
+    """The day roll-ups from `request_hourly`, for the days from `first_day` (None: all)."""
+    for rollup in _ROLLUPS[1:]:
+        if first_day is None:
+            await conn.execute(f"DELETE FROM {rollup.table}")
+        else:
+            await conn.execute(f"DELETE FROM {rollup.table} WHERE day >= ?", (first_day,))
+        dims = ", ".join(_HOURLY_DIMENSIONS[i] for i in rollup.picks[1:])
+        await conn.execute(
+            f"INSERT INTO {rollup.table} ({', '.join((*rollup.dimensions, *_HOURLY_SUMS))}) "
+            f"SELECT substr(hour, 1, 10), {dims}, {', '.join(f'sum({c})' for c in _HOURLY_SUMS)} FROM request_hourly"
+            + ("" if first_day is None else " WHERE hour >= ?")
+            + f" GROUP BY substr(hour, 1, 10), {dims}",
+            [] if first_day is None else [first_day + "T00"],
+        )
 
 
 def _day_iso(day: date) -> str:
@@ -633,10 +689,11 @@ async def report(
 ) -> CostReport:
     """Spend in [since, until), grouped; `tz` (the org's zone) makes `day`. `team_id` limits it to one team.
 
-    Whole hours come from `request_hourly` plus the pending rows there (through their partial index); the
-    partial hours at either end, and groupings the hours lack (session, tag; day in a zone off the hour), from
-    raw rows. Before the raw rows' retention only hours exist: the range is taken to whole hours there, and a
-    session or tag is ''.
+    Whole UTC days come from `request_daily` (or its per-team-and-model sums), the whole hours around them from
+    `request_hourly` (by local day in a zone other than UTC: hours only), plus the pending rows there (through
+    their partial index); the partial hours at either end, and groupings the hours lack (session, tag; day in a
+    zone off the hour), from raw rows. Before the raw rows' retention only roll-ups exist: the range is taken to
+    whole hours there, and a session or tag is ''.
     """
     check_grouping(by)
     sums: dict[str, Totals] = {}
@@ -653,7 +710,7 @@ async def report(
         low = max(since, raw_since) if raw_since else since
         if raw_since and since < raw_since:  # pruned: only hours exist
             edge = min(until, raw_since)
-            await _hourly_groups(conn, by, _floor_hour(since), _ceil_hour(edge), tz, team_filter, extra, add)
+            await _rollup_groups(conn, by, _floor_hour(since), _ceil_hour(edge), tz, team_filter, extra, add)
         hours_usable = by is None or by in _ROLLUP_KEYS or (by == "day" and whole_hour_zone(tz, low, until))
         first, last = _ceil_hour(low), _floor_hour(until)
         if not hours_usable or first >= last:
@@ -662,7 +719,7 @@ async def report(
         else:
             if low < first:
                 await _raw_groups(conn, by, low, first, tz, team_filter, extra, add)
-            await _hourly_groups(conn, by, first, last, tz, team_filter, extra, add)
+            await _rollup_groups(conn, by, first, last, tz, team_filter, extra, add)
             pending = f" AND r.status = 'pending'{team_filter}"
             await _raw_groups(conn, by, first, last, tz, pending, extra, add)
             if last < until:
@@ -718,7 +775,25 @@ async def _raw_groups(
         add("" if value is None else str(value), row[1:])
 
 
-async def _hourly_groups(
+def _ceil_day(moment: datetime) -> datetime:
+    floor = _floor_hour(moment).replace(hour=0)
+    return floor if floor == moment else floor + timedelta(days=1)
+
+
+def utc_days_zone(tz: tzinfo, first: datetime, last: datetime) -> bool:
+    """Whether each UTC day from `first` to `last` (UTC midnights) is one local day in `tz`: its offset is 0 at
+    every UTC midnight between (zones change offset a few times a year at most, never twice within a day)."""
+    if tz is UTC:  # an all-time report starts in 1970: no walk through every day for the common case
+        return True
+    moment = first
+    while moment <= last:
+        if moment.astimezone(tz).utcoffset():
+            return False
+        moment += timedelta(days=1)
+    return True
+
+
+async def _rollup_groups(
     conn: Connection,
     by: str | None,
     low: datetime,
@@ -728,34 +803,72 @@ async def _hourly_groups(
     extra: list[Any],
     add: Any,
 ) -> None:
-    """The finished rows of whole UTC hours [low, high) from `request_hourly` (no session or tag there: '')."""
-    where = f" WHERE r.hour >= ? AND r.hour < ?{team_filter}"
-    params = [_hour_text(low), _hour_text(high), *extra]
+    """The finished rows of whole UTC hours [low, high): the whole UTC days within from a day roll-up, the hours
+    at either end from `request_hourly`. Grouped by local day, days serve only where they are the zone's days."""
+    first_day, last_day = _ceil_day(low), _floor_hour(high).replace(hour=0)
+    if first_day >= last_day or (by == "day" and not utc_days_zone(tz, first_day, last_day)):
+        await _slot_groups(conn, "hour", by, low, high, tz, team_filter, extra, add)
+        return
+    if low < first_day:
+        await _slot_groups(conn, "hour", by, low, first_day, tz, team_filter, extra, add)
+    await _slot_groups(conn, "day", by, first_day, last_day, tz, team_filter, extra, add)
+    if last_day < high:
+        await _slot_groups(conn, "hour", by, last_day, high, tz, team_filter, extra, add)
+
+
+def _day_table(by: str | None) -> str:
+    """The narrow per-team-and-model days where they have what `by` needs (sums only, or one of those)."""
+    if by is None or by in ("team", "model", "day", "session") or by.startswith("tag:"):
+        return "request_daily_team_model"
+    return "request_daily"
+
+
+def _slot_text(slot: str, moment: datetime) -> str:
+    return _hour_text(moment) if slot == "hour" else _hour_text(moment)[:10]
+
+
+async def _slot_groups(
+    conn: Connection,
+    slot: str,
+    by: str | None,
+    low: datetime,
+    high: datetime,
+    tz: tzinfo,
+    team_filter: str,
+    extra: list[Any],
+    add: Any,
+) -> None:
+    """The finished rows of [low, high) from `request_hourly` (slot `hour`: whole hours) or a day roll-up (slot
+    `day`: whole UTC days; by day only where those are local days). No session or tag there: ''."""
+    table = "request_hourly" if slot == "hour" else _day_table(by)
+    where = f" WHERE r.{slot} >= ? AND r.{slot} < ?{team_filter}"
+    params = [_slot_text(slot, low), _slot_text(slot, high), *extra]
     if by is None or by.startswith("tag:") or by == "session":
-        for row in await conn.fetch(f"SELECT {_ROLLUP_SUMS} FROM request_hourly r{where}", params):
+        for row in await conn.fetch(f"SELECT {_ROLLUP_SUMS} FROM {table} r{where}", params):
             add("", row)
         return
     if by == "day":
-        sql = f"SELECT r.hour, {_ROLLUP_SUMS} FROM request_hourly r{where} GROUP BY r.hour"
+        sql = f"SELECT r.{slot}, {_ROLLUP_SUMS} FROM {table} r{where} GROUP BY r.{slot}"
         for row in await conn.fetch(sql, params):
-            add(from_iso(f"{row[0]}:00:00Z").astimezone(tz).date().isoformat(), row[1:])
+            local = str(row[0]) if slot == "day" else from_iso(f"{row[0]}:00:00Z").astimezone(tz).date().isoformat()
+            add(local, row[1:])
         return
-    if by in _NAMED:  # grouped by id, then named: a join per group, not per hourly row
-        column, table = _NAMED[by]
-        sql = f"SELECT r.{column}, {_ROLLUP_SUMS} FROM request_hourly r{where} GROUP BY r.{column}"
+    if by in _NAMED:  # grouped by id, then named: a join per group, not per roll-up row
+        column, names_table = _NAMED[by]
+        sql = f"SELECT r.{column}, {_ROLLUP_SUMS} FROM {table} r{where} GROUP BY r.{column}"
         groups = await conn.fetch(sql, params)
         ids = sorted({str(row[0]) for row in groups if row[0]})
         names: dict[str, str] = {}
         for start in range(0, len(ids), _CHUNK):
             part = ids[start : start + _CHUNK]
             marks = ", ".join("?" for _ in part)
-            found = await conn.fetch(f"SELECT id, name FROM {table} WHERE id IN ({marks})", part)
+            found = await conn.fetch(f"SELECT id, name FROM {names_table} WHERE id IN ({marks})", part)
             names.update((str(i), str(n)) for i, n in found)
         for row in groups:
             add(names.get(str(row[0]), str(row[0])), row[1:])
         return
     key = _ROLLUP_KEYS[by]
-    sql = f"SELECT {key}, {_ROLLUP_SUMS} FROM request_hourly r{where} GROUP BY {key}"
+    sql = f"SELECT {key}, {_ROLLUP_SUMS} FROM {table} r{where} GROUP BY {key}"
     for row in await conn.fetch(sql, params):
         add(str(row[0]), row[1:])
 

@@ -1120,8 +1120,9 @@ class GatewayStore:
         return await ledger.prune_requests(self.db, before=before)
 
     async def rebuild_rollups(self, *, since: datetime | None = None, actor: str) -> tuple[datetime | None, int]:
-        """Recompute the hourly roll-ups from the raw rows (from `since` on), audited: the repair after the
-        previous release wrote rows beside this one. Returns the first hour rebuilt and its hourly rows."""
+        """Recompute the hourly roll-ups from the raw rows (from `since` on), and the daily ones from the hours,
+        audited: the repair after a previous release wrote rows beside this one. Returns the first hour rebuilt and
+        its hourly rows."""
         first, count = await ledger.rebuild_hourly(self.db, since=since)
         after = {"since": None if first is None else to_iso(first), "hourly_rows": count}
         async with self.db.transaction() as conn:
