@@ -122,6 +122,13 @@ class _Ctx:
         return self.exact
 
 
+class _Stream(web.StreamResponse):
+    """A streamed reply whose headers go out with its first bytes, in one write (aiohttp's sends them alone):
+    the first bytes are already read when the reply starts, so nothing waits for them."""
+
+    _send_headers_immediately = False
+
+
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """The stream's first chunk (read before the client saw anything), then the rest as it arrives."""
     yield first
@@ -542,13 +549,14 @@ class Proxy:
             return web.Response(body=data, status=upstream.status, headers=headers)
 
         first = await self._first_chunk(ctx, upstream, spec)
-        response = web.StreamResponse(status=upstream.status, headers=headers)
+        response = _Stream(status=upstream.status, headers=headers)
         response.content_type = SSE_CONTENT_TYPE
         limit = ctx.deps.max_reply_bytes  # also the most one unfinished event may hold
         meter = AnthropicStreamMeter(limit)
         ctx.live_usage = lambda: self._cut_stream_usage(ctx, meter)
         held: list[bytes] = []  # a list, not bytes +=: a long message_start in small pieces stays linear
         held_size = 0
+        tail = b""  # the upstream's last bytes: they go out with the end of the reply, in one write
         await response.prepare(request)
         ctx.client_started = True
         try:
@@ -566,9 +574,12 @@ class Proxy:
                             raise EventTooLarge(held_size, limit)
                         continue
                     chunk, held, rewrite = _replace_model(b"".join(held), meter.model, requested), [], False
+                if upstream.content.at_eof():  # nothing follows
+                    tail = chunk
+                    continue
                 await response.write(chunk)
             if held:
-                await response.write(b"".join(held))
+                tail = b"".join(held)
         except EventTooLarge as exc:
             # passed through as it came, the client holds the start of the endless event: an error event would
             # only extend it, so the connection is closed (a cut stream, as from a dead upstream); held bytes
@@ -606,7 +617,7 @@ class Proxy:
         else:
             status, error_type, error_message = RequestStatus.OK, None, None
         self._finish(ctx, status, http_status=upstream.status, error_type=error_type, error_message=error_message)
-        await self._end_quietly(response)
+        await self._end_quietly(response, tail)
         return response
 
     async def _relay_openai(
@@ -673,6 +684,7 @@ class Proxy:
         await response.prepare(request)
         ctx.client_started = True
         failure: tuple[str, str] | None = None
+        last = b""
         try:
             done = False
             async for chunk in _prepend(first, upstream.content.iter_any()):
@@ -702,9 +714,7 @@ class Proxy:
                 cut = f"ccgate: upstream {spec.name} ended the stream before finishing the reply"
                 return await self._broken_off(ctx, response, translator, cut)
             if failure is None:
-                tail = translator.finish()
-                if tail:
-                    await response.write(b"".join(tail))
+                last = b"".join(translator.finish())  # goes out with the end of the reply, in one write
         except EventTooLarge as exc:
             return await self._event_too_large(
                 ctx, response, upstream, spec, exc, lambda kind, text: b"".join(translator.error(kind, text)), cut=None
@@ -719,7 +729,7 @@ class Proxy:
             self._finish(ctx, RequestStatus.ERROR, http_status=200, error_type=failure[0], error_message=failure[1])
         else:
             self._finish(ctx, RequestStatus.OK, http_status=200)
-        await self._end_quietly(response)
+        await self._end_quietly(response, last)
         return response
 
     async def _broken_off(
@@ -1013,8 +1023,7 @@ class Proxy:
 
     @staticmethod
     async def _end_quietly(response: web.StreamResponse, data: bytes = b"") -> None:
-        """The client may already be gone; nothing to record about that here."""
+        """The last bytes and the end of the reply, in one write. The client may already be gone; nothing to
+        record about that here."""
         with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError):
-            if data:
-                await response.write(data)
-            await response.write_eof()
+            await response.write_eof(data)
