@@ -41,6 +41,7 @@ from bench import (
     percentile,
     sidecar_config,
     throughput_run,
+    warm_bytecode,
 )
 
 ROUTES = {"anthropic": ANTHROPIC_MODEL, "translated": TRANSLATED_MODEL}
@@ -88,6 +89,7 @@ async def measure(trees: list[Path], requests: int, work: Path, throughput_round
         for index, tree in enumerate(trees):
             home = work / f"sidecar-{index}"
             env = clean_env(home, CCGATE_ANTHROPIC_BASE_URL=mock.url, CCGATE_MOCKAI_API_KEY="x", PYTHONPATH=str(tree))
+            warm_bytecode(env)
             paths = resolve_paths(env).ensure()
             paths.config_file.write_text(sidecar_config(mock.url + "/v1"))
             headers = {

@@ -60,7 +60,7 @@ __ccgate_node() {
         'gateway report') subs='' opts='--url --token-file --by --since --until --tz --json --csv -h --help' vopts=' --url --token-file --by --since --until --tz ' vararg='' passthrough='' ;;
         'gateway rollups') subs='rebuild' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'gateway rollups rebuild') subs='' opts='--db --since --json -h --help' vopts=' --db --since ' vararg='' passthrough='' ;;
-        'gateway serve') subs='' opts='--db --host --port --workers --migrate --metrics-per-key --keep-days --max-body-mb --allow-private-webhooks --trusted-proxy -h --help' vopts=' --db --host --port --workers --keep-days --max-body-mb --trusted-proxy ' vararg='' passthrough='' ;;
+        'gateway serve') subs='' opts='--db --host --port --workers --migrate --metrics-per-key --keep-days --max-body-mb --max-reply-mb --allow-private-webhooks --trusted-proxy -h --help' vopts=' --db --host --port --workers --keep-days --max-body-mb --max-reply-mb --trusted-proxy ' vararg='' passthrough='' ;;
         'import') subs='claude-code' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'import claude-code') subs='' opts='--path --json -h --help' vopts=' --path ' vararg='' passthrough='' ;;
         'install') subs='' opts='--scope --dry-run --socket -h --help' vopts=' --scope ' vararg='' passthrough='' ;;

@@ -54,6 +54,9 @@ def serve(
         90, "--keep-days", min=0, help="Days raw request rows are kept (then rolled up); 0 keeps them all."
     ),
     max_body_mb: int = typer.Option(64, "--max-body-mb", min=1, max=1024, help="Largest request body accepted."),
+    max_reply_mb: int = typer.Option(
+        64, "--max-reply-mb", min=1, max=4096, help="Largest provider reply, or single stream event, read into memory."
+    ),
     allow_private_webhooks: bool = typer.Option(
         False,
         "--allow-private-webhooks",
@@ -97,12 +100,13 @@ def serve(
             metrics_per_key=metrics_per_key,
             keep_days=keep_days,
             max_body_mb=max_body_mb,
+            max_reply_mb=max_reply_mb,
             allow_private_webhooks=allow_private_webhooks,
             trusted_proxies=proxies,
         )
         raise typer.Exit(run(serve_gateway(settings, host, port)))
     extra = [*(["--metrics-per-key"] if metrics_per_key else []), "--keep-days", str(keep_days)]
-    extra += ["--max-body-mb", str(max_body_mb)]
+    extra += ["--max-body-mb", str(max_body_mb), "--max-reply-mb", str(max_reply_mb)]
     extra += ["--allow-private-webhooks"] if allow_private_webhooks else []
     extra += [arg for cidr in proxies for arg in ("--trusted-proxy", cidr)]
     raise typer.Exit(_run_workers(url, host, port, workers, extra))

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reservation-ttl", type=float, default=30.0, help="seconds a dead instance's holds last")
     parser.add_argument("--key-cache", type=float, default=2.0, help="seconds a key's state is trusted")
     parser.add_argument("--max-body-mb", type=int, default=64, help="largest request body accepted")
+    parser.add_argument("--max-reply-mb", type=int, default=64, help="largest provider reply or stream event read")
     parser.add_argument("--keep-days", type=int, default=90, help="days raw rows are kept; 0 keeps them all")
     parser.add_argument("--metrics-per-key", action="store_true", help="per-key series on /metrics")
     parser.add_argument("--allow-private-webhooks", action="store_true", help="webhooks may post to private hosts")
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics_per_key=args.metrics_per_key,
         keep_days=args.keep_days,
         max_body_mb=args.max_body_mb,
+        max_reply_mb=args.max_reply_mb,
         allow_private_webhooks=args.allow_private_webhooks,
         trusted_proxies=tuple(args.trusted_proxy),
     )

@@ -82,6 +82,9 @@ class GatewaySettings:
     # a request that only reservations keep out waits while they move, up to this long without progress
     budget_wait_seconds: float = 30.0
     max_body_mb: int = 64
+    # the most of a whole provider reply read into memory, and of one unfinished stream event (past it: a 502 or
+    # an `error` event, not an ever-growing buffer)
+    max_reply_mb: int = 64
     # how often provider configs, their keys and which keys and teams have rate limits are re-read: a new rate
     # limit or provider key takes effect within this bound
     refresh_seconds: float = 2.0
@@ -266,6 +269,8 @@ def _proxy(request: web.Request, entry: KeyEntry, *, admitted: bool) -> tuple[Pr
         ledger=entry.sink,
         admission=RequestAdmission(app[ADMISSION], router) if admitted else None,
         provider_keys=upstreams.provider_keys,
+        max_reply_bytes=app[SETTINGS].max_reply_mb * 1024 * 1024,
+        max_reply_setting="gateway serve --max-reply-mb",
     )
     project, session_id, launch_id = attribution.decode(request.headers)
     meta = ClientMeta(

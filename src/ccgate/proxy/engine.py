@@ -51,6 +51,7 @@ from ccgate.proxy.upstream import (
 from ccgate.wire import fastjson
 from ccgate.wire.envelope import sse_error
 from ccgate.wire.metering import AnthropicStreamMeter, error_type_of, meter_message
+from ccgate.wire.sse import EventTooLarge
 
 if TYPE_CHECKING:
     from ccgate.core.providers import ProviderSpec
@@ -119,6 +120,13 @@ class _Ctx:
         if self.exact is None:
             self.exact = parse_messages_body(self.raw, exact=True)
         return self.exact
+
+
+class _Stream(web.StreamResponse):
+    """A streamed reply whose headers go out with its first bytes, in one write (aiohttp's sends them alone):
+    the first bytes are already read when the reply starts, so nothing waits for them."""
+
+    _send_headers_immediately = False
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -318,7 +326,7 @@ class Proxy:
         with upstream_errors(spec, Stage.CONNECT):
             async with deps.session.post(url, data=payload, headers=headers, allow_redirects=False) as upstream:
                 try:
-                    data = await read_reply(upstream, spec, deps.max_reply_bytes)
+                    data = await read_reply(upstream, spec, deps.max_reply_bytes, setting=deps.max_reply_setting)
                 except ReplyTooLarge as error:
                     upstream.close()
                     return error_response(error)
@@ -492,7 +500,7 @@ class Proxy:
     async def _read(self, ctx: _Ctx, upstream: aiohttp.ClientResponse, spec: ProviderSpec) -> bytes:
         """A whole (non-streamed) body; a broken one is a failover-able error, not a 500; one past
         `max_reply_bytes` is `ReplyTooLarge` (see `_too_large`)."""
-        return await read_reply(upstream, spec, ctx.deps.max_reply_bytes)
+        return await read_reply(upstream, spec, ctx.deps.max_reply_bytes, setting=ctx.deps.max_reply_setting)
 
     def _too_large(self, ctx: _Ctx, error: ReplyTooLarge, *, billed: bool) -> web.Response:
         """A reply too large to read: the client gets a 502 in Anthropic's envelope, and the row the usage seen.
@@ -541,11 +549,14 @@ class Proxy:
             return web.Response(body=data, status=upstream.status, headers=headers)
 
         first = await self._first_chunk(ctx, upstream, spec)
-        response = web.StreamResponse(status=upstream.status, headers=headers)
+        response = _Stream(status=upstream.status, headers=headers)
         response.content_type = SSE_CONTENT_TYPE
-        meter = AnthropicStreamMeter()
+        limit = ctx.deps.max_reply_bytes  # also the most one unfinished event may hold
+        meter = AnthropicStreamMeter(limit)
         ctx.live_usage = lambda: self._cut_stream_usage(ctx, meter)
         held: list[bytes] = []  # a list, not bytes +=: a long message_start in small pieces stays linear
+        held_size = 0
+        tail = b""  # the upstream's last bytes: they go out with the end of the reply, in one write
         await response.prepare(request)
         ctx.client_started = True
         try:
@@ -558,11 +569,23 @@ class Proxy:
                     # hold bytes until message_start is complete, then show the client the model it asked for
                     held.append(chunk)
                     if not meter.started:
+                        held_size += len(chunk)
+                        if held_size > limit:  # complete events, but never a message_start: as bad as no end
+                            raise EventTooLarge(held_size, limit)
                         continue
                     chunk, held, rewrite = _replace_model(b"".join(held), meter.model, requested), [], False
+                if upstream.content.at_eof():  # nothing follows
+                    tail = chunk
+                    continue
                 await response.write(chunk)
             if held:
-                await response.write(b"".join(held))
+                tail = b"".join(held)
+        except EventTooLarge as exc:
+            # passed through as it came, the client holds the start of the endless event: an error event would
+            # only extend it, so the connection is closed (a cut stream, as from a dead upstream); held bytes
+            # of a rewritten route never reached it
+            cut = None if rewrite else request.transport
+            return await self._event_too_large(ctx, response, upstream, spec, exc, sse_error, cut=cut)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             meter.flush()
             self._finish(
@@ -594,7 +617,7 @@ class Proxy:
         else:
             status, error_type, error_message = RequestStatus.OK, None, None
         self._finish(ctx, status, http_status=upstream.status, error_type=error_type, error_message=error_message)
-        await self._end_quietly(response)
+        await self._end_quietly(response, tail)
         return response
 
     async def _relay_openai(
@@ -645,7 +668,7 @@ class Proxy:
             return web.json_response(message)
 
         translator = OpenAIStreamTranslator(requested_model=requested, id_map=ctx.id_map)
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(ctx.deps.max_reply_bytes)
         written = 0
 
         def usage_so_far() -> Usage:
@@ -661,6 +684,7 @@ class Proxy:
         await response.prepare(request)
         ctx.client_started = True
         failure: tuple[str, str] | None = None
+        last = b""
         try:
             done = False
             async for chunk in _prepend(first, upstream.content.iter_any()):
@@ -690,9 +714,11 @@ class Proxy:
                 cut = f"ccgate: upstream {spec.name} ended the stream before finishing the reply"
                 return await self._broken_off(ctx, response, translator, cut)
             if failure is None:
-                tail = translator.finish()
-                if tail:
-                    await response.write(b"".join(tail))
+                last = b"".join(translator.finish())  # goes out with the end of the reply, in one write
+        except EventTooLarge as exc:
+            return await self._event_too_large(
+                ctx, response, upstream, spec, exc, lambda kind, text: b"".join(translator.error(kind, text)), cut=None
+            )
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             self._finish(ctx, RequestStatus.INTERRUPTED, http_status=200, error_type="client_disconnected")
             return response
@@ -703,7 +729,7 @@ class Proxy:
             self._finish(ctx, RequestStatus.ERROR, http_status=200, error_type=failure[0], error_message=failure[1])
         else:
             self._finish(ctx, RequestStatus.OK, http_status=200)
-        await self._end_quietly(response)
+        await self._end_quietly(response, last)
         return response
 
     async def _broken_off(
@@ -714,6 +740,40 @@ class Proxy:
             ctx, RequestStatus.INTERRUPTED, http_status=200, error_type="upstream_disconnected", error_message=message
         )
         await self._end_quietly(response, b"".join(translator.error("api_error", message)))
+        return response
+
+    async def _event_too_large(
+        self,
+        ctx: _Ctx,
+        response: web.StreamResponse,
+        upstream: aiohttp.ClientResponse,
+        spec: ProviderSpec,
+        exc: EventTooLarge,
+        error_event: Callable[[str, str], bytes],
+        *,
+        cut: asyncio.Transport | None,
+    ) -> web.StreamResponse:
+        """A stream event that never ends (or no `message_start` to restore the model name in): buffering it
+        would grow memory without bound. The upstream is dropped, the row keeps the usage seen (output estimated
+        from the bytes), the client gets an `error` event, or its connection is `cut`."""
+        upstream.close()
+        label = spec.label or f"upstream {spec.name}"
+        message = (
+            f"ccgate: {label} sent a stream event larger than {exc.limit / 2**20:g} MiB without ending it; "
+            f"ccgate ended the stream (if such events are real, raise `{ctx.deps.max_reply_setting}`)"
+        )
+        log.warning("%s", message)
+        self._finish(
+            ctx,
+            RequestStatus.INTERRUPTED,
+            http_status=response.status,
+            error_type="event_too_large",
+            error_message=message,
+        )
+        if cut is not None:
+            cut.abort()
+        else:
+            await self._end_quietly(response, error_event("api_error", message))
         return response
 
     @staticmethod
@@ -963,8 +1023,7 @@ class Proxy:
 
     @staticmethod
     async def _end_quietly(response: web.StreamResponse, data: bytes = b"") -> None:
-        """The client may already be gone; nothing to record about that here."""
+        """The last bytes and the end of the reply, in one write. The client may already be gone; nothing to
+        record about that here."""
         with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError):
-            if data:
-                await response.write(data)
-            await response.write_eof()
+            await response.write_eof(data)

@@ -162,5 +162,8 @@ class ProxyDeps:
     # the next target is tried), then no more than `stream_idle_timeout` of silence between events.
     first_byte_timeout: float = 60.0
     stream_idle_timeout: float = 120.0
-    # the most of a whole (non-streamed or error) reply read into memory; a larger one is a 502, not buffered
+    # the most of a whole (non-streamed or error) reply read into memory; a larger one is a 502, not buffered.
+    # Also the most one unfinished stream event may hold (and a rewritten stream before its message_start).
     max_reply_bytes: int = 64 * 1024 * 1024
+    # what the user raises when that limit is too low: named in the hint
+    max_reply_setting: str = "sidecar.max_reply_mb"

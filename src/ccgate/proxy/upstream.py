@@ -133,7 +133,9 @@ def _mib(size: int) -> str:
     return f"{size / 2**20:g} MiB"
 
 
-async def read_reply(upstream: aiohttp.ClientResponse, spec: ProviderSpec, limit: int) -> bytes:
+async def read_reply(
+    upstream: aiohttp.ClientResponse, spec: ProviderSpec, limit: int, *, setting: str = "sidecar.max_reply_mb"
+) -> bytes:
     """A whole reply of at most `limit` bytes (after decompression, should a provider compress anyway); a broken
     one is `UpstreamBroke` (failover-able), a larger one `ReplyTooLarge`: told by its content-length when that
     already says so, else once the bytes read pass the limit."""
@@ -144,7 +146,7 @@ async def read_reply(upstream: aiohttp.ClientResponse, spec: ProviderSpec, limit
         return ReplyTooLarge(
             f"{label} ({where}) sent a reply larger than {_mib(limit)} (HTTP {upstream.status}); ccgate dropped it",
             seen=seen,
-            hint="check the provider's status; if such replies are real, raise `sidecar.max_reply_mb`",
+            hint=f"check the provider's status; if such replies are real, raise `{setting}`",
         )
 
     declared = upstream.content_length

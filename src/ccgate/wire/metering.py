@@ -16,6 +16,7 @@ from ccgate.core.usage import (
     usage_from_anthropic,
 )
 from ccgate.wire import fastjson
+from ccgate.wire.sse import EventTooLarge
 
 # An event is read only if its text holds one of these; every other event is skipped unparsed.
 _READ_MARKERS = (b"message_start", b"message_delta", b'"error"')
@@ -40,9 +41,14 @@ def _blocks_holding(text: bytes, markers: tuple[bytes, ...]) -> list[tuple[int, 
 
 
 class AnthropicStreamMeter:
-    """Feed it every chunk sent to the client; it keeps the usage, message id and stop reason seen so far."""
+    """Feed it every chunk sent to the client; it keeps the usage, message id and stop reason seen so far.
+
+    `max_event_bytes`: the most an unfinished event may hold; past it `feed` raises `EventTooLarge` (after reading
+    the events complete in that chunk), so an upstream that never ends an event cannot grow the buffer for ever.
+    """
 
     __slots__ = (
+        "_limit",
         "_parts",
         "_pending",
         "_tail",
@@ -59,7 +65,8 @@ class AnthropicStreamMeter:
         "usage_issues",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int | None = None) -> None:
+        self._limit = max_event_bytes
         # The bytes of an event still incomplete, as received: joined only once its end arrives, so an event of
         # N bytes in pieces costs O(N), not a copy and a search of everything so far per piece.
         self._parts: list[bytes] = []
@@ -93,6 +100,7 @@ class AnthropicStreamMeter:
             self.scanned += len(chunk) + len(seam)
             if not (b"\n\n" in chunk or b"\r\n\r\n" in chunk or b"\n\n" in seam or b"\r\n\r\n" in seam):
                 self._keep(chunk)
+                self._check()
                 return False
             self._parts.append(chunk)
             buffer = b"".join(self._parts)
@@ -104,12 +112,14 @@ class AnthropicStreamMeter:
             end = crlf_end + 2
         if end < 0:
             self._keep(buffer)
+            self._check()
             return False
         complete, rest = buffer[: end + 2], buffer[end + 2 :]
         if rest:
             self._keep(rest)
         # most chunks are content deltas: two substring tests (C speed) rule them out
         if b"message_" not in complete and b'"error"' not in complete:
+            self._check()
             return False
         if b"\r" in complete:
             complete = complete.replace(b"\r\n", b"\n")
@@ -120,12 +130,20 @@ class AnthropicStreamMeter:
             if self.started and not was_started:
                 # what came with message_start in this chunk is output too (a fast upstream sends it together)
                 self.bytes_after_start += len(complete) - stop + self._pending
+        self._check()
         return changed
 
     def _keep(self, data: bytes) -> None:
         self._parts.append(data)
         self._pending += len(data)
         self._tail = (self._tail + data[-3:])[-3:]
+
+    def _check(self) -> None:
+        """Refuse an unfinished event past the limit; what it held is dropped (it is never read)."""
+        if self._limit is not None and self._pending > self._limit:
+            held = self._pending
+            self._parts, self._pending, self._tail = [], 0, b""
+            raise EventTooLarge(held, self._limit)
 
     def flush(self) -> bool:
         """End of stream: an event without its trailing blank line still counts."""
