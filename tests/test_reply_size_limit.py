@@ -5,73 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-import aiohttp
 import anthropic
 import pytest
-from aiohttp import web
+from endless_upstream import SENT_AT_MOST, endless_upstream
 from sidecar_harness import running_sidecar
 
 from ccgate.core.settings import Config, SidecarSettings, TierSettings
 
 LIMIT_MB = 1
-SENT_AT_MOST = 16 * 2**20  # what the endless upstream gives up at, so a test without the limit still ends
-CHUNK = b"a" * 65536
 
 
-@asynccontextmanager
-async def huge_upstream(how: str) -> AsyncIterator[tuple[str, list[int], asyncio.Event]]:
-    """Answers every POST with a JSON reply far past the limit: `chunked` (no length, sent until the reader goes
-    away) or `declared` (a content-length that says so). Yields its URL, the bytes each reply got out, and an
-    event set when a reply ends."""
-    sent: list[int] = []
-    ended = asyncio.Event()
-
-    async def reply(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        head = b'{"id": "msg_huge", "type": "message", "role": "assistant", "content": [{"type": "text", "text": "'
-        if how == "declared":
-            body = head + b"a" * (2 * 2**20)
-            sent.append(len(body))
-            ended.set()
-            return web.Response(body=body, content_type="application/json")
-        response = web.StreamResponse(headers={"content-type": "application/json"})
-        await response.prepare(request)
-        total = 0
-        try:
-            await response.write(head)
-            while total < SENT_AT_MOST:
-                await response.write(CHUNK)
-                total += len(CHUNK)
-        except (ConnectionError, aiohttp.ClientConnectionResetError):
-            pass
-        finally:
-            sent.append(total)
-            ended.set()
-        return response
-
-    app = web.Application()
-    app.router.add_route("POST", "/{tail:.*}", reply)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", sent, ended
-    finally:
-        await runner.cleanup()
-
-
-@pytest.mark.parametrize("how", ["chunked", "declared"])
+@pytest.mark.parametrize("how", ["json", "declared"])  # no length, sent until the reader goes; or declared
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])
 async def test_a_reply_past_the_limit_is_a_502_metered_and_the_sidecar_carries_on(how: str, provider: str) -> None:
     config = Config(
         sidecar=SidecarSettings(max_reply_mb=LIMIT_MB),
         tiers={"haiku": TierSettings("haiku", ("openai/gpt-4o-mini",))},
     )
-    async with huge_upstream(how) as (url, sent, ended):
+    async with endless_upstream(how) as (url, sent, ended):
         if provider == "openai":  # the translated route; Anthropic stays the scripted upstream
             environ = {"CCGATE_OPENAI_BASE_URL": url + "/v1", "CCGATE_OPENAI_API_KEY": "sk-openai-secret"}
             model = "claude-haiku-4-5"

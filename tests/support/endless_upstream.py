@@ -23,12 +23,18 @@ async def endless_upstream(how: str) -> AsyncIterator[tuple[str, list[int], asyn
     """Answers every POST with a 200 that starts something and never ends it:
     `line` (Anthropic: an event after a whole message_start), `start` (message_start itself never ends), `pings`
     (whole ping events for ever, no message_start), `openai` (a chat-completions stream), `json` (a non-streamed
-    reply). Yields its URL, the bytes each reply got out, and an event set when a reply ends."""
+    reply), or `declared` (a non-streamed 2 MiB reply whose content-length says so). Yields its URL, the bytes
+    each reply got out, and an event set when a reply ends."""
     sent: list[int] = []
     ended = asyncio.Event()
 
     async def reply(request: web.Request) -> web.StreamResponse:
         await request.read()
+        if how == "declared":
+            body = b'{"id": "msg_huge", "type": "message", "content": [{"type": "text", "text": "' + b"a" * 2**21
+            sent.append(len(body))
+            ended.set()
+            return web.Response(body=body, content_type="application/json")
         kind = "application/json" if how == "json" else "text/event-stream"
         response = web.StreamResponse(headers={"content-type": kind})
         await response.prepare(request)
