@@ -19,6 +19,7 @@ from typing import Any
 
 from ccgate.core.records import from_iso, to_iso
 from ccgate.storage.gateway.db import Database
+from ccgate.storage.gateway.ledger import ROLLUP_SUMS
 from ccgate.storage.reports import Totals
 
 SESSION_BYTES = 32
@@ -179,18 +180,7 @@ def roll_up_parts(since: datetime, until: datetime) -> list[tuple[str, str, str]
     return parts
 
 
-_SUM_COLUMNS = (
-    "requests",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cost_nanos",
-    "unpriced_requests",
-    "estimated_requests",
-    "imported_requests",
-)
-_NARROW_COLUMNS = frozenset(("team_id", "model", *_SUM_COLUMNS))
+_NARROW_COLUMNS = frozenset(("team_id", "model", *ROLLUP_SUMS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +219,7 @@ class Scope:
 
 async def totals(db: Database, *, since: datetime, until: datetime, scope: Scope = Scope()) -> Totals:
     """Sums over [since, until) in whole UTC hours."""
-    source, params = scope.source(since, until, _SUM_COLUMNS)
+    source, params = scope.source(since, until, ROLLUP_SUMS)
     row = await db.fetchone(f"SELECT {_HOURLY_SUMS}{source}", params)
     return Totals() if row is None else Totals.from_row(row)
 
@@ -260,7 +250,7 @@ async def groups(
 ) -> list[Group]:
     """Sums per key|team|customer|project|model|provider, most spent first."""
     column = GROUP_COLUMNS[by]
-    source, params = scope.source(since, until, (column.removeprefix("r."), *_SUM_COLUMNS))
+    source, params = scope.source(since, until, (column.removeprefix("r."), *ROLLUP_SUMS))
     sql = (
         f"SELECT {column}, {_HOURLY_SUMS}{source} GROUP BY {column} "
         f"ORDER BY coalesce(sum(r.cost_nanos), 0) DESC, coalesce(sum(r.requests), 0) DESC, {column}"

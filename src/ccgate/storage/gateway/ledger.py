@@ -52,7 +52,7 @@ _INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "
 _ROW_MARKS = "(" + ", ".join("?" for _ in COLUMNS) + ")"
 # What a finished row adds to its `request_hourly` group: the seven dimensions, then the sums after `requests`.
 _HOURLY_DIMENSIONS = ("hour", "key_id", "team_id", "customer_id", "project", "model", "provider")
-_HOURLY_SUMS = (
+ROLLUP_SUMS = (
     "requests",
     "input_tokens",
     "output_tokens",
@@ -72,7 +72,7 @@ _CONTRIBUTION = (
     "CASE WHEN coalesce(cost_nanos, -1) >= 0 AND price_quality = 'estimated' THEN 1 ELSE 0 END, "
     "CASE WHEN coalesce(origin, 'gateway') NOT IN ('sidecar', 'gateway') THEN 1 ELSE 0 END"
 )
-_HOURLY_COLUMNS = (*_HOURLY_DIMENSIONS, *_HOURLY_SUMS)
+_HOURLY_COLUMNS = (*_HOURLY_DIMENSIONS, *ROLLUP_SUMS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +90,12 @@ class _Rollup:
 
     def upsert(self, groups: int) -> str:
         """A multi-row upsert of `groups` groups adding their sums to what the table holds."""
-        marks = "(" + ", ".join("?" for _ in (*self.dimensions, *_HOURLY_SUMS)) + ")"
+        marks = "(" + ", ".join("?" for _ in (*self.dimensions, *ROLLUP_SUMS)) + ")"
         return (
-            f"INSERT INTO {self.table} ({', '.join((*self.dimensions, *_HOURLY_SUMS))}) VALUES "
+            f"INSERT INTO {self.table} ({', '.join((*self.dimensions, *ROLLUP_SUMS))}) VALUES "
             + ", ".join(marks for _ in range(groups))
             + f" ON CONFLICT ({', '.join(self.dimensions)}) DO UPDATE SET "
-            + ", ".join(f"{c} = {self.table}.{c} + excluded.{c}" for c in _HOURLY_SUMS)
+            + ", ".join(f"{c} = {self.table}.{c} + excluded.{c}" for c in ROLLUP_SUMS)
         )
 
 
@@ -143,7 +143,7 @@ class _Hourly:
         dims = tuple(str(value) for value in contribution[:7])
         sums = self.groups.get(dims)
         if sums is None:
-            sums = self.groups[dims] = [0] * len(_HOURLY_SUMS)
+            sums = self.groups[dims] = [0] * len(ROLLUP_SUMS)
         sums[0] += sign
         for index, value in enumerate(contribution[7:], 1):
             sums[index] += sign * int(value)
@@ -152,7 +152,7 @@ class _Hourly:
         for rollup in _ROLLUPS:
             groups: dict[tuple[str, ...], list[int]] = {}
             for dims, sums in self.groups.items():
-                total = groups.setdefault(rollup.project(dims), [0] * len(_HOURLY_SUMS))
+                total = groups.setdefault(rollup.project(dims), [0] * len(ROLLUP_SUMS))
                 for index, value in enumerate(sums):
                     total[index] += value
             await _write_rollup(conn, rollup, groups)
@@ -543,7 +543,7 @@ async def prune_requests(db: Database, *, before: date) -> int:
             "GROUP BY substr(started_at, 1, 10), key_id, coalesce(team_id, ''), coalesce(customer_id, ''), "
             "coalesce(project, ''), coalesce(requested_model, ''), coalesce(provider, '') "
             "ON CONFLICT (day, key_id, team_id, customer_id, project, model, provider) DO UPDATE SET "
-            + ", ".join(f"{c} = request_rollups.{c} + excluded.{c}" for c in _HOURLY_SUMS),
+            + ", ".join(f"{c} = request_rollups.{c} + excluded.{c}" for c in ROLLUP_SUMS),
             (cut,),
         )
         gone = await conn.execute("DELETE FROM requests WHERE started_at < ? AND status != 'pending'", (cut,))
@@ -598,8 +598,8 @@ async def _rebuild_daily(conn: Connection, first_day: str | None) -> None:
             await conn.execute(f"DELETE FROM {rollup.table} WHERE day >= ?", (first_day,))
         dims = ", ".join(_HOURLY_DIMENSIONS[i] for i in rollup.picks[1:])
         await conn.execute(
-            f"INSERT INTO {rollup.table} ({', '.join((*rollup.dimensions, *_HOURLY_SUMS))}) "
-            f"SELECT substr(hour, 1, 10), {dims}, {', '.join(f'sum({c})' for c in _HOURLY_SUMS)} FROM request_hourly"
+            f"INSERT INTO {rollup.table} ({', '.join((*rollup.dimensions, *ROLLUP_SUMS))}) "
+            f"SELECT substr(hour, 1, 10), {dims}, {', '.join(f'sum({c})' for c in ROLLUP_SUMS)} FROM request_hourly"
             + ("" if first_day is None else " WHERE hour >= ?")
             + f" GROUP BY substr(hour, 1, 10), {dims}",
             [] if first_day is None else [first_day + "T00"],
