@@ -191,7 +191,8 @@ async def reserve(
     or `Refused` (spent >= limit). Refused and waiting requests hold nothing. One round trip (see `admit`).
     """
     ask = Ask(key_id, team_id, customer_id, provider_id, bound_nanos, instance_id, ttl, now)
-    _, result = await admit(db, ask, take_rate=False, definitions=definitions)
+    # not urgent: a waiting request retries for room that settles make, so it does not go ahead of them
+    _, result = await admit(db, ask, take_rate=False, definitions=definitions, urgent=False)
     assert result is not None  # only a rate limit answers None
     return result
 
@@ -216,17 +217,20 @@ class Ask:
 
 
 async def admit(
-    db: Database, ask: Ask, *, take_rate: bool, definitions: BudgetDefinitions | None = None
+    db: Database, ask: Ask, *, take_rate: bool, definitions: BudgetDefinitions | None = None, urgent: bool = True
 ) -> tuple[RateDecision, AdmissionResult | None]:
     """The request's rate limits (with `take_rate`: counted unless one is reached), then its budgets, in one
     round trip: on SQLite one job on the database thread inside BEGIN IMMEDIATE, on PostgreSQL one call of
-    ``ccgate_reserve_v1`` (migration 0006). Rate limited: (RateLimited, None), nothing reserved."""
+    ``ccgate_reserve_v1`` (migration 0006). Rate limited: (RateLimited, None), nothing reserved.
+
+    On SQLite an `urgent` admission (a new request: its reply waits for it) goes ahead of queued settles and
+    ledger writes, which only run after replies (`SQLiteDatabase.run_transaction`)."""
     if not 0 <= ask.bound_nanos <= MAX_NANOS:
         raise ValueError("bound_nanos must be between 0 and MAX_NANOS")
     from ccgate.storage.gateway.db import SQLiteDatabase
 
     if isinstance(db, SQLiteDatabase):
-        return await db.run_transaction(lambda conn: _admit_sync(conn, ask, take_rate))
+        return await db.run_transaction(lambda conn: _admit_sync(conn, ask, take_rate), urgent=urgent)
     return await _admit_postgres(db, ask, take_rate, definitions or BudgetDefinitions())
 
 
@@ -741,7 +745,7 @@ async def take_request(db: Database, key_id: str, team_id: str | None, now: date
     from ccgate.storage.gateway.db import SQLiteDatabase
 
     if isinstance(db, SQLiteDatabase):
-        return await db.run_transaction(lambda conn: _take_sync(conn, key_id, team_id, now))
+        return await db.run_transaction(lambda conn: _take_sync(conn, key_id, team_id, now), urgent=True)
     async with db.transaction() as conn:
         limits = await _locked_limits(conn, db, key_id, team_id)
         if not limits:

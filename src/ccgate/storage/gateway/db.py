@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -47,6 +48,8 @@ T = TypeVar("T")
 
 # Seconds a SQLite connection waits for another writer's lock (another instance or process on the same file).
 SQLITE_BUSY_TIMEOUT_S = 30.0
+# Admissions the SQLite thread runs in a row ahead of a waiting settle or ledger write (then that one goes).
+URGENT_RUN = 8
 # An arbitrary constant: the PostgreSQL advisory lock that serialises migrations between instances.
 MIGRATION_LOCK_KEY = 0x63636761_7465  # "ccgate"
 
@@ -181,6 +184,68 @@ def _only_comments(text: str) -> bool:
 # --- SQLite -----------------------------------------------------------------------------------------------------
 
 
+class PriorityLock:
+    """An asyncio lock with two queues: an urgent waiter (a request's admission, which its reply waits for) is
+    handed the lock before ordinary ones (settles and ledger writes, which run after a reply). Ordinary waiters
+    are delayed, never starved: after `URGENT_RUN` urgent hand-offs in a row, a waiting ordinary one goes next.
+    A delayed settle is conservative (its reservation holds until it runs). Within a queue, first come first
+    served; the lock passes straight to the next waiter, so no newcomer overtakes it."""
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._ordinary: deque[asyncio.Future[None]] = deque()
+        self._run = 0  # urgent hand-offs since an ordinary waiter last got the lock
+
+    def locked(self) -> bool:
+        return self._locked
+
+    async def acquire(self, *, urgent: bool = False) -> None:
+        if not self._locked:
+            self._locked = True
+            return
+        queue = self._urgent if urgent else self._ordinary
+        waiter = asyncio.get_running_loop().create_future()
+        queue.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed the lock, then cancelled before it could use it: pass it on
+            elif waiter in queue:
+                queue.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Hand the lock to the next waiter (urgent first, within `URGENT_RUN`), or unlock."""
+        if not self._locked:
+            raise RuntimeError("PriorityLock released while not held")
+        while True:
+            if self._urgent and (self._run < URGENT_RUN or not self._ordinary):
+                waiter = self._urgent.popleft()
+                urgent = True
+            elif self._ordinary:
+                waiter = self._ordinary.popleft()
+                urgent = False
+            else:
+                self._locked = False
+                self._run = 0
+                return
+            if waiter.done():  # cancelled while waiting: its task removes nothing more
+                continue
+            self._run = self._run + 1 if urgent else 0
+            waiter.set_result(None)
+            return
+
+    @asynccontextmanager
+    async def hold(self, *, urgent: bool = False) -> AsyncIterator[None]:
+        await self.acquire(urgent=urgent)
+        try:
+            yield
+        finally:
+            self.release()
+
+
 class SQLiteDatabase:
     """sqlite3 in WAL mode on one dedicated thread; an asyncio lock hands the connection to one user at a time.
 
@@ -195,7 +260,7 @@ class SQLiteDatabase:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccgate-gateway-db")
         self._conn: sqlite3.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._lock = PriorityLock()
 
     async def open(self) -> None:
         await self._call(self._open)
@@ -248,7 +313,7 @@ class SQLiteDatabase:
         await self._call(lambda: self._c().executemany(sql, [tuple(r) for r in rows]))
 
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
-        async with self._lock:
+        async with self._lock.hold():
             return await self._fetch(sql, params)
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
@@ -256,16 +321,16 @@ class SQLiteDatabase:
         return rows[0] if rows else None
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        async with self._lock:
+        async with self._lock.hold():
             return await self._execute(sql, params)
 
     async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
-        async with self._lock, _SQLiteTransaction(self) as conn:
+        async with self._lock.hold(), _SQLiteTransaction(self) as conn:
             await conn.executemany(sql, rows)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        async with self._lock, _SQLiteTransaction(self) as conn:
+        async with self._lock.hold(), _SQLiteTransaction(self) as conn:
             yield conn
 
     async def lock_migrations(self, conn: Connection) -> None:
@@ -275,10 +340,11 @@ class SQLiteDatabase:
         for statement in for_backend(split_script(script), self.backend):
             await conn.execute(statement)
 
-    async def run_transaction(self, job: Callable[[SyncConnection], T]) -> T:
+    async def run_transaction(self, job: Callable[[SyncConnection], T], *, urgent: bool = False) -> T:
         """`job` inside BEGIN IMMEDIATE ... COMMIT as one task on the database thread: one hop, however many
-        statements (an exception rolls back). The job must not block on anything but the database."""
-        async with self._lock:
+        statements (an exception rolls back). The job must not block on anything but the database. An `urgent`
+        job (an admission: a request waits for it) goes ahead of queued ordinary ones (see `PriorityLock`)."""
+        async with self._lock.hold(urgent=urgent):
             return await self._call(lambda: self._transact(job))
 
     async def one_trip(self, body: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
@@ -297,7 +363,7 @@ class SQLiteDatabase:
         return result
 
     async def close(self) -> None:
-        async with self._lock:
+        async with self._lock.hold():
             if self._conn is not None:
                 conn, self._conn = self._conn, None
                 await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
