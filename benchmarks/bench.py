@@ -462,15 +462,15 @@ def start_postgres() -> tuple[str | None, Any]:
     return cluster.url, cluster
 
 
-async def fresh_postgres_database(server: str) -> str:
+async def fresh_postgres_database(server: str, name: str = "ccgate_bench") -> str:
     import asyncpg
 
     conn = await asyncpg.connect(server)
     try:
-        await conn.execute("CREATE DATABASE ccgate_bench")
+        await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    return server.rpartition("/")[0] + "/ccgate_bench"
+    return server.rpartition("/")[0] + "/" + name
 
 
 async def gateway_org(db_url: str) -> str:

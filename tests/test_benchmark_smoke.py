@@ -179,3 +179,26 @@ def test_side_by_side_comparison_runs_two_builds(tmp_path: Path) -> None:
     assert [row[0] for row in throughput] == ["HEAD", "."]
     assert "vs HEAD: median" in " ".join(throughput[1])
     assert all(float(row[3]) > 0 for row in rows)
+
+
+def test_gateway_side_by_side_comparison_runs_two_builds(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "compare_gateway.py"),
+            "HEAD",
+            ".",
+            "--requests",
+            "5",
+            "--throughput-rounds",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines() if " added p50 " in line]
+    assert [(row[0], row[1]) for row in rows] == [("sqlite", "HEAD"), ("sqlite", ".")]
+    assert all(float(row[-2]) > 0 for row in rows)  # requests/s
