@@ -793,6 +793,25 @@ def test_stored_time_equals_parsing_and_formatting(moment: datetime, form: str) 
     assert importer.stored_time(text) == expected
 
 
+@settings(deadline=None, max_examples=1000)
+@given(
+    text=st.one_of(
+        st.text(alphabet="0123456789-:T.Z+ W,t", max_size=32),
+        st.datetimes(timezones=st.just(UTC)).map(lambda moment: moment.isoformat().replace("+00:00", "Z")),
+        st.datetimes().map(lambda moment: moment.isoformat() + "Z"),
+    )
+)
+def test_valid_time_agrees_with_parsing_any_text(text: str) -> None:
+    from ccgate.core.records import from_iso
+
+    try:
+        from_iso(text)
+    except (ValueError, OverflowError):
+        assert not importer.valid_time(text)
+    else:
+        assert importer.valid_time(text)
+
+
 @pytest.mark.parametrize(
     "text",
     [
