@@ -507,7 +507,7 @@ importing._insert_batch = insert_batch
 importing._save_marks = save_marks
 real_execute = None
 from ccgate.storage import ledger
-real_open = ledger.open_ledger
+real_open = ledger.open_plain_ledger
 
 def open_ledger(*args, **kwargs):
     db = real_open(*args, **kwargs)
@@ -524,7 +524,7 @@ def open_ledger(*args, **kwargs):
     db.conn = Conn(db.conn)
     return db
 
-ledger.open_ledger = open_ledger
+ledger.open_plain_ledger = open_ledger
 sys.argv = ["ccgate", "import", "claude-code", "--path", sys.argv[2], "--json"]
 from ccgate.cli import main
 main()
@@ -584,6 +584,68 @@ def test_a_rerun_with_nothing_changed_loads_neither_sqlite_utils_nor_prices(
     out = done.stdout.decode().splitlines()
     assert json.loads(out[0])["unchanged_files"] == 2
     assert out[1] == "[]"
+
+
+def test_a_first_import_loads_no_sqlite_utils(tmp_path: Path) -> None:
+    """The import opens, migrates and fills a new ledger with the standard library's sqlite3 alone."""
+    root = corpus(tmp_path / "projects", files=2)
+    probe = (
+        "import sys\n"
+        "from ccgate.cli import main\n"
+        f"sys.argv = ['ccgate', 'import', 'claude-code', '--path', {str(root)!r}, '--json']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('sqlite_utils' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=60, check=True)
+    out = done.stdout.decode().splitlines()
+    assert json.loads(out[0])["imported"] > 0
+    assert out[1] == "False"
+
+
+def test_a_plain_ledger_is_the_ledger_sqlite_utils_opens(tmp_path: Path) -> None:
+    """Same schema, same connection settings, and either opens what the other made."""
+    from ccgate.storage.ledger import open_plain_ledger
+
+    def state(db: Any) -> tuple[Any, ...]:
+        schema = sorted(db.execute("SELECT type, name, sql FROM sqlite_master").fetchall())
+        pragmas = [db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("recursive_triggers", "journal_mode")]
+        return (schema, pragmas, db.execute("PRAGMA synchronous").fetchone()[0])
+
+    plain, utils = open_plain_ledger(tmp_path / "a.db"), open_ledger(tmp_path / "b.db")
+    try:
+        assert state(plain) == state(utils)
+    finally:
+        plain.close()
+        utils.close()
+    again, other = open_ledger(tmp_path / "a.db"), open_plain_ledger(tmp_path / "b.db")
+    try:
+        assert state(again) == state(other)
+    finally:
+        again.close()
+        other.close()
+
+
+def test_a_bulk_import_writes_with_a_large_page_cache_and_gives_it_back(tmp_path: Path) -> None:
+    """SQLite's default 2 MB cache makes the id index and the rebuilt indexes spill; the connection's own
+    setting is back afterwards."""
+    from ccgate.storage.ledger import open_plain_ledger
+
+    db = open_plain_ledger(tmp_path / "ledger.db")
+    try:
+        statements: list[str] = []
+        db.conn.set_trace_callback(statements.append)
+        rows = [
+            (f"id-{n}", "2026-03-02T01:00:00.000000Z", None, None, None, "m", 1, 2, 0, 0, 0, 0, 5, "priced", *tail)
+            for tail in [(None, None, "msg", None, None)]
+            for n in range(importing.BULK_MIN_ROWS)
+        ]
+        assert importing.insert_import_rows(db, rows) == len(rows)
+        db.conn.set_trace_callback(None)
+        assert f"PRAGMA cache_size = {-importing.BULK_CACHE_KIB}" in statements
+        assert db.execute("PRAGMA cache_size").fetchone()[0] == -2000
+    finally:
+        db.close()
 
 
 @pytest.mark.parametrize("chunk", [7, 100, 4096])
@@ -729,6 +791,25 @@ def test_stored_time_equals_parsing_and_formatting(moment: datetime, form: str) 
         return
     assert importer.valid_time(text)
     assert importer.stored_time(text) == expected
+
+
+@settings(deadline=None, max_examples=1000)
+@given(
+    text=st.one_of(
+        st.text(alphabet="0123456789-:T.Z+ W,t", max_size=32),
+        st.datetimes(timezones=st.just(UTC)).map(lambda moment: moment.isoformat().replace("+00:00", "Z")),
+        st.datetimes().map(lambda moment: moment.isoformat() + "Z"),
+    )
+)
+def test_valid_time_agrees_with_parsing_any_text(text: str) -> None:
+    from ccgate.core.records import from_iso
+
+    try:
+        from_iso(text)
+    except (ValueError, OverflowError):
+        assert not importer.valid_time(text)
+    else:
+        assert importer.valid_time(text)
 
 
 @pytest.mark.parametrize(

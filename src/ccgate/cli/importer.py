@@ -68,10 +68,10 @@ def _run(app_ctx: AppContext, files: list[Path], total_bytes: int, *, show_progr
 
     from ccgate.core.pricing import PriceCatalog
     from ccgate.features.importer import Importer, default_workers
-    from ccgate.storage.ledger import open_ledger
+    from ccgate.storage.ledger import open_plain_ledger
 
     catalog = PriceCatalog(app_ctx.config.prices)
-    db = open_ledger(app_ctx.paths.ledger_file)
+    db = open_plain_ledger(app_ctx.paths.ledger_file)  # every statement of an import is plain SQL
     try:
         importer = Importer(db=db, catalog=catalog, workers=default_workers())
         if not show_progress:

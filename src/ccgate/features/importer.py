@@ -34,9 +34,8 @@ from ccgate.storage.importing import FileMark
 from ccgate.storage.ledger import storable_text
 
 if TYPE_CHECKING:
-    from sqlite_utils import Database
-
     from ccgate.core.pricing import CountPricer, PriceCatalog
+    from ccgate.storage.migrations import SqlDatabase
     from ccgate.wire.fastjson import TranscriptLine, TranscriptUsage
 
 SOURCE = "import"
@@ -636,7 +635,7 @@ def scan_files(
         _WORKER.clear()
 
 
-def unchanged_files(db: Database, files: list[Path]) -> set[Path]:
+def unchanged_files(db: SqlDatabase, files: list[Path]) -> set[Path]:
     """The files an earlier import read to their end that still have the same size, mtime and inode."""
     from ccgate.storage.importing import load_marks
 
@@ -723,7 +722,7 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
-def _matching(db: Database, sql: str, values: Iterable[str]) -> set[str]:
+def _matching(db: SqlDatabase, sql: str, values: Iterable[str]) -> set[str]:
     """First column of `sql` (with `{marks}` for an IN list) over `values`, queried in chunks."""
     found: set[str] = set()
     for chunk in _chunks(sorted(set(values)), _QUERY_CHUNK):
@@ -755,7 +754,7 @@ _EARLIEST = datetime.min.replace(tzinfo=UTC)
 _LATEST = datetime.max.replace(tzinfo=UTC)
 
 
-def metered_message_ids(db: Database, stamps: Iterable[tuple[str, str]]) -> set[str]:
+def metered_message_ids(db: SqlDatabase, stamps: Iterable[tuple[str, str]]) -> set[str]:
     """Message ids of (message id, transcript timestamp) pairs that a sidecar or gateway row already holds.
 
     Looked up through the `started_at` index, window by window around every transcript time of an id (one
@@ -778,7 +777,7 @@ def metered_message_ids(db: Database, stamps: Iterable[tuple[str, str]]) -> set[
     return found
 
 
-def existing_ids(db: Database, ids: Iterable[str]) -> set[str]:
+def existing_ids(db: SqlDatabase, ids: Iterable[str]) -> set[str]:
     return _matching(db, "SELECT id FROM requests WHERE id IN ({marks})", ids)
 
 
@@ -824,12 +823,18 @@ _CANONICAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9
 
 
 def valid_time(timestamp: str) -> bool:
-    """Whether `from_iso` reads `timestamp`; Claude Code's own form is parsed as it is (no copy with "+00:00")."""
-    try:
-        if _CANONICAL_TIME.fullmatch(timestamp):
-            datetime.fromisoformat(timestamp)  # "Z" reads as UTC, as "+00:00" does
+    """Whether `from_iso` reads `timestamp`. Every checked line pays for this: a time whose only "Z" ends it (Claude
+    Code's form) is parsed as it is, with no pattern matched first and no copy made with "+00:00" (the "Z" reads
+    as UTC as "+00:00" does); what that refuses goes to `from_iso`, which decides."""
+    if timestamp[-1:] == "Z" and timestamp.find("Z") == len(timestamp) - 1:
+        try:
+            datetime.fromisoformat(timestamp)
+        except ValueError:
+            pass
         else:
-            from_iso(timestamp)
+            return True
+    try:
+        from_iso(timestamp)
     except (ValueError, OverflowError):  # OverflowError: year 1 with a positive offset is before datetime.min
         return False
     return True
@@ -931,7 +936,7 @@ _UNSET: Any = object()
 class Importer:
     """Reads transcripts and writes the new requests; the CLI adds a progress bar through `progress`."""
 
-    db: Database
+    db: SqlDatabase
     catalog: PriceCatalog
     stats: ImportStats = field(default_factory=ImportStats)
     # processes reading and pricing transcripts (`default_workers()` in the CLI); 1 reads in this process

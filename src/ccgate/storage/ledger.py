@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ccgate.core.records import (
     Attempt,
@@ -302,20 +302,49 @@ def open_ledger(path: Path, *, check_same_thread: bool = True) -> Database:
     """Open (creating if needed) and migrate the ledger; WAL + synchronous=NORMAL survive a kill -9."""
     from sqlite_utils import Database
 
+    # no third-party hooks on the ledger connection
+    return _open(path, check_same_thread, lambda conn: Database(conn, execute_plugins=False))
+
+
+class PlainLedger:
+    """The ledger through the standard library alone, for a command whose every statement is plain SQL
+    (`import claude-code`): importing sqlite-utils is ~0.065 s of such a run. Offers what migrations and
+    `storage.importing` use of sqlite-utils' `Database`, with the same connection settings."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        conn.execute("PRAGMA recursive_triggers=on")  # as sqlite-utils' `Database` sets it
+
+    def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] | None = None, /) -> sqlite3.Cursor:
+        return self.conn.execute(sql, () if parameters is None else parameters)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_plain_ledger(path: Path) -> PlainLedger:
+    """`open_ledger` without sqlite-utils."""
+    return _open(path, True, PlainLedger)
+
+
+_Opened = TypeVar("_Opened", "Database", PlainLedger)
+
+
+def _open(path: Path, check_same_thread: bool, wrap: Callable[[sqlite3.Connection], _Opened]) -> _Opened:
     from ccgate.storage.migrations import migrate
 
     try:
         _create_private(path)
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=check_same_thread)
-        db = Database(conn, execute_plugins=False)  # no third-party hooks on the ledger connection
         try:
+            db = wrap(conn)
             # before anything else: every statement below may meet another process's lock on a fresh file
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             enable_wal(conn)
             db.execute("PRAGMA synchronous=NORMAL")
             migrate(db)
         except BaseException:
-            db.close()
+            conn.close()
             raise
     except (sqlite3.Error, OSError) as error:
         raise LedgerError(

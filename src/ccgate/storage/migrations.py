@@ -7,15 +7,23 @@ Every statement is plain SQL frozen in time (no references to constants that may
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from ccgate.core.records import to_iso, utcnow
 
-if TYPE_CHECKING:
-    from sqlite_utils import Database
 
-Migration = Callable[["Database"], None]
+class SqlDatabase(Protocol):
+    """What migrations and the import's bulk writes use of the ledger: sqlite-utils' `Database`, or
+    `storage.ledger.PlainLedger` where loading sqlite-utils would be most of the cost (import)."""
+
+    @property
+    def conn(self) -> sqlite3.Connection: ...
+
+    def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] | None = ..., /) -> sqlite3.Cursor: ...
+
+
+Migration = Callable[[SqlDatabase], None]
 
 
 class MigrationSet:
@@ -45,7 +53,7 @@ MIGRATIONS = LEDGER.steps  # the same list, under its former name
 
 
 @migration
-def m001_requests(db: Database) -> None:
+def m001_requests(db: SqlDatabase) -> None:
     db.execute(
         """
         CREATE TABLE requests (
@@ -88,7 +96,7 @@ def m001_requests(db: Database) -> None:
 
 
 @migration
-def m002_request_indexes(db: Database) -> None:
+def m002_request_indexes(db: SqlDatabase) -> None:
     db.execute("CREATE INDEX requests_started_at ON requests (started_at)")
     db.execute("CREATE INDEX requests_session ON requests (session_id, started_at)")
     db.execute("CREATE INDEX requests_upstream_message_id ON requests (upstream_message_id)")
@@ -145,7 +153,7 @@ _ROLLUP_PRUNE = """
 
 
 @migration
-def m003_hourly_rollups(db: Database) -> None:
+def m003_hourly_rollups(db: SqlDatabase) -> None:
     """Per-UTC-hour sums kept exact by triggers, so `cost month` reads thousands of rows, not millions.
 
     Reports take whole hours from here and the ragged ends of a range (and of local days in zones with
@@ -200,7 +208,7 @@ def m003_hourly_rollups(db: Database) -> None:
 
 
 @migration
-def m004_drop_message_id_index(db: Database) -> None:
+def m004_drop_message_id_index(db: SqlDatabase) -> None:
     """Every metered request paid a write to a random page of this index; `import` now finds metered message
     ids through `started_at` instead.
     """
@@ -208,7 +216,7 @@ def m004_drop_message_id_index(db: Database) -> None:
 
 
 @migration
-def m005_rollups_without_pending_rows(db: Database) -> None:
+def m005_rollups_without_pending_rows(db: SqlDatabase) -> None:
     """Roll-ups hold finished rows only; reports add the few still pending from `requests`.
 
     Every request is written ahead as pending and finished later: with pending rows in the roll-ups that was
@@ -259,14 +267,14 @@ def m005_rollups_without_pending_rows(db: Database) -> None:
 
 
 @migration
-def m006_speed(db: Database) -> None:
+def m006_speed(db: SqlDatabase) -> None:
     """Fast mode (`usage.speed = "fast"`) is billed at a multiple of the standard rates: keep what each request
     ran at, so a cost can be explained and recomputed."""
     db.execute("ALTER TABLE requests ADD COLUMN speed TEXT")
 
 
 @migration
-def m007_request_tags(db: Database) -> None:
+def m007_request_tags(db: SqlDatabase) -> None:
     """Launch tags (`ccgate launch --tag ticket=ABC-1`) as a JSON object per row; NULL without tags.
 
     The partial index holds tagged rows only: `cost --by tag:K` reads them and takes the untagged remainder
@@ -277,7 +285,7 @@ def m007_request_tags(db: Database) -> None:
 
 
 @migration
-def m008_import_files(db: Database) -> None:
+def m008_import_files(db: SqlDatabase) -> None:
     """Transcript files `import claude-code` has read to their end (size and mtime then), so a re-run skips
     them unless they changed."""
     db.execute(
@@ -293,7 +301,7 @@ def m008_import_files(db: Database) -> None:
 
 
 @migration
-def m009_org_sync(db: Database) -> None:
+def m009_org_sync(db: SqlDatabase) -> None:
     """Org mode: where this machine's usage sync to the gateway stands, and the rows the gateway refused.
 
     `org_sync` has at most one row (one gateway at a time); `budgets` is the key's org budgets as `/v1/me` last
@@ -330,7 +338,7 @@ def m009_org_sync(db: Database) -> None:
 
 
 @migration
-def m010_import_file_offsets(db: Database) -> None:
+def m010_import_file_offsets(db: SqlDatabase) -> None:
     """Where `import claude-code` stopped in each transcript: a file that only grew is read from there on, and
     one replaced under the same name (another inode) or rewritten (other bytes before that point) from the start.
     """
@@ -340,7 +348,7 @@ def m010_import_file_offsets(db: Database) -> None:
 
 
 @migration
-def m011_report_indexes(db: Database) -> None:
+def m011_report_indexes(db: SqlDatabase) -> None:
     """Covering indexes for the two reports that read rows, not roll-ups, over a whole period.
 
     `cost --what-if` sums each tier's tokens per group: from the first index it reads ~70 bytes per row instead
@@ -357,8 +365,9 @@ def m011_report_indexes(db: Database) -> None:
     )
 
 
-def applied_migrations(db: Database) -> list[str]:
-    if not db["_migrations"].exists():
+def applied_migrations(db: SqlDatabase) -> list[str]:
+    found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'").fetchone()
+    if found is None:
         return []
     return [row[0] for row in db.execute("SELECT name FROM _migrations ORDER BY rowid").fetchall()]
 
@@ -375,7 +384,7 @@ def schema_is_current(conn: sqlite3.Connection) -> bool:
     return all(name in recorded for name in LEDGER.names())
 
 
-def migrate(db: Database) -> list[str]:
+def migrate(db: SqlDatabase) -> list[str]:
     """Apply every migration not yet recorded, all in one write transaction; returns the names applied.
 
     BEGIN IMMEDIATE takes the write lock before looking, so two processes opening a fresh ledger at once
