@@ -63,7 +63,7 @@ __ccgate_node() {
         'gateway serve') subs='' opts='--db --host --port --workers --migrate --metrics-per-key --keep-days --max-body-mb --max-reply-mb --allow-private-webhooks --trusted-proxy -h --help' vopts=' --db --host --port --workers --keep-days --max-body-mb --max-reply-mb --trusted-proxy ' vararg='' passthrough='' ;;
         'import') subs='claude-code' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;
         'import claude-code') subs='' opts='--path --json -h --help' vopts=' --path ' vararg='' passthrough='' ;;
-        'install') subs='' opts='--scope --dry-run --socket -h --help' vopts=' --scope ' vararg='' passthrough='' ;;
+        'install') subs='' opts='--scope --dry-run -h --help' vopts=' --scope ' vararg='' passthrough='' ;;
         'launch') subs='' opts='--tag' vopts=' --tag ' vararg='' passthrough='1' ;;
         'login') subs='' opts='--key --allow-http --json -h --help' vopts=' --key ' vararg='' passthrough='' ;;
         'logout') subs='' opts='-h --help' vopts='  ' vararg='' passthrough='' ;;

@@ -446,7 +446,6 @@ complete -c ccgate -n '__ccgate_at "import claude-code"' -l 'json' -d 'Print the
 complete -c ccgate -n '__ccgate_at "import claude-code"' -s 'h' -l 'help' -d 'Show this message and exit'
 complete -c ccgate -n '__ccgate_at "install"' -l 'scope' -x -d 'user: every Claude Code you start (~/.claude/settings.json or $CLAUDE_CONFIG_DIR); proj...'
 complete -c ccgate -n '__ccgate_at "install"' -l 'dry-run' -d 'Print the change as a diff; write nothing'
-complete -c ccgate -n '__ccgate_at "install"' -l 'socket' -d 'Claude Code reaches the sidecar over a private unix socket, which no other local user c...'
 complete -c ccgate -n '__ccgate_at "install"' -s 'h' -l 'help' -d 'Show this message and exit'
 complete -c ccgate -n '__ccgate_at "launch"' -l 'tag' -x -d 'Tag every request of this launch (repeatable; also CCGATE_TAGS=k=v,k2=v2)'
 complete -c ccgate -n '__ccgate_at "launch"' -x -a '(__fish_complete_subcommand --fcs-skip=2)'

@@ -56,9 +56,7 @@ async def running_sidecar(
     config: Config | None = None,
     environ: Mapping[str, str] | None = None,
     upstream: ScriptedUpstream | None = None,
-    unix_socket: bool = False,
 ) -> AsyncIterator[Harness]:
-    """`unix_socket`: the sidecar listens on its unix socket too (`paths.socket_file`), as the real one does."""
     own_upstream = upstream is None
     upstream = upstream or ScriptedUpstream()
     if own_upstream:
@@ -75,10 +73,6 @@ async def running_sidecar(
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = int(runner.addresses[0][1])
-    if unix_socket:
-        from ccgate.sidecar.unix_socket import listen_unix
-
-        assert await listen_unix(runner, paths.socket_file) is not None
     try:
         yield Harness(app=app, url=f"http://127.0.0.1:{port}", token=token, paths=paths, upstream=upstream)
     finally:

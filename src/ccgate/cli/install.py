@@ -30,12 +30,6 @@ def _port() -> int:
 def install(
     scope: str = typer.Option("user", "--scope", help=SCOPE_HELP, callback=_scope),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the change as a diff; write nothing."),
-    socket: bool = typer.Option(
-        False,
-        "--socket",
-        help="Claude Code reaches the sidecar over a private unix socket, which no other local user can take over "
-        "while the sidecar is down (API key or CLAUDE_CODE_OAUTH_TOKEN only: a /login subscription is not used).",
-    ),
 ) -> None:
     """Route every Claude Code (plain `claude`, `claude --resume`, IDE extensions) through the sidecar.
 
@@ -54,14 +48,7 @@ def install(
     app_ctx = ctx()
     port = _port()
     result = run_install(
-        app_ctx.paths,
-        port,
-        app_ctx.environ,
-        scope=scope,
-        cwd=Path.cwd(),
-        dry_run=dry_run,
-        now=utcnow(),
-        socket=socket,
+        app_ctx.paths, port, app_ctx.environ, scope=scope, cwd=Path.cwd(), dry_run=dry_run, now=utcnow()
     )
     if not result.changed:
         app_ctx.success(f"already installed in {escape(str(result.path))}")
@@ -75,13 +62,6 @@ def install(
         app_ctx.info(f"  backup: {escape(str(result.backup))}")
     if result.upstream is not None:
         app_ctx.info(f"  requests are metered and forwarded to {escape(redact_url(result.upstream))}, as before")
-    if result.socket is not None:
-        app_ctx.info(f"  Claude Code reaches the sidecar over {escape(result.socket)}, which only you can open")
-    else:
-        app_ctx.info(
-            "  Claude Code reaches the sidecar on its TCP port; `ccgate install --socket` uses a unix socket that "
-            "no other local user can take over (API key or CLAUDE_CODE_OAUTH_TOKEN sessions)"
-        )
     app_ctx.info("  sessions already running keep talking to their old endpoint until restarted")
     home = Path(app_ctx.environ.get("HOME") or Path.home())
     for message in bypass_warnings(

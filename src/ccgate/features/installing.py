@@ -52,9 +52,6 @@ HOOK_TIMEOUT_S = 30
 CARRIED_VARS = (env.HOME, env.CONFIG, env.DATA_DIR, env.STATE_DIR, env.SIDECAR_PORT)
 RECORD_NAME = "claude-install.json"
 MAX_HOOK_INPUT = 1024 * 1024
-# Claude Code (2.1.x) sends its API requests over this unix socket when set; `install --socket` points it at the
-# sidecar's, which no other local user can take over (see `ccgate.sidecar.unix_socket`)
-SOCKET_VAR = "ANTHROPIC_UNIX_SOCKET"
 _OUR_HOOK = re.compile(r"(^|[\s/'\"])(ccgate|-m ccgate)['\"]?\s+hook(\s|$)")
 
 
@@ -67,7 +64,6 @@ class InstallResult:
     backup: Path | None
     upstream: str | None
     dry_run: bool
-    socket: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,21 +150,13 @@ def is_our_hook_command(command: Any) -> bool:
 # --- merging ------------------------------------------------------------------------------------------------------
 
 
-def merged(
-    data: Mapping[str, Any], base_url: str, command: str, *, socket: str | None = None, ours: str | None = None
-) -> dict[str, Any]:
-    """`data` with ccgate's entries in: other env variables, hooks and settings are kept as they are. `socket`:
-    the sidecar's unix socket for Claude Code; without it, an `ANTHROPIC_UNIX_SOCKET` that is ccgate's (`ours`)
-    goes."""
+def merged(data: Mapping[str, Any], base_url: str, command: str) -> dict[str, Any]:
+    """`data` with ccgate's entries in: other env variables, hooks and settings are kept as they are."""
     result: dict[str, Any] = json.loads(json.dumps(data))  # a deep copy of plain JSON
     env = result.get("env")
     if env is not None and not isinstance(env, dict):
         raise UserInputError("the settings file's `env` is not an object; nothing was changed", hint="fix the file")
     result["env"] = {**(env or {}), "ANTHROPIC_BASE_URL": base_url}
-    if socket is not None:
-        result["env"][SOCKET_VAR] = socket
-    elif ours is not None and result["env"].get(SOCKET_VAR) == ours:
-        del result["env"][SOCKET_VAR]
     hooks = result.get("hooks")
     if hooks is not None and not isinstance(hooks, dict):
         raise UserInputError("the settings file's `hooks` is not an object; nothing was changed", hint="fix the file")
@@ -200,16 +188,11 @@ def _without_our_hooks(groups: Sequence[Any]) -> list[Any]:
     return kept
 
 
-def without_ours(
-    data: Mapping[str, Any], record: Mapping[str, Any] | None, ports: Sequence[int], sockets: Sequence[str] = ()
-) -> dict[str, Any]:
-    """`data` minus ccgate's entries, putting back the ANTHROPIC_BASE_URL install replaced (when it knows one).
-    `sockets`: the sidecar's unix socket paths, whose `ANTHROPIC_UNIX_SOCKET` goes too."""
+def without_ours(data: Mapping[str, Any], record: Mapping[str, Any] | None, ports: Sequence[int]) -> dict[str, Any]:
+    """`data` minus ccgate's entries, putting back the ANTHROPIC_BASE_URL install replaced (when it knows one)."""
     result: dict[str, Any] = json.loads(json.dumps(data))
     env = result.get("env")
     if isinstance(env, dict):
-        if env.get(SOCKET_VAR) is not None and env.get(SOCKET_VAR) in {*sockets, (record or {}).get("socket")}:
-            del env[SOCKET_VAR]
         current = env.get("ANTHROPIC_BASE_URL")
         ours = record.get("base_url") if record else None
         if isinstance(current, str) and (current == ours or is_loopback_url(current, list(ports))):
@@ -315,10 +298,8 @@ def install(
     cwd: Path,
     dry_run: bool = False,
     now: datetime,
-    socket: bool = False,
 ) -> InstallResult:
-    """Merge ccgate's entries into the settings file of `scope`; idempotent; `dry_run` only computes the diff.
-    `socket`: Claude Code reaches the sidecar over its unix socket, which no other local user can take over."""
+    """Merge ccgate's entries into the settings file of `scope`; idempotent; `dry_run` only computes the diff."""
     if port == 0:
         raise UserInputError(
             "install needs a fixed sidecar port (CCGATE_SIDECAR_PORT is 0): settings files name the port",
@@ -331,16 +312,13 @@ def install(
     base_url = sidecar_base_url(port)
     upstream = _upstream(settings, environ, base_url, port)
     command = hook_command(environ, upstream)
-    ours = str(paths.socket_file)
-    socket_path = _checked_socket(settings, paths) if socket else None
-    new_data = merged(settings.data, base_url, command, socket=socket_path, ours=ours)
-    new_text = render(new_data)
+    new_text = render(merged(settings.data, base_url, command))
     changed = new_text != settings.text or not settings.exists
-    if settings.exists and new_data == settings.data:
+    if settings.exists and merged(settings.data, base_url, command) == settings.data:
         changed = False
     diff = unified_diff(path, settings.text, new_text) if changed else ""
     if dry_run or not changed:
-        return InstallResult(path, scope, changed, diff, None, upstream, dry_run, socket_path)
+        return InstallResult(path, scope, changed, diff, None, upstream, dry_run)
     key = str(real_path(path))
     records = load_records(paths)
     record = records.get(key)
@@ -360,40 +338,13 @@ def install(
         }
     elif record.get("written_sha256") != (_sha256(settings.raw) if settings.raw is not None else None):
         record["exact"] = False  # changed by the user since: the original bytes would undo their edits
-    record.update({"base_url": base_url, "command": command, "socket": socket_path, "written_sha256": _sha256(new_raw)})
+    record.update({"base_url": base_url, "command": command, "written_sha256": _sha256(new_raw)})
     if scope == "project" and "git_exclude" not in record:
         record["git_exclude"] = _exclude_from_git(path)
     records[key] = record
     _save_records(paths, records)  # first: a write interrupted after this still knows what to restore
     write_atomic(path, new_raw, mode=settings.mode if settings.mode is not None else 0o600)
-    return InstallResult(path, scope, True, diff, saved, upstream, False, socket_path)
-
-
-def _checked_socket(settings: SettingsFile, paths: Paths) -> str:
-    """The sidecar's socket path for the settings; refused when it cannot work, or when the file already sends
-    Claude Code to another socket (that one is the user's: install would lose it)."""
-    from ccgate.sidecar.unix_socket import private_folder, usable
-
-    ours = str(paths.socket_file)
-    if not usable(paths.socket_file):
-        raise UserInputError(
-            f"the sidecar's socket path {ours} is too long for a unix socket (or this platform has none)",
-            hint="use a shorter CCGATE_HOME, or install without --socket",
-        )
-    paths.ensure()
-    if not private_folder(paths.socket_file):
-        raise UserInputError(
-            f"other users can write to {paths.socket_file.parent}, so a socket there protects nothing",
-            hint=f"make it yours alone: chmod 700 {paths.socket_file.parent}",
-        )
-    env = settings.data.get("env")
-    current = env.get(SOCKET_VAR) if isinstance(env, dict) else None
-    if current is not None and current != ours:
-        raise UserInputError(
-            f"{settings.path} already sends Claude Code to the unix socket {current!r}; nothing was changed",
-            hint=f"remove {SOCKET_VAR} from it first, or install without --socket",
-        )
-    return ours
+    return InstallResult(path, scope, True, diff, saved, upstream, False)
 
 
 EXCLUDE_COMMENT = "# added by `ccgate install --scope project`; `ccgate uninstall --scope project` removes it"
@@ -481,7 +432,7 @@ def uninstall(
         records.pop(key, None)
         _save_records(paths, records)
         return UninstallResult(path, False, "absent", None)
-    stripped = without_ours(settings.data, record, [port] if port else [], [str(paths.socket_file)])
+    stripped = without_ours(settings.data, record, [port] if port else [])
     records.pop(key, None)
     if stripped == settings.data:
         _save_records(paths, records)
@@ -579,7 +530,6 @@ def _ensure_registered(environ: Mapping[str, str], event: Mapping[str, Any], ups
     payload: dict[str, Any] = {"session_id": event["session_id"], "project": project}
     if upstream is not None:
         payload["anthropic_base_url"] = upstream
-    _check_socket(environ, paths.socket_file)
     answer = control_request(paths, "POST", "/_ccgate/sessions", payload)
     if answer is None:
         raise UserInputError("the sidecar stopped while this session was being registered")
@@ -587,23 +537,5 @@ def _ensure_registered(environ: Mapping[str, str], event: Mapping[str, Any], ups
         raise UserInputError(
             "the running sidecar is older than this ccgate and would send this session's requests to its default "
             "upstream",
-            hint="restart it: `ccgate sidecar stop`",
-        )
-
-
-def _check_socket(environ: Mapping[str, str], ours: Path) -> None:
-    """With `install --socket`, Claude Code (which passes its settings' env on to hooks) talks to the sidecar's
-    socket: a sidecar without one (started by an older ccgate) would leave it with connection errors."""
-    import stat
-
-    if environ.get(SOCKET_VAR) != str(ours):
-        return
-    try:
-        info = ours.lstat()
-    except OSError:
-        info = None
-    if info is None or not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
-        raise UserInputError(
-            f"the running sidecar does not listen on {ours}, where this Claude Code sends its requests",
             hint="restart it: `ccgate sidecar stop`",
         )

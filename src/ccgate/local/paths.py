@@ -42,12 +42,6 @@ class Paths:
         return self.runtime_dir / "sidecar.port"
 
     @property
-    def socket_file(self) -> Path:
-        """The sidecar's unix socket (`ccgate install --socket`): in a folder only this user can write, so no other
-        local user can stand in for the sidecar, as one could by taking its TCP port while it is down."""
-        return self.runtime_dir / "sidecar.sock"
-
-    @property
     def lock_file(self) -> Path:
         return self.runtime_dir / "sidecar.lock"
 

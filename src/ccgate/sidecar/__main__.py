@@ -32,7 +32,6 @@ async def serve(port: int | None) -> int:
         remove_run_files,
         write_run_files,
     )
-    from ccgate.sidecar.unix_socket import listen_unix, remove_socket
 
     paths = resolve_paths().ensure()
     raised = raise_open_file_limit()
@@ -55,7 +54,6 @@ async def serve(port: int | None) -> int:
             f"cannot listen on {config.sidecar.host}:{port}: {exc.strerror}",
             hint="another program uses that port: set `sidecar.port` in config.toml or CCGATE_SIDECAR_PORT",
         ) from exc
-    unix_site = await listen_unix(runner, paths.socket_file)
     # What exists now (the price catalog, aiohttp, ccgate itself) lives as long as the process: moving it out of
     # the collector's reach spares every full collection ~25 ms of scanning, a latency spike under load.
     gc.collect()
@@ -81,8 +79,6 @@ async def serve(port: int | None) -> int:
         # the run files go last: while requests drain, `status` still shows this sidecar, and a `launch` waits
         # for it to exit (the instance lock) instead of starting a second one
         await runner.cleanup()
-        if unix_site is not None:
-            remove_socket(paths.socket_file)
         remove_run_files(paths, pid)
         instance.close()
     return 0

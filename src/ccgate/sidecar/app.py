@@ -276,14 +276,11 @@ def _installed_session(request: web.Request, state: SidecarState) -> bool:
     if not session_id or SESSION_KEY_PREFIX + session_id not in state.launches:
         return False
     from ccgate.sidecar.peers import peer_uid
-    from ccgate.sidecar.unix_socket import unix_peer_uid
 
     transport = request.transport
     if transport is None:
         return False
-    uid = unix_peer_uid(transport)
-    if uid is None:
-        uid = peer_uid(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
+    uid = peer_uid(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
     return uid is None or uid == os.getuid()
 
 
