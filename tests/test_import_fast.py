@@ -380,7 +380,9 @@ def test_parallel_reading_gives_what_reading_in_one_process_gives(
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="worker processes are forked on Linux only")
-@pytest.mark.parametrize(("cpus", "load", "workers"), [(2, 0.1, 2), (2, 1.2, 1), (2, 6.0, 1), (8, 2.0, 6), (16, 0, 8)])
+@pytest.mark.parametrize(
+    ("cpus", "load", "workers"), [(2, 0.1, 2), (2, 0.6, 2), (2, 1.2, 1), (2, 6.0, 1), (8, 2.0, 6), (16, 0, 8)]
+)
 def test_one_worker_per_idle_cpu(cpus: int, load: float, workers: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cpus)))
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))

@@ -585,6 +585,7 @@ def default_workers() -> int:
 
     Workers cost CPU time of their own (a 250 MB first import: ~0.4 s more over two of them than in one process),
     which only buys a shorter wait when CPUs are idle: on a machine whose load already fills them, one process.
+    A CPU at least a quarter idle counts: the 1-minute load average lags, still counting processes that just ended.
     """
     if sys.platform != "linux":
         return 1  # fork is Linux's safe default only; elsewhere starting a process re-imports everything
@@ -596,7 +597,7 @@ def default_workers() -> int:
         idle = cpus - os.getloadavg()[0]
     except OSError:
         idle = cpus
-    return max(1, min(cpus, MAX_WORKERS, int(idle + 0.5)))
+    return max(1, min(cpus, MAX_WORKERS, int(idle + 0.75)))
 
 
 def scan_files(
