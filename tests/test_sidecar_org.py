@@ -69,7 +69,10 @@ async def test_proxy_mode_goes_through_the_gateway_with_the_org_key(tmp_path: Pa
 
             paths = resolve_paths()
             result = await asyncio.to_thread(sync, paths, load_config(paths.config_file))
-            assert (result.sent, result.known, result.rejected) == (0, 2, ())
+            # the sidecar's own sync loop may have sent some first (it wakes on a config reload): known to it
+            assert (result.sent, result.rejected) == (0, ()) and result.known <= 2
+            assert all(row["synced_at"] for row in harness.rows())
+            assert sorted(r.record.id for r in await gateway.rows("ada")) == sorted(row["id"] for row in local)
 
 
 async def test_proxy_mode_with_the_gateway_down_names_it(tmp_path: Path) -> None:

@@ -50,7 +50,11 @@ async def test_proxy_mode_then_sync_adds_nothing(db_url: str) -> None:
                 assert request.headers["x-api-key"] == PROVIDER_KEY and OWN_KEY not in repr(request.headers)
             local = harness.rows()
             await gateway.flush()  # the gateway's rows are in (else the sync comes first: see the ledger tests)
-            assert await _sync() == (0, 3, 0)
+            sent, known, rejected = await _sync()
+            # the sidecar's own sync loop may have sent some of them first (it wakes on a config reload): those
+            # came back known to it; what matters is that nothing was stored twice or refused
+            assert (sent, rejected) == (0, 0) and known <= 3
+            assert all(row["synced_at"] for row in harness.rows())
         rows = await gateway.rows("ada")
         assert sorted(r.record.id for r in rows) == sorted(row["id"] for row in local)
         assert {r.source.value for r in rows} == {"proxied"}
