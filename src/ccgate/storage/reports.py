@@ -357,12 +357,13 @@ def one_snapshot(db: Database) -> Iterator[None]:
         conn.execute("COMMIT")  # nothing was written: this only ends the snapshot
 
 
-def _floor_hour(moment: datetime) -> datetime:
+def floor_hour(moment: datetime) -> datetime:
+    """The UTC hour `moment` is in (the local ledger's and the gateway's roll-ups are by UTC hour)."""
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def _ceil_hour(moment: datetime) -> datetime:
-    floor = _floor_hour(moment)
+def ceil_hour(moment: datetime) -> datetime:
+    floor = floor_hour(moment)
     return floor if floor == moment else floor + HOUR
 
 
@@ -383,7 +384,7 @@ def _aggregate(
     interiors: list[tuple[str, str, str]] = []
     edges: list[tuple[str, str, str]] = []
     for label, lo, hi in spans:
-        lo_hour, hi_hour = _ceil_hour(lo), _floor_hour(hi)
+        lo_hour, hi_hour = ceil_hour(lo), floor_hour(hi)
         if lo_hour < hi_hour:
             interiors.append((to_iso(lo_hour), to_iso(hi_hour), label))
             if lo < lo_hour:

@@ -14,13 +14,14 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from ccgate.core.records import from_iso, to_iso
+from ccgate.storage.gateway import ledger
 from ccgate.storage.gateway.db import Database
 from ccgate.storage.gateway.ledger import ROLLUP_SUMS
-from ccgate.storage.reports import Totals
+from ccgate.storage.reports import Totals, ceil_hour, floor_hour
 
 SESSION_BYTES = 32
 # last_seen_at is written at most this often per session (a page view is otherwise a read only)
@@ -147,15 +148,12 @@ async def delete_expired_sessions(db: Database, *, now: datetime) -> int:
 
 def hour_floor(moment: datetime) -> str:
     """`2026-12-07T16` for any moment in that UTC hour: the roll-up's `hour`."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H")
+    return ledger.slot_text("hour", moment)
 
 
 def hour_ceiling(moment: datetime) -> str:
     """The first roll-up hour not before `moment` (rows up to `moment` are in the hours before it)."""
-    utc = moment.astimezone(UTC)
-    if utc.minute or utc.second or utc.microsecond:
-        utc = utc.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    return utc.strftime("%Y-%m-%dT%H")
+    return ledger.slot_text("hour", ceil_hour(moment))
 
 
 def _next_day(day: str) -> str:
@@ -163,21 +161,10 @@ def _next_day(day: str) -> str:
 
 
 def roll_up_parts(since: datetime, until: datetime) -> list[tuple[str, str, str]]:
-    """[since, until) in whole UTC hours, as (slot column, low, high) ranges: the whole UTC days within from
-    `request_daily` (`day`), the hours at either end from `request_hourly` (`hour`)."""
-    low, high = hour_floor(since), hour_ceiling(until)
-    if low >= high:
-        return []
-    first_day = low[:10] if low.endswith("T00") else _next_day(low[:10])
-    last_day = high[:10]
-    if first_day >= last_day:
-        return [("hour", low, high)]
-    parts = [("day", first_day, last_day)]
-    if low < first_day + "T00":
-        parts.insert(0, ("hour", low, first_day + "T00"))
-    if last_day + "T00" < high:
-        parts.append(("hour", last_day + "T00", high))
-    return parts
+    """[since, until) widened to whole UTC hours, as (slot column, low, high) keys: the whole UTC days within from
+    `request_daily` (`day`), the hours at either end from `request_hourly` (`hour`), split as reports split it."""
+    parts = ledger.rollup_parts(floor_hour(since), ceil_hour(until))
+    return [(slot, ledger.slot_text(slot, low), ledger.slot_text(slot, high)) for slot, low, high in parts]
 
 
 _NARROW_COLUMNS = frozenset(("team_id", "model", *ROLLUP_SUMS))

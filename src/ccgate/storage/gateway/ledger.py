@@ -23,7 +23,7 @@ from ccgate.storage.gateway.db import Connection, Database, DatabaseUnavailableE
 from ccgate.storage.gateway.records import GatewayRow, IngestResult, RowSource
 from ccgate.storage.ledger import COLUMNS as SIDECAR_COLUMNS
 from ccgate.storage.ledger import record_to_values, row_to_record, storable_text
-from ccgate.storage.reports import NONE_KEY, CostReport, GroupKey, Totals
+from ccgate.storage.reports import NONE_KEY, CostReport, GroupKey, Totals, ceil_hour, floor_hour
 
 log = logging.getLogger("ccgate.gateway")
 
@@ -564,7 +564,7 @@ async def rebuild_hourly(db: Database, *, since: datetime | None = None) -> tupl
     """
     async with db.transaction() as conn:
         raw_since = await _raw_since(conn)
-        low = None if since is None else _floor_hour(since)
+        low = None if since is None else floor_hour(since)
         if raw_since is not None and (low is None or low < raw_since):
             low = raw_since
         where, params = ("", []) if low is None else (" AND started_at >= ?", [to_iso(low)])
@@ -581,7 +581,7 @@ async def rebuild_hourly(db: Database, *, since: datetime | None = None) -> tupl
             "coalesce(project, ''), coalesce(requested_model, ''), coalesce(provider, '')",
             params,
         )
-        await _rebuild_daily(conn, None if since is None else _floor_hour(since).strftime("%Y-%m-%d"))
+        await _rebuild_daily(conn, None if since is None else floor_hour(since).strftime("%Y-%m-%d"))
         count = await conn.fetchone(
             "SELECT count(*) FROM request_hourly" + ("" if low is None else " WHERE hour >= ?"),
             [] if low is None else [_hour_text(low)],
@@ -652,15 +652,6 @@ def _slot_length(tz: tzinfo, since: datetime, until: datetime) -> int:
     return 13
 
 
-def _floor_hour(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def _ceil_hour(moment: datetime) -> datetime:
-    floor = _floor_hour(moment)
-    return floor if floor == moment else floor + timedelta(hours=1)
-
-
 def _hour_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H")
 
@@ -675,7 +666,7 @@ def whole_hour_zone(tz: tzinfo, since: datetime, until: datetime) -> bool:
             return False
         if moment >= until:
             return True
-        moment = min(until, _floor_hour(moment).replace(hour=0) + timedelta(days=1))
+        moment = min(until, floor_hour(moment).replace(hour=0) + timedelta(days=1))
 
 
 async def report(
@@ -710,9 +701,9 @@ async def report(
         low = max(since, raw_since) if raw_since else since
         if raw_since and since < raw_since:  # pruned: only hours exist
             edge = min(until, raw_since)
-            await _rollup_groups(conn, by, _floor_hour(since), _ceil_hour(edge), tz, team_filter, extra, add)
+            await _rollup_groups(conn, by, floor_hour(since), ceil_hour(edge), tz, team_filter, extra, add)
         hours_usable = by is None or by in _ROLLUP_KEYS or (by == "day" and whole_hour_zone(tz, low, until))
-        first, last = _ceil_hour(low), _floor_hour(until)
+        first, last = ceil_hour(low), floor_hour(until)
         if not hours_usable or first >= last:
             if low < until:
                 await _raw_groups(conn, by, low, until, tz, team_filter, extra, add)
@@ -776,8 +767,29 @@ async def _raw_groups(
 
 
 def _ceil_day(moment: datetime) -> datetime:
-    floor = _floor_hour(moment).replace(hour=0)
+    floor = floor_hour(moment).replace(hour=0)
     return floor if floor == moment else floor + timedelta(days=1)
+
+
+def rollup_parts(low: datetime, high: datetime) -> list[tuple[str, datetime, datetime]]:
+    """Whole UTC hours [low, high) as (slot, low, high) ranges: the whole UTC days within from a day roll-up
+    (`day`), the hours at either end from `request_hourly` (`hour`). Reports and the dashboard both read this way."""
+    if low >= high:
+        return []
+    first_day, last_day = _ceil_day(low), floor_hour(high).replace(hour=0)
+    if first_day >= last_day:
+        return [("hour", low, high)]
+    parts: list[tuple[str, datetime, datetime]] = [("day", first_day, last_day)]
+    if low < first_day:
+        parts.insert(0, ("hour", low, first_day))
+    if last_day < high:
+        parts.append(("hour", last_day, high))
+    return parts
+
+
+def slot_text(slot: str, moment: datetime) -> str:
+    """A roll-up slot's key for a UTC hour or day start: `2026-12-07T16` (hour) or `2026-12-07` (day)."""
+    return _hour_text(moment) if slot == "hour" else _hour_text(moment)[:10]
 
 
 def utc_days_zone(tz: tzinfo, first: datetime, last: datetime) -> bool:
@@ -805,15 +817,11 @@ async def _rollup_groups(
 ) -> None:
     """The finished rows of whole UTC hours [low, high): the whole UTC days within from a day roll-up, the hours
     at either end from `request_hourly`. Grouped by local day, days serve only where they are the zone's days."""
-    first_day, last_day = _ceil_day(low), _floor_hour(high).replace(hour=0)
-    if first_day >= last_day or (by == "day" and not utc_days_zone(tz, first_day, last_day)):
-        await _slot_groups(conn, "hour", by, low, high, tz, team_filter, extra, add)
-        return
-    if low < first_day:
-        await _slot_groups(conn, "hour", by, low, first_day, tz, team_filter, extra, add)
-    await _slot_groups(conn, "day", by, first_day, last_day, tz, team_filter, extra, add)
-    if last_day < high:
-        await _slot_groups(conn, "hour", by, last_day, high, tz, team_filter, extra, add)
+    parts = rollup_parts(low, high)
+    if by == "day" and any(slot == "day" and not utc_days_zone(tz, a, b) for slot, a, b in parts):
+        parts = [("hour", low, high)]
+    for slot, part_low, part_high in parts:
+        await _slot_groups(conn, slot, by, part_low, part_high, tz, team_filter, extra, add)
 
 
 def _day_table(by: str | None) -> str:
@@ -821,10 +829,6 @@ def _day_table(by: str | None) -> str:
     if by is None or by in ("team", "model", "day", "session") or by.startswith("tag:"):
         return "request_daily_team_model"
     return "request_daily"
-
-
-def _slot_text(slot: str, moment: datetime) -> str:
-    return _hour_text(moment) if slot == "hour" else _hour_text(moment)[:10]
 
 
 async def _slot_groups(
@@ -842,7 +846,7 @@ async def _slot_groups(
     `day`: whole UTC days; by day only where those are local days). No session or tag there: ''."""
     table = "request_hourly" if slot == "hour" else _day_table(by)
     where = f" WHERE r.{slot} >= ? AND r.{slot} < ?{team_filter}"
-    params = [_slot_text(slot, low), _slot_text(slot, high), *extra]
+    params = [slot_text(slot, low), slot_text(slot, high), *extra]
     if by is None or by.startswith("tag:") or by == "session":
         for row in await conn.fetch(f"SELECT {_ROLLUP_SUMS} FROM {table} r{where}", params):
             add("", row)
