@@ -5,6 +5,7 @@ are delayed, never starved, lost or doubled."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +13,7 @@ import pytest
 
 from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
 from ccgate.storage.gateway import Admitted, GatewayRow, GatewayStore
-from ccgate.storage.gateway.db import URGENT_RUN, PriorityLock, SQLiteDatabase
+from ccgate.storage.gateway.db import URGENT_RUN, DatabaseThread, SQLiteDatabase
 from ccgate.storage.gateway.records import KeyIdentity
 
 TTL = timedelta(minutes=5)
@@ -151,52 +152,83 @@ async def test_a_waiting_requests_retry_queues_behind_the_settles_it_waits_for(s
     assert any(s.startswith("INSERT INTO reservations") for s in trips[2])
 
 
-async def _order(lock: PriorityLock, kinds: str) -> list[str]:
-    """Queue one waiter per letter (u: urgent, o: ordinary) behind a holder; the order they got the lock in."""
+def _order(kinds: str) -> list[str]:
+    """Queue one job per letter (u: urgent, o: ordinary) behind a running one; the order the thread ran them."""
+    thread = DatabaseThread("test-db")
     got: list[str] = []
-    await lock.acquire()
+    running, go = threading.Event(), threading.Event()
 
-    async def one(name: str) -> None:
-        async with lock.hold(urgent=name.startswith("u")):
-            got.append(name)
+    def block() -> None:
+        running.set()
+        go.wait(timeout=60)
 
-    tasks = [asyncio.create_task(one(f"{kind}{i}")) for i, kind in enumerate(kinds)]
-    await _queued(len(tasks))
-    lock.release()
-    await asyncio.gather(*tasks)
-    assert not lock.locked()
+    first = thread.submit(block)
+    assert running.wait(timeout=60)
+    jobs = [
+        (thread.submit_urgent if kind == "u" else thread.submit)(functools.partial(got.append, f"{kind}{i}"))
+        for i, kind in enumerate(kinds)
+    ]
+    go.set()
+    for job in [first, *jobs]:
+        job.result(timeout=60)
+    thread.shutdown()
     return got
 
 
-async def test_urgent_waiters_go_first_and_ordinary_ones_still_get_their_turn() -> None:
-    assert await _order(PriorityLock(), "oouo") == ["u2", "o0", "o1", "o3"]
-    many = await _order(PriorityLock(), "o" + "u" * (URGENT_RUN + 3))
+def test_urgent_jobs_go_first_and_ordinary_ones_still_get_their_turn() -> None:
+    assert _order("oouo") == ["u2", "o0", "o1", "o3"]
+    many = _order("o" + "u" * (URGENT_RUN + 3))
     assert many.index("o0") == URGENT_RUN  # after a full run of urgent ones, never later
     assert len(many) == URGENT_RUN + 4
+    assert _order("uuoo") == ["u0", "u1", "o2", "o3"]  # each queue first come first served
 
 
-async def test_a_cancelled_waiter_neither_keeps_nor_loses_the_lock() -> None:
-    lock = PriorityLock()
-    await lock.acquire()
-    gone = asyncio.create_task(lock.acquire(urgent=True))
-    after = asyncio.create_task(lock.acquire())
-    await _queued(2)
-    gone.cancel()
-    await _queued(1)
-    lock.release()
-    await after
-    assert lock.locked()
-    lock.release()
-    assert not lock.locked()
-    # handed the lock and cancelled before it woke: it passes the lock on
-    await lock.acquire()
-    handed = asyncio.create_task(lock.acquire(urgent=True))
-    next_one = asyncio.create_task(lock.acquire())
-    await _queued(2)
-    lock.release()
-    handed.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await handed
-    await next_one
-    lock.release()
-    assert not lock.locked()
+def test_a_cancelled_job_never_runs_and_the_rest_do() -> None:
+    thread = DatabaseThread("test-db")
+    ran: list[str] = []
+    running, go = threading.Event(), threading.Event()
+    thread.submit(lambda: (running.set(), go.wait(timeout=60)))
+    assert running.wait(timeout=60)
+    gone = thread.submit_urgent(lambda: ran.append("gone"))
+    after = thread.submit(lambda: ran.append("after"))
+    assert gone.cancel()
+    go.set()
+    after.result(timeout=60)
+    thread.shutdown()
+    assert ran == ["after"]
+
+
+def test_a_shut_down_thread_runs_what_was_queued_and_refuses_more() -> None:
+    thread = DatabaseThread("test-db")
+    go = threading.Event()
+    thread.submit(go.wait, 60)
+    queued = thread.submit(lambda: "ran")
+    failing = thread.submit(lambda: 1 // 0)
+    go.set()
+    thread.shutdown()
+    assert queued.result(timeout=60) == "ran"
+    with pytest.raises(ZeroDivisionError):
+        failing.result(timeout=60)
+    with pytest.raises(RuntimeError):
+        thread.submit(lambda: None)
+
+
+async def test_jobs_never_land_inside_an_open_multi_job_transaction(store: GatewayStore) -> None:
+    """`transaction()` spans several jobs on the thread: one-job transactions and plain statements that arrive
+    meanwhile run after its COMMIT, not between its statements (BEGIN inside a transaction would fail)."""
+    if not isinstance(store.db, SQLiteDatabase):
+        pytest.skip("the SQLite thread's job order")
+    db = store.db
+    who = await _org(store)
+    trips = await _transactions(db)
+    others: list[asyncio.Task[object]] = []
+    async with db.transaction() as conn:
+        await conn.execute("UPDATE teams SET name = name")
+        others.append(asyncio.create_task(_admitted(store, who)))
+        others.append(asyncio.create_task(store.write_requests([_row(who, "late")])))
+        others.append(asyncio.create_task(db.fetch("SELECT count(*) FROM requests")))
+        await _queued(len(others))
+        await conn.execute("UPDATE teams SET name = name")
+    await asyncio.gather(*others)
+    assert trips[0] == ["UPDATE teams SET name = name", "UPDATE teams SET name = name", "COMMIT"]
+    assert any(s.startswith("INSERT INTO reservations") for s in trips[1])

@@ -29,9 +29,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -184,70 +185,90 @@ def _only_comments(text: str) -> bool:
 # --- SQLite -----------------------------------------------------------------------------------------------------
 
 
-class PriorityLock:
-    """An asyncio lock with two queues: an urgent waiter (a request's admission, which its reply waits for) is
-    handed the lock before ordinary ones (settles and ledger writes, which run after a reply). Ordinary waiters
-    are delayed, never starved: after `URGENT_RUN` urgent hand-offs in a row, a waiting ordinary one goes next.
-    A delayed settle is conservative (its reservation holds until it runs). Within a queue, first come first
-    served; the lock passes straight to the next waiter, so no newcomer overtakes it."""
+class DatabaseThread(Executor):
+    """The one thread that owns a SQLite connection; it runs jobs one at a time, taking them from two queues:
+    an urgent job (a request's admission, which its reply waits for) before ordinary ones (settles and ledger
+    writes, which run after replies). Ordinary jobs are delayed, never starved: after `URGENT_RUN` urgent jobs in
+    a row, a waiting ordinary one goes next. Within a queue, first come first served.
 
-    def __init__(self) -> None:
-        self._locked = False
-        self._urgent: deque[asyncio.Future[None]] = deque()
-        self._ordinary: deque[asyncio.Future[None]] = deque()
-        self._run = 0  # urgent hand-offs since an ordinary waiter last got the lock
+    The order is kept here, on the thread, rather than by an asyncio lock held across each job: handing such a
+    lock on needs the event loop to notice that the previous job finished, and under load that wait (a turn of a
+    busy loop, milliseconds) left the database thread idle between jobs and capped the gateway at a few hundred
+    jobs a second."""
 
-    def locked(self) -> bool:
-        return self._locked
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._wake = threading.Condition()
+        self._urgent: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
+        self._ordinary: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
+        self._run = 0  # urgent jobs since an ordinary one last ran
+        self._closed = False
+        self._thread: threading.Thread | None = None
 
-    async def acquire(self, *, urgent: bool = False) -> None:
-        if not self._locked:
-            self._locked = True
-            return
-        queue = self._urgent if urgent else self._ordinary
-        waiter = asyncio.get_running_loop().create_future()
-        queue.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # handed the lock, then cancelled before it could use it: pass it on
-            elif waiter in queue:
-                queue.remove(waiter)
-            raise
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """An ordinary job."""
+        return self._put(functools.partial(fn, *args, **kwargs), urgent=False)
 
-    def release(self) -> None:
-        """Hand the lock to the next waiter (urgent first, within `URGENT_RUN`), or unlock."""
-        if not self._locked:
-            raise RuntimeError("PriorityLock released while not held")
+    def submit_urgent(self, fn: Callable[[], T]) -> Future[T]:
+        return self._put(fn, urgent=True)
+
+    def _put(self, job: Callable[[], T], *, urgent: bool) -> Future[T]:
+        future: Future[T] = Future()
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the database thread is shut down")
+            (self._urgent if urgent else self._ordinary).append((future, job))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+                self._thread.start()
+            self._wake.notify()
+        return future
+
+    def _next(self) -> tuple[Future[Any], Callable[[], Any]] | None:
+        """The job to run next (None: shut down and nothing left); called with `_wake` held."""
+        while not (self._urgent or self._ordinary):
+            if self._closed:
+                return None
+            self._wake.wait()
+        if self._urgent and (self._run < URGENT_RUN or not self._ordinary):
+            self._run += 1
+            return self._urgent.popleft()
+        self._run = 0
+        return self._ordinary.popleft()
+
+    def _work(self) -> None:
         while True:
-            if self._urgent and (self._run < URGENT_RUN or not self._ordinary):
-                waiter = self._urgent.popleft()
-                urgent = True
-            elif self._ordinary:
-                waiter = self._ordinary.popleft()
-                urgent = False
-            else:
-                self._locked = False
-                self._run = 0
+            with self._wake:
+                picked = self._next()
+            if picked is None:
                 return
-            if waiter.done():  # cancelled while waiting: its task removes nothing more
+            future, job = picked
+            if not future.set_running_or_notify_cancel():
                 continue
-            self._run = self._run + 1 if urgent else 0
-            waiter.set_result(None)
-            return
+            try:
+                result = job()
+            except BaseException as error:  # handed to the caller, whatever it is
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+            del future, job, picked
 
-    @asynccontextmanager
-    async def hold(self, *, urgent: bool = False) -> AsyncIterator[None]:
-        await self.acquire(urgent=urgent)
-        try:
-            yield
-        finally:
-            self.release()
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Jobs already queued still run (a COMMIT or a connection's close among them)."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+            thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
 
 
 class SQLiteDatabase:
-    """sqlite3 in WAL mode on one dedicated thread; an asyncio lock hands the connection to one user at a time.
+    """sqlite3 in WAL mode on one dedicated thread (`DatabaseThread`), which runs one job at a time.
+
+    A job is one statement or one whole transaction (`run_transaction`, `one_trip`), so jobs never interleave
+    inside a transaction. `transaction()` spans several jobs: while one is open, new jobs wait on the event loop
+    until it ends (`_gate`), and it begins only after every job queued before it.
 
     Two `SQLiteDatabase` objects on one file behave like two instances: their BEGIN IMMEDIATE transactions
     serialise on SQLite's write lock (waiting in their own threads, never on the event loop).
@@ -258,9 +279,10 @@ class SQLiteDatabase:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccgate-gateway-db")
+        self._executor = DatabaseThread("ccgate-gateway-db")
         self._conn: sqlite3.Connection | None = None
-        self._lock = PriorityLock()
+        self._holder = asyncio.Lock()  # one multi-job transaction (or the close) at a time
+        self._free: asyncio.Future[None] | None = None  # while one is open: done when it ends
 
     async def open(self) -> None:
         await self._call(self._open)
@@ -273,15 +295,15 @@ class SQLiteDatabase:
         conn.execute("PRAGMA foreign_keys=ON")
         self._conn = conn
 
-    async def _call(self, function: Callable[[], T]) -> T:
+    async def _call(self, function: Callable[[], T], *, urgent: bool = False) -> T:
         """Run on the database thread. Shielded: a job once submitted runs even if its caller is cancelled, so
         the connection's state never depends on where a cancellation landed (a COMMIT cancelled before it
         started would otherwise leave the transaction open for the next caller)."""
-        loop = asyncio.get_running_loop()
         try:
-            future = loop.run_in_executor(self._executor, function)
-        except RuntimeError as error:  # the executor is shut down: the database was closed
+            submitted = self._executor.submit_urgent(function) if urgent else self._executor.submit(function)
+        except RuntimeError as error:  # the thread is shut down: the database was closed
             raise DatabaseUnavailableError("the gateway database is closed") from error
+        future = asyncio.wrap_future(submitted)
         future.add_done_callback(_retrieve)
         try:
             return await asyncio.shield(future)
@@ -302,7 +324,24 @@ class SQLiteDatabase:
             raise DatabaseUnavailableError("the gateway database is closed")
         return self._conn
 
-    # raw calls, run on the database thread; the caller holds self._lock
+    async def _gate(self) -> None:
+        """Wait while a multi-job transaction is open. The caller submits its job right after, with no await in
+        between, so nothing lands inside that transaction."""
+        while self._free is not None:
+            await asyncio.shield(self._free)
+
+    @asynccontextmanager
+    async def _exclusively(self) -> AsyncIterator[None]:
+        """Hold the connection across several jobs: later jobs wait in `_gate` until the block ends."""
+        async with self._holder:
+            self._free = asyncio.get_running_loop().create_future()
+            try:
+                yield
+            finally:
+                free, self._free = self._free, None
+                free.set_result(None)
+
+    # raw calls, run on the database thread; the caller has passed `_gate` or holds the connection
     async def _fetch(self, sql: str, params: Params) -> list[Row]:
         return await self._call(lambda: self._c().execute(sql, tuple(params)).fetchall())
 
@@ -313,24 +352,23 @@ class SQLiteDatabase:
         await self._call(lambda: self._c().executemany(sql, [tuple(r) for r in rows]))
 
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
-        async with self._lock.hold():
-            return await self._fetch(sql, params)
+        await self._gate()
+        return await self._fetch(sql, params)
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         rows = await self.fetch(sql, params)
         return rows[0] if rows else None
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        async with self._lock.hold():
-            return await self._execute(sql, params)
+        await self._gate()
+        return await self._execute(sql, params)
 
     async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
-        async with self._lock.hold(), _SQLiteTransaction(self) as conn:
-            await conn.executemany(sql, rows)
+        await self.run_transaction(lambda conn: conn.executemany(sql, rows))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        async with self._lock.hold(), _SQLiteTransaction(self) as conn:
+        async with self._exclusively(), _SQLiteTransaction(self) as conn:
             yield conn
 
     async def lock_migrations(self, conn: Connection) -> None:
@@ -343,9 +381,9 @@ class SQLiteDatabase:
     async def run_transaction(self, job: Callable[[SyncConnection], T], *, urgent: bool = False) -> T:
         """`job` inside BEGIN IMMEDIATE ... COMMIT as one task on the database thread: one hop, however many
         statements (an exception rolls back). The job must not block on anything but the database. An `urgent`
-        job (an admission: a request waits for it) goes ahead of queued ordinary ones (see `PriorityLock`)."""
-        async with self._lock.hold(urgent=urgent):
-            return await self._call(lambda: self._transact(job))
+        job (an admission: a request waits for it) goes ahead of queued ordinary ones (see `DatabaseThread`)."""
+        await self._gate()
+        return await self._call(lambda: self._transact(job), urgent=urgent)
 
     async def one_trip(self, body: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
         return await self.run_transaction(lambda conn: _drive(body(_AsyncOverSync(conn))))
@@ -363,10 +401,10 @@ class SQLiteDatabase:
         return result
 
     async def close(self) -> None:
-        async with self._lock.hold():
+        async with self._exclusively():
             if self._conn is not None:
                 conn, self._conn = self._conn, None
-                await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+                await self._call(conn.close)
         self._executor.shutdown(wait=False)
 
 
