@@ -13,7 +13,7 @@ import pytest
 
 from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
 from ccgate.storage.gateway import Admitted, GatewayRow, GatewayStore
-from ccgate.storage.gateway.db import URGENT_RUN, DatabaseThread, SQLiteDatabase
+from ccgate.storage.gateway.db import INLINE_CHECKPOINT_EVERY, URGENT_RUN, DatabaseThread, SQLiteDatabase
 from ccgate.storage.gateway.records import KeyIdentity
 
 TTL = timedelta(minutes=5)
@@ -61,76 +61,164 @@ async def _admitted(store: GatewayStore, who: KeyIdentity, *, take_rate: bool = 
     return result
 
 
-async def _transactions(db: SQLiteDatabase) -> list[list[str]]:
-    """From now on, every statement the connection runs, grouped by transaction (BEGIN IMMEDIATE ... COMMIT)."""
+async def _transactions(db: SQLiteDatabase, where: str = "thread") -> list[list[str]]:
+    """From now on, every statement one of the database's connections runs, grouped by transaction (BEGIN
+    IMMEDIATE ... COMMIT): the database thread's ("thread") or the event loop's own ("inline")."""
     groups: list[list[str]] = []
 
-    def trace(statement: str) -> None:  # on the database thread
+    def trace(statement: str) -> None:
         if statement.startswith("BEGIN"):
-            groups.append([])
+            if not groups or groups[-1]:  # a BEGIN that found the lock taken ran nothing
+                groups.append([])
         elif groups:
             groups[-1].append(statement)
 
-    await db._call(lambda: db._c().set_trace_callback(trace))
+    if where == "thread":
+        await db._call(lambda: db._c().set_trace_callback(trace))
+    else:
+        assert db._inline is not None
+        db._inline.set_trace_callback(trace)
     return groups
 
 
-async def _blocked(db: SQLiteDatabase) -> tuple[threading.Event, asyncio.Task[None]]:
-    """A job that holds the database thread (and its lock) until the event is set."""
+async def _blocked(db: SQLiteDatabase, *, hold_lock: bool = True) -> tuple[threading.Event, asyncio.Future[None]]:
+    """A job that keeps the database thread busy until the event is set: inside a transaction (holding SQLite's
+    write lock) or, without `hold_lock`, outside any."""
     go, running = threading.Event(), threading.Event()
 
-    def wait(_: object) -> None:
+    def wait(_: object = None) -> None:
         running.set()
         go.wait(timeout=60)
 
-    task = asyncio.create_task(db.run_transaction(wait))
+    task: asyncio.Future[None] = (
+        asyncio.ensure_future(db.run_transaction(wait)) if hold_lock else asyncio.wrap_future(db._executor.submit(wait))
+    )
     while not running.is_set():
         await asyncio.sleep(0.001)
     return go, task
 
 
 async def _queued(count: int) -> None:
-    """Let every task created so far reach its wait for the lock (each needs a few turns of the loop)."""
+    """Let every task created so far reach its wait (each needs a few turns of the loop)."""
     for _ in range(count * 4 + 10):
         await asyncio.sleep(0)
 
 
-@pytest.mark.parametrize("writes", [1, 6])
-async def test_an_admission_is_not_queued_behind_settles_and_ledger_writes(store: GatewayStore, writes: int) -> None:
+def _ran(groups: list[list[str]], prefix: str) -> int:
+    return sum(any(s.startswith(prefix) for s in group) for group in groups)
+
+
+async def test_admissions_settles_and_ledger_writes_run_on_the_event_loop_while_the_thread_is_busy(
+    store: GatewayStore,
+) -> None:
+    """They need SQLite's write lock, not the database thread: with the thread busy on something else (a long
+    dashboard read, say) they still run, on the loop's own connection."""
     if not isinstance(store.db, SQLiteDatabase):
-        pytest.skip("the SQLite thread's job order (PostgreSQL runs transactions side by side)")
+        pytest.skip("SQLite's inline transactions")
+    who = await _org(store)
+    inline = await _transactions(store.db, "inline")
+    go, blocker = await _blocked(store.db, hold_lock=False)
+    try:
+        hold = await asyncio.wait_for(_admitted(store, who), 30)
+        await asyncio.wait_for(store.settle(hold.reservation, 1_000), 30)
+        await asyncio.wait_for(store.write_requests([_row(who, "r1")]), 30)
+        assert not blocker.done()
+    finally:
+        go.set()
+        await blocker
+    assert [
+        _ran(inline, p) for p in ("INSERT INTO reservations", "DELETE FROM reservations", "INSERT INTO requests")
+    ] == [
+        1,
+        1,
+        1,
+    ]
+
+
+@pytest.mark.parametrize("writes", [1, 6])
+async def test_jobs_kept_out_by_the_threads_transaction_run_after_it_once_each_in_the_order_they_asked(
+    store: GatewayStore, writes: int
+) -> None:
+    """While a job on the thread holds the write lock, inline jobs wait for that job (not in the thread's queue,
+    where they would hold the lock longer and keep the next ones out), then run on the loop: nothing lost or
+    doubled."""
+    if not isinstance(store.db, SQLiteDatabase):
+        pytest.skip("SQLite's inline transactions")
     who = await _org(store)
     held = [await _admitted(store, who) for _ in range(writes)]
-    trips = await _transactions(store.db)
+    inline = await _transactions(store.db, "inline")
+    thread = await _transactions(store.db, "thread")
     go, blocker = await _blocked(store.db)
     later: list[asyncio.Task[object]] = [asyncio.create_task(store.settle(hold.reservation, 1_000)) for hold in held]
     later += [asyncio.create_task(store.write_requests([_row(who, f"r{i}")])) for i in range(writes)]
     await _queued(len(later))
     admission = asyncio.create_task(_admitted(store, who))
     await _queued(1)
+    assert not any(task.done() for task in [*later, admission])
     go.set()
     fresh = await admission
     await blocker
     await asyncio.gather(*later)
-    jobs = trips[1:]  # after the blocker's
-    assert len(jobs) == 1 + 2 * writes
-    assert any(s.startswith("INSERT INTO reservations") and fresh.reservation.id in s for s in jobs[0])
-    assert sum(any("DELETE FROM reservations" in s for s in job) for job in jobs[1:]) == writes
-    assert sum(any(s.startswith("INSERT INTO requests") for s in job) for job in jobs[1:]) == writes
-    # nothing lost or doubled: every settle charged once, the fresh hold still held
+    assert thread[1:] == []  # nothing went to the thread after the blocker
+    assert len(inline) == 1 + 2 * writes
+    assert _ran(inline[:writes], "DELETE FROM reservations") == writes  # in the order they asked
+    assert _ran(inline[writes : 2 * writes], "INSERT INTO requests") == writes
+    assert any(s.startswith("INSERT INTO reservations") and fresh.reservation.id in s for s in inline[-1])
     (spent,) = await store.db.fetch("SELECT sum(amount_nanos) FROM reservations")
     assert spent[0] == 5_000
     views = await store.budget_views(key_id=who.key.id, team_id=who.team.id, customer_id=None)
     assert {v.state.spent_nanos for v in views} == {1_000 * writes}
 
 
-async def test_a_waiting_requests_retry_queues_behind_the_settles_it_waits_for(store: GatewayStore) -> None:
-    """`reserve` (a waiting request's next attempt) is not urgent: the settle queued before it runs first."""
+async def test_with_another_process_holding_the_write_lock_every_job_waits_for_it_and_runs_once(
+    store: GatewayStore,
+) -> None:
+    """Another instance on the same file holds SQLite's write lock: the first job goes to the database thread,
+    which waits for the lock with SQLite's busy timeout (the event loop never does); the rest wait for that job,
+    then run. None fails as "database is locked", none runs twice."""
+    if not isinstance(store.db, SQLiteDatabase):
+        pytest.skip("SQLite's write lock")
+    import sqlite3
+
+    who = await _org(store)
+    held = [await _admitted(store, who) for _ in range(4)]
+    thread = await _transactions(store.db, "thread")
+    inline = await _transactions(store.db, "inline")
+    other = sqlite3.connect(store.db.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        later: list[asyncio.Task[object]] = [
+            asyncio.create_task(store.settle(hold.reservation, 1_000)) for hold in held
+        ]
+        later += [asyncio.create_task(store.write_requests([_row(who, f"w{i}")])) for i in range(2)]
+        later.append(asyncio.create_task(_admitted(store, who)))
+        await _queued(len(later))
+        await asyncio.sleep(0.2)  # the thread is in SQLite's busy wait by now (no assertion depends on it)
+        assert not any(task.done() for task in later)
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    await asyncio.gather(*later)
+    both = [*thread, *inline]
+    assert _ran(thread, "") >= 1
+    assert [
+        _ran(both, p) for p in ("DELETE FROM reservations", "INSERT INTO requests", "INSERT INTO reservations")
+    ] == [
+        4,
+        2,
+        1,
+    ]
+    views = await store.budget_views(key_id=who.key.id, team_id=who.team.id, customer_id=None)
+    assert {v.state.spent_nanos for v in views} == {4_000}
+
+
+async def test_a_waiting_requests_retry_runs_after_the_settles_it_waits_for(store: GatewayStore) -> None:
+    """`reserve` (a waiting request's next attempt) asked after a settle runs after it, never before."""
     if not isinstance(store.db, SQLiteDatabase):
         pytest.skip("the SQLite thread's job order")
     who = await _org(store)
     hold = await _admitted(store, who)
-    trips = await _transactions(store.db)
+    inline = await _transactions(store.db, "inline")
     go, blocker = await _blocked(store.db)
     settling = asyncio.create_task(store.settle(hold.reservation, 1_000))
     await _queued(1)
@@ -148,8 +236,8 @@ async def test_a_waiting_requests_retry_queues_behind_the_settles_it_waits_for(s
     await _queued(1)
     go.set()
     await asyncio.gather(blocker, settling, retry)
-    assert any("DELETE FROM reservations" in s for s in trips[1])
-    assert any(s.startswith("INSERT INTO reservations") for s in trips[2])
+    assert any("DELETE FROM reservations" in s for s in inline[0])
+    assert any(s.startswith("INSERT INTO reservations") for s in inline[1])
 
 
 def _order(kinds: str) -> list[str]:
@@ -187,7 +275,12 @@ def test_a_cancelled_job_never_runs_and_the_rest_do() -> None:
     thread = DatabaseThread("test-db")
     ran: list[str] = []
     running, go = threading.Event(), threading.Event()
-    thread.submit(lambda: (running.set(), go.wait(timeout=60)))
+
+    def block() -> None:
+        running.set()
+        go.wait(timeout=60)
+
+    thread.submit(block)
     assert running.wait(timeout=60)
     gone = thread.submit_urgent(lambda: ran.append("gone"))
     after = thread.submit(lambda: ran.append("after"))
@@ -232,3 +325,23 @@ async def test_jobs_never_land_inside_an_open_multi_job_transaction(store: Gatew
     await asyncio.gather(*others)
     assert trips[0] == ["UPDATE teams SET name = name", "UPDATE teams SET name = name", "COMMIT"]
     assert any(s.startswith("INSERT INTO reservations") for s in trips[1])
+
+
+async def test_the_wal_stays_bounded_under_a_steady_stream_of_inline_commits(store: GatewayStore) -> None:
+    """Inline transactions never checkpoint (an fsync on the event loop); the thread does, every
+    `INLINE_CHECKPOINT_EVERY` of them, in a mode that lets the log restart while commits go on (a passive
+    checkpoint never caught up: the WAL grew by hundreds of MB a minute)."""
+    if not isinstance(store.db, SQLiteDatabase):
+        pytest.skip("SQLite's write-ahead log")
+    who = await _org(store)
+    wal = store.db.path.with_name(store.db.path.name + "-wal")
+    sizes = []
+    for round_no in range(8):
+        for _ in range(INLINE_CHECKPOINT_EVERY):
+            hold = await _admitted(store, who, take_rate=False)
+            await store.settle(hold.reservation, 1)
+            await asyncio.sleep(0)  # inline jobs never suspend: let other tasks (the checkpoint) run, as a server does
+        sizes.append(wal.stat().st_size)
+        # the log restarts after each checkpoint: its file keeps the size of the longest stretch between two
+        # (which varies with how the thread and the loop interleave), it does not grow with every stretch
+        assert round_no < 2 or sizes[-1] <= 2 * max(sizes[:2]), sizes

@@ -223,14 +223,15 @@ async def admit(
     round trip: on SQLite one job on the database thread inside BEGIN IMMEDIATE, on PostgreSQL one call of
     ``ccgate_reserve_v1`` (migration 0006). Rate limited: (RateLimited, None), nothing reserved.
 
-    On SQLite an `urgent` admission (a new request: its reply waits for it) goes ahead of queued settles and
-    ledger writes, which only run after replies (`SQLiteDatabase.run_transaction`)."""
+    On SQLite it runs on the event loop's own connection when the write lock is free; when it has to queue on
+    the database thread, an `urgent` admission (a new request: its reply waits for it) goes ahead of queued
+    settles and ledger writes, which only run after replies (`SQLiteDatabase.run_transaction`)."""
     if not 0 <= ask.bound_nanos <= MAX_NANOS:
         raise ValueError("bound_nanos must be between 0 and MAX_NANOS")
     from ccgate.storage.gateway.db import SQLiteDatabase
 
     if isinstance(db, SQLiteDatabase):
-        return await db.run_transaction(lambda conn: _admit_sync(conn, ask, take_rate), urgent=urgent)
+        return await db.run_transaction(lambda conn: _admit_sync(conn, ask, take_rate), urgent=urgent, inline=True)
     return await _admit_postgres(db, ask, take_rate, definitions or BudgetDefinitions())
 
 
@@ -548,7 +549,9 @@ async def settle(
     from ccgate.storage.gateway.db import SQLiteDatabase
 
     if isinstance(db, SQLiteDatabase):
-        return await db.run_transaction(lambda conn: _settle_sync(conn, reservation, actual_nanos, now, row))
+        return await db.run_transaction(
+            lambda conn: _settle_sync(conn, reservation, actual_nanos, now, row), inline=True
+        )
     budgets = await (definitions or BudgetDefinitions()).by_ids(db, reservation.budget_ids)
     ids = [budget_id for budget_id in reservation.budget_ids if budget_id in budgets]
     found = await db.fetchone(
@@ -745,7 +748,7 @@ async def take_request(db: Database, key_id: str, team_id: str | None, now: date
     from ccgate.storage.gateway.db import SQLiteDatabase
 
     if isinstance(db, SQLiteDatabase):
-        return await db.run_transaction(lambda conn: _take_sync(conn, key_id, team_id, now), urgent=True)
+        return await db.run_transaction(lambda conn: _take_sync(conn, key_id, team_id, now), urgent=True, inline=True)
     async with db.transaction() as conn:
         limits = await _locked_limits(conn, db, key_id, team_id)
         if not limits:
