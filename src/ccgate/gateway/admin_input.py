@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 
 from ccgate.core.budgets import parse_period
+from ccgate.core.names import fold_name
 from ccgate.core.records import to_iso, usd_to_nanos, utcnow
 from ccgate.core.routing import TIER_WORDS
 from ccgate.core.webhooks import looks_redacted
@@ -77,7 +78,7 @@ def name(field: str, value: Any) -> str:
 
 def folded(value: str) -> str:
     """What two names that people would take for one have in common: compatibility form, case folded."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold()).strip()
+    return fold_name(value)
 
 
 def opt_text(field: str, value: Any) -> str | None:

@@ -483,6 +483,7 @@ async def open_checked_store(settings: GatewaySettings, cipher: Any) -> GatewayS
             problem = migration_problem(status)
             if problem is not None:
                 raise CcgateError(problem, hint="run `ccgate gateway migrate` first, or serve with --migrate")
+            await store.fill_folded_names()  # rows the previous release wrote since (with --migrate, open did it)
         if cipher is None and await store.has_stored_provider_keys():
             raise SecretKeyError(
                 f"provider keys are stored in this database but {SECRET_KEY_ENV} is not set", hint=MAKE_KEY_HINT

@@ -479,9 +479,11 @@ async def _add_spend(conn: Connection, budgets: Sequence[Budget], nanos: int, at
         await conn.executemany(_SPEND_UPSERT, [(b.id, to_iso(current_window(b, at)[2]), nanos) for b in budgets])
 
 
+# Only this instance's own pending row: another instance's pending row of the same id is another request in flight
+# (its own settle marks it), so this request's cost must not land in that row's charged_nanos.
 _CLAIM_UPDATE = (
     "UPDATE requests SET charged_nanos = ?, charged_by = 'settle' "
-    "WHERE key_id = ? AND id = ? AND status = 'pending' AND charged_nanos IS NULL"
+    "WHERE key_id = ? AND id = ? AND status = 'pending' AND charged_nanos IS NULL AND instance_id = ?"
 )
 _CLAIM_SELECT = "SELECT source, charged_nanos, charged_by, instance_id FROM requests WHERE key_id = ? AND id = ?"
 _CLAIM_PLACEHOLDER = (
@@ -509,14 +511,15 @@ async def claim_charge(
     """How much of a proxied request's real cost `nanos` still has to go into the budgets, marking its row.
 
     Charging is idempotent per row (`requests.charged_nanos`): the row's usual state is pending and uncharged
-    (all of it). A row another instance recovered while this one had lost the database (`charged_by`
-    'recovery', same instance), or a sidecar's sync of this very request that arrived first ('ingest'), has
-    part of it already: only the rest. A finished row charged by an earlier request that reused the id is
-    another request: all of it, the old row untouched. No row yet (the ledger writer is behind): a pending
-    placeholder carries the mark, so a sync arriving before the real row is written finds it.
-    (``ccgate_settle_v1`` in migration 0006 applies the same rules on PostgreSQL.)
+    (all of it), if it is this instance's: another instance's pending row of the same id is another request in
+    flight (all of it, that row left for its own settle). A row another instance recovered while this one had lost
+    the database (`charged_by` 'recovery', same instance), or a sidecar's sync of this very request that arrived
+    first ('ingest'), has part of it already: only the rest. A finished row charged by an earlier request that
+    reused the id is another request: all of it, the old row untouched. No row yet (the ledger writer is behind):
+    a pending placeholder carries the mark, so a sync arriving before the real row is written finds it.
+    (``ccgate_settle_v1``, migrations 0006 and 0008, applies the same rules on PostgreSQL.)
     """
-    if await conn.execute(_CLAIM_UPDATE, (nanos, key_id, row_id)):
+    if await conn.execute(_CLAIM_UPDATE, (nanos, key_id, row_id, instance_id)):
         return nanos
     found = await conn.fetchone(_CLAIM_SELECT + db.for_update, (key_id, row_id))
     if found is None:
@@ -591,7 +594,7 @@ def _settle_sync(
 
 def _claim_sync(conn: SyncConnection, key_id: str, row_id: str, nanos: int, instance_id: str, now: datetime) -> int:
     """`claim_charge` for a job on the SQLite thread (same rules, same statements)."""
-    if conn.execute(_CLAIM_UPDATE, (nanos, key_id, row_id)):
+    if conn.execute(_CLAIM_UPDATE, (nanos, key_id, row_id, instance_id)):
         return nanos
     found = conn.fetch(_CLAIM_SELECT, (key_id, row_id))
     if not found:
