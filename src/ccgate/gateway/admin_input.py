@@ -183,6 +183,12 @@ def moment(field: str, value: Any) -> datetime | None:
         raise bad(field, "an ISO-8601 time such as 2027-01-31T00:00:00Z, or null") from None
 
 
+DEFAULT_GRACE = timedelta(days=1)  # how long a rotated-out key keeps working unless the rotation says otherwise
+# A team admin's longest grace: a key it rotates (say, a leaked one) stops within a day; longer is an admin's call.
+TEAM_ADMIN_MAX_GRACE = timedelta(hours=24)
+LONG_GRACE = "keep a rotated-out key working for more than 24 hours"
+
+
 def grace(field: str, value: Any) -> timedelta:
     given = text(field, value).strip()
     return timedelta(0) if given == "0" else parse_period(given).approx_duration()
