@@ -389,6 +389,7 @@ async def usage(request: web.Request) -> web.StreamResponse:
                 key_id=owner.key_id,
                 team_id=owner.team_id,
                 customer_id=owner.customer_id,
+                moments=[record.started_at for record, _ in parsed.rows],  # the windows the rows were charged in
             )
         )
     rejected = [{"id": row_id, "why": why} for row_id, why in parsed.rejected]

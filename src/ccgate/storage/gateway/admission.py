@@ -661,6 +661,52 @@ async def reset_budget(db: Database, budget_id: str, now: datetime, actor: str |
         await audit(conn, actor, "budget.reset", budget_id, {"spent_nanos": view.state.spent_nanos}, {"spent_nanos": 0})
 
 
+async def views_at(
+    db: Database,
+    key_id: str,
+    team_id: str | None,
+    customer_id: str | None,
+    provider_id: str | None,
+    moments: Sequence[datetime],
+    now: datetime,
+) -> list[BudgetView]:
+    """Each applying budget in its current window and, for a calendar budget, every window one of `moments` falls
+    in (each window once): what alerts check when spend lands in earlier windows (rows synced late are charged at
+    their start times). A rolling budget has no earlier windows that still matter: it is seen as of `now`. Spent
+    only, in one read; reserved is 0 (alerts compare spent). An override counts only in the window it was set for."""
+    calendar_moments = sorted({now, *moments})
+    async with db.transaction() as conn:
+        budgets = await load_budgets(conn, _APPLYING, (customer_id, team_id, key_id, provider_id))
+        wanted: dict[tuple[str, datetime], tuple[Budget, tuple[datetime, datetime, datetime], datetime]] = {}
+        for budget in budgets:
+            for moment in calendar_moments if budget.calendar else [now]:
+                found = current_window(budget, moment)
+                wanted.setdefault((budget.id, found[0]), (budget, found, moment))
+        if not wanted:
+            return []
+        marks = ", ".join("?" for _ in budgets)
+        rows = await conn.fetch(
+            f"SELECT budget_id, bucket_start, spent_nanos FROM budget_spend WHERE budget_id IN ({marks}) "
+            "AND bucket_start >= ?",
+            [*(b.id for b in budgets), to_iso(min(found[0] for _, found, _ in wanted.values()))],
+        )
+    spend: dict[str, list[tuple[str, int]]] = {}
+    for budget_id, bucket, nanos in rows:
+        spend.setdefault(str(budget_id), []).append((str(bucket), int(nanos)))
+    views = []
+    for budget, found, moment in wanted.values():
+        first, last = to_iso(found[0]), to_iso(found[2])
+        buckets = spend.get(budget.id, [])
+        if budget.calendar:
+            spent = sum(nanos for bucket, nanos in buckets if bucket == first)
+        else:
+            spent = sum(nanos for bucket, nanos in buckets if first <= bucket <= last)
+        other_window = budget.calendar and budget.override_until not in (None, found[1])
+        limit = budget.limit_nanos if other_window else budget.effective_limit(moment)
+        views.append(_view(budget, found, limit, spent, 0))
+    return views
+
+
 async def claim_alert(db: Database, budget_id: str, window_start: datetime, threshold: Decimal) -> bool:
     return (
         await db.execute(

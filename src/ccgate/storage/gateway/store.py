@@ -910,6 +910,20 @@ class GatewayStore:
         async with self.db.transaction() as conn:
             return await admission._views(conn, budgets, now or utcnow())
 
+    async def budget_views_at(
+        self,
+        moments: Sequence[datetime],
+        *,
+        key_id: str,
+        team_id: str | None,
+        customer_id: str | None,
+        provider_id: str | None = None,
+        now: datetime | None = None,
+    ) -> list[BudgetView]:
+        """Every budget applying to a key now and in each window one of `moments` falls in (see
+        `admission.views_at`)."""
+        return await admission.views_at(self.db, key_id, team_id, customer_id, provider_id, moments, now or utcnow())
+
     async def claim_alert(self, budget_id: str, window_start: datetime, threshold: Decimal) -> bool:
         """True exactly once per (budget, window, threshold), across instances: the caller then fires the webhook."""
         return await admission.claim_alert(self.db, budget_id, window_start, threshold)
