@@ -673,37 +673,36 @@ async def views_at(
     """Each applying budget in its current window and, for a calendar budget, every window one of `moments` falls
     in (each window once): what alerts check when spend lands in earlier windows (rows synced late are charged at
     their start times). A rolling budget has no earlier windows that still matter: it is seen as of `now`. Spent
-    only, in one read; reserved is 0 (alerts compare spent). An override counts only in the window it was set for."""
-    calendar_moments = sorted({now, *moments})
+    only, one read per budget; reserved is 0 (alerts compare spent). An override counts only in the window it was
+    set for."""
+    # windows start on whole minutes (in any timezone), so moments within a minute share every window
+    calendar_moments = sorted({now, *(moment.replace(second=0, microsecond=0) for moment in moments)})
+    wanted: list[tuple[Budget, tuple[datetime, datetime, datetime], datetime, int]] = []
     async with db.transaction() as conn:
-        budgets = await load_budgets(conn, _APPLYING, (customer_id, team_id, key_id, provider_id))
-        wanted: dict[tuple[str, datetime], tuple[Budget, tuple[datetime, datetime, datetime], datetime]] = {}
-        for budget in budgets:
-            for moment in calendar_moments if budget.calendar else [now]:
-                found = current_window(budget, moment)
-                wanted.setdefault((budget.id, found[0]), (budget, found, moment))
-        if not wanted:
-            return []
-        marks = ", ".join("?" for _ in budgets)
-        rows = await conn.fetch(
-            f"SELECT budget_id, bucket_start, spent_nanos FROM budget_spend WHERE budget_id IN ({marks}) "
-            "AND bucket_start >= ?",
-            [*(b.id for b in budgets), to_iso(min(found[0] for _, found, _ in wanted.values()))],
-        )
-    spend: dict[str, list[tuple[str, int]]] = {}
-    for budget_id, bucket, nanos in rows:
-        spend.setdefault(str(budget_id), []).append((str(bucket), int(nanos)))
+        for budget in await load_budgets(conn, _APPLYING, (customer_id, team_id, key_id, provider_id)):
+            if budget.calendar:  # a window's spend is its one bucket: read just those, by primary key
+                windows = {(found := current_window(budget, moment))[0]: (found, moment) for moment in calendar_moments}
+                starts = sorted(windows)
+                rows = await conn.fetch(
+                    "SELECT bucket_start, spent_nanos FROM budget_spend WHERE budget_id = ? "
+                    f"AND bucket_start IN ({', '.join('?' for _ in starts)})",
+                    [budget.id, *(to_iso(start) for start in starts)],
+                )
+                by_start = {str(bucket): int(nanos) for bucket, nanos in rows}
+                wanted += [(budget, w, m, by_start.get(to_iso(start), 0)) for start, (w, m) in windows.items()]
+            else:
+                found = current_window(budget, now)
+                rows = await conn.fetch(
+                    "SELECT sum(spent_nanos) FROM budget_spend WHERE budget_id = ? AND bucket_start >= ? "
+                    "AND bucket_start <= ?",
+                    (budget.id, to_iso(found[0]), to_iso(found[2])),
+                )
+                wanted.append((budget, found, now, int(rows[0][0] or 0)))
     views = []
-    for budget, found, moment in wanted.values():
-        first, last = to_iso(found[0]), to_iso(found[2])
-        buckets = spend.get(budget.id, [])
-        if budget.calendar:
-            spent = sum(nanos for bucket, nanos in buckets if bucket == first)
-        else:
-            spent = sum(nanos for bucket, nanos in buckets if first <= bucket <= last)
+    for budget, found, moment, spent_nanos in wanted:
         other_window = budget.calendar and budget.override_until not in (None, found[1])
         limit = budget.limit_nanos if other_window else budget.effective_limit(moment)
-        views.append(_view(budget, found, limit, spent, 0))
+        views.append(_view(budget, found, limit, spent_nanos, 0))
     return views
 
 
