@@ -437,7 +437,7 @@ complete -c ccgate -n '__ccgate_at "gateway serve"' -l 'keep-days' -x -d 'Days r
 complete -c ccgate -n '__ccgate_at "gateway serve"' -l 'max-body-mb' -x -d 'Largest request body accepted'
 complete -c ccgate -n '__ccgate_at "gateway serve"' -l 'max-reply-mb' -x -d 'Largest provider reply, or single stream event, read into memory'
 complete -c ccgate -n '__ccgate_at "gateway serve"' -l 'allow-private-webhooks' -d 'Let budget-alert webhooks post to loopback, private and link-local addresses (refused b...'
-complete -c ccgate -n '__ccgate_at "gateway serve"' -l 'trusted-proxy' -x -d 'CIDR of a load balancer in front of the gateway (repeat): X-Forwarded-For from it names...'
+complete -c ccgate -n '__ccgate_at "gateway serve"' -l 'trusted-proxy' -x -d 'CIDR of a load balancer in front of the gateway (repeat): X-Forwarded-For (or Forwarded...'
 complete -c ccgate -n '__ccgate_at "gateway serve"' -s 'h' -l 'help' -d 'Show this message and exit'
 complete -c ccgate -n '__ccgate_at "import"' -f -a 'claude-code' -d 'Read ~/.claude/projects/**/*.jsonl and add each request not already in the ledger (safe...'
 complete -c ccgate -n '__ccgate_at "import"' -s 'h' -l 'help' -d 'Show this message and exit'

@@ -137,7 +137,7 @@ def test_errors_are_one_line_with_a_hint(cli: Cli, gw: ServedAdmin, monkeypatch:
     _one_error(cli("budget", "set", "--team", "core", "--key", "k", "5", "--period", "1d"), "one of")
     _one_error(cli("key", "create", "--team", "core", "--name", "k", "--mode", "steal"), "proxy or report")
     _one_error(cli("key", "revoke", "ghost"), "no live key 'ghost'", "key list")
-    _one_error(cli("team", "create", "core"), "refused by the database")
+    _one_error(cli("team", "create", "core"), "already exists")
     _one_error(cli("ratelimit", "set", "--rpm", "5"), "--team or --key")
     _one_error(cli("provider", "set", "p", "--kind", "grpc"), "anthropic or openai")
     assert gw.run(gw.store.list_budgets()) == []

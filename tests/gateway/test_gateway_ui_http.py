@@ -206,6 +206,33 @@ async def test_a_team_admin_sees_and_changes_only_its_team(gateway: Gateway) -> 
     assert [b.limit_nanos for b in budgets] == [3_500_000_000]
 
 
+async def test_the_dashboard_cannot_create_a_key_named_like_a_live_one(gateway: Gateway) -> None:
+    """The dashboard has no name check of its own: the database's folded-name index (0008) refuses the twin."""
+    own = await gateway.store.get_key("ada")
+    async with await _signed_in(gateway) as ui:
+        for twin in ("ADA", "Ａda"):
+            response, text = await ui.post("/ui/keys", {"team": own.team_id, "name": twin})
+            assert response.status == 409 and "already exists" in text, twin
+    assert [k.name for k in await gateway.store.list_keys() if k.name.casefold() in ("ada", "ａda")] == ["ada"]
+
+
+async def test_a_team_admin_creates_only_proxy_keys_and_rotates_with_at_most_a_day_of_grace(gateway: Gateway) -> None:
+    """The admin API's rule, through the dashboard's forms too."""
+    token = await gateway.store.create_admin_token("core-lead", role="team_admin", team="core")
+    own = await gateway.store.get_key("ada")
+    async with await _signed_in(gateway, token.plaintext) as ui:
+        response, text = await ui.post("/ui/keys", {"team": own.team_id, "name": "rex", "mode": "report"})
+        assert response.status == 403 and "report-mode key" in text
+        response, text = await ui.post(f"/ui/keys/{own.id}/rotate", {"grace": "2d"})
+        assert response.status == 403 and "more than 24 hours" in text
+        assert await gateway.store.get_key("ada") == own
+        response, _ = await ui.post(f"/ui/keys/{own.id}/rotate", {"grace": "24h"})
+        assert response.status == 200
+        response, _ = await ui.post("/ui/keys", {"team": own.team_id, "name": "rex", "mode": "proxy"})
+        assert response.status == 200
+    assert [k.mode.value for k in await gateway.store.list_keys() if k.name == "rex"] == ["proxy"]
+
+
 async def test_budgets_and_rate_limits_set_in_the_ui_show_as_bars(gateway: Gateway) -> None:
     key = await gateway.store.get_key("ada")
     async with await _signed_in(gateway) as ui:

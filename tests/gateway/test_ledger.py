@@ -354,3 +354,19 @@ async def test_reusing_a_request_id_does_not_make_requests_free(store: GatewaySt
     for _ in range(2):
         await store.settle(await _hold(store, who, "gw-1"), 3_000, row=(who.key.id, "same"))
     assert await _spent(store, who) == 11_000
+
+
+async def test_settling_on_one_instance_never_marks_another_instances_row_of_the_same_id(store: GatewayStore) -> None:
+    """A sidecar's row id in flight on two instances at once: each settle charges the budgets, and each row's
+    `charged_nanos` is its own request's cost (gw-2's settle must not mark gw-1's pending row)."""
+    who = await _key(store)
+    await store.create_budget(level="key", target="dev", limit_nanos=10**9, period="1y")
+    first = _record("twice", nanos=None, status=RequestStatus.PENDING)
+    await store.write_requests([GatewayRow(first, who.key.id, who.team.id, None, instance_id="gw-1")])
+    await store.settle(await _hold(store, who, "gw-2"), 3_000, row=(who.key.id, "twice"))
+    await store.settle(await _hold(store, who, "gw-1"), 5_000, row=(who.key.id, "twice"))
+    assert await _spent(store, who) == 8_000
+    row = await store.db.fetchone(
+        "SELECT charged_nanos, instance_id FROM requests WHERE key_id = ? AND id = ?", (who.key.id, "twice")
+    )
+    assert row is not None and (int(row[0]), str(row[1])) == (5_000, "gw-1")

@@ -85,3 +85,31 @@ async def test_a_team_admin_can_add_and_tighten(api: AdminCaller, store: Gateway
     # and an admin may still do anything
     assert (await api("PATCH", f"/budgets/{budget}", {"amount_usd": "50"}))[0] == 200
     assert (await api("DELETE", "/ratelimits/team/core"))[0] == 200
+
+
+async def test_a_team_admin_creates_only_proxy_keys_and_rotates_with_at_most_a_day_of_grace(
+    api: AdminCaller, store: GatewayStore
+) -> None:
+    """A report-mode key's budgets are enforced only by the developer's own sidecar, and a long grace keeps a
+    rotated-out (perhaps leaked) key working: both are an admin's call."""
+    _, lead = await _setup(api, store)
+    status, answer = await api("POST", "/keys", {"team": "core", "name": "bob", "mode": "report"}, token=lead)
+    assert status == 403, answer
+    assert "report-mode key" in error_of(answer) and "team admin may only add or tighten" in answer["error"]["hint"]
+    assert [k.name for k in await store.list_keys()] == ["ada"]
+    assert (await api("POST", "/keys", {"team": "core", "name": "bob", "mode": "proxy"}, token=lead))[0] == 201
+    assert (await api("POST", "/keys", {"team": "core", "name": "cy"}, token=lead))[0] == 201
+    before = await store.get_key("ada")
+    for grace in ("2d", "25h", "1w", "1mo"):
+        status, answer = await api("POST", "/keys/ada/rotate", {"grace": grace}, token=lead)
+        assert status == 403, (grace, answer)
+        assert "more than 24 hours" in error_of(answer)
+    assert await store.get_key("ada") == before  # nothing rotated
+    for allowed in (None, "24h", "1d", "1h", "0"):
+        status, answer = await api(
+            "POST", "/keys/ada/rotate", {} if allowed is None else {"grace": allowed}, token=lead
+        )
+        assert status == 200, (allowed, answer)
+    # an admin is not capped, and may create report-mode keys
+    assert (await api("POST", "/keys/ada/rotate", {"grace": "1w"}))[0] == 200
+    assert (await api("POST", "/keys", {"team": "core", "name": "dee", "mode": "report"}))[0] == 201

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scripted_upstream import TextReply, Usage
 
-from ccgate.core.records import new_request_id
+from ccgate.core.records import new_request_id, to_iso
 from ccgate.core.webhooks import is_public, redact_webhook_url, refused_host
 from ccgate.gateway.webhooks import GuardedResolver, Webhooks, WebhookTargetRefused
 from ccgate.storage.gateway import GatewayStore
@@ -112,6 +112,46 @@ async def test_spend_ingested_through_v1_usage_fires_the_alerts_once_per_window(
         await _wait_for(received, 2)
     assert sorted(alert["threshold"] for _, alert in received) == ["0.8", "1"]
     assert {alert["label"] for _, alert in received} == {"daily team budget"}
+
+
+async def test_rows_synced_late_fire_the_alerts_of_the_window_they_fall_in_once(db_url: str) -> None:
+    """A sidecar that was offline syncs yesterday's rows today: they are charged to yesterday's window, and that
+    window's thresholds fire (once each, whatever is replayed), not today's."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    yesterday = today - timedelta(days=1)
+    late = (yesterday + timedelta(hours=20)).isoformat()
+    async with (
+        receiver() as (base, received),
+        running_gateway(db_url, allow_private_webhooks=True) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
+        reporter = await gateway.store.create_key(team="core", name="rae", mode="report")
+        await gateway.store.create_budget(
+            level="key",
+            target="rae",
+            limit_nanos=10_000_000,  # $0.01: two rows ($0.0045 each) cross 80 %, three cross 100 %
+            period="1d",
+            thresholds=[Decimal("0.8"), Decimal("1")],
+            webhook_url=f"{base}/hook",
+        )
+        headers = {"x-api-key": reporter.plaintext}
+        # replayed: known, nothing new; the row of today ($0.0045) stays under today's 80 %
+        first = [_row(started_at=late), _row(started_at=late)]
+        for batch, fired in (
+            (first, 1),
+            (first, 1),
+            ([_row(started_at=late), _row()], 2),
+            ([_row(started_at=late)], 2),
+        ):
+            async with http.post(f"{gateway.url}/v1/usage", json={"rows": batch}, headers=headers) as reply:
+                assert reply.status == 200
+            await _wait_for(received, fired)
+    alerts = [alert for _, alert in received]
+    assert [(a["threshold"], a["window_start"]) for a in alerts] == [
+        ("0.8", to_iso(yesterday)),
+        ("1", to_iso(yesterday)),
+    ]
+    assert Decimal(alerts[1]["spent_usd"]) == Decimal("0.0135") and alerts[1]["resets_at"] == to_iso(today)
 
 
 async def test_a_webhook_on_a_private_address_is_not_posted_to_by_default(
@@ -271,3 +311,44 @@ def test_a_redacted_url_never_holds_a_secret_wherever_it_sits(secret: str, where
     }[where]
     shown = redact_webhook_url(url)
     assert shown is not None and secret not in shown and shown.startswith("https://")
+
+
+async def test_earlier_windows_are_seen_with_their_own_spend_and_without_todays_override(store: GatewayStore) -> None:
+    """What the alert check reads for late rows: each calendar window's own spend; an override set for today's
+    window is not yesterday's limit; a rolling budget is seen as of now only."""
+    from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
+
+    await store.create_team("core")
+    key = (await store.create_key(team="core", name="rae", mode="report")).key
+    daily = await store.create_budget(level="key", target="rae", limit_nanos=1_000, period="1d")
+    await store.create_budget(level="key", target="rae", limit_nanos=5_000, period="1d", calendar=False)
+    await store.override_budget(daily.id, limit_nanos=9_000)
+    now = datetime.now(UTC)
+    yesterday = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(hours=4)
+
+    def row(at: datetime, nanos: int) -> tuple[RequestRecord, dict[str, str]]:
+        usage = Usage(input_tokens=1, output_tokens=1)
+        cost = Cost(nanos, PriceQuality.PRICED)
+        record = RequestRecord(id=new_request_id(), started_at=at, status=RequestStatus.OK, usage=usage, cost=cost)
+        return record, {}
+
+    await store.ingest(
+        key_id=key.id, team_id=key.team_id, customer_id=None, records=[row(yesterday, 700), row(now, 300)]
+    )
+    views = await store.budget_views_at(
+        [yesterday, yesterday, now], key_id=key.id, team_id=key.team_id, customer_id=None
+    )
+    seen = sorted((v.budget.calendar, to_iso(v.window_start), v.state.limit_nanos, v.state.spent_nanos) for v in views)
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    rolling = [
+        v
+        for v in await store.budget_views(key_id=key.id, team_id=key.team_id, customer_id=None)
+        if not v.budget.calendar
+    ]
+    assert seen == sorted(
+        [
+            (True, to_iso(today - timedelta(days=1)), 1_000, 700),
+            (True, to_iso(today), 9_000, 300),
+            (False, to_iso(rolling[0].window_start), 5_000, rolling[0].state.spent_nanos),
+        ]
+    )

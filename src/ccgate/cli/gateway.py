@@ -19,7 +19,8 @@ gateway_app = typer.Typer(
 _TRUSTED_PROXY_OPTION = typer.Option(
     None,
     "--trusted-proxy",
-    help="CIDR of a load balancer in front of the gateway (repeat): X-Forwarded-For from it names the client.",
+    help="CIDR of a load balancer in front of the gateway (repeat): X-Forwarded-For (or Forwarded) from it names "
+    "the client.",
 )
 DB_HELP = "sqlite:///FILE (default: gateway.db in ccgate's data dir) or postgresql://USER[:PASSWORD]@HOST/DB"
 

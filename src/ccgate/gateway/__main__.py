@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-days", type=int, default=90, help="days raw rows are kept; 0 keeps them all")
     parser.add_argument("--metrics-per-key", action="store_true", help="per-key series on /metrics")
     parser.add_argument("--allow-private-webhooks", action="store_true", help="webhooks may post to private hosts")
-    parser.add_argument("--trusted-proxy", action="append", default=[], help="CIDR whose X-Forwarded-For is trusted")
+    parser.add_argument(
+        "--trusted-proxy", action="append", default=[], help="CIDR whose X-Forwarded-For (or Forwarded) is trusted"
+    )
     parser.add_argument("--reuse-port", action="store_true", help="share the port with other workers")
     parser.add_argument("--port-file", default=None, help="write the bound port here once listening (tests)")
     args = parser.parse_args(argv)

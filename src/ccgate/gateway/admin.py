@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -418,6 +418,7 @@ async def create_key(request: web.Request) -> web.Response:
     _fresh_name("key", data["name"], [key.name for key in await store.list_keys()])
     team = await store.get_team(data.pop("team"))
     _check_team(who, team.id)
+    _tighten_only(who, data.get("mode") == "report", "create a report-mode key")
     created = await store.create_key(team=team.id, actor=who.name, **data)
     return _json({**_key_json(created.key, {team.id: team.name}), "key": created.plaintext}, 201)
 
@@ -462,8 +463,10 @@ async def rotate_key(request: web.Request) -> web.Response:
     who = _who(request, write=True, team_scoped=True)
     data = await check.read_body(request, {"grace": check.grace})
     key = await _own_key(request, who)
+    grace = data.get("grace", check.DEFAULT_GRACE)
+    _tighten_only(who, grace > check.TEAM_ADMIN_MAX_GRACE, check.LONG_GRACE)
     store = _store(request)
-    created = await store.rotate_key(key.id, grace=data.get("grace", timedelta(days=1)), actor=who.name)
+    created = await store.rotate_key(key.id, grace=grace, actor=who.name)
     return _json({**_key_json(created.key, await _team_names(store)), "key": created.plaintext})
 
 

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 
 from ccgate.core.budgets import parse_period
+from ccgate.core.names import fold_name
 from ccgate.core.records import to_iso, usd_to_nanos, utcnow
 from ccgate.core.routing import TIER_WORDS
 from ccgate.core.webhooks import looks_redacted
@@ -77,7 +78,7 @@ def name(field: str, value: Any) -> str:
 
 def folded(value: str) -> str:
     """What two names that people would take for one have in common: compatibility form, case folded."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold()).strip()
+    return fold_name(value)
 
 
 def opt_text(field: str, value: Any) -> str | None:
@@ -180,6 +181,12 @@ def moment(field: str, value: Any) -> datetime | None:
         return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
     except (ValueError, OverflowError):
         raise bad(field, "an ISO-8601 time such as 2027-01-31T00:00:00Z, or null") from None
+
+
+DEFAULT_GRACE = timedelta(days=1)  # how long a rotated-out key keeps working unless the rotation says otherwise
+# A team admin's longest grace: a key it rotates (say, a leaked one) stops within a day; longer is an admin's call.
+TEAM_ADMIN_MAX_GRACE = timedelta(hours=24)
+LONG_GRACE = "keep a rotated-out key working for more than 24 hours"
 
 
 def grace(field: str, value: Any) -> timedelta:

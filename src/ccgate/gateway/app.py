@@ -389,6 +389,7 @@ async def usage(request: web.Request) -> web.StreamResponse:
                 key_id=owner.key_id,
                 team_id=owner.team_id,
                 customer_id=owner.customer_id,
+                moments=[record.started_at for record, _ in parsed.rows],  # the windows the rows were charged in
             )
         )
     rejected = [{"id": row_id, "why": why} for row_id, why in parsed.rejected]
@@ -483,6 +484,7 @@ async def open_checked_store(settings: GatewaySettings, cipher: Any) -> GatewayS
             problem = migration_problem(status)
             if problem is not None:
                 raise CcgateError(problem, hint="run `ccgate gateway migrate` first, or serve with --migrate")
+            await store.fill_folded_names()  # rows the previous release wrote since (with --migrate, open did it)
         if cipher is None and await store.has_stored_provider_keys():
             raise SecretKeyError(
                 f"provider keys are stored in this database but {SECRET_KEY_ENV} is not set", hint=MAKE_KEY_HINT

@@ -6,8 +6,9 @@ cache is keyed by the key's hash, never by the key itself.
 
 Database reads for keys that turn out unknown are capped per client and for the whole instance. The client is
 the peer address, or, when the peer is a proxy the gateway was told to trust (`--trusted-proxy CIDR`), the
-nearest address in X-Forwarded-For that is not such a proxy; IPv6 clients count per /64 (one host holds a
-whole /64). The instance-wide cap holds whatever the clients claim to be.
+nearest address in X-Forwarded-For (or, on a request without one, RFC 7239 `Forwarded`) that is not such a proxy;
+IPv6 clients count per /64 (one host holds a whole /64). The instance-wide cap holds whatever the clients claim to
+be.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -91,18 +93,105 @@ def _bucket(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     return str(address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else address)
 
 
-def client_of(peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[Network]) -> str | None:
-    """Whom to count unknown-key look-ups against: the peer, or behind trusted proxies the client they name."""
+def _split_unquoted(text: str, separator: str) -> tuple[list[str], bool]:
+    """`text` split at `separator` outside RFC 7230 quoted strings; whether every quote was closed."""
+    if '"' not in text:  # the usual `for=192.0.2.1;proto=https`: no character-by-character walk
+        return text.split(separator), True
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for char in text:
+        if quoted:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char == separator:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts, not quoted
+
+
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _forwarded_for(element: str) -> str | None:
+    """One `Forwarded` element's `for` value (quotes and escapes removed), or None: no `for`, twice, or the element
+    is malformed (then nothing in it is believed, not even a `for` that parsed)."""
+    found: str | None = None
+    seen = False
+    pairs, _ = _split_unquoted(element, ";")
+    for pair in pairs:
+        if not pair.strip():
+            continue  # `for=x;` (RFC 7239 allows empty pairs)
+        name, equals, value = pair.strip().partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if not equals or not name or not set(name) <= _TOKEN_CHARS or not value:
+            return None
+        if value.startswith('"'):
+            quoted = _QUOTED.fullmatch(value)
+            if quoted is None:
+                return None
+            value = re.sub(r"\\(.)", r"\1", quoted.group(1))
+        elif not set(value) <= _TOKEN_CHARS | {":", "[", "]"}:
+            return None
+        if name == "for":
+            if seen:
+                return None
+            found, seen = value, True
+    return found
+
+
+def forwarded_hops(headers: Sequence[str]) -> list[str | None]:
+    """The `for` of each RFC 7239 `Forwarded` element, oldest first, each field line on its own (an open quote in a
+    client's line cannot swallow the line a proxy added after it); None where an element names no usable `for`.
+    A quote left open makes the line's last element unusable: a proxy's element appended to the same line after a
+    client's open quote is never read as the client would like."""
+    hops: list[str | None] = []
+    for line in headers[-MAX_FORWARDED_HOPS:]:
+        elements, closed = _split_unquoted(line, ",")
+        for index, element in enumerate(elements):
+            if not closed and index == len(elements) - 1:
+                hops.append(None)
+            elif element.strip():  # an empty list element is none (RFC 7230 lists)
+                hops.append(_forwarded_for(element))
+    return hops[-MAX_FORWARDED_HOPS:]
+
+
+def client_of(
+    peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[Network], forwarded: Sequence[str] = ()
+) -> str | None:
+    """Whom to count unknown-key look-ups against: the peer, or behind trusted proxies the client they name.
+
+    `forwarded_for` are the X-Forwarded-For lines, `forwarded` the RFC 7239 `Forwarded` ones; X-Forwarded-For wins
+    when a request has both (what the gateway always read: a `Forwarded` a client adds cannot move it). Walking from
+    the peer towards the client, each trusted proxy's entry names the next hop; the first hop that is not a trusted
+    proxy is the client. An entry that names no address (`for=unknown`, an obfuscated `_id`, garbage) stops the walk:
+    the count goes to the last proxy."""
     address = None if peer is None else _address(peer)
     if address is None:
         return peer
-    if trusted and forwarded_for:
-        hops = [hop for header in forwarded_for for hop in header.split(",")][-MAX_FORWARDED_HOPS:]
-        while any(address in network for network in trusted if network.version == address.version) and hops:
-            named = _address(hops.pop())
-            if named is None:
-                break  # a proxy that writes something else: count against the last proxy
-            address = named
+    if not trusted:
+        return _bucket(address)
+    hops: list[str | None] = []
+    if forwarded_for:
+        hops.extend([hop for header in forwarded_for for hop in header.split(",")][-MAX_FORWARDED_HOPS:])
+    else:
+        hops = forwarded_hops(forwarded)
+    while any(address in network for network in trusted if network.version == address.version) and hops:
+        hop = hops.pop()
+        named = None if hop is None else _address(hop)
+        if named is None:
+            break  # a proxy that writes something else: count against the last proxy
+        address = named
     return _bucket(address)
 
 
@@ -128,8 +217,10 @@ def client_address(request: web.Request) -> str | None:
     from ccgate.gateway import keys
 
     trusted = request.config_dict.get(keys.TRUSTED_PROXIES, ())
-    forwarded = request.headers.getall("X-Forwarded-For", []) if trusted else ()
-    return client_of(request.remote, forwarded, trusted)
+    if not trusted:
+        return client_of(request.remote, (), trusted)
+    headers = request.headers
+    return client_of(request.remote, headers.getall("X-Forwarded-For", []), trusted, headers.getall("Forwarded", []))
 
 
 def admin_token_limiter(per_client: float, total: float) -> MissLimiter:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -124,10 +125,17 @@ async def check_alerts(
     customer_id: str | None,
     provider_id: str | None = None,
     only: tuple[str, ...] | None = None,
+    moments: Sequence[datetime] | None = None,
 ) -> None:
     """Post each threshold the spent of a budget applying to this key has crossed, once per window across
-    instances (`claim_alert`); `only` narrows it to some budgets. Proxied and ingested spend both come here."""
-    views = await store.budget_views(key_id=key_id, team_id=team_id, customer_id=customer_id, provider_id=provider_id)
+    instances (`claim_alert`); `only` narrows it to some budgets. Proxied and ingested spend both come here.
+    Without `moments` the current windows are checked (a settle charges now); with them, every window one of
+    them falls in (ingested rows are charged at their start times, which may be in earlier windows)."""
+    who: dict[str, Any] = {"key_id": key_id, "team_id": team_id, "customer_id": customer_id, "provider_id": provider_id}
+    if moments is None:
+        views = await store.budget_views(**who)
+    else:
+        views = await store.budget_views_at(moments, **who)
     for view in views:
         budget, state = view.budget, view.state
         if (only is not None and budget.id not in only) or budget.webhook_url is None or state.limit_nanos <= 0:

@@ -28,6 +28,15 @@ def _allowed(session: UiSession, team_id: str) -> None:
     raise PermissionDeniedError("a team admin may change only its own team", hint="ask an admin")
 
 
+def _widening(session: UiSession, what: str) -> None:
+    """The admin API's team_admin rule (it only adds and tightens): what loosens a limit is an admin's."""
+    if session.role == "team_admin":
+        raise PermissionDeniedError(
+            f"{session.token_name!r} signed in with a team admin token, which may not {what}",
+            hint="a team admin may only add or tighten limits; ask an admin to raise or remove one",
+        )
+
+
 def _form(request: web.Request) -> dict[str, str]:
     form: dict[str, str] = request[FORM]
     return form
@@ -62,6 +71,8 @@ async def create_key(request: web.Request) -> web.StreamResponse:
     team = await s.get_team(_field(form, "team"))
     _allowed(session, team.id)
     mode = check.choice("proxy", "report")("mode", form.get("mode", "proxy"))
+    if mode == "report":
+        _widening(session, "create a report-mode key")
     created = await s.create_key(team=team.id, name=_field(form, "name").strip(), mode=mode, actor=session.token_name)
     return page(request, "key_created.html", title="Key created", key=created.key, secret=created.plaintext,
                 team_name=team.name, rotated=False)  # fmt: skip
@@ -71,6 +82,8 @@ async def rotate_key(request: web.Request) -> web.StreamResponse:
     session = session_of(request)
     found = await _key(request)
     grace = check.grace("grace", _form(request).get("grace", "1d") or "1d")
+    if grace > check.TEAM_ADMIN_MAX_GRACE:
+        _widening(session, check.LONG_GRACE)
     s = store(request)
     created = await s.rotate_key(found.id, grace=grace, actor=session.token_name)
     team = await s.get_team(found.team_id)

@@ -480,9 +480,11 @@ async def _add_spend(conn: Connection, budgets: Sequence[Budget], nanos: int, at
         await conn.executemany(_SPEND_UPSERT, [(b.id, to_iso(current_window(b, at)[2]), nanos) for b in budgets])
 
 
+# Only this instance's own pending row: another instance's pending row of the same id is another request in flight
+# (its own settle marks it), so this request's cost must not land in that row's charged_nanos.
 _CLAIM_UPDATE = (
     "UPDATE requests SET charged_nanos = ?, charged_by = 'settle' "
-    "WHERE key_id = ? AND id = ? AND status = 'pending' AND charged_nanos IS NULL"
+    "WHERE key_id = ? AND id = ? AND status = 'pending' AND charged_nanos IS NULL AND instance_id = ?"
 )
 _CLAIM_SELECT = "SELECT source, charged_nanos, charged_by, instance_id FROM requests WHERE key_id = ? AND id = ?"
 _CLAIM_PLACEHOLDER = (
@@ -510,14 +512,15 @@ async def claim_charge(
     """How much of a proxied request's real cost `nanos` still has to go into the budgets, marking its row.
 
     Charging is idempotent per row (`requests.charged_nanos`): the row's usual state is pending and uncharged
-    (all of it). A row another instance recovered while this one had lost the database (`charged_by`
-    'recovery', same instance), or a sidecar's sync of this very request that arrived first ('ingest'), has
-    part of it already: only the rest. A finished row charged by an earlier request that reused the id is
-    another request: all of it, the old row untouched. No row yet (the ledger writer is behind): a pending
-    placeholder carries the mark, so a sync arriving before the real row is written finds it.
-    (``ccgate_settle_v1`` in migration 0006 applies the same rules on PostgreSQL.)
+    (all of it), if it is this instance's: another instance's pending row of the same id is another request in
+    flight (all of it, that row left for its own settle). A row another instance recovered while this one had lost
+    the database (`charged_by` 'recovery', same instance), or a sidecar's sync of this very request that arrived
+    first ('ingest'), has part of it already: only the rest. A finished row charged by an earlier request that
+    reused the id is another request: all of it, the old row untouched. No row yet (the ledger writer is behind):
+    a pending placeholder carries the mark, so a sync arriving before the real row is written finds it.
+    (``ccgate_settle_v1``, migrations 0006 and 0008, applies the same rules on PostgreSQL.)
     """
-    if await conn.execute(_CLAIM_UPDATE, (nanos, key_id, row_id)):
+    if await conn.execute(_CLAIM_UPDATE, (nanos, key_id, row_id, instance_id)):
         return nanos
     found = await conn.fetchone(_CLAIM_SELECT + db.for_update, (key_id, row_id))
     if found is None:
@@ -594,7 +597,7 @@ def _settle_sync(
 
 def _claim_sync(conn: SyncConnection, key_id: str, row_id: str, nanos: int, instance_id: str, now: datetime) -> int:
     """`claim_charge` for a job on the SQLite thread (same rules, same statements)."""
-    if conn.execute(_CLAIM_UPDATE, (nanos, key_id, row_id)):
+    if conn.execute(_CLAIM_UPDATE, (nanos, key_id, row_id, instance_id)):
         return nanos
     found = conn.fetch(_CLAIM_SELECT, (key_id, row_id))
     if not found:
@@ -659,6 +662,51 @@ async def reset_budget(db: Database, budget_id: str, now: datetime, actor: str |
         await conn.execute("DELETE FROM budget_spend WHERE budget_id = ? AND bucket_start >= ?", (budget_id, first))
         await conn.execute("DELETE FROM budget_alerts WHERE budget_id = ? AND window_start >= ?", (budget_id, first))
         await audit(conn, actor, "budget.reset", budget_id, {"spent_nanos": view.state.spent_nanos}, {"spent_nanos": 0})
+
+
+async def views_at(
+    db: Database,
+    key_id: str,
+    team_id: str | None,
+    customer_id: str | None,
+    provider_id: str | None,
+    moments: Sequence[datetime],
+    now: datetime,
+) -> list[BudgetView]:
+    """Each applying budget in its current window and, for a calendar budget, every window one of `moments` falls
+    in (each window once): what alerts check when spend lands in earlier windows (rows synced late are charged at
+    their start times). A rolling budget has no earlier windows that still matter: it is seen as of `now`. Spent
+    only, one read per budget; reserved is 0 (alerts compare spent). An override counts only in the window it was
+    set for."""
+    # windows start on whole minutes (in any timezone), so moments within a minute share every window
+    calendar_moments = sorted({now, *(moment.replace(second=0, microsecond=0) for moment in moments)})
+    wanted: list[tuple[Budget, tuple[datetime, datetime, datetime], datetime, int]] = []
+    async with db.transaction() as conn:
+        for budget in await load_budgets(conn, _APPLYING, (customer_id, team_id, key_id, provider_id)):
+            if budget.calendar:  # a window's spend is its one bucket: read just those, by primary key
+                windows = {(found := current_window(budget, moment))[0]: (found, moment) for moment in calendar_moments}
+                starts = sorted(windows)
+                rows = await conn.fetch(
+                    "SELECT bucket_start, spent_nanos FROM budget_spend WHERE budget_id = ? "
+                    f"AND bucket_start IN ({', '.join('?' for _ in starts)})",
+                    [budget.id, *(to_iso(start) for start in starts)],
+                )
+                by_start = {str(bucket): int(nanos) for bucket, nanos in rows}
+                wanted += [(budget, w, m, by_start.get(to_iso(start), 0)) for start, (w, m) in windows.items()]
+            else:
+                found = current_window(budget, now)
+                rows = await conn.fetch(
+                    "SELECT sum(spent_nanos) FROM budget_spend WHERE budget_id = ? AND bucket_start >= ? "
+                    "AND bucket_start <= ?",
+                    (budget.id, to_iso(found[0]), to_iso(found[2])),
+                )
+                wanted.append((budget, found, now, int(rows[0][0] or 0)))
+    views = []
+    for budget, found, moment, spent_nanos in wanted:
+        other_window = budget.calendar and budget.override_until not in (None, found[1])
+        limit = budget.limit_nanos if other_window else budget.effective_limit(moment)
+        views.append(_view(budget, found, limit, spent_nanos, 0))
+    return views
 
 
 async def claim_alert(db: Database, budget_id: str, window_start: datetime, threshold: Decimal) -> bool:

@@ -10,7 +10,8 @@ import asyncio
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from enum import StrEnum
@@ -18,11 +19,12 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ccgate.core.budgets import parse_period
+from ccgate.core.names import fold_name
 from ccgate.core.records import RequestRecord, from_iso, new_request_id, to_iso, utcnow
 from ccgate.errors import NotFoundError, UserInputError
 from ccgate.storage.gateway import admission, ledger, migrate
 from ccgate.storage.gateway.crypto import KeyCipher, require_cipher
-from ccgate.storage.gateway.db import Connection, Database, connect
+from ccgate.storage.gateway.db import Connection, ConstraintError, Database, connect
 from ccgate.storage.gateway.records import (
     MAX_RATE_LIMIT,
     AdminRole,
@@ -196,6 +198,29 @@ def _rate(row: Sequence[Any]) -> RateLimit:
     )
 
 
+@asynccontextmanager
+async def _one_name(kind: str, name: str) -> AsyncIterator[None]:
+    """A create refused by the database (the unique folded name: another create of a name people would take for
+    this one won a race with it) says so; the admin layer's own check catches the usual, sequential case first."""
+    try:
+        yield
+    except ConstraintError as error:
+        raise ConstraintError(
+            f"a {kind} named {name!r} (or a name differing only in case or Unicode form) already exists",
+            hint=f"list them, then pick another name or use the existing {kind}",
+        ) from error
+
+
+# (table, the rows whose names must be unique): `fill_folded_names` folds these
+_NAMED_TABLES = (
+    ("customers", ""),
+    ("teams", ""),
+    ("virtual_keys", " AND revoked_at IS NULL"),
+    ("admin_tokens", ""),
+    ("provider_configs", ""),
+)
+
+
 async def _audit(conn: Connection, actor: str | None, action: str, target: str | None, before: Any, after: Any) -> None:
     if actor is None:
         return
@@ -235,6 +260,7 @@ class GatewayStore:
         if migrate_now:
             try:
                 await migrate.apply(db)
+                await store.fill_folded_names()
             except BaseException:
                 await db.close()
                 raise
@@ -247,7 +273,29 @@ class GatewayStore:
         return await migrate.check(self.db)
 
     async def apply_migrations(self) -> list[str]:
-        return await migrate.apply(self.db)
+        applied = await migrate.apply(self.db)
+        await self.fill_folded_names()
+        return applied
+
+    async def fill_folded_names(self) -> int:
+        """Fold the names that have no `name_folded` yet (rows from before migration 0008, or written by the
+        previous release running beside this one); a row whose folded name another row already holds stays NULL.
+        Returns how many rows were folded. The gateway runs it at start. One statement per row, each on its own:
+        a name taken meanwhile (by a create racing this) refuses just that row."""
+        filled = 0
+        for table, live in _NAMED_TABLES:
+            todo = await self.db.fetch(
+                f"SELECT id, name FROM {table} WHERE name_folded IS NULL{live} ORDER BY created_at, id"
+            )
+            for row_id, name in todo:
+                try:
+                    filled += await self.db.execute(
+                        f"UPDATE {table} SET name_folded = ? WHERE id = ? AND name_folded IS NULL",
+                        (fold_name(str(name)), row_id),
+                    )
+                except ConstraintError:
+                    continue  # two old names that fold to one: the older keeps it, the admin check sees both
+        return filled
 
     async def ping(self) -> None:
         """For /readyz: raises DatabaseUnavailableError when the database cannot answer."""
@@ -257,10 +305,10 @@ class GatewayStore:
 
     async def create_customer(self, name: str, *, actor: str | None = None) -> Customer:
         customer = Customer(new_request_id(), _check_name("customer", name), utcnow())
-        async with self.db.transaction() as conn:
+        async with _one_name("customer", customer.name), self.db.transaction() as conn:
             await conn.execute(
-                "INSERT INTO customers (id, name, created_at) VALUES (?, ?, ?)",
-                (customer.id, customer.name, to_iso(customer.created_at)),
+                "INSERT INTO customers (id, name, name_folded, created_at) VALUES (?, ?, ?, ?)",
+                (customer.id, customer.name, fold_name(customer.name), to_iso(customer.created_at)),
             )
             await _audit(conn, actor, "customer.create", customer.name, None, customer)
         return customer
@@ -298,10 +346,11 @@ class GatewayStore:
         team = Team(new_request_id(), _check_name("team", name), customer_id, {}, utcnow())
         overrides = _check_overrides(tier_overrides)
         team = Team(team.id, team.name, customer_id, json.loads(overrides), team.created_at)
-        async with self.db.transaction() as conn:
+        async with _one_name("team", team.name), self.db.transaction() as conn:
             await conn.execute(
-                "INSERT INTO teams (id, name, customer_id, tier_overrides, created_at) VALUES (?, ?, ?, ?, ?)",
-                (team.id, team.name, customer_id, overrides, to_iso(team.created_at)),
+                "INSERT INTO teams (id, name, name_folded, customer_id, tier_overrides, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (team.id, team.name, fold_name(team.name), customer_id, overrides, to_iso(team.created_at)),
             )
             await _audit(conn, actor, "team.create", team.name, None, team)
         return team
@@ -392,13 +441,15 @@ class GatewayStore:
             previous_valid_until=None,
             created_at=utcnow(),
         )
-        async with self.db.transaction() as conn:
+        async with _one_name("key", key.name), self.db.transaction() as conn:
             await conn.execute(
-                "INSERT INTO virtual_keys (id, name, team_id, mode, key_hash, key_prefix, allowed_models, "
-                "allowed_providers, tier_overrides, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO virtual_keys (id, name, name_folded, team_id, mode, key_hash, key_prefix, "
+                "allowed_models, allowed_providers, tier_overrides, expires_at, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.id,
                     key.name,
+                    fold_name(key.name),
                     key.team_id,
                     key.mode.value,
                     digest,
@@ -557,13 +608,14 @@ class GatewayStore:
             None,
             utcnow(),
         )
-        async with self.db.transaction() as conn:
+        async with _one_name("admin token", token.name), self.db.transaction() as conn:
             await conn.execute(
-                "INSERT INTO admin_tokens (id, name, role, team_id, token_hash, token_prefix, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO admin_tokens (id, name, name_folded, role, team_id, token_hash, token_prefix, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     token.id,
                     token.name,
+                    fold_name(token.name),
                     token.role.value,
                     team_id,
                     hash_secret(plaintext),
@@ -610,14 +662,14 @@ class GatewayStore:
         _check_text("base URL", base_url)
         encrypted = None if api_key is None else require_cipher(self.cipher).encrypt(api_key)
         now = to_iso(utcnow())
-        async with self.db.transaction() as conn:
+        async with _one_name("provider", name), self.db.transaction() as conn:
             old = await conn.fetchone(f"SELECT {_PROVIDER_COLS} FROM provider_configs WHERE name = ?", (name,))
             before = None if old is None else _provider(old)
             if before is None:
                 await conn.execute(
-                    "INSERT INTO provider_configs (id, name, kind, base_url, api_key_encrypted, created_at, "
-                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (new_request_id(), name, kind, base_url, encrypted, now, now),
+                    "INSERT INTO provider_configs (id, name, name_folded, kind, base_url, api_key_encrypted, "
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (new_request_id(), name, fold_name(name), kind, base_url, encrypted, now, now),
                 )
             else:
                 await conn.execute(
@@ -857,6 +909,20 @@ class GatewayStore:
         """Limit in force, spent this window and reserved now for any budgets (the admin API's budget list)."""
         async with self.db.transaction() as conn:
             return await admission._views(conn, budgets, now or utcnow())
+
+    async def budget_views_at(
+        self,
+        moments: Sequence[datetime],
+        *,
+        key_id: str,
+        team_id: str | None,
+        customer_id: str | None,
+        provider_id: str | None = None,
+        now: datetime | None = None,
+    ) -> list[BudgetView]:
+        """Every budget applying to a key now and in each window one of `moments` falls in (see
+        `admission.views_at`)."""
+        return await admission.views_at(self.db, key_id, team_id, customer_id, provider_id, moments, now or utcnow())
 
     async def claim_alert(self, budget_id: str, window_start: datetime, threshold: Decimal) -> bool:
         """True exactly once per (budget, window, threshold), across instances: the caller then fires the webhook."""
