@@ -16,7 +16,7 @@ from ccgate.core.budgets import Admit, BudgetState, Reject, decide
 from ccgate.core.records import new_request_id, to_iso, utcnow
 from ccgate.storage.gateway import Admitted, GatewayStore, Refused, Waiting
 from ccgate.storage.gateway.admission import Ask, current_window
-from ccgate.storage.gateway.db import for_backend, split_script
+from ccgate.storage.gateway.db import PostgresDatabase, for_backend, split_script
 from ccgate.storage.gateway.records import KeyIdentity, RateAllowed, RateLimited
 
 TTL = timedelta(minutes=5)
@@ -288,3 +288,37 @@ async def test_requests_and_tokens_are_counted_exactly_while_admissions_and_toke
     counted = await first.db.fetch("SELECT requests, tokens FROM rate_counters ORDER BY rate_limit_id")
     # both limits' counters, unless the minute turned during the test (then split over two rows each)
     assert sum(int(r[0]) for r in counted) == 60 and sum(int(r[1]) for r in counted) == 6_000
+
+
+async def test_a_settle_does_not_wait_for_an_admission_holding_the_budget_rows(store: GatewayStore) -> None:
+    """PostgreSQL: admissions lock their budget rows among themselves; a settle takes none (`ccgate_settle_v2`),
+    so a team's settles do not queue behind its admissions. Exact all the same: the admission, once it goes on,
+    counts the settled request by its spend, not its reservation. (The first settle in a window inserts the
+    window's spend row, whose foreign key check does wait for a budget row: once per budget and window.)"""
+    if store.db.backend != "postgresql":
+        return  # SQLite has one write lock for everything
+    import asyncpg
+
+    who = await _org(store)
+    assert who.customer is not None
+    await store.create_budget(level="team", target="core", limit_nanos=100_000, period="1d")
+    _, earlier = await _admit(store, who, 10_000)
+    _, first = await _admit(store, who, 10_000)
+    assert isinstance(earlier, Admitted) and isinstance(first, Admitted)
+    await store.settle(earlier.reservation, 5_000)  # the window's spend row exists from here on
+    assert isinstance(store.db, PostgresDatabase)
+    admission = await asyncpg.connect(store.db._dsn)
+    try:
+        holding = admission.transaction()
+        await holding.start()
+        await admission.execute("SELECT 1 FROM budgets WHERE level = 'team' FOR UPDATE")  # an admission, mid-way
+        assert await asyncio.wait_for(store.settle(first.reservation, 55_000), 30)
+        await holding.rollback()
+    finally:
+        await admission.close()
+    (view,) = await store.budget_views(key_id=who.key.id, team_id=who.team.id, customer_id=who.customer.id)
+    assert (view.state.spent_nanos, view.state.reserved_nanos) == (60_000, 0)
+    _, second = await _admit(store, who, 30_000)
+    assert isinstance(second, Admitted)
+    _, third = await _admit(store, who, 30_000)  # 60,000 spent + 30,000 held + 30,000 > 100,000
+    assert isinstance(third, Waiting)

@@ -54,19 +54,27 @@ def _hops(db: SQLiteDatabase) -> list[object]:
     return calls
 
 
-async def test_a_sink_batch_is_one_hop_to_the_sqlite_thread(store: GatewayStore) -> None:
+async def test_a_sink_batch_is_one_transaction_on_the_event_loop_and_no_hop_to_the_sqlite_thread(
+    store: GatewayStore,
+) -> None:
     """Rows that are new, rows that finish a pending row, an interrupted row finished by its own request, the
-    hourly roll-up and the tokens of two owners: one job on the database thread."""
+    hourly roll-up and the tokens of two owners: one transaction, run on the loop's own connection (the write
+    lock is free), nothing handed to the database thread."""
     if not isinstance(store.db, SQLiteDatabase):
         pytest.skip("SQLite's thread hops")
+    assert store.db._inline is not None
+    bounds: list[str] = []
+    store.db._inline.set_trace_callback(lambda sql: bounds.append(sql) if sql.startswith(("BEGIN", "COMMIT")) else None)
     who = await _key(store)
     await store.set_rate_limit(level="team", target="core", rpm=None, tpm=10_000)
     pending = [GatewayRow(_record(f"r{i}", RequestStatus.PENDING), who.key.id, who.team.id, None) for i in range(3)]
     await store.write_requests(pending)
     batch = [GatewayRow(_record(f"r{i}"), who.key.id, who.team.id, None) for i in range(5)]
     hops = _hops(store.db)
+    bounds.clear()
     assert await store.write_requests(batch, {(who.key.id, who.team.id): 2_000, ("other", None): 5}) == []
-    assert len(hops) == 1
+    assert hops == []
+    assert bounds == ["BEGIN IMMEDIATE", "COMMIT"]
     rows = await store.db.fetch("SELECT count(*), sum(cost_nanos) FROM requests WHERE status = 'ok'")
     assert tuple(rows[0]) == (5, 5_000)
     (hourly,) = await store.db.fetch("SELECT sum(requests), sum(cost_nanos) FROM request_hourly")
