@@ -92,15 +92,33 @@ async def load_budgets(conn: Connection, where: str, params: Sequence[Any], *, l
     return [_budget(r) for r in rows]
 
 
+# (budget id, updated_at) -> (valid from, valid until, current_window's answer): every admission and settle asks
+# for each of its budgets' windows, and working one out (time zones, DST) was ~5 % of the gateway's CPU per request
+_windows: dict[tuple[str, datetime], tuple[datetime, datetime, tuple[datetime, datetime, datetime]]] = {}
+
+
 def current_window(budget: Budget, now: datetime) -> tuple[datetime, datetime, datetime]:
     """(first bucket counted, resets_at, bucket that spend at `now` goes to) for a budget at `now`."""
+    key = (budget.id, budget.updated_at)
+    cached = _windows.get(key)
+    if cached is not None and cached[0] <= now < cached[1]:
+        return cached[2]
     if budget.calendar:
         start, end = window(budget.period, now, ZoneInfo(budget.timezone), calendar=True)
-        return start, end, start
-    size = bucket_size(budget.period)
-    buckets = rolling_buckets(budget.period, now, size=size)
-    # the oldest bucket stops counting once the whole of it lies before the window
-    return buckets[0], buckets[0] + size + budget.period.approx_duration(), buckets[-1]
+        answer, valid = (start, end, start), (start, end)
+    else:
+        size = bucket_size(budget.period)
+        duration = budget.period.approx_duration()
+        buckets = rolling_buckets(budget.period, now, size=size)
+        first, last = buckets[0], buckets[-1]
+        # the oldest bucket stops counting once the whole of it lies before the window
+        answer = (first, first + size + duration, last)
+        # the same answer while `now` stays in bucket `last` and `now - duration` in bucket `first`
+        valid = (max(last, first + duration), min(last + size, first + size + duration))
+    if len(_windows) >= 4096:
+        _windows.clear()
+    _windows[key] = (*valid, answer)
+    return answer
 
 
 Windows = dict[str, tuple[datetime, datetime, datetime]]
