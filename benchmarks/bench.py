@@ -462,15 +462,28 @@ def start_postgres() -> tuple[str | None, Any]:
     return cluster.url, cluster
 
 
-async def fresh_postgres_database(server: str, name: str = "ccgate_bench") -> str:
+async def fresh_postgres_database(server: str, name: str | None = None) -> str:
+    """A new database on `server` (by default named for this run, so a server given in CCGATE_TEST_POSTGRES_URL
+    can hold several runs' or a crashed run's leftovers); `drop_postgres_database` removes it."""
     import asyncpg
 
+    name = name or f"ccgate_bench_{os.getpid()}_{int(time.time())}"
     conn = await asyncpg.connect(server)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
     return server.rpartition("/")[0] + "/" + name
+
+
+async def drop_postgres_database(server: str, url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 async def gateway_org(db_url: str) -> str:
@@ -501,13 +514,16 @@ async def start_gateway(name: str, db_url: str, work: Path, upstream: str) -> tu
     return server, key
 
 
-async def proxy_phases(report: Report, settings: Settings, work: Path, profile: Path | None = None) -> None:
+async def proxy_phases(
+    report: Report, settings: Settings, work: Path, profile: Path | None = None, profile_target: str = "sidecar"
+) -> None:
     from ccgate.local.paths import resolve_paths
     from ccgate.sidecar.process import TOKEN_HEADER, ensure_token
     from ccgate.wire.translate import anthropic_to_openai_request
 
     servers: list[Server] = []
     profiler: subprocess.Popen[bytes] | None = None
+    gateway_dbs: list[tuple[str, str]] = []
     pg_url, cluster = start_postgres()
     try:
         warm_bytecode(clean_env(work / "warm"))
@@ -540,7 +556,7 @@ async def proxy_phases(report: Report, settings: Settings, work: Path, profile: 
         sidecar = Server("sidecar", [PY, "-m", "ccgate.sidecar", "--port", "0"], side_env, work / "sidecar.log")
         servers.append(sidecar)
         gateways: list[tuple[Server, str]] = []
-        gateway_dbs = [("gateway-sqlite", f"sqlite://{work / 'gateway.db'}")]
+        gateway_dbs.append(("gateway-sqlite", f"sqlite://{work / 'gateway.db'}"))
         if pg_url is not None:
             gateway_dbs.append(("gateway-postgresql", await fresh_postgres_database(pg_url)))
         else:
@@ -554,7 +570,10 @@ async def proxy_phases(report: Report, settings: Settings, work: Path, profile: 
         for gateway, _ in gateways:
             gateway.wait_port(work / gateway.name / "port")
         log(f"servers up: mock {mock.pid}, passthrough {passthrough.pid}, sidecar {sidecar.pid}")
-        profiler = start_profiler(sidecar.pid, profile) if profile is not None else None
+        profiled = {"sidecar": sidecar, **{gateway.name: gateway for gateway, _ in gateways}}
+        if profile is not None and profile_target not in profiled:
+            raise SystemExit(f"--profile-target must be one of {', '.join(profiled)}")
+        profiler = start_profiler(profiled[profile_target].pid, profile) if profile is not None else None
 
         anthropic_body = encode(messages_body(ANTHROPIC_MODEL))
         translated_body = encode(messages_body(TRANSLATED_MODEL))
@@ -614,7 +633,7 @@ async def proxy_phases(report: Report, settings: Settings, work: Path, profile: 
         if profiler is not None:
             stop_profiler(profiler)
             profiler = None
-            report.notes.append(f"py-spy profile of the sidecar (collapsed stacks): {profile}")
+            report.notes.append(f"py-spy profile of the {profile_target} (collapsed stacks): {profile}")
 
         def ms(name: str, pct: float) -> float:
             return percentile(lat[name], pct) * 1000
@@ -688,6 +707,10 @@ async def proxy_phases(report: Report, settings: Settings, work: Path, profile: 
             stop_profiler(profiler)
         for server in reversed(servers):
             server.stop()
+        if pg_url is not None and cluster is None:  # a server of the caller's: leave it as it was
+            for _, db_url in gateway_dbs[1:]:
+                with contextlib.suppress(Exception):
+                    await drop_postgres_database(pg_url, db_url)
         if cluster is not None:
             cluster.stop()
 
@@ -990,7 +1013,12 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         type=Path,
         default=None,
-        help="record the sidecar with py-spy (pip install py-spy into the venv) into this collapsed-stack file",
+        help="record a server with py-spy (pip install py-spy into the venv) into this collapsed-stack file",
+    )
+    parser.add_argument(
+        "--profile-target",
+        default="sidecar",
+        help="which server --profile records: sidecar (default), gateway-sqlite or gateway-postgresql",
     )
     parser.add_argument(
         "--phases",
@@ -1003,7 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = args.ledger_rows if args.ledger_rows is not None else settings.ledger_rows
     report = Report()
     phases: list[tuple[str, Callable[[Path], None]]] = [
-        ("proxy", lambda work: asyncio.run(proxy_phases(report, settings, work, args.profile))),
+        ("proxy", lambda work: asyncio.run(proxy_phases(report, settings, work, args.profile, args.profile_target))),
         ("translation CPU", lambda work: translation_cpu(report, settings)),
         ("CLI start-up", lambda work: cli_phase(report, settings, work)),
         ("cost", lambda work: cost_phase(report, settings, rows, args.cache_dir)),
