@@ -62,12 +62,15 @@ async def _admitted(store: GatewayStore, who: KeyIdentity, *, take_rate: bool = 
 
 
 async def _transactions(db: SQLiteDatabase, where: str = "thread") -> list[list[str]]:
-    """From now on, every statement one of the database's connections runs, grouped by transaction (BEGIN
-    IMMEDIATE ... COMMIT): the database thread's ("thread") or the event loop's own ("inline")."""
+    """From now on, every statement one of the database's connections runs, grouped by job: the database
+    thread's ("thread", a job is a transaction) or the event loop's own ("inline")."""
     groups: list[list[str]] = []
 
+    # inline jobs of one turn of the loop share a transaction, each behind its own savepoint: a job is one
+    opens = "BEGIN" if where == "thread" else "SAVEPOINT"
+
     def trace(statement: str) -> None:
-        if statement.startswith("BEGIN"):
+        if statement.startswith(opens):
             if not groups or groups[-1]:  # a BEGIN that found the lock taken ran nothing
                 groups.append([])
         elif groups:
