@@ -62,6 +62,8 @@ URGENT_RUN = 8
 INLINE_TRIES = 20
 # Transactions committed on the event loop's SQLite connection between two checkpoints (`_checkpoint`).
 INLINE_CHECKPOINT_EVERY = 100
+# Of those checkpoints, every this many is a RESTART with the connection held (the others are PASSIVE).
+RESTART_EVERY = 8
 _log = logging.getLogger("ccgate.gateway")
 # An arbitrary constant: the PostgreSQL advisory lock that serialises migrations between instances.
 MIGRATION_LOCK_KEY = 0x63636761_7465  # "ccgate"
@@ -496,17 +498,22 @@ class SQLiteDatabase:
         group.committed.set_result(None)
         self._inline_commits += 1
         if self._inline_commits % INLINE_CHECKPOINT_EVERY == 0 and self._checkpointing is None:
-            self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
+            restart = self._inline_commits % (INLINE_CHECKPOINT_EVERY * RESTART_EVERY) == 0
+            self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint(restart=restart))
 
-    async def _checkpoint(self) -> None:
-        """Copy the WAL into the database file on the thread (it syncs: never on the event loop), with the
-        connection held, so no inline commit lands meanwhile. Otherwise the log never restarts: a checkpoint that
-        runs beside commits never finishes all of it, and the WAL file grew by hundreds of MB a minute under load.
-        Requests that need the database wait the few milliseconds this takes; the event loop does not."""
+    async def _checkpoint(self, *, restart: bool) -> None:
+        """Copy the WAL into the database file on the thread (it syncs: never on the event loop).
+
+        Mostly PASSIVE, beside the inline commits that go on meanwhile: nobody waits for it. Such a checkpoint
+        never catches up with a log that keeps growing, though, and the log restarts from its beginning only
+        after one that did (the WAL file grew by hundreds of MB a minute under load). So every `RESTART_EVERY`th
+        is a RESTART with the connection held, no inline commit landing meanwhile: requests that need the
+        database wait for it, the event loop does not, and the passive ones before it left it little to copy."""
+        sql = "PRAGMA wal_checkpoint(RESTART)" if restart else "PRAGMA wal_checkpoint(PASSIVE)"
         try:
-            async with self._exclusively():
+            async with self._exclusively() if restart else contextlib.nullcontext():
                 # read to the end: a statement left with a row to give keeps a read lock, and the log cannot restart
-                await self._call(lambda: self._c().execute("PRAGMA wal_checkpoint(RESTART)").fetchall())
+                await self._call(lambda: self._c().execute(sql).fetchall())
         except CcgateError as error:  # the next one tries again; a log that grows meanwhile is no harm
             _log.warning("checkpointing the gateway database failed: %s", error.message)
         finally:
