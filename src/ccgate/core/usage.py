@@ -79,6 +79,8 @@ _EMPTY: Mapping[str, Any] = {}
 def _mapping(value: Any) -> Mapping[str, Any]:
     if type(value) is dict:  # parsed JSON: skips the slow ABC isinstance check
         return value
+    if value is None:  # an absent object (`cache_creation` of most deltas): no ABC check either
+        return _EMPTY
     return value if isinstance(value, Mapping) else _EMPTY
 
 
@@ -176,7 +178,7 @@ def anthropic_usage_issues(raw: Any, *, required: bool) -> dict[str, str]:
     fail over it), which on its own would make a billed request look free. `required`: the object must be there
     (a whole reply, `message_start`); a later `message_delta` only updates what it holds.
     """
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):
         if not required:
             return {}
         return {side: "the provider reported no usage" for side in ("input", "output")}
