@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -212,6 +213,20 @@ def encode_attempts(attempts: Sequence[Attempt]) -> str:
     deeply and cost ~11 µs of the writer thread per row)."""
     if not attempts:
         return "[]"
+    if type(attempts) is tuple:  # a record's own (frozen values): most rows hold one of a few
+        try:
+            return _encoded_attempts(attempts)
+        except TypeError:  # a value that cannot be a cache key (never one ccgate makes): written all the same
+            pass
+    return _encode_attempts(attempts)
+
+
+@functools.lru_cache(maxsize=256)
+def _encoded_attempts(attempts: tuple[Attempt, ...]) -> str:
+    return _encode_attempts(attempts)
+
+
+def _encode_attempts(attempts: Sequence[Attempt]) -> str:
     return _COMPACT_JSON.encode(
         [
             {"provider": attempt.provider, "model": attempt.model, "status": attempt.status, "error": attempt.error}
