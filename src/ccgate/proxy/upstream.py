@@ -4,10 +4,10 @@ the one place that turns its exceptions into ccgate's upstream errors (`upstream
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -227,17 +227,26 @@ def upstream_error(
     return StreamCut(f"{label} broke off the stream: {type(exc).__name__}")
 
 
-@contextlib.contextmanager
-def upstream_errors(
-    spec: ProviderSpec, stage: Stage, *, limit: float | None = None, timer: asyncio.Timeout | None = None
-) -> Iterator[None]:
+class upstream_errors:  # lower case: used like the function it was, `with upstream_errors(spec, stage): ...`
     """Raise `upstream_error(...)` for the HTTP client's failures inside the block (as httpx maps httpcore's).
     `timer`: the asyncio timeout that enforces `limit`; the limit counts only when that timer fired.
 
     Not for a block that also writes to the client: a client gone away is not the provider's failure.
+    A class rather than a generator-based context manager: every proxied request enters it twice.
     """
-    try:
-        yield
-    except FAILURES as exc:
-        fired = limit if timer is None or timer.expired() else None
-        raise upstream_error(exc, stage, spec, limit=fired) from exc
+
+    __slots__ = ("limit", "spec", "stage", "timer")
+
+    def __init__(
+        self, spec: ProviderSpec, stage: Stage, *, limit: float | None = None, timer: asyncio.Timeout | None = None
+    ) -> None:
+        self.spec, self.stage, self.limit, self.timer = spec, stage, limit, timer
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is not None and isinstance(exc, FAILURES):
+            timer = self.timer
+            fired = self.limit if timer is None or timer.expired() else None
+            raise upstream_error(exc, self.stage, self.spec, limit=fired) from exc
