@@ -653,3 +653,22 @@ async def test_no_user_agent_is_added_to_a_request_that_came_without_one() -> No
         assert [r.path for r in seen] == ["/v1/messages", "/v1/messages", "/v1/messages/count_tokens", "/v1/messages"]
         assert ["user-agent" in r.headers for r in seen] == [False, False, False, True]
         assert seen[-1].headers["user-agent"] == CLIENT_HEADERS["user-agent"]
+
+
+async def test_a_stream_reply_carries_the_upstreams_content_type_once() -> None:
+    """The reply's Content-Type is the stream's, with the upstream's parameters (charset), in one header."""
+    events = text_events("hi", model="claude-opus-4-5", usage=Usage(input_tokens=3, output_tokens=1))
+    async with running_sidecar() as harness:
+        # the scripted upstream sends `Content-Type: text/event-stream; charset=utf-8`
+        harness.upstream.enqueue(StreamReply(events=events, headers={"content-type": "text/event-stream"}))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{harness.url}/v1/messages",
+                data=json.dumps(BODY).encode(),
+                headers={**CLIENT_HEADERS, **harness.launch_headers("launch0001")},
+            ) as response,
+        ):
+            await response.read()
+            assert response.status == 200
+            assert response.headers.getall("content-type") == ["text/event-stream; charset=utf-8"]

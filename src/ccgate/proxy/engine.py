@@ -572,7 +572,7 @@ class Proxy:
 
         first = await self._first_chunk(ctx, upstream, spec)
         response = _Stream(status=upstream.status, headers=headers)
-        if upstream.headers.get("Content-Type") != SSE_CONTENT_TYPE:  # as usual, already as it should be
+        if response.headers.getall("Content-Type", None) != [SSE_CONTENT_TYPE]:  # usually already just that
             response.content_type = SSE_CONTENT_TYPE
         limit = ctx.deps.max_reply_bytes  # also the most one unfinished event may hold
         meter = AnthropicStreamMeter(limit)
