@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -23,6 +25,7 @@ from ccgate.errors import LedgerError
 from ccgate.storage import ledger as ledger_module
 from ccgate.storage.ledger import (
     check_integrity,
+    decode_attempts,
     insert_records,
     open_ledger,
     record_to_row,
@@ -182,6 +185,30 @@ def test_round_trip_property(
     usage = Usage(**dict(zip(names, tokens, strict=False)), web_searches=tokens[5], speed=speed)
     record = RequestRecord(started_at=moment, status=status, usage=usage, cost=Cost(nanos=nanos, quality=quality))
     assert row_to_record(record_to_row(record)) == record
+
+
+_attempt_text = st.text(st.characters(codec="utf-8"), max_size=12)
+
+
+@settings(deadline=None, max_examples=100)
+@given(
+    attempts=st.lists(
+        st.builds(
+            Attempt,
+            provider=_attempt_text,
+            model=_attempt_text,
+            status=st.none() | st.integers(min_value=100, max_value=599),
+            error=st.none() | _attempt_text,
+        ),
+        max_size=3,
+    )
+)
+def test_the_attempts_column_holds_the_same_text_as_before(attempts: list[Attempt]) -> None:
+    """Built without `asdict` for speed: rows written before and after read (and compare) as the same text."""
+    expected = json.dumps([dataclasses.asdict(attempt) for attempt in attempts], separators=(",", ":"))
+    row = record_to_row(RequestRecord(attempts=tuple(attempts)))
+    assert row["attempts"] == expected
+    assert decode_attempts(row["attempts"]) == tuple(attempts)
 
 
 def test_insert_records_ignores_existing_ids_and_counts_rows(ledger_path: Path) -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ccgate.core.records import Usage
 from ccgate.core.usage import merge_anthropic_usage, usage_from_anthropic
-from ccgate.wire.metering import AnthropicStreamMeter
+from ccgate.wire.metering import _READ_MARKERS, AnthropicStreamMeter, _blocks_to_read
 from ccgate.wire.sse import SSEDecoder
 
 
@@ -152,3 +152,33 @@ def test_a_huge_event_in_small_pieces_costs_work_in_proportion_to_its_size() -> 
     for size in (1 << 20, 4 << 20):
         scanned, total = work(size)
         assert scanned <= 3 * total
+
+
+MARKER_PIECES = [b"message_start", b"message_delta", b"message_stop", b"message_", b"message_st", b'"error"']
+MARKER_PIECES += [b"\n\n", b"\n", b"data: ", b"x", b"start", b"delta", b"message_message_delta"]
+
+
+def blocks_holding(text: bytes, markers: tuple[bytes, ...]) -> list[tuple[int, int]]:
+    """The plain way: each marker searched for on its own, every block holding one, deduplicated and sorted."""
+    spans: set[tuple[int, int]] = set()
+    for marker in markers:
+        at = text.find(marker)
+        while at >= 0:
+            start, stop = text.rfind(b"\n\n", 0, at), text.find(b"\n\n", at)
+            span = (0 if start < 0 else start + 2, len(text) if stop < 0 else stop)
+            spans.add(span)
+            at = text.find(marker, span[1])
+    return sorted(spans)
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    st.lists(
+        st.sampled_from(MARKER_PIECES),
+        max_size=30,
+    )
+)
+def test_the_blocks_read_are_the_blocks_holding_a_marker(pieces: list[bytes]) -> None:
+    """The meter finds message_start and message_delta by their common prefix; it reads the same blocks."""
+    text = b"".join(pieces)
+    assert _blocks_to_read(text) == blocks_holding(text, _READ_MARKERS)

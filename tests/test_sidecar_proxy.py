@@ -630,3 +630,45 @@ async def test_an_upstream_redirect_is_neither_followed_nor_passed_on(stream: bo
                     assert "Location" not in resp.headers
         assert elsewhere.requests == []
         assert len(upstream.requests) == 2
+
+
+async def test_no_user_agent_is_added_to_a_request_that_came_without_one() -> None:
+    """A request is forwarded with the client's User-Agent or none: never aiohttp's own (streamed, whole, or
+    count_tokens), while a client's own still goes along."""
+    async with running_sidecar() as harness:
+        harness.upstream.enqueue(TextReply(text="a"), TextReply(text="b"), TextReply(text="c"))
+        headers = {**CLIENT_HEADERS, **harness.launch_headers("launch0001")}
+        del headers["user-agent"]
+        async with aiohttp.ClientSession(skip_auto_headers=("User-Agent",)) as session:
+            for path, stream in (("/v1/messages", True), ("/v1/messages", False), ("/v1/messages/count_tokens", False)):
+                body = json.dumps({**BODY, "stream": stream}).encode()
+                async with session.post(f"{harness.url}{path}", data=body, headers=headers) as response:
+                    await response.read()
+                    assert response.status == 200
+            async with session.post(
+                f"{harness.url}/v1/messages", data=json.dumps(BODY).encode(), headers=CLIENT_HEADERS | headers
+            ) as response:
+                await response.read()
+        seen = harness.upstream.requests
+        assert [r.path for r in seen] == ["/v1/messages", "/v1/messages", "/v1/messages/count_tokens", "/v1/messages"]
+        assert ["user-agent" in r.headers for r in seen] == [False, False, False, True]
+        assert seen[-1].headers["user-agent"] == CLIENT_HEADERS["user-agent"]
+
+
+async def test_a_stream_reply_carries_the_upstreams_content_type_once() -> None:
+    """The reply's Content-Type is the stream's, with the upstream's parameters (charset), in one header."""
+    events = text_events("hi", model="claude-opus-4-5", usage=Usage(input_tokens=3, output_tokens=1))
+    async with running_sidecar() as harness:
+        # the scripted upstream sends `Content-Type: text/event-stream; charset=utf-8`
+        harness.upstream.enqueue(StreamReply(events=events, headers={"content-type": "text/event-stream"}))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{harness.url}/v1/messages",
+                data=json.dumps(BODY).encode(),
+                headers={**CLIENT_HEADERS, **harness.launch_headers("launch0001")},
+            ) as response,
+        ):
+            await response.read()
+            assert response.status == 200
+            assert response.headers.getall("content-type") == ["text/event-stream; charset=utf-8"]

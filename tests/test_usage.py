@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 from hypothesis import given, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from ccgate.core.records import Usage
 from ccgate.core.usage import (
     MAX_TOKENS,
+    anthropic_usage_issues,
     clamped,
     invalid_anthropic_count,
     merge_anthropic_usage,
@@ -310,3 +312,27 @@ def test_all_conventions_agree_on_the_prompt_total(usage: Usage) -> None:
     raw = to_anthropic_usage(usage)
     anthropic_total = raw["input_tokens"] + raw["cache_read_input_tokens"] + raw["cache_creation_input_tokens"]
     assert anthropic_total == usage.total_input_tokens
+
+
+_ODD_COUNT = st.none() | st.integers(-5, 10**10) | st.floats(allow_nan=True) | st.booleans() | st.text(max_size=3)
+_COUNTS = st.dictionaries(
+    st.sampled_from(["input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"]),
+    _ODD_COUNT,
+)
+_CREATION = (
+    st.none()
+    | st.text(max_size=2)
+    | st.dictionaries(st.sampled_from(["ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"]), _ODD_COUNT)
+)
+
+
+@settings(deadline=None, max_examples=300)
+@given(counts=_COUNTS, creation=_CREATION, required=st.booleans())
+def test_usage_issues_of_a_dict_take_a_shortcut_with_the_same_answer(
+    counts: dict[str, Any], creation: Any, required: bool
+) -> None:
+    """A plain dict of whole counts skips the per-path check; any other mapping takes it: same answer."""
+    raw = {**counts, "cache_creation": creation}
+    assert anthropic_usage_issues(raw, required=required) == anthropic_usage_issues(
+        MappingProxyType(raw), required=required
+    )

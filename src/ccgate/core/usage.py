@@ -79,6 +79,8 @@ _EMPTY: Mapping[str, Any] = {}
 def _mapping(value: Any) -> Mapping[str, Any]:
     if type(value) is dict:  # parsed JSON: skips the slow ABC isinstance check
         return value
+    if value is None:  # an absent object (`cache_creation` of most deltas): no ABC check either
+        return _EMPTY
     return value if isinstance(value, Mapping) else _EMPTY
 
 
@@ -176,10 +178,12 @@ def anthropic_usage_issues(raw: Any, *, required: bool) -> dict[str, str]:
     fail over it), which on its own would make a billed request look free. `required`: the object must be there
     (a whole reply, `message_start`); a later `message_delta` only updates what it holds.
     """
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):
         if not required:
             return {}
         return {side: "the provider reported no usage" for side in ("input", "output")}
+    if type(raw) is dict and _plain_counts(raw):
+        return {}  # the usual object: every count a whole number >= 0 (or absent), nothing to say
     issues: dict[str, str] = {}
     for path in _ANTHROPIC_COUNT_PATHS:
         if path[0] == "server_tool_use":
@@ -190,6 +194,29 @@ def anthropic_usage_issues(raw: Any, *, required: bool) -> dict[str, str]:
             side = "output" if path == ("output_tokens",) else "input"
             issues.setdefault(side, f"the provider reported an unusable usage.{'.'.join(path)}: {_shown(value)}")
     return issues
+
+
+_TOP_COUNTS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+_CREATION_COUNTS = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
+
+
+def _plain_counts(raw: dict[str, Any]) -> bool:
+    """True when every count `anthropic_usage_issues` looks at is absent, null or an int >= 0 (a nested object
+    other than a dict is left to the full check)."""
+    for key in _TOP_COUNTS:
+        value = raw.get(key)
+        if value is not None and (type(value) is not int or value < 0):
+            return False
+    creation = raw.get("cache_creation")
+    if creation is None:
+        return True
+    if type(creation) is not dict:
+        return False
+    for key in _CREATION_COUNTS:
+        value = creation.get(key)
+        if value is not None and (type(value) is not int or value < 0):
+            return False
+    return True
 
 
 def anthropic_sides_reported(raw: Mapping[str, Any]) -> set[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -46,6 +47,7 @@ from ccgate.proxy.upstream import (
     read_reply,
     upstream_error,
     upstream_errors,
+    user_agent_skip,
     with_read_timeout,
 )
 from ccgate.wire import fastjson
@@ -212,6 +214,13 @@ def parse_messages_head(raw: bytes) -> dict[str, Any]:
     return head
 
 
+@functools.lru_cache(maxsize=64)
+def _dropped_headers(private: frozenset[str], keep_client_auth: bool) -> frozenset[str]:
+    """The (lower-case) client headers not forwarded: hop-by-hop ones, the server's own, and the client's
+    credentials unless they go along. One set, so each header costs one look-up."""
+    return HOP_BY_HOP | private | (frozenset() if keep_client_auth else CLIENT_AUTH_HEADERS)
+
+
 def _provider_auth(spec: ProviderSpec, key: str | None, *, client_auth: bool = False) -> dict[str, str]:
     """The provider's own key in the header its API reads. Without a key, a provider that needs one is an
     error, unless the client's own credentials go along (`client_auth`)."""
@@ -324,7 +333,9 @@ class Proxy:
         url = self._anthropic_url(spec, "/v1/messages/count_tokens", request.rel_url.raw_query_string)
         headers = self._anthropic_headers(deps, meta, request.headers, spec, record=None)
         with upstream_errors(spec, Stage.CONNECT):
-            async with deps.session.post(url, data=payload, headers=headers, allow_redirects=False) as upstream:
+            async with deps.session.post(
+                url, data=payload, headers=headers, allow_redirects=False, skip_auto_headers=user_agent_skip(headers)
+            ) as upstream:
                 try:
                     data = await read_reply(upstream, spec, deps.max_reply_bytes, setting=deps.max_reply_setting)
                 except ReplyTooLarge as error:
@@ -471,12 +482,15 @@ class Proxy:
                 data = ctx.raw
             else:
                 data = _reencoded({**ctx.exact_body(), "model": target.model})
+        skip = user_agent_skip(headers)
         if not ctx.record.stream:
             # a whole reply's headers come only once it is generated, which may take minutes: the session's
             # read timeout is the bound
             ctx.first_byte_deadline = None
             with upstream_errors(spec, Stage.CONNECT):
-                return await deps.session.post(url, data=data, headers=headers, allow_redirects=False)
+                return await deps.session.post(
+                    url, data=data, headers=headers, allow_redirects=False, skip_auto_headers=skip
+                )
         loop = asyncio.get_running_loop()
         ctx.first_byte_deadline = loop.time() + deps.first_byte_timeout
         # between reads of a running stream, silence past the idle timeout is a dead upstream
@@ -484,13 +498,21 @@ class Proxy:
         first_byte = asyncio.timeout_at(ctx.first_byte_deadline)
         with upstream_errors(spec, Stage.CONNECT, limit=deps.first_byte_timeout, timer=first_byte):
             async with first_byte:
-                return await deps.session.post(url, data=data, headers=headers, timeout=timeout, allow_redirects=False)
+                return await deps.session.post(
+                    url, data=data, headers=headers, timeout=timeout, allow_redirects=False, skip_auto_headers=skip
+                )
 
     async def _first_chunk(self, ctx: _Ctx, upstream: aiohttp.ClientResponse, spec: ProviderSpec) -> bytes:
-        """A stream's first bytes, before the client sees anything: silence or a cut here still allows failover."""
+        """A stream's first bytes, before the client sees anything: silence or a cut here still allows failover.
+
+        Often they came in with the response headers: then they are taken as they are, without arming a timer.
+        """
+        content = upstream.content
         with upstream_errors(spec, Stage.FIRST_EVENT, limit=ctx.deps.first_byte_timeout):
-            async with asyncio.timeout_at(ctx.first_byte_deadline):
-                first = await upstream.content.readany()
+            first = content.read_nowait()  # what `readany` returns when something is buffered
+            if not first and not content.is_eof():
+                async with asyncio.timeout_at(ctx.first_byte_deadline):
+                    first = await content.readany()
         if not first:
             raise UpstreamBroke(
                 f"upstream {spec.name} ({redact_url(spec.base_url)}) ended the stream before sending any event"
@@ -550,7 +572,8 @@ class Proxy:
 
         first = await self._first_chunk(ctx, upstream, spec)
         response = _Stream(status=upstream.status, headers=headers)
-        response.content_type = SSE_CONTENT_TYPE
+        if response.headers.getall("Content-Type", None) != [SSE_CONTENT_TYPE]:  # usually already just that
+            response.content_type = SSE_CONTENT_TYPE
         limit = ctx.deps.max_reply_bytes  # also the most one unfinished event may hold
         meter = AnthropicStreamMeter(limit)
         ctx.live_usage = lambda: self._cut_stream_usage(ctx, meter)
@@ -559,25 +582,30 @@ class Proxy:
         tail = b""  # the upstream's last bytes: they go out with the end of the reply, in one write
         await response.prepare(request)
         ctx.client_started = True
+        content = upstream.content
+        if record.ttfb_ms is None:
+            ctx.mark_first_byte()
+        chunk = first
         try:
-            async for chunk in _prepend(first, upstream.content.iter_any()):
-                if record.ttfb_ms is None:
-                    ctx.mark_first_byte()
+            # the first chunk (read before the client saw anything), then the rest as it arrives, until the end
+            while chunk:
                 if meter.feed(chunk) and not meter.finished:
                     self._progress(ctx, meter)
                 if rewrite:
                     # hold bytes until message_start is complete, then show the client the model it asked for
                     held.append(chunk)
-                    if not meter.started:
+                    if meter.started:
+                        chunk, held, rewrite = _replace_model(b"".join(held), meter.model, requested), [], False
+                    else:
                         held_size += len(chunk)
                         if held_size > limit:  # complete events, but never a message_start: as bad as no end
                             raise EventTooLarge(held_size, limit)
-                        continue
-                    chunk, held, rewrite = _replace_model(b"".join(held), meter.model, requested), [], False
-                if upstream.content.at_eof():  # nothing follows
+                        chunk = b""
+                if chunk and content.at_eof():  # nothing follows
                     tail = chunk
-                    continue
-                await response.write(chunk)
+                elif chunk:
+                    await response.write(chunk)
+                chunk = await content.readany()
             if held:
                 tail = b"".join(held)
         except EventTooLarge as exc:
@@ -985,13 +1013,11 @@ class Proxy:
         # the key stored for Anthropic is not for the developer's own gateway: that one gets their credentials
         key = None if _own_upstream(meta, spec) else deps.provider_keys.get(spec.name)
         keep_client_auth = key is None and meta.forward_client_auth and spec.name in CLIENT_AUTH_PROVIDERS
+        dropped = _dropped_headers(meta.private_headers, keep_client_auth)
         headers = {
             name: value
             for name, value in incoming.items()
-            if (lower := name.lower()) not in HOP_BY_HOP
-            and lower not in meta.private_headers
-            and (keep_client_auth or lower not in CLIENT_AUTH_HEADERS)
-            and not lower.startswith(CCGATE_HEADER_PREFIX)
+            if (lower := name.lower()) not in dropped and not lower.startswith(CCGATE_HEADER_PREFIX)
         }
         headers["Accept-Encoding"] = "identity"
         if record is not None and spec.ccgate_gateway:

@@ -28,7 +28,8 @@ def upstream_session_context(
     async def upstream_session(app: web.Application) -> AsyncIterator[None]:
         from ccgate.proxy.upstream import create_client_session
 
-        session = create_client_session()
+        # the proxy core keeps aiohttp's User-Agent off its requests itself (`user_agent_skip`)
+        session = create_client_session(add_user_agent=True)
         app[key] = session
         try:
             yield

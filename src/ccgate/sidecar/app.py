@@ -124,7 +124,8 @@ class ProjectBudgets:
     def applies(self, meta: ClientMeta) -> bool:
         if self.org is not None and self.org.has_budgets():
             return True
-        return any(rule.applies_to(meta.project) for rule in self.guard.rules)
+        rules = self.guard.rules
+        return bool(rules) and any(rule.applies_to(meta.project) for rule in rules)
 
     async def admit(self, meta: ClientMeta, *, reserve_nanos: int | None, model: str) -> Reservation:
         if self.org is not None:  # report mode's org budgets, then the developer's own

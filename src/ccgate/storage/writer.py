@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -666,7 +666,7 @@ class LedgerWriter:
             for size in _statement_sizes(len(rows), self._rows_per_statement(conn)):
                 chunk = rows[start : start + size]
                 start += size
-                conn.execute(_upsert(size), [value for row in chunk for value in row])
+                conn.execute(_upsert(size), list(chain.from_iterable(chunk)))  # flat, as bound; C-speed
             conn.execute("COMMIT")
             self._commits += 1
         except BaseException:

@@ -20,24 +20,44 @@ from ccgate.wire.sse import EventTooLarge
 
 # An event is read only if its text holds one of these; every other event is skipped unparsed.
 _READ_MARKERS = (b"message_start", b"message_delta", b'"error"')
+# the first two share a prefix: one search for it finds both (and skips `message_stop`)
+_MESSAGE = b"message_"
+_MESSAGE_KINDS = (b"start", b"delta")
 
 
-def _blocks_holding(text: bytes, markers: tuple[bytes, ...]) -> list[tuple[int, int]]:
-    """(start, end) of each blank-line-separated block of `text` that holds a marker, in stream order.
+def _block_around(text: bytes, at: int) -> tuple[int, int]:
+    """(start, end) of the blank-line-separated block of `text` that holds position `at`."""
+    start = text.rfind(b"\n\n", 0, at)
+    stop = text.find(b"\n\n", at)
+    return (0 if start < 0 else start + 2, len(text) if stop < 0 else stop)
+
+
+def _blocks_to_read(text: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each blank-line-separated block of `text` that holds one of `_READ_MARKERS`, in stream
+    order, each once.
 
     Found with `find` from each marker outwards, so a chunk carrying a whole stream (as a fast local upstream
-    sends it) costs a few C-level searches, not a split into every event.
+    sends it) costs a few C-level searches, not a split into every event: two, as `message_start` and
+    `message_delta` are found by their common prefix.
     """
-    spans: set[tuple[int, int]] = set()
-    for marker in markers:
-        at = text.find(marker)
-        while at >= 0:
-            start = text.rfind(b"\n\n", 0, at)
-            stop = text.find(b"\n\n", at)
-            stop = len(text) if stop < 0 else stop
-            spans.add((0 if start < 0 else start + 2, stop))
-            at = text.find(marker, stop)
-    return sorted(spans)
+    spans: list[tuple[int, int]] = []
+    at = text.find(_MESSAGE)
+    while at >= 0:
+        if text[at + 8 : at + 13] in _MESSAGE_KINDS:
+            span = _block_around(text, at)
+            spans.append(span)
+            at = text.find(_MESSAGE, span[1])
+        else:
+            at = text.find(_MESSAGE, at + 8)
+    at = text.find(b'"error"')
+    if at < 0:
+        return spans
+    errors = set(spans)
+    while at >= 0:
+        span = _block_around(text, at)
+        errors.add(span)
+        at = text.find(b'"error"', span[1])
+    return sorted(errors)
 
 
 class AnthropicStreamMeter:
@@ -91,8 +111,14 @@ class AnthropicStreamMeter:
         if self.started:
             self.bytes_after_start += len(chunk)
         if not self._parts:
-            if chunk.endswith(b"\n\n") and b"message_" not in chunk and b'"error"' not in chunk:
-                return False  # whole events, none of them read here: the usual content delta
+            if chunk.endswith(b"\n\n"):
+                if b"message_" not in chunk and b'"error"' not in chunk:
+                    return False  # whole events, none of them read here: the usual content delta
+                if b"\r" not in chunk:  # whole LF-framed events: read as they are, no copy, no search for an end
+                    self.scanned += len(chunk)
+                    changed = self._read_blocks(chunk)
+                    self._check()
+                    return changed
             buffer = chunk
         else:
             # what is buffered holds no event end (it would have been read): only the chunk and the seam can
@@ -123,14 +149,19 @@ class AnthropicStreamMeter:
             return False
         if b"\r" in complete:
             complete = complete.replace(b"\r\n", b"\n")
+        changed = self._read_blocks(complete)
+        self._check()
+        return changed
+
+    def _read_blocks(self, complete: bytes) -> bool:
+        """Read the events of `complete` (whole LF-framed events) that matter here; True if the usage changed."""
         changed = False
-        for start, stop in _blocks_holding(complete, _READ_MARKERS):
+        for start, stop in _blocks_to_read(complete):
             was_started = self.started
             changed |= self._event(complete[start:stop])
             if self.started and not was_started:
                 # what came with message_start in this chunk is output too (a fast upstream sends it together)
                 self.bytes_after_start += len(complete) - stop + self._pending
-        self._check()
         return changed
 
     def _keep(self, data: bytes) -> None:
