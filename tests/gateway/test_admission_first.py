@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -249,18 +250,24 @@ async def test_a_waiting_requests_retry_runs_after_the_settles_it_waits_for(stor
     assert any(s.startswith("INSERT INTO reservations") for s in inline[1])
 
 
-def _order(kinds: str) -> list[str]:
-    """Queue one job per letter (u: urgent, o: ordinary) behind a running one; the order the thread ran them."""
-    thread = DatabaseThread("test-db")
-    got: list[str] = []
+def _busy(thread: DatabaseThread) -> tuple[threading.Event, Future[None]]:
+    """A job running on the thread until the event is set (later jobs queue behind it)."""
     running, go = threading.Event(), threading.Event()
 
     def block() -> None:
         running.set()
         go.wait(timeout=60)
 
-    first = thread.submit(block)
+    job = thread.submit(block)
     assert running.wait(timeout=60)
+    return go, job
+
+
+def _order(kinds: str) -> list[str]:
+    """Queue one job per letter (u: urgent, o: ordinary) behind a running one; the order the thread ran them."""
+    thread = DatabaseThread("test-db")
+    got: list[str] = []
+    go, first = _busy(thread)
     jobs = [
         (thread.submit_urgent if kind == "u" else thread.submit)(functools.partial(got.append, f"{kind}{i}"))
         for i, kind in enumerate(kinds)
@@ -283,14 +290,7 @@ def test_urgent_jobs_go_first_and_ordinary_ones_still_get_their_turn() -> None:
 def test_a_cancelled_job_never_runs_and_the_rest_do() -> None:
     thread = DatabaseThread("test-db")
     ran: list[str] = []
-    running, go = threading.Event(), threading.Event()
-
-    def block() -> None:
-        running.set()
-        go.wait(timeout=60)
-
-    thread.submit(block)
-    assert running.wait(timeout=60)
+    go, _ = _busy(thread)
     gone = thread.submit_urgent(lambda: ran.append("gone"))
     after = thread.submit(lambda: ran.append("after"))
     assert gone.cancel()
