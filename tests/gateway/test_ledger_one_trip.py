@@ -13,6 +13,7 @@ from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus
 from ccgate.gateway.ledger import GatewayLedger, Owner
 from ccgate.storage.gateway import GatewayRow, GatewayStore, RateAllowed, RateLimited
 from ccgate.storage.gateway.db import Connection, SQLiteDatabase
+from ccgate.storage.gateway.ledger import INLINE_ROWS
 from ccgate.storage.gateway.records import KeyIdentity
 
 NOW = datetime.now(UTC)
@@ -196,3 +197,20 @@ async def test_a_budget_definition_is_parsed_once_and_a_changed_one_again(store:
     )
     (changed,) = await store.list_budgets()
     assert (changed.limit_nanos, first.limit_nanos) == (7_000, 5_000)
+
+
+async def test_a_backlogs_batch_goes_to_the_database_thread_not_the_event_loop(store: GatewayStore) -> None:
+    """A batch of hundreds of rows (the writer catching up after the database was away) would hold the event
+    loop for tens of milliseconds: it runs on the database thread; a usual one runs on the loop."""
+    if not isinstance(store.db, SQLiteDatabase):
+        pytest.skip("SQLite's thread hops")
+    who = await _key(store)
+    hops = _hops(store.db)
+    small = [GatewayRow(_record(f"s{i}"), who.key.id, who.team.id, None) for i in range(INLINE_ROWS)]
+    assert await store.write_requests(small) == []
+    assert hops == []
+    backlog = [GatewayRow(_record(f"b{i}"), who.key.id, who.team.id, None) for i in range(INLINE_ROWS + 1)]
+    assert await store.write_requests(backlog) == []
+    assert len(hops) == 1
+    (count,) = await store.db.fetch("SELECT count(*) FROM requests")
+    assert count[0] == 2 * INLINE_ROWS + 1

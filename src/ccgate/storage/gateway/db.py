@@ -128,9 +128,10 @@ class Database(Connection, Protocol):
         """Run a multi-statement SQL file inside the caller's transaction."""
         ...
 
-    async def one_trip(self, body: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
+    async def one_trip(self, body: Callable[[Connection], Coroutine[Any, Any, T]], *, inline: bool = False) -> T:
         """`body` in one write transaction, one hop to the database where the backend allows it: on SQLite the
-        body runs whole on the database thread, so it must await nothing but `conn` (anything else raises)."""
+        body runs whole as one job (on the event loop's connection with `inline`, see
+        `SQLiteDatabase.run_transaction`), so it must await nothing but `conn` (anything else raises)."""
         ...
 
     async def close(self) -> None: ...
@@ -519,8 +520,8 @@ class SQLiteDatabase:
         finally:
             self._checkpointing = None
 
-    async def one_trip(self, body: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
-        return await self.run_transaction(lambda conn: _drive(body(_AsyncOverSync(conn))), inline=True)
+    async def one_trip(self, body: Callable[[Connection], Coroutine[Any, Any, T]], *, inline: bool = False) -> T:
+        return await self.run_transaction(lambda conn: _drive(body(_AsyncOverSync(conn))), inline=inline)
 
     def _transact(self, job: Callable[[SyncConnection], T]) -> T:
         conn = self._c()
@@ -789,7 +790,7 @@ class PostgresDatabase:
         async with _pg_errors(), self._p().acquire() as conn, conn.transaction():
             yield _PGConnection(conn)
 
-    async def one_trip(self, body: Callable[[Connection], Coroutine[Any, Any, T]]) -> T:
+    async def one_trip(self, body: Callable[[Connection], Coroutine[Any, Any, T]], *, inline: bool = False) -> T:
         async with self.transaction() as conn:
             return await body(conn)
 

@@ -201,6 +201,10 @@ def row_values(row: GatewayRow, received_at: datetime) -> tuple[Any, ...]:
     return tuple(_clean_text(v) for v in (*head, *values))
 
 
+# Ledger batches up to this many rows run on the event loop's own SQLite connection (`write_requests`).
+INLINE_ROWS = 64
+
+
 async def write_requests(
     db: Database, rows: Sequence[GatewayRow], tokens: Mapping[tuple[str, str | None], int] | None = None
 ) -> list[GatewayRow]:
@@ -261,7 +265,9 @@ async def write_requests(
                 await add_tokens_sqlite(conn, key_id, team_id, count, now)
         return reused
 
-    reused = await db.one_trip(job)
+    # a usual batch (a few dozen rows) on the event loop's own SQLite connection; a backlog's batch of hundreds
+    # (after the database was away) on the database thread, not blocking the loop for tens of milliseconds
+    reused = await db.one_trip(job, inline=len(rows) <= INLINE_ROWS)
     if not sqlite and tokens:
         for (key_id, team_id), count in tokens.items():
             try:
