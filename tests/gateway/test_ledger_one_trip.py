@@ -214,3 +214,32 @@ async def test_a_backlogs_batch_goes_to_the_database_thread_not_the_event_loop(s
     assert len(hops) == 1
     (count,) = await store.db.fetch("SELECT count(*) FROM requests")
     assert count[0] == 2 * INLINE_ROWS + 1
+
+
+@pytest.mark.parametrize(("linger", "batches"), [(0.5, [2]), (0.0, [1, 1])])
+async def test_finals_close_together_share_one_batch(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch, linger: float, batches: list[int]
+) -> None:
+    """The writer lingers a moment after a final row (`FINAL_LINGER_S`): the batch lands while the next request
+    waits on its provider, and finals that end close together are one write. Without it each is its own."""
+    who = await _key(store)
+    written: list[int] = []
+    write = store.write_requests
+
+    async def counting(rows: Any, tokens: Any = None) -> Any:
+        written.append(len(rows))
+        return await write(rows, tokens)
+
+    monkeypatch.setattr(store, "write_requests", counting)
+    sink = GatewayLedger(store, "gw-1", final_linger_s=linger)
+    sink.start()
+    owner = Owner(who.key.id, who.team.id, None)
+    try:
+        sink.enqueue(owner, _record("a"))
+        for _ in range(50):  # the writer wakes (and, without a linger, writes "a")
+            await asyncio.sleep(0)
+        sink.enqueue(owner, _record("b"))
+        assert await sink.flush()
+    finally:
+        await sink.close()
+    assert written == batches
