@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from gateway_testing import acme_dev
 
 from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
 from ccgate.storage.gateway import Admitted, GatewayRow, GatewayStore
@@ -28,11 +29,7 @@ NOW = datetime.now(UTC)
 
 
 async def _org(store: GatewayStore) -> KeyIdentity:
-    await store.create_customer("acme")
-    await store.create_team("core", customer="acme")
-    created = await store.create_key(team="core", name="dev")
-    identity = await store.authenticate_key(created.plaintext)
-    assert identity is not None
+    identity = await acme_dev(store)
     await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
     await store.create_budget(level="key", target="dev", limit_nanos=10**12, period="1d")
     await store.set_rate_limit(level="key", target="dev", rpm=10_000, tpm=None)

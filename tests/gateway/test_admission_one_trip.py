@@ -8,7 +8,7 @@ import asyncio
 import random
 from datetime import timedelta
 
-from gateway_testing import StoreFactory
+from gateway_testing import StoreFactory, acme_dev
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,15 +20,6 @@ from ccgate.storage.gateway.db import PostgresDatabase, for_backend, split_scrip
 from ccgate.storage.gateway.records import KeyIdentity, RateAllowed, RateLimited
 
 TTL = timedelta(minutes=5)
-
-
-async def _org(store: GatewayStore) -> KeyIdentity:
-    await store.create_customer("acme")
-    await store.create_team("core", customer="acme")
-    created = await store.create_key(team="core", name="dev")
-    identity = await store.authenticate_key(created.plaintext)
-    assert identity is not None
-    return identity
 
 
 async def _admit(
@@ -52,7 +43,7 @@ async def test_fifty_concurrent_admissions_with_rate_limits_overshoot_by_at_most
     request is counted once by the rate limit, and nothing stays reserved."""
     first = await open_store()
     second = await open_store(migrate_now=False)
-    who = await _org(first)
+    who = await acme_dev(first)
     cost = bound = 4_000
     limit = 13_000  # the team's room for about three requests; the others are wider
     await first.create_budget(level="customer", target="acme", limit_nanos=10 * limit, period="1mo")
@@ -95,7 +86,7 @@ async def test_fifty_concurrent_admissions_with_rate_limits_overshoot_by_at_most
 
 
 async def test_a_rate_limited_request_holds_nothing_and_is_not_counted(store: GatewayStore) -> None:
-    who = await _org(store)
+    who = await acme_dev(store)
     await store.create_budget(level="team", target="core", limit_nanos=10**9, period="1d")
     await store.set_rate_limit(level="key", target="dev", rpm=2, tpm=None)
     for _ in range(2):
@@ -119,7 +110,7 @@ async def test_budgets_changed_through_another_instance_apply_at_the_next_admiss
     or deleted elsewhere applies to the very next request here, with no refresh interval."""
     here = await open_store()
     there = await open_store(migrate_now=False)
-    who = await _org(here)
+    who = await acme_dev(here)
     team = await here.create_budget(level="team", target="core", limit_nanos=10_000, period="1d")
     _, result = await _admit(here, who, 1_000)  # reads and keeps the definitions
     assert isinstance(result, Admitted)
@@ -147,7 +138,7 @@ async def test_budgets_changed_through_another_instance_apply_at_the_next_admiss
 async def test_settle_charges_the_bucket_of_each_budget_that_still_exists(open_store: StoreFactory) -> None:
     here = await open_store()
     there = await open_store(migrate_now=False)
-    who = await _org(here)
+    who = await acme_dev(here)
     team = await here.create_budget(level="team", target="core", limit_nanos=10_000, period="1d")
     rolling = await here.create_budget(level="key", target="dev", limit_nanos=10_000, period="1h", calendar=False)
     _, result = await _admit(here, who, 1_000)
@@ -182,7 +173,7 @@ async def test_the_database_decides_as_core_budgets_decide(
     await store.db.execute("DELETE FROM budget_spend")
     await store.db.execute("DELETE FROM budgets")
     if not await store.list_customers():
-        await _org(store)
+        await acme_dev(store)
     who = await store.authenticate_key_hash(
         str((await store.db.fetchone("SELECT key_hash FROM virtual_keys"))[0])  # type: ignore[index]
     )
@@ -268,7 +259,7 @@ async def test_requests_and_tokens_are_counted_exactly_while_admissions_and_toke
     instances at once: every request and every token is counted, and neither waits on the other in a cycle."""
     first = await open_store()
     second = await open_store(migrate_now=False)
-    who = await _org(first)
+    who = await acme_dev(first)
     await first.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
     await first.set_rate_limit(level="key", target="dev", rpm=10_000, tpm=10**9)
     await first.set_rate_limit(level="team", target="core", rpm=10_000, tpm=10**9)
@@ -299,7 +290,7 @@ async def test_a_settle_does_not_wait_for_an_admission_holding_the_budget_rows(s
         return  # SQLite has one write lock for everything
     import asyncpg
 
-    who = await _org(store)
+    who = await acme_dev(store)
     assert who.customer is not None
     await store.create_budget(level="team", target="core", limit_nanos=100_000, period="1d")
     _, earlier = await _admit(store, who, 10_000)

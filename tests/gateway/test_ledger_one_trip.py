@@ -8,24 +8,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from gateway_testing import acme_dev
 
 from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage, to_iso
 from ccgate.gateway.ledger import GatewayLedger, Owner
 from ccgate.storage.gateway import GatewayRow, GatewayStore, RateAllowed, RateLimited
 from ccgate.storage.gateway.db import Connection, SQLiteDatabase
 from ccgate.storage.gateway.ledger import INLINE_ROWS
-from ccgate.storage.gateway.records import KeyIdentity
 
 NOW = datetime.now(UTC)
-
-
-async def _key(store: GatewayStore) -> KeyIdentity:
-    await store.create_customer("acme")
-    await store.create_team("core", customer="acme")
-    created = await store.create_key(team="core", name="dev")
-    identity = await store.authenticate_key(created.plaintext)
-    assert identity is not None
-    return identity
 
 
 def _record(row_id: str, status: RequestStatus = RequestStatus.OK, *, tokens: int = 400) -> RequestRecord:
@@ -66,7 +57,7 @@ async def test_a_sink_batch_is_one_transaction_on_the_event_loop_and_no_hop_to_t
     assert store.db._inline is not None
     bounds: list[str] = []
     store.db._inline.set_trace_callback(lambda sql: bounds.append(sql) if sql.startswith(("BEGIN", "COMMIT")) else None)
-    who = await _key(store)
+    who = await acme_dev(store)
     await store.set_rate_limit(level="team", target="core", rpm=None, tpm=10_000)
     pending = [GatewayRow(_record(f"r{i}", RequestStatus.PENDING), who.key.id, who.team.id, None) for i in range(3)]
     await store.write_requests(pending)
@@ -88,7 +79,7 @@ async def test_a_sink_batch_is_one_transaction_on_the_event_loop_and_no_hop_to_t
 
 async def test_the_sink_counts_finished_tokens_once_and_pending_rows_never(store: GatewayStore) -> None:
     """Through the sink, on both backends: a request's pending and final rows count its tokens once."""
-    who = await _key(store)
+    who = await acme_dev(store)
     await store.set_rate_limit(level="team", target="core", rpm=None, tpm=1_000)
     team_limited = frozenset({who.team.id})
     sink = GatewayLedger(store, "gw-1", rate_limited=lambda: team_limited)
@@ -131,7 +122,7 @@ async def test_a_short_request_is_one_write_after_its_reply(store: GatewayStore)
     """The sink holds a batch of only pending rows until a final comes (or the delay passes): a request that
     ends meanwhile is written once, final; one that runs longer has its pending row written (a kill then
     leaves it to be recovered as interrupted)."""
-    who = await _key(store)
+    who = await acme_dev(store)
     owner = Owner(who.key.id, who.team.id, None)
     written: list[list[str]] = []
     write = store.write_requests
@@ -170,7 +161,7 @@ async def test_a_short_request_is_one_write_after_its_reply(store: GatewayStore)
 async def test_metrics_and_the_access_line_come_after_the_reply(store: GatewayStore) -> None:
     """The proxy enqueues a request's final row just before it writes the reply's last byte: what the sink does
     for a final row beyond queueing it (metrics, the access line) runs on a later turn of the loop."""
-    who = await _key(store)
+    who = await acme_dev(store)
     seen: list[str] = []
     sink = GatewayLedger(store, "gw-1", on_final=lambda record, owner: seen.append(record.id))
     sink.start()
@@ -186,7 +177,7 @@ async def test_metrics_and_the_access_line_come_after_the_reply(store: GatewaySt
 async def test_a_budget_definition_is_parsed_once_and_a_changed_one_again(store: GatewayStore) -> None:
     """Admission reads the budget rows on every request; an unchanged definition is the same parsed `Budget`
     (no period, threshold or timestamp parsing per request), a changed one is read anew."""
-    await _key(store)
+    await acme_dev(store)
     await store.create_budget(level="team", target="core", limit_nanos=5_000, period="1d")
     (first,) = await store.list_budgets()
     (again,) = await store.list_budgets()
@@ -204,7 +195,7 @@ async def test_a_backlogs_batch_goes_to_the_database_thread_not_the_event_loop(s
     loop for tens of milliseconds: it runs on the database thread; a usual one runs on the loop."""
     if not isinstance(store.db, SQLiteDatabase):
         pytest.skip("SQLite's thread hops")
-    who = await _key(store)
+    who = await acme_dev(store)
     hops = _hops(store.db)
     small = [GatewayRow(_record(f"s{i}"), who.key.id, who.team.id, None) for i in range(INLINE_ROWS)]
     assert await store.write_requests(small) == []
@@ -222,7 +213,7 @@ async def test_finals_close_together_share_one_batch(
 ) -> None:
     """The writer lingers a moment after a final row (`FINAL_LINGER_S`): the batch lands while the next request
     waits on its provider, and finals that end close together are one write. Without it each is its own."""
-    who = await _key(store)
+    who = await acme_dev(store)
     written: list[int] = []
     write = store.write_requests
 
