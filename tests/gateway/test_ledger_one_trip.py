@@ -1,4 +1,4 @@
-"""The ledger sink's batch in one trip: on SQLite one job on the database thread (rows, roll-ups and
+"""The ledger sink's batch in one trip: on SQLite one job, inline or on the database thread (rows, roll-ups and
 tokens-per-minute counts together), on PostgreSQL one transaction plus one statement per rate-limited owner."""
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ async def test_the_sink_counts_finished_tokens_once_and_pending_rows_never(store
 
 
 async def test_a_one_trip_body_that_awaits_anything_else_is_rolled_back(store: GatewayStore) -> None:
-    """On SQLite the body runs on the database thread without an event loop: an await that would suspend is a
+    """On SQLite the body runs as one job that never yields to the event loop: an await that would suspend is a
     programming error, refused, and nothing of the body is kept."""
     if not isinstance(store.db, SQLiteDatabase):
         pytest.skip("PostgreSQL's one_trip is an ordinary transaction")

@@ -238,7 +238,7 @@ async def admit(
     db: Database, ask: Ask, *, take_rate: bool, definitions: BudgetDefinitions | None = None, urgent: bool = True
 ) -> tuple[RateDecision, AdmissionResult | None]:
     """The request's rate limits (with `take_rate`: counted unless one is reached), then its budgets, in one
-    round trip: on SQLite one job on the database thread inside BEGIN IMMEDIATE, on PostgreSQL one call of
+    round trip: on SQLite one job inside BEGIN IMMEDIATE, on PostgreSQL one call of
     ``ccgate_reserve_v1`` (migration 0006). Rate limited: (RateLimited, None), nothing reserved.
 
     On SQLite it runs on the event loop's own connection when the write lock is free; when it has to queue on
@@ -254,7 +254,7 @@ async def admit(
 
 
 def _admit_sync(conn: SyncConnection, ask: Ask, take_rate: bool) -> tuple[RateDecision, AdmissionResult | None]:
-    """SQLite: the whole admission on the database thread, its write lock held (BEGIN IMMEDIATE)."""
+    """SQLite: the whole admission as one job, its write lock held (BEGIN IMMEDIATE)."""
     if take_rate:
         rate = _take_sync(conn, ask.key_id, ask.team_id, ask.now)
         if isinstance(rate, RateLimited):
@@ -596,7 +596,7 @@ async def settle(
 def _settle_sync(
     conn: SyncConnection, reservation: Reservation, actual_nanos: int, now: datetime, row: tuple[str, str] | None
 ) -> bool:
-    """SQLite: `settle` on the database thread, its write lock held."""
+    """SQLite: `settle` as one job, its write lock held."""
     if row is not None and actual_nanos:
         actual_nanos = _claim_sync(conn, row[0], row[1], actual_nanos, reservation.instance_id, now)
     budgets: list[Budget] = []

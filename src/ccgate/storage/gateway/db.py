@@ -12,11 +12,11 @@ Contract (what the store relies on, whichever backend):
   `for_update`) in one fixed order. Leaving the block commits; an exception rolls back.
 * ``lock_migrations(conn)`` serialises schema changes inside a transaction (advisory lock / the write lock).
 * Hot paths that need several statements in one transaction use one round trip each: on SQLite
-  ``SQLiteDatabase.run_transaction(job)`` runs a whole synchronous job inside ``BEGIN IMMEDIATE`` as ONE task on
-  the database thread (not one hop per statement); on PostgreSQL a server-side function (a migration creates
-  it) does the work in one call. ``one_trip(body)`` runs an async transaction body written once for both: on
-  SQLite the whole body is one job on the database thread (its awaits on the connection never suspend), on
-  PostgreSQL it is an ordinary transaction.
+  ``SQLiteDatabase.run_transaction(job)`` runs a whole synchronous job inside ``BEGIN IMMEDIATE`` as ONE job (on
+  the database thread, or with ``inline`` on the event loop's own connection; never one hop per statement); on
+  PostgreSQL a server-side function (a migration creates it) does the work in one call. ``one_trip(body)`` runs
+  an async transaction body written once for both: on SQLite the whole body is one such job (its awaits on the
+  connection never suspend), on PostgreSQL it is an ordinary transaction.
 * A migration statement preceded by the comment line ``-- ccgate: postgresql only`` (or ``sqlite only``) runs
   only on that backend: a PL/pgSQL function has no SQLite counterpart. ``$$``-quoted bodies stay one statement.
 * Nothing blocks the event loop on disk or on another process: sqlite3 runs in one dedicated thread per
@@ -310,19 +310,23 @@ class SQLiteDatabase:
     async def open(self) -> None:
         await self._call(self._open)
         # never waits for the write lock (busy: the job goes to the thread) and never checkpoints (an fsync)
-        inline = sqlite3.connect(self.path, isolation_level=None, timeout=0.0, check_same_thread=True)
+        inline = self._connect(timeout=0.0)
         inline.execute("PRAGMA wal_autocheckpoint=0")
-        inline.execute("PRAGMA synchronous=NORMAL")  # per connection: FULL would fsync every commit
-        inline.execute("PRAGMA foreign_keys=ON")
         self._inline = inline
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=True)
+        conn = self._connect(timeout=SQLITE_BUSY_TIMEOUT_S)
         conn.execute("PRAGMA journal_mode=WAL")
+        self._conn = conn
+
+    def _connect(self, *, timeout: float) -> sqlite3.Connection:
+        """A connection with what every one of ours needs set: synchronous and foreign keys are per connection
+        (an inline connection left at the default FULL would fsync every commit on the event loop)."""
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=timeout, check_same_thread=True)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
-        self._conn = conn
+        return conn
 
     async def _call(self, function: Callable[[], T], *, urgent: bool = False) -> T:
         """Run on the database thread. Shielded: a job once submitted runs even if its caller is cancelled, so
@@ -413,7 +417,7 @@ class SQLiteDatabase:
     async def run_transaction(
         self, job: Callable[[SyncConnection], T], *, urgent: bool = False, inline: bool = False
     ) -> T:
-        """`job` inside BEGIN IMMEDIATE ... COMMIT as one task on the database thread: one hop, however many
+        """`job` inside BEGIN IMMEDIATE ... COMMIT as one job on the database thread: one hop, however many
         statements (an exception rolls back). The job must not block on anything but the database. An `urgent`
         job (an admission: a request waits for it) goes ahead of queued ordinary ones (see `DatabaseThread`).
 
@@ -560,7 +564,8 @@ class _Group:
 
 
 class _SyncSQLite:
-    """The `SyncConnection` a `run_transaction` job gets (on the database thread, inside the transaction)."""
+    """The `SyncConnection` a `run_transaction` job gets (on the database thread or inline, inside the
+    transaction)."""
 
     __slots__ = ("conn",)
 
@@ -579,7 +584,7 @@ class _SyncSQLite:
 
 
 class _AsyncOverSync:
-    """The `Connection` a `one_trip` body gets on SQLite: each call runs at once on the database thread, so the
+    """The `Connection` a `one_trip` body gets on SQLite: each call runs at once on the job's connection, so the
     body's awaits on it complete without suspending."""
 
     __slots__ = ("sync",)
@@ -602,7 +607,8 @@ class _AsyncOverSync:
 
 
 def _drive(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine that never suspends to its end, on this thread (no event loop here)."""
+    """Run a coroutine that never suspends to its end, right here (on the database thread, or inline on the
+    event loop's thread without yielding to the loop)."""
     try:
         coroutine.send(None)
     except StopIteration as done:

@@ -219,7 +219,7 @@ async def write_requests(
     budgets were charged once, see `admission.claim_charge`).
 
     `tokens` ((key id, team id) -> finished requests' tokens) count toward tokens-per-minute limits: on SQLite in
-    the same transaction (the batch is one job on the database thread), on PostgreSQL one statement each after it
+    the same transaction (the batch is one SQLite job, see `one_trip`), on PostgreSQL one statement each after it
     (its own row-lock order, see `admission.add_tokens`; one that fails is logged and lost, never counted twice).
     """
     if not rows:
@@ -228,7 +228,7 @@ async def write_requests(
     sqlite = db.backend == "sqlite"
 
     async def job(conn: Connection) -> list[GatewayRow]:
-        # one job on SQLite's database thread (one hop per batch, not one per statement)
+        # one SQLite job (inline on the event loop or on the database thread), never one hop per statement
         written: set[tuple[str, str]] = set()
         reused: list[GatewayRow] = []
         # the rows this batch may overwrite, locked (a recovery elsewhere cannot finish them meanwhile): an
