@@ -410,6 +410,20 @@ def sidecar_config(openai_base: str) -> str:
     )
 
 
+def start_mock(home: Path, servers: list[Server]) -> Server:
+    """The mock upstream in its own process, listed in `servers` (stopped with them) before it is waited for."""
+    home.mkdir()
+    mock = Server(
+        "mock upstream",
+        [PY, str(HERE / "mock_upstream.py"), "--port-file", str(home / "port")],
+        clean_env(home),
+        home / "log",
+    )
+    servers.append(mock)
+    mock.wait_port(home / "port")
+    return mock
+
+
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
     """py-spy on the sidecar, GIL holder only (collapsed stacks: `frame;frame;... count`); stop with SIGINT."""
     py_spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
@@ -527,16 +541,7 @@ async def proxy_phases(
     pg_url, cluster = start_postgres()
     try:
         warm_bytecode(clean_env(work / "warm"))
-        mock_home = work / "mock"
-        mock_home.mkdir()
-        mock = Server(
-            "mock upstream",
-            [PY, str(HERE / "mock_upstream.py"), "--port-file", str(mock_home / "port")],
-            clean_env(mock_home),
-            mock_home / "log",
-        )
-        servers.append(mock)
-        mock.wait_port(mock_home / "port")
+        mock = start_mock(work / "mock", servers)
 
         pass_home = work / "passthrough"
         pass_home.mkdir()

@@ -28,7 +28,6 @@ from pathlib import Path
 import aiohttp
 from bench import (
     ANTHROPIC_MODEL,
-    HERE,
     PY,
     ROOT,
     TRANSLATED_MODEL,
@@ -40,6 +39,7 @@ from bench import (
     messages_body,
     percentile,
     sidecar_config,
+    start_mock,
     throughput_run,
     warm_bytecode,
 )
@@ -76,15 +76,7 @@ async def measure(trees: list[Path], requests: int, work: Path, throughput_round
 
     servers: list[Server] = []
     try:
-        (work / "mock").mkdir()
-        mock = Server(
-            "mock",
-            [PY, str(HERE / "mock_upstream.py"), "--port-file", str(work / "mock" / "port")],
-            clean_env(work / "mock"),
-            work / "mock" / "log",
-        )
-        servers.append(mock)
-        mock.wait_port(work / "mock" / "port")
+        mock = start_mock(work / "mock", servers)
         sidecars: list[tuple[Server, dict[str, str]]] = []
         for index, tree in enumerate(trees):
             home = work / f"sidecar-{index}"

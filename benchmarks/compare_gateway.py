@@ -21,7 +21,6 @@ import aiohttp
 from bench import (
     ANTHROPIC_MODEL,
     GATEWAY_KEY_HEADER,
-    HERE,
     PY,
     Server,
     Target,
@@ -31,6 +30,7 @@ from bench import (
     gateway_org,
     messages_body,
     percentile,
+    start_mock,
     start_postgres,
     throughput_run,
     warm_bytecode,
@@ -60,15 +60,7 @@ async def measure(
     servers: list[Server] = []
     cluster = None
     try:
-        (work / "mock").mkdir()
-        mock = Server(
-            "mock",
-            [PY, str(HERE / "mock_upstream.py"), "--port-file", str(work / "mock" / "port")],
-            clean_env(work / "mock"),
-            work / "mock" / "log",
-        )
-        servers.append(mock)
-        mock.wait_port(work / "mock" / "port")
+        mock = start_mock(work / "mock", servers)
         body = encode(messages_body(ANTHROPIC_MODEL))
         targets = [Target("direct", mock.url + "/v1/messages", body, {**HEADERS, "x-api-key": "x"}, b"")]
         backends = ["sqlite"]
