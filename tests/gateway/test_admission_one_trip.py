@@ -313,3 +313,17 @@ async def test_a_settle_does_not_wait_for_an_admission_holding_the_budget_rows(s
     assert isinstance(second, Admitted)
     _, third = await _admit(store, who, 30_000)  # 60,000 spent + 30,000 held + 30,000 > 100,000
     assert isinstance(third, Waiting)
+
+
+async def test_the_admission_function_plans_its_budget_query_once_per_connection(store: GatewayStore) -> None:
+    """PostgreSQL: with its arrays as parameters, every call of ``ccgate_reserve_v1`` got a fresh custom plan
+    (0.3 ms of planning inside the section that holds the team's budget rows); migration 0010 pins the generic
+    plan, and admissions decide the same with it."""
+    if store.db.backend != "postgresql":
+        return
+    (config,) = await store.db.fetch("SELECT proconfig FROM pg_proc WHERE proname = 'ccgate_reserve_v1'")
+    assert "plan_cache_mode=force_generic_plan" in (config[0] or []), config
+    who = await acme_dev(store)
+    await store.create_budget(level="team", target="core", limit_nanos=25_000, period="1d")
+    results = [(await _admit(store, who, 10_000))[1] for _ in range(8)]  # past the plan cache's five custom plans
+    assert [type(result) for result in results] == [Admitted] * 2 + [Waiting] * 6  # 20,000 held of 25,000
