@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from ccgate.core.budgets import format_local
 from ccgate.core.records import format_usd, utcnow
@@ -32,6 +32,7 @@ from ccgate.storage.gateway.records import (
     AdmissionResult,
     Admitted,
     BudgetView,
+    Charge,
     RateDecision,
     RateLimited,
     Refused,
@@ -69,6 +70,16 @@ class Hold:
 Webhook = Callable[[str, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
+class ChargeCarrier(Protocol):
+    """Writes a request's settle with its final row (`GatewayLedger`): one write per request, not two."""
+
+    def carry(
+        self, key_id: str, row_id: str, charge: Charge, *, settled: Callable[[], None], alone: Callable[[], None]
+    ) -> None: ...
+
+    async def flush(self, wait_s: float = 10.0) -> bool: ...
+
+
 def ids_of(meta: ClientMeta) -> tuple[str, str | None, str | None]:
     extra = meta.extra
     return extra["key_id"], extra.get("team_id") or None, extra.get("customer_id") or None
@@ -101,9 +112,11 @@ class GatewayAdmission:
         rate_limited: Callable[[], frozenset[str]] | None = None,
         budgeted: Callable[[], frozenset[str] | None] | None = None,
         webhook: Webhook | None = None,
+        carrier: ChargeCarrier | None = None,
     ) -> None:
         """`rate_limited`: the ids of keys and teams with a rate limit (re-read every few seconds); requests of
-        others skip the check. None: always check."""
+        others skip the check. None: always check. `carrier`: where a request's settle is written with its
+        ledger row (without one, or for a hold without a row, each settle is its own write)."""
         self.store = store
         self.instance_id = instance_id
         self.ttl = ttl
@@ -113,6 +126,7 @@ class GatewayAdmission:
         self.rate_limited = rate_limited
         self.budgeted = budgeted
         self.webhook = webhook
+        self.carrier = carrier
         self._holds: set[Hold] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Event()
@@ -287,15 +301,35 @@ class GatewayAdmission:
 
     def settle(self, hold: Hold, actual_nanos: int) -> None:
         self._end(hold)
-        if hold.reservation is not None:
-            reservation = hold.reservation
-            settling = self._retrying(
-                lambda: self.store.settle(reservation, max(0, actual_nanos), row=hold.row), first_after=SETTLE_AFTER_S
+        if hold.reservation is None:
+            return
+        nanos = max(0, actual_nanos)
+        if self.carrier is not None and hold.row is not None:
+            self.carrier.carry(
+                *hold.row,
+                Charge(hold.reservation, nanos),
+                settled=lambda: self._settled(hold, nanos),
+                alone=lambda: self._settle_alone(hold, nanos),
             )
-            if hold.alerting and self.webhook is not None and actual_nanos > 0:
-                self._spawn(self._then_alert(settling, hold), "settle")
-            else:
-                self._spawn(settling, "settle")
+        else:
+            self._settle_alone(hold, nanos)
+
+    def _settled(self, hold: Hold, nanos: int) -> None:
+        """A settle written with its row: waiting requests look again, and budget alerts are checked."""
+        self._notify()
+        if hold.alerting and self.webhook is not None and nanos > 0:
+            self._spawn(self._alert(hold), "alert")
+
+    def _settle_alone(self, hold: Hold, nanos: int) -> None:
+        reservation = hold.reservation
+        assert reservation is not None
+        settling = self._retrying(
+            lambda: self.store.settle(reservation, nanos, row=hold.row), first_after=SETTLE_AFTER_S
+        )
+        if hold.alerting and self.webhook is not None and nanos > 0:
+            self._spawn(self._then_alert(settling, hold), "settle")
+        else:
+            self._spawn(settling, "settle")
 
     async def _then_alert(self, settling: Coroutine[Any, Any, None], hold: Hold) -> None:
         await settling
@@ -402,7 +436,10 @@ class GatewayAdmission:
             await asyncio.sleep(interval)
 
     async def close(self) -> None:
-        """Wait for every settle and release still running, then drop this instance's holds."""
+        """Wait for every settle and release still running (those written with rows too), then drop this
+        instance's holds."""
+        if self.carrier is not None:
+            await self.carrier.flush()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         with contextlib.suppress(DatabaseUnavailableError):

@@ -636,6 +636,7 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
         rate_limited=lambda: app[UPSTREAMS].upstreams.rate_limited,
         budgeted=lambda: _budgeted(app),
         webhook=app[WEBHOOKS].post,
+        carrier=app[LEDGER],
     )
     await instances.beat(store.db, settings.instance_id, ttl, utcnow())
     recovered = await instances.recover_dead(store.db, utcnow())

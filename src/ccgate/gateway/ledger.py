@@ -5,6 +5,10 @@ request coalesce: when the writer gets to it, a request's pending row that alrea
 written once, final -- and a batch of only pending rows waits a moment (`PENDING_DELAY_S`) for finals, so a short
 request costs one write, after its reply. A batch the database refuses stays queued and is tried again; finished
 rows' tokens are counted toward tokens-per-minute limits in the same write.
+
+A request's settle rides with its final row (`carry`): the proxy settles a request just before it queues the
+final row, and the two are written in one transaction -- one write per request instead of two, and the row is
+marked charged as it is inserted rather than by a second write (`ledger.write_requests`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 
 from ccgate.core.records import RequestRecord, RequestStatus, new_request_id
 from ccgate.storage.gateway.db import DatabaseUnavailableError
-from ccgate.storage.gateway.records import GatewayRow, KeyIdentity
+from ccgate.storage.gateway.records import Charge, GatewayRow, KeyIdentity
 from ccgate.storage.gateway.store import GatewayStore
 
 log = logging.getLogger("ccgate.gateway")
@@ -79,19 +83,47 @@ class GatewayLedger:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        # (key id, row id) -> a settle waiting for its final row; reservation id -> (when written, if never queued)
+        self._charges: dict[tuple[str, str], Charge] = {}
+        self._after: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {}
         self.dropped = 0
         self.last_error: str | None = None
 
     def for_key(self, owner: Owner) -> KeyLedger:
         return KeyLedger(self, owner)
 
+    def carry(
+        self, key_id: str, row_id: str, charge: Charge, *, settled: Callable[[], None], alone: Callable[[], None]
+    ) -> None:
+        """Write a request's settle with its final row, which the proxy queues right after settling: `settled`
+        runs once both are committed. If no final row of that id comes in this turn of the loop, `alone` runs
+        instead (the caller settles on its own), so a settle is never left waiting."""
+        slot = (key_id, row_id)
+        self._charges[slot] = charge
+        self._after[charge.reservation.id] = (settled, alone)
+        asyncio.get_running_loop().call_soon(self._unclaimed, slot, charge)
+
+    def _unclaimed(self, slot: tuple[str, str], charge: Charge) -> None:
+        if self._charges.get(slot) is charge:
+            del self._charges[slot]
+            self._alone(charge)
+
+    def _alone(self, charge: Charge) -> None:
+        after = self._after.pop(charge.reservation.id, None)
+        if after is not None:
+            after[1]()
+
     def enqueue(self, owner: Owner, record: RequestRecord) -> None:
         if len(self._queue) >= MAX_QUEUED:
             oldest = next(iter(self._queue))
-            del self._queue[oldest]
+            dropped = self._queue.pop(oldest)
             self.dropped += 1
+            if dropped.charge is not None:  # the row is lost, its settle is not
+                self._alone(dropped.charge)
         slot = (owner.key_id, record.id)
         row = GatewayRow(record.copy(), owner.key_id, owner.team_id, owner.customer_id, instance_id=self.instance_id)
+        if record.status is not RequestStatus.PENDING:
+            row.charge = self._charges.pop(slot, None)
         renamed = self._renamed.get(slot)
         queued = self._queue.get(slot)
         if renamed is None and queued is not None and queued.record.started_at != record.started_at:
@@ -105,7 +137,10 @@ class GatewayLedger:
             if record.status is not RequestStatus.PENDING:
                 self._renamed.pop(slot, None)
             slot = (owner.key_id, renamed)
-        self._queue.pop(slot, None)  # re-inserted at the end: rows are written in the order they last changed
+        # re-inserted at the end: rows are written in the order they last changed
+        replaced = self._queue.pop(slot, None)
+        if replaced is not None and replaced.charge is not None and row.charge is None:
+            row.charge = replaced.charge
         self._queue[slot] = row
         self._idle.clear()
         self._wake.set()
@@ -162,6 +197,12 @@ class GatewayLedger:
             for slot, row in zip(slots, batch, strict=True):
                 if self._queue.get(slot) is row:  # not changed again meanwhile
                     del self._queue[slot]
+            carried = {id(row) for row in reused}
+            for row in batch:
+                if row.charge is not None and id(row) not in carried:
+                    after = self._after.pop(row.charge.reservation.id, None)
+                    if after is not None:
+                        after[0]()
             for row in reused:
                 self._rename(row)
 
@@ -177,7 +218,12 @@ class GatewayLedger:
         if source.record.status is RequestStatus.PENDING:
             self._renamed[slot] = fresh
         moved = GatewayRow(
-            source.record.copy(), source.key_id, source.team_id, source.customer_id, instance_id=self.instance_id
+            source.record.copy(),
+            source.key_id,
+            source.team_id,
+            source.customer_id,
+            instance_id=self.instance_id,
+            charge=source.charge if source.charge is not None else row.charge,  # not done: the row was not written
         )
         moved.record.id = fresh
         self._queue[(row.key_id, fresh)] = moved

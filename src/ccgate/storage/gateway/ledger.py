@@ -18,9 +18,16 @@ from ccgate.core.budgets import local_midnight
 from ccgate.core.records import RequestRecord, RequestStatus, from_iso, to_iso, utcnow
 from ccgate.core.usage import MAX_TOKENS
 from ccgate.errors import UserInputError
-from ccgate.storage.gateway.admission import add_tokens, add_tokens_sqlite, charge, current_window, load_budgets
+from ccgate.storage.gateway.admission import (
+    BudgetDefinitions,
+    add_tokens,
+    add_tokens_sqlite,
+    charge,
+    current_window,
+    load_budgets,
+)
 from ccgate.storage.gateway.db import Connection, Database, DatabaseUnavailableError, Row
-from ccgate.storage.gateway.records import GatewayRow, IngestResult, RowSource
+from ccgate.storage.gateway.records import Budget, GatewayRow, IngestResult, RowSource
 from ccgate.storage.ledger import COLUMNS as SIDECAR_COLUMNS
 from ccgate.storage.ledger import record_to_values, row_to_record, storable_text
 from ccgate.storage.reports import NONE_KEY, CostReport, GroupKey, Totals, ceil_hour, floor_hour
@@ -73,6 +80,7 @@ _CONTRIBUTION = (
     "CASE WHEN coalesce(origin, 'gateway') NOT IN ('sidecar', 'gateway') THEN 1 ELSE 0 END"
 )
 _HOURLY_COLUMNS = (*_HOURLY_DIMENSIONS, *ROLLUP_SUMS)
+_CONTRIBUTION_WIDTH = len(_HOURLY_DIMENSIONS) + len(ROLLUP_SUMS) - 1  # every sum but `requests`
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +118,16 @@ _HOURLY_CHUNK = 1000  # groups per statement: a sink batch (500 rows) is one sta
 # A row is updated only while it is pending and this instance's (another instance's pending row of the same id is
 # another request in flight: it is never merged into) -- or, when another instance recovered it as `interrupted` while
 # this one had lost the database, by this same request's final. A finished row is never overwritten.
+# The proxy's rows also carry the charge mark of a settle written with them (`Charge`); a row without one leaves
+# the mark it has.
+_WRITE_COLUMNS = (*COLUMNS, "charged_nanos", "charged_by")
+_WRITE_INSERT = f"INSERT INTO requests ({', '.join(_WRITE_COLUMNS)}) VALUES "
+_WRITE_MARKS = "(" + ", ".join("?" for _ in _WRITE_COLUMNS) + ")"
 _UPSERT_TAIL = (
     " ON CONFLICT (key_id, id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _UPDATABLE)
+    + ", charged_nanos = coalesce(excluded.charged_nanos, requests.charged_nanos)"
+    + ", charged_by = coalesce(excluded.charged_by, requests.charged_by)"
     + " WHERE (requests.status = 'pending'"
     " AND coalesce(requests.instance_id, '') = coalesce(excluded.instance_id, ''))"
     " OR (requests.status = 'interrupted'"
@@ -206,7 +221,10 @@ INLINE_ROWS = 64
 
 
 async def write_requests(
-    db: Database, rows: Sequence[GatewayRow], tokens: Mapping[tuple[str, str | None], int] | None = None
+    db: Database,
+    rows: Sequence[GatewayRow],
+    tokens: Mapping[tuple[str, str | None], int] | None = None,
+    definitions: BudgetDefinitions | None = None,
 ) -> list[GatewayRow]:
     """Insert rows, or update them by (key id, row id) while pending: the ledger sink writes each pending, then
     final, in batches. `request_hourly` takes each row that becomes final in the same transaction.
@@ -218,6 +236,11 @@ async def write_requests(
     connection broke mid-commit) and an ingested row (the sidecar synced this request first: its row stands, and
     budgets were charged once, see `admission.claim_charge`).
 
+    A row's `charge` (its request's settle) is done in the same transaction, unless the row is returned: its
+    reservation goes, and what the row's cost adds to what the row was already charged (by a sync that came first,
+    a recovery, or this very write committed once before) goes into its budgets -- one spend upsert per budget and
+    bucket for the whole batch, in the budgets' fixed order. The settle and the row are one write, not two.
+
     `tokens` ((key id, team id) -> finished requests' tokens) count toward tokens-per-minute limits: on SQLite in
     the same transaction (the batch is one SQLite job, see `one_trip`), on PostgreSQL one statement each after it
     (its own row-lock order, see `admission.add_tokens`; one that fails is logged and lost, never counted twice).
@@ -226,6 +249,10 @@ async def write_requests(
         return []
     now = utcnow()
     sqlite = db.backend == "sqlite"
+    budget_ids = sorted({i for row in rows if row.charge is not None for i in row.charge.reservation.budget_ids})
+    cached: dict[str, Budget] | None = None
+    if budget_ids and not sqlite:  # PostgreSQL: from this process's definitions, not a round trip in the transaction
+        cached = await (definitions or BudgetDefinitions()).by_ids(db, budget_ids)
 
     async def job(conn: Connection) -> list[GatewayRow]:
         # one SQLite job (inline on the event loop or on the database thread), never one hop per statement
@@ -233,12 +260,18 @@ async def write_requests(
         reused: list[GatewayRow] = []
         # the rows this batch may overwrite, locked (a recovery elsewhere cannot finish them meanwhile): an
         # interrupted row the same request now finishes leaves the hourly sums before its final enters them
-        finished = await _finished_rows(conn, db, rows)
+        existing = await _existing_rows(conn, db, rows)
+        finished = {
+            slot: found[3 : 3 + _CONTRIBUTION_WIDTH]
+            for slot, found in existing.items()
+            if found[2] != RequestStatus.PENDING.value
+        }
+        charged = {(row.key_id, row.record.id): _charged_before(row, existing) for row in rows if row.charge}
         hourly = _Hourly()
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
-            sql = _INSERT + ", ".join(_ROW_MARKS for _ in chunk) + _UPSERT_TAIL
-            params = [value for row in chunk for value in row_values(row, now)]
+            sql = _WRITE_INSERT + ", ".join(_WRITE_MARKS for _ in chunk) + _UPSERT_TAIL
+            params = [value for row in chunk for value in _write_values(row, now, charged)]
             for returned in await conn.fetch(sql, params):
                 slot = (str(returned[0]), str(returned[1]))
                 written.add(slot)
@@ -260,6 +293,10 @@ async def write_requests(
                 continue
             if (found[1], found[2]) != (row.instance_id, to_iso(row.record.started_at)):
                 reused.append(row)
+        if charged:  # a returned row is another request's id: its charge goes with it, under its fresh id
+            carried = {id(row) for row in reused}
+            settling = [row for row in rows if row.charge is not None and id(row) not in carried]
+            await _settle_with_rows(conn, settling, written, charged, cached, now)
         if sqlite and tokens:
             for (key_id, team_id), count in tokens.items():
                 await add_tokens_sqlite(conn, key_id, team_id, count, now)
@@ -277,10 +314,82 @@ async def write_requests(
     return reused
 
 
-async def _finished_rows(conn: Connection, db: Database, rows: Sequence[GatewayRow]) -> dict[tuple[str, str], Row]:
-    """The batch's rows that exist and are finished, as hourly contributions; every existing one locked in (key
-    id, row id) order, the order `instances.recover_dead` locks them in. (A join on a VALUES list: SQLite scans
-    the whole table for a row-value `IN (VALUES ...)`.)"""
+def _charged_before(row: GatewayRow, existing: Mapping[tuple[str, str], Row]) -> int:
+    """What the row's request was already charged: by a sync of it that came first ('ingest'), by another
+    instance's recovery of this instance's row ('recovery'), or by this very write committed once already (a
+    retry after the connection broke mid-commit). Anything else there is another request: nothing of this one."""
+    found = existing.get((row.key_id, row.record.id))
+    if found is None:
+        return 0
+    source, charged, charged_by, instance, started = found[3 + _CONTRIBUTION_WIDTH :]
+    same_request = (
+        (source == RowSource.INGESTED.value and charged_by == "ingest")
+        or (charged_by == "recovery" and instance == row.instance_id)
+        or (charged_by == "settle" and instance == row.instance_id and started == to_iso(row.record.started_at))
+    )
+    return int(charged or 0) if same_request else 0
+
+
+def _write_values(row: GatewayRow, received_at: datetime, charged: Mapping[tuple[str, str], int]) -> tuple[Any, ...]:
+    """`row_values` plus the charge mark the row gets if written: its cost, or what it was already charged if more."""
+    if row.charge is None:
+        return (*row_values(row, received_at), None, None)
+    before = charged[(row.key_id, row.record.id)]
+    return (*row_values(row, received_at), max(before, row.charge.nanos), "settle")
+
+
+# Spend added to a budget's bucket, if the budget still exists (one deleted meanwhile is skipped, as a settle does).
+_SPEND_ADD = (
+    "INSERT INTO budget_spend (budget_id, bucket_start, spent_nanos) "
+    "SELECT id, CAST(? AS TEXT), CAST(? AS BIGINT) FROM budgets WHERE id = ? "
+    "ON CONFLICT (budget_id, bucket_start) DO UPDATE SET spent_nanos = budget_spend.spent_nanos + excluded.spent_nanos"
+)
+
+
+async def _settle_with_rows(
+    conn: Connection,
+    rows: Sequence[GatewayRow],
+    written: set[tuple[str, str]],
+    charged: Mapping[tuple[str, str], int],
+    cached: Mapping[str, Budget] | None,
+    now: datetime,
+) -> None:
+    """The settles of `rows` (each has a `charge`), in the transaction that wrote them: reservations deleted,
+    what each still owes summed per budget and bucket and added in the budgets' fixed order (lock rank, id), so
+    two batches, or a batch and a lone settle, never wait on each other in a cycle."""
+    owed: dict[str, int] = {}
+    for row in rows:
+        assert row.charge is not None
+        slot = (row.key_id, row.record.id)
+        before = charged[slot]
+        due = max(0, row.charge.nanos - before)
+        if slot not in written and row.charge.nanos > before and before:
+            # not written (a sync of it came first, or this write committed once already): the mark goes up
+            await conn.execute(
+                "UPDATE requests SET charged_nanos = ?, charged_by = 'settle' WHERE key_id = ? AND id = ?",
+                (row.charge.nanos, row.key_id, row.record.id),
+            )
+        for budget_id in row.charge.reservation.budget_ids:
+            owed[budget_id] = owed.get(budget_id, 0) + due
+    reservation_ids = [row.charge.reservation.id for row in rows if row.charge is not None]
+    for start in range(0, len(reservation_ids), _CHUNK):
+        chunk = reservation_ids[start : start + _CHUNK]
+        await conn.execute(f"DELETE FROM reservations WHERE id IN ({', '.join('?' for _ in chunk)})", chunk)
+    ids = sorted(budget_id for budget_id, nanos in owed.items() if nanos)
+    if not ids:
+        return
+    if cached is None:
+        budgets = {b.id: b for b in await load_budgets(conn, f"id IN ({', '.join('?' for _ in ids)})", ids)}
+    else:
+        budgets = {budget_id: cached[budget_id] for budget_id in ids if budget_id in cached}
+    ordered = sorted(budgets.values(), key=lambda b: (b.level.rank, b.id))
+    await conn.executemany(_SPEND_ADD, [(to_iso(current_window(b, now)[2]), owed[b.id], b.id) for b in ordered])
+
+
+async def _existing_rows(conn: Connection, db: Database, rows: Sequence[GatewayRow]) -> dict[tuple[str, str], Row]:
+    """The batch's rows that exist: (key id, id, status, hourly contribution..., source, charged_nanos, charged_by,
+    instance_id, started_at); every one locked in (key id, row id) order, the order `instances.recover_dead` locks
+    them in. (A join on a VALUES list: SQLite scans the whole table for a row-value `IN (VALUES ...)`.)"""
     found: dict[tuple[str, str], Row] = {}
     slots = sorted({(row.key_id, row.record.id) for row in rows})
     lock = " FOR UPDATE OF r" if db.backend == "postgresql" else ""
@@ -288,12 +397,12 @@ async def _finished_rows(conn: Connection, db: Database, rows: Sequence[GatewayR
         chunk = slots[start : start + _CHUNK]
         marks = ", ".join("(?, ?)" for _ in chunk)
         for row in await conn.fetch(
-            f"WITH wanted (k, i) AS (VALUES {marks}) SELECT r.key_id, r.id, r.status, {_CONTRIBUTION} FROM wanted "
+            f"WITH wanted (k, i) AS (VALUES {marks}) SELECT r.key_id, r.id, r.status, {_CONTRIBUTION}, "
+            "r.source, r.charged_nanos, r.charged_by, r.instance_id, r.started_at FROM wanted "
             f"JOIN requests r ON r.key_id = wanted.k AND r.id = wanted.i ORDER BY r.key_id, r.id{lock}",
             [value for slot in chunk for value in slot],
         ):
-            if row[2] != RequestStatus.PENDING.value:
-                found[(str(row[0]), str(row[1]))] = row[3:]
+            found[(str(row[0]), str(row[1]))] = row
     return found
 
 

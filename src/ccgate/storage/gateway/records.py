@@ -239,6 +239,15 @@ class RateLimited:
 RateDecision = RateAllowed | RateLimited
 
 
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """A proxied request's settle, written with its final row in one transaction: the reservation goes, the real
+    cost goes into its budgets, and the row is marked charged (so a sync or a recovery never charges it again)."""
+
+    reservation: Reservation
+    nanos: int
+
+
 @dataclass(slots=True)
 class GatewayRow:
     """One gateway ledger row: the sidecar's `RequestRecord` plus who it belongs to and how it arrived."""
@@ -250,6 +259,7 @@ class GatewayRow:
     source: RowSource = RowSource.PROXIED
     tags: dict[str, str] = field(default_factory=dict)
     instance_id: str | None = None  # the gateway instance writing it (to recover its pending rows after a crash)
+    charge: Charge | None = None  # a final row's settle, done in the transaction that writes the row
 
 
 @dataclass(frozen=True, slots=True)

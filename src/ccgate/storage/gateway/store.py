@@ -1148,8 +1148,12 @@ class GatewayStore:
     ) -> list[GatewayRow]:
         """Insert, or update while pending, by (key id, row id), and count `tokens` toward tokens-per-minute
         limits; returns the rows whose id a finished row of another request already has (see
-        `ledger.write_requests`)."""
-        return await ledger.write_requests(self.db, rows, tokens)
+        `ledger.write_requests`). A row's `charge` (its request's settle) is done in the same transaction."""
+        try:
+            return await ledger.write_requests(self.db, rows, tokens, self.budget_definitions)
+        finally:
+            if any(row.charge is not None for row in rows):
+                self._wake_waiters()
 
     async def ingest(
         self,

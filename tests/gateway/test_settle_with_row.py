@@ -1,0 +1,198 @@
+"""A proxied request's settle is written with its final ledger row, in one transaction (`GatewayLedger.carry`,
+`ledger.write_requests`): the reservation goes, the cost goes into the budgets once, and the row is marked
+charged as it is inserted -- whatever was there before (a sync that came first, a recovery, a retried commit,
+another request's row under the same id)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from gateway_testing import acme_dev
+
+from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
+from ccgate.gateway import ledger as gateway_ledger
+from ccgate.gateway.admission import GatewayAdmission, Hold
+from ccgate.gateway.ledger import GatewayLedger, Owner
+from ccgate.storage.gateway import GatewayRow, GatewayStore
+from ccgate.storage.gateway.instances import recover_dead
+from ccgate.storage.gateway.records import Admitted, Charge, KeyIdentity, Reservation
+
+TTL = timedelta(minutes=5)
+
+
+def _record(row_id: str, nanos: int, *, at: datetime | None = None, pending: bool = False) -> RequestRecord:
+    at = at or datetime.now(UTC)
+    return RequestRecord(
+        id=row_id,
+        started_at=at,
+        ended_at=None if pending else at + timedelta(seconds=1),
+        requested_model="claude-sonnet-4-5",
+        provider="anthropic",
+        status=RequestStatus.PENDING if pending else RequestStatus.OK,
+        usage=Usage(input_tokens=10, output_tokens=5),
+        cost=Cost(None if pending else nanos, PriceQuality.PRICED),
+    )
+
+
+async def _hold(store: GatewayStore, who: KeyIdentity, instance: str = "gw-1", bound: int = 10_000) -> Reservation:
+    result = await store.reserve(
+        key_id=who.key.id,
+        team_id=who.team.id,
+        customer_id=who.team.customer_id,
+        provider_id=None,
+        bound_nanos=bound,
+        instance_id=instance,
+        ttl=TTL,
+    )
+    assert isinstance(result, Admitted)
+    return result.reservation
+
+
+async def _state(store: GatewayStore, who: KeyIdentity) -> list[tuple[int, int]]:
+    """(spent, reserved) of each budget that applies to the key."""
+    views = await store.budget_views(key_id=who.key.id, team_id=who.team.id, customer_id=who.team.customer_id)
+    return [(view.state.spent_nanos, view.state.reserved_nanos) for view in views]
+
+
+async def _charged(store: GatewayStore, who: KeyIdentity, row_id: str) -> tuple[int | None, str | None]:
+    found = await store.db.fetchone(
+        "SELECT charged_nanos, charged_by FROM requests WHERE key_id = ? AND id = ?", (who.key.id, row_id)
+    )
+    assert found is not None
+    return (None if found[0] is None else int(found[0]), None if found[1] is None else str(found[1]))
+
+
+def _row(who: KeyIdentity, record: RequestRecord, charge: Charge | None, instance: str = "gw-1") -> GatewayRow:
+    return GatewayRow(record, who.key.id, who.team.id, who.team.customer_id, instance_id=instance, charge=charge)
+
+
+async def _budgets(store: GatewayStore) -> KeyIdentity:
+    who = await acme_dev(store)
+    await store.create_budget(level="team", target="core", limit_nanos=10**9, period="1d")
+    await store.create_budget(level="key", target="dev", limit_nanos=10**9, period="1mo")
+    return who
+
+
+async def test_the_proxy_settle_rides_with_the_final_row_and_is_never_a_write_of_its_own(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    who = await _budgets(store)
+    ledger = GatewayLedger(store, "gw-1")
+    ledger.start()
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, carrier=ledger)
+
+    async def no_lone_settle(*args: object, **kwargs: object) -> bool:
+        raise AssertionError("the settle was written on its own, not with its row")
+
+    monkeypatch.setattr(store, "settle", no_lone_settle)
+    owner = Owner(who.key.id, who.team.id, who.team.customer_id)
+    for index in range(30):  # one batch: the spend of each budget is one upsert of the sum
+        record = _record(f"r{index}", 1_000 + index)
+        hold = Hold(await _hold(store, who), ("b",), row=(who.key.id, record.id))
+        admission.settle(hold, record.cost.nanos or 0)
+        ledger.enqueue(owner, record)
+    assert await ledger.flush()
+    await admission.close()
+    await ledger.close()
+    total = sum(1_000 + index for index in range(30))
+    assert await _state(store, who) == [(total, 0), (total, 0)]
+    assert await _charged(store, who, "r7") == (1_007, "settle")
+    (count,) = await store.db.fetchone("SELECT count(*) FROM reservations") or (None,)
+    assert count == 0
+
+
+async def test_a_settle_whose_row_never_comes_is_written_on_its_own(store: GatewayStore) -> None:
+    who = await _budgets(store)
+    ledger = GatewayLedger(store, "gw-1")
+    ledger.start()
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, carrier=ledger)
+    admission.settle(Hold(await _hold(store, who), ("b",), row=(who.key.id, "no-row")), 4_000)
+    await asyncio.sleep(0.2)
+    await admission.close()
+    await ledger.close()
+    assert await _state(store, who) == [(4_000, 0), (4_000, 0)]
+
+
+async def test_a_retried_batch_after_its_commit_went_through_charges_once(store: GatewayStore) -> None:
+    """The connection broke after COMMIT reached the server: the writer sends the same batch again."""
+    who = await _budgets(store)
+    record = _record("once", 5_000)
+    charge = Charge(await _hold(store, who), 5_000)
+    for _ in range(3):
+        assert await store.write_requests([_row(who, record, charge)]) == []
+    assert await _state(store, who) == [(5_000, 0), (5_000, 0)]
+    assert await _charged(store, who, "once") == (5_000, "settle")
+
+
+async def test_a_row_synced_first_is_charged_only_what_the_proxy_saw_beyond_it(store: GatewayStore) -> None:
+    who = await _budgets(store)
+    hold = await _hold(store, who)
+    record = _record("shared", 5_000)
+    synced = _record("shared", 4_000, at=record.started_at)
+    result = await store.ingest(
+        key_id=who.key.id, team_id=who.team.id, customer_id=who.team.customer_id, records=[(synced, {})]
+    )
+    assert result.sent == 1
+    assert await store.write_requests([_row(who, record, Charge(hold, 5_000))]) == []
+    assert await _state(store, who) == [(5_000, 0), (5_000, 0)]  # 4,000 by the sync, the rest by the proxy
+    assert await _charged(store, who, "shared") == (5_000, "settle")
+
+
+async def test_a_row_recovered_by_another_instance_is_charged_once_by_its_own_final(store: GatewayStore) -> None:
+    who = await _budgets(store)
+    hold = await _hold(store, who)
+    started = datetime.now(UTC)
+    partial = _record("long", 2_000, at=started, pending=True)
+    partial.cost = Cost(2_000, PriceQuality.PRICED)
+    assert await store.write_requests([_row(who, partial, None)]) == []
+    assert await recover_dead(store.db, datetime.now(UTC) + TTL * 2) == 1
+    spent_by_recovery = (await _state(store, who))[0][0]
+    final = _record("long", 6_000, at=started)
+    assert await store.write_requests([_row(who, final, Charge(hold, 6_000))]) == []
+    assert [spent for spent, _ in await _state(store, who)] == [6_000, 6_000], spent_by_recovery
+    assert await _charged(store, who, "long") == (6_000, "settle")
+
+
+async def test_a_reused_id_is_charged_under_its_fresh_id_not_dropped(store: GatewayStore) -> None:
+    who = await _budgets(store)
+    await store.write_requests([_row(who, _record("dup", 7_000, at=datetime.now(UTC) - timedelta(minutes=5)), None)])
+    ledger = GatewayLedger(store, "gw-1")
+    ledger.start()
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, carrier=ledger)
+    record = _record("dup", 3_000)
+    admission.settle(Hold(await _hold(store, who), ("b",), row=(who.key.id, "dup")), 3_000)
+    ledger.enqueue(Owner(who.key.id, who.team.id, who.team.customer_id), record)
+    assert await ledger.flush()
+    await admission.close()
+    await ledger.close()
+    assert await _state(store, who) == [(3_000, 0), (3_000, 0)]  # the earlier row was written uncharged
+    rows = await store.db.fetch("SELECT id, charged_nanos FROM requests ORDER BY cost_nanos")
+    assert [(r[0] == "dup", r[1]) for r in rows] == [(False, 3_000), (True, None)]
+
+
+async def test_a_dropped_row_keeps_its_settle(store: GatewayStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_QUEUED rows (the database away for long) the oldest row is dropped; its budget spend is not."""
+    who = await _budgets(store)
+    monkeypatch.setattr(gateway_ledger, "MAX_QUEUED", 1)
+    ledger = GatewayLedger(store, "gw-1")  # not started: nothing is written, as with the database away
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, carrier=ledger)
+    owner = Owner(who.key.id, who.team.id, who.team.customer_id)
+    admission.settle(Hold(await _hold(store, who), ("b",), row=(who.key.id, "first")), 2_000)
+    ledger.enqueue(owner, _record("first", 2_000))
+    ledger.enqueue(owner, _record("second", 0, pending=True))
+    assert ledger.dropped == 1
+    await asyncio.sleep(0.2)
+    while admission._tasks:
+        await asyncio.gather(*list(admission._tasks))
+    assert [spent for spent, _ in await _state(store, who)] == [2_000, 2_000]
+
+
+async def test_a_budget_deleted_before_the_batch_is_skipped_and_the_others_charged(store: GatewayStore) -> None:
+    who = await _budgets(store)
+    hold = await _hold(store, who)
+    (team_budget,) = [b for b in await store.list_budgets() if b.level.value == "team"]
+    await store.delete_budget(team_budget.id)
+    assert await store.write_requests([_row(who, _record("after", 3_000), Charge(hold, 3_000))]) == []
+    assert await _state(store, who) == [(3_000, 0)]
