@@ -106,6 +106,12 @@ async def measure(
                     count, elapsed = await throughput_run(session, target, CONCURRENCY, THROUGHPUT_SECONDS)
                     rates[target.name].append(count / elapsed)
         return latency, rates
+    except Exception:
+        for server in servers:  # what the failing build said, before its folder goes
+            tail = server.log_path.read_text(errors="replace").strip().splitlines()[-20:] if server.log_path else []
+            if tail:
+                print(f"--- {server.log_path.parent.name}: last lines of its log", *tail, sep="\n")
+        raise
     finally:
         for server in reversed(servers):
             server.stop()

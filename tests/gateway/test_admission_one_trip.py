@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 from datetime import timedelta
 
+import pytest
 from gateway_testing import StoreFactory, acme_dev
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,8 +17,8 @@ from hypothesis import strategies as st
 from ccgate.core.budgets import Admit, BudgetState, Reject, decide
 from ccgate.core.records import new_request_id, to_iso, utcnow
 from ccgate.storage.gateway import Admitted, GatewayStore, Refused, Waiting
-from ccgate.storage.gateway.admission import Ask, current_window
-from ccgate.storage.gateway.db import PostgresDatabase, for_backend, split_script
+from ccgate.storage.gateway.admission import Ask, ReserveBatcher, current_window
+from ccgate.storage.gateway.db import PostgresDatabase, Row, for_backend, split_script
 from ccgate.storage.gateway.records import KeyIdentity, RateAllowed, RateLimited
 
 TTL = timedelta(minutes=5)
@@ -318,12 +320,64 @@ async def test_a_settle_does_not_wait_for_an_admission_holding_the_budget_rows(s
 async def test_the_admission_function_plans_its_budget_query_once_per_connection(store: GatewayStore) -> None:
     """PostgreSQL: with its arrays as parameters, every call of ``ccgate_reserve_v1`` got a fresh custom plan
     (0.3 ms of planning inside the section that holds the team's budget rows); migration 0010 pins the generic
-    plan, and admissions decide the same with it."""
+    plan (for the previous release, which still calls v1), ``ccgate_reserve_many_v1`` has it from the start, and
+    admissions decide the same with it."""
     if store.db.backend != "postgresql":
         return
-    (config,) = await store.db.fetch("SELECT proconfig FROM pg_proc WHERE proname = 'ccgate_reserve_v1'")
-    assert "plan_cache_mode=force_generic_plan" in (config[0] or []), config
+    for function in ("ccgate_reserve_v1", "ccgate_reserve_many_v1"):
+        (config,) = await store.db.fetch("SELECT proconfig FROM pg_proc WHERE proname = ?", (function,))
+        assert "plan_cache_mode=force_generic_plan" in (config[0] or []), (function, config)
     who = await acme_dev(store)
     await store.create_budget(level="team", target="core", limit_nanos=25_000, period="1d")
     results = [(await _admit(store, who, 10_000))[1] for _ in range(8)]  # past the plan cache's five custom plans
     assert [type(result) for result in results] == [Admitted] * 2 + [Waiting] * 6  # 20,000 held of 25,000
+
+
+async def test_admissions_queued_behind_a_call_go_together_and_each_gets_its_own_answer(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: admissions that arrive while a call is in flight go in one call of ``ccgate_reserve_many_v1``
+    (two instances, two teams in different orders, so their batches lock rows of both teams at once). Each
+    gets what it would alone: the budgets exact per team, the rate limit per key, and an admission decided on
+    budget definitions that changed meanwhile answered 'stale' alone and retried."""
+    here = await open_store()
+    if here.db.backend != "postgresql":
+        return
+    there = await open_store(migrate_now=False)
+    monkeypatch.setattr(ReserveBatcher, "MAX_IN_FLIGHT", 1)
+    dev = await acme_dev(here)
+    await here.create_team("edge", customer="acme")
+    ops = await here.authenticate_key((await here.create_key(team="edge", name="ops")).plaintext)
+    assert ops is not None
+    await here.create_budget(level="team", target="core", limit_nanos=30_000, period="1d")  # room for 3
+    edge = await here.create_budget(level="team", target="edge", limit_nanos=90_000, period="1d")  # for 9
+    await here.set_rate_limit(level="key", target="ops", rpm=7, tpm=None)
+    calls: list[int] = []
+    fetch = PostgresDatabase.fetch
+
+    async def counting(self: PostgresDatabase, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        if "ccgate_reserve_many_v1" in sql:
+            calls.append(len(params[2]))  # type: ignore[arg-type]
+        return await fetch(self, sql, params)
+
+    monkeypatch.setattr(PostgresDatabase, "fetch", counting)
+    await _admit(here, ops, 10_000)  # reads and keeps the definitions of edge here
+    await there.update_budget(edge.id, limit_nanos=80_000)  # ...which are stale from now on
+    outcomes: dict[str, list[object]] = {"dev": [], "ops": []}
+
+    async def one(store: GatewayStore, who: KeyIdentity, name: str) -> None:
+        rate, result = await _admit(store, who, 10_000, instance=f"i-{id(store)}")
+        outcomes[name].append(result if isinstance(rate, RateAllowed) else rate)
+
+    jobs = [one(here, dev, "dev") for _ in range(10)] + [one(here, ops, "ops") for _ in range(10)]
+    jobs += [one(there, ops, "ops") for _ in range(5)] + [one(there, dev, "dev") for _ in range(5)]
+    random.Random(7).shuffle(jobs)
+    await asyncio.gather(*jobs)
+    assert max(calls) > 1, calls  # some went together
+    assert sum(isinstance(r, Admitted) for r in outcomes["dev"]) == 3
+    ops_admitted = sum(isinstance(r, Admitted) for r in outcomes["ops"])
+    ops_limited = sum(isinstance(r, RateLimited) for r in outcomes["ops"])
+    assert ops_limited == 15 - 6  # 7 a minute, one taken before
+    assert ops_admitted == 6  # room for 7 of the lowered 80,000 after the first 10,000: all 6 allowed fit
+    (edge_view,) = [v for v in await here.budget_views(key_id=ops.key.id, team_id=ops.team.id, customer_id=None)]
+    assert (edge_view.state.limit_nanos, edge_view.state.reserved_nanos) == (80_000, 70_000)

@@ -10,6 +10,7 @@ even before `expire` deletes it, so a killed instance's holds lapse by themselve
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -201,6 +202,7 @@ async def reserve(
     ttl: timedelta,
     now: datetime,
     definitions: BudgetDefinitions | None = None,
+    batcher: ReserveBatcher | None = None,
 ) -> AdmissionResult:
     """One transaction: lock the applying budgets in order, apply `decide`, and hold `bound_nanos` if admitted.
 
@@ -210,7 +212,7 @@ async def reserve(
     """
     ask = Ask(key_id, team_id, customer_id, provider_id, bound_nanos, instance_id, ttl, now)
     # not urgent: a waiting request retries for room that settles make, so it does not go ahead of them
-    _, result = await admit(db, ask, take_rate=False, definitions=definitions, urgent=False)
+    _, result = await admit(db, ask, take_rate=False, definitions=definitions, urgent=False, batcher=batcher)
     assert result is not None  # only a rate limit answers None
     return result
 
@@ -235,11 +237,18 @@ class Ask:
 
 
 async def admit(
-    db: Database, ask: Ask, *, take_rate: bool, definitions: BudgetDefinitions | None = None, urgent: bool = True
+    db: Database,
+    ask: Ask,
+    *,
+    take_rate: bool,
+    definitions: BudgetDefinitions | None = None,
+    urgent: bool = True,
+    batcher: ReserveBatcher | None = None,
 ) -> tuple[RateDecision, AdmissionResult | None]:
     """The request's rate limits (with `take_rate`: counted unless one is reached), then its budgets, in one
     round trip: on SQLite one job inside BEGIN IMMEDIATE, on PostgreSQL one call of
-    ``ccgate_reserve_v1`` (migration 0006). Rate limited: (RateLimited, None), nothing reserved.
+    ``ccgate_reserve_many_v1`` (migration 0011), shared with the admissions `batcher` has waiting. Rate limited:
+    (RateLimited, None), nothing reserved.
 
     On SQLite it runs on the event loop's own connection when the write lock is free; when it has to queue on
     the database thread, an `urgent` admission (a new request: its reply waits for it) goes ahead of queued
@@ -250,7 +259,7 @@ async def admit(
 
     if isinstance(db, SQLiteDatabase):
         return await db.run_transaction(lambda conn: _admit_sync(conn, ask, take_rate), urgent=urgent, inline=True)
-    return await _admit_postgres(db, ask, take_rate, definitions or BudgetDefinitions())
+    return await _admit_postgres(db, ask, take_rate, definitions or BudgetDefinitions(), batcher or ReserveBatcher())
 
 
 def _admit_sync(conn: SyncConnection, ask: Ask, take_rate: bool) -> tuple[RateDecision, AdmissionResult | None]:
@@ -312,14 +321,101 @@ def _hold_statements(reservation: Reservation, now: datetime) -> list[tuple[str,
     ]
 
 
-_RESERVE_CALL = "SELECT kind, item, note, a, b, c, d FROM ccgate_reserve_v1(" + ", ".join("?" * 15) + ")"
+_RESERVE_MANY = "SELECT ask, kind, item, note, a, b, c, d FROM ccgate_reserve_many_v1(" + ", ".join("?" * 16) + ")"
 # A budget changed between reading the definitions and the call more often than this in a row: take the slow path
 # (one transaction of several statements), which reads them under the lock.
 _STALE_TRIES = 3
 
 
+@dataclass(slots=True)
+class _Queued:
+    """One admission for ``ccgate_reserve_many_v1``, with the budget definitions it was decided against."""
+
+    ask: Ask
+    take_rate: bool
+    cached: tuple[tuple[Budget, str], ...]
+    windows: dict[str, tuple[datetime, datetime, datetime]]
+    reservation_id: str
+    answer: asyncio.Future[list[Row]]
+
+
+class ReserveBatcher:
+    """This process's PostgreSQL admissions: sent at once while fewer than `MAX_IN_FLIGHT` calls run, otherwise
+    queued and sent together in the next call of ``ccgate_reserve_many_v1`` -- one round trip and one transaction
+    for all of them, where each would take its team's budget rows in a transaction of its own, one after another.
+    Alone (c=1) an admission never waits for a batch."""
+
+    MAX_IN_FLIGHT = 2
+    MAX_BATCH = 64
+
+    def __init__(self) -> None:
+        self._queued: list[_Queued] = []
+        self._in_flight = 0
+        self._calls: set[asyncio.Task[None]] = set()
+
+    async def submit(self, db: Database, queued: _Queued) -> list[Row]:
+        """This admission's rows of the call it went in: v1's rows (kind, item, note, a, b, c, d)."""
+        self._queued.append(queued)
+        if self._in_flight < self.MAX_IN_FLIGHT:
+            self._send(db)
+        return await queued.answer
+
+    def _send(self, db: Database) -> None:
+        batch, self._queued = self._queued[: self.MAX_BATCH], self._queued[self.MAX_BATCH :]
+        self._in_flight += 1
+        call = asyncio.get_running_loop().create_task(self._call(db, batch))
+        self._calls.add(call)
+        call.add_done_callback(self._calls.discard)
+
+    async def _call(self, db: Database, batch: list[_Queued]) -> None:
+        try:
+            rows = await db.fetch(_RESERVE_MANY, _many_params(batch))
+        except BaseException as error:
+            for queued in batch:
+                if not queued.answer.done():
+                    if isinstance(error, asyncio.CancelledError):
+                        queued.answer.cancel()
+                    else:
+                        queued.answer.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+        else:
+            answers: list[list[Row]] = [[] for _ in batch]
+            for row in rows:
+                answers[int(row[0]) - 1].append(tuple(row[1:]))
+            for queued, answer in zip(batch, answers, strict=True):
+                if not queued.answer.done():
+                    queued.answer.set_result(answer)
+        finally:
+            self._in_flight -= 1
+            if self._queued:
+                self._send(db)
+
+
+def _many_params(batch: Sequence[_Queued]) -> tuple[list[Any], ...]:
+    """``ccgate_reserve_many_v1``'s parameters: one element per admission; the budget lists one after another."""
+    return (
+        [q.ask.customer_id for q in batch],
+        [q.ask.team_id for q in batch],
+        [q.ask.key_id for q in batch],
+        [q.ask.provider_id for q in batch],
+        [position for position, q in enumerate(batch, 1) for _ in q.cached],
+        [budget.id for q in batch for budget, _ in q.cached],
+        [updated for q in batch for _, updated in q.cached],
+        [to_iso(q.windows[budget.id][0]) for q in batch for budget, _ in q.cached],
+        [to_iso(q.windows[budget.id][2]) for q in batch for budget, _ in q.cached],
+        [q.ask.bound_nanos for q in batch],
+        [to_iso(q.ask.now) for q in batch],
+        [q.reservation_id for q in batch],
+        [q.ask.instance_id for q in batch],
+        [to_iso(q.ask.now + q.ask.ttl) for q in batch],
+        [q.take_rate for q in batch],
+        [to_iso(_minute(q.ask.now)) for q in batch],
+    )
+
+
 async def _admit_postgres(
-    db: Database, ask: Ask, take_rate: bool, definitions: BudgetDefinitions
+    db: Database, ask: Ask, take_rate: bool, definitions: BudgetDefinitions, batcher: ReserveBatcher
 ) -> tuple[RateDecision, AdmissionResult | None]:
     cached = definitions.applying(ask.applying)
     for _ in range(_STALE_TRIES):
@@ -328,23 +424,8 @@ async def _admit_postgres(
         budgets = [budget for budget, _ in cached]
         windows = {b.id: current_window(b, ask.now) for b in budgets}
         reservation_id = new_request_id()
-        rows = await db.fetch(
-            _RESERVE_CALL,
-            (
-                *ask.applying,
-                [b.id for b in budgets],
-                [updated for _, updated in cached],
-                [to_iso(windows[b.id][0]) for b in budgets],
-                [to_iso(windows[b.id][2]) for b in budgets],
-                ask.bound_nanos,
-                to_iso(ask.now),
-                reservation_id,
-                ask.instance_id,
-                to_iso(ask.now + ask.ttl),
-                take_rate,
-                to_iso(_minute(ask.now)),
-            ),
-        )
+        answer = asyncio.get_running_loop().create_future()
+        rows = await batcher.submit(db, _Queued(ask, take_rate, cached, windows, reservation_id, answer))
         verdict = str(rows[-1][1])
         if take_rate:
             limits = [
@@ -380,7 +461,7 @@ async def _admit_postgres(
             return RateAllowed(), Admitted(reservation, tuple(budget_views))
         result = _outcome(budget_views, ask)
         if isinstance(result, Admitted):  # the function and `decide` disagree: a defect, never a silent admit
-            raise RuntimeError("ccgate_reserve_v1 refused what ccgate.core.budgets.decide admits")
+            raise RuntimeError("ccgate_reserve_many_v1 refused what ccgate.core.budgets.decide admits")
         return RateAllowed(), result
     # the definitions keep changing under us: read them under the lock, the slow way
     return RateAllowed(), await _reserve_in_transaction(db, ask)
@@ -405,7 +486,7 @@ class BudgetDefinitions:
     """This process's copy of budget definitions: which budgets apply to a (customer, team, key, provider), with
     the ``updated_at`` each was read at, and every budget seen by id (for the bucket a settle charges).
 
-    Never trusted where it matters, so it needs no expiry: PostgreSQL's ``ccgate_reserve_v1`` compares the ids
+    Never trusted where it matters, so it needs no expiry: PostgreSQL's ``ccgate_reserve_many_v1`` compares the ids
     and ``updated_at`` of the budgets it locks with these and answers 'stale' (nothing held) on any difference,
     and reads limits and overrides itself. A settle uses only a budget's period, calendar flag and timezone,
     which never change once it is created (ids are never reused). Bounded: cleared when full.

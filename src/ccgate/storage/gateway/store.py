@@ -249,6 +249,7 @@ class GatewayStore:
         self._holds_changed = asyncio.Event()
         # budget definitions by whom they apply to: checked against the database on every use (see the class)
         self.budget_definitions = admission.BudgetDefinitions()
+        self.reserve_batcher = admission.ReserveBatcher()
 
     @classmethod
     async def open(
@@ -954,6 +955,7 @@ class GatewayStore:
             ttl,
             now or utcnow(),
             self.budget_definitions,
+            self.reserve_batcher,
         )
 
     async def admit(
@@ -972,7 +974,9 @@ class GatewayStore:
         """`take_request` and then `reserve` in one round trip (one transaction); rate limited: nothing reserved
         and (RateLimited, None). Without `take_rate` the rate limits are not looked at."""
         ask = admission.Ask(key_id, team_id, customer_id, provider_id, bound_nanos, instance_id, ttl, now or utcnow())
-        return await admission.admit(self.db, ask, take_rate=take_rate, definitions=self.budget_definitions)
+        return await admission.admit(
+            self.db, ask, take_rate=take_rate, definitions=self.budget_definitions, batcher=self.reserve_batcher
+        )
 
     async def shrink(self, reservation: Reservation, new_bound_nanos: int) -> bool:
         """Lower the hold (never raises it); False if it was already that low or is gone."""
