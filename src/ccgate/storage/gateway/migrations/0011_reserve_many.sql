@@ -5,8 +5,11 @@
 -- was what bounded one PostgreSQL. Every row any of them needs is locked first, in the one global order
 -- (rate limits by level and id, then budgets by lock_rank and id: the order ccgate_reserve_v1 takes them in), so
 -- it waits in no cycle with another batch, a lone admission or an admin change. Then each admission in turn is
--- exactly ccgate_reserve_v1 (same statements, same arithmetic), seeing what the ones before it in the batch
--- counted and held. Parameters are one array element per admission, except the budget definitions: p_ids,
+-- ccgate_reserve_v1's arithmetic, seeing what the ones before it in the batch counted and held. A budget's spent
+-- and reserved are read once per batch (the sum over its live reservations was most of the time per admission)
+-- and then moved by what the batch holds: exact, because no one else can add a reservation while the batch has
+-- the budget's row, and a settle or release meanwhile only lowers what the batch reads (a settle moves its
+-- hold into spent at once); reading them once is as conservative as reading them at the batch's start. Parameters are one array element per admission, except the budget definitions: p_ids,
 -- p_updated, p_first, p_last are every admission's lists one after another, p_budget_ask says whose each is.
 -- Rows returned are v1's, with the admission's position (1-based) first and whole numbers as BIGINT (NUMERIC
 -- cost the client a Decimal per value). Only adds a function: the previous release keeps calling v1.
@@ -29,6 +32,18 @@ DECLARE
     v_want_updated TEXT[];
     v_first TEXT[];
     v_last TEXT[];
+    -- each budget's state the first time an admission of the batch needs it (per window), kept up to date with
+    -- what the batch holds: v_seen 'id first last', and beside it the limit, override, spent and reserved
+    v_seen TEXT[] := '{}';
+    v_limit_of NUMERIC[] := '{}';
+    v_override_of NUMERIC[] := '{}';
+    v_until_of TEXT[] := '{}';
+    v_spent_of NUMERIC[] := '{}';
+    v_reserved_of NUMERIC[] := '{}';
+    v_at INTEGER[];
+    v_j INTEGER;
+    v_p INTEGER;
+    v_limit NUMERIC;
 BEGIN
     PERFORM 1 FROM rate_limits l
     WHERE EXISTS (
@@ -95,36 +110,49 @@ BEGIN
         END IF;
 
         v_admit := TRUE;
-        FOR v_row IN
-            SELECT bb.id,
-                   CASE WHEN bb.override_limit_nanos IS NOT NULL AND bb.override_until IS NOT NULL
-                             AND p_now[v_i] < bb.override_until
-                        THEN bb.override_limit_nanos ELSE bb.limit_nanos END::NUMERIC AS limit_now,
-                   COALESCE((SELECT sum(s.spent_nanos) FROM budget_spend s
-                             WHERE s.budget_id = bb.id AND s.bucket_start >= w.first_bucket
-                               AND s.bucket_start <= w.last_bucket), 0)::NUMERIC AS spent,
-                   COALESCE((SELECT sum(r.amount_nanos) FROM reservation_budgets rb
-                             JOIN reservations r ON r.id = rb.reservation_id
-                             WHERE rb.budget_id = bb.id AND r.expires_at > p_now[v_i]), 0)::NUMERIC AS reserved
-            FROM unnest(v_want_ids, v_first, v_last) WITH ORDINALITY AS w(id, first_bucket, last_bucket, position)
-            JOIN budgets bb ON bb.id = w.id
-            ORDER BY w.position
-        LOOP
+        v_at := '{}';
+        FOR v_j IN 1 .. cardinality(v_want_ids) LOOP
+            v_p := array_position(v_seen, v_want_ids[v_j] || ' ' || v_first[v_j] || ' ' || v_last[v_j]);
+            IF v_p IS NULL THEN
+                SELECT bb.limit_nanos::NUMERIC AS limit_nanos, bb.override_limit_nanos::NUMERIC AS override_nanos,
+                       bb.override_until,
+                       COALESCE((SELECT sum(s.spent_nanos) FROM budget_spend s
+                                 WHERE s.budget_id = bb.id AND s.bucket_start >= v_first[v_j]
+                                   AND s.bucket_start <= v_last[v_j]), 0)::NUMERIC AS spent,
+                       COALESCE((SELECT sum(r.amount_nanos) FROM reservation_budgets rb
+                                 JOIN reservations r ON r.id = rb.reservation_id
+                                 WHERE rb.budget_id = bb.id AND r.expires_at > p_now[v_i]), 0)::NUMERIC AS reserved
+                INTO v_row FROM budgets bb WHERE bb.id = v_want_ids[v_j];
+                v_seen := v_seen || (v_want_ids[v_j] || ' ' || v_first[v_j] || ' ' || v_last[v_j]);
+                v_limit_of := v_limit_of || v_row.limit_nanos;
+                v_override_of := v_override_of || v_row.override_nanos;
+                v_until_of := v_until_of || v_row.override_until;
+                v_spent_of := v_spent_of || v_row.spent;
+                v_reserved_of := v_reserved_of || v_row.reserved;
+                v_p := cardinality(v_seen);
+            END IF;
+            v_at := v_at || v_p;
+            v_limit := CASE WHEN v_override_of[v_p] IS NOT NULL AND v_until_of[v_p] IS NOT NULL
+                                 AND p_now[v_i] < v_until_of[v_p]
+                            THEN v_override_of[v_p] ELSE v_limit_of[v_p] END;
             -- ccgate.core.budgets.decide, as in ccgate_reserve_v1
-            IF v_row.spent >= v_row.limit_now
-                OR (v_row.reserved > 0 AND v_row.spent + v_row.reserved + p_bound[v_i] > v_row.limit_now) THEN
+            IF v_spent_of[v_p] >= v_limit
+                OR (v_reserved_of[v_p] > 0 AND v_spent_of[v_p] + v_reserved_of[v_p] + p_bound[v_i] > v_limit) THEN
                 v_admit := FALSE;
             END IF;
-            kind := 'budget'; item := v_row.id; note := NULL;
+            kind := 'budget'; item := v_want_ids[v_j]; note := NULL;
             -- decided on NUMERIC above; a sum past BIGINT (never in practice) is reported capped
-            a := LEAST(v_row.limit_now, 9223372036854775807); b := LEAST(v_row.spent, 9223372036854775807);
-            c := LEAST(v_row.reserved, 9223372036854775807); d := NULL;
+            a := LEAST(v_limit, 9223372036854775807); b := LEAST(v_spent_of[v_p], 9223372036854775807);
+            c := LEAST(v_reserved_of[v_p], 9223372036854775807); d := NULL;
             RETURN NEXT;
         END LOOP;
         IF v_admit AND cardinality(v_want_ids) > 0 THEN
             INSERT INTO reservations (id, amount_nanos, instance_id, created_at, expires_at)
             VALUES (p_reservation[v_i], p_bound[v_i], p_instance[v_i], p_now[v_i], p_expires[v_i]);
             INSERT INTO reservation_budgets (budget_id, reservation_id) SELECT unnest(v_want_ids), p_reservation[v_i];
+            FOREACH v_p IN ARRAY v_at LOOP
+                v_reserved_of[v_p] := v_reserved_of[v_p] + p_bound[v_i];
+            END LOOP;
         END IF;
         kind := 'verdict'; item := CASE WHEN v_admit THEN 'admitted' ELSE 'not' END;
         note := NULL; a := NULL; b := NULL; c := NULL; d := NULL;
