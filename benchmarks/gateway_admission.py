@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/gateway_admission.py [--db URL] [--seconds 3]
 
-Every request of a team locks the team's (and customer's) budget rows, so admissions of one team run one at a
-time in the database whatever the number of instances. This measures that ceiling directly on the store:
-N concurrent loops (each an "instance" connection), each doing what a request does to its budgets -- the rate
-check with the reservation (one round trip), shrink, settle (one round trip) -- against one key, team and
-customer budget and a team rate limit.
+Every admission of a team locks the team's (and customer's) budget rows, so admissions of one team run one at a
+time in the database whatever the number of instances -- on PostgreSQL one batch at a time: the admissions an
+instance has waiting while its calls are in flight go together in one transaction (`ccgate_reserve_many_v1`).
+This measures that ceiling directly on the store: N concurrent loops of one store, each doing what a request does
+to its budgets -- the rate check with the reservation (one round trip), shrink, settle (one round trip, here on
+its own; the gateway writes it with the request's ledger row) -- against one key, team and customer budget and a
+team rate limit.
 Without --db it starts a throwaway PostgreSQL (tests/support/postgres_cluster.py) and also runs SQLite.
 """
 
