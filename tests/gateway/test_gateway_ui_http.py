@@ -127,7 +127,8 @@ async def test_a_new_key_is_shown_once_never_again_and_audited_with_the_signed_i
     created = await gateway.store.create_admin_token("lead", role="admin")
     team = await gateway.store.get_team("core")
     async with await _signed_in(gateway, created.plaintext) as ui:
-        await ui.get("/ui/keys")
+        _, page = await ui.get("/ui/keys")
+        assert 'value="report"' in page  # an admin may create report-mode keys (a team admin is not offered it)
         response, text = await ui.post("/ui/keys", {"team": team.id, "name": "dee", "mode": "proxy"})
         assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
         secret = re.search(r'id="new-key">(sk-cg-[^<]+)<', text)
@@ -221,6 +222,8 @@ async def test_a_team_admin_creates_only_proxy_keys_and_rotates_with_at_most_a_d
     token = await gateway.store.create_admin_token("core-lead", role="team_admin", team="core")
     own = await gateway.store.get_key("ada")
     async with await _signed_in(gateway, token.plaintext) as ui:
+        _, page = await ui.get("/ui/keys")
+        assert 'id="create-key-form"' in page and 'value="report"' not in page  # the form offers what it may do
         response, text = await ui.post("/ui/keys", {"team": own.team_id, "name": "rex", "mode": "report"})
         assert response.status == 403 and "report-mode key" in text
         response, text = await ui.post(f"/ui/keys/{own.id}/rotate", {"grace": "2d"})
