@@ -1,6 +1,6 @@
 """How far one database goes before the shared team budget row serialises admission: reserve + settle per second.
 
-    .venv/bin/python benchmarks/gateway_admission.py [--db URL] [--seconds 3]
+    .venv/bin/python benchmarks/gateway_admission.py [--db URL] [--seconds 3] [--instances N]
 
 Every admission of a team locks the team's (and customer's) budget rows, so admissions of one team run one at a
 time in the database whatever the number of instances -- on PostgreSQL one batch at a time: the admissions an
@@ -41,15 +41,20 @@ async def setup(url: str) -> tuple[str, str, str]:
         await store.close()
 
 
-async def run(url: str, concurrency: int, seconds: float) -> float:
+async def run(url: str, concurrency: int, seconds: float, instances: int = 1) -> float:
+    """Admissions per second of `concurrency` loops spread over `instances` stores (each its own pool and
+    batcher, as separate gateway instances on one database would be)."""
     from ccgate.storage.gateway import Admitted, GatewayStore
 
     key_id, team_id, customer_id = IDS[url]
-    store = await GatewayStore.open(url, migrate_now=False, max_connections=max(2, concurrency))
+    per_store = max(1, concurrency // instances)
+    stores = [
+        await GatewayStore.open(url, migrate_now=False, max_connections=max(2, per_store)) for _ in range(instances)
+    ]
     done = 0
     deadline = time.perf_counter() + seconds
 
-    async def loop() -> None:
+    async def loop(store: GatewayStore) -> None:
         nonlocal done
         while time.perf_counter() < deadline:
             _, result = await store.admit(
@@ -67,29 +72,38 @@ async def run(url: str, concurrency: int, seconds: float) -> float:
             done += 1
 
     began = time.perf_counter()
-    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    await asyncio.gather(*(loop(stores[index % instances]) for index in range(concurrency)))
     elapsed = time.perf_counter() - began
-    await store.close()
+    for store in stores:
+        await store.close()
     return done / elapsed
 
 
 IDS: dict[str, tuple[str, str, str]] = {}
 
 
-async def measure(url: str, seconds: float) -> None:
+async def measure(url: str, seconds: float, instances: int = 1) -> None:
     IDS[url] = await setup(url)
     for concurrency in (1, 2, 4, 8, 16, 32):
-        rate = await run(url, concurrency, seconds)
-        print(f"{url.split(':')[0]:<10} concurrency {concurrency:>2}: {rate:7.1f} admissions/s", flush=True)
+        if concurrency < instances:
+            continue
+        rate = await run(url, concurrency, seconds, instances)
+        print(
+            f"{url.split(':')[0]:<10} {instances} instance(s), concurrency {concurrency:>2}: {rate:7.1f} admissions/s",
+            flush=True,
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", default=None)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--instances", type=int, default=1, help="spread the loops over this many stores (instances); default 1"
+    )
     args = parser.parse_args()
     if args.db:
-        asyncio.run(measure(args.db, args.seconds))
+        asyncio.run(measure(args.db, args.seconds, args.instances))
         return 0
     sys.path.insert(0, str(ROOT / "tests" / "support"))
     from postgres_cluster import start_cluster
@@ -104,9 +118,9 @@ def main() -> int:
             await conn.close()
             return cluster.url.rpartition("/")[0] + "/admission_bench"
 
-        asyncio.run(measure(asyncio.run(database()), args.seconds))
+        asyncio.run(measure(asyncio.run(database()), args.seconds, args.instances))
         with tempfile.TemporaryDirectory() as folder:
-            asyncio.run(measure(f"sqlite://{folder}/gateway.db", args.seconds))
+            asyncio.run(measure(f"sqlite://{folder}/gateway.db", args.seconds, args.instances))
     finally:
         cluster.stop()
     return 0
