@@ -40,7 +40,6 @@ DECLARE
     v_until_of TEXT[] := '{}';
     v_spent_of NUMERIC[] := '{}';
     v_reserved_of NUMERIC[] := '{}';
-    v_at INTEGER[];
     v_j INTEGER;
     v_p INTEGER;
     v_limit NUMERIC;
@@ -110,7 +109,6 @@ BEGIN
         END IF;
 
         v_admit := TRUE;
-        v_at := '{}';
         FOR v_j IN 1 .. cardinality(v_want_ids) LOOP
             v_p := array_position(v_seen, v_want_ids[v_j] || ' ' || v_first[v_j] || ' ' || v_last[v_j]);
             IF v_p IS NULL THEN
@@ -131,7 +129,6 @@ BEGIN
                 v_reserved_of := v_reserved_of || v_row.reserved;
                 v_p := cardinality(v_seen);
             END IF;
-            v_at := v_at || v_p;
             v_limit := CASE WHEN v_override_of[v_p] IS NOT NULL AND v_until_of[v_p] IS NOT NULL
                                  AND p_now[v_i] < v_until_of[v_p]
                             THEN v_override_of[v_p] ELSE v_limit_of[v_p] END;
@@ -150,8 +147,11 @@ BEGIN
             INSERT INTO reservations (id, amount_nanos, instance_id, created_at, expires_at)
             VALUES (p_reservation[v_i], p_bound[v_i], p_instance[v_i], p_now[v_i], p_expires[v_i]);
             INSERT INTO reservation_budgets (budget_id, reservation_id) SELECT unnest(v_want_ids), p_reservation[v_i];
-            FOREACH v_p IN ARRAY v_at LOOP
-                v_reserved_of[v_p] := v_reserved_of[v_p] + p_bound[v_i];
+            -- a hold counts in every window of its budgets the batch has read, not only in this admission's
+            FOR v_p IN 1 .. cardinality(v_seen) LOOP
+                IF split_part(v_seen[v_p], ' ', 1) = ANY (v_want_ids) THEN
+                    v_reserved_of[v_p] := v_reserved_of[v_p] + p_bound[v_i];
+                END IF;
             END LOOP;
         END IF;
         kind := 'verdict'; item := CASE WHEN v_admit THEN 'admitted' ELSE 'not' END;
