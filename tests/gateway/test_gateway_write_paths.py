@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from gateway_testing import StoreFactory, acme_dev
 
+from ccgate.core.records import to_iso
 from ccgate.storage.gateway import Admitted, GatewayStore, Waiting
 from ccgate.storage.gateway.admission import ReserveBatcher
 from ccgate.storage.gateway.records import KeyIdentity
@@ -51,3 +52,68 @@ async def test_a_batch_straddling_a_window_edge_holds_no_more_than_the_limit(
     assert [type(result) for result in results] == [Admitted, Admitted, Admitted, Waiting]
     held = await store.db.fetchone("SELECT sum(amount_nanos) FROM reservations")
     assert held is not None and int(held[0]) == 30_000
+
+
+async def test_a_batch_takes_rate_counters_in_the_order_token_counting_does(
+    open_store: StoreFactory, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two keys of one team with rate limits in one batch: the batch takes every counter row it will move before
+    it moves any, in (level, id) order, the order `add_tokens` takes a key's and then its team's. It took them
+    admission by admission (the first key's, the team's, then the second key's), so a token count holding the
+    second key's counter and waiting for the team's closed a cycle: PostgreSQL broke it by failing the whole
+    batch, and every admission in it answered 503."""
+    store = await open_store()
+    if store.db.backend != "postgresql":
+        return
+    import asyncpg
+
+    monkeypatch.setattr(ReserveBatcher, "MAX_IN_FLIGHT", 1)
+    dev = await acme_dev(store)
+    ops = await store.authenticate_key((await store.create_key(team="core", name="ops")).plaintext)
+    assert ops is not None
+    limits = {
+        name: (await store.set_rate_limit(level=level, target=name, rpm=1_000, tpm=None)).id
+        for level, name in (("key", "dev"), ("key", "ops"), ("team", "core"))
+    }
+    now = datetime.now(UTC)
+    minute = to_iso(now.replace(second=0, microsecond=0))
+
+    async def admit(who: KeyIdentity, take_rate: bool) -> object:
+        return await store.admit(
+            key_id=who.key.id,
+            team_id=who.team.id,
+            customer_id=who.customer.id if who.customer else None,
+            provider_id=None,
+            bound_nanos=1_000,
+            instance_id="i1",
+            ttl=TTL,
+            take_rate=take_rate,
+            now=now,
+        )
+
+    for who in (dev, ops):  # the counter rows exist, the definitions are read
+        await admit(who, True)
+    counting = await asyncpg.connect(db_url)
+    try:
+        tokens = counting.transaction()
+        await tokens.start()
+        # add_tokens(ops, core) halfway: the key's counter taken, the team's next
+        update = "UPDATE rate_counters SET tokens = tokens + 1 WHERE rate_limit_id = $1 AND minute = $2"
+        await counting.execute(update, limits["ops"], minute)
+        # the first admission goes alone, the other two (dev, then ops) together
+        batch = asyncio.gather(admit(dev, False), admit(dev, True), admit(ops, True), return_exceptions=True)
+        for _ in range(2_000):  # until the batch waits for the ops counter
+            waiting = await counting.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError("the batch never waited for the counter")
+        await counting.execute(update, limits["core"], minute)
+        await tokens.commit()
+        results = await batch
+    finally:
+        await counting.close()
+    assert [type(result) for result in results] == [tuple, tuple, tuple], results
