@@ -196,3 +196,88 @@ async def test_a_budget_deleted_before_the_batch_is_skipped_and_the_others_charg
     await store.delete_budget(team_budget.id)
     assert await store.write_requests([_row(who, _record("after", 3_000), Charge(hold, 3_000))]) == []
     assert await _state(store, who) == [(3_000, 0)]
+
+
+async def test_a_row_dropped_while_its_batch_is_being_written_is_charged_once(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_QUEUED the oldest row is dropped even while the writer is writing it: the batch commits it with
+    its settle, so the settle must not also be written on its own (that charged the budgets twice)."""
+    who = await _budgets(store)
+    monkeypatch.setattr(gateway_ledger, "MAX_QUEUED", 1)
+    gate, taken = asyncio.Event(), asyncio.Event()
+    write = store.write_requests
+
+    async def held(rows: list[GatewayRow], *args: object, **kwargs: object) -> list[GatewayRow]:
+        taken.set()
+        await gate.wait()
+        return await write(rows, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "write_requests", held)
+    ledger = GatewayLedger(store, "gw-1", final_linger_s=0)
+    ledger.start()
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, carrier=ledger)
+    owner = Owner(who.key.id, who.team.id, who.team.customer_id)
+    admission.settle(Hold(await _hold(store, who), ("b",), row=(who.key.id, "first")), 2_000)
+    ledger.enqueue(owner, _record("first", 2_000))
+    await asyncio.wait_for(taken.wait(), 10)  # the writer has taken the row
+    ledger.enqueue(owner, _record("second", 0, pending=True))  # drops "first", which is being written
+    assert ledger.dropped == 1
+    while admission._tasks:
+        await asyncio.gather(*list(admission._tasks))
+    gate.set()
+    assert await ledger.flush()
+    await admission.close()
+    await ledger.close()
+    assert await _state(store, who) == [(2_000, 0), (2_000, 0)]
+    assert await _charged(store, who, "first") == (2_000, "settle")
+
+
+async def _refuse_model(store: GatewayStore, model: str) -> None:
+    """The database itself refuses rows of one model (as a constraint would): not a lost connection."""
+    if store.db.backend == "sqlite":
+        await store.db.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON requests WHEN NEW.requested_model = '{model}' "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        return
+    await store.db.execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; END $$"
+    )
+    await store.db.execute(
+        f"CREATE TRIGGER refuse BEFORE INSERT ON requests FOR EACH ROW WHEN (NEW.requested_model = '{model}') "
+        "EXECUTE FUNCTION refuse()"
+    )
+
+
+async def test_a_row_the_database_refuses_is_dropped_and_the_writer_and_every_settle_go_on(
+    store: GatewayStore,
+) -> None:
+    """A batch refused for a reason other than a lost connection (a constraint): the writer stopped for good,
+    and with it every later request's settle (their reservations held until they lapsed, their spend never
+    counted). Now the batch's other rows are written one by one with their settles, the refused row is dropped,
+    and its settle is written on its own."""
+    who = await _budgets(store)
+    await _refuse_model(store, "poison")
+    ledger = GatewayLedger(store, "gw-1")
+    ledger.start()
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, carrier=ledger)
+    owner = Owner(who.key.id, who.team.id, who.team.customer_id)
+    for name, nanos in (("before", 1_000), ("bad", 2_000), ("with", 4_000)):
+        record = _record(name, nanos)
+        if name == "bad":
+            record.requested_model = "poison"
+        admission.settle(Hold(await _hold(store, who), ("b",), row=(who.key.id, name)), nanos)
+        ledger.enqueue(owner, record)
+    assert await ledger.flush()
+    record = _record("later", 8_000)  # a later batch: the writer still runs
+    admission.settle(Hold(await _hold(store, who), ("b",), row=(who.key.id, "later")), 8_000)
+    ledger.enqueue(owner, record)
+    assert await ledger.flush()
+    await admission.close()
+    await ledger.close()
+    assert ledger.dropped == 1
+    assert await _state(store, who) == [(15_000, 0), (15_000, 0)]
+    rows = await store.db.fetch("SELECT id, charged_nanos FROM requests WHERE status <> 'pending' ORDER BY id")
+    assert [(str(r[0]), int(r[1])) for r in rows] == [("before", 1_000), ("later", 8_000), ("with", 4_000)]
