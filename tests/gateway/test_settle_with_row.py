@@ -281,3 +281,41 @@ async def test_a_row_the_database_refuses_is_dropped_and_the_writer_and_every_se
     assert await _state(store, who) == [(15_000, 0), (15_000, 0)]
     rows = await store.db.fetch("SELECT id, charged_nanos FROM requests WHERE status <> 'pending' ORDER BY id")
     assert [(str(r[0]), int(r[1])) for r in rows] == [("before", 1_000), ("later", 8_000), ("with", 4_000)]
+
+
+async def test_a_batch_takes_the_hourly_rows_after_the_spend_rows_as_recovery_and_ingest_do(
+    store: GatewayStore, db_url: str
+) -> None:
+    """PostgreSQL: the hourly sums are the last rows any transaction locks (`recover_dead` and `ingest` charge
+    the spend rows first). A batch took them before its settles' spend rows, so a recovery or sync charging the
+    same budget, between its spend row and the hourly one, closed a cycle with it: PostgreSQL failed one of
+    them (the batch, here) and it was written only on the next try."""
+    if store.db.backend != "postgresql":
+        return
+    import asyncpg
+
+    who = await _budgets(store)
+    started = datetime.now(UTC)
+    first = _record("first", 1_000, at=started)
+    assert await store.write_requests([_row(who, first, Charge(await _hold(store, who), 1_000))]) == []
+    charge = Charge(await _hold(store, who), 2_000)
+    other = await asyncpg.connect(db_url)
+    try:
+        recovery = other.transaction()
+        await recovery.start()
+        await other.execute("UPDATE budget_spend SET spent_nanos = spent_nanos")  # a recovery's charge, halfway
+        batch = asyncio.ensure_future(store.write_requests([_row(who, _record("second", 2_000, at=started), charge)]))
+        for _ in range(2_000):  # until the batch waits for a spend row
+            if await other.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            ):
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError("the batch never waited for the spend row")
+        await other.execute("UPDATE request_hourly SET requests = requests")  # ...and its hourly rows, last
+        await recovery.commit()
+        assert await batch == []
+    finally:
+        await other.close()
+    assert await _state(store, who) == [(3_000, 0), (3_000, 0)]

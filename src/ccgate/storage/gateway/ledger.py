@@ -281,7 +281,6 @@ async def write_requests(
                 if returned[2] != RequestStatus.PENDING.value:
                     finished[slot] = returned[3:]
                     hourly.add(returned[3:], 1)
-        await hourly.write(conn)
         for row in rows:
             if (row.key_id, row.record.id) in written:
                 continue
@@ -297,6 +296,9 @@ async def write_requests(
             carried = {id(row) for row in reused}
             settling = [row for row in rows if row.charge is not None and id(row) not in carried]
             await _settle_with_rows(conn, settling, written, charged, cached, now)
+        # after the spend rows: the hourly rows are the last locks any transaction takes (`instances.recover_dead`,
+        # `ingest`), so a batch never holds one while it waits for a spend row a recovery or a sync holds
+        await hourly.write(conn)
         if sqlite and tokens:
             for (key_id, team_id), count in tokens.items():
                 await add_tokens_sqlite(conn, key_id, team_id, count, now)
