@@ -9,7 +9,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from gateway_testing import acme_dev
+from gateway_testing import StoreFactory, acme_dev
 
 from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
 from ccgate.gateway import ledger as gateway_ledger
@@ -319,3 +319,60 @@ async def test_a_batch_takes_the_hourly_rows_after_the_spend_rows_as_recovery_an
     finally:
         await other.close()
     assert await _state(store, who) == [(3_000, 0), (3_000, 0)]
+
+
+async def test_a_sync_of_the_row_committed_while_the_batch_writes_it_is_not_charged_twice(
+    open_store: StoreFactory, db_url: str
+) -> None:
+    """PostgreSQL: the sidecar's sync of a proxied request inserts its row (charged by the sync) after the batch
+    read what its rows were already charged, and commits while the batch waits to insert the same row. The
+    batch's settle must subtract what the sync charged (read again once the row is found), not charge it all
+    again."""
+    store = await open_store()
+    if store.db.backend != "postgresql":
+        return
+    import asyncpg
+
+    syncing = await open_store(migrate_now=False)
+    who = await _budgets(store)
+    started = datetime.now(UTC)
+    first = _record("first", 1_000, at=started)  # the hour's rollup row exists
+    assert await store.write_requests([_row(who, first, Charge(await _hold(store, who), 1_000))]) == []
+    charge = Charge(await _hold(store, who), 5_000)
+    other = await asyncpg.connect(db_url)
+    try:
+        hold_rollup = other.transaction()
+        await hold_rollup.start()
+        await other.execute("UPDATE request_hourly SET requests = requests")  # the sync stops before its rollup
+        sync = asyncio.ensure_future(
+            syncing.ingest(
+                key_id=who.key.id,
+                team_id=who.team.id,
+                customer_id=who.team.customer_id,
+                records=[(_record("shared", 4_000, at=started), {})],
+            )
+        )
+        for waiting in (1, 2):  # the sync waits for the rollup, then the batch for the sync's row
+            if waiting == 2:
+                batch = asyncio.ensure_future(
+                    store.write_requests([_row(who, _record("shared", 5_000, at=started), charge)])
+                )
+            for _ in range(2_000):
+                if (
+                    await other.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND pid <> pg_backend_pid()"
+                    )
+                    >= waiting
+                ):
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                raise AssertionError(f"never {waiting} waiting")
+        await hold_rollup.commit()
+        assert (await sync).sent == 1
+        assert await batch == []
+    finally:
+        await other.close()
+    assert await _state(store, who) == [(6_000, 0), (6_000, 0)]  # 1,000 + 4,000 by the sync + the 1,000 beyond
+    assert await _charged(store, who, "shared") == (5_000, "settle")

@@ -282,15 +282,23 @@ async def write_requests(
                     finished[slot] = returned[3:]
                     hourly.add(returned[3:], 1)
         for row in rows:
-            if (row.key_id, row.record.id) in written:
+            slot = (row.key_id, row.record.id)
+            if slot in written:
                 continue
+            # read again: the row may have come after `_existing_rows` read (PostgreSQL: a sync of this very
+            # request committed while this batch waited to insert it), and what it was charged with it
             found = await conn.fetchone(
-                "SELECT source, instance_id, started_at FROM requests WHERE key_id = ? AND id = ?",
-                (row.key_id, row.record.id),
+                "SELECT source, charged_nanos, charged_by, instance_id, started_at FROM requests "
+                "WHERE key_id = ? AND id = ?",
+                slot,
             )
-            if found is None or found[0] == RowSource.INGESTED.value:
+            if found is None:
                 continue
-            if (found[1], found[2]) != (row.instance_id, to_iso(row.record.started_at)):
+            if slot in charged:
+                charged[slot] = _charged_before(row, {slot: (*_NOTHING, *found)})
+            if found[0] == RowSource.INGESTED.value:
+                continue
+            if (found[3], found[4]) != (row.instance_id, to_iso(row.record.started_at)):
                 reused.append(row)
         if charged:  # a returned row is another request's id: its charge goes with it, under its fresh id
             carried = {id(row) for row in reused}
@@ -314,6 +322,9 @@ async def write_requests(
             except DatabaseUnavailableError as error:  # the rows are written: never count their tokens twice
                 log.error("cannot count %d tokens toward rate limits: %s", count, error.message)
     return reused
+
+
+_NOTHING = (None,) * (3 + _CONTRIBUTION_WIDTH)  # an `_existing_rows` row's columns before source
 
 
 def _charged_before(row: GatewayRow, existing: Mapping[tuple[str, str], Row]) -> int:
