@@ -376,3 +376,57 @@ async def test_a_sync_of_the_row_committed_while_the_batch_writes_it_is_not_char
         await other.close()
     assert await _state(store, who) == [(6_000, 0), (6_000, 0)]  # 1,000 + 4,000 by the sync + the 1,000 beyond
     assert await _charged(store, who, "shared") == (5_000, "settle")
+
+
+async def test_a_sync_and_a_batch_of_the_same_row_never_wait_on_each_other_in_a_cycle(
+    open_store: StoreFactory, db_url: str
+) -> None:
+    """PostgreSQL: a batch writing a request's row holds the row, then (adding the first spend to a new bucket)
+    needs the budget's row for the foreign key. A sync of the same request took the budget rows first and then
+    the row: a cycle, and PostgreSQL failed the batch. The sync takes the budget rows after its rows now, as a
+    recovery does."""
+    store = await open_store()
+    if store.db.backend != "postgresql":
+        return
+    import asyncpg
+
+    syncing = await open_store(migrate_now=False)
+    who = await _budgets(store)
+    started = datetime.now(UTC)
+    charge = Charge(await _hold(store, who), 5_000)
+    other = await asyncpg.connect(db_url)
+    try:
+        admitting = other.transaction()
+        await admitting.start()
+        await other.execute("SELECT 1 FROM budgets FOR UPDATE")  # an admission holds the budget rows
+        sync = asyncio.ensure_future(
+            syncing.ingest(
+                key_id=who.key.id,
+                team_id=who.team.id,
+                customer_id=who.team.customer_id,
+                records=[(_record("shared", 4_000, at=started), {})],
+            )
+        )
+        for waiting in (1, 2):  # the sync waits, then the batch
+            if waiting == 2:
+                batch = asyncio.ensure_future(
+                    store.write_requests([_row(who, _record("shared", 5_000, at=started), charge)])
+                )
+            for _ in range(2_000):
+                if (
+                    await other.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND pid <> pg_backend_pid()"
+                    )
+                    >= waiting
+                ):
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                raise AssertionError(f"never {waiting} waiting")
+        await admitting.commit()
+        results = await asyncio.gather(sync, batch, return_exceptions=True)
+    finally:
+        await other.close()
+    assert [type(result).__name__ for result in results] == ["IngestResult", "list"], results
+    assert await _state(store, who) == [(5_000, 0), (5_000, 0)]

@@ -499,13 +499,6 @@ async def ingest(
     new_ids: set[str] = set()
     hourly = _Hourly()
     async with db.transaction() as conn:
-        budgets = await load_budgets(
-            conn,
-            "(level = 'customer' AND target_id = ?) OR (level = 'team' AND target_id = ?) "
-            "OR (level = 'key' AND target_id = ?)",
-            (customer_id, team_id, key_id),
-            lock=db.for_update,
-        )
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             sql = (
@@ -525,6 +518,15 @@ async def ingest(
                     f"WHERE key_id = ? AND id IN ({', '.join('?' for _ in inserted)})",
                     [key_id, *inserted],
                 )
+        # the budget rows after the request rows, as `instances.recover_dead` and a ledger batch take them (a
+        # batch holding this very row waits for a budget row when it adds the first spend to a bucket)
+        budgets = await load_budgets(
+            conn,
+            "(level = 'customer' AND target_id = ?) OR (level = 'team' AND target_id = ?) "
+            "OR (level = 'key' AND target_id = ?)",
+            (customer_id, team_id, key_id),
+            lock=db.for_update,
+        )
         await _charge_rows(conn, db, budgets, [row for row in rows if row.record.id in new_ids])
         await hourly.write(conn)
     return IngestResult(
