@@ -430,3 +430,45 @@ async def test_a_sync_and_a_batch_of_the_same_row_never_wait_on_each_other_in_a_
         await other.close()
     assert [type(result).__name__ for result in results] == ["IngestResult", "list"], results
     assert await _state(store, who) == [(5_000, 0), (5_000, 0)]
+
+
+async def test_a_batch_opening_a_new_spend_bucket_never_waits_in_a_cycle_with_a_recovery(
+    store: GatewayStore, db_url: str
+) -> None:
+    """PostgreSQL: a batch adds spend to its budgets' buckets in the budgets' order; the first spend of a bucket
+    inserts its row, which takes the budget's row for the foreign key. A recovery (or a sync) takes the budget
+    rows first and then the spend rows: holding the team's spend row while it waited for the key's budget row
+    for a new bucket, the batch closed a cycle and PostgreSQL failed it. Every bucket row the batch needs is
+    made before it adds to any."""
+    if store.db.backend != "postgresql":
+        return
+    import asyncpg
+
+    who = await _budgets(store)
+    team, _ = sorted(await store.list_budgets(), key=lambda budget: budget.level.rank)
+    hold = await _hold(store, who)
+    team_only = Reservation(hold.id, (team.id,), hold.amount_nanos, hold.instance_id, hold.expires_at)
+    started = datetime.now(UTC)
+    # the team's bucket has a row, the key's not yet
+    assert await store.write_requests([_row(who, _record("first", 1_000, at=started), Charge(team_only, 1_000))]) == []
+    charge = Charge(await _hold(store, who), 2_000)
+    other = await asyncpg.connect(db_url)
+    try:
+        recovery = other.transaction()
+        await recovery.start()
+        await other.execute("SELECT 1 FROM budgets ORDER BY lock_rank, id FOR UPDATE")  # a recovery's charge...
+        batch = asyncio.ensure_future(store.write_requests([_row(who, _record("second", 2_000, at=started), charge)]))
+        for _ in range(2_000):  # until the batch waits for a budget row
+            if await other.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            ):
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError("the batch never waited for a budget row")
+        await other.execute("UPDATE budget_spend SET spent_nanos = spent_nanos")  # ...then its spend rows
+        await recovery.commit()
+        assert await batch == []
+    finally:
+        await other.close()
+    assert await _state(store, who) == [(3_000, 0), (2_000, 0)]

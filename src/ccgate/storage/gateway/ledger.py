@@ -303,7 +303,7 @@ async def write_requests(
         if charged:  # a returned row is another request's id: its charge goes with it, under its fresh id
             carried = {id(row) for row in reused}
             settling = [row for row in rows if row.charge is not None and id(row) not in carried]
-            await _settle_with_rows(conn, settling, written, charged, cached, now)
+            await _settle_with_rows(conn, settling, written, charged, cached, now, open_first=not sqlite)
         # after the spend rows: the hourly rows are the last locks any transaction takes (`instances.recover_dead`,
         # `ingest`), so a batch never holds one while it waits for a spend row a recovery or a sync holds
         await hourly.write(conn)
@@ -351,6 +351,11 @@ def _write_values(row: GatewayRow, received_at: datetime, charged: Mapping[tuple
     return (*row_values(row, received_at), max(before, row.charge.nanos), "settle")
 
 
+# A budget's bucket row made if missing, without adding to it (PostgreSQL, see `_settle_with_rows`).
+_SPEND_OPEN = (
+    "INSERT INTO budget_spend (budget_id, bucket_start, spent_nanos) "
+    "SELECT id, CAST(? AS TEXT), 0 FROM budgets WHERE id = ? ON CONFLICT (budget_id, bucket_start) DO NOTHING"
+)
 # Spend added to a budget's bucket, if the budget still exists (one deleted meanwhile is skipped, as a settle does).
 _SPEND_ADD = (
     "INSERT INTO budget_spend (budget_id, bucket_start, spent_nanos) "
@@ -366,10 +371,17 @@ async def _settle_with_rows(
     charged: Mapping[tuple[str, str], int],
     cached: Mapping[str, Budget] | None,
     now: datetime,
+    *,
+    open_first: bool = False,
 ) -> None:
     """The settles of `rows` (each has a `charge`), in the transaction that wrote them: reservations deleted,
     what each still owes summed per budget and bucket and added in the budgets' fixed order (lock rank, id), so
-    two batches, or a batch and a lone settle, never wait on each other in a cycle."""
+    two batches, or a batch and a lone settle, never wait on each other in a cycle.
+
+    `open_first` (PostgreSQL): every missing bucket row is made before any is added to. Inserting one takes its
+    budget's row (key share, for the foreign key); a recovery or a sync takes the budget rows (for update) and
+    then the spend rows, so a batch holding one spend row while waiting for another budget's row for a new bucket
+    closed a cycle with them."""
     owed: dict[str, int] = {}
     for row in rows:
         assert row.charge is not None
@@ -396,7 +408,10 @@ async def _settle_with_rows(
     else:
         budgets = {budget_id: cached[budget_id] for budget_id in ids if budget_id in cached}
     ordered = sorted(budgets.values(), key=lambda b: (b.level.rank, b.id))
-    await conn.executemany(_SPEND_ADD, [(to_iso(current_window(b, now)[2]), owed[b.id], b.id) for b in ordered])
+    buckets = [to_iso(current_window(b, now)[2]) for b in ordered]
+    if open_first:
+        await conn.executemany(_SPEND_OPEN, [(bucket, b.id) for bucket, b in zip(buckets, ordered, strict=True)])
+    await conn.executemany(_SPEND_ADD, [(bucket, owed[b.id], b.id) for bucket, b in zip(buckets, ordered, strict=True)])
 
 
 async def _existing_rows(conn: Connection, db: Database, rows: Sequence[GatewayRow]) -> dict[tuple[str, str], Row]:
