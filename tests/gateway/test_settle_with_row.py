@@ -472,3 +472,56 @@ async def test_a_batch_opening_a_new_spend_bucket_never_waits_in_a_cycle_with_a_
     finally:
         await other.close()
     assert await _state(store, who) == [(3_000, 0), (2_000, 0)]
+
+
+async def test_a_budget_deleted_while_a_batch_settles_on_it_never_waits_in_a_cycle(
+    store: GatewayStore, db_url: str
+) -> None:
+    """PostgreSQL: a batch deletes its reservations (and with them their budget links), then adds to the spend
+    rows. Deleting a budget took its spend rows first and its reservation links after: with a batch settling on
+    that budget, a cycle, and PostgreSQL failed one of them. It takes the links, then the budget row, then the
+    spend rows now; the batch skips the deleted budget and charges the other."""
+    if store.db.backend != "postgresql":
+        return
+    import asyncpg
+
+    who = await _budgets(store)
+    team, _ = sorted(await store.list_budgets(), key=lambda budget: budget.level.rank)
+    started = datetime.now(UTC)
+    assert (
+        await store.write_requests(
+            [_row(who, _record("first", 1_000, at=started), Charge(await _hold(store, who), 1_000))]
+        )
+        == []
+    )
+    charge = Charge(await _hold(store, who), 2_000)
+    # connections in the pool before anything waits (a connection opened meanwhile was not ready in time here)
+    await asyncio.gather(*(store.db.fetch("SELECT pg_sleep(0.05)") for _ in range(3)))
+    other = await asyncpg.connect(db_url)
+    waited = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    try:
+        settling = other.transaction()
+        await settling.start()
+        await other.execute("UPDATE budget_spend SET spent_nanos = spent_nanos")  # a lone settle, say
+        jobs: list[asyncio.Future[object]] = []
+        for waiting in (1, 2):  # the deletion waits, then the batch
+            if waiting == 1:
+                jobs.append(asyncio.ensure_future(store.delete_budget(team.id)))
+            else:
+                jobs.append(
+                    asyncio.ensure_future(
+                        store.write_requests([_row(who, _record("second", 2_000, at=started), charge)])
+                    )
+                )
+            for _ in range(2_000):
+                if await other.fetchval(waited) >= waiting:
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                raise AssertionError(f"never {waiting} waiting")
+        await settling.commit()
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+    finally:
+        await other.close()
+    assert results == [None, []], results
+    assert await _state(store, who) == [(3_000, 0)]  # the key's budget; the team's is gone
