@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,6 +13,7 @@ from gateway_testing import StoreFactory, acme_dev
 from ccgate.core.records import to_iso
 from ccgate.storage.gateway import Admitted, GatewayStore, Waiting
 from ccgate.storage.gateway.admission import ReserveBatcher
+from ccgate.storage.gateway.db import DatabaseUnavailableError, PostgresDatabase, Row
 from ccgate.storage.gateway.records import KeyIdentity
 
 TTL = timedelta(minutes=5)
@@ -117,3 +119,39 @@ async def test_a_batch_takes_rate_counters_in_the_order_token_counting_does(
     finally:
         await counting.close()
     assert [type(result) for result in results] == [tuple, tuple, tuple], results
+
+
+async def test_a_batch_whose_reply_is_lost_after_it_committed_leaves_no_hold_behind(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: the connection breaks after the batch's transaction committed, before its answer arrives.
+    Every admission in it gets the error (none hangs), and the holds it made, which no request knows about, are
+    given back: left, they were renewed with the instance's other holds for as long as it lived, and the
+    budget stayed reserved."""
+    if store.db.backend != "postgresql":
+        return
+    monkeypatch.setattr(ReserveBatcher, "MAX_IN_FLIGHT", 1)
+    who = await acme_dev(store)
+    await store.create_budget(level="team", target="core", limit_nanos=100_000, period="1d")
+    now = datetime.now(UTC)
+    await _admit_at(store, who, 0, now)  # the definitions read and kept
+    await store.db.execute("DELETE FROM reservations")
+    fetch = PostgresDatabase.fetch
+
+    async def reply_lost(self: PostgresDatabase, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        rows = await fetch(self, sql, params)
+        if "ccgate_reserve_many_v1" in sql:
+            raise DatabaseUnavailableError("lost the gateway's PostgreSQL: ConnectionResetError")
+        return rows
+
+    monkeypatch.setattr(PostgresDatabase, "fetch", reply_lost)
+    results = await asyncio.gather(*(_admit_at(store, who, 10_000, now) for _ in range(4)), return_exceptions=True)
+    assert [type(result) for result in results] == [DatabaseUnavailableError] * 4
+    monkeypatch.setattr(PostgresDatabase, "fetch", fetch)
+    for _ in range(500):  # given back in the background
+        held = await store.db.fetchone("SELECT count(*) FROM reservations WHERE amount_nanos > 0")
+        if held is not None and held[0] == 0:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("holds no request knows about are still there")
