@@ -525,3 +525,43 @@ async def test_a_budget_deleted_while_a_batch_settles_on_it_never_waits_in_a_cyc
         await other.close()
     assert results == [None, []], results
     assert await _state(store, who) == [(3_000, 0)]  # the key's budget; the team's is gone
+
+
+async def test_a_row_dropped_while_a_refused_batch_is_written_row_by_row_is_charged_once(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused batch's rows are written one by one; one dropped past MAX_QUEUED meanwhile has had its settle
+    written on its own, so it is not written (and charged) again."""
+    who = await _budgets(store)
+    await _refuse_model(store, "poison")
+    monkeypatch.setattr(gateway_ledger, "MAX_QUEUED", 2)
+    gate, alone = asyncio.Event(), asyncio.Event()
+    write = store.write_requests
+
+    async def held(rows: list[GatewayRow], *args: object, **kwargs: object) -> list[GatewayRow]:
+        if len(rows) == 1 and rows[0].record.id == "bad":  # the refused row, alone
+            alone.set()
+            await gate.wait()
+        return await write(rows, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "write_requests", held)
+    ledger = GatewayLedger(store, "gw-1")
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, carrier=ledger)
+    owner = Owner(who.key.id, who.team.id, who.team.customer_id)
+    for name, nanos in (("bad", 2_000), ("good", 4_000)):
+        record = _record(name, nanos)
+        if name == "bad":
+            record.requested_model = "poison"
+        admission.settle(Hold(await _hold(store, who), ("b",), row=(who.key.id, name)), nanos)
+        ledger.enqueue(owner, record)
+    ledger.start()
+    await asyncio.wait_for(alone.wait(), 10)
+    ledger.enqueue(owner, _record("x", 0, pending=True))  # drops "bad", being written
+    ledger.enqueue(owner, _record("y", 0, pending=True))  # drops "good": its settle goes on its own
+    while admission._tasks:
+        await asyncio.gather(*list(admission._tasks))
+    gate.set()
+    assert await ledger.flush()
+    await admission.close()
+    await ledger.close()
+    assert await _state(store, who) == [(6_000, 0), (6_000, 0)]

@@ -224,6 +224,9 @@ class GatewayLedger:
         """A batch the database refused: each row in a write of its own, and a row refused alone is dropped (its
         settle written on its own), so one bad row never holds up every request queued after it."""
         for slot, row in zip(slots, batch, strict=True):
+            if self._queue.get(slot) is not row:  # dropped (past MAX_QUEUED) or changed meanwhile: not to write
+                self._settle_dropped([row])
+                continue
             self._writing = {id(row)}
             try:
                 reused = await self.store.write_requests([row], self._tokens([row]))
