@@ -565,3 +565,28 @@ async def test_a_row_dropped_while_a_refused_batch_is_written_row_by_row_is_char
     await admission.close()
     await ledger.close()
     assert await _state(store, who) == [(6_000, 0), (6_000, 0)]
+
+
+async def test_a_request_id_reused_while_the_first_charge_is_queued_charges_each_request_once(
+    store: GatewayStore,
+) -> None:
+    """A client reuses a request id while the first request's final row and settle are still queued: the second
+    request goes under a fresh id, and each row carries its own request's charge."""
+    who = await _budgets(store)
+    ledger = GatewayLedger(store, "gw-1")  # not started yet: both requests' rows wait in the queue
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, carrier=ledger)
+    owner = Owner(who.key.id, who.team.id, who.team.customer_id)
+    first_at = datetime.now(UTC) - timedelta(seconds=5)
+    admission.settle(Hold(await _hold(store, who), ("b",), row=(who.key.id, "same")), 1_000)
+    ledger.enqueue(owner, _record("same", 1_000, at=first_at))
+    second = _record("same", 3_000)
+    ledger.enqueue(owner, _record("same", 0, at=second.started_at, pending=True))
+    admission.settle(Hold(await _hold(store, who), ("b",), row=(who.key.id, "same")), 3_000)
+    ledger.enqueue(owner, second)
+    ledger.start()
+    assert await ledger.flush()
+    await admission.close()
+    await ledger.close()
+    assert await _state(store, who) == [(4_000, 0), (4_000, 0)]
+    rows = await store.db.fetch("SELECT id, cost_nanos, charged_nanos FROM requests ORDER BY cost_nanos")
+    assert [(r[0] == "same", int(r[1]), int(r[2])) for r in rows] == [(True, 1_000, 1_000), (False, 3_000, 3_000)]
