@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from gateway_testing import StoreFactory, acme_dev
 
-from ccgate.core.records import to_iso
-from ccgate.storage.gateway import Admitted, GatewayStore, Waiting
+from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage, to_iso
+from ccgate.storage.gateway import Admitted, GatewayRow, GatewayStore, Waiting
 from ccgate.storage.gateway.admission import ReserveBatcher
 from ccgate.storage.gateway.db import DatabaseUnavailableError, PostgresDatabase, Row
 from ccgate.storage.gateway.records import KeyIdentity
@@ -155,3 +155,50 @@ async def test_a_batch_whose_reply_is_lost_after_it_committed_leaves_no_hold_beh
         await asyncio.sleep(0.01)
     else:
         raise AssertionError("holds no request knows about are still there")
+
+
+async def test_a_rate_limit_deleted_while_a_batch_counts_its_tokens_fails_nothing(
+    store: GatewayStore, db_url: str
+) -> None:
+    """PostgreSQL: a batch's rows and settles are committed, then its tokens are counted toward the key's rate
+    limit, which an admin deletes meanwhile: the count is refused (its counter row's limit is gone). The rows
+    are written, so the batch must not fail (its writer would write, and count, them all again)."""
+    if store.db.backend != "postgresql":
+        return
+    import asyncpg
+
+    who = await acme_dev(store)
+    limit = await store.set_rate_limit(level="key", target="dev", rpm=None, tpm=1_000_000)
+    at = datetime.now(UTC)
+    record = RequestRecord(
+        id="r1",
+        started_at=at,
+        ended_at=at,
+        requested_model="claude-sonnet-4-5",
+        provider="anthropic",
+        status=RequestStatus.OK,
+        usage=Usage(input_tokens=10, output_tokens=5),
+        cost=Cost(1_000, PriceQuality.PRICED),
+    )
+    row = GatewayRow(record, who.key.id, who.team.id, who.team.customer_id, instance_id="gw-1")
+    other = await asyncpg.connect(db_url)
+    try:
+        deleting = other.transaction()
+        await deleting.start()
+        await other.execute("DELETE FROM rate_counters WHERE rate_limit_id = $1", limit.id)
+        await other.execute("DELETE FROM rate_limits WHERE id = $1", limit.id)
+        batch = asyncio.ensure_future(store.write_requests([row], {(who.key.id, who.team.id): 15}))
+        for _ in range(2_000):  # until the token count waits for the rate limit's row
+            if await other.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            ):
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError("the token count never waited")
+        await deleting.commit()
+        assert await batch == []
+    finally:
+        await other.close()
+    found = await store.db.fetchone("SELECT status FROM requests WHERE id = 'r1'")
+    assert found is not None and found[0] == "ok"

@@ -26,7 +26,7 @@ from ccgate.storage.gateway.admission import (
     current_window,
     load_budgets,
 )
-from ccgate.storage.gateway.db import Connection, Database, DatabaseUnavailableError, Row
+from ccgate.storage.gateway.db import Connection, ConstraintError, Database, DatabaseUnavailableError, Row
 from ccgate.storage.gateway.records import Budget, GatewayRow, IngestResult, RowSource
 from ccgate.storage.ledger import COLUMNS as SIDECAR_COLUMNS
 from ccgate.storage.ledger import record_to_values, row_to_record, storable_text
@@ -319,7 +319,9 @@ async def write_requests(
         for (key_id, team_id), count in tokens.items():
             try:
                 await add_tokens(db, key_id, team_id, count, now)
-            except DatabaseUnavailableError as error:  # the rows are written: never count their tokens twice
+            # the rows are written: never count their tokens twice (nor fail the batch, which would write them
+            # again); refused: a rate limit deleted meanwhile
+            except (DatabaseUnavailableError, ConstraintError) as error:
                 log.error("cannot count %d tokens toward rate limits: %s", count, error.message)
     return reused
 
