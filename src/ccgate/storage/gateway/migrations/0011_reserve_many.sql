@@ -3,11 +3,12 @@
 -- that has admissions waiting while one call is in flight sends them together in the next: every admission of a
 -- team otherwise takes the team's budget rows one at a time, each in its own transaction, and at c=32 that queue
 -- was what bounded one PostgreSQL. Every row any of them needs is locked first, in the one global order
--- (rate limits by level and id, then budgets by lock_rank and id: the order ccgate_reserve_v1 takes them in), so
--- it waits in no cycle with another batch, a lone admission or an admin change. Then each admission in turn is
+-- (rate limits by level and id, their counter rows by level, id and minute, then budgets by lock_rank and id:
+-- the order ccgate_reserve_v1 and add_tokens take them in), so it waits in no cycle with another batch, a lone
+-- admission, a token count or an admin change. Then each admission in turn is
 -- ccgate_reserve_v1's arithmetic, seeing what the ones before it in the batch counted and held. A budget's spent
 -- and reserved are read once per batch (the sum over its live reservations was most of the time per admission)
--- and then moved by what the batch holds: exact, because no one else can add a reservation while the batch has
+-- (per window) and then moved by what the batch holds (in every window read of each budget it holds on): exact, because no one else can add a reservation while the batch has
 -- the budget's row, and a settle or release meanwhile only lowers what the batch reads (a settle moves its
 -- hold into spent at once); reading them once is as conservative as reading them at the batch's start. Parameters are one array element per admission, except the budget definitions: p_ids,
 -- p_updated, p_first, p_last are every admission's lists one after another, p_budget_ask says whose each is.
