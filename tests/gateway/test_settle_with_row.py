@@ -9,7 +9,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from gateway_testing import acme_dev
+from gateway_testing import StoreFactory, acme_dev
 
 from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
 from ccgate.gateway import ledger as gateway_ledger
@@ -196,3 +196,397 @@ async def test_a_budget_deleted_before_the_batch_is_skipped_and_the_others_charg
     await store.delete_budget(team_budget.id)
     assert await store.write_requests([_row(who, _record("after", 3_000), Charge(hold, 3_000))]) == []
     assert await _state(store, who) == [(3_000, 0)]
+
+
+async def test_a_row_dropped_while_its_batch_is_being_written_is_charged_once(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_QUEUED the oldest row is dropped even while the writer is writing it: the batch commits it with
+    its settle, so the settle must not also be written on its own (that charged the budgets twice)."""
+    who = await _budgets(store)
+    monkeypatch.setattr(gateway_ledger, "MAX_QUEUED", 1)
+    gate, taken = asyncio.Event(), asyncio.Event()
+    write = store.write_requests
+
+    async def held(rows: list[GatewayRow], *args: object, **kwargs: object) -> list[GatewayRow]:
+        taken.set()
+        await gate.wait()
+        return await write(rows, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "write_requests", held)
+    ledger = GatewayLedger(store, "gw-1", final_linger_s=0)
+    ledger.start()
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, carrier=ledger)
+    owner = Owner(who.key.id, who.team.id, who.team.customer_id)
+    admission.settle(Hold(await _hold(store, who), ("b",), row=(who.key.id, "first")), 2_000)
+    ledger.enqueue(owner, _record("first", 2_000))
+    await asyncio.wait_for(taken.wait(), 10)  # the writer has taken the row
+    ledger.enqueue(owner, _record("second", 0, pending=True))  # drops "first", which is being written
+    assert ledger.dropped == 1
+    while admission._tasks:
+        await asyncio.gather(*list(admission._tasks))
+    gate.set()
+    assert await ledger.flush()
+    await admission.close()
+    await ledger.close()
+    assert await _state(store, who) == [(2_000, 0), (2_000, 0)]
+    assert await _charged(store, who, "first") == (2_000, "settle")
+
+
+async def _refuse_model(store: GatewayStore, model: str) -> None:
+    """The database itself refuses rows of one model (as a constraint would): not a lost connection."""
+    if store.db.backend == "sqlite":
+        await store.db.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON requests WHEN NEW.requested_model = '{model}' "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        return
+    await store.db.execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; END $$"
+    )
+    await store.db.execute(
+        f"CREATE TRIGGER refuse BEFORE INSERT ON requests FOR EACH ROW WHEN (NEW.requested_model = '{model}') "
+        "EXECUTE FUNCTION refuse()"
+    )
+
+
+async def test_a_row_the_database_refuses_is_dropped_and_the_writer_and_every_settle_go_on(
+    store: GatewayStore,
+) -> None:
+    """A batch refused for a reason other than a lost connection (a constraint): the writer stopped for good,
+    and with it every later request's settle (their reservations held until they lapsed, their spend never
+    counted). Now the batch's other rows are written one by one with their settles, the refused row is dropped,
+    and its settle is written on its own."""
+    who = await _budgets(store)
+    await _refuse_model(store, "poison")
+    ledger = GatewayLedger(store, "gw-1")
+    ledger.start()
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, carrier=ledger)
+    owner = Owner(who.key.id, who.team.id, who.team.customer_id)
+    for name, nanos in (("before", 1_000), ("bad", 2_000), ("with", 4_000)):
+        record = _record(name, nanos)
+        if name == "bad":
+            record.requested_model = "poison"
+        admission.settle(Hold(await _hold(store, who), ("b",), row=(who.key.id, name)), nanos)
+        ledger.enqueue(owner, record)
+    assert await ledger.flush()
+    record = _record("later", 8_000)  # a later batch: the writer still runs
+    admission.settle(Hold(await _hold(store, who), ("b",), row=(who.key.id, "later")), 8_000)
+    ledger.enqueue(owner, record)
+    assert await ledger.flush()
+    await admission.close()
+    await ledger.close()
+    assert ledger.dropped == 1
+    assert await _state(store, who) == [(15_000, 0), (15_000, 0)]
+    rows = await store.db.fetch("SELECT id, charged_nanos FROM requests WHERE status <> 'pending' ORDER BY id")
+    assert [(str(r[0]), int(r[1])) for r in rows] == [("before", 1_000), ("later", 8_000), ("with", 4_000)]
+
+
+async def test_a_batch_takes_the_hourly_rows_after_the_spend_rows_as_recovery_and_ingest_do(
+    store: GatewayStore, db_url: str
+) -> None:
+    """PostgreSQL: the hourly sums are the last rows any transaction locks (`recover_dead` and `ingest` charge
+    the spend rows first). A batch took them before its settles' spend rows, so a recovery or sync charging the
+    same budget, between its spend row and the hourly one, closed a cycle with it: PostgreSQL failed one of
+    them (the batch, here) and it was written only on the next try."""
+    if store.db.backend != "postgresql":
+        return
+    import asyncpg
+
+    who = await _budgets(store)
+    started = datetime.now(UTC)
+    first = _record("first", 1_000, at=started)
+    assert await store.write_requests([_row(who, first, Charge(await _hold(store, who), 1_000))]) == []
+    charge = Charge(await _hold(store, who), 2_000)
+    other = await asyncpg.connect(db_url)
+    try:
+        recovery = other.transaction()
+        await recovery.start()
+        await other.execute("UPDATE budget_spend SET spent_nanos = spent_nanos")  # a recovery's charge, halfway
+        batch = asyncio.ensure_future(store.write_requests([_row(who, _record("second", 2_000, at=started), charge)]))
+        for _ in range(2_000):  # until the batch waits for a spend row
+            if await other.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            ):
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError("the batch never waited for the spend row")
+        await other.execute("UPDATE request_hourly SET requests = requests")  # ...and its hourly rows, last
+        await recovery.commit()
+        assert await batch == []
+    finally:
+        await other.close()
+    assert await _state(store, who) == [(3_000, 0), (3_000, 0)]
+
+
+async def test_a_sync_of_the_row_committed_while_the_batch_writes_it_is_not_charged_twice(
+    open_store: StoreFactory, db_url: str
+) -> None:
+    """PostgreSQL: the sidecar's sync of a proxied request inserts its row (charged by the sync) after the batch
+    read what its rows were already charged, and commits while the batch waits to insert the same row. The
+    batch's settle must subtract what the sync charged (read again once the row is found), not charge it all
+    again."""
+    store = await open_store()
+    if store.db.backend != "postgresql":
+        return
+    import asyncpg
+
+    syncing = await open_store(migrate_now=False)
+    who = await _budgets(store)
+    started = datetime.now(UTC)
+    first = _record("first", 1_000, at=started)  # the hour's rollup row exists
+    assert await store.write_requests([_row(who, first, Charge(await _hold(store, who), 1_000))]) == []
+    charge = Charge(await _hold(store, who), 5_000)
+    other = await asyncpg.connect(db_url)
+    try:
+        hold_rollup = other.transaction()
+        await hold_rollup.start()
+        await other.execute("UPDATE request_hourly SET requests = requests")  # the sync stops before its rollup
+        sync = asyncio.ensure_future(
+            syncing.ingest(
+                key_id=who.key.id,
+                team_id=who.team.id,
+                customer_id=who.team.customer_id,
+                records=[(_record("shared", 4_000, at=started), {})],
+            )
+        )
+        for waiting in (1, 2):  # the sync waits for the rollup, then the batch for the sync's row
+            if waiting == 2:
+                batch = asyncio.ensure_future(
+                    store.write_requests([_row(who, _record("shared", 5_000, at=started), charge)])
+                )
+            for _ in range(2_000):
+                if (
+                    await other.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND pid <> pg_backend_pid()"
+                    )
+                    >= waiting
+                ):
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                raise AssertionError(f"never {waiting} waiting")
+        await hold_rollup.commit()
+        assert (await sync).sent == 1
+        assert await batch == []
+    finally:
+        await other.close()
+    assert await _state(store, who) == [(6_000, 0), (6_000, 0)]  # 1,000 + 4,000 by the sync + the 1,000 beyond
+    assert await _charged(store, who, "shared") == (5_000, "settle")
+
+
+async def test_a_sync_and_a_batch_of_the_same_row_never_wait_on_each_other_in_a_cycle(
+    open_store: StoreFactory, db_url: str
+) -> None:
+    """PostgreSQL: a batch writing a request's row holds the row, then (adding the first spend to a new bucket)
+    needs the budget's row for the foreign key. A sync of the same request took the budget rows first and then
+    the row: a cycle, and PostgreSQL failed the batch. The sync takes the budget rows after its rows now, as a
+    recovery does."""
+    store = await open_store()
+    if store.db.backend != "postgresql":
+        return
+    import asyncpg
+
+    syncing = await open_store(migrate_now=False)
+    who = await _budgets(store)
+    started = datetime.now(UTC)
+    charge = Charge(await _hold(store, who), 5_000)
+    other = await asyncpg.connect(db_url)
+    try:
+        admitting = other.transaction()
+        await admitting.start()
+        await other.execute("SELECT 1 FROM budgets FOR UPDATE")  # an admission holds the budget rows
+        sync = asyncio.ensure_future(
+            syncing.ingest(
+                key_id=who.key.id,
+                team_id=who.team.id,
+                customer_id=who.team.customer_id,
+                records=[(_record("shared", 4_000, at=started), {})],
+            )
+        )
+        for waiting in (1, 2):  # the sync waits, then the batch
+            if waiting == 2:
+                batch = asyncio.ensure_future(
+                    store.write_requests([_row(who, _record("shared", 5_000, at=started), charge)])
+                )
+            for _ in range(2_000):
+                if (
+                    await other.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND pid <> pg_backend_pid()"
+                    )
+                    >= waiting
+                ):
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                raise AssertionError(f"never {waiting} waiting")
+        await admitting.commit()
+        results = await asyncio.gather(sync, batch, return_exceptions=True)
+    finally:
+        await other.close()
+    assert [type(result).__name__ for result in results] == ["IngestResult", "list"], results
+    assert await _state(store, who) == [(5_000, 0), (5_000, 0)]
+
+
+async def test_a_batch_opening_a_new_spend_bucket_never_waits_in_a_cycle_with_a_recovery(
+    store: GatewayStore, db_url: str
+) -> None:
+    """PostgreSQL: a batch adds spend to its budgets' buckets in the budgets' order; the first spend of a bucket
+    inserts its row, which takes the budget's row for the foreign key. A recovery (or a sync) takes the budget
+    rows first and then the spend rows: holding the team's spend row while it waited for the key's budget row
+    for a new bucket, the batch closed a cycle and PostgreSQL failed it. Every bucket row the batch needs is
+    made before it adds to any."""
+    if store.db.backend != "postgresql":
+        return
+    import asyncpg
+
+    who = await _budgets(store)
+    team, _ = sorted(await store.list_budgets(), key=lambda budget: budget.level.rank)
+    hold = await _hold(store, who)
+    team_only = Reservation(hold.id, (team.id,), hold.amount_nanos, hold.instance_id, hold.expires_at)
+    started = datetime.now(UTC)
+    # the team's bucket has a row, the key's not yet
+    assert await store.write_requests([_row(who, _record("first", 1_000, at=started), Charge(team_only, 1_000))]) == []
+    charge = Charge(await _hold(store, who), 2_000)
+    other = await asyncpg.connect(db_url)
+    try:
+        recovery = other.transaction()
+        await recovery.start()
+        await other.execute("SELECT 1 FROM budgets ORDER BY lock_rank, id FOR UPDATE")  # a recovery's charge...
+        batch = asyncio.ensure_future(store.write_requests([_row(who, _record("second", 2_000, at=started), charge)]))
+        for _ in range(2_000):  # until the batch waits for a budget row
+            if await other.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            ):
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError("the batch never waited for a budget row")
+        await other.execute("UPDATE budget_spend SET spent_nanos = spent_nanos")  # ...then its spend rows
+        await recovery.commit()
+        assert await batch == []
+    finally:
+        await other.close()
+    assert await _state(store, who) == [(3_000, 0), (2_000, 0)]
+
+
+async def test_a_budget_deleted_while_a_batch_settles_on_it_never_waits_in_a_cycle(
+    store: GatewayStore, db_url: str
+) -> None:
+    """PostgreSQL: a batch deletes its reservations (and with them their budget links), then adds to the spend
+    rows. Deleting a budget took its spend rows first and its reservation links after: with a batch settling on
+    that budget, a cycle, and PostgreSQL failed one of them. It takes the links, then the budget row, then the
+    spend rows now; the batch skips the deleted budget and charges the other."""
+    if store.db.backend != "postgresql":
+        return
+    import asyncpg
+
+    who = await _budgets(store)
+    team, _ = sorted(await store.list_budgets(), key=lambda budget: budget.level.rank)
+    started = datetime.now(UTC)
+    assert (
+        await store.write_requests(
+            [_row(who, _record("first", 1_000, at=started), Charge(await _hold(store, who), 1_000))]
+        )
+        == []
+    )
+    charge = Charge(await _hold(store, who), 2_000)
+    # connections in the pool before anything waits (a connection opened meanwhile was not ready in time here)
+    await asyncio.gather(*(store.db.fetch("SELECT pg_sleep(0.05)") for _ in range(3)))
+    other = await asyncpg.connect(db_url)
+    waited = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    try:
+        settling = other.transaction()
+        await settling.start()
+        await other.execute("UPDATE budget_spend SET spent_nanos = spent_nanos")  # a lone settle, say
+        jobs: list[asyncio.Future[object]] = []
+        for waiting in (1, 2):  # the deletion waits, then the batch
+            if waiting == 1:
+                jobs.append(asyncio.ensure_future(store.delete_budget(team.id)))
+            else:
+                jobs.append(
+                    asyncio.ensure_future(
+                        store.write_requests([_row(who, _record("second", 2_000, at=started), charge)])
+                    )
+                )
+            for _ in range(2_000):
+                if await other.fetchval(waited) >= waiting:
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                raise AssertionError(f"never {waiting} waiting")
+        await settling.commit()
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+    finally:
+        await other.close()
+    assert results == [None, []], results
+    assert await _state(store, who) == [(3_000, 0)]  # the key's budget; the team's is gone
+
+
+async def test_a_row_dropped_while_a_refused_batch_is_written_row_by_row_is_charged_once(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused batch's rows are written one by one; one dropped past MAX_QUEUED meanwhile has had its settle
+    written on its own, so it is not written (and charged) again."""
+    who = await _budgets(store)
+    await _refuse_model(store, "poison")
+    monkeypatch.setattr(gateway_ledger, "MAX_QUEUED", 2)
+    gate, alone = asyncio.Event(), asyncio.Event()
+    write = store.write_requests
+
+    async def held(rows: list[GatewayRow], *args: object, **kwargs: object) -> list[GatewayRow]:
+        if len(rows) == 1 and rows[0].record.id == "bad":  # the refused row, alone
+            alone.set()
+            await gate.wait()
+        return await write(rows, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "write_requests", held)
+    ledger = GatewayLedger(store, "gw-1")
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, carrier=ledger)
+    owner = Owner(who.key.id, who.team.id, who.team.customer_id)
+    for name, nanos in (("bad", 2_000), ("good", 4_000)):
+        record = _record(name, nanos)
+        if name == "bad":
+            record.requested_model = "poison"
+        admission.settle(Hold(await _hold(store, who), ("b",), row=(who.key.id, name)), nanos)
+        ledger.enqueue(owner, record)
+    ledger.start()
+    await asyncio.wait_for(alone.wait(), 10)
+    ledger.enqueue(owner, _record("x", 0, pending=True))  # drops "bad", being written
+    ledger.enqueue(owner, _record("y", 0, pending=True))  # drops "good": its settle goes on its own
+    while admission._tasks:
+        await asyncio.gather(*list(admission._tasks))
+    gate.set()
+    assert await ledger.flush()
+    await admission.close()
+    await ledger.close()
+    assert await _state(store, who) == [(6_000, 0), (6_000, 0)]
+
+
+async def test_a_request_id_reused_while_the_first_charge_is_queued_charges_each_request_once(
+    store: GatewayStore,
+) -> None:
+    """A client reuses a request id while the first request's final row and settle are still queued: the second
+    request goes under a fresh id, and each row carries its own request's charge."""
+    who = await _budgets(store)
+    ledger = GatewayLedger(store, "gw-1")  # not started yet: both requests' rows wait in the queue
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, carrier=ledger)
+    owner = Owner(who.key.id, who.team.id, who.team.customer_id)
+    first_at = datetime.now(UTC) - timedelta(seconds=5)
+    admission.settle(Hold(await _hold(store, who), ("b",), row=(who.key.id, "same")), 1_000)
+    ledger.enqueue(owner, _record("same", 1_000, at=first_at))
+    second = _record("same", 3_000)
+    ledger.enqueue(owner, _record("same", 0, at=second.started_at, pending=True))
+    admission.settle(Hold(await _hold(store, who), ("b",), row=(who.key.id, "same")), 3_000)
+    ledger.enqueue(owner, second)
+    ledger.start()
+    assert await ledger.flush()
+    await admission.close()
+    await ledger.close()
+    assert await _state(store, who) == [(4_000, 0), (4_000, 0)]
+    rows = await store.db.fetch("SELECT id, cost_nanos, charged_nanos FROM requests ORDER BY cost_nanos")
+    assert [(r[0] == "same", int(r[1]), int(r[2])) for r in rows] == [(True, 1_000, 1_000), (False, 3_000, 3_000)]

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ccgate.core.records import RequestRecord, RequestStatus, new_request_id
-from ccgate.storage.gateway.db import DatabaseUnavailableError
+from ccgate.storage.gateway.db import ConstraintError, DatabaseUnavailableError
 from ccgate.storage.gateway.records import Charge, GatewayRow, KeyIdentity
 from ccgate.storage.gateway.store import GatewayStore
 
@@ -86,6 +86,8 @@ class GatewayLedger:
         # (key id, row id) -> a settle waiting for its final row; reservation id -> (when written, if never queued)
         self._charges: dict[tuple[str, str], Charge] = {}
         self._after: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {}
+        # ids of the rows of the batch being written: one dropped meanwhile may still be committed with its settle
+        self._writing: set[int] = set()
         self.dropped = 0
         self.last_error: str | None = None
 
@@ -118,7 +120,7 @@ class GatewayLedger:
             oldest = next(iter(self._queue))
             dropped = self._queue.pop(oldest)
             self.dropped += 1
-            if dropped.charge is not None:  # the row is lost, its settle is not
+            if dropped.charge is not None and id(dropped) not in self._writing:  # the row is lost, its settle is not
                 self._alone(dropped.charge)
         slot = (owner.key_id, record.id)
         row = GatewayRow(record.copy(), owner.key_id, owner.team_id, owner.customer_id, instance_id=self.instance_id)
@@ -185,26 +187,67 @@ class GatewayLedger:
             self._final.clear()
             slots = list(self._queue)[:BATCH_ROWS]
             batch = [self._queue[slot] for slot in slots]
+            self._writing = {id(row) for row in batch}
             try:
-                # finished rows' tokens count toward tokens-per-minute limits in the same trip
-                reused = await self.store.write_requests(batch, self._tokens(batch))
+                try:
+                    # finished rows' tokens count toward tokens-per-minute limits in the same trip
+                    reused = await self.store.write_requests(batch, self._tokens(batch))
+                except ConstraintError as error:  # refused, not lost: never stop writing (and settling) for one row
+                    log.error("the database refused a batch of %d request row(s): %s", len(batch), error.message)
+                    await self._one_by_one(slots, batch)
+                    continue
             except DatabaseUnavailableError as error:
                 self.last_error = error.message
                 log.error("cannot write %d request row(s) yet: %s", len(batch), error.message)
+                self._settle_dropped(batch)
                 await asyncio.sleep(1.0)
                 continue
+            finally:
+                self._writing = set()
             self.last_error = None
-            for slot, row in zip(slots, batch, strict=True):
-                if self._queue.get(slot) is row:  # not changed again meanwhile
+            self._written(slots, batch, reused)
+
+    def _written(self, slots: list[tuple[str, str]], batch: list[GatewayRow], reused: list[GatewayRow]) -> None:
+        for slot, row in zip(slots, batch, strict=True):
+            if self._queue.get(slot) is row:  # not changed again meanwhile
+                del self._queue[slot]
+        carried = {id(row) for row in reused}
+        for row in batch:
+            if row.charge is not None and id(row) not in carried:
+                after = self._after.pop(row.charge.reservation.id, None)
+                if after is not None:
+                    after[0]()
+        for row in reused:
+            self._rename(row)
+
+    async def _one_by_one(self, slots: list[tuple[str, str]], batch: list[GatewayRow]) -> None:
+        """A batch the database refused: each row in a write of its own, and a row refused alone is dropped (its
+        settle written on its own), so one bad row never holds up every request queued after it."""
+        for slot, row in zip(slots, batch, strict=True):
+            if self._queue.get(slot) is not row:  # dropped (past MAX_QUEUED) or changed meanwhile: not to write
+                self._settle_dropped([row])
+                continue
+            self._writing = {id(row)}
+            try:
+                reused = await self.store.write_requests([row], self._tokens([row]))
+            except ConstraintError as error:
+                log.error("request row of key %s dropped, the database refused it: %s", row.key_id, error.message)
+                self.dropped += 1
+                if self._queue.get(slot) is row:
                     del self._queue[slot]
-            carried = {id(row) for row in reused}
-            for row in batch:
-                if row.charge is not None and id(row) not in carried:
-                    after = self._after.pop(row.charge.reservation.id, None)
-                    if after is not None:
-                        after[0]()
-            for row in reused:
-                self._rename(row)
+                self._settle_dropped([row])
+                continue
+            self._written([slot], [row], reused)
+
+    def _settle_dropped(self, batch: list[GatewayRow]) -> None:
+        """The settles of rows not written and no longer queued (dropped, by `MAX_QUEUED` or as refused) are
+        written on their own; a row that was replaced in the queue handed its settle to its replacement."""
+        for row in batch:
+            if row.charge is None:
+                continue
+            queued = self._queue.get((row.key_id, row.record.id))
+            if queued is None or queued.charge is not row.charge:
+                self._alone(row.charge)
 
     def _rename(self, row: GatewayRow) -> None:
         """A client reused the id of a finished request: this request is stored under a fresh id rather than

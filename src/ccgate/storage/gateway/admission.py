@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from ccgate.core.budgets import Admit, BudgetState, Reject, bucket_size, decide, parse_period, rolling_buckets, window
 from ccgate.core.records import from_iso, new_request_id, to_iso
 from ccgate.errors import NotFoundError, UserInputError
-from ccgate.storage.gateway.db import Connection, Database, Row, SyncConnection
+from ccgate.storage.gateway.db import Connection, Database, DatabaseUnavailableError, Row, SyncConnection
 from ccgate.storage.gateway.records import (
     AdmissionResult,
     Admitted,
@@ -347,6 +347,7 @@ class ReserveBatcher:
 
     MAX_IN_FLIGHT = 2
     MAX_BATCH = 64
+    GIVE_BACK_TRIES = 30  # a second apart: a database restart's length
 
     def __init__(self) -> None:
         self._queued: list[_Queued] = []
@@ -379,6 +380,7 @@ class ReserveBatcher:
                         queued.answer.set_exception(error)
             if not isinstance(error, Exception):
                 raise
+            self._give_back(db, [queued.reservation_id for queued in batch])
         else:
             answers: list[list[Row]] = [[] for _ in batch]
             for row in rows:
@@ -390,6 +392,23 @@ class ReserveBatcher:
             self._in_flight -= 1
             if self._queued:
                 self._send(db)
+
+    def _give_back(self, db: Database, reservation_ids: list[str]) -> None:
+        """A call that failed may still have committed (the connection broke on the way back): the holds it made
+        are known to no request, and the heartbeat would renew them with this instance's others for as long as it
+        lives. Deleted in the background (ids are fresh per call, so no live hold is among them)."""
+        task = asyncio.get_running_loop().create_task(self._delete_holds(db, reservation_ids))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _delete_holds(self, db: Database, reservation_ids: list[str]) -> None:
+        marks = ", ".join("?" for _ in reservation_ids)
+        for _ in range(self.GIVE_BACK_TRIES):
+            try:
+                await db.execute(f"DELETE FROM reservations WHERE id IN ({marks})", reservation_ids)
+                return
+            except DatabaseUnavailableError:
+                await asyncio.sleep(1.0)
 
 
 def _many_params(batch: Sequence[_Queued]) -> tuple[list[Any], ...]:

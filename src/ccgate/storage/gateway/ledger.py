@@ -26,7 +26,7 @@ from ccgate.storage.gateway.admission import (
     current_window,
     load_budgets,
 )
-from ccgate.storage.gateway.db import Connection, Database, DatabaseUnavailableError, Row
+from ccgate.storage.gateway.db import Connection, ConstraintError, Database, DatabaseUnavailableError, Row
 from ccgate.storage.gateway.records import Budget, GatewayRow, IngestResult, RowSource
 from ccgate.storage.ledger import COLUMNS as SIDECAR_COLUMNS
 from ccgate.storage.ledger import record_to_values, row_to_record, storable_text
@@ -281,22 +281,32 @@ async def write_requests(
                 if returned[2] != RequestStatus.PENDING.value:
                     finished[slot] = returned[3:]
                     hourly.add(returned[3:], 1)
-        await hourly.write(conn)
         for row in rows:
-            if (row.key_id, row.record.id) in written:
+            slot = (row.key_id, row.record.id)
+            if slot in written:
                 continue
+            # read again: the row may have come after `_existing_rows` read (PostgreSQL: a sync of this very
+            # request committed while this batch waited to insert it), and what it was charged with it
             found = await conn.fetchone(
-                "SELECT source, instance_id, started_at FROM requests WHERE key_id = ? AND id = ?",
-                (row.key_id, row.record.id),
+                "SELECT source, charged_nanos, charged_by, instance_id, started_at FROM requests "
+                "WHERE key_id = ? AND id = ?",
+                slot,
             )
-            if found is None or found[0] == RowSource.INGESTED.value:
+            if found is None:
                 continue
-            if (found[1], found[2]) != (row.instance_id, to_iso(row.record.started_at)):
+            if slot in charged:
+                charged[slot] = _charged_before(row, {slot: (*_NOTHING, *found)})
+            if found[0] == RowSource.INGESTED.value:
+                continue
+            if (found[3], found[4]) != (row.instance_id, to_iso(row.record.started_at)):
                 reused.append(row)
         if charged:  # a returned row is another request's id: its charge goes with it, under its fresh id
             carried = {id(row) for row in reused}
             settling = [row for row in rows if row.charge is not None and id(row) not in carried]
-            await _settle_with_rows(conn, settling, written, charged, cached, now)
+            await _settle_with_rows(conn, settling, written, charged, cached, now, open_first=not sqlite)
+        # after the spend rows: the hourly rows are the last locks any transaction takes (`instances.recover_dead`,
+        # `ingest`), so a batch never holds one while it waits for a spend row a recovery or a sync holds
+        await hourly.write(conn)
         if sqlite and tokens:
             for (key_id, team_id), count in tokens.items():
                 await add_tokens_sqlite(conn, key_id, team_id, count, now)
@@ -309,9 +319,14 @@ async def write_requests(
         for (key_id, team_id), count in tokens.items():
             try:
                 await add_tokens(db, key_id, team_id, count, now)
-            except DatabaseUnavailableError as error:  # the rows are written: never count their tokens twice
+            # the rows are written: never count their tokens twice (nor fail the batch, which would write them
+            # again); refused: a rate limit deleted meanwhile
+            except (DatabaseUnavailableError, ConstraintError) as error:
                 log.error("cannot count %d tokens toward rate limits: %s", count, error.message)
     return reused
+
+
+_NOTHING = (None,) * (3 + _CONTRIBUTION_WIDTH)  # an `_existing_rows` row's columns before source
 
 
 def _charged_before(row: GatewayRow, existing: Mapping[tuple[str, str], Row]) -> int:
@@ -338,6 +353,11 @@ def _write_values(row: GatewayRow, received_at: datetime, charged: Mapping[tuple
     return (*row_values(row, received_at), max(before, row.charge.nanos), "settle")
 
 
+# A budget's bucket row made if missing, without adding to it (PostgreSQL, see `_settle_with_rows`).
+_SPEND_OPEN = (
+    "INSERT INTO budget_spend (budget_id, bucket_start, spent_nanos) "
+    "SELECT id, CAST(? AS TEXT), 0 FROM budgets WHERE id = ? ON CONFLICT (budget_id, bucket_start) DO NOTHING"
+)
 # Spend added to a budget's bucket, if the budget still exists (one deleted meanwhile is skipped, as a settle does).
 _SPEND_ADD = (
     "INSERT INTO budget_spend (budget_id, bucket_start, spent_nanos) "
@@ -353,10 +373,17 @@ async def _settle_with_rows(
     charged: Mapping[tuple[str, str], int],
     cached: Mapping[str, Budget] | None,
     now: datetime,
+    *,
+    open_first: bool = False,
 ) -> None:
     """The settles of `rows` (each has a `charge`), in the transaction that wrote them: reservations deleted,
     what each still owes summed per budget and bucket and added in the budgets' fixed order (lock rank, id), so
-    two batches, or a batch and a lone settle, never wait on each other in a cycle."""
+    two batches, or a batch and a lone settle, never wait on each other in a cycle.
+
+    `open_first` (PostgreSQL): every missing bucket row is made before any is added to. Inserting one takes its
+    budget's row (key share, for the foreign key); a recovery or a sync takes the budget rows (for update) and
+    then the spend rows, so a batch holding one spend row while waiting for another budget's row for a new bucket
+    closed a cycle with them."""
     owed: dict[str, int] = {}
     for row in rows:
         assert row.charge is not None
@@ -383,7 +410,10 @@ async def _settle_with_rows(
     else:
         budgets = {budget_id: cached[budget_id] for budget_id in ids if budget_id in cached}
     ordered = sorted(budgets.values(), key=lambda b: (b.level.rank, b.id))
-    await conn.executemany(_SPEND_ADD, [(to_iso(current_window(b, now)[2]), owed[b.id], b.id) for b in ordered])
+    buckets = [to_iso(current_window(b, now)[2]) for b in ordered]
+    if open_first:
+        await conn.executemany(_SPEND_OPEN, [(bucket, b.id) for bucket, b in zip(buckets, ordered, strict=True)])
+    await conn.executemany(_SPEND_ADD, [(bucket, owed[b.id], b.id) for bucket, b in zip(buckets, ordered, strict=True)])
 
 
 async def _existing_rows(conn: Connection, db: Database, rows: Sequence[GatewayRow]) -> dict[tuple[str, str], Row]:
@@ -486,13 +516,6 @@ async def ingest(
     new_ids: set[str] = set()
     hourly = _Hourly()
     async with db.transaction() as conn:
-        budgets = await load_budgets(
-            conn,
-            "(level = 'customer' AND target_id = ?) OR (level = 'team' AND target_id = ?) "
-            "OR (level = 'key' AND target_id = ?)",
-            (customer_id, team_id, key_id),
-            lock=db.for_update,
-        )
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             sql = (
@@ -512,6 +535,15 @@ async def ingest(
                     f"WHERE key_id = ? AND id IN ({', '.join('?' for _ in inserted)})",
                     [key_id, *inserted],
                 )
+        # the budget rows after the request rows, as `instances.recover_dead` and a ledger batch take them (a
+        # batch holding this very row waits for a budget row when it adds the first spend to a bucket)
+        budgets = await load_budgets(
+            conn,
+            "(level = 'customer' AND target_id = ?) OR (level = 'team' AND target_id = ?) "
+            "OR (level = 'key' AND target_id = ?)",
+            (customer_id, team_id, key_id),
+            lock=db.for_update,
+        )
         await _charge_rows(conn, db, budgets, [row for row in rows if row.record.id in new_ids])
         await hourly.write(conn)
     return IngestResult(

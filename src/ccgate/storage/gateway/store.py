@@ -888,9 +888,12 @@ class GatewayStore:
     async def delete_budget(self, budget_id: str, *, actor: str | None = None) -> None:
         before = await self.get_budget(budget_id)
         async with self.db.transaction() as conn:
+            # the order a ledger batch's settles take them in (its reservations' links, the budget row for a new
+            # bucket, then the spend rows), so the two never wait on each other in a cycle
+            await conn.execute("DELETE FROM reservation_budgets WHERE budget_id = ?", (before.id,))
+            await conn.fetch(f"SELECT id FROM budgets WHERE id = ?{self.db.for_update}", (before.id,))
             await conn.execute("DELETE FROM budget_spend WHERE budget_id = ?", (before.id,))
             await conn.execute("DELETE FROM budget_alerts WHERE budget_id = ?", (before.id,))
-            await conn.execute("DELETE FROM reservation_budgets WHERE budget_id = ?", (before.id,))
             await conn.execute("DELETE FROM budgets WHERE id = ?", (before.id,))
             await _audit(conn, actor, "budget.delete", before.id, before, None)
 

@@ -3,11 +3,12 @@
 -- that has admissions waiting while one call is in flight sends them together in the next: every admission of a
 -- team otherwise takes the team's budget rows one at a time, each in its own transaction, and at c=32 that queue
 -- was what bounded one PostgreSQL. Every row any of them needs is locked first, in the one global order
--- (rate limits by level and id, then budgets by lock_rank and id: the order ccgate_reserve_v1 takes them in), so
--- it waits in no cycle with another batch, a lone admission or an admin change. Then each admission in turn is
+-- (rate limits by level and id, their counter rows by level, id and minute, then budgets by lock_rank and id:
+-- the order ccgate_reserve_v1 and add_tokens take them in), so it waits in no cycle with another batch, a lone
+-- admission, a token count or an admin change. Then each admission in turn is
 -- ccgate_reserve_v1's arithmetic, seeing what the ones before it in the batch counted and held. A budget's spent
 -- and reserved are read once per batch (the sum over its live reservations was most of the time per admission)
--- and then moved by what the batch holds: exact, because no one else can add a reservation while the batch has
+-- (per window) and then moved by what the batch holds (in every window read of each budget it holds on): exact, because no one else can add a reservation while the batch has
 -- the budget's row, and a settle or release meanwhile only lowers what the batch reads (a settle moves its
 -- hold into spent at once); reading them once is as conservative as reading them at the batch's start. Parameters are one array element per admission, except the budget definitions: p_ids,
 -- p_updated, p_first, p_last are every admission's lists one after another, p_budget_ask says whose each is.
@@ -40,7 +41,6 @@ DECLARE
     v_until_of TEXT[] := '{}';
     v_spent_of NUMERIC[] := '{}';
     v_reserved_of NUMERIC[] := '{}';
-    v_at INTEGER[];
     v_j INTEGER;
     v_p INTEGER;
     v_limit NUMERIC;
@@ -50,6 +50,16 @@ BEGIN
         SELECT 1 FROM unnest(p_key, p_team, p_rate) AS w(k, t, r)
         WHERE w.r AND ((l.level = 'key' AND l.target_id = w.k) OR (l.level = 'team' AND l.target_id = w.t)))
     ORDER BY l.level, l.id FOR UPDATE;
+    -- every counter row the batch may move, taken now in (level, id) order: the order add_tokens (which locks
+    -- no rate_limits row) takes a key's and then its team's, so the two never wait on each other in a cycle
+    -- (taken admission by admission, one key's, the team's, then another key's, they could)
+    INSERT INTO rate_counters (rate_limit_id, minute, requests, tokens)
+    SELECT l.id, w.m, 0, 0 FROM rate_limits l
+    JOIN (SELECT DISTINCT k, t, m FROM unnest(p_key, p_team, p_rate, p_minute) AS u(k, t, r, m) WHERE u.r) AS w
+        ON (l.level = 'key' AND l.target_id = w.k) OR (l.level = 'team' AND l.target_id = w.t)
+    GROUP BY l.level, l.id, w.m
+    ORDER BY l.level, l.id, w.m
+    ON CONFLICT (rate_limit_id, minute) DO UPDATE SET requests = rate_counters.requests;
     PERFORM 1 FROM budgets bb
     WHERE EXISTS (
         SELECT 1 FROM unnest(p_customer, p_team, p_key, p_provider) AS w(cu, t, k, p)
@@ -110,7 +120,6 @@ BEGIN
         END IF;
 
         v_admit := TRUE;
-        v_at := '{}';
         FOR v_j IN 1 .. cardinality(v_want_ids) LOOP
             v_p := array_position(v_seen, v_want_ids[v_j] || ' ' || v_first[v_j] || ' ' || v_last[v_j]);
             IF v_p IS NULL THEN
@@ -131,7 +140,6 @@ BEGIN
                 v_reserved_of := v_reserved_of || v_row.reserved;
                 v_p := cardinality(v_seen);
             END IF;
-            v_at := v_at || v_p;
             v_limit := CASE WHEN v_override_of[v_p] IS NOT NULL AND v_until_of[v_p] IS NOT NULL
                                  AND p_now[v_i] < v_until_of[v_p]
                             THEN v_override_of[v_p] ELSE v_limit_of[v_p] END;
@@ -150,8 +158,11 @@ BEGIN
             INSERT INTO reservations (id, amount_nanos, instance_id, created_at, expires_at)
             VALUES (p_reservation[v_i], p_bound[v_i], p_instance[v_i], p_now[v_i], p_expires[v_i]);
             INSERT INTO reservation_budgets (budget_id, reservation_id) SELECT unnest(v_want_ids), p_reservation[v_i];
-            FOREACH v_p IN ARRAY v_at LOOP
-                v_reserved_of[v_p] := v_reserved_of[v_p] + p_bound[v_i];
+            -- a hold counts in every window of its budgets the batch has read, not only in this admission's
+            FOR v_p IN 1 .. cardinality(v_seen) LOOP
+                IF split_part(v_seen[v_p], ' ', 1) = ANY (v_want_ids) THEN
+                    v_reserved_of[v_p] := v_reserved_of[v_p] + p_bound[v_i];
+                END IF;
             END LOOP;
         END IF;
         kind := 'verdict'; item := CASE WHEN v_admit THEN 'admitted' ELSE 'not' END;
