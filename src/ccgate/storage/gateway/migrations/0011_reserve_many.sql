@@ -52,14 +52,17 @@ BEGIN
     ORDER BY l.level, l.id FOR UPDATE;
     -- every counter row the batch may move, taken now in (level, id) order: the order add_tokens (which locks
     -- no rate_limits row) takes a key's and then its team's, so the two never wait on each other in a cycle
-    -- (taken admission by admission, one key's, the team's, then another key's, they could)
-    INSERT INTO rate_counters (rate_limit_id, minute, requests, tokens)
-    SELECT l.id, w.m, 0, 0 FROM rate_limits l
-    JOIN (SELECT DISTINCT k, t, m FROM unnest(p_key, p_team, p_rate, p_minute) AS u(k, t, r, m) WHERE u.r) AS w
-        ON (l.level = 'key' AND l.target_id = w.k) OR (l.level = 'team' AND l.target_id = w.t)
-    GROUP BY l.level, l.id, w.m
-    ORDER BY l.level, l.id, w.m
-    ON CONFLICT (rate_limit_id, minute) DO UPDATE SET requests = rate_counters.requests;
+    -- (taken admission by admission, one key's, the team's, then another key's, they could). A lone admission
+    -- takes its key's and then its team's in that order anyway: it skips this statement.
+    IF cardinality(p_key) > 1 THEN
+        INSERT INTO rate_counters (rate_limit_id, minute, requests, tokens)
+        SELECT l.id, w.m, 0, 0 FROM rate_limits l
+        JOIN (SELECT DISTINCT k, t, m FROM unnest(p_key, p_team, p_rate, p_minute) AS u(k, t, r, m) WHERE u.r) AS w
+            ON (l.level = 'key' AND l.target_id = w.k) OR (l.level = 'team' AND l.target_id = w.t)
+        GROUP BY l.level, l.id, w.m
+        ORDER BY l.level, l.id, w.m
+        ON CONFLICT (rate_limit_id, minute) DO UPDATE SET requests = rate_counters.requests;
+    END IF;
     PERFORM 1 FROM budgets bb
     WHERE EXISTS (
         SELECT 1 FROM unnest(p_customer, p_team, p_key, p_provider) AS w(cu, t, k, p)
