@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from gateway_testing import StoreFactory, acme_dev
+from gateway_testing import StoreFactory, acme_dev, until_waiting
 
 from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage, to_iso
 from ccgate.storage.gateway import Admitted, GatewayRow, GatewayStore, Waiting
@@ -104,15 +104,7 @@ async def test_a_batch_takes_rate_counters_in_the_order_token_counting_does(
         await counting.execute(update, limits["ops"], minute)
         # the first admission goes alone, the other two (dev, then ops) together
         batch = asyncio.gather(admit(dev, False), admit(dev, True), admit(ops, True), return_exceptions=True)
-        for _ in range(2_000):  # until the batch waits for the ops counter
-            waiting = await counting.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-            )
-            if waiting:
-                break
-            await asyncio.sleep(0.005)
-        else:
-            raise AssertionError("the batch never waited for the counter")
+        await until_waiting(counting, what="the batch (for the ops counter)")
         await counting.execute(update, limits["core"], minute)
         await tokens.commit()
         results = await batch
@@ -188,14 +180,7 @@ async def test_a_rate_limit_deleted_while_a_batch_counts_its_tokens_fails_nothin
         await other.execute("DELETE FROM rate_counters WHERE rate_limit_id = $1", limit.id)
         await other.execute("DELETE FROM rate_limits WHERE id = $1", limit.id)
         batch = asyncio.ensure_future(store.write_requests([row], {(who.key.id, who.team.id): 15}))
-        for _ in range(2_000):  # until the token count waits for the rate limit's row
-            if await other.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-            ):
-                break
-            await asyncio.sleep(0.005)
-        else:
-            raise AssertionError("the token count never waited")
+        await until_waiting(other, what="the token count (for the rate limit's row)")
         await deleting.commit()
         assert await batch == []
     finally:

@@ -9,7 +9,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from gateway_testing import StoreFactory, acme_dev
+from gateway_testing import StoreFactory, acme_dev, until_waiting
 
 from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
 from ccgate.gateway import ledger as gateway_ledger
@@ -17,7 +17,7 @@ from ccgate.gateway.admission import GatewayAdmission, Hold
 from ccgate.gateway.ledger import GatewayLedger, Owner
 from ccgate.storage.gateway import GatewayRow, GatewayStore
 from ccgate.storage.gateway.instances import recover_dead
-from ccgate.storage.gateway.records import Admitted, Charge, KeyIdentity, Reservation
+from ccgate.storage.gateway.records import Admitted, Charge, IngestResult, KeyIdentity, Reservation
 
 TTL = timedelta(minutes=5)
 
@@ -62,6 +62,13 @@ async def _charged(store: GatewayStore, who: KeyIdentity, row_id: str) -> tuple[
     )
     assert found is not None
     return (None if found[0] is None else int(found[0]), None if found[1] is None else str(found[1]))
+
+
+async def _sync(store: GatewayStore, who: KeyIdentity, record: RequestRecord) -> IngestResult:
+    """The key's sidecar syncs `record` (`POST /v1/usage`)."""
+    return await store.ingest(
+        key_id=who.key.id, team_id=who.team.id, customer_id=who.team.customer_id, records=[(record, {})]
+    )
 
 
 def _row(who: KeyIdentity, record: RequestRecord, charge: Charge | None, instance: str = "gw-1") -> GatewayRow:
@@ -131,10 +138,7 @@ async def test_a_row_synced_first_is_charged_only_what_the_proxy_saw_beyond_it(s
     hold = await _hold(store, who)
     record = _record("shared", 5_000)
     synced = _record("shared", 4_000, at=record.started_at)
-    result = await store.ingest(
-        key_id=who.key.id, team_id=who.team.id, customer_id=who.team.customer_id, records=[(synced, {})]
-    )
-    assert result.sent == 1
+    assert (await _sync(store, who, synced)).sent == 1
     assert await store.write_requests([_row(who, record, Charge(hold, 5_000))]) == []
     assert await _state(store, who) == [(5_000, 0), (5_000, 0)]  # 4,000 by the sync, the rest by the proxy
     assert await _charged(store, who, "shared") == (5_000, "settle")
@@ -305,14 +309,7 @@ async def test_a_batch_takes_the_hourly_rows_after_the_spend_rows_as_recovery_an
         await recovery.start()
         await other.execute("UPDATE budget_spend SET spent_nanos = spent_nanos")  # a recovery's charge, halfway
         batch = asyncio.ensure_future(store.write_requests([_row(who, _record("second", 2_000, at=started), charge)]))
-        for _ in range(2_000):  # until the batch waits for a spend row
-            if await other.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-            ):
-                break
-            await asyncio.sleep(0.005)
-        else:
-            raise AssertionError("the batch never waited for the spend row")
+        await until_waiting(other, what="the batch (for a spend row)")
         await other.execute("UPDATE request_hourly SET requests = requests")  # ...and its hourly rows, last
         await recovery.commit()
         assert await batch == []
@@ -344,31 +341,13 @@ async def test_a_sync_of_the_row_committed_while_the_batch_writes_it_is_not_char
         hold_rollup = other.transaction()
         await hold_rollup.start()
         await other.execute("UPDATE request_hourly SET requests = requests")  # the sync stops before its rollup
-        sync = asyncio.ensure_future(
-            syncing.ingest(
-                key_id=who.key.id,
-                team_id=who.team.id,
-                customer_id=who.team.customer_id,
-                records=[(_record("shared", 4_000, at=started), {})],
-            )
-        )
+        sync = asyncio.ensure_future(_sync(syncing, who, _record("shared", 4_000, at=started)))
         for waiting in (1, 2):  # the sync waits for the rollup, then the batch for the sync's row
             if waiting == 2:
                 batch = asyncio.ensure_future(
                     store.write_requests([_row(who, _record("shared", 5_000, at=started), charge)])
                 )
-            for _ in range(2_000):
-                if (
-                    await other.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND pid <> pg_backend_pid()"
-                    )
-                    >= waiting
-                ):
-                    break
-                await asyncio.sleep(0.005)
-            else:
-                raise AssertionError(f"never {waiting} waiting")
+            await until_waiting(other, waiting)
         await hold_rollup.commit()
         assert (await sync).sent == 1
         assert await batch == []
@@ -399,31 +378,13 @@ async def test_a_sync_and_a_batch_of_the_same_row_never_wait_on_each_other_in_a_
         admitting = other.transaction()
         await admitting.start()
         await other.execute("SELECT 1 FROM budgets FOR UPDATE")  # an admission holds the budget rows
-        sync = asyncio.ensure_future(
-            syncing.ingest(
-                key_id=who.key.id,
-                team_id=who.team.id,
-                customer_id=who.team.customer_id,
-                records=[(_record("shared", 4_000, at=started), {})],
-            )
-        )
+        sync = asyncio.ensure_future(_sync(syncing, who, _record("shared", 4_000, at=started)))
         for waiting in (1, 2):  # the sync waits, then the batch
             if waiting == 2:
                 batch = asyncio.ensure_future(
                     store.write_requests([_row(who, _record("shared", 5_000, at=started), charge)])
                 )
-            for _ in range(2_000):
-                if (
-                    await other.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND pid <> pg_backend_pid()"
-                    )
-                    >= waiting
-                ):
-                    break
-                await asyncio.sleep(0.005)
-            else:
-                raise AssertionError(f"never {waiting} waiting")
+            await until_waiting(other, waiting)
         await admitting.commit()
         results = await asyncio.gather(sync, batch, return_exceptions=True)
     finally:
@@ -458,14 +419,7 @@ async def test_a_batch_opening_a_new_spend_bucket_never_waits_in_a_cycle_with_a_
         await recovery.start()
         await other.execute("SELECT 1 FROM budgets ORDER BY lock_rank, id FOR UPDATE")  # a recovery's charge...
         batch = asyncio.ensure_future(store.write_requests([_row(who, _record("second", 2_000, at=started), charge)]))
-        for _ in range(2_000):  # until the batch waits for a budget row
-            if await other.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-            ):
-                break
-            await asyncio.sleep(0.005)
-        else:
-            raise AssertionError("the batch never waited for a budget row")
+        await until_waiting(other, what="the batch (for a budget row)")
         await other.execute("UPDATE budget_spend SET spent_nanos = spent_nanos")  # ...then its spend rows
         await recovery.commit()
         assert await batch == []
@@ -498,7 +452,6 @@ async def test_a_budget_deleted_while_a_batch_settles_on_it_never_waits_in_a_cyc
     # connections in the pool before anything waits (a connection opened meanwhile was not ready in time here)
     await asyncio.gather(*(store.db.fetch("SELECT pg_sleep(0.05)") for _ in range(3)))
     other = await asyncpg.connect(db_url)
-    waited = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
     try:
         settling = other.transaction()
         await settling.start()
@@ -513,12 +466,7 @@ async def test_a_budget_deleted_while_a_batch_settles_on_it_never_waits_in_a_cyc
                         store.write_requests([_row(who, _record("second", 2_000, at=started), charge)])
                     )
                 )
-            for _ in range(2_000):
-                if await other.fetchval(waited) >= waiting:
-                    break
-                await asyncio.sleep(0.005)
-            else:
-                raise AssertionError(f"never {waiting} waiting")
+            await until_waiting(other, waiting)
         await settling.commit()
         results = await asyncio.gather(*jobs, return_exceptions=True)
     finally:
