@@ -342,7 +342,7 @@ async def test_the_wal_stays_bounded_under_a_steady_stream_of_inline_commits(sto
     who = await _org(store)
     wal = store.db.path.with_name(store.db.path.name + "-wal")
     cycle = RESTART_EVERY // 2  # rounds between two restarts: a round is two commits per iteration
-    sizes = []
+    sizes: list[int] = []
     for _ in range(3 * cycle):
         for _ in range(INLINE_CHECKPOINT_EVERY):
             hold = await _admitted(store, who, take_rate=False)
