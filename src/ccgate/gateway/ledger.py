@@ -108,12 +108,13 @@ class GatewayLedger:
     def _unclaimed(self, slot: tuple[str, str], charge: Charge) -> None:
         if self._charges.get(slot) is charge:
             del self._charges[slot]
-            self._alone(charge)
+            self._done(charge, written=False)
 
-    def _alone(self, charge: Charge) -> None:
+    def _done(self, charge: Charge, *, written: bool) -> None:
+        """Tell the settle's owner, once: written with its row, or to be written on its own."""
         after = self._after.pop(charge.reservation.id, None)
         if after is not None:
-            after[1]()
+            (after[0] if written else after[1])()
 
     def enqueue(self, owner: Owner, record: RequestRecord) -> None:
         if len(self._queue) >= MAX_QUEUED:
@@ -121,7 +122,7 @@ class GatewayLedger:
             dropped = self._queue.pop(oldest)
             self.dropped += 1
             if dropped.charge is not None and id(dropped) not in self._writing:  # the row is lost, its settle is not
-                self._alone(dropped.charge)
+                self._done(dropped.charge, written=False)
         slot = (owner.key_id, record.id)
         row = GatewayRow(record.copy(), owner.key_id, owner.team_id, owner.customer_id, instance_id=self.instance_id)
         if record.status is not RequestStatus.PENDING:
@@ -214,9 +215,7 @@ class GatewayLedger:
         carried = {id(row) for row in reused}
         for row in batch:
             if row.charge is not None and id(row) not in carried:
-                after = self._after.pop(row.charge.reservation.id, None)
-                if after is not None:
-                    after[0]()
+                self._done(row.charge, written=True)
         for row in reused:
             self._rename(row)
 
@@ -247,7 +246,7 @@ class GatewayLedger:
                 continue
             queued = self._queue.get((row.key_id, row.record.id))
             if queued is None or queued.charge is not row.charge:
-                self._alone(row.charge)
+                self._done(row.charge, written=False)
 
     def _rename(self, row: GatewayRow) -> None:
         """A client reused the id of a finished request: this request is stored under a fresh id rather than

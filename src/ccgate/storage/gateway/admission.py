@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -336,7 +336,7 @@ class _Queued:
     cached: tuple[tuple[Budget, str], ...]
     windows: dict[str, tuple[datetime, datetime, datetime]]
     reservation_id: str
-    answer: asyncio.Future[list[Row]]
+    answer: asyncio.Future[list[Row]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class ReserveBatcher:
@@ -364,9 +364,12 @@ class ReserveBatcher:
     def _send(self, db: Database) -> None:
         batch, self._queued = self._queued[: self.MAX_BATCH], self._queued[self.MAX_BATCH :]
         self._in_flight += 1
-        call = asyncio.get_running_loop().create_task(self._call(db, batch))
-        self._calls.add(call)
-        call.add_done_callback(self._calls.discard)
+        self._background(self._call(db, batch))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
 
     async def _call(self, db: Database, batch: list[_Queued]) -> None:
         try:
@@ -397,9 +400,7 @@ class ReserveBatcher:
         """A call that failed may still have committed (the connection broke on the way back): the holds it made
         are known to no request, and the heartbeat would renew them with this instance's others for as long as it
         lives. Deleted in the background (ids are fresh per call, so no live hold is among them)."""
-        task = asyncio.get_running_loop().create_task(self._delete_holds(db, reservation_ids))
-        self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
+        self._background(self._delete_holds(db, reservation_ids))
 
     async def _delete_holds(self, db: Database, reservation_ids: list[str]) -> None:
         marks = ", ".join("?" for _ in reservation_ids)
@@ -443,8 +444,7 @@ async def _admit_postgres(
         budgets = [budget for budget, _ in cached]
         windows = {b.id: current_window(b, ask.now) for b in budgets}
         reservation_id = new_request_id()
-        answer = asyncio.get_running_loop().create_future()
-        rows = await batcher.submit(db, _Queued(ask, take_rate, cached, windows, reservation_id, answer))
+        rows = await batcher.submit(db, _Queued(ask, take_rate, cached, windows, reservation_id))
         verdict = str(rows[-1][1])
         if take_rate:
             limits = [

@@ -266,7 +266,12 @@ async def write_requests(
             for slot, found in existing.items()
             if found[2] != RequestStatus.PENDING.value
         }
-        charged = {(row.key_id, row.record.id): _charged_before(row, existing) for row in rows if row.charge}
+        charged: dict[tuple[str, str], int] = {}  # what each row with a settle was already charged
+        for row in rows:
+            if row.charge is not None:
+                slot = (row.key_id, row.record.id)
+                found = existing.get(slot)
+                charged[slot] = _charged_before(row, None if found is None else found[3 + _CONTRIBUTION_WIDTH :])
         hourly = _Hourly()
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
@@ -295,7 +300,7 @@ async def write_requests(
             if found is None:
                 continue
             if slot in charged:
-                charged[slot] = _charged_before(row, {slot: (*_NOTHING, *found)})
+                charged[slot] = _charged_before(row, found)
             if found[0] == RowSource.INGESTED.value:
                 continue
             if (found[3], found[4]) != (row.instance_id, to_iso(row.record.started_at)):
@@ -326,17 +331,14 @@ async def write_requests(
     return reused
 
 
-_NOTHING = (None,) * (3 + _CONTRIBUTION_WIDTH)  # an `_existing_rows` row's columns before source
-
-
-def _charged_before(row: GatewayRow, existing: Mapping[tuple[str, str], Row]) -> int:
-    """What the row's request was already charged: by a sync of it that came first ('ingest'), by another
+def _charged_before(row: GatewayRow, found: Sequence[Any] | None) -> int:
+    """What the row's request was already charged, given the stored row of its id as (source, charged_nanos,
+    charged_by, instance_id, started_at), or None: by a sync of it that came first ('ingest'), by another
     instance's recovery of this instance's row ('recovery'), or by this very write committed once already (a
     retry after the connection broke mid-commit). Anything else there is another request: nothing of this one."""
-    found = existing.get((row.key_id, row.record.id))
     if found is None:
         return 0
-    source, charged, charged_by, instance, started = found[3 + _CONTRIBUTION_WIDTH :]
+    source, charged, charged_by, instance, started = found
     same_request = (
         (source == RowSource.INGESTED.value and charged_by == "ingest")
         or (charged_by == "recovery" and instance == row.instance_id)
