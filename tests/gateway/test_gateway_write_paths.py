@@ -19,8 +19,11 @@ from ccgate.storage.gateway.records import KeyIdentity
 TTL = timedelta(minutes=5)
 
 
-async def _admit_at(store: GatewayStore, who: KeyIdentity, bound: int, now: datetime) -> object:
-    _, result = await store.admit(
+async def _admission(
+    store: GatewayStore, who: KeyIdentity, bound: int, now: datetime, *, take_rate: bool = False
+) -> tuple[object, object]:
+    """(rate decision, admission result) of one admission of `who` at `now` on instance i1."""
+    return await store.admit(
         key_id=who.key.id,
         team_id=who.team.id,
         customer_id=who.customer.id if who.customer else None,
@@ -28,10 +31,13 @@ async def _admit_at(store: GatewayStore, who: KeyIdentity, bound: int, now: date
         bound_nanos=bound,
         instance_id="i1",
         ttl=TTL,
-        take_rate=False,
+        take_rate=take_rate,
         now=now,
     )
-    return result
+
+
+async def _admit_at(store: GatewayStore, who: KeyIdentity, bound: int, now: datetime) -> object:
+    return (await _admission(store, who, bound, now))[1]
 
 
 async def test_a_batch_straddling_a_window_edge_holds_no_more_than_the_limit(
@@ -81,17 +87,7 @@ async def test_a_batch_takes_rate_counters_in_the_order_token_counting_does(
     minute = to_iso(now.replace(second=0, microsecond=0))
 
     async def admit(who: KeyIdentity, take_rate: bool) -> object:
-        return await store.admit(
-            key_id=who.key.id,
-            team_id=who.team.id,
-            customer_id=who.customer.id if who.customer else None,
-            provider_id=None,
-            bound_nanos=1_000,
-            instance_id="i1",
-            ttl=TTL,
-            take_rate=take_rate,
-            now=now,
-        )
+        return await _admission(store, who, 1_000, now, take_rate=take_rate)
 
     for who in (dev, ops):  # the counter rows exist, the definitions are read
         await admit(who, True)
