@@ -25,8 +25,10 @@ from typing import Any, Protocol
 from ccgate.core.budgets import format_local
 from ccgate.core.records import format_usd, utcnow
 from ccgate.errors import BudgetExceededError, RateLimitedError, UnpricedModelError
+from ccgate.gateway.leases import LEASE_LIFE_S, LEASE_SLOTS, Lease, Who, lease_extra, room_left
 from ccgate.proxy.engine import ClientMeta
 from ccgate.storage.gateway import instances
+from ccgate.storage.gateway.admission import minute_of
 from ccgate.storage.gateway.db import DatabaseUnavailableError
 from ccgate.storage.gateway.records import (
     AdmissionResult,
@@ -65,6 +67,9 @@ class Hold:
     owner: tuple[str, str | None, str | None, str | None] | None = None
     # (key id, row id) of the request's ledger row: its cost goes into the budgets once (`claim_charge`)
     row: tuple[str, str] | None = None
+    # admitted from this instance's lease (the reservation is the lease's), holding `bound` of it
+    lease: Lease | None = None
+    bound: int = 0
 
 
 Webhook = Callable[[str, dict[str, Any]], Coroutine[Any, Any, None]]
@@ -130,6 +135,10 @@ class GatewayAdmission:
         self._holds: set[Hold] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Event()
+        # leases (`gateway.leases`): the live one per key and budgets, one being taken, the room seen last
+        self._leases: dict[Who, Lease] = {}
+        self._leasing: dict[Who, asyncio.Future[None]] = {}
+        self._room: dict[Who, int] = {}
 
     # ---- the Admission protocol -------------------------------------------------------------------------------
 
@@ -163,21 +172,46 @@ class GatewayAdmission:
             if take_rate:
                 self._raise_if_limited(await self.store.take_request(key_id=key_id, team_id=team_id))
             return Hold(None, ())
-        limited, first = await self._attempt_first(
-            self.store.admit(
-                key_id=key_id,
-                team_id=team_id,
-                customer_id=customer_id,
-                provider_id=provider_id,
-                bound_nanos=bound,
-                instance_id=self.instance_id,
-                ttl=self.ttl,
-                take_rate=take_rate,
+        who: Who = (key_id, team_id, customer_id, provider_id)
+        leased = await self._from_lease(who, bound, take_rate)
+        if leased is not None:
+            if meta.request_id is not None:
+                leased.row = (key_id, meta.request_id)
+            return leased
+        extra = self._lease_wanted(who, bound)
+        generation = self.store.limits_changed
+        taking: asyncio.Future[None] | None = None
+        if extra:
+            taking = self._leasing[who] = asyncio.get_running_loop().create_future()
+        try:
+            limited, first = await self._attempt_first(
+                self.store.admit(
+                    key_id=key_id,
+                    team_id=team_id,
+                    customer_id=customer_id,
+                    provider_id=provider_id,
+                    bound_nanos=bound + extra,
+                    instance_id=self.instance_id,
+                    ttl=self.ttl,
+                    take_rate=take_rate,
+                )
             )
-        )
-        self._raise_if_limited(limited)
-        assert first is not None  # only a rate limit answers None
-        result: AdmissionResult = first
+            self._raise_if_limited(limited)
+            assert first is not None  # only a rate limit answers None
+            result: AdmissionResult = first
+            if extra and isinstance(result, Admitted) and result.budgets:
+                self._room[who] = room_left(result.budgets, bound + extra)
+                hold = self._lease_taken(who, result, bound, extra, generation, take_rate)
+                if meta.request_id is not None:
+                    hold.row = (key_id, meta.request_id)
+                return hold
+            if extra and not isinstance(result, Admitted):  # no room for a lease: this request alone (its rate
+                self._room[who] = 0  # limit is counted already)
+                result = await self._attempt(reserve())
+        finally:
+            if taking is not None:
+                del self._leasing[who]
+                taking.set_result(None)
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.max_wait
         mark: tuple[object, ...] | None = None
@@ -185,7 +219,9 @@ class GatewayAdmission:
         delay = 0.05
         while True:
             if isinstance(result, Admitted):
-                hold = self._admitted(result, reserve_nanos, model, (key_id, team_id, customer_id, provider_id))
+                if result.budgets:
+                    self._room[who] = room_left(result.budgets, bound)
+                hold = self._admitted(result, reserve_nanos, model, who)
                 if meta.request_id is not None:
                     hold.row = (key_id, meta.request_id)
                 return hold
@@ -211,6 +247,124 @@ class GatewayAdmission:
                 await asyncio.wait_for(changed.wait(), min(delay, max(0.0, give_up_at - now)))
             delay = min(delay * 2, 1.0)
             result = await self._attempt(reserve())
+
+    # ---- leases (see `gateway.leases`) -------------------------------------------------------------------------
+
+    async def _from_lease(self, who: Who, bound: int, take_rate: bool) -> Hold | None:
+        """A request admitted from this instance's lease for its key and budgets, without a round trip; None when
+        there is none that fits it (one being taken is waited for first)."""
+        taking = self._leasing.get(who)
+        if taking is not None:
+            await asyncio.shield(taking)
+        lease = self._leases.get(who)
+        if lease is None:
+            return None
+        loop = asyncio.get_running_loop()
+        if loop.time() >= lease.until or lease.generation != self.store.limits_changed:
+            self._end_lease(lease)
+            return None
+        if bound <= 0 or lease.free < bound:
+            return None
+        if take_rate:
+            if lease.rated and lease.slot_minute != minute_of(utcnow()):  # its slots were this minute's
+                self._end_lease(lease)
+                return None
+            if not lease.rated:  # its slots are being counted
+                return None
+            if lease.slots <= 0:  # used up: the next admission takes a new lease
+                self._end_lease(lease)
+                return None
+            lease.slots -= 1
+        return self._draw(lease, bound)
+
+    def _draw(self, lease: Lease, bound: int) -> Hold:
+        lease.held += bound
+        lease.open += 1
+        hold = Hold(
+            lease.reservation,
+            lease.reservation.budget_ids,
+            alerting=lease.alerting,
+            owner=lease.who,
+            lease=lease,
+            bound=bound,
+        )
+        self._holds.add(hold)
+        return hold
+
+    def _lease_wanted(self, who: Who, bound: int) -> int:
+        """How much more than `bound` this admission should reserve as a lease (0: none). Not while a live lease
+        still has room for the request (it could not use it for a reason a new one would share: a rate limit)."""
+        current = self._leases.get(who)
+        if current is not None and current.free >= bound and not current.ended:
+            return 0
+        return lease_extra(bound, self._room.get(who))
+
+    def _lease_taken(
+        self, who: Who, result: Admitted, bound: int, extra: int, generation: int, take_rate: bool
+    ) -> Hold:
+        previous = self._leases.get(who)
+        if previous is not None:
+            self._end_lease(previous)
+        if len(self._room) > 10_000:
+            self._room.clear()
+        loop = asyncio.get_running_loop()
+        alerting = tuple(
+            view.budget.id for view in result.budgets if view.budget.webhook_url and view.budget.thresholds
+        )
+        lease = Lease(
+            who,
+            result.reservation,
+            alerting,
+            amount=bound + extra,
+            until=loop.time() + LEASE_LIFE_S,
+            generation=generation,
+        )
+        self._leases[who] = lease
+        loop.call_later(LEASE_LIFE_S, self._end_lease, lease)
+        if take_rate:
+            self._spawn(self._take_slots(lease), "lease slots")
+        return self._draw(lease, bound)
+
+    async def _take_slots(self, lease: Lease) -> None:
+        key_id, team_id = lease.who[0], lease.who[1]
+        now = utcnow()
+        granted, ids = await self.store.take_slots(key_id=key_id, team_id=team_id, want=LEASE_SLOTS, now=now)
+        if lease.ended:  # ended while they were counted: give them straight back
+            await self.store.give_back_slots(ids, now, granted)
+            return
+        lease.rated, lease.slots, lease.slot_ids, lease.slot_minute = True, granted, ids, minute_of(now)
+
+    def _end_lease(self, lease: Lease) -> None:
+        """No more requests from it; what its requests do not hold goes back to the budgets (and its unused
+        request slots to the rate limits) at once, and its row once the last of them is written."""
+        if lease.ended:
+            return
+        lease.ended = True
+        if self._leases.get(lease.who) is lease:
+            del self._leases[lease.who]
+        if lease.slots > 0 and lease.slot_minute is not None:
+            unused, lease.slots = lease.slots, 0
+            ids, minute = lease.slot_ids, lease.slot_minute
+            self._spawn(self._retrying(lambda: self.store.give_back_slots(ids, minute, unused)), "lease slots")
+        if lease.open == 0:
+            self._drop_lease(lease)
+        else:
+            keep, reservation = lease.keep, lease.reservation
+            self._spawn(self._retrying(lambda: self.store.shrink(reservation, keep)), "lease")
+
+    def _drop_lease(self, lease: Lease) -> None:
+        reservation = lease.reservation
+        self._spawn(self._retrying(lambda: self.store.release(reservation)), "lease")
+
+    def _lease_request_done(self, hold: Hold, written: int = 0) -> None:
+        """A request admitted from a lease is over: its settle written (`written` its spend) or it was released."""
+        lease = hold.lease
+        assert lease is not None
+        lease.unwritten -= written
+        lease.amount -= written
+        lease.open -= 1
+        if lease.ended and lease.open == 0:
+            self._drop_lease(lease)
 
     @staticmethod
     def _raise_if_limited(limited: RateDecision) -> None:
@@ -288,8 +442,15 @@ class GatewayAdmission:
 
     def shrink(self, hold: Hold, bound_nanos: int) -> None:
         """Lowered in the database only if the request is still running `SHRINK_AFTER_S` later: most replies
-        that end sooner settle before anyone could use the room, and each skipped write is a round trip saved."""
+        that end sooner settle before anyone could use the room, and each skipped write is a round trip saved.
+        A request admitted from a lease lowers what it holds of the lease (in memory) at once."""
         if hold.reservation is None or hold.done:
+            return
+        if hold.lease is not None:
+            lower = max(0, bound_nanos)
+            if lower < hold.bound:
+                hold.lease.held -= hold.bound - lower
+                hold.bound = lower
             return
         reservation = hold.reservation
 
@@ -300,14 +461,19 @@ class GatewayAdmission:
         asyncio.get_running_loop().call_later(SHRINK_AFTER_S, later)
 
     def settle(self, hold: Hold, actual_nanos: int) -> None:
+        if hold.done and hold.lease is not None:
+            return
         self._end(hold)
         if hold.reservation is None:
             return
         nanos = max(0, actual_nanos)
+        if hold.lease is not None:  # its spend is the lease's until written
+            hold.lease.held -= hold.bound
+            hold.lease.unwritten += nanos
         if self.carrier is not None and hold.row is not None:
             self.carrier.carry(
                 *hold.row,
-                Charge(hold.reservation, nanos),
+                Charge(hold.reservation, nanos, keep_reservation=hold.lease is not None),
                 settled=lambda: self._settled(hold, nanos),
                 alone=lambda: self._settle_alone(hold, nanos),
             )
@@ -316,6 +482,8 @@ class GatewayAdmission:
 
     def _settled(self, hold: Hold, nanos: int) -> None:
         """A settle written with its row: waiting requests look again, and budget alerts are checked."""
+        if hold.lease is not None:
+            self._lease_request_done(hold, nanos)
         self._notify()
         if hold.alerting and self.webhook is not None and nanos > 0:
             self._spawn(self._alert(hold), "alert")
@@ -323,17 +491,21 @@ class GatewayAdmission:
     def _settle_alone(self, hold: Hold, nanos: int) -> None:
         reservation = hold.reservation
         assert reservation is not None
+        keep = hold.lease is not None
         settling = self._retrying(
-            lambda: self.store.settle(reservation, nanos, row=hold.row), first_after=SETTLE_AFTER_S
+            lambda: self.store.settle(reservation, nanos, row=hold.row, keep_reservation=keep),
+            first_after=SETTLE_AFTER_S,
         )
-        if hold.alerting and self.webhook is not None and nanos > 0:
-            self._spawn(self._then_alert(settling, hold), "settle")
-        else:
-            self._spawn(settling, "settle")
+        self._spawn(self._after_settle(settling, hold, nanos), "settle")
 
-    async def _then_alert(self, settling: Coroutine[Any, Any, None], hold: Hold) -> None:
-        await settling
-        await self._alert(hold)
+    async def _after_settle(self, settling: Coroutine[Any, Any, None], hold: Hold, nanos: int) -> None:
+        try:
+            await settling
+        finally:
+            if hold.lease is not None:
+                self._lease_request_done(hold, nanos)
+        if hold.alerting and self.webhook is not None and nanos > 0:
+            await self._alert(hold)
 
     async def _alert(self, hold: Hold) -> None:
         """Each threshold of a budget with a webhook fires once per window, across instances (`claim_alert`)."""
@@ -352,6 +524,12 @@ class GatewayAdmission:
         )
 
     def release(self, hold: Hold) -> None:
+        if hold.lease is not None:  # back into the lease: no write
+            if not hold.done:
+                self._end(hold)
+                hold.lease.held -= hold.bound
+                self._lease_request_done(hold)
+            return
         self._end(hold)
         if hold.reservation is not None:
             reservation = hold.reservation
@@ -438,6 +616,8 @@ class GatewayAdmission:
     async def close(self) -> None:
         """Wait for every settle and release still running (those written with rows too), then drop this
         instance's holds."""
+        for lease in list(self._leases.values()):
+            self._end_lease(lease)
         if self.carrier is not None:
             await self.carrier.flush()
         while self._tasks:

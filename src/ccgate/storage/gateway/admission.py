@@ -430,7 +430,7 @@ def _many_params(batch: Sequence[_Queued]) -> tuple[list[Any], ...]:
         [q.ask.instance_id for q in batch],
         [to_iso(q.ask.now + q.ask.ttl) for q in batch],
         [q.take_rate for q in batch],
-        [to_iso(_minute(q.ask.now)) for q in batch],
+        [to_iso(minute_of(q.ask.now)) for q in batch],
     )
 
 
@@ -657,11 +657,14 @@ async def settle(
     now: datetime,
     row: tuple[str, str] | None = None,
     definitions: BudgetDefinitions | None = None,
+    *,
+    keep_reservation: bool = False,
 ) -> bool:
     """Replace the reservation by the real cost in one transaction: delete it, add spend to every budget.
 
     Spend is added even if the reservation had lapsed (the provider billed it all the same); returns whether
-    the reservation was still there. With `row` (key id, row id) the charge is idempotent per row
+    the reservation was still there. `keep_reservation`: only the spend (a request admitted from a lease, whose
+    reservation its instance ends). With `row` (key id, row id) the charge is idempotent per row
     (`claim_charge`), taken before any budget or spend row, as `instances.recover_dead` does (one lock order).
     On PostgreSQL it takes no budget row (``ccgate_settle_v2``, migration 0009, says why that is exact): a
     settle does not queue behind its team's admissions. One round trip: one transaction on SQLite (on the event
@@ -673,7 +676,7 @@ async def settle(
 
     if isinstance(db, SQLiteDatabase):
         return await db.run_transaction(
-            lambda conn: _settle_sync(conn, reservation, actual_nanos, now, row), inline=True
+            lambda conn: _settle_sync(conn, reservation, actual_nanos, now, row, keep_reservation), inline=True
         )
     budgets = await (definitions or BudgetDefinitions()).by_ids(db, reservation.budget_ids)
     ids = [budget_id for budget_id in reservation.budget_ids if budget_id in budgets]
@@ -685,7 +688,7 @@ async def settle(
             actual_nanos,
             reservation.instance_id,
             to_iso(now),
-            reservation.id,
+            None if keep_reservation else reservation.id,
             ids,
             [to_iso(current_window(budgets[budget_id], now)[2]) for budget_id in ids],
         ),
@@ -694,7 +697,12 @@ async def settle(
 
 
 def _settle_sync(
-    conn: SyncConnection, reservation: Reservation, actual_nanos: int, now: datetime, row: tuple[str, str] | None
+    conn: SyncConnection,
+    reservation: Reservation,
+    actual_nanos: int,
+    now: datetime,
+    row: tuple[str, str] | None,
+    keep_reservation: bool = False,
 ) -> bool:
     """SQLite: `settle` as one job, its write lock held."""
     if row is not None and actual_nanos:
@@ -709,7 +717,7 @@ def _settle_sync(
                 reservation.budget_ids,
             )
         ]
-    found = conn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
+    found = 0 if keep_reservation else conn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
     if budgets and actual_nanos:
         conn.executemany(_SPEND_UPSERT, [(b.id, to_iso(current_window(b, now)[2]), actual_nanos) for b in budgets])
     return found > 0
@@ -746,7 +754,9 @@ async def expire(db: Database, now: datetime) -> int:
     """Delete lapsed reservations (they already stopped counting) and rate counters older than two minutes."""
     async with db.transaction() as conn:
         gone = await conn.execute("DELETE FROM reservations WHERE expires_at <= ?", (to_iso(now),))
-        await conn.execute("DELETE FROM rate_counters WHERE minute < ?", (to_iso(_minute(now) - timedelta(minutes=2)),))
+        await conn.execute(
+            "DELETE FROM rate_counters WHERE minute < ?", (to_iso(minute_of(now) - timedelta(minutes=2)),)
+        )
     return gone
 
 
@@ -843,7 +853,8 @@ async def claim_alert(db: Database, budget_id: str, window_start: datetime, thre
 # --- rate limits ------------------------------------------------------------------------------------------------
 
 
-def _minute(now: datetime) -> datetime:
+def minute_of(now: datetime) -> datetime:
+    """The UTC minute holding `now` (rate limits count per minute)."""
     return _EPOCH + (now.astimezone(UTC) - _EPOCH) // timedelta(minutes=1) * timedelta(minutes=1)
 
 
@@ -877,13 +888,13 @@ def _counts_query(limits: Sequence[RateLimit], now: datetime) -> tuple[str, list
     marks = ", ".join("?" for _ in limits)
     return (
         f"SELECT rate_limit_id, requests, tokens FROM rate_counters WHERE rate_limit_id IN ({marks}) AND minute = ?",
-        [*(limit.id for limit in limits), to_iso(_minute(now))],
+        [*(limit.id for limit in limits), to_iso(minute_of(now))],
     )
 
 
 def _rate_verdict(limits: Sequence[RateLimit], counts: dict[str, tuple[int, int]], now: datetime) -> RateDecision:
     """Refused when this minute's requests or tokens reached a limit: the key's first, then the team's."""
-    minute = _minute(now)
+    minute = minute_of(now)
     retry_after = max(1, int((minute + timedelta(minutes=1) - now).total_seconds() + 0.999))
     for limit in sorted(limits, key=lambda item: (item.level != RateLevel.KEY, item.id)):
         used_requests, used_tokens = counts.get(limit.id, (0, 0))
@@ -903,7 +914,7 @@ def _take_sync(conn: SyncConnection, key_id: str, team_id: str | None, now: date
     counts = {str(r[0]): (int(r[1]), int(r[2])) for r in conn.fetch(sql, params)}
     decision = _rate_verdict(limits, counts, now)
     if isinstance(decision, RateAllowed):
-        conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(_minute(now)), 1, 0) for limit in limits])
+        conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(minute_of(now)), 1, 0) for limit in limits])
     return decision
 
 
@@ -925,7 +936,7 @@ async def take_request(db: Database, key_id: str, team_id: str | None, now: date
         counts = {str(r[0]): (int(r[1]), int(r[2])) for r in await conn.fetch(sql, params)}
         decision = _rate_verdict(limits, counts, now)
         if isinstance(decision, RateAllowed):
-            await conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(_minute(now)), 1, 0) for limit in limits])
+            await conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(minute_of(now)), 1, 0) for limit in limits])
         return decision
 
 
@@ -943,13 +954,13 @@ async def add_tokens(db: Database, key_id: str, team_id: str | None, tokens: int
         "INSERT INTO rate_counters (rate_limit_id, minute, requests, tokens) SELECT id, ?, 0, ? FROM rate_limits "
         "WHERE (level = 'key' AND target_id = ?) OR (level = 'team' AND target_id = ?) ORDER BY level, id "
         "ON CONFLICT (rate_limit_id, minute) DO UPDATE SET tokens = rate_counters.tokens + excluded.tokens",
-        (to_iso(_minute(now)), tokens, key_id, team_id),
+        (to_iso(minute_of(now)), tokens, key_id, team_id),
     )
 
 
 def _add_tokens_sync(conn: SyncConnection, key_id: str, team_id: str | None, tokens: int, now: datetime) -> None:
     limits = [_rate_limit(r) for r in conn.fetch(_LIMITS_SQL, (key_id, team_id))]
-    conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(_minute(now)), 0, tokens) for limit in limits])
+    conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(minute_of(now)), 0, tokens) for limit in limits])
 
 
 async def add_tokens_sqlite(conn: Connection, key_id: str, team_id: str | None, tokens: int, now: datetime) -> None:
@@ -959,4 +970,75 @@ async def add_tokens_sqlite(conn: Connection, key_id: str, team_id: str | None, 
         return
     limits = [_rate_limit(r) for r in await conn.fetch(_LIMITS_SQL, (key_id, team_id))]
     if limits:
-        await conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(_minute(now)), 0, tokens) for limit in limits])
+        await conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(minute_of(now)), 0, tokens) for limit in limits])
+
+
+# ---- request slots for an instance's lease (see `gateway.leases`) ------------------------------------------------
+
+# A lease takes request slots only while every limit has this many times the wanted slots left this minute, and
+# less than this share of its tokens used: near a limit each request is counted on its own, so the limit stays exact
+# across instances (slots one instance holds are not another's to use).
+SLOT_HEADROOM = 4
+SLOT_TOKEN_SHARE = 0.5
+
+
+def _slots_granted(limits: Sequence[RateLimit], counts: dict[str, tuple[int, int]], want: int) -> int:
+    granted = want
+    for limit in limits:
+        used_requests, used_tokens = counts.get(limit.id, (0, 0))
+        if limit.tpm is not None and used_tokens >= limit.tpm * SLOT_TOKEN_SHARE:
+            return 0
+        if limit.rpm is not None:
+            granted = min(granted, (limit.rpm - used_requests) // SLOT_HEADROOM)
+    return max(0, granted)
+
+
+def _take_slots_sync(
+    conn: SyncConnection, key_id: str, team_id: str | None, want: int, now: datetime
+) -> tuple[int, tuple[str, ...]]:
+    limits = [_rate_limit(r) for r in conn.fetch(_LIMITS_SQL, (key_id, team_id))]
+    if not limits:
+        return want, ()
+    sql, params = _counts_query(limits, now)
+    counts = {str(r[0]): (int(r[1]), int(r[2])) for r in conn.fetch(sql, params)}
+    granted = _slots_granted(limits, counts, want)
+    if granted:
+        conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(minute_of(now)), granted, 0) for limit in limits])
+    return granted, tuple(limit.id for limit in limits)
+
+
+async def take_slots(
+    db: Database, key_id: str, team_id: str | None, want: int, now: datetime
+) -> tuple[int, tuple[str, ...]]:
+    """Count up to `want` requests of this minute at once against the key's and team's rate limits, for requests
+    an instance admits later from a lease: (how many were granted, the rate limits counted). None are granted
+    near a limit (`SLOT_HEADROOM`); with no rate limit all are."""
+    from ccgate.storage.gateway.db import SQLiteDatabase
+
+    if isinstance(db, SQLiteDatabase):
+        return await db.run_transaction(lambda conn: _take_slots_sync(conn, key_id, team_id, want, now), inline=True)
+    async with db.transaction() as conn:
+        limits = await _locked_limits(conn, db, key_id, team_id)
+        if not limits:
+            return want, ()
+        sql, params = _counts_query(limits, now)
+        counts = {str(r[0]): (int(r[1]), int(r[2])) for r in await conn.fetch(sql, params)}
+        granted = _slots_granted(limits, counts, want)
+        if granted:
+            await conn.executemany(
+                _COUNTER_UPSERT, [(limit.id, to_iso(minute_of(now)), granted, 0) for limit in limits]
+            )
+        return granted, tuple(limit.id for limit in limits)
+
+
+async def give_back_slots(db: Database, rate_limit_ids: Sequence[str], taken_at: datetime, unused: int) -> None:
+    """Uncount a lease's request slots it never used, in the minute they were taken (a counter already gone has
+    nothing to give back to)."""
+    if unused <= 0 or not rate_limit_ids:
+        return
+    for rate_limit_id in rate_limit_ids:  # one statement each: never two counter rows held at once (no lock order)
+        await db.execute(
+            "UPDATE rate_counters SET requests = CASE WHEN requests > ? THEN requests - ? ELSE 0 END "
+            "WHERE rate_limit_id = ? AND minute = ?",
+            (unused, unused, rate_limit_id, to_iso(minute_of(taken_at))),
+        )

@@ -400,7 +400,9 @@ async def _settle_with_rows(
             )
         for budget_id in row.charge.reservation.budget_ids:
             owed[budget_id] = owed.get(budget_id, 0) + due
-    reservation_ids = [row.charge.reservation.id for row in rows if row.charge is not None]
+    reservation_ids = [
+        row.charge.reservation.id for row in rows if row.charge is not None and not row.charge.keep_reservation
+    ]
     for start in range(0, len(reservation_ids), _CHUNK):
         chunk = reservation_ids[start : start + _CHUNK]
         await conn.execute(f"DELETE FROM reservations WHERE id IN ({', '.join('?' for _ in chunk)})", chunk)

@@ -246,6 +246,9 @@ class Charge:
 
     reservation: Reservation
     nanos: int
+    # a request admitted from its instance's lease (`gateway.leases`): the lease's reservation stays, its
+    # instance ends it
+    keep_reservation: bool = False
 
 
 @dataclass(slots=True)

@@ -7,10 +7,11 @@ entry (before/after, never a secret) commit in one transaction.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -238,12 +239,33 @@ async def _audit(conn: Connection, actor: str | None, action: str, target: str |
     )
 
 
+_Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
+
+
+def _changes_limits(method: _Method) -> _Method:
+    """Bump `limits_changed` before and after a change to budgets or rate limits: a lease taken while it was being
+    made is seen as taken before it (`gateway.leases`)."""
+
+    @functools.wraps(method)
+    async def changing(self: GatewayStore, *args: Any, **kwargs: Any) -> Any:
+        self.limits_changed += 1
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            self.limits_changed += 1
+
+    return changing  # type: ignore[return-value]
+
+
 class GatewayStore:
     """Everything the gateway server keeps: one instance per process (its own pool or SQLite thread)."""
 
     def __init__(self, db: Database, *, cipher: KeyCipher | None = None) -> None:
         # bumped when this process creates a budget: a cached "who has budgets" set is stale from then on
         self.budget_generation = 0
+        # bumped by every change to a budget or rate limit made through this store: this process's leases end
+        # at once (another instance's within `leases.LEASE_LIFE_S`)
+        self.limits_changed = 0
         self.db = db
         self.cipher = cipher
         self._holds_changed = asyncio.Event()
@@ -731,6 +753,7 @@ class GatewayStore:
             return (await self.get_key(target)).id
         return (await self.get_provider(target)).id
 
+    @_changes_limits
     async def create_budget(
         self,
         *,
@@ -848,6 +871,7 @@ class GatewayStore:
         target_id = await self._target_id(budget_level, target)
         return await admission.load_budgets(self.db, "level = ? AND target_id = ?", (budget_level.value, target_id))
 
+    @_changes_limits
     async def update_budget(
         self,
         budget_id: str,
@@ -875,16 +899,19 @@ class GatewayStore:
             await _audit(conn, actor, "budget.update", before.id, before, after)
         return after
 
+    @_changes_limits
     async def override_budget(
         self, budget_id: str, *, limit_nanos: int | None, now: datetime | None = None, actor: str | None = None
     ) -> Budget:
         """Replace the limit for the current window only (None removes an override)."""
         return await admission.override_budget(self.db, budget_id, limit_nanos, now or utcnow(), actor, _audit)
 
+    @_changes_limits
     async def reset_budget(self, budget_id: str, *, now: datetime | None = None, actor: str | None = None) -> None:
         """Forget the current window's spend (the ledger keeps every row)."""
         await admission.reset_budget(self.db, budget_id, now or utcnow(), actor, _audit)
 
+    @_changes_limits
     async def delete_budget(self, budget_id: str, *, actor: str | None = None) -> None:
         before = await self.get_budget(budget_id)
         async with self.db.transaction() as conn:
@@ -994,12 +1021,20 @@ class GatewayStore:
         *,
         now: datetime | None = None,
         row: tuple[str, str] | None = None,
+        keep_reservation: bool = False,
     ) -> bool:
         """Delete the hold and add the real cost to every budget it held, atomically; False if it had lapsed.
-        With `row` (key id, row id) a row's cost goes into the budgets once (see `admission.claim_charge`)."""
+        With `row` (key id, row id) a row's cost goes into the budgets once (see `admission.claim_charge`).
+        `keep_reservation`: the hold is a lease's, which its instance ends (only the spend is added)."""
         try:
             return await admission.settle(
-                self.db, reservation, actual_nanos, now or utcnow(), row, self.budget_definitions
+                self.db,
+                reservation,
+                actual_nanos,
+                now or utcnow(),
+                row,
+                self.budget_definitions,
+                keep_reservation=keep_reservation,
             )
         finally:
             self._wake_waiters()
@@ -1028,6 +1063,15 @@ class GatewayStore:
             return False
         return True
 
+    async def take_slots(
+        self, *, key_id: str, team_id: str | None, want: int, now: datetime | None = None
+    ) -> tuple[int, tuple[str, ...]]:
+        """Up to `want` of this minute's requests counted at once, for a lease (see `admission.take_slots`)."""
+        return await admission.take_slots(self.db, key_id, team_id, want, now or utcnow())
+
+    async def give_back_slots(self, rate_limit_ids: Sequence[str], taken_at: datetime, unused: int) -> None:
+        await admission.give_back_slots(self.db, rate_limit_ids, taken_at, unused)
+
     async def renew(self, instance_id: str, *, ttl: timedelta, now: datetime | None = None) -> int:
         return await admission.renew(self.db, instance_id, ttl, now or utcnow())
 
@@ -1036,6 +1080,7 @@ class GatewayStore:
 
     # --- rate limits -------------------------------------------------------------------------------------------
 
+    @_changes_limits
     async def set_rate_limit(
         self, *, level: RateLevel | str, target: str, rpm: int | None, tpm: int | None, actor: str | None = None
     ) -> RateLimit:
@@ -1075,6 +1120,7 @@ class GatewayStore:
             _rate(r) for r in await self.db.fetch(f"SELECT {_RATE_COLS} FROM rate_limits ORDER BY level, target_id")
         ]
 
+    @_changes_limits
     async def delete_rate_limit(self, *, level: RateLevel | str, target: str, actor: str | None = None) -> None:
         rate_level = _choice(RateLevel, level, "rate limit level")
         target_id = await self._target_id(rate_level, target)
