@@ -139,6 +139,8 @@ class GatewayAdmission:
         self._leases: dict[Who, Lease] = {}
         self._leasing: dict[Who, asyncio.Future[None]] = {}
         self._room: dict[Who, int] = {}
+        # rate-limited keys whose last lease got no request slots (near the limit): no lease until then
+        self._slotless: dict[Who, float] = {}
 
     # ---- the Admission protocol -------------------------------------------------------------------------------
 
@@ -178,7 +180,7 @@ class GatewayAdmission:
             if meta.request_id is not None:
                 leased.row = (key_id, meta.request_id)
             return leased
-        extra = self._lease_wanted(who, bound)
+        extra = self._lease_wanted(who, bound, take_rate)
         generation = self.store.limits_changed
         taking: asyncio.Future[None] | None = None
         if extra:
@@ -210,7 +212,8 @@ class GatewayAdmission:
                 result = await self._attempt(reserve())
         finally:
             if taking is not None:
-                del self._leasing[who]
+                if self._leasing.get(who) is taking:
+                    del self._leasing[who]
                 taking.set_result(None)
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.max_wait
@@ -291,11 +294,14 @@ class GatewayAdmission:
         self._holds.add(hold)
         return hold
 
-    def _lease_wanted(self, who: Who, bound: int) -> int:
+    def _lease_wanted(self, who: Who, bound: int, take_rate: bool) -> int:
         """How much more than `bound` this admission should reserve as a lease (0: none). Not while a live lease
-        still has room for the request (it could not use it for a reason a new one would share: a rate limit)."""
+        still has room for the request (it could not use it for a reason a new one would share: its request slots
+        are still being counted), nor while a rate limit is too close to give a lease slots."""
         current = self._leases.get(who)
-        if current is not None and current.free >= bound and not current.ended:
+        if who in self._leasing or (current is not None and current.free >= bound and not current.ended):
+            return 0
+        if take_rate and self._slotless.get(who, 0.0) > asyncio.get_running_loop().time():
             return 0
         return lease_extra(bound, self._room.get(who))
 
@@ -329,7 +335,12 @@ class GatewayAdmission:
         key_id, team_id = lease.who[0], lease.who[1]
         now = utcnow()
         granted, ids = await self.store.take_slots(key_id=key_id, team_id=team_id, want=LEASE_SLOTS, now=now)
-        if lease.ended:  # ended while they were counted: give them straight back
+        if lease.ended or not granted:  # ended while they were counted, or none to have: it ends, they go back
+            if not granted:
+                if len(self._slotless) > 10_000:
+                    self._slotless.clear()
+                self._slotless[lease.who] = asyncio.get_running_loop().time() + LEASE_LIFE_S
+            self._end_lease(lease)
             await self.store.give_back_slots(ids, now, granted)
             return
         lease.rated, lease.slots, lease.slot_ids, lease.slot_minute = True, granted, ids, minute_of(now)

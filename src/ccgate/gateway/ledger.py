@@ -83,9 +83,11 @@ class GatewayLedger:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
-        # (key id, row id) -> a settle waiting for its final row; reservation id -> (when written, if never queued)
+        # (key id, row id) -> a settle waiting for its final row; charge -> (when written, if never queued)
         self._charges: dict[tuple[str, str], Charge] = {}
-        self._after: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {}
+        # by the charge itself (its id, the charge kept alive here): requests admitted from one lease share its
+        # reservation
+        self._after: dict[int, tuple[Charge, Callable[[], None], Callable[[], None]]] = {}
         # ids of the rows of the batch being written: one dropped meanwhile may still be committed with its settle
         self._writing: set[int] = set()
         self.dropped = 0
@@ -102,7 +104,7 @@ class GatewayLedger:
         instead (the caller settles on its own), so a settle is never left waiting."""
         slot = (key_id, row_id)
         self._charges[slot] = charge
-        self._after[charge.reservation.id] = (settled, alone)
+        self._after[id(charge)] = (charge, settled, alone)
         asyncio.get_running_loop().call_soon(self._unclaimed, slot, charge)
 
     def _unclaimed(self, slot: tuple[str, str], charge: Charge) -> None:
@@ -112,9 +114,9 @@ class GatewayLedger:
 
     def _done(self, charge: Charge, *, written: bool) -> None:
         """Tell the settle's owner, once: written with its row, or to be written on its own."""
-        after = self._after.pop(charge.reservation.id, None)
+        after = self._after.pop(id(charge), None)
         if after is not None:
-            (after[0] if written else after[1])()
+            (after[1] if written else after[2])()
 
     def enqueue(self, owner: Owner, record: RequestRecord) -> None:
         if len(self._queue) >= MAX_QUEUED:
