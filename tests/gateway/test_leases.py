@@ -229,3 +229,22 @@ async def test_closing_an_instance_gives_its_leases_back(open_store: StoreFactor
     await admission.close()
     assert await _spent_reserved(store, who) == [(6_000, 0)]
     assert await store.db.fetch("SELECT id FROM reservations") == []
+
+
+async def test_a_key_with_requests_seconds_apart_takes_no_lease(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease pays off only for a busy key: for one request now and then it would be two more writes each."""
+    who = await acme_dev(store)
+    await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
+    monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 0.05)
+    asked = _count_admissions(store, monkeypatch)
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=frozenset)
+    for _ in range(3):
+        hold = await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL)
+        assert hold.lease is None
+        admission.settle(hold, 1_000)
+        await asyncio.sleep(0.1)
+    assert asked == [10_000] * 3
+    await _settled(store, who, [(3_000, 0)])
+    await admission.close()

@@ -138,7 +138,7 @@ class GatewayAdmission:
         # leases (`gateway.leases`): the live one per key and budgets, one being taken, the room seen last
         self._leases: dict[Who, Lease] = {}
         self._leasing: dict[Who, asyncio.Future[None]] = {}
-        self._room: dict[Who, int] = {}
+        self._room: dict[Who, tuple[int, float]] = {}  # (least room, loop time it was seen)
         # rate-limited keys whose last lease got no request slots (near the limit): no lease until then
         self._slotless: dict[Who, float] = {}
 
@@ -202,13 +202,13 @@ class GatewayAdmission:
             assert first is not None  # only a rate limit answers None
             result: AdmissionResult = first
             if extra and isinstance(result, Admitted) and result.budgets:
-                self._room[who] = room_left(result.budgets, bound + extra)
+                self._room[who] = (room_left(result.budgets, bound + extra), asyncio.get_running_loop().time())
                 hold = self._lease_taken(who, result, bound, extra, generation, take_rate)
                 if meta.request_id is not None:
                     hold.row = (key_id, meta.request_id)
                 return hold
             if extra and not isinstance(result, Admitted):  # no room for a lease: this request alone (its rate
-                self._room[who] = 0  # limit is counted already)
+                self._room[who] = (0, asyncio.get_running_loop().time())  # limit is counted already)
                 result = await self._attempt(reserve())
         finally:
             if taking is not None:
@@ -223,7 +223,7 @@ class GatewayAdmission:
         while True:
             if isinstance(result, Admitted):
                 if result.budgets:
-                    self._room[who] = room_left(result.budgets, bound)
+                    self._room[who] = (room_left(result.budgets, bound), asyncio.get_running_loop().time())
                 hold = self._admitted(result, reserve_nanos, model, who)
                 if meta.request_id is not None:
                     hold.row = (key_id, meta.request_id)
@@ -303,7 +303,12 @@ class GatewayAdmission:
             return 0
         if take_rate and self._slotless.get(who, 0.0) > asyncio.get_running_loop().time():
             return 0
-        return lease_extra(bound, self._room.get(who))
+        # only for a busy key: one admitted less than a lease's life ago (a key with a request every few seconds
+        # would take a lease per request, and its end would be two more writes for nothing)
+        seen = self._room.get(who)
+        if seen is None or asyncio.get_running_loop().time() - seen[1] > LEASE_LIFE_S:
+            return 0
+        return lease_extra(bound, seen[0])
 
     def _lease_taken(
         self, who: Who, result: Admitted, bound: int, extra: int, generation: int, take_rate: bool
