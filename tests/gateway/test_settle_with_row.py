@@ -428,6 +428,38 @@ async def test_a_batch_opening_a_new_spend_bucket_never_waits_in_a_cycle_with_a_
     assert await _state(store, who) == [(3_000, 0), (2_000, 0)]
 
 
+async def test_a_lone_settle_opening_a_new_spend_bucket_never_waits_in_a_cycle_with_a_recovery(
+    store: GatewayStore, db_url: str
+) -> None:
+    """PostgreSQL: the same for a settle written on its own (`ccgate_settle_v3`, migration 0012): it makes every
+    bucket row it needs before it adds to any. `ccgate_settle_v2` added in the budgets' order, inserting a new
+    bucket's row (the key's) while it held the team's spend row, and a recovery holding the budget rows and
+    waiting for that spend row closed a cycle."""
+    if store.db.backend != "postgresql":
+        return
+    import asyncpg
+
+    who = await _budgets(store)
+    team, _ = sorted(await store.list_budgets(), key=lambda budget: budget.level.rank)
+    hold = await _hold(store, who)
+    team_only = Reservation(hold.id, (team.id,), hold.amount_nanos, hold.instance_id, hold.expires_at)
+    assert await store.settle(team_only, 1_000)  # the team's bucket has a row, the key's not yet
+    reservation = await _hold(store, who)
+    other = await asyncpg.connect(db_url)
+    try:
+        recovery = other.transaction()
+        await recovery.start()
+        await other.execute("SELECT 1 FROM budgets ORDER BY lock_rank, id FOR UPDATE")  # a recovery's charge...
+        settling = asyncio.ensure_future(store.settle(reservation, 2_000))
+        await until_waiting(other, what="the settle (for a budget row)")
+        await other.execute("UPDATE budget_spend SET spent_nanos = spent_nanos")  # ...then its spend rows
+        await recovery.commit()
+        assert await settling
+    finally:
+        await other.close()
+    assert await _state(store, who) == [(3_000, 0), (2_000, 0)]
+
+
 async def test_a_budget_deleted_while_a_batch_settles_on_it_never_waits_in_a_cycle(
     store: GatewayStore, db_url: str
 ) -> None:

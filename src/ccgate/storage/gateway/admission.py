@@ -636,7 +636,7 @@ async def claim_charge(
     first ('ingest'), has part of it already: only the rest. A finished row charged by an earlier request that
     reused the id is another request: all of it, the old row untouched. No row yet (the ledger writer is behind):
     a pending placeholder carries the mark, so a sync arriving before the real row is written finds it.
-    (``ccgate_settle_v2``, migration 0009, applies the same rules on PostgreSQL.)
+    (``ccgate_settle_v3``, migration 0012, applies the same rules on PostgreSQL.)
     """
     if await conn.execute(_CLAIM_UPDATE, (nanos, key_id, row_id, instance_id)):
         return nanos
@@ -668,7 +668,7 @@ async def settle(
     (`claim_charge`), taken before any budget or spend row, as `instances.recover_dead` does (one lock order).
     On PostgreSQL it takes no budget row (``ccgate_settle_v2``, migration 0009, says why that is exact): a
     settle does not queue behind its team's admissions. One round trip: one transaction on SQLite (on the event
-    loop's connection when the write lock is free), one call of ``ccgate_settle_v2`` on PostgreSQL.
+    loop's connection when the write lock is free), one call of ``ccgate_settle_v3`` (migration 0012) on PostgreSQL.
     """
     if not 0 <= actual_nanos <= MAX_NANOS:
         raise ValueError("actual_nanos must be between 0 and MAX_NANOS")
@@ -681,7 +681,7 @@ async def settle(
     budgets = await (definitions or BudgetDefinitions()).by_ids(db, reservation.budget_ids)
     ids = [budget_id for budget_id in reservation.budget_ids if budget_id in budgets]
     found = await db.fetchone(
-        "SELECT ccgate_settle_v2(?, ?, ?, ?, ?, ?, ?, ?)",
+        "SELECT ccgate_settle_v3(?, ?, ?, ?, ?, ?, ?, ?)",
         (
             None if row is None else row[0],
             None if row is None else row[1],
