@@ -202,11 +202,13 @@ class GatewayAdmission:
             assert first is not None  # only a rate limit answers None
             result: AdmissionResult = first
             if extra and isinstance(result, Admitted) and result.budgets:
+                extra = self._lease_fitted(result, bound, extra)
                 self._room[who] = room_left(result.budgets, bound + extra)
-                hold = self._lease_taken(who, result, bound, extra, generation, take_rate)
-                if meta.request_id is not None:
-                    hold.row = (key_id, meta.request_id)
-                return hold
+                if extra:
+                    hold = self._lease_taken(who, result, bound, extra, generation, take_rate)
+                    if meta.request_id is not None:
+                        hold.row = (key_id, meta.request_id)
+                    return hold
             if extra and not isinstance(result, Admitted):  # no room for a lease: this request alone (its rate
                 self._room[who] = 0  # limit is counted already)
                 result = await self._attempt(reserve())
@@ -304,6 +306,18 @@ class GatewayAdmission:
         if take_rate and self._slotless.get(who, 0.0) > asyncio.get_running_loop().time():
             return 0
         return lease_extra(bound, self._room.get(who))
+
+    def _lease_fitted(self, result: Admitted, bound: int, extra: int) -> int:
+        """The lease part `extra` of an admitted reservation, cut to what the room the admission found allows: it
+        was sized on the room seen last, which other keys or instances may have spent since, and an admission with
+        nothing else reserved is admitted whatever its size (the one request's overshoot budgets allow -- never a
+        lease's). The reservation is lowered at once (in the background: this admission must not be cancelled
+        holding it)."""
+        fits = min(extra, lease_extra(bound, room_left(result.budgets, 0)))
+        if fits < extra:
+            reservation = result.reservation
+            self._spawn(self._retrying(lambda: self.store.shrink(reservation, bound + fits)), "lease")
+        return fits
 
     def _lease_taken(
         self, who: Who, result: Admitted, bound: int, extra: int, generation: int, take_rate: bool

@@ -1,0 +1,83 @@
+"""Budget leases (`gateway.leases`) attacked from outside: stale room, cancelled admissions, leases ending while
+their requests are in flight, the database away, rate limits at a minute's edge -- budgets and rate limits stay
+exact, and no reservation is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from gateway_testing import acme_dev
+
+from ccgate.errors import BudgetExceededError
+from ccgate.gateway import admission as gateway_admission
+from ccgate.gateway.admission import GatewayAdmission, Hold
+from ccgate.proxy.engine import ClientMeta
+from ccgate.storage.gateway import GatewayStore
+from ccgate.storage.gateway.records import KeyIdentity
+
+TTL = timedelta(minutes=5)
+MODEL = "claude-sonnet-4-5"
+
+
+@pytest.fixture(autouse=True)
+def short_leases(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 0.3)
+
+
+def _meta(who: KeyIdentity, request_id: str | None = None) -> ClientMeta:
+    extra = {"key_id": who.key.id, "team_id": who.team.id, "customer_id": who.team.customer_id or ""}
+    return ClientMeta(extra=extra, request_id=request_id)
+
+
+async def _spent_reserved(store: GatewayStore, who: KeyIdentity) -> list[tuple[int, int]]:
+    views = await store.budget_views(key_id=who.key.id, team_id=who.team.id, customer_id=who.team.customer_id)
+    return [(view.state.spent_nanos, view.state.reserved_nanos) for view in views]
+
+
+async def _settled(store: GatewayStore, who: KeyIdentity, expected: list[tuple[int, int]]) -> None:
+    """Poll (about 10 s) until the budgets read `expected` and no reservation is left."""
+    state: list[tuple[int, int]] = []
+    for _ in range(200):
+        state = await _spent_reserved(store, who)
+        if state == expected and not await store.db.fetch("SELECT id FROM reservations"):
+            return
+        await asyncio.sleep(0.05)
+    rows = await store.db.fetch("SELECT id, amount_nanos FROM reservations")
+    raise AssertionError(f"budgets {state} (reservations {rows}), expected {expected} and none")
+
+
+async def _admit_until_refused(admission: GatewayAdmission, who: KeyIdentity, bound: int) -> list[Hold]:
+    """Admit requests without settling any, until one is refused (the admission's short wait gives up)."""
+    holds: list[Hold] = []
+    for _ in range(200):
+        try:
+            holds.append(await admission.admit(_meta(who), reserve_nanos=bound, model=MODEL))
+        except BudgetExceededError:
+            return holds
+    raise AssertionError("200 requests admitted: the budget never stopped them")
+
+
+async def test_a_lease_sized_on_a_stale_room_never_takes_more_than_is_left(store: GatewayStore) -> None:
+    """The room an instance saw last can be long gone (other keys or instances spent it): a lease sized on it must
+    not be admitted past the limit (an admission with nothing else reserved is admitted whatever its size, the
+    one request's overshoot the design allows -- never 64 requests' worth)."""
+    who = await acme_dev(store)
+    bound, limit = 1_000_000, 10**9
+    await store.create_budget(level="team", target="core", limit_nanos=limit, period="1d")
+    mine = GatewayAdmission(store, "gw-1", ttl=TTL, wait_timeout=0.2, max_wait=0.2, rate_limited=frozenset)
+    other = GatewayAdmission(store, "gw-2", ttl=TTL, rate_limited=frozenset)
+    mine.settle(await mine.admit(_meta(who), reserve_nanos=bound, model=MODEL), bound)  # sees a large room
+    # another instance spends all but two requests' worth meanwhile
+    big = await other.admit(_meta(who), reserve_nanos=limit - 3 * bound, model=MODEL)
+    other.settle(big, limit - 3 * bound)
+    await _settled(store, who, [(limit - 2 * bound, 0)])
+    holds = await _admit_until_refused(mine, who, bound)
+    # two fit; a third may overshoot (admitted while nothing else is reserved), never more
+    assert len(holds) <= 3, f"{len(holds)} requests admitted with room for 2"
+    for hold in holds:
+        mine.settle(hold, bound)
+    await _settled(store, who, [(limit - 2 * bound + len(holds) * bound, 0)])
+    await mine.close()
+    await other.close()
