@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from gateway_testing import acme_dev
 
-from ccgate.errors import BudgetExceededError
+from ccgate.errors import BudgetExceededError, RateLimitedError
 from ccgate.gateway import admission as gateway_admission
 from ccgate.gateway.admission import GatewayAdmission, Hold
 from ccgate.proxy.engine import ClientMeta
@@ -81,3 +81,41 @@ async def test_a_lease_sized_on_a_stale_room_never_takes_more_than_is_left(store
     await _settled(store, who, [(limit - 2 * bound + len(holds) * bound, 0)])
     await mine.close()
     await other.close()
+
+
+async def _until_rated(admission: GatewayAdmission) -> None:
+    """Until the live lease's request slots are counted (in the background), about 10 s."""
+    for _ in range(1_000):
+        if any(lease.rated for lease in admission._leases.values()):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the lease's request slots were never counted")
+
+
+async def test_requests_a_lease_cannot_hold_use_its_request_slots(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request too big for its key's lease is admitted on its own: it must use one of the lease's request slots,
+    not count one more -- else the key is told 429 while fewer than rpm of its requests were admitted."""
+    monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 60.0)
+    who = await acme_dev(store)
+    await store.create_budget(level="team", target="core", limit_nanos=10**7, period="1d")
+    rpm = 40
+    await store.set_rate_limit(level="team", target="core", rpm=rpm, tpm=None)
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=lambda: frozenset({who.team.id}))
+    holds = [await admission.admit(_meta(who), reserve_nanos=1_000, model=MODEL) for _ in range(2)]
+    assert holds[1].lease is not None
+    await _until_rated(admission)
+    # too big for the lease (64 small requests' worth), too big to take one of its own (1/32 of the room)
+    refused = 0
+    for _ in range(rpm):
+        try:
+            holds.append(await admission.admit(_meta(who), reserve_nanos=100_000, model=MODEL))
+        except RateLimitedError:
+            refused += 1
+    assert len(holds) == rpm and refused == 2
+    for hold in holds:
+        admission.release(hold)
+    await admission.close()
+    counted = await store.db.fetchone("SELECT sum(requests) FROM rate_counters")
+    assert counted is not None and int(counted[0]) == rpm

@@ -181,6 +181,8 @@ class GatewayAdmission:
                 leased.row = (key_id, meta.request_id)
             return leased
         extra = self._lease_wanted(who, bound, take_rate)
+        # a request the lease cannot hold still uses one of its request slots, already counted
+        count_rate = take_rate and not self._slot_of_lease(who)
         generation = self.store.limits_changed
         taking: asyncio.Future[None] | None = None
         if extra:
@@ -195,7 +197,7 @@ class GatewayAdmission:
                     bound_nanos=bound + extra,
                     instance_id=self.instance_id,
                     ttl=self.ttl,
-                    take_rate=take_rate,
+                    take_rate=count_rate,
                 )
             )
             self._raise_if_limited(limited)
@@ -281,6 +283,17 @@ class GatewayAdmission:
                 return None
             lease.slots -= 1
         return self._draw(lease, bound)
+
+    def _slot_of_lease(self, who: Who) -> bool:
+        """Take one of this minute's request slots the live lease counted, if it has one left: a request of its key
+        admitted on its own must not count another (the key would be told 429 while under its limit)."""
+        lease = self._leases.get(who)
+        if lease is None or lease.ended or not lease.rated or lease.slots <= 0:
+            return False
+        if lease.slot_minute != minute_of(utcnow()):
+            return False
+        lease.slots -= 1
+        return True
 
     def _draw(self, lease: Lease, bound: int) -> Hold:
         lease.held += bound
