@@ -5,6 +5,7 @@ exact, and no reservation is left behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 
 import pytest
@@ -15,6 +16,7 @@ from ccgate.gateway import admission as gateway_admission
 from ccgate.gateway.admission import GatewayAdmission, Hold
 from ccgate.proxy.engine import ClientMeta
 from ccgate.storage.gateway import GatewayStore
+from ccgate.storage.gateway.db import DatabaseUnavailableError
 from ccgate.storage.gateway.records import KeyIdentity
 
 TTL = timedelta(minutes=5)
@@ -36,15 +38,19 @@ async def _spent_reserved(store: GatewayStore, who: KeyIdentity) -> list[tuple[i
     return [(view.state.spent_nanos, view.state.reserved_nanos) for view in views]
 
 
+# budget holds (not an instance's heartbeat row, which holds no budget)
+_HOLDS = "SELECT id, amount_nanos FROM reservations WHERE id IN (SELECT reservation_id FROM reservation_budgets)"
+
+
 async def _settled(store: GatewayStore, who: KeyIdentity, expected: list[tuple[int, int]]) -> None:
-    """Poll (about 10 s) until the budgets read `expected` and no reservation is left."""
+    """Poll (about 10 s) until the budgets read `expected` and no budget hold is left."""
     state: list[tuple[int, int]] = []
     for _ in range(200):
         state = await _spent_reserved(store, who)
-        if state == expected and not await store.db.fetch("SELECT id FROM reservations"):
+        if state == expected and not await store.db.fetch(_HOLDS):
             return
         await asyncio.sleep(0.05)
-    rows = await store.db.fetch("SELECT id, amount_nanos FROM reservations")
+    rows = await store.db.fetch(_HOLDS)
     raise AssertionError(f"budgets {state} (reservations {rows}), expected {expected} and none")
 
 
@@ -119,3 +125,50 @@ async def test_requests_a_lease_cannot_hold_use_its_request_slots(
     await admission.close()
     counted = await store.db.fetchone("SELECT sum(requests) FROM rate_counters")
     assert counted is not None and int(counted[0]) == rpm
+
+
+async def test_settles_and_a_lease_given_up_while_the_database_was_away_are_written_when_it_is_back(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database is away longer than a settle's or release's tries (`DB_RETRIES`) but not than the holds' TTL:
+    the heartbeat renewed the lease's row for as long as the instance lived (64 requests' room), and the spend of
+    its requests was lost. Both are written once the database is back."""
+    monkeypatch.setattr(gateway_admission, "DB_RETRIES", 1)
+    who = await acme_dev(store)
+    await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
+    admission = GatewayAdmission(store, "gw-1", ttl=timedelta(seconds=1.5), rate_limited=frozenset)
+    holds = [await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL) for _ in range(3)]
+    assert holds[2].lease is not None
+    away = True
+    tried: list[str] = []
+
+    def unless_away(name: str) -> None:
+        real = getattr(store, name)
+
+        async def call(*args: object, **kwargs: object) -> object:
+            tried.append(name)
+            if away:
+                raise DatabaseUnavailableError("lost the gateway's database: ConnectionRefusedError")
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, call)
+
+    for name in ("settle", "shrink", "release"):
+        unless_away(name)
+    heartbeat = asyncio.create_task(admission.run_heartbeat())
+    try:
+        for hold in holds:
+            admission.settle(hold, 4_000)
+        for _ in range(1_000):  # the settles give up, and the lease ends
+            if tried.count("settle") >= 3 and {"shrink", "release"} & set(tried) and not admission._tasks:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError(f"never gave up: {tried}")
+        away = False
+        await _settled(store, who, [(12_000, 0)])
+    finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+    await admission.close()

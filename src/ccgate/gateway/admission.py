@@ -50,7 +50,7 @@ SHRINK_AFTER_S = 0.1
 # How long after a reply its settle runs: then, not on the next request's admission (a client sends its next
 # request the moment a reply ends). The hold only lasts that much longer, so budgets stay exact.
 SETTLE_AFTER_S = 0.002
-# Tries (one a second) of a settle or release while the database is away, before the hold is left to lapse.
+# Tries (one a second) of a settle or release while the database is away, before it waits for the heartbeat.
 DB_RETRIES = 30
 
 
@@ -141,6 +141,10 @@ class GatewayAdmission:
         self._room: dict[Who, int] = {}
         # rate-limited keys whose last lease got no request slots (near the limit): no lease until then
         self._slotless: dict[Who, float] = {}
+        # writes that gave up while the database was away, in order, each with what runs once it is written: the
+        # heartbeat writes them before it renews this instance's holds (renewed, a hold no one would end again
+        # lived as long as the instance, and a settle's spend was lost)
+        self._parked: list[tuple[Callable[[], Coroutine[Any, Any, Any]], Callable[[], None] | None]] = []
 
     # ---- the Admission protocol -------------------------------------------------------------------------------
 
@@ -533,16 +537,12 @@ class GatewayAdmission:
         settling = self._retrying(
             lambda: self.store.settle(reservation, nanos, row=hold.row, keep_reservation=keep),
             first_after=SETTLE_AFTER_S,
+            then=None if hold.lease is None else lambda: self._lease_request_done(hold, nanos),
         )
         self._spawn(self._after_settle(settling, hold, nanos), "settle")
 
-    async def _after_settle(self, settling: Coroutine[Any, Any, None], hold: Hold, nanos: int) -> None:
-        try:
-            await settling
-        finally:
-            if hold.lease is not None:
-                self._lease_request_done(hold, nanos)
-        if hold.alerting and self.webhook is not None and nanos > 0:
+    async def _after_settle(self, settling: Coroutine[Any, Any, bool], hold: Hold, nanos: int) -> None:
+        if await settling and hold.alerting and self.webhook is not None and nanos > 0:
             await self._alert(hold)
 
     async def _alert(self, hold: Hold) -> None:
@@ -604,19 +604,51 @@ class GatewayAdmission:
 
         task.add_done_callback(finished)
 
-    @staticmethod
-    async def _retrying(call: Callable[[], Coroutine[Any, Any, Any]], *, first_after: float = 0.0) -> None:
-        """A settle must not be lost to a database restart: the spend would vanish from the budget."""
+    async def _retrying(
+        self,
+        call: Callable[[], Coroutine[Any, Any, Any]],
+        *,
+        first_after: float = 0.0,
+        then: Callable[[], None] | None = None,
+    ) -> bool:
+        """A settle must not be lost to a database restart: the spend would vanish from the budget. Past
+        `DB_RETRIES` tries the write is parked for the heartbeat (False). `then` runs once it is written, or once it
+        failed for another reason (nothing would write it again)."""
         if first_after > 0:
             await asyncio.sleep(first_after)
-        for attempt in range(DB_RETRIES):
+        attempt = 0
+        while True:
             try:
                 await call()
-                return
-            except DatabaseUnavailableError:
-                if attempt == DB_RETRIES - 1:
-                    raise
+            except DatabaseUnavailableError as error:
+                attempt += 1
+                if attempt >= DB_RETRIES:
+                    log.error("budget write parked until the database is back: %s", error.message)
+                    self._parked.append((call, then))
+                    return False
                 await asyncio.sleep(1.0)
+                continue
+            except BaseException:
+                if then is not None:
+                    then()
+                raise
+            if then is not None:
+                then()
+            return True
+
+    async def _unpark(self) -> None:
+        """The writes parked while the database was away, in their order; stops at the first that fails again."""
+        while self._parked:
+            call, then = self._parked.pop(0)
+            try:
+                await call()
+            except DatabaseUnavailableError:
+                self._parked.insert(0, (call, then))
+                raise
+            except Exception:
+                log.exception("a parked budget write failed")
+            if then is not None:
+                then()
 
     def _still_reserved(self, view: BudgetView, reserve: int, *, stalled: bool) -> BudgetExceededError:
         state = view.state
@@ -638,6 +670,7 @@ class GatewayAdmission:
         interval = self.ttl.total_seconds() / 3
         while True:
             try:
+                await self._unpark()  # before the renewal: a hold given up on is not renewed once more
                 now = utcnow()
                 await instances.beat(self.store.db, self.instance_id, self.ttl, now)
                 recovered = await instances.recover_dead(self.store.db, now)
@@ -658,6 +691,10 @@ class GatewayAdmission:
             self._end_lease(lease)
         if self.carrier is not None:
             await self.carrier.flush()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        with contextlib.suppress(DatabaseUnavailableError):
+            await self._unpark()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         with contextlib.suppress(DatabaseUnavailableError):
