@@ -8,8 +8,11 @@ import asyncio
 import contextlib
 from datetime import timedelta
 
+import anthropic
 import pytest
+from gateway_harness import running_gateway
 from gateway_testing import acme_dev
+from scripted_upstream import ErrorReply, TextReply, Usage
 
 from ccgate.errors import BudgetExceededError, RateLimitedError
 from ccgate.gateway import admission as gateway_admission
@@ -172,3 +175,53 @@ async def test_settles_and_a_lease_given_up_while_the_database_was_away_are_writ
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
     await admission.close()
+
+
+async def test_streams_through_the_gateway_spend_their_budgets_exactly(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over HTTP, as Claude Code sends them: concurrent streams of two keys, far from their budgets (so admitted
+    from leases), some refused by the provider (released). Every budget ends holding exactly the rows' cost, each
+    row charged once, and no hold is left."""
+    monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 1.0)
+    async with running_gateway(db_url) as gateway:
+        store = gateway.store
+        await store.create_budget(level="team", target="core", limit_nanos=10**13, period="1d")
+        await store.create_budget(level="key", target="ada", limit_nanos=10**13, period="1mo")
+        asked: list[int] = []
+        real = store.admit
+
+        async def counted(**kwargs: object) -> object:
+            asked.append(1)
+            return await real(**kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "admit", counted)
+        replies = [TextReply("ok", usage=Usage(input_tokens=1_000 + n, output_tokens=50 + n)) for n in range(36)]
+        gateway.upstream.enqueue(*replies, *[ErrorReply(400, "invalid_request_error")] * 4)
+
+        async def ask(key: str) -> None:
+            client = gateway.client(gateway.keys[key])
+            async with client.messages.stream(
+                model=MODEL, max_tokens=2_000, messages=[{"role": "user", "content": "hi"}]
+            ) as events:
+                await events.get_final_message()
+
+        for _ in range(2):  # the first requests learn the room; the rest are admitted from leases
+            await ask("ada")
+            await ask("bob")
+        outcomes = await asyncio.gather(*(ask(("ada", "bob")[n % 2]) for n in range(36)), return_exceptions=True)
+        assert sum(isinstance(o, anthropic.BadRequestError) for o in outcomes) == 4
+        assert all(o is None or isinstance(o, anthropic.BadRequestError) for o in outcomes)
+        assert len(asked) < 20  # leases admitted most of them
+        rows = await gateway.rows()
+        assert len(rows) == 40
+        cost = {name: 0 for name in ("ada", "bob")}
+        for row in rows:
+            cost["ada" if row.key_id == await gateway.key_id("ada") else "bob"] += row.record.cost.nanos or 0
+        assert all(cost.values())
+        ada = await store.authenticate_key(gateway.keys["ada"])
+        assert ada is not None
+        # customer (no budget), team, key: the team's spend is both keys', the key's only ada's
+        await _settled(store, ada, [(cost["ada"] + cost["bob"], 0), (cost["ada"], 0)])
+        charged = await store.db.fetchone("SELECT sum(charged_nanos) FROM requests")
+        assert charged is not None and int(charged[0]) == cost["ada"] + cost["bob"]
