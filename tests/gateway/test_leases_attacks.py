@@ -225,3 +225,64 @@ async def test_streams_through_the_gateway_spend_their_budgets_exactly(
         await _settled(store, ada, [(cost["ada"] + cost["bob"], 0), (cost["ada"], 0)])
         charged = await store.db.fetchone("SELECT sum(charged_nanos) FROM requests")
         assert charged is not None and int(charged[0]) == cost["ada"] + cost["bob"]
+
+
+async def test_a_cancelled_lease_taking_admission_holds_nothing_and_strands_no_one(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client of the admission taking a lease leaves while its round trip runs; another request of the key
+    waits for that lease meanwhile. The waiter goes on (and takes a lease itself), the cancelled one's reservation
+    is given back, and nothing is left marked as being taken."""
+    who = await acme_dev(store)
+    await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=frozenset)
+    admission.settle(await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL), 1_000)
+    entered, go = asyncio.Event(), asyncio.Event()
+    real = store.admit
+
+    async def held(**kwargs: object) -> object:
+        entered.set()
+        await go.wait()
+        return await real(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "admit", held)
+    taker = asyncio.create_task(admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL))
+    await entered.wait()
+    assert admission._leasing
+    waiter = asyncio.create_task(admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL))
+    await asyncio.sleep(0.01)
+    taker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await taker
+    go.set()
+    hold = await asyncio.wait_for(waiter, 30)
+    assert hold.lease is not None and not admission._leasing
+    admission.settle(hold, 2_000)
+    await _settled(store, who, [(3_000, 0)])
+    await admission.close()
+
+
+async def test_a_budget_lowered_through_this_store_gives_this_instances_leases_back_at_once(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease's row still reserves room for 64 requests when an admin lowers the budget below that: another
+    key's request must not wait for the lease's life (nor get 402 once its wait finds nothing moving)."""
+    monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 60.0)
+    who = await acme_dev(store)
+    ops = await store.authenticate_key((await store.create_key(team="core", name="ops")).plaintext)
+    assert ops is not None
+    budget = await store.create_budget(level="team", target="core", limit_nanos=10**9, period="1d")
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, wait_timeout=1.0, max_wait=1.0, rate_limited=frozenset)
+    holds = [await admission.admit(_meta(who), reserve_nanos=1_000_000, model=MODEL) for _ in range(2)]
+    assert holds[1].lease is not None
+    for hold in holds:
+        admission.settle(hold, 1_000_000)
+    for _ in range(200):
+        if (await _spent_reserved(store, who))[0][0] == 2_000_000:
+            break
+        await asyncio.sleep(0.05)
+    await store.update_budget(budget.id, limit_nanos=7_000_000)  # room for five more
+    hold = await admission.admit(_meta(ops), reserve_nanos=1_000_000, model=MODEL)
+    admission.settle(hold, 1_000_000)
+    await _settled(store, who, [(3_000_000, 0)])
+    await admission.close()

@@ -145,6 +145,7 @@ class GatewayAdmission:
         # heartbeat writes them before it renews this instance's holds (renewed, a hold no one would end again
         # lived as long as the instance, and a settle's spend was lost)
         self._parked: list[tuple[Callable[[], Coroutine[Any, Any, Any]], Callable[[], None] | None]] = []
+        store.limits_listeners.append(self._end_leases)
 
     # ---- the Admission protocol -------------------------------------------------------------------------------
 
@@ -393,6 +394,12 @@ class GatewayAdmission:
         else:
             keep, reservation = lease.keep, lease.reservation
             self._spawn(self._retrying(lambda: self.store.shrink(reservation, keep)), "lease")
+
+    def _end_leases(self) -> None:
+        """A budget or rate limit changed through this process's store: every lease ends at once (its room and
+        request slots go back), not when its key next asks."""
+        for lease in list(self._leases.values()):
+            self._end_lease(lease)
 
     def _drop_lease(self, lease: Lease) -> None:
         reservation = lease.reservation
@@ -687,8 +694,9 @@ class GatewayAdmission:
     async def close(self) -> None:
         """Wait for every settle and release still running (those written with rows too), then drop this
         instance's holds."""
-        for lease in list(self._leases.values()):
-            self._end_lease(lease)
+        with contextlib.suppress(ValueError):
+            self.store.limits_listeners.remove(self._end_leases)
+        self._end_leases()
         if self.carrier is not None:
             await self.carrier.flush()
         while self._tasks:
