@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import anthropic
 import pytest
 from gateway_harness import running_gateway
-from gateway_testing import acme_dev
+from gateway_testing import StoreFactory, acme_dev
 from scripted_upstream import ErrorReply, TextReply, Usage
 
 from ccgate.errors import BudgetExceededError, RateLimitedError
@@ -92,6 +92,15 @@ async def test_a_lease_sized_on_a_stale_room_never_takes_more_than_is_left(store
     await other.close()
 
 
+def _one_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request of the test in one rate-limit minute, 50 s before its end, whenever the test runs."""
+    from ccgate.storage.gateway import store as store_module
+
+    moment = datetime.now(UTC).replace(second=10, microsecond=0)
+    monkeypatch.setattr(gateway_admission, "utcnow", lambda: moment)
+    monkeypatch.setattr(store_module, "utcnow", lambda: moment)
+
+
 async def _until_rated(admission: GatewayAdmission) -> None:
     """Until the live lease's request slots are counted (in the background), about 10 s."""
     for _ in range(1_000):
@@ -107,6 +116,7 @@ async def test_requests_a_lease_cannot_hold_use_its_request_slots(
     """A request too big for its key's lease is admitted on its own: it must use one of the lease's request slots,
     not count one more -- else the key is told 429 while fewer than rpm of its requests were admitted."""
     monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 60.0)
+    _one_minute(monkeypatch)
     who = await acme_dev(store)
     await store.create_budget(level="team", target="core", limit_nanos=10**7, period="1d")
     rpm = 40
@@ -286,3 +296,37 @@ async def test_a_budget_lowered_through_this_store_gives_this_instances_leases_b
     admission.settle(hold, 1_000_000)
     await _settled(store, who, [(3_000_000, 0)])
     await admission.close()
+
+
+async def test_another_instances_unused_lease_slots_never_get_a_request_429(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Instance 1's lease counted request slots it does not use; instance 2's requests of the key reach the rpm
+    with them. They must be admitted up to the limit once the lease gives its slots back -- 429 only when rpm
+    requests were admitted."""
+    monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 2.0)
+    _one_minute(monkeypatch)
+    first = await open_store()
+    who = await acme_dev(first)
+    await first.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
+    rpm = 40
+    await first.set_rate_limit(level="team", target="core", rpm=rpm, tpm=None)
+    second = await open_store()
+    limited = lambda: frozenset({who.team.id})  # noqa: E731
+    leasing = GatewayAdmission(first, "gw-1", ttl=TTL, rate_limited=limited)
+    other = GatewayAdmission(second, "gw-2", ttl=TTL, rate_limited=limited)
+    holds = [await leasing.admit(_meta(who), reserve_nanos=1_000, model=MODEL) for _ in range(2)]
+    await _until_rated(leasing)
+    refused = 0
+    for _ in range(rpm):  # too big for a lease of their own: each counted
+        try:
+            holds.append(await other.admit(_meta(who), reserve_nanos=10**10, model=MODEL))
+        except RateLimitedError:
+            refused += 1
+    assert (len(holds), refused) == (rpm, 2)
+    for hold in holds:
+        (leasing if hold in holds[:2] else other).release(hold)
+    await leasing.close()
+    await other.close()
+    counted = await first.db.fetchone("SELECT sum(requests) FROM rate_counters")
+    assert counted is not None and int(counted[0]) == rpm

@@ -50,6 +50,9 @@ SHRINK_AFTER_S = 0.1
 # How long after a reply its settle runs: then, not on the next request's admission (a client sends its next
 # request the moment a reply ends). The hold only lasts that much longer, so budgets stay exact.
 SETTLE_AFTER_S = 0.002
+# How long a lease's unused request slots take to be given back once it ends: a request refused for a rate limit's
+# requests asks once more after a lease's life and this (see `_slots_may_come_back`).
+SLOTS_BACK_S = 0.5
 # Tries (one a second) of a settle or release while the database is away, before it waits for the heartbeat.
 DB_RETRIES = 30
 
@@ -177,7 +180,11 @@ class GatewayAdmission:
         if budgeted is not None and not any(i in budgeted for i in (key_id, team_id, customer_id, provider_id) if i):
             # no budget at any level: nothing to reserve, and no round trip for it
             if take_rate:
-                self._raise_if_limited(await self.store.take_request(key_id=key_id, team_id=team_id))
+                limited = await self.store.take_request(key_id=key_id, team_id=team_id)
+                if self._slots_may_come_back(limited):
+                    await asyncio.sleep(LEASE_LIFE_S + SLOTS_BACK_S)
+                    limited = await self.store.take_request(key_id=key_id, team_id=team_id)
+                self._raise_if_limited(limited)
             return Hold(None, ())
         who: Who = (key_id, team_id, customer_id, provider_id)
         leased = await self._from_lease(who, bound, take_rate)
@@ -192,19 +199,24 @@ class GatewayAdmission:
         taking: asyncio.Future[None] | None = None
         if extra:
             taking = self._leasing[who] = asyncio.get_running_loop().create_future()
-        try:
-            limited, first = await self._attempt_first(
-                self.store.admit(
-                    key_id=key_id,
-                    team_id=team_id,
-                    customer_id=customer_id,
-                    provider_id=provider_id,
-                    bound_nanos=bound + extra,
-                    instance_id=self.instance_id,
-                    ttl=self.ttl,
-                    take_rate=count_rate,
-                )
+
+        def first_attempt() -> Coroutine[Any, Any, tuple[RateDecision, AdmissionResult | None]]:
+            return self.store.admit(
+                key_id=key_id,
+                team_id=team_id,
+                customer_id=customer_id,
+                provider_id=provider_id,
+                bound_nanos=bound + extra,
+                instance_id=self.instance_id,
+                ttl=self.ttl,
+                take_rate=count_rate,
             )
+
+        try:
+            limited, first = await self._attempt_first(first_attempt())
+            if self._slots_may_come_back(limited):
+                await asyncio.sleep(LEASE_LIFE_S + SLOTS_BACK_S)
+                limited, first = await self._attempt_first(first_attempt())
             self._raise_if_limited(limited)
             assert first is not None  # only a rate limit answers None
             result: AdmissionResult = first
@@ -424,6 +436,17 @@ class GatewayAdmission:
                 retry_after=limited.retry_after_s,
                 hint=f"retry in {limited.retry_after_s} s, or ask your gateway admin to raise it",
             )
+
+    @staticmethod
+    def _slots_may_come_back(limited: RateDecision) -> bool:
+        """Refused for a rate limit's requests, which may count request slots that leases (of any instance) hold
+        and will not use: they are given back within a lease's life, so the request asks once more then rather
+        than be told 429 while fewer requests than the limit were admitted (a real 429 comes that much later)."""
+        return (
+            isinstance(limited, RateLimited)
+            and limited.kind == "requests"
+            and limited.retry_after_s > LEASE_LIFE_S + SLOTS_BACK_S
+        )
 
     def _has_rate_limit(self, key_id: str, team_id: str | None) -> bool:
         """Whether the key or its team may have a rate limit (requests of others skip counting)."""
