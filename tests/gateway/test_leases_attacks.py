@@ -330,3 +330,42 @@ async def test_another_instances_unused_lease_slots_never_get_a_request_429(
     await other.close()
     counted = await first.db.fetchone("SELECT sum(requests) FROM rate_counters")
     assert counted is not None and int(counted[0]) == rpm
+
+
+async def test_a_parked_write_that_still_fails_never_stops_the_heartbeat_renewing_live_holds(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One write keeps failing (its statement, say, while the rest of the database works): the live requests'
+    holds are renewed all the same, or they would lapse and other instances admit past the limit."""
+    monkeypatch.setattr(gateway_admission, "DB_RETRIES", 1)
+    who = await acme_dev(store)
+    await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
+    admission = GatewayAdmission(store, "gw-1", ttl=timedelta(seconds=1.5), rate_limited=frozenset)
+    gone = await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL)
+    live = await admission.admit(_meta(who), reserve_nanos=10**9, model=MODEL)  # too big for a lease: its own row
+    assert live.reservation is not None and live.reservation.id != gone.reservation.id  # type: ignore[union-attr]
+
+    async def failing(*args: object, **kwargs: object) -> bool:
+        raise DatabaseUnavailableError("lost the gateway's database: ConnectionResetError")
+
+    monkeypatch.setattr(store, "release", failing)
+    admission.release(gone)
+    heartbeat = asyncio.create_task(admission.run_heartbeat())
+    try:
+        sql = "SELECT expires_at FROM reservations WHERE id = ?"
+        first = await store.db.fetchone(sql, (live.reservation.id,))
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            later = await store.db.fetchone(sql, (live.reservation.id,))
+            if later is not None and first is not None and later[0] > first[0]:
+                break
+        else:
+            raise AssertionError("the live hold was never renewed")
+    finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+    monkeypatch.undo()
+    admission.settle(live, 1_000)
+    await admission.close()  # the parked release written then
+    await _settled(store, who, [(1_000, 0)])

@@ -700,7 +700,11 @@ class GatewayAdmission:
         interval = self.ttl.total_seconds() / 3
         while True:
             try:
-                await self._unpark()  # before the renewal: a hold given up on is not renewed once more
+                # first: a hold whose release was parked is not renewed once more when the database is back
+                await self._unpark()
+            except DatabaseUnavailableError as error:  # still renewed: a live stream's hold must not lapse
+                log.error("cannot write the budget writes parked while the database was away: %s", error.message)
+            try:
                 now = utcnow()
                 await instances.beat(self.store.db, self.instance_id, self.ttl, now)
                 recovered = await instances.recover_dead(self.store.db, now)
