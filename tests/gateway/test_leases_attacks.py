@@ -369,3 +369,71 @@ async def test_a_parked_write_that_still_fails_never_stops_the_heartbeat_renewin
     admission.settle(live, 1_000)
     await admission.close()  # the parked release written then
     await _settled(store, who, [(1_000, 0)])
+
+
+async def test_slots_a_lease_counted_at_the_end_of_a_minute_are_not_used_in_the_next(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slots taken at :59.9 count in that minute: once the next one begins the lease admits no more with them,
+    gives the unused back to the minute they were taken in, and every minute counts exactly its requests."""
+    from ccgate.storage.gateway import store as store_module
+
+    monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 60.0)
+    clock = [datetime.now(UTC).replace(second=59, microsecond=900_000)]
+    monkeypatch.setattr(gateway_admission, "utcnow", lambda: clock[0])
+    monkeypatch.setattr(store_module, "utcnow", lambda: clock[0])
+    who = await acme_dev(store)
+    await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
+    await store.set_rate_limit(level="team", target="core", rpm=1_000, tpm=None)
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=lambda: frozenset({who.team.id}))
+    holds = [await admission.admit(_meta(who), reserve_nanos=1_000, model=MODEL) for _ in range(2)]
+    await _until_rated(admission)
+    holds += [await admission.admit(_meta(who), reserve_nanos=1_000, model=MODEL) for _ in range(5)]
+    assert all(hold.lease is holds[1].lease for hold in holds[1:])
+    clock[0] += timedelta(seconds=0.2)
+    for _ in range(5):
+        holds.append(await admission.admit(_meta(who), reserve_nanos=1_000, model=MODEL))
+        await asyncio.sleep(0.01)
+    assert holds[-1].lease is not holds[1].lease
+    for hold in holds:
+        admission.settle(hold, 1_000)
+    await admission.close()
+    counted = await store.db.fetch("SELECT minute, requests FROM rate_counters ORDER BY minute")
+    assert [int(requests) for _, requests in counted] == [7, 5]
+
+
+async def test_two_gateway_instances_on_their_own_stores_spend_a_budget_exactly(open_store: StoreFactory) -> None:
+    """As `test_leases`' two-instance test, each instance with its own store (its own pool or SQLite connection),
+    requests of two keys: exact to the nano, and the rest refused only once spent reaches the limit."""
+    stores = [await open_store(), await open_store()]
+    who = await acme_dev(stores[0])
+    ops = await stores[0].authenticate_key((await stores[0].create_key(team="core", name="ops")).plaintext)
+    assert ops is not None
+    bound, limit = 100, 60_000
+    await stores[0].create_budget(level="team", target="core", limit_nanos=limit, period="1d")
+    instances = [
+        GatewayAdmission(stores[n], f"gw-{n}", ttl=TTL, wait_timeout=5.0, max_wait=30.0, rate_limited=frozenset)
+        for n in (0, 1)
+    ]
+    admitted = [0, 0]
+    messages: list[str] = []
+
+    async def worker(n: int) -> None:
+        admission, key = instances[n % 2], (who, ops)[n // 2 % 2]
+        while True:
+            try:
+                hold = await admission.admit(_meta(key), reserve_nanos=bound, model=MODEL)
+            except BudgetExceededError as refused:
+                messages.append(refused.message)
+                return
+            admitted[n % 2] += 1
+            await asyncio.sleep(0)
+            admission.settle(hold, bound)
+            await asyncio.sleep(0.002)
+
+    await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(16))), 120)
+    await _settled(stores[1], who, [(limit, 0)])
+    assert sum(admitted) == limit // bound and all(admitted)
+    assert len(messages) == 16 and all("reached" in message for message in messages)
+    for admission in instances:
+        await admission.close()
