@@ -14,9 +14,12 @@ from gateway_harness import running_gateway
 from gateway_testing import StoreFactory, acme_dev
 from scripted_upstream import ErrorReply, TextReply, Usage
 
+from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus
+from ccgate.core.records import Usage as CoreUsage
 from ccgate.errors import BudgetExceededError, RateLimitedError
 from ccgate.gateway import admission as gateway_admission
 from ccgate.gateway.admission import GatewayAdmission, Hold
+from ccgate.gateway.ledger import GatewayLedger, Owner
 from ccgate.proxy.engine import ClientMeta
 from ccgate.storage.gateway import GatewayStore
 from ccgate.storage.gateway.db import DatabaseUnavailableError
@@ -437,3 +440,41 @@ async def test_two_gateway_instances_on_their_own_stores_spend_a_budget_exactly(
     assert len(messages) == 16 and all("reached" in message for message in messages)
     for admission in instances:
         await admission.close()
+
+
+@pytest.mark.parametrize("written_between", [False, True])
+async def test_leased_requests_reusing_a_request_id_are_each_charged_once(
+    store: GatewayStore, written_between: bool
+) -> None:
+    """A client sends one `x-ccgate-request-id` for two requests admitted from one lease (the first's row still
+    queued, or already written): each is charged once under its own row, and the lease's row goes."""
+    who = await acme_dev(store)
+    await store.create_budget(level="key", target="dev", limit_nanos=10**12, period="1d")
+    ledger = GatewayLedger(store, "gw-1")
+    ledger.start()
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, carrier=ledger, rate_limited=frozenset)
+    owner = Owner(who.key.id, who.team.id, who.team.customer_id)
+    costs = [3_000, 5_000, 7_000]
+    for index, (request_id, nanos) in enumerate(zip(("first", "same", "same"), costs, strict=True)):
+        hold = await admission.admit(_meta(who, request_id), reserve_nanos=50_000, model=MODEL)
+        assert (hold.lease is not None) == (index > 0)
+        now = datetime.now(UTC)
+        record = RequestRecord(
+            id=request_id,
+            started_at=now,
+            ended_at=now + timedelta(seconds=1),
+            requested_model=MODEL,
+            provider="anthropic",
+            status=RequestStatus.OK,
+            usage=CoreUsage(input_tokens=10, output_tokens=5),
+            cost=Cost(nanos, PriceQuality.PRICED),
+        )
+        admission.settle(hold, nanos)
+        ledger.enqueue(owner, record)
+        if written_between:
+            assert await ledger.flush()
+    await _settled(store, who, [(sum(costs), 0)])
+    charged = await store.db.fetch("SELECT charged_nanos FROM requests ORDER BY charged_nanos")
+    assert [int(row[0]) for row in charged] == costs
+    await admission.close()
+    await ledger.close()
