@@ -478,3 +478,35 @@ async def test_leased_requests_reusing_a_request_id_are_each_charged_once(
     assert [int(row[0]) for row in charged] == costs
     await admission.close()
     await ledger.close()
+
+
+async def test_a_request_of_an_ended_lease_lowers_its_row_once_its_input_is_known(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long reply admitted from a lease that has ended: at `message_start` its hold comes down to its real input
+    plus its output bound, and the lease's row with it -- as a request admitted on its own lowers its row -- so
+    requests that the old bound kept out get in rather than wait for the whole reply."""
+    who = await acme_dev(store)
+    await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=frozenset)
+    first = await admission.admit(_meta(who), reserve_nanos=1_000_000, model=MODEL)
+    long = await admission.admit(_meta(who), reserve_nanos=1_000_000, model=MODEL)
+    assert long.lease is not None
+    admission.settle(first, 1_000_000)
+    lease = long.lease
+    for _ in range(200):  # the lease ends (its life is 0.3 s here); its row keeps the long reply's bound
+        if lease.ended and await store.db.fetch(_HOLDS) == [(lease.reservation.id, 1_000_000)]:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the lease's row was never lowered to its request: {await store.db.fetch(_HOLDS)}")
+    admission.shrink(long, 200_000)  # message_start
+    for _ in range(200):
+        if await store.db.fetch(_HOLDS) == [(lease.reservation.id, 200_000)]:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the lease's row still holds the old bound: {await store.db.fetch(_HOLDS)}")
+    admission.settle(long, 150_000)
+    await _settled(store, who, [(1_150_000, 0)])
+    await admission.close()

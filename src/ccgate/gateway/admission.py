@@ -515,16 +515,25 @@ class GatewayAdmission:
     def shrink(self, hold: Hold, bound_nanos: int) -> None:
         """Lowered in the database only if the request is still running `SHRINK_AFTER_S` later: most replies
         that end sooner settle before anyone could use the room, and each skipped write is a round trip saved.
-        A request admitted from a lease lowers what it holds of the lease (in memory) at once."""
+        A request admitted from a lease lowers what it holds of the lease (in memory) at once, and, once the lease
+        has ended, the lease's row too (it holds only its requests in flight and their unwritten spend then)."""
         if hold.reservation is None or hold.done:
             return
-        if hold.lease is not None:
-            lower = max(0, bound_nanos)
-            if lower < hold.bound:
-                hold.lease.held -= hold.bound - lower
-                hold.bound = lower
-            return
         reservation = hold.reservation
+        lease = hold.lease
+        if lease is not None:
+            lower = max(0, bound_nanos)
+            if lower >= hold.bound:
+                return
+            lease.held -= hold.bound - lower
+            hold.bound = lower
+
+            def lower_row() -> None:
+                if lease.ended and not hold.done:
+                    self._spawn(self.store.shrink(reservation, lease.keep), "lease")
+
+            asyncio.get_running_loop().call_later(SHRINK_AFTER_S, lower_row)
+            return
 
         def later() -> None:
             if not hold.done:
