@@ -510,3 +510,49 @@ async def test_a_request_of_an_ended_lease_lowers_its_row_once_its_input_is_know
     admission.settle(long, 150_000)
     await _settled(store, who, [(1_150_000, 0)])
     await admission.close()
+
+
+async def test_a_lease_stops_admitting_once_its_keys_tokens_reach_the_tpm(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokens per minute are counted as rows are written. Without a lease the first request after they reach the
+    limit gets 429; a lease's requests were admitted for its whole life whatever the tokens (here 30 requests of
+    1,000 tokens against 10,000 a minute)."""
+    monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 60.0)
+    _one_minute(monkeypatch)
+    who = await acme_dev(store)
+    await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
+    await store.set_rate_limit(level="key", target="dev", rpm=None, tpm=10_000)
+    limited = lambda: frozenset({who.key.id})  # noqa: E731
+    ledger = GatewayLedger(store, "gw-1", rate_limited=limited)
+    ledger.start()
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, carrier=ledger, rate_limited=limited)
+    owner = Owner(who.key.id, who.team.id, who.team.customer_id)
+    admitted, leased = 0, 0
+    for index in range(30):
+        try:
+            hold = await admission.admit(_meta(who, f"r{index}"), reserve_nanos=10_000, model=MODEL)
+        except RateLimitedError as refused:
+            assert "tokens" in refused.message
+            break
+        admitted += 1
+        leased += hold.lease is not None
+        now = datetime.now(UTC)
+        record = RequestRecord(
+            id=f"r{index}",
+            started_at=now,
+            ended_at=now,
+            requested_model=MODEL,
+            provider="anthropic",
+            status=RequestStatus.OK,
+            usage=CoreUsage(input_tokens=900, output_tokens=100),
+            cost=Cost(1_000, PriceQuality.PRICED),
+        )
+        admission.settle(hold, 1_000)
+        ledger.enqueue(owner, record)
+        assert await ledger.flush()  # its tokens counted before the next request
+        if index == 1:
+            await _until_rated(admission)
+    assert leased and admitted == 10
+    await admission.close()
+    await ledger.close()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -87,6 +87,9 @@ class ChargeCarrier(Protocol):
 
     async def flush(self, wait_s: float = 10.0) -> bool: ...
 
+    # told the tokens each batch counted toward tokens-per-minute limits ((key id, team id) -> tokens)
+    on_tokens: Callable[[Mapping[tuple[str, str | None], int]], None] | None
+
 
 def ids_of(meta: ClientMeta) -> tuple[str, str | None, str | None]:
     extra = meta.extra
@@ -149,6 +152,8 @@ class GatewayAdmission:
         # lived as long as the instance, and a settle's spend was lost)
         self._parked: list[tuple[Callable[[], Coroutine[Any, Any, Any]], Callable[[], None] | None]] = []
         store.limits_listeners.append(self._end_leases)
+        if carrier is not None:
+            carrier.on_tokens = self.tokens_counted
 
     # ---- the Admission protocol -------------------------------------------------------------------------------
 
@@ -378,7 +383,9 @@ class GatewayAdmission:
     async def _take_slots(self, lease: Lease) -> None:
         key_id, team_id = lease.who[0], lease.who[1]
         now = utcnow()
-        granted, ids = await self.store.take_slots(key_id=key_id, team_id=team_id, want=LEASE_SLOTS, now=now)
+        granted, ids, tokens_left = await self.store.take_slots(
+            key_id=key_id, team_id=team_id, want=LEASE_SLOTS, now=now
+        )
         if lease.ended or not granted:  # ended while they were counted, or none to have: it ends, they go back
             if not granted:
                 if len(self._slotless) > 10_000:
@@ -388,6 +395,18 @@ class GatewayAdmission:
             await self.store.give_back_slots(ids, now, granted)
             return
         lease.rated, lease.slots, lease.slot_ids, lease.slot_minute = True, granted, ids, minute_of(now)
+        lease.tokens_left = tokens_left
+
+    def tokens_counted(self, totals: Mapping[tuple[str, str | None], int]) -> None:
+        """Finished requests' tokens were counted toward tokens-per-minute limits ((key id, team id) -> tokens, by
+        the ledger): a lease whose limits they fill ends, so its key's next request is checked against them."""
+        for lease in list(self._leases.values()):
+            if lease.tokens_left is None:
+                continue
+            key_id, team_id = lease.who[0], lease.who[1]
+            lease.tokens_left -= sum(n for (k, t), n in totals.items() if k == key_id or (t and t == team_id))
+            if lease.tokens_left <= 0:
+                self._end_lease(lease)
 
     def _end_lease(self, lease: Lease) -> None:
         """No more requests from it; what its requests do not hold goes back to the budgets (and its unused

@@ -10,12 +10,13 @@ alone. When the lease ends, what its requests do not hold is given back at once 
 flight plus the spend not yet written, and again as they shrink) and the row deleted once the last of them is written.
 
 A key or team with a rate limit: the lease also counts a number of this minute's requests at once (`take_slots`), and
-gives back the ones it did not use; a request of that key admitted on its own uses one of them. A request refused for a
-rate limit's requests asks once more after a lease's life, when other instances' leases have given back their unused
-slots (429 only when the limit's requests were admitted). Near a limit -- a budget's room under `LEASE_ROOM_SHARE`
-leases, a rate limit with under `SLOT_HEADROOM` times the slots left -- there is no lease and each request is admitted
-on its own, as exactly as ever. A change to a budget or rate limit ends this instance's leases at once, another
-instance's within `LEASE_LIFE_S`.
+gives back the ones it did not use; a request of that key admitted on its own uses one of them. It ends once the tokens
+its ledger counts for the key or team fill what tokens-per-minute limits had left. A request refused for a rate limit's
+requests asks once more after a lease's life, when other instances' leases have given back their unused slots (429 only
+when the limit's requests were admitted). Near a limit -- a budget's room under `LEASE_ROOM_SHARE` leases, a rate limit
+with under `SLOT_HEADROOM` times the slots left -- there is no lease and each request is admitted on its own, as exactly
+as ever. A change to a budget or rate limit ends this instance's leases at once, another instance's within
+`LEASE_LIFE_S`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class Lease:
     slots: int = 0  # of those, not used yet
     slot_ids: tuple[str, ...] = ()
     slot_minute: datetime | None = None
+    # tokens its rate limits had left this minute when its slots were counted, less those counted since for its key
+    # or team: at 0 it ends (its requests are not checked against tokens per minute)
+    tokens_left: int | None = None
     ended: bool = False
 
     @property

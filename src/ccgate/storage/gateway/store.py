@@ -1069,7 +1069,7 @@ class GatewayStore:
 
     async def take_slots(
         self, *, key_id: str, team_id: str | None, want: int, now: datetime | None = None
-    ) -> tuple[int, tuple[str, ...]]:
+    ) -> tuple[int, tuple[str, ...], int | None]:
         """Up to `want` of this minute's requests counted at once, for a lease (see `admission.take_slots`)."""
         return await admission.take_slots(self.db, key_id, team_id, want, now or utcnow())
 
