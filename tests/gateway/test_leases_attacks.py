@@ -556,3 +556,43 @@ async def test_a_lease_stops_admitting_once_its_keys_tokens_reach_the_tpm(
     assert leased and admitted == 10
     await admission.close()
     await ledger.close()
+
+
+async def test_leased_requests_whose_rows_are_dropped_past_the_queue_bound_are_charged_alone(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger holds `MAX_QUEUED` rows (the database away): older rows are dropped, their requests' settles
+    written on their own. Every request admitted from the lease is charged once, and the lease's row goes."""
+    from ccgate.gateway import ledger as gateway_ledger
+
+    monkeypatch.setattr(gateway_ledger, "MAX_QUEUED", 2)
+    who = await acme_dev(store)
+    await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
+    ledger = GatewayLedger(store, "gw-1")  # its writer not started yet: rows stay queued
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, carrier=ledger, rate_limited=frozenset)
+    owner = Owner(who.key.id, who.team.id, who.team.customer_id)
+    costs = [1_000, 2_000, 3_000, 4_000, 5_000]
+    for index, nanos in enumerate(costs):
+        hold = await admission.admit(_meta(who, f"r{index}"), reserve_nanos=50_000, model=MODEL)
+        assert (hold.lease is not None) == (index > 0)
+        now = datetime.now(UTC)
+        record = RequestRecord(
+            id=f"r{index}",
+            started_at=now,
+            ended_at=now,
+            requested_model=MODEL,
+            provider="anthropic",
+            status=RequestStatus.OK,
+            usage=CoreUsage(input_tokens=10, output_tokens=5),
+            cost=Cost(nanos, PriceQuality.PRICED),
+        )
+        admission.settle(hold, nanos)
+        ledger.enqueue(owner, record)
+    assert ledger.dropped == 3
+    ledger.start()
+    await _settled(store, who, [(sum(costs), 0)])
+    charged = await store.db.fetch("SELECT charged_nanos FROM requests ORDER BY charged_nanos")
+    # the dropped rows' charges are kept on placeholder rows (`claim_charge`), the others on their rows
+    assert sorted(int(row[0]) for row in charged) == costs
+    await admission.close()
+    await ledger.close()
