@@ -596,3 +596,25 @@ async def test_leased_requests_whose_rows_are_dropped_past_the_queue_bound_are_c
     assert sorted(int(row[0]) for row in charged) == costs
     await admission.close()
     await ledger.close()
+
+
+async def test_deleting_a_provider_with_a_budget_ends_this_instances_leases_at_once(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting a provider config deletes its budgets: a change to budgets like any other, so this instance's leases
+    end then (the lease's row kept the team's room for the lease's life)."""
+    monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 60.0)
+    who = await acme_dev(store)
+    provider = await store.put_provider("anthropic", kind="anthropic")
+    await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
+    await store.create_budget(level="provider", target="anthropic", limit_nanos=10**12, period="1d")
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=frozenset, provider_ids=lambda name: provider.id)
+    holds = [
+        await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL, provider="anthropic") for _ in range(2)
+    ]
+    assert holds[1].lease is not None
+    await store.delete_provider("anthropic")
+    for hold in holds:
+        admission.settle(hold, 1_000)
+    await _settled(store, who, [(2_000, 0)])
+    await admission.close()

@@ -739,6 +739,7 @@ class GatewayStore:
         row = await self.db.fetchone("SELECT count(*) FROM provider_configs WHERE api_key_encrypted IS NOT NULL")
         return bool(row and int(row[0]))
 
+    @_changes_limits  # its budgets go with it
     async def delete_provider(self, name: str, *, actor: str | None = None) -> None:
         before = await self.get_provider(name)
         async with self.db.transaction() as conn:
