@@ -147,6 +147,8 @@ class GatewayAdmission:
         self._room: dict[Who, int] = {}
         # rate-limited keys whose last lease got no request slots (near the limit): no lease until then
         self._slotless: dict[Who, float] = {}
+        # live leases that end when their tokens-per-minute limits fill (`tokens_counted`)
+        self._token_leases: set[Lease] = set()
         # writes that gave up while the database was away, in order, each with what runs once it is written: the
         # heartbeat writes them before it renews this instance's holds (renewed, a hold no one would end again
         # lived as long as the instance, and a settle's spend was lost)
@@ -396,15 +398,26 @@ class GatewayAdmission:
             return
         lease.rated, lease.slots, lease.slot_ids, lease.slot_minute = True, granted, ids, minute_of(now)
         lease.tokens_left = tokens_left
+        if tokens_left is not None:
+            self._token_leases.add(lease)
 
     def tokens_counted(self, totals: Mapping[tuple[str, str | None], int]) -> None:
         """Finished requests' tokens were counted toward tokens-per-minute limits ((key id, team id) -> tokens, by
         the ledger): a lease whose limits they fill ends, so its key's next request is checked against them."""
-        for lease in list(self._leases.values()):
-            if lease.tokens_left is None:
-                continue
+        if not self._token_leases:
+            return
+        by_key: dict[str, int] = {}
+        by_team: dict[str | None, int] = {}
+        for (key_id, team_id), tokens in totals.items():
+            by_key[key_id] = by_key.get(key_id, 0) + tokens
+            by_team[team_id] = by_team.get(team_id, 0) + tokens
+        for lease in list(self._token_leases):
             key_id, team_id = lease.who[0], lease.who[1]
-            lease.tokens_left -= sum(n for (k, t), n in totals.items() if k == key_id or (t and t == team_id))
+            # the key's and its team's, each once
+            counted = by_key.get(key_id, 0) + (by_team.get(team_id, 0) if team_id else 0)
+            counted -= totals.get((key_id, team_id), 0) if team_id else 0
+            assert lease.tokens_left is not None
+            lease.tokens_left -= counted
             if lease.tokens_left <= 0:
                 self._end_lease(lease)
 
@@ -414,6 +427,7 @@ class GatewayAdmission:
         if lease.ended:
             return
         lease.ended = True
+        self._token_leases.discard(lease)
         if self._leases.get(lease.who) is lease:
             del self._leases[lease.who]
         if lease.slots > 0 and lease.slot_minute is not None:
