@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -50,7 +50,10 @@ SHRINK_AFTER_S = 0.1
 # How long after a reply its settle runs: then, not on the next request's admission (a client sends its next
 # request the moment a reply ends). The hold only lasts that much longer, so budgets stay exact.
 SETTLE_AFTER_S = 0.002
-# Tries (one a second) of a settle or release while the database is away, before the hold is left to lapse.
+# How long a lease's unused request slots take to be given back once it ends: a request refused for a rate limit's
+# requests asks once more after a lease's life and this (see `_slots_may_come_back`).
+SLOTS_BACK_S = 0.5
+# Tries (one a second) of a settle or release while the database is away, before it waits for the heartbeat.
 DB_RETRIES = 30
 
 
@@ -83,6 +86,9 @@ class ChargeCarrier(Protocol):
     ) -> None: ...
 
     async def flush(self, wait_s: float = 10.0) -> bool: ...
+
+    # told the tokens each batch counted toward tokens-per-minute limits ((key id, team id) -> tokens)
+    on_tokens: Callable[[Mapping[tuple[str, str | None], int]], None] | None
 
 
 def ids_of(meta: ClientMeta) -> tuple[str, str | None, str | None]:
@@ -141,6 +147,15 @@ class GatewayAdmission:
         self._room: dict[Who, tuple[int, float]] = {}  # (least room, loop time it was seen)
         # rate-limited keys whose last lease got no request slots (near the limit): no lease until then
         self._slotless: dict[Who, float] = {}
+        # live leases that end when their tokens-per-minute limits fill (`tokens_counted`)
+        self._token_leases: set[Lease] = set()
+        # writes that gave up while the database was away, in order, each with what runs once it is written: the
+        # heartbeat writes them before it renews this instance's holds (renewed, a hold no one would end again
+        # lived as long as the instance, and a settle's spend was lost)
+        self._parked: list[tuple[Callable[[], Coroutine[Any, Any, Any]], Callable[[], None] | None]] = []
+        store.limits_listeners.append(self._end_leases)
+        if carrier is not None:
+            carrier.on_tokens = self.tokens_counted
 
     # ---- the Admission protocol -------------------------------------------------------------------------------
 
@@ -172,7 +187,11 @@ class GatewayAdmission:
         if budgeted is not None and not any(i in budgeted for i in (key_id, team_id, customer_id, provider_id) if i):
             # no budget at any level: nothing to reserve, and no round trip for it
             if take_rate:
-                self._raise_if_limited(await self.store.take_request(key_id=key_id, team_id=team_id))
+                limited = await self.store.take_request(key_id=key_id, team_id=team_id)
+                if self._slots_may_come_back(limited):
+                    await asyncio.sleep(LEASE_LIFE_S + SLOTS_BACK_S)
+                    limited = await self.store.take_request(key_id=key_id, team_id=team_id)
+                self._raise_if_limited(limited)
             return Hold(None, ())
         who: Who = (key_id, team_id, customer_id, provider_id)
         leased = await self._from_lease(who, bound, take_rate)
@@ -181,32 +200,41 @@ class GatewayAdmission:
                 leased.row = (key_id, meta.request_id)
             return leased
         extra = self._lease_wanted(who, bound, take_rate)
+        # a request the lease cannot hold still uses one of its request slots, already counted
+        count_rate = take_rate and not self._slot_of_lease(who)
         generation = self.store.limits_changed
         taking: asyncio.Future[None] | None = None
         if extra:
             taking = self._leasing[who] = asyncio.get_running_loop().create_future()
-        try:
-            limited, first = await self._attempt_first(
-                self.store.admit(
-                    key_id=key_id,
-                    team_id=team_id,
-                    customer_id=customer_id,
-                    provider_id=provider_id,
-                    bound_nanos=bound + extra,
-                    instance_id=self.instance_id,
-                    ttl=self.ttl,
-                    take_rate=take_rate,
-                )
+
+        def first_attempt() -> Coroutine[Any, Any, tuple[RateDecision, AdmissionResult | None]]:
+            return self.store.admit(
+                key_id=key_id,
+                team_id=team_id,
+                customer_id=customer_id,
+                provider_id=provider_id,
+                bound_nanos=bound + extra,
+                instance_id=self.instance_id,
+                ttl=self.ttl,
+                take_rate=count_rate,
             )
+
+        try:
+            limited, first = await self._attempt_first(first_attempt())
+            if self._slots_may_come_back(limited):
+                await asyncio.sleep(LEASE_LIFE_S + SLOTS_BACK_S)
+                limited, first = await self._attempt_first(first_attempt())
             self._raise_if_limited(limited)
             assert first is not None  # only a rate limit answers None
             result: AdmissionResult = first
             if extra and isinstance(result, Admitted) and result.budgets:
+                extra = self._lease_fitted(result, bound, extra)
                 self._room[who] = (room_left(result.budgets, bound + extra), asyncio.get_running_loop().time())
-                hold = self._lease_taken(who, result, bound, extra, generation, take_rate)
-                if meta.request_id is not None:
-                    hold.row = (key_id, meta.request_id)
-                return hold
+                if extra:
+                    hold = self._lease_taken(who, result, bound, extra, generation, take_rate)
+                    if meta.request_id is not None:
+                        hold.row = (key_id, meta.request_id)
+                    return hold
             if extra and not isinstance(result, Admitted):  # no room for a lease: this request alone (its rate
                 self._room[who] = (0, asyncio.get_running_loop().time())  # limit is counted already)
                 result = await self._attempt(reserve())
@@ -280,6 +308,17 @@ class GatewayAdmission:
             lease.slots -= 1
         return self._draw(lease, bound)
 
+    def _slot_of_lease(self, who: Who) -> bool:
+        """Take one of this minute's request slots the live lease counted, if it has one left: a request of its key
+        admitted on its own must not count another (the key would be told 429 while under its limit)."""
+        lease = self._leases.get(who)
+        if lease is None or lease.ended or not lease.rated or lease.slots <= 0:
+            return False
+        if lease.slot_minute != minute_of(utcnow()):
+            return False
+        lease.slots -= 1
+        return True
+
     def _draw(self, lease: Lease, bound: int) -> Hold:
         lease.held += bound
         lease.open += 1
@@ -310,6 +349,18 @@ class GatewayAdmission:
             return 0
         return lease_extra(bound, seen[0])
 
+    def _lease_fitted(self, result: Admitted, bound: int, extra: int) -> int:
+        """The lease part `extra` of an admitted reservation, cut to what the room the admission found allows: it
+        was sized on the room seen last, which other keys or instances may have spent since, and an admission with
+        nothing else reserved is admitted whatever its size (the one request's overshoot budgets allow -- never a
+        lease's). The reservation is lowered at once (in the background: this admission must not be cancelled
+        holding it)."""
+        fits = min(extra, lease_extra(bound, room_left(result.budgets, 0)))
+        if fits < extra:
+            reservation = result.reservation
+            self._spawn(self._retrying(lambda: self.store.shrink(reservation, bound + fits)), "lease")
+        return fits
+
     def _lease_taken(
         self, who: Who, result: Admitted, bound: int, extra: int, generation: int, take_rate: bool
     ) -> Hold:
@@ -339,7 +390,9 @@ class GatewayAdmission:
     async def _take_slots(self, lease: Lease) -> None:
         key_id, team_id = lease.who[0], lease.who[1]
         now = utcnow()
-        granted, ids = await self.store.take_slots(key_id=key_id, team_id=team_id, want=LEASE_SLOTS, now=now)
+        granted, ids, tokens_left = await self.store.take_slots(
+            key_id=key_id, team_id=team_id, want=LEASE_SLOTS, now=now
+        )
         if lease.ended or not granted:  # ended while they were counted, or none to have: it ends, they go back
             if not granted:
                 if len(self._slotless) > 10_000:
@@ -349,6 +402,29 @@ class GatewayAdmission:
             await self.store.give_back_slots(ids, now, granted)
             return
         lease.rated, lease.slots, lease.slot_ids, lease.slot_minute = True, granted, ids, minute_of(now)
+        lease.tokens_left = tokens_left
+        if tokens_left is not None:
+            self._token_leases.add(lease)
+
+    def tokens_counted(self, totals: Mapping[tuple[str, str | None], int]) -> None:
+        """Finished requests' tokens were counted toward tokens-per-minute limits ((key id, team id) -> tokens, by
+        the ledger): a lease whose limits they fill ends, so its key's next request is checked against them."""
+        if not self._token_leases:
+            return
+        by_key: dict[str, int] = {}
+        by_team: dict[str | None, int] = {}
+        for (key_id, team_id), tokens in totals.items():
+            by_key[key_id] = by_key.get(key_id, 0) + tokens
+            by_team[team_id] = by_team.get(team_id, 0) + tokens
+        for lease in list(self._token_leases):
+            key_id, team_id = lease.who[0], lease.who[1]
+            # the key's and its team's, each once
+            counted = by_key.get(key_id, 0) + (by_team.get(team_id, 0) if team_id else 0)
+            counted -= totals.get((key_id, team_id), 0) if team_id else 0
+            assert lease.tokens_left is not None
+            lease.tokens_left -= counted
+            if lease.tokens_left <= 0:
+                self._end_lease(lease)
 
     def _end_lease(self, lease: Lease) -> None:
         """No more requests from it; what its requests do not hold goes back to the budgets (and its unused
@@ -356,6 +432,7 @@ class GatewayAdmission:
         if lease.ended:
             return
         lease.ended = True
+        self._token_leases.discard(lease)
         if self._leases.get(lease.who) is lease:
             del self._leases[lease.who]
         if lease.slots > 0 and lease.slot_minute is not None:
@@ -367,6 +444,12 @@ class GatewayAdmission:
         else:
             keep, reservation = lease.keep, lease.reservation
             self._spawn(self._retrying(lambda: self.store.shrink(reservation, keep)), "lease")
+
+    def _end_leases(self) -> None:
+        """A budget or rate limit changed through this process's store: every lease ends at once (its room and
+        request slots go back), not when its key next asks."""
+        for lease in list(self._leases.values()):
+            self._end_lease(lease)
 
     def _drop_lease(self, lease: Lease) -> None:
         reservation = lease.reservation
@@ -391,6 +474,17 @@ class GatewayAdmission:
                 retry_after=limited.retry_after_s,
                 hint=f"retry in {limited.retry_after_s} s, or ask your gateway admin to raise it",
             )
+
+    @staticmethod
+    def _slots_may_come_back(limited: RateDecision) -> bool:
+        """Refused for a rate limit's requests, which may count request slots that leases (of any instance) hold
+        and will not use: they are given back within a lease's life, so the request asks once more then rather
+        than be told 429 while fewer requests than the limit were admitted (a real 429 comes that much later)."""
+        return (
+            isinstance(limited, RateLimited)
+            and limited.kind == "requests"
+            and limited.retry_after_s > LEASE_LIFE_S + SLOTS_BACK_S
+        )
 
     def _has_rate_limit(self, key_id: str, team_id: str | None) -> bool:
         """Whether the key or its team may have a rate limit (requests of others skip counting)."""
@@ -459,16 +553,25 @@ class GatewayAdmission:
     def shrink(self, hold: Hold, bound_nanos: int) -> None:
         """Lowered in the database only if the request is still running `SHRINK_AFTER_S` later: most replies
         that end sooner settle before anyone could use the room, and each skipped write is a round trip saved.
-        A request admitted from a lease lowers what it holds of the lease (in memory) at once."""
+        A request admitted from a lease lowers what it holds of the lease (in memory) at once, and, once the lease
+        has ended, the lease's row too (it holds only its requests in flight and their unwritten spend then)."""
         if hold.reservation is None or hold.done:
             return
-        if hold.lease is not None:
-            lower = max(0, bound_nanos)
-            if lower < hold.bound:
-                hold.lease.held -= hold.bound - lower
-                hold.bound = lower
-            return
         reservation = hold.reservation
+        lease = hold.lease
+        if lease is not None:
+            lower = max(0, bound_nanos)
+            if lower >= hold.bound:
+                return
+            lease.held -= hold.bound - lower
+            hold.bound = lower
+
+            def lower_row() -> None:
+                if lease.ended and not hold.done:
+                    self._spawn(self.store.shrink(reservation, lease.keep), "lease")
+
+            asyncio.get_running_loop().call_later(SHRINK_AFTER_S, lower_row)
+            return
 
         def later() -> None:
             if not hold.done:
@@ -511,16 +614,12 @@ class GatewayAdmission:
         settling = self._retrying(
             lambda: self.store.settle(reservation, nanos, row=hold.row, keep_reservation=keep),
             first_after=SETTLE_AFTER_S,
+            then=None if hold.lease is None else lambda: self._lease_request_done(hold, nanos),
         )
         self._spawn(self._after_settle(settling, hold, nanos), "settle")
 
-    async def _after_settle(self, settling: Coroutine[Any, Any, None], hold: Hold, nanos: int) -> None:
-        try:
-            await settling
-        finally:
-            if hold.lease is not None:
-                self._lease_request_done(hold, nanos)
-        if hold.alerting and self.webhook is not None and nanos > 0:
+    async def _after_settle(self, settling: Coroutine[Any, Any, bool], hold: Hold, nanos: int) -> None:
+        if await settling and hold.alerting and self.webhook is not None and nanos > 0:
             await self._alert(hold)
 
     async def _alert(self, hold: Hold) -> None:
@@ -582,19 +681,51 @@ class GatewayAdmission:
 
         task.add_done_callback(finished)
 
-    @staticmethod
-    async def _retrying(call: Callable[[], Coroutine[Any, Any, Any]], *, first_after: float = 0.0) -> None:
-        """A settle must not be lost to a database restart: the spend would vanish from the budget."""
+    async def _retrying(
+        self,
+        call: Callable[[], Coroutine[Any, Any, Any]],
+        *,
+        first_after: float = 0.0,
+        then: Callable[[], None] | None = None,
+    ) -> bool:
+        """A settle must not be lost to a database restart: the spend would vanish from the budget. Past
+        `DB_RETRIES` tries the write is parked for the heartbeat (False). `then` runs once it is written, or once it
+        failed for another reason (nothing would write it again)."""
         if first_after > 0:
             await asyncio.sleep(first_after)
-        for attempt in range(DB_RETRIES):
+        attempt = 0
+        while True:
             try:
                 await call()
-                return
-            except DatabaseUnavailableError:
-                if attempt == DB_RETRIES - 1:
-                    raise
+            except DatabaseUnavailableError as error:
+                attempt += 1
+                if attempt >= DB_RETRIES:
+                    log.error("budget write parked until the database is back: %s", error.message)
+                    self._parked.append((call, then))
+                    return False
                 await asyncio.sleep(1.0)
+                continue
+            except BaseException:
+                if then is not None:
+                    then()
+                raise
+            if then is not None:
+                then()
+            return True
+
+    async def _unpark(self) -> None:
+        """The writes parked while the database was away, in their order; stops at the first that fails again."""
+        while self._parked:
+            call, then = self._parked.pop(0)
+            try:
+                await call()
+            except DatabaseUnavailableError:
+                self._parked.insert(0, (call, then))
+                raise
+            except Exception:
+                log.exception("a parked budget write failed")
+            if then is not None:
+                then()
 
     def _still_reserved(self, view: BudgetView, reserve: int, *, stalled: bool) -> BudgetExceededError:
         state = view.state
@@ -616,6 +747,11 @@ class GatewayAdmission:
         interval = self.ttl.total_seconds() / 3
         while True:
             try:
+                # first: a hold whose release was parked is not renewed once more when the database is back
+                await self._unpark()
+            except DatabaseUnavailableError as error:  # still renewed: a live stream's hold must not lapse
+                log.error("cannot write the budget writes parked while the database was away: %s", error.message)
+            try:
                 now = utcnow()
                 await instances.beat(self.store.db, self.instance_id, self.ttl, now)
                 recovered = await instances.recover_dead(self.store.db, now)
@@ -632,10 +768,15 @@ class GatewayAdmission:
     async def close(self) -> None:
         """Wait for every settle and release still running (those written with rows too), then drop this
         instance's holds."""
-        for lease in list(self._leases.values()):
-            self._end_lease(lease)
+        with contextlib.suppress(ValueError):
+            self.store.limits_listeners.remove(self._end_leases)
+        self._end_leases()
         if self.carrier is not None:
             await self.carrier.flush()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        with contextlib.suppress(DatabaseUnavailableError):
+            await self._unpark()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         with contextlib.suppress(DatabaseUnavailableError):

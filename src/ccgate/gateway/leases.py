@@ -1,17 +1,21 @@
 """Budget leases: most requests of a busy key admitted from memory, without a round trip to the database.
 
-When an admission finds every budget of a key far from its limit, it reserves room for many requests at once -- a
-lease -- and this instance admits that key's next requests from it for `LEASE_LIFE_S`. A lease is an ordinary
-reservation row of the instance, so every other instance counts it as held: budgets stay exact (a lease can make
-another instance's request wait for it, never overspend). Requests admitted from a lease add their spend with their
-ledger row as usual, and leave the row alone. When the lease ends, what its requests do not hold is given back at
-once (the row lowered to the bounds still in flight plus the spend not yet written) and the row deleted once the
-last of them is written.
+When an admission finds every budget of a key far from its limit, it reserves room for many requests at once -- a lease
+-- and this instance admits that key's next requests from it for `LEASE_LIFE_S`. The lease is sized on the room seen
+last and cut to the room its admission found (an admission with nothing else reserved is admitted whatever its size: the
+one request's overshoot budgets allow, never a lease's). A lease is an ordinary reservation row of the instance, so
+every other instance counts it as held: budgets stay exact (a lease can make another instance's request wait for it,
+never overspend). Requests admitted from a lease add their spend with their ledger row as usual, and leave the row
+alone. When the lease ends, what its requests do not hold is given back at once (the row lowered to the bounds still in
+flight plus the spend not yet written, and again as they shrink) and the row deleted once the last of them is written.
 
-A key or team with a rate limit: the lease also counts a number of this minute's requests at once (`take_slots`),
-and gives back the ones it did not use. Near a limit -- a budget's room under `LEASE_ROOM_SHARE` leases, a rate limit
-with under `SLOT_HEADROOM` times the slots left -- there is no lease and each request is admitted on its own, as
-exactly as ever. A change to a budget or rate limit ends this instance's leases at once, another instance's within
+A key or team with a rate limit: the lease also counts a number of this minute's requests at once (`take_slots`), and
+gives back the ones it did not use; a request of that key admitted on its own uses one of them. It ends once the tokens
+its ledger counts for the key or team fill what tokens-per-minute limits had left. A request refused for a rate limit's
+requests asks once more after a lease's life, when other instances' leases have given back their unused slots (429 only
+when the limit's requests were admitted). Near a limit -- a budget's room under `LEASE_ROOM_SHARE` leases, a rate limit
+with under `SLOT_HEADROOM` times the slots left -- there is no lease and each request is admitted on its own, as exactly
+as ever. A change to a budget or rate limit ends this instance's leases at once, another instance's within
 `LEASE_LIFE_S`.
 """
 
@@ -52,6 +56,9 @@ class Lease:
     slots: int = 0  # of those, not used yet
     slot_ids: tuple[str, ...] = ()
     slot_minute: datetime | None = None
+    # tokens its rate limits had left this minute when its slots were counted, less those counted since for its key
+    # or team: at 0 it ends (its requests are not checked against tokens per minute)
+    tokens_left: int | None = None
     ended: bool = False
 
     @property

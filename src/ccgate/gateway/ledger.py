@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ccgate.core.records import RequestRecord, RequestStatus, new_request_id
@@ -92,6 +92,8 @@ class GatewayLedger:
         self._writing: set[int] = set()
         self.dropped = 0
         self.last_error: str | None = None
+        # told the tokens each written batch counted toward tokens-per-minute limits (the admission's leases)
+        self.on_tokens: Callable[[Mapping[tuple[str, str | None], int]], None] | None = None
 
     def for_key(self, owner: Owner) -> KeyLedger:
         return KeyLedger(self, owner)
@@ -194,7 +196,8 @@ class GatewayLedger:
             try:
                 try:
                     # finished rows' tokens count toward tokens-per-minute limits in the same trip
-                    reused = await self.store.write_requests(batch, self._tokens(batch))
+                    tokens = self._tokens(batch)
+                    reused = await self.store.write_requests(batch, tokens)
                 except ConstraintError as error:  # refused, not lost: never stop writing (and settling) for one row
                     log.error("the database refused a batch of %d request row(s): %s", len(batch), error.message)
                     await self._one_by_one(slots, batch)
@@ -209,6 +212,7 @@ class GatewayLedger:
                 self._writing = set()
             self.last_error = None
             self._written(slots, batch, reused)
+            self._counted(tokens)
 
     def _written(self, slots: list[tuple[str, str]], batch: list[GatewayRow], reused: list[GatewayRow]) -> None:
         for slot, row in zip(slots, batch, strict=True):
@@ -230,7 +234,8 @@ class GatewayLedger:
                 continue
             self._writing = {id(row)}
             try:
-                reused = await self.store.write_requests([row], self._tokens([row]))
+                tokens = self._tokens([row])
+                reused = await self.store.write_requests([row], tokens)
             except ConstraintError as error:
                 log.error("request row of key %s dropped, the database refused it: %s", row.key_id, error.message)
                 self.dropped += 1
@@ -239,6 +244,11 @@ class GatewayLedger:
                 self._settle_dropped([row])
                 continue
             self._written([slot], [row], reused)
+            self._counted(tokens)
+
+    def _counted(self, tokens: dict[tuple[str, str | None], int]) -> None:
+        if tokens and self.on_tokens is not None:
+            self.on_tokens(tokens)
 
     def _settle_dropped(self, batch: list[GatewayRow]) -> None:
         """The settles of rows not written and no longer queued (dropped, by `MAX_QUEUED` or as refused) are

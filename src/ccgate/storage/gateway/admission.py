@@ -982,37 +982,45 @@ SLOT_HEADROOM = 4
 SLOT_TOKEN_SHARE = 0.5
 
 
-def _slots_granted(limits: Sequence[RateLimit], counts: dict[str, tuple[int, int]], want: int) -> int:
+def _slots_granted(
+    limits: Sequence[RateLimit], counts: dict[str, tuple[int, int]], want: int
+) -> tuple[int, int | None]:
+    """(slots granted, the least room any tokens-per-minute limit has left: None without one)."""
     granted = want
+    tokens_left: int | None = None
     for limit in limits:
         used_requests, used_tokens = counts.get(limit.id, (0, 0))
-        if limit.tpm is not None and used_tokens >= limit.tpm * SLOT_TOKEN_SHARE:
-            return 0
+        if limit.tpm is not None:
+            if used_tokens >= limit.tpm * SLOT_TOKEN_SHARE:
+                return 0, None
+            room = limit.tpm - used_tokens
+            tokens_left = room if tokens_left is None else min(tokens_left, room)
         if limit.rpm is not None:
             granted = min(granted, (limit.rpm - used_requests) // SLOT_HEADROOM)
-    return max(0, granted)
+    return max(0, granted), tokens_left
 
 
 def _take_slots_sync(
     conn: SyncConnection, key_id: str, team_id: str | None, want: int, now: datetime
-) -> tuple[int, tuple[str, ...]]:
+) -> tuple[int, tuple[str, ...], int | None]:
     limits = [_rate_limit(r) for r in conn.fetch(_LIMITS_SQL, (key_id, team_id))]
     if not limits:
-        return want, ()
+        return want, (), None
     sql, params = _counts_query(limits, now)
     counts = {str(r[0]): (int(r[1]), int(r[2])) for r in conn.fetch(sql, params)}
-    granted = _slots_granted(limits, counts, want)
+    granted, tokens_left = _slots_granted(limits, counts, want)
     if granted:
         conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(minute_of(now)), granted, 0) for limit in limits])
-    return granted, tuple(limit.id for limit in limits)
+    return granted, tuple(limit.id for limit in limits), tokens_left
 
 
 async def take_slots(
     db: Database, key_id: str, team_id: str | None, want: int, now: datetime
-) -> tuple[int, tuple[str, ...]]:
+) -> tuple[int, tuple[str, ...], int | None]:
     """Count up to `want` requests of this minute at once against the key's and team's rate limits, for requests
-    an instance admits later from a lease: (how many were granted, the rate limits counted). None are granted
-    near a limit (`SLOT_HEADROOM`); with no rate limit all are."""
+    an instance admits later from a lease: (how many were granted, the rate limits counted, the tokens the limits
+    have left this minute -- None without a tokens limit). None are granted near a limit (`SLOT_HEADROOM`); with
+    no rate limit all are."""
     from ccgate.storage.gateway.db import SQLiteDatabase
 
     if isinstance(db, SQLiteDatabase):
@@ -1020,15 +1028,15 @@ async def take_slots(
     async with db.transaction() as conn:
         limits = await _locked_limits(conn, db, key_id, team_id)
         if not limits:
-            return want, ()
+            return want, (), None
         sql, params = _counts_query(limits, now)
         counts = {str(r[0]): (int(r[1]), int(r[2])) for r in await conn.fetch(sql, params)}
-        granted = _slots_granted(limits, counts, want)
+        granted, tokens_left = _slots_granted(limits, counts, want)
         if granted:
             await conn.executemany(
                 _COUNTER_UPSERT, [(limit.id, to_iso(minute_of(now)), granted, 0) for limit in limits]
             )
-        return granted, tuple(limit.id for limit in limits)
+        return granted, tuple(limit.id for limit in limits), tokens_left
 
 
 async def give_back_slots(db: Database, rate_limit_ids: Sequence[str], taken_at: datetime, unused: int) -> None:

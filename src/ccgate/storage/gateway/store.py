@@ -244,7 +244,7 @@ _Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
 
 def _changes_limits(method: _Method) -> _Method:
     """Bump `limits_changed` before and after a change to budgets or rate limits: a lease taken while it was being
-    made is seen as taken before it (`gateway.leases`)."""
+    made is seen as taken before it (`gateway.leases`). Then tell `limits_listeners`."""
 
     @functools.wraps(method)
     async def changing(self: GatewayStore, *args: Any, **kwargs: Any) -> Any:
@@ -253,6 +253,8 @@ def _changes_limits(method: _Method) -> _Method:
             return await method(self, *args, **kwargs)
         finally:
             self.limits_changed += 1
+            for listener in list(self.limits_listeners):
+                listener()
 
     return changing  # type: ignore[return-value]
 
@@ -266,6 +268,8 @@ class GatewayStore:
         # bumped by every change to a budget or rate limit made through this store: this process's leases end
         # at once (another instance's within `leases.LEASE_LIFE_S`)
         self.limits_changed = 0
+        # called after each such change: this process's leases end then, not on their next request
+        self.limits_listeners: list[Callable[[], None]] = []
         self.db = db
         self.cipher = cipher
         self._holds_changed = asyncio.Event()
@@ -735,6 +739,7 @@ class GatewayStore:
         row = await self.db.fetchone("SELECT count(*) FROM provider_configs WHERE api_key_encrypted IS NOT NULL")
         return bool(row and int(row[0]))
 
+    @_changes_limits  # its budgets go with it
     async def delete_provider(self, name: str, *, actor: str | None = None) -> None:
         before = await self.get_provider(name)
         async with self.db.transaction() as conn:
@@ -1065,7 +1070,7 @@ class GatewayStore:
 
     async def take_slots(
         self, *, key_id: str, team_id: str | None, want: int, now: datetime | None = None
-    ) -> tuple[int, tuple[str, ...]]:
+    ) -> tuple[int, tuple[str, ...], int | None]:
         """Up to `want` of this minute's requests counted at once, for a lease (see `admission.take_slots`)."""
         return await admission.take_slots(self.db, key_id, team_id, want, now or utcnow())
 
