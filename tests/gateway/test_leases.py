@@ -248,3 +248,21 @@ async def test_a_key_with_requests_seconds_apart_takes_no_lease(
     assert asked == [10_000] * 3
     await _settled(store, who, [(3_000, 0)])
     await admission.close()
+
+
+async def test_a_burst_after_a_pause_takes_a_lease(store: GatewayStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key quiet for longer than a lease's life, then many requests at once: the second of them takes a lease
+    (another is in flight), and the rest are admitted from it."""
+    who = await acme_dev(store)
+    await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
+    monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 0.2)
+    asked = _count_admissions(store, monkeypatch)
+    admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=frozenset)
+    admission.settle(await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL), 1_000)
+    await asyncio.sleep(0.3)
+    holds = await asyncio.gather(*(admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL) for _ in range(20)))
+    assert len(asked) == 3  # the first of the burst alone, the second with a lease, which admits the other 18
+    for hold in holds:
+        admission.settle(hold, 1_000)
+    await _settled(store, who, [(21_000, 0)])
+    await admission.close()

@@ -145,6 +145,7 @@ class GatewayAdmission:
         self._leases: dict[Who, Lease] = {}
         self._leasing: dict[Who, asyncio.Future[None]] = {}
         self._room: dict[Who, tuple[int, float]] = {}  # (least room, loop time it was seen)
+        self._asking: dict[Who, int] = {}  # admissions of the key in flight to the database
         # rate-limited keys whose last lease got no request slots (near the limit): no lease until then
         self._slotless: dict[Who, float] = {}
         # live leases that end when their tokens-per-minute limits fill (`tokens_counted`)
@@ -219,6 +220,7 @@ class GatewayAdmission:
                 take_rate=count_rate,
             )
 
+        self._asking[who] = self._asking.get(who, 0) + 1
         try:
             limited, first = await self._attempt_first(first_attempt())
             if self._slots_may_come_back(limited):
@@ -239,6 +241,10 @@ class GatewayAdmission:
                 self._room[who] = (0, asyncio.get_running_loop().time())  # limit is counted already)
                 result = await self._attempt(reserve())
         finally:
+            if self._asking[who] <= 1:
+                del self._asking[who]
+            else:
+                self._asking[who] -= 1
             if taking is not None:
                 if self._leasing.get(who) is taking:
                     del self._leasing[who]
@@ -344,8 +350,11 @@ class GatewayAdmission:
             return 0
         # only for a busy key: one admitted less than a lease's life ago (a key with a request every few seconds
         # would take a lease per request, and its end would be two more writes for nothing)
+        # (or another of its requests is being admitted right now: the second of a burst after a pause)
         seen = self._room.get(who)
-        if seen is None or asyncio.get_running_loop().time() - seen[1] > LEASE_LIFE_S:
+        if seen is None:
+            return 0
+        if not self._asking.get(who) and asyncio.get_running_loop().time() - seen[1] > LEASE_LIFE_S:
             return 0
         return lease_extra(bound, seen[0])
 
