@@ -4,18 +4,16 @@ their limits -- with budgets and rate limits exactly as exact as when each reque
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from gateway_testing import StoreFactory, acme_dev
+from gateway_testing import StoreFactory, acme_dev, budget_state, finished_record, key_meta, one_rate_minute
 
-from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
 from ccgate.errors import BudgetExceededError, RateLimitedError
 from ccgate.gateway import admission as gateway_admission
 from ccgate.gateway.admission import GatewayAdmission, Hold
 from ccgate.gateway.ledger import GatewayLedger, Owner
-from ccgate.proxy.engine import ClientMeta
 from ccgate.storage.gateway import GatewayStore
 from ccgate.storage.gateway.records import KeyIdentity
 
@@ -26,11 +24,6 @@ MODEL = "claude-sonnet-4-5"
 @pytest.fixture(autouse=True)
 def short_leases(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 0.3)
-
-
-def _meta(who: KeyIdentity, request_id: str | None = None) -> ClientMeta:
-    extra = {"key_id": who.key.id, "team_id": who.team.id, "customer_id": who.team.customer_id or ""}
-    return ClientMeta(extra=extra, request_id=request_id)
 
 
 def _count_admissions(store: GatewayStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -46,16 +39,11 @@ def _count_admissions(store: GatewayStore, monkeypatch: pytest.MonkeyPatch) -> l
     return asked
 
 
-async def _spent_reserved(store: GatewayStore, who: KeyIdentity) -> list[tuple[int, int]]:
-    views = await store.budget_views(key_id=who.key.id, team_id=who.team.id, customer_id=who.team.customer_id)
-    return [(view.state.spent_nanos, view.state.reserved_nanos) for view in views]
-
-
 async def _settled(store: GatewayStore, who: KeyIdentity, expected: list[tuple[int, int]]) -> None:
     """Poll (about 10 s) until the budgets read `expected`: leases end and settles are written in the background."""
     state: list[tuple[int, int]] = []
     for _ in range(200):
-        state = await _spent_reserved(store, who)
+        state = await budget_state(store, who)
         if state == expected and not await store.db.fetch("SELECT id FROM reservations"):
             return
         await asyncio.sleep(0.05)
@@ -70,10 +58,10 @@ async def test_far_from_its_limits_a_key_is_admitted_from_a_lease(
     await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
     asked = _count_admissions(store, monkeypatch)
     admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=frozenset)
-    holds = [await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL) for _ in range(40)]
+    holds = [await admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL) for _ in range(40)]
     # the first learns the room; the second takes a lease for 64 such requests, which admits the other 38
     assert asked == [10_000, 10_000 * 65]
-    assert await _spent_reserved(store, who) == [(0, 10_000 * 66)]
+    assert await budget_state(store, who) == [(0, 10_000 * 66)]
     for index, hold in enumerate(holds):
         admission.settle(hold, 1_000 + index)
     # the lease ends: its unused part goes back, then its row once its requests' spend is written
@@ -98,7 +86,7 @@ async def test_two_instances_spend_a_budget_to_the_last_nano_with_leases(store: 
         admission = instances[n]
         while True:
             try:
-                hold = await admission.admit(_meta(who), reserve_nanos=bound, model=MODEL)
+                hold = await admission.admit(key_meta(who), reserve_nanos=bound, model=MODEL)
             except BudgetExceededError:
                 refused[n] += 1
                 return
@@ -122,19 +110,19 @@ async def test_a_budget_change_ends_this_instances_leases_at_once(
     budget = await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
     admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=frozenset)
     monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 60.0)
-    first = await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL)
-    leased = await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL)
+    first = await admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL)
+    leased = await admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL)
     assert leased.lease is not None
     admission.settle(first, 5_000)
     admission.settle(leased, 5_000)
     for _ in range(100):
-        if (await _spent_reserved(store, who))[0][0] == 10_000:
+        if (await budget_state(store, who))[0][0] == 10_000:
             break
         await asyncio.sleep(0.05)
     await store.update_budget(budget.id, limit_nanos=10_000)
     # the lease still has room for 63 such requests, but the budget is spent now
     with pytest.raises(BudgetExceededError):
-        await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL)
+        await admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL)
     await admission.close()
 
 
@@ -144,14 +132,15 @@ async def test_a_lease_counts_request_slots_and_gives_back_the_unused(
     who = await acme_dev(store)
     await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
     await store.set_rate_limit(level="team", target="core", rpm=100_000, tpm=None)
+    one_rate_minute(monkeypatch)
     asked = _count_admissions(store, monkeypatch)
     admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=lambda: frozenset({who.team.id}))
-    holds = [await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL) for _ in range(2)]
+    holds = [await admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL) for _ in range(2)]
     for _ in range(100):  # the lease's slots are counted in the background
         if admission._leases and next(iter(admission._leases.values())).rated:
             break
         await asyncio.sleep(0.01)
-    holds += [await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL) for _ in range(10)]
+    holds += [await admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL) for _ in range(10)]
     assert len(asked) == 2
     for hold in holds:
         admission.settle(hold, 1_000)
@@ -161,17 +150,20 @@ async def test_a_lease_counts_request_slots_and_gives_back_the_unused(
     await admission.close()
 
 
-async def test_near_a_rate_limit_every_request_is_counted_on_its_own(store: GatewayStore) -> None:
+async def test_near_a_rate_limit_every_request_is_counted_on_its_own(
+    store: GatewayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one_rate_minute(monkeypatch)
     who = await acme_dev(store)
     await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
     await store.set_rate_limit(level="team", target="core", rpm=6, tpm=None)
     admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=lambda: frozenset({who.team.id}))
     holds: list[Hold] = []
     for _ in range(6):
-        holds.append(await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL))
+        holds.append(await admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL))
         await asyncio.sleep(0.02)  # a lease's slots, if any, are counted meanwhile
     with pytest.raises(RateLimitedError):
-        await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL)
+        await admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL)
     for hold in holds:
         admission.settle(hold, 1_000)
     await _settled(store, who, [(6_000, 0)])
@@ -195,20 +187,10 @@ async def test_leased_requests_settle_with_their_rows(store: GatewayStore, monke
 
     monkeypatch.setattr(store, "settle", no_lone_settle)
     owner = Owner(who.key.id, who.team.id, who.team.customer_id)
-    now = datetime.now(UTC)
     for index in range(20):
-        hold = await admission.admit(_meta(who, f"r{index}"), reserve_nanos=50_000, model=MODEL)
+        hold = await admission.admit(key_meta(who, f"r{index}"), reserve_nanos=50_000, model=MODEL)
         assert (hold.lease is not None) == (index > 0)
-        record = RequestRecord(
-            id=f"r{index}",
-            started_at=now,
-            ended_at=now + timedelta(seconds=1),
-            requested_model=MODEL,
-            provider="anthropic",
-            status=RequestStatus.OK,
-            usage=Usage(input_tokens=10, output_tokens=5),
-            cost=Cost(2_000 + index, PriceQuality.PRICED),
-        )
+        record = finished_record(f"r{index}", 2_000 + index)
         admission.settle(hold, 2_000 + index)
         ledger.enqueue(owner, record)
     spent = sum(2_000 + index for index in range(20))
@@ -225,9 +207,9 @@ async def test_closing_an_instance_gives_its_leases_back(open_store: StoreFactor
     await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
     admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=frozenset)
     for _ in range(2):
-        admission.settle(await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL), 3_000)
+        admission.settle(await admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL), 3_000)
     await admission.close()
-    assert await _spent_reserved(store, who) == [(6_000, 0)]
+    assert await budget_state(store, who) == [(6_000, 0)]
     assert await store.db.fetch("SELECT id FROM reservations") == []
 
 
@@ -241,7 +223,7 @@ async def test_a_key_with_requests_seconds_apart_takes_no_lease(
     asked = _count_admissions(store, monkeypatch)
     admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=frozenset)
     for _ in range(3):
-        hold = await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL)
+        hold = await admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL)
         assert hold.lease is None
         admission.settle(hold, 1_000)
         await asyncio.sleep(0.1)
@@ -258,9 +240,11 @@ async def test_a_burst_after_a_pause_takes_a_lease(store: GatewayStore, monkeypa
     monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 0.2)
     asked = _count_admissions(store, monkeypatch)
     admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=frozenset)
-    admission.settle(await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL), 1_000)
+    admission.settle(await admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL), 1_000)
     await asyncio.sleep(0.3)
-    holds = await asyncio.gather(*(admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL) for _ in range(20)))
+    holds = await asyncio.gather(
+        *(admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL) for _ in range(20))
+    )
     assert len(asked) == 3  # the first of the burst alone, the second with a lease, which admits the other 18
     for hold in holds:
         admission.settle(hold, 1_000)

@@ -11,16 +11,13 @@ from datetime import UTC, datetime, timedelta
 import anthropic
 import pytest
 from gateway_harness import running_gateway
-from gateway_testing import StoreFactory, acme_dev
+from gateway_testing import StoreFactory, acme_dev, budget_state, finished_record, key_meta, one_rate_minute
 from scripted_upstream import ErrorReply, TextReply, Usage
 
-from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus
-from ccgate.core.records import Usage as CoreUsage
 from ccgate.errors import BudgetExceededError, RateLimitedError
 from ccgate.gateway import admission as gateway_admission
 from ccgate.gateway.admission import GatewayAdmission, Hold
 from ccgate.gateway.ledger import GatewayLedger, Owner
-from ccgate.proxy.engine import ClientMeta
 from ccgate.storage.gateway import GatewayStore
 from ccgate.storage.gateway.db import DatabaseUnavailableError
 from ccgate.storage.gateway.records import KeyIdentity
@@ -34,16 +31,6 @@ def short_leases(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 0.3)
 
 
-def _meta(who: KeyIdentity, request_id: str | None = None) -> ClientMeta:
-    extra = {"key_id": who.key.id, "team_id": who.team.id, "customer_id": who.team.customer_id or ""}
-    return ClientMeta(extra=extra, request_id=request_id)
-
-
-async def _spent_reserved(store: GatewayStore, who: KeyIdentity) -> list[tuple[int, int]]:
-    views = await store.budget_views(key_id=who.key.id, team_id=who.team.id, customer_id=who.team.customer_id)
-    return [(view.state.spent_nanos, view.state.reserved_nanos) for view in views]
-
-
 # budget holds (not an instance's heartbeat row, which holds no budget)
 _HOLDS = "SELECT id, amount_nanos FROM reservations WHERE id IN (SELECT reservation_id FROM reservation_budgets)"
 
@@ -52,7 +39,7 @@ async def _settled(store: GatewayStore, who: KeyIdentity, expected: list[tuple[i
     """Poll (about 10 s) until the budgets read `expected` and no budget hold is left."""
     state: list[tuple[int, int]] = []
     for _ in range(200):
-        state = await _spent_reserved(store, who)
+        state = await budget_state(store, who)
         if state == expected and not await store.db.fetch(_HOLDS):
             return
         await asyncio.sleep(0.05)
@@ -65,7 +52,7 @@ async def _admit_until_refused(admission: GatewayAdmission, who: KeyIdentity, bo
     holds: list[Hold] = []
     for _ in range(200):
         try:
-            holds.append(await admission.admit(_meta(who), reserve_nanos=bound, model=MODEL))
+            holds.append(await admission.admit(key_meta(who), reserve_nanos=bound, model=MODEL))
         except BudgetExceededError:
             return holds
     raise AssertionError("200 requests admitted: the budget never stopped them")
@@ -80,9 +67,9 @@ async def test_a_lease_sized_on_a_stale_room_never_takes_more_than_is_left(store
     await store.create_budget(level="team", target="core", limit_nanos=limit, period="1d")
     mine = GatewayAdmission(store, "gw-1", ttl=TTL, wait_timeout=0.2, max_wait=0.2, rate_limited=frozenset)
     other = GatewayAdmission(store, "gw-2", ttl=TTL, rate_limited=frozenset)
-    mine.settle(await mine.admit(_meta(who), reserve_nanos=bound, model=MODEL), bound)  # sees a large room
+    mine.settle(await mine.admit(key_meta(who), reserve_nanos=bound, model=MODEL), bound)  # sees a large room
     # another instance spends all but two requests' worth meanwhile
-    big = await other.admit(_meta(who), reserve_nanos=limit - 3 * bound, model=MODEL)
+    big = await other.admit(key_meta(who), reserve_nanos=limit - 3 * bound, model=MODEL)
     other.settle(big, limit - 3 * bound)
     await _settled(store, who, [(limit - 2 * bound, 0)])
     holds = await _admit_until_refused(mine, who, bound)
@@ -93,15 +80,6 @@ async def test_a_lease_sized_on_a_stale_room_never_takes_more_than_is_left(store
     await _settled(store, who, [(limit - 2 * bound + len(holds) * bound, 0)])
     await mine.close()
     await other.close()
-
-
-def _one_minute(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every request of the test in one rate-limit minute, 50 s before its end, whenever the test runs."""
-    from ccgate.storage.gateway import store as store_module
-
-    moment = datetime.now(UTC).replace(second=10, microsecond=0)
-    monkeypatch.setattr(gateway_admission, "utcnow", lambda: moment)
-    monkeypatch.setattr(store_module, "utcnow", lambda: moment)
 
 
 async def _until_rated(admission: GatewayAdmission) -> None:
@@ -119,20 +97,20 @@ async def test_requests_a_lease_cannot_hold_use_its_request_slots(
     """A request too big for its key's lease is admitted on its own: it must use one of the lease's request slots,
     not count one more -- else the key is told 429 while fewer than rpm of its requests were admitted."""
     monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 60.0)
-    _one_minute(monkeypatch)
+    one_rate_minute(monkeypatch)
     who = await acme_dev(store)
     await store.create_budget(level="team", target="core", limit_nanos=10**7, period="1d")
     rpm = 40
     await store.set_rate_limit(level="team", target="core", rpm=rpm, tpm=None)
     admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=lambda: frozenset({who.team.id}))
-    holds = [await admission.admit(_meta(who), reserve_nanos=1_000, model=MODEL) for _ in range(2)]
+    holds = [await admission.admit(key_meta(who), reserve_nanos=1_000, model=MODEL) for _ in range(2)]
     assert holds[1].lease is not None
     await _until_rated(admission)
     # too big for the lease (64 small requests' worth), too big to take one of its own (1/32 of the room)
     refused = 0
     for _ in range(rpm):
         try:
-            holds.append(await admission.admit(_meta(who), reserve_nanos=100_000, model=MODEL))
+            holds.append(await admission.admit(key_meta(who), reserve_nanos=100_000, model=MODEL))
         except RateLimitedError:
             refused += 1
     assert len(holds) == rpm and refused == 2
@@ -153,7 +131,7 @@ async def test_settles_and_a_lease_given_up_while_the_database_was_away_are_writ
     who = await acme_dev(store)
     await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
     admission = GatewayAdmission(store, "gw-1", ttl=timedelta(seconds=1.5), rate_limited=frozenset)
-    holds = [await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL) for _ in range(3)]
+    holds = [await admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL) for _ in range(3)]
     assert holds[2].lease is not None
     away = True
     tried: list[str] = []
@@ -249,7 +227,7 @@ async def test_a_cancelled_lease_taking_admission_holds_nothing_and_strands_no_o
     who = await acme_dev(store)
     await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
     admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=frozenset)
-    admission.settle(await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL), 1_000)
+    admission.settle(await admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL), 1_000)
     entered, go = asyncio.Event(), asyncio.Event()
     real = store.admit
 
@@ -259,10 +237,10 @@ async def test_a_cancelled_lease_taking_admission_holds_nothing_and_strands_no_o
         return await real(**kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(store, "admit", held)
-    taker = asyncio.create_task(admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL))
+    taker = asyncio.create_task(admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL))
     await entered.wait()
     assert admission._leasing
-    waiter = asyncio.create_task(admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL))
+    waiter = asyncio.create_task(admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL))
     await asyncio.sleep(0.01)
     taker.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -286,16 +264,16 @@ async def test_a_budget_lowered_through_this_store_gives_this_instances_leases_b
     assert ops is not None
     budget = await store.create_budget(level="team", target="core", limit_nanos=10**9, period="1d")
     admission = GatewayAdmission(store, "gw-1", ttl=TTL, wait_timeout=1.0, max_wait=1.0, rate_limited=frozenset)
-    holds = [await admission.admit(_meta(who), reserve_nanos=1_000_000, model=MODEL) for _ in range(2)]
+    holds = [await admission.admit(key_meta(who), reserve_nanos=1_000_000, model=MODEL) for _ in range(2)]
     assert holds[1].lease is not None
     for hold in holds:
         admission.settle(hold, 1_000_000)
     for _ in range(200):
-        if (await _spent_reserved(store, who))[0][0] == 2_000_000:
+        if (await budget_state(store, who))[0][0] == 2_000_000:
             break
         await asyncio.sleep(0.05)
     await store.update_budget(budget.id, limit_nanos=7_000_000)  # room for five more
-    hold = await admission.admit(_meta(ops), reserve_nanos=1_000_000, model=MODEL)
+    hold = await admission.admit(key_meta(ops), reserve_nanos=1_000_000, model=MODEL)
     admission.settle(hold, 1_000_000)
     await _settled(store, who, [(3_000_000, 0)])
     await admission.close()
@@ -308,7 +286,7 @@ async def test_another_instances_unused_lease_slots_never_get_a_request_429(
     with them. They must be admitted up to the limit once the lease gives its slots back -- 429 only when rpm
     requests were admitted."""
     monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 2.0)
-    _one_minute(monkeypatch)
+    one_rate_minute(monkeypatch)
     first = await open_store()
     who = await acme_dev(first)
     await first.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
@@ -318,12 +296,12 @@ async def test_another_instances_unused_lease_slots_never_get_a_request_429(
     limited = lambda: frozenset({who.team.id})  # noqa: E731
     leasing = GatewayAdmission(first, "gw-1", ttl=TTL, rate_limited=limited)
     other = GatewayAdmission(second, "gw-2", ttl=TTL, rate_limited=limited)
-    holds = [await leasing.admit(_meta(who), reserve_nanos=1_000, model=MODEL) for _ in range(2)]
+    holds = [await leasing.admit(key_meta(who), reserve_nanos=1_000, model=MODEL) for _ in range(2)]
     await _until_rated(leasing)
     refused = 0
     for _ in range(rpm):  # too big for a lease of their own: each counted
         try:
-            holds.append(await other.admit(_meta(who), reserve_nanos=10**10, model=MODEL))
+            holds.append(await other.admit(key_meta(who), reserve_nanos=10**10, model=MODEL))
         except RateLimitedError:
             refused += 1
     assert (len(holds), refused) == (rpm, 2)
@@ -344,8 +322,8 @@ async def test_a_parked_write_that_still_fails_never_stops_the_heartbeat_renewin
     who = await acme_dev(store)
     await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
     admission = GatewayAdmission(store, "gw-1", ttl=timedelta(seconds=1.5), rate_limited=frozenset)
-    gone = await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL)
-    live = await admission.admit(_meta(who), reserve_nanos=10**9, model=MODEL)  # too big for a lease: its own row
+    gone = await admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL)
+    live = await admission.admit(key_meta(who), reserve_nanos=10**9, model=MODEL)  # too big for a lease: its own row
     assert live.reservation is not None and live.reservation.id != gone.reservation.id  # type: ignore[union-attr]
 
     async def failing(*args: object, **kwargs: object) -> bool:
@@ -389,13 +367,13 @@ async def test_slots_a_lease_counted_at_the_end_of_a_minute_are_not_used_in_the_
     await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
     await store.set_rate_limit(level="team", target="core", rpm=1_000, tpm=None)
     admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=lambda: frozenset({who.team.id}))
-    holds = [await admission.admit(_meta(who), reserve_nanos=1_000, model=MODEL) for _ in range(2)]
+    holds = [await admission.admit(key_meta(who), reserve_nanos=1_000, model=MODEL) for _ in range(2)]
     await _until_rated(admission)
-    holds += [await admission.admit(_meta(who), reserve_nanos=1_000, model=MODEL) for _ in range(5)]
+    holds += [await admission.admit(key_meta(who), reserve_nanos=1_000, model=MODEL) for _ in range(5)]
     assert all(hold.lease is holds[1].lease for hold in holds[1:])
     clock[0] += timedelta(seconds=0.2)
     for _ in range(5):
-        holds.append(await admission.admit(_meta(who), reserve_nanos=1_000, model=MODEL))
+        holds.append(await admission.admit(key_meta(who), reserve_nanos=1_000, model=MODEL))
         await asyncio.sleep(0.01)
     assert holds[-1].lease is not holds[1].lease
     for hold in holds:
@@ -425,7 +403,7 @@ async def test_two_gateway_instances_on_their_own_stores_spend_a_budget_exactly(
         admission, key = instances[n % 2], (who, ops)[n // 2 % 2]
         while True:
             try:
-                hold = await admission.admit(_meta(key), reserve_nanos=bound, model=MODEL)
+                hold = await admission.admit(key_meta(key), reserve_nanos=bound, model=MODEL)
             except BudgetExceededError as refused:
                 messages.append(refused.message)
                 return
@@ -456,19 +434,9 @@ async def test_leased_requests_reusing_a_request_id_are_each_charged_once(
     owner = Owner(who.key.id, who.team.id, who.team.customer_id)
     costs = [3_000, 5_000, 7_000]
     for index, (request_id, nanos) in enumerate(zip(("first", "same", "same"), costs, strict=True)):
-        hold = await admission.admit(_meta(who, request_id), reserve_nanos=50_000, model=MODEL)
+        hold = await admission.admit(key_meta(who, request_id), reserve_nanos=50_000, model=MODEL)
         assert (hold.lease is not None) == (index > 0)
-        now = datetime.now(UTC)
-        record = RequestRecord(
-            id=request_id,
-            started_at=now,
-            ended_at=now + timedelta(seconds=1),
-            requested_model=MODEL,
-            provider="anthropic",
-            status=RequestStatus.OK,
-            usage=CoreUsage(input_tokens=10, output_tokens=5),
-            cost=Cost(nanos, PriceQuality.PRICED),
-        )
+        record = finished_record(request_id, nanos)
         admission.settle(hold, nanos)
         ledger.enqueue(owner, record)
         if written_between:
@@ -489,13 +457,13 @@ async def test_a_request_of_an_ended_lease_lowers_its_row_once_its_input_is_know
     who = await acme_dev(store)
     await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
     admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=frozenset)
-    first = await admission.admit(_meta(who), reserve_nanos=1_000_000, model=MODEL)
-    long = await admission.admit(_meta(who), reserve_nanos=1_000_000, model=MODEL)
+    first = await admission.admit(key_meta(who), reserve_nanos=1_000_000, model=MODEL)
+    long = await admission.admit(key_meta(who), reserve_nanos=1_000_000, model=MODEL)
     assert long.lease is not None
     admission.settle(first, 1_000_000)
     lease = long.lease
     for _ in range(200):  # the lease ends (its life is 0.3 s here); its row keeps at least the long reply's bound
-        if lease.ended and (await _spent_reserved(store, who))[0][0] == 1_000_000:
+        if lease.ended and (await budget_state(store, who))[0][0] == 1_000_000:
             break
         await asyncio.sleep(0.05)
     else:
@@ -519,7 +487,7 @@ async def test_a_lease_stops_admitting_once_its_keys_tokens_reach_the_tpm(
     limit gets 429; a lease's requests were admitted for its whole life whatever the tokens (here 30 requests of
     1,000 tokens against 10,000 a minute)."""
     monkeypatch.setattr(gateway_admission, "LEASE_LIFE_S", 60.0)
-    _one_minute(monkeypatch)
+    one_rate_minute(monkeypatch)
     who = await acme_dev(store)
     await store.create_budget(level="team", target="core", limit_nanos=10**12, period="1d")
     await store.set_rate_limit(level="key", target="dev", rpm=None, tpm=10_000)
@@ -531,23 +499,13 @@ async def test_a_lease_stops_admitting_once_its_keys_tokens_reach_the_tpm(
     admitted, leased = 0, 0
     for index in range(30):
         try:
-            hold = await admission.admit(_meta(who, f"r{index}"), reserve_nanos=10_000, model=MODEL)
+            hold = await admission.admit(key_meta(who, f"r{index}"), reserve_nanos=10_000, model=MODEL)
         except RateLimitedError as refused:
             assert "tokens" in refused.message
             break
         admitted += 1
         leased += hold.lease is not None
-        now = datetime.now(UTC)
-        record = RequestRecord(
-            id=f"r{index}",
-            started_at=now,
-            ended_at=now,
-            requested_model=MODEL,
-            provider="anthropic",
-            status=RequestStatus.OK,
-            usage=CoreUsage(input_tokens=900, output_tokens=100),
-            cost=Cost(1_000, PriceQuality.PRICED),
-        )
+        record = finished_record(f"r{index}", 1_000, input_tokens=900, output_tokens=100)
         admission.settle(hold, 1_000)
         ledger.enqueue(owner, record)
         assert await ledger.flush()  # its tokens counted before the next request
@@ -573,19 +531,9 @@ async def test_leased_requests_whose_rows_are_dropped_past_the_queue_bound_are_c
     owner = Owner(who.key.id, who.team.id, who.team.customer_id)
     costs = [1_000, 2_000, 3_000, 4_000, 5_000]
     for index, nanos in enumerate(costs):
-        hold = await admission.admit(_meta(who, f"r{index}"), reserve_nanos=50_000, model=MODEL)
+        hold = await admission.admit(key_meta(who, f"r{index}"), reserve_nanos=50_000, model=MODEL)
         assert (hold.lease is not None) == (index > 0)
-        now = datetime.now(UTC)
-        record = RequestRecord(
-            id=f"r{index}",
-            started_at=now,
-            ended_at=now,
-            requested_model=MODEL,
-            provider="anthropic",
-            status=RequestStatus.OK,
-            usage=CoreUsage(input_tokens=10, output_tokens=5),
-            cost=Cost(nanos, PriceQuality.PRICED),
-        )
+        record = finished_record(f"r{index}", nanos)
         admission.settle(hold, nanos)
         ledger.enqueue(owner, record)
     assert ledger.dropped == 3
@@ -610,7 +558,7 @@ async def test_deleting_a_provider_with_a_budget_ends_this_instances_leases_at_o
     await store.create_budget(level="provider", target="anthropic", limit_nanos=10**12, period="1d")
     admission = GatewayAdmission(store, "gw-1", ttl=TTL, rate_limited=frozenset, provider_ids=lambda name: provider.id)
     holds = [
-        await admission.admit(_meta(who), reserve_nanos=10_000, model=MODEL, provider="anthropic") for _ in range(2)
+        await admission.admit(key_meta(who), reserve_nanos=10_000, model=MODEL, provider="anthropic") for _ in range(2)
     ]
     assert holds[1].lease is not None
     await store.delete_provider("anthropic")
