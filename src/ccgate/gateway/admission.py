@@ -231,14 +231,14 @@ class GatewayAdmission:
             result: AdmissionResult = first
             if extra and isinstance(result, Admitted) and result.budgets:
                 extra = self._lease_fitted(result, bound, extra)
-                self._room[who] = (room_left(result.budgets, bound + extra), asyncio.get_running_loop().time())
+                self._saw_room(who, room_left(result.budgets, bound + extra))
                 if extra:
                     hold = self._lease_taken(who, result, bound, extra, generation, take_rate)
                     if meta.request_id is not None:
                         hold.row = (key_id, meta.request_id)
                     return hold
             if extra and not isinstance(result, Admitted):  # no room for a lease: this request alone (its rate
-                self._room[who] = (0, asyncio.get_running_loop().time())  # limit is counted already)
+                self._saw_room(who, 0)  # limit is counted already)
                 result = await self._attempt(reserve())
         finally:
             if self._asking[who] <= 1:
@@ -257,7 +257,7 @@ class GatewayAdmission:
         while True:
             if isinstance(result, Admitted):
                 if result.budgets:
-                    self._room[who] = (room_left(result.budgets, bound), asyncio.get_running_loop().time())
+                    self._saw_room(who, room_left(result.budgets, bound))
                 hold = self._admitted(result, reserve_nanos, model, who)
                 if meta.request_id is not None:
                     hold.row = (key_id, meta.request_id)
@@ -358,6 +358,12 @@ class GatewayAdmission:
             return 0
         return lease_extra(bound, seen[0])
 
+    def _saw_room(self, who: Who, room: int) -> None:
+        """What an admission of the key found: the least room left, and when (a lease is only for a busy key)."""
+        if len(self._room) > 10_000:
+            self._room.clear()
+        self._room[who] = (room, asyncio.get_running_loop().time())
+
     def _lease_fitted(self, result: Admitted, bound: int, extra: int) -> int:
         """The lease part `extra` of an admitted reservation, cut to what the room the admission found allows: it
         was sized on the room seen last, which other keys or instances may have spent since, and an admission with
@@ -376,8 +382,6 @@ class GatewayAdmission:
         previous = self._leases.get(who)
         if previous is not None:
             self._end_lease(previous)
-        if len(self._room) > 10_000:
-            self._room.clear()
         loop = asyncio.get_running_loop()
         alerting = tuple(
             view.budget.id for view in result.budgets if view.budget.webhook_url and view.budget.thresholds

@@ -1000,32 +1000,15 @@ def _slots_granted(
     return max(0, granted), tokens_left
 
 
-def _take_slots_sync(
-    conn: SyncConnection, key_id: str, team_id: str | None, want: int, now: datetime
-) -> tuple[int, tuple[str, ...], int | None]:
-    limits = [_rate_limit(r) for r in conn.fetch(_LIMITS_SQL, (key_id, team_id))]
-    if not limits:
-        return want, (), None
-    sql, params = _counts_query(limits, now)
-    counts = {str(r[0]): (int(r[1]), int(r[2])) for r in conn.fetch(sql, params)}
-    granted, tokens_left = _slots_granted(limits, counts, want)
-    if granted:
-        conn.executemany(_COUNTER_UPSERT, [(limit.id, to_iso(minute_of(now)), granted, 0) for limit in limits])
-    return granted, tuple(limit.id for limit in limits), tokens_left
-
-
 async def take_slots(
     db: Database, key_id: str, team_id: str | None, want: int, now: datetime
 ) -> tuple[int, tuple[str, ...], int | None]:
     """Count up to `want` requests of this minute at once against the key's and team's rate limits, for requests
     an instance admits later from a lease: (how many were granted, the rate limits counted, the tokens the limits
     have left this minute -- None without a tokens limit). None are granted near a limit (`SLOT_HEADROOM`); with
-    no rate limit all are."""
-    from ccgate.storage.gateway.db import SQLiteDatabase
+    no rate limit all are. One transaction, its rate limits locked first (on SQLite its write lock)."""
 
-    if isinstance(db, SQLiteDatabase):
-        return await db.run_transaction(lambda conn: _take_slots_sync(conn, key_id, team_id, want, now), inline=True)
-    async with db.transaction() as conn:
+    async def body(conn: Connection) -> tuple[int, tuple[str, ...], int | None]:
         limits = await _locked_limits(conn, db, key_id, team_id)
         if not limits:
             return want, (), None
@@ -1037,6 +1020,8 @@ async def take_slots(
                 _COUNTER_UPSERT, [(limit.id, to_iso(minute_of(now)), granted, 0) for limit in limits]
             )
         return granted, tuple(limit.id for limit in limits), tokens_left
+
+    return await db.one_trip(body, inline=True)
 
 
 async def give_back_slots(db: Database, rate_limit_ids: Sequence[str], taken_at: datetime, unused: int) -> None:
