@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
-from gateway_testing import StoreFactory, acme_dev
+from gateway_testing import StoreFactory, acme_dev, admit_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,21 +22,6 @@ from ccgate.storage.gateway.db import PostgresDatabase, Row, for_backend, split_
 from ccgate.storage.gateway.records import KeyIdentity, RateAllowed, RateLimited
 
 TTL = timedelta(minutes=5)
-
-
-async def _admit(
-    store: GatewayStore, who: KeyIdentity, bound: int, *, take_rate: bool = True, instance: str = "i1"
-) -> tuple[object, Admitted | Waiting | Refused | None]:
-    return await store.admit(
-        key_id=who.key.id,
-        team_id=who.team.id,
-        customer_id=who.customer.id if who.customer else None,
-        provider_id=None,
-        bound_nanos=bound,
-        instance_id=instance,
-        ttl=TTL,
-        take_rate=take_rate,
-    )
 
 
 async def test_fifty_concurrent_admissions_with_rate_limits_overshoot_by_at_most_one(open_store: StoreFactory) -> None:
@@ -56,7 +41,7 @@ async def test_fifty_concurrent_admissions_with_rate_limits_overshoot_by_at_most
     refused: list[Refused] = []
 
     async def one(store: GatewayStore, index: int) -> None:
-        rate, result = await _admit(store, who, bound, instance=f"instance-{id(store)}")
+        rate, result = await admit_key(store, who, bound, instance=f"instance-{id(store)}")
         assert isinstance(rate, RateAllowed)
         for _ in range(2_000):
             if isinstance(result, Admitted):
@@ -68,7 +53,7 @@ async def test_fifty_concurrent_admissions_with_rate_limits_overshoot_by_at_most
                 refused.append(result)
                 return
             await asyncio.sleep(0.005)
-            _, result = await _admit(store, who, bound, take_rate=False, instance=f"instance-{id(store)}")
+            _, result = await admit_key(store, who, bound, take_rate=False, instance=f"instance-{id(store)}")
         raise AssertionError(f"request {index} waited for ever")
 
     await asyncio.gather(*(one(first if i % 2 else second, i) for i in range(50)))
@@ -92,16 +77,16 @@ async def test_a_rate_limited_request_holds_nothing_and_is_not_counted(store: Ga
     await store.create_budget(level="team", target="core", limit_nanos=10**9, period="1d")
     await store.set_rate_limit(level="key", target="dev", rpm=2, tpm=None)
     for _ in range(2):
-        rate, result = await _admit(store, who, 1_000)
+        rate, result = await admit_key(store, who, 1_000)
         assert isinstance(rate, RateAllowed) and isinstance(result, Admitted)
         await store.settle(result.reservation, 1_000)
-    rate, result = await _admit(store, who, 1_000)
+    rate, result = await admit_key(store, who, 1_000)
     assert isinstance(rate, RateLimited) and result is None
     assert (rate.kind, rate.used, rate.allowed, rate.limit.level.value) == ("requests", 2, 2, "key")
     assert await store.db.fetch("SELECT id FROM reservations") == []
     assert await store.db.fetch("SELECT requests FROM rate_counters") == [(2,)]
     # without take_rate the limit is not looked at (a waiting request's later attempts)
-    _, again = await _admit(store, who, 1_000, take_rate=False)
+    _, again = await admit_key(store, who, 1_000, take_rate=False)
     assert isinstance(again, Admitted)
 
 
@@ -114,25 +99,25 @@ async def test_budgets_changed_through_another_instance_apply_at_the_next_admiss
     there = await open_store(migrate_now=False)
     who = await acme_dev(here)
     team = await here.create_budget(level="team", target="core", limit_nanos=10_000, period="1d")
-    _, result = await _admit(here, who, 1_000)  # reads and keeps the definitions
+    _, result = await admit_key(here, who, 1_000)  # reads and keeps the definitions
     assert isinstance(result, Admitted)
     await here.settle(result.reservation, 1_000)
 
     key_budget = await there.create_budget(level="key", target="dev", limit_nanos=1_500, period="1d")
-    _, result = await _admit(here, who, 1_000)
+    _, result = await admit_key(here, who, 1_000)
     assert isinstance(result, Admitted)
     assert {v.budget.id for v in result.budgets} == {team.id, key_budget.id}
     await here.settle(result.reservation, 1_000)
     assert (await here.budget_views(key_id=who.key.id, team_id=who.team.id, customer_id=None))[1].state.spent_nanos
 
     await there.update_budget(team.id, limit_nanos=2_000)  # spent 2,000 of it now
-    _, refused = await _admit(here, who, 1_000)
+    _, refused = await admit_key(here, who, 1_000)
     assert isinstance(refused, Refused) and refused.blocking.budget.id == team.id
     assert refused.blocking.state.limit_nanos == 2_000
 
     await there.delete_budget(team.id)
     await there.delete_budget(key_budget.id)
-    _, result = await _admit(here, who, 1_000)
+    _, result = await admit_key(here, who, 1_000)
     assert isinstance(result, Admitted) and result.budgets == ()
     assert await here.db.fetch("SELECT id FROM reservations") == []
 
@@ -143,7 +128,7 @@ async def test_settle_charges_the_bucket_of_each_budget_that_still_exists(open_s
     who = await acme_dev(here)
     team = await here.create_budget(level="team", target="core", limit_nanos=10_000, period="1d")
     rolling = await here.create_budget(level="key", target="dev", limit_nanos=10_000, period="1h", calendar=False)
-    _, result = await _admit(here, who, 1_000)
+    _, result = await admit_key(here, who, 1_000)
     assert isinstance(result, Admitted)
     await there.delete_budget(team.id)
     assert await here.settle(result.reservation, 700)
@@ -203,7 +188,7 @@ async def test_the_database_decides_as_core_budgets_decide(
             )
         states.append(BudgetState(f"{budget.level.rank}:{budget.id}", "b", limit, spent, reserved, now))
     expected = decide(states, bound)
-    _, result = await _admit(store, who, bound)
+    _, result = await admit_key(store, who, bound)
     if isinstance(expected, Admit):
         assert isinstance(result, Admitted)
         assert [v.state.spent_nanos for v in result.budgets] == [s.spent_nanos for s in states]
@@ -267,7 +252,7 @@ async def test_requests_and_tokens_are_counted_exactly_while_admissions_and_toke
     await first.set_rate_limit(level="team", target="core", rpm=10_000, tpm=10**9)
 
     async def request(store: GatewayStore) -> None:
-        rate, result = await _admit(store, who, 10)
+        rate, result = await admit_key(store, who, 10)
         assert isinstance(rate, RateAllowed) and isinstance(result, Admitted)
         await store.settle(result.reservation, 10)
 
@@ -295,8 +280,8 @@ async def test_a_settle_does_not_wait_for_an_admission_holding_the_budget_rows(s
     who = await acme_dev(store)
     assert who.customer is not None
     await store.create_budget(level="team", target="core", limit_nanos=100_000, period="1d")
-    _, earlier = await _admit(store, who, 10_000)
-    _, first = await _admit(store, who, 10_000)
+    _, earlier = await admit_key(store, who, 10_000)
+    _, first = await admit_key(store, who, 10_000)
     assert isinstance(earlier, Admitted) and isinstance(first, Admitted)
     await store.settle(earlier.reservation, 5_000)  # the window's spend row exists from here on
     assert isinstance(store.db, PostgresDatabase)
@@ -311,9 +296,9 @@ async def test_a_settle_does_not_wait_for_an_admission_holding_the_budget_rows(s
         await admission.close()
     (view,) = await store.budget_views(key_id=who.key.id, team_id=who.team.id, customer_id=who.customer.id)
     assert (view.state.spent_nanos, view.state.reserved_nanos) == (60_000, 0)
-    _, second = await _admit(store, who, 30_000)
+    _, second = await admit_key(store, who, 30_000)
     assert isinstance(second, Admitted)
-    _, third = await _admit(store, who, 30_000)  # 60,000 spent + 30,000 held + 30,000 > 100,000
+    _, third = await admit_key(store, who, 30_000)  # 60,000 spent + 30,000 held + 30,000 > 100,000
     assert isinstance(third, Waiting)
 
 
@@ -329,7 +314,7 @@ async def test_the_admission_function_plans_its_budget_query_once_per_connection
         assert "plan_cache_mode=force_generic_plan" in (config[0] or []), (function, config)
     who = await acme_dev(store)
     await store.create_budget(level="team", target="core", limit_nanos=25_000, period="1d")
-    results = [(await _admit(store, who, 10_000))[1] for _ in range(8)]  # past the plan cache's five custom plans
+    results = [(await admit_key(store, who, 10_000))[1] for _ in range(8)]  # past the plan cache's five custom plans
     assert [type(result) for result in results] == [Admitted] * 2 + [Waiting] * 6  # 20,000 held of 25,000
 
 
@@ -361,12 +346,12 @@ async def test_admissions_queued_behind_a_call_go_together_and_each_gets_its_own
         return await fetch(self, sql, params)
 
     monkeypatch.setattr(PostgresDatabase, "fetch", counting)
-    await _admit(here, ops, 10_000)  # reads and keeps the definitions of edge here
+    await admit_key(here, ops, 10_000)  # reads and keeps the definitions of edge here
     await there.update_budget(edge.id, limit_nanos=80_000)  # ...which are stale from now on
     outcomes: dict[str, list[object]] = {"dev": [], "ops": []}
 
     async def one(store: GatewayStore, who: KeyIdentity, name: str) -> None:
-        rate, result = await _admit(store, who, 10_000, instance=f"i-{id(store)}")
+        rate, result = await admit_key(store, who, 10_000, instance=f"i-{id(store)}")
         outcomes[name].append(result if isinstance(rate, RateAllowed) else rate)
 
     jobs = [one(here, dev, "dev") for _ in range(10)] + [one(here, ops, "ops") for _ in range(10)]

@@ -8,36 +8,17 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from gateway_testing import StoreFactory, acme_dev, until_waiting
+from gateway_testing import StoreFactory, acme_dev, admit_key, finished_record, until_waiting
 
-from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage, to_iso
+from ccgate.core.records import to_iso
 from ccgate.storage.gateway import Admitted, GatewayRow, GatewayStore, Waiting
 from ccgate.storage.gateway.admission import ReserveBatcher
 from ccgate.storage.gateway.db import DatabaseUnavailableError, PostgresDatabase, Row
 from ccgate.storage.gateway.records import KeyIdentity
 
-TTL = timedelta(minutes=5)
-
-
-async def _admission(
-    store: GatewayStore, who: KeyIdentity, bound: int, now: datetime, *, take_rate: bool = False
-) -> tuple[object, object]:
-    """(rate decision, admission result) of one admission of `who` at `now` on instance i1."""
-    return await store.admit(
-        key_id=who.key.id,
-        team_id=who.team.id,
-        customer_id=who.customer.id if who.customer else None,
-        provider_id=None,
-        bound_nanos=bound,
-        instance_id="i1",
-        ttl=TTL,
-        take_rate=take_rate,
-        now=now,
-    )
-
 
 async def _admit_at(store: GatewayStore, who: KeyIdentity, bound: int, now: datetime) -> object:
-    return (await _admission(store, who, bound, now))[1]
+    return (await admit_key(store, who, bound, take_rate=False, now=now))[1]
 
 
 async def test_a_batch_straddling_a_window_edge_holds_no_more_than_the_limit(
@@ -87,7 +68,7 @@ async def test_a_batch_takes_rate_counters_in_the_order_token_counting_does(
     minute = to_iso(now.replace(second=0, microsecond=0))
 
     async def admit(who: KeyIdentity, take_rate: bool) -> object:
-        return await _admission(store, who, 1_000, now, take_rate=take_rate)
+        return await admit_key(store, who, 1_000, take_rate=take_rate, now=now)
 
     for who in (dev, ops):  # the counter rows exist, the definitions are read
         await admit(who, True)
@@ -157,17 +138,7 @@ async def test_a_rate_limit_deleted_while_a_batch_counts_its_tokens_fails_nothin
 
     who = await acme_dev(store)
     limit = await store.set_rate_limit(level="key", target="dev", rpm=None, tpm=1_000_000)
-    at = datetime.now(UTC)
-    record = RequestRecord(
-        id="r1",
-        started_at=at,
-        ended_at=at,
-        requested_model="claude-sonnet-4-5",
-        provider="anthropic",
-        status=RequestStatus.OK,
-        usage=Usage(input_tokens=10, output_tokens=5),
-        cost=Cost(1_000, PriceQuality.PRICED),
-    )
+    record = finished_record("r1", 1_000)
     row = GatewayRow(record, who.key.id, who.team.id, who.team.customer_id, instance_id="gw-1")
     other = await asyncpg.connect(db_url)
     try:

@@ -6,7 +6,9 @@ another request's row under the same id)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import pytest
 from gateway_testing import StoreFactory, acme_dev, until_waiting
@@ -20,6 +22,7 @@ from ccgate.storage.gateway.instances import recover_dead
 from ccgate.storage.gateway.records import Admitted, Charge, IngestResult, KeyIdentity, Reservation
 
 TTL = timedelta(minutes=5)
+T = TypeVar("T")
 
 
 def _record(row_id: str, nanos: int, *, at: datetime | None = None, pending: bool = False) -> RequestRecord:
@@ -48,6 +51,26 @@ async def _hold(store: GatewayStore, who: KeyIdentity, instance: str = "gw-1", b
     )
     assert isinstance(result, Admitted)
     return result.reservation
+
+
+async def _against_a_recovery(db_url: str, first: str, job: Coroutine[Any, Any, T], then: str, what: str) -> T:
+    """PostgreSQL: another connection's transaction (a recovery or a sync, say) runs `first`; `job` starts and waits
+    for a lock it holds; the transaction then runs `then` and commits. `job`'s result (PostgreSQL fails one of
+    the two if they wait on each other in a cycle)."""
+    import asyncpg
+
+    other = await asyncpg.connect(db_url)
+    try:
+        recovery = other.transaction()
+        await recovery.start()
+        await other.execute(first)
+        running = asyncio.ensure_future(job)
+        await until_waiting(other, what=what)
+        await other.execute(then)
+        await recovery.commit()
+        return await running
+    finally:
+        await other.close()
 
 
 async def _state(store: GatewayStore, who: KeyIdentity) -> list[tuple[int, int]]:
@@ -296,25 +319,21 @@ async def test_a_batch_takes_the_hourly_rows_after_the_spend_rows_as_recovery_an
     them (the batch, here) and it was written only on the next try."""
     if store.db.backend != "postgresql":
         return
-    import asyncpg
-
     who = await _budgets(store)
     started = datetime.now(UTC)
     first = _record("first", 1_000, at=started)
     assert await store.write_requests([_row(who, first, Charge(await _hold(store, who), 1_000))]) == []
     charge = Charge(await _hold(store, who), 2_000)
-    other = await asyncpg.connect(db_url)
-    try:
-        recovery = other.transaction()
-        await recovery.start()
-        await other.execute("UPDATE budget_spend SET spent_nanos = spent_nanos")  # a recovery's charge, halfway
-        batch = asyncio.ensure_future(store.write_requests([_row(who, _record("second", 2_000, at=started), charge)]))
-        await until_waiting(other, what="the batch (for a spend row)")
-        await other.execute("UPDATE request_hourly SET requests = requests")  # ...and its hourly rows, last
-        await recovery.commit()
-        assert await batch == []
-    finally:
-        await other.close()
+    # a recovery's charge holds the spend rows, then takes its hourly rows, last
+    assert (
+        await _against_a_recovery(
+            db_url,
+            "UPDATE budget_spend SET spent_nanos = spent_nanos",
+            store.write_requests([_row(who, _record("second", 2_000, at=started), charge)]),
+            "UPDATE request_hourly SET requests = requests",
+            "the batch (for a spend row)",
+        )
+    ) == []
     assert await _state(store, who) == [(3_000, 0), (3_000, 0)]
 
 
@@ -403,8 +422,6 @@ async def test_a_batch_opening_a_new_spend_bucket_never_waits_in_a_cycle_with_a_
     made before it adds to any."""
     if store.db.backend != "postgresql":
         return
-    import asyncpg
-
     who = await _budgets(store)
     team, _ = sorted(await store.list_budgets(), key=lambda budget: budget.level.rank)
     hold = await _hold(store, who)
@@ -413,18 +430,16 @@ async def test_a_batch_opening_a_new_spend_bucket_never_waits_in_a_cycle_with_a_
     # the team's bucket has a row, the key's not yet
     assert await store.write_requests([_row(who, _record("first", 1_000, at=started), Charge(team_only, 1_000))]) == []
     charge = Charge(await _hold(store, who), 2_000)
-    other = await asyncpg.connect(db_url)
-    try:
-        recovery = other.transaction()
-        await recovery.start()
-        await other.execute("SELECT 1 FROM budgets ORDER BY lock_rank, id FOR UPDATE")  # a recovery's charge...
-        batch = asyncio.ensure_future(store.write_requests([_row(who, _record("second", 2_000, at=started), charge)]))
-        await until_waiting(other, what="the batch (for a budget row)")
-        await other.execute("UPDATE budget_spend SET spent_nanos = spent_nanos")  # ...then its spend rows
-        await recovery.commit()
-        assert await batch == []
-    finally:
-        await other.close()
+    # a recovery's charge takes the budget rows, then its spend rows
+    assert (
+        await _against_a_recovery(
+            db_url,
+            "SELECT 1 FROM budgets ORDER BY lock_rank, id FOR UPDATE",
+            store.write_requests([_row(who, _record("second", 2_000, at=started), charge)]),
+            "UPDATE budget_spend SET spent_nanos = spent_nanos",
+            "the batch (for a budget row)",
+        )
+    ) == []
     assert await _state(store, who) == [(3_000, 0), (2_000, 0)]
 
 
@@ -437,26 +452,20 @@ async def test_a_lone_settle_opening_a_new_spend_bucket_never_waits_in_a_cycle_w
     waiting for that spend row closed a cycle."""
     if store.db.backend != "postgresql":
         return
-    import asyncpg
-
     who = await _budgets(store)
     team, _ = sorted(await store.list_budgets(), key=lambda budget: budget.level.rank)
     hold = await _hold(store, who)
     team_only = Reservation(hold.id, (team.id,), hold.amount_nanos, hold.instance_id, hold.expires_at)
     assert await store.settle(team_only, 1_000)  # the team's bucket has a row, the key's not yet
     reservation = await _hold(store, who)
-    other = await asyncpg.connect(db_url)
-    try:
-        recovery = other.transaction()
-        await recovery.start()
-        await other.execute("SELECT 1 FROM budgets ORDER BY lock_rank, id FOR UPDATE")  # a recovery's charge...
-        settling = asyncio.ensure_future(store.settle(reservation, 2_000))
-        await until_waiting(other, what="the settle (for a budget row)")
-        await other.execute("UPDATE budget_spend SET spent_nanos = spent_nanos")  # ...then its spend rows
-        await recovery.commit()
-        assert await settling
-    finally:
-        await other.close()
+    # a recovery's charge takes the budget rows, then its spend rows
+    assert await _against_a_recovery(
+        db_url,
+        "SELECT 1 FROM budgets ORDER BY lock_rank, id FOR UPDATE",
+        store.settle(reservation, 2_000),
+        "UPDATE budget_spend SET spent_nanos = spent_nanos",
+        "the settle (for a budget row)",
+    )
     assert await _state(store, who) == [(3_000, 0), (2_000, 0)]
 
 

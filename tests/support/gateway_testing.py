@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ccgate.core.records import Cost, PriceQuality, RequestRecord, RequestStatus, Usage
 from ccgate.proxy.engine import ClientMeta
 from ccgate.storage.gateway import GatewayStore
-from ccgate.storage.gateway.records import KeyIdentity
+from ccgate.storage.gateway.records import AdmissionResult, KeyIdentity, RateDecision
 
 # `await open_store(**GatewayStore.open kwargs)`: another "instance" on the test's database
 StoreFactory = Callable[..., Coroutine[Any, Any, GatewayStore]]
@@ -76,3 +76,26 @@ def one_rate_minute(monkeypatch: Any) -> None:
     moment = datetime.now(UTC).replace(second=10, microsecond=0)
     monkeypatch.setattr(gateway_admission, "utcnow", lambda: moment)
     monkeypatch.setattr(store_module, "utcnow", lambda: moment)
+
+
+async def admit_key(
+    store: GatewayStore,
+    who: KeyIdentity,
+    bound: int,
+    *,
+    take_rate: bool = True,
+    instance: str = "i1",
+    now: datetime | None = None,
+) -> tuple[RateDecision, AdmissionResult | None]:
+    """One admission of the key on the store (rate limit and reservation, one round trip), holds kept 5 minutes."""
+    return await store.admit(
+        key_id=who.key.id,
+        team_id=who.team.id,
+        customer_id=who.customer.id if who.customer else None,
+        provider_id=None,
+        bound_nanos=bound,
+        instance_id=instance,
+        ttl=timedelta(minutes=5),
+        take_rate=take_rate,
+        now=now,
+    )
